@@ -1,0 +1,68 @@
+# PositionTable: accounts, instruments, positions, limits and halts in one
+# memory-mapped file that every server process maps.
+#
+# The table never opens files itself (the compiled core does no I/O): Python
+# creates and maps the file and hands the buffer in. Writers take the stripe
+# lock chosen by account index; new records are added under the registry lock
+# and published to the id indexes with release stores, so lookups need no lock.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
+
+from pretrade._core.layout cimport AccountRecord
+from pretrade._core.layout cimport InstrumentRecord
+from pretrade._core.layout cimport LimitSet
+from pretrade._core.layout cimport OverrideRecord
+from pretrade._core.layout cimport PositionSlot
+from pretrade._core.layout cimport TableHeader
+from pretrade._core.layout cimport pthread_mutex_t
+
+
+cdef inline uint32_t hash_id(const char* data, Py_ssize_t length) noexcept nogil:
+    # FNV-1a, 32 bit: ids are short ASCII strings, so this is fast and spreads well.
+    cdef uint32_t h = 2166136261u
+    cdef Py_ssize_t i
+    for i in range(length):
+        h = (h ^ <uint8_t>data[i]) * 16777619u
+    return h
+
+
+cdef inline uint32_t hash_pair(int32_t account_index, int32_t instrument_index) noexcept nogil:
+    cdef uint32_t h = (<uint32_t>account_index) * 2654435761u
+    h ^= (<uint32_t>instrument_index) + 0x9e3779b9u + (h << 6) + (h >> 2)
+    return h
+
+
+cdef class PositionTable:
+    cdef object _buffer             # keeps the mapping alive while pointers exist
+    cdef char* base
+    cdef TableHeader* header
+    cdef AccountRecord* accounts
+    cdef InstrumentRecord* instruments
+    cdef PositionSlot* positions
+    cdef OverrideRecord* overrides
+    cdef int32_t* account_index
+    cdef int32_t* instrument_index
+    cdef int32_t* position_index
+
+    # -- LOOKUPS (lock free) --
+    cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
+    cdef int32_t find_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil
+    cdef int32_t find_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
+
+    # -- RECORD CREATION (registry lock) --
+    cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
+    cdef int32_t ensure_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil
+    cdef int32_t ensure_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
+    cdef int32_t ensure_override(self, int32_t position_index) noexcept nogil
+
+    # -- LOCKS --
+    cdef pthread_mutex_t* registry_lock(self) noexcept nogil
+    cdef pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil
+    cdef void lock_account(self, int32_t account_index) noexcept nogil
+    cdef void unlock_account(self, int32_t account_index) noexcept nogil
+    cdef void _bind(self, object buffer) except *
+    cdef void _lock_registry(self) noexcept nogil
+    cdef int32_t _account(self, object account_id) except -2
+    cdef int32_t _instrument(self, object symbol) except -2
+    cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2
+    cdef void _bump_version(self) noexcept nogil

@@ -1,0 +1,698 @@
+# cython: freethreading_compatible = False
+"""The memory-mapped position table (see positions.pxd for the C surface)."""
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from pretrade._core.layout cimport ACCOUNT_HAS_LIMITS
+from pretrade._core.layout cimport ACCOUNT_KNOWN
+from pretrade._core.layout cimport ACCOUNT_STATE_INVALID
+from pretrade._core.layout cimport AccountRecord
+from pretrade._core.layout cimport HALT_MODE_ACTIVE
+from pretrade._core.layout cimport HALT_MODE_HALTED
+from pretrade._core.layout cimport HALT_MODE_REDUCE_ONLY
+from pretrade._core.layout cimport HALT_NONE
+from pretrade._core.layout cimport HALT_SCOPE_ACCOUNT
+from pretrade._core.layout cimport HALT_SCOPE_GLOBAL
+from pretrade._core.layout cimport HALT_SCOPE_SYMBOL
+from pretrade._core.layout cimport ID_CAPACITY
+from pretrade._core.layout cimport INSTRUMENT_HAS_PRICE
+from pretrade._core.layout cimport INSTRUMENT_KNOWN
+from pretrade._core.layout cimport INSTRUMENT_STATE_INVALID
+from pretrade._core.layout cimport InstrumentRecord
+from pretrade._core.layout cimport LAYOUT_VERSION
+from pretrade._core.layout cimport LIMIT_KIND_COUNT
+from pretrade._core.layout cimport LimitSet
+from pretrade._core.layout cimport MAX_ID_LENGTH
+from pretrade._core.layout cimport NO_INDEX
+from pretrade._core.layout cimport OverrideRecord
+from pretrade._core.layout cimport PositionSlot
+from pretrade._core.layout cimport TABLE_MAGIC
+from pretrade._core.layout cimport TableHeader
+from pretrade._core.layout cimport pt_add_i64
+from pretrade._core.layout cimport pt_load_i32
+from pretrade._core.layout cimport pt_load_i64
+from pretrade._core.layout cimport pt_mutex_init_shared
+from pretrade._core.layout cimport pt_mutex_lock
+from pretrade._core.layout cimport pt_mutex_unlock
+from pretrade._core.layout cimport pt_store_i32
+from pretrade._core.layout cimport pt_store_i64
+from pretrade._core.layout cimport pthread_mutex_t
+
+LAYOUT = {
+    "version": LAYOUT_VERSION,
+    "header_bytes": sizeof(TableHeader),
+    "account_bytes": sizeof(AccountRecord),
+    "instrument_bytes": sizeof(InstrumentRecord),
+    "position_bytes": sizeof(PositionSlot),
+    "override_bytes": sizeof(OverrideRecord),
+    "max_id_length": MAX_ID_LENGTH,
+    "limit_kinds": LIMIT_KIND_COUNT,
+}
+
+
+class TableFullError(MemoryError):
+    """A fixed-capacity region of the table has no free record left."""
+
+
+class TableLayoutError(ValueError):
+    """The mapped file does not hold a table of this build's layout."""
+
+
+cdef uint64_t _align(uint64_t value, uint64_t alignment) noexcept nogil:
+    return (value + alignment - 1) // alignment * alignment
+
+
+cdef uint32_t _index_capacity(uint32_t records) noexcept nogil:
+    # At most half full, so linear probes stay short.
+    cdef uint32_t capacity = 16
+    while capacity < 2 * records:
+        capacity *= 2
+    return capacity
+
+
+cdef uint32_t _lock_stride() noexcept nogil:
+    # One cache line (or more) per mutex, so stripes do not false-share.
+    return <uint32_t>_align(sizeof(pthread_mutex_t), 64)
+
+
+cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
+                uint32_t max_positions, uint32_t max_overrides,
+                uint32_t lock_stripes) noexcept nogil:
+    memset(h, 0, sizeof(TableHeader))
+    h.magic = TABLE_MAGIC
+    h.layout_version = LAYOUT_VERSION
+    h.header_size = sizeof(TableHeader)
+    h.account_size = sizeof(AccountRecord)
+    h.instrument_size = sizeof(InstrumentRecord)
+    h.position_size = sizeof(PositionSlot)
+    h.override_size = sizeof(OverrideRecord)
+    h.lock_stride = _lock_stride()
+    h.lock_stripes = lock_stripes
+    h.max_accounts = max_accounts
+    h.max_instruments = max_instruments
+    h.max_positions = max_positions
+    h.max_overrides = max_overrides
+    h.account_index_mask = _index_capacity(max_accounts) - 1
+    h.instrument_index_mask = _index_capacity(max_instruments) - 1
+    h.position_index_mask = _index_capacity(max_positions) - 1
+    cdef uint64_t offset = _align(sizeof(TableHeader), 64)
+    h.locks_offset = offset
+    # lock 0 is the registry lock; 1..stripes are the account stripes
+    offset = _align(offset + <uint64_t>h.lock_stride * (lock_stripes + 1), 64)
+    h.accounts_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(AccountRecord) * max_accounts, 64)
+    h.instruments_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(InstrumentRecord) * max_instruments, 64)
+    h.positions_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(PositionSlot) * max_positions, 64)
+    h.overrides_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(OverrideRecord) * max_overrides, 64)
+    h.account_index_offset = offset
+    offset = _align(offset + 4 * (<uint64_t>h.account_index_mask + 1), 64)
+    h.instrument_index_offset = offset
+    offset = _align(offset + 4 * (<uint64_t>h.instrument_index_mask + 1), 64)
+    h.position_index_offset = offset
+    offset = _align(offset + 4 * (<uint64_t>h.position_index_mask + 1), 4096)
+    h.total_size = offset
+
+
+def _check_capacities(max_accounts, max_instruments, max_positions, max_overrides, lock_stripes):
+    for name, value in (("max_accounts", max_accounts), ("max_instruments", max_instruments),
+                        ("max_positions", max_positions), ("max_overrides", max_overrides)):
+        if not 1 <= value <= 0x3FFFFFFF:
+            raise ValueError(f"{name} must be between 1 and 2**30 - 1, got {value}")
+    if lock_stripes < 1 or lock_stripes > 4096 or lock_stripes & (lock_stripes - 1):
+        raise ValueError(f"lock_stripes must be a power of two from 1 to 4096, got {lock_stripes}")
+
+
+cdef bytes _check_id(object value, str what):
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+    cdef Py_ssize_t n = len(<bytes>value)
+    if n == 0 or n > MAX_ID_LENGTH:
+        raise ValueError(f"{what} must be 1 to {MAX_ID_LENGTH} bytes, got {n}")
+    if b"\0" in <bytes>value:
+        raise ValueError(f"{what} must not contain NUL bytes")
+    return <bytes>value
+
+
+cdef void _write_limits(LimitSet* target, object limits) except *:
+    cdef LimitSet fresh
+    memset(&fresh, 0, sizeof(LimitSet))
+    if limits is not None:
+        for kind, value in limits.items():
+            if not 0 <= kind < LIMIT_KIND_COUNT:
+                raise ValueError(f"unknown limit kind {kind}")
+            if not -(1 << 63) <= value < (1 << 63):
+                raise OverflowError(f"limit {kind} = {value} does not fit in int64")
+            fresh.values[kind] = value
+            fresh.present |= (1u << kind)
+    memcpy(target, &fresh, sizeof(LimitSet))
+
+
+cdef dict _read_limits(const LimitSet* limits):
+    cdef dict out = {}
+    cdef int kind
+    for kind in range(LIMIT_KIND_COUNT):
+        if limits.present & (1u << kind):
+            out[kind] = limits.values[kind]
+    return out
+
+
+cdef int _check_halt_mode(int mode) except -1:
+    if mode not in (HALT_NONE, HALT_MODE_ACTIVE, HALT_MODE_REDUCE_ONLY, HALT_MODE_HALTED):
+        raise ValueError(f"unknown halt mode {mode}")
+    return HALT_NONE if mode == HALT_MODE_ACTIVE else mode
+
+
+cdef class PositionTable:
+    """Accounts, instruments, positions, limits and halts in a mapped buffer.
+
+    Build one with :meth:`format` (a new table) or :meth:`attach` (a table
+    another process formatted). Python code (the Redis sync, the Halt RPC,
+    tests) writes through the methods below; the check pipeline reads the
+    records directly from C.
+    """
+
+    def __cinit__(self):
+        self.base = NULL
+        self.header = NULL
+
+    # -- CONSTRUCTION --
+
+    @staticmethod
+    def required_size(uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
+                      uint32_t max_overrides, uint32_t lock_stripes):
+        """Bytes a table of these capacities needs (a multiple of the page size)."""
+        _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
+                          lock_stripes)
+        cdef TableHeader h
+        _plan(&h, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes)
+        return h.total_size
+
+    @staticmethod
+    def format(buffer, uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
+               uint32_t max_overrides, uint32_t lock_stripes):
+        """Initialise an empty table in ``buffer`` (zero-filled, writable)."""
+        _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
+                          lock_stripes)
+        cdef TableHeader plan
+        _plan(&plan, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes)
+        cdef PositionTable table = PositionTable.__new__(PositionTable)
+        cdef unsigned char[::1] view = buffer
+        if <uint64_t>view.shape[0] < plan.total_size:
+            raise ValueError(f"buffer holds {view.shape[0]} bytes, the table needs {plan.total_size}")
+        cdef char* base = <char*>&view[0]
+        memset(base, 0, plan.total_size)
+        memcpy(base, &plan, sizeof(TableHeader))
+        cdef TableHeader* h = <TableHeader*>base
+        cdef uint32_t i
+        cdef int rc
+        for i in range(lock_stripes + 1):
+            rc = pt_mutex_init_shared(<pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
+            if rc:
+                raise OSError(rc, "pthread_mutex_init (process-shared, robust) failed")
+        memset(base + h.account_index_offset, 0xFF, 4 * (<uint64_t>h.account_index_mask + 1))
+        memset(base + h.instrument_index_offset, 0xFF, 4 * (<uint64_t>h.instrument_index_mask + 1))
+        memset(base + h.position_index_offset, 0xFF, 4 * (<uint64_t>h.position_index_mask + 1))
+        table._bind(view)
+        return table
+
+    @staticmethod
+    def attach(buffer):
+        """Map a table that another process formatted; refuse a foreign layout."""
+        cdef unsigned char[::1] view = buffer
+        if <size_t>view.shape[0] < sizeof(TableHeader):
+            raise TableLayoutError("buffer is smaller than a table header")
+        cdef TableHeader* h = <TableHeader*>&view[0]
+        if h.magic != TABLE_MAGIC or h.layout_version != LAYOUT_VERSION:
+            raise TableLayoutError("not a pretrade table of layout version %d" % LAYOUT_VERSION)
+        cdef TableHeader plan
+        _plan(&plan, h.max_accounts, h.max_instruments, h.max_positions, h.max_overrides,
+              h.lock_stripes)
+        if (h.header_size != plan.header_size or h.account_size != plan.account_size
+                or h.instrument_size != plan.instrument_size
+                or h.position_size != plan.position_size
+                or h.override_size != plan.override_size or h.lock_stride != plan.lock_stride
+                or h.total_size != plan.total_size or <uint64_t>view.shape[0] < plan.total_size):
+            raise TableLayoutError("table record sizes differ from this build's layout")
+        cdef PositionTable table = PositionTable.__new__(PositionTable)
+        table._bind(view)
+        return table
+
+    cdef void _bind(self, object view) except *:
+        cdef unsigned char[::1] v = view
+        self._buffer = view
+        self.base = <char*>&v[0]
+        self.header = <TableHeader*>self.base
+        self.accounts = <AccountRecord*>(self.base + self.header.accounts_offset)
+        self.instruments = <InstrumentRecord*>(self.base + self.header.instruments_offset)
+        self.positions = <PositionSlot*>(self.base + self.header.positions_offset)
+        self.overrides = <OverrideRecord*>(self.base + self.header.overrides_offset)
+        self.account_index = <int32_t*>(self.base + self.header.account_index_offset)
+        self.instrument_index = <int32_t*>(self.base + self.header.instrument_index_offset)
+        self.position_index = <int32_t*>(self.base + self.header.position_index_offset)
+
+    def release(self):
+        """Drop the pointers and the buffer export, so the mapping can close."""
+        self.base = NULL
+        self.header = NULL
+        self._buffer = None
+
+    # -- LOCKS --
+
+    cdef pthread_mutex_t* registry_lock(self) noexcept nogil:
+        return <pthread_mutex_t*>(self.base + self.header.locks_offset)
+
+    cdef pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil:
+        cdef uint32_t stripe = 1 + (<uint32_t>account_index & (self.header.lock_stripes - 1))
+        return <pthread_mutex_t*>(self.base + self.header.locks_offset
+                                  + <uint64_t>stripe * self.header.lock_stride)
+
+    cdef void lock_account(self, int32_t account_index) noexcept nogil:
+        if pt_mutex_lock(self.stripe_lock(account_index)) == 1:
+            pt_add_i64(&self.header.recovered_locks, 1)
+
+    cdef void unlock_account(self, int32_t account_index) noexcept nogil:
+        pt_mutex_unlock(self.stripe_lock(account_index))
+
+    cdef void _lock_registry(self) noexcept nogil:
+        if pt_mutex_lock(self.registry_lock()) == 1:
+            pt_add_i64(&self.header.recovered_locks, 1)
+
+    # -- LOOKUPS --
+
+    cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil:
+        if length <= 0 or length > MAX_ID_LENGTH:
+            return NO_INDEX
+        cdef uint32_t h = hash_id(account_id, length)
+        cdef uint32_t mask = self.header.account_index_mask
+        cdef uint32_t probe = h & mask
+        cdef int32_t found
+        cdef AccountRecord* rec
+        while True:
+            found = pt_load_i32(&self.account_index[probe])
+            if found == NO_INDEX:
+                return NO_INDEX
+            rec = &self.accounts[found]
+            if (rec.id_hash == h and rec.id_length == <uint32_t>length
+                    and memcmp(rec.account_id, account_id, length) == 0):
+                return found
+            probe = (probe + 1) & mask
+
+    cdef int32_t find_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil:
+        if length <= 0 or length > MAX_ID_LENGTH:
+            return NO_INDEX
+        cdef uint32_t h = hash_id(symbol, length)
+        cdef uint32_t mask = self.header.instrument_index_mask
+        cdef uint32_t probe = h & mask
+        cdef int32_t found
+        cdef InstrumentRecord* rec
+        while True:
+            found = pt_load_i32(&self.instrument_index[probe])
+            if found == NO_INDEX:
+                return NO_INDEX
+            rec = &self.instruments[found]
+            if (rec.id_hash == h and rec.id_length == <uint32_t>length
+                    and memcmp(rec.symbol, symbol, length) == 0):
+                return found
+            probe = (probe + 1) & mask
+
+    cdef int32_t find_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil:
+        cdef uint32_t mask = self.header.position_index_mask
+        cdef uint32_t probe = hash_pair(account_index, instrument_index) & mask
+        cdef int32_t found
+        cdef PositionSlot* slot
+        while True:
+            found = pt_load_i32(&self.position_index[probe])
+            if found == NO_INDEX:
+                return NO_INDEX
+            slot = &self.positions[found]
+            if slot.account_index == account_index and slot.instrument_index == instrument_index:
+                return found
+            probe = (probe + 1) & mask
+
+    # -- RECORD CREATION --
+    # Records are only ever appended. Each is fully written before its index
+    # entry is published (release store), so a lock-free reader that finds the
+    # index entry sees a complete record.
+
+    cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil:
+        cdef int32_t found = self.find_account(account_id, length)
+        if found != NO_INDEX or length <= 0 or length > MAX_ID_LENGTH:
+            return found
+        cdef uint32_t h = hash_id(account_id, length)
+        cdef uint32_t mask = self.header.account_index_mask
+        cdef uint32_t probe
+        cdef AccountRecord* rec
+        self._lock_registry()
+        found = self.find_account(account_id, length)
+        if found == NO_INDEX and <uint32_t>self.header.account_count < self.header.max_accounts:
+            found = self.header.account_count
+            rec = &self.accounts[found]
+            memset(rec, 0, sizeof(AccountRecord))
+            memcpy(rec.account_id, account_id, length)
+            rec.id_hash = h
+            rec.id_length = <uint32_t>length
+            rec.first_position = NO_INDEX
+            probe = h & mask
+            while pt_load_i32(&self.account_index[probe]) != NO_INDEX:
+                probe = (probe + 1) & mask
+            pt_store_i32(&self.header.account_count, found + 1)
+            pt_store_i32(&self.account_index[probe], found)
+        pt_mutex_unlock(self.registry_lock())
+        return found
+
+    cdef int32_t ensure_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil:
+        cdef int32_t found = self.find_instrument(symbol, length)
+        if found != NO_INDEX or length <= 0 or length > MAX_ID_LENGTH:
+            return found
+        cdef uint32_t h = hash_id(symbol, length)
+        cdef uint32_t mask = self.header.instrument_index_mask
+        cdef uint32_t probe
+        cdef InstrumentRecord* rec
+        self._lock_registry()
+        found = self.find_instrument(symbol, length)
+        if found == NO_INDEX and <uint32_t>self.header.instrument_count < self.header.max_instruments:
+            found = self.header.instrument_count
+            rec = &self.instruments[found]
+            memset(rec, 0, sizeof(InstrumentRecord))
+            memcpy(rec.symbol, symbol, length)
+            rec.id_hash = h
+            rec.id_length = <uint32_t>length
+            rec.tick_size = 1
+            rec.lot_size = 1
+            probe = h & mask
+            while pt_load_i32(&self.instrument_index[probe]) != NO_INDEX:
+                probe = (probe + 1) & mask
+            pt_store_i32(&self.header.instrument_count, found + 1)
+            pt_store_i32(&self.instrument_index[probe], found)
+        pt_mutex_unlock(self.registry_lock())
+        return found
+
+    cdef int32_t ensure_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil:
+        cdef int32_t found = self.find_position(account_index, instrument_index)
+        if found != NO_INDEX:
+            return found
+        cdef uint32_t mask = self.header.position_index_mask
+        cdef uint32_t probe
+        cdef PositionSlot* slot
+        cdef AccountRecord* account = &self.accounts[account_index]
+        self._lock_registry()
+        found = self.find_position(account_index, instrument_index)
+        if found == NO_INDEX and <uint32_t>self.header.position_count < self.header.max_positions:
+            found = self.header.position_count
+            slot = &self.positions[found]
+            memset(slot, 0, sizeof(PositionSlot))
+            slot.account_index = account_index
+            slot.instrument_index = instrument_index
+            slot.override_index = NO_INDEX
+            slot.next_in_account = account.first_position
+            probe = hash_pair(account_index, instrument_index) & mask
+            while pt_load_i32(&self.position_index[probe]) != NO_INDEX:
+                probe = (probe + 1) & mask
+            pt_store_i32(&self.header.position_count, found + 1)
+            pt_store_i32(&account.first_position, found)
+            pt_store_i32(&self.position_index[probe], found)
+        pt_mutex_unlock(self.registry_lock())
+        return found
+
+    cdef int32_t ensure_override(self, int32_t position_index) noexcept nogil:
+        cdef PositionSlot* slot = &self.positions[position_index]
+        cdef int32_t found = pt_load_i32(&slot.override_index)
+        if found != NO_INDEX:
+            return found
+        self._lock_registry()
+        found = slot.override_index
+        if found == NO_INDEX and <uint32_t>self.header.override_count < self.header.max_overrides:
+            found = self.header.override_count
+            memset(&self.overrides[found], 0, sizeof(OverrideRecord))
+            self.overrides[found].account_index = slot.account_index
+            self.overrides[found].instrument_index = slot.instrument_index
+            pt_store_i32(&self.header.override_count, found + 1)
+            pt_store_i32(&slot.override_index, found)
+        pt_mutex_unlock(self.registry_lock())
+        return found
+
+    # -- PYTHON WRITERS (the sync, the Halt RPC, tests) --
+
+    cdef int32_t _account(self, object account_id) except -2:
+        cdef bytes key = _check_id(account_id, "account id")
+        cdef int32_t index = self.ensure_account(key, len(key))
+        if index == NO_INDEX:
+            raise TableFullError(f"account table full ({self.header.max_accounts} accounts)")
+        return index
+
+    cdef int32_t _instrument(self, object symbol) except -2:
+        cdef bytes key = _check_id(symbol, "symbol")
+        cdef int32_t index = self.ensure_instrument(key, len(key))
+        if index == NO_INDEX:
+            raise TableFullError(f"instrument table full ({self.header.max_instruments} symbols)")
+        return index
+
+    cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2:
+        cdef int32_t index = self.ensure_position(account_index, instrument_index)
+        if index == NO_INDEX:
+            raise TableFullError(f"position table full ({self.header.max_positions} slots)")
+        return index
+
+    cdef void _bump_version(self) noexcept nogil:
+        pt_add_i64(&self.header.sync_version, 1)
+
+    def upsert_account(self, account_id):
+        """Return the account's record index, creating an unknown record if new."""
+        return self._account(account_id)
+
+    def set_account_state(self, account_id, *, bint known, bint invalid=False):
+        """Mark an account known (it has holdings or limits) and/or unparseable."""
+        cdef int32_t a = self._account(account_id)
+        self.lock_account(a)
+        cdef uint32_t flags = self.accounts[a].flags & ~(ACCOUNT_KNOWN | ACCOUNT_STATE_INVALID)
+        if known:
+            flags |= ACCOUNT_KNOWN
+        if invalid:
+            flags |= ACCOUNT_STATE_INVALID
+        self.accounts[a].flags = flags
+        self.unlock_account(a)
+        self._bump_version()
+
+    def set_account_limits(self, account_id, limits):
+        """Replace the account-wide limits: ``{LimitKind: value}``, or None for none."""
+        cdef int32_t a = self._account(account_id)
+        cdef LimitSet staged
+        _write_limits(&staged, limits)
+        self.lock_account(a)
+        memcpy(&self.accounts[a].limits, &staged, sizeof(LimitSet))
+        if limits is None:
+            self.accounts[a].flags &= ~ACCOUNT_HAS_LIMITS
+        else:
+            self.accounts[a].flags |= ACCOUNT_HAS_LIMITS
+        self.unlock_account(a)
+        self._bump_version()
+
+    def set_symbol_limits(self, account_id, symbol, limits):
+        """Replace the per-symbol overrides for one account; None removes them."""
+        cdef int32_t a = self._account(account_id)
+        cdef int32_t i = self._instrument(symbol)
+        cdef LimitSet staged
+        _write_limits(&staged, limits if limits else None)
+        cdef int32_t p = self.find_position(a, i)
+        if p == NO_INDEX and not limits:
+            return
+        p = self._position(a, i)
+        cdef int32_t o = self.ensure_override(p)
+        if o == NO_INDEX:
+            raise TableFullError(f"override table full ({self.header.max_overrides} records)")
+        self.lock_account(a)
+        memcpy(&self.overrides[o].limits, &staged, sizeof(LimitSet))
+        self.unlock_account(a)
+        self._bump_version()
+
+    def replace_positions(self, account_id, positions):
+        """Set every position of an account: ``{symbol: (quantity, cost_basis)}``.
+
+        Positions of the account that are not named become zero, so the table
+        equals the account's lots in Redis after the call.
+        """
+        cdef int32_t a = self._account(account_id)
+        staged = []
+        for symbol, (quantity, cost_basis) in positions.items():
+            if not -(1 << 63) <= quantity < (1 << 63) or not -(1 << 63) <= cost_basis < (1 << 63):
+                raise OverflowError(f"position {symbol!r} does not fit in int64")
+            staged.append((self._position(a, self._instrument(symbol)), quantity, cost_basis))
+        cdef int32_t p
+        self.lock_account(a)
+        p = self.accounts[a].first_position
+        while p != NO_INDEX:
+            self.positions[p].quantity = 0
+            self.positions[p].cost_basis = 0
+            p = self.positions[p].next_in_account
+        for p, quantity, cost_basis in staged:
+            self.positions[p].quantity = quantity
+            self.positions[p].cost_basis = cost_basis
+        self.unlock_account(a)
+        self._bump_version()
+
+    def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
+                       bint invalid=False):
+        """Set an instrument's reference data (tick size in price units, lot size in units)."""
+        if tick_size <= 0 or lot_size <= 0:
+            raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        cdef int32_t i = self._instrument(symbol)
+        cdef InstrumentRecord* rec = &self.instruments[i]
+        rec.tick_size = tick_size
+        rec.lot_size = lot_size
+        cdef uint32_t flags = rec.flags & ~(INSTRUMENT_KNOWN | INSTRUMENT_STATE_INVALID)
+        if known:
+            flags |= INSTRUMENT_KNOWN
+        if invalid:
+            flags |= INSTRUMENT_STATE_INVALID
+        pt_store_i32(<int32_t*>&rec.flags, <int32_t>flags)
+        self._bump_version()
+
+    def set_last_price(self, symbol, price):
+        """Set the reference (last) price in 1/10,000 units; None removes it."""
+        cdef int32_t i = self._instrument(symbol)
+        cdef InstrumentRecord* rec = &self.instruments[i]
+        if price is None:
+            pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags & ~INSTRUMENT_HAS_PRICE))
+            pt_store_i64(&rec.last_price, 0)
+        else:
+            if price <= 0:
+                raise ValueError(f"a last price must be positive, got {price}")
+            pt_store_i64(&rec.last_price, price)
+            pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags | INSTRUMENT_HAS_PRICE))
+        self._bump_version()
+
+    def set_halt(self, int scope, target, int mode):
+        """Set the halt mode of one scope (HALT_NONE or ACTIVE lifts it)."""
+        cdef int stored = _check_halt_mode(mode)
+        if scope == HALT_SCOPE_GLOBAL:
+            pt_store_i32(&self.header.global_halt, stored)
+        elif scope == HALT_SCOPE_ACCOUNT:
+            pt_store_i32(&self.accounts[self._account(target)].halt_mode, stored)
+        elif scope == HALT_SCOPE_SYMBOL:
+            pt_store_i32(&self.instruments[self._instrument(target)].halt_mode, stored)
+        else:
+            raise ValueError(f"unknown halt scope {scope}")
+        self._bump_version()
+
+    def clear_halts(self):
+        """Lift every halt in the table (before a full reload from Redis)."""
+        cdef int32_t i
+        pt_store_i32(&self.header.global_halt, HALT_NONE)
+        for i in range(pt_load_i32(&self.header.account_count)):
+            pt_store_i32(&self.accounts[i].halt_mode, HALT_NONE)
+        for i in range(pt_load_i32(&self.header.instrument_count)):
+            pt_store_i32(&self.instruments[i].halt_mode, HALT_NONE)
+        self._bump_version()
+
+    def set_sync_live(self, bint live):
+        """Say whether the sync link trusts the table; while not, orders get STALE_DATA."""
+        pt_store_i32(&self.header.sync_live, 1 if live else 0)
+
+    # -- PYTHON READERS (status, tests) --
+
+    @property
+    def sync_live(self):
+        return pt_load_i32(&self.header.sync_live) == 1
+
+    @property
+    def sync_version(self):
+        return pt_load_i64(&self.header.sync_version)
+
+    @property
+    def recovered_locks(self):
+        return pt_load_i64(&self.header.recovered_locks)
+
+    def counts(self):
+        """Records in use and capacities, as a dict."""
+        h = self.header
+        return {
+            "accounts": h.account_count, "max_accounts": h.max_accounts,
+            "instruments": h.instrument_count, "max_instruments": h.max_instruments,
+            "positions": h.position_count, "max_positions": h.max_positions,
+            "overrides": h.override_count, "max_overrides": h.max_overrides,
+            "lock_stripes": h.lock_stripes, "total_bytes": h.total_size,
+        }
+
+    def position(self, account_id, symbol):
+        """``(quantity, cost_basis)`` of one position; (0, 0) when there is none."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef bytes s_key = _check_id(symbol, "symbol")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        cdef int32_t i = self.find_instrument(s_key, len(s_key))
+        if a == NO_INDEX or i == NO_INDEX:
+            return (0, 0)
+        cdef int32_t p = self.find_position(a, i)
+        if p == NO_INDEX:
+            return (0, 0)
+        self.lock_account(a)
+        result = (self.positions[p].quantity, self.positions[p].cost_basis)
+        self.unlock_account(a)
+        return result
+
+    def account_positions(self, account_id):
+        """``{symbol: (quantity, cost_basis)}`` for every slot of the account."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        cdef dict out = {}
+        if a == NO_INDEX:
+            return out
+        self.lock_account(a)
+        cdef int32_t p = self.accounts[a].first_position
+        cdef InstrumentRecord* rec
+        while p != NO_INDEX:
+            rec = &self.instruments[self.positions[p].instrument_index]
+            out[rec.symbol[:rec.id_length]] = (self.positions[p].quantity,
+                                               self.positions[p].cost_basis)
+            p = self.positions[p].next_in_account
+        self.unlock_account(a)
+        return out
+
+    def account_info(self, account_id):
+        """Flags, halt mode and limits of an account, or None if never seen."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        if a == NO_INDEX:
+            return None
+        cdef AccountRecord* rec = &self.accounts[a]
+        return {
+            "known": bool(rec.flags & ACCOUNT_KNOWN),
+            "has_limits": bool(rec.flags & ACCOUNT_HAS_LIMITS),
+            "invalid": bool(rec.flags & ACCOUNT_STATE_INVALID),
+            "halt_mode": rec.halt_mode,
+            "limits": _read_limits(&rec.limits),
+        }
+
+    def instrument_info(self, symbol):
+        """Reference data, last price and halt mode of a symbol, or None if never seen."""
+        cdef bytes s_key = _check_id(symbol, "symbol")
+        cdef int32_t i = self.find_instrument(s_key, len(s_key))
+        if i == NO_INDEX:
+            return None
+        cdef InstrumentRecord* rec = &self.instruments[i]
+        return {
+            "known": bool(rec.flags & INSTRUMENT_KNOWN),
+            "invalid": bool(rec.flags & INSTRUMENT_STATE_INVALID),
+            "last_price": rec.last_price if rec.flags & INSTRUMENT_HAS_PRICE else None,
+            "tick_size": rec.tick_size,
+            "lot_size": rec.lot_size,
+            "halt_mode": rec.halt_mode,
+        }
+
+    def halt_mode(self, int scope, target=None):
+        """The halt mode in force for a scope (HALT_NONE = 0 when none)."""
+        cdef int32_t index
+        if scope == HALT_SCOPE_GLOBAL:
+            return pt_load_i32(&self.header.global_halt)
+        if scope == HALT_SCOPE_ACCOUNT:
+            key = _check_id(target, "account id")
+            index = self.find_account(key, len(key))
+            return HALT_NONE if index == NO_INDEX else pt_load_i32(&self.accounts[index].halt_mode)
+        if scope == HALT_SCOPE_SYMBOL:
+            key = _check_id(target, "symbol")
+            index = self.find_instrument(key, len(key))
+            return HALT_NONE if index == NO_INDEX else pt_load_i32(&self.instruments[index].halt_mode)
+        raise ValueError(f"unknown halt scope {scope}")

@@ -1,0 +1,56 @@
+"""Build the Cython core (ext/pretrade/_core) into the pretrade._core package.
+
+Build switches (environment variables):
+
+PRETRADE_DEBUG=1
+    Debug build: bounds and wraparound checks on, line tracing
+    (CYTHON_TRACE) for coverage and profilers, annotated HTML next to each
+    .pyx, -O0 -g.
+"""
+
+import os
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ROOT = Path(__file__).parent
+CORE = ROOT / "ext" / "pretrade" / "_core"
+DEBUG = os.environ.get("PRETRADE_DEBUG") == "1"
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    # Release builds: the .pyx files turn bounds checks off per function,
+    # only where a test covers the bounds.
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+}
+macros = []
+cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
+if DEBUG:
+    directives["linetrace"] = True
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+
+extensions = [
+    Extension(
+        f"pretrade._core.{pyx.stem}",
+        [str(pyx.relative_to(ROOT))],
+        include_dirs=[str(CORE.relative_to(ROOT))],
+        define_macros=macros,
+        extra_compile_args=cflags + ["-Wno-unused-function"],
+        libraries=["pthread"],
+    )
+    for pyx in sorted(CORE.glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["ext"],
+        compiler_directives=directives,
+        annotate=DEBUG,
+    ),
+)

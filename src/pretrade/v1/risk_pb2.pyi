@@ -1,0 +1,199 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIDE_UNSPECIFIED: _ClassVar[Side]
+    SIDE_BUY: _ClassVar[Side]
+    SIDE_SELL: _ClassVar[Side]
+    SIDE_SELL_SHORT: _ClassVar[Side]
+
+class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_TYPE_UNSPECIFIED: _ClassVar[OrderType]
+    ORDER_TYPE_LIMIT: _ClassVar[OrderType]
+    ORDER_TYPE_MARKET: _ClassVar[OrderType]
+
+class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECT_CODE_UNSPECIFIED: _ClassVar[RejectCode]
+    REJECT_CODE_STALE_DATA: _ClassVar[RejectCode]
+    REJECT_CODE_UNKNOWN_ACCOUNT: _ClassVar[RejectCode]
+    REJECT_CODE_UNKNOWN_SYMBOL: _ClassVar[RejectCode]
+    REJECT_CODE_LIMITS_NOT_CONFIGURED: _ClassVar[RejectCode]
+    REJECT_CODE_INVALID_QUANTITY: _ClassVar[RejectCode]
+    REJECT_CODE_INVALID_PRICE: _ClassVar[RejectCode]
+    REJECT_CODE_PRICE_UNAVAILABLE: _ClassVar[RejectCode]
+    REJECT_CODE_ARITHMETIC_OVERFLOW: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_ORDER_QUANTITY: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_ORDER_NOTIONAL: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_NET_POSITION: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_LONG_POSITION: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_SHORT_POSITION: _ClassVar[RejectCode]
+    REJECT_CODE_GLOBAL_HALT: _ClassVar[RejectCode]
+    REJECT_CODE_ACCOUNT_HALT: _ClassVar[RejectCode]
+    REJECT_CODE_SYMBOL_HALT: _ClassVar[RejectCode]
+    REJECT_CODE_REDUCE_ONLY: _ClassVar[RejectCode]
+    REJECT_CODE_INVALID_STATE: _ClassVar[RejectCode]
+
+class HaltScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HALT_SCOPE_UNSPECIFIED: _ClassVar[HaltScope]
+    HALT_SCOPE_GLOBAL: _ClassVar[HaltScope]
+    HALT_SCOPE_ACCOUNT: _ClassVar[HaltScope]
+    HALT_SCOPE_SYMBOL: _ClassVar[HaltScope]
+
+class HaltMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HALT_MODE_UNSPECIFIED: _ClassVar[HaltMode]
+    HALT_MODE_ACTIVE: _ClassVar[HaltMode]
+    HALT_MODE_REDUCE_ONLY: _ClassVar[HaltMode]
+    HALT_MODE_HALTED: _ClassVar[HaltMode]
+SIDE_UNSPECIFIED: Side
+SIDE_BUY: Side
+SIDE_SELL: Side
+SIDE_SELL_SHORT: Side
+ORDER_TYPE_UNSPECIFIED: OrderType
+ORDER_TYPE_LIMIT: OrderType
+ORDER_TYPE_MARKET: OrderType
+REJECT_CODE_UNSPECIFIED: RejectCode
+REJECT_CODE_STALE_DATA: RejectCode
+REJECT_CODE_UNKNOWN_ACCOUNT: RejectCode
+REJECT_CODE_UNKNOWN_SYMBOL: RejectCode
+REJECT_CODE_LIMITS_NOT_CONFIGURED: RejectCode
+REJECT_CODE_INVALID_QUANTITY: RejectCode
+REJECT_CODE_INVALID_PRICE: RejectCode
+REJECT_CODE_PRICE_UNAVAILABLE: RejectCode
+REJECT_CODE_ARITHMETIC_OVERFLOW: RejectCode
+REJECT_CODE_MAX_ORDER_QUANTITY: RejectCode
+REJECT_CODE_MAX_ORDER_NOTIONAL: RejectCode
+REJECT_CODE_MAX_NET_POSITION: RejectCode
+REJECT_CODE_MAX_LONG_POSITION: RejectCode
+REJECT_CODE_MAX_SHORT_POSITION: RejectCode
+REJECT_CODE_GLOBAL_HALT: RejectCode
+REJECT_CODE_ACCOUNT_HALT: RejectCode
+REJECT_CODE_SYMBOL_HALT: RejectCode
+REJECT_CODE_REDUCE_ONLY: RejectCode
+REJECT_CODE_INVALID_STATE: RejectCode
+HALT_SCOPE_UNSPECIFIED: HaltScope
+HALT_SCOPE_GLOBAL: HaltScope
+HALT_SCOPE_ACCOUNT: HaltScope
+HALT_SCOPE_SYMBOL: HaltScope
+HALT_MODE_UNSPECIFIED: HaltMode
+HALT_MODE_ACTIVE: HaltMode
+HALT_MODE_REDUCE_ONLY: HaltMode
+HALT_MODE_HALTED: HaltMode
+
+class Order(_message.Message):
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VENUE_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    price: int
+    order_type: OrderType
+    venue: str
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("code", "message", "observed", "limit")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    code: RejectCode
+    message: str
+    observed: int
+    limit: int
+    def __init__(self, code: _Optional[_Union[RejectCode, str]] = ..., message: _Optional[str] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("order_id", "approved", "rejections", "latency_ns", "account_id", "symbol", "notional")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    approved: bool
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    latency_ns: int
+    account_id: str
+    symbol: str
+    notional: int
+    def __init__(self, order_id: _Optional[str] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., latency_ns: _Optional[int] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., notional: _Optional[int] = ...) -> None: ...
+
+class HaltRequest(_message.Message):
+    __slots__ = ("scope", "account_id", "symbol", "mode", "reason", "ttl_seconds", "requested_by")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    scope: HaltScope
+    account_id: str
+    symbol: str
+    mode: HaltMode
+    reason: str
+    ttl_seconds: int
+    requested_by: str
+    def __init__(self, scope: _Optional[_Union[HaltScope, str]] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., mode: _Optional[_Union[HaltMode, str]] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class Halt(_message.Message):
+    __slots__ = ("scope", "target", "mode", "reason", "halted_by", "halted_at_unix_ms", "expires_at_unix_ms")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HALTED_BY_FIELD_NUMBER: _ClassVar[int]
+    HALTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    scope: HaltScope
+    target: str
+    mode: HaltMode
+    reason: str
+    halted_by: str
+    halted_at_unix_ms: int
+    expires_at_unix_ms: int
+    def __init__(self, scope: _Optional[_Union[HaltScope, str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[HaltMode, str]] = ..., reason: _Optional[str] = ..., halted_by: _Optional[str] = ..., halted_at_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class HaltState(_message.Message):
+    __slots__ = ("halts",)
+    HALTS_FIELD_NUMBER: _ClassVar[int]
+    halts: _containers.RepeatedCompositeFieldContainer[Halt]
+    def __init__(self, halts: _Optional[_Iterable[_Union[Halt, _Mapping]]] = ...) -> None: ...
+
+class PortfolioRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class PortfolioUpdate(_message.Message):
+    __slots__ = ("account_id", "sequence", "timestamp_unix_ns")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    sequence: int
+    timestamp_unix_ns: int
+    def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ...) -> None: ...
