@@ -3,16 +3,28 @@
 One redis-server (found by :func:`pretrade.devredis.find_redis_server`)
 serves the whole session; each test that asks for ``redis_client`` starts
 from an empty database. The gRPC server fixtures (a server on port 0 in
-front of ``redis_server``) are added here by the server's author.
+front of ``redis_server``) follow: tests seed Redis with ``redis_client``
+and talk to the server over a real gRPC channel (``stub``).
 """
 
-from collections.abc import Iterator
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import grpc
 import pytest
 import redis
 
 from pretrade.devredis import RedisServer
+from pretrade.server import Gateway
+from pretrade.v1 import risk_pb2_grpc
+
+if TYPE_CHECKING:
+    from pretrade.config import Settings
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +50,86 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+# -- gRPC: a real pretrade server on a free port, in front of redis_server --
+
+
+class GatewayThread:
+    """A pretrade Gateway on its own asyncio loop in a background thread.
+
+    Tests talk to it over a real gRPC channel (``target``); ``run`` executes a
+    coroutine on the gateway's loop (for the rare test that inspects it).
+    """
+
+    def __init__(self, settings: "Settings", redis_url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+        self.thread.start()
+        self.gateway: Gateway = self.run(self._build(settings, redis_url))
+        self.port: int = self.run(self.gateway.start())
+        self.target = f"127.0.0.1:{self.port}"
+        self.run(self.gateway.wait_ready(timeout=20))
+
+    @staticmethod
+    async def _build(settings: "Settings", redis_url: str) -> Gateway:
+        return Gateway(settings, redis_url)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the gateway and its loop; a second call does nothing."""
+        if self.loop.is_closed():
+            return
+        self.run(self.gateway.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def gateway_settings(tmp_path: Path, **overrides: Any) -> "Settings":
+    """Small capacities and a private table file, so each test starts clean."""
+    from pretrade.config import Settings
+
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0", "table_path": str(tmp_path / "pretrade.table"),
+        "max_accounts": 256, "max_instruments": 256, "max_positions": 4096, "lock_stripes": 8,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def start_gateway(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+    """Start gateways on demand (several share one Redis); all stop at teardown."""
+    started: list[GatewayThread] = []
+
+    def start(name: str = "gw", **overrides: Any) -> GatewayThread:
+        settings = gateway_settings(tmp_path, table_path=str(tmp_path / f"{name}.table"),
+                                    **overrides)
+        gateway = GatewayThread(settings, redis_url)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(redis_client: redis.Redis, start_gateway: Callable[..., GatewayThread]
+            ) -> GatewayThread:
+    """A running gateway over an empty Redis (seed data before it with ``redis_client``)."""
+    return start_gateway()
+
+
+@pytest.fixture
+def channel(gateway: GatewayThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(gateway.target) as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> risk_pb2_grpc.PreTradeRiskStub:
+    return risk_pb2_grpc.PreTradeRiskStub(channel)

@@ -1,0 +1,110 @@
+"""The one place that maps pretrade's errors and rejections to the wire.
+
+Domain code raises the small exception hierarchy below; the servicer turns
+each into a gRPC status with :func:`grpc_status`. Coded rejections (a normal
+"no" to an order) become ``Rejection`` messages with a readable text built by
+:func:`describe_rejection` from the figures the check recorded.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from pretrade.fixedpoint import format_notional, format_price
+from pretrade.limits import LimitKind
+from pretrade.v1 import risk_pb2 as pb
+
+
+class PretradeError(Exception):
+    """Base of errors that end an RPC with a gRPC status."""
+
+    status = grpc.StatusCode.INTERNAL
+
+
+class InvalidRequest(PretradeError):
+    """The request is malformed (missing ids, unspecified enums, bad ranges)."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(PretradeError):
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(PretradeError):
+    """A dependency (Redis) cannot be reached; retrying later may succeed."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code and details an RPC ends with when ``error`` escapes it."""
+    if isinstance(error, PretradeError):
+        return error.status, str(error)
+    # Imported here so this module stays importable without a Redis client.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        return grpc.StatusCode.UNAVAILABLE, f"Redis is unreachable: {error}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
+
+
+_SCOPE_NAMES = {pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account",
+                pb.HALT_SCOPE_SYMBOL: "symbol"}
+
+
+def _missing_limits(mask: int) -> str:
+    names = [kind.field for kind in LimitKind if mask & (1 << kind)]
+    return ", ".join(names) or "none"
+
+
+def describe_rejection(code: int, observed: int, limit: int) -> str:
+    """A human-readable sentence for one coded rejection, with its figures."""
+    scope = _SCOPE_NAMES.get(observed, "unknown")
+    match code:
+        case pb.REJECT_CODE_STALE_DATA:
+            return "risk state is not in sync with Redis; orders are refused until it is"
+        case pb.REJECT_CODE_UNKNOWN_ACCOUNT:
+            return "unknown account: no holdings or limits are configured for it"
+        case pb.REJECT_CODE_UNKNOWN_SYMBOL:
+            return "unknown symbol: no instrument reference data"
+        case pb.REJECT_CODE_LIMITS_NOT_CONFIGURED:
+            return f"limits not configured: {_missing_limits(observed)}"
+        case pb.REJECT_CODE_INVALID_QUANTITY:
+            return f"quantity {observed} is not positive"
+        case pb.REJECT_CODE_INVALID_PRICE:
+            return f"limit price {format_price(observed)} is not positive"
+        case pb.REJECT_CODE_PRICE_UNAVAILABLE:
+            return "market order but the symbol has no reference price"
+        case pb.REJECT_CODE_ARITHMETIC_OVERFLOW:
+            return (f"quantity {observed} x price {format_price(limit)} or the resulting "
+                    "position does not fit in int64")
+        case pb.REJECT_CODE_MAX_ORDER_QUANTITY:
+            return f"order quantity {observed} exceeds max order quantity {limit}"
+        case pb.REJECT_CODE_MAX_ORDER_NOTIONAL:
+            return (f"order notional {format_notional(observed)} exceeds max order notional "
+                    f"{format_notional(limit)}")
+        case pb.REJECT_CODE_MAX_NET_POSITION:
+            return f"net position would be {observed}, over the max net position {limit}"
+        case pb.REJECT_CODE_MAX_LONG_POSITION:
+            return f"long position would be {observed}, over the max long position {limit}"
+        case pb.REJECT_CODE_MAX_SHORT_POSITION:
+            return f"short position would be {observed}, over the max short position {limit}"
+        case pb.REJECT_CODE_GLOBAL_HALT:
+            return "trading is halted globally"
+        case pb.REJECT_CODE_ACCOUNT_HALT:
+            return "trading is halted for this account"
+        case pb.REJECT_CODE_SYMBOL_HALT:
+            return "trading is halted for this symbol"
+        case pb.REJECT_CODE_REDUCE_ONLY:
+            return (f"{scope} halt is REDUCE_ONLY and this order does not reduce the "
+                    "position")
+        case pb.REJECT_CODE_INVALID_STATE:
+            return f"the {scope}'s state in Redis could not be parsed; see the server log"
+    return f"rejected with code {code}"
+
+
+def rejection_message(code: int, observed: int, limit: int) -> pb.Rejection:
+    return pb.Rejection(code=code, message=describe_rejection(code, observed, limit),
+                        observed=observed, limit=limit)

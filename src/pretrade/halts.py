@@ -1,0 +1,134 @@
+"""The kill switch: halts in force, applied to the table and written through to Redis.
+
+``HaltBook`` is this process's view of the ``halt:*`` keys. The Halt RPC
+writes a halt to Redis first and then applies it here at once, so the caller's
+next order already sees it; every other server process (and the next start)
+sees it through the sync, which re-reads the key when its keyspace
+notification arrives. A halt that Redis refuses to store is not applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from pretrade._core import PositionTable
+from pretrade.errors import InvalidRequest
+from pretrade.redis_schema import HaltRecord, halt_key, is_valid_id
+from pretrade.v1 import risk_pb2 as pb
+
+log = logging.getLogger("pretrade.halts")
+
+HaltKey = tuple[int, bytes]
+MAX_REASON_LENGTH = 512
+MAX_TTL_SECONDS = 366 * 24 * 3600
+
+
+class HaltBook:
+    """Halts in force in this process, mirrored into the PositionTable."""
+
+    def __init__(self, table: PositionTable) -> None:
+        self.table = table
+        self._halts: dict[HaltKey, HaltRecord] = {}
+        # Bumped by every local write; the sync skips applying a read that a
+        # local write overtook (a fresher notification is already on its way).
+        self._local_generation: dict[HaltKey, int] = {}
+
+    def generation(self, key: HaltKey) -> int:
+        return self._local_generation.get(key, 0)
+
+    def apply(self, record: HaltRecord) -> None:
+        key = (record.scope, record.target)
+        self._halts[key] = record
+        self.table.set_halt(record.scope, record.target or None, record.mode)
+
+    def lift(self, scope: int, target: bytes) -> None:
+        """Lift a halt; idempotent (the table may hold it even if the book does not)."""
+        self._halts.pop((scope, target), None)
+        self.table.set_halt(scope, target or None, 0)
+
+    def replace_all(self, records: list[HaltRecord]) -> None:
+        """Make the book and the table hold exactly these halts (full load)."""
+        self._halts.clear()
+        self.table.clear_halts()
+        for record in records:
+            self.apply(record)
+
+    def snapshot(self) -> pb.HaltState:
+        """Every halt in force, globally first, then accounts, then symbols."""
+        ordered = sorted(self._halts.values(), key=lambda r: (r.scope, r.target))
+        return pb.HaltState(halts=[record.to_proto() for record in ordered])
+
+    def bump(self, key: HaltKey) -> None:
+        self._local_generation[key] = self._local_generation.get(key, 0) + 1
+
+
+def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:
+    """Check a HaltRequest; return ``(scope, target)`` or raise InvalidRequest."""
+    if request.scope == pb.HALT_SCOPE_GLOBAL:
+        if request.account_id or request.symbol:
+            raise InvalidRequest("a GLOBAL halt takes neither account_id nor symbol")
+        target = b""
+    elif request.scope == pb.HALT_SCOPE_ACCOUNT:
+        if request.symbol:
+            raise InvalidRequest("an ACCOUNT halt takes account_id, not symbol")
+        target = _target(request.account_id, "account_id")
+    elif request.scope == pb.HALT_SCOPE_SYMBOL:
+        if request.account_id:
+            raise InvalidRequest("a SYMBOL halt takes symbol, not account_id")
+        target = _target(request.symbol, "symbol")
+    else:
+        raise InvalidRequest("scope must be HALT_SCOPE_GLOBAL, HALT_SCOPE_ACCOUNT or "
+                             f"HALT_SCOPE_SYMBOL, got {request.scope}")
+    if request.mode not in (pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED):
+        raise InvalidRequest("mode must be HALT_MODE_ACTIVE, HALT_MODE_REDUCE_ONLY or "
+                             f"HALT_MODE_HALTED, got {request.mode}")
+    if request.mode != pb.HALT_MODE_ACTIVE and not request.reason.strip():
+        raise InvalidRequest("a halt needs a reason")
+    if len(request.reason) > MAX_REASON_LENGTH or len(request.requested_by) > MAX_REASON_LENGTH:
+        raise InvalidRequest(f"reason and requested_by are limited to {MAX_REASON_LENGTH} "
+                             "characters")
+    if not 0 <= request.ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidRequest(f"ttl_seconds must be 0 (no expiry) to {MAX_TTL_SECONDS}, "
+                             f"got {request.ttl_seconds}")
+    return request.scope, target
+
+
+def _target(text: str, field: str) -> bytes:
+    raw = text.encode("utf-8")
+    if not is_valid_id(raw):
+        raise InvalidRequest(f"{field} {text!r} is not a valid id (1 to 39 characters of "
+                             "A-Z a-z 0-9 . _ / - and a few symbols)")
+    return raw
+
+
+async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltRequest,
+                     default_by: str = "unknown") -> pb.HaltState:
+    """Validate, write through to Redis, apply locally; return the halts in force."""
+    scope, target = validate_halt_request(request)
+    key = halt_key(scope, target)
+    book.bump((scope, target))
+    if request.mode == pb.HALT_MODE_ACTIVE:
+        await client.delete(key)
+        book.lift(scope, target)
+        log.warning("halt lifted: %s by %s (%s)", key.decode(), request.requested_by or
+                    default_by, request.reason or "no reason given")
+        return book.snapshot()
+    now_ms = time.time_ns() // 1_000_000
+    record = HaltRecord(
+        scope=scope, target=target, mode=request.mode, reason=request.reason.strip(),
+        halted_by=request.requested_by.strip() or default_by, halted_at_ms=now_ms,
+        expires_at_ms=now_ms + request.ttl_seconds * 1000 if request.ttl_seconds else 0,
+    )
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping=record.to_fields())
+        if request.ttl_seconds:
+            pipe.expire(key, request.ttl_seconds)
+        await pipe.execute()
+    book.apply(record)
+    log.warning("halt set: %s %s by %s: %s", key.decode(),
+                pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
+    return book.snapshot()

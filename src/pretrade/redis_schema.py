@@ -1,0 +1,301 @@
+"""Every Redis key pretrade reads or writes, and how its values parse.
+
+This module is the code side of ``docs/redis-schema.md``: key builders, the
+classification of a key seen in a keyspace notification, and strict parsers
+that turn raw hash fields into fixed-point integers. A value that does not
+parse raises :class:`StateError`; the sync then marks the entity invalid, so
+its orders are rejected (fail closed) instead of being checked against a
+guessed value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from pretrade.fixedpoint import fits_int64
+from pretrade.limits import LimitKind, Limits
+from pretrade.v1 import risk_pb2 as pb
+
+# Ids are short printable ASCII without braces or colons: braces delimit the
+# cluster hash tag and colons separate key parts.
+ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}")
+
+TICKERS_BY_LOT = b"tickers_by_lot:"
+QUANTITIES_BY_LOT = b"quantities_by_lot:"
+PRICES_BY_LOT = b"prices_by_lot:"
+LIMITS = b"limits:"
+INSTRUMENT = b"instrument:"
+PRICE = b"price:"
+HALT_ALL = b"halt:all"
+HALT_ACCOUNT = b"halt:account:"
+HALT_SYMBOL = b"halt:symbol:"
+
+#: SCAN patterns for a full load, one per entity kind.
+SCAN_PATTERNS = (
+    b"tickers_by_lot:*",
+    b"quantities_by_lot:*",
+    b"prices_by_lot:*",
+    b"limits:*",
+    b"instrument:*",
+    b"price:*",
+    b"halt:*",
+)
+
+#: Keyspace notification classes pretrade needs: K (keyspace channel),
+#: g (DEL, EXPIRE...), $ (strings), h (hashes), x (expired), e (evicted).
+REQUIRED_NOTIFY_FLAGS = "Kg$hxe"
+
+
+class StateError(ValueError):
+    """A Redis value that pretrade cannot trust."""
+
+
+class KeyKind(Enum):
+    LOTS = "lots"
+    LIMITS = "limits"
+    INSTRUMENT = "instrument"
+    PRICE = "price"
+    HALT = "halt"
+
+
+def is_valid_id(value: bytes) -> bool:
+    """True for an account id or symbol that can be a key part."""
+    return ID_PATTERN.fullmatch(value) is not None
+
+
+def tagged(account_id: bytes) -> bytes:
+    """``{ACC}``: the account id as a cluster hash tag."""
+    return b"{" + account_id + b"}"
+
+
+def lot_keys(account_id: bytes) -> tuple[bytes, bytes, bytes]:
+    """The three lot hashes of an account: tickers, quantities, prices."""
+    tag = tagged(account_id)
+    return (TICKERS_BY_LOT + tag, QUANTITIES_BY_LOT + tag, PRICES_BY_LOT + tag)
+
+
+def limits_key(account_id: bytes) -> bytes:
+    return LIMITS + tagged(account_id)
+
+
+def instrument_key(symbol: bytes) -> bytes:
+    return INSTRUMENT + symbol
+
+
+def price_key(symbol: bytes) -> bytes:
+    return PRICE + symbol
+
+
+def halt_key(scope: int, target: bytes = b"") -> bytes:
+    """The key of a halt: ``halt:all``, ``halt:account:<ACC>`` or ``halt:symbol:<SYM>``."""
+    if scope == pb.HALT_SCOPE_GLOBAL:
+        return HALT_ALL
+    if scope == pb.HALT_SCOPE_ACCOUNT:
+        return HALT_ACCOUNT + target
+    if scope == pb.HALT_SCOPE_SYMBOL:
+        return HALT_SYMBOL + target
+    raise ValueError(f"unknown halt scope {scope}")
+
+
+def _untag(rest: bytes) -> bytes | None:
+    if len(rest) >= 3 and rest.startswith(b"{") and rest.endswith(b"}"):
+        inner = rest[1:-1]
+        return inner if is_valid_id(inner) else None
+    return None
+
+
+def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
+    """What a key holds: ``(kind, halt scope or 0, account id or symbol)``.
+
+    Returns None for keys pretrade does not own (they are ignored).
+    """
+    for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT):
+        if key.startswith(prefix):
+            account = _untag(key[len(prefix):])
+            return (KeyKind.LOTS, 0, account) if account else None
+    if key.startswith(LIMITS):
+        account = _untag(key[len(LIMITS):])
+        return (KeyKind.LIMITS, 0, account) if account else None
+    for prefix, kind in ((INSTRUMENT, KeyKind.INSTRUMENT), (PRICE, KeyKind.PRICE)):
+        if key.startswith(prefix):
+            symbol = key[len(prefix):]
+            return (kind, 0, symbol) if is_valid_id(symbol) else None
+    if key == HALT_ALL:
+        return (KeyKind.HALT, pb.HALT_SCOPE_GLOBAL, b"")
+    for prefix, scope in ((HALT_ACCOUNT, pb.HALT_SCOPE_ACCOUNT),
+                          (HALT_SYMBOL, pb.HALT_SCOPE_SYMBOL)):
+        if key.startswith(prefix):
+            target = key[len(prefix):]
+            return (KeyKind.HALT, scope, target) if is_valid_id(target) else None
+    return None
+
+
+# -- VALUES --
+
+_INTEGER = re.compile(rb"[+-]?[0-9]{1,19}")
+
+
+def parse_int64(raw: bytes | None, what: str) -> int:
+    """A base-10 int64 with no decimal point, exponent or whitespace."""
+    if raw is None or _INTEGER.fullmatch(raw) is None:
+        raise StateError(f"{what}: {raw!r} is not an integer")
+    value = int(raw)
+    if not fits_int64(value):
+        raise StateError(f"{what}: {raw!r} does not fit in int64")
+    return value
+
+
+def aggregate_lots(
+    tickers: Mapping[bytes, bytes], quantities: Mapping[bytes, bytes],
+    prices: Mapping[bytes, bytes],
+) -> dict[bytes, tuple[int, int]]:
+    """Positions from lots: ``{symbol: (net quantity, cost basis)}``.
+
+    Net quantity is the sum of the lots' signed quantities; cost basis is the
+    sum of quantity x price, so the average cost is cost_basis / quantity
+    (lots 10 @ 683378 and 10 @ 688200 give 20 with cost basis 13715780, an
+    average of 685789: $68.5789). Every lot must appear in all three hashes.
+    """
+    lots = set(tickers) | set(quantities) | set(prices)
+    positions: dict[bytes, tuple[int, int]] = {}
+    for lot in sorted(lots):
+        if lot not in tickers or lot not in quantities or lot not in prices:
+            raise StateError(f"lot {lot!r} is not in all three lot hashes")
+        symbol = tickers[lot]
+        if not is_valid_id(symbol):
+            raise StateError(f"lot {lot!r}: {symbol!r} is not a valid symbol")
+        quantity = parse_int64(quantities[lot], f"lot {lot!r} quantity")
+        price = parse_int64(prices[lot], f"lot {lot!r} price")
+        if price < 0:
+            raise StateError(f"lot {lot!r}: negative price {price}")
+        net, basis = positions.get(symbol, (0, 0))
+        net, basis = net + quantity, basis + quantity * price
+        if not (fits_int64(net) and fits_int64(basis)):
+            raise StateError(f"position in {symbol!r} does not fit in int64")
+        positions[symbol] = (net, basis)
+    return positions
+
+
+def average_cost(quantity: int, cost_basis: int) -> int:
+    """Quantity-weighted average lot price, rounded half away from zero; 0 when flat."""
+    if quantity == 0:
+        return 0
+    magnitude, remainder = divmod(abs(cost_basis), abs(quantity))
+    if 2 * remainder >= abs(quantity):
+        magnitude += 1
+    return magnitude if (cost_basis >= 0) == (quantity > 0) else -magnitude
+
+
+def parse_limits(fields: Mapping[bytes, bytes]) -> tuple[Limits, dict[bytes, Limits]]:
+    """Account-wide limits and per-symbol overrides from a ``limits:{ACC}`` hash.
+
+    A field is a limit name (``max_order_quantity``), or a limit name, a colon
+    and a symbol (``max_long_position:AAPL``) for an override. Values are
+    non-negative int64: units for quantities and positions, 1/10,000 of the
+    currency for notionals.
+    """
+    account: Limits = {}
+    per_symbol: dict[bytes, Limits] = {}
+    for raw_field, raw_value in fields.items():
+        name, _, symbol = raw_field.partition(b":")
+        try:
+            kind = LimitKind.from_field(name.decode("ascii"))
+        except (KeyError, UnicodeDecodeError):
+            raise StateError(f"unknown limit field {raw_field!r}") from None
+        value = parse_int64(raw_value, f"limit {raw_field!r}")
+        if value < 0:
+            raise StateError(f"limit {raw_field!r} is negative: {value}")
+        if symbol:
+            if not is_valid_id(symbol):
+                raise StateError(f"limit {raw_field!r}: {symbol!r} is not a valid symbol")
+            per_symbol.setdefault(symbol, {})[kind] = value
+        else:
+            account[kind] = value
+    return account, per_symbol
+
+
+@dataclass(frozen=True)
+class InstrumentRef:
+    """Reference data of one instrument (``instrument:<SYM>``)."""
+
+    tick_size: int = 1
+    lot_size: int = 1
+    issuer: str = ""
+    sector: str = ""
+    currency: str = ""
+
+
+def parse_instrument(fields: Mapping[bytes, bytes]) -> InstrumentRef:
+    """Parse an ``instrument:<SYM>`` hash; tick and lot size default to 1."""
+    tick = parse_int64(fields.get(b"tick_size", b"1"), "tick_size")
+    lot = parse_int64(fields.get(b"lot_size", b"1"), "lot_size")
+    if tick <= 0 or lot <= 0:
+        raise StateError(f"tick_size and lot_size must be positive, got {tick} and {lot}")
+
+    def text(name: bytes) -> str:
+        return fields.get(name, b"").decode("utf-8", errors="replace")
+
+    return InstrumentRef(tick, lot, text(b"issuer"), text(b"sector"), text(b"currency"))
+
+
+def parse_last_price(raw: bytes) -> int:
+    """A ``price:<SYM>`` value: a positive int64 in 1/10,000 of the currency."""
+    price = parse_int64(raw, "last price")
+    if price <= 0:
+        raise StateError(f"last price must be positive, got {price}")
+    return price
+
+
+# -- HALTS --
+
+HALT_MODE_NAMES = {pb.HALT_MODE_HALTED: b"HALTED", pb.HALT_MODE_REDUCE_ONLY: b"REDUCE_ONLY"}
+_HALT_MODES_BY_NAME = {name: mode for mode, name in HALT_MODE_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class HaltRecord:
+    """One halt as stored in a ``halt:*`` hash."""
+
+    scope: int
+    target: bytes
+    mode: int
+    reason: str
+    halted_by: str
+    halted_at_ms: int
+    expires_at_ms: int = 0
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        fields = {
+            b"mode": HALT_MODE_NAMES[self.mode],
+            b"reason": self.reason.encode(),
+            b"by": self.halted_by.encode(),
+            b"at": str(self.halted_at_ms).encode(),
+        }
+        if self.expires_at_ms:
+            fields[b"expires_at"] = str(self.expires_at_ms).encode()
+        return fields
+
+    def to_proto(self) -> pb.Halt:
+        return pb.Halt(
+            scope=self.scope, target=self.target.decode(), mode=self.mode, reason=self.reason,
+            halted_by=self.halted_by, halted_at_unix_ms=self.halted_at_ms,
+            expires_at_unix_ms=self.expires_at_ms,
+        )
+
+
+def parse_halt(scope: int, target: bytes, fields: Mapping[bytes, bytes]) -> HaltRecord:
+    """Parse a ``halt:*`` hash. An unknown mode raises StateError."""
+    mode = _HALT_MODES_BY_NAME.get(fields.get(b"mode", b"").upper())
+    if mode is None:
+        raise StateError(f"halt {target!r}: unknown mode {fields.get(b'mode')!r}")
+
+    def text(name: bytes) -> str:
+        return fields.get(name, b"").decode("utf-8", errors="replace")
+
+    at = parse_int64(fields[b"at"], "halt at") if b"at" in fields else 0
+    expires = parse_int64(fields[b"expires_at"], "halt expires_at") \
+        if b"expires_at" in fields else 0
+    return HaltRecord(scope, target, mode, text(b"reason"), text(b"by"), at, expires)

@@ -1,0 +1,109 @@
+"""The PreTradeRisk gRPC servicer: protobuf in, the compiled pipeline, protobuf out.
+
+Validation of the request shape (ids present, enums specified) happens here
+and ends the call with INVALID_ARGUMENT; everything about the order itself
+(quantity, price, limits, halts) is a coded rejection from the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import grpc
+import redis.asyncio as aioredis
+
+from pretrade._core import Engine
+from pretrade.errors import InvalidRequest, grpc_status, rejection_message
+from pretrade.halts import HaltBook, write_halt
+from pretrade.redis_schema import is_valid_id
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+log = logging.getLogger("pretrade.servicer")
+
+MAX_ORDER_ID_LENGTH = 128
+MAX_VENUE_LENGTH = 64
+SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
+ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
+
+def _id(text: str, field: str) -> bytes:
+    if not text:
+        raise InvalidRequest(f"{field} is required")
+    raw = text.encode("utf-8")
+    if not is_valid_id(raw):
+        raise InvalidRequest(f"{field} {text[:64]!r} is not a valid id (1 to 39 characters of "
+                             "A-Z a-z 0-9 . _ / - and a few symbols)")
+    return raw
+
+
+def validate_order(order: pb.Order) -> tuple[bytes, bytes]:
+    """Check the request's shape; return the account id and symbol as bytes."""
+    if not order.order_id:
+        raise InvalidRequest("order_id is required")
+    if len(order.order_id) > MAX_ORDER_ID_LENGTH:
+        raise InvalidRequest(f"order_id is longer than {MAX_ORDER_ID_LENGTH} characters")
+    account = _id(order.account_id, "account_id")
+    symbol = _id(order.symbol, "symbol")
+    if order.side not in SIDES:
+        raise InvalidRequest(f"side must be SIDE_BUY, SIDE_SELL or SIDE_SELL_SHORT, "
+                             f"got {order.side}")
+    if order.order_type not in ORDER_TYPES:
+        raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
+                             f"got {order.order_type}")
+    if len(order.venue) > MAX_VENUE_LENGTH:
+        raise InvalidRequest(f"venue is longer than {MAX_VENUE_LENGTH} characters")
+    return account, symbol
+
+
+class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
+    """Answers EvaluateOrder from the compiled engine and Halt through Redis."""
+
+    def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis) -> None:
+        self.engine = engine
+        self.halts = halts
+        self.redis = redis_client
+
+    def decide(self, order: pb.Order) -> pb.Decision:
+        """One order through validation and the pipeline (no network involved)."""
+        account, symbol = validate_order(order)
+        started = time.perf_counter_ns()
+        approved, notional, rejections = self.engine.evaluate(
+            account, symbol, order.side, order.order_type, order.quantity, order.price)
+        latency = time.perf_counter_ns() - started
+        return pb.Decision(
+            order_id=order.order_id, approved=approved,
+            rejections=[rejection_message(*r) for r in rejections],
+            latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
+            notional=notional,
+        )
+
+    async def EvaluateOrder(self, request: pb.Order,  # noqa: N802 (gRPC method name)
+                            context: grpc.aio.ServicerContext) -> pb.Decision:
+        try:
+            return self.decide(request)
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "EvaluateOrder")
+            raise
+
+    async def Halt(self, request: pb.HaltRequest,  # noqa: N802
+                   context: grpc.aio.ServicerContext) -> pb.HaltState:
+        try:
+            return await write_halt(self.redis, self.halts, request)
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "Halt")
+            raise
+
+    async def StreamPortfolio(self, request: pb.PortfolioRequest,  # noqa: N802
+                              context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "StreamPortfolio is declared in pretrade.v1 but not served yet")
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    """End the call with the status errors.grpc_status maps ``error`` to (abort raises)."""
+    code, details = grpc_status(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("internal error in %s", method, exc_info=error)
+    else:
+        log.info("%s %s: %s", method, code.name, details)
+    await context.abort(code, details)

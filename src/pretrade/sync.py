@@ -1,0 +1,405 @@
+"""Keep the shared PositionTable equal to Redis: bulk load, then follow every change.
+
+Redis holds the truth. The sync subscribes to keyspace notifications for
+every key family in :mod:`pretrade.redis_schema` *before* it loads, so no
+change made during the load is missed; then it follows the notifications,
+re-reading each changed key (a burst of events for one key is one re-read;
+re-reads are batched into MULTI/EXEC pipelines, so the three lot hashes of an
+account are read as one snapshot).
+
+Pub/sub is fire-and-forget: when the link drops, the table is marked not live
+(orders get STALE_DATA), and after reconnecting the sync reloads everything
+before it marks the table live again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pretrade._core import PositionTable
+from pretrade.halts import HaltBook, HaltKey
+from pretrade.redis_schema import (
+    REQUIRED_NOTIFY_FLAGS,
+    SCAN_PATTERNS,
+    HaltRecord,
+    InstrumentRef,
+    KeyKind,
+    StateError,
+    aggregate_lots,
+    classify,
+    halt_key,
+    instrument_key,
+    limits_key,
+    lot_keys,
+    parse_halt,
+    parse_instrument,
+    parse_last_price,
+    parse_limits,
+    price_key,
+)
+from pretrade.v1 import risk_pb2 as pb
+
+log = logging.getLogger("pretrade.sync")
+
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class SyncConfigError(RuntimeError):
+    """Redis is not configured the way the sync needs, and pretrade may not fix it."""
+
+
+@dataclass
+class AccountSync:
+    """What the sync knows of one account, beyond what the table holds."""
+
+    has_lots: bool = False
+    has_limits: bool = False
+    lots_invalid: bool = False
+    limits_invalid: bool = False
+    override_symbols: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class Dirty:
+    """Entities to re-read, coalesced: each appears once however many events named it."""
+
+    lots: set[bytes] = field(default_factory=set)
+    limits: set[bytes] = field(default_factory=set)
+    instruments: set[bytes] = field(default_factory=set)
+    prices: set[bytes] = field(default_factory=set)
+    halts: set[HaltKey] = field(default_factory=set)
+
+    def add_key(self, key: bytes) -> bool:
+        found = classify(key)
+        if found is None:
+            return False
+        kind, scope, target = found
+        if kind is KeyKind.LOTS:
+            self.lots.add(target)
+        elif kind is KeyKind.LIMITS:
+            self.limits.add(target)
+        elif kind is KeyKind.INSTRUMENT:
+            self.instruments.add(target)
+        elif kind is KeyKind.PRICE:
+            self.prices.add(target)
+        else:
+            self.halts.add((scope, target))
+        return True
+
+    def __len__(self) -> int:
+        return (len(self.lots) + len(self.limits) + len(self.instruments) + len(self.prices)
+                + len(self.halts))
+
+
+@dataclass
+class SyncStats:
+    full_loads: int = 0
+    events: int = 0
+    refreshes: int = 0
+    invalid_entities: int = 0
+    last_full_load_seconds: float = 0.0
+    last_error: str = ""
+
+
+class RedisSync:
+    """Loads the table from Redis and keeps it equal to Redis.
+
+    Parameters
+    ----------
+    client
+        An asyncio Redis client (hiredis parser when installed) with
+        ``decode_responses=False``.
+    table
+        The shared table this process owns the writing of.
+    halts
+        The halt book the Halt RPC also writes to.
+    batch_size
+        Entities per pipelined read.
+    """
+
+    def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
+                 batch_size: int = 500, reconnect_delay: float = 0.5) -> None:
+        self.client = client
+        self.table = table
+        self.halts = halts
+        self.batch_size = batch_size
+        self.reconnect_delay = reconnect_delay
+        self.accounts: dict[bytes, AccountSync] = {}
+        self.instruments: dict[bytes, InstrumentRef] = {}
+        self.priced: set[bytes] = set()
+        self.stats = SyncStats()
+        self.ready = asyncio.Event()
+        self._stopping = False
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        self._channel_prefix = f"__keyspace@{db}__:".encode()
+
+    # -- STARTUP --
+
+    async def ensure_notifications(self) -> None:
+        """Make sure keyspace notifications carry the events the sync follows.
+
+        Sets ``notify-keyspace-events`` when the server allows CONFIG SET;
+        otherwise raises SyncConfigError saying exactly what to configure.
+        """
+        try:
+            current = (await self.client.config_get("notify-keyspace-events")).get(
+                b"notify-keyspace-events", b"").decode()
+        except ResponseError as error:
+            current = None
+            reason = str(error)
+        if current is not None and _has_flags(current, REQUIRED_NOTIFY_FLAGS):
+            return
+        wanted = _merge_flags(current or "", REQUIRED_NOTIFY_FLAGS)
+        try:
+            await self.client.config_set("notify-keyspace-events", wanted)
+            log.info("set notify-keyspace-events to %r (was %r)", wanted, current)
+            return
+        except ResponseError as error:
+            reason = str(error)
+        raise SyncConfigError(
+            f"Redis keyspace notifications are {current!r}, and pretrade needs at least "
+            f"{REQUIRED_NOTIFY_FLAGS!r} to follow changes; it may not set them ({reason}). "
+            f"Configure the server with: CONFIG SET notify-keyspace-events {wanted} "
+            f"(or `notify-keyspace-events {wanted}` in redis.conf), or grant this user "
+            "the CONFIG command.")
+
+    # -- THE LOOP --
+
+    async def run(self) -> None:
+        """Load, follow, and after any link failure resync; until :meth:`stop`."""
+        while not self._stopping:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.psubscribe(*[self._channel_prefix + p for p in SCAN_PATTERNS])
+                await self.full_load()
+                self.table.set_sync_live(True)
+                self.ready.set()
+                log.info("sync live")
+                await self._follow(pubsub)
+            except LINK_ERRORS as error:
+                self.table.set_sync_live(False)
+                self.stats.last_error = f"{type(error).__name__}: {error}"
+                log.error("Redis link lost (%s); orders get STALE_DATA until resynced",
+                          self.stats.last_error)
+                await asyncio.sleep(self.reconnect_delay)
+            finally:
+                await _close_quietly(pubsub)
+        self.table.set_sync_live(False)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def _follow(self, pubsub: aioredis.client.PubSub) -> None:
+        while not self._stopping:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            dirty = Dirty()
+            self._note(dirty, message)
+            # Drain what is already queued, so a burst becomes one batch.
+            while len(dirty) < self.batch_size:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+                if message is None:
+                    break
+                self._note(dirty, message)
+            if len(dirty):
+                await self.refresh(dirty)
+
+    def _note(self, dirty: Dirty, message: dict[str, object]) -> None:
+        channel = message.get("channel")
+        if isinstance(channel, bytes) and channel.startswith(self._channel_prefix):
+            self.stats.events += 1
+            dirty.add_key(channel[len(self._channel_prefix):])
+
+    # -- LOADING --
+
+    async def full_load(self) -> None:
+        """Read every key family and make the table equal to Redis."""
+        started = time.perf_counter()
+        dirty = Dirty()
+        for pattern in SCAN_PATTERNS:
+            async for key in self.client.scan_iter(match=pattern, count=1000):
+                dirty.add_key(key)
+        # What the table knew but Redis no longer has must be cleared too.
+        dirty.lots |= set(self.accounts)
+        dirty.limits |= set(self.accounts)
+        dirty.instruments |= set(self.instruments)
+        dirty.prices |= self.priced
+        dirty.halts |= {(pb.HALT_SCOPE_GLOBAL, b"")} | set(self.halts._halts)
+        await self.refresh(dirty)
+        self.stats.full_loads += 1
+        self.stats.last_full_load_seconds = time.perf_counter() - started
+        counts = self.table.counts()
+        log.info("loaded %d accounts, %d instruments, %d position slots, %d halts from Redis "
+                 "in %.3f s", len(self.accounts), len(self.instruments), counts["positions"],
+                 len(self.halts.snapshot().halts), self.stats.last_full_load_seconds)
+
+    async def refresh(self, dirty: Dirty) -> None:
+        """Re-read the named entities from Redis and apply them, in batches."""
+        self.stats.refreshes += 1
+        for batch in _batches(dirty.lots, self.batch_size):
+            await self._refresh_lots(batch)
+        for batch in _batches(dirty.limits, self.batch_size):
+            await self._refresh_limits(batch)
+        for batch in _batches(dirty.instruments, self.batch_size):
+            await self._refresh_instruments(batch)
+        for batch in _batches(dirty.prices, self.batch_size):
+            await self._refresh_prices(batch)
+        for batch in _batches(dirty.halts, self.batch_size):
+            await self._refresh_halts(batch)
+
+    async def _refresh_lots(self, accounts: list[bytes]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for account in accounts:
+                for key in lot_keys(account):
+                    pipe.hgetall(key)
+            replies = await pipe.execute()
+        for n, account in enumerate(accounts):
+            tickers, quantities, prices = replies[3 * n: 3 * n + 3]
+            state = self.accounts.setdefault(account, AccountSync())
+            state.has_lots = bool(tickers or quantities or prices)
+            try:
+                positions = aggregate_lots(tickers, quantities, prices)
+                state.lots_invalid = False
+            except StateError as error:
+                positions = {}
+                state.lots_invalid = True
+                self._invalid("lots of account", account, error)
+            self.table.replace_positions(account, positions)
+            self._publish_account(account, state)
+
+    async def _refresh_limits(self, accounts: list[bytes]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for account in accounts:
+                pipe.hgetall(limits_key(account))
+            replies = await pipe.execute()
+        for account, fields in zip(accounts, replies, strict=True):
+            state = self.accounts.setdefault(account, AccountSync())
+            state.has_limits = bool(fields)
+            try:
+                account_limits, per_symbol = parse_limits(fields)
+                state.limits_invalid = False
+            except StateError as error:
+                account_limits, per_symbol = {}, {}
+                state.limits_invalid = True
+                self._invalid("limits of account", account, error)
+            self.table.set_account_limits(account, account_limits if fields else None)
+            for symbol in state.override_symbols - set(per_symbol):
+                self.table.set_symbol_limits(account, symbol, None)
+            for symbol, limits in per_symbol.items():
+                self.table.set_symbol_limits(account, symbol, limits)
+            state.override_symbols = set(per_symbol)
+            self._publish_account(account, state)
+
+    def _publish_account(self, account: bytes, state: AccountSync) -> None:
+        self.table.set_account_state(
+            account, known=state.has_lots or state.has_limits,
+            invalid=state.lots_invalid or state.limits_invalid)
+
+    async def _refresh_instruments(self, symbols: list[bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.hgetall(instrument_key(symbol))
+            replies = await pipe.execute()
+        for symbol, fields in zip(symbols, replies, strict=True):
+            if not fields:
+                self.instruments.pop(symbol, None)
+                self.table.set_instrument(symbol, known=False)
+                continue
+            try:
+                reference = parse_instrument(fields)
+                self.instruments[symbol] = reference
+                self.table.set_instrument(symbol, known=True, tick_size=reference.tick_size,
+                                          lot_size=reference.lot_size)
+            except StateError as error:
+                self.instruments[symbol] = InstrumentRef()
+                self.table.set_instrument(symbol, known=True, invalid=True)
+                self._invalid("instrument", symbol, error)
+
+    async def _refresh_prices(self, symbols: list[bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.get(price_key(symbol))
+            replies = await pipe.execute()
+        for symbol, raw in zip(symbols, replies, strict=True):
+            price = None
+            if raw is not None:
+                try:
+                    price = parse_last_price(raw)
+                except StateError as error:
+                    self._invalid("last price of", symbol, error)
+            if price is None:
+                self.priced.discard(symbol)
+            else:
+                self.priced.add(symbol)
+            self.table.set_last_price(symbol, price)
+
+    async def _refresh_halts(self, keys: list[HaltKey]) -> None:
+        generations = [self.halts.generation(key) for key in keys]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for scope, target in keys:
+                pipe.hgetall(halt_key(scope, target))
+                pipe.pttl(halt_key(scope, target))
+            replies = await pipe.execute()
+        now_ms = time.time_ns() // 1_000_000
+        for n, (scope, target) in enumerate(keys):
+            if self.halts.generation((scope, target)) != generations[n]:
+                continue  # a local Halt RPC overtook this read; its event follows
+            fields, ttl_ms = replies[2 * n], replies[2 * n + 1]
+            if not fields:
+                self.halts.lift(scope, target)
+                continue
+            try:
+                record = parse_halt(scope, target, fields)
+            except StateError as error:
+                # Someone meant to halt: an unreadable halt is a full halt.
+                self._invalid("halt", halt_key(scope, target), error)
+                record = HaltRecord(scope, target, pb.HALT_MODE_HALTED,
+                                    f"unreadable halt record ({error})", "unknown", now_ms)
+            if ttl_ms and ttl_ms > 0 and not record.expires_at_ms:
+                record = HaltRecord(record.scope, record.target, record.mode, record.reason,
+                                    record.halted_by, record.halted_at_ms, now_ms + ttl_ms)
+            self.halts.apply(record)
+
+    def _invalid(self, what: str, name: bytes, error: Exception) -> None:
+        self.stats.invalid_entities += 1
+        log.error("%s %s is invalid in Redis, its orders are rejected: %s", what,
+                  name.decode(errors="replace"), error)
+
+
+def _batches(items: Iterable[object], size: int) -> Iterable[list]:  # type: ignore[type-arg]
+    batch: list[object] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _has_flags(current: str, required: str) -> bool:
+    # "A" is an alias for "g$lshzxetd" (every class); K/E select the channel.
+    expanded = current.replace("A", "g$lshzxetd")
+    return all(flag in expanded for flag in required)
+
+
+def _merge_flags(current: str, required: str) -> str:
+    return current + "".join(flag for flag in required if flag not in current.replace(
+        "A", "g$lshzxetd"))
+
+
+async def _close_quietly(pubsub: aioredis.client.PubSub) -> None:
+    try:
+        await pubsub.aclose()
+    except LINK_ERRORS as error:
+        log.debug("closing a broken pub/sub connection: %s", error)

@@ -1,0 +1,75 @@
+"""Seeding Redis the way an order system would, and waiting for the sync to see it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
+from pretrade.v1 import risk_pb2 as pb
+
+T = TypeVar("T")
+
+GENEROUS_LIMITS = {
+    "max_order_quantity": 1_000,
+    "max_order_notional": 1_000_000_000,  # $100,000.0000
+    "max_net_position": 5_000,
+    "max_long_position": 5_000,
+    "max_short_position": 2_000,
+}
+
+
+def seed_instrument(r: redis.Redis, symbol: str, *, price: int | None = None,
+                    tick_size: int = 1, lot_size: int = 1) -> None:
+    r.hset(instrument_key(symbol.encode()),
+           mapping={"tick_size": tick_size, "lot_size": lot_size, "sector": "Test"})
+    if price is not None:
+        r.set(price_key(symbol.encode()), price)
+
+
+def seed_lots(r: redis.Redis, account: str, lots: list[tuple[str, str, int, int]]) -> None:
+    """Lots as ``(lot id, symbol, signed quantity, cost price)``, in one transaction."""
+    tickers, quantities, prices = lot_keys(account.encode())
+    with r.pipeline(transaction=True) as pipe:
+        for lot, symbol, quantity, price in lots:
+            pipe.hset(tickers, lot, symbol)
+            pipe.hset(quantities, lot, quantity)
+            pipe.hset(prices, lot, price)
+        pipe.execute()
+
+
+def seed_limits(r: redis.Redis, account: str, **limits: int) -> None:
+    r.hset(limits_key(account.encode()), mapping=limits or GENEROUS_LIMITS)
+
+
+def seed_account(r: redis.Redis, account: str = "ACC-1", symbol: str = "AAPL",
+                 price: int = 683_378) -> None:
+    """An instrument with a last price and an account with generous limits."""
+    seed_instrument(r, symbol, price=price)
+    seed_limits(r, account, **GENEROUS_LIMITS)
+
+
+def order(account: str = "ACC-1", symbol: str = "AAPL", side: int = pb.SIDE_BUY,
+          quantity: int = 10, price: int = 683_378, order_type: int = pb.ORDER_TYPE_LIMIT,
+          order_id: str = "o-1") -> pb.Order:
+    return pb.Order(order_id=order_id, account_id=account, symbol=symbol, side=side,
+                    quantity=quantity, price=price, order_type=order_type, venue="XNAS")
+
+
+def codes(decision: pb.Decision) -> list[int]:
+    return [rejection.code for rejection in decision.rejections]
+
+
+def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], timeout: float = 5.0) -> T:
+    """Call ``probe`` until ``accept`` holds for its result; fail with the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s; last value: {value}")
+        time.sleep(0.01)
