@@ -9,8 +9,16 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from book import GENEROUS_LIMITS, codes, order, seed_account, seed_instrument, seed_limits, \
-    seed_lots, wait_until
+from book import (
+    GENEROUS_LIMITS,
+    codes,
+    order,
+    seed_account,
+    seed_instrument,
+    seed_limits,
+    seed_lots,
+    wait_until,
+)
 from pretrade.devredis import find_redis_cli
 from pretrade.v1 import risk_pb2 as pb
 

@@ -8,13 +8,14 @@ what an operator changed since.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from pretrade.fixedpoint import parse_price
 from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
 
 DEMO_MARKER = b"pretrade:demo:loaded"
 
-INSTRUMENTS = {
+INSTRUMENTS: dict[bytes, dict[FieldT, EncodableT]] = {
     b"AAPL": {b"tick_size": b"100", b"lot_size": b"1", b"issuer": b"Apple Inc.",
               b"sector": b"Information Technology", b"currency": b"USD"},
     b"MSFT": {b"tick_size": b"100", b"lot_size": b"1", b"issuer": b"Microsoft Corp.",
@@ -70,7 +71,8 @@ async def load_demo_book(client: aioredis.Redis, *, force: bool = False) -> bool
                 pipe.hset(quantities, lot, str(quantity))
                 pipe.hset(prices, lot, str(parse_price(price)))
         for account, limits in LIMITS.items():
-            pipe.hset(limits_key(account), mapping={k: str(v) for k, v in limits.items()})
+            limit_fields: dict[FieldT, EncodableT] = {k: str(v) for k, v in limits.items()}
+            pipe.hset(limits_key(account), mapping=limit_fields)
         pipe.set(DEMO_MARKER, b"1")
         await pipe.execute()
     return True

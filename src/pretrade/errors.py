@@ -8,6 +8,8 @@ each into a gRPC status with :func:`grpc_status`. Coded rejections (a normal
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 from pretrade.fixedpoint import format_notional, format_price
@@ -50,7 +52,7 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
 
 
-_SCOPE_NAMES = {pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account",
+_SCOPE_NAMES: dict[int, str] = {pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account",
                 pb.HALT_SCOPE_SYMBOL: "symbol"}
 
 
@@ -106,5 +108,6 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
 
 
 def rejection_message(code: int, observed: int, limit: int) -> pb.Rejection:
-    return pb.Rejection(code=code, message=describe_rejection(code, observed, limit),
+    return pb.Rejection(code=cast(pb.RejectCode, code),
+                        message=describe_rejection(code, observed, limit),
                         observed=observed, limit=limit)

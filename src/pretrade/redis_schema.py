@@ -14,6 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
+
+from redis.typing import EncodableT, FieldT
 
 from pretrade.fixedpoint import fits_int64
 from pretrade.limits import LimitKind, Limits
@@ -251,7 +254,10 @@ def parse_last_price(raw: bytes) -> int:
 
 # -- HALTS --
 
-HALT_MODE_NAMES = {pb.HALT_MODE_HALTED: b"HALTED", pb.HALT_MODE_REDUCE_ONLY: b"REDUCE_ONLY"}
+HALT_MODE_NAMES: dict[int, bytes] = {
+    pb.HALT_MODE_HALTED: b"HALTED",
+    pb.HALT_MODE_REDUCE_ONLY: b"REDUCE_ONLY",
+}
 _HALT_MODES_BY_NAME = {name: mode for mode, name in HALT_MODE_NAMES.items()}
 
 
@@ -267,8 +273,8 @@ class HaltRecord:
     halted_at_ms: int
     expires_at_ms: int = 0
 
-    def to_fields(self) -> dict[bytes, bytes]:
-        fields = {
+    def to_fields(self) -> dict[FieldT, EncodableT]:
+        fields: dict[FieldT, EncodableT] = {
             b"mode": HALT_MODE_NAMES[self.mode],
             b"reason": self.reason.encode(),
             b"by": self.halted_by.encode(),
@@ -280,7 +286,8 @@ class HaltRecord:
 
     def to_proto(self) -> pb.Halt:
         return pb.Halt(
-            scope=self.scope, target=self.target.decode(), mode=self.mode, reason=self.reason,
+            scope=cast(pb.HaltScope, self.scope), target=self.target.decode(),
+            mode=cast(pb.HaltMode, self.mode), reason=self.reason,
             halted_by=self.halted_by, halted_at_unix_ms=self.halted_at_ms,
             expires_at_unix_ms=self.expires_at_ms,
         )

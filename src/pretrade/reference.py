@@ -297,7 +297,8 @@ class ReferenceBook:
         invalid: bool = False,
     ) -> None:
         if tick_size <= 0 or lot_size <= 0:
-            raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+            raise ValueError(
+                f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
         instrument = self._instrument(symbol)
         instrument.known, instrument.invalid = known, invalid
         instrument.tick_size, instrument.lot_size = tick_size, lot_size

@@ -41,13 +41,10 @@ HEALTH_POLL_SECONDS = 0.05
 
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:
     """An asyncio client with bytes replies (hiredis parses them when installed)."""
-    kwargs: dict[str, object] = {"decode_responses": False, "health_check_interval": 5,
-                                 "socket_connect_timeout": 5, "socket_timeout": 10}
-    if settings.redis_username:
-        kwargs["username"] = settings.redis_username
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
-    return aioredis.Redis.from_url(url, **kwargs)
+    return aioredis.Redis.from_url(
+        url, decode_responses=False, health_check_interval=5, socket_connect_timeout=5,
+        socket_timeout=10, username=settings.redis_username or None,
+        password=settings.redis_password or None)
 
 
 class Gateway:

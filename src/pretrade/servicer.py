@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 import grpc
 import redis.asyncio as aioredis
 

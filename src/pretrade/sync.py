@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -49,6 +50,7 @@ from pretrade.redis_schema import (
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.sync")
+T = TypeVar("T")
 
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -151,8 +153,8 @@ class RedisSync:
         otherwise raises SyncConfigError saying exactly what to configure.
         """
         try:
-            current = (await self.client.config_get("notify-keyspace-events")).get(
-                b"notify-keyspace-events", b"").decode()
+            reply = await self.client.config_get("notify-keyspace-events")
+            current = _text(next(iter(reply.values()), None))
         except ResponseError as error:
             current = None
             reason = str(error)
@@ -254,8 +256,8 @@ class RedisSync:
             await self._refresh_instruments(batch)
         for batch in _batches(dirty.prices, self.batch_size):
             await self._refresh_prices(batch)
-        for batch in _batches(dirty.halts, self.batch_size):
-            await self._refresh_halts(batch)
+        for halt_batch in _batches(dirty.halts, self.batch_size):
+            await self._refresh_halts(halt_batch)
 
     async def _refresh_lots(self, accounts: list[bytes]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -376,8 +378,8 @@ class RedisSync:
                   name.decode(errors="replace"), error)
 
 
-def _batches(items: Iterable[object], size: int) -> Iterable[list]:  # type: ignore[type-arg]
-    batch: list[object] = []
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -385,6 +387,12 @@ def _batches(items: Iterable[object], size: int) -> Iterable[list]:  # type: ign
             batch = []
     if batch:
         yield batch
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _has_flags(current: str, required: str) -> bool:

@@ -62,7 +62,8 @@ class MappedTable:
             os.close(fd)
         table = PositionTable.format(
             mapping, capacities.max_accounts, capacities.max_instruments,
-            capacities.max_positions, capacities.max_overrides, capacities.lock_stripes)
+            capacities.max_positions, capacities.max_overrides, capacities.lock_stripes,
+            assume_zeroed=True)
         return cls(target, mapping, table)
 
     @classmethod
@@ -91,4 +92,5 @@ def new_private_table(**capacities: int) -> PositionTable:
     caps = Capacities(**capacities)
     mapping = mmap.mmap(-1, caps.required_bytes())
     return PositionTable.format(mapping, caps.max_accounts, caps.max_instruments,
-                                caps.max_positions, caps.max_overrides, caps.lock_stripes)
+                                caps.max_positions, caps.max_overrides, caps.lock_stripes,
+                                assume_zeroed=True)

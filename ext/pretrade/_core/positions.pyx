@@ -59,6 +59,11 @@ class TableLayoutError(ValueError):
     """The mapped file does not hold a table of this build's layout."""
 
 
+# Index entries hold record index + 1, so a zero-filled (sparse) index is empty.
+cdef enum:
+    EMPTY_ENTRY = 0
+
+
 cdef uint64_t _align(uint64_t value, uint64_t alignment) noexcept nogil:
     return (value + alignment - 1) // alignment * alignment
 
@@ -193,8 +198,13 @@ cdef class PositionTable:
 
     @staticmethod
     def format(buffer, uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
-               uint32_t max_overrides, uint32_t lock_stripes):
-        """Initialise an empty table in ``buffer`` (zero-filled, writable)."""
+               uint32_t max_overrides, uint32_t lock_stripes, bint assume_zeroed=False):
+        """Initialise an empty table in the writable ``buffer``.
+
+        Every region of a fresh table is zero bytes (index entry 0 = empty).
+        With ``assume_zeroed`` (a new sparse file or anonymous mapping) the
+        buffer is not cleared, so untouched pages never take memory.
+        """
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
                           lock_stripes)
         cdef TableHeader plan
@@ -204,7 +214,8 @@ cdef class PositionTable:
         if <uint64_t>view.shape[0] < plan.total_size:
             raise ValueError(f"buffer holds {view.shape[0]} bytes, the table needs {plan.total_size}")
         cdef char* base = <char*>&view[0]
-        memset(base, 0, plan.total_size)
+        if not assume_zeroed:
+            memset(base, 0, plan.total_size)
         memcpy(base, &plan, sizeof(TableHeader))
         cdef TableHeader* h = <TableHeader*>base
         cdef uint32_t i
@@ -213,9 +224,6 @@ cdef class PositionTable:
             rc = pt_mutex_init_shared(<pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
             if rc:
                 raise OSError(rc, "pthread_mutex_init (process-shared, robust) failed")
-        memset(base + h.account_index_offset, 0xFF, 4 * (<uint64_t>h.account_index_mask + 1))
-        memset(base + h.instrument_index_offset, 0xFF, 4 * (<uint64_t>h.instrument_index_mask + 1))
-        memset(base + h.position_index_offset, 0xFF, 4 * (<uint64_t>h.position_index_mask + 1))
         table._bind(view)
         return table
 
@@ -292,7 +300,7 @@ cdef class PositionTable:
         cdef int32_t found
         cdef AccountRecord* rec
         while True:
-            found = pt_load_i32(&self.account_index[probe])
+            found = pt_load_i32(&self.account_index[probe]) - 1
             if found == NO_INDEX:
                 return NO_INDEX
             rec = &self.accounts[found]
@@ -310,7 +318,7 @@ cdef class PositionTable:
         cdef int32_t found
         cdef InstrumentRecord* rec
         while True:
-            found = pt_load_i32(&self.instrument_index[probe])
+            found = pt_load_i32(&self.instrument_index[probe]) - 1
             if found == NO_INDEX:
                 return NO_INDEX
             rec = &self.instruments[found]
@@ -325,7 +333,7 @@ cdef class PositionTable:
         cdef int32_t found
         cdef PositionSlot* slot
         while True:
-            found = pt_load_i32(&self.position_index[probe])
+            found = pt_load_i32(&self.position_index[probe]) - 1
             if found == NO_INDEX:
                 return NO_INDEX
             slot = &self.positions[found]
@@ -357,10 +365,10 @@ cdef class PositionTable:
             rec.id_length = <uint32_t>length
             rec.first_position = NO_INDEX
             probe = h & mask
-            while pt_load_i32(&self.account_index[probe]) != NO_INDEX:
+            while pt_load_i32(&self.account_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
             pt_store_i32(&self.header.account_count, found + 1)
-            pt_store_i32(&self.account_index[probe], found)
+            pt_store_i32(&self.account_index[probe], found + 1)
         pt_mutex_unlock(self.registry_lock())
         return found
 
@@ -384,10 +392,10 @@ cdef class PositionTable:
             rec.tick_size = 1
             rec.lot_size = 1
             probe = h & mask
-            while pt_load_i32(&self.instrument_index[probe]) != NO_INDEX:
+            while pt_load_i32(&self.instrument_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
             pt_store_i32(&self.header.instrument_count, found + 1)
-            pt_store_i32(&self.instrument_index[probe], found)
+            pt_store_i32(&self.instrument_index[probe], found + 1)
         pt_mutex_unlock(self.registry_lock())
         return found
 
@@ -410,11 +418,11 @@ cdef class PositionTable:
             slot.override_index = NO_INDEX
             slot.next_in_account = account.first_position
             probe = hash_pair(account_index, instrument_index) & mask
-            while pt_load_i32(&self.position_index[probe]) != NO_INDEX:
+            while pt_load_i32(&self.position_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
             pt_store_i32(&self.header.position_count, found + 1)
             pt_store_i32(&account.first_position, found)
-            pt_store_i32(&self.position_index[probe], found)
+            pt_store_i32(&self.position_index[probe], found + 1)
         pt_mutex_unlock(self.registry_lock())
         return found
 

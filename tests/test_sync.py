@@ -1,0 +1,118 @@
+"""The sync against a real redis-server: startup checks, link loss and resync."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from book import codes, order, seed_account, wait_until
+from conftest import GatewayThread, gateway_settings
+from pretrade.devredis import RedisServer
+from pretrade.server import Gateway
+from pretrade.sync import SyncConfigError
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+
+def test_missing_keyspace_notification_flags_are_set_at_startup(redis_client, start_gateway):
+    redis_client.config_set("notify-keyspace-events", "")
+    start_gateway()
+    flags = str(redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"])
+    for flag in "Kg$hxe":
+        assert flag in flags.replace("A", "g$lshzxetd")
+
+
+def test_startup_fails_with_exact_instructions_when_flags_cannot_be_set(redis_client,
+                                                                        redis_url, tmp_path):
+    redis_client.config_set("notify-keyspace-events", "")
+    redis_client.acl_setuser("no-config", enabled=True, passwords=["+secret"], keys=["*"],
+                             channels=["*"], commands=["+@all", "-config"])
+    settings = gateway_settings(tmp_path, redis_username="no-config", redis_password="secret")
+    try:
+        with pytest.raises(SyncConfigError) as raised:
+            asyncio.run(_start_and_stop(settings, redis_url))
+        message = str(raised.value)
+        assert "CONFIG SET notify-keyspace-events" in message
+        assert "Kg$hxe" in message
+    finally:
+        redis_client.acl_deluser("no-config")
+        redis_client.config_set("notify-keyspace-events", "KEA")
+
+
+async def _start_and_stop(settings, redis_url) -> None:
+    gateway = Gateway(settings, redis_url)
+    try:
+        await gateway.start()
+    finally:
+        await gateway.stop(grace=0)
+
+
+def test_losing_redis_fails_closed_and_a_restart_resyncs(tmp_path):
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    server = RedisServer(data_dir=data_dir, persistent=True).start()
+    port = server.port
+    client = redis.Redis(port=port)
+    seed_account(client)
+    gateway = GatewayThread(gateway_settings(tmp_path), server.url)
+    restarted = None
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            assert stub.EvaluateOrder(order()).approved
+
+            server.stop()
+            decision = wait_until(lambda: stub.EvaluateOrder(order()), lambda d: not d.approved)
+            assert codes(decision) == [pb.REJECT_CODE_STALE_DATA]
+            wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status,
+                       lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+            restarted = RedisServer(port=port, data_dir=data_dir, persistent=True).start()
+            wait_until(lambda: stub.EvaluateOrder(order()), lambda d: d.approved, timeout=15)
+            wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status,
+                       lambda s: s == health_pb2.HealthCheckResponse.SERVING)
+
+            # The resubscribed link follows changes again.
+            redis.Redis(port=port).hset("limits:{ACC-1}", "max_order_quantity", 1)
+            decision = wait_until(lambda: stub.EvaluateOrder(order()), lambda d: not d.approved)
+            assert codes(decision) == [pb.REJECT_CODE_MAX_ORDER_QUANTITY]
+    finally:
+        gateway.stop()
+        server.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+def test_keys_deleted_while_the_link_was_down_are_cleared_by_the_resync(tmp_path):
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    server = RedisServer(data_dir=data_dir, persistent=True).start()
+    port = server.port
+    seed_account(redis.Redis(port=port), "ACC-1")
+    seed_account(redis.Redis(port=port), "ACC-2")
+    gateway = GatewayThread(gateway_settings(tmp_path), server.url)
+    restarted = None
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            assert stub.EvaluateOrder(order(account="ACC-2")).approved
+            # Delete ACC-2's limits, then kill Redis before the event can be trusted to
+            # arrive: restart from a copy of the data without them.
+            server.stop()
+            restarted = RedisServer(port=port, data_dir=data_dir, persistent=True).start()
+            redis.Redis(port=port).delete("limits:{ACC-2}")
+            decision = wait_until(lambda: stub.EvaluateOrder(order(account="ACC-2")),
+                                  lambda d: pb.REJECT_CODE_STALE_DATA not in codes(d),
+                                  timeout=15)
+            assert codes(decision) == [pb.REJECT_CODE_UNKNOWN_ACCOUNT]
+            assert stub.EvaluateOrder(order(account="ACC-1")).approved
+    finally:
+        gateway.stop()
+        server.stop()
+        if restarted is not None:
+            restarted.stop()

@@ -1,0 +1,119 @@
+"""The memory-mapped table: layout, capacity, sharing between processes, locks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from pretrade._core import LAYOUT, Engine, PositionTable, TableFullError, TableLayoutError
+from pretrade.limits import LimitKind
+from pretrade.table import Capacities, MappedTable, new_private_table
+from pretrade.v1 import risk_pb2 as pb
+
+SMALL = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_overrides=16,
+                   lock_stripes=4)
+LIMITS = {int(kind): 1_000_000 for kind in LimitKind}
+
+
+def test_a_position_slot_fits_in_one_cache_line():
+    assert LAYOUT["position_bytes"] <= 64
+
+
+def test_limit_kinds_match_the_core():
+    assert LAYOUT["limit_kinds"] == len(LimitKind)
+
+
+def test_full_account_table_raises_instead_of_overwriting():
+    table = new_private_table(max_accounts=2, max_instruments=2, max_positions=4,
+                              max_overrides=2, lock_stripes=1)
+    table.upsert_account(b"A")
+    table.upsert_account(b"B")
+    with pytest.raises(TableFullError):
+        table.upsert_account(b"C")
+    assert table.counts()["accounts"] == 2
+
+
+@pytest.mark.parametrize("bad", [b"", b"x" * 40, b"nul\0byte"])
+def test_ids_that_cannot_be_stored_are_refused(bad):
+    table = new_private_table(**SMALL.__dict__)
+    with pytest.raises(ValueError):
+        table.upsert_account(bad)
+
+
+def test_unstorable_id_in_an_order_is_an_unknown_account_not_a_crash():
+    table = new_private_table(**SMALL.__dict__)
+    table.set_sync_live(True)
+    approved, _, rejections = Engine(table).evaluate(b"x" * 500, b"", 1, 1, 1, 1)
+    assert not approved
+    assert [r[0] for r in rejections] == [pb.REJECT_CODE_UNKNOWN_ACCOUNT,
+                                          pb.REJECT_CODE_UNKNOWN_SYMBOL]
+
+
+def test_attach_refuses_a_buffer_that_is_not_a_table():
+    with pytest.raises(TableLayoutError):
+        PositionTable.attach(bytearray(SMALL.required_bytes()))
+
+
+def _write_position_from_another_process(path: str) -> None:
+    mapped = MappedTable.attach(path)
+    mapped.table.replace_positions(b"ACC", {b"AAPL": (42, 42 * 683_378)})
+    mapped.table.set_halt(pb.HALT_SCOPE_SYMBOL, b"AAPL", pb.HALT_MODE_HALTED)
+    mapped.close()
+
+
+def test_a_write_by_another_process_is_seen_through_the_shared_mapping(tmp_path):
+    mapped = MappedTable.create(tmp_path / "shared.table", SMALL)
+    try:
+        process = multiprocessing.get_context("spawn").Process(
+            target=_write_position_from_another_process, args=(str(mapped.path),))
+        process.start()
+        process.join(60)
+        assert process.exitcode == 0
+        assert mapped.table.position(b"ACC", b"AAPL") == (42, 42 * 683_378)
+        assert mapped.table.halt_mode(pb.HALT_SCOPE_SYMBOL, b"AAPL") == pb.HALT_MODE_HALTED
+    finally:
+        mapped.close(unlink=True)
+
+
+def _hammer(path: str, rounds: int) -> None:
+    # Each round writes a position whose quantity and cost basis agree
+    # (cost = quantity x 100); a torn write would break that invariant.
+    mapped = MappedTable.attach(path)
+    for n in range(rounds):
+        mapped.table.replace_positions(b"ACC", {b"AAPL": (n, n * 100), b"MSFT": (n, n * 100)})
+    mapped.close()
+
+
+def test_striped_locks_keep_positions_consistent_across_processes(tmp_path):
+    mapped = MappedTable.create(tmp_path / "shared.table", SMALL)
+    try:
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_hammer, args=(str(mapped.path), 3_000))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        seen = 0
+        while any(worker.is_alive() for worker in workers):
+            positions = mapped.table.account_positions(b"ACC")
+            for quantity, cost_basis in positions.values():
+                assert cost_basis == quantity * 100
+            seen += 1
+        for worker in workers:
+            worker.join(60)
+            assert worker.exitcode == 0
+        assert seen > 0
+    finally:
+        mapped.close(unlink=True)
+
+
+def test_table_file_is_sparse_until_records_are_written(tmp_path):
+    big = Capacities(max_positions=1_048_576)
+    mapped = MappedTable.create(tmp_path / "big.table", big)
+    try:
+        stat = os.stat(mapped.path)
+        assert stat.st_size == big.required_bytes()
+        assert stat.st_blocks * 512 < stat.st_size // 4
+    finally:
+        mapped.close(unlink=True)
