@@ -29,6 +29,7 @@ ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}")
 TICKERS_BY_LOT = b"tickers_by_lot:"
 QUANTITIES_BY_LOT = b"quantities_by_lot:"
 PRICES_BY_LOT = b"prices_by_lot:"
+PNL = b"pnl:"
 LIMITS = b"limits:"
 INSTRUMENT = b"instrument:"
 PRICE = b"price:"
@@ -41,6 +42,7 @@ SCAN_PATTERNS = (
     b"tickers_by_lot:*",
     b"quantities_by_lot:*",
     b"prices_by_lot:*",
+    b"pnl:*",
     b"limits:*",
     b"instrument:*",
     b"price:*",
@@ -80,6 +82,17 @@ def lot_keys(account_id: bytes) -> tuple[bytes, bytes, bytes]:
     return (TICKERS_BY_LOT + tag, QUANTITIES_BY_LOT + tag, PRICES_BY_LOT + tag)
 
 
+def pnl_key(account_id: bytes) -> bytes:
+    """``pnl:{ACC}``: the day's realized P&L (field ``realized``), read with the lots."""
+    return PNL + tagged(account_id)
+
+
+def parse_realized_pnl(fields: Mapping[bytes, bytes]) -> int:
+    """The ``realized`` field of ``pnl:{ACC}`` (1/10,000 of the currency); 0 when absent."""
+    raw = fields.get(b"realized")
+    return 0 if raw is None else parse_int64(raw, "realized P&L")
+
+
 def limits_key(account_id: bytes) -> bytes:
     return LIMITS + tagged(account_id)
 
@@ -115,7 +128,7 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
 
     Returns None for keys pretrade does not own (they are ignored).
     """
-    for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT):
+    for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, PNL):
         if key.startswith(prefix):
             account = _untag(key[len(prefix):])
             return (KeyKind.LOTS, 0, account) if account else None

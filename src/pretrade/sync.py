@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,6 +45,8 @@ from pretrade.redis_schema import (
     parse_instrument,
     parse_last_price,
     parse_limits,
+    parse_realized_pnl,
+    pnl_key,
     price_key,
 )
 from pretrade.v1 import risk_pb2 as pb
@@ -53,6 +55,17 @@ log = logging.getLogger("pretrade.sync")
 T = TypeVar("T")
 
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class SyncListener(Protocol):
+    """Told of every change the sync applies (after the table has it)."""
+
+    def account_changed(self, account: bytes, positions: dict[bytes, tuple[int, int]],
+                        realized_pnl: int) -> None:
+        """An account's positions ``{symbol: (quantity, cost_basis)}`` or P&L changed."""
+
+    def price_changed(self, symbol: bytes, price: int | None) -> None:
+        """A symbol's last price changed (None: it has none now)."""
 
 
 class SyncConfigError(RuntimeError):
@@ -139,6 +152,7 @@ class RedisSync:
         self.instruments: dict[bytes, InstrumentRef] = {}
         self.priced: set[bytes] = set()
         self.stats = SyncStats()
+        self.listeners: list[SyncListener] = []
         self.ready = asyncio.Event()
         self._stopping = False
         db = client.connection_pool.connection_kwargs.get("db", 0)
@@ -264,20 +278,24 @@ class RedisSync:
             for account in accounts:
                 for key in lot_keys(account):
                     pipe.hgetall(key)
+                pipe.hgetall(pnl_key(account))
             replies = await pipe.execute()
         for n, account in enumerate(accounts):
-            tickers, quantities, prices = replies[3 * n: 3 * n + 3]
+            tickers, quantities, prices, pnl = replies[4 * n: 4 * n + 4]
             state = self.accounts.setdefault(account, AccountSync())
             state.has_lots = bool(tickers or quantities or prices)
             try:
                 positions = aggregate_lots(tickers, quantities, prices)
+                realized = parse_realized_pnl(pnl)
                 state.lots_invalid = False
             except StateError as error:
-                positions = {}
+                positions, realized = {}, 0
                 state.lots_invalid = True
                 self._invalid("lots of account", account, error)
             self.table.replace_positions(account, positions)
             self._publish_account(account, state)
+            for listener in self.listeners:
+                listener.account_changed(account, positions, realized)
 
     async def _refresh_limits(self, accounts: list[bytes]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -339,11 +357,17 @@ class RedisSync:
                     price = parse_last_price(raw)
                 except StateError as error:
                     self._invalid("last price of", symbol, error)
-            if price is None:
-                self.priced.discard(symbol)
-            else:
-                self.priced.add(symbol)
-            self.table.set_last_price(symbol, price)
+            self.apply_price(symbol, price)
+
+    def apply_price(self, symbol: bytes, price: int | None) -> None:
+        """Make ``price`` the symbol's last price in the table and tell the listeners."""
+        if price is None:
+            self.priced.discard(symbol)
+        else:
+            self.priced.add(symbol)
+        self.table.set_last_price(symbol, price)
+        for listener in self.listeners:
+            listener.price_changed(symbol, price)
 
     async def _refresh_halts(self, keys: list[HaltKey]) -> None:
         generations = [self.halts.generation(key) for key in keys]

@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pretrade/v1/risk.proto\x12\x0bpretrade.v1\"\xba\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1f\n\x04side\x18\x04 \x01(\x0e\x32\x11.pretrade.v1.Side\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12\r\n\x05price\x18\x06 \x01(\x03\x12*\n\norder_type\x18\x07 \x01(\x0e\x32\x16.pretrade.v1.OrderType\x12\r\n\x05venue\x18\x08 \x01(\t\"d\n\tRejection\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.pretrade.v1.RejectCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08observed\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\"\xa4\x01\n\x08\x44\x65\x63ision\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12*\n\nrejections\x18\x03 \x03(\x0b\x32\x16.pretrade.v1.Rejection\x12\x12\n\nlatency_ns\x18\x04 \x01(\x03\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x0e\n\x06symbol\x18\x06 \x01(\t\x12\x10\n\x08notional\x18\x07 \x01(\x03\"\xb8\x01\n\x0bHaltRequest\x12%\n\x05scope\x18\x01 \x01(\x0e\x32\x16.pretrade.v1.HaltScope\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.pretrade.v1.HaltMode\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\"\xbc\x01\n\x04Halt\x12%\n\x05scope\x18\x01 \x01(\x0e\x32\x16.pretrade.v1.HaltScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.pretrade.v1.HaltMode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\thalted_by\x18\x05 \x01(\t\x12\x19\n\x11halted_at_unix_ms\x18\x06 \x01(\x03\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x07 \x01(\x03\"-\n\tHaltState\x12 \n\x05halts\x18\x01 \x03(\x0b\x32\x11.pretrade.v1.Halt\"&\n\x10PortfolioRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"R\n\x0fPortfolioUpdate\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x19\n\x11timestamp_unix_ns\x18\x03 \x01(\x03*N\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x12\x13\n\x0fSIDE_SELL_SHORT\x10\x03*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x01\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x02*\xfb\x04\n\nRejectCode\x12\x1b\n\x17REJECT_CODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REJECT_CODE_STALE_DATA\x10\x01\x12\x1f\n\x1bREJECT_CODE_UNKNOWN_ACCOUNT\x10\x02\x12\x1e\n\x1aREJECT_CODE_UNKNOWN_SYMBOL\x10\x03\x12%\n!REJECT_CODE_LIMITS_NOT_CONFIGURED\x10\x04\x12 \n\x1cREJECT_CODE_INVALID_QUANTITY\x10\x05\x12\x1d\n\x19REJECT_CODE_INVALID_PRICE\x10\x06\x12!\n\x1dREJECT_CODE_PRICE_UNAVAILABLE\x10\x07\x12#\n\x1fREJECT_CODE_ARITHMETIC_OVERFLOW\x10\x08\x12\"\n\x1eREJECT_CODE_MAX_ORDER_QUANTITY\x10\t\x12\"\n\x1eREJECT_CODE_MAX_ORDER_NOTIONAL\x10\n\x12 \n\x1cREJECT_CODE_MAX_NET_POSITION\x10\x0b\x12!\n\x1dREJECT_CODE_MAX_LONG_POSITION\x10\x0c\x12\"\n\x1eREJECT_CODE_MAX_SHORT_POSITION\x10\r\x12\x1b\n\x17REJECT_CODE_GLOBAL_HALT\x10\x0e\x12\x1c\n\x18REJECT_CODE_ACCOUNT_HALT\x10\x0f\x12\x1b\n\x17REJECT_CODE_SYMBOL_HALT\x10\x10\x12\x1b\n\x17REJECT_CODE_REDUCE_ONLY\x10\x11\x12\x1d\n\x19REJECT_CODE_INVALID_STATE\x10\x12*m\n\tHaltScope\x12\x1a\n\x16HALT_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11HALT_SCOPE_GLOBAL\x10\x01\x12\x16\n\x12HALT_SCOPE_ACCOUNT\x10\x02\x12\x15\n\x11HALT_SCOPE_SYMBOL\x10\x03*l\n\x08HaltMode\x12\x19\n\x15HALT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10HALT_MODE_ACTIVE\x10\x01\x12\x19\n\x15HALT_MODE_REDUCE_ONLY\x10\x02\x12\x14\n\x10HALT_MODE_HALTED\x10\x03\x32\xd6\x01\n\x0cPreTradeRisk\x12:\n\rEvaluateOrder\x12\x12.pretrade.v1.Order\x1a\x15.pretrade.v1.Decision\x12P\n\x0fStreamPortfolio\x12\x1d.pretrade.v1.PortfolioRequest\x1a\x1c.pretrade.v1.PortfolioUpdate0\x01\x12\x38\n\x04Halt\x12\x18.pretrade.v1.HaltRequest\x1a\x16.pretrade.v1.HaltStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pretrade/v1/risk.proto\x12\x0bpretrade.v1\"\xd0\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1f\n\x04side\x18\x04 \x01(\x0e\x32\x11.pretrade.v1.Side\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12\r\n\x05price\x18\x06 \x01(\x03\x12*\n\norder_type\x18\x07 \x01(\x0e\x32\x16.pretrade.v1.OrderType\x12\r\n\x05venue\x18\x08 \x01(\t\x12\x14\n\x0c\x63ounterparty\x18\t \x01(\t\"d\n\tRejection\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.pretrade.v1.RejectCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08observed\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\"\xb6\x01\n\x08\x44\x65\x63ision\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12*\n\nrejections\x18\x03 \x03(\x0b\x32\x16.pretrade.v1.Rejection\x12\x12\n\nlatency_ns\x18\x04 \x01(\x03\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x0e\n\x06symbol\x18\x06 \x01(\t\x12\x10\n\x08notional\x18\x07 \x01(\x03\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"\xb8\x01\n\x0bHaltRequest\x12%\n\x05scope\x18\x01 \x01(\x0e\x32\x16.pretrade.v1.HaltScope\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.pretrade.v1.HaltMode\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\"\xbc\x01\n\x04Halt\x12%\n\x05scope\x18\x01 \x01(\x0e\x32\x16.pretrade.v1.HaltScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.pretrade.v1.HaltMode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\thalted_by\x18\x05 \x01(\t\x12\x19\n\x11halted_at_unix_ms\x18\x06 \x01(\x03\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x07 \x01(\x03\"-\n\tHaltState\x12 \n\x05halts\x18\x01 \x03(\x0b\x32\x11.pretrade.v1.Halt\"&\n\x10PortfolioRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"R\n\x0fPortfolioUpdate\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x19\n\x11timestamp_unix_ns\x18\x03 \x01(\x03*N\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x12\x13\n\x0fSIDE_SELL_SHORT\x10\x03*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x01\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x02*\x95\n\n\nRejectCode\x12\x1b\n\x17REJECT_CODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REJECT_CODE_STALE_DATA\x10\x01\x12\x1f\n\x1bREJECT_CODE_UNKNOWN_ACCOUNT\x10\x02\x12\x1e\n\x1aREJECT_CODE_UNKNOWN_SYMBOL\x10\x03\x12%\n!REJECT_CODE_LIMITS_NOT_CONFIGURED\x10\x04\x12 \n\x1cREJECT_CODE_INVALID_QUANTITY\x10\x05\x12\x1d\n\x19REJECT_CODE_INVALID_PRICE\x10\x06\x12!\n\x1dREJECT_CODE_PRICE_UNAVAILABLE\x10\x07\x12#\n\x1fREJECT_CODE_ARITHMETIC_OVERFLOW\x10\x08\x12\"\n\x1eREJECT_CODE_MAX_ORDER_QUANTITY\x10\t\x12\"\n\x1eREJECT_CODE_MAX_ORDER_NOTIONAL\x10\n\x12 \n\x1cREJECT_CODE_MAX_NET_POSITION\x10\x0b\x12!\n\x1dREJECT_CODE_MAX_LONG_POSITION\x10\x0c\x12\"\n\x1eREJECT_CODE_MAX_SHORT_POSITION\x10\r\x12\x1b\n\x17REJECT_CODE_GLOBAL_HALT\x10\x0e\x12\x1c\n\x18REJECT_CODE_ACCOUNT_HALT\x10\x0f\x12\x1b\n\x17REJECT_CODE_SYMBOL_HALT\x10\x10\x12\x1b\n\x17REJECT_CODE_REDUCE_ONLY\x10\x11\x12\x1d\n\x19REJECT_CODE_INVALID_STATE\x10\x12\x12\x19\n\x15REJECT_CODE_TICK_SIZE\x10\x13\x12\x1c\n\x18REJECT_CODE_PRICE_COLLAR\x10\x14\x12\"\n\x1eREJECT_CODE_MIN_ORDER_QUANTITY\x10\x15\x12\x18\n\x14REJECT_CODE_LOT_SIZE\x10\x16\x12\"\n\x1eREJECT_CODE_MAX_GROSS_EXPOSURE\x10\x17\x12 \n\x1cREJECT_CODE_MAX_NET_EXPOSURE\x10\x18\x12\x1c\n\x18REJECT_CODE_BUYING_POWER\x10\x19\x12\x1a\n\x16REJECT_CODE_ORDER_RATE\x10\x1a\x12\x1d\n\x19REJECT_CODE_NOTIONAL_RATE\x10\x1b\x12\"\n\x1eREJECT_CODE_MAX_WORKING_ORDERS\x10\x1c\x12\"\n\x1eREJECT_CODE_DUPLICATE_ORDER_ID\x10\x1d\x12%\n!REJECT_CODE_SHORT_SALE_NOT_MARKED\x10\x1e\x12%\n!REJECT_CODE_SHORT_SALE_RESTRICTED\x10\x1f\x12\x19\n\x15REJECT_CODE_NO_LOCATE\x10 \x12$\n REJECT_CODE_ISSUER_CONCENTRATION\x10!\x12$\n REJECT_CODE_SECTOR_CONCENTRATION\x10\"\x12\x1e\n\x1aREJECT_CODE_VENUE_EXPOSURE\x10#\x12%\n!REJECT_CODE_COUNTERPARTY_EXPOSURE\x10$\x12\x1a\n\x16REJECT_CODE_LOSS_LIMIT\x10%\x12\"\n\x1eREJECT_CODE_CAPACITY_EXHAUSTED\x10&*m\n\tHaltScope\x12\x1a\n\x16HALT_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11HALT_SCOPE_GLOBAL\x10\x01\x12\x16\n\x12HALT_SCOPE_ACCOUNT\x10\x02\x12\x15\n\x11HALT_SCOPE_SYMBOL\x10\x03*l\n\x08HaltMode\x12\x19\n\x15HALT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10HALT_MODE_ACTIVE\x10\x01\x12\x19\n\x15HALT_MODE_REDUCE_ONLY\x10\x02\x12\x14\n\x10HALT_MODE_HALTED\x10\x03\x32\xd6\x01\n\x0cPreTradeRisk\x12:\n\rEvaluateOrder\x12\x12.pretrade.v1.Order\x1a\x15.pretrade.v1.Decision\x12P\n\x0fStreamPortfolio\x12\x1d.pretrade.v1.PortfolioRequest\x1a\x1c.pretrade.v1.PortfolioUpdate0\x01\x12\x38\n\x04Halt\x12\x18.pretrade.v1.HaltRequest\x1a\x16.pretrade.v1.HaltStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pretrade.v1.risk_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDE']._serialized_start=1046
-  _globals['_SIDE']._serialized_end=1124
-  _globals['_ORDERTYPE']._serialized_start=1126
-  _globals['_ORDERTYPE']._serialized_end=1210
-  _globals['_REJECTCODE']._serialized_start=1213
-  _globals['_REJECTCODE']._serialized_end=1848
-  _globals['_HALTSCOPE']._serialized_start=1850
-  _globals['_HALTSCOPE']._serialized_end=1959
-  _globals['_HALTMODE']._serialized_start=1961
-  _globals['_HALTMODE']._serialized_end=2069
+  _globals['_SIDE']._serialized_start=1086
+  _globals['_SIDE']._serialized_end=1164
+  _globals['_ORDERTYPE']._serialized_start=1166
+  _globals['_ORDERTYPE']._serialized_end=1250
+  _globals['_REJECTCODE']._serialized_start=1253
+  _globals['_REJECTCODE']._serialized_end=2554
+  _globals['_HALTSCOPE']._serialized_start=2556
+  _globals['_HALTSCOPE']._serialized_end=2665
+  _globals['_HALTMODE']._serialized_start=2667
+  _globals['_HALTMODE']._serialized_end=2775
   _globals['_ORDER']._serialized_start=40
-  _globals['_ORDER']._serialized_end=226
-  _globals['_REJECTION']._serialized_start=228
-  _globals['_REJECTION']._serialized_end=328
-  _globals['_DECISION']._serialized_start=331
-  _globals['_DECISION']._serialized_end=495
-  _globals['_HALTREQUEST']._serialized_start=498
-  _globals['_HALTREQUEST']._serialized_end=682
-  _globals['_HALT']._serialized_start=685
-  _globals['_HALT']._serialized_end=873
-  _globals['_HALTSTATE']._serialized_start=875
-  _globals['_HALTSTATE']._serialized_end=920
-  _globals['_PORTFOLIOREQUEST']._serialized_start=922
-  _globals['_PORTFOLIOREQUEST']._serialized_end=960
-  _globals['_PORTFOLIOUPDATE']._serialized_start=962
-  _globals['_PORTFOLIOUPDATE']._serialized_end=1044
-  _globals['_PRETRADERISK']._serialized_start=2072
-  _globals['_PRETRADERISK']._serialized_end=2286
+  _globals['_ORDER']._serialized_end=248
+  _globals['_REJECTION']._serialized_start=250
+  _globals['_REJECTION']._serialized_end=350
+  _globals['_DECISION']._serialized_start=353
+  _globals['_DECISION']._serialized_end=535
+  _globals['_HALTREQUEST']._serialized_start=538
+  _globals['_HALTREQUEST']._serialized_end=722
+  _globals['_HALT']._serialized_start=725
+  _globals['_HALT']._serialized_end=913
+  _globals['_HALTSTATE']._serialized_start=915
+  _globals['_HALTSTATE']._serialized_end=960
+  _globals['_PORTFOLIOREQUEST']._serialized_start=962
+  _globals['_PORTFOLIOREQUEST']._serialized_end=1000
+  _globals['_PORTFOLIOUPDATE']._serialized_start=1002
+  _globals['_PORTFOLIOUPDATE']._serialized_end=1084
+  _globals['_PRETRADERISK']._serialized_start=2778
+  _globals['_PRETRADERISK']._serialized_end=2992
 # @@protoc_insertion_point(module_scope)

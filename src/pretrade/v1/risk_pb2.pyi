@@ -41,6 +41,26 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_SYMBOL_HALT: _ClassVar[RejectCode]
     REJECT_CODE_REDUCE_ONLY: _ClassVar[RejectCode]
     REJECT_CODE_INVALID_STATE: _ClassVar[RejectCode]
+    REJECT_CODE_TICK_SIZE: _ClassVar[RejectCode]
+    REJECT_CODE_PRICE_COLLAR: _ClassVar[RejectCode]
+    REJECT_CODE_MIN_ORDER_QUANTITY: _ClassVar[RejectCode]
+    REJECT_CODE_LOT_SIZE: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_GROSS_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_NET_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_BUYING_POWER: _ClassVar[RejectCode]
+    REJECT_CODE_ORDER_RATE: _ClassVar[RejectCode]
+    REJECT_CODE_NOTIONAL_RATE: _ClassVar[RejectCode]
+    REJECT_CODE_MAX_WORKING_ORDERS: _ClassVar[RejectCode]
+    REJECT_CODE_DUPLICATE_ORDER_ID: _ClassVar[RejectCode]
+    REJECT_CODE_SHORT_SALE_NOT_MARKED: _ClassVar[RejectCode]
+    REJECT_CODE_SHORT_SALE_RESTRICTED: _ClassVar[RejectCode]
+    REJECT_CODE_NO_LOCATE: _ClassVar[RejectCode]
+    REJECT_CODE_ISSUER_CONCENTRATION: _ClassVar[RejectCode]
+    REJECT_CODE_SECTOR_CONCENTRATION: _ClassVar[RejectCode]
+    REJECT_CODE_VENUE_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_COUNTERPARTY_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_LOSS_LIMIT: _ClassVar[RejectCode]
+    REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
 
 class HaltScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -81,6 +101,26 @@ REJECT_CODE_ACCOUNT_HALT: RejectCode
 REJECT_CODE_SYMBOL_HALT: RejectCode
 REJECT_CODE_REDUCE_ONLY: RejectCode
 REJECT_CODE_INVALID_STATE: RejectCode
+REJECT_CODE_TICK_SIZE: RejectCode
+REJECT_CODE_PRICE_COLLAR: RejectCode
+REJECT_CODE_MIN_ORDER_QUANTITY: RejectCode
+REJECT_CODE_LOT_SIZE: RejectCode
+REJECT_CODE_MAX_GROSS_EXPOSURE: RejectCode
+REJECT_CODE_MAX_NET_EXPOSURE: RejectCode
+REJECT_CODE_BUYING_POWER: RejectCode
+REJECT_CODE_ORDER_RATE: RejectCode
+REJECT_CODE_NOTIONAL_RATE: RejectCode
+REJECT_CODE_MAX_WORKING_ORDERS: RejectCode
+REJECT_CODE_DUPLICATE_ORDER_ID: RejectCode
+REJECT_CODE_SHORT_SALE_NOT_MARKED: RejectCode
+REJECT_CODE_SHORT_SALE_RESTRICTED: RejectCode
+REJECT_CODE_NO_LOCATE: RejectCode
+REJECT_CODE_ISSUER_CONCENTRATION: RejectCode
+REJECT_CODE_SECTOR_CONCENTRATION: RejectCode
+REJECT_CODE_VENUE_EXPOSURE: RejectCode
+REJECT_CODE_COUNTERPARTY_EXPOSURE: RejectCode
+REJECT_CODE_LOSS_LIMIT: RejectCode
+REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 HALT_SCOPE_UNSPECIFIED: HaltScope
 HALT_SCOPE_GLOBAL: HaltScope
 HALT_SCOPE_ACCOUNT: HaltScope
@@ -91,7 +131,7 @@ HALT_MODE_REDUCE_ONLY: HaltMode
 HALT_MODE_HALTED: HaltMode
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue")
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +140,7 @@ class Order(_message.Message):
     PRICE_FIELD_NUMBER: _ClassVar[int]
     ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
     VENUE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account_id: str
     symbol: str
@@ -108,7 +149,8 @@ class Order(_message.Message):
     price: int
     order_type: OrderType
     venue: str
-    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ...) -> None: ...
+    counterparty: str
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("code", "message", "observed", "limit")
@@ -123,7 +165,7 @@ class Rejection(_message.Message):
     def __init__(self, code: _Optional[_Union[RejectCode, str]] = ..., message: _Optional[str] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("order_id", "approved", "rejections", "latency_ns", "account_id", "symbol", "notional")
+    __slots__ = ("order_id", "approved", "rejections", "latency_ns", "account_id", "symbol", "notional", "replayed")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +173,7 @@ class Decision(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     approved: bool
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
@@ -138,7 +181,8 @@ class Decision(_message.Message):
     account_id: str
     symbol: str
     notional: int
-    def __init__(self, order_id: _Optional[str] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., latency_ns: _Optional[int] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., notional: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, order_id: _Optional[str] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., latency_ns: _Optional[int] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., notional: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class HaltRequest(_message.Message):
     __slots__ = ("scope", "account_id", "symbol", "mode", "reason", "ttl_seconds", "requested_by")
