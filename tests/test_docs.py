@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -46,6 +47,7 @@ KEY_CONSTANTS = {
     "TICKERS_BY_LOT": "hash",
     "QUANTITIES_BY_LOT": "hash",
     "PRICES_BY_LOT": "hash",
+    "PNL": "hash",
     "LIMITS": "hash",
     "INSTRUMENT": "hash",
     "PRICE": "string",
@@ -129,7 +131,9 @@ def test_every_key_prefix_is_documented_with_its_type(doc, name):
 def test_the_key_constants_checked_here_are_all_of_them():
     constants = {name for name, value in vars(redis_schema).items()
                  if name.isupper() and isinstance(value, bytes)}
-    assert constants == set(KEY_CONSTANTS)
+    assert constants == set(KEY_CONSTANTS), (
+        "a key constant was added to or removed from redis_schema.py: document the key in "
+        f"{DOC.name} and list it in KEY_CONSTANTS here")
 
 
 def test_the_demo_marker_key_is_documented(doc):
@@ -225,8 +229,8 @@ def test_worked_example_through_redis_cli_gives_the_quoted_position(doc, redis_c
 
 # -- the fail-closed tables hold against a running gateway --
 
-LIMIT_ORDER = {}
-MARKET_ORDER = {"order_type": pb.ORDER_TYPE_MARKET, "price": 0}
+LIMIT_ORDER: dict[str, Any] = {}
+MARKET_ORDER: dict[str, Any] = {"order_type": pb.ORDER_TYPE_MARKET, "price": 0}
 LOT_KEYS = [key.decode() for key in lot_keys(b"ACC-1")]
 BROKEN_LIMITS = [pb.REJECT_CODE_INVALID_STATE, pb.REJECT_CODE_LIMITS_NOT_CONFIGURED]
 
@@ -243,6 +247,9 @@ FAIL_CLOSED = {
         [pb.REJECT_CODE_INVALID_STATE]),
     "lot ticker not an id": (
         [["HSET", "tickers_by_lot:{ACC-1}", "L1", "A B"]], LIMIT_ORDER,
+        [pb.REJECT_CODE_INVALID_STATE]),
+    "realized P&L with a decimal point": (
+        [["HSET", "pnl:{ACC-1}", "realized", "-125.00"]], LIMIT_ORDER,
         [pb.REJECT_CODE_INVALID_STATE]),
     "no lots, limits present": ([["DEL", *LOT_KEYS]], LIMIT_ORDER, []),
     "no lots, no limits": (

@@ -1,0 +1,174 @@
+"""The ``pretrade`` command end to end: a subprocess talking to a real gateway over gRPC.
+
+Exit statuses are part of the interface (0 approved, 1 rejected, 2 the call
+failed), so each test runs the installed console script as a user would and
+checks its status, its output and, through a second order, its effect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from book import seed_account, seed_lots
+from pretrade.cli import TARGET_ENV
+
+CLI_TIMEOUT_SECONDS = 30
+
+
+def pretrade_command() -> list[str]:
+    """The installed ``pretrade`` console script, else ``python -m pretrade``."""
+    script = Path(sys.executable).with_name("pretrade")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "pretrade"]
+
+
+def run_pretrade(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if name != TARGET_ENV}
+    return subprocess.run([*pretrade_command(), *args], capture_output=True, text=True,
+                          env=env, timeout=CLI_TIMEOUT_SECONDS, check=False)
+
+
+def order_args(target: str, *, account: str = "ACC-1", qty: str = "10",
+               price: str = "68.3378", side: str = "buy") -> list[str]:
+    return ["order", "--target", target, "--account", account, "--symbol", "AAPL",
+            "--side", side, "--qty", qty, "--price", price]
+
+
+def halt_account_args(target: str, mode: str, *extra: str) -> list[str]:
+    return ["halt", "--target", target, "--scope", "account", "--account", "ACC-1",
+            "--mode", mode, *extra]
+
+
+@pytest.fixture
+def book(redis_client: redis.Redis) -> redis.Redis:
+    """ACC-1 and ACC-2 with generous limits, AAPL at $68.3378; ACC-1 holds 20 AAPL.
+
+    Seeded before the gateway starts: list it before ``gateway`` in a test's args.
+    """
+    seed_account(redis_client, "ACC-1")
+    seed_account(redis_client, "ACC-2")
+    seed_lots(redis_client, "ACC-1", [("L1", "AAPL", 10, 683_378), ("L2", "AAPL", 10, 688_200)])
+    return redis_client
+
+
+@pytest.fixture
+def unused_target() -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_approved_order_exits_0_and_prints_the_decision(book, gateway):
+    run = run_pretrade(*order_args(gateway.target), "--order-id", "cli-ok-1")
+    assert run.returncode == 0, run
+    assert "APPROVED" in run.stdout
+    assert "cli-ok-1" in run.stdout
+    assert "683.3780" in run.stdout  # 10 x $68.3378
+    assert run.stderr == ""
+
+
+def test_rejected_order_exits_1_and_names_each_reject_code(book, gateway):
+    # 5,000 x $68.3378 breaks the quantity limit (1,000) and the notional limit at once.
+    run = run_pretrade(*order_args(gateway.target, qty="5000"))
+    assert run.returncode == 1, run
+    assert "REJECTED" in run.stdout
+    assert "MAX_ORDER_QUANTITY" in run.stdout
+    assert "MAX_ORDER_NOTIONAL" in run.stdout
+    assert "REJECT_CODE_" not in run.stdout  # the table drops the prefix
+
+
+def test_order_json_output_is_the_decision_message(book, gateway):
+    run = run_pretrade(*order_args(gateway.target, qty="2", price="68.82"), "--json",
+                       "--order-id", "cli-json-1")
+    assert run.returncode == 0, run
+    decision = json.loads(run.stdout)
+    assert decision["approved"] is True
+    assert decision["orderId"] == "cli-json-1"
+    assert decision["notional"] == str(2 * 688_200)  # int64 is a string in protobuf JSON
+
+
+def test_market_order_is_valued_at_the_last_price(book, gateway):
+    run = run_pretrade("order", "--target", gateway.target, "--account", "ACC-1",
+                       "--symbol", "AAPL", "--side", "sell", "--qty", "3", "--type", "market")
+    assert run.returncode == 0, run
+    assert "205.0134" in run.stdout  # 3 x $68.3378
+
+
+def test_account_halt_prints_the_halt_table_and_rejects_that_accounts_next_order(
+        book, gateway):
+    run = run_pretrade(*halt_account_args(gateway.target, "halted", "--reason",
+                                          "suspicious flow", "--by", "alice"))
+    assert run.returncode == 0, run
+    header, *rows = run.stdout.splitlines()
+    assert header.split() == ["SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE", "EXPIRES"]
+    assert len(rows) == 1
+    assert rows[0].split()[:3] == ["ACCOUNT", "ACC-1", "HALTED"]
+    assert "suspicious flow" in rows[0]
+    assert "alice" in rows[0]
+    assert rows[0].rstrip().endswith("never")
+    assert book.hget("halt:account:ACC-1", "mode") == b"HALTED"
+
+    run = run_pretrade(*order_args(gateway.target))
+    assert run.returncode == 1, run
+    assert "ACCOUNT_HALT" in run.stdout
+    # Other accounts keep trading.
+    assert run_pretrade(*order_args(gateway.target, account="ACC-2")).returncode == 0
+
+
+def test_mode_active_lifts_the_halt_and_orders_are_approved_again(book, gateway):
+    halted = run_pretrade(*halt_account_args(gateway.target, "halted", "--reason", "check"))
+    assert halted.returncode == 0, halted
+    assert run_pretrade(*order_args(gateway.target)).returncode == 1
+
+    lifted = run_pretrade(*halt_account_args(gateway.target, "active"))
+    assert lifted.returncode == 0, lifted
+    assert lifted.stdout.strip() == "No halts in force."
+    assert not book.exists("halt:account:ACC-1")
+    run = run_pretrade(*order_args(gateway.target))
+    assert run.returncode == 0, run
+    assert "APPROVED" in run.stdout
+
+
+def test_reduce_only_halt_with_ttl_lets_only_reducing_orders_through(book, gateway):
+    run = run_pretrade(*halt_account_args(gateway.target, "reduce_only", "--reason", "wind down",
+                                          "--ttl", "600"))
+    assert run.returncode == 0, run
+    row = run.stdout.splitlines()[1]
+    assert row.split()[:3] == ["ACCOUNT", "ACC-1", "REDUCE_ONLY"]
+    assert not row.rstrip().endswith("never")
+    assert 0 < book.ttl("halt:account:ACC-1") <= 600
+
+    bought = run_pretrade(*order_args(gateway.target, qty="1"))
+    assert bought.returncode == 1, bought
+    assert "REDUCE_ONLY" in bought.stdout
+    sold = run_pretrade(*order_args(gateway.target, qty="5", side="sell"))  # 20 held
+    assert sold.returncode == 0, sold
+
+
+@pytest.mark.parametrize("command", ["order", "halt"])
+def test_unreachable_gateway_exits_2_with_the_status_on_stderr(unused_target, command):
+    args = (order_args(unused_target) if command == "order"
+            else halt_account_args(unused_target, "halted", "--reason", "x"))
+    run = run_pretrade(*args)
+    assert run.returncode == 2, run
+    assert run.stdout == ""
+    method = "EvaluateOrder" if command == "order" else "Halt"
+    assert f"{method} on {unused_target} failed: UNAVAILABLE" in run.stderr
+
+
+def test_malformed_order_exits_2_with_invalid_argument_on_stderr(book, gateway):
+    run = run_pretrade(*order_args(gateway.target, account="NOT AN ID"))
+    assert run.returncode == 2, run
+    assert run.stdout == ""
+    assert "failed: INVALID_ARGUMENT" in run.stderr
+    assert "account_id" in run.stderr
