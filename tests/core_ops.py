@@ -2,7 +2,9 @@
 
 Shared by the differential tests: each operation is a ``(method, args, kwargs)``
 triple naming a state-writing method that ``PositionTable`` and
-``ReferenceBook`` both have, or ``("evaluate", order, {})``.
+``ReferenceBook`` both have, or ``("evaluate", order, {})``. Small value
+ranges make exact boundaries (quantity == limit) common; the int64 edges and
+wide ranges find the overflow paths.
 """
 
 from __future__ import annotations
@@ -13,51 +15,74 @@ from typing import Any
 from hypothesis import strategies as st
 
 from pretrade.fixedpoint import INT64_MAX, INT64_MIN
-from pretrade.limits import LimitKind
+from pretrade.limits import REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNTS = [b"ACC-1", b"ACC-2", b"ACC-3"]
 SYMBOLS = [b"AAPL", b"MSFT", b"BRK.B"]
+ORDER_IDS = [f"O{n}".encode() for n in range(40)]
+VENUES = [b"", b"XNAS", b"XNYS", b"A-VENUE-NAME-TOO-LONG"]
+COUNTERPARTIES = [b"", b"GS", b"MS"]
 SIDES = [pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT]
 ORDER_TYPES = [pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET]
 HALT_MODES = [0, pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED]
 HALT_SCOPES = [pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_SCOPE_SYMBOL]
 EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX]
+NON_NEGATIVE_EDGES = [0, 1, INT64_MAX - 1, INT64_MAX]
+# Window lengths in ms and clock steps in ns that make windows open and close.
+WINDOWS_MS = [1, 5, 50, 1_000]
+CLOCK_STEPS_NS = [0, 1, 500_000, 2_000_000, 60_000_000]
 
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
-
-# Small magnitudes make exact boundaries (quantity == limit) common; the
-# int64 edges and wide ranges find the overflow paths.
-quantities = st.one_of(st.integers(-2, 12), st.integers(-5, 2_000), st.sampled_from(EDGES),
-                       st.integers(INT64_MIN, INT64_MAX))
-prices = st.one_of(st.integers(-1, 12), st.integers(-5, 5_000_000), st.sampled_from(EDGES),
-                   st.integers(INT64_MIN, INT64_MAX))
-limit_values = st.one_of(st.integers(0, 15), st.integers(0, 150), st.integers(0, 5_000_000_000),
-                         st.sampled_from(EDGES))
-limit_sets = st.dictionaries(st.sampled_from(list(LimitKind)).map(int), limit_values)
-accounts = st.sampled_from(ACCOUNTS)
-symbols = st.sampled_from(SYMBOLS)
 
 
 def _op(name: str, *args: Any, **kwargs: Any) -> Op:
     return (name, args, kwargs)
 
 
+# -- hypothesis strategies --
+
+quantities = st.one_of(st.integers(-2, 12), st.integers(-5, 2_000), st.sampled_from(EDGES),
+                       st.integers(INT64_MIN, INT64_MAX))
+prices = st.one_of(st.integers(-1, 12), st.integers(-5, 5_000_000), st.sampled_from(EDGES),
+                   st.integers(INT64_MIN, INT64_MAX))
+limit_values = st.one_of(st.integers(0, 15), st.integers(0, 150), st.integers(0, 5_000_000_000),
+                         st.sampled_from(NON_NEGATIVE_EDGES))
+limit_sets = st.dictionaries(st.sampled_from(list(LimitKind)).map(int), limit_values)
+accounts = st.sampled_from(ACCOUNTS)
+symbols = st.sampled_from(SYMBOLS)
+
 operations = st.one_of(
     st.builds(lambda a, k, i: _op("set_account_state", a, known=k, invalid=i),
-              accounts, st.booleans(), st.booleans().filter(lambda v: True)),
+              accounts, st.booleans(), st.booleans()),
     st.builds(lambda a, lim: _op("set_account_limits", a, lim),
               accounts, st.one_of(st.none(), limit_sets)),
     st.builds(lambda a, s, lim: _op("set_symbol_limits", a, s, lim),
               accounts, symbols, st.one_of(st.none(), limit_sets)),
-    st.builds(lambda a, pos: _op("replace_positions", a, pos), accounts,
-              st.dictionaries(symbols, st.tuples(st.one_of(st.integers(-15, 15), quantities),
-                                                  st.integers(-10**12, 10**12)),
-                              max_size=3)),
-    st.builds(lambda s, k, i: _op("set_instrument", s, known=k, invalid=i),
-              symbols, st.booleans(), st.booleans()),
+    st.builds(lambda a, pos, fills, cancels, pnl: _op(
+        "replace_positions", a, pos, filled=fills, cancelled=cancels, realized_pnl=pnl),
+        accounts,
+        st.dictionaries(symbols, st.tuples(st.one_of(st.integers(-15, 15), quantities),
+                                           st.integers(-10**12, 10**12)), max_size=3),
+        st.one_of(st.none(), st.dictionaries(st.sampled_from(ORDER_IDS), st.integers(0, 12))),
+        st.one_of(st.none(), st.sets(st.sampled_from(ORDER_IDS), max_size=3)),
+        st.one_of(st.none(), st.integers(-10**9, 10**9))),
+    st.builds(lambda s, k, i, iss, sec, r: _op("set_instrument", s, known=k, invalid=i,
+                                               tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
+                                               issuer_id=iss, sector_id=sec,
+                                               short_restricted=r),
+              symbols, st.booleans(), st.booleans(), st.integers(0, 2), st.integers(0, 2),
+              st.booleans()),
     st.builds(lambda s, p: _op("set_last_price", s, p), symbols,
-              st.one_of(st.none(), st.integers(1, 10_000_000), st.just(INT64_MAX))),
+              st.one_of(st.none(), st.integers(1, 12), st.integers(1, 10_000_000),
+                        st.just(INT64_MAX))),
+    st.builds(lambda a, c, cr: _op("set_balances", a, c, cr), accounts,
+              st.one_of(st.none(), st.integers(-1_000, 10**9)), st.integers(0, 10**6)),
+    st.builds(lambda a, loc: _op("set_locates", a, loc), accounts,
+              st.dictionaries(symbols, st.integers(0, 20))),
+    st.builds(lambda a, v, c: _op("set_tag_limits", a, v, c), accounts,
+              st.dictionaries(st.sampled_from(VENUES[1:3]), limit_values),
+              st.dictionaries(st.sampled_from(COUNTERPARTIES[1:]), limit_values)),
     st.builds(lambda sc, a, s, m: _op("set_halt", sc, a if sc == pb.HALT_SCOPE_ACCOUNT else s, m),
               st.sampled_from(HALT_SCOPES), accounts, symbols, st.sampled_from(HALT_MODES)),
     st.builds(lambda live: _op("set_sync_live", live), st.booleans()),
@@ -65,53 +90,155 @@ operations = st.one_of(
 )
 
 orders = st.builds(
-    lambda a, s, side, ot, q, p: _op("evaluate", a, s, side, ot, q, p),
-    st.one_of(accounts, st.just(b"NOBODY")), st.one_of(symbols, st.just(b"NOSUCH")),
-    st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES), quantities, prices,
+    lambda oid, a, s, side, ot, q, p, v, c, t: _op("evaluate", oid, a, s, side, ot, q, p, v, c, t),
+    st.sampled_from(ORDER_IDS + [b""]), st.one_of(accounts, st.just(b"NOBODY")),
+    st.one_of(symbols, st.just(b"NOSUCH")), st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES),
+    quantities, prices, st.sampled_from(VENUES), st.sampled_from(COUNTERPARTIES),
+    st.integers(0, 10**10),
 )
 
 
-def random_operation(rng: random.Random) -> Op:
-    """One operation from a seeded stdlib RNG, for long random walks."""
-    roll = rng.random()
-    account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
+# -- seeded random walks --
 
-    def value(lo: int, hi: int) -> int:
+class RandomWalk:
+    """Operations from a seeded stdlib RNG, for long walks with a moving clock."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.now_ns = 1_000_000_000
+        self.last_prices: dict[bytes, int] = {}
+        self.issued: list[bytes] = []
+        self.sent: list[Op] = []
+
+    def order_id(self) -> bytes:
+        # Mostly fresh ids; sometimes a recent one again (replay or conflict).
+        if self.issued and self.rng.random() < 0.08:
+            return self.rng.choice(self.issued[-20:])
+        if self.rng.random() < 0.01:
+            return b""
+        self.issued.append(f"O{len(self.issued)}".encode())
+        return self.issued[-1]
+
+    def recent_ids(self, most: int) -> list[bytes]:
+        recent = self.issued[-30:]
+        return self.rng.sample(recent, min(len(recent), self.rng.randint(0, most)))
+
+    def order_price(self, symbol: bytes) -> int:
+        # Near the last price most of the time, so the collar lets orders through.
+        last = self.last_prices.get(symbol)
+        if last is not None and last < 10**12 and self.rng.random() < 0.7:
+            return max(1, last + self.rng.choice([-200, -100, -1, 0, 0, 0, 0, 1, 100, 200]))
+        return self.value(-2, 2_000_000)
+
+    def value(self, lo: int, hi: int, edges: list[int] = EDGES) -> int:
         # Small values half the time, so boundaries are hit exactly and often.
-        roll = rng.random()
-        if roll < 0.05:
-            return rng.choice(EDGES)
+        roll = self.rng.random()
+        if roll < 0.03:
+            return self.rng.choice(edges)
         if roll < 0.5:
-            return rng.randint(max(lo, -3), min(hi, 15))
-        return rng.randint(lo, hi)
+            return self.rng.randint(max(lo, -3), min(hi, 15))
+        return self.rng.randint(lo, hi)
 
-    if roll < 0.55:
-        return _op("evaluate", account if rng.random() < 0.95 else b"NOBODY",
-                   symbol if rng.random() < 0.95 else b"NOSUCH", rng.choice(SIDES),
-                   rng.choice(ORDER_TYPES), value(-2, 1_500), value(-2, 2_000_000))
-    if roll < 0.65:
-        return _op("replace_positions", account,
-                   {s: (value(-3_000, 3_000), rng.randint(-10**10, 10**10))
-                    for s in rng.sample(SYMBOLS, rng.randint(0, 3))})
-    if roll < 0.72:
-        limits = {int(k): value(0, 3_000_000_000)
-                  for k in LimitKind if rng.random() < 0.9}
-        return _op("set_account_limits", account, None if rng.random() < 0.05 else limits)
-    if roll < 0.77:
-        limits = {int(k): value(0, 3_000) for k in LimitKind if rng.random() < 0.3}
-        return _op("set_symbol_limits", account, symbol, limits or None)
-    if roll < 0.83:
-        return _op("set_halt", scope := rng.choice(HALT_SCOPES),
-                   account if scope == pb.HALT_SCOPE_ACCOUNT else symbol, rng.choice(HALT_MODES))
-    if roll < 0.88:
-        return _op("set_last_price", symbol,
-                   None if rng.random() < 0.1 else rng.randint(1, 2_000_000))
-    if roll < 0.93:
-        return _op("set_account_state", account, known=rng.random() < 0.9,
-                   invalid=rng.random() < 0.05)
-    if roll < 0.97:
-        return _op("set_instrument", symbol, known=rng.random() < 0.9,
-                   invalid=rng.random() < 0.05)
-    if roll < 0.99:
-        return _op("clear_halts")
-    return _op("set_sync_live", rng.random() < 0.8)
+    def limits(self, chance: float, hi: int, generous: float = 0.5) -> dict[int, int]:
+        """Required limits almost always, optional controls sometimes; values
+        near the order sizes (boundaries) or, with probability ``generous``,
+        far above them (approvals)."""
+        rng = self.rng
+        out = {}
+        for kind in LimitKind:
+            required = kind < REQUIRED_COUNT
+            if rng.random() >= (0.97 if required else chance):
+                continue
+            if kind.name.endswith("_MS"):
+                out[int(kind)] = rng.choice(WINDOWS_MS)
+            elif kind.name.endswith("_BPS"):
+                out[int(kind)] = rng.choice([0, 100, 2_500, 5_000, 10_000, 10**9]
+                                            if rng.random() > generous else [10**9])
+            elif kind == LimitKind.MIN_ORDER_QUANTITY:
+                out[int(kind)] = rng.choice([0, 1, 2, 5])
+            elif rng.random() < generous:
+                out[int(kind)] = rng.choice([10**12, 10**15, INT64_MAX])
+            else:
+                out[int(kind)] = self.value(0, hi, NON_NEGATIVE_EDGES)
+        return out
+
+    def operation(self) -> Op:
+        rng = self.rng
+        roll = rng.random()
+        account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
+        if roll < 0.03 and self.sent:
+            return rng.choice(self.sent[-20:])  # an order sent again, unchanged
+        if roll < 0.55:
+            self.now_ns += rng.choice(CLOCK_STEPS_NS)
+            self.sent.append(self._new_order(account, symbol))
+            return self.sent[-1]
+        return self._state_change(roll, account, symbol)
+
+    def _new_order(self, account: bytes, symbol: bytes) -> Op:
+        rng = self.rng
+        return _op("evaluate", self.order_id(),
+                   account if rng.random() < 0.97 else b"NOBODY",
+                   symbol if rng.random() < 0.97 else b"NOSUCH",
+                   rng.choice([pb.SIDE_BUY] * 5 + [pb.SIDE_SELL] * 3 + [pb.SIDE_SELL_SHORT]),
+                   rng.choice(ORDER_TYPES),
+                   self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
+                   self.order_price(symbol), rng.choice(VENUES),
+                   rng.choice(COUNTERPARTIES), self.now_ns)
+
+    def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
+        rng = self.rng
+        if roll < 0.65:
+            positions = {s: (self.value(-3_000, 3_000), rng.randint(-10**10, 10**10))
+                         for s in rng.sample(SYMBOLS, rng.randint(0, 3))}
+            fills = {oid: rng.randint(0, 12) for oid in self.recent_ids(4)}
+            cancels = set(self.recent_ids(2))
+            return _op("replace_positions", account, positions, filled=fills,
+                       cancelled=cancels, realized_pnl=rng.randint(-10**8, 10**8))
+        if roll < 0.72:
+            # ACC-1 trades freely, ACC-2 lives at its limits, ACC-3 anywhere.
+            generous = {b"ACC-1": 0.95, b"ACC-2": 0.1}.get(account, 0.5)
+            limits = self.limits(0.25 if account != b"ACC-1" else 0.1, 3_000_000_000, generous)
+            return _op("set_account_limits", account, None if rng.random() < 0.05 else limits)
+        if roll < 0.76:
+            generous = 0.9 if account == b"ACC-1" else 0.3
+            return _op("set_symbol_limits", account, symbol,
+                       {k: v for k, v in self.limits(0.2, 3_000, generous).items() if k < 7
+                        and rng.random() < 0.3} or None)
+        if roll < 0.81:
+            return _op("set_halt", scope := rng.choice(HALT_SCOPES),
+                       account if scope == pb.HALT_SCOPE_ACCOUNT else symbol,
+                       rng.choice(HALT_MODES + [0, 0, 0, 0]))
+        if roll < 0.86:
+            price = None if rng.random() < 0.05 else self.value(1, 2_000_000, [1, INT64_MAX])
+            if price is None:
+                self.last_prices.pop(symbol, None)
+            else:
+                self.last_prices[symbol] = price
+            return _op("set_last_price", symbol, price)
+        if roll < 0.89:
+            return _op("set_account_state", account, known=rng.random() < 0.95,
+                       invalid=rng.random() < 0.02)
+        if roll < 0.92:
+            return _op("set_instrument", symbol, known=rng.random() < 0.95,
+                       invalid=rng.random() < 0.02, tick_size=rng.choice([1, 1, 2, 100]),
+                       lot_size=rng.choice([1, 1, 2]), issuer_id=rng.randint(0, 2),
+                       sector_id=rng.randint(0, 2), short_restricted=rng.random() < 0.2)
+        if roll < 0.94:
+            cash = rng.randint(-10**6, 10**10) if account != b"ACC-1" else 10**15
+            return _op("set_balances", account, None if rng.random() < 0.3 else cash,
+                       rng.randint(0, 10**8))
+        if roll < 0.96:
+            return _op("set_locates", account, {s: rng.randint(0, 30)
+                                                for s in rng.sample(SYMBOLS, rng.randint(0, 3))})
+        if roll < 0.97:
+            hi = 10**8 if account != b"ACC-1" else 10**15
+
+            def tag_limit() -> int:
+                return self.value(0, hi, NON_NEGATIVE_EDGES) if account != b"ACC-1" else hi
+
+            return _op("set_tag_limits", account,
+                       {v: tag_limit() for v in VENUES[1:3] if rng.random() < 0.5},
+                       {c: tag_limit() for c in COUNTERPARTIES[1:] if rng.random() < 0.5})
+        if roll < 0.975:
+            return _op("clear_halts")
+        return _op("set_sync_live", rng.random() < 0.9)

@@ -25,11 +25,12 @@ class Capacities:
     max_positions: int = 1_048_576
     max_overrides: int = 65_536
     lock_stripes: int = 64
+    max_orders: int = 262_144
 
     def required_bytes(self) -> int:
         return int(PositionTable.required_size(
             self.max_accounts, self.max_instruments, self.max_positions,
-            self.max_overrides, self.lock_stripes))
+            self.max_overrides, self.lock_stripes, self.max_orders))
 
 
 class MappedTable:
@@ -63,7 +64,7 @@ class MappedTable:
         table = PositionTable.format(
             mapping, capacities.max_accounts, capacities.max_instruments,
             capacities.max_positions, capacities.max_overrides, capacities.lock_stripes,
-            assume_zeroed=True)
+            capacities.max_orders, assume_zeroed=True)
         return cls(target, mapping, table)
 
     @classmethod
@@ -93,4 +94,4 @@ def new_private_table(**capacities: int) -> PositionTable:
     mapping = mmap.mmap(-1, caps.required_bytes())
     return PositionTable.format(mapping, caps.max_accounts, caps.max_instruments,
                                 caps.max_positions, caps.max_overrides, caps.lock_stripes,
-                                assume_zeroed=True)
+                                caps.max_orders, assume_zeroed=True)

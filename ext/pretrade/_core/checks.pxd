@@ -8,22 +8,37 @@
 
 from libc.stdint cimport int32_t, int64_t
 
+from pretrade._core.layout cimport AccountActivity
 from pretrade._core.layout cimport AccountRecord
 from pretrade._core.layout cimport InstrumentRecord
 from pretrade._core.layout cimport LimitSet
 from pretrade._core.layout cimport MAX_REJECTIONS
+from pretrade._core.layout cimport OrderRecord
 from pretrade._core.layout cimport PositionSlot
 from pretrade._core.layout cimport TableHeader
 from pretrade._core.positions cimport PositionTable
 
 
+# Products of two int64 values, and sums of a few, fit exactly: the checks
+# compare in 128 bits, so no limit comparison can wrap.
+cdef extern from "shared_sync.h" nogil:
+    ctypedef long long int128_t "pt_int128"
+
+
 cdef struct OrderInput:
     int64_t quantity
     int64_t price                   # 1/10,000 of the currency; ignored for MARKET
+    int64_t now_ns                  # a monotonic clock reading, from the caller
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
     int32_t instrument_index        # NO_INDEX when the symbol is not in the table
+    const char* order_id
+    Py_ssize_t order_id_length
+    const char* venue
+    Py_ssize_t venue_length
+    const char* counterparty
+    Py_ssize_t counterparty_length
 
 cdef struct Rejection:
     int32_t code                    # RejectCode
@@ -36,24 +51,44 @@ cdef struct DecisionRecord:
     int64_t notional                # quantity x valuation price; 0 if unknown
     int32_t approved
     int32_t rejection_count
+    int32_t replayed                # the stored decision of an earlier identical order
+    int32_t auto_halt               # AutoHalt the Python layer must apply
+    int64_t profit_and_loss         # the account's P&L when auto_halt is LOSS_LIMIT
     Rejection rejections[MAX_REJECTIONS]
 
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
     const TableHeader* header
-    const AccountRecord* account            # NULL: unknown account
-    const InstrumentRecord* instrument      # NULL: unknown symbol
+    const AccountRecord* account            # NULL: no account record
+    const InstrumentRecord* instrument      # NULL: no instrument record
+    const PositionSlot* slot                # NULL: no position slot yet
     const LimitSet* overrides               # NULL: no per-symbol limits
+    const AccountActivity* activity         # NULL when account is NULL
+    const OrderRecord* orders               # the table's order region (venue sums)
+    int32_t slot_instrument                 # the order's instrument index
     int64_t position                        # current net position (0 if no slot)
+    int64_t working_buy                     # units reserved by working buys
+    int64_t working_sell
     int64_t valuation_price                 # price the order is valued at
     int64_t notional
     int64_t signed_quantity                 # +quantity for a buy, -quantity for a sell
-    int64_t projected_position              # position + signed_quantity
+    int64_t projected_position              # position + signed_quantity (no working)
     bint account_known
     bint instrument_known
     bint price_valid                        # valuation_price is usable
     bint notional_valid                     # notional computed without overflow
-    bint projection_valid                   # projected_position computed without overflow
+    bint projection_valid                   # projected_position fits in int64
+    bint duplicate_conflict                 # the order id was used for another order
+    # Account valuation: filled by scan_account when a control needs it.
+    bint scan_needed
+    bint scan_unpriced                      # a held symbol has no last price
+    bint scan_overflow                      # an aggregate does not fit in int64
+    int128_t gross                          # |positions| at last + working both sides
+    int128_t net                            # positions at last + working buys - sells
+    int128_t unrealized                     # positions at last - cost basis
+    int128_t committed                      # working buys + short value + working shorts
+    int128_t issuer_exposure                # gross restricted to the order's issuer
+    int128_t sector_exposure                # gross restricted to the order's sector
 
 ctypedef void (*check_fn)(const CheckContext* ctx, DecisionRecord* out) noexcept nogil
 
@@ -75,9 +110,19 @@ cdef class Engine:
     cdef DecisionPool pool
 
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil
-    cdef DecisionRecord* _decide(self, bytes account_id, bytes symbol, int side, int order_type,
-                                 int64_t quantity, int64_t price) except NULL
-    cpdef tuple evaluate(self, bytes account_id, bytes symbol, int side, int order_type,
-                         int64_t quantity, int64_t price)
-    cpdef int evaluate_rejection_count(self, bytes account_id, bytes symbol, int side,
-                                       int order_type, int64_t quantity, int64_t price)
+    cdef void decide_locked(self, DecisionRecord* record) noexcept nogil
+    cdef void replay(self, const OrderRecord* stored, DecisionRecord* record) noexcept nogil
+    cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
+    cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
+    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
+                      int32_t position_index) noexcept nogil
+    cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
+    cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                                 int order_type, int64_t quantity, int64_t price, bytes venue,
+                                 bytes counterparty, int64_t now_ns) except NULL
+    cpdef tuple evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                         int order_type, int64_t quantity, int64_t price, bytes venue=*,
+                         bytes counterparty=*, int64_t now_ns=*)
+    cpdef int evaluate_rejection_count(self, bytes order_id, bytes account_id, bytes symbol,
+                                       int side, int order_type, int64_t quantity,
+                                       int64_t price, int64_t now_ns)

@@ -1,13 +1,23 @@
-"""The pre-trade check pipeline over a PositionTable (see checks.pxd)."""
+"""The pre-trade check pipeline over a PositionTable (see checks.pxd).
+
+Reading guide: prepare_context resolves everything once; each check_* below
+is one control; decide_locked runs them, then either reserves the order
+(approved) or remembers the rejection. reference.py is the same logic in
+plain Python.
+"""
 
 cimport cython
-from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint32_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memset
 
+from pretrade._core.layout cimport ACCOUNT_HAS_BALANCES
 from pretrade._core.layout cimport ACCOUNT_HAS_LIMITS
 from pretrade._core.layout cimport ACCOUNT_KNOWN
 from pretrade._core.layout cimport ACCOUNT_STATE_INVALID
+from pretrade._core.layout cimport AUTO_HALT_LOSS_LIMIT
+from pretrade._core.layout cimport AUTO_HALT_NONE
+from pretrade._core.layout cimport AUTO_HALT_REJECT_STORM
 from pretrade._core.layout cimport HALT_MODE_HALTED
 from pretrade._core.layout cimport HALT_MODE_REDUCE_ONLY
 from pretrade._core.layout cimport HALT_SCOPE_ACCOUNT
@@ -15,46 +25,103 @@ from pretrade._core.layout cimport HALT_SCOPE_GLOBAL
 from pretrade._core.layout cimport HALT_SCOPE_SYMBOL
 from pretrade._core.layout cimport INSTRUMENT_HAS_PRICE
 from pretrade._core.layout cimport INSTRUMENT_KNOWN
+from pretrade._core.layout cimport INSTRUMENT_SHORT_RESTRICTED
 from pretrade._core.layout cimport INSTRUMENT_STATE_INVALID
+from pretrade._core.layout cimport LIMIT_AUTO_HALT_SECONDS
+from pretrade._core.layout cimport LIMIT_CONCENTRATION_MIN_GROSS
 from pretrade._core.layout cimport LIMIT_KIND_COUNT
+from pretrade._core.layout cimport LIMIT_LOSS_LIMIT
+from pretrade._core.layout cimport LIMIT_MAX_COUNTERPARTY_EXPOSURE
+from pretrade._core.layout cimport LIMIT_MAX_GROSS_EXPOSURE
+from pretrade._core.layout cimport LIMIT_MAX_ISSUER_CONCENTRATION_BPS
 from pretrade._core.layout cimport LIMIT_MAX_LONG_POSITION
+from pretrade._core.layout cimport LIMIT_MAX_NET_EXPOSURE
 from pretrade._core.layout cimport LIMIT_MAX_NET_POSITION
+from pretrade._core.layout cimport LIMIT_MAX_NOTIONAL_PER_WINDOW
 from pretrade._core.layout cimport LIMIT_MAX_ORDER_NOTIONAL
 from pretrade._core.layout cimport LIMIT_MAX_ORDER_QUANTITY
+from pretrade._core.layout cimport LIMIT_MAX_ORDERS_PER_WINDOW
+from pretrade._core.layout cimport LIMIT_MAX_REJECTS_PER_WINDOW
+from pretrade._core.layout cimport LIMIT_MAX_SECTOR_CONCENTRATION_BPS
 from pretrade._core.layout cimport LIMIT_MAX_SHORT_POSITION
+from pretrade._core.layout cimport LIMIT_MAX_VENUE_EXPOSURE
+from pretrade._core.layout cimport LIMIT_MAX_WORKING_ORDERS
+from pretrade._core.layout cimport LIMIT_MIN_ORDER_QUANTITY
+from pretrade._core.layout cimport LIMIT_NOTIONAL_WINDOW_MS
+from pretrade._core.layout cimport LIMIT_ORDER_WINDOW_MS
+from pretrade._core.layout cimport LIMIT_PRICE_COLLAR_BPS
+from pretrade._core.layout cimport LIMIT_REJECT_WINDOW_MS
+from pretrade._core.layout cimport LIMIT_REQUIRED_COUNT
 from pretrade._core.layout cimport MAX_REJECTIONS
 from pretrade._core.layout cimport NO_INDEX
+from pretrade._core.layout cimport ORDER_REJECTED
 from pretrade._core.layout cimport ORDER_TYPE_LIMIT
 from pretrade._core.layout cimport ORDER_TYPE_MARKET
+from pretrade._core.layout cimport ORDER_WORKING
+from pretrade._core.layout cimport RateEntry
+from pretrade._core.layout cimport RATE_RING_CAPACITY
 from pretrade._core.layout cimport REJECT_ACCOUNT_HALT
 from pretrade._core.layout cimport REJECT_ARITHMETIC_OVERFLOW
+from pretrade._core.layout cimport REJECT_BUYING_POWER
+from pretrade._core.layout cimport REJECT_CAPACITY_EXHAUSTED
+from pretrade._core.layout cimport REJECT_COUNTERPARTY_EXPOSURE
+from pretrade._core.layout cimport REJECT_DUPLICATE_ORDER_ID
 from pretrade._core.layout cimport REJECT_GLOBAL_HALT
 from pretrade._core.layout cimport REJECT_INVALID_PRICE
 from pretrade._core.layout cimport REJECT_INVALID_QUANTITY
 from pretrade._core.layout cimport REJECT_INVALID_STATE
+from pretrade._core.layout cimport REJECT_ISSUER_CONCENTRATION
 from pretrade._core.layout cimport REJECT_LIMITS_NOT_CONFIGURED
+from pretrade._core.layout cimport REJECT_LOSS_LIMIT
+from pretrade._core.layout cimport REJECT_LOT_SIZE
+from pretrade._core.layout cimport REJECT_MAX_GROSS_EXPOSURE
 from pretrade._core.layout cimport REJECT_MAX_LONG_POSITION
+from pretrade._core.layout cimport REJECT_MAX_NET_EXPOSURE
 from pretrade._core.layout cimport REJECT_MAX_NET_POSITION
 from pretrade._core.layout cimport REJECT_MAX_ORDER_NOTIONAL
 from pretrade._core.layout cimport REJECT_MAX_ORDER_QUANTITY
 from pretrade._core.layout cimport REJECT_MAX_SHORT_POSITION
+from pretrade._core.layout cimport REJECT_MAX_WORKING_ORDERS
+from pretrade._core.layout cimport REJECT_MIN_ORDER_QUANTITY
+from pretrade._core.layout cimport REJECT_NO_LOCATE
+from pretrade._core.layout cimport REJECT_NOTIONAL_RATE
+from pretrade._core.layout cimport REJECT_ORDER_RATE
+from pretrade._core.layout cimport REJECT_PRICE_COLLAR
 from pretrade._core.layout cimport REJECT_PRICE_UNAVAILABLE
 from pretrade._core.layout cimport REJECT_REDUCE_ONLY
+from pretrade._core.layout cimport REJECT_RING_CAPACITY
+from pretrade._core.layout cimport REJECT_SECTOR_CONCENTRATION
+from pretrade._core.layout cimport REJECT_SHORT_SALE_NOT_MARKED
+from pretrade._core.layout cimport REJECT_SHORT_SALE_RESTRICTED
 from pretrade._core.layout cimport REJECT_STALE_DATA
 from pretrade._core.layout cimport REJECT_SYMBOL_HALT
+from pretrade._core.layout cimport REJECT_TICK_SIZE
 from pretrade._core.layout cimport REJECT_UNKNOWN_ACCOUNT
 from pretrade._core.layout cimport REJECT_UNKNOWN_SYMBOL
+from pretrade._core.layout cimport REJECT_VENUE_EXPOSURE
 from pretrade._core.layout cimport SIDE_BUY
 from pretrade._core.layout cimport SIDE_SELL
 from pretrade._core.layout cimport SIDE_SELL_SHORT
+from pretrade._core.layout cimport STORED_REJECTIONS
+from pretrade._core.layout cimport TAG_CAPACITY
+from pretrade._core.layout cimport TAG_LIMIT_SLOTS
+from pretrade._core.layout cimport TagLimit
 from pretrade._core.layout cimport pt_add_overflow
 from pretrade._core.layout cimport pt_load_i32
 from pretrade._core.layout cimport pt_load_i64
 from pretrade._core.layout cimport pt_mul_overflow
 
 # Limits every order is checked against; a missing one fails closed.
-REQUIRED_LIMIT_MASK = (1 << LIMIT_KIND_COUNT) - 1
-cdef uint32_t _REQUIRED_LIMITS = (1u << LIMIT_KIND_COUNT) - 1
+REQUIRED_LIMIT_MASK = (1 << LIMIT_REQUIRED_COUNT) - 1
+cdef uint32_t _REQUIRED_LIMITS = (1u << LIMIT_REQUIRED_COUNT) - 1
+cdef enum:
+    DEFAULT_ORDER_WINDOW_MS = 1_000
+    DEFAULT_NOTIONAL_WINDOW_MS = 60_000
+    DEFAULT_REJECT_WINDOW_MS = 60_000
+DEFAULT_WINDOWS_MS = {"order": DEFAULT_ORDER_WINDOW_MS, "notional": DEFAULT_NOTIONAL_WINDOW_MS,
+                      "reject": DEFAULT_REJECT_WINDOW_MS}
+RING_CAPACITIES = {"rate": RATE_RING_CAPACITY, "reject": REJECT_RING_CAPACITY}
+cdef int64_t NS_PER_MS = 1_000_000
 
 
 # -- HELPERS --
@@ -70,6 +137,20 @@ cdef inline void reject(DecisionRecord* out, int32_t code, int64_t observed,
     out.rejection_count += 1
 
 
+cdef inline int64_t clamp(int128_t value) noexcept nogil:
+    # Figures reported on the wire are int64; a 128-bit intermediate is
+    # clamped, never wrapped.
+    if value > INT64_MAX:
+        return INT64_MAX
+    if value < INT64_MIN:
+        return INT64_MIN
+    return <int64_t>value
+
+
+cdef inline int128_t magnitude(int128_t value) noexcept nogil:
+    return -value if value < 0 else value
+
+
 cdef inline bint effective_limit(const CheckContext* ctx, int kind, int64_t* value) noexcept nogil:
     # A per-symbol override wins over the account-wide default.
     if ctx.overrides != NULL and ctx.overrides.present & (1u << kind):
@@ -82,21 +163,120 @@ cdef inline bint effective_limit(const CheckContext* ctx, int kind, int64_t* val
     return False
 
 
-cdef inline bint is_reducing(const CheckContext* ctx) noexcept nogil:
-    # Shrinks |position| without flipping its sign: opposite side, and no
-    # larger than the position.
-    if not ctx.projection_valid or ctx.signed_quantity == 0:
-        return False
-    if ctx.position > 0:
-        return ctx.signed_quantity < 0 and ctx.projected_position >= 0
-    if ctx.position < 0:
-        return ctx.signed_quantity > 0 and ctx.projected_position <= 0
+cdef inline bint account_limit(const CheckContext* ctx, int kind, int64_t* value) noexcept nogil:
+    # Account-level controls (exposure, velocity, ...) take no per-symbol override.
+    if ctx.account != NULL and ctx.account.flags & ACCOUNT_HAS_LIMITS \
+            and ctx.account.limits.present & (1u << kind):
+        value[0] = ctx.account.limits.values[kind]
+        return True
     return False
 
 
-cdef inline int64_t magnitude(int64_t value) noexcept nogil:
-    # Callers guarantee value != INT64_MIN (prepare_context rejects it).
-    return -value if value < 0 else value
+cdef inline int64_t window_ns(const CheckContext* ctx, int kind, int64_t default_ms) noexcept nogil:
+    cdef int64_t ms
+    if not account_limit(ctx, kind, &ms) or ms <= 0:
+        ms = default_ms
+    return ms * NS_PER_MS if ms < INT64_MAX // NS_PER_MS else INT64_MAX
+
+
+cdef inline bint is_buy(const CheckContext* ctx) noexcept nogil:
+    return ctx.signed_quantity > 0
+
+
+cdef inline bint is_reducing(const CheckContext* ctx) noexcept nogil:
+    # Shrinks |position| without flipping its sign, counting the orders
+    # already working on that side: opposite side, and no larger than what
+    # the position has left.
+    if ctx.signed_quantity == 0:
+        return False
+    cdef int128_t quantity = magnitude(<int128_t>ctx.signed_quantity)
+    if ctx.position > 0:
+        return ctx.signed_quantity < 0 and \
+            <int128_t>ctx.position - ctx.working_sell - quantity >= 0
+    if ctx.position < 0:
+        return ctx.signed_quantity > 0 and \
+            <int128_t>ctx.position + ctx.working_buy + quantity <= 0
+    return False
+
+
+cdef inline bint tags_equal(const char* stored, const char* given, Py_ssize_t length) noexcept nogil:
+    # stored is NUL-padded to TAG_CAPACITY
+    if length >= TAG_CAPACITY:
+        return False
+    return memcmp(stored, given, length) == 0 and stored[length] == 0
+
+
+cdef inline void memcpy_tag(char* stored, const char* given, Py_ssize_t length) noexcept nogil:
+    memset(stored, 0, TAG_CAPACITY)
+    memcpy(stored, given, length)
+
+
+cdef inline bint tag_limit(const TagLimit* limits, const char* name, Py_ssize_t length,
+                           int64_t* value) noexcept nogil:
+    cdef int n
+    for n in range(TAG_LIMIT_SLOTS):
+        if limits[n].name[0] != 0 and tags_equal(limits[n].name, name, length):
+            value[0] = limits[n].limit
+            return True
+    return False
+
+
+# -- ACCOUNT VALUATION --
+
+cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
+    # One pass over the account's positions at last prices; only run when a
+    # control needs it (exposure, buying power, concentration, loss limit).
+    # 128-bit sums cannot overflow, so the result does not depend on order.
+    cdef int32_t p = ctx.account.first_position
+    cdef const PositionSlot* slot
+    cdef const InstrumentRecord* instrument
+    cdef int32_t order_issuer = ctx.instrument.issuer_id
+    cdef int32_t order_sector = ctx.instrument.sector_id
+    cdef int128_t value, exposure
+    cdef int64_t last
+    while p != NO_INDEX:
+        slot = &table.positions[p]
+        instrument = &table.instruments[slot.instrument_index]
+        value = 0
+        if slot.quantity != 0:
+            if pt_load_i32(<const int32_t*>&instrument.flags) & INSTRUMENT_HAS_PRICE:
+                last = pt_load_i64(&instrument.last_price)
+                value = <int128_t>slot.quantity * last
+                ctx.unrealized += value - slot.cost_basis
+            else:
+                ctx.scan_unpriced = True
+        exposure = magnitude(value) + slot.working_buy_notional + slot.working_sell_notional
+        ctx.gross += exposure
+        ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
+        ctx.committed += slot.working_buy_notional + slot.working_short_notional
+        if value < 0:
+            ctx.committed -= value
+        if slot.instrument_index == ctx.slot_instrument or (
+                order_issuer != 0 and instrument.issuer_id == order_issuer):
+            ctx.issuer_exposure += exposure
+        if slot.instrument_index == ctx.slot_instrument or (
+                order_sector != 0 and instrument.sector_id == order_sector):
+            ctx.sector_exposure += exposure
+        p = slot.next_in_account
+    if (ctx.gross > INT64_MAX or ctx.net > INT64_MAX or ctx.net < INT64_MIN
+            or ctx.unrealized > INT64_MAX or ctx.unrealized < INT64_MIN
+            or ctx.committed > INT64_MAX):
+        ctx.scan_overflow = True
+
+
+cdef bint needs_scan(const CheckContext* ctx) noexcept nogil:
+    cdef int64_t unused
+    return ctx.account_known and ctx.instrument_known and (
+        account_limit(ctx, LIMIT_MAX_GROSS_EXPOSURE, &unused)
+        or account_limit(ctx, LIMIT_MAX_NET_EXPOSURE, &unused)
+        or account_limit(ctx, LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &unused)
+        or account_limit(ctx, LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &unused)
+        or account_limit(ctx, LIMIT_LOSS_LIMIT, &unused)
+        or (ctx.account.flags & ACCOUNT_HAS_BALANCES) != 0)
+
+
+cdef inline bint valuation_ok(const CheckContext* ctx) noexcept nogil:
+    return ctx.scan_needed and not ctx.scan_unpriced and not ctx.scan_overflow
 
 
 # -- PRE-TRADE CHECKS --
@@ -123,6 +303,11 @@ cdef void check_symbol_known(const CheckContext* ctx, DecisionRecord* out) noexc
         reject(out, REJECT_INVALID_STATE, HALT_SCOPE_SYMBOL, 0)
 
 
+cdef void check_order_id_unused(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    if ctx.duplicate_conflict:
+        reject(out, REJECT_DUPLICATE_ORDER_ID, 0, 0)
+
+
 cdef void check_quantity_positive(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if out.order.quantity <= 0:
         reject(out, REJECT_INVALID_QUANTITY, out.order.quantity, 1)
@@ -134,6 +319,43 @@ cdef void check_price_usable(const CheckContext* ctx, DecisionRecord* out) noexc
             reject(out, REJECT_INVALID_PRICE, out.order.price, 1)
     elif ctx.instrument_known and not ctx.price_valid:
         reject(out, REJECT_PRICE_UNAVAILABLE, 0, 0)
+
+
+cdef void check_tick_size(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    if out.order.order_type == ORDER_TYPE_LIMIT and out.order.price > 0 and ctx.instrument_known:
+        if out.order.price % ctx.instrument.tick_size != 0:
+            reject(out, REJECT_TICK_SIZE, out.order.price, ctx.instrument.tick_size)
+
+
+cdef void check_order_size(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    cdef int64_t minimum
+    if out.order.quantity <= 0:
+        return
+    if effective_limit(ctx, LIMIT_MIN_ORDER_QUANTITY, &minimum) and out.order.quantity < minimum:
+        reject(out, REJECT_MIN_ORDER_QUANTITY, out.order.quantity, minimum)
+    if ctx.instrument_known and out.order.quantity % ctx.instrument.lot_size != 0:
+        reject(out, REJECT_LOT_SIZE, out.order.quantity, ctx.instrument.lot_size)
+
+
+cdef void check_price_collar(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # A LIMIT price more than N basis points from the last price is a fat
+    # finger. No last price: the collar cannot be applied, so fail closed.
+    cdef int64_t collar_bps
+    cdef int64_t last
+    cdef int128_t deviation
+    if out.order.order_type != ORDER_TYPE_LIMIT or out.order.price <= 0 \
+            or not ctx.instrument_known:
+        return
+    if not effective_limit(ctx, LIMIT_PRICE_COLLAR_BPS, &collar_bps):
+        return
+    if not pt_load_i32(<const int32_t*>&ctx.instrument.flags) & INSTRUMENT_HAS_PRICE:
+        reject(out, REJECT_PRICE_UNAVAILABLE, 0, 0)
+        return
+    last = pt_load_i64(&ctx.instrument.last_price)
+    deviation = magnitude(<int128_t>out.order.price - last) * 10_000
+    if deviation > <int128_t>collar_bps * last:
+        # observed: the deviation in basis points, rounded up
+        reject(out, REJECT_PRICE_COLLAR, clamp((deviation + last - 1) // last), collar_bps)
 
 
 cdef void check_arithmetic_fits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -149,7 +371,7 @@ cdef void check_limits_configured(const CheckContext* ctx, DecisionRecord* out) 
     cdef uint32_t missing = 0
     cdef int64_t unused
     cdef int kind
-    for kind in range(LIMIT_KIND_COUNT):
+    for kind in range(LIMIT_REQUIRED_COUNT):
         if not effective_limit(ctx, kind, &unused):
             missing |= 1u << kind
     if missing:
@@ -171,23 +393,220 @@ cdef void check_max_order_notional(const CheckContext* ctx, DecisionRecord* out)
 
 
 cdef void check_position_limits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    # Only an order that grows the position in the limited direction can
-    # breach: a reducing order always passes, even when the position is
-    # already over a limit that was lowered.
+    # Worst case, counting every working order on the order's side: 100
+    # orders sent before any fill cannot together pass a limit. A buy can
+    # only grow the long side and a sell the short side, so an order that
+    # reduces always passes, even when a lowered limit is already exceeded.
     if not ctx.projection_valid or out.order.quantity <= 0:
         return
     cdef int64_t limit
-    cdef int64_t projected = ctx.projected_position
-    cdef int64_t size_after = magnitude(projected)
-    if effective_limit(ctx, LIMIT_MAX_NET_POSITION, &limit) and size_after > limit \
-            and size_after > magnitude(ctx.position):
-        reject(out, REJECT_MAX_NET_POSITION, size_after, limit)
-    if effective_limit(ctx, LIMIT_MAX_LONG_POSITION, &limit) and projected > limit \
-            and projected > ctx.position:
-        reject(out, REJECT_MAX_LONG_POSITION, projected, limit)
-    if effective_limit(ctx, LIMIT_MAX_SHORT_POSITION, &limit) and -projected > limit \
-            and projected < ctx.position:
-        reject(out, REJECT_MAX_SHORT_POSITION, -projected, limit)
+    cdef int128_t long_after, short_after
+    if is_buy(ctx):
+        long_after = <int128_t>ctx.position + ctx.working_buy + out.order.quantity
+        if effective_limit(ctx, LIMIT_MAX_NET_POSITION, &limit) and long_after > limit:
+            reject(out, REJECT_MAX_NET_POSITION, clamp(long_after), limit)
+        if effective_limit(ctx, LIMIT_MAX_LONG_POSITION, &limit) and long_after > limit:
+            reject(out, REJECT_MAX_LONG_POSITION, clamp(long_after), limit)
+    else:
+        short_after = -(<int128_t>ctx.position - ctx.working_sell - out.order.quantity)
+        if effective_limit(ctx, LIMIT_MAX_NET_POSITION, &limit) and short_after > limit:
+            reject(out, REJECT_MAX_NET_POSITION, clamp(short_after), limit)
+        if effective_limit(ctx, LIMIT_MAX_SHORT_POSITION, &limit) and short_after > limit:
+            reject(out, REJECT_MAX_SHORT_POSITION, clamp(short_after), limit)
+
+
+cdef void check_short_sale(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # A sell that would take the position (less working sells) below zero
+    # must be marked SELL_SHORT; a short sale needs a symbol off the
+    # restricted list and a locate for its whole quantity.
+    cdef int128_t left_after
+    cdef int64_t available
+    if out.order.quantity <= 0 or not ctx.instrument_known:
+        return
+    if out.order.side == SIDE_SELL:
+        left_after = <int128_t>ctx.position - ctx.working_sell - out.order.quantity
+        if left_after < 0:
+            reject(out, REJECT_SHORT_SALE_NOT_MARKED, clamp(left_after), 0)
+    elif out.order.side == SIDE_SELL_SHORT:
+        if pt_load_i32(<const int32_t*>&ctx.instrument.flags) & INSTRUMENT_SHORT_RESTRICTED:
+            reject(out, REJECT_SHORT_SALE_RESTRICTED, 0, 0)
+        available = 0
+        if ctx.slot != NULL and ctx.slot.located > ctx.slot.locate_used:
+            available = ctx.slot.located - ctx.slot.locate_used
+        if out.order.quantity > available:
+            reject(out, REJECT_NO_LOCATE, out.order.quantity, available)
+
+
+cdef void check_account_valuation(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Exposure, buying power, concentration and loss limits value the whole
+    # account at last prices; a holding without a price fails them closed.
+    if not ctx.scan_needed:
+        return
+    if ctx.scan_unpriced:
+        reject(out, REJECT_PRICE_UNAVAILABLE, 1, 0)
+    elif ctx.scan_overflow:
+        reject(out, REJECT_ARITHMETIC_OVERFLOW, 0, 0)
+
+
+cdef void check_exposure(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Gross counts the order whatever its side; net moves with its side and
+    # is only held against an order that makes |net| larger.
+    cdef int64_t limit
+    cdef int128_t gross_after, net_after
+    if not valuation_ok(ctx) or not ctx.notional_valid:
+        return
+    gross_after = ctx.gross + ctx.notional
+    if account_limit(ctx, LIMIT_MAX_GROSS_EXPOSURE, &limit) and gross_after > limit:
+        reject(out, REJECT_MAX_GROSS_EXPOSURE, clamp(gross_after), limit)
+    net_after = ctx.net + ctx.notional if is_buy(ctx) else ctx.net - ctx.notional
+    if account_limit(ctx, LIMIT_MAX_NET_EXPOSURE, &limit) and magnitude(net_after) > limit \
+            and magnitude(net_after) > magnitude(ctx.net):
+        reject(out, REJECT_MAX_NET_EXPOSURE, clamp(magnitude(net_after)), limit)
+
+
+cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # available = cash + credit line - (working buys + short positions at
+    # last + working short sales). Buys and short sales must fit in it.
+    cdef int128_t available
+    if not valuation_ok(ctx) or not ctx.notional_valid \
+            or not ctx.account.flags & ACCOUNT_HAS_BALANCES:
+        return
+    if out.order.side == SIDE_SELL:
+        return
+    available = <int128_t>ctx.account.cash + ctx.account.credit_line - ctx.committed
+    if ctx.notional > available:
+        reject(out, REJECT_BUYING_POWER, ctx.notional, clamp(available))
+
+
+cdef int32_t first_in_window(const AccountActivity* activity, int64_t since_ns) noexcept nogil:
+    # Logical index (0 = oldest) of the first remembered order after since_ns.
+    cdef int32_t lo = 0, hi = activity.rate_count, mid
+    cdef int32_t oldest = activity.rate_head - activity.rate_count + RATE_RING_CAPACITY
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if activity.rate[(oldest + mid) % RATE_RING_CAPACITY].at_ns > since_ns:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+cdef void check_velocity(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Sliding windows over the account's approved orders: count and notional.
+    cdef int64_t limit, since
+    cdef int32_t first, count
+    cdef int64_t newest_total, before_total
+    cdef const AccountActivity* activity = ctx.activity
+    if activity == NULL or not ctx.account_known or out.order.quantity <= 0:
+        return
+    if account_limit(ctx, LIMIT_MAX_ORDERS_PER_WINDOW, &limit):
+        since = out.order.now_ns - window_ns(ctx, LIMIT_ORDER_WINDOW_MS, DEFAULT_ORDER_WINDOW_MS)
+        count = activity.rate_count - first_in_window(activity, since)
+        if count + 1 > limit:
+            reject(out, REJECT_ORDER_RATE, count + 1, limit)
+    if account_limit(ctx, LIMIT_MAX_NOTIONAL_PER_WINDOW, &limit) and ctx.notional_valid:
+        since = out.order.now_ns - window_ns(ctx, LIMIT_NOTIONAL_WINDOW_MS,
+                                             DEFAULT_NOTIONAL_WINDOW_MS)
+        first = first_in_window(activity, since)
+        if first == 0 and activity.rate_count == RATE_RING_CAPACITY:
+            # The ring forgot orders still inside the window: fail closed.
+            reject(out, REJECT_NOTIONAL_RATE, INT64_MAX, limit)
+            return
+        # Entries hold the running total including their own order, so the
+        # window's notional is the newest total minus the total just before it.
+        newest_total = activity.cumulative_notional
+        if first == activity.rate_count:
+            before_total = newest_total
+        elif first > 0:
+            before_total = activity.rate[(activity.rate_head - activity.rate_count + first - 1
+                                          + RATE_RING_CAPACITY) % RATE_RING_CAPACITY
+                                         ].cumulative_notional
+        else:
+            before_total = 0
+        if <int128_t>newest_total - before_total + ctx.notional > limit:
+            reject(out, REJECT_NOTIONAL_RATE,
+                   clamp(<int128_t>newest_total - before_total + ctx.notional), limit)
+
+
+cdef void check_max_working_orders(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    cdef int64_t limit
+    if ctx.account_known and account_limit(ctx, LIMIT_MAX_WORKING_ORDERS, &limit) \
+            and ctx.account.working_order_count + 1 > limit:
+        reject(out, REJECT_MAX_WORKING_ORDERS, ctx.account.working_order_count + 1, limit)
+
+
+cdef void check_concentration(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Issuer (or sector) exposure after the order, as a share of gross
+    # exposure after it, in basis points; only once gross reaches a floor.
+    cdef int64_t bps, floor
+    cdef int128_t gross_after, share_after
+    if not valuation_ok(ctx) or not ctx.notional_valid:
+        return
+    gross_after = ctx.gross + ctx.notional
+    if not account_limit(ctx, LIMIT_CONCENTRATION_MIN_GROSS, &floor):
+        floor = 0
+    if gross_after <= 0 or gross_after < floor:
+        return
+    if account_limit(ctx, LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &bps):
+        share_after = ctx.issuer_exposure + ctx.notional
+        if share_after * 10_000 > <int128_t>bps * gross_after:
+            reject(out, REJECT_ISSUER_CONCENTRATION,
+                   clamp((share_after * 10_000 + gross_after - 1) // gross_after), bps)
+    if account_limit(ctx, LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &bps):
+        share_after = ctx.sector_exposure + ctx.notional
+        if share_after * 10_000 > <int128_t>bps * gross_after:
+            reject(out, REJECT_SECTOR_CONCENTRATION,
+                   clamp((share_after * 10_000 + gross_after - 1) // gross_after), bps)
+
+
+cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t length,
+                         bint by_venue) noexcept nogil:
+    # Notional of the account's working orders routed to one venue (or
+    # counterparty): remaining units at the price each was valued at.
+    cdef int128_t total = 0
+    cdef int32_t o = ctx.account.first_working_order
+    cdef const OrderRecord* order
+    cdef const char* tag
+    while o != NO_INDEX:
+        order = &ctx.orders[o]
+        tag = <const char*>order.venue if by_venue else <const char*>order.counterparty
+        if tags_equal(tag, name, length):
+            total += <int128_t>order.remaining * order.valuation_price
+        o = order.next_working
+    return total
+
+
+cdef void check_venue_exposure(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    cdef int64_t limit
+    cdef int128_t after
+    if not ctx.account_known or not ctx.notional_valid:
+        return
+    if out.order.venue_length > 0 and (
+            tag_limit(ctx.account.venue_limits, out.order.venue, out.order.venue_length, &limit)
+            or account_limit(ctx, LIMIT_MAX_VENUE_EXPOSURE, &limit)):
+        after = working_at(ctx, out.order.venue, out.order.venue_length, True) + ctx.notional
+        if after > limit:
+            reject(out, REJECT_VENUE_EXPOSURE, clamp(after), limit)
+    if out.order.counterparty_length > 0 and (
+            tag_limit(ctx.account.counterparty_limits, out.order.counterparty,
+                      out.order.counterparty_length, &limit)
+            or account_limit(ctx, LIMIT_MAX_COUNTERPARTY_EXPOSURE, &limit)):
+        after = working_at(ctx, out.order.counterparty, out.order.counterparty_length,
+                           False) + ctx.notional
+        if after > limit:
+            reject(out, REJECT_COUNTERPARTY_EXPOSURE, clamp(after), limit)
+
+
+cdef void check_loss_limit(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Below the loss limit only reducing orders pass; the engine also asks
+    # for the account to be moved to REDUCE_ONLY (decide_locked).
+    cdef int64_t loss_limit
+    cdef int128_t pnl
+    if not valuation_ok(ctx) or not account_limit(ctx, LIMIT_LOSS_LIMIT, &loss_limit):
+        return
+    pnl = ctx.unrealized + ctx.account.realized_pnl
+    if pnl < -<int128_t>loss_limit and not is_reducing(ctx):
+        reject(out, REJECT_LOSS_LIMIT, clamp(pnl), -loss_limit)
 
 
 cdef inline void check_one_halt(const CheckContext* ctx, DecisionRecord* out, int32_t mode,
@@ -211,23 +630,40 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 
 # The pipeline, in order. Order matters only for the order of rejections.
-cdef check_fn[11] PIPELINE = [
+cdef enum:
+    CHECK_COUNT = 24
+cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
     check_symbol_known,
+    check_order_id_unused,
     check_quantity_positive,
     check_price_usable,
+    check_tick_size,
+    check_order_size,
+    check_price_collar,
     check_arithmetic_fits,
     check_limits_configured,
     check_max_order_quantity,
     check_max_order_notional,
     check_position_limits,
+    check_short_sale,
+    check_account_valuation,
+    check_exposure,
+    check_buying_power,
+    check_velocity,
+    check_max_working_orders,
+    check_concentration,
+    check_venue_exposure,
+    check_loss_limit,
     check_halts,
 ]
 CHECK_NAMES = (
-    "sync_live", "account_known", "symbol_known", "quantity_positive", "price_usable",
-    "arithmetic_fits", "limits_configured", "max_order_quantity", "max_order_notional",
-    "position_limits", "halts",
+    "sync_live", "account_known", "symbol_known", "order_id_unused", "quantity_positive",
+    "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
+    "limits_configured", "max_order_quantity", "max_order_notional", "position_limits",
+    "short_sale", "account_valuation", "exposure", "buying_power", "velocity",
+    "max_working_orders", "concentration", "venue_exposure", "loss_limit", "halts",
 )
 
 
@@ -241,8 +677,11 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
     cdef int32_t instrument_flags = 0
     memset(ctx, 0, sizeof(CheckContext))
     ctx.header = table.header
+    ctx.orders = table.orders
+    ctx.slot_instrument = order.instrument_index
     if order.account_index != NO_INDEX:
         ctx.account = &table.accounts[order.account_index]
+        ctx.activity = &table.activity[order.account_index]
         ctx.account_known = (ctx.account.flags & ACCOUNT_KNOWN) != 0
     if order.instrument_index != NO_INDEX:
         ctx.instrument = &table.instruments[order.instrument_index]
@@ -251,7 +690,10 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
     if ctx.account != NULL and ctx.instrument != NULL:
         position_index = table.find_position(order.account_index, order.instrument_index)
         if position_index != NO_INDEX:
-            ctx.position = table.positions[position_index].quantity
+            ctx.slot = &table.positions[position_index]
+            ctx.position = ctx.slot.quantity
+            ctx.working_buy = ctx.slot.working_buy
+            ctx.working_sell = ctx.slot.working_sell
             override_index = pt_load_i32(&table.positions[position_index].override_index)
             if override_index != NO_INDEX:
                 ctx.overrides = &table.overrides[override_index].limits
@@ -274,6 +716,33 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
             and ctx.projected_position != INT64_MIN and ctx.position != INT64_MIN)
     if not ctx.notional_valid:
         ctx.notional = 0
+    if needs_scan(ctx):
+        ctx.scan_needed = True
+        scan_account(table, ctx)
+
+
+cdef inline bint same_order(const OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
+    # A re-sent order is the same order when every field the checks read matches.
+    return (stored.instrument_index == record.order.instrument_index
+            and stored.side == record.order.side
+            and stored.order_type == record.order.order_type
+            and stored.quantity == record.order.quantity
+            and stored.price == record.order.price
+            and tags_equal(stored.venue, record.order.venue, record.order.venue_length)
+            and tags_equal(stored.counterparty, record.order.counterparty,
+                           record.order.counterparty_length))
+
+
+cdef inline bint counts_toward_reject_storm(const DecisionRecord* record) noexcept nogil:
+    # Rejections the client caused. Not: the engine's own state (stale data,
+    # a full table) or halts already in force, which would re-trigger forever.
+    cdef int32_t i, code
+    for i in range(min(record.rejection_count, MAX_REJECTIONS)):
+        code = record.rejections[i].code
+        if code in (REJECT_STALE_DATA, REJECT_CAPACITY_EXHAUSTED, REJECT_GLOBAL_HALT,
+                    REJECT_ACCOUNT_HALT, REJECT_SYMBOL_HALT, REJECT_REDUCE_ONLY):
+            return False
+    return True
 
 
 cdef class DecisionPool:
@@ -314,9 +783,13 @@ cdef class DecisionPool:
 cdef class Engine:
     """The check pipeline bound to one PositionTable.
 
-    ``evaluate`` returns ``(approved, notional, rejections)`` where
-    ``rejections`` is a tuple of ``(code, observed, limit)`` triples, codes
-    being pretrade.v1 RejectCode numbers. The pure-Python twin in
+    ``evaluate`` returns ``(approved, notional, rejections, replayed,
+    auto_halt, profit_and_loss)``: ``rejections`` is a tuple of ``(code, observed, limit)``
+    triples (codes are pretrade.v1 RejectCode numbers), ``replayed`` is True
+    when the order id was decided before and this is that decision, and
+    ``auto_halt`` is 0, 1 (move the account to REDUCE_ONLY: loss limit) or 2
+    (HALT the account: too many rejections), with the account's P&L when
+    the loss limit tripped. The pure-Python twin in
     ``pretrade.reference`` returns exactly the same shape.
     """
 
@@ -328,52 +801,228 @@ cdef class Engine:
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil:
         cdef CheckContext ctx
         cdef int i
-        record.rejection_count = 0
         prepare_context(self.table, record, &ctx)
-        for i in range(11):
+        if ctx.account != NULL and record.order.order_id_length > 0:
+            i = self.table.find_order(record.order.account_index, record.order.order_id,
+                                      record.order.order_id_length)
+            if i != NO_INDEX:
+                if same_order(&self.table.orders[i], record):
+                    self.replay(&self.table.orders[i], record)
+                    return
+                ctx.duplicate_conflict = True
+        for i in range(CHECK_COUNT):
             PIPELINE[i](&ctx, record)
         record.notional = ctx.notional
         record.approved = record.rejection_count == 0
+        if ctx.account_known and valuation_ok(&ctx):
+            self.watch_loss_limit(&ctx, record)
+        if ctx.account != NULL and not ctx.duplicate_conflict:
+            self.remember(&ctx, record)
 
-    cdef DecisionRecord* _decide(self, bytes account_id, bytes symbol, int side,
-                                 int order_type, int64_t quantity, int64_t price) except NULL:
-        cdef DecisionRecord* record = self.pool.acquire()
-        if record == NULL:
-            raise RuntimeError("decision pool exhausted")
-        record.order.quantity = quantity
-        record.order.price = price
-        record.order.side = side
-        record.order.order_type = order_type
-        record.order.account_index = self.table.find_account(account_id, len(account_id))
-        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
+    cdef void replay(self, const OrderRecord* stored, DecisionRecord* record) noexcept nogil:
+        cdef int32_t i
+        record.replayed = True
+        record.approved = stored.approved
+        record.notional = stored.notional
+        record.rejection_count = stored.rejection_count
+        for i in range(min(stored.rejection_count, STORED_REJECTIONS)):
+            record.rejections[i].code = stored.rejections[i].code
+            record.rejections[i].observed = stored.rejections[i].observed
+            record.rejections[i].limit = stored.rejections[i].limit
+        if record.rejection_count > STORED_REJECTIONS:
+            record.rejection_count = STORED_REJECTIONS
+
+    cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
+        cdef int64_t loss_limit
+        cdef int128_t pnl
+        if not account_limit(ctx, LIMIT_LOSS_LIMIT, &loss_limit):
+            return
+        pnl = ctx.unrealized + ctx.account.realized_pnl
+        if pnl < -<int128_t>loss_limit and pt_load_i32(&ctx.account.halt_mode) \
+                not in (HALT_MODE_REDUCE_ONLY, HALT_MODE_HALTED):
+            record.auto_halt = AUTO_HALT_LOSS_LIMIT
+            record.profit_and_loss = clamp(pnl)
+
+    cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
+        # Store the decision under its order id (so a re-send replays it) and,
+        # when approved, reserve the order. Not stored: decisions the engine
+        # could not really make (stale data), so a retry gets a real one.
+        cdef int32_t i
+        cdef OrderRecord* stored
+        cdef int32_t position_index = NO_INDEX
+        cdef bint stale = False
+        for i in range(min(record.rejection_count, MAX_REJECTIONS)):
+            if record.rejections[i].code == REJECT_STALE_DATA:
+                stale = True
+        # An order for a symbol the table has never seen is not stored either:
+        # stored orders are compared by instrument index, which it lacks.
+        if stale or record.order.order_id_length <= 0 \
+                or record.order.instrument_index == NO_INDEX:
+            return
+        if record.approved:
+            position_index = self.table.ensure_position(record.order.account_index,
+                                                        record.order.instrument_index)
+        stored = NULL
+        if position_index != NO_INDEX or not record.approved:
+            stored = self.table.allocate_order(record.order.account_index,
+                                               record.order.order_id,
+                                               record.order.order_id_length)
+        if stored == NULL:
+            if record.approved:
+                record.approved = False
+                reject(record, REJECT_CAPACITY_EXHAUSTED, 0, 0)
+            self.count_rejection(ctx, record)
+            return
+        stored.instrument_index = record.order.instrument_index
+        stored.side = record.order.side
+        stored.order_type = record.order.order_type
+        stored.quantity = record.order.quantity
+        stored.price = record.order.price
+        stored.valuation_price = ctx.valuation_price
+        stored.notional = record.notional
+        stored.approved = record.approved
+        if record.order.venue_length < TAG_CAPACITY:
+            memcpy_tag(stored.venue, record.order.venue, record.order.venue_length)
+        if record.order.counterparty_length < TAG_CAPACITY:
+            memcpy_tag(stored.counterparty, record.order.counterparty,
+                       record.order.counterparty_length)
+        stored.rejection_count = record.rejection_count
+        for i in range(min(record.rejection_count, STORED_REJECTIONS)):
+            stored.rejections[i].code = record.rejections[i].code
+            stored.rejections[i].observed = record.rejections[i].observed
+            stored.rejections[i].limit = record.rejections[i].limit
+        if record.approved:
+            self.reserve(ctx, record, stored, position_index)
+        else:
+            stored.status = ORDER_REJECTED
+            self.count_rejection(ctx, record)
+        self.table.publish_order(stored)
+
+    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
+                      int32_t position_index) noexcept nogil:
+        cdef PositionSlot* slot = &self.table.positions[position_index]
+        cdef AccountRecord* account = &self.table.accounts[record.order.account_index]
+        cdef AccountActivity* activity = &self.table.activity[record.order.account_index]
+        cdef RateEntry* entry
+        cdef int64_t at = record.order.now_ns
+        stored.status = ORDER_WORKING
+        stored.position_index = position_index
+        stored.remaining = record.order.quantity
+        if record.order.side == SIDE_BUY:
+            slot.working_buy += record.order.quantity
+            slot.working_buy_notional += record.notional
+        else:
+            slot.working_sell += record.order.quantity
+            slot.working_sell_notional += record.notional
+            if record.order.side == SIDE_SELL_SHORT:
+                slot.working_short_notional += record.notional
+                slot.locate_used += record.order.quantity
+        stored.next_working = account.first_working_order
+        account.first_working_order = <int32_t>(stored - self.table.orders)
+        account.working_order_count += 1
+        # velocity ring: keep timestamps non-decreasing so the window search works
+        if activity.rate_count > 0:
+            entry = &activity.rate[(activity.rate_head - 1 + RATE_RING_CAPACITY)
+                                   % RATE_RING_CAPACITY]
+            if at < entry.at_ns:
+                at = entry.at_ns
+        activity.cumulative_notional += record.notional
+        entry = &activity.rate[activity.rate_head]
+        entry.at_ns = at
+        entry.cumulative_notional = activity.cumulative_notional
+        activity.rate_head = (activity.rate_head + 1) % RATE_RING_CAPACITY
+        if activity.rate_count < RATE_RING_CAPACITY:
+            activity.rate_count += 1
+
+    cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
+        # The reject-storm breaker: K client-caused rejections in a window
+        # HALT the account (applied by the Python layer, written to Redis).
+        cdef int64_t limit, since, at
+        cdef int32_t n, count, oldest
+        cdef AccountActivity* activity = &self.table.activity[record.order.account_index]
+        if not ctx.account_known or not counts_toward_reject_storm(record):
+            return
+        if not account_limit(ctx, LIMIT_MAX_REJECTS_PER_WINDOW, &limit):
+            return
+        at = record.order.now_ns
+        if activity.reject_count > 0:
+            since = activity.rejects_at_ns[(activity.reject_head - 1 + REJECT_RING_CAPACITY)
+                                           % REJECT_RING_CAPACITY]
+            if at < since:
+                at = since
+        activity.rejects_at_ns[activity.reject_head] = at
+        activity.reject_head = (activity.reject_head + 1) % REJECT_RING_CAPACITY
+        if activity.reject_count < REJECT_RING_CAPACITY:
+            activity.reject_count += 1
+        since = at - window_ns(ctx, LIMIT_REJECT_WINDOW_MS, DEFAULT_REJECT_WINDOW_MS)
+        count = 0
+        oldest = activity.reject_head - activity.reject_count + REJECT_RING_CAPACITY
+        for n in range(activity.reject_count):
+            if activity.rejects_at_ns[(oldest + n) % REJECT_RING_CAPACITY] > since:
+                count += 1
+        if count >= limit and pt_load_i32(&ctx.account.halt_mode) != HALT_MODE_HALTED:
+            record.auto_halt = AUTO_HALT_REJECT_STORM
+
+    cdef void decide_locked(self, DecisionRecord* record) noexcept nogil:
+        record.rejection_count = 0
+        record.replayed = False
+        record.auto_halt = AUTO_HALT_NONE
+        record.profit_and_loss = 0
+        record.notional = 0
         if record.order.account_index != NO_INDEX:
             self.table.lock_account(record.order.account_index)
             self.run_pipeline(record)
             self.table.unlock_account(record.order.account_index)
         else:
             self.run_pipeline(record)
+
+    cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                                 int order_type, int64_t quantity, int64_t price, bytes venue,
+                                 bytes counterparty, int64_t now_ns) except NULL:
+        cdef DecisionRecord* record = self.pool.acquire()
+        if record == NULL:
+            raise RuntimeError("decision pool exhausted")
+        record.order.quantity = quantity
+        record.order.price = price
+        record.order.now_ns = now_ns
+        record.order.side = side
+        record.order.order_type = order_type
+        record.order.order_id = order_id
+        record.order.order_id_length = len(order_id)
+        record.order.venue = venue
+        record.order.venue_length = len(venue)
+        record.order.counterparty = counterparty
+        record.order.counterparty_length = len(counterparty)
+        record.order.account_index = self.table.find_account(account_id, len(account_id))
+        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
+        self.decide_locked(record)
         return record
 
-    cpdef tuple evaluate(self, bytes account_id, bytes symbol, int side, int order_type,
-                         int64_t quantity, int64_t price):
+    cpdef tuple evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                         int order_type, int64_t quantity, int64_t price, bytes venue=b"",
+                         bytes counterparty=b"", int64_t now_ns=0):
         """Run every check on one order; see the class docstring for the result."""
-        cdef DecisionRecord* record = self._decide(account_id, symbol, side, order_type,
-                                                   quantity, price)
+        cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
+                                                   order_type, quantity, price, venue,
+                                                   counterparty, now_ns)
         cdef int32_t shown = min(record.rejection_count, MAX_REJECTIONS)
         cdef list rejections = [None] * shown
         cdef int32_t i
         for i in range(shown):
             rejections[i] = (record.rejections[i].code, record.rejections[i].observed,
                              record.rejections[i].limit)
-        result = (bool(record.approved), record.notional, tuple(rejections))
+        result = (bool(record.approved), record.notional, tuple(rejections),
+                  bool(record.replayed), record.auto_halt, record.profit_and_loss)
         self.pool.release(record)
         return result
 
-    cpdef int evaluate_rejection_count(self, bytes account_id, bytes symbol, int side,
-                                       int order_type, int64_t quantity, int64_t price):
+    cpdef int evaluate_rejection_count(self, bytes order_id, bytes account_id, bytes symbol,
+                                       int side, int order_type, int64_t quantity,
+                                       int64_t price, int64_t now_ns):
         """Run every check and return only the number of rejections (benchmarks)."""
-        cdef DecisionRecord* record = self._decide(account_id, symbol, side, order_type,
-                                                   quantity, price)
+        cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
+                                                   order_type, quantity, price, b"", b"",
+                                                   now_ns)
         cdef int count = record.rejection_count
         self.pool.release(record)
         return count

@@ -27,6 +27,7 @@ cdef extern from "shared_sync.h" nogil:
     int64_t pt_load_i64(const int64_t* p)
     void pt_store_i64(int64_t* p, int64_t v)
     int64_t pt_add_i64(int64_t* p, int64_t v)
+    bint pt_cas_i32(int32_t* p, int32_t expected, int32_t desired)
     bint pt_mul_overflow(int64_t a, int64_t b, int64_t* out)
     bint pt_add_overflow(int64_t a, int64_t b, int64_t* out)
     bint pt_sub_overflow(int64_t a, int64_t b, int64_t* out)
@@ -36,11 +37,19 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 1
+    LAYOUT_VERSION = 2
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
-    LIMIT_SLOTS = 16                # room for the limit catalogue to grow
+    ORDER_ID_CAPACITY = 64          # client order ids, NUL included
+    MAX_ORDER_ID_LENGTH = 63
+    TAG_CAPACITY = 16               # venue and counterparty names, NUL included
+    MAX_TAG_LENGTH = 15
+    TAG_LIMIT_SLOTS = 8             # named venue / counterparty limits per account
+    LIMIT_SLOTS = 32                # room for the limit catalogue to grow
     MAX_REJECTIONS = 24
+    STORED_REJECTIONS = 8           # kept with an order for idempotent replay
+    RATE_RING_CAPACITY = 256        # approved orders remembered for the velocity windows
+    REJECT_RING_CAPACITY = 256      # rejections remembered for the reject-storm breaker
     NO_INDEX = -1
 
 
@@ -88,19 +97,72 @@ cdef enum RejectCode:
     REJECT_SYMBOL_HALT = 16
     REJECT_REDUCE_ONLY = 17
     REJECT_INVALID_STATE = 18
+    REJECT_TICK_SIZE = 19
+    REJECT_PRICE_COLLAR = 20
+    REJECT_MIN_ORDER_QUANTITY = 21
+    REJECT_LOT_SIZE = 22
+    REJECT_MAX_GROSS_EXPOSURE = 23
+    REJECT_MAX_NET_EXPOSURE = 24
+    REJECT_BUYING_POWER = 25
+    REJECT_ORDER_RATE = 26
+    REJECT_NOTIONAL_RATE = 27
+    REJECT_MAX_WORKING_ORDERS = 28
+    REJECT_DUPLICATE_ORDER_ID = 29
+    REJECT_SHORT_SALE_NOT_MARKED = 30
+    REJECT_SHORT_SALE_RESTRICTED = 31
+    REJECT_NO_LOCATE = 32
+    REJECT_ISSUER_CONCENTRATION = 33
+    REJECT_SECTOR_CONCENTRATION = 34
+    REJECT_VENUE_EXPOSURE = 35
+    REJECT_COUNTERPARTY_EXPOSURE = 36
+    REJECT_LOSS_LIMIT = 37
+    REJECT_CAPACITY_EXHAUSTED = 38
+
+# What the engine asks the Python layer to do after a decision.
+cdef enum AutoHalt:
+    AUTO_HALT_NONE = 0
+    AUTO_HALT_LOSS_LIMIT = 1        # move the account to REDUCE_ONLY
+    AUTO_HALT_REJECT_STORM = 2      # HALT the account
+
+# Lifecycle of an order record.
+cdef enum OrderStatus:
+    ORDER_REJECTED = 1              # kept only so a replayed id gets its decision
+    ORDER_WORKING = 2               # approved, quantity reserved
+    ORDER_DONE = 3                  # filled or cancelled: nothing reserved
 
 
 # -- LIMITS --
 
-# Index of each limit in LimitSet.values. Account records hold the account's
-# defaults; an OverrideRecord holds per-(account, symbol) overrides.
+# Index of each limit in LimitSet.values (pretrade.limits.LimitKind mirrors
+# it). Account records hold the account's defaults; an OverrideRecord holds
+# per-(account, symbol) overrides. Kinds below LIMIT_REQUIRED_COUNT must be
+# configured (else LIMITS_NOT_CONFIGURED); the rest switch a control on.
 cdef enum LimitKind:
     LIMIT_MAX_ORDER_QUANTITY = 0
     LIMIT_MAX_ORDER_NOTIONAL = 1
     LIMIT_MAX_NET_POSITION = 2
     LIMIT_MAX_LONG_POSITION = 3
     LIMIT_MAX_SHORT_POSITION = 4
-    LIMIT_KIND_COUNT = 5
+    LIMIT_PRICE_COLLAR_BPS = 5
+    LIMIT_REQUIRED_COUNT = 6
+    LIMIT_MIN_ORDER_QUANTITY = 6
+    LIMIT_MAX_GROSS_EXPOSURE = 7
+    LIMIT_MAX_NET_EXPOSURE = 8
+    LIMIT_MAX_ORDERS_PER_WINDOW = 9
+    LIMIT_ORDER_WINDOW_MS = 10
+    LIMIT_MAX_NOTIONAL_PER_WINDOW = 11
+    LIMIT_NOTIONAL_WINDOW_MS = 12
+    LIMIT_MAX_WORKING_ORDERS = 13
+    LIMIT_MAX_ISSUER_CONCENTRATION_BPS = 14
+    LIMIT_MAX_SECTOR_CONCENTRATION_BPS = 15
+    LIMIT_CONCENTRATION_MIN_GROSS = 16
+    LIMIT_LOSS_LIMIT = 17
+    LIMIT_MAX_REJECTS_PER_WINDOW = 18
+    LIMIT_REJECT_WINDOW_MS = 19
+    LIMIT_AUTO_HALT_SECONDS = 20
+    LIMIT_MAX_VENUE_EXPOSURE = 21
+    LIMIT_MAX_COUNTERPARTY_EXPOSURE = 22
+    LIMIT_KIND_COUNT = 23
 
 cdef struct LimitSet:
     uint32_t present                # bit k set: values[k] is configured
@@ -114,9 +176,11 @@ cdef enum:
     ACCOUNT_KNOWN = 1               # has holdings or limits in Redis
     ACCOUNT_HAS_LIMITS = 2          # limits:{ACC} exists
     ACCOUNT_STATE_INVALID = 4       # its Redis state failed to parse: fail closed
+    ACCOUNT_HAS_BALANCES = 8        # balances:{ACC} exists: buying power is checked
     INSTRUMENT_KNOWN = 1            # instrument:<SYM> exists
     INSTRUMENT_HAS_PRICE = 2        # price:<SYM> holds a valid last price
     INSTRUMENT_STATE_INVALID = 4
+    INSTRUMENT_SHORT_RESTRICTED = 8 # on the restricted:short set
 
 
 # -- RECORDS --
@@ -138,6 +202,12 @@ cdef struct TableHeader:
     uint32_t account_index_mask     # index capacity - 1 (a power of two)
     uint32_t instrument_index_mask
     uint32_t position_index_mask
+    uint32_t order_index_mask
+    uint32_t max_orders
+    uint32_t order_size
+    uint32_t activity_size
+    int32_t order_count
+    int32_t reserved_count
     int32_t account_count           # records in use; grow only, under the registry lock
     int32_t instrument_count
     int32_t position_count
@@ -155,6 +225,14 @@ cdef struct TableHeader:
     uint64_t account_index_offset
     uint64_t instrument_index_offset
     uint64_t position_index_offset
+    uint64_t orders_offset
+    uint64_t order_index_offset
+    uint64_t activity_offset
+
+# A limit for one named venue or counterparty.
+cdef struct TagLimit:
+    char name[TAG_CAPACITY]         # empty: slot unused
+    int64_t limit
 
 cdef struct AccountRecord:
     char account_id[ID_CAPACITY]
@@ -163,8 +241,15 @@ cdef struct AccountRecord:
     uint32_t flags
     int32_t halt_mode               # HaltMode
     int32_t first_position          # head of this account's PositionSlot list
+    int32_t first_working_order     # head of this account's working OrderRecord list
+    int32_t working_order_count
     int32_t reserved
+    int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
+    int64_t credit_line
+    int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
     LimitSet limits                 # the account-wide defaults
+    TagLimit venue_limits[TAG_LIMIT_SLOTS]
+    TagLimit counterparty_limits[TAG_LIMIT_SLOTS]
 
 cdef struct InstrumentRecord:
     char symbol[ID_CAPACITY]
@@ -175,8 +260,10 @@ cdef struct InstrumentRecord:
     int64_t last_price              # 1/10,000 of the currency
     int64_t tick_size               # 1/10,000 of the currency
     int64_t lot_size                # units
+    int32_t issuer_id               # 0: no issuer given (the symbol is its own issuer)
+    int32_t sector_id               # 0: no sector given
 
-# One (account, instrument) pair; 64 bytes.
+# One (account, instrument) pair; 96 bytes.
 cdef struct PositionSlot:
     int32_t account_index
     int32_t instrument_index
@@ -184,12 +271,62 @@ cdef struct PositionSlot:
     int32_t next_in_account         # singly linked list from AccountRecord.first_position
     int64_t quantity                # net position: sum of lot quantities
     int64_t cost_basis              # sum of lot quantity x lot price
-    int64_t working_buy             # reserved by approved, unfilled buy orders
-    int64_t working_sell            # reserved by approved, unfilled sell orders
-    int64_t realized_pnl
-    int64_t reserved
+    int64_t working_buy             # units reserved by approved, unfilled buys
+    int64_t working_sell            # units reserved by approved, unfilled sells (incl. short)
+    int64_t working_buy_notional    # their notional at the price they were valued at
+    int64_t working_sell_notional
+    int64_t working_short_notional  # the SELL_SHORT part of working_sell_notional
+    int64_t located                 # locates:{ACC} quantity granted for short sales
+    int64_t locate_used             # consumed by approved SELL_SHORT orders
 
 cdef struct OverrideRecord:
     int32_t account_index
     int32_t instrument_index
     LimitSet limits
+
+cdef struct StoredRejection:
+    int32_t code
+    int32_t reserved
+    int64_t observed
+    int64_t limit
+
+# One decided order: the idempotency record of its id and, while it works,
+# its reservation. Lives in the order region of the table.
+cdef struct OrderRecord:
+    char order_id[ORDER_ID_CAPACITY]
+    char venue[TAG_CAPACITY]
+    char counterparty[TAG_CAPACITY]
+    uint32_t id_hash
+    uint32_t id_length
+    int32_t account_index
+    int32_t instrument_index
+    int32_t position_index          # the slot holding its reservation (NO_INDEX if rejected)
+    int32_t next_working            # next in the account's working list
+    int32_t side
+    int32_t order_type
+    int32_t status                  # OrderStatus
+    int32_t approved
+    int32_t rejection_count
+    int32_t reserved
+    int64_t quantity
+    int64_t price                   # as sent
+    int64_t valuation_price         # what its notional was computed at
+    int64_t notional
+    int64_t remaining               # reserved units still working
+    StoredRejection rejections[STORED_REJECTIONS]
+
+# Sliding windows: a ring of the last approved orders of an account, with a
+# running notional sum, so both "orders per window" and "notional per window"
+# are exact (binary search for the window start).
+cdef struct RateEntry:
+    int64_t at_ns
+    int64_t cumulative_notional
+
+cdef struct AccountActivity:
+    int32_t rate_head               # next write position
+    int32_t rate_count
+    int32_t reject_head
+    int32_t reject_count
+    int64_t cumulative_notional     # total notional approved since the table started
+    RateEntry rate[RATE_RING_CAPACITY]
+    int64_t rejects_at_ns[REJECT_RING_CAPACITY]

@@ -8,9 +8,11 @@
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
 
+from pretrade._core.layout cimport AccountActivity
 from pretrade._core.layout cimport AccountRecord
 from pretrade._core.layout cimport InstrumentRecord
 from pretrade._core.layout cimport LimitSet
+from pretrade._core.layout cimport OrderRecord
 from pretrade._core.layout cimport OverrideRecord
 from pretrade._core.layout cimport PositionSlot
 from pretrade._core.layout cimport TableHeader
@@ -43,11 +45,19 @@ cdef class PositionTable:
     cdef int32_t* account_index
     cdef int32_t* instrument_index
     cdef int32_t* position_index
+    cdef OrderRecord* orders
+    cdef int32_t* order_index
+    cdef AccountActivity* activity
 
     # -- LOOKUPS (lock free) --
     cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
     cdef int32_t find_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil
     cdef int32_t find_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
+    cdef int32_t find_order(self, int32_t account_index, const char* order_id,
+                            Py_ssize_t length) noexcept nogil
+    cdef OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
+                                     Py_ssize_t length) noexcept nogil
+    cdef void publish_order(self, OrderRecord* rec) noexcept nogil
 
     # -- RECORD CREATION (registry lock) --
     cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
@@ -66,3 +76,5 @@ cdef class PositionTable:
     cdef int32_t _instrument(self, object symbol) except -2
     cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2
     cdef void _bump_version(self) noexcept nogil
+    cdef void recompute_working(self, int32_t account_index, object filled,
+                                object cancelled) except *

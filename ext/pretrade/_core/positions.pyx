@@ -4,9 +4,11 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
+from pretrade._core.layout cimport ACCOUNT_HAS_BALANCES
 from pretrade._core.layout cimport ACCOUNT_HAS_LIMITS
 from pretrade._core.layout cimport ACCOUNT_KNOWN
 from pretrade._core.layout cimport ACCOUNT_STATE_INVALID
+from pretrade._core.layout cimport AccountActivity
 from pretrade._core.layout cimport AccountRecord
 from pretrade._core.layout cimport HALT_MODE_ACTIVE
 from pretrade._core.layout cimport HALT_MODE_HALTED
@@ -18,18 +20,33 @@ from pretrade._core.layout cimport HALT_SCOPE_SYMBOL
 from pretrade._core.layout cimport ID_CAPACITY
 from pretrade._core.layout cimport INSTRUMENT_HAS_PRICE
 from pretrade._core.layout cimport INSTRUMENT_KNOWN
+from pretrade._core.layout cimport INSTRUMENT_SHORT_RESTRICTED
 from pretrade._core.layout cimport INSTRUMENT_STATE_INVALID
 from pretrade._core.layout cimport InstrumentRecord
 from pretrade._core.layout cimport LAYOUT_VERSION
 from pretrade._core.layout cimport LIMIT_KIND_COUNT
 from pretrade._core.layout cimport LimitSet
 from pretrade._core.layout cimport MAX_ID_LENGTH
+from pretrade._core.layout cimport MAX_ORDER_ID_LENGTH
+from pretrade._core.layout cimport MAX_TAG_LENGTH
 from pretrade._core.layout cimport NO_INDEX
+from pretrade._core.layout cimport ORDER_DONE
+from pretrade._core.layout cimport ORDER_REJECTED
+from pretrade._core.layout cimport ORDER_WORKING
+from pretrade._core.layout cimport OrderRecord
 from pretrade._core.layout cimport OverrideRecord
 from pretrade._core.layout cimport PositionSlot
+from pretrade._core.layout cimport RATE_RING_CAPACITY
+from pretrade._core.layout cimport REJECT_RING_CAPACITY
+from pretrade._core.layout cimport SIDE_BUY
+from pretrade._core.layout cimport SIDE_SELL_SHORT
+from pretrade._core.layout cimport STORED_REJECTIONS
 from pretrade._core.layout cimport TABLE_MAGIC
+from pretrade._core.layout cimport TAG_LIMIT_SLOTS
 from pretrade._core.layout cimport TableHeader
+from pretrade._core.layout cimport TagLimit
 from pretrade._core.layout cimport pt_add_i64
+from pretrade._core.layout cimport pt_cas_i32
 from pretrade._core.layout cimport pt_load_i32
 from pretrade._core.layout cimport pt_load_i64
 from pretrade._core.layout cimport pt_mutex_init_shared
@@ -83,7 +100,7 @@ cdef uint32_t _lock_stride() noexcept nogil:
 
 cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
                 uint32_t max_positions, uint32_t max_overrides,
-                uint32_t lock_stripes) noexcept nogil:
+                uint32_t lock_stripes, uint32_t max_orders) noexcept nogil:
     memset(h, 0, sizeof(TableHeader))
     h.magic = TABLE_MAGIC
     h.layout_version = LAYOUT_VERSION
@@ -101,6 +118,10 @@ cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
     h.account_index_mask = _index_capacity(max_accounts) - 1
     h.instrument_index_mask = _index_capacity(max_instruments) - 1
     h.position_index_mask = _index_capacity(max_positions) - 1
+    h.max_orders = max_orders
+    h.order_index_mask = _index_capacity(max_orders) - 1
+    h.order_size = sizeof(OrderRecord)
+    h.activity_size = sizeof(AccountActivity)
     cdef uint64_t offset = _align(sizeof(TableHeader), 64)
     h.locks_offset = offset
     # lock 0 is the registry lock; 1..stripes are the account stripes
@@ -118,13 +139,21 @@ cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
     h.instrument_index_offset = offset
     offset = _align(offset + 4 * (<uint64_t>h.instrument_index_mask + 1), 64)
     h.position_index_offset = offset
-    offset = _align(offset + 4 * (<uint64_t>h.position_index_mask + 1), 4096)
+    offset = _align(offset + 4 * (<uint64_t>h.position_index_mask + 1), 64)
+    h.orders_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(OrderRecord) * max_orders, 64)
+    h.order_index_offset = offset
+    offset = _align(offset + 4 * (<uint64_t>h.order_index_mask + 1), 4096)
+    h.activity_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(AccountActivity) * max_accounts, 4096)
     h.total_size = offset
 
 
-def _check_capacities(max_accounts, max_instruments, max_positions, max_overrides, lock_stripes):
+def _check_capacities(max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
+                      max_orders):
     for name, value in (("max_accounts", max_accounts), ("max_instruments", max_instruments),
-                        ("max_positions", max_positions), ("max_overrides", max_overrides)):
+                        ("max_positions", max_positions), ("max_overrides", max_overrides),
+                        ("max_orders", max_orders)):
         if not 1 <= value <= 0x3FFFFFFF:
             raise ValueError(f"{name} must be between 1 and 2**30 - 1, got {value}")
     if lock_stripes < 1 or lock_stripes > 4096 or lock_stripes & (lock_stripes - 1):
@@ -149,8 +178,8 @@ cdef void _write_limits(LimitSet* target, object limits) except *:
         for kind, value in limits.items():
             if not 0 <= kind < LIMIT_KIND_COUNT:
                 raise ValueError(f"unknown limit kind {kind}")
-            if not -(1 << 63) <= value < (1 << 63):
-                raise OverflowError(f"limit {kind} = {value} does not fit in int64")
+            if not 0 <= value < (1 << 63):
+                raise ValueError(f"limit {kind} = {value} is not a non-negative int64")
             fresh.values[kind] = value
             fresh.present |= (1u << kind)
     memcpy(target, &fresh, sizeof(LimitSet))
@@ -163,6 +192,22 @@ cdef dict _read_limits(const LimitSet* limits):
         if limits.present & (1u << kind):
             out[kind] = limits.values[kind]
     return out
+
+
+cdef void _stage_tags(TagLimit* staged, object limits, str what) except *:
+    memset(staged, 0, sizeof(TagLimit) * TAG_LIMIT_SLOTS)
+    if len(limits) > TAG_LIMIT_SLOTS:
+        raise ValueError(f"at most {TAG_LIMIT_SLOTS} named {what} limits per account, "
+                         f"got {len(limits)}")
+    cdef int n = 0
+    for name, limit in limits.items():
+        if not isinstance(name, bytes) or not 1 <= len(name) <= MAX_TAG_LENGTH or b"\0" in name:
+            raise ValueError(f"{what} name must be 1 to {MAX_TAG_LENGTH} bytes, got {name!r}")
+        if not 0 <= limit < (1 << 63):
+            raise ValueError(f"{what} limit must be a non-negative int64, got {limit}")
+        memcpy(staged[n].name, <const char*>name, len(name))
+        staged[n].limit = limit
+        n += 1
 
 
 cdef int _check_halt_mode(int mode) except -1:
@@ -188,17 +233,19 @@ cdef class PositionTable:
 
     @staticmethod
     def required_size(uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
-                      uint32_t max_overrides, uint32_t lock_stripes):
+                      uint32_t max_overrides, uint32_t lock_stripes, uint32_t max_orders=65536):
         """Bytes a table of these capacities needs (a multiple of the page size)."""
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
-                          lock_stripes)
+                          lock_stripes, max_orders)
         cdef TableHeader h
-        _plan(&h, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes)
+        _plan(&h, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
+              max_orders)
         return h.total_size
 
     @staticmethod
     def format(buffer, uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
-               uint32_t max_overrides, uint32_t lock_stripes, bint assume_zeroed=False):
+               uint32_t max_overrides, uint32_t lock_stripes, uint32_t max_orders=65536,
+               bint assume_zeroed=False):
         """Initialise an empty table in the writable ``buffer``.
 
         Every region of a fresh table is zero bytes (index entry 0 = empty).
@@ -206,9 +253,10 @@ cdef class PositionTable:
         buffer is not cleared, so untouched pages never take memory.
         """
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
-                          lock_stripes)
+                          lock_stripes, max_orders)
         cdef TableHeader plan
-        _plan(&plan, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes)
+        _plan(&plan, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
+              max_orders)
         cdef PositionTable table = PositionTable.__new__(PositionTable)
         cdef unsigned char[::1] view = buffer
         if <uint64_t>view.shape[0] < plan.total_size:
@@ -238,11 +286,12 @@ cdef class PositionTable:
             raise TableLayoutError("not a pretrade table of layout version %d" % LAYOUT_VERSION)
         cdef TableHeader plan
         _plan(&plan, h.max_accounts, h.max_instruments, h.max_positions, h.max_overrides,
-              h.lock_stripes)
+              h.lock_stripes, h.max_orders)
         if (h.header_size != plan.header_size or h.account_size != plan.account_size
                 or h.instrument_size != plan.instrument_size
                 or h.position_size != plan.position_size
                 or h.override_size != plan.override_size or h.lock_stride != plan.lock_stride
+                or h.order_size != plan.order_size or h.activity_size != plan.activity_size
                 or h.total_size != plan.total_size or <uint64_t>view.shape[0] < plan.total_size):
             raise TableLayoutError("table record sizes differ from this build's layout")
         cdef PositionTable table = PositionTable.__new__(PositionTable)
@@ -261,6 +310,9 @@ cdef class PositionTable:
         self.account_index = <int32_t*>(self.base + self.header.account_index_offset)
         self.instrument_index = <int32_t*>(self.base + self.header.instrument_index_offset)
         self.position_index = <int32_t*>(self.base + self.header.position_index_offset)
+        self.orders = <OrderRecord*>(self.base + self.header.orders_offset)
+        self.order_index = <int32_t*>(self.base + self.header.order_index_offset)
+        self.activity = <AccountActivity*>(self.base + self.header.activity_offset)
 
     def release(self):
         """Drop the pointers and the buffer export, so the mapping can close."""
@@ -341,6 +393,57 @@ cdef class PositionTable:
                 return found
             probe = (probe + 1) & mask
 
+    cdef int32_t find_order(self, int32_t account_index, const char* order_id,
+                            Py_ssize_t length) noexcept nogil:
+        if length <= 0 or length > MAX_ORDER_ID_LENGTH:
+            return NO_INDEX
+        cdef uint32_t h = hash_id(order_id, length) ^ hash_pair(account_index, 0)
+        cdef uint32_t mask = self.header.order_index_mask
+        cdef uint32_t probe = h & mask
+        cdef int32_t found
+        cdef OrderRecord* rec
+        while True:
+            found = pt_load_i32(&self.order_index[probe]) - 1
+            if found == NO_INDEX:
+                return NO_INDEX
+            rec = &self.orders[found]
+            if (rec.id_hash == h and rec.account_index == account_index
+                    and rec.id_length == <uint32_t>length
+                    and memcmp(rec.order_id, order_id, length) == 0):
+                return found
+            probe = (probe + 1) & mask
+
+    cdef OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
+                                     Py_ssize_t length) noexcept nogil:
+        # Caller holds the account's stripe lock, so no other writer can insert
+        # the same (account, order id); other keys race only for index slots,
+        # which compare-and-swap settles without a lock. Returns NULL when the
+        # order region is full.
+        cdef int32_t index
+        while True:
+            index = pt_load_i32(&self.header.order_count)
+            if <uint32_t>index >= self.header.max_orders:
+                return NULL
+            if pt_cas_i32(&self.header.order_count, index, index + 1):
+                break
+        cdef OrderRecord* rec = &self.orders[index]
+        memset(rec, 0, sizeof(OrderRecord))
+        memcpy(rec.order_id, order_id, length)
+        rec.id_length = <uint32_t>length
+        rec.id_hash = hash_id(order_id, length) ^ hash_pair(account_index, 0)
+        rec.account_index = account_index
+        rec.position_index = NO_INDEX
+        rec.next_working = NO_INDEX
+        return rec
+
+    cdef void publish_order(self, OrderRecord* rec) noexcept nogil:
+        # Called once the record is complete: index it for lock-free lookups.
+        cdef int32_t index = <int32_t>(rec - self.orders)
+        cdef uint32_t mask = self.header.order_index_mask
+        cdef uint32_t probe = rec.id_hash & mask
+        while not pt_cas_i32(&self.order_index[probe], EMPTY_ENTRY, index + 1):
+            probe = (probe + 1) & mask
+
     # -- RECORD CREATION --
     # Records are only ever appended. Each is fully written before its index
     # entry is published (release store), so a lock-free reader that finds the
@@ -364,6 +467,7 @@ cdef class PositionTable:
             rec.id_hash = h
             rec.id_length = <uint32_t>length
             rec.first_position = NO_INDEX
+            rec.first_working_order = NO_INDEX
             probe = h & mask
             while pt_load_i32(&self.account_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
@@ -517,11 +621,18 @@ cdef class PositionTable:
         self.unlock_account(a)
         self._bump_version()
 
-    def replace_positions(self, account_id, positions):
-        """Set every position of an account: ``{symbol: (quantity, cost_basis)}``.
+    def replace_positions(self, account_id, positions, filled=None, cancelled=None,
+                          realized_pnl=None):
+        """Set an account's state from one Redis snapshot, atomically.
 
-        Positions of the account that are not named become zero, so the table
-        equals the account's lots in Redis after the call.
+        ``positions`` is ``{symbol: (quantity, cost_basis)}``; positions of the
+        account that are not named become zero, so the table equals the lots.
+        ``filled`` maps order ids to the quantity their fill lots carry, and
+        ``cancelled`` holds cancelled order ids: each working order's
+        remaining quantity becomes ``quantity - filled`` (0 if cancelled), in
+        the same locked step as the positions, so a fill is never counted both
+        as working and as position, nor as neither. ``None`` leaves the
+        working orders as they are.
         """
         cdef int32_t a = self._account(account_id)
         staged = []
@@ -529,33 +640,144 @@ cdef class PositionTable:
             if not -(1 << 63) <= quantity < (1 << 63) or not -(1 << 63) <= cost_basis < (1 << 63):
                 raise OverflowError(f"position {symbol!r} does not fit in int64")
             staged.append((self._position(a, self._instrument(symbol)), quantity, cost_basis))
+        if realized_pnl is not None and not -(1 << 63) <= realized_pnl < (1 << 63):
+            raise OverflowError("realized P&L does not fit in int64")
+        cdef int32_t p
+        self.lock_account(a)
+        try:
+            p = self.accounts[a].first_position
+            while p != NO_INDEX:
+                self.positions[p].quantity = 0
+                self.positions[p].cost_basis = 0
+                p = self.positions[p].next_in_account
+            for p, quantity, cost_basis in staged:
+                self.positions[p].quantity = quantity
+                self.positions[p].cost_basis = cost_basis
+            if realized_pnl is not None:
+                self.accounts[a].realized_pnl = realized_pnl
+            if filled is not None or cancelled is not None:
+                self.recompute_working(a, filled or {}, cancelled or ())
+        finally:
+            self.unlock_account(a)
+        self._bump_version()
+
+    cdef void recompute_working(self, int32_t account_index, object filled,
+                                object cancelled) except *:
+        # Caller holds the account's stripe lock. Rebuilds every working sum
+        # of the account from its working orders, so nothing can drift.
+        cdef AccountRecord* account = &self.accounts[account_index]
+        cdef PositionSlot* slot
+        cdef OrderRecord* order
+        cdef int32_t p = account.first_position
+        while p != NO_INDEX:
+            slot = &self.positions[p]
+            slot.working_buy = slot.working_sell = 0
+            slot.working_buy_notional = slot.working_sell_notional = 0
+            slot.working_short_notional = 0
+            p = slot.next_in_account
+        cdef int32_t o = account.first_working_order
+        cdef int32_t kept_head = NO_INDEX
+        cdef int32_t kept_count = 0
+        cdef int32_t next_o
+        cdef int64_t remaining, done
+        while o != NO_INDEX:
+            order = &self.orders[o]
+            next_o = order.next_working
+            key = order.order_id[:order.id_length]
+            if key in cancelled:
+                remaining = 0
+            else:
+                done = filled.get(key, 0)
+                remaining = order.quantity - done if done < order.quantity else 0
+            order.remaining = remaining
+            if remaining > 0:
+                order.next_working = kept_head
+                kept_head = o
+                kept_count += 1
+                slot = &self.positions[order.position_index]
+                if order.side == SIDE_BUY:
+                    slot.working_buy += remaining
+                    slot.working_buy_notional += remaining * order.valuation_price
+                else:
+                    slot.working_sell += remaining
+                    slot.working_sell_notional += remaining * order.valuation_price
+                    if order.side == SIDE_SELL_SHORT:
+                        slot.working_short_notional += remaining * order.valuation_price
+            else:
+                order.status = ORDER_DONE
+                order.next_working = NO_INDEX
+            o = next_o
+        account.first_working_order = kept_head
+        account.working_order_count = kept_count
+
+    def set_balances(self, account_id, cash, credit_line):
+        """Cash and credit line (1/10,000 units) for buying power; None: no check."""
+        cdef int32_t a = self._account(account_id)
+        self.lock_account(a)
+        if cash is None:
+            self.accounts[a].flags &= ~ACCOUNT_HAS_BALANCES
+            self.accounts[a].cash = self.accounts[a].credit_line = 0
+        else:
+            self.accounts[a].cash = cash
+            self.accounts[a].credit_line = credit_line
+            self.accounts[a].flags |= ACCOUNT_HAS_BALANCES
+        self.unlock_account(a)
+        self._bump_version()
+
+    def set_locates(self, account_id, locates):
+        """Located quantity per symbol ``{symbol: units}``; others become 0."""
+        cdef int32_t a = self._account(account_id)
+        staged = [(self._position(a, self._instrument(symbol)), quantity)
+                  for symbol, quantity in locates.items()]
         cdef int32_t p
         self.lock_account(a)
         p = self.accounts[a].first_position
         while p != NO_INDEX:
-            self.positions[p].quantity = 0
-            self.positions[p].cost_basis = 0
+            self.positions[p].located = 0
             p = self.positions[p].next_in_account
-        for p, quantity, cost_basis in staged:
-            self.positions[p].quantity = quantity
-            self.positions[p].cost_basis = cost_basis
+        for p, quantity in staged:
+            self.positions[p].located = quantity
+        self.unlock_account(a)
+        self._bump_version()
+
+    def set_tag_limits(self, account_id, venues, counterparties):
+        """Exposure limits for named venues and counterparties ``{name: notional}``."""
+        cdef int32_t a = self._account(account_id)
+        cdef TagLimit staged_venues[TAG_LIMIT_SLOTS]
+        cdef TagLimit staged_counterparties[TAG_LIMIT_SLOTS]
+        _stage_tags(staged_venues, venues, "venue")
+        _stage_tags(staged_counterparties, counterparties, "counterparty")
+        self.lock_account(a)
+        memcpy(self.accounts[a].venue_limits, staged_venues, sizeof(staged_venues))
+        memcpy(self.accounts[a].counterparty_limits, staged_counterparties,
+               sizeof(staged_counterparties))
         self.unlock_account(a)
         self._bump_version()
 
     def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
-                       bint invalid=False):
-        """Set an instrument's reference data (tick size in price units, lot size in units)."""
+                       bint invalid=False, int32_t issuer_id=0, int32_t sector_id=0,
+                       bint short_restricted=False):
+        """Set an instrument's reference data.
+
+        Tick size is in price units, lot size in units; issuer and sector are
+        small ids the caller interns (0: none given).
+        """
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
         cdef int32_t i = self._instrument(symbol)
         cdef InstrumentRecord* rec = &self.instruments[i]
         rec.tick_size = tick_size
         rec.lot_size = lot_size
-        cdef uint32_t flags = rec.flags & ~(INSTRUMENT_KNOWN | INSTRUMENT_STATE_INVALID)
+        rec.issuer_id = issuer_id
+        rec.sector_id = sector_id
+        cdef uint32_t flags = rec.flags & ~(INSTRUMENT_KNOWN | INSTRUMENT_STATE_INVALID
+                                            | INSTRUMENT_SHORT_RESTRICTED)
         if known:
             flags |= INSTRUMENT_KNOWN
         if invalid:
             flags |= INSTRUMENT_STATE_INVALID
+        if short_restricted:
+            flags |= INSTRUMENT_SHORT_RESTRICTED
         pt_store_i32(<int32_t*>&rec.flags, <int32_t>flags)
         self._bump_version()
 
@@ -622,6 +844,7 @@ cdef class PositionTable:
             "instruments": h.instrument_count, "max_instruments": h.max_instruments,
             "positions": h.position_count, "max_positions": h.max_positions,
             "overrides": h.override_count, "max_overrides": h.max_overrides,
+            "orders": h.order_count, "max_orders": h.max_orders,
             "lock_stripes": h.lock_stripes, "total_bytes": h.total_size,
         }
 
@@ -672,6 +895,46 @@ cdef class PositionTable:
             "invalid": bool(rec.flags & ACCOUNT_STATE_INVALID),
             "halt_mode": rec.halt_mode,
             "limits": _read_limits(&rec.limits),
+            "cash": rec.cash if rec.flags & ACCOUNT_HAS_BALANCES else None,
+            "credit_line": rec.credit_line if rec.flags & ACCOUNT_HAS_BALANCES else None,
+            "realized_pnl": rec.realized_pnl,
+            "working_orders": rec.working_order_count,
+        }
+
+    def working(self, account_id, symbol):
+        """Reserved working quantities of one position: ``(buy units, sell units)``."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef bytes s_key = _check_id(symbol, "symbol")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        cdef int32_t i = self.find_instrument(s_key, len(s_key))
+        if a == NO_INDEX or i == NO_INDEX:
+            return (0, 0)
+        cdef int32_t p = self.find_position(a, i)
+        if p == NO_INDEX:
+            return (0, 0)
+        self.lock_account(a)
+        result = (self.positions[p].working_buy, self.positions[p].working_sell)
+        self.unlock_account(a)
+        return result
+
+    def order_info(self, account_id, order_id):
+        """What the table holds for one decided order id, or None."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        if a == NO_INDEX or not isinstance(order_id, bytes):
+            return None
+        cdef int32_t o = self.find_order(a, order_id, len(order_id))
+        if o == NO_INDEX:
+            return None
+        cdef OrderRecord* rec = &self.orders[o]
+        return {
+            "status": {ORDER_REJECTED: "rejected", ORDER_WORKING: "working",
+                       ORDER_DONE: "done"}[rec.status],
+            "approved": bool(rec.approved),
+            "quantity": rec.quantity,
+            "remaining": rec.remaining,
+            "notional": rec.notional,
+            "side": rec.side,
         }
 
     def instrument_info(self, symbol):

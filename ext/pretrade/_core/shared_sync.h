@@ -50,6 +50,15 @@ static inline void pt_store_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, 
 static inline int64_t pt_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void pt_store_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline int64_t pt_add_i64(int64_t *p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+/* Compare-and-swap: 1 when *p held expected and now holds desired. */
+static inline int pt_cas_i32(int32_t *p, int32_t expected, int32_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* 128-bit intermediates: a product of two int64 fits, so limit comparisons
+ * never wrap. */
+typedef __int128 pt_int128;
 
 /* Checked int64 arithmetic: return 1 on overflow (result then undefined). */
 static inline int pt_mul_overflow(int64_t a, int64_t b, int64_t *out) { return __builtin_mul_overflow(a, b, out); }
