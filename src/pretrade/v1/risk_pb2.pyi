@@ -75,6 +75,28 @@ class HaltMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HALT_MODE_ACTIVE: _ClassVar[HaltMode]
     HALT_MODE_REDUCE_ONLY: _ClassVar[HaltMode]
     HALT_MODE_HALTED: _ClassVar[HaltMode]
+
+class PortfolioUpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PORTFOLIO_UPDATE_KIND_UNSPECIFIED: _ClassVar[PortfolioUpdateKind]
+    PORTFOLIO_UPDATE_KIND_SNAPSHOT: _ClassVar[PortfolioUpdateKind]
+    PORTFOLIO_UPDATE_KIND_UPDATE: _ClassVar[PortfolioUpdateKind]
+    PORTFOLIO_UPDATE_KIND_HEARTBEAT: _ClassVar[PortfolioUpdateKind]
+
+class Valuation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALUATION_UNSPECIFIED: _ClassVar[Valuation]
+    VALUATION_PRICED: _ClassVar[Valuation]
+    VALUATION_NO_PRICE: _ClassVar[Valuation]
+    VALUATION_OVERFLOW: _ClassVar[Valuation]
+
+class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_KIND_UNSPECIFIED: _ClassVar[AlertKind]
+    ALERT_KIND_HALT: _ClassVar[AlertKind]
+    ALERT_KIND_HALT_LIFTED: _ClassVar[AlertKind]
+    ALERT_KIND_LIMIT_BREACH: _ClassVar[AlertKind]
+    ALERT_KIND_LIMIT_CLEARED: _ClassVar[AlertKind]
 SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
@@ -129,6 +151,19 @@ HALT_MODE_UNSPECIFIED: HaltMode
 HALT_MODE_ACTIVE: HaltMode
 HALT_MODE_REDUCE_ONLY: HaltMode
 HALT_MODE_HALTED: HaltMode
+PORTFOLIO_UPDATE_KIND_UNSPECIFIED: PortfolioUpdateKind
+PORTFOLIO_UPDATE_KIND_SNAPSHOT: PortfolioUpdateKind
+PORTFOLIO_UPDATE_KIND_UPDATE: PortfolioUpdateKind
+PORTFOLIO_UPDATE_KIND_HEARTBEAT: PortfolioUpdateKind
+VALUATION_UNSPECIFIED: Valuation
+VALUATION_PRICED: Valuation
+VALUATION_NO_PRICE: Valuation
+VALUATION_OVERFLOW: Valuation
+ALERT_KIND_UNSPECIFIED: AlertKind
+ALERT_KIND_HALT: AlertKind
+ALERT_KIND_HALT_LIFTED: AlertKind
+ALERT_KIND_LIMIT_BREACH: AlertKind
+ALERT_KIND_LIMIT_CLEARED: AlertKind
 
 class Order(_message.Message):
     __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty")
@@ -227,17 +262,81 @@ class HaltState(_message.Message):
     def __init__(self, halts: _Optional[_Iterable[_Union[Halt, _Mapping]]] = ...) -> None: ...
 
 class PortfolioRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "heartbeat_interval_ms")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, account_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class Holding(_message.Message):
+    __slots__ = ("symbol", "quantity", "average_cost", "cost_basis", "last_price", "market_value", "unrealized_pnl", "valuation")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_COST_FIELD_NUMBER: _ClassVar[int]
+    COST_BASIS_FIELD_NUMBER: _ClassVar[int]
+    LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
+    MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
+    UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    VALUATION_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    quantity: int
+    average_cost: int
+    cost_basis: int
+    last_price: int
+    market_value: int
+    unrealized_pnl: int
+    valuation: Valuation
+    def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., average_cost: _Optional[int] = ..., cost_basis: _Optional[int] = ..., last_price: _Optional[int] = ..., market_value: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ...) -> None: ...
+
+class PortfolioTotals(_message.Message):
+    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation")
+    MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
+    COST_BASIS_FIELD_NUMBER: _ClassVar[int]
+    UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    REALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    UNVALUED_HOLDINGS_FIELD_NUMBER: _ClassVar[int]
+    VALUATION_FIELD_NUMBER: _ClassVar[int]
+    market_value: int
+    cost_basis: int
+    unrealized_pnl: int
+    realized_pnl: int
+    unvalued_holdings: int
+    valuation: Valuation
+    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("kind", "code", "message", "observed", "limit", "symbol", "halt_mode")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    HALT_MODE_FIELD_NUMBER: _ClassVar[int]
+    kind: AlertKind
+    code: RejectCode
+    message: str
+    observed: int
+    limit: int
+    symbol: str
+    halt_mode: HaltMode
+    def __init__(self, kind: _Optional[_Union[AlertKind, str]] = ..., code: _Optional[_Union[RejectCode, str]] = ..., message: _Optional[str] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ..., symbol: _Optional[str] = ..., halt_mode: _Optional[_Union[HaltMode, str]] = ...) -> None: ...
 
 class PortfolioUpdate(_message.Message):
-    __slots__ = ("account_id", "sequence", "timestamp_unix_ns")
+    __slots__ = ("account_id", "sequence", "timestamp_unix_ns", "kind", "holdings", "totals", "alerts")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HOLDINGS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     sequence: int
     timestamp_unix_ns: int
-    def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ...) -> None: ...
+    kind: PortfolioUpdateKind
+    holdings: _containers.RepeatedCompositeFieldContainer[Holding]
+    totals: PortfolioTotals
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ..., kind: _Optional[_Union[PortfolioUpdateKind, str]] = ..., holdings: _Optional[_Iterable[_Union[Holding, _Mapping]]] = ..., totals: _Optional[_Union[PortfolioTotals, _Mapping]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
