@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from pretrade._core import Engine
 from pretrade.config import Settings
 from pretrade.halts import HaltBook
+from pretrade.prices import PriceFeed
 from pretrade.servicer import PreTradeRiskServicer
 from pretrade.sync import RedisSync, SyncConfigError
 from pretrade.table import Capacities, MappedTable
@@ -64,6 +65,7 @@ class Gateway:
         self.halts = HaltBook(self.table)
         self.redis = redis_client(redis_url, settings)
         self.sync = RedisSync(self.redis, self.table, self.halts)
+        self.prices = PriceFeed(self.redis, self.sync)
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -84,7 +86,10 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"could not listen on {self.settings.listen}")
         await self.server.start()
+        # Before the sync's first load starts, so ticks during the load are replayed.
+        await self.prices.mark_start()
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
+                       asyncio.create_task(self.prices.run(), name="pretrade-prices"),
                        asyncio.create_task(self._track_health(), name="pretrade-health")]
         log.info("serving %s on port %d (table %s)", SERVICE_NAME, self.port, self.mapped.path)
         return self.port
@@ -116,6 +121,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.sync.stop()
+        self.prices.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
