@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from book import order, seed_account, wait_until
+from book import order, seed_account, seed_lots, wait_until
 from conftest import GatewayThread, gateway_settings
 from pretrade.devredis import RedisServer
 from pretrade.halts import HaltBook
@@ -55,6 +55,21 @@ def test_a_tick_changes_the_next_market_order_notional(seeded, gateway, stub):
     assert decision.notional == 3 * 700_000
     assert seeded.get("price:AAPL") == b"683378"
     assert feed_stats(gateway).ticks_applied >= 1
+
+
+def test_a_tick_reaches_portfolio_subscribers(seeded, stub):
+    seed_lots(seeded, "ACC-1", [("L1", "AAPL", 20, 685_789)])
+    request = pb.PortfolioRequest(account_id="ACC-1", heartbeat_interval_ms=300_000)
+    snapshot = wait_until(lambda: next(stub.StreamPortfolio(request, timeout=20)),
+                          lambda s: len(s.holdings) == 1)
+    assert snapshot.holdings[0].last_price == 683_378
+    stream = stub.StreamPortfolio(request, timeout=20)
+    next(stream)
+    xadd(seeded, symbol="AAPL", price=691_000)
+    update = next(stream)
+    assert update.kind == pb.PORTFOLIO_UPDATE_KIND_UPDATE
+    assert (update.holdings[0].last_price, update.holdings[0].market_value) == (
+        691_000, 20 * 691_000)
 
 
 @pytest.mark.parametrize("bad", [

@@ -218,9 +218,3 @@ def test_a_client_without_the_proto_can_call_evaluate_order_through_reflection(s
     reply = json_format.MessageToDict(call(request, timeout=5))
     assert reply["approved"] is True
     assert reply["orderId"] == "r-1"
-
-
-def test_stream_portfolio_is_declared_but_unimplemented(seeded, stub):
-    with pytest.raises(grpc.RpcError) as raised:
-        next(iter(stub.StreamPortfolio(pb.PortfolioRequest(account_id="ACC-1"))))
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

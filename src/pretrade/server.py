@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
 from pretrade.config import Settings
-from pretrade.halts import HaltBook
+from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
 from pretrade.servicer import PreTradeRiskServicer
 from pretrade.sync import RedisSync, SyncConfigError
@@ -62,11 +62,15 @@ class Gateway:
         self.mapped = MappedTable.create(settings.resolved_table_path(), capacities)
         self.table = self.mapped.table
         self.engine = Engine(self.table)
-        self.halts = HaltBook(self.table)
+        self.halts = ObservedHaltBook(self.table)
         self.redis = redis_client(redis_url, settings)
         self.sync = RedisSync(self.redis, self.table, self.halts)
+        # Registered before the sync starts, so the hub sees the first full load.
+        self.portfolio = PortfolioHub(self.table, self.sync.ready)
+        self.sync.listeners.append(self.portfolio)
+        self.halts.listeners.append(self.portfolio)
         self.prices = PriceFeed(self.redis, self.sync)
-        self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis)
+        self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.port = 0
@@ -119,6 +123,7 @@ class Gateway:
     async def stop(self, grace: float = 5.0) -> None:
         """Health NOT_SERVING, finish in-flight calls within ``grace``, release everything."""
         await self.health.enter_graceful_shutdown()
+        self.portfolio.close()  # streams end UNAVAILABLE within the grace period
         await self.server.stop(grace)
         self.sync.stop()
         self.prices.stop()

@@ -7,6 +7,7 @@ and ends the call with INVALID_ARGUMENT; everything about the order itself
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 from pretrade._core import Engine
 from pretrade.errors import InvalidRequest, grpc_status, rejection_message
 from pretrade.halts import HaltBook, write_halt
+from pretrade.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.redis_schema import is_valid_id
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
@@ -59,10 +61,12 @@ def validate_order(order: pb.Order) -> tuple[bytes, bytes]:
 class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     """Answers EvaluateOrder from the compiled engine and Halt through Redis."""
 
-    def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis) -> None:
+    def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis,
+                 portfolio: PortfolioHub | None = None) -> None:
         self.engine = engine
         self.halts = halts
         self.redis = redis_client
+        self.portfolio = portfolio
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved)."""
@@ -96,8 +100,21 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
 
     async def StreamPortfolio(self, request: pb.PortfolioRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "StreamPortfolio is declared in pretrade.v1 but not served yet")
+        portfolio = self.portfolio
+        if portfolio is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "StreamPortfolio is not served by this server")
+            return
+        try:
+            account = _id(request.account_id, "account_id")
+            interval = requested_heartbeat(request.heartbeat_interval_ms)
+            # context.write rather than yield: one async generator less per message.
+            async with contextlib.aclosing(portfolio.stream(account, interval)) as updates:
+                async for update in updates:
+                    await context.write(update)
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "StreamPortfolio")
+            raise
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:

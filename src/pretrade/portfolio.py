@@ -1,0 +1,604 @@
+"""Live portfolio value and P&L, fanned out from the sync to StreamPortfolio subscribers.
+
+:class:`PortfolioHub` is a :class:`~pretrade.sync.SyncListener`: the sync tells
+it of every account (re)load and every price change, after the table has
+them; :class:`ObservedHaltBook` tells it of every halt set or lifted. Nothing
+is polled.
+
+Fan-out and conflation
+----------------------
+Each stream is one :class:`Subscriber`. The hub indexes subscribers by the
+symbols their account holds, so a price change touches only the subscribers
+holding that symbol. A listener callback never builds or sends a message: it
+adds the symbol to the subscriber's *dirty set*, stores the alert under its
+subject (a halt scope, or a holding and limit) and wakes the subscriber (it
+resolves the future the stream awaits: an ``asyncio.Event`` without the
+deque). That is O(subscribers of the symbol) and never blocks, so order
+checks and other subscribers never wait for a slow reader.
+
+The stream's own coroutine (:meth:`PortfolioHub.stream`) wakes, takes the
+dirty set and pending alerts, and builds one UPDATE from the state *now*: the
+latest prices and positions win, however many changes happened since its
+previous message. While gRPC flow control holds a slow reader's coroutine in
+``context.write``, changes keep collapsing into the dirty set, whose size is
+bounded by the symbols the account held meanwhile (and the pending alerts by
+those symbols x 3 position limits + 2 halt scopes): memory per subscriber is
+bounded whatever the tick rate.
+
+Holdings and totals of an account are cached as protobuf messages per account
+and invalidated per symbol, so 1,000 streams of one account build each figure
+once per change.
+
+Heartbeats and shutdown
+-----------------------
+A stream that has sent nothing for its heartbeat interval sends a HEARTBEAT
+(with its next sequence number); the timer is one ``loop.call_at`` per idle
+interval, re-armed lazily, so a busy stream pays nothing for it.
+:meth:`PortfolioHub.close` (the first thing ``Gateway.stop`` does after
+health goes NOT_SERVING) marks every subscriber closed and wakes it; each
+stream then ends with :class:`~pretrade.errors.Unavailable` ("shutting
+down"), which the servicer turns into the UNAVAILABLE status after every
+message already written, within the server's grace period: clients see a
+deliberate, retryable end rather than a broken transport or CANCELLED. A
+stream stuck behind a reader that never reads is cancelled when the grace
+period ends.
+
+State kept
+----------
+Prices of every symbol and the realized P&L of every account (small); the
+positions, alert state and caches only of accounts with a subscriber (read
+from the table when the first subscriber arrives, then kept current by
+``account_changed``), so a large book costs no second copy of its positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import Protocol, cast
+
+from pretrade._core import PositionTable
+from pretrade.errors import InvalidRequest, NotFound, Unavailable
+from pretrade.fixedpoint import fits_int64
+from pretrade.halts import HaltBook
+from pretrade.limits import LimitKind
+from pretrade.redis_schema import HaltRecord, average_cost
+from pretrade.v1 import risk_pb2 as pb
+
+log = logging.getLogger("pretrade.portfolio")
+
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+MIN_HEARTBEAT_MS = 100
+MAX_HEARTBEAT_MS = 300_000
+READY_TIMEOUT_SECONDS = 30.0
+SHUTTING_DOWN = "pretrade is shutting down; reconnect for a new snapshot"
+
+#: The subject an alert is conflated under: ``(symbol, reject code)`` for a
+#: position limit, ``(b"", halt scope)`` for a halt (symbols are never empty).
+AlertKey = tuple[bytes, int]
+Position = tuple[int, int]
+
+#: Position limits checked against every holding, with the code an order would get.
+_POSITION_LIMITS = (
+    (LimitKind.MAX_NET_POSITION, pb.REJECT_CODE_MAX_NET_POSITION),
+    (LimitKind.MAX_LONG_POSITION, pb.REJECT_CODE_MAX_LONG_POSITION),
+    (LimitKind.MAX_SHORT_POSITION, pb.REJECT_CODE_MAX_SHORT_POSITION),
+)
+_HALT_SCOPE_NAMES: dict[int, str] = {
+    pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account"}
+
+
+def requested_heartbeat(milliseconds: int) -> float | None:
+    """Seconds between heartbeats a PortfolioRequest asks for (None: the server default)."""
+    if milliseconds < 0:
+        raise InvalidRequest(f"heartbeat_interval_ms must be >= 0, got {milliseconds}")
+    if milliseconds == 0:
+        return None
+    return min(max(milliseconds, MIN_HEARTBEAT_MS), MAX_HEARTBEAT_MS) / 1000
+
+
+class HaltListener(Protocol):
+    """Told of every halt applied or lifted (mode 0: lifted)."""
+
+    def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None: ...
+
+
+class ObservedHaltBook(HaltBook):
+    """A :class:`~pretrade.halts.HaltBook` that tells its listeners of every change.
+
+    The Halt RPC and the sync both change halts through ``apply``, ``lift``
+    and ``replace_all``; listeners hear of each after the table has it.
+    """
+
+    def __init__(self, table: PositionTable) -> None:
+        super().__init__(table)
+        self.listeners: list[HaltListener] = []
+
+    def apply(self, record: HaltRecord) -> None:
+        super().apply(record)
+        self._notify(record.scope, record.target, record.mode, record.reason)
+
+    def lift(self, scope: int, target: bytes) -> None:
+        super().lift(scope, target)
+        self._notify(scope, target, 0, "")
+
+    def replace_all(self, records: list[HaltRecord]) -> None:
+        before = set(self._halts)
+        super().replace_all(records)  # notifies each apply
+        for scope, target in before - set(self._halts):
+            self._notify(scope, target, 0, "")
+
+    def _notify(self, scope: int, target: bytes, mode: int, reason: str) -> None:
+        for listener in self.listeners:
+            listener.halt_changed(scope, target, mode, reason)
+
+
+class Subscriber:
+    """One StreamPortfolio stream: what changed since its last message, and its wake-up.
+
+    The listener side calls the ``note_*`` methods (O(1), never blocks); the
+    stream's coroutine awaits :meth:`wait` and then takes everything pending.
+    The heartbeat timer is one ``loop.call_at`` per idle interval, re-armed
+    lazily, not one timeout per wait: a busy stream pays nothing for it.
+    """
+
+    __slots__ = ("_loop", "_timer", "_waiter", "account", "account_id", "alerts", "changes",
+                 "closed", "dirty", "heartbeat_due", "interval", "last_sent", "messages",
+                 "pending", "sequence", "state", "totals_dirty")
+
+    def __init__(self, account: bytes, state: AccountState, interval: float) -> None:
+        self.account = account
+        self.account_id = account.decode()
+        self.state = state
+        self.interval = interval
+        #: Symbols whose holding or price changed since the last message.
+        self.dirty: set[bytes] = set()
+        #: The latest alert per subject since the last message.
+        self.alerts: dict[AlertKey, pb.Alert] = {}
+        self.totals_dirty = False
+        self.heartbeat_due = False
+        self.closed = False
+        #: Something was noted since the stream last woke.
+        self.pending = False
+        self.sequence = 0
+        #: Changes noted, and messages sent: changes - messages were conflated away.
+        self.changes = 0
+        self.messages = 0
+        self._loop = asyncio.get_running_loop()
+        self.last_sent = self._loop.time()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note_symbol(self, symbol: bytes) -> None:
+        self.dirty.add(symbol)
+        self.changes += 1
+        self.wake()
+
+    def note_totals(self) -> None:
+        self.totals_dirty = True
+        self.changes += 1
+        self.wake()
+
+    def note_alert(self, key: AlertKey, alert: pb.Alert) -> None:
+        self.alerts[key] = alert
+        self.changes += 1
+        self.wake()
+
+    def wake(self) -> None:
+        self.pending = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once something is pending (a change, a due heartbeat, closing)."""
+        if not self.pending:
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        self.pending = False
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        self.messages += 1
+        return self.sequence
+
+    def sent(self) -> None:
+        """A message left: the heartbeat interval counts from now."""
+        self.last_sent = self._loop.time()
+        if self._timer is None and not self.closed:
+            self._timer = self._loop.call_at(self.last_sent + self.interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        due = self.last_sent + self.interval
+        if self._loop.time() < due:  # something was sent since the timer was armed
+            self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        self.heartbeat_due = True
+        self.wake()
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class AccountState:
+    """An account with at least one subscriber: its holdings, alert state and caches."""
+
+    __slots__ = ("breaches", "holdings", "positions", "realized", "subscribers", "totals")
+
+    def __init__(self, positions: dict[bytes, Position], realized: int) -> None:
+        #: Held symbols only (net quantity != 0): ``{symbol: (quantity, cost_basis)}``.
+        self.positions = positions
+        self.realized = realized
+        self.subscribers: set[Subscriber] = set()
+        #: Positions over a limit: ``{(symbol, reject code): (observed, limit)}``.
+        self.breaches: dict[AlertKey, tuple[int, int]] = {}
+        self.holdings: dict[bytes, pb.Holding] = {}
+        self.totals: pb.PortfolioTotals | None = None
+
+
+class PortfolioHub:
+    """Keeps subscribed accounts' portfolios current and wakes their streams.
+
+    Parameters
+    ----------
+    table
+        The table the sync writes: account status, limits and positions of
+        an account when its first subscriber arrives.
+    ready
+        Set once the sync's first full load is done (``RedisSync.ready``);
+        streams wait for it before deciding whether an account exists.
+    heartbeat_interval
+        Seconds of silence before a stream sends a HEARTBEAT, unless the
+        request asks for another interval.
+    """
+
+    def __init__(self, table: PositionTable, ready: asyncio.Event, *,
+                 heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS,
+                 ready_timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        self.table = table
+        self.ready = ready
+        self.heartbeat_interval = heartbeat_interval
+        self.ready_timeout = ready_timeout
+        self.prices: dict[bytes, int] = {}
+        self.realized: dict[bytes, int] = {}
+        self.halts: dict[tuple[int, bytes], tuple[int, str]] = {}
+        self.accounts: dict[bytes, AccountState] = {}
+        #: symbol -> subscribers whose account holds it.
+        self.holders: dict[bytes, set[Subscriber]] = {}
+        self.closed = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(state.subscribers) for state in self.accounts.values())
+
+    # -- LISTENER CALLBACKS (O(subscribers concerned), never block) --
+
+    def price_changed(self, symbol: bytes, price: int | None) -> None:
+        """SyncListener: a symbol's last price changed."""
+        if price is None:
+            if self.prices.pop(symbol, None) is None:
+                return
+        elif self.prices.get(symbol) == price:
+            return
+        else:
+            self.prices[symbol] = price
+        for subscriber in self.holders.get(symbol, ()):
+            state = subscriber.state
+            state.holdings.pop(symbol, None)
+            state.totals = None
+            subscriber.note_symbol(symbol)
+
+    def account_changed(self, account: bytes, positions: dict[bytes, Position],
+                        realized_pnl: int) -> None:
+        """SyncListener: an account's lots or realized P&L were (re)loaded."""
+        if realized_pnl:
+            self.realized[account] = realized_pnl
+        else:
+            self.realized.pop(account, None)
+        state = self.accounts.get(account)
+        if state is None:
+            return
+        held = _held(positions)
+        changed = {symbol for symbol in held.keys() | state.positions.keys()
+                   if held.get(symbol) != state.positions.get(symbol)}
+        realized_changed = realized_pnl != state.realized
+        for symbol in changed:
+            state.holdings.pop(symbol, None)
+            if symbol not in held:
+                self._unindex(state.subscribers, symbol)
+            elif symbol not in state.positions:
+                self.holders.setdefault(symbol, set()).update(state.subscribers)
+        state.positions = held
+        state.realized = realized_pnl
+        if changed or realized_changed:
+            state.totals = None
+        alerts = self._refresh_breaches(account, state)
+        for subscriber in state.subscribers:
+            for symbol in changed:
+                subscriber.note_symbol(symbol)
+            if realized_changed:
+                subscriber.note_totals()
+            for key, alert in alerts:
+                subscriber.note_alert(key, alert)
+
+    def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
+        """HaltListener: a halt was applied (mode > 0) or lifted (mode 0)."""
+        if scope not in _HALT_SCOPE_NAMES:
+            return
+        key = (scope, target)
+        previous = self.halts.get(key, (0, ""))[0]
+        if mode:
+            self.halts[key] = (mode, reason)
+        else:
+            self.halts.pop(key, None)
+        if mode == previous:
+            return
+        alert = _halt_alert(scope, mode, reason, previous)
+        if scope == pb.HALT_SCOPE_GLOBAL:
+            states: Iterable[AccountState] = self.accounts.values()
+        else:
+            state = self.accounts.get(target)
+            states = () if state is None else (state,)
+        for state in states:
+            for subscriber in state.subscribers:
+                subscriber.note_alert((b"", scope), alert)
+
+    # -- STREAMS --
+
+    async def stream(self, account: bytes, heartbeat_interval: float | None = None
+                     ) -> AsyncGenerator[pb.PortfolioUpdate, None]:
+        """A SNAPSHOT, then conflated UPDATEs and HEARTBEATs, until :meth:`close`.
+
+        Raises
+        ------
+        NotFound
+            The account has no holdings and no limits.
+        Unavailable
+            The hub is closing (server shutdown), or the first load is not done
+            within ``ready_timeout``.
+        """
+        if self.closed:
+            raise Unavailable(SHUTTING_DOWN)
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), self.ready_timeout)
+            except TimeoutError:
+                raise Unavailable("positions are not loaded from Redis yet") from None
+        info = self.table.account_info(account)
+        if not info or not info["known"]:
+            raise NotFound(f"unknown account {account.decode()!r}: no holdings or limits "
+                           "are configured for it")
+        interval = heartbeat_interval or self.heartbeat_interval
+        # Subscribing and building the snapshot in one step (no await between)
+        # means no change can fall between them.
+        subscriber = self._subscribe(account, interval)
+        try:
+            yield self._snapshot(subscriber)
+            subscriber.sent()
+            while True:
+                await subscriber.wait()
+                if subscriber.closed:
+                    raise Unavailable(SHUTTING_DOWN)
+                update = self._update(subscriber)
+                if update is None and subscriber.heartbeat_due:
+                    update = self._heartbeat(subscriber)
+                subscriber.heartbeat_due = False
+                if update is not None:
+                    yield update
+                    subscriber.sent()
+        finally:
+            self._unsubscribe(subscriber)
+
+    def close(self) -> None:
+        """End every stream (UNAVAILABLE, after what each has sent) and refuse new ones."""
+        self.closed = True
+        log.info("ending %d portfolio streams", self.subscriber_count)
+        for state in self.accounts.values():
+            for subscriber in state.subscribers:
+                subscriber.closed = True
+                subscriber.cancel_timer()
+                subscriber.wake()
+
+    def _subscribe(self, account: bytes, interval: float) -> Subscriber:
+        state = self.accounts.get(account)
+        if state is None:
+            positions = _held(self.table.account_positions(account))
+            state = AccountState(positions, self.realized.get(account, 0))
+            self._refresh_breaches(account, state)
+            self.accounts[account] = state
+        subscriber = Subscriber(account, state, interval)
+        log.debug("portfolio stream of %s opened", subscriber.account_id)
+        state.subscribers.add(subscriber)
+        for symbol in state.positions:
+            self.holders.setdefault(symbol, set()).add(subscriber)
+        return subscriber
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        log.debug("portfolio stream of %s closed after %d messages (%d changes)",
+                  subscriber.account_id, subscriber.messages, subscriber.changes)
+        subscriber.cancel_timer()
+        state = subscriber.state
+        state.subscribers.discard(subscriber)
+        for symbol in state.positions:
+            self._unindex((subscriber,), symbol)
+        if not state.subscribers and self.accounts.get(subscriber.account) is state:
+            del self.accounts[subscriber.account]
+
+    def _unindex(self, subscribers: Iterable[Subscriber], symbol: bytes) -> None:
+        holders = self.holders.get(symbol)
+        if holders is None:
+            return
+        holders.difference_update(subscribers)
+        if not holders:
+            del self.holders[symbol]
+
+    # -- BUILDING MESSAGES --
+
+    def _snapshot(self, subscriber: Subscriber) -> pb.PortfolioUpdate:
+        state = subscriber.state
+        subscriber.dirty.clear()
+        subscriber.alerts.clear()
+        subscriber.totals_dirty = False
+        subscriber.pending = False
+        alerts = [_halt_alert(scope, mode, reason, 0)
+                  for (scope, target), (mode, reason) in sorted(self.halts.items())
+                  if scope == pb.HALT_SCOPE_GLOBAL or target == subscriber.account]
+        alerts += [_limit_alert(symbol, code, observed, limit, breached=True)
+                   for (symbol, code), (observed, limit) in sorted(state.breaches.items())]
+        return pb.PortfolioUpdate(
+            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT,
+            holdings=[self._holding(state, symbol) for symbol in sorted(state.positions)],
+            totals=self._totals(state), alerts=alerts)
+
+    def _update(self, subscriber: Subscriber) -> pb.PortfolioUpdate | None:
+        if not (subscriber.dirty or subscriber.alerts or subscriber.totals_dirty):
+            return None
+        state = subscriber.state
+        symbols = sorted(subscriber.dirty)
+        alerts = list(subscriber.alerts.values())
+        subscriber.dirty.clear()
+        subscriber.alerts.clear()
+        subscriber.totals_dirty = False
+        return pb.PortfolioUpdate(
+            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_UPDATE,
+            holdings=[self._holding(state, symbol) for symbol in symbols],
+            totals=self._totals(state), alerts=alerts)
+
+    @staticmethod
+    def _heartbeat(subscriber: Subscriber) -> pb.PortfolioUpdate:
+        return pb.PortfolioUpdate(
+            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_HEARTBEAT)
+
+    def _holding(self, state: AccountState, symbol: bytes) -> pb.Holding:
+        cached = state.holdings.get(symbol)
+        if cached is None:
+            quantity, cost_basis = state.positions.get(symbol, (0, 0))
+            cached = state.holdings[symbol] = value_holding(
+                symbol, quantity, cost_basis, self.prices.get(symbol))
+        return cached
+
+    def _totals(self, state: AccountState) -> pb.PortfolioTotals:
+        if state.totals is None:
+            state.totals = sum_totals(
+                [self._holding(state, symbol) for symbol in state.positions], state.realized)
+        return state.totals
+
+    # -- ALERTS --
+
+    def _refresh_breaches(self, account: bytes, state: AccountState
+                          ) -> list[tuple[AlertKey, pb.Alert]]:
+        """Recompute the positions over a limit; return the alerts for what changed."""
+        info = self.table.account_info(account)
+        limits: Mapping[int, int] = info["limits"] if info else {}
+        breaches = position_breaches(state.positions, limits)
+        alerts = [(key, _limit_alert(key[0], key[1], *figures, breached=True))
+                  for key, figures in sorted(breaches.items()) if key not in state.breaches]
+        alerts += [(key, _limit_alert(key[0], key[1], *figures, breached=False))
+                   for key, figures in sorted(state.breaches.items()) if key not in breaches]
+        state.breaches = breaches
+        return alerts
+
+
+def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None
+                  ) -> pb.Holding:
+    """One holding valued at ``price`` (None: no last price; quantity 0: closed)."""
+    if quantity == 0:
+        return pb.Holding(symbol=symbol.decode())
+    holding = pb.Holding(symbol=symbol.decode(), quantity=quantity, cost_basis=cost_basis,
+                         average_cost=average_cost(quantity, cost_basis))
+    if price is None:
+        holding.valuation = pb.VALUATION_NO_PRICE
+        return holding
+    holding.last_price = price
+    market_value = quantity * price
+    unrealized = market_value - cost_basis
+    if fits_int64(market_value) and fits_int64(unrealized):
+        holding.market_value = market_value
+        holding.unrealized_pnl = unrealized
+        holding.valuation = pb.VALUATION_PRICED
+    else:
+        holding.valuation = pb.VALUATION_OVERFLOW
+    return holding
+
+
+def sum_totals(holdings: Iterable[pb.Holding], realized_pnl: int) -> pb.PortfolioTotals:
+    """Totals over the holdings; unpriced ones are counted, not valued at 0 silently."""
+    market_value = cost_basis = unrealized = 0
+    unvalued = 0
+    for holding in holdings:
+        cost_basis += holding.cost_basis
+        if holding.valuation == pb.VALUATION_PRICED:
+            market_value += holding.market_value
+            unrealized += holding.unrealized_pnl
+        else:
+            unvalued += 1
+    if not (fits_int64(market_value) and fits_int64(cost_basis) and fits_int64(unrealized)):
+        return pb.PortfolioTotals(realized_pnl=realized_pnl, unvalued_holdings=unvalued,
+                                  valuation=pb.VALUATION_OVERFLOW)
+    return pb.PortfolioTotals(
+        market_value=market_value, cost_basis=cost_basis, unrealized_pnl=unrealized,
+        realized_pnl=realized_pnl, unvalued_holdings=unvalued,
+        valuation=pb.VALUATION_PRICED if unvalued == 0 else pb.VALUATION_NO_PRICE)
+
+
+def position_breaches(positions: Mapping[bytes, Position], limits: Mapping[int, int]
+                      ) -> dict[AlertKey, tuple[int, int]]:
+    """Holdings over the account's position limits: ``{(symbol, code): (observed, limit)}``."""
+    breaches: dict[AlertKey, tuple[int, int]] = {}
+    for kind, code in _POSITION_LIMITS:
+        limit = limits.get(kind)
+        if limit is None:
+            continue
+        for symbol, (quantity, _) in positions.items():
+            if kind == LimitKind.MAX_NET_POSITION:
+                observed = abs(quantity)
+            elif kind == LimitKind.MAX_LONG_POSITION:
+                observed = quantity
+            else:
+                observed = -quantity
+            if observed > limit:
+                breaches[(symbol, code)] = (observed, limit)
+    return breaches
+
+
+def _held(positions: Mapping[bytes, Position]) -> dict[bytes, Position]:
+    return {symbol: position for symbol, position in positions.items() if position[0] != 0}
+
+
+def _limit_alert(symbol: bytes, code: int, observed: int, limit: int, *, breached: bool
+                 ) -> pb.Alert:
+    name = pb.RejectCode.Name(cast(pb.RejectCode, code)).removeprefix("REJECT_CODE_").lower()
+    text = symbol.decode()
+    if breached:
+        message = f"{text} position {observed} is over {name} {limit}"
+        kind = pb.ALERT_KIND_LIMIT_BREACH
+    else:
+        message = f"{text} position is back within {name} {limit}"
+        kind = pb.ALERT_KIND_LIMIT_CLEARED
+    return pb.Alert(kind=kind, code=cast(pb.RejectCode, code), message=message,
+                    observed=observed, limit=limit, symbol=text)
+
+
+def _halt_alert(scope: int, mode: int, reason: str, previous: int) -> pb.Alert:
+    scope_name = _HALT_SCOPE_NAMES[scope]
+    code = pb.REJECT_CODE_GLOBAL_HALT if scope == pb.HALT_SCOPE_GLOBAL \
+        else pb.REJECT_CODE_ACCOUNT_HALT
+    if mode == 0:
+        if previous == pb.HALT_MODE_REDUCE_ONLY:
+            code = pb.REJECT_CODE_REDUCE_ONLY
+        return pb.Alert(kind=pb.ALERT_KIND_HALT_LIFTED, code=code,
+                        message=f"{scope_name} halt lifted", halt_mode=pb.HALT_MODE_ACTIVE)
+    if mode == pb.HALT_MODE_REDUCE_ONLY:
+        code = pb.REJECT_CODE_REDUCE_ONLY
+    mode_name = pb.HaltMode.Name(cast(pb.HaltMode, mode)).removeprefix("HALT_MODE_")
+    return pb.Alert(kind=pb.ALERT_KIND_HALT, code=code,
+                    message=f"{scope_name} halt {mode_name}: {reason}",
+                    halt_mode=cast(pb.HaltMode, mode))

@@ -1,0 +1,404 @@
+"""StreamPortfolio over a real gRPC channel, fed by a real redis-server and its price stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+import redis
+
+from book import (
+    GENEROUS_LIMITS,
+    seed_account,
+    seed_instrument,
+    seed_limits,
+    seed_lots,
+    wait_until,
+)
+from pretrade._core import PositionTable
+from pretrade.limits import LimitKind
+from pretrade.portfolio import PortfolioHub
+from pretrade.redis_schema import average_cost, lot_keys, pnl_key
+from pretrade.table import new_private_table
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+STREAM_TIMEOUT = 20.0
+WORKED_EXAMPLE_LOTS = [("L1", "AAPL", 10, 683_378), ("L2", "AAPL", 10, 688_200)]
+#: A client channel whose HTTP/2 windows stay small, so a reader that stops
+#: reading holds the server back after a few messages (no BDP window growth).
+SMALL_WINDOW = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+
+Stream = Iterator[pb.PortfolioUpdate]
+
+
+@pytest.fixture
+def book(redis_client: redis.Redis) -> redis.Redis:
+    """ACC-1 holds the worked example: 10 @ 68.3378 and 10 @ 68.82 of AAPL, last 68.3378."""
+    seed_account(redis_client)
+    seed_lots(redis_client, "ACC-1", WORKED_EXAMPLE_LOTS)
+    return redis_client
+
+
+def subscribe(stub: risk_pb2_grpc.PreTradeRiskStub, account: str = "ACC-1",
+              heartbeat_ms: int = 300_000) -> Stream:
+    """A stream that fails with DEADLINE_EXCEEDED rather than hang a broken test."""
+    request = pb.PortfolioRequest(account_id=account, heartbeat_interval_ms=heartbeat_ms)
+    return stub.StreamPortfolio(request, timeout=STREAM_TIMEOUT)
+
+
+def next_change(stream: Stream) -> pb.PortfolioUpdate:
+    """The next SNAPSHOT or UPDATE, skipping heartbeats."""
+    for update in stream:
+        if update.kind != pb.PORTFOLIO_UPDATE_KIND_HEARTBEAT:
+            return update
+    raise AssertionError("the stream ended")
+
+
+def tick(r: redis.Redis, symbol: str, price: int | str) -> None:
+    """A market-data writer's tick: the latest-price key and the stream entry, atomically."""
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set(f"price:{symbol}", price)
+        pipe.xadd("prices", {"symbol": symbol, "price": price})
+        pipe.execute()
+
+
+def next_matching(stream: Stream, accept: Callable[[pb.PortfolioUpdate], bool]
+                  ) -> pb.PortfolioUpdate:
+    """The first SNAPSHOT or UPDATE ``accept`` holds for (bounded by the stream's deadline)."""
+    while True:
+        update = next_change(stream)
+        if accept(update):
+            return update
+
+
+def holdings(update: pb.PortfolioUpdate) -> dict[str, pb.Holding]:
+    return {holding.symbol: holding for holding in update.holdings}
+
+
+# -- SNAPSHOT --
+
+
+def test_first_message_is_a_snapshot_valued_as_the_worked_example(book, stub):
+    book.hset(pnl_key(b"ACC-1"), "realized", 125_000)
+    snapshot = wait_until(lambda: next(subscribe(stub)),
+                          lambda s: s.totals.realized_pnl == 125_000)
+    assert snapshot.kind == pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT
+    assert (snapshot.account_id, snapshot.sequence) == ("ACC-1", 1)
+    assert snapshot.timestamp_unix_ns > 0
+    [aapl] = snapshot.holdings
+    assert average_cost(20, 13_715_780) == 685_789
+    assert (aapl.symbol, aapl.quantity, aapl.average_cost, aapl.cost_basis) == (
+        "AAPL", 20, 685_789, 13_715_780)
+    assert (aapl.last_price, aapl.market_value) == (683_378, 20 * 683_378)
+    assert aapl.unrealized_pnl == 20 * 683_378 - 13_715_780 == -48_220
+    assert aapl.valuation == pb.VALUATION_PRICED
+    totals = snapshot.totals
+    assert (totals.market_value, totals.cost_basis, totals.unrealized_pnl) == (
+        13_667_560, 13_715_780, -48_220)
+    assert totals.realized_pnl == 125_000
+    assert (totals.unvalued_holdings, totals.valuation) == (0, pb.VALUATION_PRICED)
+    assert list(snapshot.alerts) == []
+
+
+def test_holding_without_a_last_price_says_so_and_is_left_out_of_the_totals(book, stub):
+    seed_instrument(book, "NOPX")
+    seed_lots(book, "ACC-1", [("L3", "NOPX", 7, 120_000)])
+    snapshot = wait_until(lambda: next(subscribe(stub)), lambda s: "NOPX" in holdings(s))
+    nopx = holdings(snapshot)["NOPX"]
+    assert nopx.valuation == pb.VALUATION_NO_PRICE
+    assert (nopx.quantity, nopx.average_cost, nopx.cost_basis) == (7, 120_000, 840_000)
+    assert (nopx.last_price, nopx.market_value, nopx.unrealized_pnl) == (0, 0, 0)
+    totals = snapshot.totals
+    assert (totals.valuation, totals.unvalued_holdings) == (pb.VALUATION_NO_PRICE, 1)
+    assert totals.market_value == 20 * 683_378  # AAPL only
+    assert totals.cost_basis == 13_715_780 + 840_000
+
+
+def test_account_with_limits_but_no_holdings_gets_an_empty_snapshot(redis_client, stub):
+    seed_limits(redis_client, "ACC-2", **GENEROUS_LIMITS)
+    snapshot = wait_until(lambda: _first_or_code(stub, "ACC-2"),
+                          lambda s: isinstance(s, pb.PortfolioUpdate))
+    assert isinstance(snapshot, pb.PortfolioUpdate)
+    assert list(snapshot.holdings) == []
+    assert (snapshot.totals.market_value, snapshot.totals.valuation) == (0, pb.VALUATION_PRICED)
+
+
+def _first_or_code(stub, account: str) -> pb.PortfolioUpdate | grpc.StatusCode:
+    try:
+        return next(subscribe(stub, account))
+    except grpc.RpcError as error:
+        return error.code()
+
+
+# -- UPDATES --
+
+
+def test_price_tick_on_the_stream_pushes_an_update_with_the_new_values(book, stub):
+    stream = subscribe(stub)
+    assert next(stream).kind == pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT
+    tick(book, "AAPL", 700_000)
+    update = next_change(stream)
+    assert (update.kind, update.sequence) == (pb.PORTFOLIO_UPDATE_KIND_UPDATE, 2)
+    [aapl] = update.holdings
+    assert (aapl.last_price, aapl.market_value) == (700_000, 14_000_000)
+    assert aapl.unrealized_pnl == 14_000_000 - 13_715_780
+    assert (update.totals.market_value, update.totals.unrealized_pnl) == (14_000_000, 284_220)
+
+
+def test_tick_for_a_symbol_the_account_does_not_hold_sends_nothing(book, stub):
+    seed_instrument(book, "MSFT", price=4_000_000)
+    stream = subscribe(stub)
+    next(stream)
+    tick(book, "MSFT", 4_100_000)
+    tick(book, "AAPL", 690_000)
+    # Ticks apply in order: had the MSFT tick produced a message, it would come first.
+    update = next_change(stream)
+    assert [h.symbol for h in update.holdings] == ["AAPL"]
+    assert update.sequence == 2
+
+
+def test_a_fill_added_to_the_lot_hashes_pushes_the_new_holding(book, stub):
+    stream = subscribe(stub)
+    next(stream)
+    seed_lots(book, "ACC-1", [("L3", "AAPL", 10, 690_000)])
+    [aapl] = next_change(stream).holdings
+    assert (aapl.quantity, aapl.cost_basis) == (30, 13_715_780 + 6_900_000)
+    assert aapl.average_cost == average_cost(30, 20_615_780) == 687_193
+    assert aapl.market_value == 30 * 683_378
+
+
+def test_a_new_symbol_is_followed_and_a_closed_one_is_sent_with_quantity_zero(book, stub):
+    seed_instrument(book, "MSFT", price=4_000_000)
+    stream = subscribe(stub)
+    next(stream)
+    seed_lots(book, "ACC-1", [("L3", "MSFT", 5, 3_900_000)])
+    # The lots and MSFT's price may reach the sync in one batch, lots first.
+    update = next_matching(stream, lambda u: "MSFT" in holdings(u) and
+                           holdings(u)["MSFT"].valuation == pb.VALUATION_PRICED)
+    assert holdings(update)["MSFT"].market_value == 20_000_000
+    tick(book, "MSFT", 4_200_000)  # the stream now follows MSFT's price too
+    assert holdings(next_change(stream))["MSFT"].market_value == 21_000_000
+    with book.pipeline(transaction=True) as pipe:
+        for key in lot_keys(b"ACC-1"):
+            pipe.hdel(key, "L1", "L2")
+        pipe.execute()
+    update = next_change(stream)
+    closed = holdings(update)["AAPL"]
+    assert (closed.quantity, closed.market_value, closed.cost_basis) == (0, 0, 0)
+    assert update.totals.market_value == 21_000_000
+
+
+def test_realized_pnl_change_pushes_new_totals(book, stub):
+    stream = subscribe(stub)
+    next(stream)
+    book.hset(pnl_key(b"ACC-1"), "realized", -31_500)
+    update = next_change(stream)
+    assert list(update.holdings) == []
+    assert update.totals.realized_pnl == -31_500
+    assert update.totals.market_value == 20 * 683_378
+
+
+def test_a_price_key_written_without_the_stream_also_reaches_subscribers(book, stub):
+    stream = subscribe(stub)
+    next(stream)
+    book.set("price:AAPL", 650_000)  # followed by the sync's keyspace notifications
+    assert next_change(stream).holdings[0].last_price == 650_000
+
+
+def test_one_tick_reaches_every_account_holding_the_symbol(book, stub):
+    seed_lots(book, "ACC-2", [("L1", "AAPL", 3, 600_000)])
+    second = wait_until(lambda: _first_or_code(stub, "ACC-2"),
+                        lambda s: isinstance(s, pb.PortfolioUpdate))
+    assert isinstance(second, pb.PortfolioUpdate)
+    first, other = subscribe(stub, "ACC-1"), subscribe(stub, "ACC-2")
+    next(first), next(other)
+    tick(book, "AAPL", 700_000)
+    assert next_change(first).holdings[0].market_value == 20 * 700_000
+    assert next_change(other).holdings[0].market_value == 3 * 700_000
+
+
+# -- SLOW CONSUMERS --
+
+
+def test_a_slow_reader_gets_the_latest_state_and_never_holds_back_others(book, gateway, stub):
+    ticks = 300
+    with grpc.insecure_channel(gateway.target, options=SMALL_WINDOW) as slow_channel:
+        slow = subscribe(risk_pb2_grpc.PreTradeRiskStub(slow_channel))
+        fast = subscribe(stub)
+        next(slow), next(fast)
+        for n in range(ticks):
+            # Stream only: the sync's re-read of price:AAPL may land after a newer
+            # tick and briefly undo it (see the report), which would break the count.
+            book.xadd("prices", {"symbol": "AAPL", "price": 700_000 + n})
+            # The fast reader sees every tick while the slow one reads nothing.
+            assert next_change(fast).holdings[0].last_price == 700_000 + n
+
+        pending = gateway.run(_pending_changes(gateway.gateway.portfolio))
+        # The stalled stream holds at most one dirty symbol, whatever the tick count.
+        assert max(dirty for dirty, _ in pending) <= 1
+        assert min(sent for _, sent in pending) < ticks // 2
+
+        received = []
+        for update in slow:
+            received.append(update)
+            if update.holdings and update.holdings[0].last_price == 700_000 + ticks - 1:
+                break
+        assert len(received) < ticks // 2, "the slow reader got a backlog, not the latest"
+        assert [u.sequence for u in received] == list(range(2, 2 + len(received)))
+
+
+async def _pending_changes(hub: PortfolioHub) -> list[tuple[int, int]]:
+    return [(len(s.dirty), s.messages) for state in hub.accounts.values()
+            for s in state.subscribers]
+
+
+def test_listener_callbacks_conflate_into_one_update_per_symbol():
+    table = new_private_table(max_accounts=8, max_instruments=8, max_positions=16,
+                              max_overrides=8, lock_stripes=2)
+    table.set_account_state(b"ACC-1", known=True)
+    table.replace_positions(b"ACC-1", {b"AAPL": (20, 13_715_780), b"MSFT": (5, 19_500_000)})
+
+    async def scenario() -> tuple[pb.PortfolioUpdate, int]:
+        ready = asyncio.Event()
+        ready.set()
+        hub = PortfolioHub(table, ready)
+        hub.price_changed(b"AAPL", 683_378)
+        stream = hub.stream(b"ACC-1")
+        await anext(stream)
+        for n in range(10_000):
+            hub.price_changed(b"AAPL", 700_000 + n)
+        hub.price_changed(b"MSFT", 4_000_000)
+        hub.price_changed(b"NVDA", 1_000_000)  # held by nobody: touches no subscriber
+        [subscriber] = hub.accounts[b"ACC-1"].subscribers
+        pending = len(subscriber.dirty)
+        update = await anext(stream)
+        await stream.aclose()
+        assert hub.subscriber_count == 0 and hub.holders == {}
+        return update, pending
+
+    update, pending = asyncio.run(scenario())
+    assert pending == 2
+    assert update.sequence == 2
+    assert {h.symbol: h.last_price for h in update.holdings} == {
+        "AAPL": 709_999, "MSFT": 4_000_000}
+
+
+# -- ERRORS, HEARTBEATS, SHUTDOWN --
+
+
+def test_unknown_account_ends_the_stream_with_not_found(book, stub):
+    with pytest.raises(grpc.RpcError) as raised:
+        next(subscribe(stub, "NOBODY"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "NOBODY" in raised.value.details()
+
+
+@pytest.mark.parametrize(("account", "heartbeat_ms", "field"), [
+    ("", 0, "account_id"),
+    ("BAD ID", 0, "account_id"),
+    ("x" * 40, 0, "account_id"),
+    ("ACC-1", -1, "heartbeat_interval_ms"),
+])
+def test_malformed_request_is_invalid_argument(book, stub, account, heartbeat_ms, field):
+    with pytest.raises(grpc.RpcError) as raised:
+        next(subscribe(stub, account, heartbeat_ms))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in raised.value.details()
+
+
+def test_an_idle_stream_gets_heartbeats_carrying_the_sequence(book, stub):
+    stream = subscribe(stub, heartbeat_ms=100)
+    assert next(stream).kind == pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT
+    first, second = next(stream), next(stream)
+    assert (first.kind, first.sequence) == (pb.PORTFOLIO_UPDATE_KIND_HEARTBEAT, 2)
+    assert (second.kind, second.sequence) == (pb.PORTFOLIO_UPDATE_KIND_HEARTBEAT, 3)
+    assert first.account_id == "ACC-1"
+    assert not first.HasField("totals") and list(first.holdings) == []
+
+
+def test_server_shutdown_ends_streams_with_unavailable_after_what_was_sent(book, gateway,
+                                                                          stub):
+    streams = [subscribe(stub) for _ in range(3)]
+    for stream in streams:
+        assert next(stream).kind == pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT
+    gateway.stop()
+    for stream in streams:
+        with pytest.raises(grpc.RpcError) as raised:
+            next_change(stream)
+        # Our own status, not a transport failure or the grace period running out.
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in raised.value.details()
+
+
+def test_a_cancelled_stream_is_unsubscribed(book, gateway, stub):
+    stream = subscribe(stub)
+    next(stream)
+    hub = gateway.gateway.portfolio
+    assert gateway.run(_subscribers(hub)) == 1
+    stream.cancel()
+    wait_until(lambda: gateway.run(_subscribers(hub)), lambda n: n == 0)
+    assert gateway.run(_holders(hub)) == {}
+
+
+async def _subscribers(hub: PortfolioHub) -> int:
+    return hub.subscriber_count
+
+
+async def _holders(hub: PortfolioHub) -> dict[bytes, object]:
+    return dict(hub.holders)
+
+
+# -- ALERTS --
+
+
+async def _limits(table: PositionTable, account: bytes) -> dict[int, int]:
+    return dict(table.account_info(account)["limits"])
+
+
+def test_account_halt_and_its_lifting_ride_on_the_stream(book, stub):
+    stream = subscribe(stub)
+    next(stream)
+    stub.Halt(pb.HaltRequest(scope=pb.HALT_SCOPE_ACCOUNT, account_id="ACC-1",
+                             mode=pb.HALT_MODE_HALTED, reason="risk check"))
+    [halted] = next_change(stream).alerts
+    assert (halted.kind, halted.code, halted.halt_mode) == (
+        pb.ALERT_KIND_HALT, pb.REJECT_CODE_ACCOUNT_HALT, pb.HALT_MODE_HALTED)
+    assert "risk check" in halted.message
+    stub.Halt(pb.HaltRequest(scope=pb.HALT_SCOPE_ACCOUNT, account_id="ACC-1",
+                             mode=pb.HALT_MODE_ACTIVE))
+    # The sync re-reads each halt key after the RPC: that must not raise it twice.
+    [lifted] = next_change(stream).alerts
+    assert (lifted.kind, lifted.code) == (pb.ALERT_KIND_HALT_LIFTED, pb.REJECT_CODE_ACCOUNT_HALT)
+
+
+def test_a_global_halt_in_force_is_in_the_snapshot(book, stub):
+    stub.Halt(pb.HaltRequest(scope=pb.HALT_SCOPE_GLOBAL, mode=pb.HALT_MODE_REDUCE_ONLY,
+                             reason="market-wide volatility"))
+    [alert] = next(subscribe(stub)).alerts
+    assert (alert.kind, alert.code, alert.halt_mode) == (
+        pb.ALERT_KIND_HALT, pb.REJECT_CODE_REDUCE_ONLY, pb.HALT_MODE_REDUCE_ONLY)
+    assert alert.message == "global halt REDUCE_ONLY: market-wide volatility"
+
+
+def test_a_position_over_its_limit_raises_an_alert_and_clears_it(book, gateway, stub):
+    book.hset("limits:{ACC-1}", "max_long_position", 25)
+    wait_until(lambda: gateway.run(_limits(gateway.gateway.table, b"ACC-1")),
+               lambda limits: limits.get(LimitKind.MAX_LONG_POSITION) == 25)
+    stream = subscribe(stub)
+    assert list(next(stream).alerts) == []  # 20 held, within 25
+    seed_lots(book, "ACC-1", [("L3", "AAPL", 10, 690_000)])
+    [breach] = next_change(stream).alerts
+    assert (breach.kind, breach.code, breach.symbol) == (
+        pb.ALERT_KIND_LIMIT_BREACH, pb.REJECT_CODE_MAX_LONG_POSITION, "AAPL")
+    assert (breach.observed, breach.limit) == (30, 25)
+    assert breach.message == "AAPL position 30 is over max_long_position 25"
+    with book.pipeline(transaction=True) as pipe:
+        for key in lot_keys(b"ACC-1"):
+            pipe.hdel(key, "L3")
+        pipe.execute()
+    [cleared] = next_change(stream).alerts
+    assert (cleared.kind, cleared.code) == (pb.ALERT_KIND_LIMIT_CLEARED,
+                                            pb.REJECT_CODE_MAX_LONG_POSITION)
