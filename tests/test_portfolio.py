@@ -19,7 +19,7 @@ from book import (
 )
 from pretrade._core import PositionTable
 from pretrade.limits import LimitKind
-from pretrade.portfolio import PortfolioHub
+from pretrade.portfolio import PortfolioHub, position_breaches, sum_totals, value_holding
 from pretrade.redis_schema import average_cost, lot_keys, pnl_key
 from pretrade.table import new_private_table
 from pretrade.v1 import risk_pb2 as pb
@@ -284,6 +284,39 @@ def test_listener_callbacks_conflate_into_one_update_per_symbol():
     assert update.sequence == 2
     assert {h.symbol: h.last_price for h in update.holdings} == {
         "AAPL": 709_999, "MSFT": 4_000_000}
+
+
+def test_a_market_value_that_does_not_fit_in_int64_is_flagged_not_wrapped():
+    big = value_holding(b"BIG", 2**62, 2**62, 10)
+    assert (big.valuation, big.last_price, big.market_value, big.unrealized_pnl) == (
+        pb.VALUATION_OVERFLOW, 10, 0, 0)
+    small = value_holding(b"AAPL", 20, 13_715_780, 683_378)
+    totals = sum_totals([big, small], realized_pnl=5)
+    assert (totals.valuation, totals.unvalued_holdings) == (pb.VALUATION_NO_PRICE, 1)
+    assert totals.market_value == 20 * 683_378  # the priced holding only
+    assert totals.cost_basis == 2**62 + 13_715_780
+
+
+def test_totals_whose_sum_does_not_fit_in_int64_are_flagged_and_zero():
+    halves = [value_holding(symbol, 1, 2**62, 2**62) for symbol in (b"A", b"B")]
+    assert all(h.valuation == pb.VALUATION_PRICED for h in halves)
+    totals = sum_totals(halves, realized_pnl=-7)
+    assert (totals.valuation, totals.market_value, totals.cost_basis) == (
+        pb.VALUATION_OVERFLOW, 0, 0)
+    assert totals.realized_pnl == -7
+
+
+def test_position_limits_are_checked_as_the_order_checks_measure_them():
+    limits = {LimitKind.MAX_NET_POSITION: 100, LimitKind.MAX_LONG_POSITION: 50,
+              LimitKind.MAX_SHORT_POSITION: 30}
+    positions = {b"LONG": (60, 0), b"SHORT": (-40, 0), b"OK": (50, 0), b"HUGE": (-101, 0)}
+    assert position_breaches(positions, limits) == {
+        (b"LONG", pb.REJECT_CODE_MAX_LONG_POSITION): (60, 50),
+        (b"SHORT", pb.REJECT_CODE_MAX_SHORT_POSITION): (40, 30),
+        (b"HUGE", pb.REJECT_CODE_MAX_NET_POSITION): (101, 100),
+        (b"HUGE", pb.REJECT_CODE_MAX_SHORT_POSITION): (101, 30),
+    }
+    assert position_breaches(positions, {}) == {}  # no limit configured, no alert
 
 
 # -- ERRORS, HEARTBEATS, SHUTDOWN --

@@ -210,11 +210,15 @@ class Subscriber:
         if self._timer is None and not self.closed:
             self._timer = self._loop.call_at(self.last_sent + self.interval, self._on_timer)
 
+    def idle(self) -> bool:
+        """Nothing was sent for a whole interval (a write held by flow control counts)."""
+        # asyncio may run a timer up to its clock resolution early: allow 1 ms.
+        return self._loop.time() - self.last_sent >= self.interval - 0.001
+
     def _on_timer(self) -> None:
         self._timer = None
-        due = self.last_sent + self.interval
-        if self._loop.time() < due:  # something was sent since the timer was armed
-            self._timer = self._loop.call_at(due, self._on_timer)
+        if not self.idle():  # something was sent since the timer was armed
+            self._timer = self._loop.call_at(self.last_sent + self.interval, self._on_timer)
             return
         self.heartbeat_due = True
         self.wake()
@@ -362,13 +366,13 @@ class PortfolioHub:
             The hub is closing (server shutdown), or the first load is not done
             within ``ready_timeout``.
         """
-        if self.closed:
-            raise Unavailable(SHUTTING_DOWN)
         if not self.ready.is_set():
             try:
                 await asyncio.wait_for(self.ready.wait(), self.ready_timeout)
             except TimeoutError:
                 raise Unavailable("positions are not loaded from Redis yet") from None
+        if self.closed:
+            raise Unavailable(SHUTTING_DOWN)
         info = self.table.account_info(account)
         if not info or not info["known"]:
             raise NotFound(f"unknown account {account.decode()!r}: no holdings or limits "
@@ -385,7 +389,7 @@ class PortfolioHub:
                 if subscriber.closed:
                     raise Unavailable(SHUTTING_DOWN)
                 update = self._update(subscriber)
-                if update is None and subscriber.heartbeat_due:
+                if update is None and subscriber.heartbeat_due and subscriber.idle():
                     update = self._heartbeat(subscriber)
                 subscriber.heartbeat_due = False
                 if update is not None:
