@@ -122,14 +122,13 @@ class Fanout:
         await asyncio.wait_for(self.all_subscribed.wait(), 60)
 
     async def _read(self, call: grpc.aio.UnaryStreamCall) -> None:
-        snapshot = True
-        async for raw in call:
-            if snapshot:
-                snapshot = False
-                self.snapshots += 1
-                if self.snapshots == self.count:
-                    self.all_subscribed.set()
-                continue
+        # call.read() rather than async for: one async generator less per message.
+        if await call.read() is grpc.aio.EOF:
+            return
+        self.snapshots += 1
+        if self.snapshots == self.count:
+            self.all_subscribed.set()
+        while (raw := await call.read()) is not grpc.aio.EOF:
             self.received.append((time.perf_counter_ns(), raw))
             if len(self.received) == self.count:
                 self.all_received.set()
