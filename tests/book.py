@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -19,6 +20,7 @@ GENEROUS_LIMITS = {
     "max_net_position": 5_000,
     "max_long_position": 5_000,
     "max_short_position": 2_000,
+    "price_collar_bps": 1_000,  # 10% either side of the last price
 }
 
 
@@ -52,11 +54,17 @@ def seed_account(r: redis.Redis, account: str = "ACC-1", symbol: str = "AAPL",
     seed_limits(r, account, **GENEROUS_LIMITS)
 
 
+_order_ids = itertools.count(1)
+
+
 def order(account: str = "ACC-1", symbol: str = "AAPL", side: int = pb.SIDE_BUY,
           quantity: int = 10, price: int = 683_378, order_type: int = pb.ORDER_TYPE_LIMIT,
-          order_id: str = "o-1") -> pb.Order:
-    return pb.Order(order_id=order_id, account_id=account, symbol=symbol, side=side,
-                    quantity=quantity, price=price, order_type=order_type, venue="XNAS")
+          order_id: str | None = None, venue: str = "XNAS",
+          counterparty: str = "") -> pb.Order:
+    """An order with a fresh order id unless one is given (ids are idempotency keys)."""
+    return pb.Order(order_id=order_id or f"o-{next(_order_ids)}", account_id=account,
+                    symbol=symbol, side=side, quantity=quantity, price=price,
+                    order_type=order_type, venue=venue, counterparty=counterparty)
 
 
 def codes(decision: pb.Decision) -> list[int]:

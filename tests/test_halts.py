@@ -58,11 +58,11 @@ def test_halt_is_written_through_to_redis_with_who_why_and_when(seeded, stub):
 
 def test_global_halt_stops_every_account_and_symbol(seeded, stub):
     stub.Halt(halt(pb.HALT_SCOPE_GLOBAL, pb.HALT_MODE_HALTED, reason="market-wide"))
-    for account, symbol in (("ACC-1", "AAPL"), ("ACC-2", "MSFT")):
-        decision = stub.EvaluateOrder(order(account=account, symbol=symbol))
+    for account, symbol, price in (("ACC-1", "AAPL", 683_378), ("ACC-2", "MSFT", 4_123_300)):
+        decision = stub.EvaluateOrder(order(account=account, symbol=symbol, price=price))
         assert codes(decision) == [pb.REJECT_CODE_GLOBAL_HALT]
     stub.Halt(halt(pb.HALT_SCOPE_GLOBAL, pb.HALT_MODE_ACTIVE))
-    assert stub.EvaluateOrder(order(account="ACC-2", symbol="MSFT")).approved
+    assert stub.EvaluateOrder(order(account="ACC-2", symbol="MSFT", price=4_123_300)).approved
 
 
 def test_symbol_halt_stops_only_that_symbol(seeded, stub):
@@ -80,10 +80,11 @@ def test_reduce_only_lets_only_orders_that_shrink_the_position_through(seeded, s
     assert "account" in buy.rejections[0].message
     assert stub.EvaluateOrder(order(side=pb.SIDE_SELL, quantity=100)).approved
     flip = stub.EvaluateOrder(order(side=pb.SIDE_SELL, quantity=101))
-    assert codes(flip) == [pb.REJECT_CODE_REDUCE_ONLY]
-    # no position at all: nothing to reduce
-    assert codes(stub.EvaluateOrder(order(symbol="MSFT", side=pb.SIDE_SELL))) == [
-        pb.REJECT_CODE_REDUCE_ONLY]
+    assert codes(flip) == [pb.REJECT_CODE_SHORT_SALE_NOT_MARKED, pb.REJECT_CODE_REDUCE_ONLY]
+    # no position at all: nothing to reduce (and a sale from flat must be marked short)
+    assert codes(stub.EvaluateOrder(order(symbol="MSFT", side=pb.SIDE_SELL,
+                                          price=4_123_300))) == [
+        pb.REJECT_CODE_SHORT_SALE_NOT_MARKED, pb.REJECT_CODE_REDUCE_ONLY]
 
 
 def test_halt_with_ttl_expires_by_itself(seeded, stub):

@@ -40,3 +40,13 @@ def test_committed_generated_code_matches_the_proto(tmp_path):
 def test_generated_code_imports_absolutely_without_rewriting():
     grpc_module = (ROOT / "src" / "pretrade" / "v1" / "risk_pb2_grpc.py").read_text()
     assert "from pretrade.v1 import risk_pb2" in grpc_module
+
+
+def test_every_reject_code_has_its_own_message():
+    from pretrade.errors import describe_rejection
+    from pretrade.v1 import risk_pb2 as pb
+
+    for code in pb.RejectCode.values():
+        if code != pb.REJECT_CODE_UNSPECIFIED:
+            assert not describe_rejection(code, 1, 2).startswith("rejected with code"), (
+                pb.RejectCode.Name(code))

@@ -33,7 +33,7 @@ def test_order_within_every_limit_is_approved(seeded, stub):
     decision = stub.EvaluateOrder(order(quantity=10, price=683_378))
     assert decision.approved, decision
     assert list(decision.rejections) == []
-    assert decision.order_id == "o-1"
+    assert decision.order_id.startswith("o-")
     assert decision.notional == 6_833_780
     assert decision.latency_ns > 0
 
@@ -48,7 +48,7 @@ def test_order_over_max_quantity_is_rejected_with_its_code_and_figures(seeded, s
 
 
 def test_order_at_exactly_max_quantity_is_approved(seeded, stub):
-    assert stub.EvaluateOrder(order(quantity=1_000, price=100)).approved
+    assert stub.EvaluateOrder(order(quantity=1_000)).approved
 
 
 def test_every_failed_check_is_listed_not_only_the_first(seeded, stub):
@@ -102,12 +102,15 @@ def test_market_order_is_valued_at_the_last_price(seeded, stub):
     assert decision.notional == 3 * 683_378
 
 
-def test_market_order_without_a_last_price_is_rejected(redis_client, stub):
+@pytest.fixture
+def unpriced(redis_client: redis.Redis) -> redis.Redis:
     seed_instrument(redis_client, "NOPX")
     seed_limits(redis_client, "ACC-1", **GENEROUS_LIMITS)
-    decision = wait_until(
-        lambda: stub.EvaluateOrder(order(symbol="NOPX", order_type=pb.ORDER_TYPE_MARKET)),
-        lambda d: pb.REJECT_CODE_UNKNOWN_SYMBOL not in codes(d))
+    return redis_client
+
+
+def test_market_order_without_a_last_price_is_rejected(unpriced, stub):
+    decision = stub.EvaluateOrder(order(symbol="NOPX", order_type=pb.ORDER_TYPE_MARKET))
     assert codes(decision) == [pb.REJECT_CODE_PRICE_UNAVAILABLE]
 
 
@@ -131,20 +134,25 @@ def test_malformed_order_is_invalid_argument_with_a_clear_message(seeded, stub, 
     assert next(iter(bad)).split("_")[0] in raised.value.details()
 
 
-def test_position_limits_use_the_position_from_lots(redis_client, stub):
+@pytest.fixture
+def holding_4990(redis_client: redis.Redis) -> redis.Redis:
+    """Seeded before the gateway starts, so its first load already has it."""
     seed_account(redis_client)
     seed_lots(redis_client, "ACC-1", [("L1", "AAPL", 4_000, 683_378),
                                       ("L2", "AAPL", 990, 688_200)])
+    return redis_client
+
+
+def test_position_limits_use_the_position_from_lots(holding_4990, stub):
     # 4,990 held; max long 5,000
-    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=11, price=100)),
-                          lambda d: not d.approved)
+    decision = stub.EvaluateOrder(order(quantity=11))
     assert codes(decision) == [pb.REJECT_CODE_MAX_NET_POSITION,
                                pb.REJECT_CODE_MAX_LONG_POSITION]
-    assert stub.EvaluateOrder(order(quantity=10, price=100)).approved
+    assert stub.EvaluateOrder(order(quantity=10)).approved
 
 
 def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_server):
-    assert stub.EvaluateOrder(order(quantity=600, price=100)).approved
+    assert stub.EvaluateOrder(order(quantity=600)).approved
     cli = find_redis_cli()
     for args in (["HSET", "tickers_by_lot:{ACC-1}", "L7", "AAPL"],
                  ["HSET", "quantities_by_lot:{ACC-1}", "L7", "4500"],
@@ -152,27 +160,27 @@ def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, r
         subprocess.run([cli, "-p", str(redis_server.port), *args], check=True,
                        capture_output=True, timeout=10)
     # 4,500 held + 600 > 5,000 max long
-    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=600, price=100)),
+    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=600)),
                           lambda d: not d.approved)
     assert pb.REJECT_CODE_MAX_LONG_POSITION in codes(decision)
 
 
 def test_limit_change_in_redis_applies_without_restart(seeded, stub):
-    assert stub.EvaluateOrder(order(quantity=500, price=100)).approved
+    assert stub.EvaluateOrder(order(quantity=500)).approved
     seeded.hset("limits:{ACC-1}", "max_order_quantity", 100)
-    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=500, price=100)),
+    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=500)),
                           lambda d: not d.approved)
     assert codes(decision) == [pb.REJECT_CODE_MAX_ORDER_QUANTITY]
 
 
 def test_per_symbol_override_wins_over_the_account_limit(seeded, stub):
     seeded.hset("limits:{ACC-1}", "max_order_quantity:AAPL", 5)
-    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=6, price=100)),
+    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=6)),
                           lambda d: not d.approved)
     assert (decision.rejections[0].code, decision.rejections[0].limit) == (
         pb.REJECT_CODE_MAX_ORDER_QUANTITY, 5)
     seeded.hdel("limits:{ACC-1}", "max_order_quantity:AAPL")
-    wait_until(lambda: stub.EvaluateOrder(order(quantity=6, price=100)), lambda d: d.approved)
+    wait_until(lambda: stub.EvaluateOrder(order(quantity=6)), lambda d: d.approved)
 
 
 def test_unparseable_lot_fails_closed_with_invalid_state(seeded, stub):

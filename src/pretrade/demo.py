@@ -43,6 +43,7 @@ LIMITS = {
         b"max_net_position": 2_000,
         b"max_long_position": 2_000,
         b"max_short_position": 500,
+        b"price_collar_bps": 500,
         # A tighter per-symbol override for one name.
         b"max_long_position:MSFT": 100,
     },
@@ -52,6 +53,7 @@ LIMITS = {
         b"max_net_position": 300,
         b"max_long_position": 300,
         b"max_short_position": 100,
+        b"price_collar_bps": 500,
     },
 }
 

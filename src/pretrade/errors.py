@@ -12,7 +12,7 @@ from typing import cast
 
 import grpc
 
-from pretrade.fixedpoint import format_notional, format_price
+from pretrade.fixedpoint import INT64_MAX, format_notional, format_price
 from pretrade.limits import LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
@@ -78,7 +78,9 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_INVALID_PRICE:
             return f"limit price {format_price(observed)} is not positive"
         case pb.REJECT_CODE_PRICE_UNAVAILABLE:
-            return "market order but the symbol has no reference price"
+            if observed == 1:
+                return "a holding of the account has no last price, so it cannot be valued"
+            return "no reference (last) price for the symbol"
         case pb.REJECT_CODE_ARITHMETIC_OVERFLOW:
             return (f"quantity {observed} x price {format_price(limit)} or the resulting "
                     "position does not fit in int64")
@@ -104,6 +106,59 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
                     "position")
         case pb.REJECT_CODE_INVALID_STATE:
             return f"the {scope}'s state in Redis could not be parsed; see the server log"
+        case pb.REJECT_CODE_TICK_SIZE:
+            return (f"price {format_price(observed)} is not a multiple of the tick size "
+                    f"{format_price(limit)}")
+        case pb.REJECT_CODE_PRICE_COLLAR:
+            return (f"limit price is {observed} bp from the last price, outside the "
+                    f"{limit} bp collar")
+        case pb.REJECT_CODE_MIN_ORDER_QUANTITY:
+            return f"order quantity {observed} is below the minimum {limit}"
+        case pb.REJECT_CODE_LOT_SIZE:
+            return f"order quantity {observed} is not a multiple of the lot size {limit}"
+        case pb.REJECT_CODE_MAX_GROSS_EXPOSURE:
+            return (f"gross exposure would be {format_notional(observed)}, over "
+                    f"{format_notional(limit)}")
+        case pb.REJECT_CODE_MAX_NET_EXPOSURE:
+            return (f"net exposure would be {format_notional(observed)}, over "
+                    f"{format_notional(limit)}")
+        case pb.REJECT_CODE_BUYING_POWER:
+            return (f"order needs {format_notional(observed)} but buying power is "
+                    f"{format_notional(limit)}")
+        case pb.REJECT_CODE_ORDER_RATE:
+            return f"{observed} orders in the window, over the limit of {limit}"
+        case pb.REJECT_CODE_NOTIONAL_RATE:
+            if observed == INT64_MAX:
+                return ("too many orders in the window to total their notional; "
+                        "refused until the window clears")
+            return (f"notional in the window would be {format_notional(observed)}, over "
+                    f"{format_notional(limit)}")
+        case pb.REJECT_CODE_MAX_WORKING_ORDERS:
+            return f"{observed} working orders, over the limit of {limit}"
+        case pb.REJECT_CODE_DUPLICATE_ORDER_ID:
+            return "order_id was already used for a different order on this account"
+        case pb.REJECT_CODE_SHORT_SALE_NOT_MARKED:
+            return (f"the sell would leave the position at {observed}: a sale below zero "
+                    "must be marked SELL_SHORT")
+        case pb.REJECT_CODE_SHORT_SALE_RESTRICTED:
+            return "the symbol is on the short-sale restricted list"
+        case pb.REJECT_CODE_NO_LOCATE:
+            return f"short sale of {observed} but only {limit} located"
+        case pb.REJECT_CODE_ISSUER_CONCENTRATION:
+            return f"issuer would be {observed} bp of gross exposure, over {limit} bp"
+        case pb.REJECT_CODE_SECTOR_CONCENTRATION:
+            return f"sector would be {observed} bp of gross exposure, over {limit} bp"
+        case pb.REJECT_CODE_VENUE_EXPOSURE:
+            return (f"working notional at the venue would be {format_notional(observed)}, "
+                    f"over {format_notional(limit)}")
+        case pb.REJECT_CODE_COUNTERPARTY_EXPOSURE:
+            return (f"working notional with the counterparty would be "
+                    f"{format_notional(observed)}, over {format_notional(limit)}")
+        case pb.REJECT_CODE_LOSS_LIMIT:
+            return (f"day P&L {format_notional(observed)} is below the loss limit "
+                    f"{format_notional(limit)}; only reducing orders may go")
+        case pb.REJECT_CODE_CAPACITY_EXHAUSTED:
+            return "the engine's order table is full; see the server log"
     return f"rejected with code {code}"
 
 

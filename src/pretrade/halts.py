@@ -9,19 +9,24 @@ notification arrives. A halt that Redis refuses to store is not applied.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pretrade._core import PositionTable
 from pretrade.errors import InvalidRequest
+from pretrade.fixedpoint import format_notional
+from pretrade.limits import DEFAULT_REJECT_WINDOW_MS, LimitKind
 from pretrade.redis_schema import HaltRecord, halt_key, is_valid_id
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.halts")
 
 HaltKey = tuple[int, bytes]
+AUTO_HALT_LOSS_LIMIT, AUTO_HALT_REJECT_STORM = 1, 2  # the core's AutoHalt values
 MAX_REASON_LENGTH = 512
 MAX_TTL_SECONDS = 366 * 24 * 3600
 
@@ -104,31 +109,100 @@ def _target(text: str, field: str) -> bytes:
     return raw
 
 
+async def store_halt(client: aioredis.Redis, record: HaltRecord, ttl_seconds: int) -> None:
+    """Write one halt to its ``halt:*`` key (replacing it), with its TTL, atomically."""
+    key = halt_key(record.scope, record.target)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping=record.to_fields())
+        if ttl_seconds:
+            pipe.expire(key, ttl_seconds)
+        await pipe.execute()
+
+
 async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltRequest,
                      default_by: str = "unknown") -> pb.HaltState:
     """Validate, write through to Redis, apply locally; return the halts in force."""
     scope, target = validate_halt_request(request)
     key = halt_key(scope, target)
-    book.bump((scope, target))
+    by = request.requested_by.strip() or default_by
     if request.mode == pb.HALT_MODE_ACTIVE:
         await client.delete(key)
+        # Bumped after the write: a sync read that started before it is stale
+        # and must not undo this (its own notification re-reads the key).
+        book.bump((scope, target))
         book.lift(scope, target)
-        log.warning("halt lifted: %s by %s (%s)", key.decode(), request.requested_by or
-                    default_by, request.reason or "no reason given")
+        log.warning("halt lifted: %s by %s (%s)", key.decode(), by,
+                    request.reason or "no reason given")
         return book.snapshot()
     now_ms = time.time_ns() // 1_000_000
     record = HaltRecord(
         scope=scope, target=target, mode=request.mode, reason=request.reason.strip(),
-        halted_by=request.requested_by.strip() or default_by, halted_at_ms=now_ms,
+        halted_by=by, halted_at_ms=now_ms,
         expires_at_ms=now_ms + request.ttl_seconds * 1000 if request.ttl_seconds else 0,
     )
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=record.to_fields())
-        if request.ttl_seconds:
-            pipe.expire(key, request.ttl_seconds)
-        await pipe.execute()
+    await store_halt(client, record, request.ttl_seconds)
+    book.bump((scope, target))
     book.apply(record)
     log.warning("halt set: %s %s by %s: %s", key.decode(),
                 pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
     return book.snapshot()
+
+
+#: How long an automatic halt lasts when the account sets no auto_halt_seconds.
+DEFAULT_AUTO_HALT_SECONDS = 300
+RISK_ENGINE = "risk engine"
+
+
+class Breakers:
+    """Circuit breakers: the engine asks, this applies the automatic halt.
+
+    The halt takes effect in this process at once (the table is shared, so in
+    every process mapping it), then is written to Redis in the background,
+    exactly like an operator's halt, with its reason and "halted by: risk
+    engine". A failed write is logged; the local halt stays until the next
+    resync replaces it with what Redis holds.
+    """
+
+    def __init__(self, table: PositionTable, book: HaltBook,
+                 client: aioredis.Redis) -> None:
+        self.table = table
+        self.book = book
+        self.client = client
+        self.tripped = 0
+        self.write_failures = 0
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def trip(self, account: bytes, kind: int, profit_and_loss: int) -> None:
+        """Apply the automatic halt the engine asked for (AutoHalt ``kind``)."""
+        info = self.table.account_info(account) or {"limits": {}}
+        seconds = info["limits"].get(LimitKind.AUTO_HALT_SECONDS) or DEFAULT_AUTO_HALT_SECONDS
+        if kind == AUTO_HALT_LOSS_LIMIT:
+            mode = pb.HALT_MODE_REDUCE_ONLY
+            limit = info["limits"].get(LimitKind.LOSS_LIMIT, 0)
+            reason = (f"loss limit: day P&L {format_notional(profit_and_loss)} is below "
+                      f"-{format_notional(limit)}")
+        else:
+            mode = pb.HALT_MODE_HALTED
+            limit = info["limits"].get(LimitKind.MAX_REJECTS_PER_WINDOW, 0)
+            window = info["limits"].get(LimitKind.REJECT_WINDOW_MS) or DEFAULT_REJECT_WINDOW_MS
+            reason = f"{limit} rejections within {window} ms"
+        now_ms = time.time_ns() // 1_000_000
+        record = HaltRecord(pb.HALT_SCOPE_ACCOUNT, account, mode, reason, RISK_ENGINE, now_ms,
+                            now_ms + seconds * 1000)
+        self.book.bump((pb.HALT_SCOPE_ACCOUNT, account))
+        self.book.apply(record)
+        self.tripped += 1
+        log.warning("automatic halt: account %s %s for %d s: %s", account.decode(),
+                    pb.HaltMode.Name(mode), seconds, reason)
+        task = asyncio.get_running_loop().create_task(self._store(record, seconds))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, record: HaltRecord, seconds: int) -> None:
+        try:
+            await store_halt(self.client, record, seconds)
+        except (RedisError, OSError) as error:
+            self.write_failures += 1
+            log.error("could not write the automatic halt of %s to Redis: %s",
+                      record.target.decode(), error)

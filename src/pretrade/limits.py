@@ -73,6 +73,9 @@ NAMED_LIMITS: frozenset[LimitKind] = frozenset((
     LimitKind.MAX_VENUE_EXPOSURE, LimitKind.MAX_COUNTERPARTY_EXPOSURE,
 ))
 
+#: Named venue / counterparty limits an account may have (TagLimit slots).
+TAG_LIMIT_SLOTS = 8
+
 #: Ring sizes of the core's sliding windows (AccountActivity in layout.pxd).
 RATE_RING_CAPACITY = 256
 REJECT_RING_CAPACITY = 256

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import cast
 
 from redis.typing import EncodableT, FieldT
 
 from pretrade.fixedpoint import fits_int64
-from pretrade.limits import LimitKind, Limits
+from pretrade.limits import (
+    NAMED_LIMITS,
+    PER_SYMBOL_LIMITS,
+    RATE_RING_CAPACITY,
+    TAG_LIMIT_SLOTS,
+    LimitKind,
+    Limits,
+)
 from pretrade.v1 import risk_pb2 as pb
 
 # Ids are short printable ASCII without braces or colons: braces delimit the
@@ -30,6 +37,11 @@ TICKERS_BY_LOT = b"tickers_by_lot:"
 QUANTITIES_BY_LOT = b"quantities_by_lot:"
 PRICES_BY_LOT = b"prices_by_lot:"
 PNL = b"pnl:"
+ORDERS_BY_LOT = b"orders_by_lot:"
+CANCELS = b"cancels:"
+BALANCES = b"balances:"
+LOCATES = b"locates:"
+RESTRICTED_SHORT = b"restricted:short"
 LIMITS = b"limits:"
 INSTRUMENT = b"instrument:"
 PRICE = b"price:"
@@ -43,6 +55,11 @@ SCAN_PATTERNS = (
     b"quantities_by_lot:*",
     b"prices_by_lot:*",
     b"pnl:*",
+    b"orders_by_lot:*",
+    b"cancels:*",
+    b"balances:*",
+    b"locates:*",
+    b"restricted:*",
     b"limits:*",
     b"instrument:*",
     b"price:*",
@@ -50,8 +67,9 @@ SCAN_PATTERNS = (
 )
 
 #: Keyspace notification classes pretrade needs: K (keyspace channel),
-#: g (DEL, EXPIRE...), $ (strings), h (hashes), x (expired), e (evicted).
-REQUIRED_NOTIFY_FLAGS = "Kg$hxe"
+#: g (DEL, EXPIRE...), $ (strings), h (hashes), s (sets), x (expired),
+#: e (evicted).
+REQUIRED_NOTIFY_FLAGS = "Kg$hsxe"
 
 
 class StateError(ValueError):
@@ -64,6 +82,9 @@ class KeyKind(Enum):
     INSTRUMENT = "instrument"
     PRICE = "price"
     HALT = "halt"
+    BALANCES = "balances"
+    LOCATES = "locates"
+    RESTRICTED = "restricted"
 
 
 def is_valid_id(value: bytes) -> bool:
@@ -80,6 +101,57 @@ def lot_keys(account_id: bytes) -> tuple[bytes, bytes, bytes]:
     """The three lot hashes of an account: tickers, quantities, prices."""
     tag = tagged(account_id)
     return (TICKERS_BY_LOT + tag, QUANTITIES_BY_LOT + tag, PRICES_BY_LOT + tag)
+
+
+def account_snapshot_keys(account_id: bytes) -> tuple[bytes, ...]:
+    """Everything read in one MULTI/EXEC for an account's positions and working orders:
+    the three lot hashes, ``orders_by_lot``, ``cancels`` and ``pnl`` (one hash slot)."""
+    tag = tagged(account_id)
+    return (*lot_keys(account_id), ORDERS_BY_LOT + tag, CANCELS + tag, PNL + tag)
+
+
+def balances_key(account_id: bytes) -> bytes:
+    return BALANCES + tagged(account_id)
+
+
+def locates_key(account_id: bytes) -> bytes:
+    return LOCATES + tagged(account_id)
+
+
+def fills_by_order(quantities: Mapping[bytes, bytes],
+                   orders_by_lot: Mapping[bytes, bytes]) -> dict[bytes, int]:
+    """Units filled per order id: the sum of |quantity| of the lots attributed to it."""
+    filled: dict[bytes, int] = {}
+    for lot, order_id in orders_by_lot.items():
+        raw = quantities.get(lot)
+        if raw is None:
+            raise StateError(f"lot {lot!r} is attributed to {order_id!r} but has no quantity")
+        filled[order_id] = filled.get(order_id, 0) + abs(parse_int64(raw, f"lot {lot!r}"))
+    return filled
+
+
+def parse_balances(fields: Mapping[bytes, bytes]) -> tuple[int, int] | None:
+    """``(cash, credit_line)`` from ``balances:{ACC}``; None when the hash is absent."""
+    if not fields:
+        return None
+    cash = parse_int64(fields.get(b"cash"), "cash")
+    credit = parse_int64(fields.get(b"credit_line", b"0"), "credit_line")
+    if credit < 0:
+        raise StateError(f"credit_line must not be negative, got {credit}")
+    return cash, credit
+
+
+def parse_locates(fields: Mapping[bytes, bytes]) -> dict[bytes, int]:
+    """``{symbol: located units}`` from ``locates:{ACC}``."""
+    locates = {}
+    for symbol, raw in fields.items():
+        if not is_valid_id(symbol):
+            raise StateError(f"locate for {symbol!r}: not a valid symbol")
+        quantity = parse_int64(raw, f"locate {symbol!r}")
+        if quantity < 0:
+            raise StateError(f"locate {symbol!r} is negative: {quantity}")
+        locates[symbol] = quantity
+    return locates
 
 
 def pnl_key(account_id: bytes) -> bytes:
@@ -128,10 +200,17 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
 
     Returns None for keys pretrade does not own (they are ignored).
     """
-    for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, PNL):
+    for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, PNL, ORDERS_BY_LOT,
+                   CANCELS):
         if key.startswith(prefix):
             account = _untag(key[len(prefix):])
             return (KeyKind.LOTS, 0, account) if account else None
+    for prefix, account_kind in ((BALANCES, KeyKind.BALANCES), (LOCATES, KeyKind.LOCATES)):
+        if key.startswith(prefix):
+            account = _untag(key[len(prefix):])
+            return (account_kind, 0, account) if account else None
+    if key == RESTRICTED_SHORT:
+        return (KeyKind.RESTRICTED, 0, b"short")
     if key.startswith(LIMITS):
         account = _untag(key[len(LIMITS):])
         return (KeyKind.LIMITS, 0, account) if account else None
@@ -205,18 +284,33 @@ def average_cost(quantity: int, cost_basis: int) -> int:
     return magnitude if (cost_basis >= 0) == (quantity > 0) else -magnitude
 
 
-def parse_limits(fields: Mapping[bytes, bytes]) -> tuple[Limits, dict[bytes, Limits]]:
-    """Account-wide limits and per-symbol overrides from a ``limits:{ACC}`` hash.
+TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,15}")
 
-    A field is a limit name (``max_order_quantity``), or a limit name, a colon
-    and a symbol (``max_long_position:AAPL``) for an override. Values are
-    non-negative int64: units for quantities and positions, 1/10,000 of the
-    currency for notionals.
+
+@dataclass
+class ParsedLimits:
+    """A ``limits:{ACC}`` hash, parsed."""
+
+    account: Limits = field(default_factory=dict)
+    per_symbol: dict[bytes, Limits] = field(default_factory=dict)
+    venues: dict[bytes, int] = field(default_factory=dict)
+    counterparties: dict[bytes, int] = field(default_factory=dict)
+
+
+def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
+    """Account limits, per-symbol overrides and named venue/counterparty limits.
+
+    A field is a limit name (``max_order_quantity``); a limit name, a colon
+    and a symbol (``max_long_position:AAPL``) for a per-symbol override of the
+    limits in PER_SYMBOL_LIMITS; or ``max_venue_exposure:<VENUE>`` /
+    ``max_counterparty_exposure:<NAME>`` for one named venue or counterparty.
+    Values are non-negative int64: units for quantities and positions,
+    1/10,000 of the currency for notionals, basis points for ``*_bps``,
+    milliseconds for ``*_ms`` and seconds for ``auto_halt_seconds``.
     """
-    account: Limits = {}
-    per_symbol: dict[bytes, Limits] = {}
+    parsed = ParsedLimits()
     for raw_field, raw_value in fields.items():
-        name, _, symbol = raw_field.partition(b":")
+        name, colon, suffix = raw_field.partition(b":")
         try:
             kind = LimitKind.from_field(name.decode("ascii"))
         except (KeyError, UnicodeDecodeError):
@@ -224,13 +318,30 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> tuple[Limits, dict[bytes, Lim
         value = parse_int64(raw_value, f"limit {raw_field!r}")
         if value < 0:
             raise StateError(f"limit {raw_field!r} is negative: {value}")
-        if symbol:
-            if not is_valid_id(symbol):
-                raise StateError(f"limit {raw_field!r}: {symbol!r} is not a valid symbol")
-            per_symbol.setdefault(symbol, {})[kind] = value
+        if colon and not suffix:
+            raise StateError(f"limit {raw_field!r}: empty name after the colon")
+        if kind in (LimitKind.MAX_ORDERS_PER_WINDOW, LimitKind.MAX_REJECTS_PER_WINDOW) \
+                and value > RATE_RING_CAPACITY:
+            raise StateError(f"limit {raw_field!r} = {value}: the engine remembers at most "
+                             f"{RATE_RING_CAPACITY} orders per account for its windows")
+        if not suffix:
+            parsed.account[kind] = value
+        elif kind in NAMED_LIMITS:
+            if TAG_PATTERN.fullmatch(suffix) is None:
+                raise StateError(f"limit {raw_field!r}: {suffix!r} is not a valid name")
+            target = parsed.venues if kind == LimitKind.MAX_VENUE_EXPOSURE \
+                else parsed.counterparties
+            target[suffix] = value
+        elif kind in PER_SYMBOL_LIMITS:
+            if not is_valid_id(suffix):
+                raise StateError(f"limit {raw_field!r}: {suffix!r} is not a valid symbol")
+            parsed.per_symbol.setdefault(suffix, {})[kind] = value
         else:
-            account[kind] = value
-    return account, per_symbol
+            raise StateError(f"limit {raw_field!r}: {name.decode()} cannot be set per symbol")
+    for what, named in (("venue", parsed.venues), ("counterparty", parsed.counterparties)):
+        if len(named) > TAG_LIMIT_SLOTS:
+            raise StateError(f"at most {TAG_LIMIT_SLOTS} named {what} limits per account")
+    return parsed
 
 
 @dataclass(frozen=True)

@@ -785,7 +785,7 @@ class ReferenceBook:
             side=side, order_type=order_type, now_ns=now_ns, venue=venue,
             counterparty=counterparty,
         )
-        if account is not None:
+        if account is not None and (venue or counterparty):
             for order_id in account.working:
                 order = self.orders[(account_id, order_id)]
                 notional = order.remaining * order.valuation_price

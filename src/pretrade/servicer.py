@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
+from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
 
 from pretrade._core import Engine
 from pretrade.errors import InvalidRequest, grpc_status, rejection_message
-from pretrade.halts import HaltBook, write_halt
+from pretrade.halts import Breakers, HaltBook, write_halt
 from pretrade.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.redis_schema import is_valid_id
 from pretrade.v1 import risk_pb2 as pb
@@ -24,8 +26,10 @@ from pretrade.v1 import risk_pb2_grpc
 
 log = logging.getLogger("pretrade.servicer")
 
-MAX_ORDER_ID_LENGTH = 128
-MAX_VENUE_LENGTH = 64
+MAX_ORDER_ID_LENGTH = 63
+MAX_TAG_LENGTH = 15
+# Printable ASCII without spaces: what FIX ClOrdIDs and MICs use in practice.
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
 ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
 
@@ -39,12 +43,31 @@ def _id(text: str, field: str) -> bytes:
     return raw
 
 
-def validate_order(order: pb.Order) -> tuple[bytes, bytes]:
-    """Check the request's shape; return the account id and symbol as bytes."""
-    if not order.order_id:
-        raise InvalidRequest("order_id is required")
-    if len(order.order_id) > MAX_ORDER_ID_LENGTH:
-        raise InvalidRequest(f"order_id is longer than {MAX_ORDER_ID_LENGTH} characters")
+def _text(text: str, field: str, longest: int, required: bool) -> bytes:
+    if not text:
+        if required:
+            raise InvalidRequest(f"{field} is required")
+        return b""
+    if len(text) > longest or not _PRINTABLE.fullmatch(text):
+        raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
+                             f"without spaces, got {text[:80]!r}")
+    return text.encode("ascii")
+
+
+@dataclass(frozen=True)
+class ValidOrder:
+    """The byte-string fields of an Order that passed validate_order."""
+
+    order_id: bytes
+    account: bytes
+    symbol: bytes
+    venue: bytes
+    counterparty: bytes
+
+
+def validate_order(order: pb.Order) -> ValidOrder:
+    """Check the request's shape; return its ids as bytes, or raise InvalidRequest."""
+    order_id = _text(order.order_id, "order_id", MAX_ORDER_ID_LENGTH, required=True)
     account = _id(order.account_id, "account_id")
     symbol = _id(order.symbol, "symbol")
     if order.side not in SIDES:
@@ -53,9 +76,9 @@ def validate_order(order: pb.Order) -> tuple[bytes, bytes]:
     if order.order_type not in ORDER_TYPES:
         raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
                              f"got {order.order_type}")
-    if len(order.venue) > MAX_VENUE_LENGTH:
-        raise InvalidRequest(f"venue is longer than {MAX_VENUE_LENGTH} characters")
-    return account, symbol
+    venue = _text(order.venue, "venue", MAX_TAG_LENGTH, required=False)
+    counterparty = _text(order.counterparty, "counterparty", MAX_TAG_LENGTH, required=False)
+    return ValidOrder(order_id, account, symbol, venue, counterparty)
 
 
 class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
@@ -66,20 +89,26 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.engine = engine
         self.halts = halts
         self.redis = redis_client
+        self.breakers = Breakers(engine.table, halts, redis_client)
         self.portfolio = portfolio
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved)."""
-        account, symbol = validate_order(order)
+        valid = validate_order(order)
+        # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
+        # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
-        approved, notional, rejections = self.engine.evaluate(
-            account, symbol, order.side, order.order_type, order.quantity, order.price)
+        approved, notional, rejections, replayed, auto_halt, pnl = self.engine.evaluate(
+            valid.order_id, valid.account, valid.symbol, order.side, order.order_type,
+            order.quantity, order.price, valid.venue, valid.counterparty, started)
         latency = time.perf_counter_ns() - started
+        if auto_halt:
+            self.breakers.trip(valid.account, auto_halt, pnl)
         return pb.Decision(
             order_id=order.order_id, approved=approved,
             rejections=[rejection_message(*r) for r in rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
-            notional=notional,
+            notional=notional, replayed=replayed,
         )
 
     async def EvaluateOrder(self, request: pb.Order,  # noqa: N802 (gRPC method name)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,23 +31,29 @@ from pretrade._core import PositionTable
 from pretrade.halts import HaltBook, HaltKey
 from pretrade.redis_schema import (
     REQUIRED_NOTIFY_FLAGS,
+    RESTRICTED_SHORT,
     SCAN_PATTERNS,
     HaltRecord,
     InstrumentRef,
     KeyKind,
+    ParsedLimits,
     StateError,
+    account_snapshot_keys,
     aggregate_lots,
+    balances_key,
     classify,
+    fills_by_order,
     halt_key,
     instrument_key,
     limits_key,
-    lot_keys,
+    locates_key,
+    parse_balances,
     parse_halt,
     parse_instrument,
     parse_last_price,
     parse_limits,
+    parse_locates,
     parse_realized_pnl,
-    pnl_key,
     price_key,
 )
 from pretrade.v1 import risk_pb2 as pb
@@ -80,7 +87,18 @@ class AccountSync:
     has_limits: bool = False
     lots_invalid: bool = False
     limits_invalid: bool = False
+    balances_invalid: bool = False
+    locates_invalid: bool = False
     override_symbols: set[bytes] = field(default_factory=set)
+
+    @property
+    def known(self) -> bool:
+        return self.has_lots or self.has_limits
+
+    @property
+    def invalid(self) -> bool:
+        return (self.lots_invalid or self.limits_invalid or self.balances_invalid
+                or self.locates_invalid)
 
 
 @dataclass
@@ -92,6 +110,9 @@ class Dirty:
     instruments: set[bytes] = field(default_factory=set)
     prices: set[bytes] = field(default_factory=set)
     halts: set[HaltKey] = field(default_factory=set)
+    balances: set[bytes] = field(default_factory=set)
+    locates: set[bytes] = field(default_factory=set)
+    restricted: bool = False
 
     def add_key(self, key: bytes) -> bool:
         found = classify(key)
@@ -106,13 +127,19 @@ class Dirty:
             self.instruments.add(target)
         elif kind is KeyKind.PRICE:
             self.prices.add(target)
+        elif kind is KeyKind.BALANCES:
+            self.balances.add(target)
+        elif kind is KeyKind.LOCATES:
+            self.locates.add(target)
+        elif kind is KeyKind.RESTRICTED:
+            self.restricted = True
         else:
             self.halts.add((scope, target))
         return True
 
     def __len__(self) -> int:
         return (len(self.lots) + len(self.limits) + len(self.instruments) + len(self.prices)
-                + len(self.halts))
+                + len(self.halts) + len(self.balances) + len(self.locates) + self.restricted)
 
 
 @dataclass
@@ -150,6 +177,9 @@ class RedisSync:
         self.reconnect_delay = reconnect_delay
         self.accounts: dict[bytes, AccountSync] = {}
         self.instruments: dict[bytes, InstrumentRef] = {}
+        self.restricted: set[bytes] = set()
+        self.issuer_ids: dict[str, int] = {}
+        self.sector_ids: dict[str, int] = {}
         self.priced: set[bytes] = set()
         self.stats = SyncStats()
         self.listeners: list[SyncListener] = []
@@ -202,14 +232,22 @@ class RedisSync:
                 log.info("sync live")
                 await self._follow(pubsub)
             except LINK_ERRORS as error:
-                self.table.set_sync_live(False)
-                self.stats.last_error = f"{type(error).__name__}: {error}"
-                log.error("Redis link lost (%s); orders get STALE_DATA until resynced",
-                          self.stats.last_error)
+                self._lost(error, "Redis link lost")
+                await asyncio.sleep(self.reconnect_delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any other failure must not leave a live, stale table
+                log.exception("sync failed; resyncing from scratch")
+                self._lost(error, "sync failed")
                 await asyncio.sleep(self.reconnect_delay)
             finally:
                 await _close_quietly(pubsub)
         self.table.set_sync_live(False)
+
+    def _lost(self, error: BaseException, what: str) -> None:
+        self.table.set_sync_live(False)
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        log.error("%s (%s); orders get STALE_DATA until resynced", what, self.stats.last_error)
 
     def stop(self) -> None:
         self._stopping = True
@@ -248,6 +286,9 @@ class RedisSync:
         # What the table knew but Redis no longer has must be cleared too.
         dirty.lots |= set(self.accounts)
         dirty.limits |= set(self.accounts)
+        dirty.balances |= set(self.accounts)
+        dirty.locates |= set(self.accounts)
+        dirty.restricted = True
         dirty.instruments |= set(self.instruments)
         dirty.prices |= self.priced
         dirty.halts |= {(pb.HALT_SCOPE_GLOBAL, b"")} | set(self.halts._halts)
@@ -260,100 +301,193 @@ class RedisSync:
                  len(self.halts.snapshot().halts), self.stats.last_full_load_seconds)
 
     async def refresh(self, dirty: Dirty) -> None:
-        """Re-read the named entities from Redis and apply them, in batches."""
-        self.stats.refreshes += 1
-        for batch in _batches(dirty.lots, self.batch_size):
-            await self._refresh_lots(batch)
-        for batch in _batches(dirty.limits, self.batch_size):
-            await self._refresh_limits(batch)
-        for batch in _batches(dirty.instruments, self.batch_size):
-            await self._refresh_instruments(batch)
-        for batch in _batches(dirty.prices, self.batch_size):
-            await self._refresh_prices(batch)
-        for halt_batch in _batches(dirty.halts, self.batch_size):
-            await self._refresh_halts(halt_batch)
+        """Re-read the named entities from Redis and apply them, in batches.
 
-    async def _refresh_lots(self, accounts: list[bytes]) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            for account in accounts:
-                for key in lot_keys(account):
-                    pipe.hgetall(key)
-                pipe.hgetall(pnl_key(account))
-            replies = await pipe.execute()
+        Each batch is read in one MULTI/EXEC (a consistent snapshot of every
+        key in it) and then applied without yielding to the event loop, so no
+        order decided in this process sees half of a batch.
+        """
+        self.stats.refreshes += 1
+        for batch in _split(dirty, self.batch_size):
+            halt_keys = sorted(batch.halts)
+            generations = [self.halts.generation(key) for key in halt_keys]
+            # (queue, apply, items, replies per item); applied in this order:
+            # reference data and prices before the accounts that hold them.
+            groups: list[tuple[Any, Any, list[bytes], int]] = [
+                (self._queue_instruments, self._apply_instruments, sorted(batch.instruments), 1),
+                (self._queue_prices, self._apply_prices, sorted(batch.prices), 1),
+                (self._queue_limits, self._apply_limits, sorted(batch.limits), 1),
+                (self._queue_balances, self._apply_balances, sorted(batch.balances), 1),
+                (self._queue_locates, self._apply_locates, sorted(batch.locates), 1),
+                (self._queue_lots, self._apply_lots, sorted(batch.lots), 6),
+            ]
+            async with self.client.pipeline(transaction=True) as pipe:
+                if batch.restricted:
+                    pipe.smembers(RESTRICTED_SHORT)
+                for queue, _, items, _ in groups:
+                    queue(pipe, items)
+                self._queue_halts(pipe, halt_keys)
+                replies = await pipe.execute(raise_on_error=False)
+            at = 0
+            if batch.restricted:
+                self._apply_restricted(replies[0])
+                at = 1
+            for _, apply, items, width in groups:
+                apply(items, replies[at:at + len(items) * width])
+                at += len(items) * width
+            self._apply_halts(halt_keys, replies[at:], generations)
+
+    def _queue_lots(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+        for account in accounts:
+            for key in account_snapshot_keys(account):
+                pipe.hgetall(key)
+
+    def _apply_lots(self, accounts: list[bytes], replies: list[Any]) -> None:
+        # One MULTI/EXEC: lots, fill attribution, cancels and P&L of each
+        # account are one snapshot, applied in one locked step of the table.
+        width = 6
         for n, account in enumerate(accounts):
-            tickers, quantities, prices, pnl = replies[4 * n: 4 * n + 4]
             state = self.accounts.setdefault(account, AccountSync())
-            state.has_lots = bool(tickers or quantities or prices)
             try:
+                tickers, quantities, prices, orders_by_lot, cancels, pnl = (
+                    _hash(reply) for reply in replies[width * n: width * n + width])
+                state.has_lots = bool(tickers or quantities or prices)
                 positions = aggregate_lots(tickers, quantities, prices)
+                filled = fills_by_order(quantities, orders_by_lot)
                 realized = parse_realized_pnl(pnl)
                 state.lots_invalid = False
             except StateError as error:
-                positions, realized = {}, 0
+                positions, filled, cancels, realized = {}, {}, {}, 0
+                state.has_lots = True
                 state.lots_invalid = True
                 self._invalid("lots of account", account, error)
-            self.table.replace_positions(account, positions)
+            self.table.replace_positions(account, positions, filled=filled,
+                                         cancelled=set(cancels), realized_pnl=realized)
             self._publish_account(account, state)
             for listener in self.listeners:
                 listener.account_changed(account, positions, realized)
 
-    async def _refresh_limits(self, accounts: list[bytes]) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            for account in accounts:
-                pipe.hgetall(limits_key(account))
-            replies = await pipe.execute()
-        for account, fields in zip(accounts, replies, strict=True):
+    def _queue_limits(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+        for account in accounts:
+            pipe.hgetall(limits_key(account))
+
+    def _apply_limits(self, accounts: list[bytes], replies: list[Any]) -> None:
+        for account, reply in zip(accounts, replies, strict=True):
             state = self.accounts.setdefault(account, AccountSync())
-            state.has_limits = bool(fields)
             try:
-                account_limits, per_symbol = parse_limits(fields)
+                fields = _hash(reply)
+                parsed = parse_limits(fields)
+                state.has_limits = bool(fields)
                 state.limits_invalid = False
             except StateError as error:
-                account_limits, per_symbol = {}, {}
+                fields, parsed = {b"invalid": b""}, ParsedLimits()
+                state.has_limits = True
                 state.limits_invalid = True
                 self._invalid("limits of account", account, error)
-            self.table.set_account_limits(account, account_limits if fields else None)
-            for symbol in state.override_symbols - set(per_symbol):
+            self.table.set_account_limits(account, parsed.account if fields else None)
+            self.table.set_tag_limits(account, parsed.venues, parsed.counterparties)
+            for symbol in state.override_symbols - set(parsed.per_symbol):
                 self.table.set_symbol_limits(account, symbol, None)
-            for symbol, limits in per_symbol.items():
+            for symbol, limits in parsed.per_symbol.items():
                 self.table.set_symbol_limits(account, symbol, limits)
-            state.override_symbols = set(per_symbol)
+            state.override_symbols = set(parsed.per_symbol)
+            self._publish_account(account, state)
+
+    def _queue_balances(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+        for account in accounts:
+            pipe.hgetall(balances_key(account))
+
+    def _apply_balances(self, accounts: list[bytes], replies: list[Any]) -> None:
+        for account, reply in zip(accounts, replies, strict=True):
+            state = self.accounts.setdefault(account, AccountSync())
+            try:
+                balances = parse_balances(_hash(reply))
+                state.balances_invalid = False
+            except StateError as error:
+                balances = None
+                state.balances_invalid = True
+                self._invalid("balances of account", account, error)
+            cash, credit = balances if balances is not None else (None, 0)
+            self.table.set_balances(account, cash, credit)
+            self._publish_account(account, state)
+
+    def _queue_locates(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+        for account in accounts:
+            pipe.hgetall(locates_key(account))
+
+    def _apply_locates(self, accounts: list[bytes], replies: list[Any]) -> None:
+        for account, reply in zip(accounts, replies, strict=True):
+            state = self.accounts.setdefault(account, AccountSync())
+            try:
+                locates = parse_locates(_hash(reply))
+                state.locates_invalid = False
+            except StateError as error:
+                locates = {}
+                state.locates_invalid = True
+                self._invalid("locates of account", account, error)
+            self.table.set_locates(account, locates)
             self._publish_account(account, state)
 
     def _publish_account(self, account: bytes, state: AccountSync) -> None:
-        self.table.set_account_state(
-            account, known=state.has_lots or state.has_limits,
-            invalid=state.lots_invalid or state.limits_invalid)
+        self.table.set_account_state(account, known=state.known, invalid=state.invalid)
 
-    async def _refresh_instruments(self, symbols: list[bytes]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for symbol in symbols:
-                pipe.hgetall(instrument_key(symbol))
-            replies = await pipe.execute()
-        for symbol, fields in zip(symbols, replies, strict=True):
-            if not fields:
-                self.instruments.pop(symbol, None)
-                self.table.set_instrument(symbol, known=False)
-                continue
+    def _apply_restricted(self, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            # Cannot tell which symbols are restricted: restrict every short sale.
+            self._invalid("restricted list", RESTRICTED_SHORT, reply)
+            restricted = set(self.instruments) | {b"*"}
+        else:
+            restricted = set(reply)
+        changed = restricted ^ self.restricted
+        self.restricted = restricted
+        for symbol in (set(self.instruments) if b"*" in changed else changed):
+            if symbol in self.instruments:
+                self._publish_instrument(symbol)
+
+    def _intern(self, names: dict[str, int], name: str) -> int:
+        if not name:
+            return 0
+        return names.setdefault(name, len(names) + 1)
+
+    def _publish_instrument(self, symbol: bytes, invalid: bool = False) -> None:
+        reference = self.instruments[symbol]
+        self.table.set_instrument(
+            symbol, known=True, invalid=invalid, tick_size=reference.tick_size,
+            lot_size=reference.lot_size,
+            issuer_id=self._intern(self.issuer_ids, reference.issuer),
+            sector_id=self._intern(self.sector_ids, reference.sector),
+            short_restricted=symbol in self.restricted or b"*" in self.restricted)
+
+    def _queue_instruments(self, pipe: Pipeline, symbols: list[bytes]) -> None:
+        for symbol in symbols:
+            pipe.hgetall(instrument_key(symbol))
+
+    def _apply_instruments(self, symbols: list[bytes], replies: list[Any]) -> None:
+        for symbol, reply in zip(symbols, replies, strict=True):
             try:
-                reference = parse_instrument(fields)
-                self.instruments[symbol] = reference
-                self.table.set_instrument(symbol, known=True, tick_size=reference.tick_size,
-                                          lot_size=reference.lot_size)
+                fields = _hash(reply)
+                if not fields:
+                    self.instruments.pop(symbol, None)
+                    self.table.set_instrument(symbol, known=False)
+                    continue
+                self.instruments[symbol] = parse_instrument(fields)
+                self._publish_instrument(symbol)
             except StateError as error:
                 self.instruments[symbol] = InstrumentRef()
-                self.table.set_instrument(symbol, known=True, invalid=True)
+                self._publish_instrument(symbol, invalid=True)
                 self._invalid("instrument", symbol, error)
 
-    async def _refresh_prices(self, symbols: list[bytes]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for symbol in symbols:
-                pipe.get(price_key(symbol))
-            replies = await pipe.execute()
+    def _queue_prices(self, pipe: Pipeline, symbols: list[bytes]) -> None:
+        for symbol in symbols:
+            pipe.get(price_key(symbol))
+
+    def _apply_prices(self, symbols: list[bytes], replies: list[Any]) -> None:
         for symbol, raw in zip(symbols, replies, strict=True):
             price = None
             if raw is not None:
                 try:
+                    if isinstance(raw, Exception):
+                        raise StateError(f"unreadable: {raw}")
                     price = parse_last_price(raw)
                 except StateError as error:
                     self._invalid("last price of", symbol, error)
@@ -369,23 +503,25 @@ class RedisSync:
         for listener in self.listeners:
             listener.price_changed(symbol, price)
 
-    async def _refresh_halts(self, keys: list[HaltKey]) -> None:
-        generations = [self.halts.generation(key) for key in keys]
-        async with self.client.pipeline(transaction=True) as pipe:
-            for scope, target in keys:
-                pipe.hgetall(halt_key(scope, target))
-                pipe.pttl(halt_key(scope, target))
-            replies = await pipe.execute()
+    def _queue_halts(self, pipe: Pipeline, keys: list[HaltKey]) -> None:
+        for scope, target in keys:
+            pipe.hgetall(halt_key(scope, target))
+            pipe.pttl(halt_key(scope, target))
+
+    def _apply_halts(self, keys: list[HaltKey], replies: list[Any],
+                     generations: list[int]) -> None:
         now_ms = time.time_ns() // 1_000_000
         for n, (scope, target) in enumerate(keys):
             if self.halts.generation((scope, target)) != generations[n]:
                 continue  # a local Halt RPC overtook this read; its event follows
             fields, ttl_ms = replies[2 * n], replies[2 * n + 1]
+            if isinstance(ttl_ms, Exception):
+                ttl_ms = 0
             if not fields:
                 self.halts.lift(scope, target)
                 continue
             try:
-                record = parse_halt(scope, target, fields)
+                record = parse_halt(scope, target, _hash(fields))
             except StateError as error:
                 # Someone meant to halt: an unreadable halt is a full halt.
                 self._invalid("halt", halt_key(scope, target), error)
@@ -402,15 +538,27 @@ class RedisSync:
                   name.decode(errors="replace"), error)
 
 
-def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+def _split(dirty: Dirty, size: int) -> Iterator[Dirty]:
+    """Cut a Dirty set into batches of at most ``size`` entities."""
+    batch = Dirty(restricted=dirty.restricted)
+    for attribute in ("lots", "limits", "balances", "locates", "instruments", "prices",
+                      "halts"):
+        for item in getattr(dirty, attribute):
+            getattr(batch, attribute).add(item)
+            if len(batch) >= size:
+                yield batch
+                batch = Dirty()
+    if len(batch):
         yield batch
+
+
+def _hash(reply: object) -> dict[bytes, bytes]:
+    """A HGETALL reply, or StateError when Redis answered with an error (WRONGTYPE...)."""
+    if isinstance(reply, Exception):
+        raise StateError(f"unreadable: {reply}")
+    if not isinstance(reply, dict):
+        raise StateError(f"unexpected reply {type(reply).__name__}")
+    return reply
 
 
 def _text(value: bytes | str | None) -> str:

@@ -243,13 +243,18 @@ cdef struct AccountRecord:
     int32_t first_position          # head of this account's PositionSlot list
     int32_t first_working_order     # head of this account's working OrderRecord list
     int32_t working_order_count
-    int32_t reserved
+    uint32_t tag_overflow           # bit 0: venues, bit 1: counterparties had no free total
     int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
     int64_t credit_line
     int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
     LimitSet limits                 # the account-wide defaults
     TagLimit venue_limits[TAG_LIMIT_SLOTS]
     TagLimit counterparty_limits[TAG_LIMIT_SLOTS]
+    # Working notional per venue / counterparty, so their exposure checks
+    # cost O(1); only when more than TAG_LIMIT_SLOTS names work at once does
+    # the check fall back to walking the working orders.
+    TagLimit venue_working[TAG_LIMIT_SLOTS]
+    TagLimit counterparty_working[TAG_LIMIT_SLOTS]
 
 cdef struct InstrumentRecord:
     char symbol[ID_CAPACITY]

@@ -7,6 +7,7 @@
 # and published to the id indexes with release stores, so lookups need no lock.
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
+from libc.string cimport strncmp, strncpy
 
 from pretrade._core.layout cimport AccountActivity
 from pretrade._core.layout cimport AccountRecord
@@ -15,6 +16,9 @@ from pretrade._core.layout cimport LimitSet
 from pretrade._core.layout cimport OrderRecord
 from pretrade._core.layout cimport OverrideRecord
 from pretrade._core.layout cimport PositionSlot
+from pretrade._core.layout cimport TAG_CAPACITY
+from pretrade._core.layout cimport TAG_LIMIT_SLOTS
+from pretrade._core.layout cimport TagLimit
 from pretrade._core.layout cimport TableHeader
 from pretrade._core.layout cimport pthread_mutex_t
 
@@ -32,6 +36,28 @@ cdef inline uint32_t hash_pair(int32_t account_index, int32_t instrument_index) 
     cdef uint32_t h = (<uint32_t>account_index) * 2654435761u
     h ^= (<uint32_t>instrument_index) + 0x9e3779b9u + (h << 6) + (h >> 2)
     return h
+
+
+cdef inline void add_tag_total(TagLimit* totals, uint32_t* overflow, uint32_t bit,
+                               const char* name, int64_t amount) noexcept nogil:
+    # Adds to the running total for ``name`` (NUL-terminated, < TAG_CAPACITY),
+    # taking a free slot for a new name; no slot left sets the overflow bit.
+    cdef int n
+    cdef int free_slot = -1
+    if name[0] == 0:
+        return
+    for n in range(TAG_LIMIT_SLOTS):
+        if totals[n].name[0] == 0:
+            if free_slot < 0:
+                free_slot = n
+        elif strncmp(totals[n].name, name, TAG_CAPACITY) == 0:
+            totals[n].limit += amount
+            return
+    if free_slot < 0:
+        overflow[0] |= bit
+        return
+    strncpy(totals[free_slot].name, name, TAG_CAPACITY)
+    totals[free_slot].limit = amount
 
 
 cdef class PositionTable:

@@ -709,6 +709,18 @@ cdef class PositionTable:
             o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
+        # rebuild the per-venue / per-counterparty running totals
+        memset(account.venue_working, 0, sizeof(account.venue_working))
+        memset(account.counterparty_working, 0, sizeof(account.counterparty_working))
+        account.tag_overflow = 0
+        o = kept_head
+        while o != NO_INDEX:
+            order = &self.orders[o]
+            add_tag_total(account.venue_working, &account.tag_overflow, 1, order.venue,
+                          order.remaining * order.valuation_price)
+            add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
+                          order.counterparty, order.remaining * order.valuation_price)
+            o = order.next_working
 
     def set_balances(self, account_id, cash, credit_line):
         """Cash and credit line (1/10,000 units) for buying power; None: no check."""
@@ -914,6 +926,23 @@ cdef class PositionTable:
             return (0, 0)
         self.lock_account(a)
         result = (self.positions[p].working_buy, self.positions[p].working_sell)
+        self.unlock_account(a)
+        return result
+
+    def position_and_working(self, account_id, symbol):
+        """``(quantity, working buy, working sell)`` of one position, read under its lock."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef bytes s_key = _check_id(symbol, "symbol")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        cdef int32_t i = self.find_instrument(s_key, len(s_key))
+        if a == NO_INDEX or i == NO_INDEX:
+            return (0, 0, 0)
+        cdef int32_t p = self.find_position(a, i)
+        if p == NO_INDEX:
+            return (0, 0, 0)
+        self.lock_account(a)
+        result = (self.positions[p].quantity, self.positions[p].working_buy,
+                  self.positions[p].working_sell)
         self.unlock_account(a)
         return result
 

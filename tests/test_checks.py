@@ -1,0 +1,317 @@
+"""Every check of the catalogue: accept, reject and the exact boundary.
+
+Each test is written once and runs against both implementations, the
+compiled Engine and the pure-Python twin (the ``book`` fixture), so a case
+that passes proves both agree with the specification written here.
+
+Unless a test says otherwise: AAPL trades at $1.0000 (10,000 units) with tick
+and lot size 1; account ACC has generous limits and a 10% collar; the clock
+is at 1 s.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from pretrade._core import Engine
+from pretrade.limits import LimitKind as K
+from pretrade.reference import ReferenceBook
+from pretrade.table import new_private_table
+from pretrade.v1 import risk_pb2 as pb
+
+ACC, AAPL, MSFT = b"ACC", b"AAPL", b"MSFT"
+LAST = 10_000
+BASE_LIMITS = {
+    K.MAX_ORDER_QUANTITY: 1_000, K.MAX_ORDER_NOTIONAL: 10_000_000, K.MAX_NET_POSITION: 100_000,
+    K.MAX_LONG_POSITION: 100_000, K.MAX_SHORT_POSITION: 100_000, K.PRICE_COLLAR_BPS: 1_000,
+}
+SECOND = 1_000_000_000
+
+
+class Book:
+    """One face for both implementations: state writes and ``order``."""
+
+    def __init__(self, kind: str) -> None:
+        if kind == "core":
+            self.state: Any = new_private_table(max_accounts=8, max_instruments=8,
+                                                max_positions=64, max_overrides=64,
+                                                lock_stripes=4, max_orders=1_000)
+            self.engine: Any = Engine(self.state)
+        else:
+            self.state = self.engine = ReferenceBook(max_orders=1_000)
+        self.ids = itertools.count(1)
+        self.now = SECOND
+        self.limits = dict(BASE_LIMITS)
+        self.state.set_sync_live(True)
+        for symbol in (AAPL, MSFT):
+            self.state.set_instrument(symbol, known=True)
+            self.state.set_last_price(symbol, LAST)
+        self.state.set_account_state(ACC, known=True)
+        self.state.set_account_limits(ACC, self.limits)
+
+    def limit(self, **limits: int) -> None:
+        for name, value in limits.items():
+            self.limits[K[name.upper()]] = value
+        self.state.set_account_limits(ACC, self.limits)
+
+    def order(self, quantity: int = 10, price: int = LAST, side: int = pb.SIDE_BUY,
+              symbol: bytes = AAPL, order_type: int = pb.ORDER_TYPE_LIMIT, venue: bytes = b"",
+              counterparty: bytes = b"", order_id: bytes | None = None) -> tuple:
+        oid = order_id or f"id-{next(self.ids)}".encode()
+        return self.engine.evaluate(oid, ACC, symbol, side, order_type, quantity, price, venue,
+                                    counterparty, self.now)
+
+    def codes(self, **order: Any) -> list[int]:
+        return [code for code, _, _ in self.order(**order)[2]]
+
+
+@pytest.fixture(params=["core", "twin"])
+def book(request: pytest.FixtureRequest) -> Book:
+    return Book(request.param)
+
+
+def approved(decision: tuple) -> bool:
+    return decision[0]
+
+
+# -- price sanity, collar, size --
+
+def test_price_on_the_tick_passes_and_off_the_tick_is_rejected(book):
+    book.state.set_instrument(AAPL, known=True, tick_size=100)
+    assert book.codes(price=10_100) == []
+    assert book.codes(price=10_050) == [pb.REJECT_CODE_TICK_SIZE]
+    assert book.codes(price=10_099) == [pb.REJECT_CODE_TICK_SIZE]
+
+
+def test_market_order_is_valued_at_the_last_price(book):
+    decision = book.order(order_type=pb.ORDER_TYPE_MARKET, price=0, quantity=7)
+    assert approved(decision) and decision[1] == 7 * LAST
+
+
+def test_collar_allows_exactly_n_basis_points_and_rejects_beyond(book):
+    # 1,000 bp = 10% of $1.0000
+    assert book.codes(price=11_000) == []
+    assert book.codes(price=9_000) == []
+    assert book.codes(price=11_001) == [pb.REJECT_CODE_PRICE_COLLAR]
+    assert book.order(price=8_999)[2] == ((pb.REJECT_CODE_PRICE_COLLAR, 1_001, 1_000),)
+
+
+def test_collar_without_a_last_price_fails_closed(book):
+    book.state.set_last_price(AAPL, None)
+    assert book.codes() == [pb.REJECT_CODE_PRICE_UNAVAILABLE]
+
+
+def test_minimum_quantity_boundary(book):
+    book.limit(min_order_quantity=5)
+    assert book.codes(quantity=5) == []
+    assert book.codes(quantity=4) == [pb.REJECT_CODE_MIN_ORDER_QUANTITY]
+
+
+def test_lot_size_multiples(book):
+    book.state.set_instrument(AAPL, known=True, lot_size=10)
+    assert book.codes(quantity=20) == []
+    assert book.codes(quantity=25) == [pb.REJECT_CODE_LOT_SIZE]
+
+
+def test_max_order_quantity_and_notional_boundaries(book):
+    assert book.codes(quantity=1_000) == []
+    assert book.codes(quantity=1_001, price=9_000) == [pb.REJECT_CODE_MAX_ORDER_QUANTITY]
+    # 1,000 x $1.0000 = $1,000 = the notional limit exactly
+    book.limit(max_order_quantity=10_000)
+    assert book.codes(quantity=1_000, price=LAST) == []
+    assert book.codes(quantity=1_000, price=LAST + 1) == [pb.REJECT_CODE_MAX_ORDER_NOTIONAL]
+
+
+# -- positions with working orders --
+
+def test_working_orders_count_against_the_long_limit(book):
+    book.limit(max_long_position=5_000)
+    book.state.replace_positions(ACC, {AAPL: (4_000, 4_000 * LAST)})
+    assert approved(book.order(quantity=900))       # 4,000 held + 900 working
+    assert book.codes(quantity=101) == [pb.REJECT_CODE_MAX_LONG_POSITION]
+    assert book.codes(quantity=100) == []           # exactly 5,000
+
+
+def test_a_hundred_orders_before_any_fill_cannot_together_pass_the_limit(book):
+    book.limit(max_long_position=1_000)
+    results = [approved(book.order(quantity=15)) for _ in range(100)]
+    assert sum(results) * 15 <= 1_000
+    assert sum(results) == 1_000 // 15
+
+
+def test_short_limit_counts_working_sells(book):
+    book.limit(max_short_position=50)
+    book.state.set_locates(ACC, {AAPL: 1_000})
+    assert approved(book.order(side=pb.SIDE_SELL_SHORT, quantity=30))
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=21) == [
+        pb.REJECT_CODE_MAX_SHORT_POSITION]
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=20) == []
+
+
+def test_a_fill_moves_quantity_from_working_to_position_in_one_step(book):
+    assert approved(book.order(quantity=100, order_id=b"F1"))
+    assert book.state.working(ACC, AAPL) == (100, 0)
+    book.state.replace_positions(ACC, {AAPL: (60, 60 * LAST)}, filled={b"F1": 60},
+                                 cancelled=set())
+    assert book.state.position(ACC, AAPL) == (60, 60 * LAST)
+    assert book.state.working(ACC, AAPL) == (40, 0)
+    book.state.replace_positions(ACC, {AAPL: (60, 60 * LAST)}, filled={b"F1": 60},
+                                 cancelled={b"F1"})
+    assert book.state.working(ACC, AAPL) == (0, 0)
+
+
+# -- short sales --
+
+def test_selling_below_zero_must_be_marked_short(book):
+    book.state.replace_positions(ACC, {AAPL: (10, 10 * LAST)})
+    assert book.codes(side=pb.SIDE_SELL, quantity=10) == []
+    book.state.replace_positions(ACC, {AAPL: (10, 10 * LAST)})
+    assert book.codes(side=pb.SIDE_SELL, quantity=1) == [pb.REJECT_CODE_SHORT_SALE_NOT_MARKED]
+
+
+def test_short_sale_needs_a_locate_which_it_consumes(book):
+    book.state.set_locates(ACC, {AAPL: 5})
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=6) == [pb.REJECT_CODE_NO_LOCATE]
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=5) == []
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=1) == [pb.REJECT_CODE_NO_LOCATE]
+
+
+def test_short_sale_on_the_restricted_list_is_refused(book):
+    book.state.set_locates(ACC, {AAPL: 100})
+    book.state.set_instrument(AAPL, known=True, short_restricted=True)
+    assert book.codes(side=pb.SIDE_SELL_SHORT) == [pb.REJECT_CODE_SHORT_SALE_RESTRICTED]
+    book.state.set_instrument(AAPL, known=True)
+    assert book.codes(side=pb.SIDE_SELL_SHORT) == []
+
+
+# -- exposure and buying power --
+
+def test_gross_exposure_boundary(book):
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * LAST)})  # $100 long
+    book.limit(max_gross_exposure=100 * LAST + 10 * LAST)
+    assert book.codes(quantity=10) == []                 # exactly at the limit
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MAX_GROSS_EXPOSURE]
+
+
+def test_net_exposure_rejects_growth_but_not_reduction(book):
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * LAST)})
+    book.limit(max_net_exposure=105 * LAST)
+    assert book.codes(quantity=5) == []
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MAX_NET_EXPOSURE]
+    assert book.codes(side=pb.SIDE_SELL, quantity=50) == []
+
+
+def test_buying_power_covers_buys_and_short_sales_exactly(book):
+    book.state.set_balances(ACC, 10 * LAST, 5 * LAST)
+    book.state.set_locates(ACC, {AAPL: 100})
+    assert book.codes(quantity=16) == [pb.REJECT_CODE_BUYING_POWER]
+    assert book.codes(quantity=15) == []                  # $10 cash + $5 credit
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_BUYING_POWER]
+    assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=1) == [pb.REJECT_CODE_BUYING_POWER]
+
+
+# -- velocity, working orders, duplicates --
+
+def test_orders_per_window_slides(book):
+    # The window is (now - 1 s, now]: orders at 1 s, 1 s + 1 ns, 1 s + 2 ns.
+    book.limit(max_orders_per_window=3, order_window_ms=1_000)
+    for _ in range(3):
+        assert book.codes() == []
+        book.now += 1
+    assert book.codes() == [pb.REJECT_CODE_ORDER_RATE]
+    book.now = 2 * SECOND - 1       # the first order is still inside the window
+    assert book.codes() == [pb.REJECT_CODE_ORDER_RATE]
+    book.now = 2 * SECOND           # now it has left
+    assert book.codes() == []
+
+
+def test_notional_per_window(book):
+    book.limit(max_notional_per_window=25 * LAST, notional_window_ms=60_000)
+    assert book.codes(quantity=10) == []
+    assert book.codes(quantity=15) == []                  # exactly $25 in the window
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_NOTIONAL_RATE]
+    book.now += 60 * SECOND
+    assert book.codes(quantity=1) == []
+
+
+def test_max_working_orders(book):
+    book.limit(max_working_orders=2)
+    assert book.codes() == [] and book.codes() == []
+    assert book.codes() == [pb.REJECT_CODE_MAX_WORKING_ORDERS]
+
+
+def test_resending_an_order_id_replays_the_original_decision_and_reserves_nothing(book):
+    first = book.order(quantity=10, order_id=b"X")
+    again = book.order(quantity=10, order_id=b"X")
+    assert again[:3] == first[:3] and again[3] is True
+    assert book.state.working(ACC, AAPL) == (10, 0)
+    rejected = book.order(quantity=0, order_id=b"Y")
+    assert book.order(quantity=0, order_id=b"Y")[:3] == rejected[:3]
+
+
+def test_reusing_an_order_id_for_a_different_order_is_rejected(book):
+    assert approved(book.order(quantity=10, order_id=b"X"))
+    assert book.codes(quantity=11, order_id=b"X") == [pb.REJECT_CODE_DUPLICATE_ORDER_ID]
+    assert book.state.working(ACC, AAPL) == (10, 0)
+
+
+# -- concentration, venues, counterparties --
+
+def test_issuer_concentration_boundary(book):
+    book.state.set_instrument(AAPL, known=True, issuer_id=1, sector_id=1)
+    book.state.set_instrument(MSFT, known=True, issuer_id=2, sector_id=1)
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * LAST), MSFT: (300, 300 * LAST)})
+    book.limit(max_issuer_concentration_bps=5_000)
+    # AAPL after = 100 + 200 = 300 of gross 600: exactly 50%
+    assert book.codes(quantity=201) == [pb.REJECT_CODE_ISSUER_CONCENTRATION]
+    assert book.codes(quantity=200) == []
+
+
+def test_sector_concentration_and_its_floor(book):
+    book.state.set_instrument(AAPL, known=True, sector_id=7)
+    book.limit(max_sector_concentration_bps=5_000, concentration_min_gross=50 * LAST)
+    assert book.codes(quantity=49) == []        # gross below the floor: not checked
+    assert book.codes(quantity=10) == [pb.REJECT_CODE_SECTOR_CONCENTRATION]
+
+
+def test_venue_and_counterparty_exposure(book):
+    book.state.set_tag_limits(ACC, {b"XNAS": 15 * LAST}, {b"GS": 12 * LAST})
+    assert book.codes(quantity=10, venue=b"XNAS") == []
+    assert book.codes(quantity=6, venue=b"XNAS") == [pb.REJECT_CODE_VENUE_EXPOSURE]
+    assert book.codes(quantity=5, venue=b"XNAS") == []
+    assert book.codes(quantity=10, venue=b"XNYS") == []     # no limit at XNYS
+    assert book.codes(quantity=13, counterparty=b"GS") == [
+        pb.REJECT_CODE_COUNTERPARTY_EXPOSURE]
+    assert book.codes(quantity=12, counterparty=b"GS") == []
+
+
+# -- loss limit and circuit breakers --
+
+def test_loss_limit_blocks_growth_allows_reduction_and_asks_for_reduce_only(book):
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * (LAST + 100))}, realized_pnl=0)
+    book.limit(loss_limit=10_000)             # P&L is exactly -$1.0000 = -limit
+    assert approved(book.order())
+    book.limit(loss_limit=9_999)
+    decision = book.order()
+    assert [c for c, _, _ in decision[2]] == [pb.REJECT_CODE_LOSS_LIMIT]
+    assert decision[4] == 1 and decision[5] == -10_000
+    assert approved(book.order(side=pb.SIDE_SELL, quantity=5))
+
+
+def test_k_rejections_in_a_window_ask_for_a_halt(book):
+    book.limit(max_rejects_per_window=3, reject_window_ms=1_000)
+    assert book.order(quantity=0)[4] == 0
+    assert book.order(quantity=0)[4] == 0
+    assert book.order(quantity=0)[4] == 2
+    book.state.set_halt(pb.HALT_SCOPE_ACCOUNT, ACC, pb.HALT_MODE_HALTED)
+    assert book.order(quantity=0)[4] == 0     # already halted: nothing more to ask
+
+
+def test_every_failure_is_listed_not_only_the_first(book):
+    book.state.set_instrument(AAPL, known=True, tick_size=100, lot_size=10)
+    assert book.codes(quantity=1_005, price=10_050) == [
+        pb.REJECT_CODE_TICK_SIZE, pb.REJECT_CODE_LOT_SIZE, pb.REJECT_CODE_MAX_ORDER_QUANTITY,
+        pb.REJECT_CODE_MAX_ORDER_NOTIONAL]

@@ -1,0 +1,112 @@
+"""Orders for one account arriving at once never jointly breach a limit.
+
+Several processes map one table and fire thousands of orders at one account
+and one limit at the same moment; threads do the same over a real gRPC
+channel. The approved quantity must sum to at most the limit, and equal what
+the table holds as working.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import time
+
+import grpc
+
+from book import order, seed_account
+from pretrade._core import Engine
+from pretrade.limits import LimitKind
+from pretrade.table import Capacities, MappedTable
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+ACC, AAPL = b"ACC", b"AAPL"
+LIMIT = 5_000
+CAPS = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_overrides=16,
+                  lock_stripes=4, max_orders=120_000)
+
+
+def _fire(path: str, worker: int, orders: int, start_at: float, out: multiprocessing.Queue,
+          ) -> None:
+    mapped = MappedTable.attach(path)
+    engine = Engine(mapped.table)
+    rng = random.Random(worker)
+    approved = 0
+    while time.monotonic() < start_at:
+        pass  # every process starts firing at the same moment
+    for n in range(orders):
+        quantity = rng.randint(1, 40)
+        decision = engine.evaluate(f"w{worker}-{n}".encode(), ACC, AAPL, pb.SIDE_BUY,
+                                   pb.ORDER_TYPE_LIMIT, quantity, 10_000, b"", b"",
+                                   time.perf_counter_ns())
+        approved += quantity if decision[0] else 0
+    mapped.close()
+    out.put(approved)
+
+
+def test_processes_sharing_the_table_never_jointly_breach_a_position_limit(tmp_path):
+    mapped = MappedTable.create(tmp_path / "shared.table", CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    table.set_account_state(ACC, known=True)
+    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
+    limits[LimitKind.MAX_LONG_POSITION] = LIMIT
+    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
+    table.set_account_limits(ACC, limits)
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    start_at = time.monotonic() + 3.0
+    workers = [context.Process(target=_fire, args=(str(mapped.path), w, 25_000, start_at, results))
+               for w in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        totals = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        print(f"approved per process: {totals}")
+        assert sum(totals) <= LIMIT
+        assert sum(totals) == table.working(ACC, AAPL)[0]
+        # 100,000 orders of up to 40 against 5,000: the limit is reached, not undershot
+        assert sum(totals) > LIMIT - 40
+    finally:
+        mapped.close(unlink=True)
+
+
+def test_threads_over_grpc_never_jointly_breach_a_position_limit(redis_client, gateway):
+    seed_account(redis_client)
+    redis_client.hset("limits:{ACC-1}", "max_long_position", 2_000)
+    approved: list[int] = []
+    lock = threading.Lock()
+
+    def fire(worker: int) -> None:
+        rng = random.Random(worker)
+        mine = 0
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            for _ in range(150):
+                quantity = rng.randint(1, 30)
+                if stub.EvaluateOrder(order(quantity=quantity), timeout=10).approved:
+                    mine += quantity
+        with lock:
+            approved.append(mine)
+
+    # let the limit change reach the table first
+    deadline = time.monotonic() + 5
+    while (gateway.gateway.table.account_info(b"ACC-1") or {"limits": {}})["limits"].get(
+            LimitKind.MAX_LONG_POSITION) != 2_000:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    threads = [threading.Thread(target=fire, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(approved) == 8
+    assert sum(approved) <= 2_000
+    assert sum(approved) == gateway.gateway.table.working(b"ACC-1", b"AAPL")[0]
