@@ -153,12 +153,12 @@ def test_position_limits_use_the_position_from_lots(holding_4990, stub):
 
 def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_server):
     assert stub.EvaluateOrder(order(quantity=600)).approved
-    cli = find_redis_cli()
-    for args in (["HSET", "tickers_by_lot:{ACC-1}", "L7", "AAPL"],
-                 ["HSET", "quantities_by_lot:{ACC-1}", "L7", "4500"],
-                 ["HSET", "prices_by_lot:{ACC-1}", "L7", "683378"]):
-        subprocess.run([cli, "-p", str(redis_server.port), *args], check=True,
-                       capture_output=True, timeout=10)
+    # One redis-cli session, one MULTI/EXEC: the lot lands whole (docs/redis-schema.md)
+    script = ("MULTI\nHSET tickers_by_lot:{ACC-1} L7 AAPL\n"
+              "HSET quantities_by_lot:{ACC-1} L7 4500\n"
+              "HSET prices_by_lot:{ACC-1} L7 683378\nEXEC\n")
+    subprocess.run([find_redis_cli(), "-p", str(redis_server.port)], input=script.encode(),
+                   check=True, capture_output=True, timeout=10)
     # 4,500 held + 600 > 5,000 max long
     decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=600)),
                           lambda d: not d.approved)

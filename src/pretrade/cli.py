@@ -134,6 +134,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     serve.add_argument("--redis-url", metavar="URL", help="Redis to sync from ($REDIS_URL)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC listen address")
     serve.add_argument("--table-path", metavar="PATH", help="file backing the shared table")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes sharing the table and the port (SO_REUSEPORT)")
     serve.add_argument(
         "--demo",
         action="store_true",
@@ -461,6 +463,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "redis_url": args.redis_url,
                 "listen": args.listen,
                 "table_path": args.table_path,
+                "workers": args.workers,
                 "demo_book": args.demo,
                 "log_level": args.log_level,
             },

@@ -50,7 +50,8 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MAX_LOCK_STRIPES = 4096
 # Capacities size C arrays indexed by a signed 32-bit slot number.
 _MAX_CAPACITY = 2**31 - 1
-_INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes"})
+_INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
+                         "max_orders", "max_sync_lag_ms", "workers"})
 _BOOL_FIELDS = frozenset({"demo_book"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -203,6 +204,14 @@ class Settings:
         Capacities of the shared memory table (slots; positive).
     lock_stripes : int
         Number of locks guarding position rows; a power of two, at most 4096.
+    max_orders : int
+        Decided orders the shared table remembers (idempotency and working
+        reservations); when it is full, orders get CAPACITY_EXHAUSTED.
+    max_sync_lag_ms : int
+        Past this many milliseconds without hearing from Redis the table is
+        stale: orders get STALE_DATA and health reports NOT_SERVING.
+    workers : int
+        Server processes sharing one table and one port (SO_REUSEPORT).
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
     data_dir : str
@@ -222,6 +231,9 @@ class Settings:
     max_instruments: int = 65536
     max_positions: int = 1_048_576
     lock_stripes: int = 64
+    max_orders: int = 262_144
+    max_sync_lag_ms: int = 2_000
+    workers: int = 1
     demo_book: bool = False
     data_dir: str = ".run"
     log_level: str = "INFO"

@@ -159,6 +159,8 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
                     f"{format_notional(limit)}; only reducing orders may go")
         case pb.REJECT_CODE_CAPACITY_EXHAUSTED:
             return "the engine's order table is full; see the server log"
+        case pb.REJECT_CODE_INVALID_REQUEST:
+            return "the order is malformed"
     return f"rejected with code {code}"
 
 

@@ -34,8 +34,12 @@ MAX_TTL_SECONDS = 366 * 24 * 3600
 class HaltBook:
     """Halts in force in this process, mirrored into the PositionTable."""
 
-    def __init__(self, table: PositionTable) -> None:
+    def __init__(self, table: PositionTable, shared: PositionTable | None = None) -> None:
         self.table = table
+        # A worker process keeps its book on a private table fed by its own
+        # sync; halts it sets itself (RPC, breakers) go to the shared table too,
+        # so every process's next order sees them at once.
+        self.shared = shared
         self._halts: dict[HaltKey, HaltRecord] = {}
         # Bumped by every local write; the sync skips applying a read that a
         # local write overtook (a fresher notification is already on its way).
@@ -53,6 +57,23 @@ class HaltBook:
         """Lift a halt; idempotent (the table may hold it even if the book does not)."""
         self._halts.pop((scope, target), None)
         self.table.set_halt(scope, target or None, 0)
+
+    def current(self, scope: int, target: bytes) -> HaltRecord | None:
+        return self._halts.get((scope, target))
+
+    def enforce(self, record: HaltRecord) -> None:
+        """A halt this process decided (Halt RPC, breaker): here and in the shared table."""
+        self.bump((record.scope, record.target))
+        self.apply(record)
+        if self.shared is not None:
+            self.shared.set_halt(record.scope, record.target or None, record.mode)
+
+    def release(self, scope: int, target: bytes) -> None:
+        """A lift this process decided: here and in the shared table."""
+        self.bump((scope, target))
+        self.lift(scope, target)
+        if self.shared is not None:
+            self.shared.set_halt(scope, target or None, 0)
 
     def replace_all(self, records: list[HaltRecord]) -> None:
         """Make the book and the table hold exactly these halts (full load)."""
@@ -128,10 +149,10 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
     by = request.requested_by.strip() or default_by
     if request.mode == pb.HALT_MODE_ACTIVE:
         await client.delete(key)
-        # Bumped after the write: a sync read that started before it is stale
-        # and must not undo this (its own notification re-reads the key).
-        book.bump((scope, target))
-        book.lift(scope, target)
+        # Applied (and the generation bumped) after the write: a sync read that
+        # started before it is stale and must not undo this; its own
+        # notification re-reads the key.
+        book.release(scope, target)
         log.warning("halt lifted: %s by %s (%s)", key.decode(), by,
                     request.reason or "no reason given")
         return book.snapshot()
@@ -142,8 +163,7 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
         expires_at_ms=now_ms + request.ttl_seconds * 1000 if request.ttl_seconds else 0,
     )
     await store_halt(client, record, request.ttl_seconds)
-    book.bump((scope, target))
-    book.apply(record)
+    book.enforce(record)
     log.warning("halt set: %s %s by %s: %s", key.decode(),
                 pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
     return book.snapshot()
@@ -174,9 +194,18 @@ class Breakers:
         self._writes: set[asyncio.Task[None]] = set()
 
     def trip(self, account: bytes, kind: int, profit_and_loss: int) -> None:
-        """Apply the automatic halt the engine asked for (AutoHalt ``kind``)."""
+        """Apply the automatic halt the engine asked for (AutoHalt ``kind``).
+
+        A breaker never weakens or shortens a halt already in force: over a
+        permanent REDUCE_ONLY set by an operator, a reject storm escalates to a
+        HALTED that is permanent too (an operator must lift it).
+        """
         info = self.table.account_info(account) or {"limits": {}}
-        seconds = info["limits"].get(LimitKind.AUTO_HALT_SECONDS) or DEFAULT_AUTO_HALT_SECONDS
+        seconds = min(info["limits"].get(LimitKind.AUTO_HALT_SECONDS)
+                      or DEFAULT_AUTO_HALT_SECONDS, MAX_TTL_SECONDS)
+        existing = self.book.current(pb.HALT_SCOPE_ACCOUNT, account)
+        if existing is not None and existing.mode == pb.HALT_MODE_HALTED:
+            return
         if kind == AUTO_HALT_LOSS_LIMIT:
             mode = pb.HALT_MODE_REDUCE_ONLY
             limit = info["limits"].get(LimitKind.LOSS_LIMIT, 0)
@@ -188,13 +217,20 @@ class Breakers:
             window = info["limits"].get(LimitKind.REJECT_WINDOW_MS) or DEFAULT_REJECT_WINDOW_MS
             reason = f"{limit} rejections within {window} ms"
         now_ms = time.time_ns() // 1_000_000
+        if existing is not None:
+            if existing.mode == mode:
+                return
+            if existing.expires_at_ms == 0:
+                seconds = 0
+            else:
+                seconds = max(seconds, -(-(existing.expires_at_ms - now_ms) // 1000))
+            reason += f"; escalated from {pb.HaltMode.Name(existing.mode)} ({existing.reason})"
         record = HaltRecord(pb.HALT_SCOPE_ACCOUNT, account, mode, reason, RISK_ENGINE, now_ms,
-                            now_ms + seconds * 1000)
-        self.book.bump((pb.HALT_SCOPE_ACCOUNT, account))
-        self.book.apply(record)
+                            now_ms + seconds * 1000 if seconds else 0)
+        self.book.enforce(record)
         self.tripped += 1
-        log.warning("automatic halt: account %s %s for %d s: %s", account.decode(),
-                    pb.HaltMode.Name(mode), seconds, reason)
+        log.warning("automatic halt: account %s %s for %s: %s", account.decode(),
+                    pb.HaltMode.Name(mode), f"{seconds} s" if seconds else "ever", reason)
         task = asyncio.get_running_loop().create_task(self._store(record, seconds))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)

@@ -112,8 +112,8 @@ class ObservedHaltBook(HaltBook):
     and ``replace_all``; listeners hear of each after the table has it.
     """
 
-    def __init__(self, table: PositionTable) -> None:
-        super().__init__(table)
+    def __init__(self, table: PositionTable, shared: PositionTable | None = None) -> None:
+        super().__init__(table, shared)
         self.listeners: list[HaltListener] = []
 
     def apply(self, record: HaltRecord) -> None:

@@ -284,6 +284,7 @@ def average_cost(quantity: int, cost_basis: int) -> int:
     return magnitude if (cost_basis >= 0) == (quantity > 0) else -magnitude
 
 
+MAX_AUTO_HALT_SECONDS = 366 * 24 * 3600
 TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,15}")
 
 
@@ -320,6 +321,9 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
             raise StateError(f"limit {raw_field!r} is negative: {value}")
         if colon and not suffix:
             raise StateError(f"limit {raw_field!r}: empty name after the colon")
+        if kind == LimitKind.AUTO_HALT_SECONDS and value > MAX_AUTO_HALT_SECONDS:
+            raise StateError(f"limit {raw_field!r} = {value}: at most {MAX_AUTO_HALT_SECONDS} "
+                             "seconds (a year)")
         if kind in (LimitKind.MAX_ORDERS_PER_WINDOW, LimitKind.MAX_REJECTS_PER_WINDOW) \
                 and value > RATE_RING_CAPACITY:
             raise StateError(f"limit {raw_field!r} = {value}: the engine remembers at most "

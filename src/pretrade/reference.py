@@ -869,6 +869,10 @@ class ReferenceBook:
         if pb.REJECT_CODE_STALE_DATA in codes or not order_id or ctx.instrument is None:
             return approved, auto_halt
         assert ctx.account is not None
+        if approved and not self._reservation_fits(ctx, account_id):
+            approved = False
+            rejections.append((pb.REJECT_CODE_ARITHMETIC_OVERFLOW, ctx.quantity,
+                               ctx.valuation_price))
         if len(self.orders) >= self.max_orders:
             if approved:
                 approved = False
@@ -887,6 +891,24 @@ class ReferenceBook:
         else:
             auto_halt = self._count_rejection(ctx, rejections, auto_halt)
         return approved, auto_halt
+
+    def _reservation_fits(self, ctx: Context, account_id: bytes) -> bool:
+        """Every running sum the reservation adds to stays an exact int64."""
+        account = ctx.account
+        assert account is not None
+        slot = self.positions.get((account_id, ctx.symbol), RefPosition())
+        n, q = ctx.notional, ctx.quantity
+        sums = [account.cumulative_notional + n]
+        for name, working in ((ctx.venue, ctx.working_venue),
+                              (ctx.counterparty, ctx.working_counterparty)):
+            if name and len(name) <= MAX_TAG_LENGTH:
+                sums.append(working.get(name, 0) + n)
+        if ctx.side == pb.SIDE_BUY:
+            sums += [slot.working_buy + q, slot.working_buy_notional + n]
+        else:
+            sums += [slot.working_sell + q, slot.working_sell_notional + n,
+                     slot.working_short_notional + n, slot.locate_used + q]
+        return all(value <= INT64_MAX for value in sums)
 
     def _reserve(self, ctx: Context, account_id: bytes, order_id: bytes, order: RefOrder) -> None:
         account = ctx.account

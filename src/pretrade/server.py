@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -31,7 +34,7 @@ from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
 from pretrade.servicer import PreTradeRiskServicer
 from pretrade.sync import RedisSync, SyncConfigError
-from pretrade.table import Capacities, MappedTable
+from pretrade.table import Capacities, MappedTable, new_private_table
 from pretrade.v1 import risk_pb2, risk_pb2_grpc
 
 log = logging.getLogger("pretrade.server")
@@ -51,28 +54,41 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
 class Gateway:
     """One pretrade server process: call :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, settings: Settings, redis_url: str) -> None:
+    def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
+                 worker: bool = False) -> None:
         self.settings = settings
         self.redis_url = redis_url
-        capacities = Capacities(
-            max_accounts=settings.max_accounts, max_instruments=settings.max_instruments,
-            max_positions=settings.max_positions,
-            max_overrides=min(settings.max_positions, 65_536),
-            lock_stripes=settings.lock_stripes)
-        self.mapped = MappedTable.create(settings.resolved_table_path(), capacities)
-        self.table = self.mapped.table
+        self.worker = worker
+        capacities = capacities_of(settings)
+        if worker:
+            # Another process owns the table and its sync: map it, and follow
+            # Redis with a sync of our own into a private table, only to feed
+            # this process's portfolio streams and halt book.
+            self.mapped = MappedTable.attach(settings.resolved_table_path())
+            self.table = self.mapped.table
+            sync_table = new_private_table(**dataclasses.asdict(capacities))
+            self.halts = ObservedHaltBook(sync_table, shared=self.table)
+        else:
+            self.mapped = mapped or MappedTable.create(settings.resolved_table_path(),
+                                                       capacities)
+            self.table = sync_table = self.mapped.table
+            self.halts = ObservedHaltBook(self.table)
         self.engine = Engine(self.table)
-        self.halts = ObservedHaltBook(self.table)
         self.redis = redis_client(redis_url, settings)
-        self.sync = RedisSync(self.redis, self.table, self.halts)
+        self.sync = RedisSync(self.redis, sync_table, self.halts,
+                              max_lag_ms=settings.max_sync_lag_ms)
         # Registered before the sync starts, so the hub sees the first full load.
         self.portfolio = PortfolioHub(self.table, self.sync.ready)
         self.sync.listeners.append(self.portfolio)
         self.halts.listeners.append(self.portfolio)
         self.prices = PriceFeed(self.redis, self.sync)
-        self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio)
+        self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
+                                             status=self.status)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Several processes share one port only when asked to; otherwise a
+        # second server on the same port must fail, not split the traffic.
+        reuse = 1 if settings.workers > 1 else 0
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse)])
         self.port = 0
         self.serving = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +113,23 @@ class Gateway:
                        asyncio.create_task(self._track_health(), name="pretrade-health")]
         log.info("serving %s on port %d (table %s)", SERVICE_NAME, self.port, self.mapped.path)
         return self.port
+
+    def status(self) -> risk_pb2.ServerStatus:
+        """What GetStatus answers: sync state and lag, table use, counters."""
+        counts = self.table.counts()
+        stats = self.sync.stats
+        return risk_pb2.ServerStatus(
+            sync_live=self.table.sync_live, lag_ms=self.sync.lag_ms,
+            max_lag_ms=self.sync.max_lag_ms,
+            last_full_load_unix_ms=self.sync.last_full_load_unix_ms,
+            full_loads=stats.full_loads,
+            last_full_load_ms=int(stats.last_full_load_seconds * 1000),
+            events_applied=stats.events, invalid_entities=stats.invalid_entities,
+            last_error=stats.last_error, accounts=counts["accounts"],
+            instruments=counts["instruments"], positions=counts["positions"],
+            orders=counts["orders"], max_orders=counts["max_orders"],
+            automatic_halts=self.servicer.breakers.tripped,
+            price_ticks=self.prices.stats.ticks_applied, pid=os.getpid())
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
@@ -133,13 +166,14 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.redis.aclose()
-        self.mapped.close(unlink=True)
+        self.mapped.close(unlink=not self.worker)
 
 
-def _banner(port: int, host: str, redis_url: str) -> str:
+def _banner(port: int, host: str, redis_url: str, workers: int = 1) -> str:
     target = f"{host}:{port}"
+    processes = f", {workers} processes" if workers > 1 else ""
     return f"""
-pretrade is serving PreTradeRisk on {target} (Redis: {redis_url})
+pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes})
 
   Send an order:
     .venv/bin/pretrade order --target {target} --account DEMO-1 --symbol AAPL \\
@@ -157,17 +191,27 @@ Ctrl-C stops it.
 """
 
 
-async def _serve(settings: Settings, redis_url: str) -> int:
-    if settings.demo_book:
-        from pretrade.demo import load_demo_book
+def capacities_of(settings: Settings) -> Capacities:
+    return Capacities(
+        max_accounts=settings.max_accounts, max_instruments=settings.max_instruments,
+        max_positions=settings.max_positions, max_overrides=min(settings.max_positions, 65_536),
+        lock_stripes=settings.lock_stripes, max_orders=settings.max_orders)
 
-        client = redis_client(redis_url, settings)
-        try:
-            if await load_demo_book(client):
-                log.info("demo book written to Redis")
-        finally:
-            await client.aclose()
-    gateway = Gateway(settings, redis_url)
+
+async def _load_demo(settings: Settings, redis_url: str) -> None:
+    from pretrade.demo import load_demo_book
+
+    client = redis_client(redis_url, settings)
+    try:
+        if await load_demo_book(client):
+            log.info("demo book written to Redis")
+    finally:
+        await client.aclose()
+
+
+async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
+                 worker: bool) -> int:
+    gateway = Gateway(settings, redis_url, mapped=mapped, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -176,20 +220,68 @@ async def _serve(settings: Settings, redis_url: str) -> int:
         port = await gateway.start()
     except SyncConfigError as error:
         log.critical("%s", error)
-        gateway.mapped.close(unlink=True)
+        gateway.mapped.close(unlink=not worker)
         return 3
-    print(_banner(port, settings.listen_host, redis_url), flush=True)
+    if not worker:
+        print(_banner(port, settings.listen_host, redis_url, settings.workers), flush=True)
     await stop.wait()
     log.info("stopping: health NOT_SERVING, finishing in-flight calls")
     await gateway.stop()
     return 0
 
 
+def _fixed_port(settings: Settings) -> Settings:
+    # Worker processes must bind the same port: resolve ":0" once, up front.
+    if settings.listen_port != 0:
+        return settings
+    with socket.socket(socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET) \
+            as probe:
+        probe.bind((settings.listen_host, 0))
+        port = probe.getsockname()[1]
+    host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
+    return dataclasses.replace(settings, listen=f"{host}:{port}")
+
+
+def _serve_processes(settings: Settings, redis_url: str) -> int:
+    """The owner process and ``workers - 1`` forked workers on one port and one table.
+
+    Everything that must be shared (the table file, the port number) is made
+    before the fork, and no gRPC or event-loop object exists yet: each process
+    builds its own server afterwards and binds with SO_REUSEPORT.
+    """
+    if settings.demo_book:
+        asyncio.run(_load_demo(settings, redis_url))
+    if settings.workers > 1:
+        settings = _fixed_port(settings)
+    mapped = MappedTable.create(settings.resolved_table_path(), capacities_of(settings))
+    children: list[int] = []
+    for number in range(1, settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                log.info("worker %d (pid %d) serving", number, os.getpid())
+                status = asyncio.run(_serve(settings, redis_url, None, worker=True))
+            except BaseException:
+                log.exception("worker %d failed", number)
+            finally:
+                os._exit(status)
+        children.append(pid)
+    try:
+        return asyncio.run(_serve(settings, redis_url, mapped, worker=False))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            os.waitpid(pid, 0)
+
+
 def serve_forever(settings: Settings) -> int:
-    """Run one server until SIGINT or SIGTERM; return the exit status."""
+    """Run the server (and its workers) until SIGINT or SIGTERM; return the exit status."""
     if not settings.embedded_redis:
         assert settings.redis_url is not None
-        return asyncio.run(_serve(settings, settings.redis_url))
+        return _serve_processes(settings, settings.redis_url)
     from pretrade.devredis import RedisServer
 
     data_dir = Path(settings.data_dir) / "redis"
@@ -197,4 +289,4 @@ def serve_forever(settings: Settings) -> int:
     with RedisServer(data_dir=data_dir, persistent=True) as embedded:
         log.info("embedded redis-server pid %d at %s (data in %s)", embedded.pid, embedded.url,
                  data_dir)
-        return asyncio.run(_serve(settings, embedded.url))
+        return _serve_processes(settings, embedded.url)

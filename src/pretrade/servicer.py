@@ -11,13 +11,14 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
 
 from pretrade._core import Engine
-from pretrade.errors import InvalidRequest, grpc_status, rejection_message
+from pretrade.errors import InvalidRequest, Unavailable, grpc_status, rejection_message
 from pretrade.halts import Breakers, HaltBook, write_halt
 from pretrade.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.redis_schema import is_valid_id
@@ -27,6 +28,7 @@ from pretrade.v1 import risk_pb2_grpc
 log = logging.getLogger("pretrade.servicer")
 
 MAX_ORDER_ID_LENGTH = 63
+MAX_BATCH = 10_000
 MAX_TAG_LENGTH = 15
 # Printable ASCII without spaces: what FIX ClOrdIDs and MICs use in practice.
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
@@ -85,12 +87,14 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     """Answers EvaluateOrder from the compiled engine and Halt through Redis."""
 
     def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis,
-                 portfolio: PortfolioHub | None = None) -> None:
+                 portfolio: PortfolioHub | None = None,
+                 status: Callable[[], pb.ServerStatus] | None = None) -> None:
         self.engine = engine
         self.halts = halts
         self.redis = redis_client
         self.breakers = Breakers(engine.table, halts, redis_client)
         self.portfolio = portfolio
+        self.status = status
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved)."""
@@ -117,6 +121,43 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             return self.decide(request)
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
+            raise
+
+    def decide_batch(self, batch: pb.OrderBatch) -> pb.DecisionBatch:
+        """Every order of a batch, in order; a malformed one gets INVALID_REQUEST."""
+        started = time.perf_counter_ns()
+        decisions = []
+        for order in batch.orders:
+            try:
+                decisions.append(self.decide(order))
+            except InvalidRequest as error:
+                decisions.append(pb.Decision(
+                    order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
+                    account_id=order.account_id[:64], symbol=order.symbol[:64],
+                    rejections=[pb.Rejection(code=pb.REJECT_CODE_INVALID_REQUEST,
+                                             message=str(error))]))
+        return pb.DecisionBatch(decisions=decisions,
+                                latency_ns=time.perf_counter_ns() - started)
+
+    async def EvaluateOrders(self, request: pb.OrderBatch,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> pb.DecisionBatch:
+        try:
+            if len(request.orders) > MAX_BATCH:
+                raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, "
+                                     f"got {len(request.orders)}")
+            return self.decide_batch(request)
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "EvaluateOrders")
+            raise
+
+    async def GetStatus(self, request: pb.StatusRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> pb.ServerStatus:
+        try:
+            if self.status is None:
+                raise Unavailable("this server has no status source")
+            return self.status()
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "GetStatus")
             raise
 
     async def Halt(self, request: pb.HaltRequest,  # noqa: N802

@@ -169,7 +169,8 @@ class RedisSync:
     """
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
-                 batch_size: int = 500, reconnect_delay: float = 0.5) -> None:
+                 batch_size: int = 500, reconnect_delay: float = 0.5,
+                 max_lag_ms: int = 2_000) -> None:
         self.client = client
         self.table = table
         self.halts = halts
@@ -178,12 +179,19 @@ class RedisSync:
         self.accounts: dict[bytes, AccountSync] = {}
         self.instruments: dict[bytes, InstrumentRef] = {}
         self.restricted: set[bytes] = set()
+        self.restricted_unreadable = False
+        self._price_generation: dict[bytes, int] = {}
+        self._price_read_generation: dict[bytes, int] = {}
         self.issuer_ids: dict[str, int] = {}
         self.sector_ids: dict[str, int] = {}
         self.priced: set[bytes] = set()
         self.stats = SyncStats()
         self.listeners: list[SyncListener] = []
         self.ready = asyncio.Event()
+        self.max_lag_ms = max_lag_ms
+        self.following = False          # loaded, subscribed and reading notifications
+        self.last_heard = time.monotonic()
+        self.last_full_load_unix_ms = 0
         self._stopping = False
         db = client.connection_pool.connection_kwargs.get("db", 0)
         self._channel_prefix = f"__keyspace@{db}__:".encode()
@@ -220,13 +228,46 @@ class RedisSync:
 
     # -- THE LOOP --
 
+    @property
+    def lag_ms(self) -> int:
+        """Milliseconds since Redis last answered or notified the sync."""
+        return int((time.monotonic() - self.last_heard) * 1000)
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+
     async def run(self) -> None:
         """Load, follow, and after any link failure resync; until :meth:`stop`."""
+        watchdog = asyncio.create_task(self._watchdog(), name="pretrade-sync-watchdog")
+        try:
+            await self._run()
+        finally:
+            watchdog.cancel()
+            self.following = False
+            self.table.set_sync_live(False)
+
+    async def _watchdog(self) -> None:
+        # The table is live only while the sync follows Redis and has heard
+        # from it within max_lag_ms: a silent link fails closed on its own.
+        while True:
+            live = self.following and self.lag_ms <= self.max_lag_ms
+            if live != self.table.sync_live:
+                self.table.set_sync_live(live)
+                if live:
+                    log.info("sync live (lag %d ms)", self.lag_ms)
+                elif self.following:
+                    log.error("sync lag %d ms is over the %d ms bound; orders get STALE_DATA",
+                              self.lag_ms, self.max_lag_ms)
+            await asyncio.sleep(0.02)
+
+    async def _run(self) -> None:
         while not self._stopping:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.psubscribe(*[self._channel_prefix + p for p in SCAN_PATTERNS])
                 await self.full_load()
+                self._heard()
+                self.following = True
                 self.table.set_sync_live(True)
                 self.ready.set()
                 log.info("sync live")
@@ -242,9 +283,9 @@ class RedisSync:
                 await asyncio.sleep(self.reconnect_delay)
             finally:
                 await _close_quietly(pubsub)
-        self.table.set_sync_live(False)
 
     def _lost(self, error: BaseException, what: str) -> None:
+        self.following = False
         self.table.set_sync_live(False)
         self.stats.last_error = f"{type(error).__name__}: {error}"
         log.error("%s (%s); orders get STALE_DATA until resynced", what, self.stats.last_error)
@@ -253,10 +294,18 @@ class RedisSync:
         self._stopping = True
 
     async def _follow(self, pubsub: aioredis.client.PubSub) -> None:
+        idle_since = time.monotonic()
         while not self._stopping:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message is None:
+                if time.monotonic() - idle_since > self.max_lag_ms / 4000:
+                    # Quiet: prove Redis still answers, so lag measures the link.
+                    await self.client.ping()
+                    self._heard()
+                    idle_since = time.monotonic()
                 continue
+            self._heard()
+            idle_since = time.monotonic()
             dirty = Dirty()
             self._note(dirty, message)
             # Drain what is already queued, so a burst becomes one batch.
@@ -294,6 +343,7 @@ class RedisSync:
         dirty.halts |= {(pb.HALT_SCOPE_GLOBAL, b"")} | set(self.halts._halts)
         await self.refresh(dirty)
         self.stats.full_loads += 1
+        self.last_full_load_unix_ms = time.time_ns() // 1_000_000
         self.stats.last_full_load_seconds = time.perf_counter() - started
         counts = self.table.counts()
         log.info("loaded %d accounts, %d instruments, %d position slots, %d halts from Redis "
@@ -311,6 +361,10 @@ class RedisSync:
         for batch in _split(dirty, self.batch_size):
             halt_keys = sorted(batch.halts)
             generations = [self.halts.generation(key) for key in halt_keys]
+            # A tick the price feed applies while this read is in flight is
+            # newer than what the read returns: the read must not undo it.
+            self._price_read_generation = {symbol: self._price_generation.get(symbol, 0)
+                                           for symbol in batch.prices}
             # (queue, apply, items, replies per item); applied in this order:
             # reference data and prices before the accounts that hold them.
             groups: list[tuple[Any, Any, list[bytes], int]] = [
@@ -432,15 +486,19 @@ class RedisSync:
         self.table.set_account_state(account, known=state.known, invalid=state.invalid)
 
     def _apply_restricted(self, reply: Any) -> None:
+        was_unreadable = self.restricted_unreadable
+        self.restricted_unreadable = isinstance(reply, Exception)
         if isinstance(reply, Exception):
             # Cannot tell which symbols are restricted: restrict every short sale.
             self._invalid("restricted list", RESTRICTED_SHORT, reply)
-            restricted = set(self.instruments) | {b"*"}
+            restricted = self.restricted
         else:
             restricted = set(reply)
         changed = restricted ^ self.restricted
         self.restricted = restricted
-        for symbol in (set(self.instruments) if b"*" in changed else changed):
+        if was_unreadable != self.restricted_unreadable:
+            changed = set(self.instruments)
+        for symbol in changed:
             if symbol in self.instruments:
                 self._publish_instrument(symbol)
 
@@ -456,7 +514,7 @@ class RedisSync:
             lot_size=reference.lot_size,
             issuer_id=self._intern(self.issuer_ids, reference.issuer),
             sector_id=self._intern(self.sector_ids, reference.sector),
-            short_restricted=symbol in self.restricted or b"*" in self.restricted)
+            short_restricted=symbol in self.restricted or self.restricted_unreadable)
 
     def _queue_instruments(self, pipe: Pipeline, symbols: list[bytes]) -> None:
         for symbol in symbols:
@@ -491,9 +549,16 @@ class RedisSync:
                     price = parse_last_price(raw)
                 except StateError as error:
                     self._invalid("last price of", symbol, error)
-            self.apply_price(symbol, price)
+            if self._price_generation.get(symbol, 0) != self._price_read_generation.get(symbol):
+                continue
+            self._set_price(symbol, price)
 
     def apply_price(self, symbol: bytes, price: int | None) -> None:
+        """A tick from the price feed: the symbol's last price now (see prices.py)."""
+        self._price_generation[symbol] = self._price_generation.get(symbol, 0) + 1
+        self._set_price(symbol, price)
+
+    def _set_price(self, symbol: bytes, price: int | None) -> None:
         """Make ``price`` the symbol's last price in the table and tell the listeners."""
         if price is None:
             self.priced.discard(symbol)

@@ -114,6 +114,8 @@ cdef class Engine:
     cdef void replay(self, const OrderRecord* stored, DecisionRecord* record) noexcept nogil
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
+    cdef bint reservation_fits(self, const CheckContext* ctx, const DecisionRecord* record,
+                               const PositionSlot* slot) noexcept nogil
     cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
                       int32_t position_index) noexcept nogil
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil

@@ -875,6 +875,12 @@ cdef class Engine:
         if record.approved:
             position_index = self.table.ensure_position(record.order.account_index,
                                                         record.order.instrument_index)
+            if position_index != NO_INDEX and not self.reservation_fits(
+                    ctx, record, &self.table.positions[position_index]):
+                # The running sums the reservation adds to would pass int64.
+                record.approved = False
+                reject(record, REJECT_ARITHMETIC_OVERFLOW, record.order.quantity,
+                       ctx.valuation_price)
         stored = NULL
         if position_index != NO_INDEX or not record.approved:
             stored = self.table.allocate_order(record.order.account_index,
@@ -910,6 +916,32 @@ cdef class Engine:
             stored.status = ORDER_REJECTED
             self.count_rejection(ctx, record)
         self.table.publish_order(stored)
+
+    cdef bint reservation_fits(self, const CheckContext* ctx, const DecisionRecord* record,
+                               const PositionSlot* slot) noexcept nogil:
+        # Every running sum a reservation adds to stays an exact int64.
+        cdef const AccountActivity* activity = ctx.activity
+        cdef int128_t quantity = record.order.quantity
+        cdef int128_t notional = record.notional
+        cdef int128_t venue_total = 0, counterparty_total = 0
+        if 0 < record.order.venue_length < TAG_CAPACITY:
+            venue_total = working_at(ctx, record.order.venue, record.order.venue_length, True)
+        if 0 < record.order.counterparty_length < TAG_CAPACITY:
+            counterparty_total = working_at(ctx, record.order.counterparty,
+                                            record.order.counterparty_length, False)
+        if record.order.side == SIDE_BUY:
+            if slot.working_buy + quantity > INT64_MAX \
+                    or slot.working_buy_notional + notional > INT64_MAX:
+                return False
+        else:
+            if slot.working_sell + quantity > INT64_MAX \
+                    or slot.working_sell_notional + notional > INT64_MAX \
+                    or slot.working_short_notional + notional > INT64_MAX \
+                    or slot.locate_used + quantity > INT64_MAX:
+                return False
+        return (activity.cumulative_notional + notional <= INT64_MAX
+                and venue_total + notional <= INT64_MAX
+                and counterparty_total + notional <= INT64_MAX)
 
     cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
                       int32_t position_index) noexcept nogil:

@@ -61,6 +61,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_COUNTERPARTY_EXPOSURE: _ClassVar[RejectCode]
     REJECT_CODE_LOSS_LIMIT: _ClassVar[RejectCode]
     REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
+    REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
 
 class HaltScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -143,6 +144,7 @@ REJECT_CODE_VENUE_EXPOSURE: RejectCode
 REJECT_CODE_COUNTERPARTY_EXPOSURE: RejectCode
 REJECT_CODE_LOSS_LIMIT: RejectCode
 REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
+REJECT_CODE_INVALID_REQUEST: RejectCode
 HALT_SCOPE_UNSPECIFIED: HaltScope
 HALT_SCOPE_GLOBAL: HaltScope
 HALT_SCOPE_ACCOUNT: HaltScope
@@ -340,3 +342,59 @@ class PortfolioUpdate(_message.Message):
     totals: PortfolioTotals
     alerts: _containers.RepeatedCompositeFieldContainer[Alert]
     def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ..., kind: _Optional[_Union[PortfolioUpdateKind, str]] = ..., holdings: _Optional[_Iterable[_Union[Holding, _Mapping]]] = ..., totals: _Optional[_Union[PortfolioTotals, _Mapping]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
+
+class OrderBatch(_message.Message):
+    __slots__ = ("orders",)
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    orders: _containers.RepeatedCompositeFieldContainer[Order]
+    def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ...) -> None: ...
+
+class DecisionBatch(_message.Message):
+    __slots__ = ("decisions", "latency_ns")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    latency_ns: int
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., latency_ns: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerStatus(_message.Message):
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid")
+    SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FULL_LOAD_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FULL_LOADS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FULL_LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ORDERS_FIELD_NUMBER: _ClassVar[int]
+    AUTOMATIC_HALTS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_TICKS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    sync_live: bool
+    lag_ms: int
+    max_lag_ms: int
+    last_full_load_unix_ms: int
+    full_loads: int
+    last_full_load_ms: int
+    events_applied: int
+    invalid_entities: int
+    last_error: str
+    accounts: int
+    instruments: int
+    positions: int
+    orders: int
+    max_orders: int
+    automatic_halts: int
+    price_ticks: int
+    pid: int
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...

@@ -51,6 +51,16 @@ class PreTradeRiskStub:
                 request_serializer=pretrade_dot_v1_dot_risk__pb2.HaltRequest.SerializeToString,
                 response_deserializer=pretrade_dot_v1_dot_risk__pb2.HaltState.FromString,
                 _registered_method=True)
+        self.EvaluateOrders = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/EvaluateOrders',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.OrderBatch.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.DecisionBatch.FromString,
+                _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/GetStatus',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.StatusRequest.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.ServerStatus.FromString,
+                _registered_method=True)
 
 
 class PreTradeRiskServicer:
@@ -88,6 +98,23 @@ class PreTradeRiskServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateOrders(self, request, context):
+        """Many orders in one message, one decision per order, in order. For order
+        systems that send bursts: the per-call cost is paid once per batch. Each
+        order is checked exactly as by EvaluateOrder; a malformed order gets a
+        decision with REJECT_CODE_INVALID_REQUEST instead of failing the batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """The server's health in figures: sync state and lag, table use, counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PreTradeRiskServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +132,16 @@ def add_PreTradeRiskServicer_to_server(servicer, server):
                     servicer.Halt,
                     request_deserializer=pretrade_dot_v1_dot_risk__pb2.HaltRequest.FromString,
                     response_serializer=pretrade_dot_v1_dot_risk__pb2.HaltState.SerializeToString,
+            ),
+            'EvaluateOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateOrders,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.OrderBatch.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.DecisionBatch.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.StatusRequest.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.ServerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,6 +227,60 @@ class PreTradeRisk:
             '/pretrade.v1.PreTradeRisk/Halt',
             pretrade_dot_v1_dot_risk__pb2.HaltRequest.SerializeToString,
             pretrade_dot_v1_dot_risk__pb2.HaltState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/EvaluateOrders',
+            pretrade_dot_v1_dot_risk__pb2.OrderBatch.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.DecisionBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/GetStatus',
+            pretrade_dot_v1_dot_risk__pb2.StatusRequest.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.ServerStatus.FromString,
             options,
             channel_credentials,
             insecure,
