@@ -362,7 +362,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid")
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors")
     SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +380,10 @@ class ServerStatus(_message.Message):
     AUTOMATIC_HALTS_FIELD_NUMBER: _ClassVar[int]
     PRICE_TICKS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PENDING_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_WRITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     sync_live: bool
     lag_ms: int
     max_lag_ms: int
@@ -397,4 +401,8 @@ class ServerStatus(_message.Message):
     automatic_halts: int
     price_ticks: int
     pid: int
-    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    audit_written: int
+    audit_dropped: int
+    audit_pending: int
+    audit_write_errors: int
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ...) -> None: ...
