@@ -37,8 +37,10 @@ $(STAMP): pyproject.toml setup.py
 build: $(STAMP) ## Compile the Cython core in place (PRETRADE_DEBUG=1 for a debug build)
 	"$(BIN)/python" setup.py build_ext --inplace
 
+# Local development: plaintext and no tokens, on the loopback address only
+# (README, "Access control", says how to run it properly).
 serve: build ## Run the gateway with the demo book (uses REDIS_URL when set)
-	"$(BIN)/pretrade" serve --demo
+	"$(BIN)/pretrade" serve --demo --insecure --auth none
 
 test: build ## Run the test suite (PYTEST_ARGS=... to pass pytest options)
 	"$(BIN)/python" -m pytest $(PYTEST_ARGS)

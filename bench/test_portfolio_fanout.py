@@ -59,7 +59,8 @@ def server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     table = tmp_path_factory.mktemp("table") / "fanout.table"
     process = subprocess.Popen(
         [sys.executable, "-m", "pretrade", "serve", "--redis-url", redis_server.url,
-         "--listen", "127.0.0.1:0", "--table-path", str(table), "--log-level", "WARNING"],
+         "--listen", "127.0.0.1:0", "--table-path", str(table), "--log-level", "WARNING",
+         "--insecure", "--auth", "none"],
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert process.stdout is not None

@@ -89,12 +89,17 @@ class GatewayThread:
 
 
 def gateway_settings(tmp_path: Path, **overrides: Any) -> "Settings":
-    """Small capacities and a private table file, so each test starts clean."""
+    """Small capacities and a private table file, so each test starts clean.
+
+    Plaintext and no authentication, the explicit local-development settings
+    (tests/test_auth.py overrides them).
+    """
     from pretrade.config import Settings
 
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0", "table_path": str(tmp_path / "pretrade.table"),
         "max_accounts": 256, "max_instruments": 256, "max_positions": 4096, "lock_stripes": 8,
+        "insecure": True, "auth": "none",
     }
     values.update(overrides)
     return Settings(**values)

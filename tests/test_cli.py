@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from book import seed_account, seed_lots
-from pretrade.cli import TARGET_ENV
+from pretrade.cli import CLIENT_ENVIRONMENT
 
 CLI_TIMEOUT_SECONDS = 30
 
@@ -32,7 +32,7 @@ def pretrade_command() -> list[str]:
 
 
 def run_pretrade(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if name != TARGET_ENV}
+    env = {name: value for name, value in os.environ.items() if name not in CLIENT_ENVIRONMENT}
     return subprocess.run([*pretrade_command(), *args], capture_output=True, text=True,
                           env=env, timeout=CLI_TIMEOUT_SECONDS, check=False)
 

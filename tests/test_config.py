@@ -99,6 +99,13 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_LOG_LEVEL": "warning",
         "PRETRADE_REDIS_USERNAME": "gateway",
         "PRETRADE_REDIS_PASSWORD": "hunter2",
+        "PRETRADE_INSECURE": "no",
+        "PRETRADE_TLS_CERT": "/etc/pretrade/server.pem",
+        "PRETRADE_TLS_KEY": "/etc/pretrade/server.key",
+        "PRETRADE_TLS_CLIENT_CA": "/etc/pretrade/clients-ca.pem",
+        "PRETRADE_TLS_REQUIRE_CLIENT_CERT": "true",
+        "PRETRADE_AUTH": "Tokens",
+        "PRETRADE_TOKENS_FILE": "/etc/pretrade/tokens.toml",
     }
     assert set(env) == {environment_variable(f.name) for f in dataclasses.fields(Settings)}
     assert load_settings(env=env) == Settings(
@@ -117,6 +124,13 @@ def test_every_field_has_its_own_environment_variable():
         log_level="WARNING",
         redis_username="gateway",
         redis_password="hunter2",
+        insecure=False,
+        tls_cert="/etc/pretrade/server.pem",
+        tls_key="/etc/pretrade/server.key",
+        tls_client_ca="/etc/pretrade/clients-ca.pem",
+        tls_require_client_cert=True,
+        auth="tokens",
+        tokens_file="/etc/pretrade/tokens.toml",
     )
 
 
@@ -175,6 +189,9 @@ def test_keys_beside_the_pretrade_table_are_refused(tmp_path):
         ('redis_url = "localhost:6379"', r"redis_url='localhost:6379' .*redis://"),
         ('log_level = "LOUD"', r"log_level='LOUD' .*DEBUG, INFO"),
         ('data_dir = ""', r"data_dir='' .*path"),
+        ('auth = "password"', r"auth='password' .*tokens, none"),
+        ('insecure = "yes"', r"insecure='yes' .*expected true or false"),
+        ('tls_cert = ""', r"tls_cert='' .*path"),
     ],
 )
 def test_bad_toml_values_are_named_with_their_source(tmp_path, toml, complaint):

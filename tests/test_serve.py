@@ -82,7 +82,8 @@ class ServeProcess:
         self.table_path = tmp_path / f"{name}.table"
         self._stderr = self.stderr_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pretrade", "serve", "--demo", "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "pretrade", "serve", "--demo", "--listen", "127.0.0.1:0",
+             "--insecure", "--auth", "none"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
             cwd=tmp_path, env=serve_environment(data_dir, self.table_path))
         self._lines: queue.Queue[str | None] = queue.Queue()

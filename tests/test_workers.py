@@ -34,7 +34,8 @@ def two_workers(redis_client: redis.Redis, redis_url: str, tmp_path: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRADE_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "pretrade", "serve", "--workers", "2", "--listen",
-         "127.0.0.1:0", "--redis-url", redis_url, "--table-path", str(table)],
+         "127.0.0.1:0", "--redis-url", redis_url, "--table-path", str(table),
+         "--insecure", "--auth", "none"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         target = None

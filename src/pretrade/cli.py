@@ -5,13 +5,22 @@
     pretrade serve [--config FILE] [--redis-url URL] [--listen HOST:PORT] [--demo]
     pretrade order --account A1 --symbol AAPL --side buy --qty 100 --price 68.3378
     pretrade halt --scope symbol --symbol AAPL --mode halted --reason "news pending"
+    pretrade status
+    pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
-when the call itself fails; ``halt`` exits 0 or 2. Usage errors exit 2
-(argparse's convention).
+when the call itself fails; ``halt`` and ``status`` exit 0 or 2. Usage errors
+exit 2 (argparse's convention).
+
+The client commands talk plaintext without a token unless told otherwise:
+``--token`` (``$PRETRADE_TOKEN``) sends ``authorization: Bearer <token>``;
+``--tls-ca`` (``$PRETRADE_TLS_CA``), ``--tls-cert`` and ``--tls-key``
+(``$PRETRADE_CLIENT_CERT``, ``$PRETRADE_CLIENT_KEY``: not ``PRETRADE_TLS_*``,
+which name the server's own settings) or ``--tls`` switch to TLS.
 
 The table formatting lives in pure functions (:func:`format_decision`,
-:func:`format_halt_state`) so it can be tested without a server.
+:func:`format_halt_state`, :func:`format_status`) so it can be tested without a
+server.
 """
 
 from __future__ import annotations
@@ -44,12 +53,21 @@ __all__ = [
     "build_parser",
     "format_decision",
     "format_halt_state",
+    "format_status",
     "main",
     "parse_args",
 ]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "PRETRADE_TARGET"
+TOKEN_ENV = "PRETRADE_TOKEN"
+TLS_CA_ENV = "PRETRADE_TLS_CA"
+CLIENT_CERT_ENV = "PRETRADE_CLIENT_CERT"
+CLIENT_KEY_ENV = "PRETRADE_CLIENT_KEY"
+CLIENT_ENVIRONMENT = (TARGET_ENV, TOKEN_ENV, TLS_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV)
+"""What the client commands read; none is a server setting's variable."""
+ROLES = ("trader", "risk_operator", "admin")  # pretrade.access.ROLES, without importing it
+AUTH_MODES = ("tokens", "none")
 RPC_TIMEOUT_SECONDS = 5.0
 
 EXIT_APPROVED = 0
@@ -114,6 +132,19 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the reply as protobuf JSON instead of a table",
     )
+    access = parser.add_argument_group("access (default: plaintext, no token)")
+    access.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
+                        help=f"bearer token (default: ${TOKEN_ENV})")
+    access.add_argument("--tls", action="store_true",
+                        help="use TLS, trusting the system's CAs (implied by the --tls-* flags)")
+    access.add_argument("--tls-ca", metavar="PEM", default=os.environ.get(TLS_CA_ENV) or None,
+                        help=f"CA certificates to trust for the gateway (default: ${TLS_CA_ENV})")
+    access.add_argument("--tls-cert", metavar="PEM",
+                        default=os.environ.get(CLIENT_CERT_ENV) or None,
+                        help=f"client certificate for mutual TLS (default: ${CLIENT_CERT_ENV})")
+    access.add_argument("--tls-key", metavar="PEM",
+                        default=os.environ.get(CLIENT_KEY_ENV) or None,
+                        help=f"its private key (default: ${CLIENT_KEY_ENV})")
 
 
 def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -143,6 +174,19 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="load a demo book (accounts, limits, instruments) at start",
     )
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
+    access = serve.add_argument_group(
+        "access", "TLS (or --insecure) and auth are required; see README, Access control")
+    access.add_argument("--insecure", action="store_true", default=None,
+                        help="serve plaintext: local development only")
+    access.add_argument("--tls-cert", metavar="PEM", help="server certificate chain")
+    access.add_argument("--tls-key", metavar="PEM", help="server private key (unencrypted)")
+    access.add_argument("--tls-client-ca", metavar="PEM",
+                        help="CA that issues client certificates (mutual TLS)")
+    access.add_argument("--tls-require-client-cert", action="store_true", default=None,
+                        help="refuse clients without a certificate from --tls-client-ca")
+    access.add_argument("--auth", type=str.lower, choices=AUTH_MODES,
+                        help="tokens (default) or none (local development, loopback only)")
+    access.add_argument("--tokens-file", metavar="TOML", help="token hashes and principals")
 
     order = commands.add_parser(
         "order",
@@ -192,7 +236,28 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     )
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
 
-    return parser, {"serve": serve, "order": order, "halt": halt}
+    status = commands.add_parser(
+        "status",
+        help="print the gateway's sync state, lag, table use and counters",
+        description="Call GetStatus (risk_operator or admin) and print the answer.",
+    )
+    _add_target(status)
+
+    token = commands.add_parser(
+        "token",
+        help="make a bearer token and its tokens-file entry",
+        description="Make a random bearer token. The [[token]] entry for the tokens file "
+        "(its sha256, never the token) goes to stdout, so `>> tokens.toml` appends it; the "
+        "token itself goes to stderr, once: give it to the client.",
+    )
+    token.add_argument("--name", required=True, help="principal name, shown in logs")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--account", action="append", default=[], metavar="ACCOUNT",
+                       help="an account the trader may use (repeat; '*' for every account)")
+
+    commands_by_name = {"serve": serve, "order": order, "halt": halt, "status": status,
+                        "token": token}
+    return parser, commands_by_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Subcommands ``serve``, ``order`` and ``halt``. ``--target`` defaults
-        to ``$PRETRADE_TARGET`` as read when the parser is built.
+        Subcommands ``serve``, ``order``, ``halt``, ``status`` and ``token``.
+        ``--target`` (and ``--token``, ``--tls-*``) default to their
+        environment variables as read when the parser is built.
     """
     return _build_parsers()[0]
 
@@ -234,6 +300,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser, commands = _build_parsers()
     args = parser.parse_args(argv)
+    if args.command in ("order", "halt", "status") and (args.tls_cert is None) != (
+            args.tls_key is None):
+        commands[args.command].error("--tls-cert and --tls-key go together")
+    if args.command == "token":
+        token = commands["token"]
+        if args.role == "trader" and not args.account:
+            token.error("a trader needs at least one --account ('*' for every account)")
+        if args.role != "trader" and args.account:
+            token.error(f"--account only applies to a trader; a {args.role} may use every "
+                        "account")
     if args.command == "order":
         order = commands["order"]
         if args.order_type == "limit" and args.price is None:
@@ -439,6 +515,54 @@ def format_halt_state(state: risk_pb2.HaltState) -> str:
     return "\n".join(_align(rows))
 
 
+_STATUS_LABELS = {
+    "sync_live": "sync live",
+    "lag_ms": "lag",
+    "max_lag_ms": "max lag",
+    "last_full_load_unix_ms": "last full load at",
+    "full_loads": "full loads",
+    "last_full_load_ms": "last full load took",
+    "events_applied": "events applied",
+    "invalid_entities": "invalid entities",
+    "last_error": "last error",
+    "max_orders": "max orders",
+    "automatic_halts": "automatic halts",
+    "price_ticks": "price ticks",
+}
+
+
+def format_status(status: risk_pb2.ServerStatus) -> str:
+    """A ``ServerStatus`` as an aligned ``label  value`` table, one line per field.
+
+    Parameters
+    ----------
+    status : risk_pb2.ServerStatus
+        The gateway's answer to ``GetStatus``.
+
+    Returns
+    -------
+    str
+        Every field of the message, in its order: booleans as ``yes``/``no``,
+        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit. Fields
+        this client does not know by name still show, labelled by their
+        name. No trailing newline.
+    """
+    rows = []
+    for field in status.DESCRIPTOR.fields:
+        value = getattr(status, field.name)
+        label = _STATUS_LABELS.get(field.name, field.name.replace("_", " "))
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif field.name.endswith("_unix_ms") and isinstance(value, int):
+            text = _utc_time(value)
+        elif field.name.endswith("_ms") and isinstance(value, int):
+            text = f"{value} ms"
+        else:
+            text = _cell(str(value))
+        rows.append((label, text))
+    return "\n".join(_align(rows))
+
+
 def _to_json(message: Message) -> str:
     return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
 
@@ -455,6 +579,51 @@ def _report_rpc_error(method: str, target: str, error: grpc.RpcError) -> int:
     return EXIT_FAILED
 
 
+class _ClientFileError(Exception):
+    """A --tls-* file the client cannot read."""
+
+
+def _read_client_file(flag: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise _ClientFileError(f"cannot read {flag} {path}: {error.strerror}") from None
+
+
+def _open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, unless a --tls* flag (or its variable) asks for TLS."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_client_file("--tls-ca", args.tls_ca),
+        private_key=_read_client_file("--tls-key", args.tls_key),
+        certificate_chain=_read_client_file("--tls-cert", args.tls_cert))
+    return grpc.secure_channel(args.target, credentials)
+
+
+def _call_metadata(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {args.token}")] if args.token else None
+
+
+def _call(args: argparse.Namespace, method: str, request: Message) -> Message | int:
+    """One unary call with the client's channel and token: the reply, or an exit status."""
+    try:
+        with _open_channel(args) as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            try:
+                reply: Message = getattr(stub, method)(
+                    request, timeout=RPC_TIMEOUT_SECONDS, metadata=_call_metadata(args))
+            except grpc.RpcError as error:
+                return _report_rpc_error(method, args.target, error)
+    except _ClientFileError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return reply
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
@@ -466,6 +635,13 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "workers": args.workers,
                 "demo_book": args.demo,
                 "log_level": args.log_level,
+                "insecure": args.insecure,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+                "tls_client_ca": args.tls_client_ca,
+                "tls_require_client_cert": args.tls_require_client_cert,
+                "auth": args.auth,
+                "tokens_file": args.tokens_file,
             },
         )
     except ConfigError as error:
@@ -481,32 +657,55 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     try:
         status = serve_forever(settings)
+    except ConfigError as error:  # the TLS and auth settings, checked before anything starts
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     return status if isinstance(status, int) else 0
 
 
 def _run_order(args: argparse.Namespace) -> int:
-    order = build_order(args)
-    with grpc.insecure_channel(args.target) as channel:
-        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-        try:
-            decision = stub.EvaluateOrder(order, timeout=RPC_TIMEOUT_SECONDS)
-        except grpc.RpcError as error:
-            return _report_rpc_error("EvaluateOrder", args.target, error)
+    decision = _call(args, "EvaluateOrder", build_order(args))
+    if isinstance(decision, int):
+        return decision
+    assert isinstance(decision, risk_pb2.Decision)
     print(_to_json(decision) if args.json else format_decision(decision))
     return EXIT_APPROVED if decision.approved else EXIT_REJECTED
 
 
 def _run_halt(args: argparse.Namespace) -> int:
-    request = build_halt_request(args)
-    with grpc.insecure_channel(args.target) as channel:
-        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-        try:
-            state = stub.Halt(request, timeout=RPC_TIMEOUT_SECONDS)
-        except grpc.RpcError as error:
-            return _report_rpc_error("Halt", args.target, error)
+    state = _call(args, "Halt", build_halt_request(args))
+    if isinstance(state, int):
+        return state
+    assert isinstance(state, risk_pb2.HaltState)
     print(_to_json(state) if args.json else format_halt_state(state))
+    return EXIT_APPROVED
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    status = _call(args, "GetStatus", risk_pb2.StatusRequest())
+    if isinstance(status, int):
+        return status
+    assert isinstance(status, risk_pb2.ServerStatus)
+    print(_to_json(status) if args.json else format_status(status))
+    return EXIT_APPROVED
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from pretrade.access import new_token, token_entry
+
+    token = new_token()
+    try:
+        entry = token_entry(args.name, args.role, args.account, token)
+    except ValueError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    # The entry (a hash) to stdout, the token to stderr: `>> tokens.toml`
+    # appends the entry and never writes the token to the file.
+    print(entry, end="", flush=True)
+    print(f"token for {args.name} ({args.role}), shown once; give it to the client "
+          f"(--token or ${TOKEN_ENV}):\n{token}", file=sys.stderr)
     return EXIT_APPROVED
 
 
@@ -514,6 +713,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
     "halt": _run_halt,
+    "status": _run_status,
+    "token": _run_token,
 }
 
 

@@ -52,8 +52,13 @@ _MAX_LOCK_STRIPES = 4096
 _MAX_CAPACITY = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
                          "max_orders", "max_sync_lag_ms", "workers"})
-_BOOL_FIELDS = frozenset({"demo_book"})
-_OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password"})
+_BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
+                          "demo_book"})
+_OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
+                              "tls_cert", "tls_key", "tls_client_ca", "tokens_file"})
+_PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
+                          "tokens_file"})
+_AUTH_MODES = ("tokens", "none")
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _URL_USERINFO = re.compile(r"//[^/@]*@")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -172,8 +177,12 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem(str(error)) from None
     elif name == "redis_url" and not value.startswith(_REDIS_URL_SCHEMES):
         raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
-    elif name in ("table_path", "data_dir") and not value.strip():
+    elif name in _PATH_FIELDS and not value.strip():
         raise problem("must name a path")
+    elif name == "auth":
+        if value.lower() not in _AUTH_MODES:
+            raise problem(f"must be one of {', '.join(_AUTH_MODES)}")
+        return value.lower()
     elif name == "log_level":
         if value.upper() not in _LOG_LEVELS:
             raise problem(f"must be one of {', '.join(_LOG_LEVELS)}")
@@ -222,6 +231,25 @@ class Settings:
     redis_username, redis_password : str or None
         Redis ACL credentials, when not in ``redis_url``. The password is
         left out of ``repr``.
+    insecure : bool
+        Serve plaintext gRPC: the explicit switch for local development.
+        Without it the server needs ``tls_cert`` and ``tls_key``.
+    tls_cert, tls_key : str or None
+        PEM files: the server's certificate chain and its unencrypted key.
+    tls_client_ca : str or None
+        PEM CA certificates that issue client certificates (mutual TLS);
+        goes with ``tls_require_client_cert``.
+    tls_require_client_cert : bool
+        Refuse clients without a certificate from ``tls_client_ca``.
+    auth : str
+        ``tokens`` (every PreTradeRisk call needs a bearer token from
+        ``tokens_file``) or ``none`` (local development, loopback only).
+    tokens_file : str or None
+        TOML file of token hashes and their principals (format in
+        :mod:`pretrade.access`).
+
+    Whether the transport and auth settings fit together is checked, with
+    their files, when a server starts (:meth:`pretrade.access.ServerAccess.from_settings`).
     """
 
     redis_url: str | None = None
@@ -239,6 +267,13 @@ class Settings:
     log_level: str = "INFO"
     redis_username: str | None = None
     redis_password: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_require_client_cert: bool = False
+    auth: str = "tokens"
+    tokens_file: str | None = None
 
     def __post_init__(self) -> None:
         for settings_field in dataclasses.fields(self):
@@ -301,7 +336,7 @@ def _coerce(name: str, value: object, source: str) -> object:
         if word not in _TRUE_WORDS | _FALSE_WORDS:
             raise ConfigError(f"{name}={value!r} ({source}): expected true or false")
         converted = word in _TRUE_WORDS
-    elif isinstance(value, os.PathLike) and name in ("table_path", "data_dir"):
+    elif isinstance(value, os.PathLike) and name in _PATH_FIELDS:
         converted = os.fspath(value)
     return _check_value(name, converted, source)
 

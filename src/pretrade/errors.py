@@ -33,6 +33,18 @@ class NotFound(PretradeError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class Unauthenticated(PretradeError):
+    """No bearer token, or one the server does not know (:mod:`pretrade.access`)."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(PretradeError):
+    """A known principal asked for a method or an account its role does not allow."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(PretradeError):
     """A dependency (Redis) cannot be reached; retrying later may succeed."""
 

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
+from pretrade.access import ServerAccess
 from pretrade.config import Settings
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
@@ -56,6 +57,9 @@ class Gateway:
 
     def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
                  worker: bool = False) -> None:
+        # First: contradictory or incomplete TLS/auth settings stop here, before
+        # a table file or a connection exists.
+        self.access = ServerAccess.from_settings(settings)
         self.settings = settings
         self.redis_url = redis_url
         self.worker = worker
@@ -88,7 +92,8 @@ class Gateway:
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse)])
+        self.server = grpc.aio.server(interceptors=self.access.interceptors,
+                                      options=[("grpc.so_reuseport", reuse)])
         self.port = 0
         self.serving = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,7 +107,7 @@ class Gateway:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        self.port = self.access.bind(self.server, self.settings.listen)
         if self.port == 0:
             raise OSError(f"could not listen on {self.settings.listen}")
         await self.server.start()
@@ -111,7 +116,9 @@ class Gateway:
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
                        asyncio.create_task(self.prices.run(), name="pretrade-prices"),
                        asyncio.create_task(self._track_health(), name="pretrade-health")]
-        log.info("serving %s on port %d (table %s)", SERVICE_NAME, self.port, self.mapped.path)
+        log.info("serving %s on port %d (table %s; %s)", SERVICE_NAME, self.port,
+                 self.mapped.path, self.access.summary)
+        self.access.warn_if_exposed(self.settings)
         return self.port
 
     def status(self) -> risk_pb2.ServerStatus:
@@ -169,11 +176,24 @@ class Gateway:
         self.mapped.close(unlink=not self.worker)
 
 
-def _banner(port: int, host: str, redis_url: str, workers: int = 1) -> str:
+def _access_note(access: ServerAccess | None) -> str:
+    if access is None:
+        return ""
+    lines = [f"  Access: {access.summary}."]
+    if access.interceptors:
+        lines.append("  Every call needs --token TOKEN (or $PRETRADE_TOKEN); "
+                     "`pretrade token` makes one.")
+    if not access.plaintext:
+        lines.append("  Clients add --tls-ca CA.pem (grpcurl: -cacert CA.pem, not -plaintext).")
+    return "\n" + "\n".join(lines)
+
+
+def _banner(port: int, host: str, redis_url: str, workers: int = 1,
+            access: ServerAccess | None = None) -> str:
     target = f"{host}:{port}"
     processes = f", {workers} processes" if workers > 1 else ""
     return f"""
-pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes})
+pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes}){_access_note(access)}
 
   Send an order:
     .venv/bin/pretrade order --target {target} --account DEMO-1 --symbol AAPL \\
@@ -223,7 +243,8 @@ async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
         gateway.mapped.close(unlink=not worker)
         return 3
     if not worker:
-        print(_banner(port, settings.listen_host, redis_url, settings.workers), flush=True)
+        print(_banner(port, settings.listen_host, redis_url, settings.workers, gateway.access),
+              flush=True)
     await stop.wait()
     log.info("stopping: health NOT_SERVING, finishing in-flight calls")
     await gateway.stop()
@@ -278,7 +299,12 @@ def _serve_processes(settings: Settings, redis_url: str) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
-    """Run the server (and its workers) until SIGINT or SIGTERM; return the exit status."""
+    """Run the server (and its workers) until SIGINT or SIGTERM; return the exit status.
+
+    Raises :class:`~pretrade.config.ConfigError` before anything starts when
+    the TLS and auth settings are contradictory or incomplete.
+    """
+    ServerAccess.from_settings(settings)
     if not settings.embedded_redis:
         assert settings.redis_url is not None
         return _serve_processes(settings, settings.redis_url)

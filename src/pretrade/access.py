@@ -1,0 +1,603 @@
+"""Who may call what: TLS on the gRPC port, bearer tokens, roles and accounts.
+
+A risk gateway is a control point: an order system must never be able to
+lift a halt. Three layers, each configured in :class:`~pretrade.config.Settings`:
+
+* **Transport.** TLS with ``tls_cert`` and ``tls_key``; mutual TLS when
+  ``tls_client_ca`` and ``tls_require_client_cert`` are set (a client must
+  present a certificate issued by that CA). Plaintext only with the explicit
+  ``insecure`` switch, for local development.
+* **Authentication.** With ``auth = "tokens"`` (the default) every call to
+  PreTradeRisk carries ``authorization: Bearer <token>`` metadata. The
+  tokens file (``tokens_file``) holds the SHA-256 of each token, never the
+  token, with the principal it stands for. ``auth = "none"`` serves every
+  RPC to anyone who can connect, and is refused unless the server listens
+  on a loopback address.
+* **Authorisation.** Each principal has a role (:data:`ROLES`); :data:`RULES`
+  says which roles may call which method, and a trader only for its own
+  accounts. The standard health and reflection services stay open, so
+  ordinary gRPC tools work without a token.
+
+The tokens file is TOML, one ``[[token]]`` table per principal::
+
+    [[token]]
+    name = "oms-1"                 # who: shows in logs and denials
+    role = "trader"                # trader, risk_operator or admin
+    accounts = ["DEMO-1", "DEMO-2"]  # traders only; ["*"] is every account
+    sha256 = "5e8f...64 hex digits"  # of the token; `pretrade token` prints it
+
+A missing or unknown token ends the call ``UNAUTHENTICATED``; a role or an
+account the principal may not use ends it ``PERMISSION_DENIED``, naming the
+method and the account (never the token). Both are logged at WARNING with the
+peer and the principal. A batch (EvaluateOrders) with one foreign account in
+any of its orders is refused whole.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import logging
+import re
+import secrets
+import ssl
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from pretrade.config import ConfigError, Settings
+from pretrade.errors import PermissionDenied, PretradeError, Unauthenticated, grpc_status
+from pretrade.v1 import risk_pb2 as pb
+
+__all__ = [
+    "ADMIN",
+    "ALL_ACCOUNTS",
+    "OPEN_SERVICES",
+    "RISK_OPERATOR",
+    "ROLES",
+    "RULES",
+    "TRADER",
+    "AccessInterceptor",
+    "Principal",
+    "Rule",
+    "ServerAccess",
+    "TokenTable",
+    "current_principal",
+    "hash_token",
+    "load_tokens",
+    "new_token",
+    "token_entry",
+]
+
+log = logging.getLogger("pretrade.access")
+
+TRADER = "trader"
+RISK_OPERATOR = "risk_operator"
+ADMIN = "admin"
+ROLES = (TRADER, RISK_OPERATOR, ADMIN)
+"""Every role, least powerful first."""
+ALL_ACCOUNTS = "*"
+"""In a trader's ``accounts``: every account (an OMS trading for all of them)."""
+
+AUTH_MODES = ("tokens", "none")
+TOKEN_BYTES = 32
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[\x21-\x7e]{1,64}")
+_ACCOUNT = re.compile(r"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}")  # redis_schema.ID_PATTERN as text
+_ENTRY_KEYS = frozenset({"name", "role", "accounts", "sha256"})
+_BEARER = "bearer"
+
+_SERVICE = "/" + pb.DESCRIPTOR.services_by_name["PreTradeRisk"].full_name + "/"
+OPEN_SERVICES = frozenset({
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+})
+"""Services served without a token: standard tools (grpcurl, probes) need them."""
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "pretrade_principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The principal of the call being served, or ``None`` (open service, ``auth = "none"``).
+
+    The interceptor sets it in the call's context before the servicer runs,
+    so servicer code (an audit record, a halt's author) can name the caller.
+    """
+    return _principal.get()
+
+
+# -- principals and tokens -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token stands for.
+
+    Attributes
+    ----------
+    name : str
+        Shown in logs and in denials.
+    role : str
+        ``trader``, ``risk_operator`` or ``admin``.
+    accounts : frozenset of str, or None
+        The accounts a trader may use; ``None`` means every account (every
+        risk operator and admin, and a trader configured with ``["*"]``).
+    """
+
+    name: str
+    role: str
+    accounts: frozenset[str] | None
+
+    def may_use(self, account: str) -> bool:
+        return self.accounts is None or account in self.accounts
+
+
+def new_token() -> str:
+    """A fresh random bearer token: 32 bytes from :mod:`secrets`, URL-safe base64."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    """What the tokens file stores for ``token``: its SHA-256, in lower-case hex.
+
+    A plain hash suffices (no salt, no key stretching) because tokens are
+    32 random bytes, not passwords: there is nothing to guess.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _toml_string(text: str) -> str:
+    # Names and accounts are printable ASCII (checked): escape \ and " only.
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def token_entry(name: str, role: str, accounts: Sequence[str], token: str) -> str:
+    """The ``[[token]]`` table to append to the tokens file for ``token``.
+
+    Parameters
+    ----------
+    name, role, accounts
+        As in :class:`Principal`; ``accounts`` only for a trader.
+    token : str
+        The raw token; only its hash is in the result.
+
+    Returns
+    -------
+    str
+        TOML text ending in a newline, checked by the same rules as
+        :func:`load_tokens`.
+
+    Raises
+    ------
+    ValueError
+        If the name, role or accounts would not load.
+    """
+    lines = ["[[token]]", f"name = {_toml_string(name)}", f"role = {_toml_string(role)}"]
+    if accounts:
+        lines.append("accounts = [" + ", ".join(_toml_string(a) for a in accounts) + "]")
+    lines.append(f"sha256 = {_toml_string(hash_token(token))}")
+    text = "\n".join(lines) + "\n"
+    _parse_entry(tomllib.loads(text)["token"][0], "the new entry")
+    return text
+
+
+def _parse_entry(entry: object, where: str) -> tuple[bytes, Principal]:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a [[token]] table")
+    if "token" in entry:
+        raise ValueError(f"{where}: holds a raw 'token'; store only its sha256 "
+                         "(`pretrade token` prints the entry)")
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                         f"known keys are {', '.join(sorted(_ENTRY_KEYS))}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{where}: name must be 1 to 64 printable ASCII characters "
+                         "without spaces")
+    where = f"{where} ({name!r})"
+    role = entry.get("role")
+    if role not in ROLES:
+        raise ValueError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        raise ValueError(f"{where}: sha256 must be 64 lower-case hex digits")
+    accounts = entry.get("accounts")
+    if role != TRADER:
+        if accounts is not None:
+            raise ValueError(f"{where}: accounts only apply to a trader; a {role} may use "
+                             "every account")
+        return bytes.fromhex(digest), Principal(name, role, None)
+    if (not isinstance(accounts, list) or not accounts
+            or not all(isinstance(a, str) for a in accounts)):
+        raise ValueError(f"{where}: a trader needs accounts, a non-empty list of account "
+                         'ids (["*"] for every account)')
+    if ALL_ACCOUNTS in accounts:
+        if len(accounts) > 1:
+            raise ValueError(f'{where}: "*" already means every account; list nothing else')
+        return bytes.fromhex(digest), Principal(name, role, None)
+    for account in accounts:
+        if not _ACCOUNT.fullmatch(account):
+            raise ValueError(f"{where}: {account!r} is not a valid account id")
+    return bytes.fromhex(digest), Principal(name, role, frozenset(accounts))
+
+
+class TokenTable:
+    """Token hashes and their principals; :meth:`authenticate` compares in constant time."""
+
+    def __init__(self, entries: Iterable[tuple[bytes, Principal]]) -> None:
+        self._entries = tuple(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal whose hash matches ``token``, or ``None``.
+
+        Every entry is compared, with :func:`hmac.compare_digest`, whatever
+        matches: the time taken says nothing about which hash came close.
+        """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for stored, principal in self._entries:
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+
+def load_tokens(path: str | Path) -> TokenTable:
+    """Read and check a tokens file (format in the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read, is not TOML, or an entry is malformed,
+        holds a raw token, or repeats a name or a hash. The message names
+        the file and the entry, never a token.
+    """
+    source = f"tokens_file {path}"
+    try:
+        with open(path, "rb") as stream:
+            document = tomllib.load(stream)
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read it: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    extra = sorted(set(document) - {"token"})
+    if extra:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(extra)}; the file holds "
+                          "[[token]] tables only")
+    entries = document.get("token", [])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: no [[token]] entries; create one with `pretrade token`")
+    parsed: list[tuple[bytes, Principal]] = []
+    names: set[str] = set()
+    digests: set[bytes] = set()
+    for number, entry in enumerate(entries, 1):
+        try:
+            digest, principal = _parse_entry(entry, f"{source}: token {number}")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if principal.name in names:
+            raise ConfigError(f"{source}: token {number}: name {principal.name!r} is used "
+                              "twice; each principal needs its own name")
+        if digest in digests:
+            raise ConfigError(f"{source}: token {number} ({principal.name!r}): the same "
+                              "sha256 appears twice")
+        names.add(principal.name)
+        digests.add(digest)
+        parsed.append((digest, principal))
+    return TokenTable(parsed)
+
+
+# -- the rules -----------------------------------------------------------------
+
+
+def _order_account(request: Any) -> Iterable[str]:
+    return (request.account_id,)
+
+
+def _batch_accounts(request: Any) -> Iterable[str]:
+    return (order.account_id for order in request.orders)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call one method: its roles, and where its accounts are in the request."""
+
+    roles: frozenset[str]
+    accounts: Callable[[Any], Iterable[str]] | None = None
+
+
+RULES: dict[str, Rule] = {
+    _SERVICE + "EvaluateOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
+    _SERVICE + "EvaluateOrders": Rule(frozenset({TRADER, ADMIN}), _batch_accounts),
+    _SERVICE + "StreamPortfolio": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN}),
+                                       _order_account),
+    _SERVICE + "Halt": Rule(frozenset({RISK_OPERATOR, ADMIN})),
+    _SERVICE + "GetStatus": Rule(frozenset({RISK_OPERATOR, ADMIN})),
+}
+"""Full method name -> rule. A method of no open service and without a rule
+is for ``admin`` only: a new RPC is closed until someone decides otherwise."""
+_ADMIN_ONLY = Rule(frozenset({ADMIN}))
+
+
+def _short(method: str) -> str:
+    return method.rpartition("/")[2] or method
+
+
+def _quoted(text: str) -> str:
+    return repr(text[:64])
+
+
+def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The token of the one ``authorization: Bearer`` entry, or raise Unauthenticated."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        raise Unauthenticated("missing bearer token: send metadata "
+                              "'authorization: Bearer <token>'")
+    if len(values) > 1:
+        raise Unauthenticated("more than one authorization header")
+    value = values[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != _BEARER or not token:
+        raise Unauthenticated("malformed authorization header: expected 'Bearer <token>'")
+    return token
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Checks every call's bearer token and the caller's role and accounts.
+
+    Open services pass untouched. For the rest the token is checked when the
+    call arrives; a call that may not go gets a handler that ends it with
+    UNAUTHENTICATED or PERMISSION_DENIED (logged with the peer, which only
+    the call's context knows). A trader's call is wrapped so that the
+    accounts in its request are checked before the servicer sees it.
+    """
+
+    def __init__(self, tokens: TokenTable) -> None:
+        self.tokens = tokens
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method[1:].rpartition("/")[0] in OPEN_SERVICES:
+            return handler
+        principal = None
+        try:
+            principal = self.tokens.authenticate(_bearer_token(
+                handler_call_details.invocation_metadata))
+            if principal is None:
+                raise Unauthenticated("invalid bearer token")
+            rule = RULES.get(method, _ADMIN_ONLY)
+            if principal.role not in rule.roles:
+                raise PermissionDenied(
+                    f"{principal.name!r} (role {principal.role}) may not call "
+                    f"{_short(method)}; allowed roles: {', '.join(sorted(rule.roles))}")
+        except PretradeError as error:
+            return _refusing(handler, method, principal, error)
+        _principal.set(principal)
+        if rule.accounts is None or principal.accounts is None:
+            return handler
+        return _checking_accounts(handler, method, principal, rule.accounts)
+
+
+async def _deny(context: grpc.aio.ServicerContext, method: str, principal: Principal | None,
+                error: PretradeError) -> None:
+    code, details = grpc_status(error)
+    who = f"{principal.name} (role {principal.role})" if principal else "-"
+    log.warning("%s %s from %s, principal %s: %s", code.name, _short(method), context.peer(),
+                who, details)
+    await context.abort(code, details)
+
+
+def _refusing(handler: grpc.RpcMethodHandler, method: str, principal: Principal | None,
+              error: PretradeError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that only ends the call with ``error``."""
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await _deny(context, method, principal, error)
+
+    return _same_shape(handler, refuse)
+
+
+def _foreign_account(principal: Principal, method: str, request: Any,
+                     accounts: Callable[[Any], Iterable[str]]) -> PermissionDenied | None:
+    for number, account in enumerate(accounts(request), 1):
+        if not principal.may_use(account):
+            where = (f" (order {number} of the batch; the whole batch is refused)"
+                     if method.endswith("/EvaluateOrders") else "")
+            return PermissionDenied(
+                f"{principal.name!r} may not use account {_quoted(account)} in "
+                f"{_short(method)}{where}")
+    return None
+
+
+def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: Principal,
+                       accounts: Callable[[Any], Iterable[str]]) -> grpc.RpcMethodHandler:
+    """``handler``, with the request's accounts checked against ``principal`` first."""
+    if handler.request_streaming:
+        # No rule reads accounts from a request stream: refuse rather than guess.
+        return _refusing(handler, method, principal, PermissionDenied(
+            f"{principal.name!r} may not call {_short(method)}"))
+    behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+    if inspect.isasyncgenfunction(behaviour):
+        async def each_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            denial = _foreign_account(principal, method, request, accounts)
+            if denial is not None:
+                await _deny(context, method, principal, denial)
+            async for response in behaviour(request, context):
+                yield response
+
+        return _same_shape(handler, each_response)
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        denial = _foreign_account(principal, method, request, accounts)
+        if denial is not None:
+            await _deny(context, method, principal, denial)
+        result = behaviour(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return _same_shape(handler, checked)
+
+
+def _same_shape(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]
+                ) -> grpc.RpcMethodHandler:
+    kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler}[
+        (handler.request_streaming, handler.response_streaming)]
+    return kind(behaviour, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+# -- the server's side: settings to credentials and interceptors ----------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_file(name: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r}: cannot read it: {error.strerror}") from None
+
+
+def _check_pem(settings: Settings) -> None:
+    """Let OpenSSL read the files now, so a bad one stops the start, not the first client."""
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=b"")
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(
+            f"tls_cert={settings.tls_cert!r}, tls_key={settings.tls_key!r}: not a PEM "
+            f"certificate chain and the unencrypted PEM private key that matches it "
+            f"({error})") from None
+    if settings.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(f"tls_client_ca={settings.tls_client_ca!r}: not PEM CA "
+                              f"certificates ({error})") from None
+
+
+def _combination_problems(settings: Settings) -> list[str]:
+    """Every way the transport and auth settings are contradictory or incomplete."""
+    problems = []
+    tls_given = [name for name in ("tls_cert", "tls_key", "tls_client_ca")
+                 if getattr(settings, name) is not None]
+    if settings.tls_require_client_cert:
+        tls_given.append("tls_require_client_cert")
+    if settings.insecure and tls_given:
+        problems.append(f"insecure (plaintext) contradicts {', '.join(tls_given)}: choose "
+                        "TLS or plaintext")
+    elif not settings.insecure and not tls_given:
+        problems.append("no transport security: set tls_cert and tls_key for TLS, or "
+                        "insecure = true (--insecure) for plaintext local development")
+    elif not settings.insecure:
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            missing = "tls_key" if settings.tls_key is None else "tls_cert"
+            problems.append(f"TLS needs both tls_cert and tls_key; {missing} is not set")
+        if settings.tls_require_client_cert and settings.tls_client_ca is None:
+            problems.append("tls_require_client_cert needs tls_client_ca, the CA that "
+                            "issues client certificates")
+        if settings.tls_client_ca is not None and not settings.tls_require_client_cert:
+            problems.append("tls_client_ca is set but tls_require_client_cert is not: "
+                            "pretrade does not take optional client certificates; set "
+                            "tls_require_client_cert = true for mutual TLS")
+    if settings.auth == "tokens" and settings.tokens_file is None:
+        problems.append("auth = 'tokens' needs tokens_file (make entries with `pretrade "
+                        "token`), or auth = 'none' (--auth none) for local development")
+    if settings.auth == "none":
+        if settings.tokens_file is not None:
+            problems.append("tokens_file is set but auth = 'none' would ignore it")
+        if not _is_loopback(settings.listen_host):
+            problems.append(f"auth = 'none' lets anyone who can connect call Halt; it is "
+                            f"refused on the non-loopback address {settings.listen}")
+    return problems
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """What a server needs from the access settings: credentials and interceptors.
+
+    Build it with :meth:`from_settings`, which reads and checks every file.
+    """
+
+    credentials: grpc.ServerCredentials | None
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
+    summary: str
+    plaintext: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerAccess:
+        """Check the transport and auth settings together and load their files.
+
+        Raises
+        ------
+        ConfigError
+            Listing every contradiction or omission (TLS and ``insecure``
+            both or neither, a certificate without its key, a client CA
+            without ``tls_require_client_cert`` or the reverse, tokens
+            without a tokens file, ``auth = "none"`` off loopback), or the
+            first file that cannot be read or parsed.
+        """
+        problems = _combination_problems(settings)
+        if problems:
+            raise ConfigError("access settings: " + "; ".join(problems))
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+        if settings.tokens_file is not None:
+            tokens = load_tokens(settings.tokens_file)
+            interceptors = (AccessInterceptor(tokens),)
+            auth = f"bearer tokens ({len(tokens)} principals)"
+        else:
+            auth = "NO authentication (local development)"
+        if settings.insecure:
+            return cls(None, interceptors, f"plaintext, {auth}", plaintext=True)
+        assert settings.tls_cert is not None and settings.tls_key is not None
+        _check_pem(settings)
+        client_ca = (_read_file("tls_client_ca", settings.tls_client_ca)
+                     if settings.tls_client_ca is not None else None)
+        credentials = grpc.ssl_server_credentials(
+            [(_read_file("tls_key", settings.tls_key), _read_file("tls_cert", settings.tls_cert))],
+            root_certificates=client_ca, require_client_auth=settings.tls_require_client_cert)
+        transport = "mutual TLS" if settings.tls_require_client_cert else "TLS"
+        return cls(credentials, interceptors, f"{transport}, {auth}", plaintext=False)
+
+    def bind(self, server: grpc.aio.Server, listen: str) -> int:
+        """Add the listening port with these credentials; return the port (0: failed)."""
+        if self.credentials is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, self.credentials)
+
+    def warn_if_exposed(self, settings: Settings) -> None:
+        """Log a WARNING when plaintext is served beyond this machine."""
+        if self.plaintext and not _is_loopback(settings.listen_host):
+            log.warning("serving plaintext on %s: bearer tokens cross the network in clear "
+                        "text; set tls_cert and tls_key, or terminate TLS in front of pretrade",
+                        settings.listen)
+
