@@ -27,6 +27,7 @@ import redis
 from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
 from conftest import GatewayThread
 from pretrade import redis_schema
+from pretrade.audit import AUDIT_STREAM
 from pretrade.demo import DEMO_MARKER
 from pretrade.demo import LIMITS as DEMO_LIMITS
 from pretrade.devredis import RedisServer, find_redis_cli
@@ -270,7 +271,8 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
         key = (pattern.replace("{ACC}", "{ACC-1}").replace("<ACC>", "ACC-1")
                .replace("<SYM>", "AAPL"))
         assert classify(key.encode()) is not None or key.encode() in (
-            DEMO_MARKER, PRICE_STREAM), f"{pattern!r} is not a key pretrade reads or writes"
+            DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM), (
+            f"{pattern!r} is not a key pretrade reads or writes")
 
 
 def test_the_demo_marker_key_is_documented(doc):

@@ -5,6 +5,7 @@
     pretrade serve [--config FILE] [--redis-url URL] [--listen HOST:PORT] [--demo]
     pretrade order --account A1 --symbol AAPL --side buy --qty 100 --price 68.3378
     pretrade halt --scope symbol --symbol AAPL --mode halted --reason "news pending"
+    pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
     pretrade status
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
@@ -26,8 +27,10 @@ server.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,7 +42,7 @@ from google.protobuf.message import Message
 
 from pretrade import __version__
 from pretrade.config import ConfigError, load_settings
-from pretrade.fixedpoint import format_notional, parse_price, parse_quantity
+from pretrade.fixedpoint import format_notional, format_price, parse_price, parse_quantity
 from pretrade.v1 import risk_pb2, risk_pb2_grpc
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "build_halt_request",
     "build_order",
     "build_parser",
+    "format_audit_entries",
     "format_decision",
     "format_halt_state",
     "format_status",
@@ -235,6 +239,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="lift the halt by itself after this many seconds (default: never)",
     )
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
+
+    _add_audit_command(commands)
 
     status = commands.add_parser(
         "status",
@@ -709,10 +715,189 @@ def _run_token(args: argparse.Namespace) -> int:
     return EXIT_APPROVED
 
 
+# -- the audit trail -------------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]{1,12})(ms|s|m|h|d)", re.ASCII)
+_DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_when(text: str, now: datetime | None = None) -> int:
+    """A point in time for ``pretrade audit --since``/``--until``, in Unix epoch ms.
+
+    Parameters
+    ----------
+    text : str
+        A duration ago (``500ms``, ``30s``, ``10m``, ``2h``, ``1d``), ``now``,
+        or an ISO 8601 time (``2025-11-21T14:30:00Z``, ``2025-11-21 14:30``);
+        a time without an offset is UTC.
+    now : datetime, optional
+        What a duration counts back from (default: the current time).
+
+    Raises
+    ------
+    ValueError
+        For any other text.
+    """
+    spec = text.strip()
+    now_ms = (datetime.now(UTC) if now is None else now) - _EPOCH
+    if spec == "now":
+        return now_ms // timedelta(milliseconds=1)
+    duration = _DURATION.fullmatch(spec)
+    if duration is not None:
+        ago = int(duration[1]) * _DURATION_MS[duration[2]]
+        return now_ms // timedelta(milliseconds=1) - ago
+    try:
+        moment = datetime.fromisoformat(spec)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration ago (10m, 2h, 1d), 'now', nor an "
+                         "ISO 8601 time (2025-11-21T14:30:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _parse_limit(text: str) -> int:
+    limit = parse_quantity(text)
+    if limit < 0:
+        raise ValueError(f"limit {text!r} is negative; use 0 for every entry")
+    return limit
+
+
+def _add_audit_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="read the audit trail of decisions and halt changes from Redis",
+        description="Read the Redis stream `audit` directly (not through the gateway): the "
+        "newest entries that match every filter given, printed oldest first. Times are UTC.",
+    )
+    audit.add_argument("--redis-url", metavar="URL",
+                       help="the gateway's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    audit.add_argument("--config", metavar="FILE",
+                       help="TOML settings file, for redis_url and credentials "
+                       "($PRETRADE_CONFIG)")
+    audit.add_argument("--account", help="decisions of this account, and its halts")
+    audit.add_argument("--order-id", help="decisions of this order id")
+    audit.add_argument("--event", choices=("decision", "halt"), help="one kind of entry only")
+    audit.add_argument("--since", type=_argument_type(parse_when), metavar="WHEN",
+                       help="from this time: 10m, 2h, 1d ago, or ISO 8601 (UTC unless it says)")
+    audit.add_argument("--until", type=_argument_type(parse_when), metavar="WHEN",
+                       help="up to this time (same forms as --since)")
+    audit.add_argument("--limit", type=_argument_type(_parse_limit), default=100, metavar="N",
+                       help="at most N entries, the newest (0: all; default 100)")
+    audit.add_argument("--json", action="store_true",
+                       help="one JSON object per entry (JSON Lines) instead of a table")
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text or "")
+    except ValueError:
+        return None
+
+
+def _utc_time_ms(unix_ms: int | None) -> str:
+    if unix_ms is None:
+        return "?"
+    try:
+        moment = _EPOCH + timedelta(milliseconds=unix_ms)
+    except OverflowError:
+        return f"{unix_ms} ms after epoch (out of range)"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _audit_row(fields: dict[str, str]) -> tuple[str, ...]:
+    get = fields.get
+    if get("event") == "decision":
+        price = _number(get("price"))
+        at = ("MARKET" if get("order_type") == "MARKET"
+              else format_price(price) if price is not None else str(get("price")))
+        latency = _number(get("latency_ns"))
+        event = str(get("verdict")) + (" (replayed)" if get("replayed") == "1" else "")
+        return (event, str(get("account")), str(get("order_id")),
+                f"{get('side')} {get('quantity')} {get('symbol')} @ {at}",
+                _format_latency(latency) if latency is not None else "?",
+                ", ".join(str(get("codes")).split(",")))
+    mode, scope, expires = get("mode"), get("scope"), _number(get("expires_at"))
+    subject = "global" if scope == "GLOBAL" else f"{str(scope).lower()} {get('target')}"
+    detail = str(get("reason") or "")
+    if expires:
+        detail += f" (until {_utc_time_ms(expires)})"
+    return ("LIFTED" if mode == "ACTIVE" else f"HALT {mode}", subject, "",
+            f"by {get('by') or 'unknown'} via {get('source')}", "", detail)
+
+
+def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
+    """Audit entries as an aligned table, one line each.
+
+    Parameters
+    ----------
+    entries : sequence of (str, dict)
+        ``(stream id, fields)`` as :func:`pretrade.audit.read_audit` returns them.
+
+    Returns
+    -------
+    str
+        ``"No audit entries match."`` when there are none; else a header
+        (TIME, PID, EVENT, SUBJECT, ORDER ID, WHAT, LATENCY, DETAIL) and one
+        line per entry. A decision shows its verdict, account, order id,
+        ``SIDE QTY SYMBOL @ PRICE`` and its reject codes; a halt change its
+        mode (``HALT HALTED``, ``HALT REDUCE_ONLY``, ``LIFTED``), scope and
+        target, who and through what (``rpc``, ``breaker``, ``redis``) and
+        why. No trailing newline.
+    """
+    if not entries:
+        return "No audit entries match."
+    rows: list[tuple[str, ...]] = [
+        ("TIME", "PID", "EVENT", "SUBJECT", "ORDER ID", "WHAT", "LATENCY", "DETAIL")]
+    for _, fields in entries:
+        row = (_utc_time_ms(_number(fields.get("ts"))), str(fields.get("pid")),
+               *_audit_row(fields))
+        rows.append(tuple(_cell(cell) for cell in row))
+    return "\n".join(_align(rows))
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs a Redis client.
+    import redis
+
+    from pretrade.audit import AuditQuery, entry_as_json, read_audit
+
+    try:
+        settings = load_settings(config_file=args.config,
+                                 overrides={"redis_url": args.redis_url})
+    except ConfigError as error:
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if settings.redis_url is None:
+        print("pretrade: audit needs --redis-url (or $PRETRADE_REDIS_URL, $REDIS_URL): the "
+              "Redis that `pretrade serve` names in its banner", file=sys.stderr)
+        return EXIT_FAILED
+    query = AuditQuery(account=args.account, order_id=args.order_id, event=args.event,
+                       since_ms=args.since, until_ms=args.until, limit=args.limit)
+    client = redis.Redis.from_url(
+        settings.redis_url, username=settings.redis_username or None,
+        password=settings.redis_password or None, socket_timeout=RPC_TIMEOUT_SECONDS,
+        socket_connect_timeout=RPC_TIMEOUT_SECONDS)
+    try:
+        entries = read_audit(client, query)
+    except redis.RedisError as error:
+        print(f"pretrade: reading the audit stream failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    if args.json:
+        for entry_id, fields in entries:
+            print(json.dumps(entry_as_json(entry_id, fields), ensure_ascii=False))
+    else:
+        print(format_audit_entries(entries))
+    return EXIT_APPROVED
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
     "halt": _run_halt,
+    "audit": _run_audit,
     "status": _run_status,
     "token": _run_token,
 }

@@ -51,7 +51,8 @@ _MAX_LOCK_STRIPES = 4096
 # Capacities size C arrays indexed by a signed 32-bit slot number.
 _MAX_CAPACITY = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
-                         "max_orders", "max_sync_lag_ms", "workers"})
+                         "max_orders", "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
+                         "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
@@ -221,6 +222,19 @@ class Settings:
         stale: orders get STALE_DATA and health reports NOT_SERVING.
     workers : int
         Server processes sharing one table and one port (SO_REUSEPORT).
+    max_concurrent_rpcs : int
+        Calls one server process runs at once, every method counted; the next
+        is refused at once with RESOURCE_EXHAUSTED rather than queued. An open
+        StreamPortfolio stream holds one for as long as it is open, and health
+        checks count too: size it as streams + order-entry concurrency.
+    shutdown_grace_ms : int
+        On SIGTERM, how long in-flight calls may take to finish before they
+        are cancelled; writing the queued audit entries may take as long again.
+    audit_max_len : int
+        About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``).
+    audit_queue_size : int
+        Audit entries held in memory while Redis is slow or unreachable; past
+        it, new entries are dropped and counted (GetStatus ``audit_dropped``).
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
     data_dir : str
@@ -262,6 +276,10 @@ class Settings:
     max_orders: int = 262_144
     max_sync_lag_ms: int = 2_000
     workers: int = 1
+    max_concurrent_rpcs: int = 10_000
+    shutdown_grace_ms: int = 5_000
+    audit_max_len: int = 1_000_000
+    audit_queue_size: int = 100_000
     demo_book: bool = False
     data_dir: str = ".run"
     log_level: str = "INFO"

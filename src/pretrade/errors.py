@@ -51,6 +51,12 @@ class Unavailable(PretradeError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(PretradeError):
+    """The client's deadline passed before the work started: it is not done late."""
+
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and details an RPC ends with when ``error`` escapes it."""
     if isinstance(error, PretradeError):

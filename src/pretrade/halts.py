@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pretrade._core import PositionTable
+from pretrade.audit import SOURCE_BREAKER, SOURCE_RPC, AuditTrail
 from pretrade.errors import InvalidRequest
 from pretrade.fixedpoint import format_notional
 from pretrade.limits import DEFAULT_REJECT_WINDOW_MS, LimitKind
@@ -142,8 +143,9 @@ async def store_halt(client: aioredis.Redis, record: HaltRecord, ttl_seconds: in
 
 
 async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltRequest,
-                     default_by: str = "unknown") -> pb.HaltState:
-    """Validate, write through to Redis, apply locally; return the halts in force."""
+                     default_by: str = "unknown", *,
+                     audit: AuditTrail | None = None) -> pb.HaltState:
+    """Validate, write through to Redis, apply locally, audit; return the halts in force."""
     scope, target = validate_halt_request(request)
     key = halt_key(scope, target)
     by = request.requested_by.strip() or default_by
@@ -153,6 +155,9 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
         # started before it is stale and must not undo this; its own
         # notification re-reads the key.
         book.release(scope, target)
+        if audit is not None:
+            audit.halt(SOURCE_RPC, scope, target, pb.HALT_MODE_ACTIVE, request.reason.strip(),
+                       by)
         log.warning("halt lifted: %s by %s (%s)", key.decode(), by,
                     request.reason or "no reason given")
         return book.snapshot()
@@ -164,6 +169,9 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
     )
     await store_halt(client, record, request.ttl_seconds)
     book.enforce(record)
+    if audit is not None:
+        audit.halt(SOURCE_RPC, scope, target, record.mode, record.reason, by,
+                   record.expires_at_ms)
     log.warning("halt set: %s %s by %s: %s", key.decode(),
                 pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
     return book.snapshot()
@@ -185,10 +193,11 @@ class Breakers:
     """
 
     def __init__(self, table: PositionTable, book: HaltBook,
-                 client: aioredis.Redis) -> None:
+                 client: aioredis.Redis, audit: AuditTrail | None = None) -> None:
         self.table = table
         self.book = book
         self.client = client
+        self.audit = audit
         self.tripped = 0
         self.write_failures = 0
         self._writes: set[asyncio.Task[None]] = set()
@@ -229,6 +238,9 @@ class Breakers:
                             now_ms + seconds * 1000 if seconds else 0)
         self.book.enforce(record)
         self.tripped += 1
+        if self.audit is not None:
+            self.audit.halt(SOURCE_BREAKER, record.scope, account, mode, reason, RISK_ENGINE,
+                            record.expires_at_ms)
         log.warning("automatic halt: account %s %s for %s: %s", account.decode(),
                     pb.HaltMode.Name(mode), f"{seconds} s" if seconds else "ever", reason)
         task = asyncio.get_running_loop().create_task(self._store(record, seconds))

@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
 from pretrade.access import ServerAccess
+from pretrade.audit import AuditTrail, HaltObserver
 from pretrade.config import Settings
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
@@ -86,14 +87,20 @@ class Gateway:
         self.sync.listeners.append(self.portfolio)
         self.halts.listeners.append(self.portfolio)
         self.prices = PriceFeed(self.redis, self.sync)
+        self.audit = AuditTrail(self.redis, max_len=settings.audit_max_len,
+                                queue_size=settings.audit_queue_size)
+        if not worker:
+            # Halt changes seen in Redis are audited once, by the owner process.
+            self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
-                                             status=self.status)
+                                             status=self.status, audit=self.audit)
         self.health = health.aio.HealthServicer()
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
         self.server = grpc.aio.server(interceptors=self.access.interceptors,
-                                      options=[("grpc.so_reuseport", reuse)])
+                                      options=[("grpc.so_reuseport", reuse)],
+                                      maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         self.port = 0
         self.serving = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +120,7 @@ class Gateway:
         await self.server.start()
         # Before the sync's first load starts, so ticks during the load are replayed.
         await self.prices.mark_start()
+        self.audit.start()
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
                        asyncio.create_task(self.prices.run(), name="pretrade-prices"),
                        asyncio.create_task(self._track_health(), name="pretrade-health")]
@@ -136,7 +144,9 @@ class Gateway:
             instruments=counts["instruments"], positions=counts["positions"],
             orders=counts["orders"], max_orders=counts["max_orders"],
             automatic_halts=self.servicer.breakers.tripped,
-            price_ticks=self.prices.stats.ticks_applied, pid=os.getpid())
+            price_ticks=self.prices.stats.ticks_applied, pid=os.getpid(),
+            audit_written=self.audit.stats.written, audit_dropped=self.audit.stats.dropped,
+            audit_pending=self.audit.pending, audit_write_errors=self.audit.stats.write_errors)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
@@ -160,11 +170,20 @@ class Gateway:
                 reported = self.serving = live
             await asyncio.sleep(HEALTH_POLL_SECONDS)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Health NOT_SERVING, finish in-flight calls within ``grace``, release everything."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, finish in-flight calls, write the audit, release everything.
+
+        New calls are refused at once; calls in flight get ``grace`` seconds
+        (default: the ``shutdown_grace_ms`` setting), and so does writing the
+        audit entries still queued.
+        """
+        if grace is None:
+            grace = self.settings.shutdown_grace_ms / 1000
         await self.health.enter_graceful_shutdown()
         self.portfolio.close()  # streams end UNAVAILABLE within the grace period
         await self.server.stop(grace)
+        # No call runs any more, so every decision answered is queued by now.
+        await self.audit.close(timeout=grace)
         self.sync.stop()
         self.prices.stop()
         for task in self._tasks:

@@ -18,7 +18,14 @@ import grpc
 import redis.asyncio as aioredis
 
 from pretrade._core import Engine
-from pretrade.errors import InvalidRequest, Unavailable, grpc_status, rejection_message
+from pretrade.audit import AuditTrail
+from pretrade.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    Unavailable,
+    grpc_status,
+    rejection_message,
+)
 from pretrade.halts import Breakers, HaltBook, write_halt
 from pretrade.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.redis_schema import is_valid_id
@@ -34,6 +41,7 @@ MAX_TAG_LENGTH = 15
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
 ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
+_MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
 
 def _id(text: str, field: str) -> bytes:
     if not text:
@@ -88,13 +96,16 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
 
     def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis,
                  portfolio: PortfolioHub | None = None,
-                 status: Callable[[], pb.ServerStatus] | None = None) -> None:
+                 status: Callable[[], pb.ServerStatus] | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.engine = engine
         self.halts = halts
         self.redis = redis_client
-        self.breakers = Breakers(engine.table, halts, redis_client)
+        self.breakers = Breakers(engine.table, halts, redis_client, audit)
         self.portfolio = portfolio
         self.status = status
+        # Every decision and halt is queued for the audit stream (never awaited).
+        self.audit = audit
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved)."""
@@ -106,6 +117,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             valid.order_id, valid.account, valid.symbol, order.side, order.order_type,
             order.quantity, order.price, valid.venue, valid.counterparty, started)
         latency = time.perf_counter_ns() - started
+        if self.audit is not None:
+            self.audit.decision(order, approved, rejections, latency, replayed, notional)
         if auto_halt:
             self.breakers.trip(valid.account, auto_halt, pnl)
         return pb.Decision(
@@ -118,6 +131,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     async def EvaluateOrder(self, request: pb.Order,  # noqa: N802 (gRPC method name)
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
+            _check_deadline(context)
             return self.decide(request)
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
@@ -136,12 +150,15 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                     account_id=order.account_id[:64], symbol=order.symbol[:64],
                     rejections=[pb.Rejection(code=pb.REJECT_CODE_INVALID_REQUEST,
                                              message=str(error))]))
+                if self.audit is not None:
+                    self.audit.decision(order, False, _MALFORMED, 0, False, 0)
         return pb.DecisionBatch(decisions=decisions,
                                 latency_ns=time.perf_counter_ns() - started)
 
     async def EvaluateOrders(self, request: pb.OrderBatch,  # noqa: N802
                              context: grpc.aio.ServicerContext) -> pb.DecisionBatch:
         try:
+            _check_deadline(context)
             if len(request.orders) > MAX_BATCH:
                 raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, "
                                      f"got {len(request.orders)}")
@@ -163,7 +180,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     async def Halt(self, request: pb.HaltRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> pb.HaltState:
         try:
-            return await write_halt(self.redis, self.halts, request)
+            _check_deadline(context)
+            return await write_halt(self.redis, self.halts, request, audit=self.audit)
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "Halt")
             raise
@@ -185,6 +203,19 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "StreamPortfolio")
             raise
+
+
+def _check_deadline(context: grpc.aio.ServicerContext) -> None:
+    """Refuse a call whose deadline has already passed, before any work is done.
+
+    gRPC drops most such calls before they reach a handler, but not one that
+    was dispatched just before its deadline and then waited for the event
+    loop: deciding it late would reserve limits for an order the client
+    already counts as failed.
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the deadline passed before the call was started")
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
