@@ -81,3 +81,16 @@ def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], timeout: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s; last value: {value}")
         time.sleep(0.01)
+
+
+def try_order(stub: object, request: pb.Order) -> pb.Decision | None:
+    """EvaluateOrder, or None when the call failed (e.g. UNAVAILABLE: Redis is down and
+    the decision could not be made durable). For probes while Redis comes and goes."""
+    import grpc
+
+    try:
+        return stub.EvaluateOrder(request, timeout=5)  # type: ignore[attr-defined,no-any-return]
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            raise
+        return None

@@ -83,6 +83,7 @@ KEY_CONSTANTS = {
     "HALT_ALL": "hash",
     "HALT_ACCOUNT": "hash",
     "HALT_SYMBOL": "hash",
+    "ORDERS": "hash",
 }
 #: The Redis type each writing command of the fail-closed cases leaves behind.
 TYPE_WRITTEN_BY = {"HSET": "hash", "SET": "string", "SADD": "set"}
@@ -270,8 +271,9 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
     for pattern in glance_table(doc):
         key = (pattern.replace("{ACC}", "{ACC-1}").replace("<ACC>", "ACC-1")
                .replace("<SYM>", "AAPL"))
-        assert classify(key.encode()) is not None or key.encode() in (
-            DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM), (
+        assert (classify(key.encode()) is not None
+                or redis_schema.account_of_orders_key(key.encode()) is not None
+                or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM)), (
             f"{pattern!r} is not a key pretrade reads or writes")
 
 
@@ -842,7 +844,9 @@ def test_every_fail_closed_row_is_checked_against_a_gateway(doc):
     assert not unchecked, f"fail-closed rows no case in FAIL_CLOSED checks: {unchecked}"
 
 
-@pytest.mark.parametrize("name", list(KEY_CONSTANTS))
+# orders:{ACC} is read only at a full load, so a wrong type there shows at the
+# next start, not in a running gateway: tests/test_recovery.py covers it.
+@pytest.mark.parametrize("name", [name for name in KEY_CONSTANTS if name != "ORDERS"])
 def test_every_key_family_has_a_wrong_type_case(name):
     prefix = getattr(redis_schema, name).decode()
     documented = KEY_CONSTANTS[name]

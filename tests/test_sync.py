@@ -9,7 +9,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from book import codes, order, seed_account, wait_until
+from book import codes, order, seed_account, try_order, wait_until
 from conftest import GatewayThread, gateway_settings
 from pretrade.devredis import RedisServer
 from pretrade.server import Gateway
@@ -67,13 +67,15 @@ def test_losing_redis_fails_closed_and_a_restart_resyncs(tmp_path):
             assert stub.EvaluateOrder(order()).approved
 
             server.stop()
-            decision = wait_until(lambda: stub.EvaluateOrder(order()), lambda d: not d.approved)
+            decision = wait_until(lambda: try_order(stub, order()),
+                                  lambda d: d is not None and not d.approved)
             assert codes(decision) == [pb.REJECT_CODE_STALE_DATA]
             wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status,
                        lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING)
 
             restarted = RedisServer(port=port, data_dir=data_dir, persistent=True).start()
-            wait_until(lambda: stub.EvaluateOrder(order()), lambda d: d.approved, timeout=15)
+            wait_until(lambda: try_order(stub, order()), lambda d: d is not None and d.approved,
+                       timeout=15)
             wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status,
                        lambda s: s == health_pb2.HealthCheckResponse.SERVING)
 
@@ -106,8 +108,9 @@ def test_keys_deleted_while_the_link_was_down_are_cleared_by_the_resync(tmp_path
             server.stop()
             restarted = RedisServer(port=port, data_dir=data_dir, persistent=True).start()
             redis.Redis(port=port).delete("limits:{ACC-2}")
-            decision = wait_until(lambda: stub.EvaluateOrder(order(account="ACC-2")),
-                                  lambda d: pb.REJECT_CODE_STALE_DATA not in codes(d),
+            decision = wait_until(lambda: try_order(stub, order(account="ACC-2")),
+                                  lambda d: d is not None
+                                  and pb.REJECT_CODE_STALE_DATA not in codes(d),
                                   timeout=15)
             assert codes(decision) == [pb.REJECT_CODE_UNKNOWN_ACCOUNT]
             assert stub.EvaluateOrder(order(account="ACC-1")).approved

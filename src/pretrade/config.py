@@ -54,7 +54,7 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_orders", "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
-                          "demo_book"})
+                          "demo_book", "durable_decisions"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
                               "tls_cert", "tls_key", "tls_client_ca", "tokens_file"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
@@ -235,6 +235,10 @@ class Settings:
     audit_queue_size : int
         Audit entries held in memory while Redis is slow or unreachable; past
         it, new entries are dropped and counted (GetStatus ``audit_dropped``).
+    durable_decisions : bool
+        Write every decided order to Redis (``orders:{ACC}``) before answering,
+        so a restarted server replays order ids and keeps working orders. Off
+        trades that guarantee for one Redis round trip less per call.
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
     data_dir : str
@@ -280,6 +284,7 @@ class Settings:
     shutdown_grace_ms: int = 5_000
     audit_max_len: int = 1_000_000
     audit_queue_size: int = 100_000
+    durable_decisions: bool = True
     demo_book: bool = False
     data_dir: str = ".run"
     log_level: str = "INFO"

@@ -42,6 +42,9 @@ CANCELS = b"cancels:"
 BALANCES = b"balances:"
 LOCATES = b"locates:"
 RESTRICTED_SHORT = b"restricted:short"
+#: Decided orders (pretrade's own durable copy, see orders.py). Read at a full
+#: load only, so they are not among the notification patterns.
+ORDERS = b"orders:"
 LIMITS = b"limits:"
 INSTRUMENT = b"instrument:"
 PRICE = b"price:"
@@ -108,6 +111,15 @@ def account_snapshot_keys(account_id: bytes) -> tuple[bytes, ...]:
     the three lot hashes, ``orders_by_lot``, ``cancels`` and ``pnl`` (one hash slot)."""
     tag = tagged(account_id)
     return (*lot_keys(account_id), ORDERS_BY_LOT + tag, CANCELS + tag, PNL + tag)
+
+
+def orders_key(account_id: bytes) -> bytes:
+    """``orders:{ACC}``: order id -> a decided order (pretrade.orders encoding)."""
+    return ORDERS + tagged(account_id)
+
+
+def account_of_orders_key(key: bytes) -> bytes | None:
+    return _untag(key[len(ORDERS):]) if key.startswith(ORDERS) else None
 
 
 def balances_key(account_id: bytes) -> bytes:

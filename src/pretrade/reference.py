@@ -2,7 +2,8 @@
 
 Every check in ``ext/pretrade/_core/checks.pyx`` has a pure-Python mirror
 here, with the same name, the same inputs and the same output: a decision is
-``(approved, notional, rejections, replayed, auto_halt, profit_and_loss)``
+``(approved, notional, rejections, replayed, auto_halt, profit_and_loss,
+stored)``
 with ``rejections`` a tuple of ``(code, observed, limit)`` triples in
 pipeline order. The differential tests
 drive this book and the compiled table with the same operations and demand
@@ -42,7 +43,7 @@ AUTO_HALT_NONE, AUTO_HALT_LOSS_LIMIT, AUTO_HALT_REJECT_STORM = 0, 1, 2
 NS_PER_MS = 1_000_000
 
 Rejection = tuple[int, int, int]
-Decision = tuple[bool, int, tuple[Rejection, ...], bool, int, int]
+Decision = tuple[bool, int, tuple[Rejection, ...], bool, int, int, bool]
 
 
 def clamp(value: int) -> int:
@@ -823,7 +824,7 @@ class ReferenceBook:
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
         now_ns: int = 0,
     ) -> Decision:
-        """Run every check on one order; the same 6-tuple as ``Engine.evaluate``."""
+        """Run every check on one order; the same 7-tuple as ``Engine.evaluate``."""
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
@@ -839,7 +840,8 @@ class ReferenceBook:
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
                         and stored.counterparty == counterparty):
                     return (stored.approved, stored.notional,
-                            stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE, 0)
+                            stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE, 0,
+                            False)
                 ctx.duplicate_conflict = True
         rejections: list[Rejection] = []
 
@@ -857,11 +859,14 @@ class ReferenceBook:
             if total < -loss_limit and account.halt_mode not in (
                     pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED):
                 auto_halt, pnl = AUTO_HALT_LOSS_LIMIT, clamp(total)
+        kept = False
         if account is not None and not ctx.duplicate_conflict:
+            before = len(self.orders)
             approved, auto_halt = self._remember(ctx, account_id, order_id, approved,
                                                  rejections, auto_halt)
+            kept = len(self.orders) > before
         return (approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False, auto_halt,
-                pnl)
+                pnl, kept)
 
     def _remember(self, ctx: Context, account_id: bytes, order_id: bytes, approved: bool,
                   rejections: list[Rejection], auto_halt: int) -> tuple[bool, int]:

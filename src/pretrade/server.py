@@ -32,6 +32,7 @@ from pretrade._core import Engine
 from pretrade.access import ServerAccess
 from pretrade.audit import AuditTrail, HaltObserver
 from pretrade.config import Settings
+from pretrade.orders import Journal
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
 from pretrade.servicer import PreTradeRiskServicer
@@ -92,8 +93,10 @@ class Gateway:
         if not worker:
             # Halt changes seen in Redis are audited once, by the owner process.
             self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
+        self.journal = Journal(self.redis) if settings.durable_decisions else None
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
-                                             status=self.status, audit=self.audit)
+                                             status=self.status, journal=self.journal,
+                                             audit=self.audit)
         self.health = health.aio.HealthServicer()
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.

@@ -27,6 +27,7 @@ from pretrade.errors import (
     rejection_message,
 )
 from pretrade.halts import Breakers, HaltBook, write_halt
+from pretrade.orders import DecidedOrder, Journal
 from pretrade.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.redis_schema import is_valid_id
 from pretrade.v1 import risk_pb2 as pb
@@ -36,6 +37,7 @@ log = logging.getLogger("pretrade.servicer")
 
 MAX_ORDER_ID_LENGTH = 63
 MAX_BATCH = 10_000
+STORED_REJECTIONS = 8  # what the core keeps with an order (layout.pxd)
 MAX_TAG_LENGTH = 15
 # Printable ASCII without spaces: what FIX ClOrdIDs and MICs use in practice.
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
@@ -97,6 +99,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     def __init__(self, engine: Engine, halts: HaltBook, redis_client: aioredis.Redis,
                  portfolio: PortfolioHub | None = None,
                  status: Callable[[], pb.ServerStatus] | None = None,
+                 journal: Journal | None = None,
                  audit: AuditTrail | None = None) -> None:
         self.engine = engine
         self.halts = halts
@@ -106,44 +109,69 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.status = status
         # Every decision and halt is queued for the audit stream (never awaited).
         self.audit = audit
+        # Decided orders are made durable before the answer when set.
+        self.journal = journal
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved)."""
+        return self.decide_durably(order)[0]
+
+    def decide_durably(self, order: pb.Order) -> tuple[pb.Decision, DecidedOrder | None]:
+        """The decision, and the record to make durable before answering (or None)."""
         valid = validate_order(order)
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
-        approved, notional, rejections, replayed, auto_halt, pnl = self.engine.evaluate(
-            valid.order_id, valid.account, valid.symbol, order.side, order.order_type,
-            order.quantity, order.price, valid.venue, valid.counterparty, started)
+        approved, notional, rejections, replayed, auto_halt, pnl, stored = (
+            self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
+                                 order.order_type, order.quantity, order.price, valid.venue,
+                                 valid.counterparty, started))
         latency = time.perf_counter_ns() - started
         if self.audit is not None:
             self.audit.decision(order, approved, rejections, latency, replayed, notional)
         if auto_halt:
             self.breakers.trip(valid.account, auto_halt, pnl)
-        return pb.Decision(
+        durable = None
+        if stored and self.journal is not None:
+            durable = DecidedOrder(
+                valid.account, valid.order_id, valid.symbol, order.side, order.order_type,
+                order.quantity, order.price,
+                notional // order.quantity if approved else order.price, notional,
+                valid.venue, valid.counterparty, approved, rejections[:STORED_REJECTIONS])
+        decision = pb.Decision(
             order_id=order.order_id, approved=approved,
             rejections=[rejection_message(*r) for r in rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
             notional=notional, replayed=replayed,
         )
+        return decision, durable
 
     async def EvaluateOrder(self, request: pb.Order,  # noqa: N802 (gRPC method name)
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
-            return self.decide(request)
+            decision, durable = self.decide_durably(request)
+            if durable is not None and self.journal is not None:
+                await self.journal.commit((durable,))
+            return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
             raise
 
-    def decide_batch(self, batch: pb.OrderBatch) -> pb.DecisionBatch:
-        """Every order of a batch, in order; a malformed one gets INVALID_REQUEST."""
+    def decide_batch(self, batch: pb.OrderBatch,
+                     durable: list[DecidedOrder] | None = None) -> pb.DecisionBatch:
+        """Every order of a batch, in order; a malformed one gets INVALID_REQUEST.
+
+        Records to make durable are appended to ``durable`` when it is given.
+        """
         started = time.perf_counter_ns()
         decisions = []
         for order in batch.orders:
             try:
-                decisions.append(self.decide(order))
+                decision, record = self.decide_durably(order)
+                decisions.append(decision)
+                if record is not None and durable is not None:
+                    durable.append(record)
             except InvalidRequest as error:
                 decisions.append(pb.Decision(
                     order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
@@ -162,7 +190,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if len(request.orders) > MAX_BATCH:
                 raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, "
                                      f"got {len(request.orders)}")
-            return self.decide_batch(request)
+            durable: list[DecidedOrder] = []
+            reply = self.decide_batch(request, durable)
+            if durable and self.journal is not None:
+                await self.journal.commit(durable)
+            return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")
             raise

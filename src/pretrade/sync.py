@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable
 from pretrade.halts import HaltBook, HaltKey
+from pretrade.orders import decode
 from pretrade.redis_schema import (
+    ORDERS,
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
     SCAN_PATTERNS,
@@ -38,6 +41,7 @@ from pretrade.redis_schema import (
     KeyKind,
     ParsedLimits,
     StateError,
+    account_of_orders_key,
     account_snapshot_keys,
     aggregate_lots,
     balances_key,
@@ -89,6 +93,7 @@ class AccountSync:
     limits_invalid: bool = False
     balances_invalid: bool = False
     locates_invalid: bool = False
+    orders_invalid: bool = False
     override_symbols: set[bytes] = field(default_factory=set)
 
     @property
@@ -98,7 +103,7 @@ class AccountSync:
     @property
     def invalid(self) -> bool:
         return (self.lots_invalid or self.limits_invalid or self.balances_invalid
-                or self.locates_invalid)
+                or self.locates_invalid or self.orders_invalid)
 
 
 @dataclass
@@ -148,6 +153,7 @@ class SyncStats:
     events: int = 0
     refreshes: int = 0
     invalid_entities: int = 0
+    orders_restored: int = 0
     last_full_load_seconds: float = 0.0
     last_error: str = ""
 
@@ -329,9 +335,12 @@ class RedisSync:
         """Read every key family and make the table equal to Redis."""
         started = time.perf_counter()
         dirty = Dirty()
-        for pattern in SCAN_PATTERNS:
-            async for key in self.client.scan_iter(match=pattern, count=1000):
-                dirty.add_key(key)
+        # One pass over the keyspace; keys pretrade does not own are skipped.
+        async for key in self.client.scan_iter(count=5000):
+            dirty.add_key(key)
+        # Decided orders first: the account snapshots below subtract their
+        # fills and cancels from what they reserve.
+        await self._restore_orders()
         # What the table knew but Redis no longer has must be cleared too.
         dirty.lots |= set(self.accounts)
         dirty.limits |= set(self.accounts)
@@ -341,7 +350,7 @@ class RedisSync:
         dirty.instruments |= set(self.instruments)
         dirty.prices |= self.priced
         dirty.halts |= {(pb.HALT_SCOPE_GLOBAL, b"")} | set(self.halts._halts)
-        await self.refresh(dirty)
+        await self.refresh(dirty, progress=LoadProgress(len(dirty)))
         self.stats.full_loads += 1
         self.last_full_load_unix_ms = time.time_ns() // 1_000_000
         self.stats.last_full_load_seconds = time.perf_counter() - started
@@ -350,7 +359,44 @@ class RedisSync:
                  "in %.3f s", len(self.accounts), len(self.instruments), counts["positions"],
                  len(self.halts.snapshot().halts), self.stats.last_full_load_seconds)
 
-    async def refresh(self, dirty: Dirty) -> None:
+    async def _restore_orders(self) -> None:
+        """Put decided orders from ``orders:{ACC}`` back into the table (crash recovery).
+
+        Orders the table already holds are left alone, so a resync after a
+        lost link restores nothing. An unreadable record makes its account
+        invalid (its working reservation is unknown): its orders fail closed.
+        """
+        keys = [key async for key in self.client.scan_iter(match=ORDERS + b"*", count=1000)]
+        restored = 0
+        for start in range(0, len(keys), self.batch_size):
+            batch = keys[start:start + self.batch_size]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.hgetall(key)
+                replies = await pipe.execute(raise_on_error=False)
+            for key, reply in zip(batch, replies, strict=True):
+                account = account_of_orders_key(key)
+                if account is None:
+                    continue
+                state = self.accounts.setdefault(account, AccountSync())
+                try:
+                    for order_id, raw in _hash(reply).items():
+                        order = decode(account, order_id, raw)
+                        restored += self.table.restore_order(
+                            account, order_id, order.symbol, order.side, order.order_type,
+                            order.quantity, order.price, order.valuation_price, order.notional,
+                            order.venue, order.counterparty, order.approved,
+                            list(order.rejections))
+                    state.orders_invalid = False
+                except (StateError, ValueError) as error:
+                    state.orders_invalid = True
+                    self._invalid("decided orders of account", account, error)
+                self._publish_account(account, state)
+        if restored:
+            log.info("restored %d decided orders from Redis", restored)
+        self.stats.orders_restored += restored
+
+    async def refresh(self, dirty: Dirty, progress: LoadProgress | None = None) -> None:
         """Re-read the named entities from Redis and apply them, in batches.
 
         Each batch is read in one MULTI/EXEC (a consistent snapshot of every
@@ -390,6 +436,10 @@ class RedisSync:
                 apply(items, replies[at:at + len(items) * width])
                 at += len(items) * width
             self._apply_halts(halt_keys, replies[at:], generations)
+            if progress is not None:
+                progress.advance(len(batch))
+        if progress is not None:
+            progress.finish()
 
     def _queue_lots(self, pipe: Pipeline, accounts: list[bytes]) -> None:
         for account in accounts:
@@ -601,6 +651,40 @@ class RedisSync:
         self.stats.invalid_entities += 1
         log.error("%s %s is invalid in Redis, its orders are rejected: %s", what,
                   name.decode(errors="replace"), error)
+
+
+class LoadProgress:
+    """Progress of a bulk load: a bar with a rate on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int, every_seconds: float = 1.0) -> None:
+        self.total = total
+        self.done = 0
+        self.every = every_seconds
+        self.started = self.last_report = time.perf_counter()
+        self.terminal = sys.stderr.isatty()
+
+    def advance(self, entities: int) -> None:
+        self.done += entities
+        now = time.perf_counter()
+        if now - self.last_report >= self.every:
+            self.last_report = now
+            self._report(now)
+
+    def _report(self, now: float, final: bool = False) -> None:
+        rate = self.done / max(now - self.started, 1e-9)
+        if self.terminal:
+            width = 30
+            filled = width * self.done // max(self.total, 1)
+            sys.stderr.write(f"\rloading [{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done:,}/{self.total:,} entities, {rate:,.0f}/s"
+                             + ("\n" if final else ""))
+            sys.stderr.flush()
+        else:
+            log.info("loading: %d/%d entities, %.0f/s", self.done, self.total, rate)
+
+    def finish(self) -> None:
+        if self.total >= 10_000 or self.terminal and self.done:
+            self._report(time.perf_counter(), final=True)
 
 
 def _split(dirty: Dirty, size: int) -> Iterator[Dirty]:

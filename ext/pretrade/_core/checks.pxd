@@ -53,6 +53,8 @@ cdef struct DecisionRecord:
     int32_t rejection_count
     int32_t replayed                # the stored decision of an earlier identical order
     int32_t auto_halt               # AutoHalt the Python layer must apply
+    int32_t stored                  # kept under its order id (so it must be made durable)
+    int32_t reserved
     int64_t profit_and_loss         # the account's P&L when auto_halt is LOSS_LIMIT
     Rejection rejections[MAX_REJECTIONS]
 

@@ -797,12 +797,13 @@ cdef class Engine:
     """The check pipeline bound to one PositionTable.
 
     ``evaluate`` returns ``(approved, notional, rejections, replayed,
-    auto_halt, profit_and_loss)``: ``rejections`` is a tuple of ``(code, observed, limit)``
+    auto_halt, profit_and_loss, stored)``: ``rejections`` is a tuple of ``(code, observed, limit)``
     triples (codes are pretrade.v1 RejectCode numbers), ``replayed`` is True
     when the order id was decided before and this is that decision, and
     ``auto_halt`` is 0, 1 (move the account to REDUCE_ONLY: loss limit) or 2
     (HALT the account: too many rejections), with the account's P&L when
-    the loss limit tripped. The pure-Python twin in
+    the loss limit tripped, and ``stored`` True when the decision was kept
+    under its order id (the caller makes it durable). The pure-Python twin in
     ``pretrade.reference`` returns exactly the same shape.
     """
 
@@ -916,6 +917,7 @@ cdef class Engine:
             stored.status = ORDER_REJECTED
             self.count_rejection(ctx, record)
         self.table.publish_order(stored)
+        record.stored = True
 
     cdef bint reservation_fits(self, const CheckContext* ctx, const DecisionRecord* record,
                                const PositionSlot* slot) noexcept nogil:
@@ -1015,6 +1017,7 @@ cdef class Engine:
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil:
         record.rejection_count = 0
         record.replayed = False
+        record.stored = False
         record.auto_halt = AUTO_HALT_NONE
         record.profit_and_loss = 0
         record.notional = 0
@@ -1061,7 +1064,8 @@ cdef class Engine:
             rejections[i] = (record.rejections[i].code, record.rejections[i].observed,
                              record.rejections[i].limit)
         result = (bool(record.approved), record.notional, tuple(rejections),
-                  bool(record.replayed), record.auto_halt, record.profit_and_loss)
+                  bool(record.replayed), record.auto_halt, record.profit_and_loss,
+                  bool(record.stored))
         self.pool.release(record)
         return result
 

@@ -722,6 +722,68 @@ cdef class PositionTable:
                           order.counterparty, order.remaining * order.valuation_price)
             o = order.next_working
 
+    def restore_order(self, account_id, order_id, symbol, int side, int order_type,
+                      int64_t quantity, int64_t price, int64_t valuation_price,
+                      int64_t notional, venue, counterparty, bint approved, rejections):
+        """Put back a decided order from its durable copy (crash recovery).
+
+        An approved order is working again with its whole quantity reserved
+        (the next account snapshot subtracts its fills and cancels); a
+        rejected one is remembered so its id replays. An order id already in
+        the table is left alone. Returns True when the order was added.
+        """
+        cdef int32_t a = self._account(account_id)
+        cdef int32_t i = self._instrument(symbol)
+        if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
+            raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+        for tag in (venue, counterparty):
+            if not isinstance(tag, bytes) or len(tag) > MAX_TAG_LENGTH:
+                raise ValueError(f"venue and counterparty must be at most {MAX_TAG_LENGTH} bytes")
+        if quantity <= 0 and approved:
+            raise ValueError("an approved order has a positive quantity")
+        cdef int32_t p = self._position(a, i) if approved else NO_INDEX
+        cdef OrderRecord* rec
+        cdef int n
+        self.lock_account(a)
+        try:
+            if self.find_order(a, order_id, len(order_id)) != NO_INDEX:
+                return False
+            rec = self.allocate_order(a, order_id, len(order_id))
+            if rec == NULL:
+                raise TableFullError(f"order table full ({self.header.max_orders} orders)")
+            rec.instrument_index = i
+            rec.side = side
+            rec.order_type = order_type
+            rec.quantity = quantity
+            rec.price = price
+            rec.valuation_price = valuation_price
+            rec.notional = notional
+            rec.approved = approved
+            memcpy(rec.venue, <const char*>venue, len(venue))
+            memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
+            rec.rejection_count = len(rejections)
+            for n, (code, observed, limit) in enumerate(rejections[:STORED_REJECTIONS]):
+                rec.rejections[n].code = code
+                rec.rejections[n].observed = observed
+                rec.rejections[n].limit = limit
+            if approved:
+                rec.status = ORDER_WORKING
+                rec.position_index = p
+                rec.remaining = quantity
+                rec.next_working = self.accounts[a].first_working_order
+                self.accounts[a].first_working_order = <int32_t>(rec - self.orders)
+                if side == SIDE_SELL_SHORT:
+                    self.positions[p].locate_used += quantity
+                # rebuild the working sums, counts and venue totals from the list
+                self.recompute_working(a, {}, ())
+            else:
+                rec.status = ORDER_REJECTED
+            self.publish_order(rec)
+        finally:
+            self.unlock_account(a)
+        self._bump_version()
+        return True
+
     def set_balances(self, account_id, cash, credit_line):
         """Cash and credit line (1/10,000 units) for buying power; None: no check."""
         cdef int32_t a = self._account(account_id)

@@ -1,0 +1,128 @@
+"""Decided orders made durable in Redis, so a restarted server replays them.
+
+Every decision the engine stores under an order id (approved or rejected) is
+written to ``orders:{ACC}`` (field: order id, value: the encoding below)
+before the client is answered, when ``durable_decisions`` is on. A restarted
+server puts them back into its table before it trusts the table (see
+``RedisSync.full_load``): approved orders work again and are then reduced by
+their fills and cancels, and a re-sent order id gets its original decision.
+
+Writes are group-committed: every decision made while a write is in flight
+goes into the next pipeline, so the cost is one round trip per batch, not per
+order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pretrade.errors import Unavailable
+from pretrade.redis_schema import StateError, orders_key, parse_int64
+
+log = logging.getLogger("pretrade.orders")
+
+FORMAT = b"1"  # version of the encoding
+
+
+@dataclass(frozen=True)
+class DecidedOrder:
+    """What the table stores for one decided order id."""
+
+    account: bytes
+    order_id: bytes
+    symbol: bytes
+    side: int
+    order_type: int
+    quantity: int
+    price: int
+    valuation_price: int
+    notional: int
+    venue: bytes
+    counterparty: bytes
+    approved: bool
+    rejections: tuple[tuple[int, int, int], ...]
+
+    def encode(self) -> bytes:
+        """``1;SYMBOL;side;type;qty;price;valuation;notional;venue;counterparty;A|R;c:o:l,...``"""
+        rejections = b",".join(b"%d:%d:%d" % r for r in self.rejections)
+        return b";".join((
+            FORMAT, self.symbol, b"%d" % self.side, b"%d" % self.order_type,
+            b"%d" % self.quantity, b"%d" % self.price, b"%d" % self.valuation_price,
+            b"%d" % self.notional, self.venue, self.counterparty,
+            b"A" if self.approved else b"R", rejections))
+
+
+def decode(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
+    """Parse one ``orders:{ACC}`` field; StateError when it is not a version-1 record."""
+    parts = raw.split(b";")
+    if len(parts) != 12 or parts[0] != FORMAT or parts[10] not in (b"A", b"R"):
+        raise StateError(f"order {order_id!r}: not a version-1 decided order")
+    numbers = [parse_int64(part, f"order {order_id!r}") for part in parts[2:8]]
+    rejections = []
+    for item in filter(None, parts[11].split(b",")):
+        code, observed, limit = (parse_int64(x, f"order {order_id!r} rejection")
+                                 for x in item.split(b":"))
+        rejections.append((code, observed, limit))
+    return DecidedOrder(account, order_id, parts[1], numbers[0], numbers[1], numbers[2],
+                        numbers[3], numbers[4], numbers[5], parts[8], parts[9],
+                        parts[10] == b"A", tuple(rejections))
+
+
+class Journal:
+    """Group-committed writes of decided orders to Redis."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.written = 0
+        self.failed = 0
+        self._pending: list[DecidedOrder] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing = False
+
+    async def commit(self, orders: Iterable[DecidedOrder]) -> None:
+        """Return once ``orders`` are in Redis; raise Unavailable when they cannot be."""
+        batch = list(orders)
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.extend(batch)
+        self._waiters.append(done)
+        if not self._flushing:
+            self._flushing = True
+            loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        # One pipeline per round: whatever queued while the last one was out
+        # rides the next, so throughput does not pay a round trip per order.
+        try:
+            while self._pending:
+                pending, self._pending = self._pending, []
+                waiters, self._waiters = self._waiters, []
+                try:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for order in pending:
+                            pipe.hset(orders_key(order.account), order.order_id,
+                                      order.encode())
+                        await pipe.execute()
+                except (RedisError, OSError) as error:
+                    self.failed += len(pending)
+                    log.error("could not make %d decisions durable: %s", len(pending), error)
+                    failure = Unavailable(f"the decision could not be made durable: {error}")
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(failure)
+                    continue
+                self.written += len(pending)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flushing = False

@@ -1,0 +1,160 @@
+"""Crash recovery: kill -9 the server while orders flow, restart, nothing decided is lost.
+
+A restarted server rebuilds from Redis: the decided orders it made durable
+(``orders:{ACC}``) are put back before it trusts its table, so working orders
+still count against limits and a re-sent order id gets its original decision.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from book import codes, order, seed_account
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+BANNER = re.compile(r"serving PreTradeRisk on ([\d.]+:\d+)")
+
+
+@pytest.fixture
+def launch(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], tuple[str, subprocess.Popen]]]:
+    """Start `pretrade serve` against the test Redis; every process is killed at teardown."""
+    processes: list[subprocess.Popen[str]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRADE_")}
+    env.update({"PRETRADE_INSECURE": "true", "PRETRADE_AUTH": "none"})
+
+    def start() -> tuple[str, subprocess.Popen[str]]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pretrade", "serve", "--listen", "127.0.0.1:0",
+             "--redis-url", redis_url, "--table-path", str(tmp_path / "recovery.table")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        processes.append(process)
+        assert process.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            if match := BANNER.search(line):
+                threading.Thread(target=process.stdout.read, daemon=True).start()
+                return match.group(1), process
+        raise AssertionError("the server printed no banner")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def live_stub(target: str) -> tuple[grpc.Channel, risk_pb2_grpc.PreTradeRiskStub]:
+    channel = grpc.insecure_channel(target)
+    stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+    deadline = time.monotonic() + 20
+    while not stub.GetStatus(pb.StatusRequest(), timeout=5).sync_live:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return channel, stub
+
+
+@pytest.fixture
+def limited(redis_client: redis.Redis) -> redis.Redis:
+    seed_account(redis_client)
+    redis_client.hset("limits:{ACC-1}", "max_long_position", 1_000)
+    return redis_client
+
+
+def test_kill_9_while_orders_flow_loses_no_decision(limited, launch):
+    target, process = launch()
+    channel, stub = live_stub(target)
+    decided: dict[str, pb.Decision] = {}
+    with channel:
+        # Orders flow from a thread; the server is killed in the middle.
+        stop = threading.Event()
+
+        def flow() -> None:
+            n = 0
+            while not stop.is_set():
+                request = order(quantity=7, order_id=f"K{n}")
+                try:
+                    decided[request.order_id] = stub.EvaluateOrder(request, timeout=5)
+                except grpc.RpcError:
+                    return  # the server died under this call: no answer, nothing promised
+                n += 1
+
+        sender = threading.Thread(target=flow)
+        sender.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        stop.set()
+        sender.join(10)
+    approved = [oid for oid, d in decided.items() if d.approved]
+    assert approved and len(approved) < len(decided), "the flow must reach the limit"
+
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        # every answered order id replays its original decision
+        for order_id, first in decided.items():
+            again = stub.EvaluateOrder(order(quantity=7, order_id=order_id), timeout=5)
+            assert again.replayed
+            assert (again.approved, list(again.rejections)) == (first.approved,
+                                                                list(first.rejections))
+        # the working orders still hold their reservation: 7 x approved <= 1,000
+        room = 1_000 - 7 * len(approved)
+        if room > 0:
+            assert stub.EvaluateOrder(order(quantity=room), timeout=5).approved
+        assert codes(stub.EvaluateOrder(order(quantity=1), timeout=5)) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION]
+
+
+def test_fills_reported_while_down_are_applied_to_restored_orders(limited, launch):
+    target, process = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        assert stub.EvaluateOrder(order(quantity=600, order_id="R1")).approved
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    # the order system reports a fill of 600 while the server is down
+    with limited.pipeline(transaction=True) as pipe:
+        pipe.hset("tickers_by_lot:{ACC-1}", "L1", "AAPL")
+        pipe.hset("quantities_by_lot:{ACC-1}", "L1", 600)
+        pipe.hset("prices_by_lot:{ACC-1}", "L1", 683_378)
+        pipe.hset("orders_by_lot:{ACC-1}", "L1", "R1")
+        pipe.execute()
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        # 600 held, nothing working: exactly 400 more fits
+        assert stub.EvaluateOrder(order(quantity=400)).approved
+        assert codes(stub.EvaluateOrder(order(quantity=1))) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION]
+
+
+def test_an_unreadable_durable_order_fails_its_account_closed(limited, launch):
+    limited.set("orders:{ACC-1}", "not a hash")
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        assert stub.GetStatus(pb.StatusRequest()).invalid_entities >= 1
+        try:
+            decision = stub.EvaluateOrder(order())
+        except grpc.RpcError as error:
+            # the rejection itself cannot be made durable under a key of the wrong type
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "durable" in error.details()
+        else:
+            assert codes(decision) == [pb.REJECT_CODE_INVALID_STATE]
