@@ -235,6 +235,7 @@ class AuditTrail:
         """Write what is queued (at most ``timeout`` seconds), then stop the writer."""
         self._closing = True
         self._wake.set()
+        queued = len(self._queue)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self.run())
         try:
@@ -246,8 +247,8 @@ class AuditTrail:
             log.error("shutdown: %d audit entries could not be written to Redis within "
                       "%.1f s and are lost", len(self._queue), timeout)
         else:
-            log.info("audit trail flushed: %d entries written, %d dropped",
-                     self.stats.written, self.stats.dropped)
+            log.info("audit trail flushed: the last %d queued entries written (%d in all, "
+                     "%d dropped)", queued, self.stats.written, self.stats.dropped)
 
 
 def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:

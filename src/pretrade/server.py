@@ -32,6 +32,7 @@ from pretrade._core import Engine
 from pretrade.access import ServerAccess
 from pretrade.audit import AuditTrail, HaltObserver
 from pretrade.config import Settings
+from pretrade.health import HealthServicer
 from pretrade.orders import Journal
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
@@ -97,7 +98,7 @@ class Gateway:
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
                                              audit=self.audit)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()  # its Watch streams end at shutdown
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
