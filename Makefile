@@ -42,11 +42,12 @@ build: $(STAMP) ## Compile the Cython core in place (PRETRADE_DEBUG=1 for a debu
 serve: build ## Run the gateway with the demo book (uses REDIS_URL when set)
 	"$(BIN)/pretrade" serve --demo --insecure --auth none
 
-test: build ## Run the test suite (PYTEST_ARGS=... to pass pytest options)
+test: build ## Run the test suite, then the benchmarks once with timing off (so they cannot rot)
 	"$(BIN)/python" -m pytest $(PYTEST_ARGS)
+	"$(BIN)/python" -m pytest bench --benchmark-disable -q
 
-bench: build ## Run the benchmarks in bench/ (BENCH_ARGS=... to pass pytest options)
-	"$(BIN)/python" -m pytest bench $(BENCH_ARGS)
+bench: build ## Run the latency suite; writes docs/performance.md and .benchmarks/ JSON
+	"$(BIN)/python" -m pytest bench --benchmark-autosave $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	"$(BIN)/ruff" check src tests bench

@@ -1,0 +1,105 @@
+"""Server processes for the benchmarks: a Gateway with an empty echo handler beside it.
+
+The echo method lives only here, on the same grpc.aio server stack as
+PreTradeRisk, so EvaluateOrder can be compared with a call that does no work.
+Each server runs in its own process (spawned before any gRPC object exists in
+it), so the client's and the server's CPU are separate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ECHO_METHOD = "/pretrade.bench.Echo/Echo"
+
+
+def _echo_handler() -> grpc.GenericRpcHandler:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    return grpc.method_handlers_generic_handler("pretrade.bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo)})
+
+
+async def _serve(settings_values: dict[str, Any], redis_url: str, ready: Any,
+                 stop: Any) -> None:
+    from pretrade.config import Settings
+    from pretrade.server import Gateway
+
+    gateway = Gateway(Settings(**settings_values), redis_url)
+    gateway.server.add_generic_rpc_handlers([_echo_handler()])
+    port = await gateway.start()
+    await gateway.wait_ready()
+    ready.send((port, os.getpid()))
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    await gateway.stop(grace=1)
+
+
+def _main(settings_values: dict[str, Any], redis_url: str, ready: Any, stop: Any) -> None:
+    asyncio.run(_serve(settings_values, redis_url, ready, stop))
+
+
+@dataclass
+class BenchServer:
+    process: multiprocessing.process.BaseProcess
+    stop: Any
+    target: str
+    pid: int
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(20)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def start_bench_server(redis_url: str, table: Path, **overrides: Any) -> BenchServer:
+    values: dict[str, Any] = {"listen": "127.0.0.1:0", "table_path": str(table),
+                              "insecure": True, "auth": "none", "max_accounts": 1_024,
+                              "max_instruments": 1_024, "max_positions": 65_536,
+                              "max_orders": 2_000_000}
+    values.update(overrides)
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    stop = context.Event()
+    process = context.Process(target=_main, args=(values, redis_url, child, stop), daemon=True)
+    process.start()
+    if not parent.poll(60):
+        process.kill()
+        raise RuntimeError("the benchmark server did not start")
+    port, pid = parent.recv()
+    return BenchServer(process, stop, f"127.0.0.1:{port}", pid)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
