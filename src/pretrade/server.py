@@ -36,6 +36,7 @@ from pretrade.health import HealthServicer
 from pretrade.orders import Journal
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
+from pretrade.redisconn import connect
 from pretrade.servicer import PreTradeRiskServicer
 from pretrade.sync import RedisSync, SyncConfigError
 from pretrade.table import Capacities, MappedTable, new_private_table
@@ -49,7 +50,7 @@ HEALTH_POLL_SECONDS = 0.05
 
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:
     """An asyncio client with bytes replies (hiredis parses them when installed)."""
-    return aioredis.Redis.from_url(
+    return connect(
         url, decode_responses=False, health_check_interval=5, socket_connect_timeout=5,
         socket_timeout=10, username=settings.redis_username or None,
         password=settings.redis_password or None)
