@@ -33,6 +33,7 @@ from pretrade.access import ServerAccess
 from pretrade.audit import AuditTrail, HaltObserver
 from pretrade.config import Settings
 from pretrade.health import HealthServicer
+from pretrade.malformed import MalformedRequestInterceptor
 from pretrade.orders import Journal
 from pretrade.portfolio import ObservedHaltBook, PortfolioHub
 from pretrade.prices import PriceFeed
@@ -103,7 +104,9 @@ class Gateway:
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
-        self.server = grpc.aio.server(interceptors=self.access.interceptors,
+        # First: the access interceptors wrap handlers that expect a parsed request.
+        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors)
+        self.server = grpc.aio.server(interceptors=interceptors,
                                       options=[("grpc.so_reuseport", reuse)],
                                       maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         self.port = 0

@@ -1,0 +1,81 @@
+"""Requests whose bytes are not a valid message end INVALID_ARGUMENT, not UNKNOWN.
+
+grpc.aio deserializes a request before any handler runs, and when the
+protobuf parser refuses the bytes (a string field that is not UTF-8, a
+truncated field, a wrong wire type) it ends the call with ``UNKNOWN`` and
+the details ``Unexpected <class 'google.protobuf.message.DecodeError'>: ...``:
+the wrong code for a malformed request, and a Python class name on the wire.
+:class:`MalformedRequestInterceptor` takes the parsing over for every method
+with a single request message, and refuses what does not parse with
+``INVALID_ARGUMENT`` through :func:`pretrade.errors.grpc_status`, like every
+other malformed request.
+
+It must come first among the server's interceptors: the ones after it
+(access control) wrap handlers that expect a parsed message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from pretrade.errors import InvalidRequest, grpc_status
+
+log = logging.getLogger("pretrade.malformed")
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Parses each unary request itself; bytes that do not parse end INVALID_ARGUMENT."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        return _parsing(handler, handler_call_details.method)
+
+
+def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` taking raw bytes, parsed here with its own deserializer."""
+    deserialize = handler.request_deserializer
+
+    async def parse(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as error:
+            code, details = grpc_status(InvalidRequest(
+                f"the request is not a valid message for {method}: {error}"))
+            log.info("%s %s: %s", method, code.name, details)
+            await context.abort(code, details)
+
+    if not handler.response_streaming:
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            result = handler.unary_unary(await parse(raw, context), context)
+            return await result if inspect.isawaitable(result) else result
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, response_serializer=handler.response_serializer)
+
+    stream = handler.unary_stream
+    if inspect.isasyncgenfunction(stream):
+        async def each(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in stream(await parse(raw, context), context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            each, response_serializer=handler.response_serializer)
+
+    async def writing(raw: bytes, context: grpc.aio.ServicerContext) -> None:
+        # A handler that sends with context.write() and returns nothing.
+        await stream(await parse(raw, context), context)
+
+    return grpc.unary_stream_rpc_method_handler(
+        writing, response_serializer=handler.response_serializer)
