@@ -19,8 +19,6 @@ import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from book import order, seed_account, wait_until
 from pretrade.audit import AUDIT_STREAM, AuditQuery, AuditTrail, encode, read_audit
@@ -203,9 +201,8 @@ def test_a_redis_that_does_not_answer_never_blocks_a_decision_and_drops_are_coun
         # The audit's Redis now accepts connections and never answers.
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        redis_client = audit.client
-        audit.client = aioredis.Redis(port=silent.getsockname()[1], socket_timeout=0.5,
-                                      retry=Retry(NoBackoff(), 0))
+        redis_client, audit.write_timeout = audit.client, 0.5
+        audit.client = aioredis.Redis(port=silent.getsockname()[1])
         caplog.set_level(logging.WARNING, logger="pretrade.audit")
         for n in range(50):
             decision = stub.EvaluateOrder(order(order_id=f"silent-{n}"), timeout=1)

@@ -79,6 +79,8 @@ BATCH_SIZE = 1_000
 MAX_TEXT = 256
 #: At most one "dropping audit entries" warning per this many seconds.
 DROP_LOG_SECONDS = 10.0
+#: The longest a batch's write may take before it counts as failed (and is retried).
+WRITE_TIMEOUT_SECONDS = 10.0
 #: Pause after a failed write, doubled per failure up to RETRY_MAX_SECONDS.
 RETRY_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
@@ -117,7 +119,9 @@ class AuditTrail:
     Parameters
     ----------
     client
-        An asyncio Redis client.
+        An asyncio Redis client. It may (and for speed should) have no socket
+        timeout: each batch's write is bounded by ``write_timeout`` here, one
+        timer per batch rather than redis-py's one per reply.
     max_len
         Keep about this many entries in the stream (``XADD MAXLEN ~``).
     queue_size
@@ -125,11 +129,15 @@ class AuditTrail:
         entries are dropped and counted.
     stream
         The stream's key.
+    write_timeout
+        Seconds a batch's write may take before it counts as failed.
     """
 
     def __init__(self, client: aioredis.Redis, *, max_len: int = 1_000_000,
-                 queue_size: int = 100_000, stream: bytes = AUDIT_STREAM) -> None:
+                 queue_size: int = 100_000, stream: bytes = AUDIT_STREAM,
+                 write_timeout: float = WRITE_TIMEOUT_SECONDS) -> None:
         self.client = client
+        self.write_timeout = write_timeout
         self.max_len = max_len
         self.queue_size = queue_size
         self.stream = stream
@@ -221,7 +229,9 @@ class AuditTrail:
 
     async def _write_batch(self) -> None:
         batch = list(itertools.islice(self._queue, BATCH_SIZE))
-        async with self.client.pipeline(transaction=False) as pipe:
+        # A TimeoutError is an OSError: run() counts it and retries the batch.
+        async with asyncio.timeout(self.write_timeout), \
+                self.client.pipeline(transaction=False) as pipe:
             head = ("XADD", self.stream, "MAXLEN", "~", self.max_len, "*")
             for entry in batch:
                 pipe.execute_command(*head, *encode(entry, self.pid))
