@@ -21,16 +21,17 @@ import redis
 import redis.asyncio as aioredis
 
 from book import order, seed_account, wait_until
+from pretrade.access import new_token, token_entry
 from pretrade.audit import AUDIT_STREAM, AuditQuery, AuditTrail, encode, read_audit
 from pretrade.cli import format_audit_entries, main, parse_when
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
-EVERY_DECISION_FIELD = {"event", "ts", "pid", "order_id", "account", "symbol", "side",
+EVERY_DECISION_FIELD = {"event", "ts", "pid", "principal", "order_id", "account", "symbol", "side",
                         "order_type", "quantity", "price", "venue", "counterparty", "verdict",
                         "codes", "notional", "latency_ns", "replayed"}
-EVERY_HALT_FIELD = {"event", "ts", "pid", "source", "scope", "target", "mode", "reason", "by",
-                    "expires_at"}
+EVERY_HALT_FIELD = {"event", "ts", "pid", "principal", "source", "scope", "target", "mode",
+                    "reason", "by", "expires_at"}
 
 
 @pytest.fixture
@@ -76,6 +77,7 @@ def test_every_decision_is_in_the_stream_with_its_order_verdict_codes_and_latenc
     assert (first["quantity"], first["price"], first["notional"]) == ("10", "683378", "6833780")
     assert first["venue"] == "XNAS" and first["counterparty"] == ""
     assert first["codes"] == "" and first["replayed"] == "0"
+    assert first["principal"] == ""  # auth = "none"
     assert int(first["latency_ns"]) > 0
     assert int(first["pid"]) == stub.GetStatus(pb.StatusRequest()).pid
     now_ms = datetime.now(UTC).timestamp() * 1000
@@ -177,6 +179,28 @@ def test_an_operator_s_halt_in_redis_and_its_expiry_are_audited_as_seen_in_redis
     assert (lifted["source"], lifted["mode"], lifted["by"]) == ("redis", "ACTIVE", "")
 
 
+def test_the_authenticated_caller_is_recorded_with_what_its_call_did(seeded, start_gateway,
+                                                                    tmp_path):
+    tokens = {"oms-1": ("trader", ["ACC-1"]), "desk": ("risk_operator", [])}
+    secrets = {name: new_token() for name in tokens}
+    tokens_file = tmp_path / "tokens.toml"
+    tokens_file.write_text("\n".join(token_entry(name, role, accounts, secrets[name])
+                                     for name, (role, accounts) in tokens.items()))
+    gateway = start_gateway("tokens", auth="tokens", tokens_file=str(tokens_file))
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        as_oms = [("authorization", f"Bearer {secrets['oms-1']}")]
+        as_desk = [("authorization", f"Bearer {secrets['desk']}")]
+        stub.EvaluateOrder(order(order_id="t-1"), metadata=as_oms)
+        stub.EvaluateOrders(pb.OrderBatch(orders=[order(order_id="t-2")]), metadata=as_oms)
+        stub.Halt(halt(pb.HALT_SCOPE_ACCOUNT, pb.HALT_MODE_HALTED, account="ACC-1",
+                       reason="check"), metadata=as_desk)
+    found = audited(seeded, 3)
+    assert [(e["event"], e["principal"]) for e in found] == [
+        ("decision", "oms-1"), ("decision", "oms-1"), ("halt", "desk")]
+    assert found[2]["by"] == "alice"  # what the request claims, beside who sent it
+
+
 def test_halts_in_force_at_start_are_not_reported_as_changes(seeded, start_gateway):
     seeded.hset("halt:all", mapping={"mode": "HALTED", "reason": "before", "by": "bob",
                                      "at": "1"})
@@ -260,7 +284,7 @@ def test_the_stream_is_trimmed_to_about_max_len(redis_client, redis_url):
 
 def test_text_fields_are_cut_so_a_huge_malformed_order_cannot_bloat_the_stream():
     huge = order(order_id="x" * 100_000, account="y" * 100_000)
-    fields = encode(("decision", 0, huge, False, ((39, 0, 0),), 0, False, 0), "1")
+    fields = encode(("decision", 0, None, huge, False, ((39, 0, 0),), 0, False, 0), "1")
     assert max(len(str(value)) for value in fields) <= 256
 
 
@@ -284,8 +308,8 @@ def trail(seeded, gateway, stub) -> redis.Redis:
 def test_audit_command_filters_by_account_and_prints_a_table(trail, redis_url, capsys):
     assert main(["audit", "--redis-url", redis_url, "--account", "ACC-1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["TIME", "PID", "EVENT", "SUBJECT", "ORDER", "ID", "WHAT",
-                                "LATENCY", "DETAIL"]
+    assert lines[0].split() == ["TIME", "PID", "CALLER", "EVENT", "SUBJECT", "ORDER", "ID",
+                                "WHAT", "LATENCY", "DETAIL"]
     assert len(lines) == 4
     assert "APPROVED" in lines[1] and "a-1" in lines[1] and "BUY 10 AAPL @ 68.3378" in lines[1]
     assert "REJECTED" in lines[2] and "MAX_ORDER_QUANTITY, MAX_ORDER_NOTIONAL" in lines[2]
@@ -307,7 +331,7 @@ def test_audit_command_time_range_and_limit(trail, redis_url, capsys):
     assert main(["audit", "--redis-url", redis_url, "--since", "10m", "--limit", "2",
                  "--event", "decision"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert [row.split()[4] for row in rows] == ["a-1", "a-2"]  # the newest two, oldest first
+    assert [row.split()[5] for row in rows] == ["a-1", "a-2"]  # the newest two, oldest first
     assert main(["audit", "--redis-url", redis_url, "--until", "1h"]) == 0
     assert capsys.readouterr().out.strip() == "No audit entries match."
 
@@ -371,6 +395,6 @@ def test_every_field_of_both_entry_kinds_is_documented():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "redis-schema.md").read_text()
     section = doc.split("\n## The audit trail: `audit`\n", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
-    decision = encode(("decision", 0, order(), True, (), 0, False, 0), "1")[::2]
-    halt_change = encode(("halt", 0, "rpc", 1, b"", 3, "r", "me", 0), "1")[::2]
+    decision = encode(("decision", 0, None, order(), True, (), 0, False, 0), "1")[::2]
+    halt_change = encode(("halt", 0, None, "rpc", 1, b"", 3, "r", "me", 0), "1")[::2]
     assert documented == set(decision) | set(halt_change)

@@ -28,7 +28,10 @@ Entry format
 Every value is text (UTF-8). Common fields: ``event`` (``decision`` or
 ``halt``), ``ts`` (Unix epoch milliseconds when the gateway decided or
 applied it; the stream id is when Redis received the batch, a few
-milliseconds later) and ``pid`` (the server process).
+milliseconds later), ``pid`` (the server process) and ``principal`` (the
+name of the authenticated caller whose call made the entry, from
+:func:`pretrade.access.current_principal`; empty with ``auth = "none"`` and
+for changes seen in Redis).
 
 ``decision``: ``order_id``, ``account``, ``symbol``, ``side`` (``BUY``,
 ``SELL``, ``SELL_SHORT``), ``order_type`` (``LIMIT``, ``MARKET``),
@@ -64,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pretrade.access import current_principal
 from pretrade.v1 import risk_pb2 as pb
 
 if TYPE_CHECKING:
@@ -159,14 +163,14 @@ class AuditTrail:
     def decision(self, order: pb.Order, approved: bool, rejections: Any, latency_ns: int,
                  replayed: bool, notional: int) -> None:
         """Queue one decision; ``rejections`` is a sequence of ``(code, observed, limit)``."""
-        self._put((DECISION, time.time_ns(), order, approved, rejections, latency_ns,
-                   replayed, notional))
+        self._put((DECISION, time.time_ns(), current_principal(), order, approved, rejections,
+                   latency_ns, replayed, notional))
 
     def halt(self, source: str, scope: int, target: bytes, mode: int, reason: str, by: str,
              expires_at_ms: int = 0) -> None:
         """Queue one halt change (``mode`` ACTIVE or 0 for a lift)."""
-        self._put((HALT, time.time_ns(), source, scope, target, mode, reason, by,
-                   expires_at_ms))
+        self._put((HALT, time.time_ns(), current_principal(), source, scope, target, mode,
+                   reason, by, expires_at_ms))
 
     def _put(self, entry: tuple[Any, ...]) -> None:
         queue = self._queue
@@ -264,9 +268,10 @@ class AuditTrail:
 def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
     """The stream fields of one queued entry, as a flat ``field, value, ...`` list."""
     if entry[0] == DECISION:
-        _, at_ns, order, approved, rejections, latency_ns, replayed, notional = entry
+        _, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional = entry
         return [
             "event", DECISION, "ts", at_ns // 1_000_000, "pid", pid,
+            "principal", principal.name if principal is not None else "",
             "order_id", order.order_id[:MAX_TEXT], "account", order.account_id[:MAX_TEXT],
             "symbol", order.symbol[:MAX_TEXT], "side", _name(_SIDES, order.side),
             "order_type", _name(_ORDER_TYPES, order.order_type),
@@ -276,9 +281,10 @@ def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
             "codes", ",".join([_name(_CODES, r[0]) for r in rejections]),
             "notional", notional, "latency_ns", latency_ns, "replayed", 1 if replayed else 0,
         ]
-    _, at_ns, source, scope, target, mode, reason, by, expires_at_ms = entry
+    _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
     return [
-        "event", HALT, "ts", at_ns // 1_000_000, "pid", pid, "source", source,
+        "event", HALT, "ts", at_ns // 1_000_000, "pid", pid,
+        "principal", principal.name if principal is not None else "", "source", source,
         "scope", _name(_SCOPES, scope), "target", target, "mode", _name(_MODES, mode),
         "reason", reason[:MAX_TEXT * 2], "by", by[:MAX_TEXT], "expires_at", expires_at_ms,
     ]

@@ -838,8 +838,9 @@ def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
     -------
     str
         ``"No audit entries match."`` when there are none; else a header
-        (TIME, PID, EVENT, SUBJECT, ORDER ID, WHAT, LATENCY, DETAIL) and one
-        line per entry. A decision shows its verdict, account, order id,
+        (TIME, PID, CALLER, EVENT, SUBJECT, ORDER ID, WHAT, LATENCY, DETAIL)
+        and one line per entry; CALLER is the authenticated principal. A
+        decision shows its verdict, account, order id,
         ``SIDE QTY SYMBOL @ PRICE`` and its reject codes; a halt change its
         mode (``HALT HALTED``, ``HALT REDUCE_ONLY``, ``LIFTED``), scope and
         target, who and through what (``rpc``, ``breaker``, ``redis``) and
@@ -848,9 +849,11 @@ def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
     if not entries:
         return "No audit entries match."
     rows: list[tuple[str, ...]] = [
-        ("TIME", "PID", "EVENT", "SUBJECT", "ORDER ID", "WHAT", "LATENCY", "DETAIL")]
+        ("TIME", "PID", "CALLER", "EVENT", "SUBJECT", "ORDER ID", "WHAT", "LATENCY",
+         "DETAIL")]
     for _, fields in entries:
         row = (_utc_time_ms(_number(fields.get("ts"))), str(fields.get("pid")),
+               fields.get("principal", ""),
                *_audit_row(fields))
         rows.append(tuple(_cell(cell) for cell in row))
     return "\n".join(_align(rows))
