@@ -100,7 +100,7 @@ _SCOPES: dict[int, str] = {pb.HALT_SCOPE_GLOBAL: "GLOBAL", pb.HALT_SCOPE_ACCOUNT
 _MODES: dict[int, str] = {0: "ACTIVE", pb.HALT_MODE_ACTIVE: "ACTIVE",
                           pb.HALT_MODE_REDUCE_ONLY: "REDUCE_ONLY", pb.HALT_MODE_HALTED: "HALTED"}
 _CODES: dict[int, str] = {number: name.removeprefix("REJECT_CODE_")
-          for name, number in pb.RejectCode.items()}
+                          for name, number in pb.RejectCode.items()}
 
 
 def _name(names: dict[int, str], value: int) -> str:
