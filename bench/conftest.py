@@ -80,7 +80,7 @@ def latency(request: pytest.FixtureRequest) -> Iterator[LatencyReport]:
     yield report
     if not report.enabled or not (report.rows or report.figures):
         return
-    command = "make bench  # = .venv/bin/python -m pytest bench " + " ".join(sys.argv[1:])
+    command = "make bench  # = .venv/bin/python -m pytest " + " ".join(sys.argv[1:])
     body = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
             f"{_machine()}.\n\nCommand: `{command.strip()}`\n\n{report.table()}\n{END}")
     print("\n" + report.table())

@@ -31,6 +31,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from hdr import new_histogram
 from pretrade.devredis import RedisServer
 from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
@@ -171,7 +172,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @pytest.mark.benchmark(group="portfolio-fanout")
-def test_one_tick_reaches_every_subscriber(benchmark, server, redis_server):
+def test_one_tick_reaches_every_subscriber(benchmark, latency, server, redis_server):
     target, pid = server
     quick = benchmark.disabled
     subscribers, rounds = (QUICK_SUBSCRIBERS, QUICK_ROUNDS) if quick else (SUBSCRIBERS, ROUNDS)
@@ -206,5 +207,12 @@ def test_one_tick_reaches_every_subscriber(benchmark, server, redis_server):
     print(f"\nportfolio fan-out: {subscribers} subscribers x {rounds} ticks: "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(latencies):.2f} ms; "
           f"server CPU {server_ms:.1f} ms per tick")
-    if not quick:
-        assert p99 <= TARGET_P99_MS, f"p99 {p99:.2f} ms is over {TARGET_P99_MS} ms"
+    # The target is reported, not asserted: a benchmark on a shared machine must
+    # not fail the run on a noisy minute (docs/performance.md says met or missed).
+    histogram = new_histogram()
+    for value in latencies:
+        histogram.record_value(max(1, int(value * 1_000_000)))
+    verdict = "met" if p99 <= TARGET_P99_MS else "MISSED"
+    latency.record(f"portfolio fan-out: one tick to each of {subscribers} subscribers",
+                   histogram, f"{rounds} ticks; p99 target {TARGET_P99_MS:.0f} ms {verdict}; "
+                   f"server CPU {server_ms:.1f} ms per tick")
