@@ -8,14 +8,7 @@
 
 from libc.stdint cimport int32_t, int64_t
 
-from pretrade._core.layout cimport AccountActivity
-from pretrade._core.layout cimport AccountRecord
-from pretrade._core.layout cimport InstrumentRecord
-from pretrade._core.layout cimport LimitSet
-from pretrade._core.layout cimport MAX_REJECTIONS
-from pretrade._core.layout cimport OrderRecord
-from pretrade._core.layout cimport PositionSlot
-from pretrade._core.layout cimport TableHeader
+cimport pretrade._core.layout as L
 from pretrade._core.positions cimport PositionTable
 
 
@@ -56,17 +49,17 @@ cdef struct DecisionRecord:
     int32_t stored                  # kept under its order id (so it must be made durable)
     int32_t reserved
     int64_t profit_and_loss         # the account's P&L when auto_halt is LOSS_LIMIT
-    Rejection rejections[MAX_REJECTIONS]
+    Rejection rejections[L.MAX_REJECTIONS]
 
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
-    const TableHeader* header
-    const AccountRecord* account            # NULL: no account record
-    const InstrumentRecord* instrument      # NULL: no instrument record
-    const PositionSlot* slot                # NULL: no position slot yet
-    const LimitSet* overrides               # NULL: no per-symbol limits
-    const AccountActivity* activity         # NULL when account is NULL
-    const OrderRecord* orders               # the table's order region (venue sums)
+    const L.TableHeader* header
+    const L.AccountRecord* account            # NULL: no account record
+    const L.InstrumentRecord* instrument      # NULL: no instrument record
+    const L.PositionSlot* slot                # NULL: no position slot yet
+    const L.LimitSet* overrides               # NULL: no per-symbol limits
+    const L.AccountActivity* activity         # NULL when account is NULL
+    const L.OrderRecord* orders               # the table's order region (venue sums)
     int32_t slot_instrument                 # the order's instrument index
     int64_t position                        # current net position (0 if no slot)
     int64_t working_buy                     # units reserved by working buys
@@ -95,6 +88,17 @@ cdef struct CheckContext:
 ctypedef void (*check_fn)(const CheckContext* ctx, DecisionRecord* out) noexcept nogil
 
 
+cdef class Verdict:
+    # The engine's answer to one order, returned by Engine.evaluate.
+    cdef readonly bint approved
+    cdef readonly int64_t notional
+    cdef readonly tuple rejections
+    cdef readonly bint replayed
+    cdef readonly int32_t auto_halt
+    cdef readonly int64_t profit_and_loss
+    cdef readonly bint stored
+
+
 cdef class DecisionPool:
     # A fixed ring of decision records, preallocated once: the pipeline writes
     # into one and the Python layer reads it out, so no order allocates.
@@ -113,20 +117,17 @@ cdef class Engine:
 
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil
-    cdef void replay(self, const OrderRecord* stored, DecisionRecord* record) noexcept nogil
+    cdef void replay(self, const L.OrderRecord* stored, DecisionRecord* record) noexcept nogil
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef bint reservation_fits(self, const CheckContext* ctx, const DecisionRecord* record,
-                               const PositionSlot* slot) noexcept nogil
-    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
+                               const L.PositionSlot* slot) noexcept nogil
+    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, L.OrderRecord* stored,
                       int32_t position_index) noexcept nogil
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns) except NULL
-    cpdef tuple evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
-                         int order_type, int64_t quantity, int64_t price, bytes venue=*,
-                         bytes counterparty=*, int64_t now_ns=*)
-    cpdef int evaluate_rejection_count(self, bytes order_id, bytes account_id, bytes symbol,
-                                       int side, int order_type, int64_t quantity,
-                                       int64_t price, int64_t now_ns)
+    cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                          int order_type, int64_t quantity, int64_t price, bytes venue=*,
+                          bytes counterparty=*, int64_t now_ns=*)

@@ -11,118 +11,71 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from pretrade._core.layout cimport ACCOUNT_HAS_BALANCES
-from pretrade._core.layout cimport ACCOUNT_HAS_LIMITS
-from pretrade._core.layout cimport ACCOUNT_KNOWN
-from pretrade._core.layout cimport ACCOUNT_STATE_INVALID
-from pretrade._core.layout cimport AUTO_HALT_LOSS_LIMIT
-from pretrade._core.layout cimport AUTO_HALT_NONE
-from pretrade._core.layout cimport AUTO_HALT_REJECT_STORM
-from pretrade._core.layout cimport HALT_MODE_HALTED
-from pretrade._core.layout cimport HALT_MODE_REDUCE_ONLY
-from pretrade._core.layout cimport HALT_SCOPE_ACCOUNT
-from pretrade._core.layout cimport HALT_SCOPE_GLOBAL
-from pretrade._core.layout cimport HALT_SCOPE_SYMBOL
-from pretrade._core.layout cimport INSTRUMENT_HAS_PRICE
-from pretrade._core.layout cimport INSTRUMENT_KNOWN
-from pretrade._core.layout cimport INSTRUMENT_SHORT_RESTRICTED
-from pretrade._core.layout cimport INSTRUMENT_STATE_INVALID
-from pretrade._core.layout cimport LIMIT_AUTO_HALT_SECONDS
-from pretrade._core.layout cimport LIMIT_CONCENTRATION_MIN_GROSS
-from pretrade._core.layout cimport LIMIT_KIND_COUNT
-from pretrade._core.layout cimport LIMIT_LOSS_LIMIT
-from pretrade._core.layout cimport LIMIT_MAX_COUNTERPARTY_EXPOSURE
-from pretrade._core.layout cimport LIMIT_MAX_GROSS_EXPOSURE
-from pretrade._core.layout cimport LIMIT_MAX_ISSUER_CONCENTRATION_BPS
-from pretrade._core.layout cimport LIMIT_MAX_LONG_POSITION
-from pretrade._core.layout cimport LIMIT_MAX_NET_EXPOSURE
-from pretrade._core.layout cimport LIMIT_MAX_NET_POSITION
-from pretrade._core.layout cimport LIMIT_MAX_NOTIONAL_PER_WINDOW
-from pretrade._core.layout cimport LIMIT_MAX_ORDER_NOTIONAL
-from pretrade._core.layout cimport LIMIT_MAX_ORDER_QUANTITY
-from pretrade._core.layout cimport LIMIT_MAX_ORDERS_PER_WINDOW
-from pretrade._core.layout cimport LIMIT_MAX_REJECTS_PER_WINDOW
-from pretrade._core.layout cimport LIMIT_MAX_SECTOR_CONCENTRATION_BPS
-from pretrade._core.layout cimport LIMIT_MAX_SHORT_POSITION
-from pretrade._core.layout cimport LIMIT_MAX_VENUE_EXPOSURE
-from pretrade._core.layout cimport LIMIT_MAX_WORKING_ORDERS
-from pretrade._core.layout cimport LIMIT_MIN_ORDER_QUANTITY
-from pretrade._core.layout cimport LIMIT_NOTIONAL_WINDOW_MS
-from pretrade._core.layout cimport LIMIT_ORDER_WINDOW_MS
-from pretrade._core.layout cimport LIMIT_PRICE_COLLAR_BPS
-from pretrade._core.layout cimport LIMIT_REJECT_WINDOW_MS
-from pretrade._core.layout cimport LIMIT_REQUIRED_COUNT
-from pretrade._core.layout cimport MAX_REJECTIONS
-from pretrade._core.layout cimport NO_INDEX
-from pretrade._core.layout cimport ORDER_REJECTED
-from pretrade._core.layout cimport ORDER_TYPE_LIMIT
-from pretrade._core.layout cimport ORDER_TYPE_MARKET
-from pretrade._core.layout cimport ORDER_WORKING
-from pretrade._core.layout cimport RateEntry
-from pretrade._core.layout cimport RATE_RING_CAPACITY
-from pretrade._core.layout cimport REJECT_ACCOUNT_HALT
-from pretrade._core.layout cimport REJECT_ARITHMETIC_OVERFLOW
-from pretrade._core.layout cimport REJECT_BUYING_POWER
-from pretrade._core.layout cimport REJECT_CAPACITY_EXHAUSTED
-from pretrade._core.layout cimport REJECT_COUNTERPARTY_EXPOSURE
-from pretrade._core.layout cimport REJECT_DUPLICATE_ORDER_ID
-from pretrade._core.layout cimport REJECT_GLOBAL_HALT
-from pretrade._core.layout cimport REJECT_INVALID_PRICE
-from pretrade._core.layout cimport REJECT_INVALID_QUANTITY
-from pretrade._core.layout cimport REJECT_INVALID_STATE
-from pretrade._core.layout cimport REJECT_ISSUER_CONCENTRATION
-from pretrade._core.layout cimport REJECT_LIMITS_NOT_CONFIGURED
-from pretrade._core.layout cimport REJECT_LOSS_LIMIT
-from pretrade._core.layout cimport REJECT_LOT_SIZE
-from pretrade._core.layout cimport REJECT_MAX_GROSS_EXPOSURE
-from pretrade._core.layout cimport REJECT_MAX_LONG_POSITION
-from pretrade._core.layout cimport REJECT_MAX_NET_EXPOSURE
-from pretrade._core.layout cimport REJECT_MAX_NET_POSITION
-from pretrade._core.layout cimport REJECT_MAX_ORDER_NOTIONAL
-from pretrade._core.layout cimport REJECT_MAX_ORDER_QUANTITY
-from pretrade._core.layout cimport REJECT_MAX_SHORT_POSITION
-from pretrade._core.layout cimport REJECT_MAX_WORKING_ORDERS
-from pretrade._core.layout cimport REJECT_MIN_ORDER_QUANTITY
-from pretrade._core.layout cimport REJECT_NO_LOCATE
-from pretrade._core.layout cimport REJECT_NOTIONAL_RATE
-from pretrade._core.layout cimport REJECT_ORDER_RATE
-from pretrade._core.layout cimport REJECT_PRICE_COLLAR
-from pretrade._core.layout cimport REJECT_PRICE_UNAVAILABLE
-from pretrade._core.layout cimport REJECT_REDUCE_ONLY
-from pretrade._core.layout cimport REJECT_RING_CAPACITY
-from pretrade._core.layout cimport REJECT_SECTOR_CONCENTRATION
-from pretrade._core.layout cimport REJECT_SHORT_SALE_NOT_MARKED
-from pretrade._core.layout cimport REJECT_SHORT_SALE_RESTRICTED
-from pretrade._core.layout cimport REJECT_STALE_DATA
-from pretrade._core.layout cimport REJECT_SYMBOL_HALT
-from pretrade._core.layout cimport REJECT_TICK_SIZE
-from pretrade._core.layout cimport REJECT_UNKNOWN_ACCOUNT
-from pretrade._core.layout cimport REJECT_UNKNOWN_SYMBOL
-from pretrade._core.layout cimport REJECT_VENUE_EXPOSURE
-from pretrade._core.layout cimport SIDE_BUY
-from pretrade._core.layout cimport SIDE_SELL
-from pretrade._core.layout cimport SIDE_SELL_SHORT
-from pretrade._core.layout cimport STORED_REJECTIONS
-from pretrade._core.layout cimport TAG_CAPACITY
-from pretrade._core.layout cimport TAG_LIMIT_SLOTS
-from pretrade._core.layout cimport TagLimit
+cimport pretrade._core.layout as L
 from pretrade._core.positions cimport add_tag_total
-from pretrade._core.layout cimport pt_add_overflow
-from pretrade._core.layout cimport pt_load_i32
-from pretrade._core.layout cimport pt_load_i64
-from pretrade._core.layout cimport pt_mul_overflow
 
 # Limits every order is checked against; a missing one fails closed.
-REQUIRED_LIMIT_MASK = (1 << LIMIT_REQUIRED_COUNT) - 1
-cdef uint32_t _REQUIRED_LIMITS = (1u << LIMIT_REQUIRED_COUNT) - 1
-cdef enum:
-    DEFAULT_ORDER_WINDOW_MS = 1_000
-    DEFAULT_NOTIONAL_WINDOW_MS = 60_000
-    DEFAULT_REJECT_WINDOW_MS = 60_000
-DEFAULT_WINDOWS_MS = {"order": DEFAULT_ORDER_WINDOW_MS, "notional": DEFAULT_NOTIONAL_WINDOW_MS,
-                      "reject": DEFAULT_REJECT_WINDOW_MS}
-RING_CAPACITIES = {"rate": RATE_RING_CAPACITY, "reject": REJECT_RING_CAPACITY}
+REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
+cdef uint32_t _REQUIRED_LIMITS = (1u << L.LIMIT_REQUIRED_COUNT) - 1
 cdef int64_t NS_PER_MS = 1_000_000
+
+_VERDICT_FIELDS = ("approved", "notional", "rejections", "replayed", "auto_halt",
+                   "profit_and_loss", "stored")
+
+
+cdef class Verdict:
+    """The engine's answer to one order (Engine.evaluate; the twin returns the same).
+
+    approved: the order may go; notional: quantity x valuation price (1/10,000
+    of the currency), 0 when unknown; rejections: a tuple of (code, observed,
+    limit) triples in pipeline order (pretrade.v1 RejectCode numbers);
+    replayed: the order id was decided before and this is that decision;
+    auto_halt: the AutoHalt the caller must apply (0 none, 1 loss limit:
+    REDUCE_ONLY, 2 reject storm: HALTED); profit_and_loss: the account's P&L
+    when the loss limit tripped; stored: the decision was kept under its
+    order id (the caller makes it durable).
+
+    A struct with names, built in C without a tuple: it compares, iterates
+    and unpacks like the 7-tuple it replaces, in that field order.
+    """
+
+    _fields = _VERDICT_FIELDS
+
+    def __init__(self, bint approved, int64_t notional, tuple rejections, bint replayed,
+                 int32_t auto_halt, int64_t profit_and_loss, bint stored):
+        self.approved = approved
+        self.notional = notional
+        self.rejections = rejections
+        self.replayed = replayed
+        self.auto_halt = auto_halt
+        self.profit_and_loss = profit_and_loss
+        self.stored = stored
+
+    def astuple(self):
+        return (self.approved, self.notional, self.rejections, self.replayed, self.auto_halt,
+                self.profit_and_loss, self.stored)
+
+    def __iter__(self):
+        return iter(self.astuple())
+
+    def __len__(self):
+        return len(_VERDICT_FIELDS)
+
+    def __getitem__(self, index):
+        return self.astuple()[index]
+
+    def __eq__(self, other):
+        if isinstance(other, Verdict):
+            return self.astuple() == (<Verdict>other).astuple()
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self.astuple())
+
+    def __repr__(self):
+        return "Verdict(" + ", ".join(f"{name}={value!r}" for name, value in
+                                      zip(_VERDICT_FIELDS, self.astuple())) + ")"
+
 
 
 # -- HELPERS --
@@ -131,7 +84,7 @@ cdef inline void reject(DecisionRecord* out, int32_t code, int64_t observed,
                         int64_t limit) noexcept nogil:
     # Past MAX_REJECTIONS the order is still rejected: approval is decided by
     # the count, which keeps growing; only the detail rows stop.
-    if out.rejection_count < MAX_REJECTIONS:
+    if out.rejection_count < L.MAX_REJECTIONS:
         out.rejections[out.rejection_count].code = code
         out.rejections[out.rejection_count].observed = observed
         out.rejections[out.rejection_count].limit = limit
@@ -157,7 +110,7 @@ cdef inline bint effective_limit(const CheckContext* ctx, int kind, int64_t* val
     if ctx.overrides != NULL and ctx.overrides.present & (1u << kind):
         value[0] = ctx.overrides.values[kind]
         return True
-    if ctx.account != NULL and ctx.account.flags & ACCOUNT_HAS_LIMITS \
+    if ctx.account != NULL and ctx.account.flags & L.ACCOUNT_HAS_LIMITS \
             and ctx.account.limits.present & (1u << kind):
         value[0] = ctx.account.limits.values[kind]
         return True
@@ -166,7 +119,7 @@ cdef inline bint effective_limit(const CheckContext* ctx, int kind, int64_t* val
 
 cdef inline bint account_limit(const CheckContext* ctx, int kind, int64_t* value) noexcept nogil:
     # Account-level controls (exposure, velocity, ...) take no per-symbol override.
-    if ctx.account != NULL and ctx.account.flags & ACCOUNT_HAS_LIMITS \
+    if ctx.account != NULL and ctx.account.flags & L.ACCOUNT_HAS_LIMITS \
             and ctx.account.limits.present & (1u << kind):
         value[0] = ctx.account.limits.values[kind]
         return True
@@ -202,20 +155,20 @@ cdef inline bint is_reducing(const CheckContext* ctx) noexcept nogil:
 
 cdef inline bint tags_equal(const char* stored, const char* given, Py_ssize_t length) noexcept nogil:
     # stored is NUL-padded to TAG_CAPACITY
-    if length >= TAG_CAPACITY:
+    if length >= L.TAG_CAPACITY:
         return False
     return memcmp(stored, given, length) == 0 and stored[length] == 0
 
 
 cdef inline void memcpy_tag(char* stored, const char* given, Py_ssize_t length) noexcept nogil:
-    memset(stored, 0, TAG_CAPACITY)
+    memset(stored, 0, L.TAG_CAPACITY)
     memcpy(stored, given, length)
 
 
-cdef inline bint tag_limit(const TagLimit* limits, const char* name, Py_ssize_t length,
+cdef inline bint tag_limit(const L.TagLimit* limits, const char* name, Py_ssize_t length,
                            int64_t* value) noexcept nogil:
     cdef int n
-    for n in range(TAG_LIMIT_SLOTS):
+    for n in range(L.TAG_LIMIT_SLOTS):
         if limits[n].name[0] != 0 and tags_equal(limits[n].name, name, length):
             value[0] = limits[n].limit
             return True
@@ -229,19 +182,19 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
     # control needs it (exposure, buying power, concentration, loss limit).
     # 128-bit sums cannot overflow, so the result does not depend on order.
     cdef int32_t p = ctx.account.first_position
-    cdef const PositionSlot* slot
-    cdef const InstrumentRecord* instrument
+    cdef const L.PositionSlot* slot
+    cdef const L.InstrumentRecord* instrument
     cdef int32_t order_issuer = ctx.instrument.issuer_id
     cdef int32_t order_sector = ctx.instrument.sector_id
     cdef int128_t value, exposure
     cdef int64_t last
-    while p != NO_INDEX:
+    while p != L.NO_INDEX:
         slot = &table.positions[p]
         instrument = &table.instruments[slot.instrument_index]
         value = 0
         if slot.quantity != 0:
-            if pt_load_i32(<const int32_t*>&instrument.flags) & INSTRUMENT_HAS_PRICE:
-                last = pt_load_i64(&instrument.last_price)
+            if L.pt_load_i32(<const int32_t*>&instrument.flags) & L.INSTRUMENT_HAS_PRICE:
+                last = L.pt_load_i64(&instrument.last_price)
                 value = <int128_t>slot.quantity * last
                 ctx.unrealized += value - slot.cost_basis
             else:
@@ -268,12 +221,12 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
 cdef bint needs_scan(const CheckContext* ctx) noexcept nogil:
     cdef int64_t unused
     return ctx.account_known and ctx.instrument_known and (
-        account_limit(ctx, LIMIT_MAX_GROSS_EXPOSURE, &unused)
-        or account_limit(ctx, LIMIT_MAX_NET_EXPOSURE, &unused)
-        or account_limit(ctx, LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &unused)
-        or account_limit(ctx, LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &unused)
-        or account_limit(ctx, LIMIT_LOSS_LIMIT, &unused)
-        or (ctx.account.flags & ACCOUNT_HAS_BALANCES) != 0)
+        account_limit(ctx, L.LIMIT_MAX_GROSS_EXPOSURE, &unused)
+        or account_limit(ctx, L.LIMIT_MAX_NET_EXPOSURE, &unused)
+        or account_limit(ctx, L.LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &unused)
+        or account_limit(ctx, L.LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &unused)
+        or account_limit(ctx, L.LIMIT_LOSS_LIMIT, &unused)
+        or (ctx.account.flags & L.ACCOUNT_HAS_BALANCES) != 0)
 
 
 cdef inline bint valuation_ok(const CheckContext* ctx) noexcept nogil:
@@ -286,56 +239,56 @@ cdef inline bint valuation_ok(const CheckContext* ctx) noexcept nogil:
 # has already rejected the order, so nothing is ever approved unchecked.
 
 cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    if pt_load_i32(&ctx.header.sync_live) != 1:
-        reject(out, REJECT_STALE_DATA, 0, 0)
+    if L.pt_load_i32(&ctx.header.sync_live) != 1:
+        reject(out, L.REJECT_STALE_DATA, 0, 0)
 
 
 cdef void check_account_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if not ctx.account_known:
-        reject(out, REJECT_UNKNOWN_ACCOUNT, 0, 0)
-    elif ctx.account.flags & ACCOUNT_STATE_INVALID:
-        reject(out, REJECT_INVALID_STATE, HALT_SCOPE_ACCOUNT, 0)
+        reject(out, L.REJECT_UNKNOWN_ACCOUNT, 0, 0)
+    elif ctx.account.flags & L.ACCOUNT_STATE_INVALID:
+        reject(out, L.REJECT_INVALID_STATE, L.HALT_SCOPE_ACCOUNT, 0)
 
 
 cdef void check_symbol_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if not ctx.instrument_known:
-        reject(out, REJECT_UNKNOWN_SYMBOL, 0, 0)
-    elif pt_load_i32(<const int32_t*>&ctx.instrument.flags) & INSTRUMENT_STATE_INVALID:
-        reject(out, REJECT_INVALID_STATE, HALT_SCOPE_SYMBOL, 0)
+        reject(out, L.REJECT_UNKNOWN_SYMBOL, 0, 0)
+    elif L.pt_load_i32(<const int32_t*>&ctx.instrument.flags) & L.INSTRUMENT_STATE_INVALID:
+        reject(out, L.REJECT_INVALID_STATE, L.HALT_SCOPE_SYMBOL, 0)
 
 
 cdef void check_order_id_unused(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if ctx.duplicate_conflict:
-        reject(out, REJECT_DUPLICATE_ORDER_ID, 0, 0)
+        reject(out, L.REJECT_DUPLICATE_ORDER_ID, 0, 0)
 
 
 cdef void check_quantity_positive(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if out.order.quantity <= 0:
-        reject(out, REJECT_INVALID_QUANTITY, out.order.quantity, 1)
+        reject(out, L.REJECT_INVALID_QUANTITY, out.order.quantity, 1)
 
 
 cdef void check_price_usable(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    if out.order.order_type == ORDER_TYPE_LIMIT:
+    if out.order.order_type == L.ORDER_TYPE_LIMIT:
         if out.order.price <= 0:
-            reject(out, REJECT_INVALID_PRICE, out.order.price, 1)
+            reject(out, L.REJECT_INVALID_PRICE, out.order.price, 1)
     elif ctx.instrument_known and not ctx.price_valid:
-        reject(out, REJECT_PRICE_UNAVAILABLE, 0, 0)
+        reject(out, L.REJECT_PRICE_UNAVAILABLE, 0, 0)
 
 
 cdef void check_tick_size(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    if out.order.order_type == ORDER_TYPE_LIMIT and out.order.price > 0 and ctx.instrument_known:
+    if out.order.order_type == L.ORDER_TYPE_LIMIT and out.order.price > 0 and ctx.instrument_known:
         if out.order.price % ctx.instrument.tick_size != 0:
-            reject(out, REJECT_TICK_SIZE, out.order.price, ctx.instrument.tick_size)
+            reject(out, L.REJECT_TICK_SIZE, out.order.price, ctx.instrument.tick_size)
 
 
 cdef void check_order_size(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     cdef int64_t minimum
     if out.order.quantity <= 0:
         return
-    if effective_limit(ctx, LIMIT_MIN_ORDER_QUANTITY, &minimum) and out.order.quantity < minimum:
-        reject(out, REJECT_MIN_ORDER_QUANTITY, out.order.quantity, minimum)
+    if effective_limit(ctx, L.LIMIT_MIN_ORDER_QUANTITY, &minimum) and out.order.quantity < minimum:
+        reject(out, L.REJECT_MIN_ORDER_QUANTITY, out.order.quantity, minimum)
     if ctx.instrument_known and out.order.quantity % ctx.instrument.lot_size != 0:
-        reject(out, REJECT_LOT_SIZE, out.order.quantity, ctx.instrument.lot_size)
+        reject(out, L.REJECT_LOT_SIZE, out.order.quantity, ctx.instrument.lot_size)
 
 
 cdef void check_price_collar(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -344,26 +297,26 @@ cdef void check_price_collar(const CheckContext* ctx, DecisionRecord* out) noexc
     cdef int64_t collar_bps
     cdef int64_t last
     cdef int128_t deviation
-    if out.order.order_type != ORDER_TYPE_LIMIT or out.order.price <= 0 \
+    if out.order.order_type != L.ORDER_TYPE_LIMIT or out.order.price <= 0 \
             or not ctx.instrument_known:
         return
-    if not effective_limit(ctx, LIMIT_PRICE_COLLAR_BPS, &collar_bps):
+    if not effective_limit(ctx, L.LIMIT_PRICE_COLLAR_BPS, &collar_bps):
         return
-    if not pt_load_i32(<const int32_t*>&ctx.instrument.flags) & INSTRUMENT_HAS_PRICE:
-        reject(out, REJECT_PRICE_UNAVAILABLE, 0, 0)
+    if not L.pt_load_i32(<const int32_t*>&ctx.instrument.flags) & L.INSTRUMENT_HAS_PRICE:
+        reject(out, L.REJECT_PRICE_UNAVAILABLE, 0, 0)
         return
-    last = pt_load_i64(&ctx.instrument.last_price)
+    last = L.pt_load_i64(&ctx.instrument.last_price)
     deviation = magnitude(<int128_t>out.order.price - last) * 10_000
     if deviation > <int128_t>collar_bps * last:
         # observed: the deviation in basis points, rounded up
-        reject(out, REJECT_PRICE_COLLAR, clamp((deviation + last - 1) // last), collar_bps)
+        reject(out, L.REJECT_PRICE_COLLAR, clamp((deviation + last - 1) // last), collar_bps)
 
 
 cdef void check_arithmetic_fits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if out.order.quantity > 0 and (
             (ctx.price_valid and not ctx.notional_valid)
             or (ctx.account_known and not ctx.projection_valid)):
-        reject(out, REJECT_ARITHMETIC_OVERFLOW, out.order.quantity, ctx.valuation_price)
+        reject(out, L.REJECT_ARITHMETIC_OVERFLOW, out.order.quantity, ctx.valuation_price)
 
 
 cdef void check_limits_configured(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -372,25 +325,25 @@ cdef void check_limits_configured(const CheckContext* ctx, DecisionRecord* out) 
     cdef uint32_t missing = 0
     cdef int64_t unused
     cdef int kind
-    for kind in range(LIMIT_REQUIRED_COUNT):
+    for kind in range(L.LIMIT_REQUIRED_COUNT):
         if not effective_limit(ctx, kind, &unused):
             missing |= 1u << kind
     if missing:
         # observed = bit mask of the missing LimitKinds
-        reject(out, REJECT_LIMITS_NOT_CONFIGURED, missing, _REQUIRED_LIMITS)
+        reject(out, L.REJECT_LIMITS_NOT_CONFIGURED, missing, _REQUIRED_LIMITS)
 
 
 cdef void check_max_order_quantity(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     cdef int64_t limit
-    if effective_limit(ctx, LIMIT_MAX_ORDER_QUANTITY, &limit) and out.order.quantity > limit:
-        reject(out, REJECT_MAX_ORDER_QUANTITY, out.order.quantity, limit)
+    if effective_limit(ctx, L.LIMIT_MAX_ORDER_QUANTITY, &limit) and out.order.quantity > limit:
+        reject(out, L.REJECT_MAX_ORDER_QUANTITY, out.order.quantity, limit)
 
 
 cdef void check_max_order_notional(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     cdef int64_t limit
-    if ctx.notional_valid and effective_limit(ctx, LIMIT_MAX_ORDER_NOTIONAL, &limit) \
+    if ctx.notional_valid and effective_limit(ctx, L.LIMIT_MAX_ORDER_NOTIONAL, &limit) \
             and ctx.notional > limit:
-        reject(out, REJECT_MAX_ORDER_NOTIONAL, ctx.notional, limit)
+        reject(out, L.REJECT_MAX_ORDER_NOTIONAL, ctx.notional, limit)
 
 
 cdef void check_position_limits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -404,16 +357,16 @@ cdef void check_position_limits(const CheckContext* ctx, DecisionRecord* out) no
     cdef int128_t long_after, short_after
     if is_buy(ctx):
         long_after = <int128_t>ctx.position + ctx.working_buy + out.order.quantity
-        if effective_limit(ctx, LIMIT_MAX_NET_POSITION, &limit) and long_after > limit:
-            reject(out, REJECT_MAX_NET_POSITION, clamp(long_after), limit)
-        if effective_limit(ctx, LIMIT_MAX_LONG_POSITION, &limit) and long_after > limit:
-            reject(out, REJECT_MAX_LONG_POSITION, clamp(long_after), limit)
+        if effective_limit(ctx, L.LIMIT_MAX_NET_POSITION, &limit) and long_after > limit:
+            reject(out, L.REJECT_MAX_NET_POSITION, clamp(long_after), limit)
+        if effective_limit(ctx, L.LIMIT_MAX_LONG_POSITION, &limit) and long_after > limit:
+            reject(out, L.REJECT_MAX_LONG_POSITION, clamp(long_after), limit)
     else:
         short_after = -(<int128_t>ctx.position - ctx.working_sell - out.order.quantity)
-        if effective_limit(ctx, LIMIT_MAX_NET_POSITION, &limit) and short_after > limit:
-            reject(out, REJECT_MAX_NET_POSITION, clamp(short_after), limit)
-        if effective_limit(ctx, LIMIT_MAX_SHORT_POSITION, &limit) and short_after > limit:
-            reject(out, REJECT_MAX_SHORT_POSITION, clamp(short_after), limit)
+        if effective_limit(ctx, L.LIMIT_MAX_NET_POSITION, &limit) and short_after > limit:
+            reject(out, L.REJECT_MAX_NET_POSITION, clamp(short_after), limit)
+        if effective_limit(ctx, L.LIMIT_MAX_SHORT_POSITION, &limit) and short_after > limit:
+            reject(out, L.REJECT_MAX_SHORT_POSITION, clamp(short_after), limit)
 
 
 cdef void check_short_sale(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -424,18 +377,18 @@ cdef void check_short_sale(const CheckContext* ctx, DecisionRecord* out) noexcep
     cdef int64_t available
     if out.order.quantity <= 0 or not ctx.instrument_known:
         return
-    if out.order.side == SIDE_SELL:
+    if out.order.side == L.SIDE_SELL:
         left_after = <int128_t>ctx.position - ctx.working_sell - out.order.quantity
         if left_after < 0:
-            reject(out, REJECT_SHORT_SALE_NOT_MARKED, clamp(left_after), 0)
-    elif out.order.side == SIDE_SELL_SHORT:
-        if pt_load_i32(<const int32_t*>&ctx.instrument.flags) & INSTRUMENT_SHORT_RESTRICTED:
-            reject(out, REJECT_SHORT_SALE_RESTRICTED, 0, 0)
+            reject(out, L.REJECT_SHORT_SALE_NOT_MARKED, clamp(left_after), 0)
+    elif out.order.side == L.SIDE_SELL_SHORT:
+        if L.pt_load_i32(<const int32_t*>&ctx.instrument.flags) & L.INSTRUMENT_SHORT_RESTRICTED:
+            reject(out, L.REJECT_SHORT_SALE_RESTRICTED, 0, 0)
         available = 0
         if ctx.slot != NULL and ctx.slot.located > ctx.slot.locate_used:
             available = ctx.slot.located - ctx.slot.locate_used
         if out.order.quantity > available:
-            reject(out, REJECT_NO_LOCATE, out.order.quantity, available)
+            reject(out, L.REJECT_NO_LOCATE, out.order.quantity, available)
 
 
 cdef void check_account_valuation(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -444,9 +397,9 @@ cdef void check_account_valuation(const CheckContext* ctx, DecisionRecord* out) 
     if not ctx.scan_needed:
         return
     if ctx.scan_unpriced:
-        reject(out, REJECT_PRICE_UNAVAILABLE, 1, 0)
+        reject(out, L.REJECT_PRICE_UNAVAILABLE, 1, 0)
     elif ctx.scan_overflow:
-        reject(out, REJECT_ARITHMETIC_OVERFLOW, 0, 0)
+        reject(out, L.REJECT_ARITHMETIC_OVERFLOW, 0, 0)
 
 
 cdef void check_exposure(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -457,12 +410,12 @@ cdef void check_exposure(const CheckContext* ctx, DecisionRecord* out) noexcept 
     if not valuation_ok(ctx) or not ctx.notional_valid:
         return
     gross_after = ctx.gross + ctx.notional
-    if account_limit(ctx, LIMIT_MAX_GROSS_EXPOSURE, &limit) and gross_after > limit:
-        reject(out, REJECT_MAX_GROSS_EXPOSURE, clamp(gross_after), limit)
+    if account_limit(ctx, L.LIMIT_MAX_GROSS_EXPOSURE, &limit) and gross_after > limit:
+        reject(out, L.REJECT_MAX_GROSS_EXPOSURE, clamp(gross_after), limit)
     net_after = ctx.net + ctx.notional if is_buy(ctx) else ctx.net - ctx.notional
-    if account_limit(ctx, LIMIT_MAX_NET_EXPOSURE, &limit) and magnitude(net_after) > limit \
+    if account_limit(ctx, L.LIMIT_MAX_NET_EXPOSURE, &limit) and magnitude(net_after) > limit \
             and magnitude(net_after) > magnitude(ctx.net):
-        reject(out, REJECT_MAX_NET_EXPOSURE, clamp(magnitude(net_after)), limit)
+        reject(out, L.REJECT_MAX_NET_EXPOSURE, clamp(magnitude(net_after)), limit)
 
 
 cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -470,22 +423,22 @@ cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexc
     # last + working short sales). Buys and short sales must fit in it.
     cdef int128_t available
     if not valuation_ok(ctx) or not ctx.notional_valid \
-            or not ctx.account.flags & ACCOUNT_HAS_BALANCES:
+            or not ctx.account.flags & L.ACCOUNT_HAS_BALANCES:
         return
-    if out.order.side == SIDE_SELL:
+    if out.order.side == L.SIDE_SELL:
         return
     available = <int128_t>ctx.account.cash + ctx.account.credit_line - ctx.committed
     if ctx.notional > available:
-        reject(out, REJECT_BUYING_POWER, ctx.notional, clamp(available))
+        reject(out, L.REJECT_BUYING_POWER, ctx.notional, clamp(available))
 
 
-cdef int32_t first_in_window(const AccountActivity* activity, int64_t since_ns) noexcept nogil:
+cdef int32_t first_in_window(const L.AccountActivity* activity, int64_t since_ns) noexcept nogil:
     # Logical index (0 = oldest) of the first remembered order after since_ns.
     cdef int32_t lo = 0, hi = activity.rate_count, mid
-    cdef int32_t oldest = activity.rate_head - activity.rate_count + RATE_RING_CAPACITY
+    cdef int32_t oldest = activity.rate_head - activity.rate_count + L.RATE_RING_CAPACITY
     while lo < hi:
         mid = (lo + hi) // 2
-        if activity.rate[(oldest + mid) % RATE_RING_CAPACITY].at_ns > since_ns:
+        if activity.rate[(oldest + mid) % L.RATE_RING_CAPACITY].at_ns > since_ns:
             hi = mid
         else:
             lo = mid + 1
@@ -497,21 +450,21 @@ cdef void check_velocity(const CheckContext* ctx, DecisionRecord* out) noexcept 
     cdef int64_t limit, since
     cdef int32_t first, count
     cdef int64_t newest_total, before_total
-    cdef const AccountActivity* activity = ctx.activity
+    cdef const L.AccountActivity* activity = ctx.activity
     if activity == NULL or not ctx.account_known or out.order.quantity <= 0:
         return
-    if account_limit(ctx, LIMIT_MAX_ORDERS_PER_WINDOW, &limit):
-        since = out.order.now_ns - window_ns(ctx, LIMIT_ORDER_WINDOW_MS, DEFAULT_ORDER_WINDOW_MS)
+    if account_limit(ctx, L.LIMIT_MAX_ORDERS_PER_WINDOW, &limit):
+        since = out.order.now_ns - window_ns(ctx, L.LIMIT_ORDER_WINDOW_MS, L.DEFAULT_ORDER_WINDOW_MS)
         count = activity.rate_count - first_in_window(activity, since)
         if count + 1 > limit:
-            reject(out, REJECT_ORDER_RATE, count + 1, limit)
-    if account_limit(ctx, LIMIT_MAX_NOTIONAL_PER_WINDOW, &limit) and ctx.notional_valid:
-        since = out.order.now_ns - window_ns(ctx, LIMIT_NOTIONAL_WINDOW_MS,
-                                             DEFAULT_NOTIONAL_WINDOW_MS)
+            reject(out, L.REJECT_ORDER_RATE, count + 1, limit)
+    if account_limit(ctx, L.LIMIT_MAX_NOTIONAL_PER_WINDOW, &limit) and ctx.notional_valid:
+        since = out.order.now_ns - window_ns(ctx, L.LIMIT_NOTIONAL_WINDOW_MS,
+                                             L.DEFAULT_NOTIONAL_WINDOW_MS)
         first = first_in_window(activity, since)
-        if first == 0 and activity.rate_count == RATE_RING_CAPACITY:
+        if first == 0 and activity.rate_count == L.RATE_RING_CAPACITY:
             # The ring forgot orders still inside the window: fail closed.
-            reject(out, REJECT_NOTIONAL_RATE, INT64_MAX, limit)
+            reject(out, L.REJECT_NOTIONAL_RATE, INT64_MAX, limit)
             return
         # Entries hold the running total including their own order, so the
         # window's notional is the newest total minus the total just before it.
@@ -520,20 +473,20 @@ cdef void check_velocity(const CheckContext* ctx, DecisionRecord* out) noexcept 
             before_total = newest_total
         elif first > 0:
             before_total = activity.rate[(activity.rate_head - activity.rate_count + first - 1
-                                          + RATE_RING_CAPACITY) % RATE_RING_CAPACITY
+                                          + L.RATE_RING_CAPACITY) % L.RATE_RING_CAPACITY
                                          ].cumulative_notional
         else:
             before_total = 0
         if <int128_t>newest_total - before_total + ctx.notional > limit:
-            reject(out, REJECT_NOTIONAL_RATE,
+            reject(out, L.REJECT_NOTIONAL_RATE,
                    clamp(<int128_t>newest_total - before_total + ctx.notional), limit)
 
 
 cdef void check_max_working_orders(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     cdef int64_t limit
-    if ctx.account_known and account_limit(ctx, LIMIT_MAX_WORKING_ORDERS, &limit) \
+    if ctx.account_known and account_limit(ctx, L.LIMIT_MAX_WORKING_ORDERS, &limit) \
             and ctx.account.working_order_count + 1 > limit:
-        reject(out, REJECT_MAX_WORKING_ORDERS, ctx.account.working_order_count + 1, limit)
+        reject(out, L.REJECT_MAX_WORKING_ORDERS, ctx.account.working_order_count + 1, limit)
 
 
 cdef void check_concentration(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -544,19 +497,19 @@ cdef void check_concentration(const CheckContext* ctx, DecisionRecord* out) noex
     if not valuation_ok(ctx) or not ctx.notional_valid:
         return
     gross_after = ctx.gross + ctx.notional
-    if not account_limit(ctx, LIMIT_CONCENTRATION_MIN_GROSS, &floor):
+    if not account_limit(ctx, L.LIMIT_CONCENTRATION_MIN_GROSS, &floor):
         floor = 0
     if gross_after <= 0 or gross_after < floor:
         return
-    if account_limit(ctx, LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &bps):
+    if account_limit(ctx, L.LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &bps):
         share_after = ctx.issuer_exposure + ctx.notional
         if share_after * 10_000 > <int128_t>bps * gross_after:
-            reject(out, REJECT_ISSUER_CONCENTRATION,
+            reject(out, L.REJECT_ISSUER_CONCENTRATION,
                    clamp((share_after * 10_000 + gross_after - 1) // gross_after), bps)
-    if account_limit(ctx, LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &bps):
+    if account_limit(ctx, L.LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &bps):
         share_after = ctx.sector_exposure + ctx.notional
         if share_after * 10_000 > <int128_t>bps * gross_after:
-            reject(out, REJECT_SECTOR_CONCENTRATION,
+            reject(out, L.REJECT_SECTOR_CONCENTRATION,
                    clamp((share_after * 10_000 + gross_after - 1) // gross_after), bps)
 
 
@@ -566,7 +519,7 @@ cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t l
     # counterparty): remaining units at the price each was valued at. The
     # account keeps running totals; only after more names than it has slots
     # were working at once does this walk the working orders.
-    cdef const TagLimit* totals
+    cdef const L.TagLimit* totals
     if by_venue:
         totals = ctx.account.venue_working
     else:
@@ -578,9 +531,9 @@ cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t l
         return 0
     cdef int128_t total = 0
     cdef int32_t o = ctx.account.first_working_order
-    cdef const OrderRecord* order
+    cdef const L.OrderRecord* order
     cdef const char* tag
-    while o != NO_INDEX:
+    while o != L.NO_INDEX:
         order = &ctx.orders[o]
         tag = <const char*>order.venue if by_venue else <const char*>order.counterparty
         if tags_equal(tag, name, length):
@@ -596,18 +549,18 @@ cdef void check_venue_exposure(const CheckContext* ctx, DecisionRecord* out) noe
         return
     if out.order.venue_length > 0 and (
             tag_limit(ctx.account.venue_limits, out.order.venue, out.order.venue_length, &limit)
-            or account_limit(ctx, LIMIT_MAX_VENUE_EXPOSURE, &limit)):
+            or account_limit(ctx, L.LIMIT_MAX_VENUE_EXPOSURE, &limit)):
         after = working_at(ctx, out.order.venue, out.order.venue_length, True) + ctx.notional
         if after > limit:
-            reject(out, REJECT_VENUE_EXPOSURE, clamp(after), limit)
+            reject(out, L.REJECT_VENUE_EXPOSURE, clamp(after), limit)
     if out.order.counterparty_length > 0 and (
             tag_limit(ctx.account.counterparty_limits, out.order.counterparty,
                       out.order.counterparty_length, &limit)
-            or account_limit(ctx, LIMIT_MAX_COUNTERPARTY_EXPOSURE, &limit)):
+            or account_limit(ctx, L.LIMIT_MAX_COUNTERPARTY_EXPOSURE, &limit)):
         after = working_at(ctx, out.order.counterparty, out.order.counterparty_length,
                            False) + ctx.notional
         if after > limit:
-            reject(out, REJECT_COUNTERPARTY_EXPOSURE, clamp(after), limit)
+            reject(out, L.REJECT_COUNTERPARTY_EXPOSURE, clamp(after), limit)
 
 
 cdef void check_loss_limit(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -615,31 +568,31 @@ cdef void check_loss_limit(const CheckContext* ctx, DecisionRecord* out) noexcep
     # for the account to be moved to REDUCE_ONLY (decide_locked).
     cdef int64_t loss_limit
     cdef int128_t pnl
-    if not valuation_ok(ctx) or not account_limit(ctx, LIMIT_LOSS_LIMIT, &loss_limit):
+    if not valuation_ok(ctx) or not account_limit(ctx, L.LIMIT_LOSS_LIMIT, &loss_limit):
         return
     pnl = ctx.unrealized + ctx.account.realized_pnl
     if pnl < -<int128_t>loss_limit and not is_reducing(ctx):
-        reject(out, REJECT_LOSS_LIMIT, clamp(pnl), -loss_limit)
+        reject(out, L.REJECT_LOSS_LIMIT, clamp(pnl), -loss_limit)
 
 
 cdef inline void check_one_halt(const CheckContext* ctx, DecisionRecord* out, int32_t mode,
                                 int32_t scope, int32_t halted_code) noexcept nogil:
-    if mode == HALT_MODE_HALTED:
+    if mode == L.HALT_MODE_HALTED:
         reject(out, halted_code, scope, 0)
-    elif mode == HALT_MODE_REDUCE_ONLY and not is_reducing(ctx):
+    elif mode == L.HALT_MODE_REDUCE_ONLY and not is_reducing(ctx):
         # observed = the HaltScope that is reduce-only
-        reject(out, REJECT_REDUCE_ONLY, scope, 0)
+        reject(out, L.REJECT_REDUCE_ONLY, scope, 0)
 
 
 cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    check_one_halt(ctx, out, pt_load_i32(&ctx.header.global_halt), HALT_SCOPE_GLOBAL,
-                   REJECT_GLOBAL_HALT)
+    check_one_halt(ctx, out, L.pt_load_i32(&ctx.header.global_halt), L.HALT_SCOPE_GLOBAL,
+                   L.REJECT_GLOBAL_HALT)
     if ctx.account != NULL:
-        check_one_halt(ctx, out, pt_load_i32(&ctx.account.halt_mode), HALT_SCOPE_ACCOUNT,
-                       REJECT_ACCOUNT_HALT)
+        check_one_halt(ctx, out, L.pt_load_i32(&ctx.account.halt_mode), L.HALT_SCOPE_ACCOUNT,
+                       L.REJECT_ACCOUNT_HALT)
     if ctx.instrument != NULL:
-        check_one_halt(ctx, out, pt_load_i32(&ctx.instrument.halt_mode), HALT_SCOPE_SYMBOL,
-                       REJECT_SYMBOL_HALT)
+        check_one_halt(ctx, out, L.pt_load_i32(&ctx.instrument.halt_mode), L.HALT_SCOPE_SYMBOL,
+                       L.REJECT_SYMBOL_HALT)
 
 
 # The pipeline, in order. Order matters only for the order of rejections.
@@ -692,40 +645,40 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
     ctx.header = table.header
     ctx.orders = table.orders
     ctx.slot_instrument = order.instrument_index
-    if order.account_index != NO_INDEX:
+    if order.account_index != L.NO_INDEX:
         ctx.account = &table.accounts[order.account_index]
         ctx.activity = &table.activity[order.account_index]
-        ctx.account_known = (ctx.account.flags & ACCOUNT_KNOWN) != 0
-    if order.instrument_index != NO_INDEX:
+        ctx.account_known = (ctx.account.flags & L.ACCOUNT_KNOWN) != 0
+    if order.instrument_index != L.NO_INDEX:
         ctx.instrument = &table.instruments[order.instrument_index]
-        instrument_flags = pt_load_i32(<const int32_t*>&ctx.instrument.flags)
-        ctx.instrument_known = (instrument_flags & INSTRUMENT_KNOWN) != 0
+        instrument_flags = L.pt_load_i32(<const int32_t*>&ctx.instrument.flags)
+        ctx.instrument_known = (instrument_flags & L.INSTRUMENT_KNOWN) != 0
     if ctx.account != NULL and ctx.instrument != NULL:
         position_index = table.find_position(order.account_index, order.instrument_index)
-        if position_index != NO_INDEX:
+        if position_index != L.NO_INDEX:
             ctx.slot = &table.positions[position_index]
             ctx.position = ctx.slot.quantity
             ctx.working_buy = ctx.slot.working_buy
             ctx.working_sell = ctx.slot.working_sell
-            override_index = pt_load_i32(&table.positions[position_index].override_index)
-            if override_index != NO_INDEX:
+            override_index = L.pt_load_i32(&table.positions[position_index].override_index)
+            if override_index != L.NO_INDEX:
                 ctx.overrides = &table.overrides[override_index].limits
 
-    if order.order_type == ORDER_TYPE_LIMIT:
+    if order.order_type == L.ORDER_TYPE_LIMIT:
         ctx.valuation_price = order.price
         ctx.price_valid = order.price > 0
-    elif order.order_type == ORDER_TYPE_MARKET and ctx.instrument_known \
-            and instrument_flags & INSTRUMENT_HAS_PRICE:
-        ctx.valuation_price = pt_load_i64(&ctx.instrument.last_price)
+    elif order.order_type == L.ORDER_TYPE_MARKET and ctx.instrument_known \
+            and instrument_flags & L.INSTRUMENT_HAS_PRICE:
+        ctx.valuation_price = L.pt_load_i64(&ctx.instrument.last_price)
         ctx.price_valid = ctx.valuation_price > 0
 
     if order.quantity > 0:
         if ctx.price_valid:
-            ctx.notional_valid = not pt_mul_overflow(order.quantity, ctx.valuation_price,
+            ctx.notional_valid = not L.pt_mul_overflow(order.quantity, ctx.valuation_price,
                                                      &ctx.notional)
-        ctx.signed_quantity = order.quantity if order.side == SIDE_BUY else -order.quantity
+        ctx.signed_quantity = order.quantity if order.side == L.SIDE_BUY else -order.quantity
         ctx.projection_valid = (
-            not pt_add_overflow(ctx.position, ctx.signed_quantity, &ctx.projected_position)
+            not L.pt_add_overflow(ctx.position, ctx.signed_quantity, &ctx.projected_position)
             and ctx.projected_position != INT64_MIN and ctx.position != INT64_MIN)
     if not ctx.notional_valid:
         ctx.notional = 0
@@ -734,7 +687,7 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
         scan_account(table, ctx)
 
 
-cdef inline bint same_order(const OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
+cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
     # A re-sent order is the same order when every field the checks read matches.
     return (stored.instrument_index == record.order.instrument_index
             and stored.side == record.order.side
@@ -750,10 +703,10 @@ cdef inline bint counts_toward_reject_storm(const DecisionRecord* record) noexce
     # Rejections the client caused. Not: the engine's own state (stale data,
     # a full table) or halts already in force, which would re-trigger forever.
     cdef int32_t i, code
-    for i in range(min(record.rejection_count, MAX_REJECTIONS)):
+    for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
         code = record.rejections[i].code
-        if code in (REJECT_STALE_DATA, REJECT_CAPACITY_EXHAUSTED, REJECT_GLOBAL_HALT,
-                    REJECT_ACCOUNT_HALT, REJECT_SYMBOL_HALT, REJECT_REDUCE_ONLY):
+        if code in (L.REJECT_STALE_DATA, L.REJECT_CAPACITY_EXHAUSTED, L.REJECT_GLOBAL_HALT,
+                    L.REJECT_ACCOUNT_HALT, L.REJECT_SYMBOL_HALT, L.REJECT_REDUCE_ONLY):
             return False
     return True
 
@@ -796,15 +749,8 @@ cdef class DecisionPool:
 cdef class Engine:
     """The check pipeline bound to one PositionTable.
 
-    ``evaluate`` returns ``(approved, notional, rejections, replayed,
-    auto_halt, profit_and_loss, stored)``: ``rejections`` is a tuple of ``(code, observed, limit)``
-    triples (codes are pretrade.v1 RejectCode numbers), ``replayed`` is True
-    when the order id was decided before and this is that decision, and
-    ``auto_halt`` is 0, 1 (move the account to REDUCE_ONLY: loss limit) or 2
-    (HALT the account: too many rejections), with the account's P&L when
-    the loss limit tripped, and ``stored`` True when the decision was kept
-    under its order id (the caller makes it durable). The pure-Python twin in
-    ``pretrade.reference`` returns exactly the same shape.
+    ``evaluate`` decides one order and returns a :class:`Verdict`; the
+    pure-Python twin in ``pretrade.engine.reference`` returns the same.
     """
 
     def __cinit__(self, PositionTable table, int32_t pool_size=64):
@@ -819,7 +765,7 @@ cdef class Engine:
         if ctx.account != NULL and record.order.order_id_length > 0:
             i = self.table.find_order(record.order.account_index, record.order.order_id,
                                       record.order.order_id_length)
-            if i != NO_INDEX:
+            if i != L.NO_INDEX:
                 if same_order(&self.table.orders[i], record):
                     self.replay(&self.table.orders[i], record)
                     return
@@ -833,28 +779,28 @@ cdef class Engine:
         if ctx.account != NULL and not ctx.duplicate_conflict:
             self.remember(&ctx, record)
 
-    cdef void replay(self, const OrderRecord* stored, DecisionRecord* record) noexcept nogil:
+    cdef void replay(self, const L.OrderRecord* stored, DecisionRecord* record) noexcept nogil:
         cdef int32_t i
         record.replayed = True
         record.approved = stored.approved
         record.notional = stored.notional
         record.rejection_count = stored.rejection_count
-        for i in range(min(stored.rejection_count, STORED_REJECTIONS)):
+        for i in range(min(stored.rejection_count, L.STORED_REJECTIONS)):
             record.rejections[i].code = stored.rejections[i].code
             record.rejections[i].observed = stored.rejections[i].observed
             record.rejections[i].limit = stored.rejections[i].limit
-        if record.rejection_count > STORED_REJECTIONS:
-            record.rejection_count = STORED_REJECTIONS
+        if record.rejection_count > L.STORED_REJECTIONS:
+            record.rejection_count = L.STORED_REJECTIONS
 
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
         cdef int64_t loss_limit
         cdef int128_t pnl
-        if not account_limit(ctx, LIMIT_LOSS_LIMIT, &loss_limit):
+        if not account_limit(ctx, L.LIMIT_LOSS_LIMIT, &loss_limit):
             return
         pnl = ctx.unrealized + ctx.account.realized_pnl
-        if pnl < -<int128_t>loss_limit and pt_load_i32(&ctx.account.halt_mode) \
-                not in (HALT_MODE_REDUCE_ONLY, HALT_MODE_HALTED):
-            record.auto_halt = AUTO_HALT_LOSS_LIMIT
+        if pnl < -<int128_t>loss_limit and L.pt_load_i32(&ctx.account.halt_mode) \
+                not in (L.HALT_MODE_REDUCE_ONLY, L.HALT_MODE_HALTED):
+            record.auto_halt = L.AUTO_HALT_LOSS_LIMIT
             record.profit_and_loss = clamp(pnl)
 
     cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
@@ -862,35 +808,35 @@ cdef class Engine:
         # when approved, reserve the order. Not stored: decisions the engine
         # could not really make (stale data), so a retry gets a real one.
         cdef int32_t i
-        cdef OrderRecord* stored
-        cdef int32_t position_index = NO_INDEX
+        cdef L.OrderRecord* stored
+        cdef int32_t position_index = L.NO_INDEX
         cdef bint stale = False
-        for i in range(min(record.rejection_count, MAX_REJECTIONS)):
-            if record.rejections[i].code == REJECT_STALE_DATA:
+        for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
+            if record.rejections[i].code == L.REJECT_STALE_DATA:
                 stale = True
         # An order for a symbol the table has never seen is not stored either:
         # stored orders are compared by instrument index, which it lacks.
         if stale or record.order.order_id_length <= 0 \
-                or record.order.instrument_index == NO_INDEX:
+                or record.order.instrument_index == L.NO_INDEX:
             return
         if record.approved:
             position_index = self.table.ensure_position(record.order.account_index,
                                                         record.order.instrument_index)
-            if position_index != NO_INDEX and not self.reservation_fits(
+            if position_index != L.NO_INDEX and not self.reservation_fits(
                     ctx, record, &self.table.positions[position_index]):
                 # The running sums the reservation adds to would pass int64.
                 record.approved = False
-                reject(record, REJECT_ARITHMETIC_OVERFLOW, record.order.quantity,
+                reject(record, L.REJECT_ARITHMETIC_OVERFLOW, record.order.quantity,
                        ctx.valuation_price)
         stored = NULL
-        if position_index != NO_INDEX or not record.approved:
+        if position_index != L.NO_INDEX or not record.approved:
             stored = self.table.allocate_order(record.order.account_index,
                                                record.order.order_id,
                                                record.order.order_id_length)
         if stored == NULL:
             if record.approved:
                 record.approved = False
-                reject(record, REJECT_CAPACITY_EXHAUSTED, 0, 0)
+                reject(record, L.REJECT_CAPACITY_EXHAUSTED, 0, 0)
             self.count_rejection(ctx, record)
             return
         stored.instrument_index = record.order.instrument_index
@@ -901,37 +847,37 @@ cdef class Engine:
         stored.valuation_price = ctx.valuation_price
         stored.notional = record.notional
         stored.approved = record.approved
-        if record.order.venue_length < TAG_CAPACITY:
+        if record.order.venue_length < L.TAG_CAPACITY:
             memcpy_tag(stored.venue, record.order.venue, record.order.venue_length)
-        if record.order.counterparty_length < TAG_CAPACITY:
+        if record.order.counterparty_length < L.TAG_CAPACITY:
             memcpy_tag(stored.counterparty, record.order.counterparty,
                        record.order.counterparty_length)
         stored.rejection_count = record.rejection_count
-        for i in range(min(record.rejection_count, STORED_REJECTIONS)):
+        for i in range(min(record.rejection_count, L.STORED_REJECTIONS)):
             stored.rejections[i].code = record.rejections[i].code
             stored.rejections[i].observed = record.rejections[i].observed
             stored.rejections[i].limit = record.rejections[i].limit
         if record.approved:
             self.reserve(ctx, record, stored, position_index)
         else:
-            stored.status = ORDER_REJECTED
+            stored.status = L.ORDER_REJECTED
             self.count_rejection(ctx, record)
         self.table.publish_order(stored)
         record.stored = True
 
     cdef bint reservation_fits(self, const CheckContext* ctx, const DecisionRecord* record,
-                               const PositionSlot* slot) noexcept nogil:
+                               const L.PositionSlot* slot) noexcept nogil:
         # Every running sum a reservation adds to stays an exact int64.
-        cdef const AccountActivity* activity = ctx.activity
+        cdef const L.AccountActivity* activity = ctx.activity
         cdef int128_t quantity = record.order.quantity
         cdef int128_t notional = record.notional
         cdef int128_t venue_total = 0, counterparty_total = 0
-        if 0 < record.order.venue_length < TAG_CAPACITY:
+        if 0 < record.order.venue_length < L.TAG_CAPACITY:
             venue_total = working_at(ctx, record.order.venue, record.order.venue_length, True)
-        if 0 < record.order.counterparty_length < TAG_CAPACITY:
+        if 0 < record.order.counterparty_length < L.TAG_CAPACITY:
             counterparty_total = working_at(ctx, record.order.counterparty,
                                             record.order.counterparty_length, False)
-        if record.order.side == SIDE_BUY:
+        if record.order.side == L.SIDE_BUY:
             if slot.working_buy + quantity > INT64_MAX \
                     or slot.working_buy_notional + notional > INT64_MAX:
                 return False
@@ -945,23 +891,23 @@ cdef class Engine:
                 and venue_total + notional <= INT64_MAX
                 and counterparty_total + notional <= INT64_MAX)
 
-    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, OrderRecord* stored,
+    cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, L.OrderRecord* stored,
                       int32_t position_index) noexcept nogil:
-        cdef PositionSlot* slot = &self.table.positions[position_index]
-        cdef AccountRecord* account = &self.table.accounts[record.order.account_index]
-        cdef AccountActivity* activity = &self.table.activity[record.order.account_index]
-        cdef RateEntry* entry
+        cdef L.PositionSlot* slot = &self.table.positions[position_index]
+        cdef L.AccountRecord* account = &self.table.accounts[record.order.account_index]
+        cdef L.AccountActivity* activity = &self.table.activity[record.order.account_index]
+        cdef L.RateEntry* entry
         cdef int64_t at = record.order.now_ns
-        stored.status = ORDER_WORKING
+        stored.status = L.ORDER_WORKING
         stored.position_index = position_index
         stored.remaining = record.order.quantity
-        if record.order.side == SIDE_BUY:
+        if record.order.side == L.SIDE_BUY:
             slot.working_buy += record.order.quantity
             slot.working_buy_notional += record.notional
         else:
             slot.working_sell += record.order.quantity
             slot.working_sell_notional += record.notional
-            if record.order.side == SIDE_SELL_SHORT:
+            if record.order.side == L.SIDE_SELL_SHORT:
                 slot.working_short_notional += record.notional
                 slot.locate_used += record.order.quantity
         stored.next_working = account.first_working_order
@@ -973,16 +919,16 @@ cdef class Engine:
                       stored.counterparty, record.notional)
         # velocity ring: keep timestamps non-decreasing so the window search works
         if activity.rate_count > 0:
-            entry = &activity.rate[(activity.rate_head - 1 + RATE_RING_CAPACITY)
-                                   % RATE_RING_CAPACITY]
+            entry = &activity.rate[(activity.rate_head - 1 + L.RATE_RING_CAPACITY)
+                                   % L.RATE_RING_CAPACITY]
             if at < entry.at_ns:
                 at = entry.at_ns
         activity.cumulative_notional += record.notional
         entry = &activity.rate[activity.rate_head]
         entry.at_ns = at
         entry.cumulative_notional = activity.cumulative_notional
-        activity.rate_head = (activity.rate_head + 1) % RATE_RING_CAPACITY
-        if activity.rate_count < RATE_RING_CAPACITY:
+        activity.rate_head = (activity.rate_head + 1) % L.RATE_RING_CAPACITY
+        if activity.rate_count < L.RATE_RING_CAPACITY:
             activity.rate_count += 1
 
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
@@ -990,38 +936,38 @@ cdef class Engine:
         # HALT the account (applied by the Python layer, written to Redis).
         cdef int64_t limit, since, at
         cdef int32_t n, count, oldest
-        cdef AccountActivity* activity = &self.table.activity[record.order.account_index]
+        cdef L.AccountActivity* activity = &self.table.activity[record.order.account_index]
         if not ctx.account_known or not counts_toward_reject_storm(record):
             return
-        if not account_limit(ctx, LIMIT_MAX_REJECTS_PER_WINDOW, &limit):
+        if not account_limit(ctx, L.LIMIT_MAX_REJECTS_PER_WINDOW, &limit):
             return
         at = record.order.now_ns
         if activity.reject_count > 0:
-            since = activity.rejects_at_ns[(activity.reject_head - 1 + REJECT_RING_CAPACITY)
-                                           % REJECT_RING_CAPACITY]
+            since = activity.rejects_at_ns[(activity.reject_head - 1 + L.REJECT_RING_CAPACITY)
+                                           % L.REJECT_RING_CAPACITY]
             if at < since:
                 at = since
         activity.rejects_at_ns[activity.reject_head] = at
-        activity.reject_head = (activity.reject_head + 1) % REJECT_RING_CAPACITY
-        if activity.reject_count < REJECT_RING_CAPACITY:
+        activity.reject_head = (activity.reject_head + 1) % L.REJECT_RING_CAPACITY
+        if activity.reject_count < L.REJECT_RING_CAPACITY:
             activity.reject_count += 1
-        since = at - window_ns(ctx, LIMIT_REJECT_WINDOW_MS, DEFAULT_REJECT_WINDOW_MS)
+        since = at - window_ns(ctx, L.LIMIT_REJECT_WINDOW_MS, L.DEFAULT_REJECT_WINDOW_MS)
         count = 0
-        oldest = activity.reject_head - activity.reject_count + REJECT_RING_CAPACITY
+        oldest = activity.reject_head - activity.reject_count + L.REJECT_RING_CAPACITY
         for n in range(activity.reject_count):
-            if activity.rejects_at_ns[(oldest + n) % REJECT_RING_CAPACITY] > since:
+            if activity.rejects_at_ns[(oldest + n) % L.REJECT_RING_CAPACITY] > since:
                 count += 1
-        if count >= limit and pt_load_i32(&ctx.account.halt_mode) != HALT_MODE_HALTED:
-            record.auto_halt = AUTO_HALT_REJECT_STORM
+        if count >= limit and L.pt_load_i32(&ctx.account.halt_mode) != L.HALT_MODE_HALTED:
+            record.auto_halt = L.AUTO_HALT_REJECT_STORM
 
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil:
         record.rejection_count = 0
         record.replayed = False
         record.stored = False
-        record.auto_halt = AUTO_HALT_NONE
+        record.auto_halt = L.AUTO_HALT_NONE
         record.profit_and_loss = 0
         record.notional = 0
-        if record.order.account_index != NO_INDEX:
+        if record.order.account_index != L.NO_INDEX:
             self.table.lock_account(record.order.account_index)
             self.run_pipeline(record)
             self.table.unlock_account(record.order.account_index)
@@ -1050,22 +996,31 @@ cdef class Engine:
         self.decide_locked(record)
         return record
 
-    cpdef tuple evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
-                         int order_type, int64_t quantity, int64_t price, bytes venue=b"",
-                         bytes counterparty=b"", int64_t now_ns=0):
-        """Run every check on one order; see the class docstring for the result."""
+    cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
+                          int order_type, int64_t quantity, int64_t price, bytes venue=b"",
+                          bytes counterparty=b"", int64_t now_ns=0):
+        """Run every check on one order and return its :class:`Verdict`."""
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
                                                    counterparty, now_ns)
-        cdef int32_t shown = min(record.rejection_count, MAX_REJECTIONS)
-        cdef list rejections = [None] * shown
+        cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)
+        cdef list rejections
         cdef int32_t i
-        for i in range(shown):
-            rejections[i] = (record.rejections[i].code, record.rejections[i].observed,
-                             record.rejections[i].limit)
-        result = (bool(record.approved), record.notional, tuple(rejections),
-                  bool(record.replayed), record.auto_halt, record.profit_and_loss,
-                  bool(record.stored))
+        cdef Verdict result = Verdict.__new__(Verdict)
+        if shown == 0:
+            result.rejections = ()
+        else:
+            rejections = [None] * shown
+            for i in range(shown):
+                rejections[i] = (record.rejections[i].code, record.rejections[i].observed,
+                                 record.rejections[i].limit)
+            result.rejections = tuple(rejections)
+        result.approved = record.approved
+        result.notional = record.notional
+        result.replayed = record.replayed
+        result.auto_halt = record.auto_halt
+        result.profit_and_loss = record.profit_and_loss
+        result.stored = record.stored
         self.pool.release(record)
         return result
 
@@ -1080,17 +1035,6 @@ cdef class Engine:
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)
-        cdef int count = record.rejection_count
-        self.pool.release(record)
-        return count
-
-    cpdef int evaluate_rejection_count(self, bytes order_id, bytes account_id, bytes symbol,
-                                       int side, int order_type, int64_t quantity,
-                                       int64_t price, int64_t now_ns):
-        """Run every check and return only the number of rejections (benchmarks)."""
-        cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
-                                                   order_type, quantity, price, b"", b"",
-                                                   now_ns)
         cdef int count = record.rejection_count
         self.pool.release(record)
         return count

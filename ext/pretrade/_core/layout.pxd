@@ -51,6 +51,16 @@ cdef enum:
     RATE_RING_CAPACITY = 256        # approved orders remembered for the velocity windows
     REJECT_RING_CAPACITY = 256      # rejections remembered for the reject-storm breaker
     NO_INDEX = -1
+    MAX_CAPACITY = 0x3FFFFFFF       # most records of one kind a table holds (2**30 - 1)
+    MAX_LOCK_STRIPES = 4096         # a power of two
+
+
+# Window lengths the velocity checks and the reject-storm breaker use when a
+# rate limit is set without its window.
+cdef enum:
+    DEFAULT_ORDER_WINDOW_MS = 1_000
+    DEFAULT_NOTIONAL_WINDOW_MS = 60_000
+    DEFAULT_REJECT_WINDOW_MS = 60_000
 
 
 # -- WIRE ENUMS (values equal pretrade.v1) --

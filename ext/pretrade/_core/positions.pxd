@@ -9,18 +9,7 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
 from libc.string cimport strncmp, strncpy
 
-from pretrade._core.layout cimport AccountActivity
-from pretrade._core.layout cimport AccountRecord
-from pretrade._core.layout cimport InstrumentRecord
-from pretrade._core.layout cimport LimitSet
-from pretrade._core.layout cimport OrderRecord
-from pretrade._core.layout cimport OverrideRecord
-from pretrade._core.layout cimport PositionSlot
-from pretrade._core.layout cimport TAG_CAPACITY
-from pretrade._core.layout cimport TAG_LIMIT_SLOTS
-from pretrade._core.layout cimport TagLimit
-from pretrade._core.layout cimport TableHeader
-from pretrade._core.layout cimport pthread_mutex_t
+cimport pretrade._core.layout as L
 
 
 cdef inline uint32_t hash_id(const char* data, Py_ssize_t length) noexcept nogil:
@@ -38,7 +27,7 @@ cdef inline uint32_t hash_pair(int32_t account_index, int32_t instrument_index) 
     return h
 
 
-cdef inline void add_tag_total(TagLimit* totals, uint32_t* overflow, uint32_t bit,
+cdef inline void add_tag_total(L.TagLimit* totals, uint32_t* overflow, uint32_t bit,
                                const char* name, int64_t amount) noexcept nogil:
     # Adds to the running total for ``name`` (NUL-terminated, < TAG_CAPACITY),
     # taking a free slot for a new name; no slot left sets the overflow bit.
@@ -46,34 +35,34 @@ cdef inline void add_tag_total(TagLimit* totals, uint32_t* overflow, uint32_t bi
     cdef int free_slot = -1
     if name[0] == 0:
         return
-    for n in range(TAG_LIMIT_SLOTS):
+    for n in range(L.TAG_LIMIT_SLOTS):
         if totals[n].name[0] == 0:
             if free_slot < 0:
                 free_slot = n
-        elif strncmp(totals[n].name, name, TAG_CAPACITY) == 0:
+        elif strncmp(totals[n].name, name, L.TAG_CAPACITY) == 0:
             totals[n].limit += amount
             return
     if free_slot < 0:
         overflow[0] |= bit
         return
-    strncpy(totals[free_slot].name, name, TAG_CAPACITY)
+    strncpy(totals[free_slot].name, name, L.TAG_CAPACITY)
     totals[free_slot].limit = amount
 
 
 cdef class PositionTable:
     cdef object _buffer             # keeps the mapping alive while pointers exist
     cdef char* base
-    cdef TableHeader* header
-    cdef AccountRecord* accounts
-    cdef InstrumentRecord* instruments
-    cdef PositionSlot* positions
-    cdef OverrideRecord* overrides
+    cdef L.TableHeader* header
+    cdef L.AccountRecord* accounts
+    cdef L.InstrumentRecord* instruments
+    cdef L.PositionSlot* positions
+    cdef L.OverrideRecord* overrides
     cdef int32_t* account_index
     cdef int32_t* instrument_index
     cdef int32_t* position_index
-    cdef OrderRecord* orders
+    cdef L.OrderRecord* orders
     cdef int32_t* order_index
-    cdef AccountActivity* activity
+    cdef L.AccountActivity* activity
 
     # -- LOOKUPS (lock free) --
     cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
@@ -81,9 +70,9 @@ cdef class PositionTable:
     cdef int32_t find_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
     cdef int32_t find_order(self, int32_t account_index, const char* order_id,
                             Py_ssize_t length) noexcept nogil
-    cdef OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
+    cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
                                      Py_ssize_t length) noexcept nogil
-    cdef void publish_order(self, OrderRecord* rec) noexcept nogil
+    cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil
 
     # -- RECORD CREATION (registry lock) --
     cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
@@ -92,8 +81,8 @@ cdef class PositionTable:
     cdef int32_t ensure_override(self, int32_t position_index) noexcept nogil
 
     # -- LOCKS --
-    cdef pthread_mutex_t* registry_lock(self) noexcept nogil
-    cdef pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil
+    cdef L.pthread_mutex_t* registry_lock(self) noexcept nogil
+    cdef L.pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil
     cdef void lock_account(self, int32_t account_index) noexcept nogil
     cdef void unlock_account(self, int32_t account_index) noexcept nogil
     cdef void _bind(self, object buffer) except *

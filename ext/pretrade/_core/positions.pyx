@@ -4,67 +4,17 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
-from pretrade._core.layout cimport ACCOUNT_HAS_BALANCES
-from pretrade._core.layout cimport ACCOUNT_HAS_LIMITS
-from pretrade._core.layout cimport ACCOUNT_KNOWN
-from pretrade._core.layout cimport ACCOUNT_STATE_INVALID
-from pretrade._core.layout cimport AccountActivity
-from pretrade._core.layout cimport AccountRecord
-from pretrade._core.layout cimport HALT_MODE_ACTIVE
-from pretrade._core.layout cimport HALT_MODE_HALTED
-from pretrade._core.layout cimport HALT_MODE_REDUCE_ONLY
-from pretrade._core.layout cimport HALT_NONE
-from pretrade._core.layout cimport HALT_SCOPE_ACCOUNT
-from pretrade._core.layout cimport HALT_SCOPE_GLOBAL
-from pretrade._core.layout cimport HALT_SCOPE_SYMBOL
-from pretrade._core.layout cimport ID_CAPACITY
-from pretrade._core.layout cimport INSTRUMENT_HAS_PRICE
-from pretrade._core.layout cimport INSTRUMENT_KNOWN
-from pretrade._core.layout cimport INSTRUMENT_SHORT_RESTRICTED
-from pretrade._core.layout cimport INSTRUMENT_STATE_INVALID
-from pretrade._core.layout cimport InstrumentRecord
-from pretrade._core.layout cimport LAYOUT_VERSION
-from pretrade._core.layout cimport LIMIT_KIND_COUNT
-from pretrade._core.layout cimport LimitSet
-from pretrade._core.layout cimport MAX_ID_LENGTH
-from pretrade._core.layout cimport MAX_ORDER_ID_LENGTH
-from pretrade._core.layout cimport MAX_TAG_LENGTH
-from pretrade._core.layout cimport NO_INDEX
-from pretrade._core.layout cimport ORDER_DONE
-from pretrade._core.layout cimport ORDER_REJECTED
-from pretrade._core.layout cimport ORDER_WORKING
-from pretrade._core.layout cimport OrderRecord
-from pretrade._core.layout cimport OverrideRecord
-from pretrade._core.layout cimport PositionSlot
-from pretrade._core.layout cimport RATE_RING_CAPACITY
-from pretrade._core.layout cimport REJECT_RING_CAPACITY
-from pretrade._core.layout cimport SIDE_BUY
-from pretrade._core.layout cimport SIDE_SELL_SHORT
-from pretrade._core.layout cimport STORED_REJECTIONS
-from pretrade._core.layout cimport TABLE_MAGIC
-from pretrade._core.layout cimport TAG_LIMIT_SLOTS
-from pretrade._core.layout cimport TableHeader
-from pretrade._core.layout cimport TagLimit
-from pretrade._core.layout cimport pt_add_i64
-from pretrade._core.layout cimport pt_cas_i32
-from pretrade._core.layout cimport pt_load_i32
-from pretrade._core.layout cimport pt_load_i64
-from pretrade._core.layout cimport pt_mutex_init_shared
-from pretrade._core.layout cimport pt_mutex_lock
-from pretrade._core.layout cimport pt_mutex_unlock
-from pretrade._core.layout cimport pt_store_i32
-from pretrade._core.layout cimport pt_store_i64
-from pretrade._core.layout cimport pthread_mutex_t
+cimport pretrade._core.layout as L
 
 LAYOUT = {
-    "version": LAYOUT_VERSION,
-    "header_bytes": sizeof(TableHeader),
-    "account_bytes": sizeof(AccountRecord),
-    "instrument_bytes": sizeof(InstrumentRecord),
-    "position_bytes": sizeof(PositionSlot),
-    "override_bytes": sizeof(OverrideRecord),
-    "max_id_length": MAX_ID_LENGTH,
-    "limit_kinds": LIMIT_KIND_COUNT,
+    "version": L.LAYOUT_VERSION,
+    "header_bytes": sizeof(L.TableHeader),
+    "account_bytes": sizeof(L.AccountRecord),
+    "instrument_bytes": sizeof(L.InstrumentRecord),
+    "position_bytes": sizeof(L.PositionSlot),
+    "override_bytes": sizeof(L.OverrideRecord),
+    "max_id_length": L.MAX_ID_LENGTH,
+    "limit_kinds": L.LIMIT_KIND_COUNT,
 }
 
 
@@ -95,20 +45,20 @@ cdef uint32_t _index_capacity(uint32_t records) noexcept nogil:
 
 cdef uint32_t _lock_stride() noexcept nogil:
     # One cache line (or more) per mutex, so stripes do not false-share.
-    return <uint32_t>_align(sizeof(pthread_mutex_t), 64)
+    return <uint32_t>_align(sizeof(L.pthread_mutex_t), 64)
 
 
-cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
+cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
                 uint32_t max_positions, uint32_t max_overrides,
                 uint32_t lock_stripes, uint32_t max_orders) noexcept nogil:
-    memset(h, 0, sizeof(TableHeader))
-    h.magic = TABLE_MAGIC
-    h.layout_version = LAYOUT_VERSION
-    h.header_size = sizeof(TableHeader)
-    h.account_size = sizeof(AccountRecord)
-    h.instrument_size = sizeof(InstrumentRecord)
-    h.position_size = sizeof(PositionSlot)
-    h.override_size = sizeof(OverrideRecord)
+    memset(h, 0, sizeof(L.TableHeader))
+    h.magic = L.TABLE_MAGIC
+    h.layout_version = L.LAYOUT_VERSION
+    h.header_size = sizeof(L.TableHeader)
+    h.account_size = sizeof(L.AccountRecord)
+    h.instrument_size = sizeof(L.InstrumentRecord)
+    h.position_size = sizeof(L.PositionSlot)
+    h.override_size = sizeof(L.OverrideRecord)
     h.lock_stride = _lock_stride()
     h.lock_stripes = lock_stripes
     h.max_accounts = max_accounts
@@ -120,20 +70,20 @@ cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
     h.position_index_mask = _index_capacity(max_positions) - 1
     h.max_orders = max_orders
     h.order_index_mask = _index_capacity(max_orders) - 1
-    h.order_size = sizeof(OrderRecord)
-    h.activity_size = sizeof(AccountActivity)
-    cdef uint64_t offset = _align(sizeof(TableHeader), 64)
+    h.order_size = sizeof(L.OrderRecord)
+    h.activity_size = sizeof(L.AccountActivity)
+    cdef uint64_t offset = _align(sizeof(L.TableHeader), 64)
     h.locks_offset = offset
     # lock 0 is the registry lock; 1..stripes are the account stripes
     offset = _align(offset + <uint64_t>h.lock_stride * (lock_stripes + 1), 64)
     h.accounts_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(AccountRecord) * max_accounts, 64)
+    offset = _align(offset + <uint64_t>sizeof(L.AccountRecord) * max_accounts, 64)
     h.instruments_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(InstrumentRecord) * max_instruments, 64)
+    offset = _align(offset + <uint64_t>sizeof(L.InstrumentRecord) * max_instruments, 64)
     h.positions_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(PositionSlot) * max_positions, 64)
+    offset = _align(offset + <uint64_t>sizeof(L.PositionSlot) * max_positions, 64)
     h.overrides_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(OverrideRecord) * max_overrides, 64)
+    offset = _align(offset + <uint64_t>sizeof(L.OverrideRecord) * max_overrides, 64)
     h.account_index_offset = offset
     offset = _align(offset + 4 * (<uint64_t>h.account_index_mask + 1), 64)
     h.instrument_index_offset = offset
@@ -141,11 +91,11 @@ cdef void _plan(TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
     h.position_index_offset = offset
     offset = _align(offset + 4 * (<uint64_t>h.position_index_mask + 1), 64)
     h.orders_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(OrderRecord) * max_orders, 64)
+    offset = _align(offset + <uint64_t>sizeof(L.OrderRecord) * max_orders, 64)
     h.order_index_offset = offset
     offset = _align(offset + 4 * (<uint64_t>h.order_index_mask + 1), 4096)
     h.activity_offset = offset
-    offset = _align(offset + <uint64_t>sizeof(AccountActivity) * max_accounts, 4096)
+    offset = _align(offset + <uint64_t>sizeof(L.AccountActivity) * max_accounts, 4096)
     h.total_size = offset
 
 
@@ -154,55 +104,56 @@ def _check_capacities(max_accounts, max_instruments, max_positions, max_override
     for name, value in (("max_accounts", max_accounts), ("max_instruments", max_instruments),
                         ("max_positions", max_positions), ("max_overrides", max_overrides),
                         ("max_orders", max_orders)):
-        if not 1 <= value <= 0x3FFFFFFF:
-            raise ValueError(f"{name} must be between 1 and 2**30 - 1, got {value}")
-    if lock_stripes < 1 or lock_stripes > 4096 or lock_stripes & (lock_stripes - 1):
-        raise ValueError(f"lock_stripes must be a power of two from 1 to 4096, got {lock_stripes}")
+        if not 1 <= value <= L.MAX_CAPACITY:
+            raise ValueError(f"{name} must be between 1 and {L.MAX_CAPACITY}, got {value}")
+    if lock_stripes < 1 or lock_stripes > L.MAX_LOCK_STRIPES or lock_stripes & (lock_stripes - 1):
+        raise ValueError(f"lock_stripes must be a power of two from 1 to {L.MAX_LOCK_STRIPES}, "
+                         f"got {lock_stripes}")
 
 
 cdef bytes _check_id(object value, str what):
     if not isinstance(value, bytes):
         raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
     cdef Py_ssize_t n = len(<bytes>value)
-    if n == 0 or n > MAX_ID_LENGTH:
-        raise ValueError(f"{what} must be 1 to {MAX_ID_LENGTH} bytes, got {n}")
+    if n == 0 or n > L.MAX_ID_LENGTH:
+        raise ValueError(f"{what} must be 1 to {L.MAX_ID_LENGTH} bytes, got {n}")
     if b"\0" in <bytes>value:
         raise ValueError(f"{what} must not contain NUL bytes")
     return <bytes>value
 
 
-cdef void _write_limits(LimitSet* target, object limits) except *:
-    cdef LimitSet fresh
-    memset(&fresh, 0, sizeof(LimitSet))
+cdef void _write_limits(L.LimitSet* target, object limits) except *:
+    cdef L.LimitSet fresh
+    memset(&fresh, 0, sizeof(L.LimitSet))
     if limits is not None:
         for kind, value in limits.items():
-            if not 0 <= kind < LIMIT_KIND_COUNT:
+            if not 0 <= kind < L.LIMIT_KIND_COUNT:
                 raise ValueError(f"unknown limit kind {kind}")
             if not 0 <= value < (1 << 63):
                 raise ValueError(f"limit {kind} = {value} is not a non-negative int64")
             fresh.values[kind] = value
             fresh.present |= (1u << kind)
-    memcpy(target, &fresh, sizeof(LimitSet))
+    memcpy(target, &fresh, sizeof(L.LimitSet))
 
 
-cdef dict _read_limits(const LimitSet* limits):
+cdef dict _read_limits(const L.LimitSet* limits):
     cdef dict out = {}
     cdef int kind
-    for kind in range(LIMIT_KIND_COUNT):
+    for kind in range(L.LIMIT_KIND_COUNT):
         if limits.present & (1u << kind):
             out[kind] = limits.values[kind]
     return out
 
 
-cdef void _stage_tags(TagLimit* staged, object limits, str what) except *:
-    memset(staged, 0, sizeof(TagLimit) * TAG_LIMIT_SLOTS)
-    if len(limits) > TAG_LIMIT_SLOTS:
-        raise ValueError(f"at most {TAG_LIMIT_SLOTS} named {what} limits per account, "
+cdef void _stage_tags(L.TagLimit* staged, object limits, str what) except *:
+    memset(staged, 0, sizeof(L.TagLimit) * L.TAG_LIMIT_SLOTS)
+    if len(limits) > L.TAG_LIMIT_SLOTS:
+        raise ValueError(f"at most {L.TAG_LIMIT_SLOTS} named {what} limits per account, "
                          f"got {len(limits)}")
     cdef int n = 0
     for name, limit in limits.items():
-        if not isinstance(name, bytes) or not 1 <= len(name) <= MAX_TAG_LENGTH or b"\0" in name:
-            raise ValueError(f"{what} name must be 1 to {MAX_TAG_LENGTH} bytes, got {name!r}")
+        if not isinstance(name, bytes) or not 1 <= len(name) <= L.MAX_TAG_LENGTH or b"\0" in name:
+            raise ValueError(f"{what} name must be 1 to {L.MAX_TAG_LENGTH} bytes, got {name!r}")
         if not 0 <= limit < (1 << 63):
             raise ValueError(f"{what} limit must be a non-negative int64, got {limit}")
         memcpy(staged[n].name, <const char*>name, len(name))
@@ -211,9 +162,9 @@ cdef void _stage_tags(TagLimit* staged, object limits, str what) except *:
 
 
 cdef int _check_halt_mode(int mode) except -1:
-    if mode not in (HALT_NONE, HALT_MODE_ACTIVE, HALT_MODE_REDUCE_ONLY, HALT_MODE_HALTED):
+    if mode not in (L.HALT_NONE, L.HALT_MODE_ACTIVE, L.HALT_MODE_REDUCE_ONLY, L.HALT_MODE_HALTED):
         raise ValueError(f"unknown halt mode {mode}")
-    return HALT_NONE if mode == HALT_MODE_ACTIVE else mode
+    return L.HALT_NONE if mode == L.HALT_MODE_ACTIVE else mode
 
 
 cdef class PositionTable:
@@ -237,7 +188,7 @@ cdef class PositionTable:
         """Bytes a table of these capacities needs (a multiple of the page size)."""
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
                           lock_stripes, max_orders)
-        cdef TableHeader h
+        cdef L.TableHeader h
         _plan(&h, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
               max_orders)
         return h.total_size
@@ -254,7 +205,7 @@ cdef class PositionTable:
         """
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
                           lock_stripes, max_orders)
-        cdef TableHeader plan
+        cdef L.TableHeader plan
         _plan(&plan, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
               max_orders)
         cdef PositionTable table = PositionTable.__new__(PositionTable)
@@ -264,12 +215,12 @@ cdef class PositionTable:
         cdef char* base = <char*>&view[0]
         if not assume_zeroed:
             memset(base, 0, plan.total_size)
-        memcpy(base, &plan, sizeof(TableHeader))
-        cdef TableHeader* h = <TableHeader*>base
+        memcpy(base, &plan, sizeof(L.TableHeader))
+        cdef L.TableHeader* h = <L.TableHeader*>base
         cdef uint32_t i
         cdef int rc
         for i in range(lock_stripes + 1):
-            rc = pt_mutex_init_shared(<pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
+            rc = L.pt_mutex_init_shared(<L.pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
             if rc:
                 raise OSError(rc, "pthread_mutex_init (process-shared, robust) failed")
         table._bind(view)
@@ -279,12 +230,12 @@ cdef class PositionTable:
     def attach(buffer):
         """Map a table that another process formatted; refuse a foreign layout."""
         cdef unsigned char[::1] view = buffer
-        if <size_t>view.shape[0] < sizeof(TableHeader):
+        if <size_t>view.shape[0] < sizeof(L.TableHeader):
             raise TableLayoutError("buffer is smaller than a table header")
-        cdef TableHeader* h = <TableHeader*>&view[0]
-        if h.magic != TABLE_MAGIC or h.layout_version != LAYOUT_VERSION:
-            raise TableLayoutError("not a pretrade table of layout version %d" % LAYOUT_VERSION)
-        cdef TableHeader plan
+        cdef L.TableHeader* h = <L.TableHeader*>&view[0]
+        if h.magic != L.TABLE_MAGIC or h.layout_version != L.LAYOUT_VERSION:
+            raise TableLayoutError("not a pretrade table of layout version %d" % L.LAYOUT_VERSION)
+        cdef L.TableHeader plan
         _plan(&plan, h.max_accounts, h.max_instruments, h.max_positions, h.max_overrides,
               h.lock_stripes, h.max_orders)
         if (h.header_size != plan.header_size or h.account_size != plan.account_size
@@ -302,17 +253,17 @@ cdef class PositionTable:
         cdef unsigned char[::1] v = view
         self._buffer = view
         self.base = <char*>&v[0]
-        self.header = <TableHeader*>self.base
-        self.accounts = <AccountRecord*>(self.base + self.header.accounts_offset)
-        self.instruments = <InstrumentRecord*>(self.base + self.header.instruments_offset)
-        self.positions = <PositionSlot*>(self.base + self.header.positions_offset)
-        self.overrides = <OverrideRecord*>(self.base + self.header.overrides_offset)
+        self.header = <L.TableHeader*>self.base
+        self.accounts = <L.AccountRecord*>(self.base + self.header.accounts_offset)
+        self.instruments = <L.InstrumentRecord*>(self.base + self.header.instruments_offset)
+        self.positions = <L.PositionSlot*>(self.base + self.header.positions_offset)
+        self.overrides = <L.OverrideRecord*>(self.base + self.header.overrides_offset)
         self.account_index = <int32_t*>(self.base + self.header.account_index_offset)
         self.instrument_index = <int32_t*>(self.base + self.header.instrument_index_offset)
         self.position_index = <int32_t*>(self.base + self.header.position_index_offset)
-        self.orders = <OrderRecord*>(self.base + self.header.orders_offset)
+        self.orders = <L.OrderRecord*>(self.base + self.header.orders_offset)
         self.order_index = <int32_t*>(self.base + self.header.order_index_offset)
-        self.activity = <AccountActivity*>(self.base + self.header.activity_offset)
+        self.activity = <L.AccountActivity*>(self.base + self.header.activity_offset)
 
     def release(self):
         """Drop the pointers and the buffer export, so the mapping can close."""
@@ -322,39 +273,39 @@ cdef class PositionTable:
 
     # -- LOCKS --
 
-    cdef pthread_mutex_t* registry_lock(self) noexcept nogil:
-        return <pthread_mutex_t*>(self.base + self.header.locks_offset)
+    cdef L.pthread_mutex_t* registry_lock(self) noexcept nogil:
+        return <L.pthread_mutex_t*>(self.base + self.header.locks_offset)
 
-    cdef pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil:
+    cdef L.pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil:
         cdef uint32_t stripe = 1 + (<uint32_t>account_index & (self.header.lock_stripes - 1))
-        return <pthread_mutex_t*>(self.base + self.header.locks_offset
+        return <L.pthread_mutex_t*>(self.base + self.header.locks_offset
                                   + <uint64_t>stripe * self.header.lock_stride)
 
     cdef void lock_account(self, int32_t account_index) noexcept nogil:
-        if pt_mutex_lock(self.stripe_lock(account_index)) == 1:
-            pt_add_i64(&self.header.recovered_locks, 1)
+        if L.pt_mutex_lock(self.stripe_lock(account_index)) == 1:
+            L.pt_add_i64(&self.header.recovered_locks, 1)
 
     cdef void unlock_account(self, int32_t account_index) noexcept nogil:
-        pt_mutex_unlock(self.stripe_lock(account_index))
+        L.pt_mutex_unlock(self.stripe_lock(account_index))
 
     cdef void _lock_registry(self) noexcept nogil:
-        if pt_mutex_lock(self.registry_lock()) == 1:
-            pt_add_i64(&self.header.recovered_locks, 1)
+        if L.pt_mutex_lock(self.registry_lock()) == 1:
+            L.pt_add_i64(&self.header.recovered_locks, 1)
 
     # -- LOOKUPS --
 
     cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil:
-        if length <= 0 or length > MAX_ID_LENGTH:
-            return NO_INDEX
+        if length <= 0 or length > L.MAX_ID_LENGTH:
+            return L.NO_INDEX
         cdef uint32_t h = hash_id(account_id, length)
         cdef uint32_t mask = self.header.account_index_mask
         cdef uint32_t probe = h & mask
         cdef int32_t found
-        cdef AccountRecord* rec
+        cdef L.AccountRecord* rec
         while True:
-            found = pt_load_i32(&self.account_index[probe]) - 1
-            if found == NO_INDEX:
-                return NO_INDEX
+            found = L.pt_load_i32(&self.account_index[probe]) - 1
+            if found == L.NO_INDEX:
+                return L.NO_INDEX
             rec = &self.accounts[found]
             if (rec.id_hash == h and rec.id_length == <uint32_t>length
                     and memcmp(rec.account_id, account_id, length) == 0):
@@ -362,17 +313,17 @@ cdef class PositionTable:
             probe = (probe + 1) & mask
 
     cdef int32_t find_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil:
-        if length <= 0 or length > MAX_ID_LENGTH:
-            return NO_INDEX
+        if length <= 0 or length > L.MAX_ID_LENGTH:
+            return L.NO_INDEX
         cdef uint32_t h = hash_id(symbol, length)
         cdef uint32_t mask = self.header.instrument_index_mask
         cdef uint32_t probe = h & mask
         cdef int32_t found
-        cdef InstrumentRecord* rec
+        cdef L.InstrumentRecord* rec
         while True:
-            found = pt_load_i32(&self.instrument_index[probe]) - 1
-            if found == NO_INDEX:
-                return NO_INDEX
+            found = L.pt_load_i32(&self.instrument_index[probe]) - 1
+            if found == L.NO_INDEX:
+                return L.NO_INDEX
             rec = &self.instruments[found]
             if (rec.id_hash == h and rec.id_length == <uint32_t>length
                     and memcmp(rec.symbol, symbol, length) == 0):
@@ -383,11 +334,11 @@ cdef class PositionTable:
         cdef uint32_t mask = self.header.position_index_mask
         cdef uint32_t probe = hash_pair(account_index, instrument_index) & mask
         cdef int32_t found
-        cdef PositionSlot* slot
+        cdef L.PositionSlot* slot
         while True:
-            found = pt_load_i32(&self.position_index[probe]) - 1
-            if found == NO_INDEX:
-                return NO_INDEX
+            found = L.pt_load_i32(&self.position_index[probe]) - 1
+            if found == L.NO_INDEX:
+                return L.NO_INDEX
             slot = &self.positions[found]
             if slot.account_index == account_index and slot.instrument_index == instrument_index:
                 return found
@@ -395,17 +346,17 @@ cdef class PositionTable:
 
     cdef int32_t find_order(self, int32_t account_index, const char* order_id,
                             Py_ssize_t length) noexcept nogil:
-        if length <= 0 or length > MAX_ORDER_ID_LENGTH:
-            return NO_INDEX
+        if length <= 0 or length > L.MAX_ORDER_ID_LENGTH:
+            return L.NO_INDEX
         cdef uint32_t h = hash_id(order_id, length) ^ hash_pair(account_index, 0)
         cdef uint32_t mask = self.header.order_index_mask
         cdef uint32_t probe = h & mask
         cdef int32_t found
-        cdef OrderRecord* rec
+        cdef L.OrderRecord* rec
         while True:
-            found = pt_load_i32(&self.order_index[probe]) - 1
-            if found == NO_INDEX:
-                return NO_INDEX
+            found = L.pt_load_i32(&self.order_index[probe]) - 1
+            if found == L.NO_INDEX:
+                return L.NO_INDEX
             rec = &self.orders[found]
             if (rec.id_hash == h and rec.account_index == account_index
                     and rec.id_length == <uint32_t>length
@@ -413,7 +364,7 @@ cdef class PositionTable:
                 return found
             probe = (probe + 1) & mask
 
-    cdef OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
+    cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
                                      Py_ssize_t length) noexcept nogil:
         # Caller holds the account's stripe lock, so no other writer can insert
         # the same (account, order id); other keys race only for index slots,
@@ -421,27 +372,27 @@ cdef class PositionTable:
         # order region is full.
         cdef int32_t index
         while True:
-            index = pt_load_i32(&self.header.order_count)
+            index = L.pt_load_i32(&self.header.order_count)
             if <uint32_t>index >= self.header.max_orders:
                 return NULL
-            if pt_cas_i32(&self.header.order_count, index, index + 1):
+            if L.pt_cas_i32(&self.header.order_count, index, index + 1):
                 break
-        cdef OrderRecord* rec = &self.orders[index]
-        memset(rec, 0, sizeof(OrderRecord))
+        cdef L.OrderRecord* rec = &self.orders[index]
+        memset(rec, 0, sizeof(L.OrderRecord))
         memcpy(rec.order_id, order_id, length)
         rec.id_length = <uint32_t>length
         rec.id_hash = hash_id(order_id, length) ^ hash_pair(account_index, 0)
         rec.account_index = account_index
-        rec.position_index = NO_INDEX
-        rec.next_working = NO_INDEX
+        rec.position_index = L.NO_INDEX
+        rec.next_working = L.NO_INDEX
         return rec
 
-    cdef void publish_order(self, OrderRecord* rec) noexcept nogil:
+    cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil:
         # Called once the record is complete: index it for lock-free lookups.
         cdef int32_t index = <int32_t>(rec - self.orders)
         cdef uint32_t mask = self.header.order_index_mask
         cdef uint32_t probe = rec.id_hash & mask
-        while not pt_cas_i32(&self.order_index[probe], EMPTY_ENTRY, index + 1):
+        while not L.pt_cas_i32(&self.order_index[probe], EMPTY_ENTRY, index + 1):
             probe = (probe + 1) & mask
 
     # -- RECORD CREATION --
@@ -451,100 +402,100 @@ cdef class PositionTable:
 
     cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil:
         cdef int32_t found = self.find_account(account_id, length)
-        if found != NO_INDEX or length <= 0 or length > MAX_ID_LENGTH:
+        if found != L.NO_INDEX or length <= 0 or length > L.MAX_ID_LENGTH:
             return found
         cdef uint32_t h = hash_id(account_id, length)
         cdef uint32_t mask = self.header.account_index_mask
         cdef uint32_t probe
-        cdef AccountRecord* rec
+        cdef L.AccountRecord* rec
         self._lock_registry()
         found = self.find_account(account_id, length)
-        if found == NO_INDEX and <uint32_t>self.header.account_count < self.header.max_accounts:
+        if found == L.NO_INDEX and <uint32_t>self.header.account_count < self.header.max_accounts:
             found = self.header.account_count
             rec = &self.accounts[found]
-            memset(rec, 0, sizeof(AccountRecord))
+            memset(rec, 0, sizeof(L.AccountRecord))
             memcpy(rec.account_id, account_id, length)
             rec.id_hash = h
             rec.id_length = <uint32_t>length
-            rec.first_position = NO_INDEX
-            rec.first_working_order = NO_INDEX
+            rec.first_position = L.NO_INDEX
+            rec.first_working_order = L.NO_INDEX
             probe = h & mask
-            while pt_load_i32(&self.account_index[probe]) != EMPTY_ENTRY:
+            while L.pt_load_i32(&self.account_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
-            pt_store_i32(&self.header.account_count, found + 1)
-            pt_store_i32(&self.account_index[probe], found + 1)
-        pt_mutex_unlock(self.registry_lock())
+            L.pt_store_i32(&self.header.account_count, found + 1)
+            L.pt_store_i32(&self.account_index[probe], found + 1)
+        L.pt_mutex_unlock(self.registry_lock())
         return found
 
     cdef int32_t ensure_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil:
         cdef int32_t found = self.find_instrument(symbol, length)
-        if found != NO_INDEX or length <= 0 or length > MAX_ID_LENGTH:
+        if found != L.NO_INDEX or length <= 0 or length > L.MAX_ID_LENGTH:
             return found
         cdef uint32_t h = hash_id(symbol, length)
         cdef uint32_t mask = self.header.instrument_index_mask
         cdef uint32_t probe
-        cdef InstrumentRecord* rec
+        cdef L.InstrumentRecord* rec
         self._lock_registry()
         found = self.find_instrument(symbol, length)
-        if found == NO_INDEX and <uint32_t>self.header.instrument_count < self.header.max_instruments:
+        if found == L.NO_INDEX and <uint32_t>self.header.instrument_count < self.header.max_instruments:
             found = self.header.instrument_count
             rec = &self.instruments[found]
-            memset(rec, 0, sizeof(InstrumentRecord))
+            memset(rec, 0, sizeof(L.InstrumentRecord))
             memcpy(rec.symbol, symbol, length)
             rec.id_hash = h
             rec.id_length = <uint32_t>length
             rec.tick_size = 1
             rec.lot_size = 1
             probe = h & mask
-            while pt_load_i32(&self.instrument_index[probe]) != EMPTY_ENTRY:
+            while L.pt_load_i32(&self.instrument_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
-            pt_store_i32(&self.header.instrument_count, found + 1)
-            pt_store_i32(&self.instrument_index[probe], found + 1)
-        pt_mutex_unlock(self.registry_lock())
+            L.pt_store_i32(&self.header.instrument_count, found + 1)
+            L.pt_store_i32(&self.instrument_index[probe], found + 1)
+        L.pt_mutex_unlock(self.registry_lock())
         return found
 
     cdef int32_t ensure_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil:
         cdef int32_t found = self.find_position(account_index, instrument_index)
-        if found != NO_INDEX:
+        if found != L.NO_INDEX:
             return found
         cdef uint32_t mask = self.header.position_index_mask
         cdef uint32_t probe
-        cdef PositionSlot* slot
-        cdef AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot
+        cdef L.AccountRecord* account = &self.accounts[account_index]
         self._lock_registry()
         found = self.find_position(account_index, instrument_index)
-        if found == NO_INDEX and <uint32_t>self.header.position_count < self.header.max_positions:
+        if found == L.NO_INDEX and <uint32_t>self.header.position_count < self.header.max_positions:
             found = self.header.position_count
             slot = &self.positions[found]
-            memset(slot, 0, sizeof(PositionSlot))
+            memset(slot, 0, sizeof(L.PositionSlot))
             slot.account_index = account_index
             slot.instrument_index = instrument_index
-            slot.override_index = NO_INDEX
+            slot.override_index = L.NO_INDEX
             slot.next_in_account = account.first_position
             probe = hash_pair(account_index, instrument_index) & mask
-            while pt_load_i32(&self.position_index[probe]) != EMPTY_ENTRY:
+            while L.pt_load_i32(&self.position_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
-            pt_store_i32(&self.header.position_count, found + 1)
-            pt_store_i32(&account.first_position, found)
-            pt_store_i32(&self.position_index[probe], found + 1)
-        pt_mutex_unlock(self.registry_lock())
+            L.pt_store_i32(&self.header.position_count, found + 1)
+            L.pt_store_i32(&account.first_position, found)
+            L.pt_store_i32(&self.position_index[probe], found + 1)
+        L.pt_mutex_unlock(self.registry_lock())
         return found
 
     cdef int32_t ensure_override(self, int32_t position_index) noexcept nogil:
-        cdef PositionSlot* slot = &self.positions[position_index]
-        cdef int32_t found = pt_load_i32(&slot.override_index)
-        if found != NO_INDEX:
+        cdef L.PositionSlot* slot = &self.positions[position_index]
+        cdef int32_t found = L.pt_load_i32(&slot.override_index)
+        if found != L.NO_INDEX:
             return found
         self._lock_registry()
         found = slot.override_index
-        if found == NO_INDEX and <uint32_t>self.header.override_count < self.header.max_overrides:
+        if found == L.NO_INDEX and <uint32_t>self.header.override_count < self.header.max_overrides:
             found = self.header.override_count
-            memset(&self.overrides[found], 0, sizeof(OverrideRecord))
+            memset(&self.overrides[found], 0, sizeof(L.OverrideRecord))
             self.overrides[found].account_index = slot.account_index
             self.overrides[found].instrument_index = slot.instrument_index
-            pt_store_i32(&self.header.override_count, found + 1)
-            pt_store_i32(&slot.override_index, found)
-        pt_mutex_unlock(self.registry_lock())
+            L.pt_store_i32(&self.header.override_count, found + 1)
+            L.pt_store_i32(&slot.override_index, found)
+        L.pt_mutex_unlock(self.registry_lock())
         return found
 
     # -- PYTHON WRITERS (the sync, the Halt RPC, tests) --
@@ -552,25 +503,25 @@ cdef class PositionTable:
     cdef int32_t _account(self, object account_id) except -2:
         cdef bytes key = _check_id(account_id, "account id")
         cdef int32_t index = self.ensure_account(key, len(key))
-        if index == NO_INDEX:
+        if index == L.NO_INDEX:
             raise TableFullError(f"account table full ({self.header.max_accounts} accounts)")
         return index
 
     cdef int32_t _instrument(self, object symbol) except -2:
         cdef bytes key = _check_id(symbol, "symbol")
         cdef int32_t index = self.ensure_instrument(key, len(key))
-        if index == NO_INDEX:
+        if index == L.NO_INDEX:
             raise TableFullError(f"instrument table full ({self.header.max_instruments} symbols)")
         return index
 
     cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2:
         cdef int32_t index = self.ensure_position(account_index, instrument_index)
-        if index == NO_INDEX:
+        if index == L.NO_INDEX:
             raise TableFullError(f"position table full ({self.header.max_positions} slots)")
         return index
 
     cdef void _bump_version(self) noexcept nogil:
-        pt_add_i64(&self.header.sync_version, 1)
+        L.pt_add_i64(&self.header.sync_version, 1)
 
     def upsert_account(self, account_id):
         """Return the account's record index, creating an unknown record if new."""
@@ -580,11 +531,11 @@ cdef class PositionTable:
         """Mark an account known (it has holdings or limits) and/or unparseable."""
         cdef int32_t a = self._account(account_id)
         self.lock_account(a)
-        cdef uint32_t flags = self.accounts[a].flags & ~(ACCOUNT_KNOWN | ACCOUNT_STATE_INVALID)
+        cdef uint32_t flags = self.accounts[a].flags & ~(L.ACCOUNT_KNOWN | L.ACCOUNT_STATE_INVALID)
         if known:
-            flags |= ACCOUNT_KNOWN
+            flags |= L.ACCOUNT_KNOWN
         if invalid:
-            flags |= ACCOUNT_STATE_INVALID
+            flags |= L.ACCOUNT_STATE_INVALID
         self.accounts[a].flags = flags
         self.unlock_account(a)
         self._bump_version()
@@ -592,14 +543,14 @@ cdef class PositionTable:
     def set_account_limits(self, account_id, limits):
         """Replace the account-wide limits: ``{LimitKind: value}``, or None for none."""
         cdef int32_t a = self._account(account_id)
-        cdef LimitSet staged
+        cdef L.LimitSet staged
         _write_limits(&staged, limits)
         self.lock_account(a)
-        memcpy(&self.accounts[a].limits, &staged, sizeof(LimitSet))
+        memcpy(&self.accounts[a].limits, &staged, sizeof(L.LimitSet))
         if limits is None:
-            self.accounts[a].flags &= ~ACCOUNT_HAS_LIMITS
+            self.accounts[a].flags &= ~L.ACCOUNT_HAS_LIMITS
         else:
-            self.accounts[a].flags |= ACCOUNT_HAS_LIMITS
+            self.accounts[a].flags |= L.ACCOUNT_HAS_LIMITS
         self.unlock_account(a)
         self._bump_version()
 
@@ -607,17 +558,17 @@ cdef class PositionTable:
         """Replace the per-symbol overrides for one account; None removes them."""
         cdef int32_t a = self._account(account_id)
         cdef int32_t i = self._instrument(symbol)
-        cdef LimitSet staged
+        cdef L.LimitSet staged
         _write_limits(&staged, limits if limits else None)
         cdef int32_t p = self.find_position(a, i)
-        if p == NO_INDEX and not limits:
+        if p == L.NO_INDEX and not limits:
             return
         p = self._position(a, i)
         cdef int32_t o = self.ensure_override(p)
-        if o == NO_INDEX:
+        if o == L.NO_INDEX:
             raise TableFullError(f"override table full ({self.header.max_overrides} records)")
         self.lock_account(a)
-        memcpy(&self.overrides[o].limits, &staged, sizeof(LimitSet))
+        memcpy(&self.overrides[o].limits, &staged, sizeof(L.LimitSet))
         self.unlock_account(a)
         self._bump_version()
 
@@ -646,7 +597,7 @@ cdef class PositionTable:
         self.lock_account(a)
         try:
             p = self.accounts[a].first_position
-            while p != NO_INDEX:
+            while p != L.NO_INDEX:
                 self.positions[p].quantity = 0
                 self.positions[p].cost_basis = 0
                 p = self.positions[p].next_in_account
@@ -665,22 +616,22 @@ cdef class PositionTable:
                                 object cancelled) except *:
         # Caller holds the account's stripe lock. Rebuilds every working sum
         # of the account from its working orders, so nothing can drift.
-        cdef AccountRecord* account = &self.accounts[account_index]
-        cdef PositionSlot* slot
-        cdef OrderRecord* order
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot
+        cdef L.OrderRecord* order
         cdef int32_t p = account.first_position
-        while p != NO_INDEX:
+        while p != L.NO_INDEX:
             slot = &self.positions[p]
             slot.working_buy = slot.working_sell = 0
             slot.working_buy_notional = slot.working_sell_notional = 0
             slot.working_short_notional = 0
             p = slot.next_in_account
         cdef int32_t o = account.first_working_order
-        cdef int32_t kept_head = NO_INDEX
+        cdef int32_t kept_head = L.NO_INDEX
         cdef int32_t kept_count = 0
         cdef int32_t next_o
         cdef int64_t remaining, done
-        while o != NO_INDEX:
+        while o != L.NO_INDEX:
             order = &self.orders[o]
             next_o = order.next_working
             key = order.order_id[:order.id_length]
@@ -695,17 +646,17 @@ cdef class PositionTable:
                 kept_head = o
                 kept_count += 1
                 slot = &self.positions[order.position_index]
-                if order.side == SIDE_BUY:
+                if order.side == L.SIDE_BUY:
                     slot.working_buy += remaining
                     slot.working_buy_notional += remaining * order.valuation_price
                 else:
                     slot.working_sell += remaining
                     slot.working_sell_notional += remaining * order.valuation_price
-                    if order.side == SIDE_SELL_SHORT:
+                    if order.side == L.SIDE_SELL_SHORT:
                         slot.working_short_notional += remaining * order.valuation_price
             else:
-                order.status = ORDER_DONE
-                order.next_working = NO_INDEX
+                order.status = L.ORDER_DONE
+                order.next_working = L.NO_INDEX
             o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
@@ -714,7 +665,7 @@ cdef class PositionTable:
         memset(account.counterparty_working, 0, sizeof(account.counterparty_working))
         account.tag_overflow = 0
         o = kept_head
-        while o != NO_INDEX:
+        while o != L.NO_INDEX:
             order = &self.orders[o]
             add_tag_total(account.venue_working, &account.tag_overflow, 1, order.venue,
                           order.remaining * order.valuation_price)
@@ -734,19 +685,19 @@ cdef class PositionTable:
         """
         cdef int32_t a = self._account(account_id)
         cdef int32_t i = self._instrument(symbol)
-        if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
-            raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+        if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
+            raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
         for tag in (venue, counterparty):
-            if not isinstance(tag, bytes) or len(tag) > MAX_TAG_LENGTH:
-                raise ValueError(f"venue and counterparty must be at most {MAX_TAG_LENGTH} bytes")
+            if not isinstance(tag, bytes) or len(tag) > L.MAX_TAG_LENGTH:
+                raise ValueError(f"venue and counterparty must be at most {L.MAX_TAG_LENGTH} bytes")
         if quantity <= 0 and approved:
             raise ValueError("an approved order has a positive quantity")
-        cdef int32_t p = self._position(a, i) if approved else NO_INDEX
-        cdef OrderRecord* rec
+        cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
+        cdef L.OrderRecord* rec
         cdef int n
         self.lock_account(a)
         try:
-            if self.find_order(a, order_id, len(order_id)) != NO_INDEX:
+            if self.find_order(a, order_id, len(order_id)) != L.NO_INDEX:
                 return False
             rec = self.allocate_order(a, order_id, len(order_id))
             if rec == NULL:
@@ -762,22 +713,22 @@ cdef class PositionTable:
             memcpy(rec.venue, <const char*>venue, len(venue))
             memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
             rec.rejection_count = len(rejections)
-            for n, (code, observed, limit) in enumerate(rejections[:STORED_REJECTIONS]):
+            for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
                 rec.rejections[n].code = code
                 rec.rejections[n].observed = observed
                 rec.rejections[n].limit = limit
             if approved:
-                rec.status = ORDER_WORKING
+                rec.status = L.ORDER_WORKING
                 rec.position_index = p
                 rec.remaining = quantity
                 rec.next_working = self.accounts[a].first_working_order
                 self.accounts[a].first_working_order = <int32_t>(rec - self.orders)
-                if side == SIDE_SELL_SHORT:
+                if side == L.SIDE_SELL_SHORT:
                     self.positions[p].locate_used += quantity
                 # rebuild the working sums, counts and venue totals from the list
                 self.recompute_working(a, {}, ())
             else:
-                rec.status = ORDER_REJECTED
+                rec.status = L.ORDER_REJECTED
             self.publish_order(rec)
         finally:
             self.unlock_account(a)
@@ -789,12 +740,12 @@ cdef class PositionTable:
         cdef int32_t a = self._account(account_id)
         self.lock_account(a)
         if cash is None:
-            self.accounts[a].flags &= ~ACCOUNT_HAS_BALANCES
+            self.accounts[a].flags &= ~L.ACCOUNT_HAS_BALANCES
             self.accounts[a].cash = self.accounts[a].credit_line = 0
         else:
             self.accounts[a].cash = cash
             self.accounts[a].credit_line = credit_line
-            self.accounts[a].flags |= ACCOUNT_HAS_BALANCES
+            self.accounts[a].flags |= L.ACCOUNT_HAS_BALANCES
         self.unlock_account(a)
         self._bump_version()
 
@@ -806,7 +757,7 @@ cdef class PositionTable:
         cdef int32_t p
         self.lock_account(a)
         p = self.accounts[a].first_position
-        while p != NO_INDEX:
+        while p != L.NO_INDEX:
             self.positions[p].located = 0
             p = self.positions[p].next_in_account
         for p, quantity in staged:
@@ -817,8 +768,8 @@ cdef class PositionTable:
     def set_tag_limits(self, account_id, venues, counterparties):
         """Exposure limits for named venues and counterparties ``{name: notional}``."""
         cdef int32_t a = self._account(account_id)
-        cdef TagLimit staged_venues[TAG_LIMIT_SLOTS]
-        cdef TagLimit staged_counterparties[TAG_LIMIT_SLOTS]
+        cdef L.TagLimit staged_venues[L.TAG_LIMIT_SLOTS]
+        cdef L.TagLimit staged_counterparties[L.TAG_LIMIT_SLOTS]
         _stage_tags(staged_venues, venues, "venue")
         _stage_tags(staged_counterparties, counterparties, "counterparty")
         self.lock_account(a)
@@ -839,45 +790,45 @@ cdef class PositionTable:
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
         cdef int32_t i = self._instrument(symbol)
-        cdef InstrumentRecord* rec = &self.instruments[i]
+        cdef L.InstrumentRecord* rec = &self.instruments[i]
         rec.tick_size = tick_size
         rec.lot_size = lot_size
         rec.issuer_id = issuer_id
         rec.sector_id = sector_id
-        cdef uint32_t flags = rec.flags & ~(INSTRUMENT_KNOWN | INSTRUMENT_STATE_INVALID
-                                            | INSTRUMENT_SHORT_RESTRICTED)
+        cdef uint32_t flags = rec.flags & ~(L.INSTRUMENT_KNOWN | L.INSTRUMENT_STATE_INVALID
+                                            | L.INSTRUMENT_SHORT_RESTRICTED)
         if known:
-            flags |= INSTRUMENT_KNOWN
+            flags |= L.INSTRUMENT_KNOWN
         if invalid:
-            flags |= INSTRUMENT_STATE_INVALID
+            flags |= L.INSTRUMENT_STATE_INVALID
         if short_restricted:
-            flags |= INSTRUMENT_SHORT_RESTRICTED
-        pt_store_i32(<int32_t*>&rec.flags, <int32_t>flags)
+            flags |= L.INSTRUMENT_SHORT_RESTRICTED
+        L.pt_store_i32(<int32_t*>&rec.flags, <int32_t>flags)
         self._bump_version()
 
     def set_last_price(self, symbol, price):
         """Set the reference (last) price in 1/10,000 units; None removes it."""
         cdef int32_t i = self._instrument(symbol)
-        cdef InstrumentRecord* rec = &self.instruments[i]
+        cdef L.InstrumentRecord* rec = &self.instruments[i]
         if price is None:
-            pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags & ~INSTRUMENT_HAS_PRICE))
-            pt_store_i64(&rec.last_price, 0)
+            L.pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags & ~L.INSTRUMENT_HAS_PRICE))
+            L.pt_store_i64(&rec.last_price, 0)
         else:
             if price <= 0:
                 raise ValueError(f"a last price must be positive, got {price}")
-            pt_store_i64(&rec.last_price, price)
-            pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags | INSTRUMENT_HAS_PRICE))
+            L.pt_store_i64(&rec.last_price, price)
+            L.pt_store_i32(<int32_t*>&rec.flags, <int32_t>(rec.flags | L.INSTRUMENT_HAS_PRICE))
         self._bump_version()
 
     def set_halt(self, int scope, target, int mode):
-        """Set the halt mode of one scope (HALT_NONE or ACTIVE lifts it)."""
+        """Set the halt mode of one scope (L.HALT_NONE or ACTIVE lifts it)."""
         cdef int stored = _check_halt_mode(mode)
-        if scope == HALT_SCOPE_GLOBAL:
-            pt_store_i32(&self.header.global_halt, stored)
-        elif scope == HALT_SCOPE_ACCOUNT:
-            pt_store_i32(&self.accounts[self._account(target)].halt_mode, stored)
-        elif scope == HALT_SCOPE_SYMBOL:
-            pt_store_i32(&self.instruments[self._instrument(target)].halt_mode, stored)
+        if scope == L.HALT_SCOPE_GLOBAL:
+            L.pt_store_i32(&self.header.global_halt, stored)
+        elif scope == L.HALT_SCOPE_ACCOUNT:
+            L.pt_store_i32(&self.accounts[self._account(target)].halt_mode, stored)
+        elif scope == L.HALT_SCOPE_SYMBOL:
+            L.pt_store_i32(&self.instruments[self._instrument(target)].halt_mode, stored)
         else:
             raise ValueError(f"unknown halt scope {scope}")
         self._bump_version()
@@ -885,30 +836,30 @@ cdef class PositionTable:
     def clear_halts(self):
         """Lift every halt in the table (before a full reload from Redis)."""
         cdef int32_t i
-        pt_store_i32(&self.header.global_halt, HALT_NONE)
-        for i in range(pt_load_i32(&self.header.account_count)):
-            pt_store_i32(&self.accounts[i].halt_mode, HALT_NONE)
-        for i in range(pt_load_i32(&self.header.instrument_count)):
-            pt_store_i32(&self.instruments[i].halt_mode, HALT_NONE)
+        L.pt_store_i32(&self.header.global_halt, L.HALT_NONE)
+        for i in range(L.pt_load_i32(&self.header.account_count)):
+            L.pt_store_i32(&self.accounts[i].halt_mode, L.HALT_NONE)
+        for i in range(L.pt_load_i32(&self.header.instrument_count)):
+            L.pt_store_i32(&self.instruments[i].halt_mode, L.HALT_NONE)
         self._bump_version()
 
     def set_sync_live(self, bint live):
         """Say whether the sync link trusts the table; while not, orders get STALE_DATA."""
-        pt_store_i32(&self.header.sync_live, 1 if live else 0)
+        L.pt_store_i32(&self.header.sync_live, 1 if live else 0)
 
     # -- PYTHON READERS (status, tests) --
 
     @property
     def sync_live(self):
-        return pt_load_i32(&self.header.sync_live) == 1
+        return L.pt_load_i32(&self.header.sync_live) == 1
 
     @property
     def sync_version(self):
-        return pt_load_i64(&self.header.sync_version)
+        return L.pt_load_i64(&self.header.sync_version)
 
     @property
     def recovered_locks(self):
-        return pt_load_i64(&self.header.recovered_locks)
+        return L.pt_load_i64(&self.header.recovered_locks)
 
     def counts(self):
         """Records in use and capacities, as a dict."""
@@ -928,10 +879,10 @@ cdef class PositionTable:
         cdef bytes s_key = _check_id(symbol, "symbol")
         cdef int32_t a = self.find_account(a_key, len(a_key))
         cdef int32_t i = self.find_instrument(s_key, len(s_key))
-        if a == NO_INDEX or i == NO_INDEX:
+        if a == L.NO_INDEX or i == L.NO_INDEX:
             return (0, 0)
         cdef int32_t p = self.find_position(a, i)
-        if p == NO_INDEX:
+        if p == L.NO_INDEX:
             return (0, 0)
         self.lock_account(a)
         result = (self.positions[p].quantity, self.positions[p].cost_basis)
@@ -943,12 +894,12 @@ cdef class PositionTable:
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
         cdef dict out = {}
-        if a == NO_INDEX:
+        if a == L.NO_INDEX:
             return out
         self.lock_account(a)
         cdef int32_t p = self.accounts[a].first_position
-        cdef InstrumentRecord* rec
-        while p != NO_INDEX:
+        cdef L.InstrumentRecord* rec
+        while p != L.NO_INDEX:
             rec = &self.instruments[self.positions[p].instrument_index]
             out[rec.symbol[:rec.id_length]] = (self.positions[p].quantity,
                                                self.positions[p].cost_basis)
@@ -960,17 +911,17 @@ cdef class PositionTable:
         """Flags, halt mode and limits of an account, or None if never seen."""
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
-        if a == NO_INDEX:
+        if a == L.NO_INDEX:
             return None
-        cdef AccountRecord* rec = &self.accounts[a]
+        cdef L.AccountRecord* rec = &self.accounts[a]
         return {
-            "known": bool(rec.flags & ACCOUNT_KNOWN),
-            "has_limits": bool(rec.flags & ACCOUNT_HAS_LIMITS),
-            "invalid": bool(rec.flags & ACCOUNT_STATE_INVALID),
+            "known": bool(rec.flags & L.ACCOUNT_KNOWN),
+            "has_limits": bool(rec.flags & L.ACCOUNT_HAS_LIMITS),
+            "invalid": bool(rec.flags & L.ACCOUNT_STATE_INVALID),
             "halt_mode": rec.halt_mode,
             "limits": _read_limits(&rec.limits),
-            "cash": rec.cash if rec.flags & ACCOUNT_HAS_BALANCES else None,
-            "credit_line": rec.credit_line if rec.flags & ACCOUNT_HAS_BALANCES else None,
+            "cash": rec.cash if rec.flags & L.ACCOUNT_HAS_BALANCES else None,
+            "credit_line": rec.credit_line if rec.flags & L.ACCOUNT_HAS_BALANCES else None,
             "realized_pnl": rec.realized_pnl,
             "working_orders": rec.working_order_count,
         }
@@ -981,10 +932,10 @@ cdef class PositionTable:
         cdef bytes s_key = _check_id(symbol, "symbol")
         cdef int32_t a = self.find_account(a_key, len(a_key))
         cdef int32_t i = self.find_instrument(s_key, len(s_key))
-        if a == NO_INDEX or i == NO_INDEX:
+        if a == L.NO_INDEX or i == L.NO_INDEX:
             return (0, 0)
         cdef int32_t p = self.find_position(a, i)
-        if p == NO_INDEX:
+        if p == L.NO_INDEX:
             return (0, 0)
         self.lock_account(a)
         result = (self.positions[p].working_buy, self.positions[p].working_sell)
@@ -997,10 +948,10 @@ cdef class PositionTable:
         cdef bytes s_key = _check_id(symbol, "symbol")
         cdef int32_t a = self.find_account(a_key, len(a_key))
         cdef int32_t i = self.find_instrument(s_key, len(s_key))
-        if a == NO_INDEX or i == NO_INDEX:
+        if a == L.NO_INDEX or i == L.NO_INDEX:
             return (0, 0, 0)
         cdef int32_t p = self.find_position(a, i)
-        if p == NO_INDEX:
+        if p == L.NO_INDEX:
             return (0, 0, 0)
         self.lock_account(a)
         result = (self.positions[p].quantity, self.positions[p].working_buy,
@@ -1012,15 +963,15 @@ cdef class PositionTable:
         """What the table holds for one decided order id, or None."""
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
-        if a == NO_INDEX or not isinstance(order_id, bytes):
+        if a == L.NO_INDEX or not isinstance(order_id, bytes):
             return None
         cdef int32_t o = self.find_order(a, order_id, len(order_id))
-        if o == NO_INDEX:
+        if o == L.NO_INDEX:
             return None
-        cdef OrderRecord* rec = &self.orders[o]
+        cdef L.OrderRecord* rec = &self.orders[o]
         return {
-            "status": {ORDER_REJECTED: "rejected", ORDER_WORKING: "working",
-                       ORDER_DONE: "done"}[rec.status],
+            "status": {L.ORDER_REJECTED: "rejected", L.ORDER_WORKING: "working",
+                       L.ORDER_DONE: "done"}[rec.status],
             "approved": bool(rec.approved),
             "quantity": rec.quantity,
             "remaining": rec.remaining,
@@ -1032,29 +983,29 @@ cdef class PositionTable:
         """Reference data, last price and halt mode of a symbol, or None if never seen."""
         cdef bytes s_key = _check_id(symbol, "symbol")
         cdef int32_t i = self.find_instrument(s_key, len(s_key))
-        if i == NO_INDEX:
+        if i == L.NO_INDEX:
             return None
-        cdef InstrumentRecord* rec = &self.instruments[i]
+        cdef L.InstrumentRecord* rec = &self.instruments[i]
         return {
-            "known": bool(rec.flags & INSTRUMENT_KNOWN),
-            "invalid": bool(rec.flags & INSTRUMENT_STATE_INVALID),
-            "last_price": rec.last_price if rec.flags & INSTRUMENT_HAS_PRICE else None,
+            "known": bool(rec.flags & L.INSTRUMENT_KNOWN),
+            "invalid": bool(rec.flags & L.INSTRUMENT_STATE_INVALID),
+            "last_price": rec.last_price if rec.flags & L.INSTRUMENT_HAS_PRICE else None,
             "tick_size": rec.tick_size,
             "lot_size": rec.lot_size,
             "halt_mode": rec.halt_mode,
         }
 
     def halt_mode(self, int scope, target=None):
-        """The halt mode in force for a scope (HALT_NONE = 0 when none)."""
+        """The halt mode in force for a scope (L.HALT_NONE = 0 when none)."""
         cdef int32_t index
-        if scope == HALT_SCOPE_GLOBAL:
-            return pt_load_i32(&self.header.global_halt)
-        if scope == HALT_SCOPE_ACCOUNT:
+        if scope == L.HALT_SCOPE_GLOBAL:
+            return L.pt_load_i32(&self.header.global_halt)
+        if scope == L.HALT_SCOPE_ACCOUNT:
             key = _check_id(target, "account id")
             index = self.find_account(key, len(key))
-            return HALT_NONE if index == NO_INDEX else pt_load_i32(&self.accounts[index].halt_mode)
-        if scope == HALT_SCOPE_SYMBOL:
+            return L.HALT_NONE if index == L.NO_INDEX else L.pt_load_i32(&self.accounts[index].halt_mode)
+        if scope == L.HALT_SCOPE_SYMBOL:
             key = _check_id(target, "symbol")
             index = self.find_instrument(key, len(key))
-            return HALT_NONE if index == NO_INDEX else pt_load_i32(&self.instruments[index].halt_mode)
+            return L.HALT_NONE if index == L.NO_INDEX else L.pt_load_i32(&self.instruments[index].halt_mode)
         raise ValueError(f"unknown halt scope {scope}")

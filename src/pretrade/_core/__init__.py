@@ -1,10 +1,11 @@
 """The compiled core: the memory-mapped position table and the check pipeline.
 
 Sources live in ``ext/pretrade/_core`` (Cython); ``setup.py`` builds them into
-this package.
+this package. :mod:`pretrade._core.constants` exports every number of the
+table's layout the Python layer uses (one source of truth: ``layout.pxd``).
 """
 
-from pretrade._core.checks import CHECK_NAMES, REQUIRED_LIMIT_MASK, DecisionPool, Engine
+from pretrade._core.checks import CHECK_NAMES, REQUIRED_LIMIT_MASK, DecisionPool, Engine, Verdict
 from pretrade._core.positions import LAYOUT, PositionTable, TableFullError, TableLayoutError
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "PositionTable",
     "TableFullError",
     "TableLayoutError",
+    "Verdict",
 ]
