@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 CORE_PYX := $(wildcard ext/pretrade/_core/*.pyx)
 
 .DEFAULT_GOAL := help
-.PHONY: help install build serve test bench lint proto clean
+.PHONY: help install build serve test bench lint proto architecture clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTHON=python3] [VENV=.venv] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -56,6 +56,9 @@ lint: $(STAMP) ## ruff and mypy
 proto: $(STAMP) ## Regenerate src/pretrade/v1 from proto/pretrade/v1/*.proto
 	"$(BIN)/python" -m grpc_tools.protoc -I proto --python_out=src --pyi_out=src \
 		--grpc_python_out=src proto/pretrade/v1/*.proto
+
+architecture: $(STAMP) ## Redraw docs/architecture.md (the rooms and their imports) from the code
+	"$(BIN)/python" tests/import_graph.py --write docs/architecture.md
 
 clean: ## Remove build output, the compiled core, generated C and .run/
 	rm -rf build .run

@@ -30,8 +30,8 @@ def _echo_handler() -> grpc.GenericRpcHandler:
 
 async def _serve(settings_values: dict[str, Any], redis_url: str, ready: Any,
                  stop: Any) -> None:
-    from pretrade.config import Settings
-    from pretrade.server import Gateway
+    from pretrade.app.config import Settings
+    from pretrade.app.server import Gateway
 
     gateway = Gateway(Settings(**settings_values), redis_url)
     gateway.server.add_generic_rpc_handlers([_echo_handler()])

@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from hdr import new_histogram, scale
-from pretrade.audit import AUDIT_STREAM, AuditTrail
-from pretrade.config import Settings
-from pretrade.devredis import RedisServer
-from pretrade.server import redis_client
+from pretrade.app.devredis import RedisServer
+from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.audit.trail import AuditTrail
+from pretrade.state.connection import redis_client
 from pretrade.v1 import risk_pb2 as pb
 
 REJECTIONS = ((9, 1_001, 1_000), (10, 68_406_137, 10_000_000))
@@ -27,7 +27,7 @@ REJECTIONS = ((9, 1_001, 1_000), (10, 68_406_137, 10_000_000))
 
 def audit_client(url: str):
     """The connection the gateway gives its audit writer."""
-    return redis_client(url, Settings(), socket_timeout=None)
+    return redis_client(url, socket_timeout=None)
 
 
 def order(n: int) -> pb.Order:

@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 
 from hdr import new_histogram, scale
 from pretrade._core import LAYOUT, Engine
-from pretrade.devredis import RedisServer
-from pretrade.halts import HaltBook
-from pretrade.sync import RedisSync
-from pretrade.table import Capacities, MappedTable
+from pretrade.app.devredis import RedisServer
+from pretrade.engine.table import Capacities, MappedTable
+from pretrade.state.halts import HaltBook
+from pretrade.state.sync import RedisSync
 from pretrade.v1 import risk_pb2 as pb
 
 LIMITS = {"max_order_quantity": 10**6, "max_order_notional": 10**15, "max_net_position": 10**9,

@@ -13,9 +13,9 @@ import pytest
 
 from hdr import new_histogram, scale
 from pretrade._core import Engine
-from pretrade.limits import LimitKind
-from pretrade.reference import ReferenceBook
-from pretrade.table import new_private_table
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.reference import ReferenceBook
+from pretrade.engine.table import new_private_table
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNT, SYMBOL = b"ACC-1", b"AAPL"

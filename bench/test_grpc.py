@@ -26,11 +26,11 @@ import redis.asyncio as aioredis
 
 from hdr import new_histogram, scale
 from pretrade._core import Engine
-from pretrade.devredis import RedisServer
-from pretrade.halts import HaltBook
-from pretrade.limits import LimitKind
-from pretrade.servicer import PreTradeRiskServicer
-from pretrade.table import new_private_table
+from pretrade.api.servicer import PreTradeRiskServicer
+from pretrade.app.devredis import RedisServer
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.table import new_private_table
+from pretrade.state.halts import HaltBook
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from servers import ECHO_METHOD, children_of, cpu_seconds, start_bench_server

@@ -32,8 +32,8 @@ import redis
 import redis.asyncio as aioredis
 
 from hdr import new_histogram
-from pretrade.devredis import RedisServer
-from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
+from pretrade.app.devredis import RedisServer
+from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
 
 SUBSCRIBERS, ROUNDS = 1_000, 30

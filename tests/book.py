@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import redis
 
-from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
+from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
 
 T = TypeVar("T")

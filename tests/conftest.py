@@ -1,6 +1,6 @@
 """Shared fixtures: real parts, started once, on free ports.
 
-One redis-server (found by :func:`pretrade.devredis.find_redis_server`)
+One redis-server (found by :func:`pretrade.app.devredis.find_redis_server`)
 serves the whole session; each test that asks for ``redis_client`` starts
 from an empty database. The gRPC server fixtures (a server on port 0 in
 front of ``redis_server``) follow: tests seed Redis with ``redis_client``
@@ -17,12 +17,12 @@ import grpc
 import pytest
 import redis
 
-from pretrade.devredis import RedisServer
-from pretrade.server import Gateway
+from pretrade.app.devredis import RedisServer
+from pretrade.app.server import Gateway
 from pretrade.v1 import risk_pb2_grpc
 
 if TYPE_CHECKING:
-    from pretrade.config import Settings
+    from pretrade.app.config import Settings
 
 T = TypeVar("T")
 
@@ -94,10 +94,10 @@ def gateway_settings(tmp_path: Path, **overrides: Any) -> "Settings":
     Plaintext and no authentication, the explicit local-development settings
     (tests/test_auth.py overrides them).
     """
-    from pretrade.config import Settings
+    from pretrade.app.config import Settings
 
     values: dict[str, Any] = {
-        "listen": "127.0.0.1:0", "table_path": str(tmp_path / "pretrade.table"),
+        "listen": "127.0.0.1:0", "table_path": str(tmp_path / "pretrade.engine.table"),
         "max_accounts": 256, "max_instruments": 256, "max_positions": 4096, "lock_stripes": 8,
         "insecure": True, "auth": "none",
     }

@@ -14,8 +14,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from pretrade.fixedpoint import INT64_MAX, INT64_MIN
-from pretrade.limits import REQUIRED_COUNT, LimitKind
+from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN
+from pretrade.engine.limits import REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNTS = [b"ACC-1", b"ACC-2", b"ACC-3"]

@@ -21,9 +21,12 @@ import redis
 import redis.asyncio as aioredis
 
 from book import order, seed_account, wait_until
-from pretrade.access import new_token, token_entry
-from pretrade.audit import AUDIT_STREAM, AuditQuery, AuditTrail, encode, read_audit
-from pretrade.cli import format_audit_entries, main, parse_when
+from pretrade.api.access import new_token, token_entry
+from pretrade.audit.entries import AUDIT_STREAM, encode
+from pretrade.audit.query import AuditQuery, read_audit
+from pretrade.audit.trail import AuditTrail
+from pretrade.cli.commands import main, parse_when
+from pretrade.cli.format import format_audit_entries
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

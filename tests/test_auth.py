@@ -25,20 +25,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from book import codes, order, seed_account, wait_until
 from conftest import GatewayThread, gateway_settings
 from pki import Authority, Leaf
-from pretrade import cli
-from pretrade.access import (
+from pretrade.api.access import (
     OPEN_SERVICES,
     RULES,
     Principal,
-    ServerAccess,
     TokenTable,
     hash_token,
     load_tokens,
     new_token,
     token_entry,
 )
-from pretrade.config import ConfigError, Settings, environment_variable
-from pretrade.redis_schema import halt_key
+from pretrade.app.config import ConfigError, Settings, environment_variable
+from pretrade.app.security import ServerAccess
+from pretrade.cli import commands as cli
+from pretrade.state.schema import halt_key
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 import redis
 
 from book import codes, order, seed_account, seed_lots, wait_until
 from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
 
 
 @pytest.fixture
@@ -45,3 +47,35 @@ def test_a_loss_limit_breach_moves_the_account_to_reduce_only(seeded, gateway, s
     assert b"loss limit" in fields[b"reason"]
     # reducing orders still go
     assert stub.EvaluateOrder(order(side=pb.SIDE_SELL, quantity=50)).approved
+
+
+def test_an_automatic_halt_redis_refuses_is_shown_retried_and_written_later(
+        seeded, start_gateway):
+    # Durable decisions off: with Redis refusing writes they would fail the orders.
+    gateway = start_gateway(durable_decisions=False)
+    channel = grpc.insecure_channel(gateway.target)
+    stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+    seeded.hset("limits:{ACC-1}", mapping={"max_rejects_per_window": 2,
+                                           "reject_window_ms": 60_000})
+    wait_until(lambda: gateway.gateway.table.account_info(b"ACC-1")["limits"],
+               lambda limits: len(limits) == 8)
+    # Redis keeps answering reads but refuses every write (out of memory).
+    seeded.config_set("maxmemory-policy", "noeviction")
+    seeded.config_set("maxmemory", 1)
+    try:
+        for _ in range(2):
+            assert not stub.EvaluateOrder(order(quantity=5_000)).approved
+        # in force here at once, though Redis does not have it
+        assert codes(stub.EvaluateOrder(order())) == [pb.REJECT_CODE_ACCOUNT_HALT]
+        status = wait_until(lambda: stub.GetStatus(pb.StatusRequest()),
+                            lambda s: s.automatic_halt_write_failures >= 1)
+        assert status.automatic_halts_unwritten == 1
+        assert not seeded.exists("halt:account:ACC-1")
+    finally:
+        seeded.config_set("maxmemory", 0)
+    # retried until Redis takes it: every other server sees it now
+    fields = wait_until(lambda: seeded.hgetall("halt:account:ACC-1"), bool, timeout=15)
+    assert fields[b"mode"] == b"HALTED" and fields[b"by"] == b"risk engine"
+    wait_until(lambda: stub.GetStatus(pb.StatusRequest()).automatic_halts_unwritten,
+               lambda unwritten: unwritten == 0)
+    channel.close()

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from pretrade._core import Engine
-from pretrade.limits import LimitKind as K
-from pretrade.reference import ReferenceBook
-from pretrade.table import new_private_table
+from pretrade.engine.limits import LimitKind as K
+from pretrade.engine.reference import ReferenceBook
+from pretrade.engine.table import new_private_table
 from pretrade.v1 import risk_pb2 as pb
 
 ACC, AAPL, MSFT = b"ACC", b"AAPL", b"MSFT"

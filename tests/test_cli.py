@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from book import seed_account, seed_lots
-from pretrade.cli import CLIENT_ENVIRONMENT
+from pretrade.cli.commands import CLIENT_ENVIRONMENT
 
 CLI_TIMEOUT_SECONDS = 30
 

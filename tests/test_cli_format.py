@@ -11,14 +11,9 @@ import sys
 import pytest
 from google.protobuf import json_format
 
-from pretrade import cli
-from pretrade.cli import (
-    build_halt_request,
-    build_order,
-    format_decision,
-    format_halt_state,
-    parse_args,
-)
+from pretrade.cli import commands as cli
+from pretrade.cli.commands import build_halt_request, build_order, parse_args
+from pretrade.cli.format import format_decision, format_halt_state, to_json
 from pretrade.v1 import risk_pb2
 
 ORDER = ["order", "--account", "A1", "--symbol", "AAPL", "--side", "buy", "--qty", "100"]
@@ -295,7 +290,7 @@ def test_halt_time_beyond_the_calendar_is_shown_raw():
 
 def test_json_output_keeps_false_and_zero_fields():
     decision = risk_pb2.Decision(order_id="o", approved=False)
-    parsed = json.loads(cli._to_json(decision))
+    parsed = json.loads(to_json(decision))
     assert parsed["approved"] is False
     assert parsed["orderId"] == "o"
     assert json_format.Parse(json.dumps(parsed), risk_pb2.Decision()) == decision

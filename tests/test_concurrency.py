@@ -17,8 +17,8 @@ import grpc
 
 from book import order, seed_account
 from pretrade._core import Engine
-from pretrade.limits import LimitKind
-from pretrade.table import Capacities, MappedTable
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.table import Capacities, MappedTable
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrade.config import (
+from pretrade.app.config import (
     ConfigError,
     Settings,
     default_table_path,
@@ -186,7 +186,11 @@ def test_keys_beside_the_pretrade_table_are_refused(tmp_path):
         ("max_accounts = true", r"max_accounts=True .*expected an integer"),
         ("max_accounts = 0", r"max_accounts=0 .*positive"),
         ("max_positions = -1", r"max_positions=-1 .*positive"),
-        ("max_instruments = 2147483648", r"max_instruments=2147483648 .*below 2\*\*31"),
+        ("max_instruments = 2147483648", r"max_instruments=2147483648 .*at most 1073741823"),
+        # What the core refuses, config refuses (it once accepted 2**30 and crashed).
+        ("max_accounts = 1073741824", r"max_accounts=1073741824 .*at most 1073741823"),
+        ("max_orders = 1073741824", r"max_orders=1073741824 .*at most 1073741823"),
+        ("workers = 2147483648", r"workers=2147483648 .*below 2\*\*31"),
         ("lock_stripes = 48", r"lock_stripes=48 .*power of two"),
         ("lock_stripes = 8192", r"lock_stripes=8192 .*at most 4096"),
         ('demo_book = "yes"', r"demo_book='yes' .*expected true or false"),

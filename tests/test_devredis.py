@@ -10,8 +10,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pretrade import devredis
-from pretrade.devredis import RedisServer, find_redis_cli, find_redis_server
+from pretrade.app import devredis
+from pretrade.app.devredis import RedisServer, find_redis_cli, find_redis_server
 
 
 def _port_accepts_connections(port: int) -> bool:

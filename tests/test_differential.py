@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from core_ops import ACCOUNTS, SYMBOLS, Op, RandomWalk, operations, orders
 from pretrade._core import Engine
-from pretrade.reference import ReferenceBook
-from pretrade.table import new_private_table
+from pretrade.engine.reference import ReferenceBook
+from pretrade.engine.table import new_private_table
 
 
 def fresh_pair(max_orders: int) -> tuple[object, Engine, ReferenceBook]:

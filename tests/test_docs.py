@@ -23,31 +23,34 @@ from typing import Any, NamedTuple
 
 import pytest
 import redis
-
-from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
-from conftest import GatewayThread
-from pretrade import redis_schema
-from pretrade.audit import AUDIT_STREAM
-from pretrade.demo import DEMO_MARKER
-from pretrade.demo import LIMITS as DEMO_LIMITS
-from pretrade.devredis import RedisServer, find_redis_cli
-from pretrade.fixedpoint import format_price
-from pretrade.halts import DEFAULT_AUTO_HALT_SECONDS, RISK_ENGINE
-from pretrade.limits import (
+from pretrade._core.constants import (
     DEFAULT_NOTIONAL_WINDOW_MS,
     DEFAULT_ORDER_WINDOW_MS,
     DEFAULT_REJECT_WINDOW_MS,
-    NAMED_LIMITS,
-    PER_SYMBOL_LIMITS,
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
+    TAG_LIMIT_SLOTS,
+)
+
+from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
+from conftest import GatewayThread
+from pretrade.app.demo import DEMO_MARKER
+from pretrade.app.demo import LIMITS as DEMO_LIMITS
+from pretrade.app.devredis import RedisServer, find_redis_cli
+from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.engine.fixedpoint import average_cost, format_price
+from pretrade.engine.limits import (
+    NAMED_LIMITS,
+    PER_SYMBOL_LIMITS,
     REQUIRED_COUNT,
     REQUIRED_LIMITS,
-    TAG_LIMIT_SLOTS,
     LimitKind,
 )
-from pretrade.prices import PRICE_STREAM, PriceFeed
-from pretrade.redis_schema import (
+from pretrade.engine.reference import _NOT_CLIENT_CAUSED
+from pretrade.state import schema as redis_schema
+from pretrade.state.halts import DEFAULT_AUTO_HALT_SECONDS, RISK_ENGINE
+from pretrade.state.prices import PRICE_STREAM, PriceFeed
+from pretrade.state.schema import (
     HALT_MODE_NAMES,
     REQUIRED_NOTIFY_FLAGS,
     SCAN_PATTERNS,
@@ -56,11 +59,9 @@ from pretrade.redis_schema import (
     ParsedLimits,
     account_snapshot_keys,
     aggregate_lots,
-    average_cost,
     classify,
     lot_keys,
 )
-from pretrade.reference import _NOT_CLIENT_CAUSED
 from pretrade.v1 import risk_pb2 as pb
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "redis-schema.md"

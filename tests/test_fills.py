@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from book import order, seed_account, wait_until
-from pretrade.table import MappedTable
+from pretrade.engine.table import MappedTable
 from pretrade.v1 import risk_pb2 as pb
 
 PRICE = 683_378

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pretrade.fixedpoint import (
+from pretrade.engine.fixedpoint import (
     INT64_MAX,
     INT64_MIN,
     PRICE_SCALE,

@@ -43,7 +43,7 @@ def test_generated_code_imports_absolutely_without_rewriting():
 
 
 def test_every_reject_code_has_its_own_message():
-    from pretrade.errors import describe_rejection
+    from pretrade.api.status import describe_rejection
     from pretrade.v1 import risk_pb2 as pb
 
     for code in pb.RejectCode.values():

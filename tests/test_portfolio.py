@@ -18,10 +18,11 @@ from book import (
     wait_until,
 )
 from pretrade._core import PositionTable
-from pretrade.limits import LimitKind
-from pretrade.portfolio import PortfolioHub, position_breaches, sum_totals, value_holding
-from pretrade.redis_schema import average_cost, lot_keys, pnl_key
-from pretrade.table import new_private_table
+from pretrade.engine.fixedpoint import average_cost
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.table import new_private_table
+from pretrade.state.schema import lot_keys, pnl_key
+from pretrade.stream.portfolio import PortfolioHub, position_breaches, sum_totals, value_holding
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 
 from book import order, seed_account, seed_lots, wait_until
 from conftest import GatewayThread, gateway_settings
-from pretrade.devredis import RedisServer
-from pretrade.halts import HaltBook
-from pretrade.prices import PRICE_STREAM, PriceFeed, PriceFeedStats
-from pretrade.sync import RedisSync
-from pretrade.table import new_private_table
+from pretrade.app.devredis import RedisServer
+from pretrade.engine.table import new_private_table
+from pretrade.state.halts import HaltBook
+from pretrade.state.prices import PRICE_STREAM, PriceFeed, PriceFeedStats
+from pretrade.state.sync import RedisSync
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

@@ -107,6 +107,9 @@ def test_kill_9_while_orders_flow_loses_no_decision(limited, launch):
     target, _ = launch()
     channel, stub = live_stub(target)
     with channel:
+        # GetStatus says how many decided orders the restart put back: every
+        # answered one, and any made durable whose answer died with the server
+        assert stub.GetStatus(pb.StatusRequest(), timeout=5).orders_restored >= len(decided)
         # every answered order id replays its original decision
         for order_id, first in decided.items():
             again = stub.EvaluateOrder(order(quantity=7, order_id=order_id), timeout=5)

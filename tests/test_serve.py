@@ -27,7 +27,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import codes
-from pretrade.config import CONFIG_FILE_ENV, Settings, environment_variable
+from pretrade.app.config import CONFIG_FILE_ENV, Settings, environment_variable
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

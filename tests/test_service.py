@@ -19,7 +19,7 @@ from book import (
     seed_lots,
     wait_until,
 )
-from pretrade.devredis import find_redis_cli
+from pretrade.app.devredis import find_redis_cli
 from pretrade.v1 import risk_pb2 as pb
 
 

@@ -23,8 +23,8 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import order, seed_account
-from pretrade.audit import AUDIT_STREAM
-from pretrade.config import environment_variable
+from pretrade.app.config import environment_variable
+from pretrade.audit.entries import AUDIT_STREAM
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from test_serve import BANNER, serve_environment

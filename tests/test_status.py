@@ -29,6 +29,10 @@ def test_status_reports_sync_state_lag_and_table_use(seeded, gateway, stub):
     assert status.accounts == 1 and status.instruments == 1
     assert status.orders == 1
     assert status.pid > 0
+    # the full load re-read Redis in one batch or more; the approval was made durable
+    assert status.sync_refreshes >= 1
+    assert status.journal_written == 1 and status.journal_failures == 0
+    assert status.automatic_halts_unwritten == 0 and status.automatic_halt_write_failures == 0
 
 
 def test_a_batch_gets_one_decision_per_order_in_order(seeded, stub):

@@ -11,9 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import codes, order, seed_account, try_order, wait_until
 from conftest import GatewayThread, gateway_settings
-from pretrade.devredis import RedisServer
-from pretrade.server import Gateway
-from pretrade.sync import SyncConfigError
+from pretrade.app.devredis import RedisServer
+from pretrade.app.server import Gateway
+from pretrade.state.sync import SyncConfigError
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from pretrade._core import LAYOUT, Engine, PositionTable, TableFullError, TableLayoutError
-from pretrade.limits import LimitKind
-from pretrade.table import Capacities, MappedTable, new_private_table
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.table import Capacities, MappedTable, new_private_table
 from pretrade.v1 import risk_pb2 as pb
 
 SMALL = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_overrides=16,

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from book import codes, order, seed_account
-from pretrade.table import MappedTable
+from pretrade.engine.table import MappedTable
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 

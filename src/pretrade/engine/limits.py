@@ -1,13 +1,16 @@
 """The limit catalogue: what each configurable limit is called, in Redis and in the core.
 
 ``LimitKind`` numbers are the indexes of ``LimitSet.values`` in
-``ext/pretrade/_core/layout.pxd``; the Redis field names are those of the
-``limits:{ACC}`` hash (see docs/redis-schema.md).
+``ext/pretrade/_core/layout.pxd``, read from the core's ``LIMIT_KINDS`` (a
+test checks that the two name the same kinds); the Redis field names are
+those of the ``limits:{ACC}`` hash (see docs/redis-schema.md).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from pretrade._core.constants import LIMIT_KINDS, LIMIT_REQUIRED_COUNT
 
 
 class LimitKind(IntEnum):
@@ -18,29 +21,29 @@ class LimitKind(IntEnum):
     absent means the control is off for the account.
     """
 
-    MAX_ORDER_QUANTITY = 0
-    MAX_ORDER_NOTIONAL = 1
-    MAX_NET_POSITION = 2
-    MAX_LONG_POSITION = 3
-    MAX_SHORT_POSITION = 4
-    PRICE_COLLAR_BPS = 5
-    MIN_ORDER_QUANTITY = 6
-    MAX_GROSS_EXPOSURE = 7
-    MAX_NET_EXPOSURE = 8
-    MAX_ORDERS_PER_WINDOW = 9
-    ORDER_WINDOW_MS = 10
-    MAX_NOTIONAL_PER_WINDOW = 11
-    NOTIONAL_WINDOW_MS = 12
-    MAX_WORKING_ORDERS = 13
-    MAX_ISSUER_CONCENTRATION_BPS = 14
-    MAX_SECTOR_CONCENTRATION_BPS = 15
-    CONCENTRATION_MIN_GROSS = 16
-    LOSS_LIMIT = 17
-    MAX_REJECTS_PER_WINDOW = 18
-    REJECT_WINDOW_MS = 19
-    AUTO_HALT_SECONDS = 20
-    MAX_VENUE_EXPOSURE = 21
-    MAX_COUNTERPARTY_EXPOSURE = 22
+    MAX_ORDER_QUANTITY = LIMIT_KINDS["MAX_ORDER_QUANTITY"]
+    MAX_ORDER_NOTIONAL = LIMIT_KINDS["MAX_ORDER_NOTIONAL"]
+    MAX_NET_POSITION = LIMIT_KINDS["MAX_NET_POSITION"]
+    MAX_LONG_POSITION = LIMIT_KINDS["MAX_LONG_POSITION"]
+    MAX_SHORT_POSITION = LIMIT_KINDS["MAX_SHORT_POSITION"]
+    PRICE_COLLAR_BPS = LIMIT_KINDS["PRICE_COLLAR_BPS"]
+    MIN_ORDER_QUANTITY = LIMIT_KINDS["MIN_ORDER_QUANTITY"]
+    MAX_GROSS_EXPOSURE = LIMIT_KINDS["MAX_GROSS_EXPOSURE"]
+    MAX_NET_EXPOSURE = LIMIT_KINDS["MAX_NET_EXPOSURE"]
+    MAX_ORDERS_PER_WINDOW = LIMIT_KINDS["MAX_ORDERS_PER_WINDOW"]
+    ORDER_WINDOW_MS = LIMIT_KINDS["ORDER_WINDOW_MS"]
+    MAX_NOTIONAL_PER_WINDOW = LIMIT_KINDS["MAX_NOTIONAL_PER_WINDOW"]
+    NOTIONAL_WINDOW_MS = LIMIT_KINDS["NOTIONAL_WINDOW_MS"]
+    MAX_WORKING_ORDERS = LIMIT_KINDS["MAX_WORKING_ORDERS"]
+    MAX_ISSUER_CONCENTRATION_BPS = LIMIT_KINDS["MAX_ISSUER_CONCENTRATION_BPS"]
+    MAX_SECTOR_CONCENTRATION_BPS = LIMIT_KINDS["MAX_SECTOR_CONCENTRATION_BPS"]
+    CONCENTRATION_MIN_GROSS = LIMIT_KINDS["CONCENTRATION_MIN_GROSS"]
+    LOSS_LIMIT = LIMIT_KINDS["LOSS_LIMIT"]
+    MAX_REJECTS_PER_WINDOW = LIMIT_KINDS["MAX_REJECTS_PER_WINDOW"]
+    REJECT_WINDOW_MS = LIMIT_KINDS["REJECT_WINDOW_MS"]
+    AUTO_HALT_SECONDS = LIMIT_KINDS["AUTO_HALT_SECONDS"]
+    MAX_VENUE_EXPOSURE = LIMIT_KINDS["MAX_VENUE_EXPOSURE"]
+    MAX_COUNTERPARTY_EXPOSURE = LIMIT_KINDS["MAX_COUNTERPARTY_EXPOSURE"]
 
     @property
     def field(self) -> str:
@@ -55,7 +58,7 @@ class LimitKind(IntEnum):
         return cls[field.upper()]
 
 
-REQUIRED_COUNT = 6
+REQUIRED_COUNT = LIMIT_REQUIRED_COUNT
 
 #: Every order is checked against all of these; a missing one fails closed.
 REQUIRED_LIMITS: tuple[LimitKind, ...] = tuple(k for k in LimitKind if k < REQUIRED_COUNT)
@@ -72,18 +75,6 @@ PER_SYMBOL_LIMITS: frozenset[LimitKind] = frozenset((
 NAMED_LIMITS: frozenset[LimitKind] = frozenset((
     LimitKind.MAX_VENUE_EXPOSURE, LimitKind.MAX_COUNTERPARTY_EXPOSURE,
 ))
-
-#: Named venue / counterparty limits an account may have (TagLimit slots).
-TAG_LIMIT_SLOTS = 8
-
-#: Ring sizes of the core's sliding windows (AccountActivity in layout.pxd).
-RATE_RING_CAPACITY = 256
-REJECT_RING_CAPACITY = 256
-
-#: Window lengths used when a rate limit is set without its window.
-DEFAULT_ORDER_WINDOW_MS = 1_000
-DEFAULT_NOTIONAL_WINDOW_MS = 60_000
-DEFAULT_REJECT_WINDOW_MS = 60_000
 
 #: Limits as the core and the twin take them: ``{LimitKind: value}``.
 Limits = dict[int, int]

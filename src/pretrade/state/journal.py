@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pretrade.errors import Unavailable
-from pretrade.redis_schema import StateError, orders_key, parse_int64
+from pretrade.engine.errors import Unavailable
+from pretrade.state.schema import StateError, orders_key, parse_int64
 
 log = logging.getLogger("pretrade.orders")
 

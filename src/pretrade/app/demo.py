@@ -10,8 +10,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from pretrade.fixedpoint import parse_price
-from pretrade.redis_schema import instrument_key, limits_key, lot_keys, price_key
+from pretrade.engine.fixedpoint import parse_price
+from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 
 DEMO_MARKER = b"pretrade:demo:loaded"
 

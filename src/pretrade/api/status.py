@@ -1,8 +1,9 @@
 """The one place that maps pretrade's errors and rejections to the wire.
 
-Domain code raises the small exception hierarchy below; the servicer turns
-each into a gRPC status with :func:`grpc_status`. Coded rejections (a normal
-"no" to an order) become ``Rejection`` messages with a readable text built by
+Domain code raises the small hierarchy of :mod:`pretrade.engine.errors`; the
+servicer and the interceptors turn each into a gRPC status with
+:func:`grpc_status`. Coded rejections (a normal "no" to an order) become
+``Rejection`` messages with a readable text built by
 :func:`describe_rejection` from the figures the check recorded.
 """
 
@@ -12,55 +13,38 @@ from typing import cast
 
 import grpc
 
-from pretrade.fixedpoint import INT64_MAX, format_notional, format_price
-from pretrade.limits import LimitKind
+from pretrade.engine.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PretradeError,
+    Unauthenticated,
+    Unavailable,
+)
+from pretrade.engine.fixedpoint import INT64_MAX, format_notional, format_price
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.names import short_name
 from pretrade.v1 import risk_pb2 as pb
 
-
-class PretradeError(Exception):
-    """Base of errors that end an RPC with a gRPC status."""
-
-    status = grpc.StatusCode.INTERNAL
-
-
-class InvalidRequest(PretradeError):
-    """The request is malformed (missing ids, unspecified enums, bad ranges)."""
-
-    status = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(PretradeError):
-    status = grpc.StatusCode.NOT_FOUND
-
-
-class Unauthenticated(PretradeError):
-    """No bearer token, or one the server does not know (:mod:`pretrade.access`)."""
-
-    status = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(PretradeError):
-    """A known principal asked for a method or an account its role does not allow."""
-
-    status = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unavailable(PretradeError):
-    """A dependency (Redis) cannot be reached; retrying later may succeed."""
-
-    status = grpc.StatusCode.UNAVAILABLE
-
-
-class DeadlineExceeded(PretradeError):
-    """The client's deadline passed before the work started: it is not done late."""
-
-    status = grpc.StatusCode.DEADLINE_EXCEEDED
+#: The status each domain error ends a call with.
+_STATUS: dict[type[PretradeError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and details an RPC ends with when ``error`` escapes it."""
     if isinstance(error, PretradeError):
-        return error.status, str(error)
+        for kind in type(error).__mro__:
+            if kind in _STATUS:
+                return _STATUS[kind], str(error)
+        return grpc.StatusCode.INTERNAL, str(error)
     # Imported here so this module stays importable without a Redis client.
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -70,8 +54,7 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
 
 
-_SCOPE_NAMES: dict[int, str] = {pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account",
-                pb.HALT_SCOPE_SYMBOL: "symbol"}
+_HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_SCOPE_SYMBOL))
 
 
 def _missing_limits(mask: int) -> str:
@@ -81,7 +64,8 @@ def _missing_limits(mask: int) -> str:
 
 def describe_rejection(code: int, observed: int, limit: int) -> str:
     """A human-readable sentence for one coded rejection, with its figures."""
-    scope = _SCOPE_NAMES.get(observed, "unknown")
+    scope = (short_name(pb.HaltScope, observed).lower() if observed in _HALT_SCOPES
+             else "unknown")
     match code:
         case pb.REJECT_CODE_STALE_DATA:
             return "risk state is not in sync with Redis; orders are refused until it is"

@@ -1,96 +1,38 @@
 """The PreTradeRisk gRPC servicer: protobuf in, the compiled pipeline, protobuf out.
 
-Validation of the request shape (ids present, enums specified) happens here
-and ends the call with INVALID_ARGUMENT; everything about the order itself
-(quantity, price, limits, halts) is a coded rejection from the pipeline.
+Validation of the request shape (:mod:`pretrade.api.requests`) ends the call
+with INVALID_ARGUMENT; everything about the order itself (quantity, price,
+limits, halts) is a coded rejection from the pipeline. Domain errors become
+statuses in :mod:`pretrade.api.status`, and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
 
 from pretrade._core import Engine
-from pretrade.audit import AuditTrail
-from pretrade.errors import (
-    DeadlineExceeded,
-    InvalidRequest,
-    Unavailable,
-    grpc_status,
-    rejection_message,
-)
-from pretrade.halts import Breakers, HaltBook, write_halt
-from pretrade.orders import DecidedOrder, Journal
-from pretrade.portfolio import PortfolioHub, requested_heartbeat
-from pretrade.redis_schema import is_valid_id
+from pretrade._core.constants import MAX_ORDER_ID_LENGTH, STORED_REJECTIONS
+from pretrade.api.access import principal_name
+from pretrade.api.requests import validate_batch, validate_order
+from pretrade.api.status import grpc_status, rejection_message
+from pretrade.audit.trail import AuditTrail
+from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
+from pretrade.engine.text import require_id
+from pretrade.state.halts import Breakers, HaltBook, write_halt
+from pretrade.state.journal import DecidedOrder, Journal
+from pretrade.stream.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
 log = logging.getLogger("pretrade.servicer")
 
-MAX_ORDER_ID_LENGTH = 63
-MAX_BATCH = 10_000
-STORED_REJECTIONS = 8  # what the core keeps with an order (layout.pxd)
-MAX_TAG_LENGTH = 15
-# Printable ASCII without spaces: what FIX ClOrdIDs and MICs use in practice.
-_PRINTABLE = re.compile(r"[\x21-\x7e]+")
-SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
-ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
 _MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
-
-def _id(text: str, field: str) -> bytes:
-    if not text:
-        raise InvalidRequest(f"{field} is required")
-    raw = text.encode("utf-8")
-    if not is_valid_id(raw):
-        raise InvalidRequest(f"{field} {text[:64]!r} is not a valid id (1 to 39 characters of "
-                             "A-Z a-z 0-9 . _ / - and a few symbols)")
-    return raw
-
-
-def _text(text: str, field: str, longest: int, required: bool) -> bytes:
-    if not text:
-        if required:
-            raise InvalidRequest(f"{field} is required")
-        return b""
-    if len(text) > longest or not _PRINTABLE.fullmatch(text):
-        raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
-                             f"without spaces, got {text[:80]!r}")
-    return text.encode("ascii")
-
-
-@dataclass(frozen=True)
-class ValidOrder:
-    """The byte-string fields of an Order that passed validate_order."""
-
-    order_id: bytes
-    account: bytes
-    symbol: bytes
-    venue: bytes
-    counterparty: bytes
-
-
-def validate_order(order: pb.Order) -> ValidOrder:
-    """Check the request's shape; return its ids as bytes, or raise InvalidRequest."""
-    order_id = _text(order.order_id, "order_id", MAX_ORDER_ID_LENGTH, required=True)
-    account = _id(order.account_id, "account_id")
-    symbol = _id(order.symbol, "symbol")
-    if order.side not in SIDES:
-        raise InvalidRequest(f"side must be SIDE_BUY, SIDE_SELL or SIDE_SELL_SHORT, "
-                             f"got {order.side}")
-    if order.order_type not in ORDER_TYPES:
-        raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
-                             f"got {order.order_type}")
-    venue = _text(order.venue, "venue", MAX_TAG_LENGTH, required=False)
-    counterparty = _text(order.counterparty, "counterparty", MAX_TAG_LENGTH, required=False)
-    return ValidOrder(order_id, account, symbol, venue, counterparty)
 
 
 class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
@@ -122,27 +64,30 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
-        approved, notional, rejections, replayed, auto_halt, pnl, stored = (
-            self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
-                                 order.order_type, order.quantity, order.price, valid.venue,
-                                 valid.counterparty, started))
+        verdict = self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
+                                       order.order_type, order.quantity, order.price,
+                                       valid.venue, valid.counterparty, started)
         latency = time.perf_counter_ns() - started
+        principal = principal_name()
         if self.audit is not None:
-            self.audit.decision(order, approved, rejections, latency, replayed, notional)
-        if auto_halt:
-            self.breakers.trip(valid.account, auto_halt, pnl)
+            self.audit.decision(order, verdict.approved, verdict.rejections, latency,
+                                verdict.replayed, verdict.notional, principal)
+        if verdict.auto_halt:
+            self.breakers.trip(valid.account, verdict.auto_halt, verdict.profit_and_loss,
+                               principal)
         durable = None
-        if stored and self.journal is not None:
+        if verdict.stored and self.journal is not None:
             durable = DecidedOrder(
                 valid.account, valid.order_id, valid.symbol, order.side, order.order_type,
                 order.quantity, order.price,
-                notional // order.quantity if approved else order.price, notional,
-                valid.venue, valid.counterparty, approved, rejections[:STORED_REJECTIONS])
+                verdict.notional // order.quantity if verdict.approved else order.price,
+                verdict.notional, valid.venue, valid.counterparty, verdict.approved,
+                verdict.rejections[:STORED_REJECTIONS])
         decision = pb.Decision(
-            order_id=order.order_id, approved=approved,
-            rejections=[rejection_message(*r) for r in rejections],
+            order_id=order.order_id, approved=verdict.approved,
+            rejections=[rejection_message(*r) for r in verdict.rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
-            notional=notional, replayed=replayed,
+            notional=verdict.notional, replayed=verdict.replayed,
         )
         return decision, durable
 
@@ -179,7 +124,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                     rejections=[pb.Rejection(code=pb.REJECT_CODE_INVALID_REQUEST,
                                              message=str(error))]))
                 if self.audit is not None:
-                    self.audit.decision(order, False, _MALFORMED, 0, False, 0)
+                    self.audit.decision(order, False, _MALFORMED, 0, False, 0, principal_name())
         return pb.DecisionBatch(decisions=decisions,
                                 latency_ns=time.perf_counter_ns() - started)
 
@@ -187,9 +132,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                              context: grpc.aio.ServicerContext) -> pb.DecisionBatch:
         try:
             _check_deadline(context)
-            if len(request.orders) > MAX_BATCH:
-                raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, "
-                                     f"got {len(request.orders)}")
+            validate_batch(request)
             durable: list[DecidedOrder] = []
             reply = self.decide_batch(request, durable)
             if durable and self.journal is not None:
@@ -213,7 +156,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                    context: grpc.aio.ServicerContext) -> pb.HaltState:
         try:
             _check_deadline(context)
-            return await write_halt(self.redis, self.halts, request, audit=self.audit)
+            return await write_halt(self.redis, self.halts, request, audit=self.audit,
+                                    principal=principal_name())
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "Halt")
             raise
@@ -226,7 +170,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                                 "StreamPortfolio is not served by this server")
             return
         try:
-            account = _id(request.account_id, "account_id")
+            account = require_id(request.account_id, "account_id")
             interval = requested_heartbeat(request.heartbeat_interval_ms)
             # context.write rather than yield: one async generator less per message.
             async with contextlib.aclosing(portfolio.stream(account, interval)) as updates:

@@ -32,3 +32,15 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     if url.startswith("redis://"):
         options.setdefault("connection_class", HiredisPackingConnection)
     return aioredis.Redis.from_url(url, **options)
+
+
+def redis_client(url: str, *, username: str | None = None, password: str | None = None,
+                 socket_timeout: float | None = 10) -> aioredis.Redis:
+    """The gateway's asyncio client: bytes replies, hiredis both ways, bounded connects.
+
+    ``socket_timeout=None`` is for a connection whose caller bounds each
+    batch itself (the audit writer): no timer around every reply.
+    """
+    return connect(
+        url, decode_responses=False, health_check_interval=5, socket_connect_timeout=5,
+        socket_timeout=socket_timeout, username=username or None, password=password or None)

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretrade._core.constants import MAX_CAPACITY, MAX_LOCK_STRIPES
+from pretrade.api.roles import AUTH_MODES
+from pretrade.engine.errors import ConfigError
+
 __all__ = [
     "CONFIG_FILE_ENV",
     "ConfigError",
@@ -47,9 +51,10 @@ _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 _REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_MAX_LOCK_STRIPES = 4096
-# Capacities size C arrays indexed by a signed 32-bit slot number.
-_MAX_CAPACITY = 2**31 - 1
+# The table's capacities: bounded by what the compiled core accepts.
+_CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "max_orders"})
+# Every other integer setting is a positive int32.
+_MAX_INTEGER = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
                          "max_orders", "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
@@ -59,18 +64,10 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redi
                               "tls_cert", "tls_key", "tls_client_ca", "tokens_file"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
-_AUTH_MODES = ("tokens", "none")
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _URL_USERINFO = re.compile(r"//[^/@]*@")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-
-
-class ConfigError(ValueError):
-    """A setting is unknown, of the wrong type, or out of range.
-
-    The message names the setting, the bad value and where it came from.
-    """
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -160,10 +157,13 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     if name in _INT_FIELDS:
         if not isinstance(value, int) or isinstance(value, bool):
             raise problem("expected an integer")
-        if not 1 <= value <= _MAX_CAPACITY:
+        if name in _CAPACITY_FIELDS and not 1 <= value <= MAX_CAPACITY:
+            raise problem(f"must be a positive integer, at most {MAX_CAPACITY} (2**30 - 1, "
+                          "the most records of one kind a table holds)")
+        if not 1 <= value <= _MAX_INTEGER:
             raise problem("must be a positive integer below 2**31")
-        if name == "lock_stripes" and (value & (value - 1) or value > _MAX_LOCK_STRIPES):
-            raise problem(f"must be a power of two, at most {_MAX_LOCK_STRIPES}")
+        if name == "lock_stripes" and (value & (value - 1) or value > MAX_LOCK_STRIPES):
+            raise problem(f"must be a power of two, at most {MAX_LOCK_STRIPES}")
         return value
     if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
@@ -181,8 +181,8 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     elif name in _PATH_FIELDS and not value.strip():
         raise problem("must name a path")
     elif name == "auth":
-        if value.lower() not in _AUTH_MODES:
-            raise problem(f"must be one of {', '.join(_AUTH_MODES)}")
+        if value.lower() not in AUTH_MODES:
+            raise problem(f"must be one of {', '.join(AUTH_MODES)}")
         return value.lower()
     elif name == "log_level":
         if value.upper() not in _LOG_LEVELS:
@@ -203,7 +203,7 @@ class Settings:
     redis_url : str or None
         ``redis://``, ``rediss://`` or ``unix://`` URL of the Redis holding
         accounts, limits, instruments and halts. ``None`` starts an embedded
-        redis-server (:mod:`pretrade.devredis`) with its data in
+        redis-server (:mod:`pretrade.app.devredis`) with its data in
         ``data_dir``.
     listen : str
         gRPC listen address, ``HOST:PORT``.
@@ -264,10 +264,10 @@ class Settings:
         ``tokens_file``) or ``none`` (local development, loopback only).
     tokens_file : str or None
         TOML file of token hashes and their principals (format in
-        :mod:`pretrade.access`).
+        :mod:`pretrade.api.access`).
 
     Whether the transport and auth settings fit together is checked, with
-    their files, when a server starts (:meth:`pretrade.access.ServerAccess.from_settings`).
+    their files, when a server starts (:meth:`pretrade.api.access.ServerAccess.from_settings`).
     """
 
     redis_url: str | None = None

@@ -1,7 +1,7 @@
 """Keep the shared PositionTable equal to Redis: bulk load, then follow every change.
 
 Redis holds the truth. The sync subscribes to keyspace notifications for
-every key family in :mod:`pretrade.redis_schema` *before* it loads, so no
+every key family in :mod:`pretrade.state.schema` *before* it loads, so no
 change made during the load is missed; then it follows the notifications,
 re-reading each changed key (a burst of events for one key is one re-read;
 re-reads are batched into MULTI/EXEC pipelines, so the three lot hashes of an
@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -29,9 +29,10 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable
-from pretrade.halts import HaltBook, HaltKey
-from pretrade.orders import decode
-from pretrade.redis_schema import (
+from pretrade.engine.text import as_text
+from pretrade.state.halts import HaltBook, HaltKey
+from pretrade.state.journal import decode
+from pretrade.state.schema import (
     ORDERS,
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
@@ -63,7 +64,6 @@ from pretrade.redis_schema import (
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.sync")
-T = TypeVar("T")
 
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -149,10 +149,15 @@ class Dirty:
 
 @dataclass
 class SyncStats:
+    """What the sync did, for GetStatus."""
+
     full_loads: int = 0
+    #: Keyspace notifications read.
     events: int = 0
+    #: Batches of entities re-read from Redis (a full load counts one).
     refreshes: int = 0
     invalid_entities: int = 0
+    #: Decided orders put back into the table from ``orders:{ACC}``.
     orders_restored: int = 0
     last_full_load_seconds: float = 0.0
     last_error: str = ""
@@ -212,7 +217,7 @@ class RedisSync:
         """
         try:
             reply = await self.client.config_get("notify-keyspace-events")
-            current = _text(next(iter(reply.values()), None))
+            current = as_text(next(iter(reply.values()), None))
         except ResponseError as error:
             current = None
             reason = str(error)
@@ -708,12 +713,6 @@ def _hash(reply: object) -> dict[bytes, bytes]:
     if not isinstance(reply, dict):
         raise StateError(f"unexpected reply {type(reply).__name__}")
     return reply
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _has_flags(current: str, required: str) -> bool:

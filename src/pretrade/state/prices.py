@@ -8,7 +8,7 @@ A market-data writer publishes every tick twice, in one ``MULTI``::
 The ``price:<SYM>`` string is the latest price: the sync loads it at startup
 and follows it through keyspace notifications. The stream is the tick
 sequence: :class:`PriceFeed` reads it with ``XREAD BLOCK`` and calls
-:meth:`RedisSync.apply_price <pretrade.sync.RedisSync.apply_price>` for each
+:meth:`RedisSync.apply_price <pretrade.state.sync.RedisSync.apply_price>` for each
 tick, which updates the table (a MARKET order is valued at the new price in
 the next decision) and tells the sync listeners (portfolio streams).
 
@@ -50,8 +50,9 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from pretrade.redis_schema import StateError, is_valid_id, parse_last_price
-from pretrade.sync import LINK_ERRORS, RedisSync
+from pretrade.engine.text import is_valid_id
+from pretrade.state.schema import StateError, parse_last_price
+from pretrade.state.sync import LINK_ERRORS, RedisSync
 
 log = logging.getLogger("pretrade.prices")
 
@@ -92,7 +93,7 @@ class PriceFeed:
         XREAD holds one pooled connection; ``block_ms`` must stay below the
         client's socket timeout.
     sync
-        The sync whose :meth:`~pretrade.sync.RedisSync.apply_price` the ticks
+        The sync whose :meth:`~pretrade.state.sync.RedisSync.apply_price` the ticks
         go through; the feed waits for its ``ready`` event before reading.
     stream
         The stream key.

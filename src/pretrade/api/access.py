@@ -1,7 +1,9 @@
-"""Who may call what: TLS on the gRPC port, bearer tokens, roles and accounts.
+"""Who may call what: bearer tokens, roles and accounts, checked on every call.
 
 A risk gateway is a control point: an order system must never be able to
-lift a halt. Three layers, each configured in :class:`~pretrade.config.Settings`:
+lift a halt. Three layers, each configured in :class:`~pretrade.app.config.Settings`
+(:mod:`pretrade.app.security` turns the settings into credentials and the
+interceptor here):
 
 * **Transport.** TLS with ``tls_cert`` and ``tls_key``; mutual TLS when
   ``tls_client_ca`` and ``tls_require_client_cert`` are set (a client must
@@ -39,11 +41,9 @@ import contextvars
 import hashlib
 import hmac
 import inspect
-import ipaddress
 import logging
 import re
 import secrets
-import ssl
 import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,8 +52,10 @@ from typing import Any
 
 import grpc
 
-from pretrade.config import ConfigError, Settings
-from pretrade.errors import PermissionDenied, PretradeError, Unauthenticated, grpc_status
+from pretrade.api.roles import ADMIN, ALL_ACCOUNTS, RISK_OPERATOR, ROLES, TRADER
+from pretrade.api.status import grpc_status
+from pretrade.engine.errors import ConfigError, PermissionDenied, PretradeError, Unauthenticated
+from pretrade.engine.text import is_valid_id, quoted
 from pretrade.v1 import risk_pb2 as pb
 
 __all__ = [
@@ -67,9 +69,9 @@ __all__ = [
     "AccessInterceptor",
     "Principal",
     "Rule",
-    "ServerAccess",
     "TokenTable",
     "current_principal",
+    "principal_name",
     "hash_token",
     "load_tokens",
     "new_token",
@@ -78,19 +80,9 @@ __all__ = [
 
 log = logging.getLogger("pretrade.access")
 
-TRADER = "trader"
-RISK_OPERATOR = "risk_operator"
-ADMIN = "admin"
-ROLES = (TRADER, RISK_OPERATOR, ADMIN)
-"""Every role, least powerful first."""
-ALL_ACCOUNTS = "*"
-"""In a trader's ``accounts``: every account (an OMS trading for all of them)."""
-
-AUTH_MODES = ("tokens", "none")
 TOKEN_BYTES = 32
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[\x21-\x7e]{1,64}")
-_ACCOUNT = re.compile(r"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}")  # redis_schema.ID_PATTERN as text
 _ENTRY_KEYS = frozenset({"name", "role", "accounts", "sha256"})
 _BEARER = "bearer"
 
@@ -113,6 +105,12 @@ def current_principal() -> Principal | None:
     so servicer code (an audit record, a halt's author) can name the caller.
     """
     return _principal.get()
+
+
+def principal_name() -> str:
+    """The name of the call's principal, for the audit trail; ``""`` when there is none."""
+    principal = _principal.get()
+    return principal.name if principal is not None else ""
 
 
 # -- principals and tokens -----------------------------------------------------
@@ -226,7 +224,7 @@ def _parse_entry(entry: object, where: str) -> tuple[bytes, Principal]:
             raise ValueError(f'{where}: "*" already means every account; list nothing else')
         return bytes.fromhex(digest), Principal(name, role, None)
     for account in accounts:
-        if not _ACCOUNT.fullmatch(account):
+        if not is_valid_id(account.encode("utf-8")):
             raise ValueError(f"{where}: {account!r} is not a valid account id")
     return bytes.fromhex(digest), Principal(name, role, frozenset(accounts))
 
@@ -335,10 +333,6 @@ def _short(method: str) -> str:
     return method.rpartition("/")[2] or method
 
 
-def _quoted(text: str) -> str:
-    return repr(text[:64])
-
-
 def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The token of the one ``authorization: Bearer`` entry, or raise Unauthenticated."""
     values = [value for key, value in metadata or () if key == "authorization"]
@@ -423,7 +417,7 @@ def _foreign_account(principal: Principal, method: str, request: Any,
             where = (f" (order {number} of the batch; the whole batch is refused)"
                      if method.endswith("/EvaluateOrders") else "")
             return PermissionDenied(
-                f"{principal.name!r} may not use account {_quoted(account)} in "
+                f"{principal.name!r} may not use account {quoted(account)} in "
                 f"{_short(method)}{where}")
     return None
 
@@ -465,139 +459,3 @@ def _same_shape(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]
         (handler.request_streaming, handler.response_streaming)]
     return kind(behaviour, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-
-
-# -- the server's side: settings to credentials and interceptors ----------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _read_file(name: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"{name}={path!r}: cannot read it: {error.strerror}") from None
-
-
-def _check_pem(settings: Settings) -> None:
-    """Let OpenSSL read the files now, so a bad one stops the start, not the first client."""
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=b"")
-    except (ssl.SSLError, OSError) as error:
-        raise ConfigError(
-            f"tls_cert={settings.tls_cert!r}, tls_key={settings.tls_key!r}: not a PEM "
-            f"certificate chain and the unencrypted PEM private key that matches it "
-            f"({error})") from None
-    if settings.tls_client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=settings.tls_client_ca)
-        except (ssl.SSLError, OSError) as error:
-            raise ConfigError(f"tls_client_ca={settings.tls_client_ca!r}: not PEM CA "
-                              f"certificates ({error})") from None
-
-
-def _combination_problems(settings: Settings) -> list[str]:
-    """Every way the transport and auth settings are contradictory or incomplete."""
-    problems = []
-    tls_given = [name for name in ("tls_cert", "tls_key", "tls_client_ca")
-                 if getattr(settings, name) is not None]
-    if settings.tls_require_client_cert:
-        tls_given.append("tls_require_client_cert")
-    if settings.insecure and tls_given:
-        problems.append(f"insecure (plaintext) contradicts {', '.join(tls_given)}: choose "
-                        "TLS or plaintext")
-    elif not settings.insecure and not tls_given:
-        problems.append("no transport security: set tls_cert and tls_key for TLS, or "
-                        "insecure = true (--insecure) for plaintext local development")
-    elif not settings.insecure:
-        if (settings.tls_cert is None) != (settings.tls_key is None):
-            missing = "tls_key" if settings.tls_key is None else "tls_cert"
-            problems.append(f"TLS needs both tls_cert and tls_key; {missing} is not set")
-        if settings.tls_require_client_cert and settings.tls_client_ca is None:
-            problems.append("tls_require_client_cert needs tls_client_ca, the CA that "
-                            "issues client certificates")
-        if settings.tls_client_ca is not None and not settings.tls_require_client_cert:
-            problems.append("tls_client_ca is set but tls_require_client_cert is not: "
-                            "pretrade does not take optional client certificates; set "
-                            "tls_require_client_cert = true for mutual TLS")
-    if settings.auth == "tokens" and settings.tokens_file is None:
-        problems.append("auth = 'tokens' needs tokens_file (make entries with `pretrade "
-                        "token`), or auth = 'none' (--auth none) for local development")
-    if settings.auth == "none":
-        if settings.tokens_file is not None:
-            problems.append("tokens_file is set but auth = 'none' would ignore it")
-        if not _is_loopback(settings.listen_host):
-            problems.append(f"auth = 'none' lets anyone who can connect call Halt; it is "
-                            f"refused on the non-loopback address {settings.listen}")
-    return problems
-
-
-@dataclass(frozen=True)
-class ServerAccess:
-    """What a server needs from the access settings: credentials and interceptors.
-
-    Build it with :meth:`from_settings`, which reads and checks every file.
-    """
-
-    credentials: grpc.ServerCredentials | None
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
-    summary: str
-    plaintext: bool
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServerAccess:
-        """Check the transport and auth settings together and load their files.
-
-        Raises
-        ------
-        ConfigError
-            Listing every contradiction or omission (TLS and ``insecure``
-            both or neither, a certificate without its key, a client CA
-            without ``tls_require_client_cert`` or the reverse, tokens
-            without a tokens file, ``auth = "none"`` off loopback), or the
-            first file that cannot be read or parsed.
-        """
-        problems = _combination_problems(settings)
-        if problems:
-            raise ConfigError("access settings: " + "; ".join(problems))
-        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
-        if settings.tokens_file is not None:
-            tokens = load_tokens(settings.tokens_file)
-            interceptors = (AccessInterceptor(tokens),)
-            auth = f"bearer tokens ({len(tokens)} principals)"
-        else:
-            auth = "NO authentication (local development)"
-        if settings.insecure:
-            return cls(None, interceptors, f"plaintext, {auth}", plaintext=True)
-        assert settings.tls_cert is not None and settings.tls_key is not None
-        _check_pem(settings)
-        client_ca = (_read_file("tls_client_ca", settings.tls_client_ca)
-                     if settings.tls_client_ca is not None else None)
-        credentials = grpc.ssl_server_credentials(
-            [(_read_file("tls_key", settings.tls_key), _read_file("tls_cert", settings.tls_cert))],
-            root_certificates=client_ca, require_client_auth=settings.tls_require_client_cert)
-        transport = "mutual TLS" if settings.tls_require_client_cert else "TLS"
-        return cls(credentials, interceptors, f"{transport}, {auth}", plaintext=False)
-
-    def bind(self, server: grpc.aio.Server, listen: str) -> int:
-        """Add the listening port with these credentials; return the port (0: failed)."""
-        if self.credentials is None:
-            return server.add_insecure_port(listen)
-        return server.add_secure_port(listen, self.credentials)
-
-    def warn_if_exposed(self, settings: Settings) -> None:
-        """Log a WARNING when plaintext is served beyond this machine."""
-        if self.plaintext and not _is_loopback(settings.listen_host):
-            log.warning("serving plaintext on %s: bearer tokens cross the network in clear "
-                        "text; set tls_cert and tls_key, or terminate TLS in front of pretrade",
-                        settings.listen)
-

@@ -1,9 +1,9 @@
 """Live portfolio value and P&L, fanned out from the sync to StreamPortfolio subscribers.
 
-:class:`PortfolioHub` is a :class:`~pretrade.sync.SyncListener`: the sync tells
-it of every account (re)load and every price change, after the table has
-them; :class:`ObservedHaltBook` tells it of every halt set or lifted. Nothing
-is polled.
+:class:`PortfolioHub` is a :class:`~pretrade.state.sync.SyncListener`: the sync
+tells it of every account (re)load and every price change, after the table
+has them; the :class:`~pretrade.state.halts.HaltBook` tells it of every halt
+set or lifted. Nothing is polled.
 
 Fan-out and conflation
 ----------------------
@@ -36,7 +36,7 @@ A stream that has sent nothing for its heartbeat interval sends a HEARTBEAT
 interval, re-armed lazily, so a busy stream pays nothing for it.
 :meth:`PortfolioHub.close` (the first thing ``Gateway.stop`` does after
 health goes NOT_SERVING) marks every subscriber closed and wakes it; each
-stream then ends with :class:`~pretrade.errors.Unavailable` ("shutting
+stream then ends with :class:`~pretrade.engine.errors.Unavailable` ("shutting
 down"), which the servicer turns into the UNAVAILABLE status after every
 message already written, within the server's grace period: clients see a
 deliberate, retryable end rather than a broken transport or CANCELLED. A
@@ -57,14 +57,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
-from typing import Protocol, cast
+from typing import cast
 
 from pretrade._core import PositionTable
-from pretrade.errors import InvalidRequest, NotFound, Unavailable
-from pretrade.fixedpoint import fits_int64
-from pretrade.halts import HaltBook
-from pretrade.limits import LimitKind
-from pretrade.redis_schema import HaltRecord, average_cost
+from pretrade.engine.errors import InvalidRequest, NotFound, Unavailable
+from pretrade.engine.fixedpoint import average_cost, fits_int64
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.names import short_name
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.portfolio")
@@ -86,8 +85,8 @@ _POSITION_LIMITS = (
     (LimitKind.MAX_LONG_POSITION, pb.REJECT_CODE_MAX_LONG_POSITION),
     (LimitKind.MAX_SHORT_POSITION, pb.REJECT_CODE_MAX_SHORT_POSITION),
 )
-_HALT_SCOPE_NAMES: dict[int, str] = {
-    pb.HALT_SCOPE_GLOBAL: "global", pb.HALT_SCOPE_ACCOUNT: "account"}
+#: The halt scopes a portfolio stream reports (a symbol halt is not the account's).
+_STREAMED_HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT))
 
 
 def requested_heartbeat(milliseconds: int) -> float | None:
@@ -97,42 +96,6 @@ def requested_heartbeat(milliseconds: int) -> float | None:
     if milliseconds == 0:
         return None
     return min(max(milliseconds, MIN_HEARTBEAT_MS), MAX_HEARTBEAT_MS) / 1000
-
-
-class HaltListener(Protocol):
-    """Told of every halt applied or lifted (mode 0: lifted)."""
-
-    def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None: ...
-
-
-class ObservedHaltBook(HaltBook):
-    """A :class:`~pretrade.halts.HaltBook` that tells its listeners of every change.
-
-    The Halt RPC and the sync both change halts through ``apply``, ``lift``
-    and ``replace_all``; listeners hear of each after the table has it.
-    """
-
-    def __init__(self, table: PositionTable, shared: PositionTable | None = None) -> None:
-        super().__init__(table, shared)
-        self.listeners: list[HaltListener] = []
-
-    def apply(self, record: HaltRecord) -> None:
-        super().apply(record)
-        self._notify(record.scope, record.target, record.mode, record.reason)
-
-    def lift(self, scope: int, target: bytes) -> None:
-        super().lift(scope, target)
-        self._notify(scope, target, 0, "")
-
-    def replace_all(self, records: list[HaltRecord]) -> None:
-        before = set(self._halts)
-        super().replace_all(records)  # notifies each apply
-        for scope, target in before - set(self._halts):
-            self._notify(scope, target, 0, "")
-
-    def _notify(self, scope: int, target: bytes, mode: int, reason: str) -> None:
-        for listener in self.listeners:
-            listener.halt_changed(scope, target, mode, reason)
 
 
 class Subscriber:
@@ -332,7 +295,7 @@ class PortfolioHub:
 
     def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
         """HaltListener: a halt was applied (mode > 0) or lifted (mode 0)."""
-        if scope not in _HALT_SCOPE_NAMES:
+        if scope not in _STREAMED_HALT_SCOPES:
             return
         key = (scope, target)
         previous = self.halts.get(key, (0, ""))[0]
@@ -579,7 +542,7 @@ def _held(positions: Mapping[bytes, Position]) -> dict[bytes, Position]:
 
 def _limit_alert(symbol: bytes, code: int, observed: int, limit: int, *, breached: bool
                  ) -> pb.Alert:
-    name = pb.RejectCode.Name(cast(pb.RejectCode, code)).removeprefix("REJECT_CODE_").lower()
+    name = short_name(pb.RejectCode, code).lower()
     text = symbol.decode()
     if breached:
         message = f"{text} position {observed} is over {name} {limit}"
@@ -592,7 +555,7 @@ def _limit_alert(symbol: bytes, code: int, observed: int, limit: int, *, breache
 
 
 def _halt_alert(scope: int, mode: int, reason: str, previous: int) -> pb.Alert:
-    scope_name = _HALT_SCOPE_NAMES[scope]
+    scope_name = short_name(pb.HaltScope, scope).lower()
     code = pb.REJECT_CODE_GLOBAL_HALT if scope == pb.HALT_SCOPE_GLOBAL \
         else pb.REJECT_CODE_ACCOUNT_HALT
     if mode == 0:
@@ -602,7 +565,7 @@ def _halt_alert(scope: int, mode: int, reason: str, previous: int) -> pb.Alert:
                         message=f"{scope_name} halt lifted", halt_mode=pb.HALT_MODE_ACTIVE)
     if mode == pb.HALT_MODE_REDUCE_ONLY:
         code = pb.REJECT_CODE_REDUCE_ONLY
-    mode_name = pb.HaltMode.Name(cast(pb.HaltMode, mode)).removeprefix("HALT_MODE_")
+    mode_name = short_name(pb.HaltMode, mode)
     return pb.Alert(kind=pb.ALERT_KIND_HALT, code=code,
                     message=f"{scope_name} halt {mode_name}: {reason}",
                     halt_mode=cast(pb.HaltMode, mode))

@@ -19,9 +19,9 @@ The client commands talk plaintext without a token unless told otherwise:
 (``$PRETRADE_CLIENT_CERT``, ``$PRETRADE_CLIENT_KEY``: not ``PRETRADE_TLS_*``,
 which name the server's own settings) or ``--tls`` switch to TLS.
 
-The table formatting lives in pure functions (:func:`format_decision`,
-:func:`format_halt_state`, :func:`format_status`) so it can be tested without a
-server.
+Argument parsing and the commands live here; the tables in
+:mod:`pretrade.cli.format` (pure functions, tested without a server) and the
+channel and call in :mod:`pretrade.cli.client`.
 """
 
 from __future__ import annotations
@@ -36,14 +36,22 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from pretrade import __version__
-from pretrade.config import ConfigError, load_settings
-from pretrade.fixedpoint import format_notional, format_price, parse_price, parse_quantity
-from pretrade.v1 import risk_pb2, risk_pb2_grpc
+from pretrade.api.roles import AUTH_MODES, ROLES
+from pretrade.app.config import ConfigError, load_settings
+from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
+from pretrade.cli.format import (
+    EPOCH,
+    format_audit_entries,
+    format_decision,
+    format_halt_state,
+    format_status,
+    to_json,
+)
+from pretrade.engine.fixedpoint import parse_price, parse_quantity
+from pretrade.v1 import risk_pb2
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -70,9 +78,6 @@ CLIENT_CERT_ENV = "PRETRADE_CLIENT_CERT"
 CLIENT_KEY_ENV = "PRETRADE_CLIENT_KEY"
 CLIENT_ENVIRONMENT = (TARGET_ENV, TOKEN_ENV, TLS_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV)
 """What the client commands read; none is a server setting's variable."""
-ROLES = ("trader", "risk_operator", "admin")  # pretrade.access.ROLES, without importing it
-AUTH_MODES = ("tokens", "none")
-RPC_TIMEOUT_SECONDS = 5.0
 
 EXIT_APPROVED = 0
 """``order``: approved; ``halt`` and ``serve``: success."""
@@ -98,8 +103,6 @@ HALT_MODES = {
     "active": risk_pb2.HALT_MODE_ACTIVE,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- argument parsing ----------------------------------------------------------
@@ -389,245 +392,7 @@ def build_halt_request(args: argparse.Namespace) -> risk_pb2.HaltRequest:
     )
 
 
-# -- formatting ----------------------------------------------------------------
-
-
-def _enum_label(name_of: Callable[[int], str], value: int, prefix: str) -> str:
-    """``REJECT_CODE_MAX_NET_POSITION`` -> ``MAX_NET_POSITION``; unknown numbers survive."""
-    try:
-        return name_of(value).removeprefix(prefix)
-    except ValueError:
-        # A newer server may send a value this client's contract does not know.
-        return f"UNKNOWN({value})"
-
-
-def _cell(text: str) -> str:
-    """One table cell: control characters and runs of blanks become one space."""
-    return " ".join(text.split()) or "-"
-
-
-def _utc_time(unix_ms: int) -> str:
-    if unix_ms == 0:
-        return "-"
-    try:
-        moment = _EPOCH + timedelta(milliseconds=unix_ms)
-    except OverflowError:
-        return f"{unix_ms} ms after epoch (out of range)"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _format_latency(latency_ns: int) -> str:
-    # Display only: a float is fine for a duration, never for money.
-    return f"{latency_ns / 1000:.1f} µs"
-
-
-def _align(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
-    """Left-align columns two spaces apart, without trailing blanks."""
-    if not rows:
-        return []
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append((indent + "  ".join([*padded, row[-1]])).rstrip())
-    return lines
-
-
-def format_decision(decision: risk_pb2.Decision) -> str:
-    """A ``Decision`` as an aligned, human-readable table.
-
-    Parameters
-    ----------
-    decision : risk_pb2.Decision
-        The gateway's answer to ``EvaluateOrder``.
-
-    Returns
-    -------
-    str
-        One ``label  value`` line each for order id, account, symbol,
-        verdict (``APPROVED`` or ``REJECTED``), notional (decimal, four
-        places) and latency (µs); then, for a rejection, one line per
-        failed check: its code without ``REJECT_CODE_`` and its message.
-        No trailing newline.
-
-    Examples
-    --------
-    >>> print(format_decision(risk_pb2.Decision(
-    ...     order_id="o1", account_id="A1", symbol="AAPL", approved=True,
-    ...     notional=68337800, latency_ns=12300)))
-    order id  o1
-    account   A1
-    symbol    AAPL
-    verdict   APPROVED
-    notional  6833.7800
-    latency   12.3 µs
-    """
-    lines = _align(
-        [
-            ("order id", _cell(decision.order_id)),
-            ("account", _cell(decision.account_id)),
-            ("symbol", _cell(decision.symbol)),
-            ("verdict", "APPROVED" if decision.approved else "REJECTED"),
-            ("notional", format_notional(decision.notional)),
-            ("latency", _format_latency(decision.latency_ns)),
-        ]
-    )
-    if decision.rejections:
-        lines.append(f"rejections ({len(decision.rejections)})")
-        lines += _align(
-            [
-                (
-                    _enum_label(risk_pb2.RejectCode.Name, rejection.code, "REJECT_CODE_"),
-                    _cell(rejection.message),
-                )
-                for rejection in decision.rejections
-            ],
-            indent="  ",
-        )
-    return "\n".join(lines)
-
-
-def format_halt_state(state: risk_pb2.HaltState) -> str:
-    """A ``HaltState`` as an aligned table, one halt per line.
-
-    Parameters
-    ----------
-    state : risk_pb2.HaltState
-        Every halt in force, as returned by ``Halt``.
-
-    Returns
-    -------
-    str
-        ``"No halts in force."`` when there are none; else a header line
-        (SCOPE, TARGET, MODE, REASON, BY, SINCE, EXPIRES) and one line per
-        halt, times in UTC ISO 8601 and ``never`` for a halt without expiry.
-        No trailing newline.
-    """
-    if not state.halts:
-        return "No halts in force."
-    rows = [("SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE", "EXPIRES")]
-    for halt in state.halts:
-        rows.append(
-            (
-                _enum_label(risk_pb2.HaltScope.Name, halt.scope, "HALT_SCOPE_"),
-                _cell(halt.target),
-                _enum_label(risk_pb2.HaltMode.Name, halt.mode, "HALT_MODE_"),
-                _cell(halt.reason),
-                _cell(halt.halted_by),
-                _utc_time(halt.halted_at_unix_ms),
-                _utc_time(halt.expires_at_unix_ms) if halt.expires_at_unix_ms else "never",
-            )
-        )
-    return "\n".join(_align(rows))
-
-
-_STATUS_LABELS = {
-    "sync_live": "sync live",
-    "lag_ms": "lag",
-    "max_lag_ms": "max lag",
-    "last_full_load_unix_ms": "last full load at",
-    "full_loads": "full loads",
-    "last_full_load_ms": "last full load took",
-    "events_applied": "events applied",
-    "invalid_entities": "invalid entities",
-    "last_error": "last error",
-    "max_orders": "max orders",
-    "automatic_halts": "automatic halts",
-    "price_ticks": "price ticks",
-}
-
-
-def format_status(status: risk_pb2.ServerStatus) -> str:
-    """A ``ServerStatus`` as an aligned ``label  value`` table, one line per field.
-
-    Parameters
-    ----------
-    status : risk_pb2.ServerStatus
-        The gateway's answer to ``GetStatus``.
-
-    Returns
-    -------
-    str
-        Every field of the message, in its order: booleans as ``yes``/``no``,
-        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit. Fields
-        this client does not know by name still show, labelled by their
-        name. No trailing newline.
-    """
-    rows = []
-    for field in status.DESCRIPTOR.fields:
-        value = getattr(status, field.name)
-        label = _STATUS_LABELS.get(field.name, field.name.replace("_", " "))
-        if isinstance(value, bool):
-            text = "yes" if value else "no"
-        elif field.name.endswith("_unix_ms") and isinstance(value, int):
-            text = _utc_time(value)
-        elif field.name.endswith("_ms") and isinstance(value, int):
-            text = f"{value} ms"
-        else:
-            text = _cell(str(value))
-        rows.append((label, text))
-    return "\n".join(_align(rows))
-
-
-def _to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
-
-
 # -- commands ------------------------------------------------------------------
-
-
-def _report_rpc_error(method: str, target: str, error: grpc.RpcError) -> int:
-    # grpc.RpcError declares nothing, but what a call raises is also a grpc.Call.
-    code = error.code() if isinstance(error, grpc.Call) else None
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
-    code_name = code.name if code is not None else "UNKNOWN"
-    print(f"pretrade: {method} on {target} failed: {code_name}: {details}", file=sys.stderr)
-    return EXIT_FAILED
-
-
-class _ClientFileError(Exception):
-    """A --tls-* file the client cannot read."""
-
-
-def _read_client_file(flag: str, path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except OSError as error:
-        raise _ClientFileError(f"cannot read {flag} {path}: {error.strerror}") from None
-
-
-def _open_channel(args: argparse.Namespace) -> grpc.Channel:
-    """Plaintext, unless a --tls* flag (or its variable) asks for TLS."""
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
-        return grpc.insecure_channel(args.target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read_client_file("--tls-ca", args.tls_ca),
-        private_key=_read_client_file("--tls-key", args.tls_key),
-        certificate_chain=_read_client_file("--tls-cert", args.tls_cert))
-    return grpc.secure_channel(args.target, credentials)
-
-
-def _call_metadata(args: argparse.Namespace) -> list[tuple[str, str]] | None:
-    return [("authorization", f"Bearer {args.token}")] if args.token else None
-
-
-def _call(args: argparse.Namespace, method: str, request: Message) -> Message | int:
-    """One unary call with the client's channel and token: the reply, or an exit status."""
-    try:
-        with _open_channel(args) as channel:
-            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-            try:
-                reply: Message = getattr(stub, method)(
-                    request, timeout=RPC_TIMEOUT_SECONDS, metadata=_call_metadata(args))
-            except grpc.RpcError as error:
-                return _report_rpc_error(method, args.target, error)
-    except _ClientFileError as error:
-        print(f"pretrade: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    return reply
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -657,9 +422,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    # Imported here so that `pretrade order` and `pretrade halt` start fast
-    # and work without the compiled core.
-    from pretrade.server import serve_forever
+    # Imported here so that the client commands start fast: they need no
+    # server, table or Redis client.
+    from pretrade.app.server import serve_forever
 
     try:
         status = serve_forever(settings)
@@ -671,12 +436,26 @@ def _run_serve(args: argparse.Namespace) -> int:
     return status if isinstance(status, int) else 0
 
 
+def _client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient(args.target, token=args.token, tls=args.tls, tls_ca=args.tls_ca,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def _call(args: argparse.Namespace, method: str, request: Message) -> Message | int:
+    """One call with the command's client: the reply, or EXIT_FAILED after one line on stderr."""
+    try:
+        return _client(args).call(method, request)
+    except ClientError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 def _run_order(args: argparse.Namespace) -> int:
     decision = _call(args, "EvaluateOrder", build_order(args))
     if isinstance(decision, int):
         return decision
     assert isinstance(decision, risk_pb2.Decision)
-    print(_to_json(decision) if args.json else format_decision(decision))
+    print(to_json(decision) if args.json else format_decision(decision))
     return EXIT_APPROVED if decision.approved else EXIT_REJECTED
 
 
@@ -685,7 +464,7 @@ def _run_halt(args: argparse.Namespace) -> int:
     if isinstance(state, int):
         return state
     assert isinstance(state, risk_pb2.HaltState)
-    print(_to_json(state) if args.json else format_halt_state(state))
+    print(to_json(state) if args.json else format_halt_state(state))
     return EXIT_APPROVED
 
 
@@ -694,12 +473,12 @@ def _run_status(args: argparse.Namespace) -> int:
     if isinstance(status, int):
         return status
     assert isinstance(status, risk_pb2.ServerStatus)
-    print(_to_json(status) if args.json else format_status(status))
+    print(to_json(status) if args.json else format_status(status))
     return EXIT_APPROVED
 
 
 def _run_token(args: argparse.Namespace) -> int:
-    from pretrade.access import new_token, token_entry
+    from pretrade.api.access import new_token, token_entry
 
     token = new_token()
     try:
@@ -739,7 +518,7 @@ def parse_when(text: str, now: datetime | None = None) -> int:
         For any other text.
     """
     spec = text.strip()
-    now_ms = (datetime.now(UTC) if now is None else now) - _EPOCH
+    now_ms = (datetime.now(UTC) if now is None else now) - EPOCH
     if spec == "now":
         return now_ms // timedelta(milliseconds=1)
     duration = _DURATION.fullmatch(spec)
@@ -753,7 +532,7 @@ def parse_when(text: str, now: datetime | None = None) -> int:
                          "ISO 8601 time (2025-11-21T14:30:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def _parse_limit(text: str) -> int:
@@ -788,82 +567,11 @@ def _add_audit_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
                        help="one JSON object per entry (JSON Lines) instead of a table")
 
 
-def _number(text: str | None) -> int | None:
-    try:
-        return int(text or "")
-    except ValueError:
-        return None
-
-
-def _utc_time_ms(unix_ms: int | None) -> str:
-    if unix_ms is None:
-        return "?"
-    try:
-        moment = _EPOCH + timedelta(milliseconds=unix_ms)
-    except OverflowError:
-        return f"{unix_ms} ms after epoch (out of range)"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _audit_row(fields: dict[str, str]) -> tuple[str, ...]:
-    get = fields.get
-    if get("event") == "decision":
-        price = _number(get("price"))
-        at = ("MARKET" if get("order_type") == "MARKET"
-              else format_price(price) if price is not None else str(get("price")))
-        latency = _number(get("latency_ns"))
-        event = str(get("verdict")) + (" (replayed)" if get("replayed") == "1" else "")
-        return (event, str(get("account")), str(get("order_id")),
-                f"{get('side')} {get('quantity')} {get('symbol')} @ {at}",
-                _format_latency(latency) if latency is not None else "?",
-                ", ".join(str(get("codes")).split(",")))
-    mode, scope, expires = get("mode"), get("scope"), _number(get("expires_at"))
-    subject = "global" if scope == "GLOBAL" else f"{str(scope).lower()} {get('target')}"
-    detail = str(get("reason") or "")
-    if expires:
-        detail += f" (until {_utc_time_ms(expires)})"
-    return ("LIFTED" if mode == "ACTIVE" else f"HALT {mode}", subject, "",
-            f"by {get('by') or 'unknown'} via {get('source')}", "", detail)
-
-
-def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
-    """Audit entries as an aligned table, one line each.
-
-    Parameters
-    ----------
-    entries : sequence of (str, dict)
-        ``(stream id, fields)`` as :func:`pretrade.audit.read_audit` returns them.
-
-    Returns
-    -------
-    str
-        ``"No audit entries match."`` when there are none; else a header
-        (TIME, PID, CALLER, EVENT, SUBJECT, ORDER ID, WHAT, LATENCY, DETAIL)
-        and one line per entry; CALLER is the authenticated principal. A
-        decision shows its verdict, account, order id,
-        ``SIDE QTY SYMBOL @ PRICE`` and its reject codes; a halt change its
-        mode (``HALT HALTED``, ``HALT REDUCE_ONLY``, ``LIFTED``), scope and
-        target, who and through what (``rpc``, ``breaker``, ``redis``) and
-        why. No trailing newline.
-    """
-    if not entries:
-        return "No audit entries match."
-    rows: list[tuple[str, ...]] = [
-        ("TIME", "PID", "CALLER", "EVENT", "SUBJECT", "ORDER ID", "WHAT", "LATENCY",
-         "DETAIL")]
-    for _, fields in entries:
-        row = (_utc_time_ms(_number(fields.get("ts"))), str(fields.get("pid")),
-               fields.get("principal", ""),
-               *_audit_row(fields))
-        rows.append(tuple(_cell(cell) for cell in row))
-    return "\n".join(_align(rows))
-
-
 def _run_audit(args: argparse.Namespace) -> int:
     # Imported here: only this command needs a Redis client.
     import redis
 
-    from pretrade.audit import AuditQuery, entry_as_json, read_audit
+    from pretrade.audit.query import AuditQuery, entry_as_json, read_audit
 
     try:
         settings = load_settings(config_file=args.config,

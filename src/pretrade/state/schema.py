@@ -18,20 +18,11 @@ from typing import cast
 
 from redis.typing import EncodableT, FieldT
 
-from pretrade.fixedpoint import fits_int64
-from pretrade.limits import (
-    NAMED_LIMITS,
-    PER_SYMBOL_LIMITS,
-    RATE_RING_CAPACITY,
-    TAG_LIMIT_SLOTS,
-    LimitKind,
-    Limits,
-)
+from pretrade._core.constants import RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
+from pretrade.engine.fixedpoint import fits_int64
+from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
+from pretrade.engine.text import is_valid_id, is_valid_tag
 from pretrade.v1 import risk_pb2 as pb
-
-# Ids are short printable ASCII without braces or colons: braces delimit the
-# cluster hash tag and colons separate key parts.
-ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}")
 
 TICKERS_BY_LOT = b"tickers_by_lot:"
 QUANTITIES_BY_LOT = b"quantities_by_lot:"
@@ -90,11 +81,6 @@ class KeyKind(Enum):
     RESTRICTED = "restricted"
 
 
-def is_valid_id(value: bytes) -> bool:
-    """True for an account id or symbol that can be a key part."""
-    return ID_PATTERN.fullmatch(value) is not None
-
-
 def tagged(account_id: bytes) -> bytes:
     """``{ACC}``: the account id as a cluster hash tag."""
     return b"{" + account_id + b"}"
@@ -114,7 +100,7 @@ def account_snapshot_keys(account_id: bytes) -> tuple[bytes, ...]:
 
 
 def orders_key(account_id: bytes) -> bytes:
-    """``orders:{ACC}``: order id -> a decided order (pretrade.orders encoding)."""
+    """``orders:{ACC}``: order id -> a decided order (pretrade.state.journal encoding)."""
     return ORDERS + tagged(account_id)
 
 
@@ -286,18 +272,8 @@ def aggregate_lots(
     return positions
 
 
-def average_cost(quantity: int, cost_basis: int) -> int:
-    """Quantity-weighted average lot price, rounded half away from zero; 0 when flat."""
-    if quantity == 0:
-        return 0
-    magnitude, remainder = divmod(abs(cost_basis), abs(quantity))
-    if 2 * remainder >= abs(quantity):
-        magnitude += 1
-    return magnitude if (cost_basis >= 0) == (quantity > 0) else -magnitude
-
-
-MAX_AUTO_HALT_SECONDS = 366 * 24 * 3600
-TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,15}")
+#: The longest a halt may last (a halt's TTL, a breaker's auto_halt_seconds): a year.
+MAX_HALT_SECONDS = 366 * 24 * 3600
 
 
 @dataclass
@@ -333,8 +309,8 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
             raise StateError(f"limit {raw_field!r} is negative: {value}")
         if colon and not suffix:
             raise StateError(f"limit {raw_field!r}: empty name after the colon")
-        if kind == LimitKind.AUTO_HALT_SECONDS and value > MAX_AUTO_HALT_SECONDS:
-            raise StateError(f"limit {raw_field!r} = {value}: at most {MAX_AUTO_HALT_SECONDS} "
+        if kind == LimitKind.AUTO_HALT_SECONDS and value > MAX_HALT_SECONDS:
+            raise StateError(f"limit {raw_field!r} = {value}: at most {MAX_HALT_SECONDS} "
                              "seconds (a year)")
         if kind in (LimitKind.MAX_ORDERS_PER_WINDOW, LimitKind.MAX_REJECTS_PER_WINDOW) \
                 and value > RATE_RING_CAPACITY:
@@ -343,7 +319,7 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
         if not suffix:
             parsed.account[kind] = value
         elif kind in NAMED_LIMITS:
-            if TAG_PATTERN.fullmatch(suffix) is None:
+            if not is_valid_tag(suffix):
                 raise StateError(f"limit {raw_field!r}: {suffix!r} is not a valid name")
             target = parsed.venues if kind == LimitKind.MAX_VENUE_EXPOSURE \
                 else parsed.counterparties

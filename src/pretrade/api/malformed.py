@@ -7,7 +7,7 @@ the details ``Unexpected <class 'google.protobuf.message.DecodeError'>: ...``:
 the wrong code for a malformed request, and a Python class name on the wire.
 :class:`MalformedRequestInterceptor` takes the parsing over for every method
 with a single request message, and refuses what does not parse with
-``INVALID_ARGUMENT`` through :func:`pretrade.errors.grpc_status`, like every
+``INVALID_ARGUMENT`` through :func:`pretrade.api.status.grpc_status`, like every
 other malformed request.
 
 It must come first among the server's interceptors: the ones after it
@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pretrade.errors import InvalidRequest, grpc_status
+from pretrade.api.status import grpc_status
+from pretrade.engine.errors import InvalidRequest
 
 log = logging.getLogger("pretrade.malformed")
 

@@ -1,10 +1,19 @@
 """The kill switch: halts in force, applied to the table and written through to Redis.
 
-``HaltBook`` is this process's view of the ``halt:*`` keys. The Halt RPC
-writes a halt to Redis first and then applies it here at once, so the caller's
-next order already sees it; every other server process (and the next start)
-sees it through the sync, which re-reads the key when its keyspace
-notification arrives. A halt that Redis refuses to store is not applied.
+Everything about halts is here:
+
+* :class:`HaltBook` is this process's view of the ``halt:*`` keys, mirrored
+  into the table; it tells its listeners (portfolio streams, the audit's
+  :class:`HaltObserver`) of every change after the table has it.
+* :func:`write_halt` is the Halt RPC: it writes a halt to Redis first and
+  then applies it here at once, so the caller's next order already sees it;
+  every other server process (and the next start) sees it through the sync,
+  which re-reads the key when its keyspace notification arrives. A halt that
+  Redis refuses to store is not applied.
+* :class:`Breakers` are the circuit breakers: automatic halts the engine
+  asks for, applied at once and written to Redis like an operator's.
+* :class:`HaltObserver` audits the halt changes seen in Redis that this
+  process did not make.
 """
 
 from __future__ import annotations
@@ -12,24 +21,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pretrade._core import PositionTable
-from pretrade.audit import SOURCE_BREAKER, SOURCE_RPC, AuditTrail
-from pretrade.errors import InvalidRequest
-from pretrade.fixedpoint import format_notional
-from pretrade.limits import DEFAULT_REJECT_WINDOW_MS, LimitKind
-from pretrade.redis_schema import HaltRecord, halt_key, is_valid_id
+from pretrade._core.constants import AUTO_HALT_LOSS_LIMIT, DEFAULT_REJECT_WINDOW_MS
+from pretrade.audit.entries import SOURCE_BREAKER, SOURCE_REDIS, SOURCE_RPC
+from pretrade.audit.trail import AuditTrail
+from pretrade.engine.errors import InvalidRequest
+from pretrade.engine.fixedpoint import format_notional
+from pretrade.engine.limits import LimitKind
+from pretrade.engine.text import require_id
+from pretrade.state.schema import MAX_HALT_SECONDS, HaltRecord, halt_key
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.halts")
 
 HaltKey = tuple[int, bytes]
-AUTO_HALT_LOSS_LIMIT, AUTO_HALT_REJECT_STORM = 1, 2  # the core's AutoHalt values
 MAX_REASON_LENGTH = 512
-MAX_TTL_SECONDS = 366 * 24 * 3600
+
+
+class HaltListener(Protocol):
+    """Told of every halt applied or lifted (mode 0: lifted)."""
+
+    def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None: ...
 
 
 class HaltBook:
@@ -45,6 +62,8 @@ class HaltBook:
         # Bumped by every local write; the sync skips applying a read that a
         # local write overtook (a fresher notification is already on its way).
         self._local_generation: dict[HaltKey, int] = {}
+        #: Told of every change, after the table has it.
+        self.listeners: list[HaltListener] = []
 
     def generation(self, key: HaltKey) -> int:
         return self._local_generation.get(key, 0)
@@ -53,11 +72,13 @@ class HaltBook:
         key = (record.scope, record.target)
         self._halts[key] = record
         self.table.set_halt(record.scope, record.target or None, record.mode)
+        self._notify(record.scope, record.target, record.mode, record.reason)
 
     def lift(self, scope: int, target: bytes) -> None:
         """Lift a halt; idempotent (the table may hold it even if the book does not)."""
         self._halts.pop((scope, target), None)
         self.table.set_halt(scope, target or None, 0)
+        self._notify(scope, target, 0, "")
 
     def current(self, scope: int, target: bytes) -> HaltRecord | None:
         return self._halts.get((scope, target))
@@ -78,10 +99,13 @@ class HaltBook:
 
     def replace_all(self, records: list[HaltRecord]) -> None:
         """Make the book and the table hold exactly these halts (full load)."""
+        before = set(self._halts)
         self._halts.clear()
         self.table.clear_halts()
         for record in records:
-            self.apply(record)
+            self.apply(record)  # notifies each
+        for scope, target in before - set(self._halts):
+            self._notify(scope, target, 0, "")
 
     def snapshot(self) -> pb.HaltState:
         """Every halt in force, globally first, then accounts, then symbols."""
@@ -90,6 +114,10 @@ class HaltBook:
 
     def bump(self, key: HaltKey) -> None:
         self._local_generation[key] = self._local_generation.get(key, 0) + 1
+
+    def _notify(self, scope: int, target: bytes, mode: int, reason: str) -> None:
+        for listener in self.listeners:
+            listener.halt_changed(scope, target, mode, reason)
 
 
 def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:
@@ -101,11 +129,11 @@ def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:
     elif request.scope == pb.HALT_SCOPE_ACCOUNT:
         if request.symbol:
             raise InvalidRequest("an ACCOUNT halt takes account_id, not symbol")
-        target = _target(request.account_id, "account_id")
+        target = require_id(request.account_id, "account_id")
     elif request.scope == pb.HALT_SCOPE_SYMBOL:
         if request.account_id:
             raise InvalidRequest("a SYMBOL halt takes symbol, not account_id")
-        target = _target(request.symbol, "symbol")
+        target = require_id(request.symbol, "symbol")
     else:
         raise InvalidRequest("scope must be HALT_SCOPE_GLOBAL, HALT_SCOPE_ACCOUNT or "
                              f"HALT_SCOPE_SYMBOL, got {request.scope}")
@@ -117,18 +145,10 @@ def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:
     if len(request.reason) > MAX_REASON_LENGTH or len(request.requested_by) > MAX_REASON_LENGTH:
         raise InvalidRequest(f"reason and requested_by are limited to {MAX_REASON_LENGTH} "
                              "characters")
-    if not 0 <= request.ttl_seconds <= MAX_TTL_SECONDS:
-        raise InvalidRequest(f"ttl_seconds must be 0 (no expiry) to {MAX_TTL_SECONDS}, "
+    if not 0 <= request.ttl_seconds <= MAX_HALT_SECONDS:
+        raise InvalidRequest(f"ttl_seconds must be 0 (no expiry) to {MAX_HALT_SECONDS}, "
                              f"got {request.ttl_seconds}")
     return request.scope, target
-
-
-def _target(text: str, field: str) -> bytes:
-    raw = text.encode("utf-8")
-    if not is_valid_id(raw):
-        raise InvalidRequest(f"{field} {text!r} is not a valid id (1 to 39 characters of "
-                             "A-Z a-z 0-9 . _ / - and a few symbols)")
-    return raw
 
 
 async def store_halt(client: aioredis.Redis, record: HaltRecord, ttl_seconds: int) -> None:
@@ -143,9 +163,12 @@ async def store_halt(client: aioredis.Redis, record: HaltRecord, ttl_seconds: in
 
 
 async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltRequest,
-                     default_by: str = "unknown", *,
-                     audit: AuditTrail | None = None) -> pb.HaltState:
-    """Validate, write through to Redis, apply locally, audit; return the halts in force."""
+                     default_by: str = "unknown", *, audit: AuditTrail | None = None,
+                     principal: str = "") -> pb.HaltState:
+    """Validate, write through to Redis, apply locally, audit; return the halts in force.
+
+    ``principal`` names the authenticated caller, for the audit entry.
+    """
     scope, target = validate_halt_request(request)
     key = halt_key(scope, target)
     by = request.requested_by.strip() or default_by
@@ -157,7 +180,7 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
         book.release(scope, target)
         if audit is not None:
             audit.halt(SOURCE_RPC, scope, target, pb.HALT_MODE_ACTIVE, request.reason.strip(),
-                       by)
+                       by, principal=principal)
         log.warning("halt lifted: %s by %s (%s)", key.decode(), by,
                     request.reason or "no reason given")
         return book.snapshot()
@@ -171,12 +194,15 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
     book.enforce(record)
     if audit is not None:
         audit.halt(SOURCE_RPC, scope, target, record.mode, record.reason, by,
-                   record.expires_at_ms)
+                   record.expires_at_ms, principal=principal)
     log.warning("halt set: %s %s by %s: %s", key.decode(),
                 pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
     return book.snapshot()
 
 
+#: Pause after a failed write of an automatic halt, doubled up to the maximum.
+STORE_RETRY_SECONDS = 0.1
+STORE_RETRY_MAX_SECONDS = 5.0
 #: How long an automatic halt lasts when the account sets no auto_halt_seconds.
 DEFAULT_AUTO_HALT_SECONDS = 300
 RISK_ENGINE = "risk engine"
@@ -202,8 +228,10 @@ class Breakers:
         self.write_failures = 0
         self._writes: set[asyncio.Task[None]] = set()
 
-    def trip(self, account: bytes, kind: int, profit_and_loss: int) -> None:
+    def trip(self, account: bytes, kind: int, profit_and_loss: int, principal: str = "") -> None:
         """Apply the automatic halt the engine asked for (AutoHalt ``kind``).
+
+        ``principal`` names the caller whose order tripped it, for the audit.
 
         A breaker never weakens or shortens a halt already in force: over a
         permanent REDUCE_ONLY set by an operator, a reject storm escalates to a
@@ -211,7 +239,7 @@ class Breakers:
         """
         info = self.table.account_info(account) or {"limits": {}}
         seconds = min(info["limits"].get(LimitKind.AUTO_HALT_SECONDS)
-                      or DEFAULT_AUTO_HALT_SECONDS, MAX_TTL_SECONDS)
+                      or DEFAULT_AUTO_HALT_SECONDS, MAX_HALT_SECONDS)
         existing = self.book.current(pb.HALT_SCOPE_ACCOUNT, account)
         if existing is not None and existing.mode == pb.HALT_MODE_HALTED:
             return
@@ -240,17 +268,70 @@ class Breakers:
         self.tripped += 1
         if self.audit is not None:
             self.audit.halt(SOURCE_BREAKER, record.scope, account, mode, reason, RISK_ENGINE,
-                            record.expires_at_ms)
+                            record.expires_at_ms, principal=principal)
         log.warning("automatic halt: account %s %s for %s: %s", account.decode(),
                     pb.HaltMode.Name(mode), f"{seconds} s" if seconds else "ever", reason)
         task = asyncio.get_running_loop().create_task(self._store(record, seconds))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    @property
+    def unwritten(self) -> int:
+        """Automatic halts in force here that Redis does not hold yet (GetStatus)."""
+        return len(self._writes)
+
     async def _store(self, record: HaltRecord, seconds: int) -> None:
-        try:
-            await store_halt(self.client, record, seconds)
-        except (RedisError, OSError) as error:
-            self.write_failures += 1
-            log.error("could not write the automatic halt of %s to Redis: %s",
-                      record.target.decode(), error)
+        # Retried until Redis has it, or a newer halt of the account replaced
+        # it here: an automatic halt that only this process knows would be
+        # lost at the next resync, so it is never given up on.
+        delay = STORE_RETRY_SECONDS
+        while True:
+            try:
+                await store_halt(self.client, record, seconds)
+                if delay > STORE_RETRY_SECONDS:
+                    log.warning("the automatic halt of %s is in Redis now",
+                                record.target.decode())
+                return
+            except (RedisError, OSError) as error:
+                self.write_failures += 1
+                log.error("could not write the automatic halt of %s to Redis (%s); retrying "
+                          "in %.1f s", record.target.decode(), error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+            if self.book.current(record.scope, record.target) != record:
+                return
+
+
+class HaltObserver:
+    """Audits the halt changes this process sees in Redis but did not make.
+
+    Registered as a listener of the :class:`HaltBook`,
+    it hears every change the book applies. A change this process made
+    (Halt RPC, breaker) bumped the book's local generation first, and is
+    audited where it was made; a re-read that finds what the book already
+    held is an echo. What is left came from elsewhere: an operator writing
+    ``halt:*`` keys, another server process, an expired TTL. The halts found
+    by the first full load are the state at start, not changes: they are
+    remembered but not audited.
+    """
+
+    def __init__(self, audit: AuditTrail, book: HaltBook, loaded: asyncio.Event) -> None:
+        self.audit = audit
+        self.book = book
+        self.loaded = loaded
+        # (scope, target) -> (local generation, mode, reason) last heard
+        self._known: dict[tuple[int, bytes], tuple[int, int, str]] = {}
+
+    def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
+        key = (scope, target)
+        generation = self.book.generation(key)
+        known_generation, known_mode, known_reason = self._known.get(key, (0, 0, ""))
+        self._known[key] = (generation, mode, reason)
+        if generation != known_generation or (mode, reason) == (known_mode, known_reason):
+            return
+        if not self.loaded.is_set():
+            return
+        record = self.book.current(scope, target)
+        self.audit.halt(SOURCE_REDIS, scope, target, mode, reason,
+                        record.halted_by if record else "",
+                        record.expires_at_ms if record else 0)

@@ -2,8 +2,8 @@
 
 ``Gateway`` is everything one process runs, on one asyncio loop:
 
-* the shared :class:`~pretrade.table.MappedTable` and the compiled Engine;
-* :class:`~pretrade.sync.RedisSync`, which loads and follows Redis;
+* the shared :class:`~pretrade.engine.table.MappedTable` and the compiled Engine;
+* :class:`~pretrade.state.sync.RedisSync`, which loads and follows Redis;
 * the gRPC server with PreTradeRisk, the standard health service (SERVING
   only while the table is loaded and in sync) and server reflection.
 
@@ -29,33 +29,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
-from pretrade.access import ServerAccess
-from pretrade.audit import AuditTrail, HaltObserver
-from pretrade.config import Settings
-from pretrade.health import HealthServicer
-from pretrade.malformed import MalformedRequestInterceptor
-from pretrade.orders import Journal
-from pretrade.portfolio import ObservedHaltBook, PortfolioHub
-from pretrade.prices import PriceFeed
-from pretrade.redisconn import connect
-from pretrade.servicer import PreTradeRiskServicer
-from pretrade.sync import RedisSync, SyncConfigError
-from pretrade.table import Capacities, MappedTable, new_private_table
+from pretrade.api.health import HealthServicer
+from pretrade.api.malformed import MalformedRequestInterceptor
+from pretrade.api.servicer import PreTradeRiskServicer
+from pretrade.app.config import Settings
+from pretrade.app.security import ServerAccess
+from pretrade.audit.trail import AuditTrail
+from pretrade.engine.table import Capacities, MappedTable, new_private_table
+from pretrade.state.connection import redis_client
+from pretrade.state.halts import HaltBook, HaltObserver
+from pretrade.state.journal import Journal
+from pretrade.state.prices import PriceFeed
+from pretrade.state.sync import RedisSync, SyncConfigError
+from pretrade.stream.portfolio import PortfolioHub
 from pretrade.v1 import risk_pb2, risk_pb2_grpc
 
 log = logging.getLogger("pretrade.server")
 
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["PreTradeRisk"].full_name
 HEALTH_POLL_SECONDS = 0.05
-
-
-def redis_client(url: str, settings: Settings, *,
-                 socket_timeout: float | None = 10) -> aioredis.Redis:
-    """An asyncio client with bytes replies (hiredis parses them when installed)."""
-    return connect(
-        url, decode_responses=False, health_check_interval=5, socket_connect_timeout=5,
-        socket_timeout=socket_timeout, username=settings.redis_username or None,
-        password=settings.redis_password or None)
 
 
 class Gateway:
@@ -77,14 +69,14 @@ class Gateway:
             self.mapped = MappedTable.attach(settings.resolved_table_path())
             self.table = self.mapped.table
             sync_table = new_private_table(**dataclasses.asdict(capacities))
-            self.halts = ObservedHaltBook(sync_table, shared=self.table)
+            self.halts = HaltBook(sync_table, shared=self.table)
         else:
             self.mapped = mapped or MappedTable.create(settings.resolved_table_path(),
                                                        capacities)
             self.table = sync_table = self.mapped.table
-            self.halts = ObservedHaltBook(self.table)
+            self.halts = HaltBook(self.table)
         self.engine = Engine(self.table)
-        self.redis = redis_client(redis_url, settings)
+        self.redis = settings_redis(redis_url, settings)
         self.sync = RedisSync(self.redis, sync_table, self.halts,
                               max_lag_ms=settings.max_sync_lag_ms)
         # Registered before the sync starts, so the hub sees the first full load.
@@ -94,7 +86,7 @@ class Gateway:
         self.prices = PriceFeed(self.redis, self.sync)
         # Its own connection, without redis-py's timer around every reply (a
         # quarter of the writer's CPU): the writer bounds each batch itself.
-        self.audit = AuditTrail(redis_client(redis_url, settings, socket_timeout=None),
+        self.audit = AuditTrail(settings_redis(redis_url, settings, socket_timeout=None),
                                 max_len=settings.audit_max_len,
                                 queue_size=settings.audit_queue_size)
         if not worker:
@@ -158,7 +150,12 @@ class Gateway:
             automatic_halts=self.servicer.breakers.tripped,
             price_ticks=self.prices.stats.ticks_applied, pid=os.getpid(),
             audit_written=self.audit.stats.written, audit_dropped=self.audit.stats.dropped,
-            audit_pending=self.audit.pending, audit_write_errors=self.audit.stats.write_errors)
+            audit_pending=self.audit.pending, audit_write_errors=self.audit.stats.write_errors,
+            sync_refreshes=stats.refreshes, orders_restored=stats.orders_restored,
+            automatic_halts_unwritten=self.servicer.breakers.unwritten,
+            automatic_halt_write_failures=self.servicer.breakers.write_failures,
+            journal_written=self.journal.written if self.journal else 0,
+            journal_failures=self.journal.failed if self.journal else 0)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
@@ -243,6 +240,13 @@ Ctrl-C stops it.
 """
 
 
+def settings_redis(url: str, settings: Settings, *,
+                   socket_timeout: float | None = 10) -> aioredis.Redis:
+    """:func:`~pretrade.state.connection.redis_client` with the settings' ACL user and password."""
+    return redis_client(url, username=settings.redis_username,
+                        password=settings.redis_password, socket_timeout=socket_timeout)
+
+
 def capacities_of(settings: Settings) -> Capacities:
     return Capacities(
         max_accounts=settings.max_accounts, max_instruments=settings.max_instruments,
@@ -251,9 +255,9 @@ def capacities_of(settings: Settings) -> Capacities:
 
 
 async def _load_demo(settings: Settings, redis_url: str) -> None:
-    from pretrade.demo import load_demo_book
+    from pretrade.app.demo import load_demo_book
 
-    client = redis_client(redis_url, settings)
+    client = settings_redis(redis_url, settings)
     try:
         if await load_demo_book(client):
             log.info("demo book written to Redis")
@@ -333,14 +337,14 @@ def _serve_processes(settings: Settings, redis_url: str) -> int:
 def serve_forever(settings: Settings) -> int:
     """Run the server (and its workers) until SIGINT or SIGTERM; return the exit status.
 
-    Raises :class:`~pretrade.config.ConfigError` before anything starts when
+    Raises :class:`~pretrade.app.config.ConfigError` before anything starts when
     the TLS and auth settings are contradictory or incomplete.
     """
     ServerAccess.from_settings(settings)
     if not settings.embedded_redis:
         assert settings.redis_url is not None
         return _serve_processes(settings, settings.redis_url)
-    from pretrade.devredis import RedisServer
+    from pretrade.app.devredis import RedisServer
 
     data_dir = Path(settings.data_dir) / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)

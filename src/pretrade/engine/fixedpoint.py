@@ -213,3 +213,13 @@ def parse_quantity(text: str) -> int:
     if not fits_int64(quantity):
         raise ValueError(f"quantity {text!r} is out of range for an int64 quantity")
     return quantity
+
+
+def average_cost(quantity: int, cost_basis: int) -> int:
+    """Quantity-weighted average lot price, rounded half away from zero; 0 when flat."""
+    if quantity == 0:
+        return 0
+    magnitude, remainder = divmod(abs(cost_basis), abs(quantity))
+    if 2 * remainder >= abs(quantity):
+        magnitude += 1
+    return magnitude if (cost_basis >= 0) == (quantity > 0) else -magnitude

@@ -2,12 +2,13 @@
 
 Every check in ``ext/pretrade/_core/checks.pyx`` has a pure-Python mirror
 here, with the same name, the same inputs and the same output: a decision is
-``(approved, notional, rejections, replayed, auto_halt, profit_and_loss,
-stored)``
-with ``rejections`` a tuple of ``(code, observed, limit)`` triples in
-pipeline order. The differential tests
-drive this book and the compiled table with the same operations and demand
-identical decisions, so this file is the specification of the checks.
+the core's :class:`~pretrade._core.Verdict` (``approved``, ``notional``,
+``rejections``, ``replayed``, ``auto_halt``, ``profit_and_loss``,
+``stored``), with ``rejections`` a tuple of ``(code, observed, limit)``
+triples in pipeline order. The differential tests drive this book and the
+compiled table with the same operations and demand identical decisions, so
+this file is the specification of the checks. Every size and default it uses
+is the core's own (:mod:`pretrade._core.constants`).
 
 It mirrors the state-writing API of ``pretrade._core.PositionTable`` too, so
 one sequence of operations can be applied to both.
@@ -19,31 +20,30 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from pretrade.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
-from pretrade.limits import (
+from pretrade._core import Verdict
+from pretrade._core.constants import (
+    AUTO_HALT_LOSS_LIMIT,
+    AUTO_HALT_NONE,
+    AUTO_HALT_REJECT_STORM,
     DEFAULT_NOTIONAL_WINDOW_MS,
     DEFAULT_ORDER_WINDOW_MS,
     DEFAULT_REJECT_WINDOW_MS,
+    HALT_NONE,
+    MAX_ID_LENGTH,
+    MAX_REJECTIONS,
+    MAX_TAG_LENGTH,
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
-    REQUIRED_LIMITS,
-    LimitKind,
-    Limits,
+    STORED_REJECTIONS,
+    TAG_LIMIT_SLOTS,
 )
+from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
+from pretrade.engine.limits import REQUIRED_LIMITS, LimitKind, Limits
 from pretrade.v1 import risk_pb2 as pb
 
-MAX_ID_LENGTH = 39
-MAX_ORDER_ID_LENGTH = 63
-MAX_TAG_LENGTH = 15
-TAG_LIMIT_SLOTS = 8
-MAX_REJECTIONS = 24
-STORED_REJECTIONS = 8
-HALT_NONE = 0
-AUTO_HALT_NONE, AUTO_HALT_LOSS_LIMIT, AUTO_HALT_REJECT_STORM = 0, 1, 2
 NS_PER_MS = 1_000_000
 
 Rejection = tuple[int, int, int]
-Decision = tuple[bool, int, tuple[Rejection, ...], bool, int, int, bool]
 
 
 def clamp(value: int) -> int:
@@ -535,7 +535,12 @@ _NOT_CLIENT_CAUSED = frozenset((
 ))
 
 
-def _check_id(value: bytes, what: str) -> bytes:
+def _check_key(value: bytes, what: str) -> bytes:
+    """The table's own check of an id it is given (bytes, length, no NUL), as the core does it.
+
+    Not the wire's rule for ids (:mod:`pretrade.engine.text`): the table takes
+    any id that fits its record, and the twin must refuse exactly what it refuses.
+    """
     if not isinstance(value, bytes):
         raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
     if not 1 <= len(value) <= MAX_ID_LENGTH:
@@ -586,10 +591,10 @@ class ReferenceBook:
     # -- STATE (mirrors PositionTable) --
 
     def _account(self, account_id: bytes) -> RefAccount:
-        return self.accounts.setdefault(_check_id(account_id, "account id"), RefAccount())
+        return self.accounts.setdefault(_check_key(account_id, "account id"), RefAccount())
 
     def _instrument(self, symbol: bytes) -> RefInstrument:
-        return self.instruments.setdefault(_check_id(symbol, "symbol"), RefInstrument())
+        return self.instruments.setdefault(_check_key(symbol, "symbol"), RefInstrument())
 
     def _slot(self, account_id: bytes, symbol: bytes) -> RefPosition:
         self._account(account_id)
@@ -823,8 +828,8 @@ class ReferenceBook:
         self, order_id: bytes, account_id: bytes, symbol: bytes, side: int, order_type: int,
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
         now_ns: int = 0,
-    ) -> Decision:
-        """Run every check on one order; the same 7-tuple as ``Engine.evaluate``."""
+    ) -> Verdict:
+        """Run every check on one order; the same Verdict as ``Engine.evaluate``."""
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
@@ -839,9 +844,9 @@ class ReferenceBook:
                         and stored.price == price and len(venue) <= MAX_TAG_LENGTH
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
                         and stored.counterparty == counterparty):
-                    return (stored.approved, stored.notional,
-                            stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE, 0,
-                            False)
+                    return Verdict(stored.approved, stored.notional,
+                                   stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE,
+                                   0, False)
                 ctx.duplicate_conflict = True
         rejections: list[Rejection] = []
 
@@ -865,8 +870,8 @@ class ReferenceBook:
             approved, auto_halt = self._remember(ctx, account_id, order_id, approved,
                                                  rejections, auto_halt)
             kept = len(self.orders) > before
-        return (approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False, auto_halt,
-                pnl, kept)
+        return Verdict(approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False,
+                       auto_halt, pnl, kept)
 
     def _remember(self, ctx: Context, account_id: bytes, order_id: bytes, approved: bool,
                   rejections: list[Rejection], auto_halt: int) -> tuple[bool, int]:

@@ -1,0 +1,56 @@
+"""What a well-formed request looks like: the shape checks before the engine sees an order.
+
+A request that fails here ends with INVALID_ARGUMENT (or, inside a batch,
+an INVALID_REQUEST rejection of that one order); everything about the order
+itself (quantity, price, limits, halts) is a coded rejection from the
+pipeline. The id and text rules are :mod:`pretrade.engine.text`'s, and the
+lengths the compiled core's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pretrade._core.constants import MAX_ORDER_ID_LENGTH, MAX_TAG_LENGTH
+from pretrade.engine.errors import InvalidRequest
+from pretrade.engine.text import require_id, require_printable
+from pretrade.v1 import risk_pb2 as pb
+
+#: Orders one EvaluateOrders call may carry.
+MAX_BATCH = 10_000
+SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
+ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
+
+
+@dataclass(frozen=True)
+class ValidOrder:
+    """The byte-string fields of an Order that passed :func:`validate_order`."""
+
+    order_id: bytes
+    account: bytes
+    symbol: bytes
+    venue: bytes
+    counterparty: bytes
+
+
+def validate_order(order: pb.Order) -> ValidOrder:
+    """Check the request's shape; return its ids as bytes, or raise InvalidRequest."""
+    order_id = require_printable(order.order_id, "order_id", MAX_ORDER_ID_LENGTH, required=True)
+    account = require_id(order.account_id, "account_id")
+    symbol = require_id(order.symbol, "symbol")
+    if order.side not in SIDES:
+        raise InvalidRequest(f"side must be SIDE_BUY, SIDE_SELL or SIDE_SELL_SHORT, "
+                             f"got {order.side}")
+    if order.order_type not in ORDER_TYPES:
+        raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
+                             f"got {order.order_type}")
+    venue = require_printable(order.venue, "venue", MAX_TAG_LENGTH, required=False)
+    counterparty = require_printable(order.counterparty, "counterparty", MAX_TAG_LENGTH,
+                                     required=False)
+    return ValidOrder(order_id, account, symbol, venue, counterparty)
+
+
+def validate_batch(batch: pb.OrderBatch) -> None:
+    """Refuse a batch larger than :data:`MAX_BATCH` (its orders are checked one by one)."""
+    if len(batch.orders) > MAX_BATCH:
+        raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, got {len(batch.orders)}")

@@ -1,0 +1,218 @@
+"""The audit trail: every decision and every halt change, in the Redis stream ``audit``.
+
+Off the hot path
+----------------
+:meth:`AuditTrail.decision` and :meth:`AuditTrail.halt` only append a small
+tuple to a bounded in-memory queue: no await, no encoding, O(1). The
+servicer keeps a reference to the request message; nothing is copied. A
+background task (:meth:`AuditTrail.run`) takes up to :data:`BATCH_SIZE`
+entries at a time, encodes them and writes them in one pipeline of
+``XADD audit MAXLEN ~ <max_len> * field value ...``. While a batch is in
+flight new entries queue up behind it, so under load the batches grow and
+the cost per entry falls (group commit).
+
+A slow or unreachable Redis never blocks a decision. Entries leave the queue
+only once Redis has acknowledged their batch; a failed write is retried after
+a pause (so an entry is written at least once: a batch whose reply was lost
+may be written twice). When the queue is full, new entries are dropped and
+counted (:attr:`AuditStats.dropped`, and ``audit_dropped`` in GetStatus); a
+WARNING is logged at the first drop and then at most every
+:data:`DROP_LOG_SECONDS` with the count so far.
+
+:meth:`AuditTrail.close` writes what is still queued, within a time bound;
+``Gateway.stop`` calls it after the gRPC server has finished its in-flight
+calls, so every decision answered before a shutdown is in the stream.
+
+The entry format is in :mod:`pretrade.audit.entries`; the reader
+(``pretrade audit``) is :mod:`pretrade.audit.query`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pretrade.audit.entries import AUDIT_STREAM, DECISION, HALT, encode
+from pretrade.v1 import risk_pb2 as pb
+
+log = logging.getLogger("pretrade.audit")
+
+#: Entries per pipelined write.
+BATCH_SIZE = 1_000
+#: At most one "dropping audit entries" warning per this many seconds.
+DROP_LOG_SECONDS = 10.0
+#: The longest a batch's write may take before it counts as failed (and is retried).
+WRITE_TIMEOUT_SECONDS = 10.0
+#: Pause after a failed write, doubled per failure up to RETRY_MAX_SECONDS.
+RETRY_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+
+
+@dataclass
+class AuditStats:
+    """What the audit writer did, for GetStatus."""
+
+    written: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+
+
+class AuditTrail:
+    """A bounded queue of audit entries and the task that writes them to Redis.
+
+    Parameters
+    ----------
+    client
+        An asyncio Redis client. It may (and for speed should) have no socket
+        timeout: each batch's write is bounded by ``write_timeout`` here, one
+        timer per batch rather than redis-py's one per reply.
+    max_len
+        Keep about this many entries in the stream (``XADD MAXLEN ~``).
+    queue_size
+        Entries held in memory while Redis is slow or away; past it, new
+        entries are dropped and counted.
+    stream
+        The stream's key.
+    write_timeout
+        Seconds a batch's write may take before it counts as failed.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, max_len: int = 1_000_000,
+                 queue_size: int = 100_000, stream: bytes = AUDIT_STREAM,
+                 write_timeout: float = WRITE_TIMEOUT_SECONDS) -> None:
+        self.client = client
+        self.write_timeout = write_timeout
+        self.max_len = max_len
+        self.queue_size = queue_size
+        self.stream = stream
+        self.stats = AuditStats()
+        self.pid = str(os.getpid())
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_drop_log = -DROP_LOG_SECONDS
+
+    @property
+    def pending(self) -> int:
+        """Entries queued and not yet acknowledged by Redis."""
+        return len(self._queue)
+
+    # -- THE HOT PATH: append only --
+
+    def decision(self, order: pb.Order, approved: bool, rejections: Any, latency_ns: int,
+                 replayed: bool, notional: int, principal: str = "") -> None:
+        """Queue one decision; ``rejections`` is a sequence of ``(code, observed, limit)``.
+
+        ``principal`` names the authenticated caller ("" with ``auth = "none"``).
+        """
+        self._put((DECISION, time.time_ns(), principal, order, approved, rejections,
+                   latency_ns, replayed, notional))
+
+    def halt(self, source: str, scope: int, target: bytes, mode: int, reason: str, by: str,
+             expires_at_ms: int = 0, principal: str = "") -> None:
+        """Queue one halt change (``mode`` ACTIVE or 0 for a lift)."""
+        self._put((HALT, time.time_ns(), principal, source, scope, target, mode,
+                   reason, by, expires_at_ms))
+
+    def _put(self, entry: tuple[Any, ...]) -> None:
+        queue = self._queue
+        if len(queue) >= self.queue_size:
+            self._drop()
+            return
+        if not queue:
+            self._wake.set()
+        queue.append(entry)
+
+    def _drop(self) -> None:
+        self.stats.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_SECONDS:
+            self._last_drop_log = now
+            log.warning("audit queue full (%d entries, Redis slow or unreachable): dropping "
+                        "audit entries, %d dropped so far", self.queue_size, self.stats.dropped)
+
+    # -- THE WRITER --
+
+    def start(self) -> None:
+        """Start the background writer on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="pretrade-audit")
+
+    async def run(self) -> None:
+        """Write queued entries until :meth:`close`; retry failed batches."""
+        delay = RETRY_SECONDS
+        failing_since = 0.0
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._write_batch()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                self.stats.write_errors += 1
+                now = time.monotonic()
+                if failing_since == 0.0 or now - failing_since >= DROP_LOG_SECONDS:
+                    failing_since = now
+                    log.error("could not write %d audit entries to Redis (%s); retrying",
+                              min(len(self._queue), BATCH_SIZE), error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            except Exception:  # a bug, not Redis: retrying the batch would loop forever
+                lost = min(len(self._queue), BATCH_SIZE)
+                for _ in range(lost):
+                    self._queue.popleft()
+                self.stats.dropped += lost
+                log.exception("could not encode %d audit entries; they are dropped", lost)
+                continue
+            if failing_since:
+                log.info("audit entries are written to Redis again")
+            delay, failing_since = RETRY_SECONDS, 0.0
+
+    async def _write_batch(self) -> None:
+        batch = list(itertools.islice(self._queue, BATCH_SIZE))
+        # A TimeoutError is an OSError: run() counts it and retries the batch.
+        async with asyncio.timeout(self.write_timeout), \
+                self.client.pipeline(transaction=False) as pipe:
+            head = ("XADD", self.stream, "MAXLEN", "~", self.max_len, "*")
+            for entry in batch:
+                pipe.execute_command(*head, *encode(entry, self.pid))
+            await pipe.execute()
+        # Only now: an entry leaves the queue once Redis has it.
+        for _ in batch:
+            self._queue.popleft()
+        self.stats.written += len(batch)
+
+    async def close(self, timeout: float) -> None:
+        """Write what is queued (at most ``timeout`` seconds), then stop the writer."""
+        self._closing = True
+        self._wake.set()
+        queued = len(self._queue)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            log.error("shutdown: %d audit entries could not be written to Redis within "
+                      "%.1f s and are lost", len(self._queue), timeout)
+        else:
+            log.info("audit trail flushed: the last %d queued entries written (%d in all, "
+                     "%d dropped)", queued, self.stats.written, self.stats.dropped)

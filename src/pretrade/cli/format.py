@@ -1,0 +1,273 @@
+"""How the ``pretrade`` command shows things to a person: aligned tables, times in UTC.
+
+Pure functions of the reply messages (and of audit entries), so they are
+tested without a server. Money is fixed point (:mod:`pretrade.engine.fixedpoint`
+formats it); a duration may be shown as a float, money never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
+
+from pretrade.engine.fixedpoint import format_notional, format_price
+from pretrade.engine.names import names_of
+from pretrade.v1 import risk_pb2
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_time(unix_ms: int, *, milliseconds: bool = False) -> str:
+    """Unix epoch milliseconds as ISO 8601 UTC (``2025-11-21T14:30:00Z``).
+
+    With ``milliseconds`` the time keeps them (``...:00.123Z``). A time
+    out of range is said so, never raised.
+    """
+    try:
+        moment = EPOCH + timedelta(milliseconds=unix_ms)
+    except OverflowError:
+        return f"{unix_ms} ms after epoch (out of range)"
+    if milliseconds:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _label(enum: EnumTypeWrapper, value: int) -> str:
+    """``REJECT_CODE_MAX_NET_POSITION`` -> ``MAX_NET_POSITION``; unknown numbers survive."""
+    # A newer server may send a value this client's contract does not know.
+    return names_of(enum).get(value) or f"UNKNOWN({value})"
+
+
+def _cell(text: str) -> str:
+    """One table cell: control characters and runs of blanks become one space."""
+    return " ".join(text.split()) or "-"
+
+
+def _utc_time(unix_ms: int) -> str:
+    return utc_time(unix_ms) if unix_ms else "-"
+
+
+def _format_latency(latency_ns: int) -> str:
+    # Display only: a float is fine for a duration, never for money.
+    return f"{latency_ns / 1000:.1f} µs"
+
+
+def _align(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-align columns two spaces apart, without trailing blanks."""
+    if not rows:
+        return []
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append((indent + "  ".join([*padded, row[-1]])).rstrip())
+    return lines
+
+
+def format_decision(decision: risk_pb2.Decision) -> str:
+    """A ``Decision`` as an aligned, human-readable table.
+
+    Parameters
+    ----------
+    decision : risk_pb2.Decision
+        The gateway's answer to ``EvaluateOrder``.
+
+    Returns
+    -------
+    str
+        One ``label  value`` line each for order id, account, symbol,
+        verdict (``APPROVED`` or ``REJECTED``), notional (decimal, four
+        places) and latency (µs); then, for a rejection, one line per
+        failed check: its code without ``REJECT_CODE_`` and its message.
+        No trailing newline.
+
+    Examples
+    --------
+    >>> print(format_decision(risk_pb2.Decision(
+    ...     order_id="o1", account_id="A1", symbol="AAPL", approved=True,
+    ...     notional=68337800, latency_ns=12300)))
+    order id  o1
+    account   A1
+    symbol    AAPL
+    verdict   APPROVED
+    notional  6833.7800
+    latency   12.3 µs
+    """
+    lines = _align(
+        [
+            ("order id", _cell(decision.order_id)),
+            ("account", _cell(decision.account_id)),
+            ("symbol", _cell(decision.symbol)),
+            ("verdict", "APPROVED" if decision.approved else "REJECTED"),
+            ("notional", format_notional(decision.notional)),
+            ("latency", _format_latency(decision.latency_ns)),
+        ]
+    )
+    if decision.rejections:
+        lines.append(f"rejections ({len(decision.rejections)})")
+        lines += _align(
+            [
+                (
+                    _label(risk_pb2.RejectCode, rejection.code),
+                    _cell(rejection.message),
+                )
+                for rejection in decision.rejections
+            ],
+            indent="  ",
+        )
+    return "\n".join(lines)
+
+
+def format_halt_state(state: risk_pb2.HaltState) -> str:
+    """A ``HaltState`` as an aligned table, one halt per line.
+
+    Parameters
+    ----------
+    state : risk_pb2.HaltState
+        Every halt in force, as returned by ``Halt``.
+
+    Returns
+    -------
+    str
+        ``"No halts in force."`` when there are none; else a header line
+        (SCOPE, TARGET, MODE, REASON, BY, SINCE, EXPIRES) and one line per
+        halt, times in UTC ISO 8601 and ``never`` for a halt without expiry.
+        No trailing newline.
+    """
+    if not state.halts:
+        return "No halts in force."
+    rows = [("SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE", "EXPIRES")]
+    for halt in state.halts:
+        rows.append(
+            (
+                _label(risk_pb2.HaltScope, halt.scope),
+                _cell(halt.target),
+                _label(risk_pb2.HaltMode, halt.mode),
+                _cell(halt.reason),
+                _cell(halt.halted_by),
+                _utc_time(halt.halted_at_unix_ms),
+                _utc_time(halt.expires_at_unix_ms) if halt.expires_at_unix_ms else "never",
+            )
+        )
+    return "\n".join(_align(rows))
+
+
+_STATUS_LABELS = {
+    "sync_live": "sync live",
+    "lag_ms": "lag",
+    "max_lag_ms": "max lag",
+    "last_full_load_unix_ms": "last full load at",
+    "full_loads": "full loads",
+    "last_full_load_ms": "last full load took",
+    "events_applied": "events applied",
+    "invalid_entities": "invalid entities",
+    "last_error": "last error",
+    "max_orders": "max orders",
+    "automatic_halts": "automatic halts",
+    "price_ticks": "price ticks",
+}
+
+
+def format_status(status: risk_pb2.ServerStatus) -> str:
+    """A ``ServerStatus`` as an aligned ``label  value`` table, one line per field.
+
+    Parameters
+    ----------
+    status : risk_pb2.ServerStatus
+        The gateway's answer to ``GetStatus``.
+
+    Returns
+    -------
+    str
+        Every field of the message, in its order: booleans as ``yes``/``no``,
+        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit. Fields
+        this client does not know by name still show, labelled by their
+        name. No trailing newline.
+    """
+    rows = []
+    for field in status.DESCRIPTOR.fields:
+        value = getattr(status, field.name)
+        label = _STATUS_LABELS.get(field.name, field.name.replace("_", " "))
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif field.name.endswith("_unix_ms") and isinstance(value, int):
+            text = _utc_time(value)
+        elif field.name.endswith("_ms") and isinstance(value, int):
+            text = f"{value} ms"
+        else:
+            text = _cell(str(value))
+        rows.append((label, text))
+    return "\n".join(_align(rows))
+
+
+def to_json(message: Message) -> str:
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text or "")
+    except ValueError:
+        return None
+
+
+def _utc_time_ms(unix_ms: int | None) -> str:
+    return "?" if unix_ms is None else utc_time(unix_ms, milliseconds=True)
+
+
+def _audit_row(fields: dict[str, str]) -> tuple[str, ...]:
+    get = fields.get
+    if get("event") == "decision":
+        price = _number(get("price"))
+        at = ("MARKET" if get("order_type") == "MARKET"
+              else format_price(price) if price is not None else str(get("price")))
+        latency = _number(get("latency_ns"))
+        event = str(get("verdict")) + (" (replayed)" if get("replayed") == "1" else "")
+        return (event, str(get("account")), str(get("order_id")),
+                f"{get('side')} {get('quantity')} {get('symbol')} @ {at}",
+                _format_latency(latency) if latency is not None else "?",
+                ", ".join(str(get("codes")).split(",")))
+    mode, scope, expires = get("mode"), get("scope"), _number(get("expires_at"))
+    subject = "global" if scope == "GLOBAL" else f"{str(scope).lower()} {get('target')}"
+    detail = str(get("reason") or "")
+    if expires:
+        detail += f" (until {_utc_time_ms(expires)})"
+    return ("LIFTED" if mode == "ACTIVE" else f"HALT {mode}", subject, "",
+            f"by {get('by') or 'unknown'} via {get('source')}", "", detail)
+
+
+def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
+    """Audit entries as an aligned table, one line each.
+
+    Parameters
+    ----------
+    entries : sequence of (str, dict)
+        ``(stream id, fields)`` as :func:`pretrade.audit.query.read_audit` returns them.
+
+    Returns
+    -------
+    str
+        ``"No audit entries match."`` when there are none; else a header
+        (TIME, PID, CALLER, EVENT, SUBJECT, ORDER ID, WHAT, LATENCY, DETAIL)
+        and one line per entry; CALLER is the authenticated principal. A
+        decision shows its verdict, account, order id,
+        ``SIDE QTY SYMBOL @ PRICE`` and its reject codes; a halt change its
+        mode (``HALT HALTED``, ``HALT REDUCE_ONLY``, ``LIFTED``), scope and
+        target, who and through what (``rpc``, ``breaker``, ``redis``) and
+        why. No trailing newline.
+    """
+    if not entries:
+        return "No audit entries match."
+    rows: list[tuple[str, ...]] = [
+        ("TIME", "PID", "CALLER", "EVENT", "SUBJECT", "ORDER ID", "WHAT", "LATENCY",
+         "DETAIL")]
+    for _, fields in entries:
+        row = (_utc_time_ms(_number(fields.get("ts"))), str(fields.get("pid")),
+               fields.get("principal", ""),
+               *_audit_row(fields))
+        rows.append(tuple(_cell(cell) for cell in row))
+    return "\n".join(_align(rows))

@@ -1,0 +1,82 @@
+"""Text at pretrade's edges: what an id or a tag may hold, and text read back from Redis.
+
+One rule each, used by request validation, the halt RPC, the Redis schema,
+the tokens file and the portfolio stream:
+
+* an **id** (account id, symbol) is 1 to ``MAX_ID_LENGTH`` characters of
+  ``A-Z a-z 0-9 . _ / - + = # @ $ & ! ~ ^``: no braces (they delimit the
+  Redis Cluster hash tag), no colons (they separate key parts), no spaces;
+* a **tag** (venue, counterparty) and an **order id** are printable ASCII
+  without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``.
+
+The lengths are the compiled core's (:mod:`pretrade._core.constants`).
+Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
+refuse, so no input can make an error message or a log line long.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pretrade._core.constants import MAX_ID_LENGTH, MAX_TAG_LENGTH
+from pretrade.engine.errors import InvalidRequest
+
+#: Longest part of a refused value that an error message quotes.
+QUOTED_CHARACTERS = 64
+
+ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,%d}" % MAX_ID_LENGTH)
+TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TAG_LENGTH)
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+def quoted(text: str | bytes, limit: int = QUOTED_CHARACTERS) -> str:
+    """``repr`` of at most ``limit`` characters of ``text``, marked when cut."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def is_valid_id(value: bytes) -> bool:
+    """True for an account id or symbol that can be a Redis key part."""
+    return ID_PATTERN.fullmatch(value) is not None
+
+
+def is_valid_tag(value: bytes) -> bool:
+    """True for a venue or counterparty name the core can store with an order."""
+    return TAG_PATTERN.fullmatch(value) is not None
+
+
+def require_id(text: str, field: str) -> bytes:
+    """``text`` as the bytes of a valid id, or :class:`InvalidRequest` naming ``field``."""
+    if not text:
+        raise InvalidRequest(f"{field} is required")
+    raw = text.encode("utf-8")
+    if not is_valid_id(raw):
+        raise InvalidRequest(f"{field} {quoted(text)} is not a valid id (1 to {MAX_ID_LENGTH} "
+                             "characters of A-Z a-z 0-9 . _ / - and a few symbols)")
+    return raw
+
+
+def require_printable(text: str, field: str, longest: int, *, required: bool) -> bytes:
+    """``text`` as ASCII bytes when it is printable, without spaces and short enough.
+
+    An empty ``text`` is ``b""`` unless ``required``; anything else refused is
+    :class:`InvalidRequest` naming ``field``.
+    """
+    if not text:
+        if required:
+            raise InvalidRequest(f"{field} is required")
+        return b""
+    if len(text) > longest or not _PRINTABLE.fullmatch(text):
+        raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
+                             f"without spaces, got {quoted(text)}")
+    return text.encode("ascii")
+
+
+def as_text(value: bytes | str | None) -> str:
+    """A Redis reply as text: bytes decoded as UTF-8 (bad bytes replaced), None as ``""``."""
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,1 @@
+"""Pushed to subscribers: live portfolio value, P&L and alerts (StreamPortfolio)."""
