@@ -191,10 +191,14 @@ class RedisServer:
         Set ``requirepass``. It goes to redis-server in a mode 0600 config
         file in ``data_dir``, deleted once the server is up, rather than on
         the command line, where ``ps`` would show it.
+    notify_keyspace_events : str, default "KEA"
+        The server's ``notify-keyspace-events`` at start. ``""`` starts it
+        the way a stock redis-server starts, with none: what pretrade must
+        then set itself (fault tests restart such a server).
 
     Notes
     -----
-    The server runs with ``notify-keyspace-events KEA`` so that clients can
+    By default the server runs with ``notify-keyspace-events KEA`` so that clients can
     subscribe to ``__keyspace@0__:*`` and ``__keyevent@0__:*`` changes. It
     runs in its own session, so a Ctrl-C in the terminal reaches only the
     parent process, which then stops the server in order.
@@ -206,6 +210,7 @@ class RedisServer:
         data_dir: Path | None = None,
         persistent: bool = False,
         password: str | None = None,
+        notify_keyspace_events: str = "KEA",
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -217,6 +222,7 @@ class RedisServer:
         self._requested_data_dir = Path(data_dir) if data_dir is not None else None
         self._persistent = persistent
         self._password = password
+        self._notify_keyspace_events = notify_keyspace_events
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._data_dir: Path | None = None
@@ -360,7 +366,7 @@ class RedisServer:
             "--appendonly", "yes" if self._persistent else "no",
             "--dir", str(data_dir),
             "--logfile", str(self.log_path),
-            "--notify-keyspace-events", "KEA",
+            "--notify-keyspace-events", self._notify_keyspace_events,
         ]  # fmt: skip
         return command
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pretrade.engine.errors import Unavailable
@@ -99,6 +100,23 @@ class Journal:
             loop.create_task(self._flush())
         await done
 
+    async def _write(self, pending: list[DecidedOrder]) -> None:
+        # Writing a decided order twice writes the same bytes: one retry is
+        # safe, and saves the first batch after Redis came back from failing
+        # on a connection from before (a timeout is not retried: its batch
+        # may still be in flight).
+        for attempt in (1, 2):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for order in pending:
+                        pipe.hset(orders_key(order.account), order.order_id, order.encode())
+                    await pipe.execute()
+                return
+            except RedisConnectionError as error:
+                if attempt == 2:
+                    raise
+                log.warning("retrying %d durable decisions once: %s", len(pending), error)
+
     async def _flush(self) -> None:
         # One pipeline per round: whatever queued while the last one was out
         # rides the next, so throughput does not pay a round trip per order.
@@ -107,11 +125,7 @@ class Journal:
                 pending, self._pending = self._pending, []
                 waiters, self._waiters = self._waiters, []
                 try:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for order in pending:
-                            pipe.hset(orders_key(order.account), order.order_id,
-                                      order.encode())
-                        await pipe.execute()
+                    await self._write(pending)
                 except (RedisError, OSError) as error:
                     self.failed += len(pending)
                     log.error("could not make %d decisions durable: %s", len(pending), error)

@@ -43,6 +43,11 @@ HALT_ALL = b"halt:all"
 HALT_ACCOUNT = b"halt:account:"
 HALT_SYMBOL = b"halt:symbol:"
 
+#: A sync's canary (``pretrade:canary:<random id>``, a string with a TTL): written
+#: every beat, its keyspace notification proves that changes reach the table;
+#: its disappearance means the database was emptied or replaced.
+CANARY = b"pretrade:canary:"
+
 #: SCAN patterns for a full load, one per entity kind.
 SCAN_PATTERNS = (
     b"tickers_by_lot:*",

@@ -15,9 +15,11 @@ before it marks the table live again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +35,7 @@ from pretrade.engine.text import as_text
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import decode
 from pretrade.state.schema import (
+    CANARY,
     ORDERS,
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
@@ -81,6 +84,10 @@ class SyncListener(Protocol):
 
 class SyncConfigError(RuntimeError):
     """Redis is not configured the way the sync needs, and pretrade may not fix it."""
+
+
+class SyncGap(RuntimeError):
+    """The table may have missed changes (the canary, a reconnect, a replaced database): resync."""
 
 
 @dataclass
@@ -201,9 +208,17 @@ class RedisSync:
         self.ready = asyncio.Event()
         self.max_lag_ms = max_lag_ms
         self.following = False          # loaded, subscribed and reading notifications
-        self.last_heard = time.monotonic()
         self.last_full_load_unix_ms = 0
         self._stopping = False
+        # The canary: a key of this sync's own, written every beat_seconds;
+        # its keyspace notification coming back proves the path end to end.
+        self.canary_key = CANARY + uuid.uuid4().hex.encode()
+        self._canary_ttl_ms = max(60_000, 20 * max_lag_ms)
+        self._beat_number = 0
+        self._beats: collections.deque[float] = collections.deque()  # send times, unheard
+        self._heard_beat = 0.0          # send time of the newest beat heard
+        self.confirmed_at = 0.0         # ...and applied: the table is this fresh
+        self._resync_reason = ""
         db = client.connection_pool.connection_kwargs.get("db", 0)
         self._channel_prefix = f"__keyspace@{db}__:".encode()
 
@@ -241,11 +256,19 @@ class RedisSync:
 
     @property
     def lag_ms(self) -> int:
-        """Milliseconds since Redis last answered or notified the sync."""
-        return int((time.monotonic() - self.last_heard) * 1000)
+        """How far the table may be behind Redis, in milliseconds.
 
-    def _heard(self) -> None:
-        self.last_heard = time.monotonic()
+        The age of the newest canary beat that has come back through the
+        keyspace notifications (and whose batch is applied): every change
+        Redis made before that beat is in the table. Not a PING: a PING
+        proves Redis answers, not that its changes reach the table.
+        """
+        return int((time.monotonic() - self.confirmed_at) * 1000)
+
+    @property
+    def beat_seconds(self) -> float:
+        """How often the canary is written: four beats per lag bound."""
+        return max(self.max_lag_ms / 4000, 0.01)
 
     async def run(self) -> None:
         """Load, follow, and after any link failure resync; until :meth:`stop`."""
@@ -256,35 +279,57 @@ class RedisSync:
             watchdog.cancel()
             self.following = False
             self.table.set_sync_live(False)
+            await self._remove_canary()
 
     async def _watchdog(self) -> None:
-        # The table is live only while the sync follows Redis and has heard
-        # from it within max_lag_ms: a silent link fails closed on its own.
+        # The table is live only while the canary comes back within
+        # max_lag_ms: a silent link, a paused Redis or notifications that no
+        # longer arrive all fail closed on their own, and force a resync.
+        beating: asyncio.Task[None] | None = None
+        last_beat = 0.0
         while True:
+            now = time.monotonic()
+            if self.following and (beating is None or beating.done()) \
+                    and now - last_beat >= self.beat_seconds:
+                last_beat = now
+                beating = asyncio.create_task(self._beat(), name="pretrade-sync-canary")
             live = self.following and self.lag_ms <= self.max_lag_ms
             if live != self.table.sync_live:
                 self.table.set_sync_live(live)
                 if live:
                     log.info("sync live (lag %d ms)", self.lag_ms)
                 elif self.following:
-                    log.error("sync lag %d ms is over the %d ms bound; orders get STALE_DATA",
+                    log.error("the canary has not come back through the keyspace notifications "
+                              "for %d ms (bound %d ms); orders get STALE_DATA, resyncing",
                               self.lag_ms, self.max_lag_ms)
+                    self._resync("the canary stopped coming back")
             await asyncio.sleep(0.02)
 
     async def _run(self) -> None:
         while not self._stopping:
             pubsub = self.client.pubsub()
+            self._resync_reason = ""
             try:
-                await pubsub.psubscribe(*[self._channel_prefix + p for p in SCAN_PATTERNS])
+                # Re-asserted at every (re)connect: a restarted or failed-over
+                # Redis does not keep flags pretrade set at runtime.
+                await self.ensure_notifications()
+                await pubsub.psubscribe(*[self._channel_prefix + p
+                                          for p in (*SCAN_PATTERNS, CANARY + b"*")])
+                # redis-py reconnects and re-subscribes a pub/sub by itself:
+                # notifications sent meanwhile are lost, so that is a gap.
+                assert pubsub.connection is not None
+                pubsub.connection.register_connect_callback(self._pubsub_reconnected)
+                await self._plant_canary()
                 await self.full_load()
-                self._heard()
+                self._beats.clear()
                 self.following = True
-                self.table.set_sync_live(True)
                 self.ready.set()
-                log.info("sync live")
+                log.info("sync loaded; live once the canary comes back")
                 await self._follow(pubsub)
-            except LINK_ERRORS as error:
-                self._lost(error, "Redis link lost")
+            except (*LINK_ERRORS, SyncGap, SyncConfigError) as error:
+                self._lost(error, "Redis link lost" if isinstance(error, LINK_ERRORS)
+                           else "resync needed")
+                await self._recycle_connections()
                 await asyncio.sleep(self.reconnect_delay)
             except asyncio.CancelledError:
                 raise
@@ -293,6 +338,9 @@ class RedisSync:
                 self._lost(error, "sync failed")
                 await asyncio.sleep(self.reconnect_delay)
             finally:
+                # The connection goes back to the pool: it must not call back.
+                if pubsub.connection is not None:
+                    pubsub.connection.deregister_connect_callback(self._pubsub_reconnected)
                 await _close_quietly(pubsub)
 
     def _lost(self, error: BaseException, what: str) -> None:
@@ -301,22 +349,84 @@ class RedisSync:
         self.stats.last_error = f"{type(error).__name__}: {error}"
         log.error("%s (%s); orders get STALE_DATA until resynced", what, self.stats.last_error)
 
+    def _resync(self, reason: str) -> None:
+        """Ask the loop to drop the link and load everything again (seen within 0.1 s)."""
+        if not self._resync_reason:
+            self._resync_reason = reason
+
+    async def _pubsub_reconnected(self, connection: object) -> None:
+        self._resync("the pub/sub connection was re-established: notifications may be lost")
+
+    async def _recycle_connections(self) -> None:
+        # Idle pooled connections may be to a Redis that is gone (restarted,
+        # failed over): close them, so the next journal write or halt does
+        # not fail on one. Connections in use finish or fail on their own.
+        try:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except LINK_ERRORS as error:
+            log.debug("closing idle Redis connections: %s", error)
+
     def stop(self) -> None:
         self._stopping = True
 
+    # -- THE CANARY --
+
+    async def _plant_canary(self) -> None:
+        """Create this sync's canary key: its disappearance means the database was replaced."""
+        await self.client.set(self.canary_key, b"0", px=self._canary_ttl_ms)
+
+    async def _beat(self) -> None:
+        """Write the canary and check the flags; its notification proves the path end to end.
+
+        In one MULTI: EXISTS (0: FLUSHALL, FLUSHDB or SWAPDB replaced the
+        database since the load), then the write whose keyspace notification
+        must come back. The notification flags are read too: flags switched
+        off (or only some of them) mean changes may have been missed.
+        """
+        self._beat_number += 1
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.exists(self.canary_key)
+                pipe.set(self.canary_key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
+                sent_at = time.monotonic()
+                existed, _ = await pipe.execute()
+            self._beats.append(sent_at)
+            if not existed:
+                self._resync("the database was emptied or replaced (FLUSHALL, FLUSHDB or "
+                             "SWAPDB): the canary key is gone")
+                return
+            reply = await self.client.config_get("notify-keyspace-events")
+            flags = as_text(next(iter(reply.values()), None))
+            if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
+                self._resync(f"notify-keyspace-events is {flags!r} now: changes may have been "
+                             "missed")
+        except ResponseError as error:
+            # CONFIG denied, or the key has another type: resync, which says why.
+            self._resync(f"the canary could not be written or checked: {error}")
+        except LINK_ERRORS as error:
+            log.debug("canary beat failed: %s", error)  # the lag bound will tell
+
+    def _canary_heard(self, event: object) -> bool:
+        """A notification of this sync's canary key; True for a beat's write."""
+        if event != b"set":
+            return False
+        if self._beats:
+            self._heard_beat = self._beats.popleft()
+        return True
+
+    async def _remove_canary(self) -> None:
+        try:
+            await self.client.delete(self.canary_key)
+        except (*LINK_ERRORS, ResponseError) as error:
+            log.debug("could not remove the canary key: %s", error)
+
     async def _follow(self, pubsub: aioredis.client.PubSub) -> None:
-        idle_since = time.monotonic()
         while not self._stopping:
+            if self._resync_reason:
+                raise SyncGap(self._resync_reason)
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message is None:
-                if time.monotonic() - idle_since > self.max_lag_ms / 4000:
-                    # Quiet: prove Redis still answers, so lag measures the link.
-                    await self.client.ping()
-                    self._heard()
-                    idle_since = time.monotonic()
                 continue
-            self._heard()
-            idle_since = time.monotonic()
             dirty = Dirty()
             self._note(dirty, message)
             # Drain what is already queued, so a burst becomes one batch.
@@ -327,12 +437,19 @@ class RedisSync:
                 self._note(dirty, message)
             if len(dirty):
                 await self.refresh(dirty)
+            # Only now is every change before the beat in the table.
+            if self._heard_beat > self.confirmed_at:
+                self.confirmed_at = self._heard_beat
 
     def _note(self, dirty: Dirty, message: dict[str, object]) -> None:
         channel = message.get("channel")
         if isinstance(channel, bytes) and channel.startswith(self._channel_prefix):
+            key = channel[len(self._channel_prefix):]
+            if key == self.canary_key:
+                self._canary_heard(message.get("data"))
+                return
             self.stats.events += 1
-            dirty.add_key(channel[len(self._channel_prefix):])
+            dirty.add_key(key)
 
     # -- LOADING --
 

@@ -1,0 +1,206 @@
+"""Fault injection on Redis: restarted, reconfigured, flushed, swapped, its link cut.
+
+Each test runs a real redis-server of its own (a stock one: no keyspace
+notification flags until pretrade sets them), a real gateway in front of it,
+and then does to Redis what an unlucky operator or a failover does. The
+gateway may be stale for at most ``max_sync_lag_ms`` (plus the time to
+notice); after that it must never approve what Redis says it must reject.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from book import GENEROUS_LIMITS, codes, order, seed_account, wait_until
+from conftest import GatewayThread, gateway_settings
+from pretrade.app.devredis import RedisServer
+from pretrade.v1 import risk_pb2 as pb
+from pretrade.v1 import risk_pb2_grpc
+
+LAG_MS = 500
+#: How long after a change the gateway may still decide on the old state:
+#: the lag bound, the canary's period and a resync, with room for a slow CI.
+NOTICE_SECONDS = 4 * LAG_MS / 1000 + 2.0
+
+
+class RestartableRedis:
+    """A stock redis-server on a fixed port, its data on disk, to kill and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.server = RedisServer(data_dir=data_dir, persistent=True,
+                                  notify_keyspace_events="").start()
+        self.port = self.server.port
+        self.url = self.server.url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def kill_and_restart(self) -> None:
+        """kill -9 the server, then start a new one on the same port and data."""
+        os.kill(self.server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.server.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        self.server = RedisServer(port=self.port, data_dir=self.data_dir, persistent=True,
+                                  notify_keyspace_events="").start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def stock_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gateway_on(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+    started: list[GatewayThread] = []
+
+    def start(url: str, **overrides: object) -> GatewayThread:
+        values: dict[str, object] = {"max_sync_lag_ms": LAG_MS}
+        values.update(overrides)
+        gateway = GatewayThread(gateway_settings(tmp_path, **values), url)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def decide(stub: risk_pb2_grpc.PreTradeRiskStub, **fields: object) -> pb.Decision:
+    return stub.EvaluateOrder(order(**fields), timeout=5)  # type: ignore[arg-type]
+
+
+def no_approval_after(stub: risk_pb2_grpc.PreTradeRiskStub, changed_at: float,
+                      expected: Callable[[pb.Decision], bool], seconds: float = 2.0) -> None:
+    """Orders sent from ``NOTICE_SECONDS`` after the change on are all ``expected``.
+
+    Before that the gateway may still be catching up; after it, one approval
+    that Redis forbids fails the test.
+    """
+    wait_until(lambda: decide(stub), expected, timeout=NOTICE_SECONDS + 10)
+    time.sleep(max(0.0, changed_at + NOTICE_SECONDS - time.monotonic()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        decision = decide(stub)
+        assert expected(decision), f"decided against Redis: {decision}"
+
+
+def test_halt_written_after_redis_restart_is_enforced(stock_redis, gateway_on):
+    seed_account(stock_redis.client())
+    gateway = gateway_on(stock_redis.url)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        # The restart loses the notification flags pretrade had to set.
+        stock_redis.kill_and_restart()
+        wait_until(lambda: stub.GetStatus(pb.StatusRequest(), timeout=5),
+                   lambda s: s.sync_live and s.full_loads >= 2, timeout=20)
+        stock_redis.client().hset("halt:all", mapping={"mode": "HALTED", "reason": "test",
+                                                       "by": "ops", "at": 1})
+        halted_at = time.monotonic()
+        no_approval_after(stub, halted_at,
+                          lambda d: codes(d) == [pb.REJECT_CODE_GLOBAL_HALT])
+        assert stock_redis.client().config_get("notify-keyspace-events")[
+            "notify-keyspace-events"] != ""
+
+
+def test_notifications_switched_off_while_running_fail_closed_then_recover(stock_redis,
+                                                                            gateway_on):
+    client = stock_redis.client()
+    seed_account(client)
+    gateway = gateway_on(stock_redis.url)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        client.config_set("notify-keyspace-events", "")
+        client.hset("halt:account:ACC-1", mapping={"mode": "HALTED", "reason": "test",
+                                                   "by": "ops", "at": 1})
+        changed_at = time.monotonic()
+        # Stale until it notices, then the flags are set again and the halt holds.
+        no_approval_after(stub, changed_at,
+                          lambda d: codes(d) == [pb.REJECT_CODE_ACCOUNT_HALT])
+        status = stub.GetStatus(pb.StatusRequest(), timeout=5)
+        assert status.full_loads >= 2 and status.sync_live
+
+
+@pytest.mark.parametrize("empty_it", [
+    pytest.param(lambda client: client.flushall(), id="FLUSHALL"),
+    pytest.param(lambda client: client.flushdb(), id="FLUSHDB"),
+    pytest.param(lambda client: client.swapdb(0, 1), id="SWAPDB"),
+])
+def test_an_emptied_or_replaced_database_is_detected_and_its_accounts_rejected(
+        stock_redis, gateway_on, empty_it):
+    client = stock_redis.client()
+    seed_account(client)
+    gateway = gateway_on(stock_redis.url)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        empty_it(client)
+        emptied_at = time.monotonic()
+        no_approval_after(stub, emptied_at,
+                          lambda d: pb.REJECT_CODE_UNKNOWN_ACCOUNT in codes(d))
+
+
+def test_a_change_made_while_the_notification_link_was_cut_is_not_missed(stock_redis,
+                                                                          gateway_on):
+    client = stock_redis.client()
+    seed_account(client)
+    gateway = gateway_on(stock_redis.url)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        # Cut the pub/sub link and halt in the same transaction: the halt's
+        # notification goes to nobody, whatever the client does to reconnect.
+        with client.pipeline(transaction=True) as pipe:
+            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            pipe.hset("halt:all", mapping={"mode": "HALTED", "reason": "t", "by": "o", "at": 1})
+            pipe.execute()
+        cut_at = time.monotonic()
+        no_approval_after(stub, cut_at, lambda d: codes(d) == [pb.REJECT_CODE_GLOBAL_HALT])
+
+
+def test_the_first_durable_decisions_after_a_redis_restart_do_not_fail(stock_redis,
+                                                                        gateway_on):
+    client = stock_redis.client()
+    seed_account(client)
+    client.hset("limits:{ACC-1}", mapping=GENEROUS_LIMITS)
+    gateway = gateway_on(stock_redis.url, durable_decisions=True)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        # Fill the pool: halts written at once each take a connection of their own.
+        def halt_and_lift(n: int) -> None:
+            for mode in (pb.HALT_MODE_HALTED, pb.HALT_MODE_ACTIVE):
+                stub.Halt(pb.HaltRequest(scope=pb.HALT_SCOPE_SYMBOL, symbol=f"X{n}",
+                                         mode=mode, reason="warm the pool"), timeout=5)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(halt_and_lift, range(16)))
+        stock_redis.kill_and_restart()
+        # Once live again, no decision fails on a connection left from before.
+        wait_until(lambda: stub.GetStatus(pb.StatusRequest(), timeout=5),
+                   lambda s: s.sync_live and s.full_loads >= 2, timeout=20)
+        with ThreadPoolExecutor(8) as pool:
+            decisions = list(pool.map(lambda _: decide(stub), range(32)))
+        assert all(d.approved for d in decisions)
