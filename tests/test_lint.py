@@ -25,12 +25,17 @@ def test_mypy_finds_nothing_in_the_python_layer():
 
 
 def test_committed_generated_code_matches_the_proto(tmp_path):
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto" / "pretrade" / "v1").glob(
+        "*.proto"))
     result = run(sys.executable, "-m", "grpc_tools.protoc", "-I", "proto",
                  f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-                 f"--grpc_python_out={tmp_path}", "proto/pretrade/v1/risk.proto")
+                 f"--grpc_python_out={tmp_path}", *protos)
     assert result.returncode == 0, result.stderr
     generated = sorted(p.name for p in (tmp_path / "pretrade" / "v1").iterdir())
-    assert generated == ["risk_pb2.py", "risk_pb2.pyi", "risk_pb2_grpc.py"]
+    committed = sorted(p.name for p in (ROOT / "src" / "pretrade" / "v1").iterdir()
+                       if p.suffix in (".py", ".pyi") and p.name != "__init__.py")
+    assert generated == committed
+    assert {"risk_pb2.py", "records_pb2.py"} <= set(generated)
     for name in generated:
         committed = ROOT / "src" / "pretrade" / "v1" / name
         assert filecmp.cmp(tmp_path / "pretrade" / "v1" / name, committed, shallow=False), (

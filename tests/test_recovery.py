@@ -161,3 +161,63 @@ def test_an_unreadable_durable_order_fails_its_account_closed(limited, launch):
             assert "durable" in error.details()
         else:
             assert codes(decision) == [pb.REJECT_CODE_INVALID_STATE]
+
+
+def test_any_venue_a_client_may_send_survives_the_durable_record(limited, launch):
+    # `;` `:` and `,` were the old record's separators; every printable character
+    # a venue or counterparty may hold must come back from a restart intact.
+    target, process = launch()
+    channel, stub = live_stub(target)
+    tricky = ["X;NAS", "A:B", "C,D", "1;2;3", "\\;x", "~!@#$%^&*()_+{}"]
+    with channel:
+        first = {}
+        for n, name in enumerate(tricky):
+            request = order(quantity=100, order_id=f"V{n}", venue=name[:15],
+                            counterparty=name[::-1][:15])
+            first[request.order_id] = stub.EvaluateOrder(request, timeout=5)
+            assert first[request.order_id].approved
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        assert stub.GetStatus(pb.StatusRequest(), timeout=5).invalid_entities == 0
+        for n, name in enumerate(tricky):
+            again = stub.EvaluateOrder(order(quantity=100, order_id=f"V{n}", venue=name[:15],
+                                             counterparty=name[::-1][:15]), timeout=5)
+            assert again.replayed and again.approved
+        # all six reservations hold: 600 of the 1,000 long limit are working
+        assert stub.EvaluateOrder(order(quantity=400), timeout=5).approved
+        assert codes(stub.EvaluateOrder(order(quantity=1), timeout=5)) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION]
+
+
+def test_an_unreadable_record_fails_its_account_closed_and_the_rest_is_restored(limited,
+                                                                               launch):
+    target, process = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        for n in range(5):
+            assert stub.EvaluateOrder(order(quantity=100, order_id=f"G{n}"), timeout=5).approved
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    # The unreadable record first in the hash: nothing after it may be skipped.
+    records = limited.hgetall("orders:{ACC-1}")
+    with limited.pipeline(transaction=True) as pipe:
+        pipe.delete("orders:{ACC-1}")
+        pipe.hset("orders:{ACC-1}", "G-garbage", b"\xff not a decided order")
+        pipe.hset("orders:{ACC-1}", mapping=records)
+        pipe.execute()
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        status = stub.GetStatus(pb.StatusRequest(), timeout=5)
+        assert status.invalid_entities >= 1
+        assert status.orders_restored == 5
+        # the account fails closed: its working orders are known, but not all it held
+        assert codes(stub.EvaluateOrder(order(quantity=1), timeout=5)) == [
+            pb.REJECT_CODE_INVALID_STATE]
+        # every readable decision still replays
+        for n in range(5):
+            again = stub.EvaluateOrder(order(quantity=100, order_id=f"G{n}"), timeout=5)
+            assert again.replayed and again.approved

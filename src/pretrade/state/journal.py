@@ -1,8 +1,11 @@
 """Decided orders made durable in Redis, so a restarted server replays them.
 
 Every decision the engine stores under an order id (approved or rejected) is
-written to ``orders:{ACC}`` (field: order id, value: the encoding below)
-before the client is answered, when ``durable_decisions`` is on. A restarted
+written to ``orders:{ACC}`` (field: order id, value: the byte 0x02 and the
+protobuf message ``pretrade.v1.DecidedOrderRecord``, proto/pretrade/v1/records.proto)
+before the client is answered, when ``durable_decisions`` is on. The record
+is length-delimited protobuf, so no value a client may send can break it;
+the text records of the first version (``1;SYMBOL;...``) are still read. A restarted
 server puts them back into its table before it trusts the table (see
 ``RedisSync.full_load``): approved orders work again and are then reduced by
 their fills and cancels, and a re-sent order id gets its original decision.
@@ -16,19 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from google.protobuf.message import DecodeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pretrade.engine.errors import Unavailable
+from pretrade.engine.fixedpoint import fits_int64
 from pretrade.state.schema import StateError, orders_key, parse_int64
+from pretrade.v1 import records_pb2
 
 log = logging.getLogger("pretrade.orders")
 
-FORMAT = b"1"  # version of the encoding
+#: The first byte of a record: 0x02 and a DecidedOrderRecord.
+FORMAT = b"\x02"
+#: Records of the first version were ``;``-joined text starting ``1;``.
+LEGACY_FORMAT = b"1;"
 
 
 @dataclass(frozen=True)
@@ -49,27 +59,64 @@ class DecidedOrder:
     approved: bool
     rejections: tuple[tuple[int, int, int], ...]
 
-    def encode(self) -> bytes:
-        """``1;SYMBOL;side;type;qty;price;valuation;notional;venue;counterparty;A|R;c:o:l,...``"""
-        rejections = b",".join(b"%d:%d:%d" % r for r in self.rejections)
-        return b";".join((
-            FORMAT, self.symbol, b"%d" % self.side, b"%d" % self.order_type,
-            b"%d" % self.quantity, b"%d" % self.price, b"%d" % self.valuation_price,
-            b"%d" % self.notional, self.venue, self.counterparty,
-            b"A" if self.approved else b"R", rejections))
+    def encode(self, decided_at_unix_ms: int = 0) -> bytes:
+        """The value of this order's field in ``orders:{ACC}``: 0x02 and its record."""
+        record = records_pb2.DecidedOrderRecord(
+            symbol=self.symbol.decode("ascii"), side=self.side,  # type: ignore[arg-type]
+            order_type=self.order_type,  # type: ignore[arg-type]
+            quantity=self.quantity, price=self.price, valuation_price=self.valuation_price,
+            notional=self.notional, venue=self.venue, counterparty=self.counterparty,
+            approved=self.approved, decided_at_unix_ms=decided_at_unix_ms,
+            rejections=[records_pb2.StoredRejection(code=code,  # type: ignore[arg-type]
+                                                    observed=observed, limit=limit)
+                        for code, observed, limit in self.rejections])
+        return FORMAT + record.SerializeToString()
 
 
 def decode(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
-    """Parse one ``orders:{ACC}`` field; StateError when it is not a version-1 record."""
+    """Parse one ``orders:{ACC}`` field; StateError when it is not a decided order."""
+    if raw.startswith(FORMAT):
+        return _decode_record(account, order_id, raw[len(FORMAT):])
+    if raw.startswith(LEGACY_FORMAT):
+        return _decode_legacy(account, order_id, raw)
+    raise StateError(f"order {order_id!r}: not a decided order record")
+
+
+def _decode_record(account: bytes, order_id: bytes, payload: bytes) -> DecidedOrder:
+    record = records_pb2.DecidedOrderRecord()
+    try:
+        record.ParseFromString(payload)
+    except DecodeError as error:
+        raise StateError(f"order {order_id!r}: unreadable record ({error})") from None
+    symbol = record.symbol.encode("utf-8")
+    if not symbol:
+        raise StateError(f"order {order_id!r}: a record without a symbol")
+    if record.quantity <= 0 and record.approved:
+        raise StateError(f"order {order_id!r}: approved with quantity {record.quantity}")
+    return DecidedOrder(account, order_id, symbol, record.side, record.order_type,
+                        record.quantity, record.price, record.valuation_price, record.notional,
+                        record.venue, record.counterparty, record.approved,
+                        tuple((r.code, r.observed, r.limit) for r in record.rejections))
+
+
+def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
+    # Version 1: ``1;SYMBOL;side;type;qty;price;valuation;notional;venue;counterparty;A|R;
+    # c:o:l,...``. A venue holding ";" made such a record unreadable: it fails
+    # its account closed, as any unreadable record does.
     parts = raw.split(b";")
-    if len(parts) != 12 or parts[0] != FORMAT or parts[10] not in (b"A", b"R"):
+    if len(parts) != 12 or parts[10] not in (b"A", b"R"):
         raise StateError(f"order {order_id!r}: not a version-1 decided order")
     numbers = [parse_int64(part, f"order {order_id!r}") for part in parts[2:8]]
     rejections = []
     for item in filter(None, parts[11].split(b",")):
+        fields = item.split(b":")
+        if len(fields) != 3:
+            raise StateError(f"order {order_id!r}: a rejection is not code:observed:limit")
         code, observed, limit = (parse_int64(x, f"order {order_id!r} rejection")
-                                 for x in item.split(b":"))
+                                 for x in fields)
         rejections.append((code, observed, limit))
+    if not all(fits_int64(n) for n in numbers):
+        raise StateError(f"order {order_id!r}: a figure does not fit in int64")
     return DecidedOrder(account, order_id, parts[1], numbers[0], numbers[1], numbers[2],
                         numbers[3], numbers[4], numbers[5], parts[8], parts[9],
                         parts[10] == b"A", tuple(rejections))
@@ -105,11 +152,13 @@ class Journal:
         # safe, and saves the first batch after Redis came back from failing
         # on a connection from before (a timeout is not retried: its batch
         # may still be in flight).
+        now_ms = time.time_ns() // 1_000_000
         for attempt in (1, 2):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for order in pending:
-                        pipe.hset(orders_key(order.account), order.order_id, order.encode())
+                        pipe.hset(orders_key(order.account), order.order_id,
+                                  order.encode(now_ms))
                     await pipe.execute()
                 return
             except RedisConnectionError as error:

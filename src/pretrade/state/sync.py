@@ -31,7 +31,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable
-from pretrade.engine.text import as_text
+from pretrade.engine.text import as_text, quoted
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import decode
 from pretrade.state.schema import (
@@ -501,18 +501,28 @@ class RedisSync:
                 if account is None:
                     continue
                 state = self.accounts.setdefault(account, AccountSync())
+                unreadable = 0
                 try:
-                    for order_id, raw in _hash(reply).items():
+                    records = _hash(reply)
+                except StateError as error:
+                    records, unreadable = {}, 1
+                    self._invalid("decided orders of account", account, error)
+                # Every readable record is restored, whatever comes before it: an
+                # unreadable one fails the account closed (its working reservation
+                # is unknown), it never stops the restore of the others.
+                for order_id, raw in records.items():
+                    try:
                         order = decode(account, order_id, raw)
                         restored += self.table.restore_order(
                             account, order_id, order.symbol, order.side, order.order_type,
                             order.quantity, order.price, order.valuation_price, order.notional,
                             order.venue, order.counterparty, order.approved,
                             list(order.rejections))
-                    state.orders_invalid = False
-                except (StateError, ValueError) as error:
-                    state.orders_invalid = True
-                    self._invalid("decided orders of account", account, error)
+                    except (StateError, ValueError) as error:
+                        unreadable += 1
+                        self._invalid(f"decided order {quoted(order_id)} of account", account,
+                                      error)
+                state.orders_invalid = unreadable > 0
                 self._publish_account(account, state)
         if restored:
             log.info("restored %d decided orders from Redis", restored)

@@ -1,0 +1,62 @@
+"""The durable record of a decided order: any value a client may send survives it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pretrade._core.constants import MAX_TAG_LENGTH, STORED_REJECTIONS
+
+from pretrade.state.journal import FORMAT, DecidedOrder, decode
+from pretrade.state.schema import StateError
+from pretrade.v1 import risk_pb2 as pb
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+#: What the wire accepts for a venue or counterparty: printable ASCII, no spaces.
+TAGS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+               max_size=MAX_TAG_LENGTH).map(str.encode)
+
+
+@st.composite
+def decided_orders(draw: st.DrawFn) -> DecidedOrder:
+    approved = draw(st.booleans())
+    rejections = () if approved else tuple(draw(st.lists(
+        st.tuples(st.sampled_from(list(pb.RejectCode.values())), INT64, INT64),
+        max_size=STORED_REJECTIONS)))
+    return DecidedOrder(
+        account=b"ACC-1", order_id=draw(st.binary(min_size=1, max_size=63)),
+        symbol=draw(st.from_regex(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}", fullmatch=True)),
+        side=draw(st.sampled_from([pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT])),
+        order_type=draw(st.sampled_from([pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET])),
+        quantity=draw(st.integers(min_value=1, max_value=2**63 - 1)), price=draw(INT64),
+        valuation_price=draw(INT64), notional=draw(INT64), venue=draw(TAGS),
+        counterparty=draw(TAGS), approved=approved, rejections=rejections)
+
+
+@given(decided_orders())
+def test_every_record_comes_back_exactly_as_it_was_written(order):
+    assert decode(order.account, order.order_id, order.encode(1_700_000_000_000)) == order
+
+
+def test_a_venue_with_the_old_separators_does_not_break_the_record():
+    order = DecidedOrder(b"ACC-1", b"o1", b"AAPL", pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 100,
+                         683_378, 683_378, 68_337_800, b"X;N:A,S", b";;", True, ())
+    assert decode(b"ACC-1", b"o1", order.encode()) == order
+
+
+def test_a_record_of_the_first_version_is_still_read():
+    raw = b"1;AAPL;1;1;100;683378;683378;68337800;XNAS;;R;9:100:50"
+    order = decode(b"ACC-1", b"o1", raw)
+    assert (order.symbol, order.quantity, order.venue, order.approved, order.rejections) == (
+        b"AAPL", 100, b"XNAS", False, ((9, 100, 50),))
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"garbage", b"\xff\xfe", FORMAT + b"\xff\xff\xff", FORMAT,
+    b"1;AAPL;1;1;100;1;1;1;X;N;;A;",  # the old encoding of venue "X;N": 13 parts
+    b"1;AAPL;1;1;x;1;1;1;;;A;",        # not an integer
+    b"1;AAPL;1;1;100;1;1;1;;;R;9:1",   # a rejection without its limit
+])
+def test_an_unreadable_record_is_a_state_error_never_a_crash(raw):
+    with pytest.raises(StateError):
+        decode(b"ACC-1", b"o1", raw)
