@@ -23,6 +23,9 @@ from typing import Any, NamedTuple
 
 import pytest
 import redis
+
+from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
+from conftest import GatewayThread
 from pretrade._core.constants import (
     DEFAULT_NOTIONAL_WINDOW_MS,
     DEFAULT_ORDER_WINDOW_MS,
@@ -31,9 +34,6 @@ from pretrade._core.constants import (
     REJECT_RING_CAPACITY,
     TAG_LIMIT_SLOTS,
 )
-
-from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
-from conftest import GatewayThread
 from pretrade.app.demo import DEMO_MARKER
 from pretrade.app.demo import LIMITS as DEMO_LIMITS
 from pretrade.app.devredis import RedisServer, find_redis_cli

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pretrade._core.constants import MAX_TAG_LENGTH, STORED_REJECTIONS
 
+from pretrade._core.constants import MAX_TAG_LENGTH, STORED_REJECTIONS
 from pretrade.state.journal import FORMAT, DecidedOrder, decode
 from pretrade.state.schema import StateError
 from pretrade.v1 import risk_pb2 as pb
