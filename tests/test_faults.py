@@ -204,3 +204,28 @@ def test_the_first_durable_decisions_after_a_redis_restart_do_not_fail(stock_red
         with ThreadPoolExecutor(8) as pool:
             decisions = list(pool.map(lambda _: decide(stub), range(32)))
         assert all(d.approved for d in decisions)
+
+
+def test_a_durable_write_redis_holds_back_ends_unavailable_before_the_deadline(stock_redis,
+                                                                               gateway_on):
+    client = stock_redis.client()
+    seed_account(client)
+    gateway = gateway_on(stock_redis.url, durable_decisions=True, max_sync_lag_ms=2_000)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert decide(stub).approved
+        # Redis takes no write for 2.5 s (reads go on): the decision is made and
+        # reserved, but cannot be made durable within the client's second.
+        client.execute_command("CLIENT", "PAUSE", "2500", "WRITE")
+        request = order(order_id="held-1")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.EvaluateOrder(request, timeout=1.0)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value.details()
+        assert "re-send" in raised.value.details()
+        assert time.monotonic() - started < 1.0
+        # The documented recovery: re-send the same id once Redis is back; it replays.
+        again = wait_until(lambda: stub.EvaluateOrder(request, timeout=5), lambda d: d.approved,
+                           timeout=15)
+        assert again.replayed
+        wait_until(lambda: client.hexists("orders:{ACC-1}", "held-1"), bool)

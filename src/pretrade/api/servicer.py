@@ -97,7 +97,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             _check_deadline(context)
             decision, durable = self.decide_durably(request)
             if durable is not None and self.journal is not None:
-                await self.journal.commit((durable,))
+                await self.journal.commit((durable,), context.time_remaining())
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
@@ -136,7 +136,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             durable: list[DecidedOrder] = []
             reply = self.decide_batch(request, durable)
             if durable and self.journal is not None:
-                await self.journal.commit(durable)
+                await self.journal.commit(durable, context.time_remaining())
             return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")

@@ -92,7 +92,8 @@ class Gateway:
         if not worker:
             # Halt changes seen in Redis are audited once, by the owner process.
             self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
-        self.journal = Journal(self.redis) if settings.durable_decisions else None
+        self.journal = (Journal(self.redis, max_wait_seconds=settings.max_sync_lag_ms / 1000)
+                        if settings.durable_decisions else None)
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
                                              audit=self.audit)
