@@ -11,6 +11,8 @@ import redis
 
 from book import (
     GENEROUS_LIMITS,
+    codes,
+    order,
     seed_account,
     seed_instrument,
     seed_limits,
@@ -169,6 +171,31 @@ def test_a_fill_added_to_the_lot_hashes_pushes_the_new_holding(book, stub):
     assert (aapl.quantity, aapl.cost_basis) == (30, 13_715_780 + 6_900_000)
     assert aapl.average_cost == average_cost(30, 20_615_780) == 687_193
     assert aapl.market_value == 30 * 683_378
+
+
+def test_an_unparseable_lot_is_shown_as_invalid_with_an_alert_never_as_flat(book, stub):
+    book.hset("quantities_by_lot:{ACC-1}", "L2", "ten")
+    stream = subscribe(stub)
+    snapshot = next_change(stream)
+    assert snapshot.totals.valuation == pb.VALUATION_INVALID_STATE
+    assert (snapshot.totals.market_value, snapshot.totals.cost_basis) == (0, 0)
+    [alert] = [a for a in snapshot.alerts if a.kind == pb.ALERT_KIND_INVALID_STATE]
+    assert alert.code == pb.REJECT_CODE_INVALID_STATE
+    # its orders are rejected as they always were
+    assert codes(stub.EvaluateOrder(order())) == [pb.REJECT_CODE_INVALID_STATE]
+    # fixed in Redis: valued again, and the alert cleared
+    book.hset("quantities_by_lot:{ACC-1}", "L2", 10)
+    update = next_matching(stream, lambda u: u.totals.valuation == pb.VALUATION_PRICED)
+    assert [a.kind for a in update.alerts] == [pb.ALERT_KIND_INVALID_STATE_CLEARED]
+    assert holdings(update)["AAPL"].quantity == 20
+
+
+def test_limits_that_stop_parsing_mark_a_subscribed_account_invalid(book, stub):
+    stream = subscribe(stub)
+    assert next_change(stream).totals.valuation == pb.VALUATION_PRICED
+    book.hset("limits:{ACC-1}", "max_order_quantity", "lots")
+    update = next_matching(stream, lambda u: u.totals.valuation == pb.VALUATION_INVALID_STATE)
+    assert [a.kind for a in update.alerts] == [pb.ALERT_KIND_INVALID_STATE]
 
 
 def test_a_new_symbol_is_followed_and_a_closed_one_is_sent_with_quantity_zero(book, stub):

@@ -81,6 +81,9 @@ class SyncListener(Protocol):
     def price_changed(self, symbol: bytes, price: int | None) -> None:
         """A symbol's last price changed (None: it has none now)."""
 
+    def account_invalid(self, account: bytes, invalid: bool) -> None:
+        """An account's state in Redis stopped parsing (True) or parses again (False)."""
+
 
 class SyncConfigError(RuntimeError):
     """Redis is not configured the way the sync needs, and pretrade may not fix it."""
@@ -102,6 +105,8 @@ class AccountSync:
     locates_invalid: bool = False
     orders_invalid: bool = False
     override_symbols: set[bytes] = field(default_factory=set)
+    #: What the listeners were last told of ``invalid``.
+    reported_invalid: bool = False
 
     @property
     def known(self) -> bool:
@@ -666,6 +671,10 @@ class RedisSync:
 
     def _publish_account(self, account: bytes, state: AccountSync) -> None:
         self.table.set_account_state(account, known=state.known, invalid=state.invalid)
+        if state.invalid != state.reported_invalid:
+            state.reported_invalid = state.invalid
+            for listener in self.listeners:
+                listener.account_invalid(account, state.invalid)
 
     def _apply_restricted(self, reply: Any) -> None:
         was_unreadable = self.restricted_unreadable

@@ -75,8 +75,10 @@ READY_TIMEOUT_SECONDS = 30.0
 SHUTTING_DOWN = "pretrade is shutting down; reconnect for a new snapshot"
 
 #: The subject an alert is conflated under: ``(symbol, reject code)`` for a
-#: position limit, ``(b"", halt scope)`` for a halt (symbols are never empty).
+#: position limit, ``(b"", halt scope)`` for a halt (symbols are never empty),
+#: :data:`INVALID_STATE_KEY` for the account's state not parsing.
 AlertKey = tuple[bytes, int]
+INVALID_STATE_KEY: AlertKey = (b"", 0)
 Position = tuple[int, int]
 
 #: Position limits checked against every holding, with the code an order would get.
@@ -195,9 +197,11 @@ class Subscriber:
 class AccountState:
     """An account with at least one subscriber: its holdings, alert state and caches."""
 
-    __slots__ = ("breaches", "holdings", "positions", "realized", "subscribers", "totals")
+    __slots__ = ("account", "breaches", "holdings", "positions", "realized", "subscribers",
+                 "totals")
 
-    def __init__(self, positions: dict[bytes, Position], realized: int) -> None:
+    def __init__(self, account: bytes, positions: dict[bytes, Position], realized: int) -> None:
+        self.account = account
         #: Held symbols only (net quantity != 0): ``{symbol: (quantity, cost_basis)}``.
         self.positions = positions
         self.realized = realized
@@ -234,6 +238,8 @@ class PortfolioHub:
         self.prices: dict[bytes, int] = {}
         self.realized: dict[bytes, int] = {}
         self.halts: dict[tuple[int, bytes], tuple[int, str]] = {}
+        #: Accounts whose state in Redis does not parse (the sync says so).
+        self.invalid: set[bytes] = set()
         self.accounts: dict[bytes, AccountState] = {}
         #: symbol -> subscribers whose account holds it.
         self.holders: dict[bytes, set[Subscriber]] = {}
@@ -292,6 +298,21 @@ class PortfolioHub:
                 subscriber.note_totals()
             for key, alert in alerts:
                 subscriber.note_alert(key, alert)
+
+    def account_invalid(self, account: bytes, invalid: bool) -> None:
+        """SyncListener: the account's Redis state stopped parsing, or parses again."""
+        if invalid:
+            self.invalid.add(account)
+        else:
+            self.invalid.discard(account)
+        state = self.accounts.get(account)
+        if state is None:
+            return
+        state.totals = None
+        alert = _invalid_state_alert(invalid)
+        for subscriber in state.subscribers:
+            subscriber.note_alert(INVALID_STATE_KEY, alert)
+            subscriber.note_totals()
 
     def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
         """HaltListener: a halt was applied (mode > 0) or lifted (mode 0)."""
@@ -375,7 +396,7 @@ class PortfolioHub:
         state = self.accounts.get(account)
         if state is None:
             positions = _held(self.table.account_positions(account))
-            state = AccountState(positions, self.realized.get(account, 0))
+            state = AccountState(account, positions, self.realized.get(account, 0))
             self._refresh_breaches(account, state)
             self.accounts[account] = state
         subscriber = Subscriber(account, state, interval)
@@ -417,6 +438,8 @@ class PortfolioHub:
                   if scope == pb.HALT_SCOPE_GLOBAL or target == subscriber.account]
         alerts += [_limit_alert(symbol, code, observed, limit, breached=True)
                    for (symbol, code), (observed, limit) in sorted(state.breaches.items())]
+        if subscriber.account in self.invalid:
+            alerts.append(_invalid_state_alert(True))
         return pb.PortfolioUpdate(
             account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT,
@@ -454,8 +477,13 @@ class PortfolioHub:
 
     def _totals(self, state: AccountState) -> pb.PortfolioTotals:
         if state.totals is None:
-            state.totals = sum_totals(
-                [self._holding(state, symbol) for symbol in state.positions], state.realized)
+            if state.account in self.invalid:
+                # What the table holds is not what Redis says: no figure at all.
+                state.totals = pb.PortfolioTotals(valuation=pb.VALUATION_INVALID_STATE)
+            else:
+                state.totals = sum_totals(
+                    [self._holding(state, symbol) for symbol in state.positions],
+                    state.realized)
         return state.totals
 
     # -- ALERTS --
@@ -552,6 +580,15 @@ def _limit_alert(symbol: bytes, code: int, observed: int, limit: int, *, breache
         kind = pb.ALERT_KIND_LIMIT_CLEARED
     return pb.Alert(kind=kind, code=cast(pb.RejectCode, code), message=message,
                     observed=observed, limit=limit, symbol=text)
+
+
+def _invalid_state_alert(invalid: bool) -> pb.Alert:
+    if invalid:
+        return pb.Alert(kind=pb.ALERT_KIND_INVALID_STATE, code=pb.REJECT_CODE_INVALID_STATE,
+                        message="the account's state in Redis could not be parsed: its "
+                        "figures are unknown and its orders are rejected; see the server log")
+    return pb.Alert(kind=pb.ALERT_KIND_INVALID_STATE_CLEARED, code=pb.REJECT_CODE_INVALID_STATE,
+                    message="the account's state in Redis parses again")
 
 
 def _halt_alert(scope: int, mode: int, reason: str, previous: int) -> pb.Alert:

@@ -90,6 +90,7 @@ class Valuation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VALUATION_PRICED: _ClassVar[Valuation]
     VALUATION_NO_PRICE: _ClassVar[Valuation]
     VALUATION_OVERFLOW: _ClassVar[Valuation]
+    VALUATION_INVALID_STATE: _ClassVar[Valuation]
 
 class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -98,6 +99,8 @@ class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_KIND_HALT_LIFTED: _ClassVar[AlertKind]
     ALERT_KIND_LIMIT_BREACH: _ClassVar[AlertKind]
     ALERT_KIND_LIMIT_CLEARED: _ClassVar[AlertKind]
+    ALERT_KIND_INVALID_STATE: _ClassVar[AlertKind]
+    ALERT_KIND_INVALID_STATE_CLEARED: _ClassVar[AlertKind]
 SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
@@ -161,11 +164,14 @@ VALUATION_UNSPECIFIED: Valuation
 VALUATION_PRICED: Valuation
 VALUATION_NO_PRICE: Valuation
 VALUATION_OVERFLOW: Valuation
+VALUATION_INVALID_STATE: Valuation
 ALERT_KIND_UNSPECIFIED: AlertKind
 ALERT_KIND_HALT: AlertKind
 ALERT_KIND_HALT_LIFTED: AlertKind
 ALERT_KIND_LIMIT_BREACH: AlertKind
 ALERT_KIND_LIMIT_CLEARED: AlertKind
+ALERT_KIND_INVALID_STATE: AlertKind
+ALERT_KIND_INVALID_STATE_CLEARED: AlertKind
 
 class Order(_message.Message):
     __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty")
