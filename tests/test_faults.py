@@ -9,8 +9,6 @@ notice); after that it must never approve what Redis says it must reject.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +16,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 
 from book import GENEROUS_LIMITS, codes, order, seed_account, wait_until
 from conftest import GatewayThread, gateway_settings
-from pretrade.app.devredis import RedisServer
+from faults import RestartableRedis
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
@@ -30,36 +27,6 @@ LAG_MS = 500
 #: How long after a change the gateway may still decide on the old state:
 #: the lag bound, the canary's period and a resync, with room for a slow CI.
 NOTICE_SECONDS = 4 * LAG_MS / 1000 + 2.0
-
-
-class RestartableRedis:
-    """A stock redis-server on a fixed port, its data on disk, to kill and restart."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.server = RedisServer(data_dir=data_dir, persistent=True,
-                                  notify_keyspace_events="").start()
-        self.port = self.server.port
-        self.url = self.server.url
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5)
-
-    def kill_and_restart(self) -> None:
-        """kill -9 the server, then start a new one on the same port and data."""
-        os.kill(self.server.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(self.server.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
-        self.server = RedisServer(port=self.port, data_dir=self.data_dir, persistent=True,
-                                  notify_keyspace_events="").start()
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @pytest.fixture

@@ -861,6 +861,26 @@ cdef class PositionTable:
     def recovered_locks(self):
         return L.pt_load_i64(&self.header.recovered_locks)
 
+    def account_ids(self):
+        """Every account id the table has a record for, in record order."""
+        cdef int32_t i
+        cdef L.AccountRecord* rec
+        out = []
+        for i in range(L.pt_load_i32(&self.header.account_count)):
+            rec = &self.accounts[i]
+            out.append(rec.account_id[:rec.id_length])
+        return out
+
+    def instrument_ids(self):
+        """Every symbol the table has a record for, in record order."""
+        cdef int32_t i
+        cdef L.InstrumentRecord* rec
+        out = []
+        for i in range(L.pt_load_i32(&self.header.instrument_count)):
+            rec = &self.instruments[i]
+            out.append(rec.symbol[:rec.id_length])
+        return out
+
     def counts(self):
         """Records in use and capacities, as a dict."""
         h = self.header
@@ -958,6 +978,43 @@ cdef class PositionTable:
                   self.positions[p].working_sell)
         self.unlock_account(a)
         return result
+
+    def working_orders(self, account_id):
+        """The account's working orders, newest first, as dicts (read under its lock).
+
+        Each has ``order_id``, ``symbol``, ``side``, ``order_type``,
+        ``quantity``, ``price``, ``valuation_price``, ``notional``, ``venue``,
+        ``counterparty`` and ``remaining``: what its durable record holds.
+        """
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        cdef list out = []
+        cdef int32_t o
+        cdef L.OrderRecord* rec
+        cdef L.InstrumentRecord* instrument
+        if a == L.NO_INDEX:
+            return out
+        self.lock_account(a)
+        try:
+            o = self.accounts[a].first_working_order
+            while o != L.NO_INDEX:
+                rec = &self.orders[o]
+                instrument = &self.instruments[rec.instrument_index]
+                out.append({
+                    "order_id": rec.order_id[:rec.id_length],
+                    "symbol": instrument.symbol[:instrument.id_length],
+                    "side": rec.side, "order_type": rec.order_type,
+                    "quantity": rec.quantity, "price": rec.price,
+                    "valuation_price": rec.valuation_price, "notional": rec.notional,
+                    # NUL-padded to TAG_CAPACITY
+                    "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                    "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                    "remaining": rec.remaining,
+                })
+                o = rec.next_working
+        finally:
+            self.unlock_account(a)
+        return out
 
     def order_info(self, account_id, order_id):
         """What the table holds for one decided order id, or None."""

@@ -156,7 +156,8 @@ class Gateway:
             automatic_halts_unwritten=self.servicer.breakers.unwritten,
             automatic_halt_write_failures=self.servicer.breakers.write_failures,
             journal_written=self.journal.written if self.journal else 0,
-            journal_failures=self.journal.failed if self.journal else 0)
+            journal_failures=self.journal.failed if self.journal else 0,
+            journal_pending=self.journal.pending if self.journal else 0)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""

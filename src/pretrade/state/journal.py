@@ -41,6 +41,12 @@ FORMAT = b"\x02"
 LEGACY_FORMAT = b"1;"
 #: How long before the caller's deadline a wait for durability gives up.
 ANSWER_MARGIN_SECONDS = 0.05
+#: Pause after a failed write, doubled per failure up to the maximum.
+RETRY_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+#: Most decided orders kept for a retry while Redis refuses them (the table
+#: goes stale within max_sync_lag_ms, so few orders are decided meanwhile).
+MAX_RETRIED = 100_000
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,11 @@ class Journal:
     async def _flush(self) -> None:
         # One pipeline per round: whatever queued while the last one was out
         # rides the next, so throughput does not pay a round trip per order.
+        # A batch that fails stays queued and is retried (with backoff) until
+        # Redis takes it: its decisions stand in the table (the callers were
+        # told UNAVAILABLE, and a re-send replays them), so their records must
+        # reach Redis too, or a restart would forget reservations.
+        delay = RETRY_SECONDS
         try:
             while self._pending:
                 pending, self._pending = self._pending, []
@@ -201,15 +212,29 @@ class Journal:
                     await self._write(pending)
                 except (RedisError, OSError) as error:
                     self.failed += len(pending)
-                    log.error("could not make %d decisions durable: %s", len(pending), error)
-                    failure = Unavailable(f"the decision could not be made durable: {error}")
+                    log.error("could not make %d decisions durable (%s); retrying in %.1f s",
+                              len(pending), error, delay)
+                    failure = Unavailable(f"the decision could not be made durable: {error}; "
+                                          "re-send the same order id, it replays")
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_exception(failure)
+                    self._pending[:0] = pending[-MAX_RETRIED:]
+                    if len(pending) > MAX_RETRIED:
+                        log.critical("%d durable decisions dropped: more than %d wait for "
+                                     "Redis", len(pending) - MAX_RETRIED, MAX_RETRIED)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
                     continue
+                delay = RETRY_SECONDS
                 self.written += len(pending)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
         finally:
             self._flushing = False
+
+    @property
+    def pending(self) -> int:
+        """Decided orders waiting for Redis (queued, or retried after a failure)."""
+        return len(self._pending)

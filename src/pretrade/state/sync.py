@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pretrade._core import PositionTable
 from pretrade.engine.text import as_text, quoted
 from pretrade.state.halts import HaltBook, HaltKey
-from pretrade.state.journal import decode
+from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
     CANARY,
     ORDERS,
@@ -55,6 +55,7 @@ from pretrade.state.schema import (
     instrument_key,
     limits_key,
     locates_key,
+    orders_key,
     parse_balances,
     parse_halt,
     parse_instrument,
@@ -224,6 +225,7 @@ class RedisSync:
         self._heard_beat = 0.0          # send time of the newest beat heard
         self.confirmed_at = 0.0         # ...and applied: the table is this fresh
         self._resync_reason = ""
+        self._database_replaced = False
         db = client.connection_pool.connection_kwargs.get("db", 0)
         self._channel_prefix = f"__keyspace@{db}__:".encode()
 
@@ -325,6 +327,9 @@ class RedisSync:
                 assert pubsub.connection is not None
                 pubsub.connection.register_connect_callback(self._pubsub_reconnected)
                 await self._plant_canary()
+                if self._database_replaced:
+                    await self._write_back_working_orders()
+                    self._database_replaced = False
                 await self.full_load()
                 self._beats.clear()
                 self.following = True
@@ -397,6 +402,7 @@ class RedisSync:
                 existed, _ = await pipe.execute()
             self._beats.append(sent_at)
             if not existed:
+                self._database_replaced = True
                 self._resync("the database was emptied or replaced (FLUSHALL, FLUSHDB or "
                              "SWAPDB): the canary key is gone")
                 return
@@ -418,6 +424,33 @@ class RedisSync:
         if self._beats:
             self._heard_beat = self._beats.popleft()
         return True
+
+    async def _write_back_working_orders(self) -> None:
+        """Put the table's working orders into a replaced database (``orders:{ACC}``).
+
+        The orders were approved and may be working at the market: forgetting
+        them because Redis lost their records would free their reservations.
+        Written with HSETNX, so a record the new database holds is kept.
+        """
+        written = 0
+        for account in self.table.account_ids():
+            orders = self.table.working_orders(account)
+            if not orders:
+                continue
+            key = orders_key(account)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for order in orders:
+                    record = DecidedOrder(
+                        account, order["order_id"], order["symbol"], order["side"],
+                        order["order_type"], order["quantity"], order["price"],
+                        order["valuation_price"], order["notional"], order["venue"],
+                        order["counterparty"], True, ())
+                    pipe.hsetnx(key, order["order_id"], record.encode())
+                replies = await pipe.execute()
+            written += sum(1 for reply in replies if reply)
+        if written:
+            log.warning("the database was replaced: %d working orders written back to "
+                        "orders:{ACC}, so they keep their reservations", written)
 
     async def _remove_canary(self) -> None:
         try:
