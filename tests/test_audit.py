@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from book import order, seed_account, wait_until
 from pretrade.api.access import new_token, token_entry
-from pretrade.audit.entries import AUDIT_STREAM, encode
+from pretrade.audit.entries import AUDIT_STREAM, encode, rows_of
 from pretrade.audit.query import AuditQuery, read_audit
 from pretrade.audit.trail import AuditTrail
 from pretrade.cli.commands import main, parse_when
@@ -44,9 +44,9 @@ def seeded(redis_client: redis.Redis) -> redis.Redis:
 
 
 def entries(client: redis.Redis, event: str | None = None) -> list[dict[str, str]]:
-    """Every entry of the stream, oldest first, fields decoded."""
-    found = [{k.decode(): v.decode() for k, v in fields.items()}
-             for _, fields in client.xrange(AUDIT_STREAM)]
+    """Every record of the stream, oldest first, as the rows a reader sees."""
+    found = [fields for entry_id, raw in client.xrange(AUDIT_STREAM)
+             for _, fields in rows_of(entry_id, raw)]
     return [fields for fields in found if event is None or fields["event"] == event]
 
 
@@ -273,21 +273,46 @@ def test_the_stream_is_trimmed_to_about_max_len(redis_client, redis_url):
         client = aioredis.Redis.from_url(redis_url)
         trail = AuditTrail(client, max_len=100, queue_size=5_000)
         trail.start()
-        for n in range(3_000):
+        # One stream entry per batch: let each change go out on its own.
+        for n in range(1_000):
             trail.halt("rpc", pb.HALT_SCOPE_GLOBAL, b"", pb.HALT_MODE_HALTED, f"r{n}", "me")
+            while trail.pending:
+                await asyncio.sleep(0)
         await trail.close(timeout=10)
         await client.aclose()
 
     asyncio.run(scenario())
     # MAXLEN ~ trims whole macro nodes (100 entries each by default).
     assert 100 <= redis_client.xlen(AUDIT_STREAM) <= 300
-    last = redis_client.xrevrange(AUDIT_STREAM, count=1)[0][1]
-    assert last[b"reason"] == b"r2999"
+    entry_id, last = redis_client.xrevrange(AUDIT_STREAM, count=1)[0]
+    assert rows_of(entry_id, last)[-1][1]["reason"] == "r999"
+
+
+def test_a_burst_of_decisions_is_one_stream_entry_per_batch_and_reads_back_whole(redis_client,
+                                                                                redis_url):
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        trail = AuditTrail(client, queue_size=10_000)
+        trail.start()
+        for n in range(2_500):
+            trail.decision(order(order_id=f"b{n}", venue="X;N:A,S"), n % 2 == 0,
+                           () if n % 2 == 0 else ((pb.REJECT_CODE_MAX_ORDER_QUANTITY, 1, 2),),
+                           100 + n, False, 1_000, "oms-1")
+        await trail.close(timeout=10)
+        await client.aclose()
+
+    asyncio.run(scenario())
+    assert redis_client.xlen(AUDIT_STREAM) == 3  # 1,000 + 1,000 + 500 records
+    rows = entries(redis_client)
+    assert [row["order_id"] for row in rows] == [f"b{n}" for n in range(2_500)]
+    assert rows[1]["codes"] == "MAX_ORDER_QUANTITY" and rows[1]["verdict"] == "REJECTED"
+    assert rows[0]["venue"] == "X;N:A,S" and rows[0]["principal"] == "oms-1"
+    assert set(rows[0]) == EVERY_DECISION_FIELD
 
 
 def test_text_fields_are_cut_so_a_huge_malformed_order_cannot_bloat_the_stream():
     huge = order(order_id="x" * 100_000, account="y" * 100_000)
-    fields = encode(("decision", 0, None, huge, False, ((39, 0, 0),), 0, False, 0), "1")
+    fields = encode(("decision", 0, "", huge, False, ((39, 0, 0),), 0, False, 0), "1")
     assert max(len(str(value)) for value in fields) <= 256
 
 
@@ -398,6 +423,6 @@ def test_every_field_of_both_entry_kinds_is_documented():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "redis-schema.md").read_text()
     section = doc.split("\n## The audit trail: `audit`\n", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
-    decision = encode(("decision", 0, None, order(), True, (), 0, False, 0), "1")[::2]
-    halt_change = encode(("halt", 0, None, "rpc", 1, b"", 3, "r", "me", 0), "1")[::2]
+    decision = encode(("decision", 0, "", order(), True, (), 0, False, 0), "1")[::2]
+    halt_change = encode(("halt", 0, "", "rpc", 1, b"", 3, "r", "me", 0), "1")[::2]
     assert documented == set(decision) | set(halt_change)

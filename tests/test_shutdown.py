@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import order, seed_account
 from pretrade.app.config import environment_variable
-from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from test_serve import BANNER, serve_environment
@@ -140,8 +140,9 @@ def test_sigterm_finishes_calls_in_flight_refuses_new_ones_and_flushes_the_audit
                for sender in senders for sent, answered in sender.answered), senders
     # Every order answered is in the audit stream, and nothing else is.
     decided = [order_id for sender in senders for order_id in sender.decided]
-    audited = [fields[b"order_id"].decode()
-               for _, fields in redis_client.xrange(AUDIT_STREAM)
-               if fields[b"event"] == b"decision"]
+    audited = [fields["order_id"]
+               for entry_id, raw in redis_client.xrange(AUDIT_STREAM)
+               for _, fields in rows_of(entry_id, raw)
+               if fields["event"] == "decision"]
     assert len(audited) == len(decided)
     assert set(audited) == set(decided)

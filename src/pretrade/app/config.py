@@ -231,10 +231,11 @@ class Settings:
         On SIGTERM, how long in-flight calls may take to finish before they
         are cancelled; writing the queued audit entries may take as long again.
     audit_max_len : int
-        About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``).
+        About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``);
+        each entry is a batch of up to 1,000 records.
     audit_queue_size : int
-        Audit entries held in memory while Redis is slow or unreachable; past
-        it, new entries are dropped and counted (GetStatus ``audit_dropped``).
+        Audit records held in memory while Redis is slow or unreachable; past
+        it, new records are dropped and counted (GetStatus ``audit_dropped``).
     durable_decisions : bool
         Write every decided order to Redis (``orders:{ACC}``) before answering,
         so a restarted server replays order ids and keeps working orders. Off

@@ -1,8 +1,19 @@
-"""The audit trail's entries: the Redis stream ``audit`` and the fields of each entry.
+"""The audit trail's records: how they are written to the Redis stream ``audit``, and read back.
 
-Entry format
-------------
-Every value is text (UTF-8). Common fields: ``event`` (``decision`` or
+Stream entries
+--------------
+One entry per batch of records a server process queued (:func:`encode_batch`):
+fields ``v`` (``2``), ``pid``, ``n`` (records in it) and ``data``, the
+protobuf message ``pretrade.v1.AuditBatch`` (proto/pretrade/v1/records.proto).
+One XADD per batch instead of one per decision keeps the writer far ahead
+of the batch path. Entries of the first version (one text entry per record,
+with the fields below) are still read.
+
+Rows
+----
+A reader (``pretrade audit``, the archiver) sees one row per record
+(:func:`rows_of`), ``id`` ``<stream entry id>/<n>``, with these fields, every
+value text (UTF-8). Common fields: ``event`` (``decision`` or
 ``halt``), ``ts`` (Unix epoch milliseconds when the gateway decided or
 applied it; the stream id is when Redis received the batch, a few
 milliseconds later), ``pid`` (the server process) and ``principal`` (the
@@ -31,45 +42,121 @@ in Redis) and ``expires_at`` (Unix epoch milliseconds, ``0`` for never).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from pretrade.engine.names import short_name
+from pretrade.engine.text import as_text
+from pretrade.v1 import records_pb2
 from pretrade.v1 import risk_pb2 as pb
 
 #: The Redis stream of audit entries.
 AUDIT_STREAM = b"audit"
-#: Longest text kept in an entry's field (characters).
+#: Longest text kept in a record's field (characters).
 MAX_TEXT = 256
+#: The ``v`` field of a batch entry.
+BATCH_VERSION = b"2"
 
 DECISION, HALT = "decision", "halt"
 SOURCE_RPC, SOURCE_BREAKER, SOURCE_REDIS = "rpc", "breaker", "redis"
 
 
-def _mode_name(mode: int) -> str:
-    # 0 is the table's "no halt": a lift, like HALT_MODE_ACTIVE.
-    return short_name(pb.HaltMode, mode or pb.HALT_MODE_ACTIVE)
+# -- WRITING --
+
+def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
+    """The ``data`` of one stream entry: queued entries as one AuditBatch message."""
+    batch = records_pb2.AuditBatch()
+    add = batch.records.add
+    for entry in entries:
+        record = add()
+        if entry[0] == DECISION:
+            _, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional = \
+                entry
+            record.ts_unix_ms = at_ns // 1_000_000
+            record.principal = principal
+            decision = record.decision
+            decision.order_id = order.order_id[:MAX_TEXT]
+            decision.account = order.account_id[:MAX_TEXT]
+            decision.symbol = order.symbol[:MAX_TEXT]
+            decision.side = order.side
+            decision.order_type = order.order_type
+            decision.quantity = order.quantity
+            decision.price = order.price
+            decision.venue = order.venue[:MAX_TEXT]
+            decision.counterparty = order.counterparty[:MAX_TEXT]
+            decision.approved = approved
+            if rejections:
+                decision.codes.extend([rejection[0] for rejection in rejections])
+            decision.notional = notional
+            decision.latency_ns = latency_ns
+            decision.replayed = replayed
+        else:
+            _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
+            record.ts_unix_ms = at_ns // 1_000_000
+            record.principal = principal
+            halt = record.halt
+            halt.source = source
+            halt.scope = scope
+            halt.target = target.decode("utf-8", "replace")
+            # 0 is the table's "no halt": a lift, like HALT_MODE_ACTIVE.
+            halt.mode = mode or pb.HALT_MODE_ACTIVE
+            halt.reason = reason[:MAX_TEXT * 2]
+            halt.by = by[:MAX_TEXT]
+            halt.expires_at_unix_ms = expires_at_ms
+    return batch.SerializeToString()
 
 
 def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
-    """The stream fields of one queued entry, as a flat ``field, value, ...`` list."""
-    if entry[0] == DECISION:
-        _, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional = entry
-        return [
-            "event", DECISION, "ts", at_ns // 1_000_000, "pid", pid,
-            "principal", principal,
-            "order_id", order.order_id[:MAX_TEXT], "account", order.account_id[:MAX_TEXT],
-            "symbol", order.symbol[:MAX_TEXT], "side", short_name(pb.Side, order.side),
-            "order_type", short_name(pb.OrderType, order.order_type),
-            "quantity", order.quantity, "price", order.price,
-            "venue", order.venue[:MAX_TEXT], "counterparty", order.counterparty[:MAX_TEXT],
-            "verdict", "APPROVED" if approved else "REJECTED",
-            "codes", ",".join([short_name(pb.RejectCode, r[0]) for r in rejections]),
-            "notional", notional, "latency_ns", latency_ns, "replayed", 1 if replayed else 0,
-        ]
-    _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
-    return [
-        "event", HALT, "ts", at_ns // 1_000_000, "pid", pid,
-        "principal", principal, "source", source,
-        "scope", short_name(pb.HaltScope, scope), "target", target, "mode", _mode_name(mode),
-        "reason", reason[:MAX_TEXT * 2], "by", by[:MAX_TEXT], "expires_at", expires_at_ms,
-    ]
+    """One queued entry as the flat ``field, value, ...`` list of its row."""
+    record = records_pb2.AuditBatch.FromString(encode_batch([entry])).records[0]
+    return [item for pair in row_of(record, pid).items() for item in pair]
+
+
+# -- READING --
+
+def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
+    """One record as a row: the documented fields, every value text."""
+    common = {"ts": str(record.ts_unix_ms), "pid": pid, "principal": record.principal}
+    if record.WhichOneof("event") == "decision":
+        d = record.decision
+        return {
+            "event": DECISION, **common, "order_id": d.order_id, "account": d.account,
+            "symbol": d.symbol, "side": short_name(pb.Side, d.side),
+            "order_type": short_name(pb.OrderType, d.order_type),
+            "quantity": str(d.quantity), "price": str(d.price), "venue": d.venue,
+            "counterparty": d.counterparty, "verdict": "APPROVED" if d.approved else "REJECTED",
+            "codes": ",".join(short_name(pb.RejectCode, code) for code in d.codes),
+            "notional": str(d.notional), "latency_ns": str(d.latency_ns),
+            "replayed": "1" if d.replayed else "0",
+        }
+    h = record.halt
+    return {
+        "event": HALT, **common, "source": h.source, "scope": short_name(pb.HaltScope, h.scope),
+        "target": h.target, "mode": short_name(pb.HaltMode, h.mode), "reason": h.reason,
+        "by": h.by, "expires_at": str(h.expires_at_unix_ms),
+    }
+
+
+def rows_of(entry_id: bytes | str, fields: Mapping[bytes, bytes] | Mapping[str, str]
+            ) -> list[tuple[str, dict[str, str]]]:
+    """The rows of one stream entry, in order, each ``(row id, fields)``.
+
+    A batch entry gives one row per record (ids ``<entry id>/<n>``); an entry
+    of the first version is one row of its own text fields. A batch that does
+    not parse is one row ``{"event": "unreadable", ...}``: shown, never skipped.
+    """
+    stream_id = as_text(entry_id)
+    text = {as_text(key): value for key, value in fields.items()}
+    if as_text(text.get("v")) != BATCH_VERSION.decode():
+        return [(stream_id, {key: as_text(value) for key, value in text.items()})]
+    pid = as_text(text.get("pid"))
+    data = text.get("data", b"")
+    try:
+        batch = records_pb2.AuditBatch.FromString(
+            data if isinstance(data, bytes) else data.encode("utf-8", "surrogateescape"))
+    except DecodeError as error:
+        return [(stream_id, {"event": "unreadable", "pid": pid,
+                             "reason": f"the batch does not parse: {error}"[:MAX_TEXT]})]
+    return [(f"{stream_id}/{n}", row_of(record, pid)) for n, record in enumerate(batch.records)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pretrade.audit.entries import AUDIT_STREAM, DECISION
+from pretrade.audit.entries import AUDIT_STREAM, DECISION, rows_of
 from pretrade.engine.text import as_text
 
 #: How much earlier than an entry's ``ts`` Redis may have received it: the
@@ -78,11 +78,11 @@ def read_audit(client: Any, query: AuditQuery,
     while True:
         page = client.xrevrange(stream, max=high, min=low, count=_PAGE)
         for raw_id, raw_fields in page:
-            fields = {as_text(k): as_text(v) for k, v in raw_fields.items()}
-            if query.matches(fields):
-                found.append((as_text(raw_id), fields))
-                if query.limit and len(found) >= query.limit:
-                    return found[::-1]
+            for row_id, fields in reversed(rows_of(raw_id, raw_fields)):
+                if query.matches(fields):
+                    found.append((row_id, fields))
+                    if query.limit and len(found) >= query.limit:
+                        return found[::-1]
         if len(page) < _PAGE:
             return found[::-1]
         high = "(" + as_text(page[-1][0])

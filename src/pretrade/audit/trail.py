@@ -6,10 +6,11 @@ Off the hot path
 tuple to a bounded in-memory queue: no await, no encoding, O(1). The
 servicer keeps a reference to the request message; nothing is copied. A
 background task (:meth:`AuditTrail.run`) takes up to :data:`BATCH_SIZE`
-entries at a time, encodes them and writes them in one pipeline of
-``XADD audit MAXLEN ~ <max_len> * field value ...``. While a batch is in
-flight new entries queue up behind it, so under load the batches grow and
-the cost per entry falls (group commit).
+entries at a time, encodes them as one protobuf message
+(:func:`~pretrade.audit.entries.encode_batch`) and writes it with one
+``XADD audit MAXLEN ~ <max_len> * v 2 pid <pid> n <count> data <batch>``.
+While a batch is in flight new entries queue up behind it, so under load the
+batches grow and the cost per entry falls (group commit).
 
 A slow or unreachable Redis never blocks a decision. Entries leave the queue
 only once Redis has acknowledged their batch; a failed write is retried after
@@ -42,7 +43,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pretrade.audit.entries import AUDIT_STREAM, DECISION, HALT, encode
+from pretrade.audit.entries import AUDIT_STREAM, BATCH_VERSION, DECISION, HALT, encode_batch
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.audit")
@@ -51,6 +52,8 @@ log = logging.getLogger("pretrade.audit")
 BATCH_SIZE = 1_000
 #: At most one "dropping audit entries" warning per this many seconds.
 DROP_LOG_SECONDS = 10.0
+#: A batch write this slow (seconds) means Redis, not the writer, is the bottleneck.
+SLOW_WRITE_SECONDS = 0.5
 #: The longest a batch's write may take before it counts as failed (and is retried).
 WRITE_TIMEOUT_SECONDS = 10.0
 #: Pause after a failed write, doubled per failure up to RETRY_MAX_SECONDS.
@@ -65,6 +68,8 @@ class AuditStats:
     written: int = 0
     dropped: int = 0
     write_errors: int = 0
+    #: How long the last batch took to write (seconds).
+    last_write_seconds: float = 0.0
 
 
 class AuditTrail:
@@ -102,6 +107,7 @@ class AuditTrail:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = -DROP_LOG_SECONDS
+        self._failing = False
 
     @property
     def pending(self) -> int:
@@ -139,8 +145,19 @@ class AuditTrail:
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_SECONDS:
             self._last_drop_log = now
-            log.warning("audit queue full (%d entries, Redis slow or unreachable): dropping "
-                        "audit entries, %d dropped so far", self.queue_size, self.stats.dropped)
+            log.warning("audit queue full (%d entries): dropping audit entries, %d dropped so "
+                        "far; %s", self.queue_size, self.stats.dropped, self._why_full())
+
+    def _why_full(self) -> str:
+        """The cause of a full queue, from what the writer saw."""
+        if self._failing:
+            return "Redis refuses or does not answer the writes (see the errors above)"
+        if self.stats.last_write_seconds >= SLOW_WRITE_SECONDS:
+            return (f"Redis is slow: the last batch took "
+                    f"{self.stats.last_write_seconds * 1000:.0f} ms")
+        return ("the writer cannot keep up with this process's decisions: Redis answers "
+                f"fast (last batch {self.stats.last_write_seconds * 1000:.1f} ms), the event "
+                "loop has no time left to encode; raise audit_queue_size or run more workers")
 
     # -- THE WRITER --
 
@@ -164,6 +181,7 @@ class AuditTrail:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
+                self._failing = True
                 self.stats.write_errors += 1
                 now = time.monotonic()
                 if failing_since == 0.0 or now - failing_since >= DROP_LOG_SECONDS:
@@ -182,17 +200,18 @@ class AuditTrail:
                 continue
             if failing_since:
                 log.info("audit entries are written to Redis again")
+            self._failing = False
             delay, failing_since = RETRY_SECONDS, 0.0
 
     async def _write_batch(self) -> None:
         batch = list(itertools.islice(self._queue, BATCH_SIZE))
+        started = time.monotonic()
         # A TimeoutError is an OSError: run() counts it and retries the batch.
-        async with asyncio.timeout(self.write_timeout), \
-                self.client.pipeline(transaction=False) as pipe:
-            head = ("XADD", self.stream, "MAXLEN", "~", self.max_len, "*")
-            for entry in batch:
-                pipe.execute_command(*head, *encode(entry, self.pid))
-            await pipe.execute()
+        async with asyncio.timeout(self.write_timeout):
+            await self.client.execute_command(
+                "XADD", self.stream, "MAXLEN", "~", self.max_len, "*", "v", BATCH_VERSION,
+                "pid", self.pid, "n", len(batch), "data", encode_batch(batch))
+        self.stats.last_write_seconds = time.monotonic() - started
         # Only now: an entry leaves the queue once Redis has it.
         for _ in batch:
             self._queue.popleft()

@@ -44,3 +44,71 @@ class StoredRejection(_message.Message):
     observed: int
     limit: int
     def __init__(self, code: _Optional[_Union[_risk_pb2.RejectCode, str]] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("ts_unix_ms", "principal", "decision", "halt")
+    TS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    HALT_FIELD_NUMBER: _ClassVar[int]
+    ts_unix_ms: int
+    principal: str
+    decision: AuditDecision
+    halt: AuditHalt
+    def __init__(self, ts_unix_ms: _Optional[int] = ..., principal: _Optional[str] = ..., decision: _Optional[_Union[AuditDecision, _Mapping]] = ..., halt: _Optional[_Union[AuditHalt, _Mapping]] = ...) -> None: ...
+
+class AuditDecision(_message.Message):
+    __slots__ = ("order_id", "account", "symbol", "side", "order_type", "quantity", "price", "venue", "counterparty", "approved", "codes", "notional", "latency_ns", "replayed")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    VENUE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    account: str
+    symbol: str
+    side: _risk_pb2.Side
+    order_type: _risk_pb2.OrderType
+    quantity: int
+    price: int
+    venue: str
+    counterparty: str
+    approved: bool
+    codes: _containers.RepeatedScalarFieldContainer[_risk_pb2.RejectCode]
+    notional: int
+    latency_ns: int
+    replayed: bool
+    def __init__(self, order_id: _Optional[str] = ..., account: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., approved: _Optional[bool] = ..., codes: _Optional[_Iterable[_Union[_risk_pb2.RejectCode, str]]] = ..., notional: _Optional[int] = ..., latency_ns: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class AuditHalt(_message.Message):
+    __slots__ = ("source", "scope", "target", "mode", "reason", "by", "expires_at_unix_ms")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    scope: _risk_pb2.HaltScope
+    target: str
+    mode: _risk_pb2.HaltMode
+    reason: str
+    by: str
+    expires_at_unix_ms: int
+    def __init__(self, source: _Optional[str] = ..., scope: _Optional[_Union[_risk_pb2.HaltScope, str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[_risk_pb2.HaltMode, str]] = ..., reason: _Optional[str] = ..., by: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
