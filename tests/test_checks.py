@@ -15,9 +15,9 @@ import itertools
 from typing import Any
 
 import pytest
+from pretrade._core.constants import ORDER_ID_EXPIRED
 
 from pretrade._core import Engine, TableFullError
-from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.limits import LimitKind as K
 from pretrade.engine.reference import ReferenceBook
 from pretrade.engine.table import new_private_table
