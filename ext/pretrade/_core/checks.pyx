@@ -33,7 +33,9 @@ cdef class Verdict:
     auto_halt: the AutoHalt the caller must apply (0 none, 1 loss limit:
     REDUCE_ONLY, 2 reject storm: HALTED); profit_and_loss: the account's P&L
     when the loss limit tripped; stored: the decision was kept under its
-    order id (the caller makes it durable).
+    order id and is not durable yet (the caller writes it to Redis before it
+    answers, then marks it durable) -- for a replay too, when the first
+    write failed.
 
     A struct with names, built in C without a tuple: it compares, iterates
     and unpacks like the 7-tuple it replaces, in that field order.
