@@ -38,7 +38,8 @@ def capacity_rejection(decision: pb.Decision) -> pb.Rejection:
 # -- item 6: one entity over capacity fails closed alone --
 
 
-def test_an_account_whose_positions_do_not_fit_fails_closed_alone(redis_client, start_gateway):
+def test_an_account_whose_positions_do_not_fit_fails_closed_alone(redis_client, start_gateway,
+                                                                 caplog):
     seed_account(redis_client)
     seed_lots(redis_client, "ACC-1", [("L1", "AAPL", 10, 683_378)])
     for n in range(12):
@@ -61,10 +62,16 @@ def test_an_account_whose_positions_do_not_fit_fails_closed_alone(redis_client, 
         redis_client.hset("limits:{ACC-1}", "max_order_quantity", 5)
         wait_until(lambda: codes(stub.EvaluateOrder(order())),
                    lambda c: c == [pb.REJECT_CODE_MAX_ORDER_QUANTITY])
-        # the over-capacity account is still refused, and counted once
+        # BIG's lots change again (re-read, still too many): refused, counted
+        # and logged once
+        refreshes = status(stub).sync_refreshes
+        redis_client.hset("quantities_by_lot:{BIG}", "L0", 20)
+        wait_until(lambda: status(stub).sync_refreshes, lambda n: n > refreshes)
         assert capacity_rejection(stub.EvaluateOrder(order(account="BIG", symbol="S1",
                                                            price=10_000)))
         assert status(stub).capacity_exhausted == 1
+        logged = [r for r in caplog.records if "does not fit" in r.getMessage()]
+        assert len(logged) == 1 and "BIG" in logged[0].getMessage()
 
 
 def test_accounts_and_instruments_past_capacity_fail_closed_alone(redis_client, start_gateway):
