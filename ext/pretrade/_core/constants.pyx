@@ -31,6 +31,7 @@ EVICTED_FILTER_HASHES = L.EVICTED_FILTER_HASHES   # bits probed per id
 EVICT_SCAN = L.EVICT_SCAN                         # oldest non-working records looked at
 # DUPLICATE_ORDER_ID with this observed: read the id's durable copy first
 ORDER_ID_EXPIRED = L.ORDER_ID_EXPIRED
+TABLE_CLOCK_STEP_NS = L.TABLE_CLOCK_STEP_NS     # the table's clock moves in steps of this
 
 # -- DEFAULT WINDOWS (milliseconds) --
 

@@ -70,6 +70,9 @@ cdef enum:
     # decided before and its record left the table; the caller must read its
     # durable copy (limit = the account's eviction count to quote back).
     ORDER_ID_EXPIRED = 1
+    # The table's clock (when a record stopped working) moves in steps of at
+    # least this, so decisions in several processes rarely write its cache line.
+    TABLE_CLOCK_STEP_NS = 1_000_000
 
 
 # Window lengths the velocity checks and the reject-storm breaker use when a

@@ -481,9 +481,11 @@ cdef class PositionTable:
         return True
 
     cdef void advance_clock(self, int64_t now_ns) noexcept nogil:
-        # The table's clock only moves forward: the latest reading any caller gave.
+        # The table's clock only moves forward, to the latest reading any caller
+        # gave, in steps of TABLE_CLOCK_STEP_NS or more (it starts at 0 and
+        # never goes below, so now_ns - seen cannot overflow).
         cdef int64_t seen = L.pt_load_i64(&self.header.clock_ns)
-        while now_ns > seen:
+        while now_ns > seen and now_ns - seen >= L.TABLE_CLOCK_STEP_NS:
             if L.pt_cas_i64(&self.header.clock_ns, seen, now_ns):
                 return
             seen = L.pt_load_i64(&self.header.clock_ns)

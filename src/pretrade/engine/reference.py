@@ -48,6 +48,7 @@ from pretrade._core.constants import (
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
     STORED_REJECTIONS,
+    TABLE_CLOCK_STEP_NS,
     TAG_LIMIT_SLOTS,
 )
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
@@ -933,6 +934,11 @@ class ReferenceBook:
 
     # -- DECIDED ORDERS: the account's share, durability, leaving the table --
 
+    def _advance_clock(self, now_ns: int) -> None:
+        """The table's clock: forward only, in steps of TABLE_CLOCK_STEP_NS or more."""
+        if now_ns - self.clock_ns >= TABLE_CLOCK_STEP_NS:
+            self.clock_ns = now_ns
+
     def _idle(self, account: RefAccount, order_id: bytes, order: RefOrder, at: int) -> None:
         order.idle_since = at
         account.idle.append(order_id)
@@ -995,7 +1001,7 @@ class ReferenceBook:
         return marked
 
     def expire_orders(self, now_ns: int, budget: int = 10_000) -> int:
-        self.clock_ns = max(self.clock_ns, now_ns)
+        self._advance_clock(now_ns)
         evicted = 0
         for account_id, account in self.accounts.items():
             if evicted >= budget:
@@ -1193,7 +1199,7 @@ class ReferenceBook:
                             ("durable_checked", durable_checked)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
-        self.clock_ns = max(self.clock_ns, now_ns)
+        self._advance_clock(now_ns)
         ctx = self.prepare_context(account_id, symbol, side, order_type, quantity, price,
                                    venue, counterparty, now_ns)
         account = ctx.account
