@@ -46,14 +46,17 @@ def populate(book) -> None:
 
 
 def make_engine(max_orders: int) -> Engine:
+    # the one account may use the whole order table (nothing here is durable,
+    # so no decided order leaves it)
     table = new_private_table(max_accounts=64, max_instruments=64, max_positions=256,
-                              max_overrides=64, lock_stripes=8, max_orders=max_orders)
+                              max_overrides=64, lock_stripes=8, max_orders=max_orders,
+                              max_orders_per_account=max_orders)
     populate(table)
     return Engine(table)
 
 
 def make_twin(max_orders: int) -> ReferenceBook:
-    book = ReferenceBook(max_orders=max_orders)
+    book = ReferenceBook(max_orders=max_orders, max_orders_per_account=max_orders)
     populate(book)
     return book
 

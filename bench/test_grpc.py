@@ -61,7 +61,8 @@ def redis_url(tmp_path_factory) -> str:
 def test_servicer_path_cost_above_the_core(benchmark, latency):
     orders = scale(benchmark.disabled, 100_000, 200)
     table = new_private_table(max_accounts=16, max_instruments=16, max_positions=64,
-                              max_overrides=16, lock_stripes=4, max_orders=2 * orders + 10)
+                              max_overrides=16, lock_stripes=4, max_orders=2 * orders + 10,
+                              max_orders_per_account=2 * orders + 10)
     table.set_sync_live(True)
     table.set_instrument(b"AAPL", known=True)
     table.set_last_price(b"AAPL", PRICE)

@@ -2,7 +2,11 @@
 
 Shared by the differential tests: each operation is a ``(method, args, kwargs)``
 triple naming a state-writing method that ``PositionTable`` and
-``ReferenceBook`` both have, or ``("evaluate", order, {})``. Small value
+``ReferenceBook`` both have, or ``("evaluate", order, {})``. Among them the
+life of a decided order past its decision: made durable (``mark_durable``,
+what the servicer does once Redis has it), leaving the table
+(``expire_orders``), put back or remembered as evicted at a restore
+(``restore_order``, ``forget_orders``). Small value
 ranges make exact boundaries (quantity == limit) common; the int64 edges and
 wide ranges find the overflow paths.
 """
@@ -27,6 +31,9 @@ SIDES = [pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT]
 ORDER_TYPES = [pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET]
 HALT_MODES = [0, pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED]
 HALT_SCOPES = [pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_SCOPE_SYMBOL]
+CAPACITIES = [0, 0, 0, 0, pb.CAPACITY_POSITIONS, pb.CAPACITY_ACCOUNT_ORDERS]
+REJECTIONS = [(), ((pb.REJECT_CODE_MAX_ORDER_QUANTITY, 11, 10),),
+              ((pb.REJECT_CODE_TICK_SIZE, 3, 2), (pb.REJECT_CODE_LOT_SIZE, 3, 2))]
 EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX]
 NON_NEGATIVE_EDGES = [0, 1, INT64_MAX - 1, INT64_MAX]
 # Window lengths in ms and clock steps in ns that make windows open and close.
@@ -52,9 +59,18 @@ limit_sets = st.dictionaries(st.sampled_from(list(LimitKind)).map(int), limit_va
 accounts = st.sampled_from(ACCOUNTS)
 symbols = st.sampled_from(SYMBOLS)
 
+def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
+             quantity: int, price: int, venue: bytes, counterparty: bytes, approved: bool,
+             rejections: tuple) -> Op:
+    return _op("restore_order", account, order_id, symbol, side, order_type, quantity, price,
+               price, quantity * price, venue, counterparty, approved,
+               () if approved else rejections)
+
+
+order_ids = st.sampled_from(ORDER_IDS)
 operations = st.one_of(
-    st.builds(lambda a, k, i: _op("set_account_state", a, known=k, invalid=i),
-              accounts, st.booleans(), st.booleans()),
+    st.builds(lambda a, k, i, c: _op("set_account_state", a, known=k, invalid=i, capacity=c),
+              accounts, st.booleans(), st.booleans(), st.sampled_from(CAPACITIES)),
     st.builds(lambda a, lim: _op("set_account_limits", a, lim),
               accounts, st.one_of(st.none(), limit_sets)),
     st.builds(lambda a, s, lim: _op("set_symbol_limits", a, s, lim),
@@ -87,6 +103,17 @@ operations = st.one_of(
               st.sampled_from(HALT_SCOPES), accounts, symbols, st.sampled_from(HALT_MODES)),
     st.builds(lambda live: _op("set_sync_live", live), st.booleans()),
     st.just(_op("clear_halts")),
+    # decided orders: durable, leaving the table, restored
+    st.builds(lambda pairs: _op("mark_durable_many", pairs),
+              st.lists(st.tuples(accounts, order_ids), max_size=8)),
+    st.builds(lambda a, o: _op("mark_durable", a, o), accounts, order_ids),
+    st.builds(lambda t: _op("expire_orders", t), st.integers(0, 10**10)),
+    st.builds(lambda a, ids: _op("forget_orders", a, ids), accounts,
+              st.lists(order_ids, max_size=4)),
+    st.builds(_restore, order_ids, accounts, symbols, st.sampled_from(SIDES),
+              st.sampled_from(ORDER_TYPES), st.integers(1, 12), st.integers(1, 20_000),
+              st.sampled_from(VENUES[:3]), st.sampled_from(COUNTERPARTIES), st.booleans(),
+              st.sampled_from(REJECTIONS)),
 )
 
 orders = st.builds(
@@ -166,6 +193,8 @@ class RandomWalk:
         rng = self.rng
         roll = rng.random()
         account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
+        if rng.random() < 0.15:
+            return self._decided_order_op(account, symbol)
         if roll < 0.03 and self.sent:
             return rng.choice(self.sent[-20:])  # an order sent again, unchanged
         if roll < 0.55:
@@ -184,6 +213,25 @@ class RandomWalk:
                    self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
                    self.order_price(symbol), rng.choice(VENUES),
                    rng.choice(COUNTERPARTIES), self.now_ns)
+
+    def _decided_order_op(self, account: bytes, symbol: bytes) -> Op:
+        """What happens to decided orders: mostly made durable (the journal
+        caught up), sometimes the expiry sweep, a restore or a forgotten id."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.7:
+            # the journal wrote the last decisions, most of the time all of them
+            return _op("mark_durable_many", [(a, oid) for oid in self.issued[-12:]
+                                             for a in ACCOUNTS if rng.random() < 0.9])
+        if roll < 0.9:
+            return _op("expire_orders", self.now_ns)
+        if roll < 0.95:
+            return _op("forget_orders", account, self.recent_ids(3))
+        self.issued.append(f"R{len(self.issued)}".encode())
+        return _restore(self.issued[-1], account, symbol, rng.choice(SIDES),
+                        rng.choice(ORDER_TYPES), rng.randint(1, 12), self.order_price(symbol),
+                        rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES),
+                        rng.random() < 0.6, rng.choice(REJECTIONS))
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
         rng = self.rng
@@ -217,7 +265,8 @@ class RandomWalk:
             return _op("set_last_price", symbol, price)
         if roll < 0.89:
             return _op("set_account_state", account, known=rng.random() < 0.95,
-                       invalid=rng.random() < 0.02)
+                       invalid=rng.random() < 0.02,
+                       capacity=rng.choice(CAPACITIES) if rng.random() < 0.05 else 0)
         if roll < 0.92:
             return _op("set_instrument", symbol, known=rng.random() < 0.95,
                        invalid=rng.random() < 0.02, tick_size=rng.choice([1, 1, 2, 100]),

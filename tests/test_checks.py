@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from pretrade._core import Engine
+from pretrade._core import Engine, TableFullError
+from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.limits import LimitKind as K
 from pretrade.engine.reference import ReferenceBook
 from pretrade.engine.table import new_private_table
@@ -31,17 +32,20 @@ BASE_LIMITS = {
 SECOND = 1_000_000_000
 
 
+CAPACITIES = {"max_accounts": 8, "max_instruments": 8, "max_positions": 64,
+              "max_overrides": 64, "max_orders": 1_000, "max_orders_per_account": 1_000}
+
+
 class Book:
     """One face for both implementations: state writes and ``order``."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, **capacities: int) -> None:
+        caps = {**CAPACITIES, **capacities}
         if kind == "core":
-            self.state: Any = new_private_table(max_accounts=8, max_instruments=8,
-                                                max_positions=64, max_overrides=64,
-                                                lock_stripes=4, max_orders=1_000)
+            self.state: Any = new_private_table(**caps, lock_stripes=4)
             self.engine: Any = Engine(self.state)
         else:
-            self.state = self.engine = ReferenceBook(max_orders=1_000)
+            self.state = self.engine = ReferenceBook(**caps)
         self.ids = itertools.count(1)
         self.now = SECOND
         self.limits = dict(BASE_LIMITS)
@@ -71,6 +75,12 @@ class Book:
 @pytest.fixture(params=["core", "twin"])
 def book(request: pytest.FixtureRequest) -> Book:
     return Book(request.param)
+
+
+@pytest.fixture(params=["core", "twin"])
+def make_book(request: pytest.FixtureRequest) -> Any:
+    """A Book of either kind with other capacities: ``make_book(max_orders=4)``."""
+    return lambda **capacities: Book(request.param, **capacities)
 
 
 def approved(decision: tuple) -> bool:
@@ -315,3 +325,172 @@ def test_every_failure_is_listed_not_only_the_first(book):
     assert book.codes(quantity=1_005, price=10_050) == [
         pb.REJECT_CODE_TICK_SIZE, pb.REJECT_CODE_LOT_SIZE, pb.REJECT_CODE_MAX_ORDER_QUANTITY,
         pb.REJECT_CODE_MAX_ORDER_NOTIONAL]
+
+
+# -- capacity: what does not fit is refused, and says what is full --
+
+def capacity(decision: tuple) -> tuple[int, int]:
+    """(observed, limit) of the decision's CAPACITY_EXHAUSTED rejection."""
+    found = [(observed, limit) for code, observed, limit in decision[2]
+             if code == pb.REJECT_CODE_CAPACITY_EXHAUSTED]
+    assert found, decision
+    return found[0]
+
+
+def test_an_account_with_no_room_in_the_table_is_capacity_not_unknown(make_book):
+    book = make_book(max_accounts=2)            # ACC is one of them
+    assert book.codes(symbol=AAPL) == []
+    book.state.set_account_state(b"OTHER", known=True)
+    with pytest.raises(TableFullError) as raised:
+        book.state.set_account_state(b"THIRD", known=True)
+    assert (raised.value.capacity, raised.value.limit) == (pb.CAPACITY_ACCOUNTS, 2)
+    decision = book.engine.evaluate(b"t1", b"THIRD", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                                    10, LAST, b"", b"", book.now)
+    assert decision[2] == ((pb.REJECT_CODE_CAPACITY_EXHAUSTED, pb.CAPACITY_ACCOUNTS, 2),)
+    # with room left, an account the table never saw is unknown
+    roomy = make_book(max_accounts=3)
+    decision = roomy.engine.evaluate(b"t1", b"THIRD", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                                     10, LAST, b"", b"", roomy.now)
+    assert [code for code, _, _ in decision[2]] == [pb.REJECT_CODE_UNKNOWN_ACCOUNT]
+
+
+def test_a_symbol_with_no_room_in_the_table_is_capacity_not_unknown(make_book):
+    book = make_book(max_instruments=2)         # AAPL and MSFT fill it
+    with pytest.raises(TableFullError):
+        book.state.set_instrument(b"IBM", known=True)
+    assert book.order(symbol=b"IBM")[2] == (
+        (pb.REJECT_CODE_CAPACITY_EXHAUSTED, pb.CAPACITY_INSTRUMENTS, 2),)
+    assert make_book(max_instruments=3).codes(symbol=b"IBM") == [pb.REJECT_CODE_UNKNOWN_SYMBOL]
+
+
+def test_an_account_whose_state_did_not_fit_is_refused_until_it_does(book):
+    book.state.set_account_state(ACC, known=True, capacity=pb.CAPACITY_POSITIONS)
+    decision = book.order()
+    assert decision[2] == ((pb.REJECT_CODE_CAPACITY_EXHAUSTED, pb.CAPACITY_POSITIONS, 64),)
+    assert not decision.stored          # not a real decision: a retry gets one
+    book.state.set_account_state(ACC, known=True)
+    assert approved(book.order())
+
+
+def test_positions_that_do_not_all_fit_create_none(make_book):
+    book = make_book(max_positions=2)
+    book.state.replace_positions(ACC, {AAPL: (1, LAST)})
+    with pytest.raises(TableFullError) as raised:
+        book.state.replace_positions(b"BIG", {AAPL: (1, LAST), MSFT: (1, LAST)})
+    assert raised.value.capacity == pb.CAPACITY_POSITIONS
+    # nothing of BIG's was created: the last slot is still free for ACC
+    assert approved(book.order(symbol=MSFT))
+    other = make_book(max_positions=1)
+    other.state.replace_positions(ACC, {AAPL: (1, LAST)})
+    assert capacity(other.order(symbol=MSFT)) == (pb.CAPACITY_POSITIONS, 1)
+
+
+def test_an_account_holds_at_most_its_share_of_decided_orders(make_book):
+    book = make_book(max_orders_per_account=3)
+    for n in range(3):                                   # exactly the share fits
+        assert approved(book.order(order_id=f"w{n}".encode()))
+    over = book.order(order_id=b"w3")
+    assert capacity(over) == (pb.CAPACITY_ACCOUNT_ORDERS, 3) and not over.stored
+    # another account is untouched by ACC's share
+    book.state.set_account_state(b"ACC-2", known=True)
+    book.state.set_account_limits(b"ACC-2", book.limits)
+    assert book.engine.evaluate(b"w0", b"ACC-2", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10,
+                                LAST, b"", b"", book.now)[0]
+    # a rejection that cannot be remembered says so too, and is not stored
+    rejected = book.order(quantity=2_000, order_id=b"r1")
+    assert pb.REJECT_CODE_MAX_ORDER_QUANTITY in [c for c, _, _ in rejected[2]]
+    assert capacity(rejected) == (pb.CAPACITY_ACCOUNT_ORDERS, 3) and not rejected.stored
+
+
+def test_the_whole_order_table_full_is_its_own_capacity(make_book):
+    book = make_book(max_orders=2, max_orders_per_account=2)
+    book.state.set_account_state(b"ACC-2", known=True)
+    book.state.set_account_limits(b"ACC-2", book.limits)
+    assert approved(book.order(order_id=b"a"))
+    assert book.engine.evaluate(b"b", b"ACC-2", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10,
+                                LAST, b"", b"", book.now)[0]
+    assert capacity(book.order(order_id=b"c")) == (pb.CAPACITY_ORDER_TABLE, 2)
+
+
+def test_a_replay_of_a_decision_not_yet_durable_asks_to_be_made_durable(book):
+    first = book.order(order_id=b"d1")
+    assert first.stored and not first.replayed
+    again = book.order(order_id=b"d1")
+    assert again.replayed and again.stored          # the caller must write it first
+    assert book.state.mark_durable(ACC, b"d1")
+    again = book.order(order_id=b"d1")
+    assert again.replayed and not again.stored
+    assert not book.state.mark_durable(ACC, b"never-decided")
+    assert book.state.mark_durable_many([(ACC, b"d1"), (ACC, b"nope")]) == 1
+
+
+def test_a_durable_order_that_stopped_working_leaves_the_table_after_the_window(make_book):
+    book = make_book(order_expiry_ms=1_000)
+    rejected = book.order(quantity=2_000, order_id=b"r1")
+    working = book.order(quantity=5, order_id=b"w1")
+    assert not approved(rejected) and approved(working)
+    # not durable: it stays, however long
+    assert book.state.expire_orders(book.now + 10 * SECOND) == 0
+    book.state.mark_durable_many([(ACC, b"r1"), (ACC, b"w1")])
+    # its window restarted when it could not leave: one window from then, not before
+    assert book.state.expire_orders(book.now + 11 * SECOND - 1) == 0
+    assert book.state.expire_orders(book.now + 11 * SECOND) == 1      # r1; w1 still works
+    marker = book.order(quantity=2_000, order_id=b"r1")
+    assert marker[2] == ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED, 1),)
+    assert not approved(marker) and not marker.stored and not marker.replayed
+    assert book.state.order_id_may_have_expired(ACC, b"r1")
+    # no durable copy found for it: decided anew (quoting the eviction count back)
+    anew = book.engine.evaluate(b"r1", ACC, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 2_000, LAST,
+                                b"", b"", book.now, 1)
+    assert pb.REJECT_CODE_MAX_ORDER_QUANTITY in [c for c, _, _ in anew[2]]
+    assert anew.stored and not anew.replayed
+    # w1 is filled: it stops working now, and leaves one window later
+    book.now += 20 * SECOND
+    book.state.expire_orders(book.now)
+    book.state.replace_positions(ACC, {AAPL: (5, 5 * LAST)}, filled={b"w1": 5})
+    assert book.state.expire_orders(book.now + SECOND - 1) == 0
+    assert book.state.expire_orders(book.now + SECOND) == 1
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    assert book.order(quantity=5, order_id=b"w1")[2][0][:2] == (
+        pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED)
+
+
+def test_at_its_share_an_account_reuses_its_oldest_durable_record(make_book):
+    book = make_book(max_orders_per_account=2)
+    book.order(quantity=2_000, order_id=b"r1")
+    book.order(quantity=2_000, order_id=b"r2")
+    assert capacity(book.order(quantity=2_000, order_id=b"r3")) == (
+        pb.CAPACITY_ACCOUNT_ORDERS, 2)
+    book.state.mark_durable(ACC, b"r2")             # r1 is not durable: it may not leave
+    assert book.order(quantity=2_000, order_id=b"r3").stored
+    assert book.order(quantity=2_000, order_id=b"r1").replayed     # still in the table
+    assert book.order(quantity=2_000, order_id=b"r2")[2][0][:2] == (
+        pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED)
+    # working orders never leave: a share of working orders refuses the next
+    full = make_book(max_orders_per_account=2)
+    full.order(order_id=b"w1")
+    full.order(order_id=b"w2")
+    full.state.mark_durable_many([(ACC, b"w1"), (ACC, b"w2")])
+    assert capacity(full.order(order_id=b"w3")) == (pb.CAPACITY_ACCOUNT_ORDERS, 2)
+
+
+def test_restored_orders_are_durable_and_fit_all_or_none(make_book):
+    book = make_book(max_orders_per_account=3)
+    orders = [(f"k{n}".encode(), AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10, LAST, LAST,
+               10 * LAST, b"", b"", True, ()) for n in range(4)]
+    with pytest.raises(TableFullError) as raised:
+        book.state.restore_orders(ACC, orders)
+    assert raised.value.capacity == pb.CAPACITY_ACCOUNT_ORDERS
+    assert book.state.working(ACC, AAPL) == (0, 0)              # none was added
+    assert book.state.restore_orders(ACC, orders[:3]) == 3
+    assert book.state.restore_orders(ACC, orders[:3]) == 0       # already there
+    assert book.state.working(ACC, AAPL) == (30, 0)
+    again = book.order(order_id=b"k0")
+    assert again.replayed and approved(again) and not again.stored
+    # rejected or finished ones need not take room: their ids are remembered
+    assert book.state.forget_orders(ACC, [b"gone", b"k1"]) == 1   # k1 is in the table
+    assert book.order(order_id=b"gone")[2][0][:2] == (
+        pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED)
+    with pytest.raises(ValueError):
+        book.state.restore_order(ACC, b"huge", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                                 2, 2**62, 2**62, 2**63, b"", b"", True, ())

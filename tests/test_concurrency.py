@@ -110,3 +110,70 @@ def test_threads_over_grpc_never_jointly_breach_a_position_limit(redis_client, g
     assert len(approved) == 8
     assert sum(approved) <= 2_000
     assert sum(approved) == gateway.gateway.table.working(b"ACC-1", b"AAPL")[0]
+
+
+RECYCLE_CAPS = Capacities(max_accounts=16, max_instruments=16, max_positions=64,
+                          max_overrides=16, lock_stripes=4, max_orders=64,
+                          max_orders_per_account=8)
+
+
+def _recycle(path: str, worker: int, rounds: int, out: multiprocessing.Queue) -> None:
+    # Each round decides a new id (rejected: over max_order_quantity), makes it
+    # durable, and sends it and an older id again: the new one must replay from
+    # the table, the old one must replay or be read back from Redis (its record
+    # left): never decided anew, while the other processes reuse records and
+    # rebuild the order index under this one.
+    from pretrade.api.servicer import expired_mark
+
+    mapped = MappedTable.attach(path)
+    table, engine = mapped.table, Engine(mapped.table)
+    account = f"W{worker}".encode()
+    wrong = []
+    for n in range(rounds):
+        order_id = b"%d" % n
+        args = (account, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 2_000, 10_000, b"", b"")
+        first = engine.evaluate(order_id, *args, time.perf_counter_ns())
+        mark = expired_mark(first)
+        if mark is not None:
+            # a false alarm of the account's evicted-id filter: there is no
+            # durable copy (as the servicer would find), so it is decided now
+            first = engine.evaluate(order_id, *args, time.perf_counter_ns(), mark)
+        table.mark_durable(account, order_id)
+        again = engine.evaluate(order_id, *args, time.perf_counter_ns())
+        older = engine.evaluate(b"%d" % max(0, n - 20), *args, time.perf_counter_ns())
+        if not first.stored or first.replayed or not again.replayed \
+                or not (older.replayed or expired_mark(older) is not None):
+            wrong.append((n, first, again, older))
+    mapped.close()
+    out.put(wrong[:5])
+
+
+def test_reused_order_records_never_let_a_decided_id_be_decided_again(tmp_path):
+    mapped = MappedTable.create(tmp_path / "recycle.table", RECYCLE_CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    limits = {int(kind): 1_000 for kind in LimitKind if kind < 6}
+    for worker in range(4):
+        table.set_account_state(f"W{worker}".encode(), known=True)
+        table.set_account_limits(f"W{worker}".encode(), limits)
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    workers = [context.Process(target=_recycle, args=(str(mapped.path), w, 4_000, results))
+               for w in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        wrong = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        assert wrong == [[], [], [], []]
+        counts = table.counts()
+        # 16,000 decisions through 64 records: they were reused, and the index rebuilt
+        assert counts["orders_evicted"] >= 15_000
+        assert counts["order_index_rebuilds"] > 0
+        assert counts["orders"] <= 4 * 8
+    finally:
+        mapped.close(unlink=True)

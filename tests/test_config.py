@@ -92,6 +92,8 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_MAX_POSITIONS": "3",
         "PRETRADE_LOCK_STRIPES": "4096",
         "PRETRADE_MAX_ORDERS": "5",
+        "PRETRADE_MAX_ORDERS_PER_ACCOUNT": "2",
+        "PRETRADE_ORDER_EXPIRY_MS": "90000",
         "PRETRADE_MAX_SYNC_LAG_MS": "750",
         "PRETRADE_WORKERS": "2",
         "PRETRADE_MAX_CONCURRENT_RPCS": "64",
@@ -122,6 +124,8 @@ def test_every_field_has_its_own_environment_variable():
         max_positions=3,
         lock_stripes=4096,
         max_orders=5,
+        max_orders_per_account=2,
+        order_expiry_ms=90_000,
         max_sync_lag_ms=750,
         workers=2,
         max_concurrent_rpcs=64,
@@ -290,3 +294,13 @@ def test_table_path_for_port_zero_is_named_by_the_process():
 
 def test_explicit_table_path_is_used_as_given():
     assert Settings(table_path="/tmp/mine.table").resolved_table_path() == Path("/tmp/mine.table")
+
+
+def test_the_account_share_defaults_to_an_eighth_of_the_order_table():
+    assert Settings().account_share == Settings().max_orders // 8 == 32_768
+    assert Settings(max_orders=5).account_share == 1
+    assert Settings(max_orders_per_account=7).account_share == 7
+    with pytest.raises(ConfigError, match="max_orders_per_account=0"):
+        Settings(max_orders_per_account=0)
+    with pytest.raises(ConfigError, match="order_expiry_ms"):
+        load_settings(env={"PRETRADE_ORDER_EXPIRY_MS": "soon"})

@@ -45,7 +45,10 @@ def test_the_core_exports_every_constant_the_python_layer_needs():
                  "REJECT_RING_CAPACITY", "DEFAULT_ORDER_WINDOW_MS",
                  "DEFAULT_NOTIONAL_WINDOW_MS", "DEFAULT_REJECT_WINDOW_MS", "AUTO_HALT_NONE",
                  "AUTO_HALT_LOSS_LIMIT", "AUTO_HALT_REJECT_STORM", "HALT_NONE", "MAX_CAPACITY",
-                 "MAX_LOCK_STRIPES", "LIMIT_KINDS", "LIMIT_REQUIRED_COUNT"):
+                 "MAX_LOCK_STRIPES", "LIMIT_KINDS", "LIMIT_REQUIRED_COUNT",
+                 "CAPACITY_NUMBERS", "ORDER_ID_EXPIRED", "DEFAULT_ORDER_EXPIRY_MS",
+                 "ACCOUNT_SHARE_DIVISOR", "EVICTED_FILTER_WORDS", "EVICTED_FILTER_HASHES",
+                 "EVICT_SCAN"):
         assert name in CORE_NAMES, name
 
 
@@ -80,6 +83,7 @@ def test_the_limit_catalogue_is_the_cores():
     (constants.ORDER_TYPE_NUMBERS, pb.OrderType, "ORDER_TYPE_"),
     (constants.HALT_MODE_NUMBERS, pb.HaltMode, "HALT_MODE_"),
     (constants.HALT_SCOPE_NUMBERS, pb.HaltScope, "HALT_SCOPE_"),
+    (constants.CAPACITY_NUMBERS, pb.Capacity, "CAPACITY_"),
 ])
 def test_the_cores_enums_equal_the_wire_contract(core, wire, prefix):
     named = {name.removeprefix(prefix): number for name, number in wire.items() if number}
@@ -129,3 +133,23 @@ def test_engine_and_twin_answer_with_the_same_named_verdict():
     assert core.approved is False and core.rejections[0][0] == pb.REJECT_CODE_STALE_DATA
     assert Verdict._fields == ("approved", "notional", "rejections", "replayed", "auto_halt",
                                "profit_and_loss", "stored")
+
+
+def test_settings_accept_exactly_the_order_policy_the_core_accepts():
+    from pretrade.engine.table import new_private_table
+
+    limit = constants.MAX_CAPACITY
+    assert Settings(max_orders_per_account=limit).account_share == limit
+    with pytest.raises(ConfigError, match="max_orders_per_account"):
+        Settings(max_orders_per_account=limit + 1)
+    table = new_private_table(max_accounts=1, max_instruments=1, max_positions=1,
+                              max_overrides=1, lock_stripes=1, max_orders=8,
+                              max_orders_per_account=limit,
+                              order_expiry_ms=Settings(order_expiry_ms=2**31 - 1).order_expiry_ms)
+    assert table.counts()["max_orders_per_account"] == limit
+    with pytest.raises(ValueError, match="max_orders_per_account"):
+        new_private_table(max_accounts=1, max_instruments=1, max_positions=1, max_overrides=1,
+                          lock_stripes=1, max_orders=8, max_orders_per_account=limit + 1)
+    assert new_private_table(max_accounts=1, max_instruments=1, max_positions=1,
+                             max_overrides=1, lock_stripes=1, max_orders=8
+                             ).counts()["max_orders_per_account"] == 1 == ReferenceBook(8).share

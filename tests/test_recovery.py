@@ -221,3 +221,99 @@ def test_an_unreadable_record_fails_its_account_closed_and_the_rest_is_restored(
         for n in range(5):
             again = stub.EvaluateOrder(order(quantity=100, order_id=f"G{n}"), timeout=5)
             assert again.replayed and again.approved
+
+# -- a decision is durable before it is answered, replays included --
+
+
+def refuse_writes(client: redis.Redis) -> None:
+    """Make the real redis-server refuse every write (out of memory, nothing evictable)."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+
+
+def allow_writes(client: redis.Redis) -> None:
+    client.config_set("maxmemory", 0)
+
+
+def test_a_replayed_decision_that_was_never_durable_is_made_durable_before_answering(
+        limited, start_gateway):
+    gateway = start_gateway(max_sync_lag_ms=30_000)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        refuse_writes(limited)
+        try:
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.EvaluateOrder(order(quantity=7, order_id="D1"), timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.EvaluateOrders(pb.OrderBatch(orders=[
+                    order(quantity=5, order_id="B1"), order(quantity=2_000, order_id="B2")]),
+                    timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            allow_writes(limited)
+        # the retry is answered from the table as the original decision: it must
+        # be written before the answer, like the decision itself would have been
+        # (the journal also retries the failed write by itself; whichever comes
+        # first, the answer never precedes the record)
+        again = stub.EvaluateOrder(order(quantity=7, order_id="D1"), timeout=5)
+        assert again.replayed and again.approved
+        assert limited.hexists("orders:{ACC-1}", "D1")
+        batch = stub.EvaluateOrders(pb.OrderBatch(orders=[
+            order(quantity=5, order_id="B1"), order(quantity=2_000, order_id="B2")]), timeout=5)
+        assert [d.replayed for d in batch.decisions] == [True, True]
+        assert [d.approved for d in batch.decisions] == [True, False]
+        assert limited.hexists("orders:{ACC-1}", "B1") and limited.hexists("orders:{ACC-1}", "B2")
+        # each at least once (the journal's own retry may write one again)
+        assert stub.GetStatus(pb.StatusRequest()).journal_written >= 3
+    gateway.stop()
+    # a new server restores all three from Redis and replays them
+    restarted = start_gateway("restarted")
+    with grpc.insecure_channel(restarted.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert stub.GetStatus(pb.StatusRequest()).orders_restored == 3
+        for request, approved in ((order(quantity=7, order_id="D1"), True),
+                                  (order(quantity=5, order_id="B1"), True),
+                                  (order(quantity=2_000, order_id="B2"), False)):
+            decision = stub.EvaluateOrder(request, timeout=5)
+            assert decision.replayed and decision.approved is approved
+
+
+# -- restoring decided orders is linear in their number --
+
+
+def write_working_orders(client: redis.Redis, account: str, count: int) -> None:
+    """``count`` approved orders of one unit each, as the journal writes them."""
+    from pretrade.state.journal import DecidedOrder
+
+    fields = {}
+    for n in range(count):
+        record = DecidedOrder(account.encode(), f"W{n}".encode(), b"AAPL", pb.SIDE_BUY,
+                              pb.ORDER_TYPE_LIMIT, 1, 683_378, 683_378, 683_378, b"XNAS", b"",
+                              True, ())
+        fields[record.order_id] = record.encode()
+    for start in range(0, count, 10_000):
+        chunk = dict(list(fields.items())[start:start + 10_000])
+        client.hset(f"orders:{{{account}}}", mapping=chunk)
+
+
+def test_thirty_thousand_restored_orders_of_one_account_load_in_seconds(redis_client,
+                                                                         start_gateway):
+    seed_account(redis_client)
+    redis_client.hset("limits:{ACC-1}", mapping={"max_long_position": 30_010,
+                                                 "max_net_position": 10**9})
+    write_working_orders(redis_client, "ACC-1", 30_000)
+    started = time.monotonic()
+    gateway = start_gateway(max_orders=400_000)
+    took = time.monotonic() - started
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        status = stub.GetStatus(pb.StatusRequest())
+        assert status.orders_restored == 30_000
+        # a quadratic restore (one pass over the working orders per order) takes minutes
+        assert status.last_full_load_ms < 5_000, status.last_full_load_ms
+        assert took < 10, took
+        # every restored order holds its unit: 10 more fit, 11 do not
+        assert codes(stub.EvaluateOrder(order(quantity=11))) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION]
+        assert stub.EvaluateOrder(order(quantity=10)).approved

@@ -117,3 +117,28 @@ def test_table_file_is_sparse_until_records_are_written(tmp_path):
         assert stat.st_blocks * 512 < stat.st_size // 4
     finally:
         mapped.close(unlink=True)
+
+
+def _restore_seconds(count: int) -> float:
+    """Best of three: time to restore ``count`` working orders of one account."""
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        table = new_private_table(max_accounts=4, max_instruments=4, max_positions=16,
+                                  max_overrides=4, lock_stripes=1, max_orders=count + 16,
+                                  max_orders_per_account=count + 16)
+        started = time.perf_counter()
+        for n in range(count):
+            table.restore_order(b"ACC", b"W%d" % n, b"AAPL", pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                                1, 100, 100, 100, b"XNAS", b"", True, [])
+        best = min(best, time.perf_counter() - started)
+        assert table.working(b"ACC", b"AAPL") == (count, 0)
+    return best
+
+
+def test_restoring_decided_orders_takes_time_linear_in_their_number():
+    # linear: 4x the orders take about 4x the time; one pass over the working
+    # orders per restored order (quadratic) takes 16x
+    small, large = _restore_seconds(2_000), _restore_seconds(8_000)
+    assert large < 8 * small, (small, large)

@@ -22,6 +22,8 @@ cdef struct OrderInput:
     int64_t quantity
     int64_t price                   # 1/10,000 of the currency; ignored for MARKET
     int64_t now_ns                  # a monotonic clock reading, from the caller
+    int64_t durable_checked         # -1, or the account's eviction count when the caller
+                                    # found no durable copy of this id (see ORDER_ID_EXPIRED)
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
@@ -32,6 +34,8 @@ cdef struct OrderInput:
     Py_ssize_t venue_length
     const char* counterparty
     Py_ssize_t counterparty_length
+    Py_ssize_t account_id_length
+    Py_ssize_t symbol_length
 
 cdef struct Rejection:
     int32_t code                    # RejectCode
@@ -74,6 +78,8 @@ cdef struct CheckContext:
     bint notional_valid                     # notional computed without overflow
     bint projection_valid                   # projected_position fits in int64
     bint duplicate_conflict                 # the order id was used for another order
+    bint account_region_full                # no record for the account, and no room for one
+    bint instrument_region_full             # no record for the symbol, and no room for one
     # Account valuation: filled by scan_account when a control needs it.
     bint scan_needed
     bint scan_unpriced                      # a held symbol has no last price
@@ -127,7 +133,8 @@ cdef class Engine:
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
-                                 bytes counterparty, int64_t now_ns) except NULL
+                                 bytes counterparty, int64_t now_ns,
+                                 int64_t durable_checked) except NULL
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
-                          bytes counterparty=*, int64_t now_ns=*)
+                          bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*)

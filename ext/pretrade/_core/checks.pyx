@@ -12,7 +12,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 cimport pretrade._core.layout as L
-from pretrade._core.positions cimport add_tag_total
+from pretrade._core.positions cimport capacity_limit
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -33,7 +33,9 @@ cdef class Verdict:
     auto_halt: the AutoHalt the caller must apply (0 none, 1 loss limit:
     REDUCE_ONLY, 2 reject storm: HALTED); profit_and_loss: the account's P&L
     when the loss limit tripped; stored: the decision was kept under its
-    order id (the caller makes it durable).
+    order id and is not durable yet (the caller writes it to Redis before it
+    answers, then marks it durable) -- for a replay too, when the first
+    write failed.
 
     A struct with names, built in C without a tuple: it compares, iterates
     and unpacks like the 7-tuple it replaces, in that field order.
@@ -244,6 +246,17 @@ cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept
 
 
 cdef void check_account_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # An account the table had no room for is not in it: that is not
+    # "unknown". One whose positions, overrides or restored orders did not
+    # fit is in it, incomplete: refused too (observed: what did not fit).
+    if ctx.account_region_full:
+        reject(out, L.REJECT_CAPACITY_EXHAUSTED, L.CAPACITY_ACCOUNTS, ctx.header.max_accounts)
+        return
+    if ctx.account != NULL and ctx.account.flags & L.ACCOUNT_OVER_CAPACITY:
+        reject(out, L.REJECT_CAPACITY_EXHAUSTED, ctx.account.capacity_kind,
+               capacity_limit(ctx.header, ctx.account.capacity_kind))
+        if not ctx.account_known:
+            return
     if not ctx.account_known:
         reject(out, L.REJECT_UNKNOWN_ACCOUNT, 0, 0)
     elif ctx.account.flags & L.ACCOUNT_STATE_INVALID:
@@ -251,7 +264,10 @@ cdef void check_account_known(const CheckContext* ctx, DecisionRecord* out) noex
 
 
 cdef void check_symbol_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    if not ctx.instrument_known:
+    if ctx.instrument_region_full:
+        reject(out, L.REJECT_CAPACITY_EXHAUSTED, L.CAPACITY_INSTRUMENTS,
+               ctx.header.max_instruments)
+    elif not ctx.instrument_known:
         reject(out, L.REJECT_UNKNOWN_SYMBOL, 0, 0)
     elif L.pt_load_i32(<const int32_t*>&ctx.instrument.flags) & L.INSTRUMENT_STATE_INVALID:
         reject(out, L.REJECT_INVALID_STATE, L.HALT_SCOPE_SYMBOL, 0)
@@ -649,6 +665,13 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
         ctx.account = &table.accounts[order.account_index]
         ctx.activity = &table.activity[order.account_index]
         ctx.account_known = (ctx.account.flags & L.ACCOUNT_KNOWN) != 0
+    elif 0 < order.account_id_length <= L.MAX_ID_LENGTH and \
+            <uint32_t>L.pt_load_i32(&table.header.account_count) >= table.header.max_accounts:
+        ctx.account_region_full = True
+    if order.instrument_index == L.NO_INDEX and 0 < order.symbol_length <= L.MAX_ID_LENGTH and \
+            <uint32_t>L.pt_load_i32(&table.header.instrument_count) \
+            >= table.header.max_instruments:
+        ctx.instrument_region_full = True
     if order.instrument_index != L.NO_INDEX:
         ctx.instrument = &table.instruments[order.instrument_index]
         instrument_flags = L.pt_load_i32(<const int32_t*>&ctx.instrument.flags)
@@ -770,6 +793,15 @@ cdef class Engine:
                     self.replay(&self.table.orders[i], record)
                     return
                 ctx.duplicate_conflict = True
+            elif self.table.order_id_evicted(record.order.account_index, record.order.order_id,
+                                             record.order.order_id_length) \
+                    and ctx.activity.evictions != record.order.durable_checked:
+                # The id may have been decided before and left the table: never
+                # decide it anew before the caller has read its durable copy.
+                record.approved = False
+                reject(record, L.REJECT_DUPLICATE_ORDER_ID, L.ORDER_ID_EXPIRED,
+                       ctx.activity.evictions)
+                return
         for i in range(CHECK_COUNT):
             PIPELINE[i](&ctx, record)
         record.notional = ctx.notional
@@ -791,6 +823,9 @@ cdef class Engine:
             record.rejections[i].limit = stored.rejections[i].limit
         if record.rejection_count > L.STORED_REJECTIONS:
             record.rejection_count = L.STORED_REJECTIONS
+        # Not yet in Redis (its write failed, or is still under way): the
+        # caller makes it durable before it answers, as for a new decision.
+        record.stored = not stored.flags & L.ORDER_DURABLE
 
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
         cdef int64_t loss_limit
@@ -806,37 +841,42 @@ cdef class Engine:
     cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
         # Store the decision under its order id (so a re-send replays it) and,
         # when approved, reserve the order. Not stored: decisions the engine
-        # could not really make (stale data), so a retry gets a real one.
-        cdef int32_t i
+        # could not really make (stale data, no room), so a retry gets a real one.
+        cdef int32_t i, code
         cdef L.OrderRecord* stored
         cdef int32_t position_index = L.NO_INDEX
-        cdef bint stale = False
+        cdef int32_t what = 0
+        cdef bint not_made = False
         for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
-            if record.rejections[i].code == L.REJECT_STALE_DATA:
-                stale = True
+            code = record.rejections[i].code
+            if code == L.REJECT_STALE_DATA or code == L.REJECT_CAPACITY_EXHAUSTED:
+                not_made = True
         # An order for a symbol the table has never seen is not stored either:
         # stored orders are compared by instrument index, which it lacks.
-        if stale or record.order.order_id_length <= 0 \
+        if not_made or record.order.order_id_length <= 0 \
                 or record.order.instrument_index == L.NO_INDEX:
             return
         if record.approved:
             position_index = self.table.ensure_position(record.order.account_index,
                                                         record.order.instrument_index)
-            if position_index != L.NO_INDEX and not self.reservation_fits(
-                    ctx, record, &self.table.positions[position_index]):
+            if position_index == L.NO_INDEX:
+                record.approved = False
+                reject(record, L.REJECT_CAPACITY_EXHAUSTED, L.CAPACITY_POSITIONS,
+                       self.table.header.max_positions)
+                self.count_rejection(ctx, record)
+                return
+            if not self.reservation_fits(ctx, record, &self.table.positions[position_index]):
                 # The running sums the reservation adds to would pass int64.
                 record.approved = False
                 reject(record, L.REJECT_ARITHMETIC_OVERFLOW, record.order.quantity,
                        ctx.valuation_price)
-        stored = NULL
-        if position_index != L.NO_INDEX or not record.approved:
-            stored = self.table.allocate_order(record.order.account_index,
-                                               record.order.order_id,
-                                               record.order.order_id_length)
+        stored = self.table.allocate_order(record.order.account_index, record.order.order_id,
+                                           record.order.order_id_length, &what)
         if stored == NULL:
-            if record.approved:
-                record.approved = False
-                reject(record, L.REJECT_CAPACITY_EXHAUSTED, 0, 0)
+            # No room to remember it: refused whatever it was, and says what is full.
+            record.approved = False
+            reject(record, L.REJECT_CAPACITY_EXHAUSTED, what,
+                   capacity_limit(self.table.header, what))
             self.count_rejection(ctx, record)
             return
         stored.instrument_index = record.order.instrument_index
@@ -861,6 +901,9 @@ cdef class Engine:
             self.reserve(ctx, record, stored, position_index)
         else:
             stored.status = L.ORDER_REJECTED
+            self.table.append_idle(record.order.account_index,
+                                   <int32_t>(stored - self.table.orders),
+                                   L.pt_load_i64(&self.table.header.clock_ns))
             self.count_rejection(ctx, record)
         self.table.publish_order(stored)
         record.stored = True
@@ -894,29 +937,16 @@ cdef class Engine:
     cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, L.OrderRecord* stored,
                       int32_t position_index) noexcept nogil:
         cdef L.PositionSlot* slot = &self.table.positions[position_index]
-        cdef L.AccountRecord* account = &self.table.accounts[record.order.account_index]
         cdef L.AccountActivity* activity = &self.table.activity[record.order.account_index]
         cdef L.RateEntry* entry
         cdef int64_t at = record.order.now_ns
         stored.status = L.ORDER_WORKING
         stored.position_index = position_index
         stored.remaining = record.order.quantity
-        if record.order.side == L.SIDE_BUY:
-            slot.working_buy += record.order.quantity
-            slot.working_buy_notional += record.notional
-        else:
-            slot.working_sell += record.order.quantity
-            slot.working_sell_notional += record.notional
-            if record.order.side == L.SIDE_SELL_SHORT:
-                slot.working_short_notional += record.notional
-                slot.locate_used += record.order.quantity
-        stored.next_working = account.first_working_order
-        account.first_working_order = <int32_t>(stored - self.table.orders)
-        account.working_order_count += 1
-        add_tag_total(account.venue_working, &account.tag_overflow, 1, stored.venue,
-                      record.notional)
-        add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
-                      stored.counterparty, record.notional)
+        if record.order.side == L.SIDE_SELL_SHORT:
+            slot.locate_used += record.order.quantity
+        # remaining x valuation price is the notional: the same sums as recompute_working
+        self.table.add_working(record.order.account_index, stored)
         # velocity ring: keep timestamps non-decreasing so the window search works
         if activity.rate_count > 0:
             entry = &activity.rate[(activity.rate_head - 1 + L.RATE_RING_CAPACITY)
@@ -976,13 +1006,18 @@ cdef class Engine:
 
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
-                                 bytes counterparty, int64_t now_ns) except NULL:
+                                 bytes counterparty, int64_t now_ns,
+                                 int64_t durable_checked) except NULL:
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
             raise RuntimeError("decision pool exhausted")
+        self.table.advance_clock(now_ns)
         record.order.quantity = quantity
         record.order.price = price
         record.order.now_ns = now_ns
+        record.order.durable_checked = durable_checked
+        record.order.account_id_length = len(account_id)
+        record.order.symbol_length = len(symbol)
         record.order.side = side
         record.order.order_type = order_type
         record.order.order_id = order_id
@@ -998,11 +1033,19 @@ cdef class Engine:
 
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=b"",
-                          bytes counterparty=b"", int64_t now_ns=0):
-        """Run every check on one order and return its :class:`Verdict`."""
+                          bytes counterparty=b"", int64_t now_ns=0,
+                          int64_t durable_checked=-1):
+        """Run every check on one order and return its :class:`Verdict`.
+
+        An id the account's evicted-id filter holds is not decided: the answer
+        is DUPLICATE_ORDER_ID with observed ORDER_ID_EXPIRED and limit the
+        account's eviction count. The caller reads the id's durable copy and
+        replays it, or, when there is none, calls again with
+        ``durable_checked`` = that count (a newer eviction asks again).
+        """
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
-                                                   counterparty, now_ns)
+                                                   counterparty, now_ns, durable_checked)
         cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)
         cdef list rejections
         cdef int32_t i
@@ -1031,7 +1074,7 @@ cdef class Engine:
         last run. Benchmarks divide the elapsed time by ``times`` to see the
         pipeline's own cost without the Python call around it."""
         cdef DecisionRecord* record = self._decide(b"", account_id, symbol, side, order_type,
-                                                   quantity, price, b"", b"", now_ns)
+                                                   quantity, price, b"", b"", now_ns, -1)
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)

@@ -21,12 +21,15 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from "shared_sync.h" nogil:
     int pt_mutex_init_shared(pthread_mutex_t* m)
     int pt_mutex_lock(pthread_mutex_t* m)
+    int pt_mutex_trylock(pthread_mutex_t* m)
     void pt_mutex_unlock(pthread_mutex_t* m)
     int32_t pt_load_i32(const int32_t* p)
     void pt_store_i32(int32_t* p, int32_t v)
     int64_t pt_load_i64(const int64_t* p)
     void pt_store_i64(int64_t* p, int64_t v)
     int64_t pt_add_i64(int64_t* p, int64_t v)
+    int32_t pt_add_i32(int32_t* p, int32_t v)
+    bint pt_cas_i64(int64_t* p, int64_t expected, int64_t desired)
     bint pt_cas_i32(int32_t* p, int32_t expected, int32_t desired)
     bint pt_mul_overflow(int64_t a, int64_t b, int64_t* out)
     bint pt_add_overflow(int64_t a, int64_t b, int64_t* out)
@@ -37,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 2
+    LAYOUT_VERSION = 3
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -53,6 +56,23 @@ cdef enum:
     NO_INDEX = -1
     MAX_CAPACITY = 0x3FFFFFFF       # most records of one kind a table holds (2**30 - 1)
     MAX_LOCK_STRIPES = 4096         # a power of two
+    # Order ids of an account whose records left the table (their durable copy
+    # in orders:{ACC} stays): a Bloom filter of this many 64-bit words, probed
+    # at this many bits per id. A hit means "maybe": the caller reads Redis.
+    EVICTED_FILTER_WORDS = 256      # 16,384 bits per account
+    EVICTED_FILTER_HASHES = 4
+    # An account at its share that needs a record looks at most this many of
+    # its oldest non-working records for one that may leave (is durable).
+    EVICT_SCAN = 16
+    # The default share of the order table one account may hold: max_orders / this.
+    ACCOUNT_SHARE_DIVISOR = 8
+    # DUPLICATE_ORDER_ID with observed = ORDER_ID_EXPIRED: the id may have been
+    # decided before and its record left the table; the caller must read its
+    # durable copy (limit = the account's eviction count to quote back).
+    ORDER_ID_EXPIRED = 1
+    # The table's clock (when a record stopped working) moves in steps of at
+    # least this, so decisions in several processes rarely write its cache line.
+    TABLE_CLOCK_STEP_NS = 1_000_000
 
 
 # Window lengths the velocity checks and the reject-storm breaker use when a
@@ -61,6 +81,9 @@ cdef enum:
     DEFAULT_ORDER_WINDOW_MS = 1_000
     DEFAULT_NOTIONAL_WINDOW_MS = 60_000
     DEFAULT_REJECT_WINDOW_MS = 60_000
+    # How long a decided order that no longer works (rejected, filled,
+    # cancelled) stays in the table once it is durable, unless set.
+    DEFAULT_ORDER_EXPIRY_MS = 60_000
 
 
 # -- WIRE ENUMS (values equal pretrade.v1) --
@@ -128,6 +151,16 @@ cdef enum RejectCode:
     REJECT_LOSS_LIMIT = 37
     REJECT_CAPACITY_EXHAUSTED = 38
 
+# What did not fit, in a CAPACITY_EXHAUSTED rejection's observed (its limit is
+# that capacity); equal to pretrade.v1 Capacity.
+cdef enum Capacity:
+    CAPACITY_ORDER_TABLE = 1        # max_orders: decided orders the table holds
+    CAPACITY_ACCOUNT_ORDERS = 2     # max_orders_per_account: the account's share of them
+    CAPACITY_ACCOUNTS = 3           # max_accounts
+    CAPACITY_INSTRUMENTS = 4        # max_instruments
+    CAPACITY_POSITIONS = 5          # max_positions
+    CAPACITY_OVERRIDES = 6          # max_overrides: per-symbol limit records
+
 # What the engine asks the Python layer to do after a decision.
 cdef enum AutoHalt:
     AUTO_HALT_NONE = 0
@@ -187,10 +220,13 @@ cdef enum:
     ACCOUNT_HAS_LIMITS = 2          # limits:{ACC} exists
     ACCOUNT_STATE_INVALID = 4       # its Redis state failed to parse: fail closed
     ACCOUNT_HAS_BALANCES = 8        # balances:{ACC} exists: buying power is checked
+    ACCOUNT_OVER_CAPACITY = 16      # part of its state did not fit: its orders are refused
     INSTRUMENT_KNOWN = 1            # instrument:<SYM> exists
     INSTRUMENT_HAS_PRICE = 2        # price:<SYM> holds a valid last price
     INSTRUMENT_STATE_INVALID = 4
     INSTRUMENT_SHORT_RESTRICTED = 8 # on the restricted:short set
+    ORDER_IN_USE = 1                # OrderRecord.flags: the record holds a decided order
+    ORDER_DURABLE = 2               # its decision is in orders:{ACC}: it may leave the table
 
 
 # -- RECORDS --
@@ -216,8 +252,12 @@ cdef struct TableHeader:
     uint32_t max_orders
     uint32_t order_size
     uint32_t activity_size
-    int32_t order_count
-    int32_t reserved_count
+    uint32_t max_orders_per_account # one account's share of the order records
+    int32_t order_next              # records the bump allocator handed out (grow only)
+    int32_t orders_in_use           # records holding a decided order
+    int32_t order_free_head         # freed records, linked by next_working (order lock)
+    int32_t order_index_used        # order index entries not empty: live + tombstones
+    int32_t order_tombstones        # order index entries of records that left
     int32_t account_count           # records in use; grow only, under the registry lock
     int32_t instrument_count
     int32_t position_count
@@ -226,6 +266,10 @@ cdef struct TableHeader:
     int32_t sync_live               # 1 while the sync link trusts the table
     int64_t sync_version            # bumped on every applied change
     int64_t recovered_locks         # locks taken over from a dead owner
+    int64_t order_expiry_ns         # non-working durable records leave after this long
+    int64_t clock_ns                # the latest clock reading the table was given
+    int64_t orders_evicted          # records that left the table for their durable copy
+    int64_t order_index_rebuilds
     uint64_t total_size
     uint64_t locks_offset
     uint64_t accounts_offset
@@ -254,6 +298,12 @@ cdef struct AccountRecord:
     int32_t first_working_order     # head of this account's working OrderRecord list
     int32_t working_order_count
     uint32_t tag_overflow           # bit 0: venues, bit 1: counterparties had no free total
+    int32_t order_count             # its decided orders the table holds (<= the share)
+    int32_t idle_count              # of which not working: rejected, filled, cancelled
+    int32_t first_idle_order        # oldest of those (they leave the table first)
+    int32_t last_idle_order
+    int32_t capacity_kind           # Capacity that did not fit, with ACCOUNT_OVER_CAPACITY
+    int32_t reserved
     int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
     int64_t credit_line
     int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
@@ -306,17 +356,23 @@ cdef struct StoredRejection:
     int64_t limit
 
 # One decided order: the idempotency record of its id and, while it works,
-# its reservation. Lives in the order region of the table.
+# its reservation. Lives in the order region of the table. Records are
+# reused: one that no longer works and whose decision is durable leaves the
+# table (its id goes to the account's evicted-id filter) and its slot takes
+# another order. account_index comes first and is written first, so a
+# lock-free reader of another account never sees a record of its own there.
 cdef struct OrderRecord:
+    int32_t account_index
+    uint32_t flags                  # ORDER_IN_USE, ORDER_DURABLE
     char order_id[ORDER_ID_CAPACITY]
     char venue[TAG_CAPACITY]
     char counterparty[TAG_CAPACITY]
     uint32_t id_hash
     uint32_t id_length
-    int32_t account_index
     int32_t instrument_index
     int32_t position_index          # the slot holding its reservation (NO_INDEX if rejected)
-    int32_t next_working            # next in the account's working list
+    int32_t next_working            # next in the account's working list (or the free list)
+    int32_t next_idle               # next in the account's list of non-working records
     int32_t side
     int32_t order_type
     int32_t status                  # OrderStatus
@@ -328,6 +384,7 @@ cdef struct OrderRecord:
     int64_t valuation_price         # what its notional was computed at
     int64_t notional
     int64_t remaining               # reserved units still working
+    int64_t idle_since_ns           # when it stopped working (table clock)
     StoredRejection rejections[STORED_REJECTIONS]
 
 # Sliding windows: a ring of the last approved orders of an account, with a
@@ -345,3 +402,5 @@ cdef struct AccountActivity:
     int64_t cumulative_notional     # total notional approved since the table started
     RateEntry rate[RATE_RING_CAPACITY]
     int64_t rejects_at_ns[REJECT_RING_CAPACITY]
+    int64_t evictions               # its records that left the table
+    uint64_t evicted[EVICTED_FILTER_WORDS]  # Bloom filter of their order ids

@@ -5,8 +5,12 @@
 # creates and maps the file and hands the buffer in. Writers take the stripe
 # lock chosen by account index; new records are added under the registry lock
 # and published to the id indexes with release stores, so lookups need no lock.
+# Decided orders are the exception: their records are reused (one that no
+# longer works and is durable in Redis leaves for a new order; the order
+# index keeps a tombstone and is rebuilt when they pile up), so an order
+# lookup holds the account's stripe lock, under which its records stay put.
 
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.string cimport strncmp, strncpy
 
 cimport pretrade._core.layout as L
@@ -19,6 +23,34 @@ cdef inline uint32_t hash_id(const char* data, Py_ssize_t length) noexcept nogil
     for i in range(length):
         h = (h ^ <uint8_t>data[i]) * 16777619u
     return h
+
+
+cdef inline uint32_t mix32(uint32_t h) noexcept nogil:
+    # murmur3's finaliser: a second hash derived from the first, so the
+    # evicted-id filter probes EVICTED_FILTER_HASHES bits h1 + k * h2.
+    h ^= h >> 16
+    h *= 0x85ebca6bu
+    h ^= h >> 13
+    h *= 0xc2b2ae35u
+    h ^= h >> 16
+    return h
+
+
+cdef inline int64_t capacity_limit(const L.TableHeader* h, int32_t kind) noexcept nogil:
+    # The size of the region a Capacity names (a CAPACITY_EXHAUSTED rejection's limit).
+    if kind == L.CAPACITY_ORDER_TABLE:
+        return h.max_orders
+    if kind == L.CAPACITY_ACCOUNT_ORDERS:
+        return h.max_orders_per_account
+    if kind == L.CAPACITY_ACCOUNTS:
+        return h.max_accounts
+    if kind == L.CAPACITY_INSTRUMENTS:
+        return h.max_instruments
+    if kind == L.CAPACITY_POSITIONS:
+        return h.max_positions
+    if kind == L.CAPACITY_OVERRIDES:
+        return h.max_overrides
+    return 0
 
 
 cdef inline uint32_t hash_pair(int32_t account_index, int32_t instrument_index) noexcept nogil:
@@ -70,9 +102,25 @@ cdef class PositionTable:
     cdef int32_t find_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
     cdef int32_t find_order(self, int32_t account_index, const char* order_id,
                             Py_ssize_t length) noexcept nogil
+    cdef bint order_id_evicted(self, int32_t account_index, const char* order_id,
+                               Py_ssize_t length) noexcept nogil
+
+    # -- DECIDED ORDERS (caller holds the account's stripe lock) --
     cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
-                                     Py_ssize_t length) noexcept nogil
+                                     Py_ssize_t length, int32_t* what) noexcept nogil
     cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil
+    cdef void append_idle(self, int32_t account_index, int32_t index, int64_t at) noexcept nogil
+    cdef void add_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil
+    cdef void advance_clock(self, int64_t now_ns) noexcept nogil
+    cdef int32_t _take_record(self) noexcept nogil
+    cdef void _free_record(self, int32_t index) noexcept nogil
+    cdef int32_t _pop_evictable(self, int32_t account_index) noexcept nogil
+    cdef void _evict(self, int32_t account_index, int32_t index) noexcept nogil
+    cdef void _unindex_order(self, int32_t index) noexcept nogil
+    cdef bint _index_room(self, int32_t account_index) noexcept nogil
+    cdef bint _rebuild_order_index(self, int32_t account_index) noexcept nogil
+    cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
+                                 int32_t budget) noexcept nogil
 
     # -- RECORD CREATION (registry lock) --
     cdef int32_t ensure_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
@@ -82,6 +130,7 @@ cdef class PositionTable:
 
     # -- LOCKS --
     cdef L.pthread_mutex_t* registry_lock(self) noexcept nogil
+    cdef L.pthread_mutex_t* lock_at(self, uint32_t n) noexcept nogil
     cdef L.pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil
     cdef void lock_account(self, int32_t account_index) noexcept nogil
     cdef void unlock_account(self, int32_t account_index) noexcept nogil
@@ -93,3 +142,10 @@ cdef class PositionTable:
     cdef void _bump_version(self) noexcept nogil
     cdef void recompute_working(self, int32_t account_index, object filled,
                                 object cancelled) except *
+    cdef int _restore_one(self, int32_t a, object order) except -1
+    cdef bint _filter_add(self, int32_t account_index, const char* order_id,
+                          Py_ssize_t length) noexcept nogil
+    cdef object _working_at(self, int32_t a, bytes name, bint by_venue)
+    cdef bint _reservation_fits(self, int32_t a, int32_t p, int side, object quantity,
+                                object notional, bytes venue, bytes counterparty) except -1
+    cdef void _check_room(self, int32_t account_index, object symbols) except *

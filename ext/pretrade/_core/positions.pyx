@@ -1,8 +1,8 @@
 # cython: freethreading_compatible = False
 """The memory-mapped position table (see positions.pxd for the C surface)."""
 
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy, memset
+from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset, strncmp
 
 cimport pretrade._core.layout as L
 
@@ -19,7 +19,17 @@ LAYOUT = {
 
 
 class TableFullError(MemoryError):
-    """A fixed-capacity region of the table has no free record left."""
+    """A fixed-capacity region of the table has no free record left.
+
+    ``capacity`` names the region (a ``Capacity`` number, the same a
+    CAPACITY_EXHAUSTED rejection carries in ``observed``) and ``limit`` how
+    many records it holds; nothing of the failed call was written.
+    """
+
+    def __init__(self, message, capacity=0, limit=0):
+        super().__init__(message)
+        self.capacity = capacity
+        self.limit = limit
 
 
 class TableLayoutError(ValueError):
@@ -27,8 +37,14 @@ class TableLayoutError(ValueError):
 
 
 # Index entries hold record index + 1, so a zero-filled (sparse) index is empty.
+# A decided order that leaves the table leaves a tombstone in the order index:
+# lookups probe past it, inserts may take it.
 cdef enum:
     EMPTY_ENTRY = 0
+    TOMBSTONE = -1
+    # locks after the account stripes
+    ORDER_LOCK_AFTER_STRIPES = 1      # the free list of order records
+    REBUILD_LOCK_AFTER_STRIPES = 2    # one order index rebuild at a time (try-lock only)
 
 
 cdef uint64_t _align(uint64_t value, uint64_t alignment) noexcept nogil:
@@ -46,6 +62,18 @@ cdef uint32_t _index_capacity(uint32_t records) noexcept nogil:
 cdef uint32_t _lock_stride() noexcept nogil:
     # One cache line (or more) per mutex, so stripes do not false-share.
     return <uint32_t>_align(sizeof(L.pthread_mutex_t), 64)
+
+
+cdef inline bint _expired(int64_t since_ns, int64_t now_ns, int64_t window_ns) noexcept nogil:
+    # since + window <= now, without overflow (window >= 0)
+    if now_ns < INT64_MIN + window_ns:
+        return False
+    return since_ns <= now_ns - window_ns
+
+
+cdef uint32_t _default_share(uint32_t max_orders) noexcept nogil:
+    cdef uint32_t share = max_orders // L.ACCOUNT_SHARE_DIVISOR
+    return share if share > 0 else 1
 
 
 cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instruments,
@@ -69,13 +97,19 @@ cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instrument
     h.instrument_index_mask = _index_capacity(max_instruments) - 1
     h.position_index_mask = _index_capacity(max_positions) - 1
     h.max_orders = max_orders
-    h.order_index_mask = _index_capacity(max_orders) - 1
+    # Room for every record, for one insert in flight per stripe, and for
+    # tombstones: the index is rebuilt before it is three quarters used.
+    h.order_index_mask = _index_capacity(max_orders + lock_stripes) - 1
     h.order_size = sizeof(L.OrderRecord)
     h.activity_size = sizeof(L.AccountActivity)
+    h.max_orders_per_account = _default_share(max_orders)
+    h.order_expiry_ns = <int64_t>L.DEFAULT_ORDER_EXPIRY_MS * 1_000_000
+    h.order_free_head = L.NO_INDEX
     cdef uint64_t offset = _align(sizeof(L.TableHeader), 64)
     h.locks_offset = offset
-    # lock 0 is the registry lock; 1..stripes are the account stripes
-    offset = _align(offset + <uint64_t>h.lock_stride * (lock_stripes + 1), 64)
+    # lock 0 is the registry lock; 1..stripes are the account stripes; then
+    # the order free list lock and the order index rebuild lock
+    offset = _align(offset + <uint64_t>h.lock_stride * (lock_stripes + 3), 64)
     h.accounts_offset = offset
     offset = _align(offset + <uint64_t>sizeof(L.AccountRecord) * max_accounts, 64)
     h.instruments_offset = offset
@@ -97,6 +131,16 @@ cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instrument
     h.activity_offset = offset
     offset = _align(offset + <uint64_t>sizeof(L.AccountActivity) * max_accounts, 4096)
     h.total_size = offset
+
+
+def _check_order_policy(max_orders, max_orders_per_account, order_expiry_ms):
+    if not 0 <= max_orders_per_account <= L.MAX_CAPACITY:
+        raise ValueError(f"max_orders_per_account must be between 1 and {L.MAX_CAPACITY} "
+                         f"(0: max_orders / {L.ACCOUNT_SHARE_DIVISOR}), "
+                         f"got {max_orders_per_account}")
+    if not 0 <= order_expiry_ms <= (1 << 63) // 1_000_000 - 1:
+        raise ValueError(f"order_expiry_ms must be a non-negative number of milliseconds, "
+                         f"got {order_expiry_ms}")
 
 
 def _check_capacities(max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
@@ -161,6 +205,39 @@ cdef void _stage_tags(L.TagLimit* staged, object limits, str what) except *:
         n += 1
 
 
+_INT64 = range(-(1 << 63), 1 << 63)
+_INT32 = range(-(1 << 31), 1 << 31)
+
+
+def _checked_restore(order):
+    """One restored order's fields, checked against what an OrderRecord holds."""
+    (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
+     counterparty, approved, rejections) = order
+    if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
+        raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
+    _check_id(symbol, "symbol")
+    for tag in (venue, counterparty):
+        if not isinstance(tag, bytes) or len(tag) > L.MAX_TAG_LENGTH or b"\0" in tag:
+            raise ValueError(f"venue and counterparty must be at most {L.MAX_TAG_LENGTH} bytes")
+    if side not in (L.SIDE_BUY, L.SIDE_SELL, L.SIDE_SELL_SHORT) \
+            or order_type not in (L.ORDER_TYPE_LIMIT, L.ORDER_TYPE_MARKET):
+        raise ValueError(f"order {order_id!r}: side {side} or order type {order_type} unknown")
+    for value in (quantity, price, valuation_price, notional):
+        if value not in _INT64:
+            raise ValueError(f"order {order_id!r}: {value} does not fit in int64")
+    if approved and (quantity <= 0 or valuation_price <= 0
+                     or quantity * valuation_price not in _INT64):
+        raise ValueError(f"order {order_id!r}: an approved order has a positive quantity and "
+                         "valuation price whose product fits in int64")
+    rejections = tuple(rejections)
+    for code, observed, limit in rejections[:L.STORED_REJECTIONS]:
+        if code not in _INT32 or observed not in _INT64 or limit not in _INT64:
+            raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
+                             "does not fit")
+    return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+            venue, counterparty, bool(approved), rejections)
+
+
 cdef int _check_halt_mode(int mode) except -1:
     if mode not in (L.HALT_NONE, L.HALT_MODE_ACTIVE, L.HALT_MODE_REDUCE_ONLY, L.HALT_MODE_HALTED):
         raise ValueError(f"unknown halt mode {mode}")
@@ -196,18 +273,28 @@ cdef class PositionTable:
     @staticmethod
     def format(buffer, uint32_t max_accounts, uint32_t max_instruments, uint32_t max_positions,
                uint32_t max_overrides, uint32_t lock_stripes, uint32_t max_orders=65536,
-               bint assume_zeroed=False):
+               bint assume_zeroed=False, uint32_t max_orders_per_account=0,
+               int64_t order_expiry_ms=L.DEFAULT_ORDER_EXPIRY_MS):
         """Initialise an empty table in the writable ``buffer``.
 
         Every region of a fresh table is zero bytes (index entry 0 = empty).
         With ``assume_zeroed`` (a new sparse file or anonymous mapping) the
         buffer is not cleared, so untouched pages never take memory.
+
+        ``max_orders_per_account`` is one account's share of the decided
+        orders the table holds (0: ``max_orders / 8``); ``order_expiry_ms``
+        how long a decided order that no longer works (rejected, filled,
+        cancelled) stays once its decision is durable (see ``expire_orders``).
         """
         _check_capacities(max_accounts, max_instruments, max_positions, max_overrides,
                           lock_stripes, max_orders)
+        _check_order_policy(max_orders, max_orders_per_account, order_expiry_ms)
         cdef L.TableHeader plan
         _plan(&plan, max_accounts, max_instruments, max_positions, max_overrides, lock_stripes,
               max_orders)
+        if max_orders_per_account:
+            plan.max_orders_per_account = max_orders_per_account
+        plan.order_expiry_ns = order_expiry_ms * 1_000_000
         cdef PositionTable table = PositionTable.__new__(PositionTable)
         cdef unsigned char[::1] view = buffer
         if <uint64_t>view.shape[0] < plan.total_size:
@@ -219,7 +306,7 @@ cdef class PositionTable:
         cdef L.TableHeader* h = <L.TableHeader*>base
         cdef uint32_t i
         cdef int rc
-        for i in range(lock_stripes + 1):
+        for i in range(lock_stripes + 3):
             rc = L.pt_mutex_init_shared(<L.pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
             if rc:
                 raise OSError(rc, "pthread_mutex_init (process-shared, robust) failed")
@@ -275,6 +362,10 @@ cdef class PositionTable:
 
     cdef L.pthread_mutex_t* registry_lock(self) noexcept nogil:
         return <L.pthread_mutex_t*>(self.base + self.header.locks_offset)
+
+    cdef L.pthread_mutex_t* lock_at(self, uint32_t n) noexcept nogil:
+        return <L.pthread_mutex_t*>(self.base + self.header.locks_offset
+                                  + <uint64_t>n * self.header.lock_stride)
 
     cdef L.pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil:
         cdef uint32_t stripe = 1 + (<uint32_t>account_index & (self.header.lock_stripes - 1))
@@ -346,57 +437,311 @@ cdef class PositionTable:
 
     cdef int32_t find_order(self, int32_t account_index, const char* order_id,
                             Py_ssize_t length) noexcept nogil:
+        # Caller holds the account's stripe lock: its own records cannot leave
+        # or be reused meanwhile. Records of other accounts may be, which is
+        # why account_index (written first) is compared.
         if length <= 0 or length > L.MAX_ORDER_ID_LENGTH:
             return L.NO_INDEX
         cdef uint32_t h = hash_id(order_id, length) ^ hash_pair(account_index, 0)
         cdef uint32_t mask = self.header.order_index_mask
         cdef uint32_t probe = h & mask
-        cdef int32_t found
+        cdef uint32_t probes = 0
+        cdef int32_t entry, found
         cdef L.OrderRecord* rec
-        while True:
-            found = L.pt_load_i32(&self.order_index[probe]) - 1
-            if found == L.NO_INDEX:
+        while probes <= mask:
+            entry = L.pt_load_i32(&self.order_index[probe])
+            if entry == EMPTY_ENTRY:
                 return L.NO_INDEX
-            rec = &self.orders[found]
-            if (rec.id_hash == h and rec.account_index == account_index
-                    and rec.id_length == <uint32_t>length
-                    and memcmp(rec.order_id, order_id, length) == 0):
-                return found
+            if entry != TOMBSTONE:
+                found = entry - 1
+                rec = &self.orders[found]
+                if (rec.account_index == account_index and rec.id_hash == h
+                        and rec.id_length == <uint32_t>length
+                        and memcmp(rec.order_id, order_id, length) == 0):
+                    return found
             probe = (probe + 1) & mask
+            probes += 1
+        return L.NO_INDEX
 
-    cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
-                                     Py_ssize_t length) noexcept nogil:
-        # Caller holds the account's stripe lock, so no other writer can insert
-        # the same (account, order id); other keys race only for index slots,
-        # which compare-and-swap settles without a lock. Returns NULL when the
-        # order region is full.
+    cdef bint order_id_evicted(self, int32_t account_index, const char* order_id,
+                               Py_ssize_t length) noexcept nogil:
+        # Whether the id may be one whose record left the table (Bloom filter:
+        # no false negatives). Caller holds the account's stripe lock.
+        cdef L.AccountActivity* activity = &self.activity[account_index]
+        if activity.evictions == 0 or length <= 0:
+            return False
+        cdef uint32_t h1 = hash_id(order_id, length)
+        cdef uint32_t h2 = mix32(h1) | 1u
+        cdef uint32_t bit
+        cdef int k
+        for k in range(L.EVICTED_FILTER_HASHES):
+            bit = (h1 + <uint32_t>k * h2) & (L.EVICTED_FILTER_WORDS * 64 - 1)
+            if not activity.evicted[bit >> 6] & (1ull << (bit & 63)):
+                return False
+        return True
+
+    cdef void advance_clock(self, int64_t now_ns) noexcept nogil:
+        # The table's clock only moves forward, to the latest reading any caller
+        # gave, in steps of TABLE_CLOCK_STEP_NS or more (it starts at 0 and
+        # never goes below, so now_ns - seen cannot overflow).
+        cdef int64_t seen = L.pt_load_i64(&self.header.clock_ns)
+        while now_ns > seen and now_ns - seen >= L.TABLE_CLOCK_STEP_NS:
+            if L.pt_cas_i64(&self.header.clock_ns, seen, now_ns):
+                return
+            seen = L.pt_load_i64(&self.header.clock_ns)
+
+    # -- DECIDED ORDERS --
+    # A record is taken from the bump allocator, else from the free list, else
+    # (and always once the account holds its whole share) it is the account's
+    # own oldest non-working record whose decision is durable: that one leaves
+    # the table (its id goes to the account's evicted-id filter, a tombstone
+    # to the index) and its slot is reused. A record whose decision is not
+    # durable never leaves: it is the only copy.
+
+    cdef int32_t _take_record(self) noexcept nogil:
         cdef int32_t index
         while True:
-            index = L.pt_load_i32(&self.header.order_count)
+            index = L.pt_load_i32(&self.header.order_next)
             if <uint32_t>index >= self.header.max_orders:
-                return NULL
-            if L.pt_cas_i32(&self.header.order_count, index, index + 1):
                 break
+            if L.pt_cas_i32(&self.header.order_next, index, index + 1):
+                return index
+        cdef L.pthread_mutex_t* lock = self.lock_at(self.header.lock_stripes
+                                                    + ORDER_LOCK_AFTER_STRIPES)
+        if L.pt_mutex_lock(lock) == 1:
+            L.pt_add_i64(&self.header.recovered_locks, 1)
+        index = self.header.order_free_head
+        if index != L.NO_INDEX:
+            self.header.order_free_head = self.orders[index].next_working
+        L.pt_mutex_unlock(lock)
+        return index
+
+    cdef void _free_record(self, int32_t index) noexcept nogil:
+        cdef L.pthread_mutex_t* lock = self.lock_at(self.header.lock_stripes
+                                                    + ORDER_LOCK_AFTER_STRIPES)
+        self.orders[index].flags = 0
+        self.orders[index].status = 0
+        if L.pt_mutex_lock(lock) == 1:
+            L.pt_add_i64(&self.header.recovered_locks, 1)
+        self.orders[index].next_working = self.header.order_free_head
+        self.header.order_free_head = index
+        L.pt_mutex_unlock(lock)
+        L.pt_add_i32(&self.header.orders_in_use, -1)
+
+    cdef void append_idle(self, int32_t account_index, int32_t index, int64_t at) noexcept nogil:
+        # The record stopped working (or never did): last in the account's
+        # list of records that may leave the table, oldest first.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
         cdef L.OrderRecord* rec = &self.orders[index]
-        memset(rec, 0, sizeof(L.OrderRecord))
+        rec.idle_since_ns = at
+        rec.next_idle = L.NO_INDEX
+        if account.last_idle_order == L.NO_INDEX:
+            account.first_idle_order = index
+        else:
+            self.orders[account.last_idle_order].next_idle = index
+        account.last_idle_order = index
+        account.idle_count += 1
+
+    cdef int32_t _pop_evictable(self, int32_t account_index) noexcept nogil:
+        # The oldest non-working record of the account that may leave (its
+        # decision is durable), unlinked from its list; NO_INDEX if none among
+        # the first EVICT_SCAN. A record that may not leave yet goes to the
+        # back of the list with a fresh start.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t head
+        cdef int n
+        for n in range(L.EVICT_SCAN):
+            head = account.first_idle_order
+            if head == L.NO_INDEX:
+                return L.NO_INDEX
+            account.first_idle_order = self.orders[head].next_idle
+            if account.first_idle_order == L.NO_INDEX:
+                account.last_idle_order = L.NO_INDEX
+            account.idle_count -= 1
+            if self.orders[head].flags & L.ORDER_DURABLE:
+                self.orders[head].next_idle = L.NO_INDEX
+                return head
+            self.append_idle(account_index, head, L.pt_load_i64(&self.header.clock_ns))
+        return L.NO_INDEX
+
+    cdef void _unindex_order(self, int32_t index) noexcept nogil:
+        cdef uint32_t mask = self.header.order_index_mask
+        cdef uint32_t probe = self.orders[index].id_hash & mask
+        cdef uint32_t probes = 0
+        while probes <= mask:
+            if L.pt_load_i32(&self.order_index[probe]) == index + 1:
+                L.pt_store_i32(&self.order_index[probe], TOMBSTONE)
+                L.pt_add_i32(&self.header.order_tombstones, 1)
+                return
+            probe = (probe + 1) & mask
+            probes += 1
+
+    cdef void _evict(self, int32_t account_index, int32_t index) noexcept nogil:
+        # The record (unlinked from its list) leaves the table: its id into the
+        # account's filter, a tombstone into the index. Its slot stays in use.
+        cdef L.OrderRecord* rec = &self.orders[index]
+        self._unindex_order(index)
+        self._filter_add(account_index, rec.order_id, rec.id_length)
+        L.pt_add_i64(&self.header.orders_evicted, 1)
+        self.accounts[account_index].order_count -= 1
+
+    cdef bint _index_room(self, int32_t account_index) noexcept nogil:
+        # Whether the order index takes one more entry, with room kept for one
+        # insert in flight per stripe; rebuilt (tombstones dropped) when three
+        # quarters are used.
+        cdef int64_t capacity = <int64_t>self.header.order_index_mask + 1
+        cdef int64_t margin = <int64_t>self.header.lock_stripes + 1
+        if (L.pt_load_i32(&self.header.order_index_used) + margin) * 4 >= capacity * 3 \
+                and L.pt_load_i32(&self.header.order_tombstones) > 0:
+            self._rebuild_order_index(account_index)
+        return L.pt_load_i32(&self.header.order_index_used) + margin < capacity
+
+    cdef bint _rebuild_order_index(self, int32_t account_index) noexcept nogil:
+        # Drop the tombstones: reinsert every record in use into an empty
+        # index. Every reader and writer of the index holds a stripe lock, so
+        # this takes them all (the caller holds its own); one rebuild at a
+        # time, and a caller that finds one running does not wait for it (the
+        # rebuilder may be waiting for the caller's stripe).
+        cdef L.pthread_mutex_t* rebuild = self.lock_at(self.header.lock_stripes
+                                                       + REBUILD_LOCK_AFTER_STRIPES)
+        cdef int rc = L.pt_mutex_trylock(rebuild)
+        if rc != 0 and rc != 1:
+            return False
+        cdef uint32_t held = 1 + (<uint32_t>account_index & (self.header.lock_stripes - 1))
+        cdef uint32_t stripe, mask = self.header.order_index_mask, probe
+        cdef int32_t i, used = 0, end
+        for stripe in range(1, self.header.lock_stripes + 1):
+            if stripe != held and L.pt_mutex_lock(self.lock_at(stripe)) == 1:
+                L.pt_add_i64(&self.header.recovered_locks, 1)
+        memset(self.order_index, 0, 4 * (<uint64_t>mask + 1))
+        end = L.pt_load_i32(&self.header.order_next)
+        for i in range(end):
+            if self.orders[i].flags & L.ORDER_IN_USE:
+                probe = self.orders[i].id_hash & mask
+                while self.order_index[probe] != EMPTY_ENTRY:
+                    probe = (probe + 1) & mask
+                self.order_index[probe] = i + 1
+                used += 1
+        L.pt_store_i32(&self.header.order_tombstones, 0)
+        L.pt_store_i32(&self.header.order_index_used, used)
+        L.pt_add_i64(&self.header.order_index_rebuilds, 1)
+        for stripe in range(1, self.header.lock_stripes + 1):
+            if stripe != held:
+                L.pt_mutex_unlock(self.lock_at(stripe))
+        L.pt_mutex_unlock(rebuild)
+        return True
+
+    cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
+                                     Py_ssize_t length, int32_t* what) noexcept nogil:
+        # Caller holds the account's stripe lock, so no other writer can insert
+        # the same (account, order id). Returns NULL, with what = the Capacity
+        # that is exhausted, when no record can be had.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t index = L.NO_INDEX
+        if not self._index_room(account_index):
+            what[0] = L.CAPACITY_ORDER_TABLE
+            return NULL
+        if <uint32_t>account.order_count < self.header.max_orders_per_account:
+            index = self._take_record()
+            if index != L.NO_INDEX:
+                L.pt_add_i32(&self.header.orders_in_use, 1)
+            else:
+                index = self._pop_evictable(account_index)
+                if index == L.NO_INDEX:
+                    what[0] = L.CAPACITY_ORDER_TABLE
+                    return NULL
+                self._evict(account_index, index)
+        else:
+            index = self._pop_evictable(account_index)
+            if index == L.NO_INDEX:
+                what[0] = L.CAPACITY_ACCOUNT_ORDERS
+                return NULL
+            self._evict(account_index, index)
+        account.order_count += 1
+        cdef L.OrderRecord* rec = &self.orders[index]
+        # account_index first: a lock-free reader of another account must
+        # never see its own index on a record being rewritten
+        rec.account_index = account_index
+        memset(<char*>rec + sizeof(int32_t), 0, sizeof(L.OrderRecord) - sizeof(int32_t))
         memcpy(rec.order_id, order_id, length)
         rec.id_length = <uint32_t>length
         rec.id_hash = hash_id(order_id, length) ^ hash_pair(account_index, 0)
-        rec.account_index = account_index
         rec.position_index = L.NO_INDEX
         rec.next_working = L.NO_INDEX
+        rec.next_idle = L.NO_INDEX
+        rec.flags = L.ORDER_IN_USE
         return rec
 
     cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil:
-        # Called once the record is complete: index it for lock-free lookups.
+        # Called once the record is complete: index it for lookups (into an
+        # empty entry or a tombstone; the caller checked the id is not there).
         cdef int32_t index = <int32_t>(rec - self.orders)
         cdef uint32_t mask = self.header.order_index_mask
         cdef uint32_t probe = rec.id_hash & mask
-        while not L.pt_cas_i32(&self.order_index[probe], EMPTY_ENTRY, index + 1):
-            probe = (probe + 1) & mask
+        cdef int32_t entry
+        while True:
+            entry = L.pt_load_i32(&self.order_index[probe])
+            if entry == EMPTY_ENTRY:
+                if L.pt_cas_i32(&self.order_index[probe], EMPTY_ENTRY, index + 1):
+                    L.pt_add_i32(&self.header.order_index_used, 1)
+                    return
+            elif entry == TOMBSTONE:
+                if L.pt_cas_i32(&self.order_index[probe], TOMBSTONE, index + 1):
+                    L.pt_add_i32(&self.header.order_tombstones, -1)
+                    return
+            else:
+                probe = (probe + 1) & mask
+
+    cdef void add_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil:
+        # Count a working record's remaining units against its position slot
+        # and its venue and counterparty totals, and link it into the account's
+        # working list: O(1), the same sums recompute_working rebuilds.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
+        cdef int64_t notional = rec.remaining * rec.valuation_price
+        if rec.side == L.SIDE_BUY:
+            slot.working_buy += rec.remaining
+            slot.working_buy_notional += notional
+        else:
+            slot.working_sell += rec.remaining
+            slot.working_sell_notional += notional
+            if rec.side == L.SIDE_SELL_SHORT:
+                slot.working_short_notional += notional
+        rec.next_working = account.first_working_order
+        account.first_working_order = <int32_t>(rec - self.orders)
+        account.working_order_count += 1
+        add_tag_total(account.venue_working, &account.tag_overflow, 1, rec.venue, notional)
+        add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
+                      rec.counterparty, notional)
+
+    cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
+                                 int32_t budget) noexcept nogil:
+        # Records of one account that stopped working at least order_expiry_ns
+        # ago and are durable leave the table; one that is not durable yet
+        # starts its wait again. Caller holds the account's stripe lock.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t head, evicted = 0
+        cdef int32_t visits = account.idle_count
+        while visits > 0 and evicted < budget:
+            head = account.first_idle_order
+            if head == L.NO_INDEX or not _expired(self.orders[head].idle_since_ns, now_ns,
+                                                  self.header.order_expiry_ns):
+                break
+            account.first_idle_order = self.orders[head].next_idle
+            if account.first_idle_order == L.NO_INDEX:
+                account.last_idle_order = L.NO_INDEX
+            account.idle_count -= 1
+            if self.orders[head].flags & L.ORDER_DURABLE:
+                self._evict(account_index, head)
+                self._free_record(head)
+                evicted += 1
+            else:
+                self.append_idle(account_index, head, now_ns)
+            visits -= 1
+        return evicted
 
     # -- RECORD CREATION --
-    # Records are only ever appended. Each is fully written before its index
+    # Accounts, instruments, positions and overrides are only ever appended. Each is fully written before its index
     # entry is published (release store), so a lock-free reader that finds the
     # index entry sees a complete record.
 
@@ -419,6 +764,8 @@ cdef class PositionTable:
             rec.id_length = <uint32_t>length
             rec.first_position = L.NO_INDEX
             rec.first_working_order = L.NO_INDEX
+            rec.first_idle_order = L.NO_INDEX
+            rec.last_idle_order = L.NO_INDEX
             probe = h & mask
             while L.pt_load_i32(&self.account_index[probe]) != EMPTY_ENTRY:
                 probe = (probe + 1) & mask
@@ -504,21 +851,48 @@ cdef class PositionTable:
         cdef bytes key = _check_id(account_id, "account id")
         cdef int32_t index = self.ensure_account(key, len(key))
         if index == L.NO_INDEX:
-            raise TableFullError(f"account table full ({self.header.max_accounts} accounts)")
+            raise TableFullError(f"account table full ({self.header.max_accounts} accounts)",
+                                 L.CAPACITY_ACCOUNTS, self.header.max_accounts)
         return index
 
     cdef int32_t _instrument(self, object symbol) except -2:
         cdef bytes key = _check_id(symbol, "symbol")
         cdef int32_t index = self.ensure_instrument(key, len(key))
         if index == L.NO_INDEX:
-            raise TableFullError(f"instrument table full ({self.header.max_instruments} symbols)")
+            raise TableFullError(f"instrument table full ({self.header.max_instruments} symbols)",
+                                 L.CAPACITY_INSTRUMENTS, self.header.max_instruments)
         return index
 
     cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2:
         cdef int32_t index = self.ensure_position(account_index, instrument_index)
         if index == L.NO_INDEX:
-            raise TableFullError(f"position table full ({self.header.max_positions} slots)")
+            raise TableFullError(f"position table full ({self.header.max_positions} slots)",
+                                 L.CAPACITY_POSITIONS, self.header.max_positions)
         return index
+
+    cdef void _check_room(self, int32_t account_index, object symbols) except *:
+        # Raise TableFullError before anything is created when the instruments
+        # and position slots these symbols need do not all fit (a partial write
+        # would use up the room of other accounts for nothing).
+        cdef int64_t new_instruments = 0, new_positions = 0
+        cdef int32_t i
+        cdef bytes key
+        for symbol in symbols:
+            key = _check_id(symbol, "symbol")
+            i = self.find_instrument(key, len(key))
+            if i == L.NO_INDEX:
+                new_instruments += 1
+                new_positions += 1
+            elif self.find_position(account_index, i) == L.NO_INDEX:
+                new_positions += 1
+        if L.pt_load_i32(&self.header.instrument_count) + new_instruments \
+                > <int64_t>self.header.max_instruments:
+            raise TableFullError(f"instrument table full ({self.header.max_instruments} symbols)",
+                                 L.CAPACITY_INSTRUMENTS, self.header.max_instruments)
+        if L.pt_load_i32(&self.header.position_count) + new_positions \
+                > <int64_t>self.header.max_positions:
+            raise TableFullError(f"position table full ({self.header.max_positions} slots)",
+                                 L.CAPACITY_POSITIONS, self.header.max_positions)
 
     cdef void _bump_version(self) noexcept nogil:
         L.pt_add_i64(&self.header.sync_version, 1)
@@ -527,15 +901,26 @@ cdef class PositionTable:
         """Return the account's record index, creating an unknown record if new."""
         return self._account(account_id)
 
-    def set_account_state(self, account_id, *, bint known, bint invalid=False):
-        """Mark an account known (it has holdings or limits) and/or unparseable."""
+    def set_account_state(self, account_id, *, bint known, bint invalid=False,
+                          int capacity=0):
+        """Mark an account known (it has holdings or limits) and/or unparseable.
+
+        ``capacity`` is the ``Capacity`` that part of its state did not fit
+        in (0: it all fits): its orders are then rejected CAPACITY_EXHAUSTED.
+        """
+        if not 0 <= capacity <= L.CAPACITY_OVERRIDES:
+            raise ValueError(f"unknown capacity {capacity}")
         cdef int32_t a = self._account(account_id)
         self.lock_account(a)
-        cdef uint32_t flags = self.accounts[a].flags & ~(L.ACCOUNT_KNOWN | L.ACCOUNT_STATE_INVALID)
+        cdef uint32_t flags = self.accounts[a].flags & ~(L.ACCOUNT_KNOWN | L.ACCOUNT_STATE_INVALID
+                                                         | L.ACCOUNT_OVER_CAPACITY)
         if known:
             flags |= L.ACCOUNT_KNOWN
         if invalid:
             flags |= L.ACCOUNT_STATE_INVALID
+        if capacity:
+            flags |= L.ACCOUNT_OVER_CAPACITY
+        self.accounts[a].capacity_kind = capacity
         self.accounts[a].flags = flags
         self.unlock_account(a)
         self._bump_version()
@@ -566,7 +951,8 @@ cdef class PositionTable:
         p = self._position(a, i)
         cdef int32_t o = self.ensure_override(p)
         if o == L.NO_INDEX:
-            raise TableFullError(f"override table full ({self.header.max_overrides} records)")
+            raise TableFullError(f"override table full ({self.header.max_overrides} records)",
+                                 L.CAPACITY_OVERRIDES, self.header.max_overrides)
         self.lock_account(a)
         memcpy(&self.overrides[o].limits, &staged, sizeof(L.LimitSet))
         self.unlock_account(a)
@@ -590,6 +976,8 @@ cdef class PositionTable:
         for symbol, (quantity, cost_basis) in positions.items():
             if not -(1 << 63) <= quantity < (1 << 63) or not -(1 << 63) <= cost_basis < (1 << 63):
                 raise OverflowError(f"position {symbol!r} does not fit in int64")
+        self._check_room(a, positions)
+        for symbol, (quantity, cost_basis) in positions.items():
             staged.append((self._position(a, self._instrument(symbol)), quantity, cost_basis))
         if realized_pnl is not None and not -(1 << 63) <= realized_pnl < (1 << 63):
             raise OverflowError("realized P&L does not fit in int64")
@@ -657,6 +1045,7 @@ cdef class PositionTable:
             else:
                 order.status = L.ORDER_DONE
                 order.next_working = L.NO_INDEX
+                self.append_idle(account_index, o, L.pt_load_i64(&self.header.clock_ns))
             o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
@@ -673,67 +1062,250 @@ cdef class PositionTable:
                           order.counterparty, order.remaining * order.valuation_price)
             o = order.next_working
 
-    def restore_order(self, account_id, order_id, symbol, int side, int order_type,
-                      int64_t quantity, int64_t price, int64_t valuation_price,
-                      int64_t notional, venue, counterparty, bint approved, rejections):
-        """Put back a decided order from its durable copy (crash recovery).
+    def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
+                      valuation_price, notional, venue, counterparty, approved, rejections):
+        """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
+        return self.restore_orders(account_id, [(
+            order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+            venue, counterparty, approved, rejections)]) == 1
 
-        An approved order is working again with its whole quantity reserved
-        (the next account snapshot subtracts its fills and cancels); a
-        rejected one is remembered so its id replays. An order id already in
-        the table is left alone. Returns True when the order was added.
+    def restore_orders(self, account_id, orders):
+        """Put back decided orders of one account from their durable copies (crash recovery).
+
+        ``orders`` holds ``(order_id, symbol, side, order_type, quantity, price,
+        valuation_price, notional, venue, counterparty, approved, rejections)``
+        tuples. An approved order is working again with its whole quantity
+        reserved (the next account snapshot subtracts its fills and cancels);
+        a rejected one is remembered so its id replays. Their decisions are
+        durable (they came from Redis), so they may leave the table again.
+        An order id already in the table is left alone. Each order costs O(1):
+        nothing walks the account's working orders. Returns how many were added.
+
+        Raises ValueError when a record cannot be held, and TableFullError
+        (nothing added) when they do not all fit: the account's share, the
+        order table, or the instruments and position slots they need.
         """
         cdef int32_t a = self._account(account_id)
-        cdef int32_t i = self._instrument(symbol)
-        if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
-            raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
-        for tag in (venue, counterparty):
-            if not isinstance(tag, bytes) or len(tag) > L.MAX_TAG_LENGTH:
-                raise ValueError(f"venue and counterparty must be at most {L.MAX_TAG_LENGTH} bytes")
-        if quantity <= 0 and approved:
-            raise ValueError("an approved order has a positive quantity")
-        cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
-        cdef L.OrderRecord* rec
-        cdef int n
+        staged = {}
+        for order in orders:
+            checked = _checked_restore(order)
+            staged[checked[0]] = checked
+        cdef int32_t held, room_account, room_table, idle
+        cdef int added = 0
         self.lock_account(a)
         try:
-            if self.find_order(a, order_id, len(order_id)) != L.NO_INDEX:
-                return False
-            rec = self.allocate_order(a, order_id, len(order_id))
-            if rec == NULL:
-                raise TableFullError(f"order table full ({self.header.max_orders} orders)")
-            rec.instrument_index = i
-            rec.side = side
-            rec.order_type = order_type
-            rec.quantity = quantity
-            rec.price = price
-            rec.valuation_price = valuation_price
-            rec.notional = notional
-            rec.approved = approved
-            memcpy(rec.venue, <const char*>venue, len(venue))
-            memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
-            rec.rejection_count = len(rejections)
-            for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
-                rec.rejections[n].code = code
-                rec.rejections[n].observed = observed
-                rec.rejections[n].limit = limit
-            if approved:
-                rec.status = L.ORDER_WORKING
-                rec.position_index = p
-                rec.remaining = quantity
-                rec.next_working = self.accounts[a].first_working_order
-                self.accounts[a].first_working_order = <int32_t>(rec - self.orders)
-                if side == L.SIDE_SELL_SHORT:
-                    self.positions[p].locate_used += quantity
-                # rebuild the working sums, counts and venue totals from the list
-                self.recompute_working(a, {}, ())
-            else:
-                rec.status = L.ORDER_REJECTED
-            self.publish_order(rec)
+            missing = [order for order_id, order in staged.items()
+                       if self.find_order(a, order_id, len(order_id)) == L.NO_INDEX]
+            if not missing:
+                return 0
+            idle = self.accounts[a].idle_count
+            room_account = <int32_t>self.header.max_orders_per_account \
+                - self.accounts[a].order_count + idle
+            room_table = <int32_t>self.header.max_orders \
+                - L.pt_load_i32(&self.header.orders_in_use) + idle
+            if len(missing) > room_account:
+                raise TableFullError(
+                    f"{len(missing)} decided orders do not fit in the account's share of the "
+                    f"order table ({self.header.max_orders_per_account} orders)",
+                    L.CAPACITY_ACCOUNT_ORDERS, self.header.max_orders_per_account)
+            if len(missing) > room_table:
+                raise TableFullError(
+                    f"{len(missing)} decided orders do not fit in the order table "
+                    f"({self.header.max_orders} orders)",
+                    L.CAPACITY_ORDER_TABLE, self.header.max_orders)
+            self._check_room(a, {order[1] for order in missing})
+            for order in missing:
+                added += self._restore_one(a, order)
         finally:
             self.unlock_account(a)
-        self._bump_version()
-        return True
+            if added:
+                self._bump_version()
+        return added
+
+    cdef int _restore_one(self, int32_t a, object order) except -1:
+        # Caller holds the account's lock; the order passed _checked_restore.
+        (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+         venue, counterparty, approved, rejections) = order
+        cdef int32_t i = self._instrument(symbol)
+        cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
+        cdef int32_t what = 0
+        cdef int n
+        if approved and not self._reservation_fits(a, p, side, quantity,
+                                                   quantity * valuation_price, venue,
+                                                   counterparty):
+            raise ValueError(f"order {order_id!r}: its reservation would take the account's "
+                             "working sums past int64")
+        cdef L.OrderRecord* rec = self.allocate_order(a, order_id, len(order_id), &what)
+        if rec == NULL:
+            raise TableFullError(f"no room for decided order {order_id!r}: capacity {what} "
+                                 f"({capacity_limit(self.header, what)})", what,
+                                 capacity_limit(self.header, what))
+        rec.instrument_index = i
+        rec.side = side
+        rec.order_type = order_type
+        rec.quantity = quantity
+        rec.price = price
+        rec.valuation_price = valuation_price
+        rec.notional = notional
+        rec.approved = approved
+        memcpy(rec.venue, <const char*>venue, len(venue))
+        memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
+        rec.rejection_count = len(rejections)
+        for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
+            rec.rejections[n].code = code
+            rec.rejections[n].observed = observed
+            rec.rejections[n].limit = limit
+        rec.flags |= L.ORDER_DURABLE
+        if approved:
+            rec.status = L.ORDER_WORKING
+            rec.position_index = p
+            rec.remaining = quantity
+            if side == L.SIDE_SELL_SHORT:
+                self.positions[p].locate_used += quantity
+            self.add_working(a, rec)
+        else:
+            rec.status = L.ORDER_REJECTED
+            self.append_idle(a, <int32_t>(rec - self.orders), L.pt_load_i64(&self.header.clock_ns))
+        self.publish_order(rec)
+        return 1
+
+    cdef object _working_at(self, int32_t a, bytes name, bint by_venue):
+        # Working notional of the account at one venue (or counterparty): the
+        # running total, or the sum over its working orders once the totals
+        # ran out of slots (as the checks' working_at).
+        cdef L.AccountRecord* account = &self.accounts[a]
+        cdef L.TagLimit* totals = &account.venue_working[0]
+        cdef const char* tag
+        cdef int n
+        if not by_venue:
+            totals = &account.counterparty_working[0]
+        for n in range(L.TAG_LIMIT_SLOTS):
+            if totals[n].name[0] != 0 and strncmp(totals[n].name, name, L.TAG_CAPACITY) == 0:
+                return totals[n].limit
+        if not account.tag_overflow & (1u if by_venue else 2u):
+            return 0
+        total = 0
+        cdef int32_t o = account.first_working_order
+        cdef L.OrderRecord* order
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            tag = &order.venue[0] if by_venue else &order.counterparty[0]
+            if strncmp(tag, name, L.TAG_CAPACITY) == 0:
+                total += order.remaining * order.valuation_price
+            o = order.next_working
+        return total
+
+    cdef bint _reservation_fits(self, int32_t a, int32_t p, int side, object quantity,
+                                object notional, bytes venue, bytes counterparty) except -1:
+        # Every running sum a restored working order adds to stays an int64
+        # (the decision path checks the same before it reserves).
+        cdef L.PositionSlot* slot = &self.positions[p]
+        if side == L.SIDE_BUY:
+            sums = [slot.working_buy + quantity, slot.working_buy_notional + notional]
+        else:
+            sums = [slot.working_sell + quantity, slot.working_sell_notional + notional,
+                    slot.working_short_notional + notional, slot.locate_used + quantity]
+        if venue:
+            sums.append(self._working_at(a, venue, True) + notional)
+        if counterparty:
+            sums.append(self._working_at(a, counterparty, False) + notional)
+        return all(value in _INT64 for value in sums)
+
+    cdef bint _filter_add(self, int32_t account_index, const char* order_id,
+                          Py_ssize_t length) noexcept nogil:
+        # Add an id to the account's evicted-id filter; True when it was not in it.
+        cdef L.AccountActivity* activity = &self.activity[account_index]
+        cdef uint32_t h1 = hash_id(order_id, length)
+        cdef uint32_t h2 = mix32(h1) | 1u
+        cdef uint32_t bit
+        cdef uint64_t mask
+        cdef bint added = False
+        cdef int k
+        for k in range(L.EVICTED_FILTER_HASHES):
+            bit = (h1 + <uint32_t>k * h2) & (L.EVICTED_FILTER_WORDS * 64 - 1)
+            mask = 1ull << (bit & 63)
+            if not activity.evicted[bit >> 6] & mask:
+                activity.evicted[bit >> 6] |= mask
+                added = True
+        activity.evictions += 1
+        return added
+
+    def forget_orders(self, account_id, order_ids):
+        """Order ids of the account decided before, whose durable copy is in Redis,
+        that the table need not hold (at a restore: rejected orders, and
+        approved ones already filled or cancelled). Each goes to the account's
+        evicted-id filter, so a re-sent one is looked up in Redis, never
+        decided anew; ids the table holds are left alone. Returns how many
+        the filter did not have."""
+        cdef int32_t a = self._account(account_id)
+        checked = []
+        for order_id in order_ids:
+            if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
+                raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
+            checked.append(order_id)
+        cdef int added = 0
+        cdef bytes key
+        self.lock_account(a)
+        for key in checked:
+            if self.find_order(a, key, len(key)) == L.NO_INDEX:
+                added += self._filter_add(a, key, len(key))
+        self.unlock_account(a)
+        return added
+
+    def order_id_may_have_expired(self, account_id, order_id):
+        """Whether the account's evicted-id filter holds the id (it may give false positives)."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        if a == L.NO_INDEX or not isinstance(order_id, bytes):
+            return False
+        self.lock_account(a)
+        result = self.order_id_evicted(a, order_id, len(order_id))
+        self.unlock_account(a)
+        return result
+
+    def mark_durable(self, account_id, order_id):
+        """The decision stored under this order id is now in Redis; True if the table holds it."""
+        return self.mark_durable_many(((account_id, order_id),)) == 1
+
+    def mark_durable_many(self, decided):
+        """:meth:`mark_durable` for ``(account_id, order_id)`` pairs; returns how many it held."""
+        cdef int marked = 0
+        cdef int32_t a, o
+        cdef bytes key
+        for account_id, order_id in decided:
+            key = _check_id(account_id, "account id")
+            a = self.find_account(key, len(key))
+            if a == L.NO_INDEX or not isinstance(order_id, bytes):
+                continue
+            self.lock_account(a)
+            o = self.find_order(a, order_id, len(order_id))
+            if o != L.NO_INDEX:
+                self.orders[o].flags |= L.ORDER_DURABLE
+                marked += 1
+            self.unlock_account(a)
+        return marked
+
+    def expire_orders(self, int64_t now_ns, int32_t budget=10_000):
+        """Let durable decided orders that stopped working ``order_expiry_ms`` before
+        ``now_ns`` (the decisions' clock) leave the table, at most ``budget`` of
+        them; returns how many left. The owner of the table calls it now and then."""
+        cdef int32_t a, count, evicted = 0
+        cdef int32_t head
+        self.advance_clock(now_ns)
+        count = L.pt_load_i32(&self.header.account_count)
+        for a in range(count):
+            if evicted >= budget:
+                break
+            head = self.accounts[a].first_idle_order      # a hint, read without the lock
+            if head == L.NO_INDEX or not _expired(self.orders[head].idle_since_ns, now_ns,
+                                                  self.header.order_expiry_ns):
+                continue
+            self.lock_account(a)
+            evicted += self._expire_account(a, now_ns, budget - evicted)
+            self.unlock_account(a)
+        if evicted:
+            self._bump_version()
+        return evicted
 
     def set_balances(self, account_id, cash, credit_line):
         """Cash and credit line (1/10,000 units) for buying power; None: no check."""
@@ -752,6 +1324,7 @@ cdef class PositionTable:
     def set_locates(self, account_id, locates):
         """Located quantity per symbol ``{symbol: units}``; others become 0."""
         cdef int32_t a = self._account(account_id)
+        self._check_room(a, locates)
         staged = [(self._position(a, self._instrument(symbol)), quantity)
                   for symbol, quantity in locates.items()]
         cdef int32_t p
@@ -889,7 +1462,11 @@ cdef class PositionTable:
             "instruments": h.instrument_count, "max_instruments": h.max_instruments,
             "positions": h.position_count, "max_positions": h.max_positions,
             "overrides": h.override_count, "max_overrides": h.max_overrides,
-            "orders": h.order_count, "max_orders": h.max_orders,
+            "orders": L.pt_load_i32(&h.orders_in_use), "max_orders": h.max_orders,
+            "max_orders_per_account": h.max_orders_per_account,
+            "order_expiry_ms": h.order_expiry_ns // 1_000_000,
+            "orders_evicted": L.pt_load_i64(&h.orders_evicted),
+            "order_index_rebuilds": L.pt_load_i64(&h.order_index_rebuilds),
             "lock_stripes": h.lock_stripes, "total_bytes": h.total_size,
         }
 
@@ -944,6 +1521,8 @@ cdef class PositionTable:
             "credit_line": rec.credit_line if rec.flags & L.ACCOUNT_HAS_BALANCES else None,
             "realized_pnl": rec.realized_pnl,
             "working_orders": rec.working_order_count,
+            "orders": rec.order_count,
+            "capacity": rec.capacity_kind if rec.flags & L.ACCOUNT_OVER_CAPACITY else 0,
         }
 
     def working(self, account_id, symbol):
@@ -1022,19 +1601,26 @@ cdef class PositionTable:
         cdef int32_t a = self.find_account(a_key, len(a_key))
         if a == L.NO_INDEX or not isinstance(order_id, bytes):
             return None
-        cdef int32_t o = self.find_order(a, order_id, len(order_id))
-        if o == L.NO_INDEX:
-            return None
-        cdef L.OrderRecord* rec = &self.orders[o]
-        return {
-            "status": {L.ORDER_REJECTED: "rejected", L.ORDER_WORKING: "working",
-                       L.ORDER_DONE: "done"}[rec.status],
-            "approved": bool(rec.approved),
-            "quantity": rec.quantity,
-            "remaining": rec.remaining,
-            "notional": rec.notional,
-            "side": rec.side,
-        }
+        cdef int32_t o
+        cdef L.OrderRecord* rec
+        self.lock_account(a)
+        try:
+            o = self.find_order(a, order_id, len(order_id))
+            if o == L.NO_INDEX:
+                return None
+            rec = &self.orders[o]
+            return {
+                "status": {L.ORDER_REJECTED: "rejected", L.ORDER_WORKING: "working",
+                           L.ORDER_DONE: "done"}[rec.status],
+                "approved": bool(rec.approved),
+                "quantity": rec.quantity,
+                "remaining": rec.remaining,
+                "notional": rec.notional,
+                "side": rec.side,
+                "durable": bool(rec.flags & L.ORDER_DURABLE),
+            }
+        finally:
+            self.unlock_account(a)
 
     def instrument_info(self, symbol):
         """Reference data, last price and halt mode of a symbol, or None if never seen."""

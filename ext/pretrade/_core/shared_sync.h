@@ -38,6 +38,17 @@ static inline int pt_mutex_lock(pthread_mutex_t *m)
     return rc;
 }
 
+/* Like pt_mutex_lock, but returns EBUSY at once when another thread holds it. */
+static inline int pt_mutex_trylock(pthread_mutex_t *m)
+{
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        return 1;
+    }
+    return rc;
+}
+
 static inline void pt_mutex_unlock(pthread_mutex_t *m)
 {
     pthread_mutex_unlock(m);
@@ -50,6 +61,11 @@ static inline void pt_store_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, 
 static inline int64_t pt_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void pt_store_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline int64_t pt_add_i64(int64_t *p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+static inline int32_t pt_add_i32(int32_t *p, int32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+static inline int pt_cas_i64(int64_t *p, int64_t expected, int64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
 /* Compare-and-swap: 1 when *p held expected and now holds desired. */
 static inline int pt_cas_i32(int32_t *p, int32_t expected, int32_t desired)
 {

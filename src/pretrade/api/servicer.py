@@ -4,6 +4,11 @@ Validation of the request shape (:mod:`pretrade.api.requests`) ends the call
 with INVALID_ARGUMENT; everything about the order itself (quantity, price,
 limits, halts) is a coded rejection from the pipeline. Domain errors become
 statuses in :mod:`pretrade.api.status`, and nowhere else.
+
+Decisions the engine keeps under an order id are written to Redis before the
+answer (the journal) and then marked durable in the table: only durable
+records may leave it. A re-sent id whose record left is answered from its
+durable copy in ``orders:{ACC}``, never decided anew.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from collections.abc import Callable
 import grpc
 import redis.asyncio as aioredis
 
-from pretrade._core import Engine
-from pretrade._core.constants import MAX_ORDER_ID_LENGTH, STORED_REJECTIONS
+from pretrade._core import Engine, Verdict
+from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STORED_REJECTIONS
 from pretrade.api.access import principal_name
-from pretrade.api.requests import validate_batch, validate_order
+from pretrade.api.requests import ValidOrder, validate_batch, validate_order
 from pretrade.api.status import grpc_status, rejection_message
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from pretrade.engine.text import require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
-from pretrade.state.journal import DecidedOrder, Journal
+from pretrade.state.journal import DecidedOrder, Journal, decode
+from pretrade.state.schema import StateError, orders_key
 from pretrade.stream.portfolio import PortfolioHub, requested_heartbeat
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
@@ -33,6 +39,21 @@ from pretrade.v1 import risk_pb2_grpc
 log = logging.getLogger("pretrade.servicer")
 
 _MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
+#: Times an id is looked up in Redis while its account keeps evicting records.
+_EXPIRED_LOOKUPS = 3
+#: (position in the call, the order, the eviction count the engine quoted)
+Expired = tuple[int, pb.Order, int]
+
+
+def expired_mark(verdict: Verdict) -> int | None:
+    """The eviction count when the engine did not decide because the id may have been
+    decided before and its record left the table (see ``Engine.evaluate``), else None."""
+    if verdict.approved or verdict.replayed or len(verdict.rejections) != 1:
+        return None
+    code, observed, evictions = verdict.rejections[0]
+    if code == pb.REJECT_CODE_DUPLICATE_ORDER_ID and observed == ORDER_ID_EXPIRED:
+        return evictions
+    return None
 
 
 class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
@@ -53,21 +74,39 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.audit = audit
         # Decided orders are made durable before the answer when set.
         self.journal = journal
+        if journal is not None:
+            journal.on_durable = self._mark_durable
 
     def decide(self, order: pb.Order) -> pb.Decision:
-        """One order through validation and the pipeline (no network involved)."""
+        """One order through validation and the pipeline (no network involved).
+
+        An id whose record left the table cannot be read back here: it is
+        refused (DUPLICATE_ORDER_ID), never decided anew.
+        """
         return self.decide_durably(order)[0]
 
-    def decide_durably(self, order: pb.Order) -> tuple[pb.Decision, DecidedOrder | None]:
-        """The decision, and the record to make durable before answering (or None)."""
+    def decide_durably(self, order: pb.Order, durable_checked: int = -1,
+                       expired: list[Expired] | None = None, index: int = 0,
+                       ) -> tuple[pb.Decision, DecidedOrder | None]:
+        """The decision, and the record to make durable before answering (or None).
+
+        When the id may have been decided before and its record left the
+        table, and ``expired`` is given, the decision is provisional: the
+        order is appended to ``expired`` (with ``index``) for
+        :meth:`resolve_expired`, which reads its durable copy.
+        """
         valid = validate_order(order)
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
         verdict = self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
                                        order.order_type, order.quantity, order.price,
-                                       valid.venue, valid.counterparty, started)
+                                       valid.venue, valid.counterparty, started, durable_checked)
         latency = time.perf_counter_ns() - started
+        evictions = expired_mark(verdict)
+        if evictions is not None and expired is not None:
+            expired.append((index, order, evictions))
+            return self._decision(order, verdict, latency), None
         principal = principal_name()
         if self.audit is not None:
             self.audit.decision(order, verdict.approved, verdict.rejections, latency,
@@ -83,37 +122,124 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 verdict.notional // order.quantity if verdict.approved else order.price,
                 verdict.notional, valid.venue, valid.counterparty, verdict.approved,
                 verdict.rejections[:STORED_REJECTIONS])
-        decision = pb.Decision(
+        return self._decision(order, verdict, latency), durable
+
+    @staticmethod
+    def _decision(order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
+        return pb.Decision(
             order_id=order.order_id, approved=verdict.approved,
             rejections=[rejection_message(*r) for r in verdict.rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
             notional=verdict.notional, replayed=verdict.replayed,
         )
-        return decision, durable
+
+    async def resolve_expired(self, expired: list[Expired]
+                              ) -> dict[int, tuple[pb.Decision, DecidedOrder | None]]:
+        """Answer orders whose id may have been decided before from their durable copies.
+
+        One pipelined read of ``orders:{ACC}`` per round: a copy of the same
+        order replays it, of another order is DUPLICATE_ORDER_ID, an
+        unreadable one INVALID_STATE; no copy (the id was only a false alarm
+        of the account's filter) decides the order now. Unavailable when
+        Redis cannot be read, or the account keeps evicting records meanwhile.
+        """
+        answers: dict[int, tuple[pb.Decision, DecidedOrder | None]] = {}
+        for _ in range(_EXPIRED_LOOKUPS):
+            if not expired:
+                return answers
+            started = time.perf_counter_ns()
+            valid = [validate_order(order) for _, order, _ in expired]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ids in valid:
+                    pipe.hget(orders_key(ids.account), ids.order_id)
+                copies = await pipe.execute()
+            again: list[Expired] = []
+            for (index, order, evictions), ids, raw in zip(expired, valid, copies, strict=True):
+                if raw is not None:
+                    answers[index] = (self._replay_durable(order, ids, raw,
+                                                           time.perf_counter_ns() - started),
+                                      None)
+                else:
+                    answers[index] = self.decide_durably(order, evictions, again, index)
+            expired = again
+        if expired:
+            raise Unavailable("the order id's earlier decision could not be read back while "
+                              "its account's records were leaving the table; send it again")
+        return answers
+
+    def _replay_durable(self, order: pb.Order, ids: ValidOrder, raw: bytes,
+                        latency: int) -> pb.Decision:
+        """The decision an order id got before, from its durable copy."""
+        try:
+            record = decode(ids.account, ids.order_id, raw)
+        except StateError as error:
+            log.error("the durable decision of order %r of account %r cannot be read, so it is "
+                      "refused: %s", ids.order_id, ids.account, error)
+            rejections: tuple[tuple[int, int, int], ...] = (
+                (pb.REJECT_CODE_INVALID_STATE, pb.HALT_SCOPE_ACCOUNT, 0),)
+            approved, notional, replayed = False, 0, False
+        else:
+            if (record.symbol, record.side, record.order_type, record.quantity, record.price,
+                    record.venue, record.counterparty) == (
+                    ids.symbol, order.side, order.order_type, order.quantity, order.price,
+                    ids.venue, ids.counterparty):
+                rejections, approved = record.rejections, record.approved
+                notional, replayed = record.notional, True
+            else:
+                rejections = ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0),)
+                approved, notional, replayed = False, 0, False
+        if self.audit is not None:
+            self.audit.decision(order, approved, rejections, latency, replayed, notional,
+                                principal_name())
+        return pb.Decision(
+            order_id=order.order_id, approved=approved,
+            rejections=[rejection_message(*r) for r in rejections], latency_ns=latency,
+            account_id=order.account_id, symbol=order.symbol, notional=notional,
+            replayed=replayed)
+
+    async def _make_durable(self, durable: list[DecidedOrder],
+                            deadline_seconds: float | None) -> None:
+        """Write the decisions to Redis before the answer (bounded by the call's deadline).
+
+        The journal tells the table once Redis has them (:meth:`_mark_durable`),
+        also when that happens after this wait gave up.
+        """
+        if not durable or self.journal is None:
+            return
+        await self.journal.commit(durable, deadline_seconds)
+
+    def _mark_durable(self, written: list[DecidedOrder]) -> None:
+        self.engine.table.mark_durable_many([(d.account, d.order_id) for d in written])
 
     async def EvaluateOrder(self, request: pb.Order,  # noqa: N802 (gRPC method name)
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
-            decision, durable = self.decide_durably(request)
-            if durable is not None and self.journal is not None:
-                await self.journal.commit((durable,), context.time_remaining())
+            expired: list[Expired] = []
+            decision, durable = self.decide_durably(request, expired=expired)
+            if expired:
+                decision, durable = (await self.resolve_expired(expired))[0]
+            if durable is not None:
+                await self._make_durable([durable], context.time_remaining())
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
             raise
 
     def decide_batch(self, batch: pb.OrderBatch,
-                     durable: list[DecidedOrder] | None = None) -> pb.DecisionBatch:
+                     durable: list[DecidedOrder] | None = None,
+                     expired: list[Expired] | None = None) -> pb.DecisionBatch:
         """Every order of a batch, in order; a malformed one gets INVALID_REQUEST.
 
-        Records to make durable are appended to ``durable`` when it is given.
+        Records to make durable are appended to ``durable`` when it is given;
+        orders to answer from their durable copy to ``expired`` (see
+        :meth:`decide_durably`).
         """
         started = time.perf_counter_ns()
         decisions = []
-        for order in batch.orders:
+        for index, order in enumerate(batch.orders):
             try:
-                decision, record = self.decide_durably(order)
+                decision, record = self.decide_durably(order, expired=expired, index=index)
                 decisions.append(decision)
                 if record is not None and durable is not None:
                     durable.append(record)
@@ -134,9 +260,14 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             _check_deadline(context)
             validate_batch(request)
             durable: list[DecidedOrder] = []
-            reply = self.decide_batch(request, durable)
-            if durable and self.journal is not None:
-                await self.journal.commit(durable, context.time_remaining())
+            expired: list[Expired] = []
+            reply = self.decide_batch(request, durable, expired)
+            if expired:
+                for index, (decision, record) in (await self.resolve_expired(expired)).items():
+                    reply.decisions[index].CopyFrom(decision)
+                    if record is not None:
+                        durable.append(record)
+            await self._make_durable(durable, context.time_remaining())
             return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")

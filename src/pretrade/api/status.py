@@ -13,6 +13,7 @@ from typing import cast
 
 import grpc
 
+from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -60,6 +61,37 @@ _HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_S
 def _missing_limits(mask: int) -> str:
     names = [kind.field for kind in LimitKind if mask & (1 << kind)]
     return ", ".join(names) or "none"
+
+
+#: What each Capacity is, and the setting that sizes it.
+_CAPACITIES: dict[int, tuple[str, str, str]] = {
+    pb.CAPACITY_ORDER_TABLE: ("the order table is full", "decided orders", "max_orders"),
+    pb.CAPACITY_ACCOUNT_ORDERS: ("this account holds its whole share of the order table",
+                                 "decided orders", "max_orders_per_account"),
+    pb.CAPACITY_ACCOUNTS: ("the table has no room for this account", "accounts",
+                           "max_accounts"),
+    pb.CAPACITY_INSTRUMENTS: ("the table has no room for this symbol's instrument",
+                              "instruments", "max_instruments"),
+    pb.CAPACITY_POSITIONS: ("the table has no room for this account's positions",
+                            "position slots", "max_positions"),
+    pb.CAPACITY_OVERRIDES: ("the table has no room for this account's per-symbol limits",
+                            "override records", "max_overrides"),
+}
+
+
+def _capacity(what: int, limit: int) -> str:
+    """CAPACITY_EXHAUSTED: which capacity (``what``) is full, and its size."""
+    if what not in _CAPACITIES:
+        return "the engine's order table is full; see the server log"
+    sentence, unit, setting = _CAPACITIES[what]
+    if what == pb.CAPACITY_ACCOUNT_ORDERS:
+        return (f"{sentence} ({limit:,} {unit}, {setting}); it frees as its orders stop "
+                "working, and this order was not remembered: send it again then")
+    if what == pb.CAPACITY_ORDER_TABLE:
+        return (f"{sentence} ({limit:,} {unit}, {setting}); this order was not remembered: "
+                "send it again later")
+    return (f"{sentence} ({limit:,} {unit}, {setting}): its orders are refused; "
+            "see the server log")
 
 
 def describe_rejection(code: int, observed: int, limit: int) -> str:
@@ -138,6 +170,9 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_MAX_WORKING_ORDERS:
             return f"{observed} working orders, over the limit of {limit}"
         case pb.REJECT_CODE_DUPLICATE_ORDER_ID:
+            if observed == ORDER_ID_EXPIRED:
+                return ("order_id may have been decided before and its record left the "
+                        "engine's table; its decision could not be read back: send it again")
             return "order_id was already used for a different order on this account"
         case pb.REJECT_CODE_SHORT_SALE_NOT_MARKED:
             return (f"the sell would leave the position at {observed}: a sale below zero "
@@ -160,7 +195,7 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
             return (f"day P&L {format_notional(observed)} is below the loss limit "
                     f"{format_notional(limit)}; only reducing orders may go")
         case pb.REJECT_CODE_CAPACITY_EXHAUSTED:
-            return "the engine's order table is full; see the server log"
+            return _capacity(observed, limit)
         case pb.REJECT_CODE_INVALID_REQUEST:
             return "the order is malformed"
     return f"rejected with code {code}"

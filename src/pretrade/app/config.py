@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrade._core.constants import MAX_CAPACITY, MAX_LOCK_STRIPES
+from pretrade._core.constants import (
+    ACCOUNT_SHARE_DIVISOR,
+    DEFAULT_ORDER_EXPIRY_MS,
+    MAX_CAPACITY,
+    MAX_LOCK_STRIPES,
+)
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
 
@@ -52,16 +57,19 @@ _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 _REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The table's capacities: bounded by what the compiled core accepts.
-_CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "max_orders"})
+_CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "max_orders",
+                              "max_orders_per_account"})
 # Every other integer setting is a positive int32.
 _MAX_INTEGER = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
-                         "max_orders", "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
+                         "max_orders", "max_orders_per_account", "order_expiry_ms",
+                         "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book", "durable_decisions"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
-                              "tls_cert", "tls_key", "tls_client_ca", "tokens_file"})
+                              "tls_cert", "tls_key", "tls_client_ca", "tokens_file",
+                              "max_orders_per_account"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -217,6 +225,17 @@ class Settings:
     max_orders : int
         Decided orders the shared table remembers (idempotency and working
         reservations); when it is full, orders get CAPACITY_EXHAUSTED.
+    max_orders_per_account : int or None
+        One account's share of those: past it, the account's oldest decided
+        order that no longer works (rejected, filled, cancelled) and is
+        durable leaves the table for the new one, and when none may, the
+        account's orders get CAPACITY_EXHAUSTED; other accounts are not
+        affected. ``None``: ``max_orders / 8``.
+    order_expiry_ms : int
+        How long a decided order that no longer works stays in the table
+        once its decision is in Redis; then it leaves, and a re-sent id is
+        answered from ``orders:{ACC}``. Without ``durable_decisions`` nothing
+        is in Redis, so nothing leaves: each account keeps at most its share.
     max_sync_lag_ms : int
         Past this many milliseconds without hearing from Redis the table is
         stale: orders get STALE_DATA and health reports NOT_SERVING.
@@ -279,6 +298,8 @@ class Settings:
     max_positions: int = 1_048_576
     lock_stripes: int = 64
     max_orders: int = 262_144
+    max_orders_per_account: int | None = None
+    order_expiry_ms: int = DEFAULT_ORDER_EXPIRY_MS
     max_sync_lag_ms: int = 2_000
     workers: int = 1
     max_concurrent_rpcs: int = 10_000
@@ -306,6 +327,13 @@ class Settings:
             if checked != value:
                 # Frozen: the documented way to normalise a field after __init__.
                 object.__setattr__(self, settings_field.name, checked)
+
+    @property
+    def account_share(self) -> int:
+        """``max_orders_per_account``, or its default: an eighth of ``max_orders``."""
+        if self.max_orders_per_account is not None:
+            return self.max_orders_per_account
+        return max(1, self.max_orders // ACCOUNT_SHARE_DIVISOR)
 
     @property
     def embedded_redis(self) -> bool:

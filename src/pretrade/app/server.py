@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -129,6 +130,9 @@ class Gateway:
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
                        asyncio.create_task(self.prices.run(), name="pretrade-prices"),
                        asyncio.create_task(self._track_health(), name="pretrade-health")]
+        if not self.worker:
+            self._tasks.append(asyncio.create_task(self._expire_orders(),
+                                                   name="pretrade-order-expiry"))
         log.info("serving %s on port %d (table %s; %s)", SERVICE_NAME, self.port,
                  self.mapped.path, self.access.summary)
         self.access.warn_if_exposed(self.settings)
@@ -157,7 +161,9 @@ class Gateway:
             automatic_halt_write_failures=self.servicer.breakers.write_failures,
             journal_written=self.journal.written if self.journal else 0,
             journal_failures=self.journal.failed if self.journal else 0,
-            journal_pending=self.journal.pending if self.journal else 0)
+            journal_pending=self.journal.pending if self.journal else 0,
+            capacity_exhausted=len(self.sync.over_capacity),
+            orders_evicted=counts["orders_evicted"])
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
@@ -167,6 +173,18 @@ class Gateway:
                 await asyncio.sleep(HEALTH_POLL_SECONDS / 5)
 
         await asyncio.wait_for(loaded_and_serving(), timeout)
+
+    async def _expire_orders(self) -> None:
+        # The table owner lets durable decided orders that stopped working
+        # order_expiry_ms ago leave the shared table, a bounded number per
+        # round (the same clock as the decisions: CLOCK_MONOTONIC).
+        period = max(0.01, min(0.25, self.settings.order_expiry_ms / 4000))
+        budget = 10_000
+        while True:
+            if self.table.expire_orders(time.perf_counter_ns(), budget) < budget:
+                await asyncio.sleep(period)
+            else:
+                await asyncio.sleep(0)
 
     async def _track_health(self) -> None:
         # Health follows the table's liveness: SERVING only while in sync.
@@ -253,7 +271,8 @@ def capacities_of(settings: Settings) -> Capacities:
     return Capacities(
         max_accounts=settings.max_accounts, max_instruments=settings.max_instruments,
         max_positions=settings.max_positions, max_overrides=min(settings.max_positions, 65_536),
-        lock_stripes=settings.lock_stripes, max_orders=settings.max_orders)
+        lock_stripes=settings.lock_stripes, max_orders=settings.max_orders,
+        max_orders_per_account=settings.account_share, order_expiry_ms=settings.order_expiry_ms)
 
 
 async def _load_demo(settings: Settings, redis_url: str) -> None:

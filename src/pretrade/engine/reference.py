@@ -11,30 +11,44 @@ this file is the specification of the checks. Every size and default it uses
 is the core's own (:mod:`pretrade._core.constants`).
 
 It mirrors the state-writing API of ``pretrade._core.PositionTable`` too, so
-one sequence of operations can be applied to both.
+one sequence of operations can be applied to both: the table's capacities
+(a full region raises the same ``TableFullError``), each account's share of
+the decided orders, and which records leave the table when (only durable
+ones that no longer work, oldest first), with the same evicted-id filter.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from pretrade._core import Verdict
+from pretrade._core import TableFullError, Verdict
 from pretrade._core.constants import (
+    ACCOUNT_SHARE_DIVISOR,
     AUTO_HALT_LOSS_LIMIT,
     AUTO_HALT_NONE,
     AUTO_HALT_REJECT_STORM,
+    CAPACITY_NUMBERS,
     DEFAULT_NOTIONAL_WINDOW_MS,
+    DEFAULT_ORDER_EXPIRY_MS,
     DEFAULT_ORDER_WINDOW_MS,
     DEFAULT_REJECT_WINDOW_MS,
+    EVICT_SCAN,
+    EVICTED_FILTER_HASHES,
+    EVICTED_FILTER_WORDS,
     HALT_NONE,
+    MAX_CAPACITY,
     MAX_ID_LENGTH,
+    MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
     MAX_TAG_LENGTH,
+    ORDER_ID_EXPIRED,
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
     STORED_REJECTIONS,
+    TABLE_CLOCK_STEP_NS,
     TAG_LIMIT_SLOTS,
 )
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
@@ -42,6 +56,14 @@ from pretrade.engine.limits import REQUIRED_LIMITS, LimitKind, Limits
 from pretrade.v1 import risk_pb2 as pb
 
 NS_PER_MS = 1_000_000
+UINT32 = 0xFFFF_FFFF
+FILTER_BITS = EVICTED_FILTER_WORDS * 64
+ORDER_TABLE = CAPACITY_NUMBERS["ORDER_TABLE"]
+ACCOUNT_ORDERS = CAPACITY_NUMBERS["ACCOUNT_ORDERS"]
+ACCOUNTS = CAPACITY_NUMBERS["ACCOUNTS"]
+INSTRUMENTS = CAPACITY_NUMBERS["INSTRUMENTS"]
+POSITIONS = CAPACITY_NUMBERS["POSITIONS"]
+OVERRIDES = CAPACITY_NUMBERS["OVERRIDES"]
 
 Rejection = tuple[int, int, int]
 
@@ -53,6 +75,33 @@ def clamp(value: int) -> int:
 
 def ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
+
+
+def fnv1a(data: bytes) -> int:
+    """FNV-1a, 32 bit: the core's hash of an id."""
+    h = 2166136261
+    for byte in data:
+        h = ((h ^ byte) * 16777619) & UINT32
+    return h
+
+
+def mix32(h: int) -> int:
+    """murmur3's finaliser: the core's second hash for the evicted-id filter."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & UINT32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & UINT32
+    return h ^ (h >> 16)
+
+
+def filter_bits(order_id: bytes) -> int:
+    """The bits an order id sets in an account's evicted-id filter, as one int."""
+    h1 = fnv1a(order_id)
+    h2 = mix32(h1) | 1
+    bits = 0
+    for k in range(EVICTED_FILTER_HASHES):
+        bits |= 1 << ((h1 + k * h2) & (FILTER_BITS - 1))
+    return bits
 
 
 @dataclass
@@ -71,6 +120,8 @@ class RefOrder:
     valuation_price: int = 0
     working: bool = False
     remaining: int = 0
+    durable: bool = False     # its decision is in Redis: it may leave the table
+    idle_since: int = 0       # when it stopped working (the table's clock)
 
 
 @dataclass
@@ -84,7 +135,13 @@ class RefAccount:
     realized_pnl: int = 0
     venue_limits: dict[bytes, int] = field(default_factory=dict)
     counterparty_limits: dict[bytes, int] = field(default_factory=dict)
-    working: list[bytes] = field(default_factory=list)  # order ids, oldest first
+    capacity: int = 0         # the Capacity part of its state did not fit in (0: none)
+    # order ids working, in the core's list order (its head first)
+    working: deque[bytes] = field(default_factory=deque)
+    order_count: int = 0      # its decided orders the table holds
+    idle: deque[bytes] = field(default_factory=deque)  # not working, oldest first
+    evictions: int = 0        # ids that went to the filter
+    evicted: int = 0          # the evicted-id filter, as the bits of an int
     rate: deque[tuple[int, int]] = field(
         default_factory=lambda: deque(maxlen=RATE_RING_CAPACITY))  # (at_ns, running total)
     cumulative_notional: int = 0
@@ -116,6 +173,7 @@ class RefPosition:
     working_short_notional: int = 0
     located: int = 0
     locate_used: int = 0
+    override_record: bool = False   # holds an override record (counted against max_overrides)
 
 
 @dataclass
@@ -135,6 +193,9 @@ class Context:
     now_ns: int
     venue: bytes
     counterparty: bytes
+    capacities: Mapping[int, int] = field(default_factory=dict)  # Capacity -> its size
+    account_region_full: bool = False
+    instrument_region_full: bool = False
     working_venue: dict[bytes, int] = field(default_factory=dict)
     working_counterparty: dict[bytes, int] = field(default_factory=dict)
     valuation_price: int = 0
@@ -222,6 +283,15 @@ def check_sync_live(ctx: Context, reject: Reject) -> None:
 
 
 def check_account_known(ctx: Context, reject: Reject) -> None:
+    """Unknown, invalid, or not (or not wholly) in the table for want of room."""
+    if ctx.account_region_full:
+        reject(pb.REJECT_CODE_CAPACITY_EXHAUSTED, ACCOUNTS, ctx.capacities[ACCOUNTS])
+        return
+    if ctx.account is not None and ctx.account.capacity:
+        reject(pb.REJECT_CODE_CAPACITY_EXHAUSTED, ctx.account.capacity,
+               ctx.capacities[ctx.account.capacity])
+        if not ctx.account_known:
+            return
     if not ctx.account_known:
         reject(pb.REJECT_CODE_UNKNOWN_ACCOUNT, 0, 0)
     elif ctx.account is not None and ctx.account.invalid:
@@ -229,7 +299,9 @@ def check_account_known(ctx: Context, reject: Reject) -> None:
 
 
 def check_symbol_known(ctx: Context, reject: Reject) -> None:
-    if not ctx.instrument_known:
+    if ctx.instrument_region_full:
+        reject(pb.REJECT_CODE_CAPACITY_EXHAUSTED, INSTRUMENTS, ctx.capacities[INSTRUMENTS])
+    elif not ctx.instrument_known:
         reject(pb.REJECT_CODE_UNKNOWN_SYMBOL, 0, 0)
     elif ctx.instrument is not None and ctx.instrument.invalid:
         reject(pb.REJECT_CODE_INVALID_STATE, pb.HALT_SCOPE_SYMBOL, 0)
@@ -572,68 +644,173 @@ def _tag(value: bytes) -> bytes:
     return value if len(value) <= MAX_TAG_LENGTH else b""
 
 
+_INT64 = range(INT64_MIN, INT64_MAX + 1)
+_INT32 = range(-(1 << 31), 1 << 31)
+
+
+def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One restored order's fields, checked as the core checks them."""
+    (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
+     counterparty, approved, rejections) = order
+    if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
+        raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+    _check_key(symbol, "symbol")
+    for tag in (venue, counterparty):
+        if not isinstance(tag, bytes) or len(tag) > MAX_TAG_LENGTH or b"\0" in tag:
+            raise ValueError(f"venue and counterparty must be at most {MAX_TAG_LENGTH} bytes")
+    if side not in (pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT) \
+            or order_type not in (pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET):
+        raise ValueError(f"order {order_id!r}: side {side} or order type {order_type} unknown")
+    for value in (quantity, price, valuation_price, notional):
+        if value not in _INT64:
+            raise ValueError(f"order {order_id!r}: {value} does not fit in int64")
+    if approved and (quantity <= 0 or valuation_price <= 0
+                     or not fits_int64(quantity * valuation_price)):
+        raise ValueError(f"order {order_id!r}: an approved order has a positive quantity and "
+                         "valuation price whose product fits in int64")
+    rejections = tuple(tuple(r) for r in rejections)
+    for code, observed, limit in rejections[:STORED_REJECTIONS]:
+        if code not in _INT32 or observed not in _INT64 or limit not in _INT64:
+            raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
+                             "does not fit")
+    return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+            venue, counterparty, bool(approved), rejections)
+
+
 class ReferenceBook:
     """Dictionaries in, decisions out: the oracle for the compiled Engine.
 
-    ``max_orders`` mirrors the table's order capacity, so a full order region
-    gives the same CAPACITY_EXHAUSTED decisions in both.
+    The capacities mirror the table's (defaults: ``Capacities``'), so a full
+    region gives the same ``TableFullError`` and the same CAPACITY_EXHAUSTED
+    decisions in both; ``max_orders_per_account`` (0: ``max_orders / 8``)
+    and ``order_expiry_ms`` are the table's policy for decided orders.
     """
 
-    def __init__(self, max_orders: int = 65_536) -> None:
+    def __init__(self, max_orders: int = 65_536, *, max_accounts: int = 16_384,
+                 max_instruments: int = 65_536, max_positions: int = 1_048_576,
+                 max_overrides: int = 65_536, max_orders_per_account: int = 0,
+                 order_expiry_ms: int = DEFAULT_ORDER_EXPIRY_MS) -> None:
+        for name, value in (("max_accounts", max_accounts), ("max_instruments", max_instruments),
+                            ("max_positions", max_positions), ("max_overrides", max_overrides),
+                            ("max_orders", max_orders)):
+            if not 1 <= value <= MAX_CAPACITY:
+                raise ValueError(f"{name} must be between 1 and {MAX_CAPACITY}, got {value}")
+        if not 0 <= max_orders_per_account <= MAX_CAPACITY or order_expiry_ms < 0:
+            raise ValueError("max_orders_per_account and order_expiry_ms must not be negative")
         self.accounts: dict[bytes, RefAccount] = {}
         self.instruments: dict[bytes, RefInstrument] = {}
         self.positions: dict[tuple[bytes, bytes], RefPosition] = {}
         self.orders: dict[tuple[bytes, bytes], RefOrder] = {}
         self.max_orders = max_orders
+        self.max_accounts, self.max_instruments = max_accounts, max_instruments
+        self.max_positions, self.max_overrides = max_positions, max_overrides
+        self.share = max_orders_per_account or max(1, max_orders // ACCOUNT_SHARE_DIVISOR)
+        self.order_expiry_ns = order_expiry_ms * NS_PER_MS
+        self.capacities = {ORDER_TABLE: max_orders, ACCOUNT_ORDERS: self.share,
+                           ACCOUNTS: max_accounts, INSTRUMENTS: max_instruments,
+                           POSITIONS: max_positions, OVERRIDES: max_overrides}
+        self.override_count = 0
+        self.clock_ns = 0
         self.global_halt = HALT_NONE
         self.sync_live = False
 
     # -- STATE (mirrors PositionTable) --
 
+    def _full(self, capacity: int, what: str) -> TableFullError:
+        limit = self.capacities[capacity]
+        return TableFullError(f"{what} table full ({limit})", capacity, limit)
+
     def _account(self, account_id: bytes) -> RefAccount:
-        return self.accounts.setdefault(_check_key(account_id, "account id"), RefAccount())
+        key = _check_key(account_id, "account id")
+        found = self.accounts.get(key)
+        if found is None:
+            if len(self.accounts) >= self.max_accounts:
+                raise self._full(ACCOUNTS, "account")
+            found = self.accounts[key] = RefAccount()
+        return found
 
     def _instrument(self, symbol: bytes) -> RefInstrument:
-        return self.instruments.setdefault(_check_key(symbol, "symbol"), RefInstrument())
+        key = _check_key(symbol, "symbol")
+        found = self.instruments.get(key)
+        if found is None:
+            if len(self.instruments) >= self.max_instruments:
+                raise self._full(INSTRUMENTS, "instrument")
+            found = self.instruments[key] = RefInstrument()
+        return found
 
     def _slot(self, account_id: bytes, symbol: bytes) -> RefPosition:
+        """The position slot, made (account, instrument, slot: in that order) if new."""
         self._account(account_id)
         self._instrument(symbol)
-        return self.positions.setdefault((account_id, symbol), RefPosition())
+        found = self.positions.get((account_id, symbol))
+        if found is None:
+            if len(self.positions) >= self.max_positions:
+                raise self._full(POSITIONS, "position")
+            found = self.positions[(account_id, symbol)] = RefPosition()
+        return found
+
+    def _check_room(self, account_id: bytes, symbols: Iterable[bytes]) -> None:
+        """TableFullError before anything is made when the instruments and slots do not fit."""
+        new_instruments = new_positions = 0
+        for symbol in symbols:
+            _check_key(symbol, "symbol")
+            if symbol not in self.instruments:
+                new_instruments += 1
+                new_positions += 1
+            elif (account_id, symbol) not in self.positions:
+                new_positions += 1
+        if len(self.instruments) + new_instruments > self.max_instruments:
+            raise self._full(INSTRUMENTS, "instrument")
+        if len(self.positions) + new_positions > self.max_positions:
+            raise self._full(POSITIONS, "position")
 
     def set_sync_live(self, live: bool) -> None:
         self.sync_live = live
 
-    def set_account_state(self, account_id: bytes, *, known: bool, invalid: bool = False) -> None:
+
+    def set_account_state(self, account_id: bytes, *, known: bool, invalid: bool = False,
+                          capacity: int = 0) -> None:
+        if not 0 <= capacity <= OVERRIDES:
+            raise ValueError(f"unknown capacity {capacity}")
         account = self._account(account_id)
-        account.known, account.invalid = known, invalid
+        account.known, account.invalid, account.capacity = known, invalid, capacity
 
     def set_account_limits(self, account_id: bytes, limits: Mapping[int, int] | None) -> None:
         checked = _check_limits(limits)
         self._account(account_id).limits = checked
 
+
     def set_symbol_limits(
         self, account_id: bytes, symbol: bytes, limits: Mapping[int, int] | None
     ) -> None:
-        checked = _check_limits(limits or None)
         self._account(account_id)
         self._instrument(symbol)
+        checked = _check_limits(limits or None)
         if (account_id, symbol) not in self.positions and not limits:
             return
-        self._slot(account_id, symbol).overrides = checked or {}
+        slot = self._slot(account_id, symbol)
+        if not slot.override_record:
+            if self.override_count >= self.max_overrides:
+                raise self._full(OVERRIDES, "override")
+            slot.override_record = True
+            self.override_count += 1
+        slot.overrides = checked or {}
 
     def set_balances(self, account_id: bytes, cash: int | None, credit_line: int) -> None:
         account = self._account(account_id)
         account.cash = cash
         account.credit_line = 0 if cash is None else credit_line
 
+
     def set_locates(self, account_id: bytes, locates: Mapping[bytes, int]) -> None:
         self._account(account_id)
+        self._check_room(account_id, locates)
+        slots = {symbol: self._slot(account_id, symbol) for symbol in locates}
         for (account, _), position in self.positions.items():
             if account == account_id:
                 position.located = 0
         for symbol, quantity in locates.items():
-            self._slot(account_id, symbol).located = quantity
+            slots[symbol].located = quantity
 
     def set_tag_limits(self, account_id: bytes, venues: Mapping[bytes, int],
                        counterparties: Mapping[bytes, int]) -> None:
@@ -649,21 +826,25 @@ class ReferenceBook:
         account.venue_limits = dict(venues)
         account.counterparty_limits = dict(counterparties)
 
+
     def replace_positions(
         self, account_id: bytes, positions: Mapping[bytes, tuple[int, int]],
         filled: Mapping[bytes, int] | None = None, cancelled: Collection[bytes] | None = None,
         realized_pnl: int | None = None,
     ) -> None:
+        account = self._account(account_id)
         for symbol, (quantity, cost_basis) in positions.items():
             if not (fits_int64(quantity) and fits_int64(cost_basis)):
                 raise OverflowError(f"position {symbol!r} does not fit in int64")
-        account = self._account(account_id)
+        self._check_room(account_id, positions)
+        slots = {symbol: self._slot(account_id, symbol) for symbol in positions}
+        if realized_pnl is not None and not fits_int64(realized_pnl):
+            raise OverflowError("realized P&L does not fit in int64")
         for (owner, _), position in self.positions.items():
             if owner == account_id:
                 position.quantity = position.cost_basis = 0
         for symbol, (quantity, cost_basis) in positions.items():
-            position = self._slot(account_id, symbol)
-            position.quantity, position.cost_basis = quantity, cost_basis
+            slots[symbol].quantity, slots[symbol].cost_basis = quantity, cost_basis
         if realized_pnl is not None:
             account.realized_pnl = realized_pnl
         if filled is not None or cancelled is not None:
@@ -676,18 +857,21 @@ class ReferenceBook:
                 position.working_buy = position.working_sell = 0
                 position.working_buy_notional = position.working_sell_notional = 0
                 position.working_short_notional = 0
-        still_working = []
+        # The core walks its working list from the head and pushes what still
+        # works onto a new list: the new list is the kept ones reversed.
+        kept = []
         for order_id in account.working:
             order = self.orders[(account_id, order_id)]
             done = filled.get(order_id, 0)
             remaining = 0 if order_id in cancelled else max(0, order.quantity - done)
             order.remaining = remaining
             if remaining > 0:
-                still_working.append(order_id)
+                kept.append(order_id)
                 self._add_working(self.positions[(account_id, order.symbol)], order)
             else:
                 order.working = False
-        account.working = still_working
+                self._idle(account, order_id, order, self.clock_ns)
+        account.working = deque(reversed(kept))
 
     @staticmethod
     def _add_working(slot: RefPosition, order: RefOrder) -> None:
@@ -715,10 +899,12 @@ class ReferenceBook:
         instrument.issuer_id, instrument.sector_id = issuer_id, sector_id
         instrument.short_restricted = short_restricted
 
+
     def set_last_price(self, symbol: bytes, price: int | None) -> None:
+        instrument = self._instrument(symbol)
         if price is not None and price <= 0:
             raise ValueError(f"a last price must be positive, got {price}")
-        self._instrument(symbol).last_price = price
+        instrument.last_price = price
 
     def set_halt(self, scope: int, target: bytes | None, mode: int) -> None:
         stored = _halt_mode(mode)
@@ -745,6 +931,180 @@ class ReferenceBook:
     def working(self, account_id: bytes, symbol: bytes) -> tuple[int, int]:
         found = self.positions.get((account_id, symbol))
         return (0, 0) if found is None else (found.working_buy, found.working_sell)
+
+    # -- DECIDED ORDERS: the account's share, durability, leaving the table --
+
+    def _advance_clock(self, now_ns: int) -> None:
+        """The table's clock: forward only, in steps of TABLE_CLOCK_STEP_NS or more."""
+        if now_ns - self.clock_ns >= TABLE_CLOCK_STEP_NS:
+            self.clock_ns = now_ns
+
+    def _idle(self, account: RefAccount, order_id: bytes, order: RefOrder, at: int) -> None:
+        order.idle_since = at
+        account.idle.append(order_id)
+
+    def _filter_add(self, account: RefAccount, order_id: bytes) -> bool:
+        bits = filter_bits(order_id)
+        added = account.evicted & bits != bits
+        account.evicted |= bits
+        account.evictions += 1
+        return added
+
+    def _filter_has(self, account: RefAccount, order_id: bytes) -> bool:
+        bits = filter_bits(order_id)
+        return account.evictions > 0 and account.evicted & bits == bits
+
+    def _evict(self, account_id: bytes, account: RefAccount, order_id: bytes) -> None:
+        del self.orders[(account_id, order_id)]
+        self._filter_add(account, order_id)
+        account.order_count -= 1
+
+    def _pop_evictable(self, account: RefAccount, account_id: bytes) -> bytes | None:
+        """The oldest durable non-working id, among the first EVICT_SCAN; others rotate."""
+        for _ in range(EVICT_SCAN):
+            if not account.idle:
+                return None
+            order_id = account.idle.popleft()
+            order = self.orders[(account_id, order_id)]
+            if order.durable:
+                return order_id
+            self._idle(account, order_id, order, self.clock_ns)
+        return None
+
+    def _allocate(self, account_id: bytes, account: RefAccount) -> int:
+        """Room for one more decided order of the account: 0, or the Capacity that is full."""
+        if account.order_count < self.share:
+            if len(self.orders) >= self.max_orders:
+                evicted = self._pop_evictable(account, account_id)
+                if evicted is None:
+                    return ORDER_TABLE
+                self._evict(account_id, account, evicted)
+        else:
+            evicted = self._pop_evictable(account, account_id)
+            if evicted is None:
+                return ACCOUNT_ORDERS
+            self._evict(account_id, account, evicted)
+        account.order_count += 1
+        return 0
+
+    def mark_durable(self, account_id: bytes, order_id: bytes) -> bool:
+        return self.mark_durable_many(((account_id, order_id),)) == 1
+
+    def mark_durable_many(self, decided: Iterable[tuple[bytes, bytes]]) -> int:
+        marked = 0
+        for account_id, order_id in decided:
+            _check_key(account_id, "account id")
+            order = self.orders.get((account_id, order_id))
+            if order is not None:
+                order.durable = True
+                marked += 1
+        return marked
+
+    def expire_orders(self, now_ns: int, budget: int = 10_000) -> int:
+        self._advance_clock(now_ns)
+        evicted = 0
+        for account_id, account in self.accounts.items():
+            if evicted >= budget:
+                break
+            visits = len(account.idle)
+            while visits > 0 and evicted < budget:
+                order = self.orders[(account_id, account.idle[0])]
+                if order.idle_since + self.order_expiry_ns > now_ns:
+                    break
+                order_id = account.idle.popleft()
+                if order.durable:
+                    self._evict(account_id, account, order_id)
+                    evicted += 1
+                else:
+                    self._idle(account, order_id, order, now_ns)
+                visits -= 1
+        return evicted
+
+    def forget_orders(self, account_id: bytes, order_ids: Iterable[bytes]) -> int:
+        account = self._account(account_id)
+        checked = list(order_ids)
+        for order_id in checked:
+            if not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
+                raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+        added = 0
+        for order_id in checked:
+            if (account_id, order_id) not in self.orders:
+                added += self._filter_add(account, order_id)
+        return added
+
+    def order_id_may_have_expired(self, account_id: bytes, order_id: bytes) -> bool:
+        account = self.accounts.get(_check_key(account_id, "account id"))
+        return account is not None and self._filter_has(account, order_id)
+
+    def restore_order(self, account_id: bytes, order_id: bytes, symbol: bytes, side: int,
+                      order_type: int, quantity: int, price: int, valuation_price: int,
+                      notional: int, venue: bytes, counterparty: bytes, approved: bool,
+                      rejections: Iterable[Rejection]) -> bool:
+        return self.restore_orders(account_id, [(
+            order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+            venue, counterparty, approved, rejections)]) == 1
+
+    def restore_orders(self, account_id: bytes, orders: Iterable[tuple[Any, ...]]) -> int:
+        account = self._account(account_id)
+        staged: dict[bytes, tuple[Any, ...]] = {}
+        for fields in orders:
+            checked = _checked_restore(fields)
+            staged[checked[0]] = checked
+        missing = [staged_order for order_id, staged_order in staged.items()
+                   if (account_id, order_id) not in self.orders]
+        if not missing:
+            return 0
+        if len(missing) > self.share - account.order_count + len(account.idle):
+            raise self._full(ACCOUNT_ORDERS, "the account's share of the order")
+        if len(missing) > self.max_orders - len(self.orders) + len(account.idle):
+            raise self._full(ORDER_TABLE, "order")
+        self._check_room(account_id, {staged_order[1] for staged_order in missing})
+        for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+             venue, counterparty, approved, rejections) in missing:
+            self._instrument(symbol)
+            slot = self._slot(account_id, symbol) if approved else None
+            if slot is not None and not self._restored_fits(
+                    account_id, account, slot, side, quantity, quantity * valuation_price, venue,
+                    counterparty):
+                raise ValueError(f"order {order_id!r}: its reservation would take the account's "
+                                 "working sums past int64")
+            full = self._allocate(account_id, account)
+            if full:
+                raise self._full(full, "order")
+            order = RefOrder(
+                symbol=symbol, side=side, order_type=order_type, quantity=quantity,
+                price=price, venue=venue, counterparty=counterparty, approved=approved,
+                notional=notional, rejections=rejections[:STORED_REJECTIONS],
+                rejection_count=len(rejections), valuation_price=valuation_price,
+                durable=True)
+            self.orders[(account_id, order_id)] = order
+            if slot is not None:
+                order.working, order.remaining = True, quantity
+                if side == pb.SIDE_SELL_SHORT:
+                    slot.locate_used += quantity
+                self._add_working(slot, order)
+                account.working.appendleft(order_id)
+            else:
+                self._idle(account, order_id, order, self.clock_ns)
+        return len(missing)
+
+    def _restored_fits(self, account_id: bytes, account: RefAccount, slot: RefPosition,
+                       side: int, quantity: int, notional: int, venue: bytes,
+                       counterparty: bytes) -> bool:
+        if side == pb.SIDE_BUY:
+            sums = [slot.working_buy + quantity, slot.working_buy_notional + notional]
+        else:
+            sums = [slot.working_sell + quantity, slot.working_sell_notional + notional,
+                    slot.working_short_notional + notional, slot.locate_used + quantity]
+        for name, by_venue in ((venue, True), (counterparty, False)):
+            if name:
+                total = 0
+                for order_id in account.working:
+                    order = self.orders[(account_id, order_id)]
+                    if (order.venue if by_venue else order.counterparty) == name:
+                        total += order.remaining * order.valuation_price
+                sums.append(total + notional)
+        return all(fits_int64(value) for value in sums)
 
     # -- DECISIONS --
 
@@ -776,6 +1136,7 @@ class ReferenceBook:
         ctx.scan_overflow = not all(fits_int64(v) for v in (
             ctx.gross, ctx.net, ctx.unrealized, ctx.committed))
 
+
     def prepare_context(
         self, account_id: bytes, symbol: bytes, side: int, order_type: int, quantity: int,
         price: int, venue: bytes = b"", counterparty: bytes = b"", now_ns: int = 0,
@@ -789,7 +1150,11 @@ class ReferenceBook:
             sync_live=self.sync_live, global_halt=self.global_halt, account=account,
             instrument=instrument, slot=slot, symbol=symbol, quantity=quantity, price=price,
             side=side, order_type=order_type, now_ns=now_ns, venue=venue,
-            counterparty=counterparty,
+            counterparty=counterparty, capacities=self.capacities,
+            account_region_full=(account is None and 1 <= len(account_id) <= MAX_ID_LENGTH
+                                 and len(self.accounts) >= self.max_accounts),
+            instrument_region_full=(instrument is None and 1 <= len(symbol) <= MAX_ID_LENGTH
+                                    and len(self.instruments) >= self.max_instruments),
         )
         if account is not None and (venue or counterparty):
             for order_id in account.working:
@@ -827,12 +1192,14 @@ class ReferenceBook:
     def evaluate(
         self, order_id: bytes, account_id: bytes, symbol: bytes, side: int, order_type: int,
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
-        now_ns: int = 0,
+        now_ns: int = 0, durable_checked: int = -1,
     ) -> Verdict:
         """Run every check on one order; the same Verdict as ``Engine.evaluate``."""
-        for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns)):
+        for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
+                            ("durable_checked", durable_checked)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
+        self._advance_clock(now_ns)
         ctx = self.prepare_context(account_id, symbol, side, order_type, quantity, price,
                                    venue, counterparty, now_ns)
         account = ctx.account
@@ -844,10 +1211,15 @@ class ReferenceBook:
                         and stored.price == price and len(venue) <= MAX_TAG_LENGTH
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
                         and stored.counterparty == counterparty):
+                    # not yet durable: the caller writes it before answering
                     return Verdict(stored.approved, stored.notional,
                                    stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE,
-                                   0, False)
+                                   0, not stored.durable)
                 ctx.duplicate_conflict = True
+            elif self._filter_has(account, order_id) and account.evictions != durable_checked:
+                # maybe decided before, its record gone: the caller reads Redis first
+                return Verdict(False, 0, ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED,
+                                           account.evictions),), False, AUTO_HALT_NONE, 0, False)
         rejections: list[Rejection] = []
 
         def reject(code: int, observed: int, limit: int) -> None:
@@ -866,28 +1238,39 @@ class ReferenceBook:
                 auto_halt, pnl = AUTO_HALT_LOSS_LIMIT, clamp(total)
         kept = False
         if account is not None and not ctx.duplicate_conflict:
-            before = len(self.orders)
-            approved, auto_halt = self._remember(ctx, account_id, order_id, approved,
-                                                 rejections, auto_halt)
-            kept = len(self.orders) > before
+            approved, auto_halt, kept = self._remember(ctx, account_id, order_id, approved,
+                                                       rejections, auto_halt)
         return Verdict(approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False,
                        auto_halt, pnl, kept)
 
     def _remember(self, ctx: Context, account_id: bytes, order_id: bytes, approved: bool,
-                  rejections: list[Rejection], auto_halt: int) -> tuple[bool, int]:
+                  rejections: list[Rejection], auto_halt: int) -> tuple[bool, int, bool]:
+        """Store the decision (and reserve an approval); returns (approved, auto_halt, stored).
+
+        Not stored: what the engine could not really decide (stale data, no
+        room), so a retry gets a real decision.
+        """
         codes = [code for code, _, _ in rejections[:MAX_REJECTIONS]]
-        if pb.REJECT_CODE_STALE_DATA in codes or not order_id or ctx.instrument is None:
-            return approved, auto_halt
-        assert ctx.account is not None
-        if approved and not self._reservation_fits(ctx, account_id):
-            approved = False
-            rejections.append((pb.REJECT_CODE_ARITHMETIC_OVERFLOW, ctx.quantity,
-                               ctx.valuation_price))
-        if len(self.orders) >= self.max_orders:
-            if approved:
+        if pb.REJECT_CODE_STALE_DATA in codes or pb.REJECT_CODE_CAPACITY_EXHAUSTED in codes \
+                or not order_id or len(order_id) > MAX_ORDER_ID_LENGTH or ctx.instrument is None:
+            return approved, auto_halt, False
+        account = ctx.account
+        assert account is not None
+        if approved:
+            if (account_id, ctx.symbol) not in self.positions \
+                    and len(self.positions) >= self.max_positions:
+                rejections.append((pb.REJECT_CODE_CAPACITY_EXHAUSTED, POSITIONS,
+                                   self.max_positions))
+                return False, self._count_rejection(ctx, rejections, auto_halt), False
+            self._slot(account_id, ctx.symbol)
+            if not self._reservation_fits(ctx, account_id):
                 approved = False
-                rejections.append((pb.REJECT_CODE_CAPACITY_EXHAUSTED, 0, 0))
-            return approved, self._count_rejection(ctx, rejections, auto_halt)
+                rejections.append((pb.REJECT_CODE_ARITHMETIC_OVERFLOW, ctx.quantity,
+                                   ctx.valuation_price))
+        full = self._allocate(account_id, account)
+        if full:
+            rejections.append((pb.REJECT_CODE_CAPACITY_EXHAUSTED, full, self.capacities[full]))
+            return False, self._count_rejection(ctx, rejections, auto_halt), False
         order = RefOrder(
             symbol=ctx.symbol, side=ctx.side, order_type=ctx.order_type, quantity=ctx.quantity,
             price=ctx.price, venue=_tag(ctx.venue), counterparty=_tag(ctx.counterparty),
@@ -899,8 +1282,9 @@ class ReferenceBook:
         if approved:
             self._reserve(ctx, account_id, order_id, order)
         else:
+            self._idle(account, order_id, order, self.clock_ns)
             auto_halt = self._count_rejection(ctx, rejections, auto_halt)
-        return approved, auto_halt
+        return approved, auto_halt, True
 
     def _reservation_fits(self, ctx: Context, account_id: bytes) -> bool:
         """Every running sum the reservation adds to stays an exact int64."""
@@ -920,6 +1304,7 @@ class ReferenceBook:
                      slot.working_short_notional + n, slot.locate_used + q]
         return all(value <= INT64_MAX for value in sums)
 
+
     def _reserve(self, ctx: Context, account_id: bytes, order_id: bytes, order: RefOrder) -> None:
         account = ctx.account
         assert account is not None
@@ -928,7 +1313,7 @@ class ReferenceBook:
         self._add_working(slot, order)
         if order.side == pb.SIDE_SELL_SHORT:
             slot.locate_used += order.quantity
-        account.working.append(order_id)
+        account.working.appendleft(order_id)
         at = ctx.now_ns
         if account.rate:
             at = max(at, account.rate[-1][0])

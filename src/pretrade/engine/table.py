@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrade._core import PositionTable
+from pretrade._core.constants import DEFAULT_ORDER_EXPIRY_MS
 
 
 @dataclass(frozen=True)
 class Capacities:
-    """Fixed record counts of a table; the file size follows from them."""
+    """Fixed record counts of a table (the file size follows from them), and the
+    policy for its decided orders: one account's share of them (0: an eighth of
+    ``max_orders``) and how long one that no longer works stays once durable."""
 
     max_accounts: int = 16_384
     max_instruments: int = 65_536
@@ -26,6 +29,8 @@ class Capacities:
     max_overrides: int = 65_536
     lock_stripes: int = 64
     max_orders: int = 262_144
+    max_orders_per_account: int = 0
+    order_expiry_ms: int = DEFAULT_ORDER_EXPIRY_MS
 
     def required_bytes(self) -> int:
         return int(PositionTable.required_size(
@@ -61,10 +66,7 @@ class MappedTable:
                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
-        table = PositionTable.format(
-            mapping, capacities.max_accounts, capacities.max_instruments,
-            capacities.max_positions, capacities.max_overrides, capacities.lock_stripes,
-            capacities.max_orders, assume_zeroed=True)
+        table = _format(mapping, capacities)
         return cls(target, mapping, table)
 
     @classmethod
@@ -91,7 +93,12 @@ class MappedTable:
 def new_private_table(**capacities: int) -> PositionTable:
     """A table in anonymous memory, for one process (tests, the reference checks)."""
     caps = Capacities(**capacities)
-    mapping = mmap.mmap(-1, caps.required_bytes())
+    return _format(mmap.mmap(-1, caps.required_bytes()), caps)
+
+
+def _format(mapping: mmap.mmap, caps: Capacities) -> PositionTable:
     return PositionTable.format(mapping, caps.max_accounts, caps.max_instruments,
                                 caps.max_positions, caps.max_overrides, caps.lock_stripes,
-                                caps.max_orders, assume_zeroed=True)
+                                caps.max_orders, assume_zeroed=True,
+                                max_orders_per_account=caps.max_orders_per_account,
+                                order_expiry_ms=caps.order_expiry_ms)

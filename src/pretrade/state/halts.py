@@ -26,7 +26,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pretrade._core import PositionTable
+from pretrade._core import PositionTable, TableFullError
 from pretrade._core.constants import AUTO_HALT_LOSS_LIMIT, DEFAULT_REJECT_WINDOW_MS
 from pretrade.audit.entries import SOURCE_BREAKER, SOURCE_REDIS, SOURCE_RPC
 from pretrade.audit.trail import AuditTrail
@@ -71,13 +71,13 @@ class HaltBook:
     def apply(self, record: HaltRecord) -> None:
         key = (record.scope, record.target)
         self._halts[key] = record
-        self.table.set_halt(record.scope, record.target or None, record.mode)
+        _set_halt(self.table, record.scope, record.target, record.mode)
         self._notify(record.scope, record.target, record.mode, record.reason)
 
     def lift(self, scope: int, target: bytes) -> None:
         """Lift a halt; idempotent (the table may hold it even if the book does not)."""
         self._halts.pop((scope, target), None)
-        self.table.set_halt(scope, target or None, 0)
+        _set_halt(self.table, scope, target, 0)
         self._notify(scope, target, 0, "")
 
     def current(self, scope: int, target: bytes) -> HaltRecord | None:
@@ -88,14 +88,14 @@ class HaltBook:
         self.bump((record.scope, record.target))
         self.apply(record)
         if self.shared is not None:
-            self.shared.set_halt(record.scope, record.target or None, record.mode)
+            _set_halt(self.shared, record.scope, record.target, record.mode)
 
     def release(self, scope: int, target: bytes) -> None:
         """A lift this process decided: here and in the shared table."""
         self.bump((scope, target))
         self.lift(scope, target)
         if self.shared is not None:
-            self.shared.set_halt(scope, target or None, 0)
+            _set_halt(self.shared, scope, target, 0)
 
     def replace_all(self, records: list[HaltRecord]) -> None:
         """Make the book and the table hold exactly these halts (full load)."""
@@ -118,6 +118,17 @@ class HaltBook:
     def _notify(self, scope: int, target: bytes, mode: int, reason: str) -> None:
         for listener in self.listeners:
             listener.halt_changed(scope, target, mode, reason)
+
+
+def _set_halt(table: PositionTable, scope: int, target: bytes, mode: int) -> None:
+    """The halt into the table. An account or symbol the table has no room for is not
+    in it, and its orders are rejected CAPACITY_EXHAUSTED already: nothing to hold."""
+    try:
+        table.set_halt(scope, target or None, mode)
+    except TableFullError as error:
+        log.warning("halt on %s not held by the table, which has no room for it (%s); its "
+                    "orders are rejected CAPACITY_EXHAUSTED", target.decode(errors="replace"),
+                    error)
 
 
 def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:

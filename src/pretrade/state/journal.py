@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -140,6 +140,8 @@ class Journal:
         self.max_wait_seconds = max_wait_seconds
         self.written = 0
         self.failed = 0
+        #: Told of every batch once Redis has it (the table marks them durable).
+        self.on_durable: Callable[[list[DecidedOrder]], None] | None = None
         self._pending: list[DecidedOrder] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
@@ -228,6 +230,8 @@ class Journal:
                     continue
                 delay = RETRY_SECONDS
                 self.written += len(pending)
+                if self.on_durable is not None:
+                    self.on_durable(pending)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)

@@ -10,6 +10,12 @@ account are read as one snapshot).
 Pub/sub is fire-and-forget: when the link drops, the table is marked not live
 (orders get STALE_DATA), and after reconnecting the sync reloads everything
 before it marks the table live again.
+
+An entity that does not fit in the table (an account, an instrument, an
+account's positions, per-symbol limits or restored orders past a capacity)
+fails closed on its own: it is logged once, counted (``over_capacity``),
+and its orders are rejected CAPACITY_EXHAUSTED, while everything else keeps
+loading and trading.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pretrade._core import PositionTable
+from pretrade._core import PositionTable, TableFullError
 from pretrade.engine.text import as_text, quoted
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
@@ -108,6 +114,8 @@ class AccountSync:
     override_symbols: set[bytes] = field(default_factory=set)
     #: What the listeners were last told of ``invalid``.
     reported_invalid: bool = False
+    #: What of the account did not fit in the table: source -> the Capacity that is full.
+    over_capacity: dict[str, int] = field(default_factory=dict)
 
     @property
     def known(self) -> bool:
@@ -117,6 +125,14 @@ class AccountSync:
     def invalid(self) -> bool:
         return (self.lots_invalid or self.limits_invalid or self.balances_invalid
                 or self.locates_invalid or self.orders_invalid)
+
+    @property
+    def capacity(self) -> int:
+        """The Capacity one part of the account did not fit in (0: it all fits)."""
+        for source in ("orders", "lots", "limits", "locates", "balances"):
+            if source in self.over_capacity:
+                return self.over_capacity[source]
+        return 0
 
 
 @dataclass
@@ -210,6 +226,8 @@ class RedisSync:
         self.sector_ids: dict[str, int] = {}
         self.priced: set[bytes] = set()
         self.stats = SyncStats()
+        #: Entities that do not fit in the table now: (kind, name) -> the Capacity full.
+        self.over_capacity: dict[tuple[str, bytes], int] = {}
         self.listeners: list[SyncListener] = []
         self.ready = asyncio.Event()
         self.max_lag_ms = max_lag_ms
@@ -522,49 +540,83 @@ class RedisSync:
     async def _restore_orders(self) -> None:
         """Put decided orders from ``orders:{ACC}`` back into the table (crash recovery).
 
+        Each account's records are read in one MULTI/EXEC with the fills and
+        cancels attributed to its orders, so only orders still working take a
+        record of the table again (all of them or, when they do not fit, none:
+        the account fails closed, CAPACITY_EXHAUSTED). Rejected, filled and
+        cancelled ones go to the account's evicted-id filter: a re-sent id is
+        answered from its durable copy. Linear in the number of orders.
         Orders the table already holds are left alone, so a resync after a
         lost link restores nothing. An unreadable record makes its account
-        invalid (its working reservation is unknown): its orders fail closed.
+        invalid (its working reservation is unknown): its orders fail closed;
+        the account's other records are restored all the same.
         """
         keys = [key async for key in self.client.scan_iter(match=ORDERS + b"*", count=1000)]
         restored = 0
         for start in range(0, len(keys), self.batch_size):
-            batch = keys[start:start + self.batch_size]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in batch:
+            batch = [(key, account) for key in keys[start:start + self.batch_size]
+                     if (account := account_of_orders_key(key)) is not None]
+            async with self.client.pipeline(transaction=True) as pipe:
+                for key, account in batch:
                     pipe.hgetall(key)
+                    _, quantities, _, orders_by_lot, cancels, _ = account_snapshot_keys(account)
+                    pipe.hgetall(quantities)
+                    pipe.hgetall(orders_by_lot)
+                    pipe.hgetall(cancels)
                 replies = await pipe.execute(raise_on_error=False)
-            for key, reply in zip(batch, replies, strict=True):
-                account = account_of_orders_key(key)
-                if account is None:
-                    continue
-                state = self.accounts.setdefault(account, AccountSync())
-                unreadable = 0
-                try:
-                    records = _hash(reply)
-                except StateError as error:
-                    records, unreadable = {}, 1
-                    self._invalid("decided orders of account", account, error)
-                # Every readable record is restored, whatever comes before it: an
-                # unreadable one fails the account closed (its working reservation
-                # is unknown), it never stops the restore of the others.
-                for order_id, raw in records.items():
-                    try:
-                        order = decode(account, order_id, raw)
-                        restored += self.table.restore_order(
-                            account, order_id, order.symbol, order.side, order.order_type,
-                            order.quantity, order.price, order.valuation_price, order.notional,
-                            order.venue, order.counterparty, order.approved,
-                            list(order.rejections))
-                    except (StateError, ValueError) as error:
-                        unreadable += 1
-                        self._invalid(f"decided order {quoted(order_id)} of account", account,
-                                      error)
-                state.orders_invalid = unreadable > 0
-                self._publish_account(account, state)
+            for n, (_, account) in enumerate(batch):
+                restored += self._restore_account(account, *replies[4 * n:4 * n + 4])
         if restored:
             log.info("restored %d decided orders from Redis", restored)
         self.stats.orders_restored += restored
+
+    def _restore_account(self, account: bytes, orders: Any, quantities: Any,
+                         orders_by_lot: Any, cancels: Any) -> int:
+        state = self.accounts.setdefault(account, AccountSync())
+        state.orders_invalid = False
+        try:
+            fields = _hash(orders)
+        except StateError as error:
+            fields = {}
+            state.orders_invalid = True
+            self._invalid("decided orders of account", account, error)
+        try:
+            filled = fills_by_order(_hash(quantities), _hash(orders_by_lot))
+            cancelled = set(_hash(cancels))
+        except StateError:
+            # the lots are reported invalid when they load; until then count
+            # every approved order as working (the larger reservation)
+            filled, cancelled = {}, set()
+        working, finished = [], []
+        for order_id, raw in fields.items():
+            try:
+                order = decode(account, order_id, raw)
+            except StateError as error:
+                state.orders_invalid = True
+                self._invalid(f"decided order {quoted(order_id)} of account", account, error)
+                continue
+            if order.approved and order_id not in cancelled \
+                    and filled.get(order_id, 0) < order.quantity:
+                working.append((order_id, order.symbol, order.side, order.order_type,
+                                order.quantity, order.price, order.valuation_price,
+                                order.notional, order.venue, order.counterparty, True,
+                                order.rejections))
+            else:
+                finished.append(order_id)
+        restored = 0
+        try:
+            restored += self.table.forget_orders(account, finished)
+            restored += self.table.restore_orders(account, working)
+            state.over_capacity.pop("orders", None)
+        except TableFullError as error:
+            state.over_capacity["orders"] = error.capacity
+            self._does_not_fit(f"decided orders of account ({len(working)} working)", account,
+                               error)
+        except ValueError as error:
+            state.orders_invalid = True
+            self._invalid("decided orders of account", account, error)
+        self._publish_account(account, state)
+        return restored
 
     async def refresh(self, dirty: Dirty, progress: LoadProgress | None = None) -> None:
         """Re-read the named entities from Redis and apply them, in batches.
@@ -635,8 +687,13 @@ class RedisSync:
                 state.has_lots = True
                 state.lots_invalid = True
                 self._invalid("lots of account", account, error)
-            self.table.replace_positions(account, positions, filled=filled,
-                                         cancelled=set(cancels), realized_pnl=realized)
+            try:
+                self.table.replace_positions(account, positions, filled=filled,
+                                             cancelled=set(cancels), realized_pnl=realized)
+                state.over_capacity.pop("lots", None)
+            except TableFullError as error:
+                state.over_capacity["lots"] = error.capacity
+                self._does_not_fit("positions of account", account, error)
             self._publish_account(account, state)
             for listener in self.listeners:
                 listener.account_changed(account, positions, realized)
@@ -658,12 +715,17 @@ class RedisSync:
                 state.has_limits = True
                 state.limits_invalid = True
                 self._invalid("limits of account", account, error)
-            self.table.set_account_limits(account, parsed.account if fields else None)
-            self.table.set_tag_limits(account, parsed.venues, parsed.counterparties)
-            for symbol in state.override_symbols - set(parsed.per_symbol):
-                self.table.set_symbol_limits(account, symbol, None)
-            for symbol, limits in parsed.per_symbol.items():
-                self.table.set_symbol_limits(account, symbol, limits)
+            try:
+                self.table.set_account_limits(account, parsed.account if fields else None)
+                self.table.set_tag_limits(account, parsed.venues, parsed.counterparties)
+                for symbol in state.override_symbols - set(parsed.per_symbol):
+                    self.table.set_symbol_limits(account, symbol, None)
+                for symbol, limits in parsed.per_symbol.items():
+                    self.table.set_symbol_limits(account, symbol, limits)
+                state.over_capacity.pop("limits", None)
+            except TableFullError as error:
+                state.over_capacity["limits"] = error.capacity
+                self._does_not_fit("limits of account", account, error)
             state.override_symbols = set(parsed.per_symbol)
             self._publish_account(account, state)
 
@@ -682,7 +744,11 @@ class RedisSync:
                 state.balances_invalid = True
                 self._invalid("balances of account", account, error)
             cash, credit = balances if balances is not None else (None, 0)
-            self.table.set_balances(account, cash, credit)
+            try:
+                self.table.set_balances(account, cash, credit)
+                state.over_capacity.pop("balances", None)
+            except TableFullError as error:
+                state.over_capacity["balances"] = error.capacity
             self._publish_account(account, state)
 
     def _queue_locates(self, pipe: Pipeline, accounts: list[bytes]) -> None:
@@ -699,11 +765,29 @@ class RedisSync:
                 locates = {}
                 state.locates_invalid = True
                 self._invalid("locates of account", account, error)
-            self.table.set_locates(account, locates)
+            try:
+                self.table.set_locates(account, locates)
+                state.over_capacity.pop("locates", None)
+            except TableFullError as error:
+                state.over_capacity["locates"] = error.capacity
+                self._does_not_fit("locates of account", account, error)
             self._publish_account(account, state)
 
     def _publish_account(self, account: bytes, state: AccountSync) -> None:
-        self.table.set_account_state(account, known=state.known, invalid=state.invalid)
+        try:
+            self.table.set_account_state(account, known=state.known, invalid=state.invalid,
+                                         capacity=state.capacity)
+        except TableFullError as error:
+            # no room for the account at all: not in the table, its orders
+            # are rejected CAPACITY_EXHAUSTED (accounts)
+            self._does_not_fit("account", account, error)
+            return
+        key = ("account", account)
+        if state.capacity:
+            self.over_capacity[key] = state.capacity
+        elif self.over_capacity.pop(key, None) is not None:
+            log.warning("account %s fits in the table again; its orders are checked",
+                        account.decode(errors="replace"))
         if state.invalid != state.reported_invalid:
             state.reported_invalid = state.invalid
             for listener in self.listeners:
@@ -733,12 +817,19 @@ class RedisSync:
 
     def _publish_instrument(self, symbol: bytes, invalid: bool = False) -> None:
         reference = self.instruments[symbol]
-        self.table.set_instrument(
-            symbol, known=True, invalid=invalid, tick_size=reference.tick_size,
-            lot_size=reference.lot_size,
-            issuer_id=self._intern(self.issuer_ids, reference.issuer),
-            sector_id=self._intern(self.sector_ids, reference.sector),
-            short_restricted=symbol in self.restricted or self.restricted_unreadable)
+        try:
+            self.table.set_instrument(
+                symbol, known=True, invalid=invalid, tick_size=reference.tick_size,
+                lot_size=reference.lot_size,
+                issuer_id=self._intern(self.issuer_ids, reference.issuer),
+                sector_id=self._intern(self.sector_ids, reference.sector),
+                short_restricted=symbol in self.restricted or self.restricted_unreadable)
+        except TableFullError as error:
+            self._does_not_fit("instrument", symbol, error)
+            return
+        if self.over_capacity.pop(("instrument", symbol), None) is not None:
+            log.warning("instrument %s fits in the table again",
+                        symbol.decode(errors="replace"))
 
     def _queue_instruments(self, pipe: Pipeline, symbols: list[bytes]) -> None:
         for symbol in symbols:
@@ -750,7 +841,9 @@ class RedisSync:
                 fields = _hash(reply)
                 if not fields:
                     self.instruments.pop(symbol, None)
-                    self.table.set_instrument(symbol, known=False)
+                    self.over_capacity.pop(("instrument", symbol), None)
+                    if self.table.instrument_info(symbol) is not None:
+                        self.table.set_instrument(symbol, known=False)
                     continue
                 self.instruments[symbol] = parse_instrument(fields)
                 self._publish_instrument(symbol)
@@ -788,7 +881,11 @@ class RedisSync:
             self.priced.discard(symbol)
         else:
             self.priced.add(symbol)
-        self.table.set_last_price(symbol, price)
+        try:
+            self.table.set_last_price(symbol, price)
+        except TableFullError as error:
+            # no room for the symbol: its orders are rejected CAPACITY_EXHAUSTED
+            self._does_not_fit("instrument", symbol, error)
         for listener in self.listeners:
             listener.price_changed(symbol, price)
 
@@ -820,6 +917,17 @@ class RedisSync:
                 record = HaltRecord(record.scope, record.target, record.mode, record.reason,
                                     record.halted_by, record.halted_at_ms, now_ms + ttl_ms)
             self.halts.apply(record)
+
+    def _does_not_fit(self, what: str, name: bytes, error: TableFullError) -> None:
+        """Log an entity that does not fit, once while it does not (fails closed alone)."""
+        kind = "instrument" if what == "instrument" else "account"
+        key = (kind, name)
+        if key in self.over_capacity and self.over_capacity[key] == error.capacity:
+            return
+        self.over_capacity[key] = error.capacity
+        log.error("%s %s does not fit in the table (%s); its orders are rejected "
+                  "CAPACITY_EXHAUSTED until a server with room loads it", what,
+                  name.decode(errors="replace"), error)
 
     def _invalid(self, what: str, name: bytes, error: Exception) -> None:
         self.stats.invalid_entities += 1

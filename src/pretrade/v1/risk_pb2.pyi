@@ -63,6 +63,16 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
     REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
 
+class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAPACITY_UNSPECIFIED: _ClassVar[Capacity]
+    CAPACITY_ORDER_TABLE: _ClassVar[Capacity]
+    CAPACITY_ACCOUNT_ORDERS: _ClassVar[Capacity]
+    CAPACITY_ACCOUNTS: _ClassVar[Capacity]
+    CAPACITY_INSTRUMENTS: _ClassVar[Capacity]
+    CAPACITY_POSITIONS: _ClassVar[Capacity]
+    CAPACITY_OVERRIDES: _ClassVar[Capacity]
+
 class HaltScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     HALT_SCOPE_UNSPECIFIED: _ClassVar[HaltScope]
@@ -148,6 +158,13 @@ REJECT_CODE_COUNTERPARTY_EXPOSURE: RejectCode
 REJECT_CODE_LOSS_LIMIT: RejectCode
 REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 REJECT_CODE_INVALID_REQUEST: RejectCode
+CAPACITY_UNSPECIFIED: Capacity
+CAPACITY_ORDER_TABLE: Capacity
+CAPACITY_ACCOUNT_ORDERS: Capacity
+CAPACITY_ACCOUNTS: Capacity
+CAPACITY_INSTRUMENTS: Capacity
+CAPACITY_POSITIONS: Capacity
+CAPACITY_OVERRIDES: Capacity
 HALT_SCOPE_UNSPECIFIED: HaltScope
 HALT_SCOPE_GLOBAL: HaltScope
 HALT_SCOPE_ACCOUNT: HaltScope
@@ -368,7 +385,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending")
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted")
     SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +414,8 @@ class ServerStatus(_message.Message):
     JOURNAL_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_FAILURES_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_PENDING_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_EVICTED_FIELD_NUMBER: _ClassVar[int]
     sync_live: bool
     lag_ms: int
     max_lag_ms: int
@@ -425,4 +444,6 @@ class ServerStatus(_message.Message):
     journal_written: int
     journal_failures: int
     journal_pending: int
-    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ...) -> None: ...
+    capacity_exhausted: int
+    orders_evicted: int
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ...) -> None: ...
