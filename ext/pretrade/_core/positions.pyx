@@ -588,13 +588,18 @@ cdef class PositionTable:
     cdef bint _index_room(self, int32_t account_index) noexcept nogil:
         # Whether the order index takes one more entry, with room kept for one
         # insert in flight per stripe; rebuilt (tombstones dropped) when three
-        # quarters are used.
+        # quarters are used. An insert may land on a tombstone, so only live
+        # entries count against the room: a rebuild that another process is
+        # running (and cannot finish while this caller holds its stripe) never
+        # makes an order CAPACITY_EXHAUSTED here. Live entries are at most
+        # max_orders, half the index.
         cdef int64_t capacity = <int64_t>self.header.order_index_mask + 1
         cdef int64_t margin = <int64_t>self.header.lock_stripes + 1
         if (L.pt_load_i32(&self.header.order_index_used) + margin) * 4 >= capacity * 3 \
                 and L.pt_load_i32(&self.header.order_tombstones) > 0:
             self._rebuild_order_index(account_index)
-        return L.pt_load_i32(&self.header.order_index_used) + margin < capacity
+        return (L.pt_load_i32(&self.header.order_index_used)
+                - L.pt_load_i32(&self.header.order_tombstones) + margin) < capacity
 
     cdef bint _rebuild_order_index(self, int32_t account_index) noexcept nogil:
         # Drop the tombstones: reinsert every record in use into an empty
