@@ -75,14 +75,16 @@ operations = st.one_of(
               accounts, st.one_of(st.none(), limit_sets)),
     st.builds(lambda a, s, lim: _op("set_symbol_limits", a, s, lim),
               accounts, symbols, st.one_of(st.none(), limit_sets)),
-    st.builds(lambda a, pos, fills, cancels, pnl: _op(
-        "replace_positions", a, pos, filled=fills, cancelled=cancels, realized_pnl=pnl),
+    st.builds(lambda a, pos, fills, cancels, pnl, version: _op(
+        "replace_positions", a, pos, filled=fills, cancelled=cancels, realized_pnl=pnl,
+        state_version=version),
         accounts,
         st.dictionaries(symbols, st.tuples(st.one_of(st.integers(-15, 15), quantities),
                                            st.integers(-10**12, 10**12)), max_size=3),
         st.one_of(st.none(), st.dictionaries(st.sampled_from(ORDER_IDS), st.integers(0, 12))),
         st.one_of(st.none(), st.sets(st.sampled_from(ORDER_IDS), max_size=3)),
-        st.one_of(st.none(), st.integers(-10**9, 10**9))),
+        st.one_of(st.none(), st.integers(-10**9, 10**9)),
+        st.one_of(st.none(), st.integers(0, 5))),
     st.builds(lambda s, k, i, iss, sec, r: _op("set_instrument", s, known=k, invalid=i,
                                                tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
                                                issuer_id=iss, sector_id=sec,
@@ -117,11 +119,12 @@ operations = st.one_of(
 )
 
 orders = st.builds(
-    lambda oid, a, s, side, ot, q, p, v, c, t: _op("evaluate", oid, a, s, side, ot, q, p, v, c, t),
+    lambda oid, a, s, side, ot, q, p, v, c, t, m: _op("evaluate", oid, a, s, side, ot, q, p, v,
+                                                     c, t, min_state_version=m),
     st.sampled_from(ORDER_IDS + [b""]), st.one_of(accounts, st.just(b"NOBODY")),
     st.one_of(symbols, st.just(b"NOSUCH")), st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES),
     quantities, prices, st.sampled_from(VENUES), st.sampled_from(COUNTERPARTIES),
-    st.integers(0, 10**10),
+    st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
 )
 
 
@@ -212,7 +215,8 @@ class RandomWalk:
                    rng.choice(ORDER_TYPES),
                    self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
                    self.order_price(symbol), rng.choice(VENUES),
-                   rng.choice(COUNTERPARTIES), self.now_ns)
+                   rng.choice(COUNTERPARTIES), self.now_ns,
+                   min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6))
 
     def _decided_order_op(self, account: bytes, symbol: bytes) -> Op:
         """What happens to decided orders: mostly made durable (the journal
@@ -241,7 +245,8 @@ class RandomWalk:
             fills = {oid: rng.randint(0, 12) for oid in self.recent_ids(4)}
             cancels = set(self.recent_ids(2))
             return _op("replace_positions", account, positions, filled=fills,
-                       cancelled=cancels, realized_pnl=rng.randint(-10**8, 10**8))
+                       cancelled=cancels, realized_pnl=rng.randint(-10**8, 10**8),
+                       state_version=rng.choice([None, None, rng.randint(0, 6)]))
         if roll < 0.72:
             # ACC-1 trades freely, ACC-2 lives at its limits, ACC-3 anywhere.
             generous = {b"ACC-1": 0.95, b"ACC-2": 0.1}.get(account, 0.5)

@@ -86,6 +86,7 @@ KEY_CONSTANTS = {
     "HALT_SYMBOL": "hash",
     "ORDERS": "hash",
     "CANARY": "string",
+    "VERSION": "string",
 }
 #: The Redis type each writing command of the fail-closed cases leaves behind.
 TYPE_WRITTEN_BY = {"HSET": "hash", "SET": "string", "SADD": "set"}
@@ -593,6 +594,12 @@ FAIL_CLOSED = {
         "all three lot hashes missing or empty, `limits", [["DEL", *LOT_KEYS]], LIMIT_ORDER, []),
     "lot in one hash only": Case(
         "a half-written lot", [["HSET", "tickers_by_lot:{ACC-1}", "L2", "AAPL"]], LIMIT_ORDER,
+        INVALID),
+    "a negative state version": Case(
+        "a `version:{ACC}` that is not", [["SET", "version:{ACC-1}", "-1"]], LIMIT_ORDER,
+        INVALID),
+    "a state version that is a hash": Case(
+        "a `version:{ACC}` that is not", [["HSET", "version:{ACC-1}", "v", "1"]], LIMIT_ORDER,
         INVALID),
     "lot price with a decimal point": Case(
         "a lot quantity or price that is not", [["HSET", "prices_by_lot:{ACC-1}", "L1",

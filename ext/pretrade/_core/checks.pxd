@@ -24,6 +24,7 @@ cdef struct OrderInput:
     int64_t now_ns                  # a monotonic clock reading, from the caller
     int64_t durable_checked         # -1, or the account's eviction count when the caller
                                     # found no durable copy of this id (see ORDER_ID_EXPIRED)
+    int64_t min_state_version       # decide only on an account snapshot at least this new
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
@@ -134,7 +135,9 @@ cdef class Engine:
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
-                                 int64_t durable_checked) except NULL
+                                 int64_t durable_checked,
+                                 int64_t min_state_version) except NULL
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
-                          bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*)
+                          bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*,
+                          int64_t min_state_version=*)

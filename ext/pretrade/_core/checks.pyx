@@ -241,8 +241,16 @@ cdef inline bint valuation_ok(const CheckContext* ctx) noexcept nogil:
 # has already rejected the order, so nothing is ever approved unchecked.
 
 cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Stale: the table is not live, or older than the account snapshot the
+    # order asks for (read your own writes: observed = the account's
+    # version:{ACC} in the table, limit = the one the order needs).
+    cdef int64_t version
     if L.pt_load_i32(&ctx.header.sync_live) != 1:
         reject(out, L.REJECT_STALE_DATA, 0, 0)
+    elif out.order.min_state_version > 0:
+        version = L.pt_load_i64(&ctx.account.state_version) if ctx.account != NULL else 0
+        if version < out.order.min_state_version:
+            reject(out, L.REJECT_STALE_DATA, version, out.order.min_state_version)
 
 
 cdef void check_account_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -1007,7 +1015,8 @@ cdef class Engine:
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
-                                 int64_t durable_checked) except NULL:
+                                 int64_t durable_checked,
+                                 int64_t min_state_version) except NULL:
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
             raise RuntimeError("decision pool exhausted")
@@ -1016,6 +1025,7 @@ cdef class Engine:
         record.order.price = price
         record.order.now_ns = now_ns
         record.order.durable_checked = durable_checked
+        record.order.min_state_version = min_state_version
         record.order.account_id_length = len(account_id)
         record.order.symbol_length = len(symbol)
         record.order.side = side
@@ -1034,7 +1044,7 @@ cdef class Engine:
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=b"",
                           bytes counterparty=b"", int64_t now_ns=0,
-                          int64_t durable_checked=-1):
+                          int64_t durable_checked=-1, int64_t min_state_version=0):
         """Run every check on one order and return its :class:`Verdict`.
 
         An id the account's evicted-id filter holds is not decided: the answer
@@ -1045,7 +1055,8 @@ cdef class Engine:
         """
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
-                                                   counterparty, now_ns, durable_checked)
+                                                   counterparty, now_ns, durable_checked,
+                                                   min_state_version)
         cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)
         cdef list rejections
         cdef int32_t i
@@ -1074,7 +1085,7 @@ cdef class Engine:
         last run. Benchmarks divide the elapsed time by ``times`` to see the
         pipeline's own cost without the Python call around it."""
         cdef DecisionRecord* record = self._decide(b"", account_id, symbol, side, order_type,
-                                                   quantity, price, b"", b"", now_ns, -1)
+                                                   quantity, price, b"", b"", now_ns, -1, 0)
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)

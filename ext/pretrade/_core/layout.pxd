@@ -40,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 3
+    LAYOUT_VERSION = 4
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -307,6 +307,7 @@ cdef struct AccountRecord:
     int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
     int64_t credit_line
     int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
+    int64_t state_version           # version:{ACC} of the last snapshot applied (0: none)
     LimitSet limits                 # the account-wide defaults
     TagLimit venue_limits[TAG_LIMIT_SLOTS]
     TagLimit counterparty_limits[TAG_LIMIT_SLOTS]

@@ -964,7 +964,7 @@ cdef class PositionTable:
         self._bump_version()
 
     def replace_positions(self, account_id, positions, filled=None, cancelled=None,
-                          realized_pnl=None):
+                          realized_pnl=None, state_version=None):
         """Set an account's state from one Redis snapshot, atomically.
 
         ``positions`` is ``{symbol: (quantity, cost_basis)}``; positions of the
@@ -974,10 +974,14 @@ cdef class PositionTable:
         remaining quantity becomes ``quantity - filled`` (0 if cancelled), in
         the same locked step as the positions, so a fill is never counted both
         as working and as position, nor as neither. ``None`` leaves the
-        working orders as they are.
+        working orders as they are. ``state_version`` is the snapshot's
+        ``version:{ACC}`` (orders that ask for a later one wait, then get
+        STALE_DATA); ``None`` leaves it.
         """
         cdef int32_t a = self._account(account_id)
         staged = []
+        if state_version is not None and not 0 <= state_version < (1 << 63):
+            raise OverflowError("state version must be a non-negative int64")
         for symbol, (quantity, cost_basis) in positions.items():
             if not -(1 << 63) <= quantity < (1 << 63) or not -(1 << 63) <= cost_basis < (1 << 63):
                 raise OverflowError(f"position {symbol!r} does not fit in int64")
@@ -1001,6 +1005,10 @@ cdef class PositionTable:
                 self.accounts[a].realized_pnl = realized_pnl
             if filled is not None or cancelled is not None:
                 self.recompute_working(a, filled or {}, cancelled or ())
+            if state_version is not None:
+                # last, with a release store: a reader that sees the version
+                # sees every position of the snapshot that carried it
+                L.pt_store_i64(&self.accounts[a].state_version, state_version)
         finally:
             self.unlock_account(a)
         self._bump_version()
@@ -1439,6 +1447,12 @@ cdef class PositionTable:
     def recovered_locks(self):
         return L.pt_load_i64(&self.header.recovered_locks)
 
+    def state_version(self, account_id):
+        """The account's ``version:{ACC}`` as of the last snapshot applied; 0 if none."""
+        cdef bytes a_key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(a_key, len(a_key))
+        return 0 if a == L.NO_INDEX else L.pt_load_i64(&self.accounts[a].state_version)
+
     def account_ids(self):
         """Every account id the table has a record for, in record order."""
         cdef int32_t i
@@ -1525,6 +1539,7 @@ cdef class PositionTable:
             "cash": rec.cash if rec.flags & L.ACCOUNT_HAS_BALANCES else None,
             "credit_line": rec.credit_line if rec.flags & L.ACCOUNT_HAS_BALANCES else None,
             "realized_pnl": rec.realized_pnl,
+            "state_version": L.pt_load_i64(&rec.state_version),
             "working_orders": rec.working_order_count,
             "orders": rec.order_count,
             "capacity": rec.capacity_kind if rec.flags & L.ACCOUNT_OVER_CAPACITY else 0,

@@ -13,10 +13,11 @@ durable copy in ``orders:{ACC}``, never decided anew.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 import redis.asyncio as aioredis
@@ -28,7 +29,7 @@ from pretrade.api.requests import ValidOrder, validate_batch, validate_order
 from pretrade.api.status import grpc_status, rejection_message
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
-from pretrade.engine.text import require_id
+from pretrade.engine.text import is_valid_id, require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
 from pretrade.state.journal import DecidedOrder, Journal, decode
 from pretrade.state.schema import StateError, orders_key
@@ -37,6 +38,9 @@ from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
 log = logging.getLogger("pretrade.servicer")
+
+#: How often an order waiting for its account's state looks at the table.
+STATE_POLL_SECONDS = 0.0005
 
 _MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
 #: Times an id is looked up in Redis while its account keeps evicting records.
@@ -63,8 +67,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  portfolio: PortfolioHub | None = None,
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, state_wait_seconds: float = 2.0) -> None:
         self.engine = engine
+        #: The longest an order waits for the account state it asks for
+        #: (Order.min_state_version): the sync's lag bound.
+        self.state_wait_seconds = state_wait_seconds
         self.halts = halts
         self.redis = redis_client
         self.breakers = Breakers(engine.table, halts, redis_client, audit)
@@ -101,7 +108,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         started = time.perf_counter_ns()
         verdict = self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
                                        order.order_type, order.quantity, order.price,
-                                       valid.venue, valid.counterparty, started, durable_checked)
+                                       valid.venue, valid.counterparty, started, durable_checked,
+                                       order.min_state_version)
         latency = time.perf_counter_ns() - started
         evictions = expired_mark(verdict)
         if evictions is not None and expired is not None:
@@ -197,6 +205,31 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             account_id=order.account_id, symbol=order.symbol, notional=notional,
             replayed=replayed)
 
+    async def wait_for_state(self, orders: Iterable[pb.Order],
+                             deadline_seconds: float | None) -> None:
+        """Wait, bounded, until the table holds the account versions the orders ask for.
+
+        Read your own writes (``Order.min_state_version``): at most
+        ``state_wait_seconds`` and short of the call's deadline. Whatever is
+        still behind then is rejected STALE_DATA by the pipeline itself.
+        """
+        wanted: dict[bytes, int] = {}
+        for order in orders:
+            if order.min_state_version > 0:
+                account = order.account_id.encode("utf-8", "replace")
+                if is_valid_id(account):
+                    wanted[account] = max(wanted.get(account, 0), order.min_state_version)
+        if not wanted:
+            return
+        wait = self.state_wait_seconds
+        if deadline_seconds is not None:
+            wait = min(wait, deadline_seconds - min(0.05, deadline_seconds / 10))
+        give_up = time.monotonic() + wait
+        table = self.engine.table
+        while any(table.state_version(a) < v for a, v in wanted.items()) \
+                and time.monotonic() < give_up:
+            await asyncio.sleep(STATE_POLL_SECONDS)
+
     async def _make_durable(self, durable: list[DecidedOrder],
                             deadline_seconds: float | None) -> None:
         """Write the decisions to Redis before the answer (bounded by the call's deadline).
@@ -215,6 +248,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
+            await self.wait_for_state((request,), context.time_remaining())
             expired: list[Expired] = []
             decision, durable = self.decide_durably(request, expired=expired)
             if expired:
@@ -259,6 +293,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         try:
             _check_deadline(context)
             validate_batch(request)
+            await self.wait_for_state(request.orders, context.time_remaining())
             durable: list[DecidedOrder] = []
             expired: list[Expired] = []
             reply = self.decide_batch(request, durable, expired)

@@ -97,7 +97,8 @@ class Gateway:
                         if settings.durable_decisions else None)
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
-                                             audit=self.audit)
+                                             audit=self.audit,
+                                             state_wait_seconds=settings.max_sync_lag_ms / 1000)
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.

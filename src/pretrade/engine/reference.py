@@ -128,6 +128,7 @@ class RefOrder:
 class RefAccount:
     known: bool = False
     invalid: bool = False
+    state_version: int = 0
     limits: Limits | None = None
     halt_mode: int = HALT_NONE
     cash: int | None = None
@@ -194,6 +195,7 @@ class Context:
     venue: bytes
     counterparty: bytes
     capacities: Mapping[int, int] = field(default_factory=dict)  # Capacity -> its size
+    min_state_version: int = 0
     account_region_full: bool = False
     instrument_region_full: bool = False
     working_venue: dict[bytes, int] = field(default_factory=dict)
@@ -278,8 +280,13 @@ Reject = Callable[[int, int, int], None]
 # -- PRE-TRADE CHECKS (same order and names as PIPELINE in checks.pyx) --
 
 def check_sync_live(ctx: Context, reject: Reject) -> None:
+    """Stale: not live, or older than the account snapshot the order asks for."""
     if not ctx.sync_live:
         reject(pb.REJECT_CODE_STALE_DATA, 0, 0)
+    elif ctx.min_state_version > 0:
+        version = ctx.account.state_version if ctx.account is not None else 0
+        if version < ctx.min_state_version:
+            reject(pb.REJECT_CODE_STALE_DATA, version, ctx.min_state_version)
 
 
 def check_account_known(ctx: Context, reject: Reject) -> None:
@@ -830,9 +837,11 @@ class ReferenceBook:
     def replace_positions(
         self, account_id: bytes, positions: Mapping[bytes, tuple[int, int]],
         filled: Mapping[bytes, int] | None = None, cancelled: Collection[bytes] | None = None,
-        realized_pnl: int | None = None,
+        realized_pnl: int | None = None, state_version: int | None = None,
     ) -> None:
         account = self._account(account_id)
+        if state_version is not None and not 0 <= state_version <= INT64_MAX:
+            raise OverflowError("state version must be a non-negative int64")
         for symbol, (quantity, cost_basis) in positions.items():
             if not (fits_int64(quantity) and fits_int64(cost_basis)):
                 raise OverflowError(f"position {symbol!r} does not fit in int64")
@@ -849,6 +858,8 @@ class ReferenceBook:
             account.realized_pnl = realized_pnl
         if filled is not None or cancelled is not None:
             self._recompute_working(account_id, account, filled or {}, cancelled or ())
+        if state_version is not None:
+            account.state_version = state_version
 
     def _recompute_working(self, account_id: bytes, account: RefAccount,
                            filled: Mapping[bytes, int], cancelled: Collection[bytes]) -> None:
@@ -1192,16 +1203,18 @@ class ReferenceBook:
     def evaluate(
         self, order_id: bytes, account_id: bytes, symbol: bytes, side: int, order_type: int,
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
-        now_ns: int = 0, durable_checked: int = -1,
+        now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
     ) -> Verdict:
         """Run every check on one order; the same Verdict as ``Engine.evaluate``."""
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
-                            ("durable_checked", durable_checked)):
+                            ("durable_checked", durable_checked),
+                            ("min_state_version", min_state_version)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
         self._advance_clock(now_ns)
         ctx = self.prepare_context(account_id, symbol, side, order_type, quantity, price,
                                    venue, counterparty, now_ns)
+        ctx.min_state_version = min_state_version
         account = ctx.account
         if account is not None and order_id:
             stored = self.orders.get((account_id, order_id))

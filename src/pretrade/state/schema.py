@@ -30,6 +30,10 @@ PRICES_BY_LOT = b"prices_by_lot:"
 PNL = b"pnl:"
 ORDERS_BY_LOT = b"orders_by_lot:"
 CANCELS = b"cancels:"
+#: ``version:{ACC}``: a counter the order system INCRs in the MULTI/EXEC of a
+#: position change; an order carrying it as ``min_state_version`` is decided
+#: only on a snapshot that includes that change (read your own writes).
+VERSION = b"version:"
 BALANCES = b"balances:"
 LOCATES = b"locates:"
 RESTRICTED_SHORT = b"restricted:short"
@@ -56,6 +60,7 @@ SCAN_PATTERNS = (
     b"pnl:*",
     b"orders_by_lot:*",
     b"cancels:*",
+    b"version:*",
     b"balances:*",
     b"locates:*",
     b"restricted:*",
@@ -102,6 +107,21 @@ def account_snapshot_keys(account_id: bytes) -> tuple[bytes, ...]:
     the three lot hashes, ``orders_by_lot``, ``cancels`` and ``pnl`` (one hash slot)."""
     tag = tagged(account_id)
     return (*lot_keys(account_id), ORDERS_BY_LOT + tag, CANCELS + tag, PNL + tag)
+
+
+def version_key(account_id: bytes) -> bytes:
+    """``version:{ACC}``: the account's state version (read with its snapshot)."""
+    return VERSION + tagged(account_id)
+
+
+def parse_state_version(raw: bytes | None) -> int:
+    """A ``version:{ACC}`` value: a non-negative int64; 0 when absent."""
+    if raw is None:
+        return 0
+    version = parse_int64(raw, "state version")
+    if version < 0:
+        raise StateError(f"state version must not be negative, got {version}")
+    return version
 
 
 def orders_key(account_id: bytes) -> bytes:
@@ -204,7 +224,7 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
     Returns None for keys pretrade does not own (they are ignored).
     """
     for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, PNL, ORDERS_BY_LOT,
-                   CANCELS):
+                   CANCELS, VERSION):
         if key.startswith(prefix):
             account = _untag(key[len(prefix):])
             return (KeyKind.LOTS, 0, account) if account else None

@@ -69,13 +69,17 @@ from pretrade.state.schema import (
     parse_limits,
     parse_locates,
     parse_realized_pnl,
+    parse_state_version,
     price_key,
+    version_key,
 )
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.sync")
 
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: Replies per account snapshot: six HGETALLs and the GET of version:{ACC}.
+SNAPSHOT_REPLIES = 7
 
 
 class SyncListener(Protocol):
@@ -641,7 +645,7 @@ class RedisSync:
                 (self._queue_limits, self._apply_limits, sorted(batch.limits), 1),
                 (self._queue_balances, self._apply_balances, sorted(batch.balances), 1),
                 (self._queue_locates, self._apply_locates, sorted(batch.locates), 1),
-                (self._queue_lots, self._apply_lots, sorted(batch.lots), 6),
+                (self._queue_lots, self._apply_lots, sorted(batch.lots), SNAPSHOT_REPLIES),
             ]
             async with self.client.pipeline(transaction=True) as pipe:
                 if batch.restricted:
@@ -667,16 +671,23 @@ class RedisSync:
         for account in accounts:
             for key in account_snapshot_keys(account):
                 pipe.hgetall(key)
+            pipe.get(version_key(account))
 
     def _apply_lots(self, accounts: list[bytes], replies: list[Any]) -> None:
-        # One MULTI/EXEC: lots, fill attribution, cancels and P&L of each
-        # account are one snapshot, applied in one locked step of the table.
-        width = 6
+        # One MULTI/EXEC: lots, fill attribution, cancels, P&L and the state
+        # version of each account are one snapshot, applied in one locked
+        # step of the table.
+        width = SNAPSHOT_REPLIES
         for n, account in enumerate(accounts):
             state = self.accounts.setdefault(account, AccountSync())
+            version = None
             try:
+                *hashes, raw_version = replies[width * n: width * n + width]
                 tickers, quantities, prices, orders_by_lot, cancels, pnl = (
-                    _hash(reply) for reply in replies[width * n: width * n + width])
+                    _hash(reply) for reply in hashes)
+                if isinstance(raw_version, Exception):
+                    raise StateError(f"version: {raw_version}")
+                version = parse_state_version(raw_version)
                 state.has_lots = bool(tickers or quantities or prices)
                 positions = aggregate_lots(tickers, quantities, prices)
                 filled = fills_by_order(quantities, orders_by_lot)
@@ -689,7 +700,8 @@ class RedisSync:
                 self._invalid("lots of account", account, error)
             try:
                 self.table.replace_positions(account, positions, filled=filled,
-                                             cancelled=set(cancels), realized_pnl=realized)
+                                             cancelled=set(cancels), realized_pnl=realized,
+                                             state_version=version)
                 state.over_capacity.pop("lots", None)
             except TableFullError as error:
                 state.over_capacity["lots"] = error.capacity
