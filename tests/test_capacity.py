@@ -244,3 +244,29 @@ def test_the_account_share_is_a_setting_and_says_what_is_full(redis_client, star
             assert again.approved and not again.replayed
         else:
             assert capacity_rejection(again).observed == pb.CAPACITY_ACCOUNT_ORDERS
+
+
+def test_a_false_alarm_of_the_evicted_id_filter_is_read_once_and_decided(redis_client,
+                                                                        start_gateway):
+    seed_account(redis_client)
+    gateway = start_gateway(max_orders_per_account=50)
+    table = gateway.gateway.table
+    channel, stub = stub_of(gateway)
+    with channel:
+        # 2,000 rejected ids through a share of 50: about 1,950 leave the table
+        for batch in range(40):
+            reply = stub.EvaluateOrders(pb.OrderBatch(orders=[
+                order(quantity=1_001, order_id=f"X{batch}-{n}") for n in range(50)]))
+            assert not any(d.approved for d in reply.decisions)
+        assert status(stub).orders_evicted >= 1_900
+        # a fresh id the filter claims (a false positive): no durable copy exists
+        fresh = next(candidate for n in range(100_000)
+                     if table.order_id_may_have_expired(
+                         b"ACC-1", (candidate := f"fresh-{n}").encode()))
+        assert not redis_client.hexists("orders:{ACC-1}", fresh)
+        decision = stub.EvaluateOrder(order(order_id=fresh))
+        assert decision.approved and not decision.replayed
+        assert redis_client.hexists("orders:{ACC-1}", fresh)
+        # and an id that truly left replays its rejection
+        again = stub.EvaluateOrder(order(quantity=1_001, order_id="X0-0"))
+        assert again.replayed and codes(again) == [pb.REJECT_CODE_MAX_ORDER_QUANTITY]

@@ -494,3 +494,12 @@ def test_restored_orders_are_durable_and_fit_all_or_none(make_book):
     with pytest.raises(ValueError):
         book.state.restore_order(ACC, b"huge", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
                                  2, 2**62, 2**62, 2**63, b"", b"", True, ())
+
+
+def test_an_order_id_longer_than_a_record_holds_is_decided_but_not_remembered(book):
+    long_id = b"L" * 100
+    first = book.order(order_id=long_id)
+    assert approved(first) and not first.stored
+    again = book.order(order_id=long_id)
+    assert approved(again) and not again.replayed and not again.stored
+    assert book.state.working(ACC, AAPL) == (0, 0)

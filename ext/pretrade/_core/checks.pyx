@@ -861,7 +861,10 @@ cdef class Engine:
                 not_made = True
         # An order for a symbol the table has never seen is not stored either:
         # stored orders are compared by instrument index, which it lacks.
+        # Nor is an order id longer than a record holds (the servicer refuses
+        # one; a direct caller gets a decision that is not remembered).
         if not_made or record.order.order_id_length <= 0 \
+                or record.order.order_id_length > L.MAX_ORDER_ID_LENGTH \
                 or record.order.instrument_index == L.NO_INDEX:
             return
         if record.approved:

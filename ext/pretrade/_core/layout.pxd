@@ -258,6 +258,7 @@ cdef struct TableHeader:
     int32_t order_free_head         # freed records, linked by next_working (order lock)
     int32_t order_index_used        # order index entries not empty: live + tombstones
     int32_t order_tombstones        # order index entries of records that left
+    int32_t order_index_rebuilding  # 1 while a rebuild waits for every stripe
     int32_t account_count           # records in use; grow only, under the registry lock
     int32_t instrument_count
     int32_t position_count

@@ -373,6 +373,16 @@ cdef class PositionTable:
                                   + <uint64_t>stripe * self.header.lock_stride)
 
     cdef void lock_account(self, int32_t account_index) noexcept nogil:
+        cdef L.pthread_mutex_t* rebuild
+        if L.pt_load_i32(&self.header.order_index_rebuilding):
+            # An order index rebuild waits for every stripe: let it have them
+            # (mutexes are not fair) by waiting for it here, holding none.
+            rebuild = self.lock_at(self.header.lock_stripes + REBUILD_LOCK_AFTER_STRIPES)
+            if L.pt_mutex_lock(rebuild) == 1:
+                # the rebuilder died: its flag with it
+                L.pt_add_i64(&self.header.recovered_locks, 1)
+                L.pt_store_i32(&self.header.order_index_rebuilding, 0)
+            L.pt_mutex_unlock(rebuild)
         if L.pt_mutex_lock(self.stripe_lock(account_index)) == 1:
             L.pt_add_i64(&self.header.recovered_locks, 1)
 
@@ -615,6 +625,9 @@ cdef class PositionTable:
         cdef uint32_t held = 1 + (<uint32_t>account_index & (self.header.lock_stripes - 1))
         cdef uint32_t stripe, mask = self.header.order_index_mask, probe
         cdef int32_t i, used = 0, end
+        if rc == 1:
+            L.pt_add_i64(&self.header.recovered_locks, 1)
+        L.pt_store_i32(&self.header.order_index_rebuilding, 1)
         for stripe in range(1, self.header.lock_stripes + 1):
             if stripe != held and L.pt_mutex_lock(self.lock_at(stripe)) == 1:
                 L.pt_add_i64(&self.header.recovered_locks, 1)
@@ -630,6 +643,7 @@ cdef class PositionTable:
         L.pt_store_i32(&self.header.order_tombstones, 0)
         L.pt_store_i32(&self.header.order_index_used, used)
         L.pt_add_i64(&self.header.order_index_rebuilds, 1)
+        L.pt_store_i32(&self.header.order_index_rebuilding, 0)
         for stripe in range(1, self.header.lock_stripes + 1):
             if stripe != held:
                 L.pt_mutex_unlock(self.lock_at(stripe))

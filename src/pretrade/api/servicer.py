@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pretrade._core import Engine, Verdict
 from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STORED_REJECTIONS
@@ -148,8 +149,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         One pipelined read of ``orders:{ACC}`` per round: a copy of the same
         order replays it, of another order is DUPLICATE_ORDER_ID, an
         unreadable one INVALID_STATE; no copy (the id was only a false alarm
-        of the account's filter) decides the order now. Unavailable when
-        Redis cannot be read, or the account keeps evicting records meanwhile.
+        of the account's filter) decides the order now (in a batch: after
+        the batch's other orders). Unavailable when Redis cannot be read, or
+        the account keeps evicting records meanwhile.
         """
         answers: dict[int, tuple[pb.Decision, DecidedOrder | None]] = {}
         for _ in range(_EXPIRED_LOOKUPS):
@@ -157,10 +159,14 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 return answers
             started = time.perf_counter_ns()
             valid = [validate_order(order) for _, order, _ in expired]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for ids in valid:
-                    pipe.hget(orders_key(ids.account), ids.order_id)
-                copies = await pipe.execute()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for ids in valid:
+                        pipe.hget(orders_key(ids.account), ids.order_id)
+                    copies = await pipe.execute()
+            except (RedisError, OSError) as error:
+                raise Unavailable("the order id may have been decided before, and its earlier "
+                                  f"decision could not be read back: {error}") from error
             again: list[Expired] = []
             for (index, order, evictions), ids, raw in zip(expired, valid, copies, strict=True):
                 if raw is not None:
