@@ -42,6 +42,7 @@ __all__ = [
     "environment_variable",
     "load_settings",
     "parse_listen",
+    "redacted_url",
 ]
 
 CONFIG_FILE_ENV = "PRETRADE_CONFIG"
@@ -134,12 +135,30 @@ def default_table_path(listen: str) -> Path:
     return directory / name
 
 
+def redacted_url(url: str) -> str:
+    """A Redis URL for a message: any user and password in it masked."""
+    return _URL_USERINFO.sub("//***@", url)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why redis-py could not connect to ``url`` as written, or None."""
+    from redis.connection import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except ValueError as error:
+        return str(error)
+    if url.startswith("unix://") and not parsed.get("path"):
+        return "a unix:// URL needs the socket's path, e.g. unix:///run/redis.sock"
+    return None
+
+
 def _redacted(name: str, value: object) -> str:
     """``repr(value)`` for an error message, with any password masked."""
     if name == "redis_password":
         return "'***'"
     if name == "redis_url" and isinstance(value, str):
-        return repr(_URL_USERINFO.sub("//***@", value))
+        return repr(redacted_url(value))
     return repr(value)
 
 
@@ -176,8 +195,12 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             _split_listen(value)
         except ValueError as error:
             raise problem(str(error)) from None
-    elif name == "redis_url" and not value.startswith(_REDIS_URL_SCHEMES):
-        raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
+    elif name == "redis_url":
+        if not value.startswith(_REDIS_URL_SCHEMES):
+            raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
+        reason = _url_problem(value)
+        if reason is not None:
+            raise problem(f"not a usable Redis URL: {reason}")
     elif name in _PATH_FIELDS and not value.strip():
         raise problem("must name a path")
     elif name == "auth":
