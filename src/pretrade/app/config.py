@@ -58,6 +58,7 @@ _CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions"
 _MAX_INTEGER = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
                          "max_orders", "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
+                         "max_portfolio_streams", "max_control_calls", "max_open_calls",
                          "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book", "durable_decisions"})
@@ -246,13 +247,22 @@ class Settings:
     workers : int
         Server processes sharing one table and one port (SO_REUSEPORT).
     max_concurrent_rpcs : int
-        Calls one server process runs at once, every method counted; the next
-        is refused at once with RESOURCE_EXHAUSTED rather than queued. An open
-        StreamPortfolio stream holds one for as long as it is open, and health
-        checks count too: size it as streams + order-entry concurrency.
+        Order calls (EvaluateOrder, EvaluateOrders) one server process runs at
+        once; the next is refused at once with RESOURCE_EXHAUSTED rather than
+        queued. Each class of call has its own budget (below), so no other
+        class of call can use these up.
+    max_portfolio_streams : int
+        StreamPortfolio streams one process keeps open at once.
+    max_control_calls : int
+        Halt and GetStatus calls one process runs at once: order flow can
+        never keep the kill switch out.
+    max_open_calls : int
+        Health checks, health Watch streams and reflection calls (the services
+        open without a token) one process runs at once.
     shutdown_grace_ms : int
-        On SIGTERM, how long in-flight calls may take to finish before they
-        are cancelled; writing the queued audit entries may take as long again.
+        On SIGTERM, how long in-flight calls may take to finish; one still
+        running then ends UNAVAILABLE. Writing the queued audit entries may
+        take as long again.
     audit_max_len : int
         About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``).
     audit_queue_size : int
@@ -304,6 +314,9 @@ class Settings:
     max_sync_lag_ms: int = 2_000
     workers: int = 1
     max_concurrent_rpcs: int = 10_000
+    max_portfolio_streams: int = 10_000
+    max_control_calls: int = 100
+    max_open_calls: int = 100
     shutdown_grace_ms: int = 5_000
     audit_max_len: int = 1_000_000
     audit_queue_size: int = 100_000

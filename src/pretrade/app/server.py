@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
+from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
@@ -104,14 +106,19 @@ class Gateway:
                                              status=self.status, journal=self.journal,
                                              audit=self.audit)
         self.health = HealthServicer()  # its Watch streams end at shutdown
+        # Each class of call has its own budget (instead of grpc.aio's one
+        # server-wide count), and the gate ends every call at shutdown.
+        self.gate = CallGate(orders=settings.max_concurrent_rpcs,
+                             streams=settings.max_portfolio_streams,
+                             control=settings.max_control_calls, open=settings.max_open_calls)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
-        # First: the access interceptors wrap handlers that expect a parsed request.
-        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors)
+        # First: the access interceptors wrap handlers that expect a parsed
+        # request. Last: the gate, so a call refused by access holds no slot.
+        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors, self.gate)
         self.server = grpc.aio.server(interceptors=interceptors,
-                                      options=[("grpc.so_reuseport", reuse)],
-                                      maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+                                      options=_server_options(reuse, self.gate.total))
         self.port = 0
         self.serving = False
         #: Set once every process of the group serves: health stays NOT_SERVING before.
@@ -202,9 +209,14 @@ class Gateway:
         """
         if grace is None:
             grace = self.settings.shutdown_grace_ms / 1000
+        deadline = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
+        self.gate.close()  # new calls: UNAVAILABLE, undecided
         self.portfolio.close()  # streams end UNAVAILABLE within the grace period
-        await self.server.stop(grace)
+        # Every call ends here, answered or UNAVAILABLE: none is left for the
+        # transport's shutdown to cancel.
+        await self.gate.drain(deadline)
+        await self.server.stop(max(deadline - time.monotonic(), 0.1))
         # No call runs any more, so every decision answered is queued by now.
         await self.audit.close(timeout=grace)
         await self.audit.client.aclose()
@@ -224,6 +236,22 @@ class Gateway:
         await self.audit.client.aclose()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.worker)
+
+
+def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:
+    """gRPC's options: SO_REUSEPORT, and room for a burst of every budget at once.
+
+    gRPC holds the calls it has received until pretrade takes them up, and
+    by default cancels some once 1,000 wait (and all past 3,000): a burst of
+    orders within ``max_concurrent_rpcs`` ended CANCELLED. It may hold as
+    many as all the budgets together now (each call then gets an answer or
+    RESOURCE_EXHAUSTED from the gate), and one connection may not have more
+    streams open than that (its client waits for a slot instead).
+    """
+    return [("grpc.so_reuseport", reuse_port),
+            ("grpc.server.max_pending_requests", calls),
+            ("grpc.server.max_pending_requests_hard_limit", calls),
+            ("grpc.max_concurrent_streams", calls)]
 
 
 def _access_note(access: ServerAccess | None) -> str:
