@@ -440,17 +440,21 @@ async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
         loop.add_signal_handler(GROUP_SERVING_SIGNAL, gateway.group_serving.set)
     try:
         port = await gateway.start()
-        if worker and ready is not None:
-            os.write(ready, b"1")
-            os.close(ready)
-        elif ready is not None and not await _workers_serving(ready, len(children), stop):
-            port = 0  # stopped while the workers were starting
     except SyncConfigError as error:
         log.critical("%s", error)
         await gateway.abandon()
         return 3
     except BaseException:
         await gateway.abandon()
+        raise
+    try:
+        if worker and ready is not None:
+            os.write(ready, b"1")
+            os.close(ready)
+        elif ready is not None and not await _workers_serving(ready, len(children), stop):
+            port = 0  # stopped while the workers were starting
+    except BaseException:
+        await gateway.stop(grace=1.0)
         raise
     if not worker and port:
         for pid in children:

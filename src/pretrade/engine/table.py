@@ -92,7 +92,7 @@ class MappedTable:
             try:
                 mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
                                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            except (OSError, OverflowError) as error:
+            except (OSError, OverflowError, ValueError) as error:
                 raise CapacityRefused(
                     f"cannot map a table of {_size_text(size)} at {target}: {error}; lower "
                     "max_orders, max_positions, max_instruments or max_accounts") from None
