@@ -1,8 +1,11 @@
 """The embedded redis-server: found, started, reachable, stopped, persistent."""
 
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from book import wait_until
 from pretrade.app import devredis
 from pretrade.app.devredis import RedisServer, find_redis_cli, find_redis_server
+from pretrade.engine.errors import DataDirInUse
+from test_serve import process_alive
 
 
 def _port_accepts_connections(port: int) -> bool:
@@ -179,3 +185,48 @@ def test_a_free_port_taken_before_redis_binds_it_is_retried_with_another(monkeyp
             client = redis.Redis.from_url(server.url)
             assert client.ping() is True
             client.close()
+
+
+def test_two_servers_never_share_a_data_directory(tmp_path):
+    with RedisServer(data_dir=tmp_path, persistent=True) as first:
+        second = RedisServer(data_dir=tmp_path, persistent=True)
+        with pytest.raises(DataDirInUse) as refused:
+            second.start()
+        message = str(refused.value)
+        assert "\n" not in message
+        assert str(tmp_path) in message and f"redis-server pid {first.pid}" in message
+        assert not second.running
+        assert first.running and redis.Redis(port=first.port).ping()
+    # Once the first has stopped, the directory is free again.
+    with RedisServer(data_dir=tmp_path, persistent=True) as third:
+        assert redis.Redis(port=third.port).ping()
+
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from pretrade.app.devredis import RedisServer
+server = RedisServer(data_dir=Path(sys.argv[1]), persistent=True).start()
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_redis_server_whose_parent_is_killed_dies_and_frees_its_directory(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    redis_pid = None
+    try:
+        assert parent.stdout is not None
+        redis_pid = int(parent.stdout.readline())
+        assert process_alive(redis_pid)
+        parent.kill()  # kill -9: no chance to stop its redis-server
+        parent.wait(timeout=10)
+        wait_until(lambda: process_alive(redis_pid), lambda alive: not alive, timeout=10)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if redis_pid is not None and process_alive(redis_pid):
+            os.kill(redis_pid, signal.SIGKILL)
+    with RedisServer(data_dir=tmp_path, persistent=True) as after:
+        assert redis.Redis(port=after.port).ping()

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import codes
 from pretrade.app.config import CONFIG_FILE_ENV, Settings, environment_variable
+from pretrade.cli.commands import EXIT_DATA_DIR_IN_USE
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
@@ -264,3 +265,41 @@ def test_a_restart_over_the_same_data_dir_keeps_halts_and_operator_changes(serve
         stub.Halt(halt_demo_1(pb.HALT_MODE_ACTIVE), timeout=RPC_TIMEOUT_SECONDS)
         assert stub.EvaluateOrder(demo_order("after-3"), timeout=RPC_TIMEOUT_SECONDS).approved
     assert second.terminate() == 0, second.log()
+
+
+def test_kill_9_of_serve_takes_its_embedded_redis_server_with_it(serve, tmp_path):
+    server = serve(tmp_path / "data")
+    assert server.redis_pid is not None and process_alive(server.redis_pid)
+    server.process.kill()  # kill -9: no chance to stop its redis-server
+    server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    deadline = time.monotonic() + 10
+    while process_alive(server.redis_pid):
+        assert time.monotonic() < deadline, "the embedded redis-server outlived its parent"
+        time.sleep(0.05)
+    assert not port_accepts(server.redis_port)
+    # Its data directory is free again: the next start gets it, with the data kept.
+    again = serve(tmp_path / "data", "again")
+    with grpc.insecure_channel(again.target) as channel:
+        again.wait_until_serving(channel)
+    assert again.terminate() == 0, again.log()
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused_in_one_line(serve, tmp_path):
+    data_dir = tmp_path / "data"
+    first = serve(data_dir, "first")
+    second = ServeProcess(tmp_path, data_dir, "second")
+    try:
+        assert second.process.wait(timeout=START_TIMEOUT_SECONDS) == EXIT_DATA_DIR_IN_USE, \
+            second.log()
+        lines = second.log().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pretrade: "), lines
+        assert str(data_dir / "redis") in lines[0]
+        assert f"redis-server pid {first.redis_pid}" in lines[0], lines
+        assert not second.table_path.exists()
+    finally:
+        second.kill()
+    with grpc.insecure_channel(first.target) as channel:
+        first.wait_until_serving(channel)
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert stub.EvaluateOrder(demo_order("still-1"), timeout=RPC_TIMEOUT_SECONDS).approved
+    assert first.terminate() == 0, first.log()

@@ -9,6 +9,8 @@ exit 0, and every order it answered must be in the audit stream.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from pretrade.app.config import environment_variable
 from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from serving import Serve
 from test_serve import BANNER, serve_environment
 
 START_TIMEOUT_SECONDS = 30.0
@@ -146,3 +149,122 @@ def test_sigterm_finishes_calls_in_flight_refuses_new_ones_and_flushes_the_audit
                if fields["event"] == "decision"]
     assert len(audited) == len(decided)
     assert set(audited) == set(decided)
+
+
+# -- no call the server accepted ends CANCELLED ----------------------------------
+
+
+def _outcome(error: grpc.aio.AioRpcError | None) -> str:
+    return "OK" if error is None else error.code().name
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    started: list[Serve] = []
+
+    def start(name: str, *args: str, **settings: object) -> Serve:
+        env = {environment_variable(key): str(value) for key, value in settings.items()}
+        server = Serve(tmp_path, name, *args, env=env)
+        started.append(server)
+        server.wait_for_banner()
+        server.wait_until_serving()
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+async def _concurrently(target: str, count: int, call, *, after=None):
+    """``count`` calls at once on one channel; each one's status code name."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+
+        async def one(number: int) -> str:
+            try:
+                await call(stub, number)
+            except grpc.aio.AioRpcError as error:
+                return f"{error.code().name}: {error.details()}"
+            return "OK"
+
+        calls = [asyncio.ensure_future(one(number)) for number in range(count)]
+        if after is not None:
+            await after()
+        return await asyncio.gather(*calls)
+
+
+def test_sigterm_with_many_calls_in_flight_answers_or_refuses_each_never_cancels(
+        serve, redis_client, redis_url):
+    seed_account(redis_client)
+    server = serve("many", "--redis-url", redis_url, "--listen", "127.0.0.1:0",
+                   shutdown_grace_ms=GRACE_MS)
+
+    async def batch(stub, number):
+        await stub.EvaluateOrders(pb.OrderBatch(orders=[
+            order(order_id=f"m{number}-{n}", quantity=1) for n in range(200)]), timeout=30)
+
+    async def sigterm_soon():
+        await asyncio.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+
+    outcomes = asyncio.run(_concurrently(server.target, 48, batch, after=sigterm_soon))
+    assert server.wait() == 0, server.log()
+    kinds = collections.Counter(outcome.partition(":")[0] for outcome in outcomes)
+    assert set(kinds) <= {"OK", "UNAVAILABLE"}, kinds
+    assert kinds["OK"] > 0, outcomes
+    refused = {outcome for outcome in outcomes if outcome != "OK"}
+    assert all("shutting down" in outcome for outcome in refused), refused
+    assert "Traceback" not in server.log(), server.log()
+
+
+def test_a_burst_within_the_budget_is_answered_and_past_it_refused_never_cancelled(
+        serve, redis_client, redis_url):
+    seed_account(redis_client)
+    redis_client.hset("limits:{ACC-1}", mapping={"max_long_position": 10**9,
+                                                 "max_net_position": 10**9})
+
+    async def one_order(stub, number):
+        await stub.EvaluateOrder(order(order_id=f"b{number}", quantity=1), timeout=60)
+
+    default = serve("default", "--redis-url", redis_url, "--listen", "127.0.0.1:0")
+    outcomes = asyncio.run(_concurrently(default.target, 6_000, one_order))
+    assert collections.Counter(outcomes) == {"OK": 6_000}
+
+    small = serve("small", "--redis-url", redis_url, "--listen", "127.0.0.1:0",
+                  max_concurrent_rpcs=200)
+    outcomes = asyncio.run(_concurrently(small.target, 3_000, one_order))
+    kinds = collections.Counter(outcome.partition(":")[0] for outcome in outcomes)
+    assert set(kinds) <= {"OK", "RESOURCE_EXHAUSTED"}, kinds
+    assert kinds["OK"] >= 200, kinds
+    refused = {outcome for outcome in outcomes if outcome != "OK"}
+    assert all("max_concurrent_rpcs" in outcome for outcome in refused), refused
+    for server in (default, small):
+        assert server.terminate() == 0, server.log()
+
+
+def test_a_call_still_running_when_the_grace_period_ends_gets_unavailable(
+        serve, redis_client, redis_url):
+    seed_account(redis_client)
+    server = serve("stuck", "--redis-url", redis_url, "--listen", "127.0.0.1:0",
+                   shutdown_grace_ms=1_000)
+
+    async def durable_order(stub, number):
+        # Approved at once, then waits for its durable record: Redis takes no writes.
+        await stub.EvaluateOrder(order(order_id=f"s{number}", quantity=1), timeout=30)
+
+    async def pause_then_sigterm():
+        redis_client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+
+    try:
+        started = time.monotonic()
+        outcomes = asyncio.run(_concurrently(server.target, 20, durable_order,
+                                             after=pause_then_sigterm))
+        ended = time.monotonic() - started
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+    assert server.wait() == 0, server.log()
+    assert {outcome.partition(":")[0] for outcome in outcomes} == {"UNAVAILABLE"}, outcomes
+    assert all("grace period" in outcome for outcome in outcomes), outcomes
+    assert ended < 10, ended

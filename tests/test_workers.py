@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -16,11 +17,15 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from book import codes, order, seed_account
+from book import codes, order, seed_account, wait_until
+from pretrade.app.lifetime import listener_pids
 from pretrade.engine.table import MappedTable
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from serving import Serve, free_port
+from test_serve import process_alive
 
 BANNER = re.compile(r"serving PreTradeRisk on ([\d.]+:\d+)")
 
@@ -36,7 +41,8 @@ def two_workers(redis_client: redis.Redis, redis_url: str, tmp_path: Path
         [sys.executable, "-m", "pretrade", "serve", "--workers", "2", "--listen",
          "127.0.0.1:0", "--redis-url", redis_url, "--table-path", str(table),
          "--insecure", "--auth", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True)
     try:
         target = None
         deadline = time.monotonic() + 30
@@ -57,6 +63,9 @@ def two_workers(redis_client: redis.Redis, redis_url: str, tmp_path: Path
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        # Whatever the test left of the group (a worker that outlived its owner).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _stub(target: str) -> tuple[grpc.Channel, risk_pb2_grpc.PreTradeRiskStub]:
@@ -84,6 +93,76 @@ def test_workers_share_one_port_and_one_table(two_workers):
     finally:
         for channel, _ in channels:
             channel.close()
+
+
+def _first_child(pid: int, timeout: float = 20.0) -> int:
+    """The first child process of ``pid``, as soon as it exists (polled in /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.0005)
+    raise AssertionError(f"pid {pid} forked no worker within {timeout} s")
+
+
+def _health(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                     timeout=5).status
+
+
+def test_the_banner_and_health_serving_wait_for_every_worker(redis_client, redis_url,
+                                                              tmp_path):
+    seed_account(redis_client)
+    for attempt in range(3):
+        port = free_port()
+        server = Serve(tmp_path, f"slow-worker-{attempt}", "--workers", "2", "--listen",
+                       f"127.0.0.1:{port}", "--redis-url", redis_url)
+        try:
+            worker = _first_child(server.pid)
+            os.kill(worker, signal.SIGSTOP)  # a worker that is slow to start
+            try:
+                if worker in listener_pids(port):
+                    continue  # it bound before it was stopped: try again
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+                    # The owner serves and its table is in sync ...
+                    wait_until(lambda stub=stub: stub.GetStatus(
+                        pb.StatusRequest(), timeout=5, wait_for_ready=True).sync_live, bool, 20)
+                    time.sleep(0.5)
+                    # ... but while a worker does not, no banner and no SERVING.
+                    assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+                    assert not any("serving PreTradeRisk" in line for line in server.stdout), \
+                        server.stdout
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            target = server.wait_for_banner()
+            assert listener_pids(port) == sorted({server.pid, worker})
+            with grpc.insecure_channel(target) as channel:
+                wait_until(lambda channel=channel: _health(channel),
+                           lambda status: status == health_pb2.HealthCheckResponse.SERVING, 20)
+            assert server.terminate() == 0, server.log()
+            assert "Traceback" not in server.log(), server.log()
+            return
+        finally:
+            server.kill()
+    pytest.fail("the worker bound its port before it could be stopped, three times")
+
+
+def test_a_worker_of_a_killed_owner_stops_too(two_workers):
+    target, table_path, process = two_workers
+    channels = [_stub(target) for _ in range(16)]
+    try:
+        pids = {stub.GetStatus(pb.StatusRequest(), timeout=5).pid for _, stub in channels}
+    finally:
+        for channel, _ in channels:
+            channel.close()
+    assert pids == {process.pid} | (pids - {process.pid}) and len(pids) == 2
+    process.kill()  # kill -9: no chance to stop its workers itself
+    process.wait(10)
+    (worker,) = pids - {process.pid}
+    wait_until(lambda: process_alive(worker), lambda alive: not alive, 10)
 
 
 def test_orders_on_several_processes_never_jointly_breach_a_limit(two_workers):

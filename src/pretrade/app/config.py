@@ -47,6 +47,7 @@ __all__ = [
     "environment_variable",
     "load_settings",
     "parse_listen",
+    "redacted_url",
 ]
 
 CONFIG_FILE_ENV = "PRETRADE_CONFIG"
@@ -64,6 +65,7 @@ _MAX_INTEGER = 2**31 - 1
 _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lock_stripes",
                          "max_orders", "max_orders_per_account", "order_expiry_ms",
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
+                         "max_portfolio_streams", "max_control_calls", "max_open_calls",
                          "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book", "durable_decisions"})
@@ -142,12 +144,30 @@ def default_table_path(listen: str) -> Path:
     return directory / name
 
 
+def redacted_url(url: str) -> str:
+    """A Redis URL for a message: any user and password in it masked."""
+    return _URL_USERINFO.sub("//***@", url)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why redis-py could not connect to ``url`` as written, or None."""
+    from redis.connection import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except ValueError as error:
+        return str(error)
+    if url.startswith("unix://") and not parsed.get("path"):
+        return "a unix:// URL needs the socket's path, e.g. unix:///run/redis.sock"
+    return None
+
+
 def _redacted(name: str, value: object) -> str:
     """``repr(value)`` for an error message, with any password masked."""
     if name == "redis_password":
         return "'***'"
     if name == "redis_url" and isinstance(value, str):
-        return repr(_URL_USERINFO.sub("//***@", value))
+        return repr(redacted_url(value))
     return repr(value)
 
 
@@ -184,8 +204,12 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             _split_listen(value)
         except ValueError as error:
             raise problem(str(error)) from None
-    elif name == "redis_url" and not value.startswith(_REDIS_URL_SCHEMES):
-        raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
+    elif name == "redis_url":
+        if not value.startswith(_REDIS_URL_SCHEMES):
+            raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
+        reason = _url_problem(value)
+        if reason is not None:
+            raise problem(f"not a usable Redis URL: {reason}")
     elif name in _PATH_FIELDS and not value.strip():
         raise problem("must name a path")
     elif name == "auth":
@@ -242,13 +266,22 @@ class Settings:
     workers : int
         Server processes sharing one table and one port (SO_REUSEPORT).
     max_concurrent_rpcs : int
-        Calls one server process runs at once, every method counted; the next
-        is refused at once with RESOURCE_EXHAUSTED rather than queued. An open
-        StreamPortfolio stream holds one for as long as it is open, and health
-        checks count too: size it as streams + order-entry concurrency.
+        Order calls (EvaluateOrder, EvaluateOrders) one server process runs at
+        once; the next is refused at once with RESOURCE_EXHAUSTED rather than
+        queued. Each class of call has its own budget (below), so no other
+        class of call can use these up.
+    max_portfolio_streams : int
+        StreamPortfolio streams one process keeps open at once.
+    max_control_calls : int
+        Halt and GetStatus calls one process runs at once: order flow can
+        never keep the kill switch out.
+    max_open_calls : int
+        Health checks, health Watch streams and reflection calls (the services
+        open without a token) one process runs at once.
     shutdown_grace_ms : int
-        On SIGTERM, how long in-flight calls may take to finish before they
-        are cancelled; writing the queued audit entries may take as long again.
+        On SIGTERM, how long in-flight calls may take to finish; one still
+        running then ends UNAVAILABLE. Writing the queued audit entries may
+        take as long again.
     audit_max_len : int
         About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``);
         each entry is a batch of up to 1,000 records.
@@ -303,6 +336,9 @@ class Settings:
     max_sync_lag_ms: int = 2_000
     workers: int = 1
     max_concurrent_rpcs: int = 10_000
+    max_portfolio_streams: int = 10_000
+    max_control_calls: int = 100
+    max_open_calls: int = 100
     shutdown_grace_ms: int = 5_000
     audit_max_len: int = 1_000_000
     audit_queue_size: int = 100_000

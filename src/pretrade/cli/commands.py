@@ -11,7 +11,11 @@
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
 when the call itself fails; ``halt`` and ``status`` exit 0 or 2. Usage errors
-exit 2 (argparse's convention).
+exit 2 (argparse's convention). ``serve`` exits 0 after a clean stop, and
+with a status of its own for each reason it cannot start (the ``EXIT_*``
+constants; README, "Exit statuses"), after one line on stderr that says what
+to do. Any command whose output is cut short (``pretrade audit | head``)
+exits :data:`EXIT_BROKEN_PIPE`.
 
 The client commands talk plaintext without a token unless told otherwise:
 ``--token`` (``$PRETRADE_TOKEN``) sends ``authorization: Bearer <token>``;
@@ -50,14 +54,31 @@ from pretrade.cli.format import (
     format_status,
     to_json,
 )
+from pretrade.engine.errors import (
+    CannotListen,
+    CapacityRefused,
+    DataDirInUse,
+    RedisUnreachable,
+    StartupError,
+    TableInUse,
+    WorkerFailed,
+)
 from pretrade.engine.fixedpoint import parse_price, parse_quantity
 from pretrade.v1 import risk_pb2
 
 __all__ = [
     "DEFAULT_TARGET",
     "EXIT_APPROVED",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CANNOT_LISTEN",
+    "EXIT_CAPACITY_REFUSED",
+    "EXIT_DATA_DIR_IN_USE",
     "EXIT_FAILED",
+    "EXIT_NOTIFICATIONS",
+    "EXIT_REDIS_UNREACHABLE",
     "EXIT_REJECTED",
+    "EXIT_TABLE_IN_USE",
+    "EXIT_WORKER_FAILED",
     "TARGET_ENV",
     "build_halt_request",
     "build_order",
@@ -84,7 +105,33 @@ EXIT_APPROVED = 0
 EXIT_REJECTED = 1
 """``order``: the gateway rejected the order."""
 EXIT_FAILED = 2
-"""The call failed (gRPC error) or the settings are invalid."""
+"""The call failed (gRPC error) or the settings are invalid (a malformed Redis URL too)."""
+EXIT_NOTIFICATIONS = 3
+"""``serve``: Redis keyspace notifications are off and pretrade may not turn them on."""
+EXIT_CANNOT_LISTEN = 4
+"""``serve``: the listen address is in use (by whom, when visible) or cannot be bound."""
+EXIT_TABLE_IN_USE = 5
+"""``serve``: another live server holds the table file (its pid is named)."""
+EXIT_REDIS_UNREACHABLE = 6
+"""``serve``: Redis does not answer at the URL, or refuses the credentials."""
+EXIT_CAPACITY_REFUSED = 7
+"""``serve``: the table the capacities ask for cannot be made (larger than its filesystem)."""
+EXIT_DATA_DIR_IN_USE = 8
+"""``serve``: the embedded redis-server's data directory is held by another one."""
+EXIT_WORKER_FAILED = 9
+"""``serve --workers N``: a worker process ended before it served."""
+EXIT_BROKEN_PIPE = 141
+"""Stdout closed before the output ended (``| head``): 128 + SIGPIPE, as a shell reports it."""
+
+#: What ``serve`` exits with for each reason it cannot start.
+STARTUP_EXITS: dict[type[StartupError], int] = {
+    CannotListen: EXIT_CANNOT_LISTEN,
+    TableInUse: EXIT_TABLE_IN_USE,
+    RedisUnreachable: EXIT_REDIS_UNREACHABLE,
+    CapacityRefused: EXIT_CAPACITY_REFUSED,
+    DataDirInUse: EXIT_DATA_DIR_IN_USE,
+    WorkerFailed: EXIT_WORKER_FAILED,
+}
 
 SIDES = {
     "buy": risk_pb2.SIDE_BUY,
@@ -431,6 +478,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:  # the TLS and auth settings, checked before anything starts
         print(f"pretrade: bad settings: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except StartupError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return STARTUP_EXITS.get(type(error), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
     return status if isinstance(status, int) else 0
@@ -629,4 +679,14 @@ def main(argv: list[str] | None = None) -> int:
         :data:`EXIT_FAILED`. Usage errors raise ``SystemExit(2)``.
     """
     args = parse_args(argv)
-    return _COMMANDS[args.command](args)
+    try:
+        status = _COMMANDS[args.command](args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (``| head``) has what it wanted: no traceback, and no
+        # second failure when the interpreter flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("pretrade: the output was cut short (the reading end of the pipe closed)",
+              file=sys.stderr)
+        return EXIT_BROKEN_PIPE
+    return status

@@ -1,8 +1,10 @@
 """The domain's errors: a small hierarchy, with no transport in it.
 
 Code anywhere in pretrade raises these; :mod:`pretrade.api.status` is the one
-place that turns them into gRPC status codes. :class:`ConfigError` is apart:
-it stops a start (``pretrade serve`` exits 2 with its message), never a call.
+place that turns them into gRPC status codes. :class:`ConfigError` and the
+:class:`StartupError` family are apart: they stop a start (``pretrade serve``
+prints their message in one line and exits with a status of its own,
+:mod:`pretrade.cli.commands` says which), never a call.
 """
 
 from __future__ import annotations
@@ -42,3 +44,35 @@ class ConfigError(ValueError):
     The message names the setting, its value (passwords masked) and where it
     came from.
     """
+
+
+class StartupError(Exception):
+    """Something outside pretrade keeps ``pretrade serve`` from starting.
+
+    The message is one line that says what is wrong and what to do; nothing
+    was left behind (no table file, no child process).
+    """
+
+
+class CannotListen(StartupError):
+    """The listen address is in use by another process, or cannot be bound at all."""
+
+
+class TableInUse(StartupError):
+    """Another live server holds the lock on the table file."""
+
+
+class CapacityRefused(StartupError):
+    """The table the capacities ask for cannot be made (too large for its filesystem)."""
+
+
+class RedisUnreachable(StartupError):
+    """Redis does not answer at the configured URL, or refuses the credentials."""
+
+
+class DataDirInUse(StartupError):
+    """Another embedded redis-server (or its parent) holds the lock on the data directory."""
+
+
+class WorkerFailed(StartupError):
+    """A worker process of ``pretrade serve --workers N`` ended before it served."""

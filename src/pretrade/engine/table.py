@@ -4,10 +4,19 @@ The compiled ``PositionTable`` only ever sees a writable buffer. This module
 creates the backing file (normally under ``/dev/shm``), sizes it, maps it with
 ``MAP_SHARED`` so every server process that maps the same path shares one
 table, and hands the mapping to the core.
+
+A table in use is never truncated: the process that creates a table holds an
+exclusive ``flock`` on its file for as long as it lives (forked workers share
+it; the kernel releases it when the last of them dies), and writes its pid
+next to it (``<table>.owner``), so a second server refused the lock can name
+the one that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -15,6 +24,10 @@ from pathlib import Path
 
 from pretrade._core import PositionTable
 from pretrade._core.constants import DEFAULT_ORDER_EXPIRY_MS
+from pretrade.engine.errors import CapacityRefused, TableInUse
+
+#: Suffix of the file next to a table that names the process holding its lock.
+OWNER_SUFFIX = ".owner"
 
 
 @dataclass(frozen=True)
@@ -45,29 +58,56 @@ class MappedTable:
     one) and :meth:`attach` in every other process that maps it.
     """
 
-    def __init__(self, path: Path, mapping: mmap.mmap, table: PositionTable) -> None:
+    def __init__(self, path: Path, mapping: mmap.mmap, table: PositionTable,
+                 lock_fd: int | None = None) -> None:
         self.path = path
         self._mapping = mapping
         self.table = table
+        #: The locked descriptor of the table file (the creator only).
+        self._lock_fd = lock_fd
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], capacities: Capacities) -> MappedTable:
-        """Create (or replace) the file at ``path`` and format an empty table in it.
+        """Lock the file at ``path``, then (re)make it an empty table of ``capacities``.
 
         The file is sparse: pages cost memory only once a record is written.
+        Its lock is held until :meth:`close` (or the death of this process and
+        every process forked from it).
+
+        Raises
+        ------
+        TableInUse
+            Another live process holds the lock: nothing was changed.
+        CapacityRefused
+            The core refuses the capacities, or the table would not fit in the
+            free space of its filesystem (a sparse file that outgrows a tmpfs
+            kills the process with SIGBUS later). No file is left behind.
         """
         target = Path(path)
-        size = capacities.required_bytes()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            size = capacities.required_bytes()
+        except (ValueError, OverflowError) as error:
+            raise CapacityRefused(f"the table capacities are refused: {error}") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(target)
+        try:
+            _check_room(target, fd, size)
+            os.ftruncate(fd, 0)  # ours now: start from zeroes
             os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
-                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+            try:
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                                    prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, OverflowError, ValueError) as error:
+                raise CapacityRefused(
+                    f"cannot map a table of {_size_text(size)} at {target}: {error}; lower "
+                    "max_orders, max_positions, max_instruments or max_accounts") from None
+            table = _format(mapping, capacities)
+            _owner_path(target).write_text(f"{os.getpid()}\n")
+        except BaseException:
+            _remove(target)
             os.close(fd)
-        table = _format(mapping, capacities)
-        return cls(target, mapping, table)
+            raise
+        return cls(target, mapping, table, fd)
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str]) -> MappedTable:
@@ -83,11 +123,83 @@ class MappedTable:
         return cls(target, mapping, PositionTable.attach(mapping))
 
     def close(self, unlink: bool = False) -> None:
-        """Unmap the table; with ``unlink``, remove the file too (the owner, at exit)."""
+        """Unmap the table; with ``unlink``, remove the file too (the owner, at exit).
+
+        The creator's lock is released last, after the file is gone. A second
+        call does nothing.
+        """
+        if self._mapping.closed:
+            return
         self.table.release()
         self._mapping.close()
         if unlink:
-            self.path.unlink(missing_ok=True)
+            _remove(self.path)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def table_owner(path: str | os.PathLike[str]) -> int | None:
+    """The pid recorded next to a table by the process that created it, if readable."""
+    try:
+        text = _owner_path(Path(path)).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _owner_path(target: Path) -> Path:
+    return target.with_name(target.name + OWNER_SUFFIX)
+
+
+def _remove(target: Path) -> None:
+    target.unlink(missing_ok=True)
+    _owner_path(target).unlink(missing_ok=True)
+
+
+def _open_locked(target: Path) -> int:
+    """A descriptor of ``target`` (created if missing) with an exclusive flock on it.
+
+    Never truncates. Retries when the file it locked was unlinked meanwhile
+    (its previous owner was removing it): the lock must be on the file the
+    path names.
+    """
+    while True:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            owner = table_owner(target)
+            who = f"pretrade pid {owner}" if owner is not None else "another process"
+            raise TableInUse(
+                f"the table {target} is in use by {who}: stop that server first, or give "
+                "this one its own --table-path (and --listen)") from None
+        try:
+            same = os.stat(target).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def _check_room(target: Path, fd: int, size: int) -> None:
+    """Refuse a table larger than the free space of its filesystem (counting its old file)."""
+    with contextlib.suppress(OSError):
+        stats = os.fstatvfs(fd)
+        free = stats.f_bavail * stats.f_frsize + os.fstat(fd).st_blocks * 512
+        if size > free:
+            raise CapacityRefused(
+                f"the table needs {_size_text(size)} but {target.parent} has only "
+                f"{_size_text(free)} free: lower max_orders, max_positions, max_instruments or "
+                "max_accounts, or put table_path on a filesystem with room")
 
 
 def new_private_table(**capacities: int) -> PositionTable:

@@ -29,13 +29,22 @@ TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TAG_LENGTH)
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
-def quoted(text: str | bytes, limit: int = QUOTED_CHARACTERS) -> str:
-    """``repr`` of at most ``limit`` characters of ``text``, marked when cut."""
+def quoted(text: str | bytes | None, limit: int = QUOTED_CHARACTERS) -> str:
+    """``repr`` of at most ``limit`` characters of ``text``, marked when cut (None: ``None``)."""
+    if text is None:
+        return "None"
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clipped(text: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """``text`` itself when short, else its first ``limit`` characters marked as cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def is_valid_id(value: bytes) -> bool:

@@ -33,7 +33,7 @@ from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import InvalidRequest
 from pretrade.engine.fixedpoint import format_notional
 from pretrade.engine.limits import LimitKind
-from pretrade.engine.text import require_id
+from pretrade.engine.text import clipped, require_id
 from pretrade.state.schema import MAX_HALT_SECONDS, HaltRecord, halt_key
 from pretrade.v1 import risk_pb2 as pb
 
@@ -41,6 +41,8 @@ log = logging.getLogger("pretrade.halts")
 
 HaltKey = tuple[int, bytes]
 MAX_REASON_LENGTH = 512
+#: The most of a reason (or an author) a log line or an escalated reason quotes.
+LOGGED_REASON = 160
 
 
 class HaltListener(Protocol):
@@ -192,8 +194,8 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
         if audit is not None:
             audit.halt(SOURCE_RPC, scope, target, pb.HALT_MODE_ACTIVE, request.reason.strip(),
                        by, principal=principal)
-        log.warning("halt lifted: %s by %s (%s)", key.decode(), by,
-                    request.reason or "no reason given")
+        log.warning("halt lifted: %s by %s (%s)", key.decode(), clipped(by, LOGGED_REASON),
+                    clipped(request.reason, LOGGED_REASON) or "no reason given")
         return book.snapshot()
     now_ms = time.time_ns() // 1_000_000
     record = HaltRecord(
@@ -206,8 +208,8 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
     if audit is not None:
         audit.halt(SOURCE_RPC, scope, target, record.mode, record.reason, by,
                    record.expires_at_ms, principal=principal)
-    log.warning("halt set: %s %s by %s: %s", key.decode(),
-                pb.HaltMode.Name(record.mode), record.halted_by, record.reason)
+    log.warning("halt set: %s %s by %s: %s", key.decode(), pb.HaltMode.Name(record.mode),
+                clipped(record.halted_by, LOGGED_REASON), clipped(record.reason, LOGGED_REASON))
     return book.snapshot()
 
 
@@ -272,7 +274,9 @@ class Breakers:
                 seconds = 0
             else:
                 seconds = max(seconds, -(-(existing.expires_at_ms - now_ms) // 1000))
-            reason += f"; escalated from {pb.HaltMode.Name(existing.mode)} ({existing.reason})"
+            # The reason in force may be anything an operator wrote to Redis.
+            reason += (f"; escalated from {pb.HaltMode.Name(existing.mode)} "
+                       f"({clipped(existing.reason, LOGGED_REASON)})")
         record = HaltRecord(pb.HALT_SCOPE_ACCOUNT, account, mode, reason, RISK_ENGINE, now_ms,
                             now_ms + seconds * 1000 if seconds else 0)
         self.book.enforce(record)

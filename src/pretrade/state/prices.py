@@ -50,7 +50,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from pretrade.engine.text import is_valid_id
+from pretrade.engine.text import is_valid_id, quoted
 from pretrade.state.schema import StateError, parse_last_price
 from pretrade.state.sync import LINK_ERRORS, RedisSync
 
@@ -189,7 +189,7 @@ class PriceFeed:
         raw_price = fields.get(b"price")
         try:
             if symbol is None or not is_valid_id(symbol):
-                raise StateError(f"symbol {symbol!r} is not a valid symbol")
+                raise StateError(f"symbol {quoted(symbol)} is not a valid symbol")
             if raw_price is None:
                 raise StateError("no price field")
             return symbol, parse_last_price(raw_price)

@@ -21,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 from pretrade._core.constants import RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
-from pretrade.engine.text import is_valid_id, is_valid_tag
+from pretrade.engine.text import is_valid_id, is_valid_tag, quoted
 from pretrade.v1 import risk_pb2 as pb
 
 TICKERS_BY_LOT = b"tickers_by_lot:"
@@ -148,8 +148,9 @@ def fills_by_order(quantities: Mapping[bytes, bytes],
     for lot, order_id in orders_by_lot.items():
         raw = quantities.get(lot)
         if raw is None:
-            raise StateError(f"lot {lot!r} is attributed to {order_id!r} but has no quantity")
-        filled[order_id] = filled.get(order_id, 0) + abs(parse_int64(raw, f"lot {lot!r}"))
+            raise StateError(f"lot {quoted(lot)} is attributed to {quoted(order_id)} but has "
+                             "no quantity")
+        filled[order_id] = filled.get(order_id, 0) + abs(parse_int64(raw, f"lot {quoted(lot)}"))
     return filled
 
 
@@ -169,10 +170,10 @@ def parse_locates(fields: Mapping[bytes, bytes]) -> dict[bytes, int]:
     locates = {}
     for symbol, raw in fields.items():
         if not is_valid_id(symbol):
-            raise StateError(f"locate for {symbol!r}: not a valid symbol")
-        quantity = parse_int64(raw, f"locate {symbol!r}")
+            raise StateError(f"locate for {quoted(symbol)}: not a valid symbol")
+        quantity = parse_int64(raw, f"locate {quoted(symbol)}")
         if quantity < 0:
-            raise StateError(f"locate {symbol!r} is negative: {quantity}")
+            raise StateError(f"locate {quoted(symbol)} is negative: {quantity}")
         locates[symbol] = quantity
     return locates
 
@@ -259,10 +260,10 @@ _INTEGER = re.compile(rb"[+-]?[0-9]{1,19}")
 def parse_int64(raw: bytes | None, what: str) -> int:
     """A base-10 int64 with no decimal point, exponent or whitespace."""
     if raw is None or _INTEGER.fullmatch(raw) is None:
-        raise StateError(f"{what}: {raw!r} is not an integer")
+        raise StateError(f"{what}: {quoted(raw)} is not an integer")
     value = int(raw)
     if not fits_int64(value):
-        raise StateError(f"{what}: {raw!r} does not fit in int64")
+        raise StateError(f"{what}: {quoted(raw)} does not fit in int64")
     return value
 
 
@@ -281,18 +282,18 @@ def aggregate_lots(
     positions: dict[bytes, tuple[int, int]] = {}
     for lot in sorted(lots):
         if lot not in tickers or lot not in quantities or lot not in prices:
-            raise StateError(f"lot {lot!r} is not in all three lot hashes")
+            raise StateError(f"lot {quoted(lot)} is not in all three lot hashes")
         symbol = tickers[lot]
         if not is_valid_id(symbol):
-            raise StateError(f"lot {lot!r}: {symbol!r} is not a valid symbol")
-        quantity = parse_int64(quantities[lot], f"lot {lot!r} quantity")
-        price = parse_int64(prices[lot], f"lot {lot!r} price")
+            raise StateError(f"lot {quoted(lot)}: {quoted(symbol)} is not a valid symbol")
+        quantity = parse_int64(quantities[lot], f"lot {quoted(lot)} quantity")
+        price = parse_int64(prices[lot], f"lot {quoted(lot)} price")
         if price < 0:
-            raise StateError(f"lot {lot!r}: negative price {price}")
+            raise StateError(f"lot {quoted(lot)}: negative price {price}")
         net, basis = positions.get(symbol, (0, 0))
         net, basis = net + quantity, basis + quantity * price
         if not (fits_int64(net) and fits_int64(basis)):
-            raise StateError(f"position in {symbol!r} does not fit in int64")
+            raise StateError(f"position in {quoted(symbol)} does not fit in int64")
         positions[symbol] = (net, basis)
     return positions
 
@@ -328,33 +329,36 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
         try:
             kind = LimitKind.from_field(name.decode("ascii"))
         except (KeyError, UnicodeDecodeError):
-            raise StateError(f"unknown limit field {raw_field!r}") from None
-        value = parse_int64(raw_value, f"limit {raw_field!r}")
+            raise StateError(f"unknown limit field {quoted(raw_field)}") from None
+        value = parse_int64(raw_value, f"limit {quoted(raw_field)}")
         if value < 0:
-            raise StateError(f"limit {raw_field!r} is negative: {value}")
+            raise StateError(f"limit {quoted(raw_field)} is negative: {value}")
         if colon and not suffix:
-            raise StateError(f"limit {raw_field!r}: empty name after the colon")
+            raise StateError(f"limit {quoted(raw_field)}: empty name after the colon")
         if kind == LimitKind.AUTO_HALT_SECONDS and value > MAX_HALT_SECONDS:
-            raise StateError(f"limit {raw_field!r} = {value}: at most {MAX_HALT_SECONDS} "
+            raise StateError(f"limit {quoted(raw_field)} = {value}: at most {MAX_HALT_SECONDS} "
                              "seconds (a year)")
         if kind in (LimitKind.MAX_ORDERS_PER_WINDOW, LimitKind.MAX_REJECTS_PER_WINDOW) \
                 and value > RATE_RING_CAPACITY:
-            raise StateError(f"limit {raw_field!r} = {value}: the engine remembers at most "
-                             f"{RATE_RING_CAPACITY} orders per account for its windows")
+            raise StateError(f"limit {quoted(raw_field)} = {value}: the engine remembers at "
+                             f"most {RATE_RING_CAPACITY} orders per account for its windows")
         if not suffix:
             parsed.account[kind] = value
         elif kind in NAMED_LIMITS:
             if not is_valid_tag(suffix):
-                raise StateError(f"limit {raw_field!r}: {suffix!r} is not a valid name")
+                raise StateError(f"limit {quoted(raw_field)}: {quoted(suffix)} is not a valid "
+                                 "name")
             target = parsed.venues if kind == LimitKind.MAX_VENUE_EXPOSURE \
                 else parsed.counterparties
             target[suffix] = value
         elif kind in PER_SYMBOL_LIMITS:
             if not is_valid_id(suffix):
-                raise StateError(f"limit {raw_field!r}: {suffix!r} is not a valid symbol")
+                raise StateError(f"limit {quoted(raw_field)}: {quoted(suffix)} is not a valid "
+                                 "symbol")
             parsed.per_symbol.setdefault(suffix, {})[kind] = value
         else:
-            raise StateError(f"limit {raw_field!r}: {name.decode()} cannot be set per symbol")
+            raise StateError(f"limit {quoted(raw_field)}: {name.decode()} cannot be set per "
+                             "symbol")
     for what, named in (("venue", parsed.venues), ("counterparty", parsed.counterparties)):
         if len(named) > TAG_LIMIT_SLOTS:
             raise StateError(f"at most {TAG_LIMIT_SLOTS} named {what} limits per account")
@@ -438,7 +442,7 @@ def parse_halt(scope: int, target: bytes, fields: Mapping[bytes, bytes]) -> Halt
     """Parse a ``halt:*`` hash. An unknown mode raises StateError."""
     mode = _HALT_MODES_BY_NAME.get(fields.get(b"mode", b"").upper())
     if mode is None:
-        raise StateError(f"halt {target!r}: unknown mode {fields.get(b'mode')!r}")
+        raise StateError(f"halt {quoted(target)}: unknown mode {quoted(fields.get(b'mode'))}")
 
     def text(name: bytes) -> str:
         return fields.get(name, b"").decode("utf-8", errors="replace")

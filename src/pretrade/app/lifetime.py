@@ -1,0 +1,94 @@
+"""Child processes that die with their parent, and the listeners of a port.
+
+``pretrade serve`` starts children (an embedded redis-server, forked worker
+processes). None of them may outlive it after a ``kill -9``: a worker would
+keep deciding on a table nobody syncs, a redis-server would keep its data
+directory for itself. :func:`die_with_parent` asks Linux to signal a child
+when its parent dies (``PR_SET_PDEATHSIG``); elsewhere it does nothing.
+
+:func:`listener_pids` names the processes listening on a TCP port (from
+``/proc``), so a refused start can say who holds the port.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["die_with_parent", "listener_pids", "process_name"]
+
+_PR_SET_PDEATHSIG = 1
+_TCP_LISTEN = "0A"
+
+if sys.platform.startswith("linux"):
+    # Looked up here, in the parent: a child between fork and exec only calls it.
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+else:  # pragma: no cover - pretrade runs on Linux; elsewhere children may outlive it
+    _prctl = None
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Have this process receive ``signum`` when its parent ``parent`` dies.
+
+    Call it in the child, right after the fork (a ``preexec_fn`` for
+    :class:`subprocess.Popen`). The signal follows the *thread* that forked,
+    so fork from a thread that lives as long as the parent (the main thread).
+    If ``parent`` is already gone, the signal is sent at once.
+    """
+    if _prctl is None:
+        return
+    if _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+
+
+def listener_pids(port: int) -> list[int]:
+    """Processes with a TCP socket listening on ``port`` (any address), as far as visible.
+
+    Reads ``/proc/net/tcp{,6}`` and each process's open descriptors; a process
+    of another user is not seen. Empty when nothing is found (or not on Linux).
+    """
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            if int(fields[1].rpartition(":")[2], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(descriptor)
+            except OSError:
+                continue
+            if target in sockets:
+                found.append(int(entry.name))
+                break
+    return sorted(found)
+
+
+def process_name(pid: int) -> str:
+    """The command name of ``pid`` (``/proc/PID/comm``), or ``""``."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
