@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import codes, order, seed_account, wait_until
 from pretrade.app.lifetime import listener_pids
+from pretrade.cli.commands import EXIT_WORKER_FAILED
 from pretrade.engine.table import MappedTable
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
@@ -144,6 +145,31 @@ def test_the_banner_and_health_serving_wait_for_every_worker(redis_client, redis
                            lambda status: status == health_pb2.HealthCheckResponse.SERVING, 20)
             assert server.terminate() == 0, server.log()
             assert "Traceback" not in server.log(), server.log()
+            return
+        finally:
+            server.kill()
+    pytest.fail("the worker bound its port before it could be stopped, three times")
+
+
+def test_a_worker_that_dies_before_it_serves_fails_the_start_with_its_own_status(
+        redis_client, redis_url, tmp_path):
+    seed_account(redis_client)
+    for attempt in range(3):
+        port = free_port()
+        server = Serve(tmp_path, f"dying-worker-{attempt}", "--workers", "2", "--listen",
+                       f"127.0.0.1:{port}", "--redis-url", redis_url)
+        try:
+            worker = _first_child(server.pid)
+            os.kill(worker, signal.SIGSTOP)
+            if worker in listener_pids(port):
+                continue  # it bound before it was stopped: try again
+            os.kill(worker, signal.SIGKILL)
+            assert server.wait() == EXIT_WORKER_FAILED, server.log()
+            last = server.log().strip().splitlines()[-1]
+            assert last.startswith("pretrade: ") and "worker" in last, server.log()
+            assert "Traceback" not in server.log(), server.log()
+            assert not any("serving PreTradeRisk" in line for line in server.stdout)
+            assert not (tmp_path / f"dying-worker-{attempt}.table").exists()
             return
         finally:
             server.kill()

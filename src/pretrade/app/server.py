@@ -421,7 +421,7 @@ async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> boo
         elif not data:
             done.set_exception(WorkerFailed(
                 f"{workers - seen} of {workers} worker processes ended before they served "
-                "(their log lines above say why)"))
+                "(any log lines of theirs above say why)"))
 
     os.set_blocking(ready, False)
     loop.add_reader(ready, readable)
