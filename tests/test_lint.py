@@ -55,3 +55,15 @@ def test_every_reject_code_has_its_own_message():
         if code != pb.REJECT_CODE_UNSPECIFIED:
             assert not describe_rejection(code, 1, 2).startswith("rejected with code"), (
                 pb.RejectCode.Name(code))
+
+
+def test_the_package_ships_its_license_and_its_type_marker():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert (ROOT / "src" / "pretrade" / "py.typed").is_file()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["pretrade"]
