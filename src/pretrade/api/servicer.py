@@ -42,6 +42,8 @@ log = logging.getLogger("pretrade.servicer")
 
 #: How often an order waiting for its account's state looks at the table.
 STATE_POLL_SECONDS = 0.0005
+#: How long before a call's deadline a wait on Redis gives up, so the answer arrives first.
+ANSWER_MARGIN_SECONDS = 0.05
 
 _MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
 #: Times an id is looked up in Redis while its account keeps evicting records.
@@ -68,11 +70,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  portfolio: PortfolioHub | None = None,
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
-                 audit: AuditTrail | None = None, state_wait_seconds: float = 2.0) -> None:
+                 audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0) -> None:
         self.engine = engine
-        #: The longest an order waits for the account state it asks for
-        #: (Order.min_state_version): the sync's lag bound.
-        self.state_wait_seconds = state_wait_seconds
+        #: The longest a call waits on Redis's behalf (its decisions made
+        #: durable, the account state it asks for): the sync's lag bound. A
+        #: Redis that holds a call back longer is unavailable, not slow.
+        self.wait_limit_seconds = wait_limit_seconds
         self.halts = halts
         self.redis = redis_client
         self.breakers = Breakers(engine.table, halts, redis_client, audit)
@@ -211,26 +214,36 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             account_id=order.account_id, symbol=order.symbol, notional=notional,
             replayed=replayed)
 
-    async def wait_for_state(self, orders: Iterable[pb.Order],
-                             deadline_seconds: float | None) -> None:
-        """Wait, bounded, until the table holds the account versions the orders ask for.
+    def wait_budget(self, deadline_seconds: float | None) -> float:
+        """Seconds a call may wait on Redis: the limit, and short of its deadline.
 
-        Read your own writes (``Order.min_state_version``): at most
-        ``state_wait_seconds`` and short of the call's deadline. Whatever is
-        still behind then is rejected STALE_DATA by the pipeline itself.
+        Short enough before the deadline (``deadline_seconds`` left, None: no
+        deadline) for the answer, UNAVAILABLE or a decision, to reach the
+        client rather than its deadline passing first.
         """
+        if deadline_seconds is None:
+            return self.wait_limit_seconds
+        margin = min(ANSWER_MARGIN_SECONDS, deadline_seconds / 10)
+        return min(self.wait_limit_seconds, deadline_seconds - margin)
+
+    @staticmethod
+    def states_wanted(orders: Iterable[pb.Order]) -> dict[bytes, int]:
+        """``{account: version}`` the orders ask the table for (Order.min_state_version)."""
         wanted: dict[bytes, int] = {}
         for order in orders:
             if order.min_state_version > 0:
                 account = order.account_id.encode("utf-8", "replace")
                 if is_valid_id(account):
                     wanted[account] = max(wanted.get(account, 0), order.min_state_version)
-        if not wanted:
-            return
-        wait = self.state_wait_seconds
-        if deadline_seconds is not None:
-            wait = min(wait, deadline_seconds - min(0.05, deadline_seconds / 10))
-        give_up = time.monotonic() + wait
+        return wanted
+
+    async def wait_for_state(self, wanted: dict[bytes, int], budget: float) -> None:
+        """Wait, at most ``budget`` seconds, until the table holds the versions ``wanted``.
+
+        Read your own writes: whatever is still behind then is rejected
+        STALE_DATA by the pipeline itself.
+        """
+        give_up = time.monotonic() + budget
         table = self.engine.table
         while any(table.state_version(a) < v for a, v in wanted.items()) \
                 and time.monotonic() < give_up:
@@ -245,7 +258,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         """
         if not durable or self.journal is None:
             return
-        await self.journal.commit(durable, deadline_seconds)
+        await self.journal.commit(durable, self.wait_budget(deadline_seconds))
 
     def _mark_durable(self, written: list[DecidedOrder]) -> None:
         self.engine.table.mark_durable_many([(d.account, d.order_id) for d in written])
@@ -254,7 +267,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
-            await self.wait_for_state((request,), context.time_remaining())
+            if request.min_state_version:
+                await self.wait_for_state(self.states_wanted((request,)),
+                                          self.wait_budget(context.time_remaining()))
             expired: list[Expired] = []
             decision, durable = self.decide_durably(request, expired=expired)
             if expired:
@@ -299,7 +314,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         try:
             _check_deadline(context)
             validate_batch(request)
-            await self.wait_for_state(request.orders, context.time_remaining())
+            if wanted := self.states_wanted(request.orders):
+                await self.wait_for_state(wanted, self.wait_budget(context.time_remaining()))
             durable: list[DecidedOrder] = []
             expired: list[Expired] = []
             reply = self.decide_batch(request, durable, expired)

@@ -38,6 +38,10 @@ from pretrade._core.constants import (
 )
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
+from pretrade.engine.table import Capacities
+
+#: The table's own capacity defaults: the settings' defaults are these.
+_TABLE = Capacities()
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -326,11 +330,11 @@ class Settings:
     redis_url: str | None = None
     listen: str = "127.0.0.1:50051"
     table_path: str | None = None
-    max_accounts: int = 16384
-    max_instruments: int = 65536
-    max_positions: int = 1_048_576
-    lock_stripes: int = 64
-    max_orders: int = 262_144
+    max_accounts: int = _TABLE.max_accounts
+    max_instruments: int = _TABLE.max_instruments
+    max_positions: int = _TABLE.max_positions
+    lock_stripes: int = _TABLE.lock_stripes
+    max_orders: int = _TABLE.max_orders
     max_orders_per_account: int | None = None
     order_expiry_ms: int = DEFAULT_ORDER_EXPIRY_MS
     max_sync_lag_ms: int = 2_000

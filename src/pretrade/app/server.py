@@ -101,12 +101,11 @@ class Gateway:
         if not worker:
             # Halt changes seen in Redis are audited once, by the owner process.
             self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
-        self.journal = (Journal(self.redis, max_wait_seconds=settings.max_sync_lag_ms / 1000)
-                        if settings.durable_decisions else None)
+        self.journal = Journal(self.redis) if settings.durable_decisions else None
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
                                              audit=self.audit,
-                                             state_wait_seconds=settings.max_sync_lag_ms / 1000)
+                                             wait_limit_seconds=settings.max_sync_lag_ms / 1000)
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.

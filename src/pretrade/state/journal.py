@@ -39,8 +39,6 @@ log = logging.getLogger("pretrade.orders")
 FORMAT = b"\x02"
 #: Records of the first version were ``;``-joined text starting ``1;``.
 LEGACY_FORMAT = b"1;"
-#: How long before the caller's deadline a wait for durability gives up.
-ANSWER_MARGIN_SECONDS = 0.05
 #: Pause after a failed write, doubled per failure up to the maximum.
 RETRY_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
@@ -133,11 +131,8 @@ def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
 class Journal:
     """Group-committed writes of decided orders to Redis."""
 
-    def __init__(self, client: aioredis.Redis, *, max_wait_seconds: float = 2.0) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        #: The longest a caller waits for its write (the sync's lag bound): a
-        #: Redis that holds writes back longer is unavailable, not slow.
-        self.max_wait_seconds = max_wait_seconds
         self.written = 0
         self.failed = 0
         #: Told of every batch once Redis has it (the table marks them durable).
@@ -146,15 +141,14 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
 
-    async def commit(self, orders: Iterable[DecidedOrder],
-                     deadline_seconds: float | None = None) -> None:
+    async def commit(self, orders: Iterable[DecidedOrder], timeout: float) -> None:
         """Return once ``orders`` are in Redis; raise Unavailable when they cannot be.
 
-        Waits at most ``max_wait_seconds``, and ends early enough for the
-        caller's deadline (``deadline_seconds`` left, None: no deadline) to
-        hear :class:`~pretrade.engine.errors.Unavailable` rather than time
-        out. The write itself goes on: the decision becomes durable when
-        Redis takes it, and a re-sent order id replays it.
+        Waits at most ``timeout`` seconds (the caller bounds it by the sync's
+        lag bound and its call's deadline), then raises
+        :class:`~pretrade.engine.errors.Unavailable`. The write itself goes
+        on: the decision becomes durable when Redis takes it, and a re-sent
+        order id replays it.
         """
         batch = list(orders)
         if not batch:
@@ -166,18 +160,13 @@ class Journal:
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush())
-        wait = self.max_wait_seconds
-        if deadline_seconds is not None:
-            # Leave the answer time to reach the client before its deadline.
-            wait = min(wait, deadline_seconds - min(ANSWER_MARGIN_SECONDS,
-                                                    deadline_seconds / 10))
         try:
-            await asyncio.wait_for(asyncio.shield(done), timeout=max(wait, 0.0))
+            await asyncio.wait_for(asyncio.shield(done), timeout=max(timeout, 0.0))
         except TimeoutError:
             raise Unavailable(
-                f"the decision could not be made durable within {wait * 1000:.0f} ms (Redis "
-                "holds writes back); it stands and will be written when Redis takes it: "
-                "re-send the same order id, it replays") from None
+                f"the decision could not be made durable within {timeout * 1000:.0f} ms "
+                "(Redis holds writes back); it stands and will be written when Redis takes "
+                "it: re-send the same order id, it replays") from None
 
     async def _write(self, pending: list[DecidedOrder]) -> None:
         # Writing a decided order twice writes the same bytes: one retry is

@@ -15,6 +15,7 @@ equal Redis) and by reconciliation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -49,15 +50,11 @@ class Difference:
 
 async def load_from_redis(client: aioredis.Redis, capacities: Capacities) -> PositionTable:
     """A private table loaded from Redis exactly as a starting server loads it, and live."""
-    table = new_private_table(**_fields(capacities))
+    table = new_private_table(**dataclasses.asdict(capacities))
     sync = RedisSync(client, table, HaltBook(table))
     await sync.full_load()
     table.set_sync_live(True)
     return table
-
-
-def _fields(capacities: Capacities) -> dict[str, int]:
-    return {name: getattr(capacities, name) for name in capacities.__dataclass_fields__}
 
 
 def _account(table: PositionTable, account: bytes) -> dict[str, Any]:
