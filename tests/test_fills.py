@@ -64,15 +64,19 @@ def test_a_partial_fill_then_a_cancel_release_the_rest(seeded, gateway, stub):
     assert stub.EvaluateOrder(order(quantity=70)).approved
 
 
-def _sample(path: str, seconds: float, out: multiprocessing.Queue) -> None:
+def _sample(path: str, ready, stop, out: multiprocessing.Queue) -> None:
     # Another process reading the shared table under the account's lock,
-    # as fast as it can: every (position, working) pair it ever sees.
+    # as fast as it can: every (position, working) pair it ever sees, from
+    # the moment it says it is reading until it is told to stop.
     mapped = MappedTable.attach(path)
     seen: dict[tuple[int, int, int], int] = {}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        state = mapped.table.position_and_working(b"ACC-1", b"AAPL")
-        seen[state] = seen.get(state, 0) + 1
+    state = mapped.table.position_and_working(b"ACC-1", b"AAPL")
+    seen[state] = 1
+    ready.set()
+    while not stop.is_set():
+        for _ in range(1000):
+            state = mapped.table.position_and_working(b"ACC-1", b"AAPL")
+            seen[state] = seen.get(state, 0) + 1
     mapped.close()
     out.put(seen)
 
@@ -85,15 +89,29 @@ def test_no_moment_in_which_a_fill_counts_twice_or_not_at_all(seeded, gateway, s
         assert stub.EvaluateOrder(order(quantity=5, order_id=f"W{n}")).approved
     context = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = context.Queue()
-    sampler = context.Process(target=_sample, args=(str(gateway.gateway.mapped.path), 4.0, out))
+    ready, stop = context.Event(), context.Event()
+    sampler = context.Process(target=_sample,
+                              args=(str(gateway.gateway.mapped.path), ready, stop, out),
+                              daemon=True)
     sampler.start()
-    time.sleep(1.0)  # let the sampler start reading before the fills land
-    for n in range(20):
-        report_fill(seeded, f"L{n}", f"W{n}", 5)
-        time.sleep(0.02)
+    try:
+        _fill_all_while_sampling(seeded, table, ready)
+    finally:
+        stop.set()
     seen = out.get(timeout=30)
     sampler.join(10)
     assert table.position_and_working(b"ACC-1", b"AAPL") == (100, 0, 0)
     totals = {position + working_buy for position, working_buy, _ in seen}
     assert totals == {100}, f"samples by state: {seen}"
     assert len(seen) > 10, "the sampler must have seen the fills land one by one"
+
+
+def _fill_all_while_sampling(seeded, table, ready) -> None:
+    # the fills must land while the sampler reads: a slow spawn on a loaded
+    # machine once left it reading only the final state
+    assert ready.wait(60), "the sampler process never started reading"
+    for n in range(20):
+        report_fill(seeded, f"L{n}", f"W{n}", 5)
+        wait_until(lambda: table.position_and_working(b"ACC-1", b"AAPL"),
+                   lambda state, n=n: state[0] == 5 * (n + 1))
+        time.sleep(0.01)
