@@ -104,6 +104,8 @@ operations = st.one_of(
     st.builds(lambda sc, a, s, m: _op("set_halt", sc, a if sc == pb.HALT_SCOPE_ACCOUNT else s, m),
               st.sampled_from(HALT_SCOPES), accounts, symbols, st.sampled_from(HALT_MODES)),
     st.builds(lambda live: _op("set_sync_live", live), st.booleans()),
+    # a writer's deadline, which evaluations after it must treat as stale
+    st.builds(lambda until: _op("set_sync_live", True, until), st.integers(0, 10**10)),
     st.just(_op("clear_halts")),
     # decided orders: durable, leaving the table, restored
     st.builds(lambda pairs: _op("mark_durable_many", pairs),
@@ -295,4 +297,6 @@ class RandomWalk:
                        {c: tag_limit() for c in COUNTERPARTIES[1:] if rng.random() < 0.5})
         if roll < 0.975:
             return _op("clear_halts")
+        if rng.random() < 0.5:  # a deadline just ahead of or behind the walk's clock
+            return _op("set_sync_live", True, self.now_ns + rng.choice([-1, 0, 1, 3_000_000]))
         return _op("set_sync_live", rng.random() < 0.9)

@@ -244,8 +244,11 @@ cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept
     # Stale: the table is not live, or older than the account snapshot the
     # order asks for (read your own writes: observed = the account's
     # version:{ACC} in the table, limit = the one the order needs).
+    # The writer renews the deadline while the canary comes back; a writer
+    # that stopped renewing it (killed, frozen) leaves a table that expires.
     cdef int64_t version
-    if L.pt_load_i32(&ctx.header.sync_live) != 1:
+    cdef int64_t until = L.pt_load_i64(&ctx.header.sync_live_until_ns)
+    if L.pt_load_i32(&ctx.header.sync_live) != 1 or (until != 0 and out.order.now_ns > until):
         reject(out, L.REJECT_STALE_DATA, 0, 0)
     elif out.order.min_state_version > 0:
         version = L.pt_load_i64(&ctx.account.state_version) if ctx.account != NULL else 0

@@ -40,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 4
+    LAYOUT_VERSION = 5
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -265,6 +265,10 @@ cdef struct TableHeader:
     int32_t override_count
     int32_t global_halt             # HaltMode
     int32_t sync_live               # 1 while the sync link trusts the table
+    int32_t header_pad
+    int64_t sync_live_until_ns      # CLOCK_MONOTONIC; 0: no deadline. Orders decided
+                                    # after it are STALE_DATA: a table writer that stops
+                                    # (killed, frozen) fails closed without saying so
     int64_t sync_version            # bumped on every applied change
     int64_t recovered_locks         # locks taken over from a dead owner
     int64_t order_expiry_ns         # non-working durable records leave after this long

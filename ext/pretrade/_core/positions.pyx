@@ -3,6 +3,7 @@
 
 from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strncmp
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
 
@@ -16,6 +17,13 @@ LAYOUT = {
     "max_id_length": L.MAX_ID_LENGTH,
     "limit_kinds": L.LIMIT_KIND_COUNT,
 }
+
+
+cdef inline int64_t _monotonic_ns() noexcept nogil:
+    # The clock of time.perf_counter_ns on Linux, which decisions are stamped with.
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return <int64_t>now.tv_sec * 1_000_000_000 + now.tv_nsec
 
 
 class TableFullError(MemoryError):
@@ -1443,15 +1451,29 @@ cdef class PositionTable:
             L.pt_store_i32(&self.instruments[i].halt_mode, L.HALT_NONE)
         self._bump_version()
 
-    def set_sync_live(self, bint live):
-        """Say whether the sync link trusts the table; while not, orders get STALE_DATA."""
+    def set_sync_live(self, bint live, int64_t until_ns=0):
+        """Say whether the sync link trusts the table; while not, orders get STALE_DATA.
+
+        ``until_ns`` (CLOCK_MONOTONIC, as ``time.perf_counter_ns``) bounds the
+        trust: orders decided after it get STALE_DATA until the writer renews
+        it. 0: no deadline (private tables of tests and tools).
+        """
+        L.pt_store_i64(&self.header.sync_live_until_ns, until_ns if live else 0)
         L.pt_store_i32(&self.header.sync_live, 1 if live else 0)
 
     # -- PYTHON READERS (status, tests) --
 
     @property
     def sync_live(self):
-        return L.pt_load_i32(&self.header.sync_live) == 1
+        """Live and within the writer's deadline, by this process's clock now."""
+        cdef int64_t until = L.pt_load_i64(&self.header.sync_live_until_ns)
+        if L.pt_load_i32(&self.header.sync_live) != 1:
+            return False
+        return until == 0 or _monotonic_ns() <= until
+
+    @property
+    def sync_live_until_ns(self):
+        return L.pt_load_i64(&self.header.sync_live_until_ns)
 
     @property
     def sync_version(self):

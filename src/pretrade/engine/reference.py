@@ -720,6 +720,7 @@ class ReferenceBook:
         self.clock_ns = 0
         self.global_halt = HALT_NONE
         self.sync_live = False
+        self.sync_live_until_ns = 0
 
     # -- STATE (mirrors PositionTable) --
 
@@ -771,8 +772,9 @@ class ReferenceBook:
         if len(self.positions) + new_positions > self.max_positions:
             raise self._full(POSITIONS, "position")
 
-    def set_sync_live(self, live: bool) -> None:
+    def set_sync_live(self, live: bool, until_ns: int = 0) -> None:
         self.sync_live = live
+        self.sync_live_until_ns = until_ns if live else 0
 
 
     def set_account_state(self, account_id: bytes, *, known: bool, invalid: bool = False,
@@ -1158,7 +1160,9 @@ class ReferenceBook:
         if account is not None and instrument is not None:
             slot = self.positions.get((account_id, symbol))
         ctx = Context(
-            sync_live=self.sync_live, global_halt=self.global_halt, account=account,
+            sync_live=self.sync_live and (self.sync_live_until_ns == 0
+                                          or now_ns <= self.sync_live_until_ns),
+            global_halt=self.global_halt, account=account,
             instrument=instrument, slot=slot, symbol=symbol, quantity=quantity, price=price,
             side=side, order_type=order_type, now_ns=now_ns, venue=venue,
             counterparty=counterparty, capacities=self.capacities,

@@ -295,6 +295,12 @@ class RedisSync:
         return int((time.monotonic() - self.confirmed_at) * 1000)
 
     @property
+    def live_until_ns(self) -> int:
+        """Until when the table may be trusted (CLOCK_MONOTONIC ns): the newest confirmed
+        beat plus the lag bound."""
+        return int(self.confirmed_at * 1e9) + self.max_lag_ms * 1_000_000
+
+    @property
     def beat_seconds(self) -> float:
         """How often the canary is written: four beats per lag bound."""
         return max(self.max_lag_ms / 4000, 0.01)
@@ -316,6 +322,7 @@ class RedisSync:
         # longer arrive all fail closed on their own, and force a resync.
         beating: asyncio.Task[None] | None = None
         last_beat = 0.0
+        reported = False
         while True:
             now = time.monotonic()
             if self.following and (beating is None or beating.done()) \
@@ -323,8 +330,14 @@ class RedisSync:
                 last_beat = now
                 beating = asyncio.create_task(self._beat(), name="pretrade-sync-canary")
             live = self.following and self.lag_ms <= self.max_lag_ms
-            if live != self.table.sync_live:
-                self.table.set_sync_live(live)
+            if live:
+                # Renewed every turn: the table stays trusted only while this
+                # writer runs (a killed or frozen writer's table expires).
+                self.table.set_sync_live(True, self.live_until_ns)
+            if live != reported:
+                reported = live
+                if not live:
+                    self.table.set_sync_live(False)
                 if live:
                     log.info("sync live (lag %d ms)", self.lag_ms)
                 elif self.following:
