@@ -91,9 +91,15 @@ class ServeProcess:
             self.output.append(line)
 
     def kill(self) -> None:
+        """kill -9 the sync process; its server processes end by themselves (waited for)."""
         if self.process.poll() is None:
+            servers = child_pids(self.process.pid)
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+            deadline = time.monotonic() + 20
+            while any(_alive(pid) for pid in servers):
+                assert time.monotonic() < deadline, f"server processes {servers} outlived kill -9"
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -102,3 +108,20 @@ class ServeProcess:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (a ``pretrade serve``'s server processes)."""
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

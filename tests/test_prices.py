@@ -28,7 +28,7 @@ def xadd(r: redis.Redis, **fields: Any) -> bytes:
 
 def feed_stats(gateway: GatewayThread) -> PriceFeedStats:
     async def copy() -> PriceFeedStats:
-        return PriceFeedStats(**vars(gateway.gateway.prices.stats))
+        return PriceFeedStats(**vars(gateway.gateway.writer.prices.stats))
 
     return gateway.run(copy())
 

@@ -128,7 +128,7 @@ def test_the_banner_and_health_serving_wait_for_every_worker(redis_client, redis
                     continue  # it bound before it was stopped: try again
                 with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                     stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-                    # The owner serves and its table is in sync ...
+                    # The other server process serves and the table is in sync ...
                     wait_until(lambda stub=stub: stub.GetStatus(
                         pb.StatusRequest(), timeout=5, wait_for_ready=True).sync_live, bool, 20)
                     time.sleep(0.5)
@@ -139,7 +139,11 @@ def test_the_banner_and_health_serving_wait_for_every_worker(redis_client, redis
             finally:
                 os.kill(worker, signal.SIGCONT)
             target = server.wait_for_banner()
-            assert listener_pids(port) == sorted({server.pid, worker})
+            # The server processes listen; the sync process (the one started) does not.
+            children = [int(pid) for pid in
+                        Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+            assert worker in children and len(children) == 2
+            assert listener_pids(port) == sorted(children)
             with grpc.insecure_channel(target) as channel:
                 wait_until(lambda channel=channel: _health(channel),
                            lambda status: status == health_pb2.HealthCheckResponse.SERVING, 20)
@@ -184,11 +188,12 @@ def test_a_worker_of_a_killed_owner_stops_too(two_workers):
     finally:
         for channel, _ in channels:
             channel.close()
-    assert pids == {process.pid} | (pids - {process.pid}) and len(pids) == 2
-    process.kill()  # kill -9: no chance to stop its workers itself
+    # two server processes answer; the sync process that started them does not
+    assert len(pids) == 2 and process.pid not in pids
+    process.kill()  # kill -9: no chance to stop its server processes itself
     process.wait(10)
-    (worker,) = pids - {process.pid}
-    wait_until(lambda: process_alive(worker), lambda alive: not alive, 10)
+    for worker in pids:
+        wait_until(lambda worker=worker: process_alive(worker), lambda alive: not alive, 10)
 
 
 def test_orders_on_several_processes_never_jointly_breach_a_limit(two_workers):

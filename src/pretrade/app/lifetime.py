@@ -92,3 +92,19 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def serving_group(pid: int) -> int:
+    """The ``pretrade serve`` process that ``pid`` serves for (its parent), else ``pid``.
+
+    The server processes of a group are forked children of its sync process,
+    which is the one a user started and would stop.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        command = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return pid
+    is_serve = b"serve" in command and any(b"pretrade" in part for part in command)
+    return parent if is_serve else pid

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,16 +35,17 @@ from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
 from pretrade.app.config import Settings, redacted_url
-from pretrade.app.lifetime import die_with_parent, listener_pids, process_name
+from pretrade.app.lifetime import die_with_parent, listener_pids, process_name, serving_group
 from pretrade.app.security import ServerAccess
+from pretrade.app.writer import TableWriter, settings_redis
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
-from pretrade.engine.table import Capacities, MappedTable, new_private_table
-from pretrade.state.connection import connect, redis_client
-from pretrade.state.halts import HaltBook, HaltObserver
+from pretrade.engine.table import Capacities, MappedTable
+from pretrade.state.connection import connect
+from pretrade.state.feed import FeedFollower, new_channel
+from pretrade.state.halts import HaltBook
 from pretrade.state.journal import Journal
-from pretrade.state.prices import PriceFeed
-from pretrade.state.sync import RedisSync, SyncConfigError
+from pretrade.state.sync import SyncConfigError
 from pretrade.stream.portfolio import PortfolioHub
 from pretrade.v1 import risk_pb2, risk_pb2_grpc
 
@@ -60,47 +60,51 @@ GROUP_SERVING_SIGNAL = signal.SIGUSR1
 
 
 class Gateway:
-    """One pretrade server process: call :meth:`start`, then :meth:`stop`."""
+    """One pretrade server process: call :meth:`start`, then :meth:`stop`.
+
+    Without ``channel`` it is the whole server in one process: it writes the
+    table itself (a :class:`~pretrade.app.writer.TableWriter` on the same
+    loop), as tests and tools run it. With ``channel`` it is one of the
+    server processes of ``pretrade serve``: it maps the table the sync process
+    writes, decides on it, and follows that process's change feed for its
+    portfolio streams and halt book.
+    """
 
     def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
-                 worker: bool = False) -> None:
+                 channel: bytes | None = None) -> None:
         # First: contradictory or incomplete TLS/auth settings stop here, before
         # a table file or a connection exists.
         self.access = ServerAccess.from_settings(settings)
         self.settings = settings
         self.redis_url = redis_url
-        self.worker = worker
-        capacities = capacities_of(settings)
-        if worker:
-            # Another process owns the table and its sync: map it, and follow
-            # Redis with a sync of our own into a private table, only to feed
-            # this process's portfolio streams and halt book.
-            self.mapped = MappedTable.attach(settings.resolved_table_path())
-            self.table = self.mapped.table
-            sync_table = new_private_table(**dataclasses.asdict(capacities))
-            self.halts = HaltBook(sync_table, shared=self.table)
-        else:
-            self.mapped = mapped or MappedTable.create(settings.resolved_table_path(),
-                                                       capacities)
-            self.table = sync_table = self.mapped.table
-            self.halts = HaltBook(self.table)
-        self.engine = Engine(self.table)
+        self.reader = channel is not None
         self.redis = settings_redis(redis_url, settings)
-        self.sync = RedisSync(self.redis, sync_table, self.halts,
-                              max_lag_ms=settings.max_sync_lag_ms)
-        # Registered before the sync starts, so the hub sees the first full load.
-        self.portfolio = PortfolioHub(self.table, self.sync.ready)
-        self.sync.listeners.append(self.portfolio)
-        self.halts.listeners.append(self.portfolio)
-        self.prices = PriceFeed(self.redis, self.sync)
         # Its own connection, without redis-py's timer around every reply (a
         # quarter of the writer's CPU): the writer bounds each batch itself.
         self.audit = AuditTrail(settings_redis(redis_url, settings, socket_timeout=None),
                                 max_len=settings.audit_max_len,
                                 queue_size=settings.audit_queue_size)
-        if not worker:
-            # Halt changes seen in Redis are audited once, by the owner process.
-            self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
+        self.writer: TableWriter | None = None
+        self.feed: FeedFollower | None = None
+        if channel is not None:
+            self.mapped = mapped or MappedTable.attach(settings.resolved_table_path())
+            self.table = self.mapped.table
+            self.halts = HaltBook(None, shared=self.table)
+            self.feed = FeedFollower(self.redis, channel, self.table, self.halts)
+            ready = self.feed.ready
+        else:
+            self.mapped = mapped or MappedTable.create(settings.resolved_table_path(),
+                                                       capacities_of(settings))
+            self.table = self.mapped.table
+            self.writer = TableWriter(settings, redis_url, self.table, audit=self.audit)
+            self.halts = self.writer.halts
+            ready = self.writer.sync.ready
+        self.ready = ready
+        self.engine = Engine(self.table)
+        # Registered before the sync starts, so the hub sees the first full load.
+        self.portfolio = PortfolioHub(self.table, ready)
+        (self.feed or self.writer.sync).listeners.append(self.portfolio)  # type: ignore[union-attr]
+        self.halts.listeners.append(self.portfolio)
         self.journal = Journal(self.redis) if settings.durable_decisions else None
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
@@ -124,13 +128,14 @@ class Gateway:
         self.serving = False
         #: Set once every process of the group serves: health stays NOT_SERVING before.
         self.group_serving = asyncio.Event()
-        if settings.workers == 1:
+        if not self.reader:
             self.group_serving.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Check Redis, bind, serve; the table loads in the background. Returns the port."""
-        await self.sync.ensure_notifications()
+        if self.writer is not None:
+            await self.writer.prepare()
         risk_pb2_grpc.add_PreTradeRiskServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -144,15 +149,13 @@ class Gateway:
         if self.port == 0:
             raise CannotListen(_cannot_listen(self.settings.listen, self.settings.listen_port))
         await self.server.start()
-        # Before the sync's first load starts, so ticks during the load are replayed.
-        await self.prices.mark_start()
         self.audit.start()
-        self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
-                       asyncio.create_task(self.prices.run(), name="pretrade-prices"),
-                       asyncio.create_task(self._track_health(), name="pretrade-health")]
-        if not self.worker:
-            self._tasks.append(asyncio.create_task(self._expire_orders(),
-                                                   name="pretrade-order-expiry"))
+        if self.writer is not None:
+            await self.writer.start()
+        else:
+            assert self.feed is not None
+            self._tasks.append(asyncio.create_task(self.feed.run(), name="pretrade-feed"))
+        self._tasks.append(asyncio.create_task(self._track_health(), name="pretrade-health"))
         log.info("serving %s on port %d (table %s; %s)", SERVICE_NAME, self.port,
                  self.mapped.path, self.access.summary)
         self.access.warn_if_exposed(self.settings)
@@ -161,56 +164,44 @@ class Gateway:
     def status(self) -> risk_pb2.ServerStatus:
         """What GetStatus answers: sync state and lag, table use, counters."""
         counts = self.table.counts()
-        stats = self.sync.stats
-        return risk_pb2.ServerStatus(
-            sync_live=self.table.sync_live, lag_ms=self.sync.lag_ms,
-            max_lag_ms=self.sync.max_lag_ms,
-            last_full_load_unix_ms=self.sync.last_full_load_unix_ms,
-            full_loads=stats.full_loads,
-            last_full_load_ms=int(stats.last_full_load_seconds * 1000),
-            events_applied=stats.events, invalid_entities=stats.invalid_entities,
-            last_error=stats.last_error, accounts=counts["accounts"],
-            instruments=counts["instruments"], positions=counts["positions"],
-            orders=counts["orders"], max_orders=counts["max_orders"],
-            automatic_halts=self.servicer.breakers.tripped,
-            price_ticks=self.prices.stats.ticks_applied, pid=os.getpid(),
-            audit_written=self.audit.stats.written, audit_dropped=self.audit.stats.dropped,
-            audit_pending=self.audit.pending, audit_write_errors=self.audit.stats.write_errors,
-            sync_refreshes=stats.refreshes, orders_restored=stats.orders_restored,
+        if self.writer is not None:
+            status = self.writer.status()
+        else:
+            assert self.feed is not None
+            # The sync's figures come from the writer's feed (at most a quarter
+            # of a second old); liveness is the table's own, read now.
+            status = risk_pb2.ServerStatus()
+            status.CopyFrom(self.feed.status)
+        status.MergeFrom(risk_pb2.ServerStatus(
+            accounts=counts["accounts"], instruments=counts["instruments"],
+            positions=counts["positions"], orders=counts["orders"],
+            max_orders=counts["max_orders"], automatic_halts=self.servicer.breakers.tripped,
+            pid=os.getpid(), audit_written=self.audit.stats.written,
+            audit_dropped=self.audit.stats.dropped, audit_pending=self.audit.pending,
+            audit_write_errors=self.audit.stats.write_errors,
             automatic_halts_unwritten=self.servicer.breakers.unwritten,
             automatic_halt_write_failures=self.servicer.breakers.write_failures,
             journal_written=self.journal.written if self.journal else 0,
             journal_failures=self.journal.failed if self.journal else 0,
             journal_pending=self.journal.pending if self.journal else 0,
-            capacity_exhausted=len(self.sync.over_capacity),
-            orders_evicted=counts["orders_evicted"])
+            orders_evicted=counts["orders_evicted"]))
+        status.sync_live = self.table.sync_live
+        return status
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
         async def loaded_and_serving() -> None:
-            await self.sync.ready.wait()
+            await self.ready.wait()
             while not self.serving:
                 await asyncio.sleep(HEALTH_POLL_SECONDS / 5)
 
         await asyncio.wait_for(loaded_and_serving(), timeout)
 
-    async def _expire_orders(self) -> None:
-        # The table owner lets durable decided orders that stopped working
-        # order_expiry_ms ago leave the shared table, a bounded number per
-        # round (the same clock as the decisions: CLOCK_MONOTONIC).
-        period = max(0.01, min(0.25, self.settings.order_expiry_ms / 4000))
-        budget = 10_000
-        while True:
-            if self.table.expire_orders(time.perf_counter_ns(), budget) < budget:
-                await asyncio.sleep(period)
-            else:
-                await asyncio.sleep(0)
-
     async def _track_health(self) -> None:
         # Health follows the table's liveness: SERVING only while in sync.
         reported: bool | None = None
         while True:
-            live = self.table.sync_live and self.group_serving.is_set()
+            live = self.table.sync_live and self.group_serving.is_set() and self.ready.is_set()
             if live != reported:
                 status = (health_pb2.HealthCheckResponse.SERVING if live
                           else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -239,22 +230,26 @@ class Gateway:
         # No call runs any more, so every decision answered is queued by now.
         await self.audit.close(timeout=grace)
         await self.audit.client.aclose()
-        self.sync.stop()
-        self.prices.stop()
+        if self.feed is not None:
+            self.feed.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.writer is not None:
+            await self.writer.stop(grace)
         await self.redis.aclose()
-        self.mapped.close(unlink=not self.worker)
+        self.mapped.close(unlink=not self.reader)
 
     async def abandon(self) -> None:
         """Undo a :meth:`start` that failed: nothing was served, so nothing is flushed."""
         await self.server.stop(None)
         await self.audit.client.aclose()
+        if self.writer is not None:
+            await self.writer.abandon()
         await self.redis.aclose()
-        self.mapped.close(unlink=not self.worker)
+        self.mapped.close(unlink=not self.reader)
 
 
 def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:
@@ -308,13 +303,6 @@ Ctrl-C stops it.
 """
 
 
-def settings_redis(url: str, settings: Settings, *,
-                   socket_timeout: float | None = 10) -> aioredis.Redis:
-    """:func:`~pretrade.state.connection.redis_client` with the settings' ACL user and password."""
-    return redis_client(url, username=settings.redis_username,
-                        password=settings.redis_password, socket_timeout=socket_timeout)
-
-
 def capacities_of(settings: Settings) -> Capacities:
     return Capacities(
         max_accounts=settings.max_accounts, max_instruments=settings.max_instruments,
@@ -360,8 +348,8 @@ async def _check_redis(settings: Settings, redis_url: str) -> None:
 
 def _cannot_listen(listen: str, port: int, reason: str = "") -> str:
     """The one line for a listen address that cannot be bound, naming who holds it."""
-    holders = [f"pid {pid} ({process_name(pid) or '?'})" for pid in listener_pids(port)] \
-        if port else []
+    groups = sorted({serving_group(pid) for pid in listener_pids(port)}) if port else []
+    holders = [f"pid {pid} ({process_name(pid) or '?'})" for pid in groups]
     if holders:
         return (f"cannot listen on {listen}: it is in use by {', '.join(holders)}; stop that "
                 "server first, or choose another --listen HOST:PORT")
@@ -442,47 +430,29 @@ async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> boo
             done.cancel()
 
 
-async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
-                 worker: bool, *, ready: int | None = None,
-                 children: tuple[int, ...] = ()) -> int:
-    """One process of the group: start, wait for SIGTERM or SIGINT, stop.
+async def _serve(settings: Settings, redis_url: str, channel: bytes, ready: int) -> int:
+    """One server process of the group: start, say so on ``ready``, serve until SIGTERM/SIGINT.
 
-    A worker writes one byte to ``ready`` once it serves; the owner waits for
-    every worker's byte (on ``ready``), then signals them (GROUP_SERVING_SIGNAL),
-    and only then prints the banner and lets health report SERVING.
+    Health stays NOT_SERVING until the sync process signals that every
+    process of the group serves (GROUP_SERVING_SIGNAL) and the table is live.
     """
-    gateway = Gateway(settings, redis_url, mapped=mapped, worker=worker)
+    gateway = Gateway(settings, redis_url, channel=channel)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    if worker:
-        loop.add_signal_handler(GROUP_SERVING_SIGNAL, gateway.group_serving.set)
+    loop.add_signal_handler(GROUP_SERVING_SIGNAL, gateway.group_serving.set)
     try:
-        port = await gateway.start()
-    except SyncConfigError as error:
-        log.critical("%s", error)
-        await gateway.abandon()
-        return 3
+        await gateway.start()
     except BaseException:
         await gateway.abandon()
         raise
     try:
-        if worker and ready is not None:
-            os.write(ready, b"1")
-            os.close(ready)
-        elif ready is not None and not await _workers_serving(ready, len(children), stop):
-            port = 0  # stopped while the workers were starting
+        os.write(ready, b"1")
+        os.close(ready)
     except BaseException:
         await gateway.stop(grace=1.0)
         raise
-    if not worker and port:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, GROUP_SERVING_SIGNAL)
-        gateway.group_serving.set()
-        print(_banner(port, settings.listen_host, redis_url, settings.workers, gateway.access),
-              flush=True)
     await stop.wait()
     log.info("stopping: health NOT_SERVING, finishing in-flight calls")
     await gateway.stop()
@@ -490,7 +460,7 @@ async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
 
 
 def _fixed_port(settings: Settings) -> Settings:
-    # Worker processes must bind the same port: resolve ":0" once, up front.
+    # Every server process must bind the same port: resolve ":0" once, up front.
     if settings.listen_port != 0:
         return settings
     with socket.socket(socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET) \
@@ -501,58 +471,152 @@ def _fixed_port(settings: Settings) -> Settings:
     return dataclasses.replace(settings, listen=f"{host}:{port}")
 
 
-def _run_worker(number: int, settings: Settings, redis_url: str, ready: int,
-                owner: int) -> None:
-    """A forked worker's whole life; never returns (``os._exit``)."""
+def _run_server_process(number: int, settings: Settings, redis_url: str, channel: bytes,
+                        ready: int, owner: int) -> None:
+    """A forked server process's whole life; never returns (``os._exit``)."""
     status = 1
     try:
-        # A worker must not outlive its owner: nobody would sync its table.
+        # Nobody would write its table without the sync process: it ends with it.
         die_with_parent(owner)
-        log.info("worker %d (pid %d) starting", number, os.getpid())
-        status = asyncio.run(_serve(settings, redis_url, None, worker=True, ready=ready))
+        log.info("server process %d (pid %d) starting", number, os.getpid())
+        status = asyncio.run(_serve(settings, redis_url, channel, ready))
     except BaseException:
-        log.exception("worker %d failed", number)
+        log.exception("server process %d failed", number)
     finally:
         os._exit(status)
 
 
+async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channel: bytes,
+                 ready: int, children: list[int]) -> int:
+    """The sync process: write the table, start the group, supervise it, stop it last.
+
+    The table is written here only; the server processes decide on it. Once
+    every server process serves and the first load is done, they are told
+    (GROUP_SERVING_SIGNAL) and the banner is printed. A server process that
+    ends on its own stops the group (WorkerFailed). At SIGTERM the server
+    processes stop first (their calls in flight may still wait for the
+    sync), then the writer.
+    """
+    writer = TableWriter(settings, redis_url, mapped.table, channel=channel)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await writer.prepare()
+    except SyncConfigError as error:
+        log.critical("%s", error)
+        await writer.abandon()
+        return 3
+    await writer.start()
+    try:
+        if not await _workers_serving(ready, len(children), stop):
+            return 0  # stopped while the server processes were starting
+        loaded = asyncio.ensure_future(writer.sync.ready.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        loaded.cancel()
+        stopping.cancel()
+        if stop.is_set():
+            return 0
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, GROUP_SERVING_SIGNAL)
+        print(_banner(settings.listen_port, settings.listen_host, redis_url, settings.workers,
+                      ServerAccess.from_settings(settings)), flush=True)
+        await _supervise(children, stop)
+        log.info("stopping: the server processes first, then the sync")
+        return 0
+    finally:
+        await _stop_children(children, settings.shutdown_grace_ms / 1000 + 5)
+        await writer.stop(settings.shutdown_grace_ms / 1000)
+
+
+async def _supervise(children: list[int], stop: asyncio.Event) -> None:
+    """Until ``stop``; WorkerFailed as soon as a server process ends on its own."""
+    while not stop.is_set():
+        for pid in children:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                children.remove(pid)
+                raise WorkerFailed(
+                    f"server process {pid} ended ({_exit_text(status)}); the group stopped, "
+                    "start it again (any log lines of that process above say why)")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+async def _stop_children(children: list[int], timeout: float) -> None:
+    """SIGTERM each server process; wait for them (SIGKILL past ``timeout``); reap them."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while children:
+        for pid in list(children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                children.remove(pid)
+        if children and time.monotonic() > deadline:
+            log.error("server processes %s did not stop within %.0f s: killed", children,
+                      timeout)
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        if children:
+            await asyncio.sleep(0.02)
+
+
 def _serve_processes(settings: Settings, redis_url: str) -> int:
-    """The owner process and ``workers - 1`` forked workers on one port and one table.
+    """The sync process (this one) and ``workers`` forked server processes, one table.
 
     Nothing is made before the listen address and Redis have been checked,
     and a table another live server holds is never touched (its lock says so).
-    Everything that must be shared (the table file, the port number) is made
-    before the fork, and no gRPC or event-loop object exists yet: each process
-    builds its own server afterwards and binds with SO_REUSEPORT.
+    Everything that must be shared (the table file, the port number, the
+    change-feed channel) is made before the fork, and no gRPC or event-loop
+    object exists yet: each server process builds its own server afterwards
+    (bound with SO_REUSEPORT when there are several).
     """
     _probe_listen(settings)
     asyncio.run(_check_redis(settings, redis_url))
     if settings.demo_book:
         asyncio.run(_load_demo(settings, redis_url))
-    if settings.workers > 1:
-        settings = _fixed_port(settings)
+    settings = _fixed_port(settings)
     mapped = MappedTable.create(settings.resolved_table_path(), capacities_of(settings))
+    channel = new_channel()
     children: list[int] = []
     ready_read, ready_write = os.pipe()
     try:
         owner = os.getpid()
-        for number in range(1, settings.workers):
+        for number in range(1, settings.workers + 1):
             pid = os.fork()
             if pid == 0:
                 os.close(ready_read)
-                _run_worker(number, settings, redis_url, ready_write, owner)
+                _run_server_process(number, settings, redis_url, channel, ready_write, owner)
             children.append(pid)
         os.close(ready_write)
         ready_write = -1
-        return asyncio.run(_serve(settings, redis_url, mapped, worker=False,
-                                  ready=ready_read if children else None,
-                                  children=tuple(children)))
+        return asyncio.run(_write(settings, mapped, redis_url, channel, ready_read, children))
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         for pid in children:
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         for fd in (ready_read, ready_write):
             if fd >= 0:
                 with contextlib.suppress(OSError):

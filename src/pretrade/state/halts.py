@@ -54,11 +54,13 @@ class HaltListener(Protocol):
 class HaltBook:
     """Halts in force in this process, mirrored into the PositionTable."""
 
-    def __init__(self, table: PositionTable, shared: PositionTable | None = None) -> None:
+    def __init__(self, table: PositionTable | None, shared: PositionTable | None = None
+                 ) -> None:
+        # The writer's book mirrors into the table it writes. A server process
+        # that only reads the table keeps a book without one (table None), fed
+        # by the change feed; halts it sets itself (RPC, breakers) go to the
+        # shared table, so every process's next order sees them at once.
         self.table = table
-        # A worker process keeps its book on a private table fed by its own
-        # sync; halts it sets itself (RPC, breakers) go to the shared table too,
-        # so every process's next order sees them at once.
         self.shared = shared
         self._halts: dict[HaltKey, HaltRecord] = {}
         # Bumped by every local write; the sync skips applying a read that a
@@ -73,14 +75,20 @@ class HaltBook:
     def apply(self, record: HaltRecord) -> None:
         key = (record.scope, record.target)
         self._halts[key] = record
-        _set_halt(self.table, record.scope, record.target, record.mode)
+        if self.table is not None:
+            _set_halt(self.table, record.scope, record.target, record.mode)
         self._notify(record.scope, record.target, record.mode, record.reason)
 
     def lift(self, scope: int, target: bytes) -> None:
         """Lift a halt; idempotent (the table may hold it even if the book does not)."""
         self._halts.pop((scope, target), None)
-        _set_halt(self.table, scope, target, 0)
+        if self.table is not None:
+            _set_halt(self.table, scope, target, 0)
         self._notify(scope, target, 0, "")
+
+    def keys(self) -> list[HaltKey]:
+        """The (scope, target) of every halt in force."""
+        return list(self._halts)
 
     def current(self, scope: int, target: bytes) -> HaltRecord | None:
         return self._halts.get((scope, target))
@@ -103,7 +111,8 @@ class HaltBook:
         """Make the book and the table hold exactly these halts (full load)."""
         before = set(self._halts)
         self._halts.clear()
-        self.table.clear_halts()
+        if self.table is not None:
+            self.table.clear_halts()
         for record in records:
             self.apply(record)  # notifies each
         for scope, target in before - set(self._halts):

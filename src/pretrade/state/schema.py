@@ -276,22 +276,37 @@ def aggregate_lots(
     Net quantity is the sum of the lots' signed quantities; cost basis is the
     sum of quantity x price, so the average cost is cost_basis / quantity
     (lots 10 @ 683378 and 10 @ 688200 give 20 with cost basis 13715780, an
-    average of 685789: $68.5789). Every lot must appear in all three hashes.
+    average of 685789: $68.5789). Every lot must appear in all three hashes;
+    each position's sums must fit in int64.
+
+    An account may hold 100,000 lots and be re-read on every change of one:
+    the loop does only what each lot needs (a message is made only for an
+    error; each symbol is validated once).
     """
-    lots = set(tickers) | set(quantities) | set(prices)
-    positions: dict[bytes, tuple[int, int]] = {}
-    for lot in sorted(lots):
-        if lot not in tickers or lot not in quantities or lot not in prices:
-            raise StateError(f"lot {quoted(lot)} is not in all three lot hashes")
-        symbol = tickers[lot]
-        if not is_valid_id(symbol):
-            raise StateError(f"lot {quoted(lot)}: {quoted(symbol)} is not a valid symbol")
-        quantity = parse_int64(quantities[lot], f"lot {quoted(lot)} quantity")
-        price = parse_int64(prices[lot], f"lot {quoted(lot)} price")
+    if not (tickers.keys() == quantities.keys() == prices.keys()):
+        lots = set(tickers) | set(quantities) | set(prices)
+        missing = min(lot for lot in lots
+                      if lot not in tickers or lot not in quantities or lot not in prices)
+        raise StateError(f"lot {quoted(missing)} is not in all three lot hashes")
+    integer = _INTEGER.fullmatch
+    sums: dict[bytes, list[int]] = {}
+    for lot, symbol in tickers.items():
+        raw_quantity, raw_price = quantities[lot], prices[lot]
+        if integer(raw_quantity) is None or integer(raw_price) is None:
+            parse_int64(raw_quantity, f"lot {quoted(lot)} quantity")
+            parse_int64(raw_price, f"lot {quoted(lot)} price")
+        quantity, price = int(raw_quantity), int(raw_price)
         if price < 0:
             raise StateError(f"lot {quoted(lot)}: negative price {price}")
-        net, basis = positions.get(symbol, (0, 0))
-        net, basis = net + quantity, basis + quantity * price
+        found = sums.get(symbol)
+        if found is None:
+            if not is_valid_id(symbol):
+                raise StateError(f"lot {quoted(lot)}: {quoted(symbol)} is not a valid symbol")
+            found = sums[symbol] = [0, 0]
+        found[0] += quantity
+        found[1] += quantity * price
+    positions: dict[bytes, tuple[int, int]] = {}
+    for symbol, (net, basis) in sums.items():
         if not (fits_int64(net) and fits_int64(basis)):
             raise StateError(f"position in {quoted(symbol)} does not fit in int64")
         positions[symbol] = (net, basis)
@@ -429,6 +444,11 @@ class HaltRecord:
             fields[b"expires_at"] = str(self.expires_at_ms).encode()
         return fields
 
+    @classmethod
+    def from_proto(cls, halt: pb.Halt) -> HaltRecord:
+        return cls(halt.scope, halt.target.encode(), halt.mode, halt.reason, halt.halted_by,
+                   halt.halted_at_unix_ms, halt.expires_at_unix_ms)
+
     def to_proto(self) -> pb.Halt:
         return pb.Halt(
             scope=cast(pb.HaltScope, self.scope), target=self.target.decode(),
@@ -436,6 +456,29 @@ class HaltRecord:
             halted_by=self.halted_by, halted_at_unix_ms=self.halted_at_ms,
             expires_at_unix_ms=self.expires_at_ms,
         )
+
+
+def halt_from_redis(scope: int, target: bytes, fields: object, ttl_ms: object,
+                    now_ms: int) -> tuple[HaltRecord, StateError | None]:
+    """A ``halt:*`` HGETALL reply and its PTTL as the halt in force, and the error if any.
+
+    Someone meant to halt: an unreadable halt (a reply that is an error, such
+    as WRONGTYPE, or fields that do not parse) is a full halt. A key with a
+    TTL and no ``expires_at`` expires with its key.
+    """
+    error = None
+    try:
+        if not isinstance(fields, dict):
+            raise StateError(f"unreadable: {fields}")
+        record = parse_halt(scope, target, fields)
+    except StateError as failure:
+        error = failure
+        record = HaltRecord(scope, target, pb.HALT_MODE_HALTED,
+                            f"unreadable halt record ({failure})", "unknown", now_ms)
+    if isinstance(ttl_ms, int) and ttl_ms > 0 and not record.expires_at_ms:
+        record = HaltRecord(record.scope, record.target, record.mode, record.reason,
+                            record.halted_by, record.halted_at_ms, now_ms + ttl_ms)
+    return record, error
 
 
 def parse_halt(scope: int, target: bytes, fields: Mapping[bytes, bytes]) -> HaltRecord:

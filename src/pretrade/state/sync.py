@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,6 @@ from pretrade.state.schema import (
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
     SCAN_PATTERNS,
-    HaltRecord,
     InstrumentRef,
     KeyKind,
     ParsedLimits,
@@ -57,13 +56,13 @@ from pretrade.state.schema import (
     balances_key,
     classify,
     fills_by_order,
+    halt_from_redis,
     halt_key,
     instrument_key,
     limits_key,
     locates_key,
     orders_key,
     parse_balances,
-    parse_halt,
     parse_instrument,
     parse_last_price,
     parse_limits,
@@ -233,6 +232,8 @@ class RedisSync:
         #: Entities that do not fit in the table now: (kind, name) -> the Capacity full.
         self.over_capacity: dict[tuple[str, bytes], int] = {}
         self.listeners: list[SyncListener] = []
+        #: Called after every full load (the change feed says "refresh everything").
+        self.load_listeners: list[Callable[[], None]] = []
         self.ready = asyncio.Event()
         self.max_lag_ms = max_lag_ms
         self.following = False          # loaded, subscribed and reading notifications
@@ -549,6 +550,8 @@ class RedisSync:
         self.stats.full_loads += 1
         self.last_full_load_unix_ms = time.time_ns() // 1_000_000
         self.stats.last_full_load_seconds = time.perf_counter() - started
+        for loaded in self.load_listeners:
+            loaded()
         counts = self.table.counts()
         log.info("loaded %d accounts, %d instruments, %d position slots, %d halts from Redis "
                  "in %.3f s", len(self.accounts), len(self.instruments), counts["positions"],
@@ -926,21 +929,12 @@ class RedisSync:
             if self.halts.generation((scope, target)) != generations[n]:
                 continue  # a local Halt RPC overtook this read; its event follows
             fields, ttl_ms = replies[2 * n], replies[2 * n + 1]
-            if isinstance(ttl_ms, Exception):
-                ttl_ms = 0
             if not fields:
                 self.halts.lift(scope, target)
                 continue
-            try:
-                record = parse_halt(scope, target, _hash(fields))
-            except StateError as error:
-                # Someone meant to halt: an unreadable halt is a full halt.
+            record, error = halt_from_redis(scope, target, fields, ttl_ms, now_ms)
+            if error is not None:
                 self._invalid("halt", halt_key(scope, target), error)
-                record = HaltRecord(scope, target, pb.HALT_MODE_HALTED,
-                                    f"unreadable halt record ({error})", "unknown", now_ms)
-            if ttl_ms and ttl_ms > 0 and not record.expires_at_ms:
-                record = HaltRecord(record.scope, record.target, record.mode, record.reason,
-                                    record.halted_by, record.halted_at_ms, now_ms + ttl_ms)
             self.halts.apply(record)
 
     def _does_not_fit(self, what: str, name: bytes, error: TableFullError) -> None:

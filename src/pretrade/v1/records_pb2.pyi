@@ -112,3 +112,23 @@ class AuditHalt(_message.Message):
     by: str
     expires_at_unix_ms: int
     def __init__(self, source: _Optional[str] = ..., scope: _Optional[_Union[_risk_pb2.HaltScope, str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[_risk_pb2.HaltMode, str]] = ..., reason: _Optional[str] = ..., by: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class TableChanges(_message.Message):
+    __slots__ = ("sequence", "accounts", "invalid_changed", "symbols", "halts", "reloaded", "status", "writer")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    INVALID_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    HALTS_FIELD_NUMBER: _ClassVar[int]
+    RELOADED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    accounts: _containers.RepeatedScalarFieldContainer[bytes]
+    invalid_changed: _containers.RepeatedScalarFieldContainer[bytes]
+    symbols: _containers.RepeatedScalarFieldContainer[bytes]
+    halts: _containers.RepeatedCompositeFieldContainer[_risk_pb2.Halt]
+    reloaded: bool
+    status: _risk_pb2.ServerStatus
+    writer: str
+    def __init__(self, sequence: _Optional[int] = ..., accounts: _Optional[_Iterable[bytes]] = ..., invalid_changed: _Optional[_Iterable[bytes]] = ..., symbols: _Optional[_Iterable[bytes]] = ..., halts: _Optional[_Iterable[_Union[_risk_pb2.Halt, _Mapping]]] = ..., reloaded: _Optional[bool] = ..., status: _Optional[_Union[_risk_pb2.ServerStatus, _Mapping]] = ..., writer: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,150 @@
+"""The table writer: everything that keeps the shared table equal to Redis.
+
+``pretrade serve`` runs it in a process of its own (the sync process), and
+the processes that answer orders only read the table, so re-reading a
+large account, a bulk load or a restore never waits in line with a
+decision. It holds:
+
+* :class:`~pretrade.state.sync.RedisSync` (bulk load, keyspace
+  notifications, re-reads, restore of decided orders, the canary) and its
+  :class:`~pretrade.state.halts.HaltBook`;
+* :class:`~pretrade.state.prices.PriceFeed` (ticks from the ``prices`` stream);
+* the expiry of decided orders that stopped working;
+* the audit of halt changes seen in Redis (:class:`~pretrade.state.halts.HaltObserver`);
+* with a channel, the :class:`~pretrade.state.feed.FeedPublisher` that tells
+  the server processes what changed.
+
+In one process (tests, tools) a :class:`~pretrade.app.server.Gateway` runs a
+writer on its own loop, and listens to its sync directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from pretrade._core import PositionTable
+from pretrade.app.config import Settings
+from pretrade.audit.trail import AuditTrail
+from pretrade.state.connection import redis_client
+from pretrade.state.feed import FeedPublisher
+from pretrade.state.halts import HaltBook, HaltObserver
+from pretrade.state.prices import PriceFeed
+from pretrade.state.sync import RedisSync
+from pretrade.v1 import risk_pb2
+
+log = logging.getLogger("pretrade.writer")
+
+
+def settings_redis(url: str, settings: Settings, *,
+                   socket_timeout: float | None = 10) -> aioredis.Redis:
+    """:func:`~pretrade.state.connection.redis_client` with the settings' ACL user and password."""
+    return redis_client(url, username=settings.redis_username,
+                        password=settings.redis_password, socket_timeout=socket_timeout)
+
+
+class TableWriter:
+    """The sync, the price feed, order expiry and the halt audit, over one table.
+
+    Parameters
+    ----------
+    settings, redis_url
+        As for the server.
+    table
+        The table to write (shared, or the one process's).
+    audit
+        Where halt changes seen in Redis are audited; a writer of its own
+        process makes its own trail when None.
+    channel
+        The server group's change-feed channel; None: no other process reads.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str, table: PositionTable, *,
+                 audit: AuditTrail | None = None, channel: bytes | None = None) -> None:
+        self.settings = settings
+        self.table = table
+        self.redis = settings_redis(redis_url, settings)
+        self.halts = HaltBook(table)
+        self.sync = RedisSync(self.redis, table, self.halts, max_lag_ms=settings.max_sync_lag_ms)
+        self.prices = PriceFeed(self.redis, self.sync)
+        self.own_audit = audit is None
+        self.audit = audit if audit is not None else AuditTrail(
+            settings_redis(redis_url, settings, socket_timeout=None),
+            max_len=settings.audit_max_len, queue_size=settings.audit_queue_size)
+        # Halt changes seen in Redis are audited once, by the writer.
+        self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
+        self.publisher: FeedPublisher | None = None
+        if channel is not None:
+            self.publisher = FeedPublisher(self.redis, channel, self.halts, self.status)
+            self.sync.listeners.append(self.publisher)
+            self.halts.listeners.append(self.publisher)
+            self.sync.load_listeners.append(self.publisher.reloaded)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def prepare(self) -> None:
+        """Before anything serves: the notification flags (SyncConfigError if not allowed)."""
+        await self.sync.ensure_notifications()
+
+    async def start(self) -> None:
+        """Follow Redis from now on; the first full load runs in the background."""
+        # Before the sync's first load starts, so ticks during the load are replayed.
+        await self.prices.mark_start()
+        if self.own_audit:
+            self.audit.start()
+        self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
+                       asyncio.create_task(self.prices.run(), name="pretrade-prices"),
+                       asyncio.create_task(self._expire_orders(), name="pretrade-order-expiry")]
+        if self.publisher is not None:
+            self._tasks.append(asyncio.create_task(self.publisher.run(), name="pretrade-feed"))
+
+    def status(self) -> risk_pb2.ServerStatus:
+        """The writer's part of GetStatus: the sync, the prices, the table's use."""
+        stats = self.sync.stats
+        return risk_pb2.ServerStatus(
+            sync_live=self.table.sync_live, lag_ms=self.sync.lag_ms,
+            max_lag_ms=self.sync.max_lag_ms,
+            last_full_load_unix_ms=self.sync.last_full_load_unix_ms,
+            full_loads=stats.full_loads,
+            last_full_load_ms=int(stats.last_full_load_seconds * 1000),
+            events_applied=stats.events, invalid_entities=stats.invalid_entities,
+            last_error=stats.last_error, price_ticks=self.prices.stats.ticks_applied,
+            sync_refreshes=stats.refreshes, orders_restored=stats.orders_restored,
+            capacity_exhausted=len(self.sync.over_capacity))
+
+    async def _expire_orders(self) -> None:
+        # Durable decided orders that stopped working order_expiry_ms ago leave
+        # the shared table, a bounded number per round (the same clock as the
+        # decisions: CLOCK_MONOTONIC).
+        period = max(0.01, min(0.25, self.settings.order_expiry_ms / 4000))
+        budget = 10_000
+        while True:
+            if self.table.expire_orders(time.perf_counter_ns(), budget) < budget:
+                await asyncio.sleep(period)
+            else:
+                await asyncio.sleep(0)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop following; write the halt audit still queued; release the connections."""
+        self.sync.stop()
+        self.prices.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.own_audit:
+            await self.audit.close(timeout=grace)
+            await self.audit.client.aclose()
+        await self.redis.aclose()
+
+    async def abandon(self) -> None:
+        """Undo a failed start: nothing was written."""
+        if self.own_audit:
+            await self.audit.client.aclose()
+        await self.redis.aclose()
