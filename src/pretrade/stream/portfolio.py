@@ -54,6 +54,7 @@ from the table when the first subscriber arrives, then kept current by
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -100,6 +101,64 @@ def requested_heartbeat(milliseconds: int) -> float | None:
     return min(max(milliseconds, MIN_HEARTBEAT_MS), MAX_HEARTBEAT_MS) / 1000
 
 
+#: Streams let go per event-loop turn. Between two turns the loop takes up
+#: whatever else arrived (an order, above all), so a tick that concerns
+#: thousands of streams never holds a decision behind thousands of messages.
+WAKES_PER_TURN = 8
+#: Streams building or writing a message at once: gRPC's completion queue then
+#: never holds more than this many of their writes ahead of an order's events.
+MAX_ACTIVE_STREAMS = 64
+
+
+class Waker:
+    """Lets waiting streams go a few per event-loop turn, and only so many at once.
+
+    A stream is *active* from its release until it waits again (its message
+    built and written): while ``max_active`` are, the others wait their turn,
+    oldest first, their changes conflating meanwhile.
+    """
+
+    __slots__ = ("_queue", "_room", "_task", "active", "max_active", "per_turn")
+
+    def __init__(self, per_turn: int = WAKES_PER_TURN,
+                 max_active: int = MAX_ACTIVE_STREAMS) -> None:
+        self.per_turn = per_turn
+        self.max_active = max_active
+        self.active = 0
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._room: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def release(self, waiter: asyncio.Future[None]) -> None:
+        """Resolve ``waiter`` in a coming turn, when there is room."""
+        self._queue.append(waiter)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="pretrade-stream-waker")
+
+    def done(self) -> None:
+        """An active stream waits again (or ended)."""
+        self.active -= 1
+        if self._room is not None:
+            self._room.set()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        self._room = asyncio.Event()
+        while queue:
+            room = min(self.per_turn, self.max_active - self.active)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            for _ in range(min(room, len(queue))):
+                waiter = queue.popleft()
+                if not waiter.done():
+                    self.active += 1
+                    waiter.set_result(None)
+            await asyncio.sleep(0)
+
+
 class Subscriber:
     """One StreamPortfolio stream: what changed since its last message, and its wake-up.
 
@@ -109,12 +168,15 @@ class Subscriber:
     lazily, not one timeout per wait: a busy stream pays nothing for it.
     """
 
-    __slots__ = ("_loop", "_timer", "_waiter", "account", "account_id", "alerts", "changes",
-                 "closed", "dirty", "heartbeat_due", "interval", "last_sent", "messages",
-                 "pending", "sequence", "state", "totals_dirty")
+    __slots__ = ("_active", "_loop", "_timer", "_waiter", "_waker", "account", "account_id",
+                 "alerts", "changes", "closed", "dirty", "heartbeat_due", "interval",
+                 "last_sent", "messages", "pending", "sequence", "state", "totals_dirty")
 
-    def __init__(self, account: bytes, state: AccountState, interval: float) -> None:
+    def __init__(self, account: bytes, state: AccountState, interval: float,
+                 waker: Waker | None = None) -> None:
         self.account = account
+        self._waker = waker or Waker()
+        self._active = False
         self.account_id = account.decode()
         self.state = state
         self.interval = interval
@@ -155,14 +217,34 @@ class Subscriber:
         self.pending = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            self._waker.release(waiter)
 
     async def wait(self) -> None:
-        """Return once something is pending (a change, a due heartbeat, closing)."""
-        if not self.pending:
-            self._waiter = self._loop.create_future()
+        """Return once something is pending (a change, a due heartbeat, closing).
+
+        Always through the hub's :class:`Waker`, also when something is pending
+        already: a stream that is busy sending takes its turn like the others.
+        """
+        self.finish_turn()
+        self._waiter = self._loop.create_future()
+        if self.pending:
+            self._waker.release(self._waiter)
+        try:
             await self._waiter
+        except asyncio.CancelledError:
+            # released (counted active) and cancelled in the same turn
+            if self._waiter.done() and not self._waiter.cancelled():
+                self._active = True
+            raise
+        self._active = True
+        self._waiter = None
         self.pending = False
+
+    def finish_turn(self) -> None:
+        """This stream's message is out (or it ends): room for another stream."""
+        if self._active:
+            self._active = False
+            self._waker.done()
 
     def next_sequence(self) -> int:
         self.sequence += 1
@@ -243,6 +325,7 @@ class PortfolioHub:
         self.accounts: dict[bytes, AccountState] = {}
         #: symbol -> subscribers whose account holds it.
         self.holders: dict[bytes, set[Subscriber]] = {}
+        self.waker = Waker()
         self.closed = False
 
     @property
@@ -399,7 +482,7 @@ class PortfolioHub:
             state = AccountState(account, positions, self.realized.get(account, 0))
             self._refresh_breaches(account, state)
             self.accounts[account] = state
-        subscriber = Subscriber(account, state, interval)
+        subscriber = Subscriber(account, state, interval, self.waker)
         log.debug("portfolio stream of %s opened", subscriber.account_id)
         state.subscribers.add(subscriber)
         for symbol in state.positions:
@@ -410,6 +493,7 @@ class PortfolioHub:
         log.debug("portfolio stream of %s closed after %d messages (%d changes)",
                   subscriber.account_id, subscriber.messages, subscriber.changes)
         subscriber.cancel_timer()
+        subscriber.finish_turn()
         state = subscriber.state
         state.subscribers.discard(subscriber)
         for symbol in state.positions:
