@@ -19,6 +19,7 @@ from typing import cast
 from redis.typing import EncodableT, FieldT
 
 from pretrade._core.constants import RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
+from pretrade._core.lots import sum_lots
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
 from pretrade.engine.text import is_valid_id, is_valid_tag, quoted
@@ -271,6 +272,25 @@ def aggregate_lots(
     tickers: Mapping[bytes, bytes], quantities: Mapping[bytes, bytes],
     prices: Mapping[bytes, bytes],
 ) -> dict[bytes, tuple[int, int]]:
+    """Positions from lots, as :func:`aggregate_lots_reference` says, in compiled code.
+
+    The compiled loop (``pretrade._core.lots.sum_lots``) takes the plain case;
+    whatever it does not accept (a missing lot, a bad value or symbol, a sum
+    that leaves int64 on the way), the reference decides, with its message.
+    """
+    if (isinstance(tickers, dict) and isinstance(quantities, dict)
+            and isinstance(prices, dict)
+            and tickers.keys() == quantities.keys() == prices.keys()):
+        summed = sum_lots(tickers, quantities, prices, is_valid_id)
+        if summed is not None:
+            return summed
+    return aggregate_lots_reference(tickers, quantities, prices)
+
+
+def aggregate_lots_reference(
+    tickers: Mapping[bytes, bytes], quantities: Mapping[bytes, bytes],
+    prices: Mapping[bytes, bytes],
+) -> dict[bytes, tuple[int, int]]:
     """Positions from lots: ``{symbol: (net quantity, cost basis)}``.
 
     Net quantity is the sum of the lots' signed quantities; cost basis is the
@@ -279,9 +299,8 @@ def aggregate_lots(
     average of 685789: $68.5789). Every lot must appear in all three hashes;
     each position's sums must fit in int64.
 
-    An account may hold 100,000 lots and be re-read on every change of one:
-    the loop does only what each lot needs (a message is made only for an
-    error; each symbol is validated once).
+    The oracle of :func:`aggregate_lots`'s compiled loop (tests compare them);
+    a message is made only for an error, each symbol is validated once.
     """
     if not (tickers.keys() == quantities.keys() == prices.keys()):
         lots = set(tickers) | set(quantities) | set(prices)

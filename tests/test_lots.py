@@ -1,0 +1,82 @@
+"""The compiled lot loop against its oracle, the reference aggregation in Python.
+
+``aggregate_lots`` sums an account's lots in compiled code and hands whatever
+it does not accept to ``aggregate_lots_reference``; for any three hashes both
+must give the same positions, or the same error.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pretrade._core.lots import sum_lots
+from pretrade.engine.text import is_valid_id
+from pretrade.state.schema import StateError, aggregate_lots, aggregate_lots_reference
+
+INT64_MAX = 2**63 - 1
+
+integers = st.one_of(
+    st.integers(-10**6, 10**6),
+    st.sampled_from([0, 1, -1, INT64_MAX, -INT64_MAX - 1, INT64_MAX // 3, 10**18]),
+    st.integers(-(2**70), 2**70),
+)
+raw_values = st.one_of(
+    integers.map(lambda n: str(n).encode()),
+    integers.map(lambda n: f"+{n}".encode() if n >= 0 else str(n).encode()),
+    st.sampled_from([b"", b"+", b"-", b"1.5", b"1e3", b" 1", b"1 ", b"0x10", b"--1",
+                     b"99999999999999999999", b"\xff", b"\xd9\xa3"]),  # Arabic-Indic digit
+    st.binary(max_size=6),
+)
+symbols = st.one_of(st.sampled_from([b"AAPL", b"MSFT", b"BRK.B", b"X"]),
+                    st.sampled_from([b"", b"BAD SYMBOL", b"A" * 200, b"\x00"]))
+
+
+def _outcome(function, tickers, quantities, prices):
+    try:
+        return "ok", function(tickers, quantities, prices)
+    except StateError as error:
+        return "error", str(error)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(symbols, raw_values, raw_values), max_size=12), st.booleans())
+def test_the_compiled_loop_gives_what_the_reference_gives(lots, drop_one):
+    tickers = {f"L{n}".encode(): symbol for n, (symbol, _, _) in enumerate(lots)}
+    quantities = {f"L{n}".encode(): quantity for n, (_, quantity, _) in enumerate(lots)}
+    prices = {f"L{n}".encode(): price for n, (_, _, price) in enumerate(lots)}
+    if drop_one and lots:
+        del prices[b"L0"]  # a lot missing from one hash
+    assert _outcome(aggregate_lots, tickers, quantities, prices) == \
+        _outcome(aggregate_lots_reference, tickers, quantities, prices)
+
+
+def test_plain_lots_are_summed_by_the_compiled_loop():
+    tickers = {b"L1": b"AAPL", b"L2": b"AAPL", b"L3": b"MSFT"}
+    quantities = {b"L1": b"10", b"L2": b"+10", b"L3": b"-5"}
+    prices = {b"L1": b"683378", b"L2": b"688200", b"L3": b"3000"}
+    expected = {b"AAPL": (20, 13_715_780), b"MSFT": (-5, -15_000)}
+    assert sum_lots(tickers, quantities, prices, is_valid_id) == expected
+    assert aggregate_lots(tickers, quantities, prices) == expected
+
+
+@pytest.mark.parametrize("quantities, prices", [
+    ({b"L1": b"1.5"}, {b"L1": b"1"}),                 # not an integer
+    ({b"L1": b"1"}, {b"L1": b"-1"}),                  # negative price
+    ({b"L1": b"9223372036854775807"}, {b"L1": b"2"}),  # cost leaves int64
+])
+def test_what_the_compiled_loop_does_not_take_goes_to_the_reference(quantities, prices):
+    tickers = {b"L1": b"AAPL"}
+    assert sum_lots(tickers, quantities, prices, is_valid_id) is None
+    with pytest.raises(StateError):
+        aggregate_lots(tickers, quantities, prices)
+
+
+def test_a_sum_that_leaves_int64_only_on_the_way_is_the_reference_s_to_compute():
+    # +max then -max: the compiled loop overflows midway and defers; the total fits.
+    tickers = {b"L1": b"AAPL", b"L2": b"AAPL", b"L3": b"AAPL"}
+    quantities = {b"L1": b"9223372036854775807", b"L2": b"1", b"L3": b"-9223372036854775807"}
+    prices = {b"L1": b"0", b"L2": b"0", b"L3": b"0"}
+    assert sum_lots(tickers, quantities, prices, is_valid_id) is None
+    assert aggregate_lots(tickers, quantities, prices) == {b"AAPL": (1, 0)}
