@@ -35,8 +35,10 @@ from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
+from pretrade.api.telemetry import CallMetrics
 from pretrade.app.config import Settings, redacted_url
 from pretrade.app.lifetime import die_with_parent, listener_pids, process_name
+from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
@@ -45,6 +47,7 @@ from pretrade.state.connection import connect, redis_client
 from pretrade.state.halts import HaltBook, HaltObserver
 from pretrade.state.journal import Journal
 from pretrade.state.prices import PriceFeed
+from pretrade.state.reconciler import Reconciler
 from pretrade.state.sync import RedisSync, SyncConfigError
 from pretrade.stream.portfolio import PortfolioHub
 from pretrade.v1 import risk_pb2, risk_pb2_grpc
@@ -63,7 +66,7 @@ class Gateway:
     """One pretrade server process: call :meth:`start`, then :meth:`stop`."""
 
     def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
-                 worker: bool = False) -> None:
+                 worker: bool = False, number: int = 0) -> None:
         # First: contradictory or incomplete TLS/auth settings stop here, before
         # a table file or a connection exists.
         self.access = ServerAccess.from_settings(settings)
@@ -117,7 +120,10 @@ class Gateway:
         reuse = 1 if settings.workers > 1 else 0
         # First: the access interceptors wrap handlers that expect a parsed
         # request. Last: the gate, so a call refused by access holds no slot.
-        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors, self.gate)
+        # Metrics hook: gRPC calls are counted right after the parsing (app/metrics.py).
+        self.calls = CallMetrics()
+        interceptors = (MalformedRequestInterceptor(), self.calls, *self.access.interceptors,
+                        self.gate)
         self.server = grpc.aio.server(interceptors=interceptors,
                                       options=_server_options(reuse, self.gate.total))
         self.port = 0
@@ -127,6 +133,11 @@ class Gateway:
         if settings.workers == 1:
             self.group_serving.set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Metrics and reconciliation hooks (app/metrics.py, state/reconciler.py).
+        self.reconciler = Reconciler(self.redis, self.table, settings.reconcile_interval_seconds,
+                                     confirm_seconds=settings.max_sync_lag_ms / 1000)
+        self.metrics = (MetricsServer(self, worker_listen(settings.metrics_listen, number),
+                                      number) if settings.metrics_listen else None)
 
     async def start(self) -> int:
         """Check Redis, bind, serve; the table loads in the background. Returns the port."""
@@ -144,12 +155,20 @@ class Gateway:
         if self.port == 0:
             raise CannotListen(_cannot_listen(self.settings.listen, self.settings.listen_port))
         await self.server.start()
+        if self.metrics is not None:  # metrics hook
+            try:
+                await self.metrics.start()
+            except OSError as error:
+                raise CannotListen(f"cannot serve metrics on {self.metrics.listen} "
+                                   f"({error.strerror or error}): choose another "
+                                   "--metrics-listen HOST:PORT") from None
         # Before the sync's first load starts, so ticks during the load are replayed.
         await self.prices.mark_start()
         self.audit.start()
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
                        asyncio.create_task(self.prices.run(), name="pretrade-prices"),
-                       asyncio.create_task(self._track_health(), name="pretrade-health")]
+                       asyncio.create_task(self._track_health(), name="pretrade-health"),
+                       asyncio.create_task(self.reconciler.run(), name="pretrade-reconcile")]
         if not self.worker:
             self._tasks.append(asyncio.create_task(self._expire_orders(),
                                                    name="pretrade-order-expiry"))
@@ -183,7 +202,10 @@ class Gateway:
             journal_failures=self.journal.failed if self.journal else 0,
             journal_pending=self.journal.pending if self.journal else 0,
             capacity_exhausted=len(self.sync.over_capacity),
-            orders_evicted=counts["orders_evicted"])
+            orders_evicted=counts["orders_evicted"],
+            reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
+            reconcile_differences=self.reconciler.differences,
+            last_reconcile_unix_ms=self.reconciler.last_run_unix_ms)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
@@ -246,11 +268,15 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.metrics is not None:  # metrics hook: scrapes until the end
+            await self.metrics.stop()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.worker)
 
     async def abandon(self) -> None:
         """Undo a :meth:`start` that failed: nothing was served, so nothing is flushed."""
+        if self.metrics is not None:  # metrics hook
+            await self.metrics.stop()
         await self.server.stop(None)
         await self.audit.client.aclose()
         await self.redis.aclose()
@@ -444,14 +470,14 @@ async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> boo
 
 async def _serve(settings: Settings, redis_url: str, mapped: MappedTable | None,
                  worker: bool, *, ready: int | None = None,
-                 children: tuple[int, ...] = ()) -> int:
+                 children: tuple[int, ...] = (), number: int = 0) -> int:
     """One process of the group: start, wait for SIGTERM or SIGINT, stop.
 
     A worker writes one byte to ``ready`` once it serves; the owner waits for
     every worker's byte (on ``ready``), then signals them (GROUP_SERVING_SIGNAL),
     and only then prints the banner and lets health report SERVING.
     """
-    gateway = Gateway(settings, redis_url, mapped=mapped, worker=worker)
+    gateway = Gateway(settings, redis_url, mapped=mapped, worker=worker, number=number)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -509,7 +535,8 @@ def _run_worker(number: int, settings: Settings, redis_url: str, ready: int,
         # A worker must not outlive its owner: nobody would sync its table.
         die_with_parent(owner)
         log.info("worker %d (pid %d) starting", number, os.getpid())
-        status = asyncio.run(_serve(settings, redis_url, None, worker=True, ready=ready))
+        status = asyncio.run(_serve(settings, redis_url, None, worker=True, ready=ready,
+                                    number=number))
     except BaseException:
         log.exception("worker %d failed", number)
     finally:
