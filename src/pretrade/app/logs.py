@@ -131,12 +131,32 @@ class RateLimit(logging.Filter):
                     return
 
 
+    def flush_summaries(self) -> None:
+        """Write the summary of every bucket that suppressed lines, now (at exit)."""
+        for key in list(self._owing):
+            self.buckets[key].tokens = max(self.buckets[key].tokens, 1.0)
+        self._summarise(self.clock())
+
+
+class RateLimitedHandler(logging.StreamHandler):
+    """stderr, through a :class:`RateLimit`; closing it writes what the limit still owes."""
+
+    def __init__(self, rate: int) -> None:
+        super().__init__()
+        self.limit = RateLimit(self, rate)
+        self.addFilter(self.limit)
+
+    def close(self) -> None:
+        # logging.shutdown (at exit) closes every handler: no summary is lost.
+        self.limit.flush_summaries()
+        super().close()
+
+
 def configure_logging(level: str, log_format: str = "text", rate: int = 10) -> logging.Handler:
     """The root logger's one handler (stderr): ``log_format`` lines, rate-limited."""
-    handler = logging.StreamHandler()
+    handler = RateLimitedHandler(rate)
     handler.setFormatter(JsonFormatter() if log_format == "json"
                          else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(RateLimit(handler, rate))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
