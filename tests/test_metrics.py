@@ -225,3 +225,35 @@ def test_metrics_are_off_unless_asked_for(redis_client, redis_url, tmp_path):
         assert "metrics on http" not in server.log()
     finally:
         server.kill()
+
+
+def test_a_metrics_address_in_use_refuses_the_start_with_exit_4(redis_client, redis_url,
+                                                                 tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = Serve(tmp_path, "metrics-taken", "--redis-url", redis_url, "--listen",
+                       "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}")
+        try:
+            assert server.wait(timeout=60) == 4
+            assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()
+        finally:
+            server.kill()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_exporter_serves():
+    import json
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    exporter = (root / "src" / "pretrade" / "app" / "metrics.py").read_text()
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b(?:pretrade|grpc_server)_\w+", target["expr"]))
+    assert len(queried) > 15
+    for name in queried:
+        base = re.sub(r"_(bucket|total)$", "", name)
+        assert f'"{base}"' in exporter, name

@@ -815,6 +815,11 @@ cdef class Engine:
             kind = L.VERDICT_REPLAYED
         elif record.approved:
             kind = L.VERDICT_APPROVED
+        elif record.rejection_count == 1 and record.rejections[0].observed == L.ORDER_ID_EXPIRED \
+                and record.rejections[0].code == L.REJECT_DUPLICATE_ORDER_ID:
+            # Not a decision: the caller reads the id's durable copy, then
+            # replays it or asks again (and that answer is counted).
+            return
         else:
             kind = L.VERDICT_REJECTED
             for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
