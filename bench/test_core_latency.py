@@ -119,3 +119,45 @@ def test_core_pipeline_without_the_python_call(benchmark, latency):
                    f"mean of {times} runs per sample")
     benchmark(engine.evaluate_many, times, ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1,
               PRICE, 0)
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_latency_with_and_without_the_metrics_counters(benchmark, latency):
+    """Issue 13: what the engine's metrics cost on the hot path, side by side in one run.
+
+    Two identical engines, one counting (the default: verdict, reject codes,
+    an engine-time bucket, two clock reads) and one with ``counting`` off,
+    called alternately with the same orders, so both see the same machine.
+    """
+    orders = scale(benchmark.disabled, 200_000, 500)
+    counted, uncounted = make_engine(orders + 10), make_engine(orders + 10)
+    uncounted.counting = False
+    counted_h, uncounted_h = new_histogram(), new_histogram()
+    clock = time.perf_counter_ns
+    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
+    ids = [f"o{n}".encode() for n in range(orders)]
+    for n, order_id in enumerate(ids):
+        if n % 500 == 0:
+            cancelled = set(ids[max(0, n - 500):n])
+            for engine in (counted, uncounted):
+                engine.table.replace_positions(ACCOUNT, positions, filled={},
+                                               cancelled=cancelled)
+        at = n * 10_000
+        # Alternate which goes first, so neither always finds the caches warm.
+        pair = ((counted, counted_h), (uncounted, uncounted_h))
+        for engine, histogram in (pair if n % 2 else pair[::-1]):
+            start = clock()
+            decision = engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY,
+                                       pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
+            histogram.record_value(max(1, clock() - start))
+            assert decision.approved
+    assert counted.metrics()["checks"][0] == orders
+    assert uncounted.metrics()["checks"] == (0, 0, 0)
+    latency.record("core evaluate, metrics counters on (default)", counted_h,
+                   "interleaved with the next row, same orders")
+    latency.record("core evaluate, metrics counters off (Engine.counting = False)",
+                   uncounted_h, "")
+    difference = (counted_h.get_value_at_percentile(50)
+                  - uncounted_h.get_value_at_percentile(50))
+    latency.figure("metrics counters: core p50 on - off", f"{difference} ns")
+    benchmark(counted.metrics)

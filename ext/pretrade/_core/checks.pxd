@@ -121,6 +121,9 @@ cdef class DecisionPool:
 cdef class Engine:
     cdef readonly PositionTable table
     cdef DecisionPool pool
+    # The metrics: counted in evaluate while ``counting`` (the default).
+    cdef L.EngineCounters counters
+    cdef public bint counting
 
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil
@@ -132,6 +135,7 @@ cdef class Engine:
     cdef void reserve(self, const CheckContext* ctx, DecisionRecord* record, L.OrderRecord* stored,
                       int32_t position_index) noexcept nogil
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
+    cdef void count_decision(self, const DecisionRecord* record, int64_t elapsed_ns) noexcept nogil
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,

@@ -10,6 +10,7 @@ cimport cython
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
 from pretrade._core.positions cimport capacity_limit
@@ -18,6 +19,21 @@ from pretrade._core.positions cimport capacity_limit
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
 cdef uint32_t _REQUIRED_LIMITS = (1u << L.LIMIT_REQUIRED_COUNT) - 1
 cdef int64_t NS_PER_MS = 1_000_000
+
+# Upper bounds of the engine-time histogram's buckets, ns (layout.pxd LATENCY_BOUNDS).
+cdef int64_t[L.LATENCY_BOUNDS] LATENCY_BOUNDS_NS = [
+    500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 5_000_000, 10_000_000]
+#: The same bounds for the exporter (and its test).
+LATENCY_BUCKET_BOUNDS_NS = tuple(LATENCY_BOUNDS_NS[i] for i in range(L.LATENCY_BOUNDS))
+
+
+cdef inline int64_t monotonic_ns() noexcept nogil:
+    # CLOCK_MONOTONIC, as time.perf_counter_ns: one vDSO call, no system call.
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return <int64_t>now.tv_sec * 1_000_000_000 + now.tv_nsec
+
 
 _VERDICT_FIELDS = ("approved", "notional", "rejections", "replayed", "auto_halt",
                    "profit_and_loss", "stored")
@@ -790,6 +806,56 @@ cdef class Engine:
     def __cinit__(self, PositionTable table, int32_t pool_size=64):
         self.table = table
         self.pool = DecisionPool(pool_size)
+        memset(&self.counters, 0, sizeof(L.EngineCounters))
+        self.counting = True
+
+    cdef void count_decision(self, const DecisionRecord* record, int64_t elapsed_ns) noexcept nogil:
+        # The metrics of one decision: its verdict, its engine time in one
+        # histogram bucket, and each rejection code of a decision made now.
+        # Plain increments (see layout.pxd EngineCounters).
+        cdef int32_t kind, i, bucket = 0, code
+        if record.replayed:
+            kind = L.VERDICT_REPLAYED
+        elif record.approved:
+            kind = L.VERDICT_APPROVED
+        elif record.rejection_count == 1 and record.rejections[0].observed == L.ORDER_ID_EXPIRED \
+                and record.rejections[0].code == L.REJECT_DUPLICATE_ORDER_ID:
+            # Not a decision: the caller reads the id's durable copy, then
+            # replays it or asks again (and that answer is counted).
+            return
+        else:
+            kind = L.VERDICT_REJECTED
+            for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
+                code = record.rejections[i].code
+                if 0 <= code < L.REJECT_CODE_SLOTS:
+                    self.counters.rejections[code] += 1
+        self.counters.checks[kind] += 1
+        while bucket < L.LATENCY_BOUNDS and elapsed_ns > LATENCY_BOUNDS_NS[bucket]:
+            bucket += 1
+        self.counters.latency[kind][bucket] += 1
+        self.counters.latency_sum_ns[kind] += elapsed_ns
+
+    def metrics(self):
+        """What :meth:`evaluate` counted: a dict read by the metrics exporter.
+
+        ``checks``: decisions per verdict (approved, rejected, replayed);
+        ``latency``: per verdict, the count in each engine-time bucket (upper
+        bounds :data:`LATENCY_BUCKET_BOUNDS_NS`, then one past the last), not
+        cumulative; ``latency_sum_ns``: per verdict; ``rejections``: {code:
+        count} of decisions made now (replays are not counted again).
+        """
+        cdef int32_t kind, bucket, code
+        return {
+            "checks": tuple(self.counters.checks[kind] for kind in range(L.VERDICT_KINDS)),
+            "latency": tuple(tuple(self.counters.latency[kind][bucket]
+                                   for bucket in range(L.LATENCY_BOUNDS + 1))
+                             for kind in range(L.VERDICT_KINDS)),
+            "latency_sum_ns": tuple(self.counters.latency_sum_ns[kind]
+                                    for kind in range(L.VERDICT_KINDS)),
+            "rejections": {code: self.counters.rejections[code]
+                           for code in range(L.REJECT_CODE_SLOTS)
+                           if self.counters.rejections[code]},
+        }
 
     @cython.boundscheck(False)
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil:
@@ -1059,10 +1125,13 @@ cdef class Engine:
         replays it, or, when there is none, calls again with
         ``durable_checked`` = that count (a newer eviction asks again).
         """
+        cdef int64_t started = monotonic_ns() if self.counting else 0
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
                                                    counterparty, now_ns, durable_checked,
                                                    min_state_version)
+        if self.counting:
+            self.count_decision(record, monotonic_ns() - started)
         cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)
         cdef list rejections
         cdef int32_t i

@@ -135,3 +135,14 @@ REJECT_CODE_NUMBERS = {
     "LOSS_LIMIT": L.REJECT_LOSS_LIMIT,
     "CAPACITY_EXHAUSTED": L.REJECT_CAPACITY_EXHAUSTED,
 }
+
+# -- ENGINE COUNTERS (Engine.metrics): verdict names by index, histogram bounds --
+
+VERDICT_NAMES = {
+    L.VERDICT_APPROVED: "approved",
+    L.VERDICT_REJECTED: "rejected",
+    L.VERDICT_REPLAYED: "replayed",
+}
+REJECT_CODE_SLOTS = L.REJECT_CODE_SLOTS
+# The engine-time histogram's upper bounds, ns (written once, in checks.pyx).
+from pretrade._core.checks import LATENCY_BUCKET_BOUNDS_NS

@@ -174,6 +174,29 @@ cdef enum OrderStatus:
     ORDER_DONE = 3                  # filled or cancelled: nothing reserved
 
 
+# -- ENGINE COUNTERS (per Engine, so per process: never in the shared table) --
+
+# What Engine.evaluate counts for the metrics exporter, read at scrape time.
+# Written only by the thread that holds the GIL and calls evaluate, so plain
+# increments suffice: no cache line is shared with another process.
+cdef enum:
+    VERDICT_APPROVED = 0            # the order may go
+    VERDICT_REJECTED = 1            # decided now, rejected
+    VERDICT_REPLAYED = 2            # a re-sent id answered with its stored decision
+    VERDICT_KINDS = 3
+    # Engine-time histogram buckets: upper bounds in ns (checks.pyx
+    # LATENCY_BOUNDS_NS), plus one bucket past the last bound.
+    LATENCY_BOUNDS = 16
+    # Rejection counters are indexed by RejectCode; room for the catalogue to grow.
+    REJECT_CODE_SLOTS = 64
+
+cdef struct EngineCounters:
+    int64_t checks[VERDICT_KINDS]
+    int64_t latency[VERDICT_KINDS][LATENCY_BOUNDS + 1]   # not cumulative: one bucket each
+    int64_t latency_sum_ns[VERDICT_KINDS]
+    int64_t rejections[REJECT_CODE_SLOTS]                # by code, decisions made now
+
+
 # -- LIMITS --
 
 # Index of each limit in LimitSet.values (pretrade.limits.LimitKind mirrors

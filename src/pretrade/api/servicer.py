@@ -278,7 +278,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 await self._make_durable([durable], context.time_remaining())
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
-            await _abort(context, error, "EvaluateOrder")
+            await _abort(context, error, "EvaluateOrder", request)
             raise
 
     def decide_batch(self, batch: pb.OrderBatch,
@@ -382,11 +382,14 @@ def _check_deadline(context: grpc.aio.ServicerContext) -> None:
         raise DeadlineExceeded("the deadline passed before the call was started")
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str,
+                 order: pb.Order | None = None) -> None:
     """End the call with the status errors.grpc_status maps ``error`` to (abort raises)."""
     code, details = grpc_status(error)
+    # The log's JSON lines index these (app/logs.py).
+    extra = {"account": order.account_id[:64], "order_id": order.order_id[:64]} if order else {}
     if code == grpc.StatusCode.INTERNAL:
-        log.error("internal error in %s", method, exc_info=error)
+        log.error("internal error in %s", method, exc_info=error, extra=extra)
     else:
-        log.info("%s %s: %s", method, code.name, details)
+        log.info("%s %s: %s", method, code.name, details, extra=extra)
     await context.abort(code, details)

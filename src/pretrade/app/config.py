@@ -61,6 +61,8 @@ _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 _REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: ``log_format``: classic text lines, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
 # The table's capacities: bounded by what the compiled core accepts.
 _CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "max_orders",
                               "max_orders_per_account"})
@@ -70,10 +72,14 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_orders", "max_orders_per_account", "order_expiry_ms",
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "max_portfolio_streams", "max_control_calls", "max_open_calls",
-                         "shutdown_grace_ms", "audit_max_len", "audit_queue_size"})
+                         "shutdown_grace_ms", "audit_max_len", "audit_queue_size",
+                         "log_rate_limit"})
+# Integers where 0 means "off".
+_COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book", "durable_decisions"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
+                              "metrics_listen",
                               "tls_cert", "tls_key", "tls_client_ca", "tokens_file",
                               "max_orders_per_account"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
@@ -197,13 +203,19 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if name == "lock_stripes" and (value & (value - 1) or value > MAX_LOCK_STRIPES):
             raise problem(f"must be a power of two, at most {MAX_LOCK_STRIPES}")
         return value
+    if name in _COUNT_FIELDS:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise problem("expected an integer")
+        if not 0 <= value <= _MAX_INTEGER:
+            raise problem("must be 0 (off) or a positive integer below 2**31")
+        return value
     if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise problem("expected true or false")
         return value
     if not isinstance(value, str):
         raise problem("expected a string")
-    if name == "listen":
+    if name in ("listen", "metrics_listen"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -219,6 +231,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     elif name == "auth":
         if value.lower() not in AUTH_MODES:
             raise problem(f"must be one of {', '.join(AUTH_MODES)}")
+        return value.lower()
+    elif name == "log_format":
+        if value.lower() not in LOG_FORMATS:
+            raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
     elif name == "log_level":
         if value.upper() not in _LOG_LEVELS:
@@ -303,6 +319,22 @@ class Settings:
     log_level : str
         ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``
         (any case in; stored in capitals).
+    log_format : str
+        ``text`` (one readable line per record) or ``json`` (one JSON object
+        per line: time in UTC ISO 8601, level, logger, message, and the
+        account and order id where there is one).
+    log_rate_limit : int
+        Lines per second one logger may write with one message template
+        (a token bucket, bursts of as many); the rest are counted and one
+        ``suppressed K similar lines`` line follows. A client cannot flood the log.
+    metrics_listen : str or None
+        ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; None: off.
+        With ``workers`` N, process i (0 the owner) serves on PORT + i (port
+        0: each picks a free one and logs it).
+    reconcile_interval_seconds : int
+        Compare the shared table with a fresh load of Redis this often (0:
+        never); a difference found twice in a row is logged as an alert and
+        shown in GetStatus and the metrics.
     redis_username, redis_password : str or None
         Redis ACL credentials, when not in ``redis_url``. The password is
         left out of ``repr``.
@@ -350,6 +382,10 @@ class Settings:
     demo_book: bool = False
     data_dir: str = ".run"
     log_level: str = "INFO"
+    log_format: str = "text"
+    log_rate_limit: int = 10
+    metrics_listen: str | None = None
+    reconcile_interval_seconds: int = 300
     redis_username: str | None = None
     redis_password: str | None = field(default=None, repr=False)
     insecure: bool = False
@@ -419,7 +455,7 @@ def environment_variable(field_name: str) -> str:
 def _coerce(name: str, value: object, source: str) -> object:
     """Convert one raw value (text from the environment) and check it."""
     converted = value
-    if isinstance(value, str) and name in _INT_FIELDS:
+    if isinstance(value, str) and name in _INT_FIELDS | _COUNT_FIELDS:
         if _INTEGER_TEXT.fullmatch(value.strip()) is None:
             raise ConfigError(f"{name}={value!r} ({source}): expected an integer")
         converted = int(value)

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -34,13 +35,16 @@ from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
-from pretrade.app.config import Settings, redacted_url
+from pretrade.api.telemetry import CallMetrics
+from pretrade.app.config import Settings, parse_listen, redacted_url
 from pretrade.app.lifetime import die_with_parent, listener_pids, process_name, serving_group
+from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
 from pretrade.app.writer import TableWriter, settings_redis
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
 from pretrade.engine.table import Capacities, MappedTable
+from pretrade.engine.tally import Buckets
 from pretrade.state.connection import connect
 from pretrade.state.feed import FeedFollower, new_channel
 from pretrade.state.halts import HaltBook
@@ -71,7 +75,7 @@ class Gateway:
     """
 
     def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
-                 channel: bytes | None = None) -> None:
+                 channel: bytes | None = None, number: int = 0) -> None:
         # First: contradictory or incomplete TLS/auth settings stop here, before
         # a table file or a connection exists.
         self.access = ServerAccess.from_settings(settings)
@@ -121,7 +125,10 @@ class Gateway:
         reuse = 1 if settings.workers > 1 else 0
         # First: the access interceptors wrap handlers that expect a parsed
         # request. Last: the gate, so a call refused by access holds no slot.
-        interceptors = (MalformedRequestInterceptor(), *self.access.interceptors, self.gate)
+        # Metrics hook: gRPC calls are counted right after the parsing (app/metrics.py).
+        self.calls = CallMetrics()
+        interceptors = (MalformedRequestInterceptor(), self.calls, *self.access.interceptors,
+                        self.gate)
         self.server = grpc.aio.server(interceptors=interceptors,
                                       options=_server_options(reuse, self.gate.total))
         self.port = 0
@@ -131,6 +138,9 @@ class Gateway:
         if not self.reader:
             self.group_serving.set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Metrics hook: server process i serves /metrics on PORT + i (app/metrics.py).
+        self.metrics = (MetricsServer(self, worker_listen(settings.metrics_listen, number),
+                                      number) if settings.metrics_listen else None)
 
     async def start(self) -> int:
         """Check Redis, bind, serve; the table loads in the background. Returns the port."""
@@ -149,6 +159,13 @@ class Gateway:
         if self.port == 0:
             raise CannotListen(_cannot_listen(self.settings.listen, self.settings.listen_port))
         await self.server.start()
+        if self.metrics is not None:  # metrics hook
+            try:
+                await self.metrics.start()
+            except OSError as error:
+                raise CannotListen(f"cannot serve metrics on {self.metrics.listen} "
+                                   f"({error.strerror or error}): choose another "
+                                   "--metrics-listen HOST:PORT") from None
         self.audit.start()
         if self.writer is not None:
             await self.writer.start()
@@ -160,6 +177,14 @@ class Gateway:
                  self.mapped.path, self.access.summary)
         self.access.warn_if_exposed(self.settings)
         return self.port
+
+    @property
+    def update_lag(self) -> Buckets:
+        """The sync's Redis-write-to-applied histogram (from the feed in a server process)."""
+        if self.writer is not None:
+            return self.writer.sync.update_lag
+        assert self.feed is not None
+        return self.feed.update_lag
 
     def status(self) -> risk_pb2.ServerStatus:
         """What GetStatus answers: sync state and lag, table use, counters."""
@@ -239,11 +264,15 @@ class Gateway:
                 await task
         if self.writer is not None:
             await self.writer.stop(grace)
+        if self.metrics is not None:  # metrics hook: scrapes until the end
+            await self.metrics.stop()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.reader)
 
     async def abandon(self) -> None:
         """Undo a :meth:`start` that failed: nothing was served, so nothing is flushed."""
+        if self.metrics is not None:  # metrics hook
+            await self.metrics.stop()
         await self.server.stop(None)
         await self.audit.client.aclose()
         if self.writer is not None:
@@ -363,16 +392,33 @@ def _probe_listen(settings: Settings) -> None:
     Without SO_REUSEPORT, so it fails as well when a group of processes
     (``--workers``, bound with SO_REUSEPORT) holds the port. SO_REUSEADDR keeps
     the connections of a server that just stopped (TIME_WAIT) from counting.
+    The metrics address of every server process is probed the same way.
     """
-    host, port = settings.listen_host, settings.listen_port
+    _probe_address(settings.listen_host, settings.listen_port,
+                   lambda port, reason: _cannot_listen(settings.listen, port, reason))
+    if settings.metrics_listen:
+        for number in range(settings.workers):
+            listen = worker_listen(settings.metrics_listen, number)
+            host, port = parse_listen(listen)
+            _probe_address(host, port, _metrics_refusal(listen))
+
+
+def _metrics_refusal(listen: str) -> Callable[[int, str], str]:
+    def refusal(port: int, reason: str) -> str:
+        return (f"cannot serve metrics on {listen} ({reason}): choose another "
+                "--metrics-listen HOST:PORT")
+    return refusal
+
+
+def _probe_address(host: str, port: int, refusal: Callable[[int, str], str]) -> None:
+    """Bind ``host:port`` once; CannotListen with ``refusal(port if in use else 0, reason)``."""
     if port == 0:
         return
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        reason = error.strerror or str(error)
-        raise CannotListen(_cannot_listen(settings.listen, 0, reason)) from None
+        raise CannotListen(refusal(0, error.strerror or str(error))) from None
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -380,8 +426,8 @@ def _probe_listen(settings: Settings) -> None:
                 probe.bind(address)
             except OSError as error:
                 in_use = error.errno == errno.EADDRINUSE
-                raise CannotListen(_cannot_listen(settings.listen, port if in_use else 0,
-                                                  error.strerror or str(error))) from None
+                raise CannotListen(refusal(port if in_use else 0,
+                                           error.strerror or str(error))) from None
 
 
 async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> bool:
@@ -430,13 +476,14 @@ async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> boo
             done.cancel()
 
 
-async def _serve(settings: Settings, redis_url: str, channel: bytes, ready: int) -> int:
+async def _serve(settings: Settings, redis_url: str, channel: bytes, ready: int,
+                 number: int = 0) -> int:
     """One server process of the group: start, say so on ``ready``, serve until SIGTERM/SIGINT.
 
     Health stays NOT_SERVING until the sync process signals that every
     process of the group serves (GROUP_SERVING_SIGNAL) and the table is live.
     """
-    gateway = Gateway(settings, redis_url, channel=channel)
+    gateway = Gateway(settings, redis_url, channel=channel, number=number)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -479,7 +526,8 @@ def _run_server_process(number: int, settings: Settings, redis_url: str, channel
         # Nobody would write its table without the sync process: it ends with it.
         die_with_parent(owner)
         log.info("server process %d (pid %d) starting", number, os.getpid())
-        status = asyncio.run(_serve(settings, redis_url, channel, ready))
+        # metrics hook: server process i (from 0) serves /metrics on PORT + i
+        status = asyncio.run(_serve(settings, redis_url, channel, ready, number - 1))
     except BaseException:
         log.exception("server process %d failed", number)
     finally:

@@ -34,6 +34,7 @@ from pretrade.state.connection import redis_client
 from pretrade.state.feed import FeedPublisher
 from pretrade.state.halts import HaltBook, HaltObserver
 from pretrade.state.prices import PriceFeed
+from pretrade.state.reconciler import Reconciler
 from pretrade.state.sync import RedisSync
 from pretrade.v1 import risk_pb2
 
@@ -77,9 +78,14 @@ class TableWriter:
             max_len=settings.audit_max_len, queue_size=settings.audit_queue_size)
         # Halt changes seen in Redis are audited once, by the writer.
         self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
+        # The scheduled reconciliation runs beside the one writer (its figures go
+        # to every server process's GetStatus with the sync's).
+        self.reconciler = Reconciler(self.redis, table, settings.reconcile_interval_seconds,
+                                     confirm_seconds=settings.max_sync_lag_ms / 1000)
         self.publisher: FeedPublisher | None = None
         if channel is not None:
-            self.publisher = FeedPublisher(self.redis, channel, self.halts, self.status)
+            self.publisher = FeedPublisher(self.redis, channel, self.halts, self.status,
+                                           update_lag=self.sync.update_lag)
             self.sync.listeners.append(self.publisher)
             self.halts.listeners.append(self.publisher)
             self.sync.load_listeners.append(self.publisher.reloaded)
@@ -97,7 +103,8 @@ class TableWriter:
             self.audit.start()
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
                        asyncio.create_task(self.prices.run(), name="pretrade-prices"),
-                       asyncio.create_task(self._expire_orders(), name="pretrade-order-expiry")]
+                       asyncio.create_task(self._expire_orders(), name="pretrade-order-expiry"),
+                       asyncio.create_task(self.reconciler.run(), name="pretrade-reconcile")]
         if self.publisher is not None:
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="pretrade-feed"))
 
@@ -113,7 +120,10 @@ class TableWriter:
             events_applied=stats.events, invalid_entities=stats.invalid_entities,
             last_error=stats.last_error, price_ticks=self.prices.stats.ticks_applied,
             sync_refreshes=stats.refreshes, orders_restored=stats.orders_restored,
-            capacity_exhausted=len(self.sync.over_capacity))
+            capacity_exhausted=len(self.sync.over_capacity),
+            reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
+            reconcile_differences=self.reconciler.differences,
+            last_reconcile_unix_ms=self.reconciler.last_run_unix_ms)
 
     async def _expire_orders(self) -> None:
         # Durable decided orders that stopped working order_expiry_ms ago leave

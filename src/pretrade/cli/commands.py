@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -44,7 +43,7 @@ from google.protobuf.message import Message
 
 from pretrade import __version__
 from pretrade.api.roles import AUTH_MODES, ROLES
-from pretrade.app.config import ConfigError, load_settings
+from pretrade.app.config import LOG_FORMATS, ConfigError, load_settings
 from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
 from pretrade.cli.format import (
     EPOCH,
@@ -228,6 +227,13 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="load a demo book (accounts, limits, instruments) at start",
     )
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
+    serve.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS,
+                       help="text lines (default) or one JSON object per line")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics here (default: off); with --workers N, "
+                       "process i serves on PORT + i")
+    serve.add_argument("--reconcile-interval", type=int, metavar="SECONDS",
+                       help="compare the table with Redis this often (default 300; 0: never)")
     access = serve.add_argument_group(
         "access", "TLS (or --insecure) and auth are required; see README, Access control")
     access.add_argument("--insecure", action="store_true", default=None,
@@ -291,6 +297,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
 
     _add_audit_command(commands)
+    _add_reconcile_command(commands)
 
     status = commands.add_parser(
         "status",
@@ -453,6 +460,9 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "workers": args.workers,
                 "demo_book": args.demo,
                 "log_level": args.log_level,
+                "log_format": args.log_format,
+                "metrics_listen": args.metrics_listen,
+                "reconcile_interval_seconds": args.reconcile_interval,
                 "insecure": args.insecure,
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
@@ -465,10 +475,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"pretrade: bad settings: {error}", file=sys.stderr)
         return EXIT_FAILED
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    from pretrade.app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, settings.log_rate_limit)
     # Imported here so that the client commands start fast: they need no
     # server, table or Redis client.
     from pretrade.app.server import serve_forever
@@ -654,11 +663,60 @@ def _run_audit(args: argparse.Namespace) -> int:
     return EXIT_APPROVED
 
 
+def _add_reconcile_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare the table of a running server with Redis; exit 1 on any difference",
+        description="Map the shared table of a `pretrade serve` running on this machine "
+        "(read only: nothing is written to it or to Redis), load Redis the way a starting "
+        "server does, and list every field on which they differ: per account its state, "
+        "halt, limits, balances, P&L and working orders; per position its quantity, cost "
+        "basis, working quantities and locates; per instrument its reference data, price and "
+        "halt; the global halt. A difference must be there twice, CONFIRM seconds apart, to "
+        "count (the sync follows Redis within its lag bound). Exit 0: none; 1: differences; "
+        "2: could not compare.",
+    )
+    reconcile.add_argument("--config", metavar="FILE",
+                           help="the server's TOML settings file ($PRETRADE_CONFIG): "
+                           "redis_url, credentials, listen and table_path")
+    reconcile.add_argument("--redis-url", metavar="URL",
+                           help="the server's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    reconcile.add_argument("--listen", metavar="HOST:PORT",
+                           help="the server's gRPC address, which names its table file when "
+                           "--table-path is not given")
+    reconcile.add_argument("--table-path", metavar="PATH", help="the server's table file")
+    reconcile.add_argument("--confirm", type=float, default=None, metavar="SECONDS",
+                           help="wait this long before the second look (default: the "
+                           "max_sync_lag_ms setting)")
+    reconcile.add_argument("--json", action="store_true",
+                           help="one JSON object per difference instead of a table")
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pretrade.cli.reconcile import reconcile_running_server
+
+    try:
+        settings = load_settings(config_file=args.config,
+                                 overrides={"redis_url": args.redis_url, "listen": args.listen,
+                                            "table_path": args.table_path})
+    except ConfigError as error:
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    confirm = args.confirm if args.confirm is not None else settings.max_sync_lag_ms / 1000
+    if not 0 <= confirm <= 3600:
+        print("pretrade: --confirm must be between 0 and 3600 seconds", file=sys.stderr)
+        return EXIT_FAILED
+    return asyncio.run(reconcile_running_server(settings, confirm, as_json=args.json))
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
     "halt": _run_halt,
     "audit": _run_audit,
+    "reconcile": _run_reconcile,
     "status": _run_status,
     "token": _run_token,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -17,6 +18,9 @@ from google.protobuf.message import Message
 from pretrade.engine.fixedpoint import format_notional, format_price
 from pretrade.engine.names import names_of
 from pretrade.v1 import risk_pb2
+
+if TYPE_CHECKING:  # `pretrade audit` must not load the sync: only the type is needed here
+    from pretrade.state.reconcile import Difference
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -271,3 +275,29 @@ def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
                *_audit_row(fields))
         rows.append(tuple(_cell(cell) for cell in row))
     return "\n".join(_align(rows))
+
+
+def _difference_value(field: str, value: object) -> str:
+    if field == "halt_mode" and isinstance(value, int):
+        return "NONE" if value == 0 else _label(risk_pb2.HaltMode, value)
+    if field == "limits" and isinstance(value, dict):
+        return ", ".join(f"{kind}={limit}" for kind, limit in sorted(value.items())) or "none"
+    return "-" if value is None else str(value)
+
+
+def format_differences(differences: Sequence[Difference]) -> str:
+    """What ``pretrade reconcile`` prints: one line per field that differs, or that there are none.
+
+    Columns ENTITY, FIELD, TABLE (the running server's table), REDIS (a fresh
+    load of Redis). No trailing newline.
+    """
+    if not differences:
+        return "The table equals Redis: no differences."
+    rows: list[tuple[str, ...]] = [("ENTITY", "FIELD", "TABLE", "REDIS")]
+    for difference in differences:
+        rows.append(tuple(_cell(cell) for cell in (
+            difference.entity, difference.field,
+            _difference_value(difference.field, difference.live),
+            _difference_value(difference.field, difference.redis))))
+    noun = "difference" if len(differences) == 1 else "differences"
+    return "\n".join([*_align(rows), f"{len(differences)} {noun}."])

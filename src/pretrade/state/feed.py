@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pretrade._core import PositionTable
+from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
 from pretrade.state.halts import HaltBook
 from pretrade.state.schema import HALT_ALL, HaltRecord, classify, halt_from_redis
 from pretrade.state.sync import LINK_ERRORS, SyncListener
@@ -71,8 +72,10 @@ class FeedPublisher:
 
     def __init__(self, client: aioredis.Redis, channel: bytes, halts: HaltBook,
                  status: Callable[[], pb.ServerStatus], *,
+                 update_lag: Buckets | None = None,
                  status_seconds: float = STATUS_SECONDS) -> None:
         self.client = client
+        self.update_lag = update_lag
         self.channel = channel
         self.halts = halts
         self.status = status
@@ -139,6 +142,9 @@ class FeedPublisher:
                 if not messages:
                     messages = [records_pb2.TableChanges()]
                 messages[-1].status.CopyFrom(self.status())
+                if self.update_lag is not None:
+                    messages[-1].update_lag_counts[:] = self.update_lag.counts
+                    messages[-1].update_lag_seconds_sum = self.update_lag.total
             await self._send(messages)
 
     def stop(self) -> None:
@@ -212,8 +218,9 @@ class FeedFollower:
         self.listeners: list[SyncListener] = []
         #: Set once the table is loaded and this process has caught up with it.
         self.ready = asyncio.Event()
-        #: The writer's latest figures (GetStatus).
+        #: The writer's latest figures (GetStatus), and its update-lag histogram.
         self.status = pb.ServerStatus()
+        self.update_lag = Buckets(SECONDS_BOUNDS)
         self.refreshes = 0
         self.notices = 0
         self._writer = ""
@@ -275,6 +282,9 @@ class FeedFollower:
         self.notices += 1
         if notice.HasField("status"):
             self.status = notice.status
+            if len(notice.update_lag_counts) == len(self.update_lag.counts):
+                self.update_lag.counts[:] = notice.update_lag_counts
+                self.update_lag.total = notice.update_lag_seconds_sum
         if notice.writer != self._writer or notice.sequence != self._sequence + 1:
             self._gap = True
         self._writer, self._sequence = notice.writer, notice.sequence

@@ -247,6 +247,8 @@ class Breakers:
         self.client = client
         self.audit = audit
         self.tripped = 0
+        #: (scope, AutoHalt kind) -> automatic halts applied (the metrics).
+        self.trips: dict[tuple[int, int], int] = {}
         self.write_failures = 0
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -290,6 +292,7 @@ class Breakers:
                             now_ms + seconds * 1000 if seconds else 0)
         self.book.enforce(record)
         self.tripped += 1
+        self.trips[(record.scope, kind)] = self.trips.get((record.scope, kind), 0) + 1
         if self.audit is not None:
             self.audit.halt(SOURCE_BREAKER, record.scope, account, mode, reason, RISK_ENGINE,
                             record.expires_at_ms, principal=principal)

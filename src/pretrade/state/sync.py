@@ -37,6 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable, TableFullError
+from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
 from pretrade.engine.text import as_text, quoted
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
@@ -247,6 +248,8 @@ class RedisSync:
         self._beats: collections.deque[float] = collections.deque()  # send times, unheard
         self._heard_beat = 0.0          # send time of the newest beat heard
         self.confirmed_at = 0.0         # ...and applied: the table is this fresh
+        #: Canary write -> applied, seconds: the position update lag (the metrics).
+        self.update_lag = Buckets(SECONDS_BOUNDS)
         self._resync_reason = ""
         self._database_replaced = False
         db = client.connection_pool.connection_kwargs.get("db", 0)
@@ -514,6 +517,7 @@ class RedisSync:
             # Only now is every change before the beat in the table.
             if self._heard_beat > self.confirmed_at:
                 self.confirmed_at = self._heard_beat
+                self.update_lag.observe(time.monotonic() - self._heard_beat)  # metrics
 
     def _note(self, dirty: Dirty, message: dict[str, object]) -> None:
         channel = message.get("channel")

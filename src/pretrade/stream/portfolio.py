@@ -327,10 +327,19 @@ class PortfolioHub:
         self.holders: dict[bytes, set[Subscriber]] = {}
         self.waker = Waker()
         self.closed = False
+        #: Messages sent by streams that have ended (the metrics).
+        self.messages_of_ended = 0
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(state.subscribers) for state in self.accounts.values())
+
+    @property
+    def messages_sent(self) -> int:
+        """Portfolio updates sent, by every stream so far."""
+        return self.messages_of_ended + sum(subscriber.messages
+                                            for state in self.accounts.values()
+                                            for subscriber in state.subscribers)
 
     # -- LISTENER CALLBACKS (O(subscribers concerned), never block) --
 
@@ -495,6 +504,8 @@ class PortfolioHub:
         subscriber.cancel_timer()
         subscriber.finish_turn()
         state = subscriber.state
+        if subscriber in state.subscribers:
+            self.messages_of_ended += subscriber.messages
         state.subscribers.discard(subscriber)
         for symbol in state.positions:
             self._unindex((subscriber,), symbol)
