@@ -28,12 +28,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable, TableFullError
@@ -96,6 +96,17 @@ class SyncListener(Protocol):
         """An account's state in Redis stopped parsing (True) or parses again (False)."""
 
 
+#: An account with more lots than this is re-read apart from the batch: its
+#: hashes in chunks (HSCAN) under WATCH, so Redis serves everyone else (the
+#: durable writes of decisions above all) between the chunks instead of
+#: running one MULTI/EXEC of hundreds of thousands of fields.
+LARGE_ACCOUNT_LOTS = 20_000
+#: Fields per HSCAN of a large account.
+LARGE_READ_CHUNK = 5_000
+#: Chunked reads that a concurrent write may spoil (WATCH) before the atomic read.
+LARGE_READ_ATTEMPTS = 3
+
+
 class SyncConfigError(RuntimeError):
     """Redis is not configured the way the sync needs, and pretrade may not fix it."""
 
@@ -120,6 +131,8 @@ class AccountSync:
     reported_invalid: bool = False
     #: What of the account did not fit in the table: source -> the Capacity that is full.
     over_capacity: dict[str, int] = field(default_factory=dict)
+    #: Lots at the last read: a large account is re-read in chunks.
+    lot_count: int = 0
 
     @property
     def known(self) -> bool:
@@ -214,8 +227,12 @@ class RedisSync:
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
                  batch_size: int = 500, reconnect_delay: float = 0.5,
-                 max_lag_ms: int = 2_000) -> None:
+                 max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS) -> None:
         self.client = client
+        self.large_account_lots = large_account_lots
+        #: Large accounts re-read in chunks, and those that fell back to the atomic read.
+        self.chunked_reads = 0
+        self.chunked_fallbacks = 0
         self.table = table
         self.halts = halts
         self.batch_size = batch_size
@@ -650,6 +667,11 @@ class RedisSync:
         order decided in this process sees half of a batch.
         """
         self.stats.refreshes += 1
+        large = sorted(account for account in dirty.lots
+                       if account in self.accounts
+                       and self.accounts[account].lot_count > self.large_account_lots)
+        if large:
+            dirty.lots.difference_update(large)
         for batch in _split(dirty, self.batch_size):
             halt_keys = sorted(batch.halts)
             generations = [self.halts.generation(key) for key in halt_keys]
@@ -684,8 +706,40 @@ class RedisSync:
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
+        for account in large:
+            self._apply_lots([account], await self._read_large_account(account))
+            if progress is not None:
+                progress.advance(1)
         if progress is not None:
             progress.finish()
+
+    async def _read_large_account(self, account: bytes) -> list[Any]:
+        """One large account's snapshot, the replies ``_queue_lots`` would give.
+
+        Its hashes are read in chunks under WATCH, and the read counts only if
+        no key of the account changed meanwhile (EXEC of the version read
+        succeeds): the same consistent snapshot as one MULTI/EXEC, without
+        holding Redis for the whole of it. After LARGE_READ_ATTEMPTS spoiled
+        reads (the account is written faster than it can be read), the atomic
+        read.
+        """
+        keys = [*account_snapshot_keys(account), version_key(account)]
+        for _ in range(LARGE_READ_ATTEMPTS):
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*keys)
+                    hashes: list[Any] = [await _scan_hash(pipe, key) for key in keys[:-1]]
+                    pipe.multi()
+                    pipe.get(keys[-1])
+                    (version,) = await pipe.execute(raise_on_error=False)
+                except WatchError:
+                    continue
+            self.chunked_reads += 1
+            return [*hashes, version]
+        self.chunked_fallbacks += 1
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._queue_lots(pipe, [account])
+            return list(await pipe.execute(raise_on_error=False))
 
     def _queue_lots(self, pipe: Pipeline, accounts: list[bytes]) -> None:
         for account in accounts:
@@ -709,6 +763,7 @@ class RedisSync:
                     raise StateError(f"version: {raw_version}")
                 version = parse_state_version(raw_version)
                 state.has_lots = bool(tickers or quantities or prices)
+                state.lot_count = len(tickers)
                 positions = aggregate_lots(tickers, quantities, prices)
                 filled = fills_by_order(quantities, orders_by_lot)
                 realized = parse_realized_pnl(pnl)
@@ -1004,6 +1059,20 @@ def _split(dirty: Dirty, size: int) -> Iterator[Dirty]:
                 batch = Dirty()
     if len(batch):
         yield batch
+
+
+async def _scan_hash(pipe: Pipeline, key: bytes) -> object:
+    """HGETALL in HSCAN chunks (on a WATCHing pipeline); an error reply as the exception."""
+    fields: dict[bytes, bytes] = {}
+    cursor = 0
+    try:
+        while True:
+            cursor, chunk = await pipe.hscan(key, cursor, count=LARGE_READ_CHUNK)
+            fields.update(cast(dict[bytes, bytes], chunk))
+            if cursor == 0:
+                return fields
+    except ResponseError as error:  # WRONGTYPE...: the account's state is invalid
+        return error
 
 
 def _hash(reply: object) -> dict[bytes, bytes]:
