@@ -107,6 +107,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         :meth:`resolve_expired`, which reads its durable copy.
         """
         valid = validate_order(order)
+        if self.audit is not None and not self.audit.has_room():
+            # No decision without its record: refused before the engine reserves anything.
+            return self._audit_unavailable(order), None
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
@@ -135,6 +138,16 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 verdict.notional, valid.venue, valid.counterparty, verdict.approved,
                 verdict.rejections[:STORED_REJECTIONS])
         return self._decision(order, verdict, latency), durable
+
+    def _audit_unavailable(self, order: pb.Order) -> pb.Decision:
+        """AUDIT_UNAVAILABLE: the order is not decided, as its record could not be queued."""
+        assert self.audit is not None
+        self.audit.refuse()
+        return pb.Decision(
+            order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
+            account_id=order.account_id[:64], symbol=order.symbol[:64],
+            rejections=[rejection_message(pb.REJECT_CODE_AUDIT_UNAVAILABLE, self.audit.pending,
+                                          self.audit.queue_size)])
 
     @staticmethod
     def _decision(order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
@@ -187,6 +200,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     def _replay_durable(self, order: pb.Order, ids: ValidOrder, raw: bytes,
                         latency: int) -> pb.Decision:
         """The decision an order id got before, from its durable copy."""
+        if self.audit is not None and not self.audit.has_room():
+            return self._audit_unavailable(order)
         try:
             record = decode(ids.account, ids.order_id, raw)
         except StateError as error:
@@ -299,6 +314,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 if record is not None and durable is not None:
                     durable.append(record)
             except InvalidRequest as error:
+                if self.audit is not None and not self.audit.has_room():
+                    decisions.append(self._audit_unavailable(order))
+                    continue
                 decisions.append(pb.Decision(
                     order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
                     account_id=order.account_id[:64], symbol=order.symbol[:64],

@@ -96,8 +96,8 @@ class Gateway:
         # Its own connection, without redis-py's timer around every reply (a
         # quarter of the writer's CPU): the writer bounds each batch itself.
         self.audit = AuditTrail(settings_redis(redis_url, settings, socket_timeout=None),
-                                max_len=settings.audit_max_len,
-                                queue_size=settings.audit_queue_size)
+                                queue_size=settings.audit_queue_size,
+                                refuse_when_full=settings.audit_when_full == "reject")
         if not worker:
             # Halt changes seen in Redis are audited once, by the owner process.
             self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
@@ -183,7 +183,7 @@ class Gateway:
             journal_failures=self.journal.failed if self.journal else 0,
             journal_pending=self.journal.pending if self.journal else 0,
             capacity_exhausted=len(self.sync.over_capacity),
-            orders_evicted=counts["orders_evicted"])
+            orders_evicted=counts["orders_evicted"], audit_refused=self.audit.stats.refused)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the first full load is done and health reports SERVING."""
