@@ -70,7 +70,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  portfolio: PortfolioHub | None = None,
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
-                 audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0) -> None:
+                 audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
+                 audit_before_answer: bool = False) -> None:
         self.engine = engine
         #: The longest a call waits on Redis's behalf (its decisions made
         #: durable, the account state it asks for): the sync's lag bound. A
@@ -81,8 +82,10 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.breakers = Breakers(engine.table, halts, redis_client, audit)
         self.portfolio = portfolio
         self.status = status
-        # Every decision and halt is queued for the audit stream (never awaited).
+        # Every decision and halt is queued for the audit stream; with
+        # audit_before_answer, an answer waits until its records are in Redis.
         self.audit = audit
+        self.audit_before_answer = audit_before_answer
         # Decided orders are made durable before the answer when set.
         self.journal = journal
         if journal is not None:
@@ -275,6 +278,32 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             return
         await self.journal.commit(durable, self.wait_budget(deadline_seconds))
 
+    def _audit_mark(self) -> int:
+        """Where the audit queue stands before a call decides (see :meth:`_settle`)."""
+        return self.audit.last_queued if self.audit is not None else 0
+
+    async def _settle(self, durable: list[DecidedOrder], mark: int,
+                      deadline_seconds: float | None) -> None:
+        """Before the answer: the call's decisions durable (the journal) and, with
+        ``audit_before_answer``, its audit records in Redis (both waits at once).
+
+        ``mark`` is :meth:`_audit_mark` from before the call decided: when the
+        queue grew since, the call queued records and waits for them.
+        """
+        audit = self.audit
+        if audit is None or not self.audit_before_answer or audit.last_queued <= mark:
+            await self._make_durable(durable, deadline_seconds)
+            return
+        recorded = audit.recorded(audit.last_queued, self.wait_budget(deadline_seconds))
+        if not durable or self.journal is None:
+            await recorded
+            return
+        outcomes = await asyncio.gather(self._make_durable(durable, deadline_seconds),
+                                        recorded, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     def _mark_durable(self, written: list[DecidedOrder]) -> None:
         self.engine.table.mark_durable_many([(d.account, d.order_id) for d in written])
 
@@ -285,12 +314,13 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if request.min_state_version:
                 await self.wait_for_state(self.states_wanted((request,)),
                                           self.wait_budget(context.time_remaining()))
+            mark = self._audit_mark()
             expired: list[Expired] = []
             decision, durable = self.decide_durably(request, expired=expired)
             if expired:
                 decision, durable = (await self.resolve_expired(expired))[0]
-            if durable is not None:
-                await self._make_durable([durable], context.time_remaining())
+            await self._settle([durable] if durable is not None else [], mark,
+                               context.time_remaining())
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
@@ -334,6 +364,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             validate_batch(request)
             if wanted := self.states_wanted(request.orders):
                 await self.wait_for_state(wanted, self.wait_budget(context.time_remaining()))
+            mark = self._audit_mark()
             durable: list[DecidedOrder] = []
             expired: list[Expired] = []
             reply = self.decide_batch(request, durable, expired)
@@ -342,7 +373,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                     reply.decisions[index].CopyFrom(decision)
                     if record is not None:
                         durable.append(record)
-            await self._make_durable(durable, context.time_remaining())
+            await self._settle(durable, mark, context.time_remaining())
             return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")

@@ -77,9 +77,11 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "shutdown_grace_ms", "audit_retain_ms", "audit_queue_size",
                          "archive_claim_idle_ms"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
-                          "demo_book", "durable_decisions", "archive"})
-_OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username", "redis_password",
-                              "tls_cert", "tls_key", "tls_client_ca", "tokens_file",
+                          "demo_book", "durable_decisions", "archive",
+                          "audit_before_answer"})
+_OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
+                              "redis_password", "tls_cert", "tls_key", "tls_client_ca",
+                              "tokens_file",
                               "max_orders_per_account"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
@@ -307,6 +309,11 @@ class Settings:
         unrecorded. ``drop``: they are decided and their records dropped and
         counted (GetStatus ``audit_dropped``). Halt changes are always applied
         (and dropped and counted when there is no room).
+    audit_before_answer : bool
+        An answer waits until the audit records of its decisions are in Redis
+        (group-committed: one write per batch of calls), so a server killed
+        with ``kill -9`` has recorded every decision it answered. Off, the
+        records are written just after the answer.
     audit_retain_ms : int
         How long the archiver leaves entries it archived in the stream
         ``audit`` (for ``pretrade audit``'s view of the last moments). It never
@@ -375,6 +382,7 @@ class Settings:
     shutdown_grace_ms: int = 5_000
     audit_queue_size: int = 100_000
     audit_when_full: str = "reject"
+    audit_before_answer: bool = True
     audit_retain_ms: int = 60_000
     database_url: str | None = field(default=None, repr=False)
     archive: bool = False

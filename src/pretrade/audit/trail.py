@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import itertools
 import logging
 import os
@@ -51,6 +52,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pretrade.audit.entries import AUDIT_STREAM, BATCH_VERSION, DECISION, HALT, encode_batch
+from pretrade.engine.errors import Unavailable
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.audit")
@@ -118,11 +120,58 @@ class AuditTrail:
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = -DROP_LOG_SECONDS
         self._failing = False
+        #: Entries queued so far, and how many of those have left the queue (in order).
+        self._queued_seq = 0
+        self._done_seq = 0
+        #: Calls waiting for their entries: (sequence number, tie-break, future).
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tie = itertools.count()
 
     @property
     def pending(self) -> int:
         """Entries queued and not yet acknowledged by Redis."""
         return len(self._queue)
+
+    @property
+    def last_queued(self) -> int:
+        """The sequence number of the newest entry queued (0: none yet).
+
+        A caller reads it before and after it decides: when it grew, its own
+        entries are up to it, and :meth:`recorded` waits for them.
+        """
+        return self._queued_seq
+
+    async def recorded(self, seq: int, timeout: float) -> None:
+        """Return once every entry up to ``seq`` is in Redis; Unavailable past ``timeout``.
+
+        The entries stay queued after a timeout and are written when Redis
+        takes them; only the caller stops waiting.
+        """
+        if seq <= self._done_seq:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (seq, next(self._tie), done))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout=max(timeout, 0.0))
+        except TimeoutError:
+            raise Unavailable(
+                f"the decision was made, but its audit record is not in Redis after "
+                f"{timeout * 1000:.0f} ms (Redis holds writes back); it will be written when "
+                "Redis takes it: re-send the same order id, it replays") from None
+
+    def _advance(self, count: int, written: bool) -> None:
+        """``count`` entries left the queue (written, or lost): wake who waited for them."""
+        before, self._done_seq = self._done_seq, self._done_seq + count
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._done_seq:
+            seq, _, done = heapq.heappop(waiters)
+            if done.done():
+                continue
+            if written or seq <= before:
+                done.set_result(None)
+            else:
+                done.set_exception(Unavailable("the decision's audit record could not be "
+                                               "encoded and is lost; see the server log"))
 
     # -- THE HOT PATH: append only --
 
@@ -163,6 +212,7 @@ class AuditTrail:
         if not queue:
             self._wake.set()
         queue.append(entry)
+        self._queued_seq += 1
 
     def _drop(self) -> None:
         self.stats.dropped += 1
@@ -172,9 +222,14 @@ class AuditTrail:
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_SECONDS:
             self._last_drop_log = now
-            log.warning("audit queue full (%d entries): %d orders refused AUDIT_UNAVAILABLE, "
-                        "%d audit entries dropped so far; %s", self.queue_size,
-                        self.stats.refused, self.stats.dropped, self._why_full())
+            if self.refuse_when_full:
+                log.warning("audit queue full (%d entries): refusing orders AUDIT_UNAVAILABLE, "
+                            "%d refused so far (%d halt changes dropped); %s", self.queue_size,
+                            self.stats.refused, self.stats.dropped, self._why_full())
+            else:
+                log.warning("audit queue full (%d entries): dropping audit entries, %d "
+                            "dropped so far; %s", self.queue_size, self.stats.dropped,
+                            self._why_full())
 
     def _why_full(self) -> str:
         """The cause of a full queue, from what the writer saw."""
@@ -223,6 +278,7 @@ class AuditTrail:
                 lost = min(len(self._queue), BATCH_SIZE)
                 for _ in range(lost):
                     self._queue.popleft()
+                self._advance(lost, written=False)
                 self.stats.dropped += lost
                 log.exception("could not encode %d audit entries; they are dropped", lost)
                 continue
@@ -244,6 +300,7 @@ class AuditTrail:
         for _ in batch:
             self._queue.popleft()
         self.stats.written += len(batch)
+        self._advance(len(batch), written=True)
 
     async def close(self, timeout: float) -> None:
         """Write what is queued (at most ``timeout`` seconds), then stop the writer."""
