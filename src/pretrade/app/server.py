@@ -35,6 +35,7 @@ from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
+from pretrade.app.archiving import archiver_beside
 from pretrade.app.config import Settings, redacted_url
 from pretrade.app.lifetime import die_with_parent, listener_pids, process_name
 from pretrade.app.security import ServerAccess
@@ -570,7 +571,8 @@ def serve_forever(settings: Settings) -> int:
     ServerAccess.from_settings(settings)
     if not settings.embedded_redis:
         assert settings.redis_url is not None
-        return _serve_processes(settings, settings.redis_url)
+        with archiver_beside(settings, settings.redis_url):  # the audit archive, when asked
+            return _serve_processes(settings, settings.redis_url)
     from pretrade.app.devredis import RedisServer
 
     data_dir = Path(settings.data_dir) / "redis"
@@ -578,4 +580,5 @@ def serve_forever(settings: Settings) -> int:
     with RedisServer(data_dir=data_dir, persistent=True) as embedded:
         log.info("embedded redis-server pid %d at %s (data in %s)", embedded.pid, embedded.url,
                  data_dir)
-        return _serve_processes(settings, embedded.url)
+        with archiver_beside(settings, embedded.url):  # the audit archive, when asked
+            return _serve_processes(settings, embedded.url)

@@ -403,6 +403,7 @@ class Archiver:
         Returns how many stream entries were archived.
         """
         if not self._group_ready:
+            self.store.connection()  # the schema is there before the first row
             self.ensure_group()
         now = time.monotonic()
         entries: list[tuple[bytes, Any]] = []

@@ -6,6 +6,7 @@
     pretrade order --account A1 --symbol AAPL --side buy --qty 100 --price 68.3378
     pretrade halt --scope symbol --symbol AAPL --mode halted --reason "news pending"
     pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
+    pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
     pretrade status
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
@@ -228,6 +229,11 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="load a demo book (accounts, limits, instruments) at start",
     )
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
+    serve.add_argument("--archive", action="store_true", default=None,
+                       help="run the audit archiver beside the gateway (an embedded PostgreSQL "
+                       "unless --database-url or $DATABASE_URL is set)")
+    serve.add_argument("--database-url", metavar="URL",
+                       help="PostgreSQL of the audit archive ($DATABASE_URL)")
     access = serve.add_argument_group(
         "access", "TLS (or --insecure) and auth are required; see README, Access control")
     access.add_argument("--insecure", action="store_true", default=None,
@@ -291,6 +297,21 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
 
     _add_audit_command(commands)
+
+    archive = commands.add_parser(
+        "archive",
+        help="move the audit stream into PostgreSQL, until stopped",
+        description="Read the Redis stream `audit` as the consumer group `archiver` and write "
+        "every record to PostgreSQL exactly once; trim the stream behind what is archived. "
+        "Runs until SIGTERM or SIGINT; several may run at once.")
+    archive.add_argument("--config", metavar="FILE", help="TOML settings file ($PRETRADE_CONFIG)")
+    archive.add_argument("--redis-url", metavar="URL",
+                         help="the gateway's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    archive.add_argument("--database-url", metavar="URL",
+                         help="PostgreSQL (default: $PRETRADE_DATABASE_URL or $DATABASE_URL)")
+    archive.add_argument("--consumer", help="this archiver's name in the group (default: "
+                         "<host>-<pid>)")
+    archive.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
 
     status = commands.add_parser(
         "status",
@@ -460,6 +481,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "tls_require_client_cert": args.tls_require_client_cert,
                 "auth": args.auth,
                 "tokens_file": args.tokens_file,
+                "archive": args.archive,
+                "database_url": args.database_url,
             },
         )
     except ConfigError as error:
@@ -654,11 +677,31 @@ def _run_audit(args: argparse.Namespace) -> int:
     return EXIT_APPROVED
 
 
+def _run_archive(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(config_file=args.config, overrides={
+            "redis_url": args.redis_url, "database_url": args.database_url,
+            "log_level": args.log_level})
+    except ConfigError as error:
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if settings.redis_url is None or settings.database_url is None:
+        print("pretrade: archive needs --redis-url (or $PRETRADE_REDIS_URL, $REDIS_URL) and "
+              "--database-url (or $PRETRADE_DATABASE_URL, $DATABASE_URL)", file=sys.stderr)
+        return EXIT_FAILED
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from pretrade.app.archiving import run_archiver
+
+    return run_archiver(settings, args.consumer)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
     "halt": _run_halt,
     "audit": _run_audit,
+    "archive": _run_archive,
     "status": _run_status,
     "token": _run_token,
 }
