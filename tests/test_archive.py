@@ -225,3 +225,64 @@ def test_the_archiver_keeps_going_when_postgresql_goes_away_and_comes_back(
     assert keeper.stats.errors >= 1
     assert len(rows(database_url)) == 40
     assert redis_client.xpending(AUDIT_STREAM, GROUP)["pending"] == 0
+
+
+# -- pretrade audit: the archive and the stream, merged --
+
+
+def audit_json(capsys: Any, *args: str) -> list[dict[str, Any]]:
+    import json
+
+    from pretrade.cli.commands import main
+
+    capsys.readouterr()
+    assert main(["audit", *args, "--json", "--limit", "0"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_audit_reads_history_from_postgresql_and_the_rest_from_the_stream_once(
+        capsys, redis_client, redis_url, database_url, archiver):
+    write_records(redis_url, 30)
+    keeper = archiver(retain_ms=3_600_000)  # archived entries stay in the stream too
+    archive_all(keeper)
+    write_records(redis_url, 9, prefix="new")  # not archived yet
+    source = ("--redis-url", redis_url, "--database-url", database_url)
+    every = audit_json(capsys, *source)
+    assert [e["order_id"] for e in every] == [f"o-{n}" for n in range(30)] + [
+        f"new-{n}" for n in range(9)]
+    assert len({e["id"] for e in every}) == 39
+    # Trimmed down to nothing: the history is still whole, from PostgreSQL.
+    archive_all(keeper)
+    keeper.retain_ms = 0
+    keeper.trim()
+    assert redis_client.xlen(AUDIT_STREAM) == 1
+    assert [e["order_id"] for e in audit_json(capsys, *source)] == [
+        e["order_id"] for e in every]
+    # Without the archive, only what the stream still holds.
+    assert len(audit_json(capsys, "--redis-url", redis_url)) == 9
+
+
+def test_audit_filters_by_reject_code_and_principal_in_both_sources(
+        capsys, redis_url, database_url, archiver):
+    write_records(redis_url, 30)
+    archive_all(archiver(retain_ms=0))
+    write_records(redis_url, 9, prefix="new")
+    source = ("--redis-url", redis_url, "--database-url", database_url)
+    rejected = audit_json(capsys, *source, "--code", "buying_power")
+    assert [e["order_id"] for e in rejected] == [f"o-{n}" for n in range(0, 30, 3)] + [
+        f"new-{n}" for n in range(0, 9, 3)]
+    assert all("BUYING_POWER" in e["codes"] for e in rejected)
+    by_one = audit_json(capsys, *source, "--principal", "oms-1", "--account", "ACC-1")
+    assert [e["order_id"] for e in by_one] == [f"o-{n}" for n in range(30) if n % 4 == 1] + [
+        f"new-{n}" for n in range(9) if n % 4 == 1]
+    newest = audit_json(capsys, *source, "--order-id", "o-7")
+    assert [(e["order_id"], e["account"], e["principal"]) for e in newest] == [
+        ("o-7", "ACC-3", "oms-1")]
+
+
+def test_audit_with_an_unreachable_archive_fails_with_status_2(capsys, redis_url):
+    from pretrade.cli.commands import main
+
+    assert main(["audit", "--redis-url", redis_url, "--database-url",
+                 "postgresql://nobody@127.0.0.1:1/none"]) == 2
+    assert "reading the audit archive failed" in capsys.readouterr().err

@@ -618,18 +618,26 @@ def _parse_limit(text: str) -> int:
 def _add_audit_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
         "audit",
-        help="read the audit trail of decisions and halt changes from Redis",
-        description="Read the Redis stream `audit` directly (not through the gateway): the "
-        "newest entries that match every filter given, printed oldest first. Times are UTC.",
+        help="read the audit trail of decisions and halt changes (PostgreSQL and Redis)",
+        description="Read the audit trail directly (not through the gateway): with a database "
+        "URL, the archive in PostgreSQL and the Redis stream `audit` merged (each record once); "
+        "without one, the stream alone. The newest entries that match every filter given, "
+        "printed oldest first. Times are UTC.",
     )
     audit.add_argument("--redis-url", metavar="URL",
                        help="the gateway's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    audit.add_argument("--database-url", metavar="URL",
+                       help="the audit archive (default: $PRETRADE_DATABASE_URL or "
+                       "$DATABASE_URL; none: the stream only)")
     audit.add_argument("--config", metavar="FILE",
                        help="TOML settings file, for redis_url and credentials "
                        "($PRETRADE_CONFIG)")
     audit.add_argument("--account", help="decisions of this account, and its halts")
     audit.add_argument("--order-id", help="decisions of this order id")
     audit.add_argument("--event", choices=("decision", "halt"), help="one kind of entry only")
+    audit.add_argument("--code", help="decisions rejected with this reject code, e.g. "
+                       "BUYING_POWER")
+    audit.add_argument("--principal", help="entries made by this authenticated caller")
     audit.add_argument("--since", type=_argument_type(parse_when), metavar="WHEN",
                        help="from this time: 10m, 2h, 1d ago, or ISO 8601 (UTC unless it says)")
     audit.add_argument("--until", type=_argument_type(parse_when), metavar="WHEN",
@@ -644,11 +652,18 @@ def _run_audit(args: argparse.Namespace) -> int:
     # Imported here: only this command needs a Redis client.
     import redis
 
-    from pretrade.audit.query import AuditQuery, entry_as_json, read_audit
+    from pretrade.audit.query import (
+        AuditQuery,
+        entry_as_json,
+        read_audit,
+        read_history,
+        reject_code_name,
+    )
 
     try:
         settings = load_settings(config_file=args.config,
-                                 overrides={"redis_url": args.redis_url})
+                                 overrides={"redis_url": args.redis_url,
+                                            "database_url": args.database_url})
     except ConfigError as error:
         print(f"pretrade: bad settings: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -657,13 +672,27 @@ def _run_audit(args: argparse.Namespace) -> int:
               "Redis that `pretrade serve` names in its banner", file=sys.stderr)
         return EXIT_FAILED
     query = AuditQuery(account=args.account, order_id=args.order_id, event=args.event,
-                       since_ms=args.since, until_ms=args.until, limit=args.limit)
+                       since_ms=args.since, until_ms=args.until, limit=args.limit,
+                       code=reject_code_name(args.code) if args.code else None,
+                       principal=args.principal)
     client = redis.Redis.from_url(
         settings.redis_url, username=settings.redis_username or None,
         password=settings.redis_password or None, socket_timeout=RPC_TIMEOUT_SECONDS,
         socket_connect_timeout=RPC_TIMEOUT_SECONDS)
     try:
-        entries = read_audit(client, query)
+        if settings.database_url is None:
+            entries = read_audit(client, query)
+        else:
+            import psycopg
+
+            try:
+                with psycopg.connect(settings.database_url,
+                                     connect_timeout=int(RPC_TIMEOUT_SECONDS) or 1) as archive:
+                    entries = read_history(client, archive, query)
+            except psycopg.Error as error:
+                print(f"pretrade: reading the audit archive failed: {error}".rstrip(),
+                      file=sys.stderr)
+                return EXIT_FAILED
     except redis.RedisError as error:
         print(f"pretrade: reading the audit stream failed: {error}", file=sys.stderr)
         return EXIT_FAILED
