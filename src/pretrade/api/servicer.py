@@ -52,6 +52,22 @@ _EXPIRED_LOOKUPS = 3
 Expired = tuple[int, pb.Order, int]
 
 
+_UNRECORDED_CODES = frozenset({pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_AUDIT_UNAVAILABLE})
+
+
+def must_be_recorded(decisions: Iterable[pb.Decision]) -> bool:
+    """Whether an answer waits for its audit records (with ``audit_before_answer``).
+
+    Every decision waits, except a STALE_DATA rejection (the sync has lost
+    Redis: the record cannot be written now, and the answer must not hang
+    on it; nothing of it reaches a market) and an AUDIT_UNAVAILABLE refusal
+    (not decided, no record).
+    """
+    return any(decision.approved or not any(r.code in _UNRECORDED_CODES
+                                            for r in decision.rejections)
+               for decision in decisions)
+
+
 def expired_mark(verdict: Verdict) -> int | None:
     """The eviction count when the engine did not decide because the id may have been
     decided before and its record left the table (see ``Engine.evaluate``), else None."""
@@ -283,15 +299,18 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         return self.audit.last_queued if self.audit is not None else 0
 
     async def _settle(self, durable: list[DecidedOrder], mark: int,
-                      deadline_seconds: float | None) -> None:
+                      deadline_seconds: float | None, record: bool) -> None:
         """Before the answer: the call's decisions durable (the journal) and, with
-        ``audit_before_answer``, its audit records in Redis (both waits at once).
+        ``audit_before_answer`` and ``record``, its audit records in Redis (both
+        waits at once).
 
         ``mark`` is :meth:`_audit_mark` from before the call decided: when the
         queue grew since, the call queued records and waits for them.
+        ``record`` is :func:`must_be_recorded` of its decisions.
         """
         audit = self.audit
-        if audit is None or not self.audit_before_answer or audit.last_queued <= mark:
+        if audit is None or not self.audit_before_answer or not record \
+                or audit.last_queued <= mark:
             await self._make_durable(durable, deadline_seconds)
             return
         recorded = audit.recorded(audit.last_queued, self.wait_budget(deadline_seconds))
@@ -320,7 +339,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if expired:
                 decision, durable = (await self.resolve_expired(expired))[0]
             await self._settle([durable] if durable is not None else [], mark,
-                               context.time_remaining())
+                               context.time_remaining(), must_be_recorded((decision,)))
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder")
@@ -373,7 +392,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                     reply.decisions[index].CopyFrom(decision)
                     if record is not None:
                         durable.append(record)
-            await self._settle(durable, mark, context.time_remaining())
+            await self._settle(durable, mark, context.time_remaining(),
+                               must_be_recorded(reply.decisions))
             return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")

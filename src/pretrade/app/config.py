@@ -312,8 +312,9 @@ class Settings:
     audit_before_answer : bool
         An answer waits until the audit records of its decisions are in Redis
         (group-committed: one write per batch of calls), so a server killed
-        with ``kill -9`` has recorded every decision it answered. Off, the
-        records are written just after the answer.
+        with ``kill -9`` has recorded every decision it answered (STALE_DATA
+        answers, given while Redis is away, do not wait). Off, the records
+        are written just after the answer.
     audit_retain_ms : int
         How long the archiver leaves entries it archived in the stream
         ``audit`` (for ``pretrade audit``'s view of the last moments). It never
