@@ -286,3 +286,23 @@ def test_audit_with_an_unreachable_archive_fails_with_status_2(capsys, redis_url
     assert main(["audit", "--redis-url", redis_url, "--database-url",
                  "postgresql://nobody@127.0.0.1:1/none"]) == 2
     assert "reading the audit archive failed" in capsys.readouterr().err
+
+
+def test_the_names_of_archivers_gone_with_nothing_pending_are_forgotten(
+        redis_client, redis_url, archiver, monkeypatch):
+    import pretrade.audit.archive as archive
+
+    write_records(redis_url, 20)
+    gone = archiver(consumer="gone", entries_per_read=1)
+    gone.ensure_group()
+    assert len(gone._read(">", block=False)) == 1  # pending under "gone"
+    archiver(consumer="done").step()  # reads the other entry, acknowledges it
+    live = archiver(consumer="live", claim_idle_ms=0)
+    monkeypatch.setattr(archive, "FORGET_IDLE_MS", 0)
+    live.trim()
+    names = {c["name"] for c in redis_client.xinfo_consumers(AUDIT_STREAM, GROUP)}
+    assert names == {b"gone"}  # "done" is forgotten; "gone" still holds an entry: kept
+    archive_all(live)  # takes it over
+    live.trim()
+    names = {c["name"] for c in redis_client.xinfo_consumers(AUDIT_STREAM, GROUP)}
+    assert names == {b"live"}

@@ -64,6 +64,8 @@ BLOCK_MS = 500
 #: Seconds between trims, and between looks for entries of dead archivers.
 TRIM_SECONDS = 1.0
 CLAIM_SECONDS = 1.0
+#: Names of archivers with nothing pending are dropped from the group after this long (ms).
+FORGET_IDLE_MS = 600_000
 #: Seconds between progress lines in the log.
 REPORT_SECONDS = 30.0
 #: Pause after an error, doubled per failure up to RETRY_MAX_SECONDS.
@@ -501,7 +503,21 @@ class Archiver:
         threshold = _min_id(safe, f"{cutoff}-0")
         trimmed = int(self.client.execute_command("XTRIM", self.stream, "MINID", threshold))
         self.stats.trimmed += trimmed
+        if int(mine.get("consumers") or 0) > 1:
+            self._forget_idle_consumers()
         return trimmed
+
+    def _forget_idle_consumers(self) -> None:
+        """Drop the names of archivers gone long ago (each start has a new name): only those
+        with nothing pending, so nothing is lost (a live one idle so long is added back by
+        its next read)."""
+        idle_ms = max(self.claim_idle_ms, FORGET_IDLE_MS)
+        for consumer in self.client.xinfo_consumers(self.stream, self.group):
+            name = consumer.get("name")
+            if as_text(name) == self.consumer or int(consumer.get("pending") or 0):
+                continue
+            if int(consumer.get("idle") or 0) >= idle_ms:
+                self.client.xgroup_delconsumer(self.stream, self.group, name)
 
     def run(self, stop: threading.Event) -> None:
         """Archive until ``stop`` is set; errors are logged and retried, never fatal."""
