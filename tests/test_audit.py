@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -217,9 +218,40 @@ def test_halts_in_force_at_start_are_not_reported_as_changes(seeded, start_gatew
 # -- the writer: never blocking, bounded, counted --
 
 
-def test_a_redis_that_does_not_answer_never_blocks_a_decision_and_drops_are_counted(
+def test_an_answer_waits_for_its_audit_record_and_is_unavailable_while_redis_is_silent(
+        seeded, start_gateway):
+    gateway = start_gateway(audit_queue_size=3)
+    audit = gateway.gateway.audit
+    with grpc.insecure_channel(gateway.target) as channel, socket.socket() as silent:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert stub.EvaluateOrder(order(order_id="before")).approved
+        # Answered, so recorded already: no waiting for the stream.
+        assert [e["order_id"] for e in entries(seeded)] == ["before"]
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        redis_client, audit.write_timeout = audit.client, 0.5
+        audit.client = aioredis.Redis(port=silent.getsockname()[1])
+        for n in range(3):
+            with pytest.raises(grpc.RpcError) as unrecorded:
+                stub.EvaluateOrder(order(order_id=f"silent-{n}"), timeout=0.5)
+            assert unrecorded.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "audit record is not in Redis" in unrecorded.value.details()
+        refused = stub.EvaluateOrder(order(order_id="silent-3"), timeout=1)
+        assert [r.code for r in refused.rejections] == [pb.REJECT_CODE_AUDIT_UNAVAILABLE]
+        audit.client = redis_client  # Redis is back: the stuck write times out, then retries
+        wait_until(lambda: stub.GetStatus(pb.StatusRequest()).audit_pending,
+                   lambda pending: pending == 0, timeout=10)
+        # The decisions stand: re-sent, each replays, and now its record is written.
+        again = stub.EvaluateOrder(order(order_id="silent-0"), timeout=10)
+        assert again.approved and again.replayed
+    assert [e["order_id"] for e in entries(seeded)] == ["before", "silent-0", "silent-1",
+                                                        "silent-2", "silent-0"]
+
+
+def test_with_drop_a_redis_that_does_not_answer_never_blocks_a_decision_and_drops_count(
         seeded, start_gateway, caplog):
-    gateway = start_gateway(audit_queue_size=20)
+    gateway = start_gateway(audit_queue_size=20, audit_when_full="drop",
+                            audit_before_answer=False)
     audit = gateway.gateway.audit
     with grpc.insecure_channel(gateway.target) as channel, socket.socket() as silent:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)
@@ -268,13 +300,14 @@ def test_a_failed_write_is_retried_and_nothing_is_lost_or_counted_twice(redis_cl
     assert [e["order_id"] for e in entries(redis_client)] == [f"retry-{n}" for n in range(10)]
 
 
-def test_the_stream_is_trimmed_to_about_max_len(redis_client, redis_url):
+def test_the_writer_never_trims_the_stream(redis_client, redis_url):
+    """Only the archiver trims, up to what it archived: the writer keeps every entry."""
     async def scenario() -> None:
         client = aioredis.Redis.from_url(redis_url)
-        trail = AuditTrail(client, max_len=100, queue_size=5_000)
+        trail = AuditTrail(client, queue_size=5_000)
         trail.start()
         # One stream entry per batch: let each change go out on its own.
-        for n in range(1_000):
+        for n in range(300):
             trail.halt("rpc", pb.HALT_SCOPE_GLOBAL, b"", pb.HALT_MODE_HALTED, f"r{n}", "me")
             while trail.pending:
                 await asyncio.sleep(0)
@@ -282,10 +315,88 @@ def test_the_stream_is_trimmed_to_about_max_len(redis_client, redis_url):
         await client.aclose()
 
     asyncio.run(scenario())
-    # MAXLEN ~ trims whole macro nodes (100 entries each by default).
-    assert 100 <= redis_client.xlen(AUDIT_STREAM) <= 300
-    entry_id, last = redis_client.xrevrange(AUDIT_STREAM, count=1)[0]
-    assert rows_of(entry_id, last)[-1][1]["reason"] == "r999"
+    assert redis_client.xlen(AUDIT_STREAM) == 300
+    first_id, first = redis_client.xrange(AUDIT_STREAM, count=1)[0]
+    assert rows_of(first_id, first)[0][1]["reason"] == "r0"
+
+
+# -- a full queue: no decision without its record --
+
+#: Long enough for a burst of orders, short of the sync's lag bound in these tests.
+PAUSE_MS = 1_500
+
+
+def pause_writes(client: redis.Redis, ms: int = PAUSE_MS) -> None:
+    """Redis holds back every write (XADD too) for ``ms``: a slow Redis, for the writer."""
+    client.execute_command("CLIENT", "PAUSE", ms, "WRITE")
+
+
+def test_a_full_audit_queue_refuses_orders_audit_unavailable_and_reserves_nothing(
+        seeded, start_gateway):
+    gateway = start_gateway(audit_queue_size=5, durable_decisions=False,
+                            max_sync_lag_ms=5_000)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        before = stub.GetStatus(pb.StatusRequest())
+        pause_writes(seeded)
+        calls = []
+        for n in range(12):  # at once: the first ones wait for their records meanwhile
+            calls.append(stub.EvaluateOrder.future(order(quantity=100, order_id=f"full-{n}"),
+                                                   timeout=5))
+            time.sleep(0.02)
+        during = stub.GetStatus(pb.StatusRequest())
+        answers = [call.result() for call in calls]
+        decided = [a for a in answers if a.approved]
+        refused = [a for a in answers if not a.approved]
+        # The first five fit in the queue (the writer's XADD waits on Redis); the rest
+        # are refused with their own code, and the engine never saw them.
+        assert [a.order_id for a in decided] == [f"full-{n}" for n in range(5)]
+        assert len(refused) == 7
+        for answer in refused:
+            assert [r.code for r in answer.rejections] == [pb.REJECT_CODE_AUDIT_UNAVAILABLE]
+            assert "audit queue is full" in answer.rejections[0].message
+            assert (answer.rejections[0].observed, answer.rejections[0].limit) == (5, 5)
+        assert during.orders - before.orders == 5  # nothing reserved or remembered
+        assert during.audit_refused == 7 and during.audit_dropped == 0
+        assert during.audit_pending == 5
+        # Redis takes writes again: the queue drains, and a refused order, sent again,
+        # is decided for the first time (not a replay: it was never remembered).
+        wait_until(lambda: stub.GetStatus(pb.StatusRequest()).audit_pending,
+                   lambda pending: pending == 0, timeout=10)
+        again = stub.EvaluateOrder(order(quantity=100, order_id="full-5"), timeout=5)
+        assert again.approved and not again.replayed
+        assert stub.GetStatus(pb.StatusRequest()).orders - before.orders == 6
+    # Every decision answered is in the stream, and no refused one is.
+    recorded = [e["order_id"] for e in audited(seeded, 6, "decision")]
+    assert recorded == [f"full-{n}" for n in range(6)]
+
+
+def test_a_full_audit_queue_refuses_a_batch_order_by_order(seeded, start_gateway):
+    gateway = start_gateway(audit_queue_size=3, durable_decisions=False,
+                            max_sync_lag_ms=5_000)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        pause_writes(seeded)
+        reply = stub.EvaluateOrders(pb.OrderBatch(orders=[
+            order(order_id=f"batch-{n}") for n in range(4)] + [pb.Order(order_id="bad")]),
+            timeout=5)
+    assert [d.approved for d in reply.decisions] == [True, True, True, False, False]
+    for decision in reply.decisions[3:]:
+        assert [r.code for r in decision.rejections] == [pb.REJECT_CODE_AUDIT_UNAVAILABLE]
+
+
+def test_audit_when_full_drop_decides_and_counts_the_dropped_records(seeded, start_gateway):
+    gateway = start_gateway(audit_queue_size=5, durable_decisions=False,
+                            max_sync_lag_ms=5_000, audit_when_full="drop",
+                            audit_before_answer=False)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        pause_writes(seeded)
+        answers = [stub.EvaluateOrder(order(order_id=f"drop-{n}"), timeout=5)
+                   for n in range(8)]
+        status = stub.GetStatus(pb.StatusRequest())
+    assert all(a.approved for a in answers)
+    assert (status.audit_dropped, status.audit_refused) == (3, 0)
 
 
 def test_a_burst_of_decisions_is_one_stream_entry_per_batch_and_reads_back_whole(redis_client,

@@ -51,8 +51,9 @@ def test_a_loss_limit_breach_moves_the_account_to_reduce_only(seeded, gateway, s
 
 def test_an_automatic_halt_redis_refuses_is_shown_retried_and_written_later(
         seeded, start_gateway):
-    # Durable decisions off: with Redis refusing writes they would fail the orders.
-    gateway = start_gateway(durable_decisions=False)
+    # Durable decisions and audit before answer off: with Redis refusing writes they
+    # would fail the orders (UNAVAILABLE), and this is about the breaker.
+    gateway = start_gateway(durable_decisions=False, audit_before_answer=False)
     channel = grpc.insecure_channel(gateway.target)
     stub = risk_pb2_grpc.PreTradeRiskStub(channel)
     seeded.hset("limits:{ACC-1}", mapping={"max_rejects_per_window": 2,

@@ -101,8 +101,13 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_MAX_CONTROL_CALLS": "66",
         "PRETRADE_MAX_OPEN_CALLS": "67",
         "PRETRADE_SHUTDOWN_GRACE_MS": "2500",
-        "PRETRADE_AUDIT_MAX_LEN": "1000",
         "PRETRADE_AUDIT_QUEUE_SIZE": "100",
+        "PRETRADE_AUDIT_WHEN_FULL": "Drop",
+        "PRETRADE_AUDIT_BEFORE_ANSWER": "off",
+        "PRETRADE_AUDIT_RETAIN_MS": "1000",
+        "PRETRADE_DATABASE_URL": "postgresql://archiver:pw@db:5432/audit",
+        "PRETRADE_ARCHIVE": "yes",
+        "PRETRADE_ARCHIVE_CLAIM_IDLE_MS": "4000",
         "PRETRADE_DURABLE_DECISIONS": "no",
         "PRETRADE_DEMO_BOOK": "yes",
         "PRETRADE_DATA_DIR": "/var/lib/pretrade",
@@ -140,8 +145,13 @@ def test_every_field_has_its_own_environment_variable():
         max_control_calls=66,
         max_open_calls=67,
         shutdown_grace_ms=2500,
-        audit_max_len=1000,
         audit_queue_size=100,
+        audit_when_full="drop",
+        audit_before_answer=False,
+        audit_retain_ms=1000,
+        database_url="postgresql://archiver:pw@db:5432/audit",
+        archive=True,
+        archive_claim_idle_ms=4000,
         durable_decisions=False,
         demo_book=True,
         data_dir="/var/lib/pretrade",
@@ -160,6 +170,26 @@ def test_every_field_has_its_own_environment_variable():
         auth="tokens",
         tokens_file="/etc/pretrade/tokens.toml",
     )
+
+
+def test_plain_database_url_is_the_fallback_for_pretrade_database_url():
+    plain = {"DATABASE_URL": "postgresql://a/b"}
+    assert load_settings(env=plain).database_url == "postgresql://a/b"
+    both = {**plain, "PRETRADE_DATABASE_URL": "postgres://c/d"}
+    assert load_settings(env=both).database_url == "postgres://c/d"
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_without_its_password():
+    with pytest.raises(ConfigError, match="database_url") as refused:
+        Settings(database_url="mysql://root:secret@db/audit")
+    assert "secret" not in str(refused.value)
+    assert "secret" not in repr(Settings(database_url="postgresql://root:secret@db/audit"))
+
+
+def test_audit_when_full_is_reject_or_drop():
+    assert Settings().audit_when_full == "reject"
+    with pytest.raises(ConfigError, match="audit_when_full"):
+        Settings(audit_when_full="block")
 
 
 def test_plain_redis_url_is_the_fallback_for_pretrade_redis_url():

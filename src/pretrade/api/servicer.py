@@ -52,6 +52,22 @@ _EXPIRED_LOOKUPS = 3
 Expired = tuple[int, pb.Order, int]
 
 
+_UNRECORDED_CODES = frozenset({pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_AUDIT_UNAVAILABLE})
+
+
+def must_be_recorded(decisions: Iterable[pb.Decision]) -> bool:
+    """Whether an answer waits for its audit records (with ``audit_before_answer``).
+
+    Every decision waits, except a STALE_DATA rejection (the sync has lost
+    Redis: the record cannot be written now, and the answer must not hang
+    on it; nothing of it reaches a market) and an AUDIT_UNAVAILABLE refusal
+    (not decided, no record).
+    """
+    return any(decision.approved or not any(r.code in _UNRECORDED_CODES
+                                            for r in decision.rejections)
+               for decision in decisions)
+
+
 def expired_mark(verdict: Verdict) -> int | None:
     """The eviction count when the engine did not decide because the id may have been
     decided before and its record left the table (see ``Engine.evaluate``), else None."""
@@ -70,7 +86,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  portfolio: PortfolioHub | None = None,
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
-                 audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0) -> None:
+                 audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
+                 audit_before_answer: bool = False) -> None:
         self.engine = engine
         #: The longest a call waits on Redis's behalf (its decisions made
         #: durable, the account state it asks for): the sync's lag bound. A
@@ -81,8 +98,10 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.breakers = Breakers(engine.table, halts, redis_client, audit)
         self.portfolio = portfolio
         self.status = status
-        # Every decision and halt is queued for the audit stream (never awaited).
+        # Every decision and halt is queued for the audit stream; with
+        # audit_before_answer, an answer waits until its records are in Redis.
         self.audit = audit
+        self.audit_before_answer = audit_before_answer
         # Decided orders are made durable before the answer when set.
         self.journal = journal
         if journal is not None:
@@ -107,6 +126,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         :meth:`resolve_expired`, which reads its durable copy.
         """
         valid = validate_order(order)
+        if self.audit is not None and not self.audit.has_room():
+            # No decision without its record: refused before the engine reserves anything.
+            return self._audit_unavailable(order), None
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
         started = time.perf_counter_ns()
@@ -135,6 +157,16 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 verdict.notional, valid.venue, valid.counterparty, verdict.approved,
                 verdict.rejections[:STORED_REJECTIONS])
         return self._decision(order, verdict, latency), durable
+
+    def _audit_unavailable(self, order: pb.Order) -> pb.Decision:
+        """AUDIT_UNAVAILABLE: the order is not decided, as its record could not be queued."""
+        assert self.audit is not None
+        self.audit.refuse()
+        return pb.Decision(
+            order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
+            account_id=order.account_id[:64], symbol=order.symbol[:64],
+            rejections=[rejection_message(pb.REJECT_CODE_AUDIT_UNAVAILABLE, self.audit.pending,
+                                          self.audit.queue_size)])
 
     @staticmethod
     def _decision(order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
@@ -187,6 +219,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     def _replay_durable(self, order: pb.Order, ids: ValidOrder, raw: bytes,
                         latency: int) -> pb.Decision:
         """The decision an order id got before, from its durable copy."""
+        if self.audit is not None and not self.audit.has_room():
+            return self._audit_unavailable(order)
         try:
             record = decode(ids.account, ids.order_id, raw)
         except StateError as error:
@@ -260,6 +294,35 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             return
         await self.journal.commit(durable, self.wait_budget(deadline_seconds))
 
+    def _audit_mark(self) -> int:
+        """Where the audit queue stands before a call decides (see :meth:`_settle`)."""
+        return self.audit.last_queued if self.audit is not None else 0
+
+    async def _settle(self, durable: list[DecidedOrder], mark: int,
+                      deadline_seconds: float | None, record: bool) -> None:
+        """Before the answer: the call's decisions durable (the journal) and, with
+        ``audit_before_answer`` and ``record``, its audit records in Redis (both
+        waits at once).
+
+        ``mark`` is :meth:`_audit_mark` from before the call decided: when the
+        queue grew since, the call queued records and waits for them.
+        ``record`` is :func:`must_be_recorded` of its decisions.
+        """
+        audit = self.audit
+        if audit is None or not self.audit_before_answer or not record \
+                or audit.last_queued <= mark:
+            await self._make_durable(durable, deadline_seconds)
+            return
+        recorded = audit.recorded(audit.last_queued, self.wait_budget(deadline_seconds))
+        if not durable or self.journal is None:
+            await recorded
+            return
+        outcomes = await asyncio.gather(self._make_durable(durable, deadline_seconds),
+                                        recorded, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     def _mark_durable(self, written: list[DecidedOrder]) -> None:
         self.engine.table.mark_durable_many([(d.account, d.order_id) for d in written])
 
@@ -270,12 +333,13 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if request.min_state_version:
                 await self.wait_for_state(self.states_wanted((request,)),
                                           self.wait_budget(context.time_remaining()))
+            mark = self._audit_mark()
             expired: list[Expired] = []
             decision, durable = self.decide_durably(request, expired=expired)
             if expired:
                 decision, durable = (await self.resolve_expired(expired))[0]
-            if durable is not None:
-                await self._make_durable([durable], context.time_remaining())
+            await self._settle([durable] if durable is not None else [], mark,
+                               context.time_remaining(), must_be_recorded((decision,)))
             return decision
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder", request)
@@ -299,6 +363,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 if record is not None and durable is not None:
                     durable.append(record)
             except InvalidRequest as error:
+                if self.audit is not None and not self.audit.has_room():
+                    decisions.append(self._audit_unavailable(order))
+                    continue
                 decisions.append(pb.Decision(
                     order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
                     account_id=order.account_id[:64], symbol=order.symbol[:64],
@@ -316,6 +383,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             validate_batch(request)
             if wanted := self.states_wanted(request.orders):
                 await self.wait_for_state(wanted, self.wait_budget(context.time_remaining()))
+            mark = self._audit_mark()
             durable: list[DecidedOrder] = []
             expired: list[Expired] = []
             reply = self.decide_batch(request, durable, expired)
@@ -324,7 +392,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                     reply.decisions[index].CopyFrom(decision)
                     if record is not None:
                         durable.append(record)
-            await self._make_durable(durable, context.time_remaining())
+            await self._settle(durable, mark, context.time_remaining(),
+                               must_be_recorded(reply.decisions))
             return reply
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")

@@ -198,6 +198,10 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
             return _capacity(observed, limit)
         case pb.REJECT_CODE_INVALID_REQUEST:
             return "the order is malformed"
+        case pb.REJECT_CODE_AUDIT_UNAVAILABLE:
+            return (f"the decision could not be recorded: the audit queue is full ({observed} "
+                    f"of {limit} records waiting for Redis); the order was not decided, "
+                    "send it again later")
     return f"rejected with code {code}"
 
 

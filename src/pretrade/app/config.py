@@ -60,6 +60,10 @@ CONFIG_FILE_ENV = "PRETRADE_CONFIG"
 _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 _REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_DATABASE_URL_FALLBACK_ENV = "DATABASE_URL"
+_DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+#: What the servicer does with an order when the audit queue is full.
+AUDIT_WHEN_FULL = ("reject", "drop")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: ``log_format``: classic text lines, or one JSON object per line.
 LOG_FORMATS = ("text", "json")
@@ -72,15 +76,16 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_orders", "max_orders_per_account", "order_expiry_ms",
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "max_portfolio_streams", "max_control_calls", "max_open_calls",
-                         "shutdown_grace_ms", "audit_max_len", "audit_queue_size",
-                         "log_rate_limit"})
+                         "shutdown_grace_ms", "audit_retain_ms", "audit_queue_size",
+                         "archive_claim_idle_ms", "log_rate_limit"})
 # Integers where 0 means "off".
 _COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
-                          "demo_book", "durable_decisions"})
-_OPTIONAL_FIELDS = frozenset({"redis_url", "table_path", "redis_username", "redis_password",
-                              "metrics_listen",
-                              "tls_cert", "tls_key", "tls_client_ca", "tokens_file",
+                          "demo_book", "durable_decisions", "archive",
+                          "audit_before_answer"})
+_OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
+                              "redis_password", "metrics_listen", "tls_cert", "tls_key",
+                              "tls_client_ca", "tokens_file",
                               "max_orders_per_account"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
@@ -176,7 +181,7 @@ def _redacted(name: str, value: object) -> str:
     """``repr(value)`` for an error message, with any password masked."""
     if name == "redis_password":
         return "'***'"
-    if name == "redis_url" and isinstance(value, str):
+    if name in ("redis_url", "database_url") and isinstance(value, str):
         return repr(redacted_url(value))
     return repr(value)
 
@@ -226,6 +231,13 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         reason = _url_problem(value)
         if reason is not None:
             raise problem(f"not a usable Redis URL: {reason}")
+    elif name == "database_url":
+        if not value.startswith(_DATABASE_URL_SCHEMES):
+            raise problem(f"must start with one of {', '.join(_DATABASE_URL_SCHEMES)}")
+    elif name == "audit_when_full":
+        if value.lower() not in AUDIT_WHEN_FULL:
+            raise problem(f"must be one of {', '.join(AUDIT_WHEN_FULL)}")
+        return value.lower()
     elif name in _PATH_FIELDS and not value.strip():
         raise problem("must name a path")
     elif name == "auth":
@@ -302,12 +314,35 @@ class Settings:
         On SIGTERM, how long in-flight calls may take to finish; one still
         running then ends UNAVAILABLE. Writing the queued audit entries may
         take as long again.
-    audit_max_len : int
-        About how many entries the Redis stream ``audit`` keeps (``XADD MAXLEN ~``);
-        each entry is a batch of up to 1,000 records.
     audit_queue_size : int
         Audit records held in memory while Redis is slow or unreachable; past
-        it, new records are dropped and counted (GetStatus ``audit_dropped``).
+        it, what ``audit_when_full`` says.
+    audit_when_full : str
+        ``reject`` (default): while the queue is full, new orders are refused
+        AUDIT_UNAVAILABLE before the engine sees them, so no decision goes
+        unrecorded. ``drop``: they are decided and their records dropped and
+        counted (GetStatus ``audit_dropped``). Halt changes are always applied
+        (and dropped and counted when there is no room).
+    audit_before_answer : bool
+        An answer waits until the audit records of its decisions are in Redis
+        (group-committed: one write per batch of calls), so a server killed
+        with ``kill -9`` has recorded every decision it answered (STALE_DATA
+        answers, given while Redis is away, do not wait). Off, the records
+        are written just after the answer.
+    audit_retain_ms : int
+        How long the archiver leaves entries it archived in the stream
+        ``audit`` (for ``pretrade audit``'s view of the last moments). It never
+        trims an entry it has not archived, and nothing else trims the stream.
+    database_url : str or None
+        ``postgresql://`` URL of the audit archive. With ``archive`` and no
+        URL, ``pretrade serve`` starts an embedded PostgreSQL with its data in
+        ``data_dir`` (:mod:`pretrade.app.devpostgres`).
+    archive : bool
+        ``pretrade serve`` runs the archiver (``pretrade archive``) as a child
+        process beside the gateway.
+    archive_claim_idle_ms : int
+        Entries delivered to an archiver that have not been acknowledged for
+        this long are taken over by another (its process died).
     durable_decisions : bool
         Write every decided order to Redis (``orders:{ACC}``) before answering,
         so a restarted server replays order ids and keeps working orders. Off
@@ -376,8 +411,13 @@ class Settings:
     max_control_calls: int = 100
     max_open_calls: int = 100
     shutdown_grace_ms: int = 5_000
-    audit_max_len: int = 1_000_000
     audit_queue_size: int = 100_000
+    audit_when_full: str = "reject"
+    audit_before_answer: bool = True
+    audit_retain_ms: int = 60_000
+    database_url: str | None = field(default=None, repr=False)
+    archive: bool = False
+    archive_claim_idle_ms: int = 30_000
     durable_decisions: bool = True
     demo_book: bool = False
     data_dir: str = ".run"
@@ -415,6 +455,11 @@ class Settings:
     def embedded_redis(self) -> bool:
         """Whether the server must start its own redis-server (no ``redis_url``)."""
         return self.redis_url is None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        """Whether the archiver needs an embedded PostgreSQL (no ``database_url``)."""
+        return self.database_url is None
 
     @property
     def listen_host(self) -> str:
@@ -510,6 +555,8 @@ def _read_environment(env: Mapping[str, str]) -> dict[str, object]:
         raw = env.get(variable)
         if not raw and name == "redis_url":
             variable, raw = _REDIS_URL_FALLBACK_ENV, env.get(_REDIS_URL_FALLBACK_ENV)
+        if not raw and name == "database_url":
+            variable, raw = _DATABASE_URL_FALLBACK_ENV, env.get(_DATABASE_URL_FALLBACK_ENV)
         if raw:
             values[name] = _coerce(name, raw, f"environment variable {variable}")
     return values

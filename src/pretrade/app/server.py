@@ -36,6 +36,7 @@ from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
 from pretrade.api.servicer import PreTradeRiskServicer
 from pretrade.api.telemetry import CallMetrics
+from pretrade.app.archiving import archiver_beside
 from pretrade.app.config import Settings, parse_listen, redacted_url
 from pretrade.app.lifetime import die_with_parent, listener_pids, process_name, serving_group
 from pretrade.app.metrics import MetricsServer, worker_listen
@@ -86,8 +87,8 @@ class Gateway:
         # Its own connection, without redis-py's timer around every reply (a
         # quarter of the writer's CPU): the writer bounds each batch itself.
         self.audit = AuditTrail(settings_redis(redis_url, settings, socket_timeout=None),
-                                max_len=settings.audit_max_len,
-                                queue_size=settings.audit_queue_size)
+                                queue_size=settings.audit_queue_size,
+                                refuse_when_full=settings.audit_when_full == "reject")
         self.writer: TableWriter | None = None
         self.feed: FeedFollower | None = None
         if channel is not None:
@@ -113,7 +114,8 @@ class Gateway:
         self.servicer = PreTradeRiskServicer(self.engine, self.halts, self.redis, self.portfolio,
                                              status=self.status, journal=self.journal,
                                              audit=self.audit,
-                                             wait_limit_seconds=settings.max_sync_lag_ms / 1000)
+                                             wait_limit_seconds=settings.max_sync_lag_ms / 1000,
+                                             audit_before_answer=settings.audit_before_answer)
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.
@@ -209,7 +211,7 @@ class Gateway:
             journal_written=self.journal.written if self.journal else 0,
             journal_failures=self.journal.failed if self.journal else 0,
             journal_pending=self.journal.pending if self.journal else 0,
-            orders_evicted=counts["orders_evicted"]))
+            orders_evicted=counts["orders_evicted"], audit_refused=self.audit.stats.refused))
         status.sync_live = self.table.sync_live
         return status
 
@@ -681,7 +683,8 @@ def serve_forever(settings: Settings) -> int:
     ServerAccess.from_settings(settings)
     if not settings.embedded_redis:
         assert settings.redis_url is not None
-        return _serve_processes(settings, settings.redis_url)
+        with archiver_beside(settings, settings.redis_url):  # the audit archive, when asked
+            return _serve_processes(settings, settings.redis_url)
     from pretrade.app.devredis import RedisServer
 
     data_dir = Path(settings.data_dir) / "redis"
@@ -689,4 +692,5 @@ def serve_forever(settings: Settings) -> int:
     with RedisServer(data_dir=data_dir, persistent=True) as embedded:
         log.info("embedded redis-server pid %d at %s (data in %s)", embedded.pid, embedded.url,
                  data_dir)
-        return _serve_processes(settings, embedded.url)
+        with archiver_beside(settings, embedded.url):  # the audit archive, when asked
+            return _serve_processes(settings, embedded.url)

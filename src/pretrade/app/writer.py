@@ -75,7 +75,7 @@ class TableWriter:
         self.own_audit = audit is None
         self.audit = audit if audit is not None else AuditTrail(
             settings_redis(redis_url, settings, socket_timeout=None),
-            max_len=settings.audit_max_len, queue_size=settings.audit_queue_size)
+            queue_size=settings.audit_queue_size)
         # Halt changes seen in Redis are audited once, by the writer.
         self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
         # The scheduled reconciliation runs beside the one writer (its figures go

@@ -2,13 +2,17 @@
 
 Reads the Redis stream ``audit`` (:mod:`pretrade.audit.entries` has its
 fields) with a synchronous client, newest first, and keeps the entries that
-match an :class:`AuditQuery`. It needs nothing of the server: no access
-control, no table.
+match an :class:`AuditQuery` (:func:`read_audit`). With the archive
+(:mod:`pretrade.audit.archive`), history comes from PostgreSQL
+(:func:`read_archive`) and the last moments, not archived yet, from the
+stream: :func:`read_history` merges both, each record once. It needs nothing
+of the server: no access control, no table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pretrade.audit.entries import AUDIT_STREAM, DECISION, rows_of
@@ -38,9 +42,18 @@ class AuditQuery:
     since_ms: int | None = None
     until_ms: int | None = None
     limit: int = 100
+    #: A reject code (``BUYING_POWER``): decisions rejected with it among their codes.
+    code: str | None = None
+    #: The authenticated caller whose call made the entry.
+    principal: str | None = None
 
     def matches(self, fields: dict[str, str]) -> bool:
         if self.event is not None and fields.get("event") != self.event:
+            return False
+        if self.principal is not None and fields.get("principal") != self.principal:
+            return False
+        if self.code is not None and (fields.get("event") != DECISION or self.code not in
+                                      fields.get("codes", "").split(",")):
             return False
         if self.order_id is not None and (fields.get("event") != DECISION
                                           or fields.get("order_id") != self.order_id):
@@ -105,3 +118,109 @@ def entry_as_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
         else:
             typed[name] = value
     return typed
+
+
+def reject_code_name(text: str) -> str:
+    """``buying_power`` or ``REJECT_CODE_BUYING_POWER`` as the name rows carry."""
+    return text.strip().upper().removeprefix("REJECT_CODE_")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ARCHIVE_COLUMNS = (
+    "stream_ms, stream_seq, idx, event, (extract(epoch from ts) * 1000)::bigint, pid, "
+    "principal, order_id, account, symbol, side, order_type, quantity, price, venue, "
+    "counterparty, approved, codes, notional, latency_ns, replayed, source, scope, target, "
+    "mode, reason, halted_by, expires_at_ms")
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _archived_row(row: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
+    """One ``audit_record`` row as ``(row id, fields)``, the fields :func:`rows_of` gives."""
+    (ms, seq, idx, event, ts, pid, principal, order_id, account, symbol, side, order_type,
+     quantity, price, venue, counterparty, approved, codes, notional, latency_ns, replayed,
+     source, scope, target, mode, reason, by, expires_at) = row
+    common = {"event": event, "ts": _text(ts), "pid": _text(pid), "principal": principal}
+    if event == DECISION:
+        fields = {**common, "order_id": _text(order_id), "account": _text(account),
+                  "symbol": _text(symbol), "side": _text(side),
+                  "order_type": _text(order_type), "quantity": _text(quantity),
+                  "price": _text(price), "venue": _text(venue),
+                  "counterparty": _text(counterparty),
+                  "verdict": "APPROVED" if approved else "REJECTED",
+                  "codes": ",".join(codes or ()), "notional": _text(notional),
+                  "latency_ns": _text(latency_ns), "replayed": "1" if replayed else "0"}
+    elif event == "halt":
+        fields = {**common, "source": _text(source), "scope": _text(scope),
+                  "target": _text(target), "mode": _text(mode), "reason": _text(reason),
+                  "by": _text(by), "expires_at": _text(expires_at)}
+    else:
+        fields = {"event": event, "pid": _text(pid), "reason": _text(reason)}
+    return f"{ms}-{seq}/{idx}", fields
+
+
+def read_archive(connection: Any, query: AuditQuery) -> list[tuple[str, dict[str, str]]]:
+    """The archived records matching ``query``, oldest first, as ``(row id, fields)``.
+
+    ``connection`` is a psycopg connection to the archive. Each filter is a
+    condition an index of ``audit_record`` serves (account and time, order
+    id, reject code, principal and time, time).
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if query.event is not None:
+        where.append("event = %s")
+        params.append(query.event)
+    if query.account is not None:
+        where.append("account = %s")  # a decision's account, or an account halt's target
+        params.append(query.account)
+    if query.order_id is not None:
+        where.append("event = 'decision' AND order_id = %s")
+        params.append(query.order_id)
+    if query.code is not None:
+        where.append("codes @> ARRAY[%s]::text[]")
+        params.append(query.code)
+    if query.principal is not None:
+        where.append("principal = %s")
+        params.append(query.principal)
+    if query.since_ms is not None:
+        where.append("ts >= %s")
+        params.append(_EPOCH + timedelta(milliseconds=query.since_ms))
+    if query.until_ms is not None:
+        where.append("ts <= %s")
+        params.append(_EPOCH + timedelta(milliseconds=query.until_ms))
+    sql = (f"SELECT {_ARCHIVE_COLUMNS} FROM audit_record"
+           + (f" WHERE {' AND '.join(where)}" if where else "")
+           + " ORDER BY ts DESC, stream_ms DESC, stream_seq DESC, idx DESC")
+    if query.limit:
+        sql += " LIMIT %s"
+        params.append(query.limit)
+    rows = connection.execute(sql, params).fetchall()
+    return [_archived_row(row) for row in reversed(rows)]
+
+
+def read_history(client: Any, connection: Any, query: AuditQuery,
+                 stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+    """The archive and the stream together: every matching record once, oldest first.
+
+    The stream holds what is not archived yet (and what was, for a while);
+    a record in both is the same row id, and shown once.
+    """
+    merged = dict(read_archive(connection, query))
+    for row_id, fields in read_audit(client, query, stream):
+        merged.setdefault(row_id, fields)
+
+    def when(item: tuple[str, dict[str, str]]) -> tuple[int, tuple[int, int, int]]:
+        row_id, fields = item
+        entry, _, idx = row_id.partition("/")
+        ms, _, seq = entry.partition("-")
+        key = (int(ms or 0), int(seq or 0), int(idx or 0))
+        try:
+            return int(fields.get("ts", "")), key
+        except ValueError:
+            return key[0], key
+
+    ordered = sorted(merged.items(), key=when)
+    return ordered[-query.limit:] if query.limit else ordered

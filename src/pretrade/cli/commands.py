@@ -6,6 +6,7 @@
     pretrade order --account A1 --symbol AAPL --side buy --qty 100 --price 68.3378
     pretrade halt --scope symbol --symbol AAPL --mode halted --reason "news pending"
     pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
+    pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
     pretrade status
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
@@ -234,6 +235,11 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                        "process i serves on PORT + i")
     serve.add_argument("--reconcile-interval", type=int, metavar="SECONDS",
                        help="compare the table with Redis this often (default 300; 0: never)")
+    serve.add_argument("--archive", action="store_true", default=None,
+                       help="run the audit archiver beside the gateway (an embedded PostgreSQL "
+                       "unless --database-url or $DATABASE_URL is set)")
+    serve.add_argument("--database-url", metavar="URL",
+                       help="PostgreSQL of the audit archive ($DATABASE_URL)")
     access = serve.add_argument_group(
         "access", "TLS (or --insecure) and auth are required; see README, Access control")
     access.add_argument("--insecure", action="store_true", default=None,
@@ -298,6 +304,21 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
 
     _add_audit_command(commands)
     _add_reconcile_command(commands)
+
+    archive = commands.add_parser(
+        "archive",
+        help="move the audit stream into PostgreSQL, until stopped",
+        description="Read the Redis stream `audit` as the consumer group `archiver` and write "
+        "every record to PostgreSQL exactly once; trim the stream behind what is archived. "
+        "Runs until SIGTERM or SIGINT; several may run at once.")
+    archive.add_argument("--config", metavar="FILE", help="TOML settings file ($PRETRADE_CONFIG)")
+    archive.add_argument("--redis-url", metavar="URL",
+                         help="the gateway's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    archive.add_argument("--database-url", metavar="URL",
+                         help="PostgreSQL (default: $PRETRADE_DATABASE_URL or $DATABASE_URL)")
+    archive.add_argument("--consumer", help="this archiver's name in the group (default: "
+                         "<host>-<pid>)")
+    archive.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
 
     status = commands.add_parser(
         "status",
@@ -470,6 +491,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "tls_require_client_cert": args.tls_require_client_cert,
                 "auth": args.auth,
                 "tokens_file": args.tokens_file,
+                "archive": args.archive,
+                "database_url": args.database_url,
             },
         )
     except ConfigError as error:
@@ -604,18 +627,26 @@ def _parse_limit(text: str) -> int:
 def _add_audit_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
         "audit",
-        help="read the audit trail of decisions and halt changes from Redis",
-        description="Read the Redis stream `audit` directly (not through the gateway): the "
-        "newest entries that match every filter given, printed oldest first. Times are UTC.",
+        help="read the audit trail of decisions and halt changes (PostgreSQL and Redis)",
+        description="Read the audit trail directly (not through the gateway): with a database "
+        "URL, the archive in PostgreSQL and the Redis stream `audit` merged (each record once); "
+        "without one, the stream alone. The newest entries that match every filter given, "
+        "printed oldest first. Times are UTC.",
     )
     audit.add_argument("--redis-url", metavar="URL",
                        help="the gateway's Redis (default: $PRETRADE_REDIS_URL or $REDIS_URL)")
+    audit.add_argument("--database-url", metavar="URL",
+                       help="the audit archive (default: $PRETRADE_DATABASE_URL or "
+                       "$DATABASE_URL; none: the stream only)")
     audit.add_argument("--config", metavar="FILE",
                        help="TOML settings file, for redis_url and credentials "
                        "($PRETRADE_CONFIG)")
     audit.add_argument("--account", help="decisions of this account, and its halts")
     audit.add_argument("--order-id", help="decisions of this order id")
     audit.add_argument("--event", choices=("decision", "halt"), help="one kind of entry only")
+    audit.add_argument("--code", help="decisions rejected with this reject code, e.g. "
+                       "BUYING_POWER")
+    audit.add_argument("--principal", help="entries made by this authenticated caller")
     audit.add_argument("--since", type=_argument_type(parse_when), metavar="WHEN",
                        help="from this time: 10m, 2h, 1d ago, or ISO 8601 (UTC unless it says)")
     audit.add_argument("--until", type=_argument_type(parse_when), metavar="WHEN",
@@ -630,11 +661,18 @@ def _run_audit(args: argparse.Namespace) -> int:
     # Imported here: only this command needs a Redis client.
     import redis
 
-    from pretrade.audit.query import AuditQuery, entry_as_json, read_audit
+    from pretrade.audit.query import (
+        AuditQuery,
+        entry_as_json,
+        read_audit,
+        read_history,
+        reject_code_name,
+    )
 
     try:
         settings = load_settings(config_file=args.config,
-                                 overrides={"redis_url": args.redis_url})
+                                 overrides={"redis_url": args.redis_url,
+                                            "database_url": args.database_url})
     except ConfigError as error:
         print(f"pretrade: bad settings: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -643,13 +681,27 @@ def _run_audit(args: argparse.Namespace) -> int:
               "Redis that `pretrade serve` names in its banner", file=sys.stderr)
         return EXIT_FAILED
     query = AuditQuery(account=args.account, order_id=args.order_id, event=args.event,
-                       since_ms=args.since, until_ms=args.until, limit=args.limit)
+                       since_ms=args.since, until_ms=args.until, limit=args.limit,
+                       code=reject_code_name(args.code) if args.code else None,
+                       principal=args.principal)
     client = redis.Redis.from_url(
         settings.redis_url, username=settings.redis_username or None,
         password=settings.redis_password or None, socket_timeout=RPC_TIMEOUT_SECONDS,
         socket_connect_timeout=RPC_TIMEOUT_SECONDS)
     try:
-        entries = read_audit(client, query)
+        if settings.database_url is None:
+            entries = read_audit(client, query)
+        else:
+            import psycopg
+
+            try:
+                with psycopg.connect(settings.database_url,
+                                     connect_timeout=int(RPC_TIMEOUT_SECONDS) or 1) as archive:
+                    entries = read_history(client, archive, query)
+            except psycopg.Error as error:
+                print(f"pretrade: reading the audit archive failed: {error}".rstrip(),
+                      file=sys.stderr)
+                return EXIT_FAILED
     except redis.RedisError as error:
         print(f"pretrade: reading the audit stream failed: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -711,12 +763,33 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(reconcile_running_server(settings, confirm, as_json=args.json))
 
 
+def _run_archive(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(config_file=args.config, overrides={
+            "redis_url": args.redis_url, "database_url": args.database_url,
+            "log_level": args.log_level})
+    except ConfigError as error:
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if settings.redis_url is None or settings.database_url is None:
+        print("pretrade: archive needs --redis-url (or $PRETRADE_REDIS_URL, $REDIS_URL) and "
+              "--database-url (or $PRETRADE_DATABASE_URL, $DATABASE_URL)", file=sys.stderr)
+        return EXIT_FAILED
+    from pretrade.app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, settings.log_rate_limit)
+    from pretrade.app.archiving import run_archiver
+
+    return run_archiver(settings, args.consumer)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
     "halt": _run_halt,
     "audit": _run_audit,
     "reconcile": _run_reconcile,
+    "archive": _run_archive,
     "status": _run_status,
     "token": _run_token,
 }

@@ -62,6 +62,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_LOSS_LIMIT: _ClassVar[RejectCode]
     REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
     REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
+    REJECT_CODE_AUDIT_UNAVAILABLE: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -158,6 +159,7 @@ REJECT_CODE_COUNTERPARTY_EXPOSURE: RejectCode
 REJECT_CODE_LOSS_LIMIT: RejectCode
 REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 REJECT_CODE_INVALID_REQUEST: RejectCode
+REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
@@ -387,7 +389,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms")
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "audit_refused", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms")
     SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +420,7 @@ class ServerStatus(_message.Message):
     JOURNAL_PENDING_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
     ORDERS_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_REFUSED_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_RUNS_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
@@ -452,8 +455,9 @@ class ServerStatus(_message.Message):
     journal_pending: int
     capacity_exhausted: int
     orders_evicted: int
+    audit_refused: int
     reconcile_runs: int
     reconcile_failures: int
     reconcile_differences: int
     last_reconcile_unix_ms: int
-    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., audit_refused: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,121 @@
+"""The archiver as a process: ``pretrade archive``, and the one ``pretrade serve`` runs beside it.
+
+:func:`run_archiver` is ``pretrade archive``: one :class:`~pretrade.audit.archive.Archiver`
+until SIGTERM or SIGINT. It runs in a process of its own, never in a server
+process: encoding rows and talking to PostgreSQL take no time from orders.
+
+:func:`archiver_beside` is what ``pretrade serve --archive`` wraps the gateway
+in: without ``database_url`` it starts an embedded PostgreSQL
+(:mod:`pretrade.app.devpostgres`, data in ``<data_dir>/postgres``), then an
+archiver child process that dies with the server (``PR_SET_PDEATHSIG``). At
+the end the gateway has written its last audit entries to Redis; the
+archiver is then stopped, and what it did not archive yet stays in the
+stream for the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from pretrade.app.config import Settings, environment_variable, redacted_url
+from pretrade.app.lifetime import die_with_parent
+from pretrade.audit.archive import Archiver, ArchiveStore
+
+log = logging.getLogger("pretrade.archive")
+
+#: How long a stopped archiver child may take to finish its round.
+STOP_SECONDS = 10.0
+#: The settings an archiver child gets from its server, through its environment.
+_CHILD_SETTINGS = ("redis_username", "redis_password", "audit_retain_ms",
+                   "archive_claim_idle_ms", "log_level")
+
+
+def run_archiver(settings: Settings, consumer: str | None = None) -> int:
+    """``pretrade archive``: archive until SIGTERM or SIGINT; the exit status."""
+    import redis
+
+    assert settings.redis_url is not None and settings.database_url is not None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    client = redis.Redis.from_url(settings.redis_url, username=settings.redis_username or None,
+                                  password=settings.redis_password or None,
+                                  socket_timeout=10, socket_connect_timeout=10)
+    archiver = Archiver(client, ArchiveStore(settings.database_url), consumer=consumer,
+                        claim_idle_ms=settings.archive_claim_idle_ms,
+                        retain_ms=settings.audit_retain_ms)
+    log.info("archiving %s into %s", redacted_url(settings.redis_url),
+             redacted_url(settings.database_url))
+    try:
+        archiver.run(stop)
+    finally:
+        client.close()
+    return 0
+
+
+def _child_environment(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env[environment_variable("redis_url")] = redis_url
+    env[environment_variable("database_url")] = database_url
+    for name in _CHILD_SETTINGS:
+        value = getattr(settings, name)
+        if value is not None:
+            env[environment_variable(name)] = str(value)
+    env.pop("PRETRADE_CONFIG", None)  # everything it needs is in its environment
+    return env
+
+
+def _stop_child(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        log.error("the archiver (pid %d) had ended with status %s; audit entries since then "
+                  "wait in the Redis stream for the next archiver", process.pid,
+                  process.returncode)
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.warning("the archiver (pid %d) did not stop within %.0f s; killing it", process.pid,
+                    STOP_SECONDS)
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def archiver_beside(settings: Settings, redis_url: str) -> Iterator[str | None]:
+    """Run the archiver (and, without ``database_url``, an embedded PostgreSQL) meanwhile.
+
+    Yields the database URL, or None when ``settings.archive`` is off (then
+    nothing is started).
+    """
+    if not settings.archive:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url
+        if database_url is None:
+            from pretrade.app.devpostgres import PostgresServer
+
+            data_dir = Path(settings.data_dir) / "postgres"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            embedded = stack.enter_context(PostgresServer(data_dir=data_dir))
+            log.info("embedded PostgreSQL pid %d at %s (data in %s)", embedded.pid,
+                     embedded.url, data_dir)
+            database_url = embedded.url
+        parent = os.getpid()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pretrade", "archive"], stdin=subprocess.DEVNULL,
+            env=_child_environment(settings, redis_url, database_url),
+            start_new_session=True,  # Ctrl-C reaches the server, which stops it in order
+            preexec_fn=lambda: die_with_parent(parent))
+        log.info("archiver pid %d started", process.pid)
+        stack.callback(_stop_child, process)
+        yield database_url
