@@ -102,9 +102,11 @@ class SyncListener(Protocol):
 #: running one MULTI/EXEC of hundreds of thousands of fields.
 LARGE_ACCOUNT_LOTS = 20_000
 #: Fields per HSCAN of a large account.
-LARGE_READ_CHUNK = 5_000
-#: Chunked reads that a concurrent write may spoil (WATCH) before the atomic read.
-LARGE_READ_ATTEMPTS = 3
+LARGE_READ_CHUNK = 20_000
+#: After a chunked read a write spoiled (WATCH), this many reads of that account
+#: are atomic before chunks are tried again: an account written faster than it
+#: can be read in chunks is read in one MULTI/EXEC, not in chunks thrown away.
+ATOMIC_READS_AFTER_SPOIL = 64
 
 
 class SyncConfigError(RuntimeError):
@@ -133,6 +135,8 @@ class AccountSync:
     over_capacity: dict[str, int] = field(default_factory=dict)
     #: Lots at the last read: a large account is re-read in chunks.
     lot_count: int = 0
+    #: Atomic reads still to make since a chunked read was spoiled.
+    atomic_reads: int = 0
 
     @property
     def known(self) -> bool:
@@ -227,9 +231,11 @@ class RedisSync:
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
                  batch_size: int = 500, reconnect_delay: float = 0.5,
-                 max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS) -> None:
+                 max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS,
+                 atomic_reads_after_spoil: int = ATOMIC_READS_AFTER_SPOIL) -> None:
         self.client = client
         self.large_account_lots = large_account_lots
+        self.atomic_reads_after_spoil = atomic_reads_after_spoil
         #: Large accounts re-read in chunks, and those that fell back to the atomic read.
         self.chunked_reads = 0
         self.chunked_fallbacks = 0
@@ -719,12 +725,15 @@ class RedisSync:
         Its hashes are read in chunks under WATCH, and the read counts only if
         no key of the account changed meanwhile (EXEC of the version read
         succeeds): the same consistent snapshot as one MULTI/EXEC, without
-        holding Redis for the whole of it. After LARGE_READ_ATTEMPTS spoiled
-        reads (the account is written faster than it can be read), the atomic
-        read.
+        holding Redis for the whole of it. A spoiled read is made again in one
+        MULTI/EXEC, and so are the next ATOMIC_READS_AFTER_SPOIL reads of the
+        account (it is written faster than it can be read in chunks).
         """
+        state = self.accounts[account]
         keys = [*account_snapshot_keys(account), version_key(account)]
-        for _ in range(LARGE_READ_ATTEMPTS):
+        if state.atomic_reads > 0:
+            state.atomic_reads -= 1
+        else:
             async with self.client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(*keys)
@@ -732,11 +741,11 @@ class RedisSync:
                     pipe.multi()
                     pipe.get(keys[-1])
                     (version,) = await pipe.execute(raise_on_error=False)
+                    self.chunked_reads += 1
+                    return [*hashes, version]
                 except WatchError:
-                    continue
-            self.chunked_reads += 1
-            return [*hashes, version]
-        self.chunked_fallbacks += 1
+                    self.chunked_fallbacks += 1
+                    state.atomic_reads = self.atomic_reads_after_spoil
         async with self.client.pipeline(transaction=True) as pipe:
             self._queue_lots(pipe, [account])
             return list(await pipe.execute(raise_on_error=False))
