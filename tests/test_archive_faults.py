@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import grpc
 import psycopg
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
-from book import order, seed_account
+from book import order, seed_account, wait_until
 from faults import child_pids
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
-from serving import Serve
+from serving import Serve, free_port
 from test_serve import serve_environment
 
 #: How long the order flow runs in each test (seconds).
@@ -36,10 +38,12 @@ CATCH_UP_SECONDS = 30.0
 class ArchiveProcess:
     """``python -m pretrade archive`` as a child process, its log in a file."""
 
-    def __init__(self, tmp_path: Path, name: str, redis_url: str, database_url: str) -> None:
+    def __init__(self, tmp_path: Path, name: str, redis_url: str, database_url: str,
+                 **settings: str) -> None:
         env = serve_environment(tmp_path / f"{name}-data", tmp_path / f"{name}.table")
         env.update({"PRETRADE_REDIS_URL": redis_url, "PRETRADE_DATABASE_URL": database_url,
                     "PRETRADE_ARCHIVE_CLAIM_IDLE_MS": "300", "PRETRADE_AUDIT_RETAIN_MS": "1"})
+        env.update({f"PRETRADE_{name.upper()}": value for name, value in settings.items()})
         self.log_path = tmp_path / f"{name}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
@@ -196,3 +200,40 @@ def test_a_server_killed_mid_batch_loses_no_answered_decision_and_writes_none_tw
     finally:
         keeper.kill()
         server.kill()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples}
+
+
+def test_the_archiver_serves_its_figures_and_they_move_with_the_archive(
+        tmp_path, redis_url, database_url, server):
+    port = free_port()
+    archiver = ArchiveProcess(tmp_path, "metered", redis_url, database_url,
+                              archive_metrics_listen=f"127.0.0.1:{port}")
+    try:
+        before = wait_until(lambda: _try_scrape(port), lambda figures: figures is not None, 20)
+        assert before["pretrade_audit_archived_rows_total"] == 0
+        with OrderFlow(server.target, "metered") as flow:
+            time.sleep(FLOW_SECONDS / 3)
+        answered = set(flow.answered)
+        assert answered
+        wait_archived(database_url, "metered", answered)
+        after = wait_until(lambda: _scrape(port), lambda figures: figures[
+            "pretrade_audit_archived_rows_total"] >= len(answered), 20)
+        assert after["pretrade_audit_archived_entries_total"] > 0
+        assert after["pretrade_audit_archive_errors_total"] == 0
+        assert after["pretrade_audit_archive_lag_seconds"] >= 0
+        assert archiver.stop() == 0
+    finally:
+        archiver.kill()
+
+
+def _try_scrape(port: int) -> dict[str, float] | None:
+    try:
+        return _scrape(port)
+    except OSError:
+        return None

@@ -24,8 +24,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from pretrade.app.config import Settings, environment_variable, redacted_url
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pretrade.app.config import Settings, environment_variable, parse_listen, redacted_url
 from pretrade.app.lifetime import die_with_parent
 from pretrade.audit.archive import Archiver, ArchiveStore
 
@@ -35,7 +40,7 @@ log = logging.getLogger("pretrade.archive")
 STOP_SECONDS = 10.0
 #: The settings an archiver child gets from its server, through its environment.
 _CHILD_SETTINGS = ("redis_username", "redis_password", "audit_retain_ms",
-                   "archive_claim_idle_ms", "log_level")
+                   "archive_claim_idle_ms", "archive_metrics_listen", "log_level")
 
 
 def run_archiver(settings: Settings, consumer: str | None = None) -> int:
@@ -54,11 +59,61 @@ def run_archiver(settings: Settings, consumer: str | None = None) -> int:
                         retain_ms=settings.audit_retain_ms)
     log.info("archiving %s into %s", redacted_url(settings.redis_url),
              redacted_url(settings.database_url))
+    exporter = None
+    if settings.archive_metrics_listen:
+        try:
+            exporter = serve_archive_metrics(archiver, settings.archive_metrics_listen)
+        except OSError as error:
+            log.critical("cannot serve the archiver's metrics on %s (%s): choose another "
+                         "archive_metrics_listen", settings.archive_metrics_listen,
+                         error.strerror or error)
+            client.close()
+            return 4
     try:
         archiver.run(stop)
     finally:
+        if exporter is not None:
+            exporter.shutdown()
         client.close()
     return 0
+
+
+class ArchiveCollector(Collector):
+    """The archiver's figures, read at scrape time."""
+
+    def __init__(self, archiver: Archiver) -> None:
+        self.archiver = archiver
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.archiver.stats
+        yield CounterMetricFamily("pretrade_audit_archived_entries", "Audit stream entries "
+                                  "archived into PostgreSQL and acknowledged.",
+                                  value=stats.entries)
+        yield CounterMetricFamily("pretrade_audit_archived_rows", "Rows written (one per "
+                                  "decision or halt change).", value=stats.rows)
+        yield CounterMetricFamily("pretrade_audit_archive_duplicates", "Rows that were in "
+                                  "PostgreSQL already (an entry delivered twice).",
+                                  value=stats.duplicates)
+        yield CounterMetricFamily("pretrade_audit_archive_claimed", "Entries taken over "
+                                  "from archivers that stopped acknowledging.",
+                                  value=stats.claimed)
+        yield CounterMetricFamily("pretrade_audit_archive_trimmed", "Entries trimmed from "
+                                  "the stream once archived.", value=stats.trimmed)
+        yield CounterMetricFamily("pretrade_audit_archive_errors", "Failed rounds (retried).",
+                                  value=stats.errors)
+        yield GaugeMetricFamily("pretrade_audit_archive_lag_seconds", "From the newest "
+                                "archived entry's stream time to its archiving.",
+                                value=stats.lag_ms / 1000)
+
+
+def serve_archive_metrics(archiver: Archiver, listen: str) -> Any:
+    """``/metrics`` of the archiver on ``listen`` (prometheus-client's server, a thread)."""
+    registry = CollectorRegistry()
+    registry.register(ArchiveCollector(archiver))
+    host, port = parse_listen(listen)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    log.info("archiver metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
 
 
 def _child_environment(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:

@@ -84,7 +84,8 @@ _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
                           "demo_book", "durable_decisions", "archive",
                           "audit_before_answer"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
-                              "redis_password", "metrics_listen", "tls_cert", "tls_key",
+                              "redis_password", "metrics_listen", "archive_metrics_listen",
+                              "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
                               "max_orders_per_account"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
@@ -220,7 +221,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         return value
     if not isinstance(value, str):
         raise problem("expected a string")
-    if name in ("listen", "metrics_listen"):
+    if name in ("listen", "metrics_listen", "archive_metrics_listen"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -343,6 +344,9 @@ class Settings:
     archive_claim_idle_ms : int
         Entries delivered to an archiver that have not been acknowledged for
         this long are taken over by another (its process died).
+    archive_metrics_listen : str or None
+        ``HOST:PORT`` of the archiver's own Prometheus ``/metrics`` (archived
+        entries and rows, lag, trims, errors); None: off.
     durable_decisions : bool
         Write every decided order to Redis (``orders:{ACC}``) before answering,
         so a restarted server replays order ids and keeps working orders. Off
@@ -364,7 +368,7 @@ class Settings:
         ``suppressed K similar lines`` line follows. A client cannot flood the log.
     metrics_listen : str or None
         ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; None: off.
-        With ``workers`` N, process i (0 the owner) serves on PORT + i (port
+        With ``workers`` N, server process i (from 0) serves on PORT + i (port
         0: each picks a free one and logs it).
     reconcile_interval_seconds : int
         Compare the shared table with a fresh load of Redis this often (0:
@@ -425,6 +429,7 @@ class Settings:
     log_format: str = "text"
     log_rate_limit: int = 10
     metrics_listen: str | None = None
+    archive_metrics_listen: str | None = None
     reconcile_interval_seconds: int = 300
     redis_username: str | None = None
     redis_password: str | None = field(default=None, repr=False)

@@ -133,7 +133,6 @@ class GatewayCollector(Collector):
         yield from self._sync()
         yield from self._table()
         yield from self._audit()
-        yield from self._archive()
         yield from self._streams()
         yield from self._reconciliation()
 
@@ -264,15 +263,6 @@ class GatewayCollector(Collector):
                                   "the queue was full.", value=audit.stats.dropped)
         yield CounterMetricFamily("pretrade_audit_write_errors", "Failed writes of audit "
                                   "batches (retried).", value=audit.stats.write_errors)
-
-    def _archive(self) -> Iterator[Metric]:
-        """The audit archive's figures (archived entries, archive lag): not here yet.
-
-        The PostgreSQL archiver is the other part of issue 13; it adds
-        ``pretrade_audit_archived_total`` and ``pretrade_audit_archive_lag_seconds``
-        here, read from the archiver the gateway runs.
-        """
-        return iter(())
 
     def _streams(self) -> Iterator[Metric]:
         hub = self.gateway.portfolio
