@@ -170,6 +170,12 @@ def first_update(stub: risk_pb2_grpc.PreTradeRiskStub, account: str,
 # -- transport -----------------------------------------------------------------
 
 
+def test_a_new_token_never_reads_as_a_command_line_option():
+    # `--token -abc...` is an option to argparse, not a value: one random token
+    # in 64 started with "-" and made a copied command fail.
+    assert not any(new_token().startswith("-") for _ in range(5_000))
+
+
 def test_a_tls_server_refuses_a_plaintext_client(tls_gateway, tokens):
     with grpc.insecure_channel(tls_gateway.target) as channel:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)

@@ -140,8 +140,15 @@ class Principal:
 
 
 def new_token() -> str:
-    """A fresh random bearer token: 32 bytes from :mod:`secrets`, URL-safe base64."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A fresh random bearer token: 32 bytes from :mod:`secrets`, URL-safe base64.
+
+    Never one that starts with ``-``: ``--token -x...`` on a command line reads
+    as an option, not a value (one token in 64 did).
+    """
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    while token.startswith("-"):  # drawn again: 1/64 of the space left out
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+    return token
 
 
 def hash_token(token: str) -> str:
