@@ -80,3 +80,34 @@ def test_an_automatic_halt_redis_refuses_is_shown_retried_and_written_later(
     wait_until(lambda: stub.GetStatus(pb.StatusRequest()).automatic_halts_unwritten,
                lambda unwritten: unwritten == 0)
     channel.close()
+
+
+def test_a_trapped_short_can_be_flattened_under_reduce_only_and_the_reject_storm_breaker(
+        seeded, gateway, stub):
+    # Issue 12, defect 1, end to end: short 10 @ $300.0000, last $350.0000,
+    # $0.0100 of cash, a loss limit the short breaches and a reject-storm
+    # breaker. The account goes REDUCE_ONLY; the buys that cover the short
+    # must be approved, not refused BUYING_POWER until the breaker halts it.
+    seeded.set("price:AAPL", 3_500_000)
+    seed_lots(seeded, "ACC-1", [("S1", "AAPL", -10, 3_000_000)])
+    seeded.hset("balances:{ACC-1}", mapping={"cash": 100})
+    seeded.hset("limits:{ACC-1}", mapping={"loss_limit": 1_000_000,  # $100 < the $500 loss
+                                           "max_rejects_per_window": 3,
+                                           "reject_window_ms": 60_000})
+    table = gateway.gateway.table
+    wait_until(lambda: table.account_info(b"ACC-1"),
+               lambda info: info["cash"] == 100 and len(info["limits"]) >= 3)
+    wait_until(lambda: table.position(b"ACC-1", b"AAPL"), lambda p: p[0] == -10)
+    wait_until(lambda: table.instrument_info(b"AAPL")["last_price"], lambda p: p == 3_500_000)
+    # selling more short increases the loss exposure: refused, and the loss
+    # limit moves the account to REDUCE_ONLY
+    decision = stub.EvaluateOrder(order(side=pb.SIDE_SELL_SHORT, quantity=1, price=3_500_000))
+    assert pb.REJECT_CODE_LOSS_LIMIT in codes(decision)
+    fields = wait_until(lambda: seeded.hgetall("halt:account:ACC-1"), bool)
+    assert fields[b"mode"] == b"REDUCE_ONLY"
+    wait_until(lambda: table.account_info(b"ACC-1")["halt_mode"],
+               lambda mode: mode == pb.HALT_MODE_REDUCE_ONLY)
+    for _ in range(2):  # the short, flattened in two covering buys, however little cash
+        covering = order(quantity=5, price=3_500_000)
+        assert stub.EvaluateOrder(covering).approved, covering
+    assert seeded.hget("halt:account:ACC-1", "mode") == b"REDUCE_ONLY"  # never HALTED

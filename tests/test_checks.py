@@ -223,6 +223,42 @@ def test_buying_power_covers_buys_and_short_sales_exactly(book):
     assert book.codes(side=pb.SIDE_SELL_SHORT, quantity=1) == [pb.REJECT_CODE_BUYING_POWER]
 
 
+def test_a_buy_that_covers_a_short_is_held_to_buying_power_only_past_the_short(book):
+    # Short 10 @ 30, last 35, $1 of cash: the short commits $35 of buying
+    # power, so the account has none left. A BUY that only covers it reduces
+    # the position and frees what it commits: it must not be refused, or an
+    # account can never flatten a short (issue 12, defect 1).
+    price = 35 * LAST // 10
+    book.state.replace_positions(ACC, {AAPL: (-10, -10 * 3 * LAST)})
+    book.state.set_last_price(AAPL, price)
+    book.state.set_balances(ACC, LAST, 0)
+    # 1 unit past the short is held: $3.50 > the $1 left once the short is covered
+    decision = book.order(quantity=11, price=price)
+    assert [(code, observed, limit) for code, observed, limit in decision[2]] == [
+        (pb.REJECT_CODE_BUYING_POWER, price, LAST)]
+    assert book.codes(quantity=10, price=price) == []    # flattens it
+    # the working buy covers the short now: nothing of the next buy is exempt
+    assert book.codes(quantity=1, price=price) == [pb.REJECT_CODE_BUYING_POWER]
+
+
+def test_working_buys_that_already_cover_the_short_leave_nothing_to_exempt(book):
+    book.state.replace_positions(ACC, {AAPL: (-100, -100 * LAST)})
+    book.state.set_balances(ACC, 100 * LAST, 0)       # $100 against a $100 short
+    assert book.codes(quantity=60) == []
+    assert book.codes(quantity=40) == []                # the rest of the short
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_BUYING_POWER]  # nothing left to cover
+
+
+def test_an_order_that_closes_or_reduces_a_position_is_exempt_from_the_minimum_size(book):
+    # A residual long of 50 under a minimum of 100 must be sellable (defect 2).
+    book.state.replace_positions(ACC, {AAPL: (50, 50 * LAST)})
+    book.limit(min_order_quantity=100)
+    assert book.codes(side=pb.SIDE_SELL, quantity=50) == []      # closes it exactly
+    assert book.codes(side=pb.SIDE_BUY, quantity=50) == [pb.REJECT_CODE_MIN_ORDER_QUANTITY]
+    # the working sell of 50 leaves nothing to reduce: another is held to the minimum
+    assert pb.REJECT_CODE_MIN_ORDER_QUANTITY in book.codes(side=pb.SIDE_SELL, quantity=30)
+
+
 # -- velocity, working orders, duplicates --
 
 def test_orders_per_window_slides(book):

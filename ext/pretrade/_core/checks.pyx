@@ -204,8 +204,8 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
     cdef const L.InstrumentRecord* instrument
     cdef int32_t order_issuer = ctx.instrument.issuer_id
     cdef int32_t order_sector = ctx.instrument.sector_id
-    cdef int128_t value, exposure
-    cdef int64_t last
+    cdef int128_t value, exposure, covered
+    cdef int64_t last = 0
     while p != L.NO_INDEX:
         slot = &table.positions[p]
         instrument = &table.instruments[slot.instrument_index]
@@ -222,7 +222,12 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
         ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
         ctx.committed += slot.working_buy_notional + slot.working_short_notional
         if value < 0:
-            ctx.committed -= value
+            # a short commits its value at the last price, but not twice for
+            # the units working buys already cover (they are committed)
+            covered = -<int128_t>slot.quantity
+            if slot.working_buy < covered:
+                covered = slot.working_buy
+            ctx.committed -= value + covered * last
         if slot.instrument_index == ctx.slot_instrument or (
                 order_issuer != 0 and instrument.issuer_id == order_issuer):
             ctx.issuer_exposure += exposure
@@ -328,7 +333,10 @@ cdef void check_order_size(const CheckContext* ctx, DecisionRecord* out) noexcep
     cdef int64_t minimum
     if out.order.quantity <= 0:
         return
-    if effective_limit(ctx, L.LIMIT_MIN_ORDER_QUANTITY, &minimum) and out.order.quantity < minimum:
+    # An order that closes or only reduces a position is exempt: a residual
+    # smaller than the minimum must stay sellable.
+    if effective_limit(ctx, L.LIMIT_MIN_ORDER_QUANTITY, &minimum) \
+            and out.order.quantity < minimum and not is_reducing(ctx):
         reject(out, L.REJECT_MIN_ORDER_QUANTITY, out.order.quantity, minimum)
     if ctx.instrument_known and out.order.quantity % ctx.instrument.lot_size != 0:
         reject(out, L.REJECT_LOT_SIZE, out.order.quantity, ctx.instrument.lot_size)
@@ -471,8 +479,21 @@ cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexc
     if out.order.side == L.SIDE_SELL:
         return
     available = <int128_t>ctx.account.cash + ctx.account.credit_line - ctx.committed
-    if ctx.notional > available:
-        reject(out, L.REJECT_BUYING_POWER, ctx.notional, clamp(available))
+    # The part of a buy that covers a short (one not covered by working buys
+    # yet) is not held, and releases what that part of the short commits (its
+    # value at the last price): the order is held to the net change.
+    # An order that only covers holds nothing: it commits no more than before,
+    # however little is available.
+    cdef int128_t held = ctx.notional
+    cdef int128_t uncovered = -(<int128_t>ctx.position + ctx.working_buy)
+    cdef int128_t cover = 0
+    if ctx.signed_quantity > 0 and out.order.quantity > 0 and uncovered > 0 \
+            and L.pt_load_i32(<const int32_t*>&ctx.instrument.flags) & L.INSTRUMENT_HAS_PRICE:
+        cover = uncovered if uncovered < out.order.quantity else out.order.quantity
+        held -= cover * (<int128_t>ctx.notional / out.order.quantity)
+        available += cover * <int128_t>L.pt_load_i64(&ctx.instrument.last_price)
+    if held > available and (cover == 0 or held > 0):
+        reject(out, L.REJECT_BUYING_POWER, <int64_t>held, clamp(available))
 
 
 cdef int32_t first_in_window(const L.AccountActivity* activity, int64_t since_ns) noexcept nogil:

@@ -343,7 +343,9 @@ def check_order_size(ctx: Context, reject: Reject) -> None:
     if ctx.quantity <= 0:
         return
     minimum = ctx.limit(LimitKind.MIN_ORDER_QUANTITY)
-    if minimum is not None and ctx.quantity < minimum:
+    # An order that closes or only reduces a position is exempt: a residual
+    # smaller than the minimum must stay sellable.
+    if minimum is not None and ctx.quantity < minimum and not ctx.is_reducing():
         reject(pb.REJECT_CODE_MIN_ORDER_QUANTITY, ctx.quantity, minimum)
     if ctx.instrument_known and ctx.instrument is not None \
             and ctx.quantity % ctx.instrument.lot_size:
@@ -463,8 +465,20 @@ def check_buying_power(ctx: Context, reject: Reject) -> None:
             or ctx.account.cash is None or ctx.side == pb.SIDE_SELL:
         return
     available = ctx.account.cash + ctx.account.credit_line - ctx.committed
-    if ctx.notional > available:
-        reject(pb.REJECT_CODE_BUYING_POWER, ctx.notional, clamp(available))
+    # The part of a buy that covers a short (one not covered by working buys
+    # yet) is not held, and releases what that part of the short commits (its
+    # value at the last price): the order is held to the net change.
+    # An order that only covers holds nothing: it commits no more than before,
+    # however little is available.
+    held, cover = ctx.notional, 0
+    uncovered = -(ctx.position + ctx.working_buy)
+    last = ctx.instrument.last_price if ctx.instrument is not None else None
+    if ctx.signed_quantity > 0 and ctx.quantity > 0 and uncovered > 0 and last is not None:
+        cover = min(ctx.quantity, uncovered)
+        held -= cover * (ctx.notional // ctx.quantity)
+        available += cover * last
+    if held > available and (cover == 0 or held > 0):
+        reject(pb.REJECT_CODE_BUYING_POWER, held, clamp(available))
 
 
 def _first_in_window(rate: deque[tuple[int, int]], since_ns: int) -> int:
@@ -1140,7 +1154,10 @@ class ReferenceBook:
             ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
             ctx.committed += slot.working_buy_notional + slot.working_short_notional
             if value < 0:
-                ctx.committed -= value
+                # a short commits its value at the last price, but not twice
+                # for the units working buys already cover (they are committed)
+                covered = min(-slot.quantity, slot.working_buy)
+                ctx.committed -= value + covered * (instrument.last_price or 0)
             same = symbol == ctx.symbol
             if same or (order_issuer and instrument.issuer_id == order_issuer):
                 ctx.issuer_exposure += exposure
