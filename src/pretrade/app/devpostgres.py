@@ -27,8 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import importlib.util
 import logging
 import os
@@ -43,8 +41,8 @@ import weakref
 from pathlib import Path
 from types import TracebackType
 
+from pretrade.app.devredis import lock_data_dir, tail
 from pretrade.app.lifetime import die_with_parent
-from pretrade.engine.errors import DataDirInUse
 
 __all__ = ["PostgresServer", "find_postgres_bin"]
 
@@ -103,34 +101,6 @@ def _pick_free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _tail(path: Path) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path} was not written)"
-    return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:]) or f"({path} is empty)"
-
-
-def _lock(directory: Path) -> int:
-    path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        try:
-            holder = path.read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
-        raise DataDirInUse(
-            f"the PostgreSQL data directory {directory} is in use by {holder}: stop that "
-            "server (or the pretrade serve that started it), or give this one another "
-            "data_dir (PRETRADE_DATA_DIR)") from None
-    return fd
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -207,7 +177,7 @@ class PostgresServer:
             if self._run_as() is not None:
                 self._dir.chmod(0o711)  # the server's user must reach its cluster
         try:
-            self._lock_fd = _lock(self._dir)
+            self._lock_fd = lock_data_dir(self._dir, LOCK_FILE, "PostgreSQL")
             self._initdb(bin_dir)
             attempts = _FREE_PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
@@ -322,7 +292,7 @@ class PostgresServer:
                 timeout=120, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed with status {result.returncode}:\n"
-                               f"{_tail(self.data_dir / 'initdb.log')}")
+                               f"{tail(self.data_dir / 'initdb.log', _LOG_TAIL_LINES)}")
 
     def _command(self, bin_dir: Path, port: int) -> list[str]:
         command = [str(bin_dir / "postgres"), "-D", str(self.data_dir / "data"),
@@ -363,11 +333,11 @@ class PostgresServer:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self._process = self._port = None
-                tail = _tail(self.log_path)
-                if "could not bind" in tail and "in use" in tail:
+                log_tail = tail(self.log_path, _LOG_TAIL_LINES)
+                if "could not bind" in log_tail and "in use" in log_tail:
                     raise _PortInUse(port)
                 raise RuntimeError(f"postgres exited with status {process.returncode} during "
-                                   f"startup.\n--- {self.log_path} ---\n{tail}")
+                                   f"startup.\n--- {self.log_path} ---\n{log_tail}")
             try:
                 with psycopg.connect(self.url, connect_timeout=2) as connection:
                     connection.execute("select 1")
@@ -377,4 +347,4 @@ class PostgresServer:
             time.sleep(0.05)
         raise RuntimeError(f"postgres pid {process.pid} took no connection on 127.0.0.1:{port} "
                            f"within {_READY_TIMEOUT_SECONDS:.0f} s (last error: {last_error})."
-                           f"\n--- {self.log_path} ---\n{_tail(self.log_path)}")
+                           f"\n--- {self.log_path} ---\n{tail(self.log_path, _LOG_TAIL_LINES)}")

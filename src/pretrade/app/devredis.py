@@ -17,8 +17,6 @@ True
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import functools
 import importlib.util
 import logging
@@ -39,6 +37,7 @@ from redis.retry import Retry
 
 from pretrade.app.lifetime import die_with_parent
 from pretrade.engine.errors import DataDirInUse
+from pretrade.engine.locks import holder_of, try_lock
 
 __all__ = ["RedisServer", "find_redis_cli", "find_redis_server"]
 
@@ -144,7 +143,7 @@ def _pick_free_port() -> int:
         return port
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
@@ -152,29 +151,20 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
 
 
-def _lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path, lock_file: str, server: str) -> int:
     """An exclusive flock on ``data_dir``'s lock file; DataDirInUse names its holder.
 
-    The descriptor is passed on to the redis-server child, so the directory
-    stays locked while either of them lives, and the kernel unlocks it when
-    both are gone (however they ended).
+    The descriptor is passed on to the server child, so the directory stays
+    locked while either of them lives, and the kernel unlocks it when both
+    are gone (however they ended). ``server`` names it in the message.
     """
-    path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        try:
-            holder = path.read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
+    path = data_dir / lock_file
+    fd = try_lock(path)
+    if fd is None:
         raise DataDirInUse(
-            f"the Redis data directory {data_dir} is in use by {holder}: stop that server (or "
-            "the pretrade serve that started it), or give this one another data_dir "
-            "(PRETRADE_DATA_DIR)") from None
+            f"the {server} data directory {data_dir} is in use by {holder_of(path)}: stop that "
+            "server (or the pretrade serve that started it), or give this one another "
+            "data_dir (PRETRADE_DATA_DIR)")
     return fd
 
 
@@ -311,7 +301,7 @@ class RedisServer:
             self._temporary_dir = tempfile.TemporaryDirectory(prefix="pretrade-redis-")
             self._data_dir = Path(self._temporary_dir.name)
         try:
-            self._lock_fd = _lock_data_dir(self._data_dir)
+            self._lock_fd = lock_data_dir(self._data_dir, LOCK_FILE, "Redis")
             self._unlock = weakref.finalize(self, os.close, self._lock_fd)
             attempts = _FREE_PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
@@ -476,13 +466,13 @@ class RedisServer:
                 if process.poll() is not None:
                     self._process = None
                     self._port = None
-                    log_tail = _tail(self.log_path)
+                    log_tail = tail(self.log_path)
                     if "Address already in use" in log_tail:
                         raise _PortInUse(port)
                     raise RuntimeError(
                         f"redis-server exited with status {process.returncode} during startup.\n"
                         f"--- {self.log_path} ---\n{log_tail}\n"
-                        f"--- {console_log} ---\n{_tail(console_log)}"
+                        f"--- {console_log} ---\n{tail(console_log)}"
                     )
                 try:
                     if client.ping():
@@ -501,6 +491,6 @@ class RedisServer:
         raise RuntimeError(
             f"redis-server pid {process.pid} did not answer PING on 127.0.0.1:{port} within "
             f"{_READY_TIMEOUT_SECONDS:.0f} s (last error: {last_error}).\n"
-            f"--- {self.log_path} ---\n{_tail(self.log_path)}\n"
-            f"--- {console_log} ---\n{_tail(console_log)}"
+            f"--- {self.log_path} ---\n{tail(self.log_path)}\n"
+            f"--- {console_log} ---\n{tail(console_log)}"
         )

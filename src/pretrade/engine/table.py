@@ -15,8 +15,6 @@ the one that holds it.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 from pretrade._core import PositionTable
 from pretrade._core.constants import DEFAULT_ORDER_EXPIRY_MS
 from pretrade.engine.errors import CapacityRefused, TableInUse
+from pretrade.engine.locks import try_lock
 
 #: Suffix of the file next to a table that names the process holding its lock.
 OWNER_SUFFIX = ".owner"
@@ -165,13 +164,8 @@ def _open_locked(target: Path) -> int:
     path names.
     """
     while True:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+        fd = try_lock(target)
+        if fd is None:
             owner = table_owner(target)
             who = f"pretrade pid {owner}" if owner is not None else "another process"
             raise TableInUse(
