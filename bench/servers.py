@@ -9,8 +9,14 @@ it), so the client's and the server's CPU are separate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,3 +109,35 @@ def children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+BANNER = re.compile(rb"serving PreTradeRisk on (\S+:\d+)")
+
+
+@contextlib.contextmanager
+def serve_process(redis_url: str, table: Path, *, env: dict[str, str] | None = None,
+                  timeout: float = 120) -> Iterator[tuple[str, int]]:
+    """``pretrade serve`` in a child process (its own GIL): ``(target, pid)`` once it serves.
+
+    The pid is the sync process's (the one started); its server processes are its children.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pretrade", "serve", "--redis-url", redis_url,
+         "--listen", "127.0.0.1:0", "--table-path", str(table), "--log-level", "WARNING",
+         "--insecure", "--auth", "none"],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        target = None
+        while target is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"pretrade serve exited with {process.wait()}")
+            found = BANNER.search(line)
+            target = found.group(1).decode() if found else None
+        assert target is not None, f"pretrade serve did not print its banner in {timeout} s"
+        yield target, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

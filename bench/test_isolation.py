@@ -23,10 +23,6 @@ small and short and checks that every probe order was decided, not the target.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,7 +38,7 @@ from pretrade.engine.limits import LimitKind
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
-from servers import children_of, cpu_seconds
+from servers import children_of, cpu_seconds, serve_process
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,6 @@ TICKED = [b"T%d" % n for n in range(10)]
 PRICE = 683_378
 TARGET_RATIO = 2.0
 LIMITS = {kind.field: 10**15 for kind in LimitKind if kind < 6} | {"price_collar_bps": 1_000}
-BANNER = re.compile(rb"serving PreTradeRisk on (\S+:\d+)")
 STREAM_PORTFOLIO = "/pretrade.v1.PreTradeRisk/StreamPortfolio"
 
 
@@ -111,29 +106,10 @@ def server(redis_server: RedisServer, size: Size, tmp_path_factory: pytest.TempP
     """``pretrade serve`` over the seeded book: (target, pid of the process it started)."""
     seed(redis.Redis.from_url(redis_server.url), size)
     table = tmp_path_factory.mktemp("table") / "isolation.table"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pretrade", "serve", "--redis-url", redis_server.url,
-         "--listen", "127.0.0.1:0", "--table-path", str(table), "--log-level", "WARNING",
-         "--insecure", "--auth", "none"],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1",
-             "PRETRADE_MAX_POSITIONS": str(size.lots + 10_000),
-             "PRETRADE_MAX_PORTFOLIO_STREAMS": str(size.streams + 100)})
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 120
-        target = None
-        while target is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"pretrade serve exited with {process.wait()}")
-            found = BANNER.search(line)
-            target = found.group(1).decode() if found else None
-        assert target is not None, "pretrade serve did not print its banner"
-        yield target, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with serve_process(redis_server.url, table, env={
+            "PRETRADE_MAX_POSITIONS": str(size.lots + 10_000),
+            "PRETRADE_MAX_PORTFOLIO_STREAMS": str(size.streams + 100)}) as served:
+        yield served
 
 
 def _probe(target: str, seconds: float, rate: int, tag: str, out: multiprocessing.Queue

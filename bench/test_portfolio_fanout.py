@@ -18,13 +18,8 @@ subscribers and one round and checks delivery only, not the latency target.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -35,6 +30,7 @@ from hdr import new_histogram
 from pretrade.app.devredis import RedisServer
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
+from servers import children_of, cpu_seconds, serve_process
 
 SUBSCRIBERS, ROUNDS = 1_000, 30
 QUICK_SUBSCRIBERS, QUICK_ROUNDS = 50, 1
@@ -43,7 +39,6 @@ CHANNELS = 8
 TARGET_P99_MS = 50.0
 FIRST_PRICE = 683_378
 STREAM_PORTFOLIO = "/pretrade.v1.PreTradeRisk/StreamPortfolio"
-BANNER = re.compile(rb"serving PreTradeRisk on (\S+:\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +53,8 @@ def server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     """``pretrade serve`` in a child process (its own GIL), over a seeded book: (target, pid)."""
     seed(redis.Redis.from_url(redis_server.url))
     table = tmp_path_factory.mktemp("table") / "fanout.table"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pretrade", "serve", "--redis-url", redis_server.url,
-         "--listen", "127.0.0.1:0", "--table-path", str(table), "--log-level", "WARNING",
-         "--insecure", "--auth", "none"],
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 30
-        target = None
-        while target is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"pretrade serve exited with {process.wait()}")
-            found = BANNER.search(line)
-            target = found.group(1).decode() if found else None
-        assert target is not None, "pretrade serve did not print its banner in 30 s"
-        yield target, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serve_process(redis_server.url, table, timeout=30) as served:
+        yield served
 
 
 def seed(r: redis.Redis) -> None:
@@ -157,15 +134,6 @@ class Fanout:
         await self.client.aclose()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -189,9 +157,11 @@ def test_one_tick_reaches_every_subscriber(benchmark, latency, server, redis_ser
             ticks.append(len(ticks))
             latencies.extend(loop.run_until_complete(fanout.tick(next(prices))))
 
-        cpu_before = cpu_seconds(pid)
+        # the server processes are the children of the process started
+        pids = [pid, *children_of(pid)]
+        cpu_before = cpu_seconds(pids)
         benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-        server_ms = (cpu_seconds(pid) - cpu_before) * 1000 / rounds
+        server_ms = (cpu_seconds(pids) - cpu_before) * 1000 / rounds
     finally:
         loop.run_until_complete(fanout.close())
         loop.close()
