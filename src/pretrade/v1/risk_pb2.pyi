@@ -299,7 +299,7 @@ class PortfolioRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Holding(_message.Message):
-    __slots__ = ("symbol", "quantity", "average_cost", "cost_basis", "last_price", "market_value", "unrealized_pnl", "valuation")
+    __slots__ = ("symbol", "quantity", "average_cost", "cost_basis", "last_price", "market_value", "unrealized_pnl", "valuation", "currency")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_COST_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +308,7 @@ class Holding(_message.Message):
     MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
     UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
     VALUATION_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     quantity: int
     average_cost: int
@@ -316,23 +317,26 @@ class Holding(_message.Message):
     market_value: int
     unrealized_pnl: int
     valuation: Valuation
-    def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., average_cost: _Optional[int] = ..., cost_basis: _Optional[int] = ..., last_price: _Optional[int] = ..., market_value: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ...) -> None: ...
+    currency: str
+    def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., average_cost: _Optional[int] = ..., cost_basis: _Optional[int] = ..., last_price: _Optional[int] = ..., market_value: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class PortfolioTotals(_message.Message):
-    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation")
+    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation", "currency")
     MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
     COST_BASIS_FIELD_NUMBER: _ClassVar[int]
     UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
     REALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
     UNVALUED_HOLDINGS_FIELD_NUMBER: _ClassVar[int]
     VALUATION_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     market_value: int
     cost_basis: int
     unrealized_pnl: int
     realized_pnl: int
     unvalued_holdings: int
     valuation: Valuation
-    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ...) -> None: ...
+    currency: str
+    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("kind", "code", "message", "observed", "limit", "symbol", "halt_mode")
