@@ -6,6 +6,11 @@ PRETRADE_DEBUG=1
     Debug build: bounds and wraparound checks on, line tracing
     (CYTHON_TRACE) for coverage and profilers, annotated HTML next to each
     .pyx, -O0 -g.
+
+PRETRADE_SKIP_CORE=1
+    Build the package without the core. The Makefile's editable install
+    sets it, so that the core is compiled once, by `make build`, in place
+    (compiling it inside the editable install as well cost ~30 s more).
 """
 
 import os
@@ -17,6 +22,7 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).parent
 CORE = ROOT / "ext" / "pretrade" / "_core"
 DEBUG = os.environ.get("PRETRADE_DEBUG") == "1"
+SKIP_CORE = os.environ.get("PRETRADE_SKIP_CORE") == "1"
 
 directives = {
     "language_level": 3,
@@ -47,10 +53,11 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(
+    ext_modules=[] if SKIP_CORE else cythonize(
         extensions,
         include_path=["ext"],
         compiler_directives=directives,
         annotate=DEBUG,
+        nthreads=os.cpu_count() or 1,
     ),
 )

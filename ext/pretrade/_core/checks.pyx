@@ -376,7 +376,7 @@ cdef void check_limits_configured(const CheckContext* ctx, DecisionRecord* out) 
     cdef uint32_t missing = 0
     cdef int64_t unused
     cdef int kind
-    for kind in range(L.LIMIT_REQUIRED_COUNT):
+    for kind in range(<int>L.LIMIT_REQUIRED_COUNT):
         if not effective_limit(ctx, kind, &unused):
             missing |= 1u << kind
     if missing:
@@ -583,11 +583,9 @@ cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t l
     # counterparty): remaining units at the price each was valued at. The
     # account keeps running totals; only after more names than it has slots
     # were working at once does this walk the working orders.
-    cdef const L.TagLimit* totals
+    cdef const L.TagLimit* totals = &ctx.account.counterparty_working[0]
     if by_venue:
-        totals = ctx.account.venue_working
-    else:
-        totals = ctx.account.counterparty_working
+        totals = &ctx.account.venue_working[0]
     cdef int64_t found
     if tag_limit(totals, name, length, &found):
         return found

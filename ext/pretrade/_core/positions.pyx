@@ -191,7 +191,7 @@ cdef void _write_limits(L.LimitSet* target, object limits) except *:
 cdef dict _read_limits(const L.LimitSet* limits):
     cdef dict out = {}
     cdef int kind
-    for kind in range(L.LIMIT_KIND_COUNT):
+    for kind in range(<int>L.LIMIT_KIND_COUNT):
         if limits.present & (1u << kind):
             out[kind] = limits.values[kind]
     return out
