@@ -36,7 +36,7 @@ install: $(STAMP) ## Create the virtualenv and install pretrade[dev] into it (ed
 $(STAMP): pyproject.toml setup.py $(LOCK)
 	test -x "$(UV)" || $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
 		--target "$(VENV)/.uv" "uv==$(UV_VERSION)"
-	test -x "$(BIN)/python" || "$(UV)" venv --quiet --seed --python "$(PYTHON)" "$(VENV)"
+	test -x "$(BIN)/python" || "$(UV)" venv --quiet --seed --allow-existing --python "$(PYTHON)" "$(VENV)"
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
 		--constraints "$(LOCK)" -e '.[dev]'
 	touch "$@"
