@@ -13,13 +13,14 @@ BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := .ci/constraints.txt
+TOOLS := $(VENV)/.build-tools
 UV_VERSION := 0.13.9
 UV := $(VENV)/.uv/bin/uv
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CORE_PYX := $(wildcard ext/pretrade/_core/*.pyx)
 
 .DEFAULT_GOAL := help
-.PHONY: help install build lock serve test bench lint proto architecture clean
+.PHONY: help install build compile lock serve test bench lint proto architecture clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTHON=python3] [VENV=.venv] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -30,21 +31,32 @@ help: ## List the targets
 install: $(STAMP) ## Create the virtualenv and install pretrade[dev] into it (editable), as locked
 
 # The installer is uv (from PyPI, kept in $(VENV)/.uv): it installs the locked
-# dependencies in seconds where pip takes a minute. The editable install does
-# not compile the core (PRETRADE_SKIP_CORE=1); `make build` does, once.
-# Re-run whenever the dependencies, the lock or the build script change.
-$(STAMP): pyproject.toml setup.py $(LOCK)
-	test -x "$(UV)" || $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-		--target "$(VENV)/.uv" "uv==$(UV_VERSION)"
+# dependencies in seconds where pip takes a minute. First the virtualenv with
+# what compiling the core needs (Cython, setuptools), so that `make build` can
+# compile while the rest installs.
+$(TOOLS): $(LOCK)
+	test -x "$(UV)" || $(PYTHON) -m pip install --quiet --disable-pip-version-check \
+		--root-user-action=ignore --target "$(VENV)/.uv" "uv==$(UV_VERSION)"
 	test -x "$(BIN)/python" || "$(UV)" venv --quiet --seed --allow-existing --python "$(PYTHON)" "$(VENV)"
+	"$(UV)" pip install --quiet --python "$(BIN)/python" --constraints "$(LOCK)" cython setuptools
+	touch "$@"
+
+# The editable install does not compile the core (PRETRADE_SKIP_CORE=1):
+# `make build` does, once. Re-run whenever the dependencies, the lock or the
+# build script change.
+$(STAMP): pyproject.toml setup.py $(TOOLS)
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
 		--constraints "$(LOCK)" -e '.[dev]'
 	touch "$@"
 
+# Installs (when needed) and compiles at the same time, on two jobs.
+build: ## Install, and compile the Cython core in place (PRETRADE_DEBUG=1 for a debug build)
+	@$(MAKE) --no-print-directory -j2 $(STAMP) compile
+
 # Cheap when nothing changed: cythonize and setuptools skip up-to-date files,
-# so the in-place .so always matches the .pyx/.pxd sources. Both cores compile
-# at once (cythonize and gcc in parallel).
-build: $(STAMP) ## Compile the Cython core in place (PRETRADE_DEBUG=1 for a debug build)
+# so the in-place .so always matches the .pyx/.pxd sources. The modules
+# compile in parallel (cythonize and gcc).
+compile: $(TOOLS)
 	"$(BIN)/python" setup.py --quiet build_ext --inplace --parallel $(JOBS)
 
 lock: ## Re-resolve .ci/constraints.txt, the exact versions a fresh clone and CI install
