@@ -77,7 +77,8 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "max_portfolio_streams", "max_control_calls", "max_open_calls",
                          "shutdown_grace_ms", "audit_retain_ms", "audit_queue_size",
-                         "archive_claim_idle_ms", "log_rate_limit"})
+                         "archive_claim_idle_ms", "log_rate_limit", "keepalive_time_ms",
+                         "keepalive_timeout_ms", "keepalive_min_ping_interval_ms"})
 # Integers where 0 means "off".
 _COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
@@ -311,6 +312,18 @@ class Settings:
     max_open_calls : int
         Health checks, health Watch streams and reflection calls (the services
         open without a token) one process runs at once.
+    keepalive_time_ms : int
+        The server pings each connection after this long without activity and
+        closes it when the ping is not answered within ``keepalive_timeout_ms``:
+        a client that vanished (power loss, a cable pulled, a frozen process)
+        does not hold a portfolio stream and its budget slot forever.
+    keepalive_timeout_ms : int
+        How long that ping may go unanswered.
+    keepalive_min_ping_interval_ms : int
+        The shortest interval at which a client may ping the server (its own
+        keepalive). A client that pings more often while nothing else is sent
+        is told GOAWAY ``too_many_pings`` after two such pings, and its calls
+        end UNAVAILABLE.
     shutdown_grace_ms : int
         On SIGTERM, how long in-flight calls may take to finish; one still
         running then ends UNAVAILABLE. Writing the queued audit entries may
@@ -414,6 +427,9 @@ class Settings:
     max_portfolio_streams: int = 10_000
     max_control_calls: int = 100
     max_open_calls: int = 100
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_min_ping_interval_ms: int = 10_000
     shutdown_grace_ms: int = 5_000
     audit_queue_size: int = 100_000
     audit_when_full: str = "reject"

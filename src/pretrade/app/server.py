@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pretrade._core import Engine
 from pretrade.api.budget import CallGate
@@ -132,7 +132,7 @@ class Gateway:
         interceptors = (MalformedRequestInterceptor(), self.calls, *self.access.interceptors,
                         self.gate)
         self.server = grpc.aio.server(interceptors=interceptors,
-                                      options=_server_options(reuse, self.gate.total))
+                                      options=_server_options(settings, reuse, self.gate.total))
         self.port = 0
         self.serving = False
         #: Set once every process of the group serves: health stays NOT_SERVING before.
@@ -150,8 +150,7 @@ class Gateway:
             await self.writer.prepare()
         risk_pb2_grpc.add_PreTradeRiskServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        _enable_reflection(self.server)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
@@ -283,8 +282,31 @@ class Gateway:
         self.mapped.close(unlink=not self.reader)
 
 
-def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:
-    """gRPC's options: SO_REUSEPORT, and room for a burst of every budget at once.
+#: The reflection service as gRPC names it now; grpcio-reflection implements
+#: only its older name (v1alpha), whose messages are the same on the wire.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Serve reflection under both names: v1 (grpcurl, Postman) and v1alpha (older tools).
+
+    One servicer answers both. v1's messages have the fields, numbers and
+    types of v1alpha's, so v1alpha's message classes parse and write v1's
+    bytes; only the service name differs.
+    """
+    names = (SERVICE_NAME, health.SERVICE_NAME, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),))
+
+
+def _server_options(settings: Settings, reuse_port: int, calls: int) -> list[tuple[str, int]]:
+    """gRPC's options: SO_REUSEPORT, keepalive, and room for a burst of every budget at once.
 
     gRPC holds the calls it has received until pretrade takes them up, and
     by default cancels some once 1,000 wait (and all past 3,000): a burst of
@@ -292,11 +314,26 @@ def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:
     many as all the budgets together now (each call then gets an answer or
     RESOURCE_EXHAUSTED from the gate), and one connection may not have more
     streams open than that (its client waits for a slot instead).
+
+    Keepalive (README, "Keepalive"): the server pings a quiet connection every
+    ``keepalive_time_ms`` (also one with no call open, and with no data sent
+    meanwhile: a portfolio stream may be quiet for long) and closes it when
+    the ping goes unanswered; a client may ping at most every
+    ``keepalive_min_ping_interval_ms``, else two strikes end its connection.
     """
     return [("grpc.so_reuseport", reuse_port),
             ("grpc.server.max_pending_requests", calls),
             ("grpc.server.max_pending_requests_hard_limit", calls),
-            ("grpc.max_concurrent_streams", calls)]
+            ("grpc.max_concurrent_streams", calls),
+            ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+            # gRPC core now times every ping out by this one (default 60 s).
+            ("grpc.http2.ping_timeout_ms", settings.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms",
+             settings.keepalive_min_ping_interval_ms),
+            ("grpc.http2.max_ping_strikes", 2)]
 
 
 def _access_note(access: ServerAccess | None) -> str:
