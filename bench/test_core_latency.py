@@ -7,6 +7,7 @@ plain values, timed per call with perf_counter_ns, interleaved in one run.
 
 from __future__ import annotations
 
+import resource
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from hdr import new_histogram, scale
 from pretrade._core import Engine
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.reference import ReferenceBook
-from pretrade.engine.table import new_private_table
+from pretrade.engine.table import PREFAULTED, SPARSE, Residency, new_private_table
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNT, SYMBOL = b"ACC-1", b"AAPL"
@@ -45,12 +46,12 @@ def populate(book) -> None:
                                      for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")})
 
 
-def make_engine(max_orders: int) -> Engine:
+def make_engine(max_orders: int, memory: Residency = SPARSE) -> Engine:
     # the one account may use the whole order table (nothing here is durable,
     # so no decided order leaves it)
     table = new_private_table(max_accounts=64, max_instruments=64, max_positions=256,
                               max_overrides=64, lock_stripes=8, max_orders=max_orders,
-                              max_orders_per_account=max_orders)
+                              max_orders_per_account=max_orders, memory=memory)
     populate(table)
     return Engine(table)
 
@@ -161,3 +162,49 @@ def test_core_latency_with_and_without_the_metrics_counters(benchmark, latency):
                   - uncounted_h.get_value_at_percentile(50))
     latency.figure("metrics counters: core p50 on - off", f"{difference} ns")
     benchmark(counted.metrics)
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_latency_on_a_prefaulted_and_a_sparse_table(benchmark, latency):
+    """Issue 16 item 8: page faults on the hot path, side by side in one run.
+
+    Two fresh tables of the same capacities, one with every page faulted in
+    when it was made (prefault_table, the default) and one sparse, so each
+    new decided order may land on a page never touched. Called alternately
+    with the same orders; the minor faults each engine's calls took are
+    counted around each call (outside the timed part).
+    """
+    orders = scale(benchmark.disabled, 200_000, 500)
+    hot = make_engine(orders + 10, PREFAULTED)
+    cold = make_engine(orders + 10, SPARSE)
+    hot_h, cold_h = new_histogram(), new_histogram()
+    faults = {id(hot): 0, id(cold): 0}
+    clock, usage = time.perf_counter_ns, resource.getrusage
+    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
+    ids = [f"o{n}".encode() for n in range(orders)]
+    for n, order_id in enumerate(ids):
+        if n % 500 == 0:
+            cancelled = set(ids[max(0, n - 500):n])
+            for engine in (hot, cold):
+                engine.table.replace_positions(ACCOUNT, positions, filled={},
+                                               cancelled=cancelled)
+        at = n * 10_000
+        pair = ((hot, hot_h), (cold, cold_h))
+        for engine, histogram in (pair if n % 2 else pair[::-1]):
+            before = usage(resource.RUSAGE_SELF).ru_minflt
+            start = clock()
+            decision = engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY,
+                                       pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
+            histogram.record_value(max(1, clock() - start))
+            faults[id(engine)] += usage(resource.RUSAGE_SELF).ru_minflt - before
+            assert decision.approved
+    latency.record("core evaluate, prefaulted table (default)", hot_h,
+                   f"{faults[id(hot)] / orders:.3f} minor faults per order; interleaved")
+    latency.record("core evaluate, sparse fresh table (prefault_table off)", cold_h,
+                   f"{faults[id(cold)] / orders:.3f} minor faults per order")
+    latency.figure("page faults: core p99 sparse / prefaulted",
+                   f"{cold_h.get_value_at_percentile(99) / hot_h.get_value_at_percentile(99):.2f}x")
+    counter = iter(range(orders, 10**9))
+    benchmark(lambda: hot.evaluate(f"b{(n := next(counter))}".encode(), ACCOUNT, SYMBOL,
+                                   pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, PRICE, b"", b"",
+                                   n * 10_000))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
+import resource
 
 import pytest
 
 from pretrade._core import LAYOUT, Engine, PositionTable, TableFullError, TableLayoutError
 from pretrade.engine.limits import LimitKind
-from pretrade.engine.table import Capacities, MappedTable, new_private_table
+from pretrade.engine.table import Capacities, MappedTable, Residency, new_private_table
 from pretrade.v1 import risk_pb2 as pb
 
 SMALL = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_overrides=16,
@@ -108,15 +110,72 @@ def test_striped_locks_keep_positions_consistent_across_processes(tmp_path):
         mapped.close(unlink=True)
 
 
-def test_table_file_is_sparse_until_records_are_written(tmp_path):
+def test_table_file_is_sparse_until_records_are_written_when_not_prefaulted(tmp_path):
     big = Capacities(max_positions=1_048_576)
-    mapped = MappedTable.create(tmp_path / "big.table", big)
+    mapped = MappedTable.create(tmp_path / "big.table", big, Residency(prefault=False))
     try:
         stat = os.stat(mapped.path)
         assert stat.st_size == big.required_bytes()
         assert stat.st_blocks * 512 < stat.st_size // 4
     finally:
         mapped.close(unlink=True)
+
+
+SMALL = Capacities(max_accounts=64, max_instruments=64, max_positions=4096, max_overrides=64,
+                   lock_stripes=8, max_orders=4096)
+
+
+def _faults_touching_every_page(mapped: MappedTable) -> tuple[int, int]:
+    """Minor page faults this process takes writing one byte of every page, and the pages.
+
+    A write, as a reservation is (reads would be faulted in 16 pages at a
+    time by the kernel's fault-around); the byte written is the one read.
+    """
+    view = memoryview(mapped._mapping)
+    pages = range(0, len(view), mmap.PAGESIZE)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for offset in pages:
+        view[offset] = view[offset]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    view.release()
+    return after - before, len(pages)
+
+
+def test_a_prefaulted_table_is_in_memory_and_its_first_touch_takes_no_page_faults(tmp_path):
+    mapped = MappedTable.create(tmp_path / "hot.table", SMALL)  # prefault is the default
+    try:
+        stat = os.stat(mapped.path)
+        assert stat.st_blocks * 512 >= stat.st_size  # every page is there, none sparse
+        # Another mapping of it (a server process): its page tables filled at attach.
+        hot = MappedTable.attach(mapped.path, Residency(prefault=True))
+        cold = MappedTable.attach(mapped.path, Residency(prefault=False))
+        try:
+            faults, pages = _faults_touching_every_page(hot)
+            assert faults < pages // 100, (faults, pages)
+            faults, pages = _faults_touching_every_page(cold)
+            assert faults > pages // 2, (faults, pages)  # the control: faults do show
+        finally:
+            hot.close()
+            cold.close()
+    finally:
+        mapped.close(unlink=True)
+
+
+def test_a_locked_table_counts_in_the_locked_memory_of_the_process(tmp_path):
+    def locked_kib() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmLck:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmLck in /proc/self/status")
+
+    before = locked_kib()
+    mapped = MappedTable.create(tmp_path / "locked.table", SMALL,
+                                Residency(prefault=True, lock=True))
+    try:
+        assert locked_kib() - before >= SMALL.required_bytes() // 1024
+    finally:
+        mapped.close(unlink=True)
+    assert locked_kib() <= before + 4  # unmapping unlocks
 
 
 def _restore_seconds(count: int) -> float:

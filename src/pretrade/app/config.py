@@ -81,7 +81,8 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "keepalive_timeout_ms", "keepalive_min_ping_interval_ms"})
 # Integers where 0 means "off".
 _COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
-_BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert",
+_BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table",
+                          "lock_table_memory",
                           "demo_book", "durable_decisions", "archive",
                           "audit_before_answer"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
@@ -294,6 +295,14 @@ class Settings:
         once its decision is in Redis; then it leaves, and a re-sent id is
         answered from ``orders:{ACC}``. Without ``durable_decisions`` nothing
         is in Redis, so nothing leaves: each account keeps at most its share.
+    prefault_table : bool
+        Fault every page of the table in when it is created or mapped, so no
+        order pays a page fault on its first use of a record (the p99 of the
+        engine), and a table that does not fit in memory fails at start, not
+        with SIGBUS later. Off: the file stays sparse until written.
+    lock_table_memory : bool
+        Also ``mlock`` the table, so the kernel never swaps or reclaims its
+        pages; needs ``ulimit -l`` (RLIMIT_MEMLOCK) or CAP_IPC_LOCK for its size.
     max_sync_lag_ms : int
         Past this many milliseconds without hearing from Redis the table is
         stale: orders get STALE_DATA and health reports NOT_SERVING.
@@ -421,6 +430,8 @@ class Settings:
     max_orders: int = _TABLE.max_orders
     max_orders_per_account: int | None = None
     order_expiry_ms: int = DEFAULT_ORDER_EXPIRY_MS
+    prefault_table: bool = True
+    lock_table_memory: bool = False
     max_sync_lag_ms: int = 2_000
     workers: int = 1
     max_concurrent_rpcs: int = 10_000

@@ -44,7 +44,7 @@ from pretrade.app.security import ServerAccess
 from pretrade.app.writer import TableWriter, settings_redis
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
-from pretrade.engine.table import Capacities, MappedTable
+from pretrade.engine.table import Capacities, MappedTable, Residency
 from pretrade.engine.tally import Buckets
 from pretrade.state.connection import connect
 from pretrade.state.feed import FeedFollower, new_channel
@@ -92,14 +92,16 @@ class Gateway:
         self.writer: TableWriter | None = None
         self.feed: FeedFollower | None = None
         if channel is not None:
-            self.mapped = mapped or MappedTable.attach(settings.resolved_table_path())
+            self.mapped = mapped or MappedTable.attach(settings.resolved_table_path(),
+                                                       residency_of(settings))
             self.table = self.mapped.table
             self.halts = HaltBook(None, shared=self.table)
             self.feed = FeedFollower(self.redis, channel, self.table, self.halts)
             ready = self.feed.ready
         else:
             self.mapped = mapped or MappedTable.create(settings.resolved_table_path(),
-                                                       capacities_of(settings))
+                                                       capacities_of(settings),
+                                                       residency_of(settings))
             self.table = self.mapped.table
             self.writer = TableWriter(settings, redis_url, self.table, audit=self.audit)
             self.halts = self.writer.halts
@@ -377,6 +379,10 @@ def capacities_of(settings: Settings) -> Capacities:
         max_positions=settings.max_positions, max_overrides=min(settings.max_positions, 65_536),
         lock_stripes=settings.lock_stripes, max_orders=settings.max_orders,
         max_orders_per_account=settings.account_share, order_expiry_ms=settings.order_expiry_ms)
+
+
+def residency_of(settings: Settings) -> Residency:
+    return Residency(prefault=settings.prefault_table, lock=settings.lock_table_memory)
 
 
 async def _load_demo(settings: Settings, redis_url: str) -> None:
@@ -682,7 +688,8 @@ def _serve_processes(settings: Settings, redis_url: str) -> int:
     if settings.demo_book:
         asyncio.run(_load_demo(settings, redis_url))
     settings = _fixed_port(settings)
-    mapped = MappedTable.create(settings.resolved_table_path(), capacities_of(settings))
+    mapped = MappedTable.create(settings.resolved_table_path(), capacities_of(settings),
+                                residency_of(settings))
     channel = new_channel()
     children: list[int] = []
     ready_read, ready_write = os.pipe()

@@ -15,6 +15,7 @@ the one that holds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 from dataclasses import dataclass
@@ -50,6 +51,81 @@ class Capacities:
             self.max_overrides, self.lock_stripes, self.max_orders))
 
 
+@dataclass(frozen=True)
+class Residency:
+    """Whether a table's memory is faulted in when it is mapped, and locked there.
+
+    ``prefault``: every page is touched (written) at once, so no order pays a
+    page fault on its first use of a record, and a table that does not fit
+    in memory fails at start instead of with SIGBUS later. ``lock``: the
+    pages are also ``mlock``-ed, so the kernel never swaps or reclaims them
+    (needs ``ulimit -l`` or CAP_IPC_LOCK for the table's size).
+    """
+
+    prefault: bool = True
+    lock: bool = False
+
+
+#: The two usual choices: every page in at once (the server's default), or a
+#: sparse table that gains pages as records are written.
+PREFAULTED = Residency()
+SPARSE = Residency(prefault=False)
+
+#: madvise(MADV_POPULATE_WRITE), Linux 5.14+: fault every page in, writable,
+#: without changing its contents (Python's mmap module has no name for it).
+_MADV_POPULATE_WRITE = 23
+
+
+def make_resident(mapping: mmap.mmap, memory: Residency, where: Path | str = "memory") -> None:
+    """Fault in (and optionally lock) every page of ``mapping``, as ``memory`` says.
+
+    Raises
+    ------
+    CapacityRefused
+        The pages do not fit, or cannot be locked: the message names the limit.
+    """
+    if memory.prefault:
+        try:
+            mapping.madvise(_MADV_POPULATE_WRITE)
+        except OSError as error:
+            if error.errno in (errno.ENOMEM, errno.EFAULT, errno.EIO):
+                raise CapacityRefused(
+                    f"the table at {where} ({_size_text(len(mapping))}) does not fit in memory: "
+                    f"{error.strerror}; lower its capacities") from None
+            _touch_pages(mapping)  # an older kernel: the same, one page at a time
+    if memory.lock:
+        _lock_pages(mapping, where)
+
+
+def _touch_pages(mapping: mmap.mmap) -> None:
+    # A read fault maps a page; writing back the byte read makes it writable
+    # and changes nothing (the creator touches before formatting; other
+    # processes see the same byte).
+    view = memoryview(mapping)
+    try:
+        for offset in range(0, len(mapping), mmap.PAGESIZE):
+            view[offset] = view[offset]
+    finally:
+        view.release()
+
+
+def _lock_pages(mapping: mmap.mmap, where: Path | str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    anchor = ctypes.c_char.from_buffer(mapping)
+    try:
+        address = ctypes.addressof(anchor)
+    finally:
+        del anchor  # an exported buffer would keep the mapping from closing
+    if libc.mlock(ctypes.c_void_p(address), ctypes.c_size_t(len(mapping))) != 0:
+        code = ctypes.get_errno()
+        raise CapacityRefused(
+            f"cannot lock the table at {where} ({_size_text(len(mapping))}) in memory: "
+            f"{os.strerror(code)}; raise `ulimit -l` (RLIMIT_MEMLOCK) or set "
+            "lock_table_memory = false")
+
+
 class MappedTable:
     """A PositionTable backed by a shared file mapping.
 
@@ -66,10 +142,12 @@ class MappedTable:
         self._lock_fd = lock_fd
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], capacities: Capacities) -> MappedTable:
+    def create(cls, path: str | os.PathLike[str], capacities: Capacities,
+               memory: Residency = PREFAULTED) -> MappedTable:
         """Lock the file at ``path``, then (re)make it an empty table of ``capacities``.
 
-        The file is sparse: pages cost memory only once a record is written.
+        The file is sparse: pages cost memory only once a record is written,
+        unless ``memory`` says to fault them all in now (see :class:`Residency`).
         Its lock is held until :meth:`close` (or the death of this process and
         every process forked from it).
 
@@ -100,6 +178,7 @@ class MappedTable:
                 raise CapacityRefused(
                     f"cannot map a table of {_size_text(size)} at {target}: {error}; lower "
                     "max_orders, max_positions, max_instruments or max_accounts") from None
+            make_resident(mapping, memory, target)
             table = _format(mapping, capacities)
             _owner_path(target).write_text(f"{os.getpid()}\n")
         except BaseException:
@@ -109,8 +188,14 @@ class MappedTable:
         return cls(target, mapping, table, fd)
 
     @classmethod
-    def attach(cls, path: str | os.PathLike[str]) -> MappedTable:
-        """Map a table another process created; raises TableLayoutError if foreign."""
+    def attach(cls, path: str | os.PathLike[str],
+               memory: Residency = SPARSE) -> MappedTable:
+        """Map a table another process created; raises TableLayoutError if foreign.
+
+        With ``memory.prefault`` this process's page tables are filled now
+        (the pages themselves are the creator's), so its first touch of each
+        page is not a fault either.
+        """
         target = Path(path)
         fd = os.open(target, os.O_RDWR)
         try:
@@ -119,7 +204,9 @@ class MappedTable:
                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
-        return cls(target, mapping, PositionTable.attach(mapping))
+        table = PositionTable.attach(mapping)
+        make_resident(mapping, memory, target)
+        return cls(target, mapping, table)
 
     def close(self, unlink: bool = False) -> None:
         """Unmap the table; with ``unlink``, remove the file too (the owner, at exit).
@@ -196,10 +283,17 @@ def _check_room(target: Path, fd: int, size: int) -> None:
                 "max_accounts, or put table_path on a filesystem with room")
 
 
-def new_private_table(**capacities: int) -> PositionTable:
-    """A table in anonymous memory, for one process (tests, the reference checks)."""
+def new_private_table(*, memory: Residency = SPARSE,
+                      **capacities: int) -> PositionTable:
+    """A table in anonymous memory, for one process (tests, the reference checks).
+
+    Sparse unless ``memory`` says otherwise: the reconciliation builds one of
+    the server's full size and touches only what Redis holds.
+    """
     caps = Capacities(**capacities)
-    return _format(mmap.mmap(-1, caps.required_bytes()), caps)
+    mapping = mmap.mmap(-1, caps.required_bytes())
+    make_resident(mapping, memory)
+    return _format(mapping, caps)
 
 
 def _format(mapping: mmap.mmap, caps: Capacities) -> PositionTable:
