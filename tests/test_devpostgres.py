@@ -105,3 +105,23 @@ def test_serve_archive_starts_postgres_and_the_archiver_and_stops_them(
         assert "Traceback" not in server.log()
     finally:
         server.kill()
+
+
+def test_serve_archive_with_a_data_dir_postgres_cannot_reach_is_one_line_not_a_traceback(
+        tmp_path, redis_url):
+    # pytest's tmp_path is private to root (0700): postgres, which runs as
+    # nobody, cannot reach a cluster under it. A new user met this as a
+    # 30-line traceback from `make serve` in a private checkout.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    server = Serve(tmp_path, "unreachable", "--redis-url", redis_url, "--listen", "127.0.0.1:0",
+                   "--archive", env={"PRETRADE_DATA_DIR": str(private / "data")})
+    try:
+        status = server.wait()
+        errors = server.stderr_path.read_text()
+        assert status == 2, errors  # EXIT_FAILED
+        assert "Traceback" not in errors
+        (line,) = [text for text in errors.splitlines() if text.startswith("pretrade: ")]
+        assert "cannot reach" in line and "chmod o+x" in line, line
+    finally:
+        server.kill()

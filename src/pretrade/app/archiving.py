@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from pretrade.app.config import Settings, environment_variable, parse_listen, redacted_url
 from pretrade.app.lifetime import die_with_parent
 from pretrade.audit.archive import Archiver, ArchiveStore
+from pretrade.engine.errors import EmbeddedServerFailed
 
 log = logging.getLogger("pretrade.archive")
 
@@ -161,7 +162,10 @@ def archiver_beside(settings: Settings, redis_url: str) -> Iterator[str | None]:
 
             data_dir = Path(settings.data_dir) / "postgres"
             data_dir.mkdir(parents=True, exist_ok=True)
-            embedded = stack.enter_context(PostgresServer(data_dir=data_dir))
+            try:
+                embedded = stack.enter_context(PostgresServer(data_dir=data_dir))
+            except RuntimeError as error:  # no binary, an unreachable directory, no port
+                raise EmbeddedServerFailed(f"the embedded PostgreSQL: {error}") from None
             log.info("embedded PostgreSQL pid %d at %s (data in %s)", embedded.pid,
                      embedded.url, data_dir)
             database_url = embedded.url

@@ -43,7 +43,12 @@ from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
 from pretrade.app.writer import TableWriter, settings_redis
 from pretrade.audit.trail import AuditTrail
-from pretrade.engine.errors import CannotListen, RedisUnreachable, WorkerFailed
+from pretrade.engine.errors import (
+    CannotListen,
+    EmbeddedServerFailed,
+    RedisUnreachable,
+    WorkerFailed,
+)
 from pretrade.engine.table import Capacities, MappedTable, Residency
 from pretrade.engine.tally import Buckets
 from pretrade.state.connection import connect
@@ -733,7 +738,11 @@ def serve_forever(settings: Settings) -> int:
 
     data_dir = Path(settings.data_dir) / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    with RedisServer(data_dir=data_dir, persistent=True) as embedded:
+    with contextlib.ExitStack() as stack:
+        try:
+            embedded = stack.enter_context(RedisServer(data_dir=data_dir, persistent=True))
+        except RuntimeError as error:  # no binary, or it would not start
+            raise EmbeddedServerFailed(f"the embedded redis-server: {error}") from None
         log.info("embedded redis-server pid %d at %s (data in %s)", embedded.pid, embedded.url,
                  data_dir)
         with archiver_beside(settings, embedded.url):  # the audit archive, when asked

@@ -74,5 +74,9 @@ class DataDirInUse(StartupError):
     """Another embedded redis-server (or its parent) holds the lock on the data directory."""
 
 
+class EmbeddedServerFailed(StartupError):
+    """An embedded redis-server or PostgreSQL (``make serve``'s) could not be started."""
+
+
 class WorkerFailed(StartupError):
     """A worker process of ``pretrade serve --workers N`` ended before it served."""
