@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pretrade-fresh-") as scratch:
+        os.chmod(scratch, 0o711)  # PostgreSQL runs as nobody under root: it must reach .run/
         clone = Path(scratch) / "pretrade"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         env = dict(os.environ)
