@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pretrade._core import Engine
+from pretrade._core.constants import LATENCY_BUCKET_BOUNDS_NS, VERDICT_NAMES
 from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
@@ -121,7 +122,8 @@ class Gateway:
         # server-wide count), and the gate ends every call at shutdown.
         self.gate = CallGate(orders=settings.max_concurrent_rpcs,
                              streams=settings.max_portfolio_streams,
-                             control=settings.max_control_calls, open=settings.max_open_calls)
+                             control=settings.max_control_calls, open=settings.max_open_calls,
+                             reads=settings.max_read_calls)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
@@ -213,6 +215,7 @@ class Gateway:
             journal_pending=self.journal.pending if self.journal else 0,
             orders_evicted=counts["orders_evicted"], audit_refused=self.audit.stats.refused))
         status.sync_live = self.table.sync_live
+        engine_figures(self.engine, status)
         return status
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -281,6 +284,18 @@ class Gateway:
             await self.writer.abandon()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.reader)
+
+
+def engine_figures(engine: Engine, status: risk_pb2.ServerStatus) -> None:
+    """The engine's decision counters and engine-time buckets into ``status`` (GetStatus)."""
+    figures = engine.metrics()
+    verdicts = {name: figures["checks"][index] for index, name in VERDICT_NAMES.items()}
+    status.decisions_approved = verdicts["approved"]
+    status.decisions_rejected = verdicts["rejected"]
+    status.decisions_replayed = verdicts["replayed"]
+    status.engine_latency_bounds_ns[:] = LATENCY_BUCKET_BOUNDS_NS
+    status.engine_latency_counts[:] = [sum(counts) for counts in zip(*figures["latency"],
+                                                                     strict=True)]
 
 
 def _server_options(reuse_port: int, calls: int) -> list[tuple[str, int]]:

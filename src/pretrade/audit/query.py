@@ -46,9 +46,22 @@ class AuditQuery:
     code: str | None = None
     #: The authenticated caller whose call made the entry.
     principal: str | None = None
+    #: Decisions only, and only rejected ones.
+    rejected_only: bool = False
+    #: Entries of any of these accounts (as ``account`` matches one); None: any.
+    accounts: frozenset[str] | None = None
+    #: Stream entries read at most, newest first (0: the whole range): bounds
+    #: the work of a query that finds few matches.
+    max_entries: int = 0
 
     def matches(self, fields: dict[str, str]) -> bool:
         if self.event is not None and fields.get("event") != self.event:
+            return False
+        if self.rejected_only and (fields.get("event") != DECISION
+                                   or fields.get("verdict") != "REJECTED"):
+            return False
+        if self.accounts is not None and not any(
+                AuditQuery(account=account).matches(fields) for account in self.accounts):
             return False
         if self.principal is not None and fields.get("principal") != self.principal:
             return False
@@ -84,21 +97,58 @@ def read_audit(client: Any, query: AuditQuery,
     ``XREVRANGE`` in pages, from the time range's end, until ``limit``
     matches are found or the range is exhausted.
     """
+    high, low = _id_range(query)
+    found: list[tuple[str, dict[str, str]]] = []
+    read = 0
+    while True:
+        page = client.xrevrange(stream, max=high, min=low, count=_page_size(query, read))
+        read += len(page)
+        if _take_page(query, page, found, read):
+            return found[::-1]
+        high = "(" + as_text(page[-1][0])
+
+
+async def read_audit_async(client: Any, query: AuditQuery,
+                           stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+    """:func:`read_audit` with an asyncio ``redis.asyncio.Redis`` (the gateway's own)."""
+    high, low = _id_range(query)
+    found: list[tuple[str, dict[str, str]]] = []
+    read = 0
+    while True:
+        page = await client.xrevrange(stream, max=high, min=low,
+                                      count=_page_size(query, read))
+        read += len(page)
+        if _take_page(query, page, found, read):
+            return found[::-1]
+        high = "(" + as_text(page[-1][0])
+
+
+def _id_range(query: AuditQuery) -> tuple[str, str]:
+    """The stream ids ``(max, min)`` that may hold the query's time range."""
     high = "+" if query.until_ms is None else str(query.until_ms + WRITE_DELAY_SLACK_MS)
     low = "-" if query.since_ms is None else str(max(query.since_ms - WRITE_DELAY_SLACK_MS,
                                                      0))
-    found: list[tuple[str, dict[str, str]]] = []
-    while True:
-        page = client.xrevrange(stream, max=high, min=low, count=_PAGE)
-        for raw_id, raw_fields in page:
-            for row_id, fields in reversed(rows_of(raw_id, raw_fields)):
-                if query.matches(fields):
-                    found.append((row_id, fields))
-                    if query.limit and len(found) >= query.limit:
-                        return found[::-1]
-        if len(page) < _PAGE:
-            return found[::-1]
-        high = "(" + as_text(page[-1][0])
+    return high, low
+
+
+def _page_size(query: AuditQuery, read: int) -> int:
+    """Entries to ask for next, ``read`` entries into the query."""
+    return min(_PAGE, query.max_entries - read) if query.max_entries else _PAGE
+
+
+def _take_page(query: AuditQuery, page: list[Any], found: list[tuple[str, dict[str, str]]],
+               read: int) -> bool:
+    """Append the page's matching rows (newest first) to ``found``; True when done:
+    ``limit`` matches found, the page was the range's last, or ``read`` entries
+    reached ``max_entries``."""
+    for raw_id, raw_fields in page:
+        for row_id, fields in reversed(rows_of(raw_id, raw_fields)):
+            if query.matches(fields):
+                found.append((row_id, fields))
+                if query.limit and len(found) >= query.limit:
+                    return True
+    return len(page) < _page_size(query, read - len(page)) or (
+        query.max_entries > 0 and read >= query.max_entries)
 
 
 def entry_as_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
