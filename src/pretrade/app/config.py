@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,10 @@ _TABLE = Capacities()
 
 __all__ = [
     "CONFIG_FILE_ENV",
+    "DEFAULT_DESK_LISTEN",
     "ConfigError",
     "Settings",
+    "child_environment",
     "default_table_path",
     "environment_variable",
     "load_settings",
@@ -56,6 +58,8 @@ __all__ = [
 
 CONFIG_FILE_ENV = "PRETRADE_CONFIG"
 """Environment variable naming the TOML file when none is passed."""
+DEFAULT_DESK_LISTEN = "127.0.0.1:8080"
+"""Where ``pretrade desk`` serves its page when ``desk_listen`` is not set."""
 
 _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
@@ -526,6 +530,25 @@ def environment_variable(field_name: str) -> str:
         ``"PRETRADE_"`` and the name in capitals: ``"PRETRADE_MAX_ACCOUNTS"``.
     """
     return _ENV_PREFIX + field_name.upper()
+
+
+def child_environment(settings: Settings, names: Iterable[str],
+                      values: Mapping[str, object]) -> dict[str, str]:
+    """The environment of a child process (the archiver, the desk) of ``pretrade serve``.
+
+    This process's environment with the settings ``names`` copied from
+    ``settings`` and ``values`` on top, each as its variable; without
+    ``$PRETRADE_CONFIG``: everything the child needs is in its environment.
+    """
+    env = dict(os.environ)
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None:
+            env[environment_variable(name)] = str(value)
+    for name, value in values.items():
+        env[environment_variable(name)] = str(value)
+    env.pop(CONFIG_FILE_ENV, None)
+    return env
 
 
 def _coerce(name: str, value: object, source: str) -> object:
