@@ -20,6 +20,8 @@ from book import order, seed_account, seed_lots, wait_until
 from conftest import GatewayThread
 from desk_parts import DeskThread, DeskTokens, WebClient, write_tokens
 from pretrade.app.config import ConfigError, Settings
+from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.audit.query import AuditQuery, read_audit
 from pretrade.desk.process import check_desk_settings, gateway_target
 from pretrade.desk.web import stats_sample
 from pretrade.state.schema import halt_key, price_key
@@ -355,3 +357,21 @@ def test_the_desk_calls_the_servers_own_address_unless_told_otherwise():
     assert gateway_target(Settings(listen="0.0.0.0:50051")) == "127.0.0.1:50051"
     assert gateway_target(Settings(listen="[::]:7000")) == "[::1]:7000"
     assert gateway_target(Settings(desk_gateway="gw.example:443")) == "gw.example:443"
+
+
+def test_a_bounded_audit_read_stops_after_its_rows_and_keeps_to_the_accounts_given(
+        redis_client):
+    for number, account in enumerate(("A", "B", "A", "C"), 1):
+        redis_client.xadd(AUDIT_STREAM, {"event": "decision", "verdict": "REJECTED",
+                                         "account": account, "order_id": f"o{number}",
+                                         "codes": "MAX_ORDER_QUANTITY"})
+    redis_client.xadd(AUDIT_STREAM, {"event": "decision", "verdict": "APPROVED",
+                                     "account": "A", "order_id": "o5", "codes": ""})
+
+    def read(**conditions: Any) -> list[str]:
+        query = AuditQuery(event="decision", rejected_only=True, **conditions)
+        return [fields["order_id"] for _, fields in read_audit(redis_client, query)]
+
+    assert read() == ["o1", "o2", "o3", "o4"]
+    assert read(max_rows=3) == ["o3", "o4"]  # o5, o4, o3 read; o5 approved
+    assert read(accounts=frozenset({"A", "C"})) == ["o1", "o3", "o4"]

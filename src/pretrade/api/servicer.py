@@ -58,9 +58,9 @@ Expired = tuple[int, pb.Order, int]
 DEFAULT_ACCOUNTS, MAX_ACCOUNTS = 1_000, 10_000
 #: ListRejections: rejections given when the request asks for 0, and at most.
 DEFAULT_REJECTIONS, MAX_REJECTIONS = 100, 1_000
-#: ListRejections reads at most this many of the newest audit stream entries
-#: (batches of up to 1,000 records): a filter that matches little costs no more.
-REJECTION_SCAN_ENTRIES = 20
+#: ListRejections reads at most about this many of the newest audit records: a
+#: filter that matches little costs no more than that.
+REJECTION_SCAN_ROWS = 5_000
 
 
 _UNRECORDED_CODES = frozenset({pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_AUDIT_UNAVAILABLE})
@@ -464,7 +464,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             query = AuditQuery(
                 account=account, accounts=accounts, event=DECISION, rejected_only=True,
                 code=short_name(pb.RejectCode, request.code) if request.code else None,
-                limit=limit, max_entries=REJECTION_SCAN_ENTRIES)
+                limit=limit, max_rows=REJECTION_SCAN_ROWS)
             try:
                 rows = await read_audit_async(self.redis, query)
             except (RedisError, OSError) as error:

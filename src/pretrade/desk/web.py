@@ -55,7 +55,7 @@ REJECTIONS_SHOWN = 50
 HALTS_SECONDS = 1.0
 STATS_SECONDS = 1.0
 ACCOUNTS_SECONDS = 5.0
-REJECTIONS_SECONDS = 1.0
+REJECTIONS_SECONDS = 2.0
 #: A comment line on an idle event stream, so proxies and the browser keep it open.
 KEEPALIVE_SECONDS = 15.0
 #: Events queued for one browser; a browser that falls this far behind is disconnected

@@ -120,6 +120,7 @@ function showDesk(who) {
     const killswitch = $("killswitch");
     if (killswitch) killswitch.remove();
     $("chart-note").textContent = "The chart is for risk operators (GetStatus is theirs).";
+    for (const id of ["chart-rate", "chart-latency"]) { const chart = $(id); if (chart) chart.remove(); }
   }
   const codes = $("filter-code");
   if (codes.options.length === 1) {
@@ -127,6 +128,7 @@ function showDesk(who) {
   }
   openEvents();
   openRejections();
+  drawCharts();
 }
 
 // -- the event streams -------------------------------------------------------
@@ -219,9 +221,10 @@ function onPortfolio(update) {
   renderAccounts();
 }
 
+// P&L is coloured by its sign; values and costs are not.
 function moneyCell(fixed, currency, className) {
-  const cell = el("td", formatMoney(fixed, currency), (className ? className + " " : "") + signClass(fixed));
-  return cell;
+  const colour = className === "unrealized" || className === "realized";
+  return el("td", formatMoney(fixed, currency), className + " " + (colour ? signClass(fixed) : "money"));
 }
 
 function renderAccounts() {
@@ -372,6 +375,7 @@ function drawChart(id, series, unit) {
   const y = (value) => bottom - (value / most) * (bottom - top);
   const x = (t) => ((t - (now - WINDOW_MS)) / WINDOW_MS) * width;
   const parts = [svg("line", { x1: 0, x2: width, y1: bottom, y2: bottom, class: "grid" }),
+    svg("text", { x: width / 2 - 60, y: (top + bottom) / 2 }, recent.length ? "" : "waiting for samples…"),
     svg("line", { x1: 0, x2: width, y1: top, y2: top, class: "grid" }),
     svg("text", { x: 4, y: top - 3 }, most.toFixed(most < 10 ? 1 : 0) + " " + unit),
     svg("text", { x: 4, y: height - 2 }, "-5 min"), svg("text", { x: width - 30, y: height - 2 }, "now")];
@@ -397,6 +401,12 @@ function drawCharts() {
 
 function renderRejections(rows) {
   const body = $("rejections").tBodies[0];
+  if (!rows.length) {
+    const none = el("tr");
+    none.append(el("td", "no rejection in the audit trail's latest entries", "note"));
+    body.replaceChildren(none);
+    return;
+  }
   body.replaceChildren(...rows.map((r) => {
     const row = el("tr");
     row.dataset.order = r.order_id;
