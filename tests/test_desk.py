@@ -27,6 +27,7 @@ from pretrade.desk.web import stats_sample
 from pretrade.state.schema import halt_key, price_key
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from serving import Serve, free_port
 
 RPC_TIMEOUT = 5.0
 
@@ -375,3 +376,31 @@ def test_a_bounded_audit_read_stops_after_its_rows_and_keeps_to_the_accounts_giv
     assert read() == ["o1", "o2", "o3", "o4"]
     assert read(max_rows=3) == ["o3", "o4"]  # o5, o4, o3 read; o5 approved
     assert read(accounts=frozenset({"A", "C"})) == ["o1", "o3", "o4"]
+
+
+def test_pretrade_serve_with_desk_runs_it_beside_the_gateway_and_prints_its_url(
+        redis_url, redis_client, tmp_path):
+    listen, desk_port = f"127.0.0.1:{free_port()}", free_port()
+    server = Serve(tmp_path, "with-desk", "--redis-url", redis_url, "--listen", listen,
+                   "--desk", f"127.0.0.1:{desk_port}")
+    try:
+        server.wait_for_banner()
+        assert f"Risk desk: http://127.0.0.1:{desk_port}/" in "".join(server.stdout)
+        client = WebClient(desk_port)
+        me = wait_until(lambda: _answer_or_none(client), lambda answer: answer is not None,
+                        timeout=20)
+        assert me == (200, "admin")  # serve's --auth none: no sign-in
+        assert any(f"pretrade risk desk on http://127.0.0.1:{desk_port}/" in line
+                   for line in server.stdout)
+        assert server.terminate() == 0
+        assert _answer_or_none(client) is None  # the desk stopped with the gateway
+    finally:
+        server.kill()
+
+
+def _answer_or_none(client: WebClient) -> tuple[int, str] | None:
+    try:
+        status, body = client.request("GET", "/api/me")
+    except OSError:
+        return None
+    return status, body["role"]

@@ -327,11 +327,14 @@ def _access_note(access: ServerAccess | None) -> str:
 
 
 def _banner(port: int, host: str, redis_url: str, workers: int = 1,
-            access: ServerAccess | None = None) -> str:
+            access: ServerAccess | None = None, desk_listen: str | None = None) -> str:
     target = f"{host}:{port}"
     processes = f", {workers} processes" if workers > 1 else ""
+    notes = _access_note(access)
+    if desk_listen:
+        notes += f"\n  Risk desk: http://{desk_listen}/ (open it in a browser)"
     return f"""
-pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes}){_access_note(access)}
+pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes}){notes}
 
   Send an order:
     .venv/bin/pretrade order --target {target} --account DEMO-1 --symbol AAPL \\
@@ -588,7 +591,7 @@ async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channe
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, GROUP_SERVING_SIGNAL)
         print(_banner(settings.listen_port, settings.listen_host, redis_url, settings.workers,
-                      ServerAccess.from_settings(settings)), flush=True)
+                      ServerAccess.from_settings(settings), settings.desk_listen), flush=True)
         await _supervise(children, stop)
         log.info("stopping: the server processes first, then the sync")
         return 0
