@@ -330,24 +330,10 @@ class Desk:
                                      limit=REJECTIONS_SHOWN)
         first = await self.gateway.call("ListRejections", query, session.token)
         stream = await self._open_stream(request)
-
-        async def follow(events: EventStream) -> None:
-            reply, shown = first, None
-            while True:
-                if reply is not None:
-                    rows = as_json(reply)["rejections"]
-                    if rows != shown:
-                        events.send("rejections", rows)
-                        shown = rows
-                    events.problem("rejections", "")
-                await asyncio.sleep(REJECTIONS_SECONDS)
-                try:
-                    reply = await self.gateway.call("ListRejections", query, session.token)
-                except DeskError as error:
-                    events.problem("rejections", error.message)
-                    reply = None
-
-        await self._run(stream, [follow])
+        await self._run(stream, [lambda events: _follow(
+            events, "rejections",
+            lambda: self.gateway.call("ListRejections", query, session.token),
+            lambda reply: as_json(reply)["rejections"], REJECTIONS_SECONDS, first)])
         return stream.response
 
     def _accounts(self, session: Session, first: list[str]
@@ -394,22 +380,10 @@ class Desk:
         return self.gateway.stream_portfolio(account, session.token)
 
     def _halts(self, session: Session) -> Callable[[EventStream], Awaitable[None]]:
-        async def run(events: EventStream) -> None:
-            shown = None
-            while True:
-                try:
-                    reply = await self.gateway.call("ListHalts", pb.HaltsRequest(),
-                                                    session.token)
-                except DeskError as error:
-                    events.problem("halts", error.message)
-                else:
-                    events.problem("halts", "")
-                    halts = as_json(reply)["halts"]
-                    if halts != shown:
-                        events.send("halts", halts)
-                        shown = halts
-                await asyncio.sleep(HALTS_SECONDS)
-        return run
+        return lambda events: _follow(
+            events, "halts", lambda: self.gateway.call("ListHalts", pb.HaltsRequest(),
+                                                       session.token),
+            lambda reply: as_json(reply)["halts"], HALTS_SECONDS)
 
     def _stats(self, session: Session) -> Callable[[EventStream], Awaitable[None]]:
         async def run(events: EventStream) -> None:
@@ -433,6 +407,27 @@ class Desk:
                     before = (now, status)
                 await asyncio.sleep(STATS_SECONDS)
         return run
+
+
+async def _follow(events: EventStream, name: str, fetch: Callable[[], Awaitable[Any]],
+                  shown_of: Callable[[Any], Any], seconds: float, first: Any = None) -> None:
+    """Read with ``fetch`` every ``seconds``; send event ``name`` (``shown_of`` the reply)
+    whenever what it shows changes, and a problem while the read fails."""
+    shown, reply = None, first
+    while True:
+        if reply is None:
+            try:
+                reply = await fetch()
+            except DeskError as error:
+                events.problem(name, error.message)
+        if reply is not None:
+            events.problem(name, "")
+            data = shown_of(reply)
+            if data != shown:
+                events.send(name, data)
+                shown = data
+        reply = None
+        await asyncio.sleep(seconds)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
