@@ -55,9 +55,9 @@ _EXPIRED_LOOKUPS = 3
 #: (position in the call, the order, the eviction count the engine quoted)
 Expired = tuple[int, pb.Order, int]
 #: ListAccounts: ids given when the request asks for 0, and at most.
-DEFAULT_ACCOUNTS, MAX_ACCOUNTS = 1_000, 10_000
+ACCOUNTS_LISTED, MOST_ACCOUNTS_LISTED = 1_000, 10_000
 #: ListRejections: rejections given when the request asks for 0, and at most.
-DEFAULT_REJECTIONS, MAX_REJECTIONS = 100, 1_000
+REJECTIONS_LISTED, MOST_REJECTIONS_LISTED = 100, 1_000
 #: ListRejections reads at most about this many of the newest audit records: a
 #: filter that matches little costs no more than that.
 REJECTION_SCAN_ROWS = 5_000
@@ -423,7 +423,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     async def ListAccounts(self, request: pb.AccountsRequest,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> pb.AccountList:
         try:
-            limit = _bounded(request.limit, DEFAULT_ACCOUNTS, MAX_ACCOUNTS, "limit")
+            limit = _bounded(request.limit, ACCOUNTS_LISTED, MOST_ACCOUNTS_LISTED, "limit")
             principal = current_principal()
             ids = sorted(as_text(a) for a in self.engine.table.account_ids())
             if principal is not None and principal.accounts is not None:
@@ -452,7 +452,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
     async def ListRejections(self, request: pb.RejectionsRequest,  # noqa: N802
                              context: grpc.aio.ServicerContext) -> pb.RejectionList:
         try:
-            limit = _bounded(request.limit, DEFAULT_REJECTIONS, MAX_REJECTIONS, "limit")
+            limit = _bounded(request.limit, REJECTIONS_LISTED, MOST_REJECTIONS_LISTED, "limit")
             if request.code and request.code not in pb.RejectCode.values():
                 raise InvalidRequest(f"code {request.code} is not a RejectCode")
             account = require_id(request.account_id, "account_id").decode() \
