@@ -65,8 +65,8 @@ lock: ## Re-resolve .ci/constraints.txt, the exact versions a fresh clone and CI
 
 # Local development: plaintext and no tokens, on the loopback address only
 # (README, "Access control", says how to run it properly).
-serve: build ## Run the gateway, demo book and audit archiver (uses REDIS_URL, DATABASE_URL when set)
-	"$(BIN)/pretrade" serve --demo --insecure --auth none --archive
+serve: build ## Run the gateway, demo book, audit archiver and risk desk on http://127.0.0.1:8080/
+	"$(BIN)/pretrade" serve --demo --insecure --auth none --archive --desk 127.0.0.1:8080
 
 test: build ## Run the test suite, then the benchmarks once with timing off (so they cannot rot)
 	"$(BIN)/python" -m pytest $(PYTEST_ARGS)

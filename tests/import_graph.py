@@ -23,7 +23,8 @@ PACKAGE = ROOT / "src" / "pretrade"
 
 #: The rooms of the package, bottom first: a module may import its own room
 #: and the rooms below it, never one above. ``v1`` (generated) and ``_core``
-#: (compiled) are the ground; ``cli`` and ``__main__`` the roof.
+#: (compiled) are the ground; ``cli``, ``desk`` and ``__main__`` the roof (the
+#: desk is a gRPC client like the CLI, and ``pretrade serve --desk`` starts it).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("v1", "_core"),
     ("engine",),
@@ -32,11 +33,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("stream",),
     ("api",),
     ("app",),
-    ("cli", "__main__"),
+    ("cli", "desk", "__main__"),
 )
 #: What each room holds, for the drawing.
 ROOMS: dict[str, str] = {
     "cli": "the pretrade command: parsing, tables, a client",
+    "desk": "the risk desk: a web page over the gateway (gRPC client, SSE)",
     "app": "settings, security, server assembly, dev Redis, demo book",
     "api": "gRPC: servicer, request checks, status map, interceptors, health",
     "stream": "StreamPortfolio fan-out",

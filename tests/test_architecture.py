@@ -74,3 +74,14 @@ def test_readme_names_every_module_and_folder():
         if f"{folder}/" not in readme:
             missing.append(folder + "/")
     assert not missing, f"README's module table does not name {missing}"
+
+
+def test_the_desk_never_loads_redis_or_the_state_room():
+    # The desk is a client of the gateway: whatever the gateway owns it asks for
+    # over gRPC, never from Redis.
+    probe = ("import sys, pretrade.desk.process, pretrade.desk.web; "
+             "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith(("
+             "'redis.', 'pretrade.state', 'pretrade.audit', 'pretrade.app.server'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]"

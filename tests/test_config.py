@@ -105,6 +105,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_KEEPALIVE_TIME_MS": "30000",
         "PRETRADE_KEEPALIVE_TIMEOUT_MS": "5000",
         "PRETRADE_KEEPALIVE_MIN_PING_INTERVAL_MS": "15000",
+        "PRETRADE_MAX_READ_CALLS": "68",
         "PRETRADE_SHUTDOWN_GRACE_MS": "2500",
         "PRETRADE_AUDIT_QUEUE_SIZE": "100",
         "PRETRADE_AUDIT_WHEN_FULL": "Drop",
@@ -131,6 +132,11 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_TLS_REQUIRE_CLIENT_CERT": "true",
         "PRETRADE_AUTH": "Tokens",
         "PRETRADE_TOKENS_FILE": "/etc/pretrade/tokens.toml",
+        "PRETRADE_DESK_LISTEN": "0.0.0.0:8443",
+        "PRETRADE_DESK_GATEWAY": "gateway.example:50051",
+        "PRETRADE_DESK_TLS_CA": "/etc/pretrade/ca.pem",
+        "PRETRADE_DESK_CLIENT_CERT": "/etc/pretrade/desk.pem",
+        "PRETRADE_DESK_CLIENT_KEY": "/etc/pretrade/desk.key",
     }
     assert set(env) == {environment_variable(f.name) for f in dataclasses.fields(Settings)}
     assert load_settings(env=env) == Settings(
@@ -155,6 +161,7 @@ def test_every_field_has_its_own_environment_variable():
         keepalive_time_ms=30_000,
         keepalive_timeout_ms=5_000,
         keepalive_min_ping_interval_ms=15_000,
+        max_read_calls=68,
         shutdown_grace_ms=2500,
         audit_queue_size=100,
         audit_when_full="drop",
@@ -180,6 +187,11 @@ def test_every_field_has_its_own_environment_variable():
         tls_require_client_cert=True,
         auth="tokens",
         tokens_file="/etc/pretrade/tokens.toml",
+        desk_listen="0.0.0.0:8443",
+        desk_gateway="gateway.example:50051",
+        desk_tls_ca="/etc/pretrade/ca.pem",
+        desk_client_cert="/etc/pretrade/desk.pem",
+        desk_client_key="/etc/pretrade/desk.key",
     )
 
 

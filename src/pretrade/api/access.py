@@ -315,6 +315,11 @@ def _batch_accounts(request: Any) -> Iterable[str]:
     return (order.account_id for order in request.orders)
 
 
+def _named_account(request: Any) -> Iterable[str]:
+    # Optional: without one, the servicer keeps to the principal's accounts.
+    return (request.account_id,) if request.account_id else ()
+
+
 @dataclass(frozen=True)
 class Rule:
     """Who may call one method: its roles, and where its accounts are in the request."""
@@ -330,6 +335,11 @@ RULES: dict[str, Rule] = {
                                        _order_account),
     _SERVICE + "Halt": Rule(frozenset({RISK_OPERATOR, ADMIN})),
     _SERVICE + "GetStatus": Rule(frozenset({RISK_OPERATOR, ADMIN})),
+    # The desk's reads: a trader's answers hold only its own accounts (the servicer filters).
+    _SERVICE + "ListAccounts": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN})),
+    _SERVICE + "ListHalts": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN})),
+    _SERVICE + "ListRejections": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN}),
+                                      _named_account),
 }
 """Full method name -> rule. A method of no open service and without a rule
 is for ``admin`` only: a new RPC is closed until someone decides otherwise."""

@@ -42,12 +42,15 @@ log = logging.getLogger("pretrade.budget")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["PreTradeRisk"].full_name
 _ORDER_METHODS = frozenset({f"/{_SERVICE}/EvaluateOrder", f"/{_SERVICE}/EvaluateOrders"})
+_READ_METHODS = frozenset({f"/{_SERVICE}/ListAccounts", f"/{_SERVICE}/ListHalts",
+                           f"/{_SERVICE}/ListRejections"})
 
 #: The classes of calls, each with the setting that bounds it.
 CLASSES = {
     "orders": ("order calls (EvaluateOrder, EvaluateOrders)", "max_concurrent_rpcs"),
     "streams": ("portfolio streams (StreamPortfolio)", "max_portfolio_streams"),
     "control": ("control calls (Halt, GetStatus)", "max_control_calls"),
+    "reads": ("desk reads (ListAccounts, ListHalts, ListRejections)", "max_read_calls"),
     "open": ("health and reflection calls", "max_open_calls"),
 }
 SHUTTING_DOWN = ("pretrade is shutting down: the call was not started; send it to another "
@@ -103,10 +106,11 @@ class CallGate(grpc.aio.ServerInterceptor):
     Parameters are the budgets, one per key of :data:`CLASSES`.
     """
 
-    def __init__(self, *, orders: int, streams: int, control: int, open: int) -> None:
+    def __init__(self, *, orders: int, streams: int, control: int, open: int,
+                 reads: int = 100) -> None:
         self.budgets = {name: Budget(name, limit) for name, limit in
                         (("orders", orders), ("streams", streams), ("control", control),
-                         ("open", open))}
+                         ("reads", reads), ("open", open))}
         self.closing = False
         #: Calls received (every call, refused or not), and when the last one came.
         self.arrivals = 0
@@ -127,6 +131,8 @@ class CallGate(grpc.aio.ServerInterceptor):
             return self.budgets["orders"]
         if method == f"/{_SERVICE}/StreamPortfolio":
             return self.budgets["streams"]
+        if method in _READ_METHODS:
+            return self.budgets["reads"]
         return self.budgets["control"]
 
     async def intercept_service(

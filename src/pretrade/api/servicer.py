@@ -25,12 +25,16 @@ from redis.exceptions import RedisError
 
 from pretrade._core import Engine, Verdict
 from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STORED_REJECTIONS
-from pretrade.api.access import principal_name
+from pretrade.api.access import current_principal, principal_name
 from pretrade.api.requests import ValidOrder, validate_batch, validate_order
+from pretrade.api.roles import ADMIN
 from pretrade.api.status import grpc_status, rejection_message
+from pretrade.audit.entries import DECISION
+from pretrade.audit.query import AuditQuery, read_audit_async
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
-from pretrade.engine.text import is_valid_id, require_id
+from pretrade.engine.names import full_name, short_name
+from pretrade.engine.text import as_text, is_valid_id, require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
 from pretrade.state.journal import DecidedOrder, Journal, decode
 from pretrade.state.schema import StateError, orders_key
@@ -50,6 +54,13 @@ _MALFORMED = ((pb.REJECT_CODE_INVALID_REQUEST, 0, 0),)  # what the audit records
 _EXPIRED_LOOKUPS = 3
 #: (position in the call, the order, the eviction count the engine quoted)
 Expired = tuple[int, pb.Order, int]
+#: ListAccounts: ids given when the request asks for 0, and at most.
+ACCOUNTS_LISTED, MOST_ACCOUNTS_LISTED = 1_000, 10_000
+#: ListRejections: rejections given when the request asks for 0, and at most.
+REJECTIONS_LISTED, MOST_REJECTIONS_LISTED = 100, 1_000
+#: ListRejections reads at most about this many of the newest audit records: a
+#: filter that matches little costs no more than that.
+REJECTION_SCAN_ROWS = 5_000
 
 
 _UNRECORDED_CODES = frozenset({pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_AUDIT_UNAVAILABLE})
@@ -409,6 +420,61 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             await _abort(context, error, "GetStatus")
             raise
 
+    async def ListAccounts(self, request: pb.AccountsRequest,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> pb.AccountList:
+        try:
+            limit = _bounded(request.limit, ACCOUNTS_LISTED, MOST_ACCOUNTS_LISTED, "limit")
+            principal = current_principal()
+            ids = sorted(as_text(a) for a in self.engine.table.account_ids())
+            if principal is not None and principal.accounts is not None:
+                ids = [a for a in ids if principal.may_use(a)]
+            return pb.AccountList(account_ids=ids[:limit], truncated=len(ids) > limit,
+                                  principal=principal.name if principal else "",
+                                  role=principal.role if principal else ADMIN)
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "ListAccounts")
+            raise
+
+    async def ListHalts(self, request: pb.HaltsRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> pb.HaltState:
+        try:
+            halts = self.halts.snapshot()
+            principal = current_principal()
+            if principal is None or principal.accounts is None:
+                return halts
+            return pb.HaltState(halts=[
+                halt for halt in halts.halts
+                if halt.scope != pb.HALT_SCOPE_ACCOUNT or principal.may_use(halt.target)])
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "ListHalts")
+            raise
+
+    async def ListRejections(self, request: pb.RejectionsRequest,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> pb.RejectionList:
+        try:
+            limit = _bounded(request.limit, REJECTIONS_LISTED, MOST_REJECTIONS_LISTED, "limit")
+            if request.code and request.code not in pb.RejectCode.values():
+                raise InvalidRequest(f"code {request.code} is not a RejectCode")
+            account = require_id(request.account_id, "account_id").decode() \
+                if request.account_id else None
+            principal = current_principal()
+            accounts = None
+            if account is None and principal is not None and principal.accounts is not None:
+                accounts = principal.accounts
+            query = AuditQuery(
+                account=account, accounts=accounts, event=DECISION, rejected_only=True,
+                code=short_name(pb.RejectCode, request.code) if request.code else None,
+                limit=limit, max_rows=REJECTION_SCAN_ROWS)
+            try:
+                rows = await read_audit_async(self.redis, query)
+            except (RedisError, OSError) as error:
+                raise Unavailable(f"the audit trail cannot be read: {error}") from error
+            return pb.RejectionList(rejections=[_rejected_order(row_id, fields)
+                                                for row_id, fields in reversed(rows)])
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "ListRejections")
+            raise
+
     async def Halt(self, request: pb.HaltRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> pb.HaltState:
         try:
@@ -436,6 +502,34 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "StreamPortfolio")
             raise
+
+
+def _bounded(asked: int, default: int, most: int, name: str) -> int:
+    """A request's count: 0 is ``default``, more than ``most`` is ``most``."""
+    if asked < 0:
+        raise InvalidRequest(f"{name} must be 0 (the default, {default}) or positive, "
+                             f"got {asked}")
+    return min(asked or default, most)
+
+
+def _integer(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _rejected_order(row_id: str, fields: dict[str, str]) -> pb.RejectedOrder:
+    """One audit row of a rejected decision as the wire message."""
+    names = [code for code in fields.get("codes", "").split(",") if code]
+    return pb.RejectedOrder(
+        order_id=fields.get("order_id", ""), account_id=fields.get("account", ""),
+        symbol=fields.get("symbol", ""),
+        side=full_name(pb.Side, fields.get("side", "")),
+        quantity=_integer(fields.get("quantity")), price=_integer(fields.get("price")),
+        codes=[full_name(pb.RejectCode, name) for name in names],
+        decided_at_unix_ms=_integer(fields.get("ts")), principal=fields.get("principal", ""),
+        audit_id=row_id)
 
 
 def _check_deadline(context: grpc.aio.ServicerContext) -> None:

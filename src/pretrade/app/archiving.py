@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +27,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pretrade.app.config import Settings, environment_variable, parse_listen, redacted_url
-from pretrade.app.lifetime import die_with_parent
+from pretrade.app.config import Settings, child_environment, parse_listen, redacted_url
+from pretrade.app.lifetime import start_child, stop_child
 from pretrade.audit.archive import Archiver, ArchiveStore
 from pretrade.engine.errors import EmbeddedServerFailed
 
@@ -117,34 +114,6 @@ def serve_archive_metrics(archiver: Archiver, listen: str) -> Any:
     return server
 
 
-def _child_environment(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env[environment_variable("redis_url")] = redis_url
-    env[environment_variable("database_url")] = database_url
-    for name in _CHILD_SETTINGS:
-        value = getattr(settings, name)
-        if value is not None:
-            env[environment_variable(name)] = str(value)
-    env.pop("PRETRADE_CONFIG", None)  # everything it needs is in its environment
-    return env
-
-
-def _stop_child(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        log.error("the archiver (pid %d) had ended with status %s; audit entries since then "
-                  "wait in the Redis stream for the next archiver", process.pid,
-                  process.returncode)
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        log.warning("the archiver (pid %d) did not stop within %.0f s; killing it", process.pid,
-                    STOP_SECONDS)
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def archiver_beside(settings: Settings, redis_url: str) -> Iterator[str | None]:
     """Run the archiver (and, without ``database_url``, an embedded PostgreSQL) meanwhile.
@@ -169,12 +138,8 @@ def archiver_beside(settings: Settings, redis_url: str) -> Iterator[str | None]:
             log.info("embedded PostgreSQL pid %d at %s (data in %s)", embedded.pid,
                      embedded.url, data_dir)
             database_url = embedded.url
-        parent = os.getpid()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pretrade", "archive"], stdin=subprocess.DEVNULL,
-            env=_child_environment(settings, redis_url, database_url),
-            start_new_session=True,  # Ctrl-C reaches the server, which stops it in order
-            preexec_fn=lambda: die_with_parent(parent))
-        log.info("archiver pid %d started", process.pid)
-        stack.callback(_stop_child, process)
+        process = start_child(["archive"], child_environment(settings, _CHILD_SETTINGS, {
+            "redis_url": redis_url, "database_url": database_url}), "archiver")
+        stack.callback(stop_child, process, "archiver", STOP_SECONDS,
+                       "audit entries since then wait in the Redis stream for the next archiver")
         yield database_url

@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,10 @@ _TABLE = Capacities()
 
 __all__ = [
     "CONFIG_FILE_ENV",
+    "DEFAULT_DESK_LISTEN",
     "ConfigError",
     "Settings",
+    "child_environment",
     "default_table_path",
     "environment_variable",
     "load_settings",
@@ -56,6 +58,8 @@ __all__ = [
 
 CONFIG_FILE_ENV = "PRETRADE_CONFIG"
 """Environment variable naming the TOML file when none is passed."""
+DEFAULT_DESK_LISTEN = "127.0.0.1:8080"
+"""Where ``pretrade desk`` serves its page when ``desk_listen`` is not set."""
 
 _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
@@ -76,9 +80,10 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_orders", "max_orders_per_account", "order_expiry_ms",
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "max_portfolio_streams", "max_control_calls", "max_open_calls",
-                         "shutdown_grace_ms", "audit_retain_ms", "audit_queue_size",
-                         "archive_claim_idle_ms", "log_rate_limit", "keepalive_time_ms",
-                         "keepalive_timeout_ms", "keepalive_min_ping_interval_ms"})
+                         "max_read_calls", "shutdown_grace_ms", "audit_retain_ms",
+                         "audit_queue_size", "archive_claim_idle_ms", "log_rate_limit",
+                         "keepalive_time_ms", "keepalive_timeout_ms",
+                         "keepalive_min_ping_interval_ms"})
 # Integers where 0 means "off".
 _COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table",
@@ -89,9 +94,10 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "redis_password", "metrics_listen", "archive_metrics_listen",
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
-                              "max_orders_per_account"})
+                              "max_orders_per_account", "desk_listen", "desk_gateway",
+                              "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
-                          "tokens_file"})
+                          "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _URL_USERINFO = re.compile(r"//[^/@]*@")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -223,7 +229,8 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         return value
     if not isinstance(value, str):
         raise problem("expected a string")
-    if name in ("listen", "metrics_listen", "archive_metrics_listen"):
+    if name in ("listen", "metrics_listen", "archive_metrics_listen", "desk_listen",
+                "desk_gateway"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -333,6 +340,10 @@ class Settings:
         keepalive). A client that pings more often while nothing else is sent
         is told GOAWAY ``too_many_pings`` after two such pings, and its calls
         end UNAVAILABLE.
+    max_read_calls : int
+        The risk desk's reads (ListAccounts, ListHalts, ListRejections) one
+        process runs at once: a desk, or a trader calling them in a loop, can
+        never keep Halt or GetStatus out.
     shutdown_grace_ms : int
         On SIGTERM, how long in-flight calls may take to finish; one still
         running then ends UNAVAILABLE. Writing the queued audit entries may
@@ -415,6 +426,19 @@ class Settings:
     tokens_file : str or None
         TOML file of token hashes and their principals (format in
         :mod:`pretrade.api.access`).
+    desk_listen : str or None
+        ``HOST:PORT`` of the risk desk's web page (``pretrade desk``, or
+        ``pretrade serve --desk``); None: ``pretrade serve`` starts no desk and
+        ``pretrade desk`` listens on 127.0.0.1:8080.
+    desk_gateway : str or None
+        ``HOST:PORT`` of the gateway the desk calls; None: this server's
+        ``listen`` (a wildcard host as the loopback address).
+    desk_tls_ca : str or None
+        PEM CA that issued the gateway's certificate: the desk calls it over
+        TLS (plaintext when unset).
+    desk_client_cert, desk_client_key : str or None
+        PEM certificate and key the desk presents to a gateway that requires
+        client certificates (mutual TLS).
 
     Whether the transport and auth settings fit together is checked, with
     their files, when a server starts (:meth:`pretrade.api.access.ServerAccess.from_settings`).
@@ -441,6 +465,7 @@ class Settings:
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
     keepalive_min_ping_interval_ms: int = 10_000
+    max_read_calls: int = 100
     shutdown_grace_ms: int = 5_000
     audit_queue_size: int = 100_000
     audit_when_full: str = "reject"
@@ -467,6 +492,11 @@ class Settings:
     tls_require_client_cert: bool = False
     auth: str = "tokens"
     tokens_file: str | None = None
+    desk_listen: str | None = None
+    desk_gateway: str | None = None
+    desk_tls_ca: str | None = None
+    desk_client_cert: str | None = None
+    desk_client_key: str | None = None
 
     def __post_init__(self) -> None:
         for settings_field in dataclasses.fields(self):
@@ -527,6 +557,25 @@ def environment_variable(field_name: str) -> str:
         ``"PRETRADE_"`` and the name in capitals: ``"PRETRADE_MAX_ACCOUNTS"``.
     """
     return _ENV_PREFIX + field_name.upper()
+
+
+def child_environment(settings: Settings, names: Iterable[str],
+                      values: Mapping[str, object]) -> dict[str, str]:
+    """The environment of a child process (the archiver, the desk) of ``pretrade serve``.
+
+    This process's environment with the settings ``names`` copied from
+    ``settings`` and ``values`` on top, each as its variable; without
+    ``$PRETRADE_CONFIG``: everything the child needs is in its environment.
+    """
+    env = dict(os.environ)
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None:
+            env[environment_variable(name)] = str(value)
+    for name, value in values.items():
+        env[environment_variable(name)] = str(value)
+    env.pop(CONFIG_FILE_ENV, None)
+    return env
 
 
 def _coerce(name: str, value: object, source: str) -> object:

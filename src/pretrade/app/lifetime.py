@@ -13,12 +13,16 @@ when its parent dies (``PR_SET_PDEATHSIG``); elsewhere it does nothing.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["die_with_parent", "listener_pids", "process_name"]
+__all__ = ["die_with_parent", "listener_pids", "process_name", "start_child", "stop_child"]
+
+log = logging.getLogger("pretrade.lifetime")
 
 _PR_SET_PDEATHSIG = 1
 _TCP_LISTEN = "0A"
@@ -108,3 +112,38 @@ def serving_group(pid: int) -> int:
         return pid
     is_serve = b"serve" in command and any(b"pretrade" in part for part in command)
     return parent if is_serve else pid
+
+
+def start_child(command: list[str], env: dict[str, str], what: str) -> subprocess.Popen[bytes]:
+    """``python -m pretrade COMMAND...`` beside this process, dying with it.
+
+    In a session of its own, so Ctrl-C reaches the server only, which stops
+    its children in order (:func:`stop_child`).
+    """
+    parent = os.getpid()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pretrade", *command], stdin=subprocess.DEVNULL, env=env,
+        start_new_session=True, preexec_fn=lambda: die_with_parent(parent))
+    log.info("%s pid %d started", what, process.pid)
+    return process
+
+
+def stop_child(process: subprocess.Popen[bytes], what: str, seconds: float,
+               ended_early: str = "") -> None:
+    """SIGTERM a child of :func:`start_child`, SIGKILL it after ``seconds``; reap it.
+
+    A child that had ended already is logged as an error (``ended_early``
+    says what that left undone).
+    """
+    if process.poll() is not None:
+        log.error("the %s (pid %d) had ended with status %s%s", what, process.pid,
+                  process.returncode, f"; {ended_early}" if ended_early else "")
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        log.warning("the %s (pid %d) did not stop within %.0f s; killing it", what,
+                    process.pid, seconds)
+        process.kill()
+        process.wait()

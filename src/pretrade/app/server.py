@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pretrade._core import Engine
+from pretrade._core.constants import LATENCY_BUCKET_BOUNDS_NS, VERDICT_NAMES
 from pretrade.api.budget import CallGate
 from pretrade.api.health import HealthServicer
 from pretrade.api.malformed import MalformedRequestInterceptor
@@ -128,7 +129,8 @@ class Gateway:
         # server-wide count), and the gate ends every call at shutdown.
         self.gate = CallGate(orders=settings.max_concurrent_rpcs,
                              streams=settings.max_portfolio_streams,
-                             control=settings.max_control_calls, open=settings.max_open_calls)
+                             control=settings.max_control_calls, open=settings.max_open_calls,
+                             reads=settings.max_read_calls)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
@@ -219,6 +221,7 @@ class Gateway:
             journal_pending=self.journal.pending if self.journal else 0,
             orders_evicted=counts["orders_evicted"], audit_refused=self.audit.stats.refused))
         status.sync_live = self.table.sync_live
+        engine_figures(self.engine, status)
         return status
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -312,6 +315,18 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
         (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),))
 
 
+def engine_figures(engine: Engine, status: risk_pb2.ServerStatus) -> None:
+    """The engine's decision counters and engine-time buckets into ``status`` (GetStatus)."""
+    figures = engine.metrics()
+    verdicts = {name: figures["checks"][index] for index, name in VERDICT_NAMES.items()}
+    status.decisions_approved = verdicts["approved"]
+    status.decisions_rejected = verdicts["rejected"]
+    status.decisions_replayed = verdicts["replayed"]
+    status.engine_latency_bounds_ns[:] = LATENCY_BUCKET_BOUNDS_NS
+    status.engine_latency_counts[:] = [sum(counts) for counts in zip(*figures["latency"],
+                                                                     strict=True)]
+
+
 def _server_options(settings: Settings, reuse_port: int, calls: int) -> list[tuple[str, int]]:
     """gRPC's options: SO_REUSEPORT, keepalive, and room for a burst of every budget at once.
 
@@ -356,11 +371,14 @@ def _access_note(access: ServerAccess | None) -> str:
 
 
 def _banner(port: int, host: str, redis_url: str, workers: int = 1,
-            access: ServerAccess | None = None) -> str:
+            access: ServerAccess | None = None, desk_listen: str | None = None) -> str:
     target = f"{host}:{port}"
     processes = f", {workers} processes" if workers > 1 else ""
+    notes = _access_note(access)
+    if desk_listen:
+        notes += f"\n  Risk desk: http://{desk_listen}/ (open it in a browser)"
     return f"""
-pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes}){_access_note(access)}
+pretrade is serving PreTradeRisk on {target} (Redis: {redis_url}{processes}){notes}
 
   Send an order:
     .venv/bin/pretrade order --target {target} --account DEMO-1 --symbol AAPL \\
@@ -621,7 +639,7 @@ async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channe
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, GROUP_SERVING_SIGNAL)
         print(_banner(settings.listen_port, settings.listen_host, redis_url, settings.workers,
-                      ServerAccess.from_settings(settings)), flush=True)
+                      ServerAccess.from_settings(settings), settings.desk_listen), flush=True)
         await _supervise(children, stop)
         log.info("stopping: the server processes first, then the sync")
         return 0

@@ -23,6 +23,7 @@ from pretrade.engine.text import as_text
 #: ``ts``, so a time range reads ids this much wider and filters on ``ts``.
 WRITE_DELAY_SLACK_MS = 60_000
 _PAGE = 1_000
+_BOUNDED_PAGE = 50
 _INTEGER_FIELDS = frozenset({"ts", "pid", "quantity", "price", "notional", "latency_ns",
                              "expires_at"})
 
@@ -46,9 +47,22 @@ class AuditQuery:
     code: str | None = None
     #: The authenticated caller whose call made the entry.
     principal: str | None = None
+    #: Decisions only, and only rejected ones.
+    rejected_only: bool = False
+    #: Entries of any of these accounts (as ``account`` matches one); None: any.
+    accounts: frozenset[str] | None = None
+    #: Records read at most, newest first (0: the whole range): bounds the work
+    #: of a query that finds few matches.
+    max_rows: int = 0
 
     def matches(self, fields: dict[str, str]) -> bool:
         if self.event is not None and fields.get("event") != self.event:
+            return False
+        if self.rejected_only and (fields.get("event") != DECISION
+                                   or fields.get("verdict") != "REJECTED"):
+            return False
+        if self.accounts is not None and not any(
+                AuditQuery(account=account).matches(fields) for account in self.accounts):
             return False
         if self.principal is not None and fields.get("principal") != self.principal:
             return False
@@ -84,21 +98,57 @@ def read_audit(client: Any, query: AuditQuery,
     ``XREVRANGE`` in pages, from the time range's end, until ``limit``
     matches are found or the range is exhausted.
     """
-    high = "+" if query.until_ms is None else str(query.until_ms + WRITE_DELAY_SLACK_MS)
-    low = "-" if query.since_ms is None else str(max(query.since_ms - WRITE_DELAY_SLACK_MS,
-                                                     0))
-    found: list[tuple[str, dict[str, str]]] = []
-    while True:
-        page = client.xrevrange(stream, max=high, min=low, count=_PAGE)
+    scan = _Scan(query)
+    while not scan.done:
+        scan.take(client.xrevrange(stream, max=scan.high, min=scan.low, count=scan.page_size))
+    return scan.found[::-1]
+
+
+async def read_audit_async(client: Any, query: AuditQuery,
+                           stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+    """:func:`read_audit` with an asyncio ``redis.asyncio.Redis`` (the gateway's own)."""
+    scan = _Scan(query)
+    while not scan.done:
+        scan.take(await client.xrevrange(stream, max=scan.high, min=scan.low,
+                                         count=scan.page_size))
+    return scan.found[::-1]
+
+
+class _Scan:
+    """Where a read of the stream stands: the ids left, the matches, the rows read."""
+
+    def __init__(self, query: AuditQuery) -> None:
+        self.query = query
+        self.high = "+" if query.until_ms is None else str(query.until_ms
+                                                           + WRITE_DELAY_SLACK_MS)
+        self.low = "-" if query.since_ms is None else str(
+            max(query.since_ms - WRITE_DELAY_SLACK_MS, 0))
+        #: Matches, newest first.
+        self.found: list[tuple[str, dict[str, str]]] = []
+        self.rows = 0
+        self.done = False
+        #: Entries per XREVRANGE: fewer when the rows are bounded (a batch entry holds
+        #: up to 1,000), so a bounded read overshoots its bound by little.
+        self.page_size = _BOUNDED_PAGE if query.max_rows else _PAGE
+
+    def take(self, page: list[Any]) -> None:
+        """One page, newest first: its matching rows to ``found``; ``done`` once ``limit``
+        matches are found, the range is exhausted, or ``max_rows`` rows were read."""
+        query = self.query
         for raw_id, raw_fields in page:
             for row_id, fields in reversed(rows_of(raw_id, raw_fields)):
+                self.rows += 1
                 if query.matches(fields):
-                    found.append((row_id, fields))
-                    if query.limit and len(found) >= query.limit:
-                        return found[::-1]
-        if len(page) < _PAGE:
-            return found[::-1]
-        high = "(" + as_text(page[-1][0])
+                    self.found.append((row_id, fields))
+                    if query.limit and len(self.found) >= query.limit:
+                        self.done = True
+                        return
+                if query.max_rows and self.rows >= query.max_rows:
+                    self.done = True
+                    return
+        self.done = len(page) < self.page_size
+        if page:
+            self.high = "(" + as_text(page[-1][0])
 
 
 def entry_as_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@
     pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
     pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
     pretrade status
+    pretrade desk --listen 127.0.0.1:8080 --gateway 127.0.0.1:50051
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
@@ -44,7 +45,7 @@ from google.protobuf.message import Message
 
 from pretrade import __version__
 from pretrade.api.roles import AUTH_MODES, ROLES
-from pretrade.app.config import LOG_FORMATS, ConfigError, load_settings
+from pretrade.app.config import DEFAULT_DESK_LISTEN, LOG_FORMATS, ConfigError, load_settings
 from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
 from pretrade.cli.format import (
     EPOCH,
@@ -240,6 +241,9 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                        "unless --database-url or $DATABASE_URL is set)")
     serve.add_argument("--database-url", metavar="URL",
                        help="PostgreSQL of the audit archive ($DATABASE_URL)")
+    serve.add_argument("--desk", metavar="HOST:PORT",
+                       help="run the risk desk (`pretrade desk`) beside the gateway, its web "
+                       "page on HOST:PORT (desk_listen; default: no desk)")
     access = serve.add_argument_group(
         "access", "TLS (or --insecure) and auth are required; see README, Access control")
     access.add_argument("--insecure", action="store_true", default=None,
@@ -319,6 +323,27 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     archive.add_argument("--consumer", help="this archiver's name in the group (default: "
                          "<host>-<pid>)")
     archive.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
+
+    desk = commands.add_parser(
+        "desk",
+        help="serve the risk desk: a live web page over a running gateway",
+        description="Serve the risk desk: accounts and P&L, halts, alerts, rejections and a "
+        "chart of decisions, pushed live to the browser, and the kill switch. It calls the "
+        "gateway over gRPC with each signed-in user's bearer token.")
+    desk.add_argument("--config", metavar="FILE", help="TOML settings file ($PRETRADE_CONFIG)")
+    desk.add_argument("--listen", metavar="HOST:PORT",
+                      help=f"the web page's address (desk_listen; default {DEFAULT_DESK_LISTEN})")
+    desk.add_argument("--gateway", metavar="HOST:PORT",
+                      help="the gateway to call (desk_gateway; default: the listen setting)")
+    desk.add_argument("--tls-ca", metavar="PEM",
+                      help="CA of the gateway's certificate: call it over TLS (desk_tls_ca)")
+    desk.add_argument("--tls-cert", metavar="PEM",
+                      help="client certificate for a gateway with mutual TLS (desk_client_cert)")
+    desk.add_argument("--tls-key", metavar="PEM", help="its key (desk_client_key)")
+    desk.add_argument("--auth", type=str.lower, choices=AUTH_MODES,
+                      help="tokens (default: users sign in) or none (everybody is admin; "
+                      "loopback only, as the gateway's --auth none)")
+    desk.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
 
     status = commands.add_parser(
         "status",
@@ -493,6 +518,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "tokens_file": args.tokens_file,
                 "archive": args.archive,
                 "database_url": args.database_url,
+                "desk_listen": args.desk,
             },
         )
     except ConfigError as error:
@@ -504,9 +530,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Imported here so that the client commands start fast: they need no
     # server, table or Redis client.
     from pretrade.app.server import serve_forever
+    from pretrade.desk.process import desk_beside
 
     try:
-        status = serve_forever(settings)
+        with desk_beside(settings):  # the risk desk, when asked for
+            status = serve_forever(settings)
     except ConfigError as error:  # the TLS and auth settings, checked before anything starts
         print(f"pretrade: bad settings: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -763,6 +791,28 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(reconcile_running_server(settings, confirm, as_json=args.json))
 
 
+def _run_desk(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(config_file=args.config, overrides={
+            "desk_listen": args.listen, "desk_gateway": args.gateway,
+            "desk_tls_ca": args.tls_ca, "desk_client_cert": args.tls_cert,
+            "desk_client_key": args.tls_key, "auth": args.auth, "log_level": args.log_level})
+        from pretrade.app.logs import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format, settings.log_rate_limit)
+        from pretrade.desk.process import run_desk
+
+        return run_desk(settings)
+    except ConfigError as error:
+        print(f"pretrade: bad settings: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except StartupError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return STARTUP_EXITS.get(type(error), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
 def _run_archive(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(config_file=args.config, overrides={
@@ -790,6 +840,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": _run_audit,
     "reconcile": _run_reconcile,
     "archive": _run_archive,
+    "desk": _run_desk,
     "status": _run_status,
     "token": _run_token,
 }

@@ -30,3 +30,11 @@ def short_name(enum: EnumTypeWrapper, value: int) -> str:
     """``value``'s name without its prefix, or the number as text when it has none."""
     return names_of(enum).get(value) or str(value)
 
+
+
+
+def full_name(enum: EnumTypeWrapper, name: str) -> str:
+    """The contract's name of a short name (``full_name(pb.Side, "BUY")`` is
+    ``"SIDE_BUY"``); the type's UNSPECIFIED value for a name it does not have."""
+    prefix = _PREFIXES.get(enum.DESCRIPTOR.name, "")
+    return prefix + name if name in names_of(enum).values() else prefix + "UNSPECIFIED"

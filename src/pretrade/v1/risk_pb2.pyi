@@ -393,7 +393,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "audit_refused", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms")
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "audit_refused", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms", "decisions_approved", "decisions_rejected", "decisions_replayed", "engine_latency_bounds_ns", "engine_latency_counts")
     SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +429,11 @@ class ServerStatus(_message.Message):
     RECONCILE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     LAST_RECONCILE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_APPROVED_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_LATENCY_BOUNDS_NS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     sync_live: bool
     lag_ms: int
     max_lag_ms: int
@@ -464,4 +469,71 @@ class ServerStatus(_message.Message):
     reconcile_failures: int
     reconcile_differences: int
     last_reconcile_unix_ms: int
-    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., audit_refused: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ...) -> None: ...
+    decisions_approved: int
+    decisions_rejected: int
+    decisions_replayed: int
+    engine_latency_bounds_ns: _containers.RepeatedScalarFieldContainer[int]
+    engine_latency_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., audit_refused: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ..., decisions_approved: _Optional[int] = ..., decisions_rejected: _Optional[int] = ..., decisions_replayed: _Optional[int] = ..., engine_latency_bounds_ns: _Optional[_Iterable[int]] = ..., engine_latency_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AccountsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class AccountList(_message.Message):
+    __slots__ = ("account_ids", "truncated", "principal", "role")
+    ACCOUNT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    account_ids: _containers.RepeatedScalarFieldContainer[str]
+    truncated: bool
+    principal: str
+    role: str
+    def __init__(self, account_ids: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., principal: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class HaltsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RejectionsRequest(_message.Message):
+    __slots__ = ("account_id", "code", "limit")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    code: RejectCode
+    limit: int
+    def __init__(self, account_id: _Optional[str] = ..., code: _Optional[_Union[RejectCode, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RejectedOrder(_message.Message):
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "codes", "decided_at_unix_ms", "principal", "audit_id")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    price: int
+    codes: _containers.RepeatedScalarFieldContainer[RejectCode]
+    decided_at_unix_ms: int
+    principal: str
+    audit_id: str
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., codes: _Optional[_Iterable[_Union[RejectCode, str]]] = ..., decided_at_unix_ms: _Optional[int] = ..., principal: _Optional[str] = ..., audit_id: _Optional[str] = ...) -> None: ...
+
+class RejectionList(_message.Message):
+    __slots__ = ("rejections",)
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    rejections: _containers.RepeatedCompositeFieldContainer[RejectedOrder]
+    def __init__(self, rejections: _Optional[_Iterable[_Union[RejectedOrder, _Mapping]]] = ...) -> None: ...

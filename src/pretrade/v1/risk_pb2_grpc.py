@@ -61,6 +61,21 @@ class PreTradeRiskStub:
                 request_serializer=pretrade_dot_v1_dot_risk__pb2.StatusRequest.SerializeToString,
                 response_deserializer=pretrade_dot_v1_dot_risk__pb2.ServerStatus.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/ListAccounts',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.AccountsRequest.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.AccountList.FromString,
+                _registered_method=True)
+        self.ListHalts = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/ListHalts',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.HaltsRequest.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.HaltState.FromString,
+                _registered_method=True)
+        self.ListRejections = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/ListRejections',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.RejectionList.FromString,
+                _registered_method=True)
 
 
 class PreTradeRiskServicer:
@@ -115,6 +130,36 @@ class PreTradeRiskServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccounts(self, request, context):
+        """The reads of the risk desk (`pretrade desk`), each under the caller's
+        role: a trader sees only its own accounts, a risk_operator or admin all.
+
+        The accounts the engine's table holds (sorted by id, at most limit),
+        and who the caller is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHalts(self, request, context):
+        """The halts in force, as this server process holds them (the HaltState a
+        Halt answers). A trader sees the global halt, symbol halts and the
+        halts of its own accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRejections(self, request, context):
+        """The latest rejected decisions from the audit trail (the Redis stream
+        `audit`, docs/redis-schema.md), newest first, filtered by account and
+        reject code. A trader must name one of its accounts or gets those of
+        all its accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PreTradeRiskServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +187,21 @@ def add_PreTradeRiskServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=pretrade_dot_v1_dot_risk__pb2.StatusRequest.FromString,
                     response_serializer=pretrade_dot_v1_dot_risk__pb2.ServerStatus.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.AccountsRequest.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.AccountList.SerializeToString,
+            ),
+            'ListHalts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHalts,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.HaltsRequest.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.HaltState.SerializeToString,
+            ),
+            'ListRejections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRejections,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.RejectionList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -281,6 +341,87 @@ class PreTradeRisk:
             '/pretrade.v1.PreTradeRisk/GetStatus',
             pretrade_dot_v1_dot_risk__pb2.StatusRequest.SerializeToString,
             pretrade_dot_v1_dot_risk__pb2.ServerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/ListAccounts',
+            pretrade_dot_v1_dot_risk__pb2.AccountsRequest.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.AccountList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHalts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/ListHalts',
+            pretrade_dot_v1_dot_risk__pb2.HaltsRequest.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.HaltState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRejections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/ListRejections',
+            pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.RejectionList.FromString,
             options,
             channel_credentials,
             insecure,
