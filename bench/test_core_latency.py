@@ -122,6 +122,38 @@ def test_core_pipeline_without_the_python_call(benchmark, latency):
               PRICE, 0)
 
 
+def interleaved(runs, orders: int, faults: dict[int, int] | None = None):
+    """The same ``orders`` to each (engine, histogram) of ``runs`` in turn; their histograms.
+
+    Which engine goes first alternates, so none always finds the caches warm;
+    every 500 orders what is working is cancelled (untimed), so each account
+    holds a realistic few hundred working orders. With ``faults``, the minor
+    page faults of each engine's calls are added to ``faults[id(engine)]``
+    (``getrusage`` around the call, outside the timed part).
+    """
+    clock, usage = time.perf_counter_ns, resource.getrusage
+    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
+    ids = [f"o{n}".encode() for n in range(orders)]
+    runs = tuple(runs)
+    for n, order_id in enumerate(ids):
+        if n % 500 == 0:
+            cancelled = set(ids[max(0, n - 500):n])
+            for engine, _ in runs:
+                engine.table.replace_positions(ACCOUNT, positions, filled={},
+                                               cancelled=cancelled)
+        at = n * 10_000
+        for engine, histogram in (runs if n % 2 else runs[::-1]):
+            before = usage(resource.RUSAGE_SELF).ru_minflt if faults is not None else 0
+            start = clock()
+            decision = engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY,
+                                       pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
+            histogram.record_value(max(1, clock() - start))
+            if faults is not None:
+                faults[id(engine)] += usage(resource.RUSAGE_SELF).ru_minflt - before
+            assert decision.approved, decision
+    return tuple(histogram for _, histogram in runs)
+
+
 @pytest.mark.benchmark(group="core")
 def test_core_latency_with_and_without_the_metrics_counters(benchmark, latency):
     """Issue 13: what the engine's metrics cost on the hot path, side by side in one run.
@@ -133,25 +165,8 @@ def test_core_latency_with_and_without_the_metrics_counters(benchmark, latency):
     orders = scale(benchmark.disabled, 200_000, 500)
     counted, uncounted = make_engine(orders + 10), make_engine(orders + 10)
     uncounted.counting = False
-    counted_h, uncounted_h = new_histogram(), new_histogram()
-    clock = time.perf_counter_ns
-    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
-    ids = [f"o{n}".encode() for n in range(orders)]
-    for n, order_id in enumerate(ids):
-        if n % 500 == 0:
-            cancelled = set(ids[max(0, n - 500):n])
-            for engine in (counted, uncounted):
-                engine.table.replace_positions(ACCOUNT, positions, filled={},
-                                               cancelled=cancelled)
-        at = n * 10_000
-        # Alternate which goes first, so neither always finds the caches warm.
-        pair = ((counted, counted_h), (uncounted, uncounted_h))
-        for engine, histogram in (pair if n % 2 else pair[::-1]):
-            start = clock()
-            decision = engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY,
-                                       pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
-            histogram.record_value(max(1, clock() - start))
-            assert decision.approved
+    counted_h, uncounted_h = interleaved(((counted, new_histogram()),
+                                          (uncounted, new_histogram())), orders)
     assert counted.metrics()["checks"][0] == orders
     assert uncounted.metrics()["checks"] == (0, 0, 0)
     latency.record("core evaluate, metrics counters on (default)", counted_h,
@@ -177,27 +192,9 @@ def test_core_latency_on_a_prefaulted_and_a_sparse_table(benchmark, latency):
     orders = scale(benchmark.disabled, 200_000, 500)
     hot = make_engine(orders + 10, PREFAULTED)
     cold = make_engine(orders + 10, SPARSE)
-    hot_h, cold_h = new_histogram(), new_histogram()
     faults = {id(hot): 0, id(cold): 0}
-    clock, usage = time.perf_counter_ns, resource.getrusage
-    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
-    ids = [f"o{n}".encode() for n in range(orders)]
-    for n, order_id in enumerate(ids):
-        if n % 500 == 0:
-            cancelled = set(ids[max(0, n - 500):n])
-            for engine in (hot, cold):
-                engine.table.replace_positions(ACCOUNT, positions, filled={},
-                                               cancelled=cancelled)
-        at = n * 10_000
-        pair = ((hot, hot_h), (cold, cold_h))
-        for engine, histogram in (pair if n % 2 else pair[::-1]):
-            before = usage(resource.RUSAGE_SELF).ru_minflt
-            start = clock()
-            decision = engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY,
-                                       pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
-            histogram.record_value(max(1, clock() - start))
-            faults[id(engine)] += usage(resource.RUSAGE_SELF).ru_minflt - before
-            assert decision.approved
+    hot_h, cold_h = interleaved(((hot, new_histogram()), (cold, new_histogram())), orders,
+                                faults)
     latency.record("core evaluate, prefaulted table (default)", hot_h,
                    f"{faults[id(hot)] / orders:.3f} minor faults per order; interleaved")
     latency.record("core evaluate, sparse fresh table (prefault_table off)", cold_h,

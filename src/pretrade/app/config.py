@@ -21,6 +21,7 @@ capitals (``PRETRADE_MAX_ACCOUNTS``); ``redis_url`` also falls back to plain
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tempfile
@@ -51,6 +52,7 @@ __all__ = [
     "child_environment",
     "default_table_path",
     "environment_variable",
+    "is_loopback",
     "load_settings",
     "parse_listen",
     "redacted_url",
@@ -118,6 +120,16 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(f"port {port_text!r} is not a number in 0..65535")
     return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, as :func:`parse_listen` gives it) is loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

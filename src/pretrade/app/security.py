@@ -9,7 +9,6 @@ with the loaded tokens) and a one-line summary for the banner.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
@@ -18,19 +17,10 @@ from pathlib import Path
 import grpc
 
 from pretrade.api.access import AccessInterceptor, load_tokens
-from pretrade.app.config import Settings
+from pretrade.app.config import Settings, is_loopback
 from pretrade.engine.errors import ConfigError
 
 log = logging.getLogger("pretrade.access")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _read_file(name: str, path: str) -> bytes:
@@ -89,7 +79,7 @@ def _combination_problems(settings: Settings) -> list[str]:
     if settings.auth == "none":
         if settings.tokens_file is not None:
             problems.append("tokens_file is set but auth = 'none' would ignore it")
-        if not _is_loopback(settings.listen_host):
+        if not is_loopback(settings.listen_host):
             problems.append(f"auth = 'none' lets anyone who can connect call Halt; it is "
                             f"refused on the non-loopback address {settings.listen}")
     return problems
@@ -150,7 +140,7 @@ class ServerAccess:
 
     def warn_if_exposed(self, settings: Settings) -> None:
         """Log a WARNING when plaintext is served beyond this machine."""
-        if self.plaintext and not _is_loopback(settings.listen_host):
+        if self.plaintext and not is_loopback(settings.listen_host):
             log.warning("serving plaintext on %s: bearer tokens cross the network in clear "
                         "text; set tls_cert and tls_key, or terminate TLS in front of pretrade",
                         settings.listen)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pretrade.app.config import (
     ConfigError,
     Settings,
     child_environment,
+    is_loopback,
     parse_listen,
 )
 from pretrade.app.lifetime import start_child, stop_child
@@ -38,15 +38,6 @@ STOP_SECONDS = 5.0
 #: The settings a desk child gets from its server, through its environment.
 _CHILD_SETTINGS = ("desk_listen", "desk_tls_ca", "desk_client_cert", "desk_client_key",
                    "auth", "log_level", "log_format")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def gateway_target(settings: Settings) -> str:
@@ -72,7 +63,7 @@ def check_desk_settings(settings: Settings) -> str:
     """The desk's listen address; ConfigError for settings it cannot run with."""
     listen = settings.desk_listen or DEFAULT_DESK_LISTEN
     host, _ = parse_listen(listen)
-    if settings.auth == "none" and not _is_loopback(host):
+    if settings.auth == "none" and not is_loopback(host):
         raise ConfigError(f"desk_listen={listen!r}: auth = 'none' makes every visitor an "
                           "admin, so the desk serves it on a loopback address only")
     if (settings.desk_client_cert is None) != (settings.desk_client_key is None):
@@ -140,7 +131,7 @@ async def _serve(settings: Settings) -> int:
               else "sign in with a bearer token")
     print(f"pretrade risk desk on {server.url} (gateway {server.client.target}; {access})",
           flush=True)
-    if not _is_loopback(parse_listen(server.listen)[0]):
+    if not is_loopback(parse_listen(server.listen)[0]):
         log.warning("the desk serves plain HTTP on %s: bearer tokens typed into it cross "
                     "the network in clear; put TLS in front of it", server.listen)
     try:
