@@ -91,6 +91,7 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}", re.ASCII)
 _URL_USERINFO = re.compile(r"//[^/@]*@")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -249,6 +250,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if value.lower() not in LOG_FORMATS:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
+    elif name == "default_currency":
+        if _CURRENCY_CODE.fullmatch(value.upper()) is None:
+            raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
+        return value.upper()
     elif name == "log_level":
         if value.upper() not in _LOG_LEVELS:
             raise problem(f"must be one of {', '.join(_LOG_LEVELS)}")
@@ -353,6 +358,10 @@ class Settings:
         trades that guarantee for one Redis round trip less per call.
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
+    default_currency : str
+        The ISO 4217 currency of an instrument whose ``instrument:<SYM>`` hash
+        has no ``currency`` field (StreamPortfolio's ``Holding.currency``);
+        any case in, stored in capitals.
     data_dir : str
         Directory for the embedded redis-server's data and logs.
     log_level : str
@@ -424,6 +433,7 @@ class Settings:
     archive_claim_idle_ms: int = 30_000
     durable_decisions: bool = True
     demo_book: bool = False
+    default_currency: str = "USD"
     data_dir: str = ".run"
     log_level: str = "INFO"
     log_format: str = "text"

@@ -107,7 +107,8 @@ class Gateway:
         self.ready = ready
         self.engine = Engine(self.table)
         # Registered before the sync starts, so the hub sees the first full load.
-        self.portfolio = PortfolioHub(self.table, ready)
+        self.portfolio = PortfolioHub(self.table, ready,
+                                      default_currency=settings.default_currency)
         (self.feed or self.writer.sync).listeners.append(self.portfolio)  # type: ignore[union-attr]
         self.halts.listeners.append(self.portfolio)
         self.journal = Journal(self.redis) if settings.durable_decisions else None

@@ -7,7 +7,8 @@ the tokens file and the portfolio stream:
   ``A-Z a-z 0-9 . _ / - + = # @ $ & ! ~ ^``: no braces (they delimit the
   Redis Cluster hash tag), no colons (they separate key parts), no spaces;
 * a **tag** (venue, counterparty) and an **order id** are printable ASCII
-  without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``.
+  without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``;
+* a **currency** is an ISO 4217 code: three ASCII letters ``A-Z``.
 
 The lengths are the compiled core's (:mod:`pretrade._core.constants`).
 Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
@@ -26,6 +27,7 @@ QUOTED_CHARACTERS = 64
 
 ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,%d}" % MAX_ID_LENGTH)
 TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TAG_LENGTH)
+CURRENCY_PATTERN = re.compile(rb"[A-Z]{3}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -55,6 +57,11 @@ def is_valid_id(value: bytes) -> bool:
 def is_valid_tag(value: bytes) -> bool:
     """True for a venue or counterparty name the core can store with an order."""
     return TAG_PATTERN.fullmatch(value) is not None
+
+
+def is_currency_code(value: bytes) -> bool:
+    """True for an ISO 4217 code as the table stores it: three ASCII letters A-Z."""
+    return CURRENCY_PATTERN.fullmatch(value) is not None
 
 
 def require_id(text: str, field: str) -> bytes:
