@@ -93,8 +93,8 @@ def test_order_json_output_is_the_decision_message(book, gateway):
     assert run.returncode == 0, run
     decision = json.loads(run.stdout)
     assert decision["approved"] is True
-    assert decision["orderId"] == "cli-json-1"
-    assert decision["notional"] == str(2 * 688_200)  # int64 is a string in protobuf JSON
+    assert decision["order_id"] == "cli-json-1"  # the proto's field names
+    assert decision["notional"] == 2 * 688_200  # int64 as a JSON number, exact
 
 
 def test_market_order_is_valued_at_the_last_price(book, gateway):
@@ -163,7 +163,10 @@ def test_unreachable_gateway_exits_2_with_the_status_on_stderr(unused_target, co
     assert run.returncode == 2, run
     assert run.stdout == ""
     method = "EvaluateOrder" if command == "order" else "Halt"
-    assert f"{method} on {unused_target} failed: UNAVAILABLE" in run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"pretrade: no gateway answers at {unused_target} ({method}: "
+                           "UNAVAILABLE)")
+    assert "make serve" in line and "pretrade serve" in line
 
 
 def test_malformed_order_exits_2_with_invalid_argument_on_stderr(book, gateway):
@@ -172,3 +175,63 @@ def test_malformed_order_exits_2_with_invalid_argument_on_stderr(book, gateway):
     assert run.stdout == ""
     assert "failed: INVALID_ARGUMENT" in run.stderr
     assert "account_id" in run.stderr
+
+
+# -- foreseeable mistakes: one line on stderr and an exit status, never a traceback --
+
+
+def one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == ""
+    [line] = run.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:PORT", "localhost:PORT", "127.0.0.1"])
+@pytest.mark.parametrize("command", ["order", "halt", "status"])
+def test_a_target_with_port_left_in_is_one_line_and_exit_2(command, target):
+    args = {"order": order_args(target),
+            "halt": halt_account_args(target, "halted", "--reason", "x"),
+            "status": ["status", "--target", target]}[command]
+    run = run_pretrade(*args)
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert line.startswith(f"pretrade: --target {target!r}")
+    assert "50051" in line  # an example of what belongs there
+
+
+def test_status_of_a_gateway_that_is_not_running_says_how_to_start_one(unused_target):
+    run = run_pretrade("status", "--target", unused_target)
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert f"no gateway answers at {unused_target}" in line
+    assert "make serve" in line
+
+
+def test_money_in_the_table_is_grouped_and_json_keeps_the_raw_integer(book, gateway):
+    run = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"))
+    assert run.returncode == 0, run
+    assert "notional  6,891.00" in run.stdout
+    raw = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"), "--json")
+    assert json.loads(raw.stdout)["notional"] == 68_910_000
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--price", "68.9.1"], "not a plain decimal number"),
+    (["--price", "68.91234"], "more than 4 decimal places"),
+    (["--price", "$68.91"], "not a plain decimal number"),
+    (["--side", "purchase"], "invalid choice"),
+    (["--type", "stop"], "invalid choice"),
+])
+def test_bad_money_text_or_an_unknown_enum_word_is_a_usage_error(args, complaint):
+    base = ["order", "--target", "127.0.0.1:1", "--account", "A", "--symbol", "AAPL",
+            "--side", "buy", "--qty", "1", "--price", "1"]
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in base:
+            base[base.index(flag) + 1] = value
+        else:
+            base += [flag, value]
+    run = run_pretrade(*base)
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr
+    assert complaint in run.stderr.splitlines()[-1]

@@ -193,13 +193,13 @@ def test_approved_decision_table():
         notional=68337800,
         latency_ns=12345,
     )
-    assert format_decision(decision) == "\n".join(
+    assert format_decision(decision, "USD") == "\n".join(
         [
             "order id  cli-0123456789ab",
             "account   A1",
             "symbol    AAPL",
             "verdict   APPROVED",
-            "notional  6833.7800",
+            "notional  $6,833.78",
             "latency   12.3 µs",
         ]
     )
@@ -223,7 +223,7 @@ def test_rejected_decision_lists_every_rejection_without_the_code_prefix():
     )
     text = format_decision(decision)
     assert "verdict   REJECTED" in text
-    assert "notional  -1.5000" in text
+    assert "notional  -1.50" in text
     assert "latency   0.8 µs" in text
     assert text.splitlines()[-3:] == [
         "rejections (2)",
@@ -292,8 +292,22 @@ def test_json_output_keeps_false_and_zero_fields():
     decision = risk_pb2.Decision(order_id="o", approved=False)
     parsed = json.loads(to_json(decision))
     assert parsed["approved"] is False
-    assert parsed["orderId"] == "o"
+    assert parsed["order_id"] == "o"
     assert json_format.Parse(json.dumps(parsed), risk_pb2.Decision()) == decision
+
+
+def test_json_is_the_proto_field_names_with_int64_as_numbers_at_any_depth():
+    update = risk_pb2.PortfolioUpdate(
+        account_id="A1", sequence=7, holdings=[risk_pb2.Holding(symbol="AAPL", quantity=2**62,
+                                                                currency="USD")],
+        totals=risk_pb2.PortfolioTotals(market_value=-5, currency=""))
+    parsed = json.loads(to_json(update))
+    assert parsed["sequence"] == 7
+    assert parsed["holdings"][0]["quantity"] == 2**62  # exact: Python's json keeps big ints
+    assert parsed["holdings"][0]["currency"] == "USD"
+    assert parsed["totals"]["market_value"] == -5
+    assert parsed["kind"] == "PORTFOLIO_UPDATE_KIND_UNSPECIFIED"
+    assert json_format.Parse(json.dumps(parsed), risk_pb2.PortfolioUpdate()) == update
 
 
 def test_unreachable_gateway_exits_2_with_the_status_code(capsys, unused_tcp_port):

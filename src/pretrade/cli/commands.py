@@ -39,6 +39,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
@@ -48,6 +49,7 @@ from pretrade.app.config import LOG_FORMATS, ConfigError, load_settings
 from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
 from pretrade.cli.format import (
     EPOCH,
+    audit_json,
     format_audit_entries,
     format_decision,
     format_halt_state,
@@ -65,6 +67,9 @@ from pretrade.engine.errors import (
 )
 from pretrade.engine.fixedpoint import parse_price, parse_quantity
 from pretrade.v1 import risk_pb2
+
+if TYPE_CHECKING:  # imported by `pretrade audit` itself: the other commands start fast
+    import redis
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -702,6 +707,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                 print(f"pretrade: reading the audit archive failed: {error}".rstrip(),
                       file=sys.stderr)
                 return EXIT_FAILED
+        currencies = {} if args.json else _currencies(client, entries, settings.default_currency)
     except redis.RedisError as error:
         print(f"pretrade: reading the audit stream failed: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -709,10 +715,32 @@ def _run_audit(args: argparse.Namespace) -> int:
         client.close()
     if args.json:
         for entry_id, fields in entries:
-            print(json.dumps(entry_as_json(entry_id, fields), ensure_ascii=False))
+            print(json.dumps(audit_json(entry_as_json(entry_id, fields)), ensure_ascii=False))
     else:
-        print(format_audit_entries(entries))
+        print(format_audit_entries(entries, currencies))
     return EXIT_APPROVED
+
+
+def _currencies(client: redis.Redis, entries: Sequence[tuple[str, dict[str, str]]],
+                default: str) -> dict[str, str]:
+    """The currency of each symbol the entries name, from ``instrument:<SYM>`` (one round trip)."""
+    from pretrade.engine.text import is_currency_code, is_valid_id
+    from pretrade.state.schema import instrument_key
+
+    symbols = sorted({fields["symbol"] for _, fields in entries
+                      if is_valid_id(fields.get("symbol", "").encode())})
+    with client.pipeline(transaction=False) as pipe:
+        for symbol in symbols:
+            pipe.hget(instrument_key(symbol.encode()), "currency")
+        replies = pipe.execute(raise_on_error=False)
+    found = {}
+    for symbol, reply in zip(symbols, replies, strict=True):
+        if reply is None:
+            found[symbol] = default
+        elif isinstance(reply, bytes) and is_currency_code(reply):
+            found[symbol] = reply.decode()
+        # else unreadable: its prices are shown without a currency
+    return found
 
 
 def _add_reconcile_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
