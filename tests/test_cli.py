@@ -235,3 +235,25 @@ def test_bad_money_text_or_an_unknown_enum_word_is_a_usage_error(args, complaint
     assert run.returncode == 2, run
     assert "Traceback" not in run.stderr
     assert complaint in run.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("scope, name", [("account", "ACC-TYPO"), ("symbol", "AAPLL")])
+def test_halting_what_the_gateway_never_saw_warns_and_needs_force(book, gateway, scope, name):
+    args = ["halt", "--target", gateway.target, "--scope", scope, f"--{scope}", name,
+            "--mode", "halted", "--reason", "typo?"]
+    refused = run_pretrade(*args)
+    assert refused.returncode == 2, refused
+    line = one_line_error(refused)
+    assert f"never seen {scope} {name!r}" in line and "--force" in line
+    assert not book.exists(f"halt:{scope}:{name}")
+
+    forced = run_pretrade(*args, "--force")
+    assert forced.returncode == 0, forced
+    assert book.hget(f"halt:{scope}:{name}", "mode") == b"HALTED"
+
+
+def test_halting_a_known_symbol_needs_no_force(book, gateway):
+    run = run_pretrade("halt", "--target", gateway.target, "--scope", "symbol", "--symbol",
+                       "AAPL", "--mode", "halted", "--reason", "news")
+    assert run.returncode == 0, run
+    assert book.hget("halt:symbol:AAPL", "mode") == b"HALTED"

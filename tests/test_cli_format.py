@@ -122,7 +122,10 @@ def test_account_halt_request_carries_every_field():
         reason="margin call",
         ttl_seconds=300,
         requested_by="alice",
+        only_if_known=True,
     )
+    args.force = True
+    assert build_halt_request(args).only_if_known is False
 
 
 def test_halt_is_recorded_as_the_user_by_default(monkeypatch):

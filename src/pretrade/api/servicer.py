@@ -27,7 +27,7 @@ from pretrade._core import Engine, Verdict
 from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STORED_REJECTIONS
 from pretrade.api.access import principal_name
 from pretrade.api.requests import ValidOrder, validate_batch, validate_order
-from pretrade.api.status import grpc_status, rejection_message
+from pretrade.api.status import grpc_status, rejection_message, status_details
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from pretrade.engine.text import is_valid_id, require_id
@@ -461,4 +461,4 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
         log.error("internal error in %s", method, exc_info=error, extra=extra)
     else:
         log.info("%s %s: %s", method, code.name, details, extra=extra)
-    await context.abort(code, details)
+    await context.abort(code, details, status_details(code, details, error))

@@ -2,20 +2,30 @@
 
 Domain code raises the small hierarchy of :mod:`pretrade.engine.errors`; the
 servicer and the interceptors turn each into a gRPC status with
-:func:`grpc_status`. Coded rejections (a normal "no" to an order) become
-``Rejection`` messages with a readable text built by
-:func:`describe_rejection` from the figures the check recorded.
+:func:`grpc_status`, and into machine-readable details with
+:func:`status_details` (``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer, as ``grpc_status.rpc_status.from_call`` reads it): INVALID_ARGUMENT
+carries a ``BadRequest`` (the field at fault and why), FAILED_PRECONDITION and
+RESOURCE_EXHAUSTED an ``ErrorInfo`` (a reason, :data:`ERROR_DOMAIN`, metadata).
+Coded rejections (a normal "no" to an order) become ``Rejection`` messages
+with a readable text built by :func:`describe_rejection` from the figures the
+check recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -36,7 +46,14 @@ _STATUS: dict[type[PretradeError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+#: ErrorInfo.domain of every pretrade error.
+ERROR_DOMAIN = "pretrade.dev"
+#: ErrorInfo.reason of a call refused because its class of calls is at its budget.
+TOO_MANY_CALLS = "TOO_MANY_CALLS"
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -53,6 +70,44 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RedisConnectionError | RedisTimeoutError):
         return grpc.StatusCode.UNAVAILABLE, f"Redis is unreachable: {error}"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
+
+
+def status_details(code: grpc.StatusCode, details: str, error: Exception | None = None,
+                   info: error_details_pb2.ErrorInfo | None = None) -> Metadata:
+    """The trailing metadata that carries a status's machine-readable details.
+
+    INVALID_ARGUMENT: a ``BadRequest`` with one field violation (the field
+    :class:`InvalidRequest` names; empty when the request as a whole is
+    wrong). FAILED_PRECONDITION: an ``ErrorInfo`` from a
+    :class:`FailedPrecondition`. Any status: ``info``, when given (the call
+    budgets' RESOURCE_EXHAUSTED). Other statuses carry none (empty tuple).
+    """
+    packed: list[any_pb2.Any] = []
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field = error.field if isinstance(error, InvalidRequest) else ""
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=details)
+        packed.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(error, FailedPrecondition):
+        info = error_info(error.reason, error.metadata)
+    if info is not None:
+        packed.append(_pack(info))
+    if not packed:
+        return ()
+    status = status_pb2.Status(code=code.value[0], message=details, details=packed)
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+def error_info(reason: str, metadata: Mapping[str, str] | None = None
+               ) -> error_details_pb2.ErrorInfo:
+    """An ``ErrorInfo`` of :data:`ERROR_DOMAIN`."""
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                       metadata=dict(metadata or {}))
+
+
+def _pack(message: error_details_pb2.BadRequest | error_details_pb2.ErrorInfo) -> any_pb2.Any:
+    wrapped = any_pb2.Any()
+    wrapped.Pack(message)
+    return wrapped
 
 
 _HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_SCOPE_SYMBOL))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from pretrade.v1 import risk_pb2_grpc
 
@@ -48,7 +50,17 @@ def check_target(target: str) -> str | None:
 
 
 class ClientError(Exception):
-    """A call that did not get a reply; the message is one line for the user."""
+    """A call that did not get a reply; the message is one line for the user.
+
+    ``code`` is the call's status (None when no call was made) and ``reason``
+    the ``ErrorInfo`` reason of its details, when the server sent one.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None,
+                 reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,26 @@ class GatewayClient:
                 reply: Message = getattr(stub, method)(request, timeout=self.timeout,
                                                        metadata=self.metadata())
             except grpc.RpcError as error:
-                raise ClientError(_describe_rpc_error(method, self.target, error)) from None
+                code = error.code() if isinstance(error, grpc.Call) else None
+                raise ClientError(_describe_rpc_error(method, self.target, error), code,
+                                  error_reason(error)) from None
         return reply
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ``ErrorInfo`` reason in a failed call's status details, or ``""``."""
+    if not isinstance(error, grpc.Call):
+        return ""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the status: read none
+        return ""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
 
 
 def _describe_rpc_error(method: str, target: str, error: grpc.RpcError) -> str:

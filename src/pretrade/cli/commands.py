@@ -306,6 +306,9 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="lift the halt by itself after this many seconds (default: never)",
     )
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
+    halt.add_argument("--force", action="store_true",
+                      help="halt an account or symbol even if the gateway has never seen it "
+                      "(without it, such a halt is refused: a mistyped name halts nothing)")
 
     _add_audit_command(commands)
     _add_reconcile_command(commands)
@@ -469,6 +472,7 @@ def build_halt_request(args: argparse.Namespace) -> risk_pb2.HaltRequest:
         reason=args.reason,
         ttl_seconds=args.ttl,
         requested_by=args.by,
+        only_if_known=not args.force,
     )
 
 
@@ -547,9 +551,18 @@ def _run_order(args: argparse.Namespace) -> int:
 
 
 def _run_halt(args: argparse.Namespace) -> int:
-    state = _call(args, "Halt", build_halt_request(args))
-    if isinstance(state, int):
-        return state
+    try:
+        state = _client(args).call("Halt", build_halt_request(args))
+    except ClientError as error:
+        if error.reason in ("UNKNOWN_ACCOUNT", "UNKNOWN_SYMBOL"):
+            what = "account" if error.reason == "UNKNOWN_ACCOUNT" else "symbol"
+            name = args.account if what == "account" else args.symbol
+            print(f"pretrade: warning: the gateway has never seen {what} {name!r}, so nothing "
+                  f"was halted; check the spelling, or add --force to halt it anyway",
+                  file=sys.stderr)
+        else:
+            print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
     assert isinstance(state, risk_pb2.HaltState)
     print(to_json(state) if args.json else format_halt_state(state))
     return EXIT_APPROVED

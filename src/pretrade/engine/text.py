@@ -67,11 +67,11 @@ def is_currency_code(value: bytes) -> bool:
 def require_id(text: str, field: str) -> bytes:
     """``text`` as the bytes of a valid id, or :class:`InvalidRequest` naming ``field``."""
     if not text:
-        raise InvalidRequest(f"{field} is required")
+        raise InvalidRequest(f"{field} is required", field)
     raw = text.encode("utf-8")
     if not is_valid_id(raw):
         raise InvalidRequest(f"{field} {quoted(text)} is not a valid id (1 to {MAX_ID_LENGTH} "
-                             "characters of A-Z a-z 0-9 . _ / - and a few symbols)")
+                             "characters of A-Z a-z 0-9 . _ / - and a few symbols)", field)
     return raw
 
 
@@ -83,11 +83,11 @@ def require_printable(text: str, field: str, longest: int, *, required: bool) ->
     """
     if not text:
         if required:
-            raise InvalidRequest(f"{field} is required")
+            raise InvalidRequest(f"{field} is required", field)
         return b""
     if len(text) > longest or not _PRINTABLE.fullmatch(text):
         raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
-                             f"without spaces, got {quoted(text)}")
+                             f"without spaces, got {quoted(text)}", field)
     return text.encode("ascii")
 
 

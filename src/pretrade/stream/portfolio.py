@@ -98,7 +98,8 @@ _STREAMED_HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT))
 def requested_heartbeat(milliseconds: int) -> float | None:
     """Seconds between heartbeats a PortfolioRequest asks for (None: the server default)."""
     if milliseconds < 0:
-        raise InvalidRequest(f"heartbeat_interval_ms must be >= 0, got {milliseconds}")
+        raise InvalidRequest(f"heartbeat_interval_ms must be >= 0, got {milliseconds}",
+                             "heartbeat_interval_ms")
     if milliseconds == 0:
         return None
     return min(max(milliseconds, MIN_HEARTBEAT_MS), MAX_HEARTBEAT_MS) / 1000
