@@ -211,7 +211,7 @@ def test_status_of_a_gateway_that_is_not_running_says_how_to_start_one(unused_ta
 def test_money_in_the_table_is_grouped_and_json_keeps_the_raw_integer(book, gateway):
     run = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"))
     assert run.returncode == 0, run
-    assert "notional  6,891.00" in run.stdout
+    assert "notional  $6,891.00" in run.stdout  # AAPL names no currency: default_currency
     raw = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"), "--json")
     assert json.loads(raw.stdout)["notional"] == 68_910_000
 

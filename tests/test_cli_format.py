@@ -196,7 +196,8 @@ def test_approved_decision_table():
         notional=68337800,
         latency_ns=12345,
     )
-    assert format_decision(decision, "USD") == "\n".join(
+    decision.currency = "USD"
+    assert format_decision(decision) == "\n".join(
         [
             "order id  cli-0123456789ab",
             "account   A1",

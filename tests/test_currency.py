@@ -115,3 +115,10 @@ def test_totals_take_the_one_currency_of_the_holdings_else_none():
     assert sum_totals([usd], 0, "JPY").currency == "USD"
     assert sum_totals([usd, eur], 0).currency == ""
     assert sum_totals([], 0, "JPY").currency == "JPY"
+
+
+def test_a_decision_carries_its_instruments_currency(redis_client, stub):
+    seed_account(redis_client)
+    assert stub.EvaluateOrder(order(), timeout=5).currency == "USD"  # none given: the default
+    redis_client.hset(instrument_key(b"AAPL"), "currency", "JPY")
+    wait_until(lambda: stub.EvaluateOrder(order(), timeout=5), lambda d: d.currency == "JPY")

@@ -1715,6 +1715,17 @@ cdef class PositionTable:
             "currency": _unpack_currency(rec.currency),
         }
 
+    def instrument_currency(self, bytes symbol):
+        """The symbol's ISO 4217 currency (InstrumentRecord.currency); "" when none is given.
+
+        "" too for a symbol the table does not hold. Cheaper than
+        instrument_info: the servicer reads it for every Decision.
+        """
+        cdef int32_t i = self.find_instrument(symbol, len(symbol))
+        if i == L.NO_INDEX:
+            return ""
+        return _unpack_currency(self.instruments[i].currency)
+
     def halt_mode(self, int scope, target=None):
         """The halt mode in force for a scope (L.HALT_NONE = 0 when none)."""
         cdef int32_t index

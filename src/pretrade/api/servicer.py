@@ -30,6 +30,7 @@ from pretrade.api.requests import ValidOrder, validate_batch, validate_order
 from pretrade.api.status import grpc_status, rejection_message, status_details
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
+from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.engine.text import is_valid_id, require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
 from pretrade.state.journal import DecidedOrder, Journal, decode
@@ -87,8 +88,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
                  audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
-                 audit_before_answer: bool = False) -> None:
+                 audit_before_answer: bool = False,
+                 default_currency: str = DEFAULT_CURRENCY) -> None:
         self.engine = engine
+        #: Decision.currency of a symbol whose instrument names none.
+        self.default_currency = default_currency
         #: The longest a call waits on Redis's behalf (its decisions made
         #: durable, the account state it asks for): the sync's lag bound. A
         #: Redis that holds a call back longer is unavailable, not slow.
@@ -168,13 +172,14 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             rejections=[rejection_message(pb.REJECT_CODE_AUDIT_UNAVAILABLE, self.audit.pending,
                                           self.audit.queue_size)])
 
-    @staticmethod
-    def _decision(order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
+    def _decision(self, order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
         return pb.Decision(
             order_id=order.order_id, approved=verdict.approved,
             rejections=[rejection_message(*r) for r in verdict.rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
             notional=verdict.notional, replayed=verdict.replayed,
+            currency=currency_of(self.engine.table, order.symbol.encode(),
+                                 self.default_currency),
         )
 
     async def resolve_expired(self, expired: list[Expired]
@@ -246,7 +251,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             order_id=order.order_id, approved=approved,
             rejections=[rejection_message(*r) for r in rejections], latency_ns=latency,
             account_id=order.account_id, symbol=order.symbol, notional=notional,
-            replayed=replayed)
+            replayed=replayed, currency=currency_of(self.engine.table, ids.symbol,
+                                                    self.default_currency))
 
     def wait_budget(self, deadline_seconds: float | None) -> float:
         """Seconds a call may wait on Redis: the limit, and short of its deadline.

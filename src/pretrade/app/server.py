@@ -116,7 +116,8 @@ class Gateway:
                                              status=self.status, journal=self.journal,
                                              audit=self.audit,
                                              wait_limit_seconds=settings.max_sync_lag_ms / 1000,
-                                             audit_before_answer=settings.audit_before_answer)
+                                             audit_before_answer=settings.audit_before_answer,
+                                             default_currency=settings.default_currency)
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.

@@ -77,23 +77,21 @@ def _align(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     return lines
 
 
-def format_decision(decision: risk_pb2.Decision, currency: str = "") -> str:
+def format_decision(decision: risk_pb2.Decision) -> str:
     """A ``Decision`` as an aligned, human-readable table.
 
     Parameters
     ----------
     decision : risk_pb2.Decision
         The gateway's answer to ``EvaluateOrder``.
-    currency : str
-        The instrument's currency, when known (a Decision does not carry it):
-        the notional is then written with its symbol.
 
     Returns
     -------
     str
         One ``label  value`` line each for order id, account, symbol,
-        verdict (``APPROVED`` or ``REJECTED``), notional (money:
-        :func:`~pretrade.engine.fixedpoint.format_money`) and latency (µs);
+        verdict (``APPROVED`` or ``REJECTED``), notional (money in the
+        decision's currency: :func:`~pretrade.engine.fixedpoint.format_money`)
+        and latency (µs);
         then, for a rejection, one line per
         failed check: its code without ``REJECT_CODE_`` and its message.
         No trailing newline.
@@ -102,7 +100,7 @@ def format_decision(decision: risk_pb2.Decision, currency: str = "") -> str:
     --------
     >>> print(format_decision(risk_pb2.Decision(
     ...     order_id="o1", account_id="A1", symbol="AAPL", approved=True,
-    ...     notional=68337800, latency_ns=12300), "USD"))
+    ...     notional=68337800, latency_ns=12300, currency="USD")))
     order id  o1
     account   A1
     symbol    AAPL
@@ -116,7 +114,7 @@ def format_decision(decision: risk_pb2.Decision, currency: str = "") -> str:
             ("account", _cell(decision.account_id)),
             ("symbol", _cell(decision.symbol)),
             ("verdict", "APPROVED" if decision.approved else "REJECTED"),
-            ("notional", format_money(decision.notional, currency)),
+            ("notional", format_money(decision.notional, decision.currency)),
             ("latency", _format_latency(decision.latency_ns)),
         ]
     )

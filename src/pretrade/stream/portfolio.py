@@ -65,14 +65,12 @@ from pretrade.engine.errors import InvalidRequest, NotFound, Unavailable
 from pretrade.engine.fixedpoint import average_cost, fits_int64
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
+from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.portfolio")
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
-#: The currency of an instrument whose ``instrument:<SYM>`` names none (the
-#: default_currency setting's default).
-DEFAULT_CURRENCY = "USD"
 MIN_HEARTBEAT_MS = 100
 MAX_HEARTBEAT_MS = 300_000
 READY_TIMEOUT_SECONDS = 30.0
@@ -439,8 +437,7 @@ class PortfolioHub:
 
     def currency_of(self, symbol: bytes) -> str:
         """The symbol's currency in the table, or ``default_currency`` when it names none."""
-        info = self.table.instrument_info(symbol)
-        return (info["currency"] if info else "") or self.default_currency
+        return currency_of(self.table, symbol, self.default_currency)
 
     def _currency_moved(self, symbol: bytes) -> bool:
         """A held symbol's cached holdings carry another currency than the table's now."""
