@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from book import seed_account, seed_lots
+from book import seed_account, seed_lots, wait_until
 from pretrade.cli.commands import CLIENT_ENVIRONMENT
 
 CLI_TIMEOUT_SECONDS = 30
@@ -257,3 +258,61 @@ def test_halting_a_known_symbol_needs_no_force(book, gateway):
                        "AAPL", "--mode", "halted", "--reason", "news")
     assert run.returncode == 0, run
     assert book.hget("halt:symbol:AAPL", "mode") == b"HALTED"
+
+
+# -- pretrade portfolio --
+
+
+def test_portfolio_prints_the_holdings_money_in_their_currency(book, gateway):
+    book.hset("instrument:AAPL", "currency", "USD")
+    book.hset("pnl:{ACC-1}", "realized", 125_000)
+    run = wait_until(lambda: run_pretrade("portfolio", "--target", gateway.target,
+                                          "--account", "ACC-1"),
+                     lambda r: "$12.50" in r.stdout)
+    assert run.returncode == 0, run
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("ACC-1  SNAPSHOT #1 at ")
+    assert lines[1].split() == ["SYMBOL", "QTY", "AVG", "COST", "LAST", "MARKET", "VALUE",
+                                "UNREALIZED", "VALUATION"]
+    # 10 @ 68.3378 and 10 @ 68.82, last 68.3378 (the worked example of test_portfolio.py).
+    assert lines[2].split() == ["AAPL", "20", "$68.5789", "$68.3378", "$1,366.7560",
+                                "-$4.8220", "PRICED"]
+    assert "realized $12.50" in lines[3]
+
+
+def test_portfolio_json_is_one_line_per_message_with_raw_integers(book, gateway):
+    run = run_pretrade("portfolio", "--target", gateway.target, "--account", "ACC-1", "--json")
+    assert run.returncode == 0, run
+    [line] = run.stdout.splitlines()
+    update = json.loads(line)
+    assert update["kind"] == "PORTFOLIO_UPDATE_KIND_SNAPSHOT"
+    assert update["holdings"][0]["market_value"] == 20 * 683_378
+    assert update["holdings"][0]["currency"] == "USD"
+
+
+def test_portfolio_of_an_unknown_account_is_one_line_not_found(book, gateway):
+    run = run_pretrade("portfolio", "--target", gateway.target, "--account", "NOBODY")
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert "NOT_FOUND" in line and "NOBODY" in line
+
+
+def test_portfolio_follow_prints_updates_until_ctrl_c(book, gateway):
+    env = {name: value for name, value in os.environ.items() if name not in CLIENT_ENVIRONMENT}
+    process = subprocess.Popen(
+        [*pretrade_command(), "portfolio", "--target", gateway.target, "--account", "ACC-1",
+         "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        assert "SNAPSHOT #1" in process.stdout.readline()
+        book.set("price:AAPL", 700_000)
+        while "UPDATE #" not in (line := process.stdout.readline()):
+            assert line, "the stream ended"
+        assert "$70.00" in process.stdout.readline() + process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(CLI_TIMEOUT_SECONDS) == 0
+        assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -12,6 +12,7 @@ deadline on every call. :meth:`GatewayClient.call` raises
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import grpc
@@ -108,6 +109,26 @@ class GatewayClient:
                 raise ClientError(_describe_rpc_error(method, self.target, error), code,
                                   error_reason(error)) from None
         return reply
+
+
+    def stream(self, method: str, request: Message,
+               timeout: float | None = None) -> Generator[Message, None, None]:
+        """The messages of one server-streaming method, until it ends; :class:`ClientError`
+        for a failed call. ``timeout`` None: the stream has no deadline."""
+        problem = check_target(self.target)
+        if problem is not None:
+            raise ClientError(problem)
+        with self.open_channel() as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            call = getattr(stub, method)(request, timeout=timeout, metadata=self.metadata())
+            try:
+                yield from call
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                raise ClientError(_describe_rpc_error(method, self.target, error), code,
+                                  error_reason(error)) from None
+            finally:
+                call.cancel()
 
 
 def error_reason(error: grpc.RpcError) -> str:

@@ -8,6 +8,7 @@
     pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
     pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
     pretrade status
+    pretrade portfolio --account A1 [--follow]
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
@@ -53,6 +54,7 @@ from pretrade.cli.format import (
     format_audit_entries,
     format_decision,
     format_halt_state,
+    format_portfolio,
     format_status,
     to_json,
 )
@@ -328,6 +330,20 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                          "<host>-<pid>)")
     archive.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
 
+    portfolio = commands.add_parser(
+        "portfolio",
+        help="print an account's holdings, value and P&L (StreamPortfolio)",
+        description="Open StreamPortfolio for one account and print its snapshot: each "
+        "holding's quantity, average cost, last price, market value and unrealized P&L in "
+        "its currency, the totals, and the alerts in force. With --follow, every update "
+        "after it too, until Ctrl-C. Exit 0, or 2 when the call fails (an account with no "
+        "holdings or limits is NOT_FOUND).",
+    )
+    _add_target(portfolio)
+    portfolio.add_argument("--account", required=True, help="account id")
+    portfolio.add_argument("--follow", action="store_true",
+                           help="keep printing the updates (heartbeats are not printed)")
+
     status = commands.add_parser(
         "status",
         help="print the gateway's sync state, lag, table use and counters",
@@ -348,7 +364,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                        help="an account the trader may use (repeat; '*' for every account)")
 
     commands_by_name = {"serve": serve, "order": order, "halt": halt, "status": status,
-                        "token": token}
+                        "portfolio": portfolio, "token": token}
     return parser, commands_by_name
 
 
@@ -358,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Subcommands ``serve``, ``order``, ``halt``, ``status`` and ``token``.
+        Subcommands ``serve``, ``order``, ``halt``, ``status``, ``portfolio``,
+        ``token``, ``audit``, ``reconcile`` and ``archive``.
         ``--target`` (and ``--token``, ``--tls-*``) default to their
         environment variables as read when the parser is built.
     """
@@ -392,7 +409,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser, commands = _build_parsers()
     args = parser.parse_args(argv)
-    if args.command in ("order", "halt", "status") and (args.tls_cert is None) != (
+    if args.command in ("order", "halt", "status", "portfolio") and (args.tls_cert is None) != (
             args.tls_key is None):
         commands[args.command].error("--tls-cert and --tls-key go together")
     if args.command == "token":
@@ -574,6 +591,31 @@ def _run_status(args: argparse.Namespace) -> int:
         return status
     assert isinstance(status, risk_pb2.ServerStatus)
     print(to_json(status) if args.json else format_status(status))
+    return EXIT_APPROVED
+
+
+def _run_portfolio(args: argparse.Namespace) -> int:
+    request = risk_pb2.PortfolioRequest(account_id=args.account)
+    updates = _client(args).stream("StreamPortfolio", request,
+                                   timeout=None if args.follow else RPC_TIMEOUT_SECONDS)
+    try:
+        for update in updates:
+            assert isinstance(update, risk_pb2.PortfolioUpdate)
+            if update.kind == risk_pb2.PORTFOLIO_UPDATE_KIND_HEARTBEAT:
+                continue
+            if args.json:
+                print(to_json(update, one_line=True), flush=True)
+            else:
+                print(format_portfolio(update) + ("\n" if args.follow else ""), flush=True)
+            if not args.follow:
+                break
+    except ClientError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_APPROVED
+    finally:
+        updates.close()
     return EXIT_APPROVED
 
 
@@ -832,6 +874,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": _run_reconcile,
     "archive": _run_archive,
     "status": _run_status,
+    "portfolio": _run_portfolio,
     "token": _run_token,
 }
 

@@ -167,6 +167,65 @@ def format_halt_state(state: risk_pb2.HaltState) -> str:
     return "\n".join(_align(rows))
 
 
+def _valued(holding: risk_pb2.Holding, units: int) -> str:
+    """A holding's figure that needs its last price: ``-`` when it has no valuation."""
+    if holding.valuation != risk_pb2.VALUATION_PRICED:
+        return "-"
+    return format_money(units, holding.currency)
+
+
+def format_portfolio(update: risk_pb2.PortfolioUpdate) -> str:
+    """A ``PortfolioUpdate`` as a person reads it: a header, holdings, totals, alerts.
+
+    Parameters
+    ----------
+    update : risk_pb2.PortfolioUpdate
+        A SNAPSHOT or UPDATE of ``StreamPortfolio``.
+
+    Returns
+    -------
+    str
+        ``ACCOUNT KIND #sequence at TIME``; a table of the holdings (SYMBOL,
+        QTY, AVG COST, LAST, MARKET VALUE, UNREALIZED, VALUATION), money in
+        each holding's currency; the totals (in their currency, bare amounts
+        when the holdings are in several); one line per alert. No trailing
+        newline.
+    """
+    kind = _label(risk_pb2.PortfolioUpdateKind, update.kind)
+    at = _utc_time(update.timestamp_unix_ns // 1_000_000)
+    lines = [f"{_cell(update.account_id)}  {kind} #{update.sequence} at {at}"]
+    if update.holdings:
+        rows = [("SYMBOL", "QTY", "AVG COST", "LAST", "MARKET VALUE", "UNREALIZED",
+                 "VALUATION")]
+        for holding in update.holdings:
+            rows.append((
+                _cell(holding.symbol), format_quantity(holding.quantity),
+                format_money(holding.average_cost, holding.currency) if holding.quantity
+                else "-",
+                _valued(holding, holding.last_price), _valued(holding, holding.market_value),
+                _valued(holding, holding.unrealized_pnl),
+                _label(risk_pb2.Valuation, holding.valuation) if holding.quantity
+                else "CLOSED"))
+        lines += _align(rows)
+    elif update.kind == risk_pb2.PORTFOLIO_UPDATE_KIND_SNAPSHOT:
+        lines.append("No holdings.")
+    if update.HasField("totals"):
+        totals = update.totals
+        money = totals.currency
+        lines.append(
+            f"totals  market value {format_money(totals.market_value, money)}, cost basis "
+            f"{format_money(totals.cost_basis, money)}, unrealized "
+            f"{format_money(totals.unrealized_pnl, money)}, realized "
+            f"{format_money(totals.realized_pnl, money)}"
+            + ("" if money else " (several currencies: not one amount)")
+            + f"; {_label(risk_pb2.Valuation, totals.valuation)}"
+            + (f", {format_quantity(totals.unvalued_holdings)} unvalued"
+               if totals.unvalued_holdings else ""))
+    for alert in update.alerts:
+        lines.append(f"alert  {_label(risk_pb2.AlertKind, alert.kind)}: {_cell(alert.message)}")
+    return "\n".join(lines)
+
+
 _STATUS_LABELS = {
     "sync_live": "sync live",
     "lag_ms": "lag",
@@ -250,9 +309,10 @@ def _numbers(descriptor: Any, raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def to_json(message: Message) -> str:
-    """:func:`json_object` as indented text."""
-    return json.dumps(json_object(message), indent=2, ensure_ascii=False)
+def to_json(message: Message, *, one_line: bool = False) -> str:
+    """:func:`json_object` as indented text, or as one line (a stream's JSON Lines)."""
+    return json.dumps(json_object(message), indent=None if one_line else 2,
+                      ensure_ascii=False)
 
 
 #: Audit row fields renamed to their AuditRecord / AuditDecision / AuditHalt names.
