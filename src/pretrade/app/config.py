@@ -39,6 +39,7 @@ from pretrade._core.constants import (
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
 from pretrade.engine.table import Capacities
+from pretrade.engine.text import is_currency_code
 
 #: The table's own capacity defaults: the settings' defaults are these.
 _TABLE = Capacities()
@@ -91,7 +92,6 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_CURRENCY_CODE = re.compile(r"[A-Z]{3}", re.ASCII)
 _URL_USERINFO = re.compile(r"//[^/@]*@")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -251,7 +251,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
     elif name == "default_currency":
-        if _CURRENCY_CODE.fullmatch(value.upper()) is None:
+        if not is_currency_code(value.upper().encode("utf-8")):
             raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
         return value.upper()
     elif name == "log_level":

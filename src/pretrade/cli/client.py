@@ -96,18 +96,14 @@ class GatewayClient:
 
     def call(self, method: str, request: Message) -> Message:
         """Call one unary ``PreTradeRisk`` method; its reply, or :class:`ClientError`."""
-        problem = check_target(self.target)
-        if problem is not None:
-            raise ClientError(problem)
+        self._check_target()
         with self.open_channel() as channel:
             stub = risk_pb2_grpc.PreTradeRiskStub(channel)
             try:
                 reply: Message = getattr(stub, method)(request, timeout=self.timeout,
                                                        metadata=self.metadata())
             except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                raise ClientError(_describe_rpc_error(method, self.target, error), code,
-                                  error_reason(error)) from None
+                raise self._failed(method, error) from None
         return reply
 
 
@@ -115,20 +111,26 @@ class GatewayClient:
                timeout: float | None = None) -> Generator[Message, None, None]:
         """The messages of one server-streaming method, until it ends; :class:`ClientError`
         for a failed call. ``timeout`` None: the stream has no deadline."""
-        problem = check_target(self.target)
-        if problem is not None:
-            raise ClientError(problem)
+        self._check_target()
         with self.open_channel() as channel:
             stub = risk_pb2_grpc.PreTradeRiskStub(channel)
             call = getattr(stub, method)(request, timeout=timeout, metadata=self.metadata())
             try:
                 yield from call
             except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                raise ClientError(_describe_rpc_error(method, self.target, error), code,
-                                  error_reason(error)) from None
+                raise self._failed(method, error) from None
             finally:
                 call.cancel()
+
+    def _check_target(self) -> None:
+        problem = check_target(self.target)
+        if problem is not None:
+            raise ClientError(problem)
+
+    def _failed(self, method: str, error: grpc.RpcError) -> ClientError:
+        code = error.code() if isinstance(error, grpc.Call) else None
+        return ClientError(_describe_rpc_error(method, self.target, error), code,
+                           error_reason(error))
 
 
 def error_reason(error: grpc.RpcError) -> str:
