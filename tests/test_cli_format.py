@@ -330,3 +330,15 @@ def test_python_dash_m_pretrade_runs_the_cli():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pretrade ")
+
+
+def test_status_counts_have_separators_and_times_their_unit():
+    from pretrade.cli.format import format_status
+
+    text = format_status(risk_pb2.ServerStatus(sync_live=True, events_applied=1_234_567,
+                                               lag_ms=1500))
+    rows = {label.strip(): value for label, value in
+            (line.rsplit("  ", 1) for line in text.splitlines())}
+    assert rows["events applied"].strip() == "1,234,567"
+    assert rows["lag"].strip() == "1,500 ms"
+    assert rows["sync live"].strip() == "yes"

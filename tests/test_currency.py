@@ -79,7 +79,7 @@ def test_a_symbol_without_a_currency_has_the_default_and_mixed_totals_have_none(
 def test_a_malformed_currency_makes_the_instrument_invalid_and_its_orders_rejected(
         redis_client, stub):
     seed_account(redis_client)
-    assert codes(stub.EvaluateOrder(order(), timeout=5)) == []
+    wait_until(lambda: stub.EvaluateOrder(order(), timeout=5), lambda d: codes(d) == [])
     redis_client.hset(instrument_key(b"AAPL"), "currency", "usd")
     decision = wait_until(lambda: stub.EvaluateOrder(order(), timeout=5),
                           lambda d: codes(d) == [pb.REJECT_CODE_INVALID_STATE])
@@ -119,6 +119,7 @@ def test_totals_take_the_one_currency_of_the_holdings_else_none():
 
 def test_a_decision_carries_its_instruments_currency(redis_client, stub):
     seed_account(redis_client)
-    assert stub.EvaluateOrder(order(), timeout=5).currency == "USD"  # none given: the default
+    wait_until(lambda: stub.EvaluateOrder(order(), timeout=5),
+               lambda d: d.approved and d.currency == "USD")  # none given: the default
     redis_client.hset(instrument_key(b"AAPL"), "currency", "JPY")
     wait_until(lambda: stub.EvaluateOrder(order(), timeout=5), lambda d: d.currency == "JPY")

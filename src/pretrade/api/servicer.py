@@ -173,13 +173,13 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                                           self.audit.queue_size)])
 
     def _decision(self, order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
+        currency = currency_of(self.engine.table, order.symbol.encode(), self.default_currency)
         return pb.Decision(
             order_id=order.order_id, approved=verdict.approved,
-            rejections=[rejection_message(*r) for r in verdict.rejections],
+            rejections=[rejection_message(code, observed, limit, currency)
+                        for code, observed, limit in verdict.rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
-            notional=verdict.notional, replayed=verdict.replayed,
-            currency=currency_of(self.engine.table, order.symbol.encode(),
-                                 self.default_currency),
+            notional=verdict.notional, replayed=verdict.replayed, currency=currency,
         )
 
     async def resolve_expired(self, expired: list[Expired]
@@ -247,12 +247,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         if self.audit is not None:
             self.audit.decision(order, approved, rejections, latency, replayed, notional,
                                 principal_name())
+        currency = currency_of(self.engine.table, ids.symbol, self.default_currency)
         return pb.Decision(
             order_id=order.order_id, approved=approved,
-            rejections=[rejection_message(*r) for r in rejections], latency_ns=latency,
-            account_id=order.account_id, symbol=order.symbol, notional=notional,
-            replayed=replayed, currency=currency_of(self.engine.table, ids.symbol,
-                                                    self.default_currency))
+            rejections=[rejection_message(*r, currency) for r in rejections],
+            latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
+            notional=notional, replayed=replayed, currency=currency)
 
     def wait_budget(self, deadline_seconds: float | None) -> float:
         """Seconds a call may wait on Redis: the limit, and short of its deadline.

@@ -33,7 +33,7 @@ from pretrade.engine.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pretrade.engine.fixedpoint import INT64_MAX, format_notional, format_price
+from pretrade.engine.fixedpoint import INT64_MAX, format_money, format_quantity
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
 from pretrade.v1 import risk_pb2 as pb
@@ -149,8 +149,17 @@ def _capacity(what: int, limit: int) -> str:
             "see the server log")
 
 
-def describe_rejection(code: int, observed: int, limit: int) -> str:
-    """A human-readable sentence for one coded rejection, with its figures."""
+def describe_rejection(code: int, observed: int, limit: int, currency: str = "") -> str:
+    """A human-readable sentence for one coded rejection, with its figures.
+
+    Money is written as a person reads it, in ``currency`` (the instrument's:
+    ``$6,891.00``; ``""``: the bare amount), quantities with separators.
+    """
+
+    def money(units: int) -> str:
+        return format_money(units, currency)
+
+    qty = format_quantity
     scope = (short_name(pb.HaltScope, observed).lower() if observed in _HALT_SCOPES
              else "unknown")
     match code:
@@ -163,27 +172,30 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_LIMITS_NOT_CONFIGURED:
             return f"limits not configured: {_missing_limits(observed)}"
         case pb.REJECT_CODE_INVALID_QUANTITY:
-            return f"quantity {observed} is not positive"
+            return f"quantity {qty(observed)} is not positive"
         case pb.REJECT_CODE_INVALID_PRICE:
-            return f"limit price {format_price(observed)} is not positive"
+            return f"limit price {money(observed)} is not positive"
         case pb.REJECT_CODE_PRICE_UNAVAILABLE:
             if observed == 1:
                 return "a holding of the account has no last price, so it cannot be valued"
             return "no reference (last) price for the symbol"
         case pb.REJECT_CODE_ARITHMETIC_OVERFLOW:
-            return (f"quantity {observed} x price {format_price(limit)} or the resulting "
+            return (f"quantity {qty(observed)} x price {money(limit)} or the resulting "
                     "position does not fit in int64")
         case pb.REJECT_CODE_MAX_ORDER_QUANTITY:
-            return f"order quantity {observed} exceeds max order quantity {limit}"
+            return f"order quantity {qty(observed)} exceeds max order quantity {qty(limit)}"
         case pb.REJECT_CODE_MAX_ORDER_NOTIONAL:
-            return (f"order notional {format_notional(observed)} exceeds max order notional "
-                    f"{format_notional(limit)}")
+            return (f"order notional {money(observed)} exceeds max order notional "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_NET_POSITION:
-            return f"net position would be {observed}, over the max net position {limit}"
+            return (f"net position would be {qty(observed)}, over the max net position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_MAX_LONG_POSITION:
-            return f"long position would be {observed}, over the max long position {limit}"
+            return (f"long position would be {qty(observed)}, over the max long position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_MAX_SHORT_POSITION:
-            return f"short position would be {observed}, over the max short position {limit}"
+            return (f"short position would be {qty(observed)}, over the max short position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_GLOBAL_HALT:
             return "trading is halted globally"
         case pb.REJECT_CODE_ACCOUNT_HALT:
@@ -196,32 +208,32 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_INVALID_STATE:
             return f"the {scope}'s state in Redis could not be parsed; see the server log"
         case pb.REJECT_CODE_TICK_SIZE:
-            return (f"price {format_price(observed)} is not a multiple of the tick size "
-                    f"{format_price(limit)}")
+            return (f"price {money(observed)} is not a multiple of the tick size "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_PRICE_COLLAR:
             return (f"limit price is {observed} bp from the last price, outside the "
                     f"{limit} bp collar")
         case pb.REJECT_CODE_MIN_ORDER_QUANTITY:
-            return f"order quantity {observed} is below the minimum {limit}"
+            return f"order quantity {qty(observed)} is below the minimum {qty(limit)}"
         case pb.REJECT_CODE_LOT_SIZE:
-            return f"order quantity {observed} is not a multiple of the lot size {limit}"
+            return f"order quantity {qty(observed)} is not a multiple of the lot size {qty(limit)}"
         case pb.REJECT_CODE_MAX_GROSS_EXPOSURE:
-            return (f"gross exposure would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"gross exposure would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_NET_EXPOSURE:
-            return (f"net exposure would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"net exposure would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_BUYING_POWER:
-            return (f"order needs {format_notional(observed)} but buying power is "
-                    f"{format_notional(limit)}")
+            return (f"order needs {money(observed)} but buying power is "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"
         case pb.REJECT_CODE_NOTIONAL_RATE:
             if observed == INT64_MAX:
                 return ("too many orders in the window to total their notional; "
                         "refused until the window clears")
-            return (f"notional in the window would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"notional in the window would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_WORKING_ORDERS:
             return f"{observed} working orders, over the limit of {limit}"
         case pb.REJECT_CODE_DUPLICATE_ORDER_ID:
@@ -230,25 +242,25 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
                         "engine's table; its decision could not be read back: send it again")
             return "order_id was already used for a different order on this account"
         case pb.REJECT_CODE_SHORT_SALE_NOT_MARKED:
-            return (f"the sell would leave the position at {observed}: a sale below zero "
+            return (f"the sell would leave the position at {qty(observed)}: a sale below zero "
                     "must be marked SELL_SHORT")
         case pb.REJECT_CODE_SHORT_SALE_RESTRICTED:
             return "the symbol is on the short-sale restricted list"
         case pb.REJECT_CODE_NO_LOCATE:
-            return f"short sale of {observed} but only {limit} located"
+            return f"short sale of {qty(observed)} but only {qty(limit)} located"
         case pb.REJECT_CODE_ISSUER_CONCENTRATION:
             return f"issuer would be {observed} bp of gross exposure, over {limit} bp"
         case pb.REJECT_CODE_SECTOR_CONCENTRATION:
             return f"sector would be {observed} bp of gross exposure, over {limit} bp"
         case pb.REJECT_CODE_VENUE_EXPOSURE:
-            return (f"working notional at the venue would be {format_notional(observed)}, "
-                    f"over {format_notional(limit)}")
+            return (f"working notional at the venue would be {money(observed)}, "
+                    f"over {money(limit)}")
         case pb.REJECT_CODE_COUNTERPARTY_EXPOSURE:
             return (f"working notional with the counterparty would be "
-                    f"{format_notional(observed)}, over {format_notional(limit)}")
+                    f"{money(observed)}, over {money(limit)}")
         case pb.REJECT_CODE_LOSS_LIMIT:
-            return (f"day P&L {format_notional(observed)} is below the loss limit "
-                    f"{format_notional(limit)}; only reducing orders may go")
+            return (f"day P&L {money(observed)} is below the loss limit "
+                    f"{money(limit)}; only reducing orders may go")
         case pb.REJECT_CODE_CAPACITY_EXHAUSTED:
             return _capacity(observed, limit)
         case pb.REJECT_CODE_INVALID_REQUEST:
@@ -260,7 +272,8 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
     return f"rejected with code {code}"
 
 
-def rejection_message(code: int, observed: int, limit: int) -> pb.Rejection:
+def rejection_message(code: int, observed: int, limit: int, currency: str = ""
+                      ) -> pb.Rejection:
     return pb.Rejection(code=cast(pb.RejectCode, code),
-                        message=describe_rejection(code, observed, limit),
+                        message=describe_rejection(code, observed, limit, currency),
                         observed=observed, limit=limit)

@@ -254,7 +254,8 @@ def format_status(status: risk_pb2.ServerStatus) -> str:
     -------
     str
         Every field of the message, in its order: booleans as ``yes``/``no``,
-        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit. Fields
+        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit, counts
+        with thousands separators (``1,234,567``). Fields
         this client does not know by name still show, labelled by their
         name. No trailing newline.
     """
@@ -267,7 +268,9 @@ def format_status(status: risk_pb2.ServerStatus) -> str:
         elif field.name.endswith("_unix_ms") and isinstance(value, int):
             text = _utc_time(value)
         elif field.name.endswith("_ms") and isinstance(value, int):
-            text = f"{value} ms"
+            text = f"{format_quantity(value)} ms"
+        elif isinstance(value, int):
+            text = format_quantity(value)
         else:
             text = _cell(str(value))
         rows.append((label, text))
