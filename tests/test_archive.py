@@ -271,7 +271,7 @@ def test_audit_filters_by_reject_code_and_principal_in_both_sources(
     rejected = audit_json(capsys, *source, "--code", "buying_power")
     assert [e["order_id"] for e in rejected] == [f"o-{n}" for n in range(0, 30, 3)] + [
         f"new-{n}" for n in range(0, 9, 3)]
-    assert all("BUYING_POWER" in e["codes"] for e in rejected)
+    assert all("REJECT_CODE_BUYING_POWER" in e["codes"] for e in rejected)
     by_one = audit_json(capsys, *source, "--principal", "oms-1", "--account", "ACC-1")
     assert [e["order_id"] for e in by_one] == [f"o-{n}" for n in range(30) if n % 4 == 1] + [
         f"new-{n}" for n in range(9) if n % 4 == 1]

@@ -450,7 +450,7 @@ def test_audit_command_filters_by_account_and_prints_a_table(trail, redis_url, c
     assert lines[0].split() == ["TIME", "PID", "CALLER", "EVENT", "SUBJECT", "ORDER", "ID",
                                 "WHAT", "LATENCY", "DETAIL"]
     assert len(lines) == 4
-    assert "APPROVED" in lines[1] and "a-1" in lines[1] and "BUY 10 AAPL @ 68.3378" in lines[1]
+    assert "APPROVED" in lines[1] and "a-1" in lines[1] and "BUY 10 AAPL @ $68.3378" in lines[1]
     assert "REJECTED" in lines[2] and "MAX_ORDER_QUANTITY, MAX_ORDER_NOTIONAL" in lines[2]
     assert "HALT HALTED" in lines[3] and "account ACC-1" in lines[3]
     assert "by alice via rpc" in lines[3] and "too many rejects" in lines[3]
@@ -461,8 +461,11 @@ def test_audit_command_finds_one_order_id_as_json(trail, redis_url, capsys):
     (line,) = capsys.readouterr().out.splitlines()
     entry = json.loads(line)
     assert entry["order_id"] == "a-2" and entry["verdict"] == "REJECTED"
-    assert entry["codes"] == ["MAX_ORDER_QUANTITY", "MAX_ORDER_NOTIONAL"]
+    # The dialect of every --json: the AuditRecord's names, enums by full name.
+    assert entry["codes"] == ["REJECT_CODE_MAX_ORDER_QUANTITY", "REJECT_CODE_MAX_ORDER_NOTIONAL"]
     assert entry["quantity"] == 1_500 and entry["replayed"] is False
+    assert entry["side"] == "SIDE_BUY" and entry["approved"] is False
+    assert isinstance(entry["ts_unix_ms"], int) and "ts" not in entry
     assert entry["id"].count("-") == 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from book import seed_account, seed_lots
+from book import seed_account, seed_lots, wait_until
 from pretrade.cli.commands import CLIENT_ENVIRONMENT
 
 CLI_TIMEOUT_SECONDS = 30
@@ -93,8 +94,8 @@ def test_order_json_output_is_the_decision_message(book, gateway):
     assert run.returncode == 0, run
     decision = json.loads(run.stdout)
     assert decision["approved"] is True
-    assert decision["orderId"] == "cli-json-1"
-    assert decision["notional"] == str(2 * 688_200)  # int64 is a string in protobuf JSON
+    assert decision["order_id"] == "cli-json-1"  # the proto's field names
+    assert decision["notional"] == 2 * 688_200  # int64 as a JSON number, exact
 
 
 def test_market_order_is_valued_at_the_last_price(book, gateway):
@@ -163,7 +164,10 @@ def test_unreachable_gateway_exits_2_with_the_status_on_stderr(unused_target, co
     assert run.returncode == 2, run
     assert run.stdout == ""
     method = "EvaluateOrder" if command == "order" else "Halt"
-    assert f"{method} on {unused_target} failed: UNAVAILABLE" in run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"pretrade: no gateway answers at {unused_target} ({method}: "
+                           "UNAVAILABLE)")
+    assert "make serve" in line and "pretrade serve" in line
 
 
 def test_malformed_order_exits_2_with_invalid_argument_on_stderr(book, gateway):
@@ -172,3 +176,143 @@ def test_malformed_order_exits_2_with_invalid_argument_on_stderr(book, gateway):
     assert run.stdout == ""
     assert "failed: INVALID_ARGUMENT" in run.stderr
     assert "account_id" in run.stderr
+
+
+# -- foreseeable mistakes: one line on stderr and an exit status, never a traceback --
+
+
+def one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == ""
+    [line] = run.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:PORT", "localhost:PORT", "127.0.0.1"])
+@pytest.mark.parametrize("command", ["order", "halt", "status"])
+def test_a_target_with_port_left_in_is_one_line_and_exit_2(command, target):
+    args = {"order": order_args(target),
+            "halt": halt_account_args(target, "halted", "--reason", "x"),
+            "status": ["status", "--target", target]}[command]
+    run = run_pretrade(*args)
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert line.startswith(f"pretrade: --target {target!r}")
+    assert "50051" in line  # an example of what belongs there
+
+
+def test_status_of_a_gateway_that_is_not_running_says_how_to_start_one(unused_target):
+    run = run_pretrade("status", "--target", unused_target)
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert f"no gateway answers at {unused_target}" in line
+    assert "make serve" in line
+
+
+def test_money_in_the_table_is_grouped_and_json_keeps_the_raw_integer(book, gateway):
+    run = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"))
+    assert run.returncode == 0, run
+    assert "notional  $6,891.00" in run.stdout  # AAPL names no currency: default_currency
+    raw = run_pretrade(*order_args(gateway.target, qty="100", price="68.91"), "--json")
+    assert json.loads(raw.stdout)["notional"] == 68_910_000
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--price", "68.9.1"], "not a plain decimal number"),
+    (["--price", "68.91234"], "more than 4 decimal places"),
+    (["--price", "$68.91"], "not a plain decimal number"),
+    (["--side", "purchase"], "invalid choice"),
+    (["--type", "stop"], "invalid choice"),
+])
+def test_bad_money_text_or_an_unknown_enum_word_is_a_usage_error(args, complaint):
+    base = ["order", "--target", "127.0.0.1:1", "--account", "A", "--symbol", "AAPL",
+            "--side", "buy", "--qty", "1", "--price", "1"]
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in base:
+            base[base.index(flag) + 1] = value
+        else:
+            base += [flag, value]
+    run = run_pretrade(*base)
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr
+    assert complaint in run.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("scope, name", [("account", "ACC-TYPO"), ("symbol", "AAPLL")])
+def test_halting_what_the_gateway_never_saw_warns_and_needs_force(book, gateway, scope, name):
+    args = ["halt", "--target", gateway.target, "--scope", scope, f"--{scope}", name,
+            "--mode", "halted", "--reason", "typo?"]
+    refused = run_pretrade(*args)
+    assert refused.returncode == 2, refused
+    line = one_line_error(refused)
+    assert f"never seen {scope} {name!r}" in line and "--force" in line
+    assert not book.exists(f"halt:{scope}:{name}")
+
+    forced = run_pretrade(*args, "--force")
+    assert forced.returncode == 0, forced
+    assert book.hget(f"halt:{scope}:{name}", "mode") == b"HALTED"
+
+
+def test_halting_a_known_symbol_needs_no_force(book, gateway):
+    run = run_pretrade("halt", "--target", gateway.target, "--scope", "symbol", "--symbol",
+                       "AAPL", "--mode", "halted", "--reason", "news")
+    assert run.returncode == 0, run
+    assert book.hget("halt:symbol:AAPL", "mode") == b"HALTED"
+
+
+# -- pretrade portfolio --
+
+
+def test_portfolio_prints_the_holdings_money_in_their_currency(book, gateway):
+    book.hset("instrument:AAPL", "currency", "USD")
+    book.hset("pnl:{ACC-1}", "realized", 125_000)
+    run = wait_until(lambda: run_pretrade("portfolio", "--target", gateway.target,
+                                          "--account", "ACC-1"),
+                     lambda r: "$12.50" in r.stdout)
+    assert run.returncode == 0, run
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("ACC-1  SNAPSHOT #1 at ")
+    assert lines[1].split() == ["SYMBOL", "QTY", "AVG", "COST", "LAST", "MARKET", "VALUE",
+                                "UNREALIZED", "VALUATION"]
+    # 10 @ 68.3378 and 10 @ 68.82, last 68.3378 (the worked example of test_portfolio.py).
+    assert lines[2].split() == ["AAPL", "20", "$68.5789", "$68.3378", "$1,366.7560",
+                                "-$4.8220", "PRICED"]
+    assert "realized $12.50" in lines[3]
+
+
+def test_portfolio_json_is_one_line_per_message_with_raw_integers(book, gateway):
+    run = run_pretrade("portfolio", "--target", gateway.target, "--account", "ACC-1", "--json")
+    assert run.returncode == 0, run
+    [line] = run.stdout.splitlines()
+    update = json.loads(line)
+    assert update["kind"] == "PORTFOLIO_UPDATE_KIND_SNAPSHOT"
+    assert update["holdings"][0]["market_value"] == 20 * 683_378
+    assert update["holdings"][0]["currency"] == "USD"
+
+
+def test_portfolio_of_an_unknown_account_is_one_line_not_found(book, gateway):
+    run = run_pretrade("portfolio", "--target", gateway.target, "--account", "NOBODY")
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert "NOT_FOUND" in line and "NOBODY" in line
+
+
+def test_portfolio_follow_prints_updates_until_ctrl_c(book, gateway):
+    env = {name: value for name, value in os.environ.items() if name not in CLIENT_ENVIRONMENT}
+    process = subprocess.Popen(
+        [*pretrade_command(), "portfolio", "--target", gateway.target, "--account", "ACC-1",
+         "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        assert "SNAPSHOT #1" in process.stdout.readline()
+        book.set("price:AAPL", 700_000)
+        while "UPDATE #" not in (line := process.stdout.readline()):
+            assert line, "the stream ended"
+        assert "$70.00" in process.stdout.readline() + process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(CLI_TIMEOUT_SECONDS) == 0
+        assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -122,7 +122,10 @@ def test_account_halt_request_carries_every_field():
         reason="margin call",
         ttl_seconds=300,
         requested_by="alice",
+        only_if_known=True,
     )
+    args.force = True
+    assert build_halt_request(args).only_if_known is False
 
 
 def test_halt_is_recorded_as_the_user_by_default(monkeypatch):
@@ -193,13 +196,14 @@ def test_approved_decision_table():
         notional=68337800,
         latency_ns=12345,
     )
+    decision.currency = "USD"
     assert format_decision(decision) == "\n".join(
         [
             "order id  cli-0123456789ab",
             "account   A1",
             "symbol    AAPL",
             "verdict   APPROVED",
-            "notional  6833.7800",
+            "notional  $6,833.78",
             "latency   12.3 µs",
         ]
     )
@@ -223,7 +227,7 @@ def test_rejected_decision_lists_every_rejection_without_the_code_prefix():
     )
     text = format_decision(decision)
     assert "verdict   REJECTED" in text
-    assert "notional  -1.5000" in text
+    assert "notional  -1.50" in text
     assert "latency   0.8 µs" in text
     assert text.splitlines()[-3:] == [
         "rejections (2)",
@@ -292,8 +296,22 @@ def test_json_output_keeps_false_and_zero_fields():
     decision = risk_pb2.Decision(order_id="o", approved=False)
     parsed = json.loads(to_json(decision))
     assert parsed["approved"] is False
-    assert parsed["orderId"] == "o"
+    assert parsed["order_id"] == "o"
     assert json_format.Parse(json.dumps(parsed), risk_pb2.Decision()) == decision
+
+
+def test_json_is_the_proto_field_names_with_int64_as_numbers_at_any_depth():
+    update = risk_pb2.PortfolioUpdate(
+        account_id="A1", sequence=7, holdings=[risk_pb2.Holding(symbol="AAPL", quantity=2**62,
+                                                                currency="USD")],
+        totals=risk_pb2.PortfolioTotals(market_value=-5, currency=""))
+    parsed = json.loads(to_json(update))
+    assert parsed["sequence"] == 7
+    assert parsed["holdings"][0]["quantity"] == 2**62  # exact: Python's json keeps big ints
+    assert parsed["holdings"][0]["currency"] == "USD"
+    assert parsed["totals"]["market_value"] == -5
+    assert parsed["kind"] == "PORTFOLIO_UPDATE_KIND_UNSPECIFIED"
+    assert json_format.Parse(json.dumps(parsed), risk_pb2.PortfolioUpdate()) == update
 
 
 def test_unreachable_gateway_exits_2_with_the_status_code(capsys, unused_tcp_port):
@@ -312,3 +330,15 @@ def test_python_dash_m_pretrade_runs_the_cli():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pretrade ")
+
+
+def test_status_counts_have_separators_and_times_their_unit():
+    from pretrade.cli.format import format_status
+
+    text = format_status(risk_pb2.ServerStatus(sync_live=True, events_applied=1_234_567,
+                                               lag_ms=1500))
+    rows = {label.strip(): value for label, value in
+            (line.rsplit("  ", 1) for line in text.splitlines())}
+    assert rows["events applied"].strip() == "1,234,567"
+    assert rows["lag"].strip() == "1,500 ms"
+    assert rows["sync live"].strip() == "yes"

@@ -117,6 +117,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_ARCHIVE_METRICS_LISTEN": "127.0.0.1:9465",
         "PRETRADE_DURABLE_DECISIONS": "no",
         "PRETRADE_DEMO_BOOK": "yes",
+        "PRETRADE_DEFAULT_CURRENCY": "eur",
         "PRETRADE_DATA_DIR": "/var/lib/pretrade",
         "PRETRADE_LOG_LEVEL": "warning",
         "PRETRADE_LOG_FORMAT": "JSON",
@@ -172,6 +173,7 @@ def test_every_field_has_its_own_environment_variable():
         archive_claim_idle_ms=4000, archive_metrics_listen="127.0.0.1:9465",
         durable_decisions=False,
         demo_book=True,
+        default_currency="EUR",
         data_dir="/var/lib/pretrade",
         log_level="WARNING",
         log_format="json",
@@ -207,6 +209,14 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_its_password()
         Settings(database_url="mysql://root:secret@db/audit")
     assert "secret" not in str(refused.value)
     assert "secret" not in repr(Settings(database_url="postgresql://root:secret@db/audit"))
+
+
+def test_default_currency_is_usd_and_must_be_three_letters():
+    assert Settings().default_currency == "USD"
+    assert Settings(default_currency="chf").default_currency == "CHF"
+    for bad in ("US", "USDX", "U$D", ""):
+        with pytest.raises(ConfigError, match="default_currency.*ISO 4217"):
+            Settings(default_currency=bad)
 
 
 def test_audit_when_full_is_reject_or_drop():

@@ -765,6 +765,12 @@ FAIL_CLOSED = {
     "lot_size with a decimal point": Case(
         "`tick_size` or `lot_size` not an integer", [["HSET", "instrument:AAPL", "lot_size",
                                                       "1.0"]], LIMIT_ORDER, INVALID),
+    "currency in lower case": Case(
+        "`currency` present but not three letters", [["HSET", "instrument:AAPL", "currency",
+                                                      "usd"]], LIMIT_ORDER, INVALID),
+    "currency with a sign in it": Case(
+        "`currency` present but not three letters", [["HSET", "instrument:AAPL", "currency",
+                                                      "US$"]], LIMIT_ORDER, INVALID),
     "instrument key is a string": Case(
         f"`instrument:<SYM>` {NOT_A_HASH}", [["DEL", "instrument:AAPL"],
                                              ["SET", "instrument:AAPL", "x"]], LIMIT_ORDER,

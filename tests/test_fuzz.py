@@ -181,6 +181,17 @@ def halt_problem(request: pb.HaltRequest) -> str | None:
     return None
 
 
+def refused_as_unknown(request: pb.HaltRequest) -> bool:
+    """A well-formed halt the gateway refuses FAILED_PRECONDITION: ``only_if_known`` set,
+    halting (not lifting) an account or symbol the fuzz book does not hold."""
+    if halt_problem(request) is not None or not request.only_if_known or \
+            request.mode == pb.HALT_MODE_ACTIVE:
+        return False
+    if request.scope == pb.HALT_SCOPE_ACCOUNT:
+        return request.account_id not in ACCOUNTS
+    return request.scope == pb.HALT_SCOPE_SYMBOL and request.symbol not in SYMBOLS
+
+
 @dataclass
 class Fuzzer:
     rng: random.Random
@@ -256,7 +267,8 @@ class Fuzzer:
             reason=self.rng.choice(("fuzz", "  ", "", self.text(600))),
             requested_by=self.rng.choice(("fuzzer", "", self.text(600))),
             ttl_seconds=self.rng.choice((0, 0, 0, 3_600, -1, MAX_TTL_SECONDS,
-                                         MAX_TTL_SECONDS + 1, INT64_MAX, INT64_MIN)))
+                                         MAX_TTL_SECONDS + 1, INT64_MAX, INT64_MIN)),
+            only_if_known=self.rng.random() < 0.3)
         if scope == pb.HALT_SCOPE_ACCOUNT or self.rng.random() < 0.1:
             request.account_id = target
         if scope == pb.HALT_SCOPE_SYMBOL or self.rng.random() < 0.1:
@@ -308,10 +320,15 @@ class Fuzzer:
         try:
             state = self.stub.Halt(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                assert refused_as_unknown(request), f"refused as unknown: {request!r:.600}"
+                self.count("halt FAILED_PRECONDITION")
+                return
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), request)
             assert problem is not None, f"a well-formed halt refused: {request!r:.600}"
             self.count("halt INVALID_ARGUMENT")
             return
+        assert not refused_as_unknown(request), f"an unknown target halted: {request!r:.600}"
         assert problem is None, f"a malformed halt applied ({problem}): {request!r:.600}"
         self.halts = [HaltInForce(h.scope, h.target, h.expires_at_unix_ms) for h in state.halts]
         self.count("halt applied")
@@ -342,6 +359,11 @@ class Fuzzer:
         try:
             reply = call(payload, timeout=CALL_TIMEOUT)
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION and method == "Halt":
+                # Flipped bits that set only_if_known on a halt of OTHER-9 (never seen).
+                assert refused_as_unknown(pb.HaltRequest.FromString(payload)), payload
+                self.count("raw Halt refused as unknown")
+                return
             # Bytes that do not parse, or a message that is malformed: both INVALID_ARGUMENT.
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error, payload)
             parses = _parses(pb.Order if method == "EvaluateOrder" else pb.HaltRequest, payload)

@@ -29,7 +29,8 @@ class ExpiredContext:
     def time_remaining(self) -> float:
         return 0.0
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str,
+                    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         raise AbortedCall(code, details)
 
 

@@ -44,7 +44,7 @@ def test_order_over_max_quantity_is_rejected_with_its_code_and_figures(seeded, s
     assert codes(decision) == [pb.REJECT_CODE_MAX_ORDER_QUANTITY]
     rejection = decision.rejections[0]
     assert (rejection.observed, rejection.limit) == (1_001, 1_000)
-    assert "1001" in rejection.message and "1000" in rejection.message
+    assert "1,001" in rejection.message and "1,000" in rejection.message  # as people read them
 
 
 def test_order_at_exactly_max_quantity_is_approved(seeded, stub):

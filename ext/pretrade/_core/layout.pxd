@@ -40,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 5
+    LAYOUT_VERSION = 6
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -356,6 +356,11 @@ cdef struct InstrumentRecord:
     int64_t lot_size                # units
     int32_t issuer_id               # 0: no issuer given (the symbol is its own issuer)
     int32_t sector_id               # 0: no sector given
+    # ISO 4217 code packed little-endian: c0 | c1 << 8 | c2 << 16; 0: none
+    # given (readers use the default_currency setting). Only the portfolio
+    # streams read it (Holding.currency): no check depends on it.
+    uint32_t currency
+    uint32_t reserved
 
 # One (account, instrument) pair; 96 bytes.
 cdef struct PositionSlot:

@@ -163,6 +163,23 @@ def _check_capacities(max_accounts, max_instruments, max_positions, max_override
                          f"got {lock_stripes}")
 
 
+cdef uint32_t _pack_currency(object code) except? 0:
+    # An ISO 4217 code ("USD") packed c0 | c1 << 8 | c2 << 16, the
+    # InstrumentRecord.currency field; "" packs to 0 (none given).
+    cdef bytes raw = code.encode("ascii", "replace") if isinstance(code, str) else bytes(code)
+    if not raw:
+        return 0
+    if len(raw) != 3 or not all(65 <= c <= 90 for c in raw):
+        raise ValueError(f"a currency is three letters A-Z (ISO 4217), got {code!r}")
+    return <uint32_t>raw[0] | (<uint32_t>raw[1] << 8) | (<uint32_t>raw[2] << 16)
+
+
+cdef str _unpack_currency(uint32_t packed):
+    if packed == 0:
+        return ""
+    return bytes((packed & 0xFF, (packed >> 8) & 0xFF, (packed >> 16) & 0xFF)).decode("ascii")
+
+
 cdef bytes _check_id(object value, str what):
     if not isinstance(value, bytes):
         raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
@@ -1389,20 +1406,23 @@ cdef class PositionTable:
 
     def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
                        bint invalid=False, int32_t issuer_id=0, int32_t sector_id=0,
-                       bint short_restricted=False):
+                       bint short_restricted=False, currency=""):
         """Set an instrument's reference data.
 
         Tick size is in price units, lot size in units; issuer and sector are
-        small ids the caller interns (0: none given).
+        small ids the caller interns (0: none given); currency is an ISO 4217
+        code of three letters A-Z, or "" for none given.
         """
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        cdef uint32_t packed_currency = _pack_currency(currency)
         cdef int32_t i = self._instrument(symbol)
         cdef L.InstrumentRecord* rec = &self.instruments[i]
         rec.tick_size = tick_size
         rec.lot_size = lot_size
         rec.issuer_id = issuer_id
         rec.sector_id = sector_id
+        rec.currency = packed_currency
         cdef uint32_t flags = rec.flags & ~(L.INSTRUMENT_KNOWN | L.INSTRUMENT_STATE_INVALID
                                             | L.INSTRUMENT_SHORT_RESTRICTED)
         if known:
@@ -1692,7 +1712,19 @@ cdef class PositionTable:
             "tick_size": rec.tick_size,
             "lot_size": rec.lot_size,
             "halt_mode": rec.halt_mode,
+            "currency": _unpack_currency(rec.currency),
         }
+
+    def instrument_currency(self, bytes symbol):
+        """The symbol's ISO 4217 currency (InstrumentRecord.currency); "" when none is given.
+
+        "" too for a symbol the table does not hold. Cheaper than
+        instrument_info: the servicer reads it for every Decision.
+        """
+        cdef int32_t i = self.find_instrument(symbol, len(symbol))
+        if i == L.NO_INDEX:
+            return ""
+        return _unpack_currency(self.instruments[i].currency)
 
     def halt_mode(self, int scope, target=None):
         """The halt mode in force for a scope (L.HALT_NONE = 0 when none)."""

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from pretrade.api.access import OPEN_SERVICES
+from pretrade.api.status import TOO_MANY_CALLS, error_info, status_details
 from pretrade.v1 import risk_pb2 as pb
 
 __all__ = ["CLASSES", "Budget", "CallGate", "SHUTTING_DOWN"]
@@ -159,7 +160,11 @@ class CallGate(grpc.aio.ServerInterceptor):
                 budget._last_log = now
                 log.warning("refusing %s: %d at once already (%s); %d refused so far",
                             budget.label, budget.in_use, budget.setting, budget.refused)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal())
+            refusal = budget.refusal()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, status_details(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, info=error_info(
+                    TOO_MANY_CALLS, {"budget": budget.name, "limit": str(budget.limit),
+                                     "setting": budget.setting})))
         budget.in_use += 1
         call = _Call(budget, asyncio.current_task())
         self._calls.add(call)

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pretrade.api.status import grpc_status
+from pretrade.api.status import grpc_status, status_details
 from pretrade.engine.errors import InvalidRequest
 
 log = logging.getLogger("pretrade.malformed")
@@ -52,10 +52,10 @@ def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
         try:
             return deserialize(raw)
         except DecodeError as error:
-            code, details = grpc_status(InvalidRequest(
-                f"the request is not a valid message for {method}: {error}"))
+            invalid = InvalidRequest(f"the request is not a valid message for {method}: {error}")
+            code, details = grpc_status(invalid)
             log.info("%s %s: %s", method, code.name, details)
-            await context.abort(code, details)
+            await context.abort(code, details, status_details(code, details, invalid))
 
     if not handler.response_streaming:
         async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:

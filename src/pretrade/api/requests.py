@@ -40,10 +40,10 @@ def validate_order(order: pb.Order) -> ValidOrder:
     symbol = require_id(order.symbol, "symbol")
     if order.side not in SIDES:
         raise InvalidRequest(f"side must be SIDE_BUY, SIDE_SELL or SIDE_SELL_SHORT, "
-                             f"got {order.side}")
+                             f"got {order.side}", "side")
     if order.order_type not in ORDER_TYPES:
         raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
-                             f"got {order.order_type}")
+                             f"got {order.order_type}", "order_type")
     venue = require_printable(order.venue, "venue", MAX_TAG_LENGTH, required=False)
     counterparty = require_printable(order.counterparty, "counterparty", MAX_TAG_LENGTH,
                                      required=False)
@@ -53,4 +53,5 @@ def validate_order(order: pb.Order) -> ValidOrder:
 def validate_batch(batch: pb.OrderBatch) -> None:
     """Refuse a batch larger than :data:`MAX_BATCH` (its orders are checked one by one)."""
     if len(batch.orders) > MAX_BATCH:
-        raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, got {len(batch.orders)}")
+        raise InvalidRequest(f"a batch holds at most {MAX_BATCH} orders, got {len(batch.orders)}",
+                             "orders")

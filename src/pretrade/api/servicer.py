@@ -28,12 +28,13 @@ from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STOR
 from pretrade.api.access import current_principal, principal_name
 from pretrade.api.requests import ValidOrder, validate_batch, validate_order
 from pretrade.api.roles import ADMIN
-from pretrade.api.status import grpc_status, rejection_message
+from pretrade.api.status import grpc_status, rejection_message, status_details
 from pretrade.audit.entries import DECISION
 from pretrade.audit.query import AuditQuery, read_audit_async
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from pretrade.engine.names import full_name, short_name
+from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.engine.text import as_text, is_valid_id, require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
 from pretrade.state.journal import DecidedOrder, Journal, decode
@@ -98,8 +99,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  status: Callable[[], pb.ServerStatus] | None = None,
                  journal: Journal | None = None,
                  audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
-                 audit_before_answer: bool = False) -> None:
+                 audit_before_answer: bool = False,
+                 default_currency: str = DEFAULT_CURRENCY) -> None:
         self.engine = engine
+        #: Decision.currency of a symbol whose instrument names none.
+        self.default_currency = default_currency
         #: The longest a call waits on Redis's behalf (its decisions made
         #: durable, the account state it asks for): the sync's lag bound. A
         #: Redis that holds a call back longer is unavailable, not slow.
@@ -179,13 +183,14 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             rejections=[rejection_message(pb.REJECT_CODE_AUDIT_UNAVAILABLE, self.audit.pending,
                                           self.audit.queue_size)])
 
-    @staticmethod
-    def _decision(order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
+    def _decision(self, order: pb.Order, verdict: Verdict, latency: int) -> pb.Decision:
+        currency = currency_of(self.engine.table, order.symbol.encode(), self.default_currency)
         return pb.Decision(
             order_id=order.order_id, approved=verdict.approved,
-            rejections=[rejection_message(*r) for r in verdict.rejections],
+            rejections=[rejection_message(code, observed, limit, currency)
+                        for code, observed, limit in verdict.rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
-            notional=verdict.notional, replayed=verdict.replayed,
+            notional=verdict.notional, replayed=verdict.replayed, currency=currency,
         )
 
     async def resolve_expired(self, expired: list[Expired]
@@ -253,11 +258,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         if self.audit is not None:
             self.audit.decision(order, approved, rejections, latency, replayed, notional,
                                 principal_name())
+        currency = currency_of(self.engine.table, ids.symbol, self.default_currency)
         return pb.Decision(
             order_id=order.order_id, approved=approved,
-            rejections=[rejection_message(*r) for r in rejections], latency_ns=latency,
-            account_id=order.account_id, symbol=order.symbol, notional=notional,
-            replayed=replayed)
+            rejections=[rejection_message(*r, currency) for r in rejections],
+            latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
+            notional=notional, replayed=replayed, currency=currency)
 
     def wait_budget(self, deadline_seconds: float | None) -> float:
         """Seconds a call may wait on Redis: the limit, and short of its deadline.
@@ -555,4 +561,4 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
         log.error("internal error in %s", method, exc_info=error, extra=extra)
     else:
         log.info("%s %s: %s", method, code.name, details, extra=extra)
-    await context.abort(code, details)
+    await context.abort(code, details, status_details(code, details, error))

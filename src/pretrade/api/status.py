@@ -2,20 +2,30 @@
 
 Domain code raises the small hierarchy of :mod:`pretrade.engine.errors`; the
 servicer and the interceptors turn each into a gRPC status with
-:func:`grpc_status`. Coded rejections (a normal "no" to an order) become
-``Rejection`` messages with a readable text built by
-:func:`describe_rejection` from the figures the check recorded.
+:func:`grpc_status`, and into machine-readable details with
+:func:`status_details` (``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer, as ``grpc_status.rpc_status.from_call`` reads it): INVALID_ARGUMENT
+carries a ``BadRequest`` (the field at fault and why), FAILED_PRECONDITION and
+RESOURCE_EXHAUSTED an ``ErrorInfo`` (a reason, :data:`ERROR_DOMAIN`, metadata).
+Coded rejections (a normal "no" to an order) become ``Rejection`` messages
+with a readable text built by :func:`describe_rejection` from the figures the
+check recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -23,7 +33,7 @@ from pretrade.engine.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pretrade.engine.fixedpoint import INT64_MAX, format_notional, format_price
+from pretrade.engine.fixedpoint import INT64_MAX, format_money, format_quantity
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
 from pretrade.v1 import risk_pb2 as pb
@@ -36,7 +46,14 @@ _STATUS: dict[type[PretradeError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+#: ErrorInfo.domain of every pretrade error.
+ERROR_DOMAIN = "pretrade.dev"
+#: ErrorInfo.reason of a call refused because its class of calls is at its budget.
+TOO_MANY_CALLS = "TOO_MANY_CALLS"
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -53,6 +70,44 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RedisConnectionError | RedisTimeoutError):
         return grpc.StatusCode.UNAVAILABLE, f"Redis is unreachable: {error}"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
+
+
+def status_details(code: grpc.StatusCode, details: str, error: Exception | None = None,
+                   info: error_details_pb2.ErrorInfo | None = None) -> Metadata:
+    """The trailing metadata that carries a status's machine-readable details.
+
+    INVALID_ARGUMENT: a ``BadRequest`` with one field violation (the field
+    :class:`InvalidRequest` names; empty when the request as a whole is
+    wrong). FAILED_PRECONDITION: an ``ErrorInfo`` from a
+    :class:`FailedPrecondition`. Any status: ``info``, when given (the call
+    budgets' RESOURCE_EXHAUSTED). Other statuses carry none (empty tuple).
+    """
+    packed: list[any_pb2.Any] = []
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field = error.field if isinstance(error, InvalidRequest) else ""
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=details)
+        packed.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(error, FailedPrecondition):
+        info = error_info(error.reason, error.metadata)
+    if info is not None:
+        packed.append(_pack(info))
+    if not packed:
+        return ()
+    status = status_pb2.Status(code=code.value[0], message=details, details=packed)
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+def error_info(reason: str, metadata: Mapping[str, str] | None = None
+               ) -> error_details_pb2.ErrorInfo:
+    """An ``ErrorInfo`` of :data:`ERROR_DOMAIN`."""
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                       metadata=dict(metadata or {}))
+
+
+def _pack(message: error_details_pb2.BadRequest | error_details_pb2.ErrorInfo) -> any_pb2.Any:
+    wrapped = any_pb2.Any()
+    wrapped.Pack(message)
+    return wrapped
 
 
 _HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT, pb.HALT_SCOPE_SYMBOL))
@@ -94,8 +149,17 @@ def _capacity(what: int, limit: int) -> str:
             "see the server log")
 
 
-def describe_rejection(code: int, observed: int, limit: int) -> str:
-    """A human-readable sentence for one coded rejection, with its figures."""
+def describe_rejection(code: int, observed: int, limit: int, currency: str = "") -> str:
+    """A human-readable sentence for one coded rejection, with its figures.
+
+    Money is written as a person reads it, in ``currency`` (the instrument's:
+    ``$6,891.00``; ``""``: the bare amount), quantities with separators.
+    """
+
+    def money(units: int) -> str:
+        return format_money(units, currency)
+
+    qty = format_quantity
     scope = (short_name(pb.HaltScope, observed).lower() if observed in _HALT_SCOPES
              else "unknown")
     match code:
@@ -108,27 +172,30 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_LIMITS_NOT_CONFIGURED:
             return f"limits not configured: {_missing_limits(observed)}"
         case pb.REJECT_CODE_INVALID_QUANTITY:
-            return f"quantity {observed} is not positive"
+            return f"quantity {qty(observed)} is not positive"
         case pb.REJECT_CODE_INVALID_PRICE:
-            return f"limit price {format_price(observed)} is not positive"
+            return f"limit price {money(observed)} is not positive"
         case pb.REJECT_CODE_PRICE_UNAVAILABLE:
             if observed == 1:
                 return "a holding of the account has no last price, so it cannot be valued"
             return "no reference (last) price for the symbol"
         case pb.REJECT_CODE_ARITHMETIC_OVERFLOW:
-            return (f"quantity {observed} x price {format_price(limit)} or the resulting "
+            return (f"quantity {qty(observed)} x price {money(limit)} or the resulting "
                     "position does not fit in int64")
         case pb.REJECT_CODE_MAX_ORDER_QUANTITY:
-            return f"order quantity {observed} exceeds max order quantity {limit}"
+            return f"order quantity {qty(observed)} exceeds max order quantity {qty(limit)}"
         case pb.REJECT_CODE_MAX_ORDER_NOTIONAL:
-            return (f"order notional {format_notional(observed)} exceeds max order notional "
-                    f"{format_notional(limit)}")
+            return (f"order notional {money(observed)} exceeds max order notional "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_NET_POSITION:
-            return f"net position would be {observed}, over the max net position {limit}"
+            return (f"net position would be {qty(observed)}, over the max net position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_MAX_LONG_POSITION:
-            return f"long position would be {observed}, over the max long position {limit}"
+            return (f"long position would be {qty(observed)}, over the max long position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_MAX_SHORT_POSITION:
-            return f"short position would be {observed}, over the max short position {limit}"
+            return (f"short position would be {qty(observed)}, over the max short position "
+                    f"{qty(limit)}")
         case pb.REJECT_CODE_GLOBAL_HALT:
             return "trading is halted globally"
         case pb.REJECT_CODE_ACCOUNT_HALT:
@@ -141,32 +208,32 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
         case pb.REJECT_CODE_INVALID_STATE:
             return f"the {scope}'s state in Redis could not be parsed; see the server log"
         case pb.REJECT_CODE_TICK_SIZE:
-            return (f"price {format_price(observed)} is not a multiple of the tick size "
-                    f"{format_price(limit)}")
+            return (f"price {money(observed)} is not a multiple of the tick size "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_PRICE_COLLAR:
             return (f"limit price is {observed} bp from the last price, outside the "
                     f"{limit} bp collar")
         case pb.REJECT_CODE_MIN_ORDER_QUANTITY:
-            return f"order quantity {observed} is below the minimum {limit}"
+            return f"order quantity {qty(observed)} is below the minimum {qty(limit)}"
         case pb.REJECT_CODE_LOT_SIZE:
-            return f"order quantity {observed} is not a multiple of the lot size {limit}"
+            return f"order quantity {qty(observed)} is not a multiple of the lot size {qty(limit)}"
         case pb.REJECT_CODE_MAX_GROSS_EXPOSURE:
-            return (f"gross exposure would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"gross exposure would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_NET_EXPOSURE:
-            return (f"net exposure would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"net exposure would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_BUYING_POWER:
-            return (f"order needs {format_notional(observed)} but buying power is "
-                    f"{format_notional(limit)}")
+            return (f"order needs {money(observed)} but buying power is "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"
         case pb.REJECT_CODE_NOTIONAL_RATE:
             if observed == INT64_MAX:
                 return ("too many orders in the window to total their notional; "
                         "refused until the window clears")
-            return (f"notional in the window would be {format_notional(observed)}, over "
-                    f"{format_notional(limit)}")
+            return (f"notional in the window would be {money(observed)}, over "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_MAX_WORKING_ORDERS:
             return f"{observed} working orders, over the limit of {limit}"
         case pb.REJECT_CODE_DUPLICATE_ORDER_ID:
@@ -175,25 +242,25 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
                         "engine's table; its decision could not be read back: send it again")
             return "order_id was already used for a different order on this account"
         case pb.REJECT_CODE_SHORT_SALE_NOT_MARKED:
-            return (f"the sell would leave the position at {observed}: a sale below zero "
+            return (f"the sell would leave the position at {qty(observed)}: a sale below zero "
                     "must be marked SELL_SHORT")
         case pb.REJECT_CODE_SHORT_SALE_RESTRICTED:
             return "the symbol is on the short-sale restricted list"
         case pb.REJECT_CODE_NO_LOCATE:
-            return f"short sale of {observed} but only {limit} located"
+            return f"short sale of {qty(observed)} but only {qty(limit)} located"
         case pb.REJECT_CODE_ISSUER_CONCENTRATION:
             return f"issuer would be {observed} bp of gross exposure, over {limit} bp"
         case pb.REJECT_CODE_SECTOR_CONCENTRATION:
             return f"sector would be {observed} bp of gross exposure, over {limit} bp"
         case pb.REJECT_CODE_VENUE_EXPOSURE:
-            return (f"working notional at the venue would be {format_notional(observed)}, "
-                    f"over {format_notional(limit)}")
+            return (f"working notional at the venue would be {money(observed)}, "
+                    f"over {money(limit)}")
         case pb.REJECT_CODE_COUNTERPARTY_EXPOSURE:
             return (f"working notional with the counterparty would be "
-                    f"{format_notional(observed)}, over {format_notional(limit)}")
+                    f"{money(observed)}, over {money(limit)}")
         case pb.REJECT_CODE_LOSS_LIMIT:
-            return (f"day P&L {format_notional(observed)} is below the loss limit "
-                    f"{format_notional(limit)}; only reducing orders may go")
+            return (f"day P&L {money(observed)} is below the loss limit "
+                    f"{money(limit)}; only reducing orders may go")
         case pb.REJECT_CODE_CAPACITY_EXHAUSTED:
             return _capacity(observed, limit)
         case pb.REJECT_CODE_INVALID_REQUEST:
@@ -205,7 +272,8 @@ def describe_rejection(code: int, observed: int, limit: int) -> str:
     return f"rejected with code {code}"
 
 
-def rejection_message(code: int, observed: int, limit: int) -> pb.Rejection:
+def rejection_message(code: int, observed: int, limit: int, currency: str = ""
+                      ) -> pb.Rejection:
     return pb.Rejection(code=cast(pb.RejectCode, code),
-                        message=describe_rejection(code, observed, limit),
+                        message=describe_rejection(code, observed, limit, currency),
                         observed=observed, limit=limit)

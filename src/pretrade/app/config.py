@@ -40,6 +40,7 @@ from pretrade._core.constants import (
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
 from pretrade.engine.table import Capacities
+from pretrade.engine.text import is_currency_code
 
 #: The table's own capacity defaults: the settings' defaults are these.
 _TABLE = Capacities()
@@ -270,6 +271,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if value.lower() not in LOG_FORMATS:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
+    elif name == "default_currency":
+        if not is_currency_code(value.upper().encode("utf-8")):
+            raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
+        return value.upper()
     elif name == "log_level":
         if value.upper() not in _LOG_LEVELS:
             raise problem(f"must be one of {', '.join(_LOG_LEVELS)}")
@@ -398,6 +403,10 @@ class Settings:
         trades that guarantee for one Redis round trip less per call.
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
+    default_currency : str
+        The ISO 4217 currency of an instrument whose ``instrument:<SYM>`` hash
+        has no ``currency`` field (StreamPortfolio's ``Holding.currency``);
+        any case in, stored in capitals.
     data_dir : str
         Directory for the embedded redis-server's data and logs.
     log_level : str
@@ -488,6 +497,7 @@ class Settings:
     archive_claim_idle_ms: int = 30_000
     durable_decisions: bool = True
     demo_book: bool = False
+    default_currency: str = "USD"
     data_dir: str = ".run"
     log_level: str = "INFO"
     log_format: str = "text"

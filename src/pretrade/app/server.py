@@ -115,7 +115,8 @@ class Gateway:
         self.ready = ready
         self.engine = Engine(self.table)
         # Registered before the sync starts, so the hub sees the first full load.
-        self.portfolio = PortfolioHub(self.table, ready)
+        self.portfolio = PortfolioHub(self.table, ready,
+                                      default_currency=settings.default_currency)
         (self.feed or self.writer.sync).listeners.append(self.portfolio)  # type: ignore[union-attr]
         self.halts.listeners.append(self.portfolio)
         self.journal = Journal(self.redis) if settings.durable_decisions else None
@@ -123,7 +124,8 @@ class Gateway:
                                              status=self.status, journal=self.journal,
                                              audit=self.audit,
                                              wait_limit_seconds=settings.max_sync_lag_ms / 1000,
-                                             audit_before_answer=settings.audit_before_answer)
+                                             audit_before_answer=settings.audit_before_answer,
+                                             default_currency=settings.default_currency)
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.

@@ -9,6 +9,7 @@
     pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
     pretrade status
     pretrade desk --listen 127.0.0.1:8080 --gateway 127.0.0.1:50051
+    pretrade portfolio --account A1 [--follow]
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
@@ -40,6 +41,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
@@ -49,9 +51,11 @@ from pretrade.app.config import DEFAULT_DESK_LISTEN, LOG_FORMATS, ConfigError, l
 from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
 from pretrade.cli.format import (
     EPOCH,
+    audit_json,
     format_audit_entries,
     format_decision,
     format_halt_state,
+    format_portfolio,
     format_status,
     to_json,
 )
@@ -66,6 +70,9 @@ from pretrade.engine.errors import (
 )
 from pretrade.engine.fixedpoint import parse_price, parse_quantity
 from pretrade.v1 import risk_pb2
+
+if TYPE_CHECKING:  # imported by `pretrade audit` itself: the other commands start fast
+    import redis
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -305,6 +312,9 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         help="lift the halt by itself after this many seconds (default: never)",
     )
     halt.add_argument("--by", help="operator name recorded with the halt (default: $USER)")
+    halt.add_argument("--force", action="store_true",
+                      help="halt an account or symbol even if the gateway has never seen it "
+                      "(without it, such a halt is refused: a mistyped name halts nothing)")
 
     _add_audit_command(commands)
     _add_reconcile_command(commands)
@@ -344,6 +354,19 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                       help="tokens (default: users sign in) or none (everybody is admin; "
                       "loopback only, as the gateway's --auth none)")
     desk.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
+    portfolio = commands.add_parser(
+        "portfolio",
+        help="print an account's holdings, value and P&L (StreamPortfolio)",
+        description="Open StreamPortfolio for one account and print its snapshot: each "
+        "holding's quantity, average cost, last price, market value and unrealized P&L in "
+        "its currency, the totals, and the alerts in force. With --follow, every update "
+        "after it too, until Ctrl-C. Exit 0, or 2 when the call fails (an account with no "
+        "holdings or limits is NOT_FOUND).",
+    )
+    _add_target(portfolio)
+    portfolio.add_argument("--account", required=True, help="account id")
+    portfolio.add_argument("--follow", action="store_true",
+                           help="keep printing the updates (heartbeats are not printed)")
 
     status = commands.add_parser(
         "status",
@@ -365,7 +388,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                        help="an account the trader may use (repeat; '*' for every account)")
 
     commands_by_name = {"serve": serve, "order": order, "halt": halt, "status": status,
-                        "token": token}
+                        "portfolio": portfolio, "token": token}
     return parser, commands_by_name
 
 
@@ -375,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Subcommands ``serve``, ``order``, ``halt``, ``status`` and ``token``.
+        Subcommands ``serve``, ``order``, ``halt``, ``status``, ``portfolio``,
+        ``token``, ``audit``, ``reconcile`` and ``archive``.
         ``--target`` (and ``--token``, ``--tls-*``) default to their
         environment variables as read when the parser is built.
     """
@@ -409,7 +433,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser, commands = _build_parsers()
     args = parser.parse_args(argv)
-    if args.command in ("order", "halt", "status") and (args.tls_cert is None) != (
+    if args.command in ("order", "halt", "status", "portfolio") and (args.tls_cert is None) != (
             args.tls_key is None):
         commands[args.command].error("--tls-cert and --tls-key go together")
     if args.command == "token":
@@ -489,6 +513,7 @@ def build_halt_request(args: argparse.Namespace) -> risk_pb2.HaltRequest:
         reason=args.reason,
         ttl_seconds=args.ttl,
         requested_by=args.by,
+        only_if_known=not args.force,
     )
 
 
@@ -570,9 +595,18 @@ def _run_order(args: argparse.Namespace) -> int:
 
 
 def _run_halt(args: argparse.Namespace) -> int:
-    state = _call(args, "Halt", build_halt_request(args))
-    if isinstance(state, int):
-        return state
+    try:
+        state = _client(args).call("Halt", build_halt_request(args))
+    except ClientError as error:
+        if error.reason in ("UNKNOWN_ACCOUNT", "UNKNOWN_SYMBOL"):
+            what = "account" if error.reason == "UNKNOWN_ACCOUNT" else "symbol"
+            name = args.account if what == "account" else args.symbol
+            print(f"pretrade: warning: the gateway has never seen {what} {name!r}, so nothing "
+                  f"was halted; check the spelling, or add --force to halt it anyway",
+                  file=sys.stderr)
+        else:
+            print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
     assert isinstance(state, risk_pb2.HaltState)
     print(to_json(state) if args.json else format_halt_state(state))
     return EXIT_APPROVED
@@ -584,6 +618,31 @@ def _run_status(args: argparse.Namespace) -> int:
         return status
     assert isinstance(status, risk_pb2.ServerStatus)
     print(to_json(status) if args.json else format_status(status))
+    return EXIT_APPROVED
+
+
+def _run_portfolio(args: argparse.Namespace) -> int:
+    request = risk_pb2.PortfolioRequest(account_id=args.account)
+    updates = _client(args).stream("StreamPortfolio", request,
+                                   timeout=None if args.follow else RPC_TIMEOUT_SECONDS)
+    try:
+        for update in updates:
+            assert isinstance(update, risk_pb2.PortfolioUpdate)
+            if update.kind == risk_pb2.PORTFOLIO_UPDATE_KIND_HEARTBEAT:
+                continue
+            if args.json:
+                print(to_json(update, one_line=True), flush=True)
+            else:
+                print(format_portfolio(update) + ("\n" if args.follow else ""), flush=True)
+            if not args.follow:
+                break
+    except ClientError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_APPROVED
+    finally:
+        updates.close()
     return EXIT_APPROVED
 
 
@@ -730,6 +789,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                 print(f"pretrade: reading the audit archive failed: {error}".rstrip(),
                       file=sys.stderr)
                 return EXIT_FAILED
+        currencies = {} if args.json else _currencies(client, entries, settings.default_currency)
     except redis.RedisError as error:
         print(f"pretrade: reading the audit stream failed: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -737,10 +797,32 @@ def _run_audit(args: argparse.Namespace) -> int:
         client.close()
     if args.json:
         for entry_id, fields in entries:
-            print(json.dumps(entry_as_json(entry_id, fields), ensure_ascii=False))
+            print(json.dumps(audit_json(entry_as_json(entry_id, fields)), ensure_ascii=False))
     else:
-        print(format_audit_entries(entries))
+        print(format_audit_entries(entries, currencies))
     return EXIT_APPROVED
+
+
+def _currencies(client: redis.Redis, entries: Sequence[tuple[str, dict[str, str]]],
+                default: str) -> dict[str, str]:
+    """The currency of each symbol the entries name, from ``instrument:<SYM>`` (one round trip)."""
+    from pretrade.engine.text import is_currency_code, is_valid_id
+    from pretrade.state.schema import instrument_key
+
+    symbols = sorted({fields["symbol"] for _, fields in entries
+                      if is_valid_id(fields.get("symbol", "").encode())})
+    with client.pipeline(transaction=False) as pipe:
+        for symbol in symbols:
+            pipe.hget(instrument_key(symbol.encode()), "currency")
+        replies = pipe.execute(raise_on_error=False)
+    found = {}
+    for symbol, reply in zip(symbols, replies, strict=True):
+        if reply is None:
+            found[symbol] = default
+        elif isinstance(reply, bytes) and is_currency_code(reply):
+            found[symbol] = reply.decode()
+        # else unreadable: its prices are shown without a currency
+    return found
 
 
 def _add_reconcile_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -842,6 +924,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "archive": _run_archive,
     "desk": _run_desk,
     "status": _run_status,
+    "portfolio": _run_portfolio,
     "token": _run_token,
 }
 

@@ -2,20 +2,25 @@
 
 Pure functions of the reply messages (and of audit entries), so they are
 tested without a server. Money is fixed point (:mod:`pretrade.engine.fixedpoint`
-formats it); a duration may be shown as a float, money never.
+formats it: ``$6,891.00``, all four decimals when the sub-cent digits are not
+zero, ``$68.3378``); quantities have thousands separators; a duration may be
+shown as a float, money never. ``--json`` prints the raw integers instead
+(:func:`to_json`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
-from pretrade.engine.fixedpoint import format_notional, format_price
+from pretrade.engine.fixedpoint import format_money, format_quantity
 from pretrade.engine.names import names_of
 from pretrade.v1 import risk_pb2
 
@@ -84,8 +89,10 @@ def format_decision(decision: risk_pb2.Decision) -> str:
     -------
     str
         One ``label  value`` line each for order id, account, symbol,
-        verdict (``APPROVED`` or ``REJECTED``), notional (decimal, four
-        places) and latency (µs); then, for a rejection, one line per
+        verdict (``APPROVED`` or ``REJECTED``), notional (money in the
+        decision's currency: :func:`~pretrade.engine.fixedpoint.format_money`)
+        and latency (µs);
+        then, for a rejection, one line per
         failed check: its code without ``REJECT_CODE_`` and its message.
         No trailing newline.
 
@@ -93,12 +100,12 @@ def format_decision(decision: risk_pb2.Decision) -> str:
     --------
     >>> print(format_decision(risk_pb2.Decision(
     ...     order_id="o1", account_id="A1", symbol="AAPL", approved=True,
-    ...     notional=68337800, latency_ns=12300)))
+    ...     notional=68337800, latency_ns=12300, currency="USD")))
     order id  o1
     account   A1
     symbol    AAPL
     verdict   APPROVED
-    notional  6833.7800
+    notional  $6,833.78
     latency   12.3 µs
     """
     lines = _align(
@@ -107,7 +114,7 @@ def format_decision(decision: risk_pb2.Decision) -> str:
             ("account", _cell(decision.account_id)),
             ("symbol", _cell(decision.symbol)),
             ("verdict", "APPROVED" if decision.approved else "REJECTED"),
-            ("notional", format_notional(decision.notional)),
+            ("notional", format_money(decision.notional, decision.currency)),
             ("latency", _format_latency(decision.latency_ns)),
         ]
     )
@@ -160,6 +167,65 @@ def format_halt_state(state: risk_pb2.HaltState) -> str:
     return "\n".join(_align(rows))
 
 
+def _valued(holding: risk_pb2.Holding, units: int) -> str:
+    """A holding's figure that needs its last price: ``-`` when it has no valuation."""
+    if holding.valuation != risk_pb2.VALUATION_PRICED:
+        return "-"
+    return format_money(units, holding.currency)
+
+
+def format_portfolio(update: risk_pb2.PortfolioUpdate) -> str:
+    """A ``PortfolioUpdate`` as a person reads it: a header, holdings, totals, alerts.
+
+    Parameters
+    ----------
+    update : risk_pb2.PortfolioUpdate
+        A SNAPSHOT or UPDATE of ``StreamPortfolio``.
+
+    Returns
+    -------
+    str
+        ``ACCOUNT KIND #sequence at TIME``; a table of the holdings (SYMBOL,
+        QTY, AVG COST, LAST, MARKET VALUE, UNREALIZED, VALUATION), money in
+        each holding's currency; the totals (in their currency, bare amounts
+        when the holdings are in several); one line per alert. No trailing
+        newline.
+    """
+    kind = _label(risk_pb2.PortfolioUpdateKind, update.kind)
+    at = _utc_time(update.timestamp_unix_ns // 1_000_000)
+    lines = [f"{_cell(update.account_id)}  {kind} #{update.sequence} at {at}"]
+    if update.holdings:
+        rows = [("SYMBOL", "QTY", "AVG COST", "LAST", "MARKET VALUE", "UNREALIZED",
+                 "VALUATION")]
+        for holding in update.holdings:
+            rows.append((
+                _cell(holding.symbol), format_quantity(holding.quantity),
+                format_money(holding.average_cost, holding.currency) if holding.quantity
+                else "-",
+                _valued(holding, holding.last_price), _valued(holding, holding.market_value),
+                _valued(holding, holding.unrealized_pnl),
+                _label(risk_pb2.Valuation, holding.valuation) if holding.quantity
+                else "CLOSED"))
+        lines += _align(rows)
+    elif update.kind == risk_pb2.PORTFOLIO_UPDATE_KIND_SNAPSHOT:
+        lines.append("No holdings.")
+    if update.HasField("totals"):
+        totals = update.totals
+        money = totals.currency
+        lines.append(
+            f"totals  market value {format_money(totals.market_value, money)}, cost basis "
+            f"{format_money(totals.cost_basis, money)}, unrealized "
+            f"{format_money(totals.unrealized_pnl, money)}, realized "
+            f"{format_money(totals.realized_pnl, money)}"
+            + ("" if money else " (several currencies: not one amount)")
+            + f"; {_label(risk_pb2.Valuation, totals.valuation)}"
+            + (f", {format_quantity(totals.unvalued_holdings)} unvalued"
+               if totals.unvalued_holdings else ""))
+    for alert in update.alerts:
+        lines.append(f"alert  {_label(risk_pb2.AlertKind, alert.kind)}: {_cell(alert.message)}")
+    return "\n".join(lines)
+
+
 _STATUS_LABELS = {
     "sync_live": "sync live",
     "lag_ms": "lag",
@@ -188,7 +254,8 @@ def format_status(status: risk_pb2.ServerStatus) -> str:
     -------
     str
         Every field of the message, in its order: booleans as ``yes``/``no``,
-        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit. Fields
+        ``*_unix_ms`` as UTC times, other ``*_ms`` with their unit, counts
+        with thousands separators (``1,234,567``). Fields
         this client does not know by name still show, labelled by their
         name. No trailing newline.
     """
@@ -201,15 +268,86 @@ def format_status(status: risk_pb2.ServerStatus) -> str:
         elif field.name.endswith("_unix_ms") and isinstance(value, int):
             text = _utc_time(value)
         elif field.name.endswith("_ms") and isinstance(value, int):
-            text = f"{value} ms"
+            text = f"{format_quantity(value)} ms"
+        elif isinstance(value, int):
+            text = format_quantity(value)
         else:
             text = _cell(str(value))
         rows.append((label, text))
     return "\n".join(_align(rows))
 
 
-def to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
+#: Field types whose protobuf JSON is a string; pretrade's JSON writes them as numbers.
+_INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+                          FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
+                          FieldDescriptor.TYPE_SFIXED64})
+
+
+def json_object(message: Message) -> dict[str, Any]:
+    """A message as pretrade's one JSON dialect (every ``--json``).
+
+    ``google.protobuf.json_format`` with the proto's own field names
+    (``order_id``, not ``orderId``), every field present (zeros and false
+    too), enums by their full names (``SIDE_BUY``), and 64-bit integers as
+    JSON **numbers**, not strings: money stays an exact integer in 1/10,000
+    of the currency (a reader in JavaScript must parse them as big integers).
+    """
+    raw = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True)
+    return _numbers(message.DESCRIPTOR, raw)
+
+
+def _numbers(descriptor: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a message's dict) with its 64-bit integer fields, at any depth, as ints."""
+    for field in descriptor.fields:
+        value = raw.get(field.name)
+        if value is None:
+            continue
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            raw[field.name] = ([_numbers(field.message_type, item) for item in value]
+                               if isinstance(value, list) else _numbers(field.message_type, value))
+        elif field.type in _INT64_TYPES:
+            raw[field.name] = ([int(item) for item in value] if isinstance(value, list)
+                               else int(value))
+    return raw
+
+
+def to_json(message: Message, *, one_line: bool = False) -> str:
+    """:func:`json_object` as indented text, or as one line (a stream's JSON Lines)."""
+    return json.dumps(json_object(message), indent=None if one_line else 2,
+                      ensure_ascii=False)
+
+
+#: Audit row fields renamed to their AuditRecord / AuditDecision / AuditHalt names.
+_AUDIT_NAMES = {"ts": "ts_unix_ms", "expires_at": "expires_at_unix_ms"}
+#: Audit row fields holding an enum's short name, and the prefix of its full name.
+_AUDIT_ENUMS = {"side": "SIDE_", "order_type": "ORDER_TYPE_", "scope": "HALT_SCOPE_",
+                "mode": "HALT_MODE_"}
+
+
+def _named(value: str) -> bool:
+    """A short enum name (``BUY``); a number the contract does not name stays as it is."""
+    return bool(value) and not value.lstrip("-").isdigit()
+
+
+def audit_json(typed: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit entry (:func:`pretrade.audit.query.entry_as_json`) in the same dialect.
+
+    Flat, with the names of the ``AuditRecord`` fields (``ts_unix_ms``,
+    ``expires_at_unix_ms``), enums and reject codes by their full names
+    (``SIDE_BUY``, ``REJECT_CODE_BUYING_POWER``), integers as numbers; and
+    ``id``, ``pid``, ``event`` and ``verdict`` beside them.
+    """
+    out: dict[str, Any] = {}
+    for name, value in typed.items():
+        if name in _AUDIT_ENUMS and isinstance(value, str) and _named(value):
+            value = _AUDIT_ENUMS[name] + value
+        elif name == "codes" and isinstance(value, list):
+            value = ["REJECT_CODE_" + code if _named(code) else code for code in value if code]
+        out[_AUDIT_NAMES.get(name, name)] = value
+    if "verdict" in typed:
+        out["approved"] = typed["verdict"] == "APPROVED"
+    return out
 
 
 def _number(text: str | None) -> int | None:
@@ -223,16 +361,18 @@ def _utc_time_ms(unix_ms: int | None) -> str:
     return "?" if unix_ms is None else utc_time(unix_ms, milliseconds=True)
 
 
-def _audit_row(fields: dict[str, str]) -> tuple[str, ...]:
+def _audit_row(fields: dict[str, str], currencies: Mapping[str, str]) -> tuple[str, ...]:
     get = fields.get
     if get("event") == "decision":
-        price = _number(get("price"))
+        price, quantity = _number(get("price")), _number(get("quantity"))
+        currency = currencies.get(str(get("symbol")), "")
         at = ("MARKET" if get("order_type") == "MARKET"
-              else format_price(price) if price is not None else str(get("price")))
+              else format_money(price, currency) if price is not None else str(get("price")))
+        amount = format_quantity(quantity) if quantity is not None else str(get("quantity"))
         latency = _number(get("latency_ns"))
         event = str(get("verdict")) + (" (replayed)" if get("replayed") == "1" else "")
         return (event, str(get("account")), str(get("order_id")),
-                f"{get('side')} {get('quantity')} {get('symbol')} @ {at}",
+                f"{get('side')} {amount} {get('symbol')} @ {at}",
                 _format_latency(latency) if latency is not None else "?",
                 ", ".join(str(get("codes")).split(",")))
     mode, scope, expires = get("mode"), get("scope"), _number(get("expires_at"))
@@ -244,13 +384,17 @@ def _audit_row(fields: dict[str, str]) -> tuple[str, ...]:
             f"by {get('by') or 'unknown'} via {get('source')}", "", detail)
 
 
-def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
+def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]],
+                         currencies: Mapping[str, str] | None = None) -> str:
     """Audit entries as an aligned table, one line each.
 
     Parameters
     ----------
     entries : sequence of (str, dict)
         ``(stream id, fields)`` as :func:`pretrade.audit.query.read_audit` returns them.
+    currencies : mapping of str to str, optional
+        Each symbol's currency, for its prices (``$68.3378``); a symbol not
+        in it has its price without a currency.
 
     Returns
     -------
@@ -272,7 +416,7 @@ def format_audit_entries(entries: Sequence[tuple[str, dict[str, str]]]) -> str:
     for _, fields in entries:
         row = (_utc_time_ms(_number(fields.get("ts"))), str(fields.get("pid")),
                fields.get("principal", ""),
-               *_audit_row(fields))
+               *_audit_row(fields, currencies or {}))
         rows.append(tuple(_cell(cell) for cell in row))
     return "\n".join(_align(rows))
 

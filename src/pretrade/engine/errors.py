@@ -15,7 +15,29 @@ class PretradeError(Exception):
 
 
 class InvalidRequest(PretradeError):
-    """The request is malformed (missing ids, unspecified enums, bad ranges)."""
+    """The request is malformed (missing ids, unspecified enums, bad ranges).
+
+    ``field`` names the request field at fault (``account_id``), when one is:
+    the status's BadRequest detail carries it.
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FailedPrecondition(PretradeError):
+    """A well-formed request the current state refuses (halting a target never seen).
+
+    ``reason`` (``UNKNOWN_SYMBOL``) and ``metadata`` go into the status's
+    ErrorInfo detail, for programs to act on without reading the message.
+    """
+
+    def __init__(self, message: str, reason: str, metadata: dict[str, str] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 class NotFound(PretradeError):

@@ -29,8 +29,10 @@ __all__ = [
     "PRICE_DECIMALS",
     "PRICE_SCALE",
     "fits_int64",
+    "format_money",
     "format_notional",
     "format_price",
+    "format_quantity",
     "parse_price",
     "parse_quantity",
 ]
@@ -175,6 +177,66 @@ def format_notional(units: int) -> str:
         Decimal text with four decimal places, e.g. ``"6833.7800"`` for 100 x $68.3378.
     """
     return format_price(units)
+
+
+#: Currencies written with a symbol before the amount; any other code follows it.
+CURRENCY_SYMBOLS = {
+    "USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CNY": "CN¥", "INR": "₹", "KRW": "₩",
+    "CAD": "CA$", "AUD": "A$", "NZD": "NZ$", "HKD": "HK$", "SGD": "S$", "MXN": "MX$",
+    "BRL": "R$", "ILS": "₪",
+}
+#: Decimal places a person reads, unless digits past them are not zero.
+DISPLAY_DECIMALS = 2
+
+
+def format_money(units: int, currency: str = "") -> str:
+    """Money for a person: grouped thousands, two decimals, the currency's symbol.
+
+    Exact (integer arithmetic only). Two decimal places, unless the figure has
+    non-zero digits past the cent: then all four, so nothing is hidden.
+
+    Parameters
+    ----------
+    units : int
+        An amount in 1/10,000 of the currency.
+    currency : str
+        Its ISO 4217 code: ``USD`` and other common ones get their symbol
+        before the amount (:data:`CURRENCY_SYMBOLS`), any other code follows
+        it; ``""`` (unknown, or a sum over several currencies): the bare amount.
+
+    Examples
+    --------
+    >>> format_money(68_910_000, "USD")
+    '$6,891.00'
+    >>> format_money(683_378, "USD")
+    '$68.3378'
+    >>> format_money(-12_345_000, "CHF")
+    '-1,234.50 CHF'
+    >>> format_money(5_000, "")
+    '0.50'
+    """
+    if isinstance(units, bool):
+        raise TypeError("money units must be an int, not bool")
+    value = operator.index(units)
+    sign = "-" if value < 0 else ""
+    whole, fraction = divmod(abs(value), PRICE_SCALE)
+    hidden = PRICE_DECIMALS - DISPLAY_DECIMALS
+    if fraction % 10**hidden:
+        decimals = f"{fraction:0{PRICE_DECIMALS}d}"
+    else:
+        decimals = f"{fraction // 10**hidden:0{DISPLAY_DECIMALS}d}"
+    amount = f"{whole:,}.{decimals}"
+    symbol = CURRENCY_SYMBOLS.get(currency)
+    if symbol is not None:
+        return f"{sign}{symbol}{amount}"
+    return f"{sign}{amount} {currency}" if currency else f"{sign}{amount}"
+
+
+def format_quantity(quantity: int) -> str:
+    """A quantity for a person, thousands grouped: ``1234567`` gives ``'1,234,567'``."""
+    if isinstance(quantity, bool):
+        raise TypeError("a quantity must be an int, not bool")
+    return f"{operator.index(quantity):,}"
 
 
 def parse_quantity(text: str) -> int:

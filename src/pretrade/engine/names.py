@@ -15,7 +15,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 #: The prefix every value of each enum type carries in the contract.
 _PREFIXES: dict[str, str] = {
     "Side": "SIDE_", "OrderType": "ORDER_TYPE_", "HaltMode": "HALT_MODE_",
-    "HaltScope": "HALT_SCOPE_", "RejectCode": "REJECT_CODE_",
+    "HaltScope": "HALT_SCOPE_", "RejectCode": "REJECT_CODE_", "Valuation": "VALUATION_",
+    "AlertKind": "ALERT_KIND_", "PortfolioUpdateKind": "PORTFOLIO_UPDATE_KIND_",
 }
 
 

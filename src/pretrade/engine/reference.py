@@ -53,6 +53,7 @@ from pretrade._core.constants import (
 )
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
 from pretrade.engine.limits import REQUIRED_LIMITS, LimitKind, Limits
+from pretrade.engine.text import is_currency_code
 from pretrade.v1 import risk_pb2 as pb
 
 NS_PER_MS = 1_000_000
@@ -160,6 +161,7 @@ class RefInstrument:
     issuer_id: int = 0
     sector_id: int = 0
     short_restricted: bool = False
+    currency: str = ""        # ISO 4217; "" none given (no check reads it)
 
 
 @dataclass
@@ -915,16 +917,19 @@ class ReferenceBook:
     def set_instrument(
         self, symbol: bytes, *, known: bool, tick_size: int = 1, lot_size: int = 1,
         invalid: bool = False, issuer_id: int = 0, sector_id: int = 0,
-        short_restricted: bool = False,
+        short_restricted: bool = False, currency: str = "",
     ) -> None:
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(
                 f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        if currency and not is_currency_code(currency.encode("ascii", "replace")):
+            raise ValueError(f"a currency is three letters A-Z (ISO 4217), got {currency!r}")
         instrument = self._instrument(symbol)
         instrument.known, instrument.invalid = known, invalid
         instrument.tick_size, instrument.lot_size = tick_size, lot_size
         instrument.issuer_id, instrument.sector_id = issuer_id, sector_id
         instrument.short_restricted = short_restricted
+        instrument.currency = currency
 
 
     def set_last_price(self, symbol: bytes, price: int | None) -> None:

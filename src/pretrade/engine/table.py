@@ -283,6 +283,16 @@ def _check_room(target: Path, fd: int, size: int) -> None:
                 "max_accounts, or put table_path on a filesystem with room")
 
 
+#: The currency of an instrument whose ``instrument:<SYM>`` names none (the
+#: default_currency setting's default).
+DEFAULT_CURRENCY = "USD"
+
+
+def currency_of(table: PositionTable, symbol: bytes, default: str = DEFAULT_CURRENCY) -> str:
+    """The symbol's currency in the table, or ``default`` when its instrument names none."""
+    return table.instrument_currency(symbol) or default
+
+
 def new_private_table(*, memory: Residency = SPARSE,
                       **capacities: int) -> PositionTable:
     """A table in anonymous memory, for one process (tests, the reference checks).

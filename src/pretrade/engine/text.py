@@ -7,7 +7,8 @@ the tokens file and the portfolio stream:
   ``A-Z a-z 0-9 . _ / - + = # @ $ & ! ~ ^``: no braces (they delimit the
   Redis Cluster hash tag), no colons (they separate key parts), no spaces;
 * a **tag** (venue, counterparty) and an **order id** are printable ASCII
-  without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``.
+  without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``;
+* a **currency** is an ISO 4217 code: three ASCII letters ``A-Z``.
 
 The lengths are the compiled core's (:mod:`pretrade._core.constants`).
 Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
@@ -26,6 +27,7 @@ QUOTED_CHARACTERS = 64
 
 ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,%d}" % MAX_ID_LENGTH)
 TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TAG_LENGTH)
+CURRENCY_PATTERN = re.compile(rb"[A-Z]{3}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -57,14 +59,19 @@ def is_valid_tag(value: bytes) -> bool:
     return TAG_PATTERN.fullmatch(value) is not None
 
 
+def is_currency_code(value: bytes) -> bool:
+    """True for an ISO 4217 code as the table stores it: three ASCII letters A-Z."""
+    return CURRENCY_PATTERN.fullmatch(value) is not None
+
+
 def require_id(text: str, field: str) -> bytes:
     """``text`` as the bytes of a valid id, or :class:`InvalidRequest` naming ``field``."""
     if not text:
-        raise InvalidRequest(f"{field} is required")
+        raise InvalidRequest(f"{field} is required", field)
     raw = text.encode("utf-8")
     if not is_valid_id(raw):
         raise InvalidRequest(f"{field} {quoted(text)} is not a valid id (1 to {MAX_ID_LENGTH} "
-                             "characters of A-Z a-z 0-9 . _ / - and a few symbols)")
+                             "characters of A-Z a-z 0-9 . _ / - and a few symbols)", field)
     return raw
 
 
@@ -76,11 +83,11 @@ def require_printable(text: str, field: str, longest: int, *, required: bool) ->
     """
     if not text:
         if required:
-            raise InvalidRequest(f"{field} is required")
+            raise InvalidRequest(f"{field} is required", field)
         return b""
     if len(text) > longest or not _PRINTABLE.fullmatch(text):
         raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
-                             f"without spaces, got {quoted(text)}")
+                             f"without spaces, got {quoted(text)}", field)
     return text.encode("ascii")
 
 

@@ -30,7 +30,7 @@ from pretrade._core import PositionTable, TableFullError
 from pretrade._core.constants import AUTO_HALT_LOSS_LIMIT, DEFAULT_REJECT_WINDOW_MS
 from pretrade.audit.entries import SOURCE_BREAKER, SOURCE_REDIS, SOURCE_RPC
 from pretrade.audit.trail import AuditTrail
-from pretrade.engine.errors import InvalidRequest
+from pretrade.engine.errors import FailedPrecondition, InvalidRequest
 from pretrade.engine.fixedpoint import format_notional
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.text import clipped, require_id
@@ -118,6 +118,27 @@ class HaltBook:
         for scope, target in before - set(self._halts):
             self._notify(scope, target, 0, "")
 
+    def require_known(self, scope: int, target: bytes) -> None:
+        """FailedPrecondition unless the table knows the account or symbol (GLOBAL: always).
+
+        Known as the order checks know it: an account with holdings or limits
+        (what StreamPortfolio serves), a symbol with ``instrument:<SYM>``.
+        """
+        table = self.table or self.shared
+        if scope == pb.HALT_SCOPE_GLOBAL or table is None:
+            return
+        account = scope == pb.HALT_SCOPE_ACCOUNT
+        info = table.account_info(target) if account else table.instrument_info(target)
+        if info and info["known"]:
+            return
+        what = "account" if account else "symbol"
+        has = "no holdings or limits" if account else "no instrument:<SYM> reference data"
+        raise FailedPrecondition(
+            f"pretrade has never seen {what} {target.decode(errors='replace')!r} ({has}): "
+            "check the spelling, or halt it anyway (only_if_known false, `pretrade halt "
+            "--force`)", reason=f"UNKNOWN_{what.upper()}",
+            metadata={what: target.decode(errors="replace")})
+
     def snapshot(self) -> pb.HaltState:
         """Every halt in force, globally first, then accounts, then symbols."""
         ordered = sorted(self._halts.values(), key=lambda r: (r.scope, r.target))
@@ -146,30 +167,32 @@ def validate_halt_request(request: pb.HaltRequest) -> tuple[int, bytes]:
     """Check a HaltRequest; return ``(scope, target)`` or raise InvalidRequest."""
     if request.scope == pb.HALT_SCOPE_GLOBAL:
         if request.account_id or request.symbol:
-            raise InvalidRequest("a GLOBAL halt takes neither account_id nor symbol")
+            raise InvalidRequest("a GLOBAL halt takes neither account_id nor symbol",
+                                 "account_id" if request.account_id else "symbol")
         target = b""
     elif request.scope == pb.HALT_SCOPE_ACCOUNT:
         if request.symbol:
-            raise InvalidRequest("an ACCOUNT halt takes account_id, not symbol")
+            raise InvalidRequest("an ACCOUNT halt takes account_id, not symbol", "symbol")
         target = require_id(request.account_id, "account_id")
     elif request.scope == pb.HALT_SCOPE_SYMBOL:
         if request.account_id:
-            raise InvalidRequest("a SYMBOL halt takes symbol, not account_id")
+            raise InvalidRequest("a SYMBOL halt takes symbol, not account_id", "account_id")
         target = require_id(request.symbol, "symbol")
     else:
         raise InvalidRequest("scope must be HALT_SCOPE_GLOBAL, HALT_SCOPE_ACCOUNT or "
-                             f"HALT_SCOPE_SYMBOL, got {request.scope}")
+                             f"HALT_SCOPE_SYMBOL, got {request.scope}", "scope")
     if request.mode not in (pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED):
         raise InvalidRequest("mode must be HALT_MODE_ACTIVE, HALT_MODE_REDUCE_ONLY or "
-                             f"HALT_MODE_HALTED, got {request.mode}")
+                             f"HALT_MODE_HALTED, got {request.mode}", "mode")
     if request.mode != pb.HALT_MODE_ACTIVE and not request.reason.strip():
-        raise InvalidRequest("a halt needs a reason")
+        raise InvalidRequest("a halt needs a reason", "reason")
     if len(request.reason) > MAX_REASON_LENGTH or len(request.requested_by) > MAX_REASON_LENGTH:
         raise InvalidRequest(f"reason and requested_by are limited to {MAX_REASON_LENGTH} "
-                             "characters")
+                             "characters", "reason" if len(request.reason) > MAX_REASON_LENGTH
+                             else "requested_by")
     if not 0 <= request.ttl_seconds <= MAX_HALT_SECONDS:
         raise InvalidRequest(f"ttl_seconds must be 0 (no expiry) to {MAX_HALT_SECONDS}, "
-                             f"got {request.ttl_seconds}")
+                             f"got {request.ttl_seconds}", "ttl_seconds")
     return request.scope, target
 
 
@@ -192,6 +215,8 @@ async def write_halt(client: aioredis.Redis, book: HaltBook, request: pb.HaltReq
     ``principal`` names the authenticated caller, for the audit entry.
     """
     scope, target = validate_halt_request(request)
+    if request.only_if_known and request.mode != pb.HALT_MODE_ACTIVE:
+        book.require_known(scope, target)
     key = halt_key(scope, target)
     by = request.requested_by.strip() or default_by
     if request.mode == pb.HALT_MODE_ACTIVE:

@@ -32,7 +32,8 @@ from pretrade.v1 import risk_pb2 as pb
 ACCOUNT_FIELDS = ("known", "invalid", "halt_mode", "limits", "cash", "credit_line",
                   "realized_pnl", "working_orders")
 #: The instrument fields compared (PositionTable.instrument_info).
-INSTRUMENT_FIELDS = ("known", "invalid", "last_price", "tick_size", "lot_size", "halt_mode")
+INSTRUMENT_FIELDS = ("known", "invalid", "last_price", "tick_size", "lot_size", "halt_mode",
+                     "currency")
 
 
 @dataclass(frozen=True)

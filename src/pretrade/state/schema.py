@@ -22,7 +22,7 @@ from pretrade._core.constants import RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
 from pretrade._core.lots import sum_lots
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
-from pretrade.engine.text import is_valid_id, is_valid_tag, quoted
+from pretrade.engine.text import is_currency_code, is_valid_id, is_valid_tag, quoted
 from pretrade.v1 import risk_pb2 as pb
 
 TICKERS_BY_LOT = b"tickers_by_lot:"
@@ -407,15 +407,24 @@ class InstrumentRef:
     lot_size: int = 1
     issuer: str = ""
     sector: str = ""
+    #: ISO 4217 code; "" when the hash has none (readers use default_currency).
     currency: str = ""
 
 
 def parse_instrument(fields: Mapping[bytes, bytes]) -> InstrumentRef:
-    """Parse an ``instrument:<SYM>`` hash; tick and lot size default to 1."""
+    """Parse an ``instrument:<SYM>`` hash; tick and lot size default to 1.
+
+    ``currency``, when present, must be three ASCII letters A-Z (ISO 4217):
+    anything else makes the instrument unreadable, like a bad tick size.
+    """
     tick = parse_int64(fields.get(b"tick_size", b"1"), "tick_size")
     lot = parse_int64(fields.get(b"lot_size", b"1"), "lot_size")
     if tick <= 0 or lot <= 0:
         raise StateError(f"tick_size and lot_size must be positive, got {tick} and {lot}")
+    currency = fields.get(b"currency")
+    if currency is not None and not is_currency_code(currency):
+        raise StateError(f"currency {quoted(currency)} is not an ISO 4217 code (three "
+                         "letters A-Z, e.g. USD)")
 
     def text(name: bytes) -> str:
         return fields.get(name, b"").decode("utf-8", errors="replace")

@@ -90,7 +90,7 @@ class SyncListener(Protocol):
         """An account's positions ``{symbol: (quantity, cost_basis)}`` or P&L changed."""
 
     def price_changed(self, symbol: bytes, price: int | None) -> None:
-        """A symbol's last price changed (None: it has none now)."""
+        """A symbol's last price changed (None: it has none now), or its currency did."""
 
     def account_invalid(self, account: bytes, invalid: bool) -> None:
         """An account's state in Redis stopped parsing (True) or parses again (False)."""
@@ -913,16 +913,26 @@ class RedisSync:
 
     def _publish_instrument(self, symbol: bytes, invalid: bool = False) -> None:
         reference = self.instruments[symbol]
+        before = self.table.instrument_info(symbol)
         try:
             self.table.set_instrument(
                 symbol, known=True, invalid=invalid, tick_size=reference.tick_size,
                 lot_size=reference.lot_size,
                 issuer_id=self._intern(self.issuer_ids, reference.issuer),
                 sector_id=self._intern(self.sector_ids, reference.sector),
-                short_restricted=symbol in self.restricted or self.restricted_unreadable)
+                short_restricted=symbol in self.restricted or self.restricted_unreadable,
+                currency=reference.currency)
         except TableFullError as error:
             self._does_not_fit("instrument", symbol, error)
             return
+        self._currency_changed(symbol, before, reference.currency)
+
+    def _currency_changed(self, symbol: bytes, before: dict[str, Any] | None,
+                          currency: str) -> None:
+        """Holdings carry their instrument's currency: a new one is told like a price."""
+        if before is not None and before["currency"] != currency:
+            for listener in self.listeners:
+                listener.price_changed(symbol, before["last_price"])
         if self.over_capacity.pop(("instrument", symbol), None) is not None:
             log.warning("instrument %s fits in the table again",
                         symbol.decode(errors="replace"))
@@ -938,8 +948,10 @@ class RedisSync:
                 if not fields:
                     self.instruments.pop(symbol, None)
                     self.over_capacity.pop(("instrument", symbol), None)
-                    if self.table.instrument_info(symbol) is not None:
+                    before = self.table.instrument_info(symbol)
+                    if before is not None:
                         self.table.set_instrument(symbol, known=False)
+                        self._currency_changed(symbol, before, "")
                     continue
                 self.instruments[symbol] = parse_instrument(fields)
                 self._publish_instrument(symbol)

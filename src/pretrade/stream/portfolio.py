@@ -65,6 +65,7 @@ from pretrade.engine.errors import InvalidRequest, NotFound, Unavailable
 from pretrade.engine.fixedpoint import average_cost, fits_int64
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
+from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.v1 import risk_pb2 as pb
 
 log = logging.getLogger("pretrade.portfolio")
@@ -95,7 +96,8 @@ _STREAMED_HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT))
 def requested_heartbeat(milliseconds: int) -> float | None:
     """Seconds between heartbeats a PortfolioRequest asks for (None: the server default)."""
     if milliseconds < 0:
-        raise InvalidRequest(f"heartbeat_interval_ms must be >= 0, got {milliseconds}")
+        raise InvalidRequest(f"heartbeat_interval_ms must be >= 0, got {milliseconds}",
+                             "heartbeat_interval_ms")
     if milliseconds == 0:
         return None
     return min(max(milliseconds, MIN_HEARTBEAT_MS), MAX_HEARTBEAT_MS) / 1000
@@ -308,12 +310,17 @@ class PortfolioHub:
     heartbeat_interval
         Seconds of silence before a stream sends a HEARTBEAT, unless the
         request asks for another interval.
+    default_currency
+        Holding.currency of a symbol whose instrument names no currency (the
+        table's InstrumentRecord.currency is 0).
     """
 
     def __init__(self, table: PositionTable, ready: asyncio.Event, *,
                  heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS,
-                 ready_timeout: float = READY_TIMEOUT_SECONDS) -> None:
+                 ready_timeout: float = READY_TIMEOUT_SECONDS,
+                 default_currency: str = DEFAULT_CURRENCY) -> None:
         self.table = table
+        self.default_currency = default_currency
         self.ready = ready
         self.heartbeat_interval = heartbeat_interval
         self.ready_timeout = ready_timeout
@@ -344,14 +351,14 @@ class PortfolioHub:
     # -- LISTENER CALLBACKS (O(subscribers concerned), never block) --
 
     def price_changed(self, symbol: bytes, price: int | None) -> None:
-        """SyncListener: a symbol's last price changed."""
+        """SyncListener: a symbol's last price (or its currency) changed."""
+        unchanged = self.prices.get(symbol) == price
         if price is None:
-            if self.prices.pop(symbol, None) is None:
-                return
-        elif self.prices.get(symbol) == price:
-            return
+            self.prices.pop(symbol, None)
         else:
             self.prices[symbol] = price
+        if unchanged and not self._currency_moved(symbol):
+            return
         for subscriber in self.holders.get(symbol, ()):
             state = subscriber.state
             state.holdings.pop(symbol, None)
@@ -427,6 +434,17 @@ class PortfolioHub:
         for state in states:
             for subscriber in state.subscribers:
                 subscriber.note_alert((b"", scope), alert)
+
+    def currency_of(self, symbol: bytes) -> str:
+        """The symbol's currency in the table, or ``default_currency`` when it names none."""
+        return currency_of(self.table, symbol, self.default_currency)
+
+    def _currency_moved(self, symbol: bytes) -> bool:
+        """A held symbol's cached holdings carry another currency than the table's now."""
+        holdings = [subscriber.state.holdings.get(symbol)
+                    for subscriber in self.holders.get(symbol, ())]
+        built = {holding.currency for holding in holdings if holding is not None}
+        return bool(built) and built != {self.currency_of(symbol)}
 
     # -- STREAMS --
 
@@ -567,7 +585,7 @@ class PortfolioHub:
         if cached is None:
             quantity, cost_basis = state.positions.get(symbol, (0, 0))
             cached = state.holdings[symbol] = value_holding(
-                symbol, quantity, cost_basis, self.prices.get(symbol))
+                symbol, quantity, cost_basis, self.prices.get(symbol), self.currency_of(symbol))
         return cached
 
     def _totals(self, state: AccountState) -> pb.PortfolioTotals:
@@ -578,7 +596,7 @@ class PortfolioHub:
             else:
                 state.totals = sum_totals(
                     [self._holding(state, symbol) for symbol in state.positions],
-                    state.realized)
+                    state.realized, self.default_currency)
         return state.totals
 
     # -- ALERTS --
@@ -597,13 +615,13 @@ class PortfolioHub:
         return alerts
 
 
-def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None
-                  ) -> pb.Holding:
+def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None,
+                  currency: str = DEFAULT_CURRENCY) -> pb.Holding:
     """One holding valued at ``price`` (None: no last price; quantity 0: closed)."""
     if quantity == 0:
-        return pb.Holding(symbol=symbol.decode())
+        return pb.Holding(symbol=symbol.decode(), currency=currency)
     holding = pb.Holding(symbol=symbol.decode(), quantity=quantity, cost_basis=cost_basis,
-                         average_cost=average_cost(quantity, cost_basis))
+                         average_cost=average_cost(quantity, cost_basis), currency=currency)
     if price is None:
         holding.valuation = pb.VALUATION_NO_PRICE
         return holding
@@ -619,24 +637,34 @@ def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | No
     return holding
 
 
-def sum_totals(holdings: Iterable[pb.Holding], realized_pnl: int) -> pb.PortfolioTotals:
-    """Totals over the holdings; unpriced ones are counted, not valued at 0 silently."""
+def sum_totals(holdings: Iterable[pb.Holding], realized_pnl: int,
+               default_currency: str = DEFAULT_CURRENCY) -> pb.PortfolioTotals:
+    """Totals over the holdings; unpriced ones are counted, not valued at 0 silently.
+
+    Their currency is the holdings' one, ``default_currency`` with no
+    holdings, and empty when the holdings are in several.
+    """
     market_value = cost_basis = unrealized = 0
     unvalued = 0
+    currencies: set[str] = set()
     for holding in holdings:
+        currencies.add(holding.currency)
         cost_basis += holding.cost_basis
         if holding.valuation == pb.VALUATION_PRICED:
             market_value += holding.market_value
             unrealized += holding.unrealized_pnl
         else:
             unvalued += 1
+    currency = default_currency if not currencies else \
+        currencies.pop() if len(currencies) == 1 else ""
     if not (fits_int64(market_value) and fits_int64(cost_basis) and fits_int64(unrealized)):
         return pb.PortfolioTotals(realized_pnl=realized_pnl, unvalued_holdings=unvalued,
-                                  valuation=pb.VALUATION_OVERFLOW)
+                                  valuation=pb.VALUATION_OVERFLOW, currency=currency)
     return pb.PortfolioTotals(
         market_value=market_value, cost_basis=cost_basis, unrealized_pnl=unrealized,
         realized_pnl=realized_pnl, unvalued_holdings=unvalued,
-        valuation=pb.VALUATION_PRICED if unvalued == 0 else pb.VALUATION_NO_PRICE)
+        valuation=pb.VALUATION_PRICED if unvalued == 0 else pb.VALUATION_NO_PRICE,
+        currency=currency)
 
 
 def position_breaches(positions: Mapping[bytes, Position], limits: Mapping[int, int]

@@ -229,7 +229,7 @@ class Rejection(_message.Message):
     def __init__(self, code: _Optional[_Union[RejectCode, str]] = ..., message: _Optional[str] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("order_id", "approved", "rejections", "latency_ns", "account_id", "symbol", "notional", "replayed")
+    __slots__ = ("order_id", "approved", "rejections", "latency_ns", "account_id", "symbol", "notional", "replayed", "currency")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,7 @@ class Decision(_message.Message):
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     NOTIONAL_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     approved: bool
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
@@ -246,10 +247,11 @@ class Decision(_message.Message):
     symbol: str
     notional: int
     replayed: bool
-    def __init__(self, order_id: _Optional[str] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., latency_ns: _Optional[int] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., notional: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    currency: str
+    def __init__(self, order_id: _Optional[str] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., latency_ns: _Optional[int] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., notional: _Optional[int] = ..., replayed: _Optional[bool] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class HaltRequest(_message.Message):
-    __slots__ = ("scope", "account_id", "symbol", "mode", "reason", "ttl_seconds", "requested_by")
+    __slots__ = ("scope", "account_id", "symbol", "mode", "reason", "ttl_seconds", "requested_by", "only_if_known")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +259,7 @@ class HaltRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IF_KNOWN_FIELD_NUMBER: _ClassVar[int]
     scope: HaltScope
     account_id: str
     symbol: str
@@ -264,7 +267,8 @@ class HaltRequest(_message.Message):
     reason: str
     ttl_seconds: int
     requested_by: str
-    def __init__(self, scope: _Optional[_Union[HaltScope, str]] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., mode: _Optional[_Union[HaltMode, str]] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    only_if_known: bool
+    def __init__(self, scope: _Optional[_Union[HaltScope, str]] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., mode: _Optional[_Union[HaltMode, str]] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., only_if_known: _Optional[bool] = ...) -> None: ...
 
 class Halt(_message.Message):
     __slots__ = ("scope", "target", "mode", "reason", "halted_by", "halted_at_unix_ms", "expires_at_unix_ms")
