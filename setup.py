@@ -35,7 +35,9 @@ directives = {
     "cdivision": True,
 }
 macros = []
-cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
+# Release builds carry no debug information (-g0 overrides the -g of Python's
+# own flags): it cost 15% of the compile, which is most of a fresh `make serve`.
+cflags = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 if DEBUG:
     directives["linetrace"] = True
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
@@ -49,7 +51,9 @@ extensions = [
         extra_compile_args=cflags + ["-Wno-unused-function"],
         libraries=["pthread"],
     )
-    for pyx in sorted(CORE.glob("*.pyx"))
+    # Largest first: with --parallel, positions (two thirds of the C) starts
+    # at once and the others compile beside it.
+    for pyx in sorted(CORE.glob("*.pyx"), key=lambda path: -path.stat().st_size)
 ]
 
 setup(
