@@ -27,6 +27,10 @@ SKIP_CORE = os.environ.get("PRETRADE_SKIP_CORE") == "1"
 directives = {
     "language_level": 3,
     "embedsignature": True,
+    # Methods as plain builtin methods, not introspectable function objects:
+    # nothing here needs their __signature__ (embedsignature puts it in the
+    # docstring), and the extra code cost a fifth of positions.c's compile.
+    "binding": False,
     # Release builds: the .pyx files turn bounds checks off per function,
     # only where a test covers the bounds.
     "boundscheck": DEBUG,
@@ -56,6 +60,14 @@ extensions = [
     for pyx in sorted(CORE.glob("*.pyx"), key=lambda path: -path.stat().st_size)
 ]
 
+def _directives_changed() -> bool:
+    """Whether this file changed since the C was generated: cythonize only
+    compares the .pyx with its .c, so new directives would otherwise not apply."""
+    built = [pyx.with_suffix(".c") for pyx in CORE.glob("*.pyx")]
+    this = Path(__file__).stat().st_mtime
+    return any(c.exists() and c.stat().st_mtime < this for c in built)
+
+
 setup(
     ext_modules=[] if SKIP_CORE else cythonize(
         extensions,
@@ -63,5 +75,6 @@ setup(
         compiler_directives=directives,
         annotate=DEBUG,
         nthreads=os.cpu_count() or 1,
+        force=_directives_changed(),
     ),
 )
