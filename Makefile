@@ -42,11 +42,13 @@ $(TOOLS): $(LOCK)
 	touch "$@"
 
 # The editable install does not compile the core (PRETRADE_SKIP_CORE=1):
-# `make build` does, once. Re-run whenever the dependencies, the lock or the
+# `make build` does, once. It builds with the virtualenv's own Cython and
+# setuptools (the build tools above) instead of a throwaway copy of them.
+# Re-run whenever the dependencies, the lock or the
 # build script change.
 $(STAMP): pyproject.toml setup.py $(TOOLS)
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
-		--constraints "$(LOCK)" -e '.[dev]'
+		--no-build-isolation --constraints "$(LOCK)" -e '.[dev]'
 	touch "$@"
 
 # Installs (when needed) and compiles at the same time, on two jobs.
