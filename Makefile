@@ -14,13 +14,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := .ci/constraints.txt
 TOOLS := $(VENV)/.build-tools
+RUNTIME := $(VENV)/.installed-runtime
 UV_VERSION := 0.13.9
 UV := $(VENV)/.uv/bin/uv
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CORE_PYX := $(wildcard ext/pretrade/_core/*.pyx)
 
 .DEFAULT_GOAL := help
-.PHONY: help install build compile lock serve test bench lint proto architecture clean
+.PHONY: help install build runtime compile lock serve test bench lint proto architecture clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTHON=python3] [VENV=.venv] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -44,16 +45,27 @@ $(TOOLS): $(LOCK)
 # The editable install does not compile the core (PRETRADE_SKIP_CORE=1):
 # `make build` does, once. It builds with the virtualenv's own Cython and
 # setuptools (the build tools above) instead of a throwaway copy of them.
-# Re-run whenever the dependencies, the lock or the
+# `make serve` needs only what serving imports ($(RUNTIME)); the tests, the
+# linters and the benchmarks need the dev extras too ($(STAMP), which
+# includes the runtime). Re-run whenever the dependencies, the lock or the
 # build script change.
+$(RUNTIME): pyproject.toml setup.py $(TOOLS)
+	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
+		--no-build-isolation --constraints "$(LOCK)" -e .
+	touch "$@"
+
 $(STAMP): pyproject.toml setup.py $(TOOLS)
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
 		--no-build-isolation --constraints "$(LOCK)" -e '.[dev]'
-	touch "$@"
+	touch "$(RUNTIME)" "$@"
 
 # Installs (when needed) and compiles at the same time, on two jobs.
-build: ## Install, and compile the Cython core in place (PRETRADE_DEBUG=1 for a debug build)
+build: ## Install pretrade[dev], and compile the Cython core in place (PRETRADE_DEBUG=1: debug build)
 	@$(MAKE) --no-print-directory -j2 $(STAMP) compile
+
+# What `make serve` needs, the same way: the runtime dependencies and the core.
+runtime:
+	@$(MAKE) --no-print-directory -j2 $(RUNTIME) compile
 
 # Cheap when nothing changed: cythonize and setuptools skip up-to-date files,
 # so the in-place .so always matches the .pyx/.pxd sources. The modules
@@ -67,7 +79,7 @@ lock: ## Re-resolve .ci/constraints.txt, the exact versions a fresh clone and CI
 
 # Local development: plaintext and no tokens, on the loopback address only
 # (README, "Access control", says how to run it properly).
-serve: build ## Run the gateway, demo book, audit archiver and risk desk on http://127.0.0.1:8080/
+serve: runtime ## Run the gateway, demo book, audit archiver and risk desk on http://127.0.0.1:8080/
 	"$(BIN)/pretrade" serve --demo --insecure --auth none --archive --desk 127.0.0.1:8080
 
 test: build ## Run the test suite, then the benchmarks once with timing off (so they cannot rot)

@@ -81,6 +81,10 @@ def main() -> int:
                 continue
             print(f"  {at - previous:6.1f} s  {name}")
             previous = at
+        installed = next((t for t, line in stamped if '.venv/.installed-runtime' in line), None)
+        if installed is not None:
+            print(f"  (the dependencies were in at {installed:.1f} s; the rest of that phase "
+                  "is the core's compile)")
         print(f"  {stamped[-1][0]:6.1f} s  total, to the banner")
     return 0
 
