@@ -1,6 +1,7 @@
 # cython: freethreading_compatible = False
 """The memory-mapped position table (see positions.pxd for the C surface)."""
 
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strncmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -269,6 +270,22 @@ cdef int _check_halt_mode(int mode) except -1:
     return L.HALT_NONE if mode == L.HALT_MODE_ACTIVE else mode
 
 
+cdef char* _writable_bytes(object view, uint64_t* size) except NULL:
+    """The address and length of ``view``'s bytes, which must be writable and
+    contiguous. ``view`` is a builtin memoryview the caller keeps: its export
+    of the mapping is what keeps the address valid (an mmap cannot close or
+    resize while exported). The buffer protocol is used directly, not a typed
+    memoryview, whose support code was a seventh of this module's C."""
+    cdef Py_buffer pb
+    PyObject_GetBuffer(view, &pb, PyBUF_WRITABLE)
+    cdef char* base = <char*>pb.buf
+    size[0] = <uint64_t>pb.len
+    PyBuffer_Release(&pb)
+    if base == NULL:
+        raise ValueError("the table buffer is empty")
+    return base
+
+
 cdef class PositionTable:
     """Accounts, instruments, positions, limits and halts in a mapped buffer.
 
@@ -321,10 +338,11 @@ cdef class PositionTable:
             plan.max_orders_per_account = max_orders_per_account
         plan.order_expiry_ns = order_expiry_ms * 1_000_000
         cdef PositionTable table = PositionTable.__new__(PositionTable)
-        cdef unsigned char[::1] view = buffer
-        if <uint64_t>view.shape[0] < plan.total_size:
-            raise ValueError(f"buffer holds {view.shape[0]} bytes, the table needs {plan.total_size}")
-        cdef char* base = <char*>&view[0]
+        cdef object view = memoryview(buffer)
+        cdef uint64_t size = 0
+        cdef char* base = _writable_bytes(view, &size)
+        if size < plan.total_size:
+            raise ValueError(f"buffer holds {size} bytes, the table needs {plan.total_size}")
         if not assume_zeroed:
             memset(base, 0, plan.total_size)
         memcpy(base, &plan, sizeof(L.TableHeader))
@@ -341,10 +359,12 @@ cdef class PositionTable:
     @staticmethod
     def attach(buffer):
         """Map a table that another process formatted; refuse a foreign layout."""
-        cdef unsigned char[::1] view = buffer
-        if <size_t>view.shape[0] < sizeof(L.TableHeader):
+        cdef object view = memoryview(buffer)
+        cdef uint64_t size = 0
+        cdef char* base = _writable_bytes(view, &size)
+        if size < sizeof(L.TableHeader):
             raise TableLayoutError("buffer is smaller than a table header")
-        cdef L.TableHeader* h = <L.TableHeader*>&view[0]
+        cdef L.TableHeader* h = <L.TableHeader*>base
         if h.magic != L.TABLE_MAGIC or h.layout_version != L.LAYOUT_VERSION:
             raise TableLayoutError("not a pretrade table of layout version %d" % L.LAYOUT_VERSION)
         cdef L.TableHeader plan
@@ -355,16 +375,16 @@ cdef class PositionTable:
                 or h.position_size != plan.position_size
                 or h.override_size != plan.override_size or h.lock_stride != plan.lock_stride
                 or h.order_size != plan.order_size or h.activity_size != plan.activity_size
-                or h.total_size != plan.total_size or <uint64_t>view.shape[0] < plan.total_size):
+                or h.total_size != plan.total_size or size < plan.total_size):
             raise TableLayoutError("table record sizes differ from this build's layout")
         cdef PositionTable table = PositionTable.__new__(PositionTable)
         table._bind(view)
         return table
 
     cdef void _bind(self, object view) except *:
-        cdef unsigned char[::1] v = view
+        cdef uint64_t size = 0
+        self.base = _writable_bytes(view, &size)
         self._buffer = view
-        self.base = <char*>&v[0]
         self.header = <L.TableHeader*>self.base
         self.accounts = <L.AccountRecord*>(self.base + self.header.accounts_offset)
         self.instruments = <L.InstrumentRecord*>(self.base + self.header.instruments_offset)
