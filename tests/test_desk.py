@@ -358,6 +358,9 @@ def test_the_desk_calls_the_servers_own_address_unless_told_otherwise():
     assert gateway_target(Settings(listen="0.0.0.0:50051")) == "127.0.0.1:50051"
     assert gateway_target(Settings(listen="[::]:7000")) == "[::1]:7000"
     assert gateway_target(Settings(desk_gateway="gw.example:443")) == "gw.example:443"
+    # With streams on an address of their own, the desk calls that one: it streams.
+    assert gateway_target(Settings(listen="127.0.0.1:50051",
+                                   stream_listen="0.0.0.0:50052")) == "127.0.0.1:50052"
 
 
 def test_a_bounded_audit_read_stops_after_its_rows_and_keeps_to_the_accounts_given(

@@ -53,6 +53,8 @@ _STATUS: dict[type[PretradeError], grpc.StatusCode] = {
 ERROR_DOMAIN = "pretrade.dev"
 #: ErrorInfo.reason of a call refused because its class of calls is at its budget.
 TOO_MANY_CALLS = "TOO_MANY_CALLS"
+#: ErrorInfo.reason of a call refused because another address serves its class of calls.
+SERVED_ELSEWHERE = "SERVED_ELSEWHERE"
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 

@@ -86,9 +86,11 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_read_calls", "shutdown_grace_ms", "audit_retain_ms",
                          "audit_queue_size", "archive_claim_idle_ms", "log_rate_limit",
                          "keepalive_time_ms", "keepalive_timeout_ms",
-                         "keepalive_min_ping_interval_ms"})
+                         "keepalive_min_ping_interval_ms", "stream_workers"})
 # Integers where 0 means "off".
-_COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
+_COUNT_FIELDS = frozenset({"reconcile_interval_seconds", "stream_nice"})
+#: The most a process's niceness can be raised (``nice(2)``: 19 is the lowest priority).
+MAX_NICE = 19
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table",
                           "lock_table_memory",
                           "demo_book", "durable_decisions", "archive",
@@ -98,6 +100,7 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
                               "max_orders_per_account", "desk_listen", "desk_gateway",
+                              "stream_listen",
                               "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
@@ -235,6 +238,9 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem("expected an integer")
         if not 0 <= value <= _MAX_INTEGER:
             raise problem("must be 0 (off) or a positive integer below 2**31")
+        if name == "stream_nice" and value > MAX_NICE:
+            raise problem(f"must be 0..{MAX_NICE} (how much lower the stream processes' CPU "
+                          "priority is)")
         return value
     if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
@@ -243,7 +249,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     if not isinstance(value, str):
         raise problem("expected a string")
     if name in ("listen", "metrics_listen", "archive_metrics_listen", "desk_listen",
-                "desk_gateway"):
+                "desk_gateway", "stream_listen"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -332,6 +338,16 @@ class Settings:
         stale: orders get STALE_DATA and health reports NOT_SERVING.
     workers : int
         Server processes sharing one table and one port (SO_REUSEPORT).
+    stream_listen : str or None
+        When set, ``pretrade serve`` runs ``stream_workers`` more server
+        processes on this address, at a lower CPU priority (``stream_nice``),
+        for portfolio streams: StreamPortfolio is served there only, and
+        orders only on ``listen``, so stream fan-out never competes with a
+        decision for its process. Both addresses answer the other calls.
+    stream_workers : int
+        The processes serving ``stream_listen`` (SO_REUSEPORT when several).
+    stream_nice : int
+        How much lower their CPU priority is (``nice``, 0..19; 0: the same).
     max_concurrent_rpcs : int
         Order calls (EvaluateOrder, EvaluateOrders) one server process runs at
         once; the next is refused at once with RESOURCE_EXHAUSTED rather than
@@ -479,6 +495,9 @@ class Settings:
     lock_table_memory: bool = False
     max_sync_lag_ms: int = 2_000
     workers: int = 1
+    stream_listen: str | None = None
+    stream_workers: int = 1
+    stream_nice: int = 10
     max_concurrent_rpcs: int = 10_000
     max_portfolio_streams: int = 10_000
     max_control_calls: int = 100
@@ -527,6 +546,11 @@ class Settings:
             if checked != value:
                 # Frozen: the documented way to normalise a field after __init__.
                 object.__setattr__(self, settings_field.name, checked)
+        if self.stream_listen is not None:
+            streams = parse_listen(self.stream_listen)
+            if streams[1] != 0 and streams == parse_listen(self.listen):
+                raise ConfigError(f"stream_listen={self.stream_listen}: must differ from listen "
+                                  "(orders and portfolio streams are served apart)")
 
     @property
     def account_share(self) -> int:

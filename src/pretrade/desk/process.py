@@ -41,11 +41,12 @@ _CHILD_SETTINGS = ("desk_listen", "desk_tls_ca", "desk_client_cert", "desk_clien
 
 
 def gateway_target(settings: Settings) -> str:
-    """Where the desk calls: ``desk_gateway``, else this server's ``listen`` (a wildcard
-    host as the loopback address)."""
+    """Where the desk calls: ``desk_gateway``, else this server's ``stream_listen`` (the
+    desk streams portfolios; its halts and reads are answered there too) or ``listen``,
+    a wildcard host as the loopback address."""
     if settings.desk_gateway:
         return settings.desk_gateway
-    host, port = parse_listen(settings.listen)
+    host, port = parse_listen(settings.stream_listen or settings.listen)
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
