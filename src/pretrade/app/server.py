@@ -40,7 +40,14 @@ from pretrade.api.servicer import PreTradeRiskServicer
 from pretrade.api.telemetry import CallMetrics
 from pretrade.app.archiving import archiver_beside
 from pretrade.app.config import Settings, parse_listen, redacted_url
-from pretrade.app.lifetime import die_with_parent, listener_pids, process_name, serving_group
+from pretrade.app.lifetime import (
+    check_kept_children,
+    die_with_parent,
+    exit_text,
+    listener_pids,
+    process_name,
+    serving_group,
+)
 from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
 from pretrade.app.writer import TableWriter, settings_redis
@@ -718,8 +725,12 @@ async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channe
 
 
 async def _supervise(children: list[int], stop: asyncio.Event) -> None:
-    """Until ``stop``; WorkerFailed as soon as a server process ends on its own."""
+    """Until ``stop``; WorkerFailed as soon as a server process ends on its own.
+
+    The kept children (the archiver, the desk) that ended are started again.
+    """
     while not stop.is_set():
+        check_kept_children()
         for pid in children:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -728,16 +739,10 @@ async def _supervise(children: list[int], stop: asyncio.Event) -> None:
             if done:
                 children.remove(pid)
                 raise WorkerFailed(
-                    f"server process {pid} ended ({_exit_text(status)}); the group stopped, "
+                    f"server process {pid} ended ({exit_text(status)}); the group stopped, "
                     "start it again (any log lines of that process above say why)")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
-
-
-def _exit_text(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 async def _stop_children(children: list[int], timeout: float) -> None:

@@ -25,7 +25,7 @@ from pretrade.app.config import (
     is_loopback,
     parse_listen,
 )
-from pretrade.app.lifetime import start_child, stop_child
+from pretrade.app.lifetime import KeptChild
 from pretrade.cli.client import GatewayClient
 from pretrade.desk.gateway import DeskError, DeskGateway
 from pretrade.desk.web import Desk
@@ -157,12 +157,14 @@ def desk_beside(settings: Settings) -> Iterator[None]:
         yield
         return
     check_desk_settings(settings)
-    if parse_listen(settings.listen)[1] == 0 and not settings.desk_gateway:
+    if parse_listen(settings.stream_listen or settings.listen)[1] == 0 \
+            and not settings.desk_gateway:
         raise ConfigError("desk_listen needs the gateway on a fixed port: set --listen "
-                          "HOST:PORT (not port 0), or desk_gateway")
-    process = start_child(["desk"], child_environment(settings, _CHILD_SETTINGS, {
+                          "(or --stream-listen) HOST:PORT, not port 0, or desk_gateway")
+    # Started again when it ends on its own (the sync process's supervision round).
+    desk = KeptChild(["desk"], child_environment(settings, _CHILD_SETTINGS, {
         "desk_gateway": gateway_target(settings)}), "risk desk")
     try:
         yield
     finally:
-        stop_child(process, "risk desk", STOP_SECONDS)
+        desk.stop(STOP_SECONDS)
