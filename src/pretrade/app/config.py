@@ -100,7 +100,7 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
                               "max_orders_per_account", "desk_listen", "desk_gateway",
-                              "stream_listen",
+                              "stream_listen", "desk_stream_gateway",
                               "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
@@ -249,7 +249,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     if not isinstance(value, str):
         raise problem("expected a string")
     if name in ("listen", "metrics_listen", "archive_metrics_listen", "desk_listen",
-                "desk_gateway", "stream_listen"):
+                "desk_gateway", "stream_listen", "desk_stream_gateway"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -470,6 +470,10 @@ class Settings:
     desk_gateway : str or None
         ``HOST:PORT`` of the gateway the desk calls; None: this server's
         ``listen`` (a wildcard host as the loopback address).
+    desk_stream_gateway : str or None
+        ``HOST:PORT`` where the desk opens portfolio streams; None: this
+        server's ``stream_listen`` when it has one (and no ``desk_gateway``
+        is set), else the desk's gateway.
     desk_tls_ca : str or None
         PEM CA that issued the gateway's certificate: the desk calls it over
         TLS (plaintext when unset).
@@ -535,6 +539,7 @@ class Settings:
     tokens_file: str | None = None
     desk_listen: str | None = None
     desk_gateway: str | None = None
+    desk_stream_gateway: str | None = None
     desk_tls_ca: str | None = None
     desk_client_cert: str | None = None
     desk_client_key: str | None = None
