@@ -151,13 +151,13 @@ def test_position_limits_use_the_position_from_lots(holding_4990, stub):
     assert stub.EvaluateOrder(order(quantity=10)).approved
 
 
-def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_server):
+def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_url):
     assert stub.EvaluateOrder(order(quantity=600)).approved
     # One redis-cli session, one MULTI/EXEC: the lot lands whole (docs/redis-schema.md)
     script = ("MULTI\nHSET tickers_by_lot:{ACC-1} L7 AAPL\n"
               "HSET quantities_by_lot:{ACC-1} L7 4500\n"
               "HSET prices_by_lot:{ACC-1} L7 683378\nEXEC\n")
-    subprocess.run([find_redis_cli(), "-p", str(redis_server.port)], input=script.encode(),
+    subprocess.run([find_redis_cli(), "-u", redis_url], input=script.encode(),
                    check=True, capture_output=True, timeout=10)
     # 4,500 held + 600 > 5,000 max long
     decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=600)),
