@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN
-from pretrade.engine.limits import REQUIRED_COUNT, LimitKind
+from pretrade.engine.limits import PER_SYMBOL_LIMITS, REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNTS = [b"ACC-1", b"ACC-2", b"ACC-3"]
@@ -188,6 +188,9 @@ class RandomWalk:
                                             if rng.random() > generous else [10**9])
             elif kind == LimitKind.MIN_ORDER_QUANTITY:
                 out[int(kind)] = rng.choice([0, 1, 2, 5])
+            elif kind == LimitKind.MIN_ORDER_NOTIONAL:
+                # near the notionals of the walk's orders (a few units at its prices)
+                out[int(kind)] = rng.choice([0, 1, 10_000, 100_000, 1_000_000, 10_000_000])
             elif rng.random() < generous:
                 out[int(kind)] = rng.choice([10**12, 10**15, INT64_MAX])
             else:
@@ -257,8 +260,8 @@ class RandomWalk:
         if roll < 0.76:
             generous = 0.9 if account == b"ACC-1" else 0.3
             return _op("set_symbol_limits", account, symbol,
-                       {k: v for k, v in self.limits(0.2, 3_000, generous).items() if k < 7
-                        and rng.random() < 0.3} or None)
+                       {k: v for k, v in self.limits(0.2, 3_000, generous).items()
+                        if k in PER_SYMBOL_LIMITS and rng.random() < 0.3} or None)
         if roll < 0.81:
             return _op("set_halt", scope := rng.choice(HALT_SCOPES),
                        account if scope == pb.HALT_SCOPE_ACCOUNT else symbol,

@@ -135,6 +135,45 @@ def test_max_order_quantity_and_notional_boundaries(book):
     assert book.codes(quantity=1_000, price=LAST + 1) == [pb.REJECT_CODE_MAX_ORDER_NOTIONAL]
 
 
+def test_minimum_notional_boundary_reports_the_notional_and_the_minimum(book):
+    book.limit(min_order_notional=50 * LAST)            # $50
+    assert book.codes(quantity=50) == []                # $50.0000 exactly
+    assert book.order(quantity=49)[2] == ((pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 49 * LAST,
+                                           50 * LAST),)
+    # one unit of price short of the minimum: 50 x $0.9999
+    assert book.order(quantity=50, price=LAST - 1)[2] == (
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 50 * (LAST - 1), 50 * LAST),)
+
+
+def test_minimum_notional_values_a_market_order_at_the_last_price(book):
+    book.limit(min_order_notional=50 * LAST)
+    assert book.codes(order_type=pb.ORDER_TYPE_MARKET, price=0, quantity=50) == []
+    book.state.set_last_price(AAPL, LAST - 1)
+    assert book.codes(order_type=pb.ORDER_TYPE_MARKET, price=0, quantity=50) == [
+        pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+
+
+def test_a_per_symbol_minimum_notional_overrides_the_account_minimum(book):
+    book.limit(min_order_notional=50 * LAST)
+    book.state.set_symbol_limits(ACC, MSFT, {K.MIN_ORDER_NOTIONAL: 10 * LAST})
+    assert book.codes(symbol=MSFT, quantity=10) == []
+    assert book.codes(symbol=MSFT, quantity=9) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    assert book.codes(symbol=AAPL, quantity=10) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    # an override applies without any account-wide minimum too
+    book.limits.pop(K.MIN_ORDER_NOTIONAL)
+    book.state.set_account_limits(ACC, book.limits)
+    book.state.set_symbol_limits(ACC, MSFT, {K.MIN_ORDER_NOTIONAL: 100 * LAST})
+    assert book.codes(symbol=AAPL, quantity=1) == []
+    assert book.order(symbol=MSFT, quantity=99)[2] == (
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 99 * LAST, 100 * LAST),)
+
+
+def test_without_a_minimum_notional_any_small_order_goes(book):
+    assert book.codes(quantity=1, price=1) == [pb.REJECT_CODE_PRICE_COLLAR]  # $0.0001: collar
+    book.limit(price_collar_bps=10_000)
+    assert book.codes(quantity=1, price=1) == []
+
+
 # -- positions with working orders --
 
 def test_working_orders_count_against_the_long_limit(book):
@@ -257,6 +296,35 @@ def test_an_order_that_closes_or_reduces_a_position_is_exempt_from_the_minimum_s
     assert book.codes(side=pb.SIDE_BUY, quantity=50) == [pb.REJECT_CODE_MIN_ORDER_QUANTITY]
     # the working sell of 50 leaves nothing to reduce: another is held to the minimum
     assert pb.REJECT_CODE_MIN_ORDER_QUANTITY in book.codes(side=pb.SIDE_SELL, quantity=30)
+
+
+def test_an_order_that_closes_or_reduces_a_position_is_exempt_from_the_minimum_notional(book):
+    # Item 7 with defect 2's exemption: a residual long of $50 under a $100 minimum.
+    book.state.replace_positions(ACC, {AAPL: (50, 50 * LAST)})
+    book.limit(min_order_notional=100 * LAST)
+    assert book.codes(side=pb.SIDE_SELL, quantity=20) == []      # only reduces
+    assert book.codes(side=pb.SIDE_SELL, quantity=30) == []      # closes what is left
+    # the working sells of 50 leave nothing to reduce: the next is held to the minimum
+    assert book.order(side=pb.SIDE_SELL, quantity=1)[2][0] == (
+        pb.REJECT_CODE_MIN_ORDER_NOTIONAL, LAST, 100 * LAST)
+    assert book.codes(side=pb.SIDE_BUY, quantity=50) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+
+
+def test_a_buy_that_covers_a_short_is_exempt_from_the_minimum_notional_but_not_a_flip(book):
+    book.state.replace_positions(ACC, {AAPL: (-30, -30 * LAST)})
+    book.limit(min_order_notional=100 * LAST)
+    assert book.codes(side=pb.SIDE_BUY, quantity=31) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    assert book.codes(side=pb.SIDE_BUY, quantity=30) == []       # closes the short exactly
+
+
+def test_a_closing_order_under_reduce_only_is_not_refused_for_its_small_notional(book):
+    book.state.replace_positions(ACC, {AAPL: (5, 5 * LAST)})
+    book.limit(min_order_notional=100 * LAST, min_order_quantity=100)
+    book.state.set_halt(pb.HALT_SCOPE_ACCOUNT, ACC, pb.HALT_MODE_REDUCE_ONLY)
+    assert book.codes(side=pb.SIDE_SELL, quantity=5) == []
+    assert book.codes(side=pb.SIDE_BUY, quantity=5) == [
+        pb.REJECT_CODE_MIN_ORDER_QUANTITY, pb.REJECT_CODE_MIN_ORDER_NOTIONAL,
+        pb.REJECT_CODE_REDUCE_ONLY]
 
 
 # -- velocity, working orders, duplicates --

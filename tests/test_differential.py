@@ -111,6 +111,8 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     assert decisions > 5_000
     assert 0 < approvals < decisions
     assert replays > 0 and auto_halts > 0
+    # and the minimum notional (item 7), which the walk's limits make reachable
+    assert pb.REJECT_CODE_MIN_ORDER_NOTIONAL in codes
     # and records leaving the table: ids sent again after theirs left
     assert table.counts()["orders_evicted"] > 0 and expired_ids > 0
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "

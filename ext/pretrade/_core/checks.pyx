@@ -397,6 +397,16 @@ cdef void check_max_order_notional(const CheckContext* ctx, DecisionRecord* out)
         reject(out, L.REJECT_MAX_ORDER_NOTIONAL, ctx.notional, limit)
 
 
+cdef void check_min_order_notional(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # The same exemption as the minimum quantity: an order that closes or
+    # only reduces a position must go however small the residual is.
+    cdef int64_t minimum
+    if ctx.notional_valid and out.order.quantity > 0 \
+            and effective_limit(ctx, L.LIMIT_MIN_ORDER_NOTIONAL, &minimum) \
+            and ctx.notional < minimum and not is_reducing(ctx):
+        reject(out, L.REJECT_MIN_ORDER_NOTIONAL, ctx.notional, minimum)
+
+
 cdef void check_position_limits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     # Worst case, counting every working order on the order's side: 100
     # orders sent before any fill cannot together pass a limit. A buy can
@@ -659,7 +669,7 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 24
+    CHECK_COUNT = 25
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
@@ -674,6 +684,7 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_limits_configured,
     check_max_order_quantity,
     check_max_order_notional,
+    check_min_order_notional,
     check_position_limits,
     check_short_sale,
     check_account_valuation,
@@ -689,7 +700,8 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
 CHECK_NAMES = (
     "sync_live", "account_known", "symbol_known", "order_id_unused", "quantity_positive",
     "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
-    "limits_configured", "max_order_quantity", "max_order_notional", "position_limits",
+    "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
+    "position_limits",
     "short_sale", "account_valuation", "exposure", "buying_power", "velocity",
     "max_working_orders", "concentration", "venue_exposure", "loss_limit", "halts",
 )

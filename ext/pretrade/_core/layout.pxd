@@ -150,6 +150,8 @@ cdef enum RejectCode:
     REJECT_COUNTERPARTY_EXPOSURE = 36
     REJECT_LOSS_LIMIT = 37
     REJECT_CAPACITY_EXHAUSTED = 38
+    # 39, 40 (INVALID_REQUEST, AUDIT_UNAVAILABLE) are decided before the engine
+    REJECT_MIN_ORDER_NOTIONAL = 41
 
 # What did not fit, in a CAPACITY_EXHAUSTED rejection's observed (its limit is
 # that capacity); equal to pretrade.v1 Capacity.
@@ -228,7 +230,8 @@ cdef enum LimitKind:
     LIMIT_AUTO_HALT_SECONDS = 20
     LIMIT_MAX_VENUE_EXPOSURE = 21
     LIMIT_MAX_COUNTERPARTY_EXPOSURE = 22
-    LIMIT_KIND_COUNT = 23
+    LIMIT_MIN_ORDER_NOTIONAL = 23
+    LIMIT_KIND_COUNT = 24
 
 cdef struct LimitSet:
     uint32_t present                # bit k set: values[k] is configured

@@ -215,6 +215,9 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
                     f"{limit} bp collar")
         case pb.REJECT_CODE_MIN_ORDER_QUANTITY:
             return f"order quantity {qty(observed)} is below the minimum {qty(limit)}"
+        case pb.REJECT_CODE_MIN_ORDER_NOTIONAL:
+            return (f"order notional {money(observed)} is below the minimum "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_LOT_SIZE:
             return f"order quantity {qty(observed)} is not a multiple of the lot size {qty(limit)}"
         case pb.REJECT_CODE_MAX_GROSS_EXPOSURE:

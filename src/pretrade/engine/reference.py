@@ -401,6 +401,14 @@ def check_max_order_notional(ctx: Context, reject: Reject) -> None:
         reject(pb.REJECT_CODE_MAX_ORDER_NOTIONAL, ctx.notional, limit)
 
 
+def check_min_order_notional(ctx: Context, reject: Reject) -> None:
+    """The minimum quantity's exemption: closing or only reducing always goes."""
+    minimum = ctx.limit(LimitKind.MIN_ORDER_NOTIONAL)
+    if ctx.notional_valid and ctx.quantity > 0 and minimum is not None \
+            and ctx.notional < minimum and not ctx.is_reducing():
+        reject(pb.REJECT_CODE_MIN_ORDER_NOTIONAL, ctx.notional, minimum)
+
+
 def check_position_limits(ctx: Context, reject: Reject) -> None:
     """Worst case counting working orders; a buy grows only the long side."""
     if not ctx.projection_valid or ctx.quantity <= 0:
@@ -609,6 +617,7 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_limits_configured,
     check_max_order_quantity,
     check_max_order_notional,
+    check_min_order_notional,
     check_position_limits,
     check_short_sale,
     check_account_valuation,

@@ -63,6 +63,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
     REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
     REJECT_CODE_AUDIT_UNAVAILABLE: _ClassVar[RejectCode]
+    REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -160,6 +161,7 @@ REJECT_CODE_LOSS_LIMIT: RejectCode
 REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 REJECT_CODE_INVALID_REQUEST: RejectCode
 REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
+REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
