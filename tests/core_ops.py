@@ -36,6 +36,12 @@ REJECTIONS = [(), ((pb.REJECT_CODE_MAX_ORDER_QUANTITY, 11, 10),),
               ((pb.REJECT_CODE_TICK_SIZE, 3, 2), (pb.REJECT_CODE_LOT_SIZE, 3, 2))]
 EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX]
 NON_NEGATIVE_EDGES = [0, 1, INT64_MAX - 1, INT64_MAX]
+# Time in force: a wall clock (Unix ms) near one instant, so expiries, the
+# session end and the sweeps that end lapsed orders meet exactly and often.
+EPOCH_MS = 1_767_268_800_000
+TIMES_IN_FORCE = [pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC,
+                  pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD, 7]
+WALL_CLOCK_MS = [0, EPOCH_MS - 1, EPOCH_MS, EPOCH_MS + 1, EPOCH_MS + 5_000]
 # Window lengths in ms and clock steps in ns that make windows open and close.
 WINDOWS_MS = [1, 5, 50, 1_000]
 CLOCK_STEPS_NS = [0, 1, 500_000, 2_000_000, 60_000_000]
@@ -61,10 +67,10 @@ symbols = st.sampled_from(SYMBOLS)
 
 def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
              quantity: int, price: int, venue: bytes, counterparty: bytes, approved: bool,
-             rejections: tuple) -> Op:
+             rejections: tuple, time_in_force: int = 0, working_until_ms: int = 0) -> Op:
     return _op("restore_order", account, order_id, symbol, side, order_type, quantity, price,
                price, quantity * price, venue, counterparty, approved,
-               () if approved else rejections)
+               () if approved else rejections, time_in_force, 0, working_until_ms)
 
 
 order_ids = st.sampled_from(ORDER_IDS)
@@ -117,16 +123,22 @@ operations = st.one_of(
     st.builds(_restore, order_ids, accounts, symbols, st.sampled_from(SIDES),
               st.sampled_from(ORDER_TYPES), st.integers(1, 12), st.integers(1, 20_000),
               st.sampled_from(VENUES[:3]), st.sampled_from(COUNTERPARTIES), st.booleans(),
-              st.sampled_from(REJECTIONS)),
+              st.sampled_from(REJECTIONS), st.sampled_from(TIMES_IN_FORCE[:5]),
+              st.sampled_from(WALL_CLOCK_MS)),
+    # the writer's sweep: orders whose time in force ended stop counting
+    st.builds(lambda t: _op("end_lapsed_orders", t), st.sampled_from(WALL_CLOCK_MS)),
 )
 
 orders = st.builds(
-    lambda oid, a, s, side, ot, q, p, v, c, t, m: _op("evaluate", oid, a, s, side, ot, q, p, v,
-                                                     c, t, min_state_version=m),
+    lambda oid, a, s, side, ot, q, p, v, c, t, m, tif, exp, now, end: _op(
+        "evaluate", oid, a, s, side, ot, q, p, v, c, t, min_state_version=m,
+        time_in_force=tif, expire_at_unix_ms=exp, now_unix_ms=now, session_end_unix_ms=end),
     st.sampled_from(ORDER_IDS + [b""]), st.one_of(accounts, st.just(b"NOBODY")),
     st.one_of(symbols, st.just(b"NOSUCH")), st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES),
     quantities, prices, st.sampled_from(VENUES), st.sampled_from(COUNTERPARTIES),
     st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
+    st.sampled_from(TIMES_IN_FORCE), st.sampled_from(WALL_CLOCK_MS),
+    st.sampled_from(WALL_CLOCK_MS), st.sampled_from(WALL_CLOCK_MS),
 )
 
 
@@ -141,6 +153,11 @@ class RandomWalk:
         self.last_prices: dict[bytes, int] = {}
         self.issued: list[bytes] = []
         self.sent: list[Op] = []
+
+    @property
+    def wall_clock_ms(self) -> int:
+        """The walk's Unix clock: the monotonic one from EPOCH_MS."""
+        return EPOCH_MS + self.now_ns // 1_000_000
 
     def order_id(self) -> bytes:
         # Mostly fresh ids; sometimes a recent one again (replay or conflict).
@@ -221,7 +238,19 @@ class RandomWalk:
                    self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
                    self.order_price(symbol), rng.choice(VENUES),
                    rng.choice(COUNTERPARTIES), self.now_ns,
-                   min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6))
+                   min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6),
+                   **self._time_in_force())
+
+    def _time_in_force(self) -> dict[str, int]:
+        # A session ends every 100 ms of the walk's clock (mostly configured);
+        # GTD expiries just before, at and after now.
+        rng, now = self.rng, self.wall_clock_ms
+        tif = rng.choice(TIMES_IN_FORCE)
+        return {"time_in_force": tif,
+                "expire_at_unix_ms": now + rng.choice([-1, 0, 1, 30, 150]) if tif in (
+                    pb.TIME_IN_FORCE_GTD, 7) or rng.random() < 0.02 else 0,
+                "now_unix_ms": now,
+                "session_end_unix_ms": (now // 100 + 1) * 100 if rng.random() < 0.9 else 0}
 
     def _decided_order_op(self, account: bytes, symbol: bytes) -> Op:
         """What happens to decided orders: mostly made durable (the journal
@@ -232,15 +261,19 @@ class RandomWalk:
             # the journal wrote the last decisions, most of the time all of them
             return _op("mark_durable_many", [(a, oid) for oid in self.issued[-12:]
                                              for a in ACCOUNTS if rng.random() < 0.9])
-        if roll < 0.9:
+        if roll < 0.8:
             return _op("expire_orders", self.now_ns)
+        if roll < 0.9:
+            return _op("end_lapsed_orders", self.wall_clock_ms)
         if roll < 0.95:
             return _op("forget_orders", account, self.recent_ids(3))
         self.issued.append(f"R{len(self.issued)}".encode())
         return _restore(self.issued[-1], account, symbol, rng.choice(SIDES),
                         rng.choice(ORDER_TYPES), rng.randint(1, 12), self.order_price(symbol),
                         rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES),
-                        rng.random() < 0.6, rng.choice(REJECTIONS))
+                        rng.random() < 0.6, rng.choice(REJECTIONS),
+                        rng.choice(TIMES_IN_FORCE[:5]),
+                        self.wall_clock_ms + rng.choice([-100, 0, 50, 500]))
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
         rng = self.rng

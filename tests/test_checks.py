@@ -63,10 +63,11 @@ class Book:
 
     def order(self, quantity: int = 10, price: int = LAST, side: int = pb.SIDE_BUY,
               symbol: bytes = AAPL, order_type: int = pb.ORDER_TYPE_LIMIT, venue: bytes = b"",
-              counterparty: bytes = b"", order_id: bytes | None = None) -> tuple:
+              counterparty: bytes = b"", order_id: bytes | None = None,
+              **time_in_force: int) -> tuple:
         oid = order_id or f"id-{next(self.ids)}".encode()
         return self.engine.evaluate(oid, ACC, symbol, side, order_type, quantity, price, venue,
-                                    counterparty, self.now)
+                                    counterparty, self.now, **time_in_force)
 
     def codes(self, **order: Any) -> list[int]:
         return [code for code, _, _ in self.order(**order)[2]]
@@ -325,6 +326,106 @@ def test_a_closing_order_under_reduce_only_is_not_refused_for_its_small_notional
     assert book.codes(side=pb.SIDE_BUY, quantity=5) == [
         pb.REJECT_CODE_MIN_ORDER_QUANTITY, pb.REJECT_CODE_MIN_ORDER_NOTIONAL,
         pb.REJECT_CODE_REDUCE_ONLY]
+
+
+# -- time in force --
+
+NOON = 1_767_268_800_000            # 2026-01-01 12:00 UTC, Unix ms
+SESSION_END = NOON + 8 * 3_600_000  # 20:00 UTC
+DAY, IOC, GTC, GTD = (pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC, pb.TIME_IN_FORCE_GTC,
+                      pb.TIME_IN_FORCE_GTD)
+
+
+def test_a_gtd_order_must_expire_after_now_to_the_millisecond(book):
+    assert book.codes(time_in_force=GTD, expire_at_unix_ms=NOON + 1, now_unix_ms=NOON) == []
+    assert book.order(time_in_force=GTD, expire_at_unix_ms=NOON, now_unix_ms=NOON)[2] == (
+        (pb.REJECT_CODE_ORDER_EXPIRED, NOON, NOON),)
+    assert book.codes(time_in_force=GTD, expire_at_unix_ms=NOON - 60_000,
+                      now_unix_ms=NOON) == [pb.REJECT_CODE_ORDER_EXPIRED]
+
+
+def test_a_gtd_order_without_an_expiry_is_expired(book):
+    assert book.order(time_in_force=GTD, now_unix_ms=NOON)[2] == (
+        (pb.REJECT_CODE_ORDER_EXPIRED, 0, NOON),)
+
+
+def test_other_times_in_force_are_not_held_to_an_expiry(book):
+    for tif in (pb.TIME_IN_FORCE_UNSPECIFIED, DAY, IOC, GTC):
+        assert book.codes(time_in_force=tif, now_unix_ms=NOON,
+                          session_end_unix_ms=SESSION_END) == [], tif
+
+
+def test_day_and_ioc_orders_stop_counting_at_the_session_end_and_not_before(book):
+    book.limit(max_long_position=100, max_net_position=100)
+    session = {"now_unix_ms": NOON, "session_end_unix_ms": SESSION_END}
+    assert book.codes(quantity=60, time_in_force=DAY, **session) == []
+    assert book.codes(quantity=40, time_in_force=IOC, **session) == []
+    assert book.codes(quantity=1, **session) == [pb.REJECT_CODE_MAX_NET_POSITION,
+                                                 pb.REJECT_CODE_MAX_LONG_POSITION]
+    assert book.state.end_lapsed_orders(SESSION_END - 1) == 0
+    assert book.state.working(ACC, AAPL) == (100, 0)
+    assert book.state.end_lapsed_orders(SESSION_END) == 2
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    assert book.codes(quantity=100, **session) == []
+    assert book.state.end_lapsed_orders(SESSION_END + 1) == 0   # the last one is GTC-like
+
+
+def test_gtc_and_unspecified_orders_count_until_their_fill_or_cancel(book):
+    book.codes(quantity=30, time_in_force=GTC, now_unix_ms=NOON,
+               session_end_unix_ms=SESSION_END)
+    book.codes(quantity=20, now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    assert book.state.end_lapsed_orders(SESSION_END * 2) == 0
+    assert book.state.working(ACC, AAPL) == (50, 0)
+
+
+def test_a_working_gtd_order_stops_counting_at_its_expiry(book):
+    book.codes(quantity=30, time_in_force=GTD, expire_at_unix_ms=NOON + 5_000,
+               now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    book.codes(quantity=7, side=pb.SIDE_SELL_SHORT, time_in_force=GTD,
+               expire_at_unix_ms=NOON + 9_000, now_unix_ms=NOON)
+    assert book.state.end_lapsed_orders(NOON + 4_999) == 0
+    assert book.state.end_lapsed_orders(NOON + 5_000) == 1
+    assert book.state.working(ACC, AAPL) == (0, 0)      # the short sale has no locate
+    assert book.state.end_lapsed_orders(NOON + 10_000) == 0
+
+
+def test_a_day_order_without_a_configured_session_end_counts_until_reported(book):
+    book.codes(quantity=30, time_in_force=DAY, now_unix_ms=NOON)
+    assert book.state.end_lapsed_orders(SESSION_END * 2) == 0
+    assert book.state.working(ACC, AAPL) == (30, 0)
+
+
+def test_a_lapsed_order_stays_ended_through_later_snapshots_and_replays_its_decision(book):
+    decision = book.order(quantity=30, order_id=b"day-1", time_in_force=DAY,
+                          now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    book.state.end_lapsed_orders(SESSION_END)
+    book.state.replace_positions(ACC, {AAPL: (5, 5 * LAST)}, filled={b"day-1": 5},
+                                 cancelled=())
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    again = book.order(quantity=30, order_id=b"day-1", time_in_force=DAY,
+                       now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    assert again[0] == decision[0] and again[3]         # replayed
+
+
+def test_the_same_order_id_with_another_time_in_force_is_a_duplicate(book):
+    book.order(order_id=b"o-1", time_in_force=DAY, now_unix_ms=NOON)
+    assert book.codes(order_id=b"o-1", time_in_force=GTC, now_unix_ms=NOON) == [
+        pb.REJECT_CODE_DUPLICATE_ORDER_ID]
+    book.order(order_id=b"o-2", time_in_force=GTD, expire_at_unix_ms=NOON + 1,
+               now_unix_ms=NOON)
+    assert book.codes(order_id=b"o-2", time_in_force=GTD, expire_at_unix_ms=NOON + 2,
+                      now_unix_ms=NOON) == [pb.REJECT_CODE_DUPLICATE_ORDER_ID]
+
+
+def test_a_restored_order_keeps_its_time_in_force_and_lapses_at_its_end(book):
+    order = (b"r-1", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 40, LAST, LAST, 40 * LAST, b"",
+             b"", True, (), DAY, 0, SESSION_END)
+    assert book.state.restore_orders(ACC, [order]) == 1
+    assert book.state.working(ACC, AAPL) == (40, 0)
+    assert book.state.end_lapsed_orders(SESSION_END) == 1
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    with pytest.raises(ValueError, match="time in force"):
+        book.state.restore_orders(ACC, [(b"r-2", *order[1:12], 9, 0, 0)])
 
 
 # -- velocity, working orders, duplicates --

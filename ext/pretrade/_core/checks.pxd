@@ -25,6 +25,12 @@ cdef struct OrderInput:
     int64_t durable_checked         # -1, or the account's eviction count when the caller
                                     # found no durable copy of this id (see ORDER_ID_EXPIRED)
     int64_t min_state_version       # decide only on an account snapshot at least this new
+    int64_t now_unix_ms             # the wall clock, from the caller (GTD expiry)
+    int64_t expire_at_ms            # Order.expire_at_unix_ms (GTD)
+    int64_t session_end_ms          # Unix ms of the session end a DAY / IOC order works
+                                    # until, from the caller; 0: none configured
+    int32_t time_in_force           # TimeInForce
+    int32_t order_input_pad
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
@@ -140,8 +146,12 @@ cdef class Engine:
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
                                  int64_t durable_checked,
-                                 int64_t min_state_version) except NULL
+                                 int64_t min_state_version, int32_t time_in_force,
+                                 int64_t expire_at_unix_ms, int64_t now_unix_ms,
+                                 int64_t session_end_unix_ms) except NULL
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
                           bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*,
-                          int64_t min_state_version=*)
+                          int64_t min_state_version=*, int32_t time_in_force=*,
+                          int64_t expire_at_unix_ms=*, int64_t now_unix_ms=*,
+                          int64_t session_end_unix_ms=*)

@@ -14,6 +14,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
 from pretrade._core.positions cimport capacity_limit
+from pretrade._core.positions cimport working_until
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -308,6 +309,14 @@ cdef void check_symbol_known(const CheckContext* ctx, DecisionRecord* out) noexc
 cdef void check_order_id_unused(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if ctx.duplicate_conflict:
         reject(out, L.REJECT_DUPLICATE_ORDER_ID, 0, 0)
+
+
+cdef void check_time_in_force(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # A GTD order must still have time to work: an expiry at or before the
+    # caller's wall clock (or none) is refused (observed: the expiry, limit: now).
+    if out.order.time_in_force == L.TIME_IN_FORCE_GTD \
+            and out.order.expire_at_ms <= out.order.now_unix_ms:
+        reject(out, L.REJECT_ORDER_EXPIRED, out.order.expire_at_ms, out.order.now_unix_ms)
 
 
 cdef void check_quantity_positive(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -669,12 +678,13 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 25
+    CHECK_COUNT = 26
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
     check_symbol_known,
     check_order_id_unused,
+    check_time_in_force,
     check_quantity_positive,
     check_price_usable,
     check_tick_size,
@@ -698,7 +708,8 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_halts,
 ]
 CHECK_NAMES = (
-    "sync_live", "account_known", "symbol_known", "order_id_unused", "quantity_positive",
+    "sync_live", "account_known", "symbol_known", "order_id_unused", "time_in_force",
+    "quantity_positive",
     "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
     "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
     "position_limits",
@@ -775,6 +786,8 @@ cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* r
             and stored.order_type == record.order.order_type
             and stored.quantity == record.order.quantity
             and stored.price == record.order.price
+            and stored.time_in_force == record.order.time_in_force
+            and stored.expire_at_ms == record.order.expire_at_ms
             and tags_equal(stored.venue, record.order.venue, record.order.venue_length)
             and tags_equal(stored.counterparty, record.order.counterparty,
                            record.order.counterparty_length))
@@ -998,6 +1011,11 @@ cdef class Engine:
         stored.valuation_price = ctx.valuation_price
         stored.notional = record.notional
         stored.approved = record.approved
+        stored.time_in_force = record.order.time_in_force
+        stored.expire_at_ms = record.order.expire_at_ms
+        stored.working_until_ms = working_until(record.order.time_in_force,
+                                                record.order.expire_at_ms,
+                                                record.order.session_end_ms)
         if record.order.venue_length < L.TAG_CAPACITY:
             memcpy_tag(stored.venue, record.order.venue, record.order.venue_length)
         if record.order.counterparty_length < L.TAG_CAPACITY:
@@ -1119,7 +1137,9 @@ cdef class Engine:
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
                                  int64_t durable_checked,
-                                 int64_t min_state_version) except NULL:
+                                 int64_t min_state_version, int32_t time_in_force,
+                                 int64_t expire_at_unix_ms, int64_t now_unix_ms,
+                                 int64_t session_end_unix_ms) except NULL:
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
             raise RuntimeError("decision pool exhausted")
@@ -1129,6 +1149,10 @@ cdef class Engine:
         record.order.now_ns = now_ns
         record.order.durable_checked = durable_checked
         record.order.min_state_version = min_state_version
+        record.order.time_in_force = time_in_force
+        record.order.expire_at_ms = expire_at_unix_ms
+        record.order.now_unix_ms = now_unix_ms
+        record.order.session_end_ms = session_end_unix_ms
         record.order.account_id_length = len(account_id)
         record.order.symbol_length = len(symbol)
         record.order.side = side
@@ -1147,7 +1171,9 @@ cdef class Engine:
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=b"",
                           bytes counterparty=b"", int64_t now_ns=0,
-                          int64_t durable_checked=-1, int64_t min_state_version=0):
+                          int64_t durable_checked=-1, int64_t min_state_version=0,
+                          int32_t time_in_force=0, int64_t expire_at_unix_ms=0,
+                          int64_t now_unix_ms=0, int64_t session_end_unix_ms=0):
         """Run every check on one order and return its :class:`Verdict`.
 
         An id the account's evicted-id filter holds is not decided: the answer
@@ -1155,12 +1181,21 @@ cdef class Engine:
         account's eviction count. The caller reads the id's durable copy and
         replays it, or, when there is none, calls again with
         ``durable_checked`` = that count (a newer eviction asks again).
+
+        Time in force: ``time_in_force`` (a TimeInForce number) and
+        ``expire_at_unix_ms`` as sent; ``now_unix_ms`` the wall clock (a GTD
+        order expiring at or before it is ORDER_EXPIRED);
+        ``session_end_unix_ms`` the end of the session a DAY or IOC order
+        works in (0: none). An approved order stops counting once
+        :meth:`PositionTable.end_lapsed_orders` passes its end.
         """
         cdef int64_t started = monotonic_ns() if self.counting else 0
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
                                                    counterparty, now_ns, durable_checked,
-                                                   min_state_version)
+                                                   min_state_version, time_in_force,
+                                                   expire_at_unix_ms, now_unix_ms,
+                                                   session_end_unix_ms)
         if self.counting:
             self.count_decision(record, monotonic_ns() - started)
         cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)
@@ -1191,7 +1226,8 @@ cdef class Engine:
         last run. Benchmarks divide the elapsed time by ``times`` to see the
         pipeline's own cost without the Python call around it."""
         cdef DecisionRecord* record = self._decide(b"", account_id, symbol, side, order_type,
-                                                   quantity, price, b"", b"", now_ns, -1, 0)
+                                                   quantity, price, b"", b"", now_ns, -1, 0,
+                                                   0, 0, 0, 0)
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)

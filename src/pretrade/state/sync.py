@@ -635,6 +635,8 @@ class RedisSync:
             # every approved order as working (the larger reservation)
             filled, cancelled = {}, set()
         working, finished = [], []
+        # an order whose time in force ended while no gateway ran counts no more
+        now_unix_ms = time.time_ns() // 1_000_000
         for order_id, raw in fields.items():
             try:
                 order = decode(account, order_id, raw)
@@ -643,11 +645,13 @@ class RedisSync:
                 self._invalid(f"decided order {quoted(order_id)} of account", account, error)
                 continue
             if order.approved and order_id not in cancelled \
-                    and filled.get(order_id, 0) < order.quantity:
+                    and filled.get(order_id, 0) < order.quantity \
+                    and not 0 < order.working_until_unix_ms <= now_unix_ms:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
                                 order.notional, order.venue, order.counterparty, True,
-                                order.rejections))
+                                order.rejections, order.time_in_force,
+                                order.expire_at_unix_ms, order.working_until_unix_ms))
             else:
                 finished.append(order_id)
         restored = 0

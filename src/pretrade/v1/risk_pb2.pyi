@@ -14,6 +14,14 @@ class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIDE_SELL: _ClassVar[Side]
     SIDE_SELL_SHORT: _ClassVar[Side]
 
+class TimeInForce(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_IN_FORCE_UNSPECIFIED: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_DAY: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_IOC: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_GTC: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_GTD: _ClassVar[TimeInForce]
+
 class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ORDER_TYPE_UNSPECIFIED: _ClassVar[OrderType]
@@ -64,6 +72,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
     REJECT_CODE_AUDIT_UNAVAILABLE: _ClassVar[RejectCode]
     REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
+    REJECT_CODE_ORDER_EXPIRED: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -117,6 +126,11 @@ SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
 SIDE_SELL_SHORT: Side
+TIME_IN_FORCE_UNSPECIFIED: TimeInForce
+TIME_IN_FORCE_DAY: TimeInForce
+TIME_IN_FORCE_IOC: TimeInForce
+TIME_IN_FORCE_GTC: TimeInForce
+TIME_IN_FORCE_GTD: TimeInForce
 ORDER_TYPE_UNSPECIFIED: OrderType
 ORDER_TYPE_LIMIT: OrderType
 ORDER_TYPE_MARKET: OrderType
@@ -162,6 +176,7 @@ REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 REJECT_CODE_INVALID_REQUEST: RejectCode
 REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
 REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
+REJECT_CODE_ORDER_EXPIRED: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
@@ -195,7 +210,7 @@ ALERT_KIND_INVALID_STATE: AlertKind
 ALERT_KIND_INVALID_STATE_CLEARED: AlertKind
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version")
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version", "time_in_force", "expire_at_unix_ms")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +221,8 @@ class Order(_message.Message):
     VENUE_FIELD_NUMBER: _ClassVar[int]
     COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
     MIN_STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account_id: str
     symbol: str
@@ -216,7 +233,9 @@ class Order(_message.Message):
     venue: str
     counterparty: str
     min_state_version: int
-    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ...) -> None: ...
+    time_in_force: TimeInForce
+    expire_at_unix_ms: int
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("code", "message", "observed", "limit")
