@@ -42,6 +42,12 @@ EPOCH_MS = 1_767_268_800_000
 TIMES_IN_FORCE = [pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC,
                   pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD, 7]
 WALL_CLOCK_MS = [0, EPOCH_MS - 1, EPOCH_MS, EPOCH_MS + 1, EPOCH_MS + 5_000]
+# Margin rates, basis points of notional: none most of the time, ordinary
+# ones, the most a rate may be, and one past it (refused by both alike).
+MARGIN_RATES = [0, 0, 0, 500, 5_000, 10_000, 15_000, 100_000]
+margin_rates = st.one_of(st.just((0, 0, 0, 0)),
+                         st.tuples(*[st.sampled_from(MARGIN_RATES)] * 4),
+                         st.just((100_001, 0, 0, 0)))
 # Window lengths in ms and clock steps in ns that make windows open and close.
 WINDOWS_MS = [1, 5, 50, 1_000]
 CLOCK_STEPS_NS = [0, 1, 500_000, 2_000_000, 60_000_000]
@@ -91,12 +97,12 @@ operations = st.one_of(
         st.one_of(st.none(), st.sets(st.sampled_from(ORDER_IDS), max_size=3)),
         st.one_of(st.none(), st.integers(-10**9, 10**9)),
         st.one_of(st.none(), st.integers(0, 5))),
-    st.builds(lambda s, k, i, iss, sec, r: _op("set_instrument", s, known=k, invalid=i,
-                                               tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
-                                               issuer_id=iss, sector_id=sec,
-                                               short_restricted=r),
+    st.builds(lambda s, k, i, iss, sec, r, m: _op("set_instrument", s, known=k, invalid=i,
+                                                  tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
+                                                  issuer_id=iss, sector_id=sec,
+                                                  short_restricted=r, margin_bps=m),
               symbols, st.booleans(), st.booleans(), st.integers(0, 2), st.integers(0, 2),
-              st.booleans()),
+              st.booleans(), margin_rates),
     st.builds(lambda s, p: _op("set_last_price", s, p), symbols,
               st.one_of(st.none(), st.integers(1, 12), st.integers(1, 10_000_000),
                         st.just(INT64_MAX))),
@@ -314,7 +320,9 @@ class RandomWalk:
             return _op("set_instrument", symbol, known=rng.random() < 0.95,
                        invalid=rng.random() < 0.02, tick_size=rng.choice([1, 1, 2, 100]),
                        lot_size=rng.choice([1, 1, 2]), issuer_id=rng.randint(0, 2),
-                       sector_id=rng.randint(0, 2), short_restricted=rng.random() < 0.2)
+                       sector_id=rng.randint(0, 2), short_restricted=rng.random() < 0.2,
+                       margin_bps=tuple(rng.choice(MARGIN_RATES) for _ in range(4))
+                       if rng.random() < 0.5 else (0, 0, 0, 0))
         if roll < 0.94:
             cash = rng.randint(-10**6, 10**10) if account != b"ACC-1" else 10**15
             return _op("set_balances", account, None if rng.random() < 0.3 else cash,

@@ -328,6 +328,74 @@ def test_a_closing_order_under_reduce_only_is_not_refused_for_its_small_notional
         pb.REJECT_CODE_REDUCE_ONLY]
 
 
+# -- margin --
+
+def margined(book, long_bps: int = 5_000, short_bps: int = 15_000) -> None:
+    """AAPL at 50% initial margin long and 150% short (maintenance half of that);
+    100 AAPL held, bought at $2.0000 and now at $1.0000; $200 of cash: equity
+    $200 - $100 of unrealized loss = $100, of which the holding needs $50."""
+    book.state.set_instrument(AAPL, known=True,
+                              margin_bps=(long_bps, short_bps, long_bps // 2, short_bps // 2))
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * 2 * LAST)})
+    book.state.set_balances(ACC, 200 * LAST, 0)
+
+
+def test_initial_margin_up_to_equity_is_approved_and_a_unit_beyond_is_a_shortfall(book):
+    margined(book)
+    assert book.codes(quantity=100) == []               # $50 + $50 = $100 = equity
+    # the working buy counts: 1 more unit needs $100.5
+    assert book.order(quantity=1)[2] == ((pb.REJECT_CODE_MARGIN_SHORTFALL, 1_005_000,
+                                          1_000_000),)
+
+
+def test_a_working_sell_that_reduces_a_long_adds_no_margin(book):
+    margined(book)
+    assert book.codes(side=pb.SIDE_SELL, quantity=60) == []      # works, reduces
+    # worst case of AAPL: all 100 held plus this buy's 100, or 40 if the sell fills
+    assert book.codes(quantity=100) == []
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+
+
+def test_short_sales_are_margined_at_the_short_rate(book):
+    margined(book)
+    book.state.set_locates(ACC, {MSFT: 100})
+    book.state.set_instrument(MSFT, known=True, margin_bps=(5_000, 15_000, 2_500, 7_500))
+    # $50 held for AAPL; 33 MSFT short at 150% needs $49.50, 34 needs $51
+    assert book.codes(symbol=MSFT, side=pb.SIDE_SELL_SHORT, quantity=34) == [
+        pb.REJECT_CODE_MARGIN_SHORTFALL]
+    assert book.codes(symbol=MSFT, side=pb.SIDE_SELL_SHORT, quantity=33) == []
+
+
+def test_an_order_that_only_reduces_is_not_held_to_margin(book):
+    margined(book, long_bps=20_000)                     # the holding alone needs $200
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+    assert book.codes(side=pb.SIDE_SELL, quantity=60) == []
+    assert book.codes(side=pb.SIDE_SELL, quantity=40) == []      # closes it
+
+
+def test_realized_pnl_and_credit_count_as_equity(book):
+    margined(book)
+    book.codes(quantity=100)                            # equity used up
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * 2 * LAST)}, realized_pnl=LAST)
+    assert book.codes(quantity=2) == []                 # +$1 realized covers 2 units
+    book.state.set_balances(ACC, 200 * LAST, 10 * LAST)
+    assert book.codes(quantity=20) == []                # +$10 of credit covers 20 more
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+
+
+def test_an_account_whose_instruments_carry_no_margin_rates_is_not_margined(book):
+    margined(book, long_bps=0, short_bps=0)
+    book.state.set_balances(ACC, -50 * LAST, 0)         # negative equity, no margin at all
+    assert pb.REJECT_CODE_MARGIN_SHORTFALL not in book.codes(quantity=1)
+
+
+def test_margin_rates_are_bounded(book):
+    with pytest.raises(ValueError, match="margin rates"):
+        book.state.set_instrument(AAPL, known=True, margin_bps=(100_001, 0, 0, 0))
+    with pytest.raises(ValueError, match="margin rates"):
+        book.state.set_instrument(AAPL, known=True, margin_bps=(0, -1, 0, 0))
+
+
 # -- time in force --
 
 NOON = 1_767_268_800_000            # 2026-01-01 12:00 UTC, Unix ms

@@ -120,6 +120,8 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     assert pb.REJECT_CODE_MIN_ORDER_NOTIONAL in codes
     # and time in force: expired GTD orders, and working orders that lapsed
     assert pb.REJECT_CODE_ORDER_EXPIRED in codes and lapsed > 0
+    # and margin (item 6)
+    assert pb.REJECT_CODE_MARGIN_SHORTFALL in codes
     # and records leaving the table: ids sent again after theirs left
     assert table.counts()["orders_evicted"] > 0 and expired_ids > 0
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "

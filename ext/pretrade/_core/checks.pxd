@@ -97,6 +97,14 @@ cdef struct CheckContext:
     int128_t committed                      # working buys + short value + working shorts
     int128_t issuer_exposure                # gross restricted to the order's issuer
     int128_t sector_exposure                # gross restricted to the order's sector
+    # Initial margin, in notional x basis points: the worst of each position
+    # extended by its working buys or by its working sells (margin_of_slot),
+    # summed over the account's other positions; the order's own position
+    # (value at last, working notionals) is kept apart for check_margin.
+    int128_t initial_margin_bps
+    int128_t order_slot_value
+    int128_t order_slot_working_buy
+    int128_t order_slot_working_sell
 
 ctypedef void (*check_fn)(const CheckContext* ctx, DecisionRecord* out) noexcept nogil
 

@@ -220,6 +220,13 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
                 ctx.scan_unpriced = True
         exposure = magnitude(value) + slot.working_buy_notional + slot.working_sell_notional
         ctx.gross += exposure
+        if slot.instrument_index == ctx.slot_instrument:
+            ctx.order_slot_value = value
+            ctx.order_slot_working_buy = slot.working_buy_notional
+            ctx.order_slot_working_sell = slot.working_sell_notional
+        else:
+            ctx.initial_margin_bps += margin_of_slot(
+                instrument, value, slot.working_buy_notional, slot.working_sell_notional)
         ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
         ctx.committed += slot.working_buy_notional + slot.working_short_notional
         if value < 0:
@@ -240,6 +247,23 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
             or ctx.unrealized > INT64_MAX or ctx.unrealized < INT64_MIN
             or ctx.committed > INT64_MAX):
         ctx.scan_overflow = True
+
+
+cdef inline int128_t margin_of_side(const L.InstrumentRecord* instrument,
+                                    int128_t value) noexcept nogil:
+    # A long at the long rate, a short at the short rate (notional x bps).
+    if value > 0:
+        return value * instrument.initial_margin_long_bps
+    return -value * instrument.initial_margin_short_bps
+
+
+cdef inline int128_t margin_of_slot(const L.InstrumentRecord* instrument, int128_t value,
+                                    int128_t working_buy, int128_t working_sell) noexcept nogil:
+    # The worst case of one position: every working buy fills, or every
+    # working sell does (a sell that reduces a long frees margin, it adds none).
+    cdef int128_t long_side = margin_of_side(instrument, value + working_buy)
+    cdef int128_t short_side = margin_of_side(instrument, value - working_sell)
+    return long_side if long_side > short_side else short_side
 
 
 cdef bint needs_scan(const CheckContext* ctx) noexcept nogil:
@@ -515,6 +539,34 @@ cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexc
         reject(out, L.REJECT_BUYING_POWER, <int64_t>held, clamp(available))
 
 
+cdef void check_margin(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Initial margin of the positions, the working orders and this order
+    # against equity = cash + credit line + realized + unrealized P&L. An
+    # order that only reduces frees margin and always goes; an account whose
+    # instruments carry no margin rates requires none and is not checked.
+    cdef int128_t required, equity
+    if not valuation_ok(ctx) or not ctx.notional_valid \
+            or not ctx.account.flags & L.ACCOUNT_HAS_BALANCES or is_reducing(ctx):
+        return
+    if is_buy(ctx):
+        required = margin_of_slot(ctx.instrument, ctx.order_slot_value,
+                                  ctx.order_slot_working_buy + ctx.notional,
+                                  ctx.order_slot_working_sell)
+    else:
+        required = margin_of_slot(ctx.instrument, ctx.order_slot_value,
+                                  ctx.order_slot_working_buy,
+                                  ctx.order_slot_working_sell + ctx.notional)
+    required += ctx.initial_margin_bps
+    if required == 0:
+        return
+    equity = (<int128_t>ctx.account.cash + ctx.account.credit_line + ctx.account.realized_pnl
+              + ctx.unrealized)
+    if required > equity * 10_000:
+        # observed: the margin required, rounded up; limit: the equity
+        reject(out, L.REJECT_MARGIN_SHORTFALL, clamp((required + 9_999) // 10_000),
+               clamp(equity))
+
+
 cdef int32_t first_in_window(const L.AccountActivity* activity, int64_t since_ns) noexcept nogil:
     # Logical index (0 = oldest) of the first remembered order after since_ns.
     cdef int32_t lo = 0, hi = activity.rate_count, mid
@@ -678,7 +730,7 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 26
+    CHECK_COUNT = 27
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
@@ -700,6 +752,7 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_account_valuation,
     check_exposure,
     check_buying_power,
+    check_margin,
     check_velocity,
     check_max_working_orders,
     check_concentration,
@@ -713,7 +766,7 @@ CHECK_NAMES = (
     "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
     "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
     "position_limits",
-    "short_sale", "account_valuation", "exposure", "buying_power", "velocity",
+    "short_sale", "account_valuation", "exposure", "buying_power", "margin", "velocity",
     "max_working_orders", "concentration", "venue_exposure", "loss_limit", "halts",
 )
 

@@ -140,7 +140,10 @@ REJECT_CODE_NUMBERS = {
     "CAPACITY_EXHAUSTED": L.REJECT_CAPACITY_EXHAUSTED,
     "MIN_ORDER_NOTIONAL": L.REJECT_MIN_ORDER_NOTIONAL,
     "ORDER_EXPIRED": L.REJECT_ORDER_EXPIRED,
+    "MARGIN_SHORTFALL": L.REJECT_MARGIN_SHORTFALL,
 }
+#: The largest margin rate an instrument may carry, basis points.
+MAX_MARGIN_BPS = L.MAX_MARGIN_BPS
 
 # -- ENGINE COUNTERS (Engine.metrics): verdict names by index, histogram bounds --
 

@@ -51,6 +51,8 @@ cdef enum:
     LIMIT_SLOTS = 32                # room for the limit catalogue to grow
     MAX_REJECTIONS = 24
     STORED_REJECTIONS = 8           # kept with an order for idempotent replay
+    MAX_MARGIN_BPS = 100_000        # a margin rate is at most 1,000% of notional: the
+                                    # 128-bit margin sums of a full table cannot overflow
     RATE_RING_CAPACITY = 256        # approved orders remembered for the velocity windows
     REJECT_RING_CAPACITY = 256      # rejections remembered for the reject-storm breaker
     NO_INDEX = -1
@@ -153,6 +155,7 @@ cdef enum RejectCode:
     # 39, 40 (INVALID_REQUEST, AUDIT_UNAVAILABLE) are decided before the engine
     REJECT_MIN_ORDER_NOTIONAL = 41
     REJECT_ORDER_EXPIRED = 42
+    REJECT_MARGIN_SHORTFALL = 43
 
 # How long an order may work (pretrade.v1 TimeInForce). UNSPECIFIED works
 # until its fill or cancel is reported, as before time in force existed.
@@ -376,6 +379,13 @@ cdef struct InstrumentRecord:
     # streams read it (Holding.currency): no check depends on it.
     uint32_t currency
     uint32_t reserved
+    # Margin rates in basis points of notional (instrument:<SYM>; 0: none):
+    # initial margin for orders and positions, long and short; maintenance
+    # for the MARGIN_CALL alert of the portfolio streams.
+    int64_t initial_margin_long_bps
+    int64_t initial_margin_short_bps
+    int64_t maintenance_margin_long_bps
+    int64_t maintenance_margin_short_bps
 
 # One (account, instrument) pair; 96 bytes.
 cdef struct PositionSlot:

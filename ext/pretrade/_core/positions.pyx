@@ -1501,15 +1501,21 @@ cdef class PositionTable:
 
     def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
                        bint invalid=False, int32_t issuer_id=0, int32_t sector_id=0,
-                       bint short_restricted=False, currency=""):
+                       bint short_restricted=False, currency="", margin_bps=(0, 0, 0, 0)):
         """Set an instrument's reference data.
 
         Tick size is in price units, lot size in units; issuer and sector are
         small ids the caller interns (0: none given); currency is an ISO 4217
-        code of three letters A-Z, or "" for none given.
+        code of three letters A-Z, or "" for none given; ``margin_bps`` the
+        margin rates in basis points of notional, ``(initial long, initial
+        short, maintenance long, maintenance short)``, each 0 to MAX_MARGIN_BPS.
         """
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        rates = tuple(margin_bps)
+        if len(rates) != 4 or not all(0 <= rate <= L.MAX_MARGIN_BPS for rate in rates):
+            raise ValueError(f"margin rates are four basis points from 0 to {L.MAX_MARGIN_BPS}, "
+                             f"got {margin_bps!r}")
         cdef uint32_t packed_currency = _pack_currency(currency)
         cdef int32_t i = self._instrument(symbol)
         cdef L.InstrumentRecord* rec = &self.instruments[i]
@@ -1518,6 +1524,8 @@ cdef class PositionTable:
         rec.issuer_id = issuer_id
         rec.sector_id = sector_id
         rec.currency = packed_currency
+        (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+         rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps) = rates
         cdef uint32_t flags = rec.flags & ~(L.INSTRUMENT_KNOWN | L.INSTRUMENT_STATE_INVALID
                                             | L.INSTRUMENT_SHORT_RESTRICTED)
         if known:
@@ -1808,6 +1816,8 @@ cdef class PositionTable:
             "lot_size": rec.lot_size,
             "halt_mode": rec.halt_mode,
             "currency": _unpack_currency(rec.currency),
+            "margin_bps": (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+                           rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps),
         }
 
     def instrument_currency(self, bytes symbol):

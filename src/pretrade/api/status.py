@@ -235,6 +235,9 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
         case pb.REJECT_CODE_BUYING_POWER:
             return (f"order needs {money(observed)} but buying power is "
                     f"{money(limit)}")
+        case pb.REJECT_CODE_MARGIN_SHORTFALL:
+            return (f"initial margin would be {money(observed)}, over the equity "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"
         case pb.REJECT_CODE_NOTIONAL_RATE:

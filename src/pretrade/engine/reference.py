@@ -41,6 +41,7 @@ from pretrade._core.constants import (
     HALT_NONE,
     MAX_CAPACITY,
     MAX_ID_LENGTH,
+    MAX_MARGIN_BPS,
     MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
     MAX_TAG_LENGTH,
@@ -166,6 +167,8 @@ class RefInstrument:
     sector_id: int = 0
     short_restricted: bool = False
     currency: str = ""        # ISO 4217; "" none given (no check reads it)
+    # basis points of notional: initial long, initial short, maintenance long, short
+    margin_bps: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
@@ -227,6 +230,10 @@ class Context:
     committed: int = 0
     issuer_exposure: int = 0
     sector_exposure: int = 0
+    # initial margin (notional x bps) of the other positions; the order's own
+    # position's value at last and working notionals, apart
+    initial_margin_bps: int = 0
+    order_slot: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def account_known(self) -> bool:
@@ -505,6 +512,37 @@ def check_buying_power(ctx: Context, reject: Reject) -> None:
         reject(pb.REJECT_CODE_BUYING_POWER, held, clamp(available))
 
 
+def margin_of_slot(instrument: RefInstrument, value: int, working_buy: int,
+                   working_sell: int) -> int:
+    """Initial margin (notional x bps) of one position in its worst case: every
+    working buy fills, or every working sell does; long at the long rate,
+    short at the short rate."""
+    def side(extreme: int) -> int:
+        return extreme * instrument.margin_bps[0] if extreme > 0 \
+            else -extreme * instrument.margin_bps[1]
+    return max(side(value + working_buy), side(value - working_sell))
+
+
+def check_margin(ctx: Context, reject: Reject) -> None:
+    """Initial margin (positions + working orders + this order) against equity."""
+    account, instrument = ctx.account, ctx.instrument
+    if not ctx.valuation_ok or not ctx.notional_valid or account is None \
+            or instrument is None or account.cash is None or ctx.is_reducing():
+        return
+    value, working_buy, working_sell = ctx.order_slot
+    if ctx.is_buy():
+        working_buy += ctx.notional
+    else:
+        working_sell += ctx.notional
+    required = ctx.initial_margin_bps + margin_of_slot(instrument, value, working_buy,
+                                                       working_sell)
+    if required == 0:
+        return
+    equity = account.cash + account.credit_line + account.realized_pnl + ctx.unrealized
+    if required > equity * 10_000:
+        reject(pb.REJECT_CODE_MARGIN_SHORTFALL, clamp(ceil_div(required, 10_000)), clamp(equity))
+
+
 def _first_in_window(rate: deque[tuple[int, int]], since_ns: int) -> int:
     for index, (at_ns, _) in enumerate(rate):
         if at_ns > since_ns:
@@ -638,6 +676,7 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_account_valuation,
     check_exposure,
     check_buying_power,
+    check_margin,
     check_velocity,
     check_max_working_orders,
     check_concentration,
@@ -974,10 +1013,15 @@ class ReferenceBook:
         self, symbol: bytes, *, known: bool, tick_size: int = 1, lot_size: int = 1,
         invalid: bool = False, issuer_id: int = 0, sector_id: int = 0,
         short_restricted: bool = False, currency: str = "",
+        margin_bps: tuple[int, int, int, int] = (0, 0, 0, 0),
     ) -> None:
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(
                 f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        rates = tuple(margin_bps)
+        if len(rates) != 4 or not all(0 <= rate <= MAX_MARGIN_BPS for rate in rates):
+            raise ValueError(f"margin rates are four basis points from 0 to {MAX_MARGIN_BPS}, "
+                             f"got {margin_bps!r}")
         if currency and not is_currency_code(currency.encode("ascii", "replace")):
             raise ValueError(f"a currency is three letters A-Z (ISO 4217), got {currency!r}")
         instrument = self._instrument(symbol)
@@ -986,6 +1030,7 @@ class ReferenceBook:
         instrument.issuer_id, instrument.sector_id = issuer_id, sector_id
         instrument.short_restricted = short_restricted
         instrument.currency = currency
+        instrument.margin_bps = rates
 
 
     def set_last_price(self, symbol: bytes, price: int | None) -> None:
@@ -1216,6 +1261,11 @@ class ReferenceBook:
                     ctx.scan_unpriced = True
             exposure = abs(value) + slot.working_buy_notional + slot.working_sell_notional
             ctx.gross += exposure
+            if symbol == ctx.symbol:
+                ctx.order_slot = (value, slot.working_buy_notional, slot.working_sell_notional)
+            else:
+                ctx.initial_margin_bps += margin_of_slot(
+                    instrument, value, slot.working_buy_notional, slot.working_sell_notional)
             ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
             ctx.committed += slot.working_buy_notional + slot.working_short_notional
             if value < 0:

@@ -850,6 +850,12 @@ class RedisSync:
             except TableFullError as error:
                 state.over_capacity["balances"] = error.capacity
             self._publish_account(account, state)
+            # the portfolio streams value equity and margin from the balances
+            info = self.table.account_info(account)
+            if info is not None:
+                positions = self.table.account_positions(account)
+                for listener in self.listeners:
+                    listener.account_changed(account, positions, info["realized_pnl"])
 
     def _queue_locates(self, pipe: Pipeline, accounts: list[bytes]) -> None:
         for account in accounts:
@@ -925,7 +931,7 @@ class RedisSync:
                 issuer_id=self._intern(self.issuer_ids, reference.issuer),
                 sector_id=self._intern(self.sector_ids, reference.sector),
                 short_restricted=symbol in self.restricted or self.restricted_unreadable,
-                currency=reference.currency)
+                currency=reference.currency, margin_bps=reference.margin_bps)
         except TableFullError as error:
             self._does_not_fit("instrument", symbol, error)
             return
@@ -934,7 +940,9 @@ class RedisSync:
     def _currency_changed(self, symbol: bytes, before: dict[str, Any] | None,
                           currency: str) -> None:
         """Holdings carry their instrument's currency: a new one is told like a price."""
-        if before is not None and before["currency"] != currency:
+        after = self.table.instrument_info(symbol)
+        if before is not None and (before["currency"] != currency or (
+                after is not None and before["margin_bps"] != after["margin_bps"])):
             for listener in self.listeners:
                 listener.price_changed(symbol, before["last_price"])
         if self.over_capacity.pop(("instrument", symbol), None) is not None:

@@ -73,6 +73,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_AUDIT_UNAVAILABLE: _ClassVar[RejectCode]
     REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
     REJECT_CODE_ORDER_EXPIRED: _ClassVar[RejectCode]
+    REJECT_CODE_MARGIN_SHORTFALL: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -122,6 +123,8 @@ class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_KIND_LIMIT_CLEARED: _ClassVar[AlertKind]
     ALERT_KIND_INVALID_STATE: _ClassVar[AlertKind]
     ALERT_KIND_INVALID_STATE_CLEARED: _ClassVar[AlertKind]
+    ALERT_KIND_MARGIN_CALL: _ClassVar[AlertKind]
+    ALERT_KIND_MARGIN_CALL_CLEARED: _ClassVar[AlertKind]
 SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
@@ -177,6 +180,7 @@ REJECT_CODE_INVALID_REQUEST: RejectCode
 REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
 REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
 REJECT_CODE_ORDER_EXPIRED: RejectCode
+REJECT_CODE_MARGIN_SHORTFALL: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
@@ -208,6 +212,8 @@ ALERT_KIND_LIMIT_BREACH: AlertKind
 ALERT_KIND_LIMIT_CLEARED: AlertKind
 ALERT_KIND_INVALID_STATE: AlertKind
 ALERT_KIND_INVALID_STATE_CLEARED: AlertKind
+ALERT_KIND_MARGIN_CALL: AlertKind
+ALERT_KIND_MARGIN_CALL_CLEARED: AlertKind
 
 class Order(_message.Message):
     __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version", "time_in_force", "expire_at_unix_ms")
@@ -346,7 +352,7 @@ class Holding(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., average_cost: _Optional[int] = ..., cost_basis: _Optional[int] = ..., last_price: _Optional[int] = ..., market_value: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class PortfolioTotals(_message.Message):
-    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation", "currency")
+    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation", "currency", "margined", "equity", "margin_used", "margin_excess", "maintenance_margin")
     MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
     COST_BASIS_FIELD_NUMBER: _ClassVar[int]
     UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +360,11 @@ class PortfolioTotals(_message.Message):
     UNVALUED_HOLDINGS_FIELD_NUMBER: _ClassVar[int]
     VALUATION_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MARGINED_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_USED_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_EXCESS_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_MARGIN_FIELD_NUMBER: _ClassVar[int]
     market_value: int
     cost_basis: int
     unrealized_pnl: int
@@ -361,7 +372,12 @@ class PortfolioTotals(_message.Message):
     unvalued_holdings: int
     valuation: Valuation
     currency: str
-    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
+    margined: bool
+    equity: int
+    margin_used: int
+    margin_excess: int
+    maintenance_margin: int
+    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ..., margined: _Optional[bool] = ..., equity: _Optional[int] = ..., margin_used: _Optional[int] = ..., margin_excess: _Optional[int] = ..., maintenance_margin: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("kind", "code", "message", "observed", "limit", "symbol", "halt_mode")
