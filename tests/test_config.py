@@ -121,6 +121,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_DURABLE_DECISIONS": "no",
         "PRETRADE_DEMO_BOOK": "yes",
         "PRETRADE_DEFAULT_CURRENCY": "eur",
+        "PRETRADE_DAY_SESSION_END_UTC": "21:30",
         "PRETRADE_DATA_DIR": "/var/lib/pretrade",
         "PRETRADE_LOG_LEVEL": "warning",
         "PRETRADE_LOG_FORMAT": "JSON",
@@ -181,6 +182,7 @@ def test_every_field_has_its_own_environment_variable():
         durable_decisions=False,
         demo_book=True,
         default_currency="EUR",
+        day_session_end_utc="21:30:00",
         data_dir="/var/lib/pretrade",
         log_level="WARNING",
         log_format="json",
@@ -217,6 +219,15 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_its_password()
         Settings(database_url="mysql://root:secret@db/audit")
     assert "secret" not in str(refused.value)
     assert "secret" not in repr(Settings(database_url="postgresql://root:secret@db/audit"))
+
+
+def test_the_day_session_end_is_a_utc_time_of_day_or_unset():
+    assert Settings().day_session_end_utc is None
+    assert Settings(day_session_end_utc="20:00").day_session_end_utc == "20:00:00"
+    assert Settings(day_session_end_utc="23:59:59").day_session_end_utc == "23:59:59"
+    for bad in ("24:00", "8:00", "20:60", "20:00:00.5", "20h", ""):
+        with pytest.raises(ConfigError, match="day_session_end_utc"):
+            Settings(day_session_end_utc=bad)
 
 
 def test_default_currency_is_usd_and_must_be_three_letters():

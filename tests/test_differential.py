@@ -46,16 +46,17 @@ def _outcome(call) -> tuple:
 
 
 def apply(op: Op, table: object, engine: Engine, book: ReferenceBook) -> tuple | None:
-    """Apply one operation to both; for an order, return the (identical) decision."""
+    """Apply one operation to both; return the (identical) decision of an order, or
+    the outcome of a state write (``("ok", value)``, ``("full", ...)``, ...)."""
     name, args, kwargs = op
     if name == "evaluate":
-        decision = engine.evaluate(*args)
-        assert decision == book.evaluate(*args), f"decisions differ for {args}"
+        decision = engine.evaluate(*args, **kwargs)
+        assert decision == book.evaluate(*args, **kwargs), f"decisions differ for {args} {kwargs}"
         return decision
     core = _outcome(lambda: getattr(table, name)(*args, **kwargs))
     twin = _outcome(lambda: getattr(book, name)(*args, **kwargs))
     assert core == twin, f"{name}{args}: core {core}, twin {twin}"
-    return None
+    return core
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,7 +89,7 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     table, engine, book = fresh_pair(max_orders=9_000, share=600, expiry_ms=50)
     table.set_sync_live(True)
     book.set_sync_live(True)
-    decisions = approvals = replays = auto_halts = expired_ids = 0
+    decisions = approvals = replays = auto_halts = expired_ids = lapsed = 0
     codes: set[int] = set()
     for step in range(20_000):
         op = walk.operation()
@@ -96,7 +97,11 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
             decision = apply(op, table, engine, book)
         except AssertionError as error:
             raise AssertionError(f"seed {seed}, step {step}: {error}") from None
-        if decision is not None:
+        if op[0] == "end_lapsed_orders":
+            assert decision is not None
+            lapsed += decision[1]
+        elif op[0] == "evaluate":
+            assert decision is not None
             decisions += 1
             approvals += decision[0]
             replays += decision[3]
@@ -111,11 +116,17 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     assert decisions > 5_000
     assert 0 < approvals < decisions
     assert replays > 0 and auto_halts > 0
+    # and the minimum notional (item 7), which the walk's limits make reachable
+    assert pb.REJECT_CODE_MIN_ORDER_NOTIONAL in codes
+    # and time in force: expired GTD orders, and working orders that lapsed
+    assert pb.REJECT_CODE_ORDER_EXPIRED in codes and lapsed > 0
+    # and margin (item 6)
+    assert pb.REJECT_CODE_MARGIN_SHORTFALL in codes
     # and records leaving the table: ids sent again after theirs left
     assert table.counts()["orders_evicted"] > 0 and expired_ids > 0
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "
           f"{auto_halts} auto-halts, {expired_ids} ids asked back from Redis, "
-          f"{table.counts()['orders_evicted']} records left the table; "
+          f"{table.counts()['orders_evicted']} records left the table, {lapsed} lapsed; "
           f"codes seen: {sorted(codes)}")
 
 
@@ -133,7 +144,8 @@ def test_core_and_reference_agree_over_a_seeded_walk_in_a_full_table() -> None:
             decision = apply(op, table, engine, book)
         except AssertionError as error:
             raise AssertionError(f"seed {seed}, step {step}: {error}") from None
-        if decision is not None:
+        if op[0] == "evaluate":
+            assert decision is not None
             capacity += any(code == pb.REJECT_CODE_CAPACITY_EXHAUSTED
                             for code, _, _ in decision[2])
         if step % 500 == 0:

@@ -771,6 +771,14 @@ FAIL_CLOSED = {
     "currency with a sign in it": Case(
         "`currency` present but not three letters", [["HSET", "instrument:AAPL", "currency",
                                                       "US$"]], LIMIT_ORDER, INVALID),
+    "margin rate in percent": Case(
+        "a margin rate that is not an integer", [["HSET", "instrument:AAPL",
+                                                  "initial_margin_long_bps", "50%"]],
+        LIMIT_ORDER, INVALID),
+    "margin rate past 1,000%": Case(
+        "a margin rate that is not an integer", [["HSET", "instrument:AAPL",
+                                                  "maintenance_margin_short_bps", "100001"]],
+        LIMIT_ORDER, INVALID),
     "instrument key is a string": Case(
         f"`instrument:<SYM>` {NOT_A_HASH}", [["DEL", "instrument:AAPL"],
                                              ["SET", "instrument:AAPL", "x"]], LIMIT_ORDER,

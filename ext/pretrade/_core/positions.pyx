@@ -233,10 +233,21 @@ cdef void _stage_tags(L.TagLimit* staged, object limits, str what) except *:
 
 _INT64 = range(-(1 << 63), 1 << 63)
 _INT32 = range(-(1 << 31), 1 << 31)
+_TIMES_IN_FORCE = (L.TIME_IN_FORCE_UNSPECIFIED, L.TIME_IN_FORCE_DAY, L.TIME_IN_FORCE_IOC,
+                   L.TIME_IN_FORCE_GTC, L.TIME_IN_FORCE_GTD)
 
 
 def _checked_restore(order):
-    """One restored order's fields, checked against what an OrderRecord holds."""
+    """One restored order's fields, checked against what an OrderRecord holds.
+
+    Twelve fields, or fifteen with its time in force: ``time_in_force``,
+    ``expire_at_ms`` and ``working_until_ms`` (when it stops counting, Unix
+    ms; 0 when its fill or cancel is reported).
+    """
+    time_in_force = expire_at_ms = working_until_ms = 0
+    if len(order) == 15:
+        time_in_force, expire_at_ms, working_until_ms = order[12:]
+        order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
     if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
@@ -248,7 +259,9 @@ def _checked_restore(order):
     if side not in (L.SIDE_BUY, L.SIDE_SELL, L.SIDE_SELL_SHORT) \
             or order_type not in (L.ORDER_TYPE_LIMIT, L.ORDER_TYPE_MARKET):
         raise ValueError(f"order {order_id!r}: side {side} or order type {order_type} unknown")
-    for value in (quantity, price, valuation_price, notional):
+    if time_in_force not in _TIMES_IN_FORCE:
+        raise ValueError(f"order {order_id!r}: time in force {time_in_force} unknown")
+    for value in (quantity, price, valuation_price, notional, expire_at_ms, working_until_ms):
         if value not in _INT64:
             raise ValueError(f"order {order_id!r}: {value} does not fit in int64")
     if approved and (quantity <= 0 or valuation_price <= 0
@@ -261,7 +274,8 @@ def _checked_restore(order):
             raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, bool(approved), rejections)
+            venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
+            working_until_ms)
 
 
 cdef int _check_halt_mode(int mode) except -1:
@@ -774,6 +788,9 @@ cdef class PositionTable:
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
         account.working_order_count += 1
+        if rec.working_until_ms != 0 and (account.next_lapse_ms == 0
+                                          or rec.working_until_ms < account.next_lapse_ms):
+            L.pt_store_i64(&account.next_lapse_ms, rec.working_until_ms)
         add_tag_total(account.venue_working, &account.tag_overflow, 1, rec.venue, notional)
         add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
                       rec.counterparty, notional)
@@ -1121,11 +1138,16 @@ cdef class PositionTable:
             o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
-        # rebuild the per-venue / per-counterparty running totals
+        self._rebuild_tag_totals(account_index)
+
+    cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil:
+        # The per-venue / per-counterparty running totals, from the working list.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.OrderRecord* order
         memset(account.venue_working, 0, sizeof(account.venue_working))
         memset(account.counterparty_working, 0, sizeof(account.counterparty_working))
         account.tag_overflow = 0
-        o = kept_head
+        cdef int32_t o = account.first_working_order
         while o != L.NO_INDEX:
             order = &self.orders[o]
             add_tag_total(account.venue_working, &account.tag_overflow, 1, order.venue,
@@ -1134,19 +1156,88 @@ cdef class PositionTable:
                           order.counterparty, order.remaining * order.valuation_price)
             o = order.next_working
 
+    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil:
+        # Caller holds the account's stripe lock. Working orders whose time in
+        # force ended at or before now stop counting, as a reported cancel
+        # would end them (locates used stay used, as for a cancel).
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot
+        cdef L.OrderRecord* order
+        cdef int32_t o = account.first_working_order
+        cdef int32_t previous = L.NO_INDEX
+        cdef int32_t next_o, ended = 0
+        cdef int64_t next_lapse = 0, notional
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            next_o = order.next_working
+            if order.working_until_ms != 0 and order.working_until_ms <= now_unix_ms:
+                slot = &self.positions[order.position_index]
+                notional = order.remaining * order.valuation_price
+                if order.side == L.SIDE_BUY:
+                    slot.working_buy -= order.remaining
+                    slot.working_buy_notional -= notional
+                else:
+                    slot.working_sell -= order.remaining
+                    slot.working_sell_notional -= notional
+                    if order.side == L.SIDE_SELL_SHORT:
+                        slot.working_short_notional -= notional
+                order.remaining = 0
+                order.status = L.ORDER_DONE
+                order.next_working = L.NO_INDEX
+                if previous == L.NO_INDEX:
+                    account.first_working_order = next_o
+                else:
+                    self.orders[previous].next_working = next_o
+                account.working_order_count -= 1
+                self.append_idle(account_index, o, L.pt_load_i64(&self.header.clock_ns))
+                ended += 1
+            else:
+                if order.working_until_ms != 0 and (next_lapse == 0
+                                                    or order.working_until_ms < next_lapse):
+                    next_lapse = order.working_until_ms
+                previous = o
+            o = next_o
+        L.pt_store_i64(&account.next_lapse_ms, next_lapse)
+        if ended:
+            self._rebuild_tag_totals(account_index)
+        return ended
+
+    def end_lapsed_orders(self, int64_t now_unix_ms):
+        """Working orders whose time in force ended at or before ``now_unix_ms``
+        (the wall clock, Unix ms) stop counting: a DAY or IOC order at the
+        session end it was decided in, a GTD order at its expiry. The table's
+        writer calls it now and then; returns how many stopped. An account
+        none of whose orders can have lapsed costs one read."""
+        cdef int32_t a, count, ended = 0
+        cdef int64_t next_lapse
+        count = L.pt_load_i32(&self.header.account_count)
+        for a in range(count):
+            next_lapse = L.pt_load_i64(&self.accounts[a].next_lapse_ms)  # a hint, no lock
+            if next_lapse == 0 or next_lapse > now_unix_ms:
+                continue
+            self.lock_account(a)
+            ended += self._end_lapsed(a, now_unix_ms)
+            self.unlock_account(a)
+        if ended:
+            self._bump_version()
+        return ended
+
     def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
-                      valuation_price, notional, venue, counterparty, approved, rejections):
+                      valuation_price, notional, venue, counterparty, approved, rejections,
+                      time_in_force=0, expire_at_ms=0, working_until_ms=0):
         """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, approved, rejections)]) == 1
+            venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+            working_until_ms)]) == 1
 
     def restore_orders(self, account_id, orders):
         """Put back decided orders of one account from their durable copies (crash recovery).
 
         ``orders`` holds ``(order_id, symbol, side, order_type, quantity, price,
         valuation_price, notional, venue, counterparty, approved, rejections)``
-        tuples. An approved order is working again with its whole quantity
+        tuples, optionally followed by ``time_in_force, expire_at_ms,
+        working_until_ms`` (see :meth:`end_lapsed_orders`). An approved order is working again with its whole quantity
         reserved (the next account snapshot subtracts its fills and cancels);
         a rejected one is remembered so its id replays. Their decisions are
         durable (they came from Redis), so they may leave the table again.
@@ -1197,7 +1288,8 @@ cdef class PositionTable:
     cdef int _restore_one(self, int32_t a, object order) except -1:
         # Caller holds the account's lock; the order passed _checked_restore.
         (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-         venue, counterparty, approved, rejections) = order
+         venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+         working_until_ms) = order
         cdef int32_t i = self._instrument(symbol)
         cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
         cdef int32_t what = 0
@@ -1220,6 +1312,9 @@ cdef class PositionTable:
         rec.valuation_price = valuation_price
         rec.notional = notional
         rec.approved = approved
+        rec.time_in_force = time_in_force
+        rec.expire_at_ms = expire_at_ms
+        rec.working_until_ms = working_until_ms
         memcpy(rec.venue, <const char*>venue, len(venue))
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
         rec.rejection_count = len(rejections)
@@ -1426,15 +1521,21 @@ cdef class PositionTable:
 
     def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
                        bint invalid=False, int32_t issuer_id=0, int32_t sector_id=0,
-                       bint short_restricted=False, currency=""):
+                       bint short_restricted=False, currency="", margin_bps=(0, 0, 0, 0)):
         """Set an instrument's reference data.
 
         Tick size is in price units, lot size in units; issuer and sector are
         small ids the caller interns (0: none given); currency is an ISO 4217
-        code of three letters A-Z, or "" for none given.
+        code of three letters A-Z, or "" for none given; ``margin_bps`` the
+        margin rates in basis points of notional, ``(initial long, initial
+        short, maintenance long, maintenance short)``, each 0 to MAX_MARGIN_BPS.
         """
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        rates = tuple(margin_bps)
+        if len(rates) != 4 or not all(0 <= rate <= L.MAX_MARGIN_BPS for rate in rates):
+            raise ValueError(f"margin rates are four basis points from 0 to {L.MAX_MARGIN_BPS}, "
+                             f"got {margin_bps!r}")
         cdef uint32_t packed_currency = _pack_currency(currency)
         cdef int32_t i = self._instrument(symbol)
         cdef L.InstrumentRecord* rec = &self.instruments[i]
@@ -1443,6 +1544,8 @@ cdef class PositionTable:
         rec.issuer_id = issuer_id
         rec.sector_id = sector_id
         rec.currency = packed_currency
+        (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+         rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps) = rates
         cdef uint32_t flags = rec.flags & ~(L.INSTRUMENT_KNOWN | L.INSTRUMENT_STATE_INVALID
                                             | L.INSTRUMENT_SHORT_RESTRICTED)
         if known:
@@ -1733,6 +1836,8 @@ cdef class PositionTable:
             "lot_size": rec.lot_size,
             "halt_mode": rec.halt_mode,
             "currency": _unpack_currency(rec.currency),
+            "margin_bps": (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+                           rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps),
         }
 
     def instrument_currency(self, bytes symbol):

@@ -39,6 +39,7 @@ from pretrade._core.constants import (
 )
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
+from pretrade.engine.sessions import parse_time_of_day
 from pretrade.engine.table import Capacities
 from pretrade.engine.text import is_currency_code
 
@@ -101,7 +102,8 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "tls_client_ca", "tokens_file",
                               "max_orders_per_account", "desk_listen", "desk_gateway",
                               "stream_listen", "desk_stream_gateway",
-                              "desk_tls_ca", "desk_client_cert", "desk_client_key"})
+                              "desk_tls_ca", "desk_client_cert", "desk_client_key",
+                              "day_session_end_utc"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -277,6 +279,13 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if value.lower() not in LOG_FORMATS:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
+    elif name == "day_session_end_utc":
+        try:
+            end_of_day_ms = parse_time_of_day(value.strip())
+        except ValueError as error:
+            raise problem(str(error)) from None
+        seconds = end_of_day_ms // 1000
+        return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     elif name == "default_currency":
         if not is_currency_code(value.upper().encode("utf-8")):
             raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
@@ -419,6 +428,11 @@ class Settings:
         trades that guarantee for one Redis round trip less per call.
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
+    day_session_end_utc : str or None
+        When the trading day ends, UTC (``HH:MM`` or ``HH:MM:SS``; stored as
+        ``HH:MM:SS``): a DAY or IOC order stops counting against the limits at
+        the first such time after it was decided. None: they count until
+        their fill or cancel is reported, like GTC.
     default_currency : str
         The ISO 4217 currency of an instrument whose ``instrument:<SYM>`` hash
         has no ``currency`` field (StreamPortfolio's ``Holding.currency``);
@@ -521,6 +535,7 @@ class Settings:
     durable_decisions: bool = True
     demo_book: bool = False
     default_currency: str = "USD"
+    day_session_end_utc: str | None = None
     data_dir: str = ".run"
     log_level: str = "INFO"
     log_format: str = "text"

@@ -58,6 +58,7 @@ from pretrade.engine.errors import (
     RedisUnreachable,
     WorkerFailed,
 )
+from pretrade.engine.sessions import parse_time_of_day
 from pretrade.engine.table import Capacities, MappedTable, Residency
 from pretrade.engine.tally import Buckets
 from pretrade.state.connection import connect
@@ -134,7 +135,11 @@ class Gateway:
                                              audit=self.audit,
                                              wait_limit_seconds=settings.max_sync_lag_ms / 1000,
                                              audit_before_answer=settings.audit_before_answer,
-                                             default_currency=settings.default_currency)
+                                             default_currency=settings.default_currency,
+                                             day_session_end_ms=None
+                                             if settings.day_session_end_utc is None
+                                             else parse_time_of_day(
+                                                 settings.day_session_end_utc))
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.

@@ -64,6 +64,10 @@ class DecidedOrder:
     counterparty: bytes
     approved: bool
     rejections: tuple[tuple[int, int, int], ...]
+    time_in_force: int = 0
+    expire_at_unix_ms: int = 0
+    #: When the approved order stops counting (Unix ms); 0: at its fill or cancel.
+    working_until_unix_ms: int = 0
 
     def encode(self, decided_at_unix_ms: int = 0) -> bytes:
         """The value of this order's field in ``orders:{ACC}``: 0x02 and its record."""
@@ -73,6 +77,9 @@ class DecidedOrder:
             quantity=self.quantity, price=self.price, valuation_price=self.valuation_price,
             notional=self.notional, venue=self.venue, counterparty=self.counterparty,
             approved=self.approved, decided_at_unix_ms=decided_at_unix_ms,
+            time_in_force=self.time_in_force,  # type: ignore[arg-type]
+            expire_at_unix_ms=self.expire_at_unix_ms,
+            working_until_unix_ms=self.working_until_unix_ms,
             rejections=[records_pb2.StoredRejection(code=code,  # type: ignore[arg-type]
                                                     observed=observed, limit=limit)
                         for code, observed, limit in self.rejections])
@@ -102,7 +109,9 @@ def _decode_record(account: bytes, order_id: bytes, payload: bytes) -> DecidedOr
     return DecidedOrder(account, order_id, symbol, record.side, record.order_type,
                         record.quantity, record.price, record.valuation_price, record.notional,
                         record.venue, record.counterparty, record.approved,
-                        tuple((r.code, r.observed, r.limit) for r in record.rejections))
+                        tuple((r.code, r.observed, r.limit) for r in record.rejections),
+                        record.time_in_force, record.expire_at_unix_ms,
+                        record.working_until_unix_ms)
 
 
 def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
