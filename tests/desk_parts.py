@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
+
 from pretrade.api.access import new_token, token_entry
 from pretrade.app.config import Settings
 from pretrade.desk.process import DeskServer
@@ -49,6 +51,23 @@ def write_tokens(directory: Path) -> DeskTokens:
     path.write_text("\n".join(token_entry(name, role, accounts, by_name[name])
                               for name, (role, accounts) in DESK_PRINCIPALS.items()))
     return DeskTokens(path, by_name)
+
+
+#: ACC-1's 100 AAPL bought at $68.3378 and priced there, at 50% initial and 25% maintenance
+#: margin long, with the cash to cover the initial margin exactly: equity = margin used.
+MARGIN_CASH = 34_168_900                    # $3,416.89 = 50% of $6,833.78
+MAINTENANCE = 17_084_450                    # 25% of $6,833.78
+#: A last price at which equity falls below the maintenance margin: at $40, equity is
+#: $3,416.89 - $2,833.78 = $583.11, under the $1,000.00 maintenance margin.
+CALLING_PRICE = 400_000
+
+
+def seed_margin(r: redis.Redis, account: str = "ACC-1", symbol: str = "AAPL") -> None:
+    """Margin rates on ``symbol`` and :data:`MARGIN_CASH` in ``account``'s balances."""
+    r.hset(f"instrument:{symbol}", mapping={
+        "initial_margin_long_bps": 5_000, "initial_margin_short_bps": 15_000,
+        "maintenance_margin_long_bps": 2_500, "maintenance_margin_short_bps": 7_500})
+    r.hset(f"balances:{{{account}}}", "cash", MARGIN_CASH)
 
 
 class DeskThread:

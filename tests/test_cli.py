@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,7 @@ def test_approved_order_exits_0_and_prints_the_decision(book, gateway):
     assert "APPROVED" in run.stdout
     assert "cli-ok-1" in run.stdout
     assert "683.3780" in run.stdout  # 10 x $68.3378
+    assert "time in force" not in run.stdout  # none was sent
     assert run.stderr == ""
 
 
@@ -316,3 +319,87 @@ def test_portfolio_follow_prints_updates_until_ctrl_c(book, gateway):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# -- time in force --
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def full_at_100(book: redis.Redis) -> redis.Redis:
+    """``book`` with ACC-1 at most 100 AAPL long: holding 20, an order of 80 fills the limit."""
+    book.hset("limits:{ACC-1}", mapping={"max_long_position": 100, "max_net_position": 100})
+    return book
+
+
+def test_gtd_order_with_an_iso_expiry_is_approved_and_shows_its_time_in_force(book, gateway):
+    tomorrow = datetime.fromtimestamp(time.time() + 86_400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run = run_pretrade(*order_args(gateway.target), "--tif", "gtd", "--expire-at", tomorrow)
+    assert run.returncode == 0, run
+    assert f"time in force  GTD until {tomorrow}" in run.stdout.splitlines()
+    assert run.stderr == ""
+
+
+@pytest.mark.parametrize("tif", ["day", "ioc", "gtc"])
+def test_an_order_with_a_time_in_force_and_no_expiry_shows_its_name(book, gateway, tif):
+    run = run_pretrade(*order_args(gateway.target, qty="1"), "--tif", tif)
+    assert run.returncode == 0, run
+    assert f"time in force  {tif.upper()}" in run.stdout.splitlines()
+
+
+def test_gtd_expiry_in_epoch_ms_holds_the_limit_until_then_and_not_after(full_at_100, gateway):
+    expire_at = now_ms() + 2_500
+    held = run_pretrade(*order_args(gateway.target, qty="80"), "--tif", "gtd",
+                        "--expire-at", str(expire_at))
+    assert held.returncode == 0, held
+    assert "time in force  GTD until" in held.stdout
+    blocked = run_pretrade(*order_args(gateway.target, qty="1"))
+    assert blocked.returncode == 1, blocked
+    assert "MAX_LONG_POSITION" in blocked.stdout
+    # Once the expiry the CLI sent has passed, the order stops counting.
+    after = wait_until(lambda: run_pretrade(*order_args(gateway.target, qty="1")),
+                       lambda r: r.returncode == 0, timeout=10)
+    assert after.returncode == 0, after
+    assert now_ms() >= expire_at
+
+
+@pytest.mark.parametrize("form", ["iso", "epoch_ms"])
+def test_gtd_order_whose_expiry_has_passed_exits_1_order_expired(book, gateway, form):
+    expire_at = "2026-01-01T00:00:00Z" if form == "iso" else "1767225600000"
+    run = run_pretrade(*order_args(gateway.target), "--tif", "gtd", "--expire-at", expire_at)
+    assert run.returncode == 1, run
+    assert "ORDER_EXPIRED" in run.stdout
+    assert "time in force  GTD until 2026-01-01T00:00:00Z" in run.stdout.splitlines()
+
+
+def test_order_json_with_a_time_in_force_is_still_the_decision_message(book, gateway):
+    plain = run_pretrade(*order_args(gateway.target, qty="1"), "--json")
+    timed = run_pretrade(*order_args(gateway.target, qty="1"), "--json", "--tif", "gtd",
+                         "--expire-at", str(now_ms() + 86_400_000))
+    assert plain.returncode == timed.returncode == 0, (plain, timed)
+    assert json.loads(timed.stdout).keys() == json.loads(plain.stdout).keys()
+    assert "order_id" in json.loads(timed.stdout)  # the proto's field names
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--tif", "gtd"], "--tif gtd needs --expire-at"),
+    (["--expire-at", "2026-12-31T21:00:00Z"], "--expire-at only goes with --tif gtd"),
+    (["--tif", "day", "--expire-at", "1798750800000"], "--expire-at only goes with --tif gtd"),
+])
+def test_gtd_and_expire_at_without_each_other_are_one_line_and_exit_2(unused_target, args,
+                                                                      complaint):
+    run = run_pretrade(*order_args(unused_target), *args)
+    assert run.returncode == 2, run
+    line = one_line_error(run)
+    assert line.startswith(f"pretrade: {complaint}")
+
+
+@pytest.mark.parametrize("expire_at", ["tomorrow", "2026-13-01T00:00:00Z", "-5", "0"])
+def test_an_expire_at_that_is_no_time_is_a_usage_error(unused_target, expire_at):
+    run = run_pretrade(*order_args(unused_target), "--tif", "gtd", "--expire-at", expire_at)
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert "argument --expire-at" in run.stderr.splitlines()[-1]

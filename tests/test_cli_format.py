@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from pretrade.cli import commands as cli
-from pretrade.cli.commands import build_halt_request, build_order, parse_args
+from pretrade.cli.commands import build_halt_request, build_order, parse_args, parse_expire_at
 from pretrade.cli.format import format_decision, format_halt_state, to_json
 from pretrade.v1 import risk_pb2
 
@@ -93,6 +93,49 @@ def test_order_id_is_generated_when_not_given_and_kept_when_given():
     assert generated.startswith("cli-") and len(generated) == len("cli-") + 12
     assert parse_args([*ORDER, "--price", "1"]).order_id != generated
     assert parse_args([*ORDER, "--price", "1", "--order-id", "X-7"]).order_id == "X-7"
+
+
+@pytest.mark.parametrize("text", ["2026-12-31T21:00:00Z", "2026-12-31T21:00:00",
+                                  "2026-12-31T22:00:00+01:00", "1798750800000"])
+def test_expire_at_is_iso_8601_utc_or_unix_epoch_milliseconds(text):
+    assert parse_expire_at(text) == 1_798_750_800_000  # 2026-12-31T21:00:00Z
+
+
+@pytest.mark.parametrize("text", ["tomorrow", "", "1.5e12", "-1", "0", "12:00:00Z"])
+def test_expire_at_that_is_no_point_in_time_is_refused(text):
+    with pytest.raises(ValueError, match=repr(text).replace("+", "[+]")):
+        parse_expire_at(text)
+
+
+@pytest.mark.parametrize(("tif", "expected"), [
+    ("day", risk_pb2.TIME_IN_FORCE_DAY), ("ioc", risk_pb2.TIME_IN_FORCE_IOC),
+    ("gtc", risk_pb2.TIME_IN_FORCE_GTC)])
+def test_tif_maps_to_its_time_in_force_with_no_expiry(tif, expected):
+    order = build_order(parse_args([*ORDER, "--price", "1", "--tif", tif]))
+    assert (order.time_in_force, order.expire_at_unix_ms) == (expected, 0)
+
+
+def test_gtd_sends_its_expiry_and_no_tif_sends_none():
+    gtd = build_order(parse_args([*ORDER, "--price", "1", "--tif", "gtd",
+                                  "--expire-at", "2026-12-31T21:00:00Z"]))
+    assert (gtd.time_in_force, gtd.expire_at_unix_ms) == (risk_pb2.TIME_IN_FORCE_GTD,
+                                                          1_798_750_800_000)
+    plain = build_order(parse_args([*ORDER, "--price", "1"]))
+    assert (plain.time_in_force, plain.expire_at_unix_ms) == (
+        risk_pb2.TIME_IN_FORCE_UNSPECIFIED, 0)
+
+
+def test_decision_shows_the_time_in_force_that_was_sent_after_the_verdict():
+    decision = risk_pb2.Decision(order_id="o1", account_id="A1", symbol="AAPL", approved=True)
+    gtd = risk_pb2.Order(time_in_force=risk_pb2.TIME_IN_FORCE_GTD,
+                         expire_at_unix_ms=MS_2025_01_02_03_04_05)
+    lines = format_decision(decision, gtd).splitlines()
+    assert lines[3].split() == ["verdict", "APPROVED"]
+    assert lines[4] == "time in force  GTD until 2025-01-02T03:04:05Z"
+    ioc = format_decision(decision, risk_pb2.Order(time_in_force=risk_pb2.TIME_IN_FORCE_IOC))
+    assert "time in force  IOC" in ioc.splitlines()
+    assert "time in force" not in format_decision(decision, risk_pb2.Order())
+    assert format_decision(decision, risk_pb2.Order()) == format_decision(decision)
 
 
 def test_target_defaults_to_the_environment_then_localhost(monkeypatch):

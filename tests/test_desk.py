@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -18,7 +19,17 @@ import redis
 
 from book import order, seed_account, seed_lots, wait_until
 from conftest import GatewayThread
-from desk_parts import DeskThread, DeskTokens, WebClient, write_tokens
+from desk_parts import (
+    CALLING_PRICE,
+    MAINTENANCE,
+    MARGIN_CASH,
+    DeskThread,
+    DeskTokens,
+    EventReader,
+    WebClient,
+    seed_margin,
+    write_tokens,
+)
 from pretrade.app.config import ConfigError, Settings
 from pretrade.audit.entries import AUDIT_STREAM
 from pretrade.audit.query import AuditQuery, read_audit
@@ -240,6 +251,60 @@ def test_the_event_stream_pushes_a_price_change_as_a_new_market_value(desk, toke
         assert update["holdings"][0]["last_price"] == "700000"
     finally:
         events.close()
+
+
+@pytest.fixture
+def margined(book: redis.Redis) -> redis.Redis:
+    """``book`` with ACC-1 margined (desk_parts.seed_margin); ACC-2 is not."""
+    seed_margin(book)
+    return book
+
+
+def margin_figures(update: dict[str, Any]) -> tuple[Any, ...]:
+    totals = update["totals"]
+    return (totals["margined"], totals["equity"], totals["margin_used"],
+            totals["margin_excess"], totals["maintenance_margin"])
+
+
+@contextmanager
+def operator_events(desk: DeskThread, tokens: DeskTokens) -> Iterator[EventReader]:
+    """The desk's ``/api/events`` as a signed-in risk operator sees them."""
+    client = WebClient(desk.port)
+    client.sign_in(tokens["operator"])
+    events = client.events("/api/events")
+    try:
+        yield events
+    finally:
+        events.close()
+
+
+def test_the_event_stream_relays_margin_figures_and_a_margin_call_raised_and_cleared(
+        margined, desk, tokens):
+    with operator_events(desk, tokens) as events:
+        snapshot = events.wait_for("portfolio", lambda u: u["account_id"] == "ACC-1")
+        assert margin_figures(snapshot) == (True, str(MARGIN_CASH), str(MARGIN_CASH), "0",
+                                            str(MAINTENANCE))  # exact, as text
+        assert not snapshot["alerts"]
+        margined.set(price_key(b"AAPL"), CALLING_PRICE)
+        called = events.wait_for("portfolio", lambda u: u["account_id"] == "ACC-1"
+                                 and bool(u["alerts"]))
+        # equity $3,416.89 - 100 x ($68.3378 - $40) = $583.11; margin used 50% of $4,000
+        assert margin_figures(called) == (True, "5831100", "20000000", "-14168900", "10000000")
+        [alert] = called["alerts"]
+        assert (alert["kind"], alert["code"], alert["observed"], alert["limit"]) == (
+            "ALERT_KIND_MARGIN_CALL", "REJECT_CODE_MARGIN_SHORTFALL", "5831100", "10000000")
+        margined.hset("balances:{ACC-1}", "cash", 40_000_000)  # equity $1,166.22: above $1,000.00
+        cleared = events.wait_for("portfolio", lambda u: u["account_id"] == "ACC-1"
+                                  and bool(u["alerts"]))
+        assert [a["kind"] for a in cleared["alerts"]] == ["ALERT_KIND_MARGIN_CALL_CLEARED"]
+        assert cleared["totals"]["equity"] == "11662200"
+
+
+def test_an_unmargined_account_is_relayed_with_margined_false_and_zero_figures(
+        margined, desk, tokens):
+    with operator_events(desk, tokens) as events:
+        snapshot = events.wait_for("portfolio", lambda u: u["account_id"] == "ACC-2")
+        assert margin_figures(snapshot) == (False, "0", "0", "0", "0")
 
 
 def test_the_event_stream_pushes_halts_and_chart_samples_to_an_operator(desk, tokens, book,

@@ -2,7 +2,8 @@
 
 Debian's ``chromium`` (``/usr/bin/chromium``) opens the page against a real
 gateway and Redis, as a person would: it signs in with a token, watches a
-price written to Redis change the market value without a reload, halts an
+price written to Redis change the market value without a reload, sees a
+margined account's equity and the margin call a price move raises, halts an
 account from the kill switch, and, as a trader, finds no halt control.
 Each test saves a screenshot in its temporary directory. ``playwright
 install`` is never used (it downloads a browser of its own).
@@ -21,7 +22,7 @@ import redis
 
 from book import order, seed_account, seed_lots
 from conftest import GatewayThread
-from desk_parts import DeskThread, DeskTokens, write_tokens
+from desk_parts import CALLING_PRICE, DeskThread, DeskTokens, seed_margin, write_tokens
 from pretrade.state.schema import halt_key, price_key
 from pretrade.v1 import risk_pb2 as pb
 
@@ -118,6 +119,35 @@ def test_a_price_written_to_redis_changes_the_shown_market_value_within_a_second
     expect(holding.locator("td.unrealized")).to_contain_text("166.22")  # 100 x (70 - 68.3378)
     page.screenshot(path=str(tmp_path / "desk-price.png"), full_page=True)
     assert elapsed < SHOWN_WITHIN_MS / 1000
+    # An unmargined book looks as it did before margin: no margin columns.
+    assert page.locator("#accounts th.margin:visible").count() == 0
+    assert page.locator("#accounts td.equity").count() == 0
+
+
+def test_a_margined_accounts_equity_is_shown_and_a_price_that_breaks_maintenance_calls_margin(
+        page, desk, tokens, book, tmp_path):
+    from playwright.sync_api import expect
+
+    seed_margin(book)
+    sign_in(page, desk, tokens["operator"])
+    row = page.locator('tr[data-account="ACC-1"]:not(.holding)')
+    expect(row.locator("td.equity")).to_have_text("$3,416.89", timeout=10_000)
+    expect(row.locator("td.margin-used")).to_have_text("$3,416.89")
+    expect(row.locator("td.margin-excess")).to_have_text("$0.00")
+    # all four decimals when the sub-cent digits are not zero, as the page shows money
+    expect(row.locator("td.maintenance-margin")).to_have_text("$1,708.4450")
+    assert page.locator("#accounts th.margin:visible").count() == 4
+    calls = page.locator('#alerts li[data-account="ACC-1"][data-kind="MARGIN_CALL"]')
+    assert calls.count() == 0
+    book.set(price_key(b"AAPL"), CALLING_PRICE)  # no reload: pushed over the event stream
+    expect(calls).to_have_text("ACC-1: MARGIN_CALL MARGIN_SHORTFALL: equity $583.11 is below "
+                               "the maintenance margin $1,000.00", timeout=SHOWN_WITHIN_MS * 5)
+    expect(row.locator("td.equity")).to_have_text("$583.11")
+    expect(row.locator("td.margin-excess")).to_have_text("-$1,416.89")
+    expect(row.locator("td.margin-excess")).to_have_class("margin-excess money negative")
+    page.screenshot(path=str(tmp_path / "desk-margin-call.png"), full_page=True)
+    book.hset("balances:{ACC-1}", "cash", 40_000_000)  # equity $1,166.22: the call clears
+    expect(calls).to_have_count(0, timeout=SHOWN_WITHIN_MS * 5)
 
 
 def test_an_operators_halt_from_the_page_reaches_redis_and_rejects_the_next_order(

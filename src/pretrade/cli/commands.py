@@ -4,6 +4,7 @@
 
     pretrade serve [--config FILE] [--redis-url URL] [--listen HOST:PORT] [--demo]
     pretrade order --account A1 --symbol AAPL --side buy --qty 100 --price 68.3378
+    pretrade order ... --tif gtd --expire-at 2026-12-31T21:00:00Z
     pretrade halt --scope symbol --symbol AAPL --mode halted --reason "news pending"
     pretrade audit --redis-url redis://127.0.0.1:6379/0 --account A1 --since 10m
     pretrade archive --redis-url redis://127.0.0.1:6379/0 --database-url postgresql://...
@@ -147,6 +148,12 @@ SIDES = {
     "sell_short": risk_pb2.SIDE_SELL_SHORT,
 }
 ORDER_TYPES = {"limit": risk_pb2.ORDER_TYPE_LIMIT, "market": risk_pb2.ORDER_TYPE_MARKET}
+TIMES_IN_FORCE = {
+    "day": risk_pb2.TIME_IN_FORCE_DAY,
+    "ioc": risk_pb2.TIME_IN_FORCE_IOC,
+    "gtc": risk_pb2.TIME_IN_FORCE_GTC,
+    "gtd": risk_pb2.TIME_IN_FORCE_GTD,
+}
 HALT_SCOPES = {
     "global": risk_pb2.HALT_SCOPE_GLOBAL,
     "account": risk_pb2.HALT_SCOPE_ACCOUNT,
@@ -180,6 +187,12 @@ def _parse_ttl_seconds(text: str) -> int:
     if seconds < 0:
         raise ValueError(f"ttl {text!r} is negative; use 0 (or leave it out) for no expiry")
     return seconds
+
+
+def _one_line_error(message: str) -> None:
+    """A mistake with no use for the usage text: ``pretrade: <message>``, exit 2 (usage's)."""
+    print(f"pretrade: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_FAILED)
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +308,12 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     order.add_argument("--type", dest="order_type", choices=ORDER_TYPES, default="limit")
     order.add_argument("--order-id", help="client order id (default: cli-<random>)")
     order.add_argument("--venue", default="", help="execution venue (informational)")
+    order.add_argument("--tif", dest="time_in_force", choices=TIMES_IN_FORCE,
+                       help="time in force (default: none sent, the order counts until its "
+                       "fill or cancel is reported); gtd needs --expire-at")
+    order.add_argument("--expire-at", type=_argument_type(parse_expire_at), metavar="WHEN",
+                       help="when a --tif gtd order expires: ISO 8601 UTC "
+                       "(2026-12-31T21:00:00Z) or Unix epoch milliseconds")
 
     halt = commands.add_parser(
         "halt",
@@ -416,7 +435,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     Beyond what argparse checks per argument: a limit order needs
     ``--price`` and a market order must not have one; ``--scope account``
     needs ``--account`` (``symbol`` needs ``--symbol``) and neither goes
-    with another scope; a halt needs ``--reason`` unless it lifts one.
+    with another scope; a halt needs ``--reason`` unless it lifts one;
+    ``--tif gtd`` needs ``--expire-at`` and ``--expire-at`` needs ``--tif gtd``
+    (these two say so in one line, without the usage text).
     Missing defaults are filled in: ``order_id`` (``cli-`` and 12 random hex
     digits) and ``by`` (``$USER``, else ``cli``).
 
@@ -453,6 +474,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             order.error("a limit order needs --price (or use --type market)")
         if args.order_type == "market" and args.price is not None:
             order.error("a market order is valued at the reference price; leave out --price")
+        if args.time_in_force == "gtd" and args.expire_at is None:
+            _one_line_error("--tif gtd needs --expire-at (ISO 8601 UTC, e.g. "
+                            "2026-12-31T21:00:00Z, or Unix epoch milliseconds)")
+        if args.expire_at is not None and args.time_in_force != "gtd":
+            _one_line_error("--expire-at only goes with --tif gtd (an order with another "
+                            "time in force has no expiry time)")
         if args.order_id is None:
             args.order_id = "cli-" + uuid.uuid4().hex[:12]
         elif not args.order_id:
@@ -483,7 +510,9 @@ def build_order(args: argparse.Namespace) -> risk_pb2.Order:
     Returns
     -------
     risk_pb2.Order
-        Price in 1/10,000 of the currency; 0 for a market order.
+        Price in 1/10,000 of the currency; 0 for a market order. Time in
+        force unspecified unless ``--tif`` is given; ``expire_at_unix_ms``
+        0 unless it is ``gtd``.
     """
     return risk_pb2.Order(
         order_id=args.order_id,
@@ -494,6 +523,9 @@ def build_order(args: argparse.Namespace) -> risk_pb2.Order:
         price=args.price if args.price is not None else 0,
         order_type=ORDER_TYPES[args.order_type],
         venue=args.venue,
+        time_in_force=(TIMES_IN_FORCE[args.time_in_force] if args.time_in_force
+                       else risk_pb2.TIME_IN_FORCE_UNSPECIFIED),
+        expire_at_unix_ms=args.expire_at or 0,
     )
 
 
@@ -591,11 +623,12 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> Message | 
 
 
 def _run_order(args: argparse.Namespace) -> int:
-    decision = _call(args, "EvaluateOrder", build_order(args))
+    order = build_order(args)
+    decision = _call(args, "EvaluateOrder", order)
     if isinstance(decision, int):
         return decision
     assert isinstance(decision, risk_pb2.Decision)
-    print(to_json(decision) if args.json else format_decision(decision))
+    print(to_json(decision) if args.json else format_decision(decision, order))
     return EXIT_APPROVED if decision.approved else EXIT_REJECTED
 
 
@@ -699,14 +732,48 @@ def parse_when(text: str, now: datetime | None = None) -> int:
     if duration is not None:
         ago = int(duration[1]) * _DURATION_MS[duration[2]]
         return now_ms // timedelta(milliseconds=1) - ago
+    unix_ms = _iso_unix_ms(spec)
+    if unix_ms is None:
+        raise ValueError(f"{text!r} is neither a duration ago (10m, 2h, 1d), 'now', nor an "
+                         "ISO 8601 time (2025-11-21T14:30:00Z)")
+    return unix_ms
+
+
+def _iso_unix_ms(spec: str) -> int | None:
+    """An ISO 8601 time (UTC unless it says) in Unix epoch ms; None when it is not one."""
     try:
         moment = datetime.fromisoformat(spec)
     except ValueError:
-        raise ValueError(f"{text!r} is neither a duration ago (10m, 2h, 1d), 'now', nor an "
-                         "ISO 8601 time (2025-11-21T14:30:00Z)") from None
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def parse_expire_at(text: str) -> int:
+    """When a GTD order expires (``pretrade order --expire-at``), in Unix epoch ms.
+
+    Parameters
+    ----------
+    text : str
+        Unix epoch milliseconds (digits only: ``1798750800000``) or an ISO
+        8601 time (``2026-12-31T21:00:00Z``); a time without an offset is UTC.
+        A time already past is sent as it is: the gateway rejects it
+        ``ORDER_EXPIRED``.
+
+    Raises
+    ------
+    ValueError
+        For any other text, or a time before the epoch.
+    """
+    spec = text.strip()
+    unix_ms = int(spec) if spec.isascii() and spec.isdigit() else _iso_unix_ms(spec)
+    if unix_ms is None:
+        raise ValueError(f"{text!r} is neither Unix epoch milliseconds (1798750800000) nor "
+                         "an ISO 8601 UTC time (2026-12-31T21:00:00Z)")
+    if not 0 < unix_ms < 2**63:
+        raise ValueError(f"{text!r} is not after the Unix epoch (or is too far after it)")
+    return unix_ms
 
 
 def _parse_limit(text: str) -> int:

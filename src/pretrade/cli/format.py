@@ -77,13 +77,17 @@ def _align(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     return lines
 
 
-def format_decision(decision: risk_pb2.Decision) -> str:
+def format_decision(decision: risk_pb2.Decision, order: risk_pb2.Order | None = None) -> str:
     """A ``Decision`` as an aligned, human-readable table.
 
     Parameters
     ----------
     decision : risk_pb2.Decision
         The gateway's answer to ``EvaluateOrder``.
+    order : risk_pb2.Order, optional
+        The order it answers. When it was sent with a time in force, a
+        ``time in force`` line follows the verdict (``GTD until
+        2026-12-31T21:00:00Z``): the decision itself does not echo it.
 
     Returns
     -------
@@ -114,6 +118,7 @@ def format_decision(decision: risk_pb2.Decision) -> str:
             ("account", _cell(decision.account_id)),
             ("symbol", _cell(decision.symbol)),
             ("verdict", "APPROVED" if decision.approved else "REJECTED"),
+            *_time_in_force_row(order),
             ("notional", format_money(decision.notional, decision.currency)),
             ("latency", _format_latency(decision.latency_ns)),
         ]
@@ -131,6 +136,16 @@ def format_decision(decision: risk_pb2.Decision) -> str:
             indent="  ",
         )
     return "\n".join(lines)
+
+
+def _time_in_force_row(order: risk_pb2.Order | None) -> list[tuple[str, str]]:
+    """``time in force  GTD until <UTC>`` for an order sent with one; none otherwise."""
+    if order is None or order.time_in_force == risk_pb2.TIME_IN_FORCE_UNSPECIFIED:
+        return []
+    text = _label(risk_pb2.TimeInForce, order.time_in_force)
+    if order.expire_at_unix_ms:
+        text += f" until {utc_time(order.expire_at_unix_ms)}"
+    return [("time in force", text)]
 
 
 def format_halt_state(state: risk_pb2.HaltState) -> str:

@@ -17,6 +17,7 @@ _PREFIXES: dict[str, str] = {
     "Side": "SIDE_", "OrderType": "ORDER_TYPE_", "HaltMode": "HALT_MODE_",
     "HaltScope": "HALT_SCOPE_", "RejectCode": "REJECT_CODE_", "Valuation": "VALUATION_",
     "AlertKind": "ALERT_KIND_", "PortfolioUpdateKind": "PORTFOLIO_UPDATE_KIND_",
+    "TimeInForce": "TIME_IN_FORCE_",
 }
 
 

@@ -5,7 +5,8 @@
 "use strict";
 
 const WINDOW_MS = 5 * 60 * 1000;
-const RAISED = new Set(["ALERT_KIND_HALT", "ALERT_KIND_LIMIT_BREACH", "ALERT_KIND_INVALID_STATE"]);
+const RAISED = new Set(["ALERT_KIND_HALT", "ALERT_KIND_LIMIT_BREACH", "ALERT_KIND_INVALID_STATE",
+  "ALERT_KIND_MARGIN_CALL"]);
 
 let me = null;
 const accounts = new Map();      // id -> {holdings: Map(symbol -> holding), totals, alerts: Map}
@@ -227,9 +228,26 @@ function moneyCell(fixed, currency, className) {
   return el("td", formatMoney(fixed, currency), className + " " + (colour ? signClass(fixed) : "money"));
 }
 
+// The margin columns of a row: the figures of a margined account (PortfolioTotals.margined),
+// blank cells for any other row; none at all while no account shown is margined.
+function marginCells(totals, marginShown) {
+  if (!marginShown) return [];
+  if (!totals || !totals.margined) return [el("td"), el("td"), el("td"), el("td")];
+  const currency = totals.currency;
+  return [moneyCell(totals.equity, currency, "equity"),
+    moneyCell(totals.margin_used, currency, "margin-used"),
+    el("td", formatMoney(totals.margin_excess, currency), "margin-excess " + signClass(totals.margin_excess)),
+    moneyCell(totals.maintenance_margin, currency, "maintenance-margin")];
+}
+
 function renderAccounts() {
   const body = $("accounts").tBodies[0];
   const rows = [];
+  const marginShown = shownIds.some((id) => {
+    const account = accounts.get(id);
+    return Boolean(account && account.totals && account.totals.margined);
+  });
+  for (const header of $("accounts").querySelectorAll("th.margin")) header.hidden = !marginShown;
   for (const id of shownIds) {
     const account = accounts.get(id);
     if (!account) continue;
@@ -246,6 +264,7 @@ function renderAccounts() {
     } else {
       row.append(el("td", "waiting…", "market-value"), el("td"), el("td"), el("td"));
     }
+    row.append(...marginCells(totals, marginShown));
     row.append(el("td", account.alerts.size ? String(account.alerts.size) : "", "alerts"));
     rows.push(row);
     for (const holding of [...account.holdings.values()].sort((a, b) => a.symbol.localeCompare(b.symbol))) {
@@ -260,7 +279,7 @@ function renderAccounts() {
         priced ? moneyCell(holding.market_value, holding.currency, "market-value") : el("td", "", "money"),
         moneyCell(holding.cost_basis, holding.currency, "cost-basis"),
         priced ? moneyCell(holding.unrealized_pnl, holding.currency, "unrealized") : el("td", "", "money"),
-        el("td"), el("td"));
+        el("td"), ...marginCells(null, marginShown), el("td"));
       rows.push(line);
     }
   }
@@ -268,13 +287,24 @@ function renderAccounts() {
   renderAlerts();
 }
 
+// A margin call's figures are money (observed = equity, limit = maintenance margin): shown
+// formatted like the other money on the page rather than as the raw integers of its message.
+function alertMessage(alert, currency) {
+  if (alert.kind !== "ALERT_KIND_MARGIN_CALL") return alert.message;
+  return "equity " + formatMoney(alert.observed, currency) + " is below the maintenance margin " +
+    formatMoney(alert.limit, currency);
+}
+
 function renderAlerts() {
   const items = [];
   for (const [id, account] of accounts) {
     for (const alert of account.alerts.values()) {
+      const message = alertMessage(alert, account.totals ? account.totals.currency : "");
       const item = el("li", id + ": " + short(alert.kind, "ALERT_KIND_") + " " +
         short(alert.code, "REJECT_CODE_") + (alert.symbol ? " " + alert.symbol : "") +
-        (alert.message ? ": " + alert.message : ""));
+        (message ? ": " + message : ""));
+      item.dataset.account = id;
+      item.dataset.kind = short(alert.kind, "ALERT_KIND_");
       items.push(item);
     }
   }
