@@ -114,6 +114,7 @@ def test_the_portfolio_stream_shows_equity_and_margin_and_raises_and_clears_a_ma
     [call] = update.alerts
     assert (call.kind, call.code, call.observed, call.limit) == (
         pb.ALERT_KIND_MARGIN_CALL, pb.REJECT_CODE_MARGIN_SHORTFALL, 10_000_000, 15_000_000)
+    assert call.message == "equity $1,000.00 is below the maintenance margin $1,500.00"
     assert (update.totals.equity, update.totals.margin_used, update.totals.margin_excess) == (
         10_000_000, 30_000_000, -20_000_000)
     # a new subscriber sees the call in force

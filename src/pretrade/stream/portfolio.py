@@ -62,7 +62,7 @@ from typing import cast
 
 from pretrade._core import PositionTable
 from pretrade.engine.errors import InvalidRequest, NotFound, Unavailable
-from pretrade.engine.fixedpoint import average_cost, fits_int64
+from pretrade.engine.fixedpoint import average_cost, fits_int64, format_money
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
 from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
@@ -573,7 +573,8 @@ class PortfolioHub:
         if subscriber.account in self.invalid:
             alerts.append(_invalid_state_alert(True))
         if state.margin_call and state.margin is not None:
-            alerts.append(_margin_call_alert(state.margin, called=True))
+            alerts.append(_margin_call_alert(state.margin, called=True,
+                                             currency=self._currency_of_account(state)))
         return pb.PortfolioUpdate(
             account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT,
@@ -650,7 +651,13 @@ class PortfolioHub:
             return []
         state.margin_call = calling
         shown = margin if margin is not None else (0, 0, 0)
-        return [(MARGIN_CALL_KEY, _margin_call_alert(shown, called=calling))]
+        return [(MARGIN_CALL_KEY, _margin_call_alert(
+            shown, called=calling, currency=self._currency_of_account(state)))]
+
+    def _currency_of_account(self, state: AccountState) -> str:
+        """The one currency of the account's holdings, or "" when they are mixed (or none)."""
+        currencies = {self.currency_of(symbol) for symbol in state.positions}
+        return currencies.pop() if len(currencies) == 1 else ""
 
     def _note_margin(self, state: AccountState) -> None:
         before = state.margin
@@ -764,12 +771,14 @@ def value_margin(positions: Mapping[bytes, Position], prices: Mapping[bytes, int
     return figures
 
 
-def _margin_call_alert(margin: Margin, *, called: bool) -> pb.Alert:
+def _margin_call_alert(margin: Margin, *, called: bool, currency: str = "") -> pb.Alert:
+    """MARGIN_CALL (or its end); the message's money as a person reads it, in ``currency``
+    (empty for holdings in mixed currencies: the figures without a symbol)."""
     equity, _, maintenance = margin
     if called:
         return pb.Alert(kind=pb.ALERT_KIND_MARGIN_CALL, code=pb.REJECT_CODE_MARGIN_SHORTFALL,
-                        message=f"equity {equity} is below the maintenance margin "
-                        f"{maintenance} (1/10,000 of the currency)",
+                        message=f"equity {format_money(equity, currency)} is below the "
+                        f"maintenance margin {format_money(maintenance, currency)}",
                         observed=equity, limit=maintenance)
     return pb.Alert(kind=pb.ALERT_KIND_MARGIN_CALL_CLEARED,
                     code=pb.REJECT_CODE_MARGIN_SHORTFALL,
