@@ -25,6 +25,13 @@ cdef struct OrderInput:
     int64_t durable_checked         # -1, or the account's eviction count when the caller
                                     # found no durable copy of this id (see ORDER_ID_EXPIRED)
     int64_t min_state_version       # decide only on an account snapshot at least this new
+    # ReplaceOrder only (0 / NULL for a new order): the units the original's
+    # chain has filled (the replacement is checked for its quantity less
+    # these), and what of them its record carries (OrderRecord.carried).
+    int64_t filled_before
+    int64_t carried
+    const char* replaces            # the original's order id
+    Py_ssize_t replaces_length
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
@@ -55,6 +62,10 @@ cdef struct DecisionRecord:
     int32_t reserved
     int64_t profit_and_loss         # the account's P&L when auto_halt is LOSS_LIMIT
     Rejection rejections[L.MAX_REJECTIONS]
+    # A replacement's venue and counterparty, copied from its original
+    # (order.venue and order.counterparty point here then).
+    char venue_copy[L.TAG_CAPACITY]
+    char counterparty_copy[L.TAG_CAPACITY]
 
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
@@ -126,6 +137,8 @@ cdef class Engine:
     cdef public bint counting
 
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil
+    cdef void run_replace(self, DecisionRecord* record) noexcept nogil
+    cdef Verdict _verdict(self, DecisionRecord* record, int64_t started)
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil
     cdef void replay(self, const L.OrderRecord* stored, DecisionRecord* record) noexcept nogil
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
@@ -145,3 +158,6 @@ cdef class Engine:
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
                           bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*,
                           int64_t min_state_version=*)
+    cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
+                          int64_t quantity, int64_t price, int64_t now_ns=*,
+                          int64_t durable_checked=*, int64_t min_state_version=*)

@@ -81,6 +81,18 @@ cdef inline void add_tag_total(L.TagLimit* totals, uint32_t* overflow, uint32_t 
     totals[free_slot].limit = amount
 
 
+cdef inline void sub_tag_total(L.TagLimit* totals, const char* name, int64_t amount) noexcept nogil:
+    # Takes ``amount`` off the running total of ``name`` when it has one (a
+    # name that had no free slot is summed from the working list instead).
+    cdef int n
+    if name[0] == 0:
+        return
+    for n in range(L.TAG_LIMIT_SLOTS):
+        if totals[n].name[0] != 0 and strncmp(totals[n].name, name, L.TAG_CAPACITY) == 0:
+            totals[n].limit -= amount
+            return
+
+
 cdef class PositionTable:
     cdef object _buffer             # keeps the mapping alive while pointers exist
     cdef char* base
@@ -111,6 +123,9 @@ cdef class PositionTable:
     cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil
     cdef void append_idle(self, int32_t account_index, int32_t index, int64_t at) noexcept nogil
     cdef void add_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil
+    cdef int32_t unlink_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil
+    cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
+                             int32_t previous) noexcept nogil
     cdef void advance_clock(self, int64_t now_ns) noexcept nogil
     cdef int32_t _take_record(self) noexcept nogil
     cdef void _free_record(self, int32_t index) noexcept nogil

@@ -234,10 +234,32 @@ _INT64 = range(-(1 << 63), 1 << 63)
 _INT32 = range(-(1 << 31), 1 << 31)
 
 
+cdef bytes _replaced_id(const L.OrderRecord* order):
+    # OrderRecord.replaces, NUL-padded to ORDER_ID_CAPACITY
+    return order.replaces[:L.ORDER_ID_CAPACITY].split(b"\0", 1)[0]
+
+
+INT64_LIMIT = (1 << 63) - 1
+
+
 def _checked_restore(order):
-    """One restored order's fields, checked against what an OrderRecord holds."""
+    """One restored order's fields, checked against what an OrderRecord holds.
+
+    Twelve fields, or fourteen for a replacement: then ``replaces`` (the
+    original's order id) and ``carried`` (OrderRecord.carried) follow.
+    """
+    replaces, carried = b"", 0
+    if len(order) == 14:
+        replaces, carried = order[12], order[13]
+        order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
+    if not isinstance(replaces, bytes) or len(replaces) > L.MAX_ORDER_ID_LENGTH \
+            or b"\0" in replaces:
+        raise ValueError(f"a replaced order id must be at most {L.MAX_ORDER_ID_LENGTH} bytes")
+    if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
+            or (carried and not replaces):
+        raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
     if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
         raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
     _check_id(symbol, "symbol")
@@ -260,7 +282,7 @@ def _checked_restore(order):
             raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, bool(approved), rejections)
+            venue, counterparty, bool(approved), rejections, replaces, carried)
 
 
 cdef int _check_halt_mode(int mode) except -1:
@@ -758,6 +780,71 @@ cdef class PositionTable:
         add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
                       rec.counterparty, notional)
 
+    cdef int32_t unlink_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil:
+        # The inverse of add_working, for a replace (ReplaceOrder): the record
+        # leaves the working list and its reservation every sum, exactly, so
+        # the replacement is checked as if the original were gone. Returns
+        # the record before it in the list (NO_INDEX: it was the head), which
+        # relink_working needs to put it back where it was. The record keeps
+        # its status and remaining. Its locate use is released too (reserve
+        # consumed it). O(working orders of the account): only replaces walk.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
+        cdef int32_t index = <int32_t>(rec - self.orders)
+        cdef int32_t previous = L.NO_INDEX
+        cdef int32_t o = account.first_working_order
+        cdef int64_t notional = rec.remaining * rec.valuation_price
+        while o != L.NO_INDEX and o != index:
+            previous = o
+            o = self.orders[o].next_working
+        if previous == L.NO_INDEX:
+            account.first_working_order = rec.next_working
+        else:
+            self.orders[previous].next_working = rec.next_working
+        rec.next_working = L.NO_INDEX
+        account.working_order_count -= 1
+        if rec.side == L.SIDE_BUY:
+            slot.working_buy -= rec.remaining
+            slot.working_buy_notional -= notional
+        else:
+            slot.working_sell -= rec.remaining
+            slot.working_sell_notional -= notional
+            if rec.side == L.SIDE_SELL_SHORT:
+                slot.working_short_notional -= notional
+                slot.locate_used -= rec.remaining
+        # a name without a running total is summed from the list, which no
+        # longer holds the record
+        sub_tag_total(account.venue_working, rec.venue, notional)
+        sub_tag_total(account.counterparty_working, rec.counterparty, notional)
+        return previous
+
+    cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
+                             int32_t previous) noexcept nogil:
+        # Undo unlink_working (a rejected replace leaves the original
+        # untouched): the same place in the list, the same sums.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
+        cdef int32_t index = <int32_t>(rec - self.orders)
+        cdef int64_t notional = rec.remaining * rec.valuation_price
+        if previous == L.NO_INDEX:
+            rec.next_working = account.first_working_order
+            account.first_working_order = index
+        else:
+            rec.next_working = self.orders[previous].next_working
+            self.orders[previous].next_working = index
+        account.working_order_count += 1
+        if rec.side == L.SIDE_BUY:
+            slot.working_buy += rec.remaining
+            slot.working_buy_notional += notional
+        else:
+            slot.working_sell += rec.remaining
+            slot.working_sell_notional += notional
+            if rec.side == L.SIDE_SELL_SHORT:
+                slot.working_short_notional += notional
+                slot.locate_used += rec.remaining
+        sub_tag_total(account.venue_working, rec.venue, -notional)
+        sub_tag_total(account.counterparty_working, rec.counterparty, -notional)
+
     cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
                                  int32_t budget) noexcept nogil:
         # Records of one account that stopped working at least order_expiry_ns
@@ -1070,7 +1157,7 @@ cdef class PositionTable:
         cdef int32_t kept_head = L.NO_INDEX
         cdef int32_t kept_count = 0
         cdef int32_t next_o
-        cdef int64_t remaining, done
+        cdef int64_t remaining
         while o != L.NO_INDEX:
             order = &self.orders[o]
             next_o = order.next_working
@@ -1078,7 +1165,14 @@ cdef class PositionTable:
             if key in cancelled:
                 remaining = 0
             else:
-                done = filled.get(key, 0)
+                # FIX cumulative quantity: a replacement's filled units include
+                # the original's (also fills that reach Redis after the replace)
+                # and what the chain filled before it (carried).
+                own = filled.get(key, 0)
+                done = order.carried + own
+                if order.replaces[0] != 0:
+                    done += filled.get(_replaced_id(order), 0)
+                order.own_filled = own if own < INT64_LIMIT else INT64_LIMIT
                 remaining = order.quantity - done if done < order.quantity else 0
             order.remaining = remaining
             if remaining > 0:
@@ -1115,18 +1209,19 @@ cdef class PositionTable:
             o = order.next_working
 
     def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
-                      valuation_price, notional, venue, counterparty, approved, rejections):
+                      valuation_price, notional, venue, counterparty, approved, rejections,
+                      replaces=b"", carried=0):
         """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, approved, rejections)]) == 1
+            venue, counterparty, approved, rejections, replaces, carried)]) == 1
 
     def restore_orders(self, account_id, orders):
         """Put back decided orders of one account from their durable copies (crash recovery).
 
         ``orders`` holds ``(order_id, symbol, side, order_type, quantity, price,
         valuation_price, notional, venue, counterparty, approved, rejections)``
-        tuples. An approved order is working again with its whole quantity
+        tuples, with ``replaces, carried`` after them for a replacement. An approved order is working again with its whole quantity
         reserved (the next account snapshot subtracts its fills and cancels);
         a rejected one is remembered so its id replays. Their decisions are
         durable (they came from Redis), so they may leave the table again.
@@ -1177,7 +1272,7 @@ cdef class PositionTable:
     cdef int _restore_one(self, int32_t a, object order) except -1:
         # Caller holds the account's lock; the order passed _checked_restore.
         (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-         venue, counterparty, approved, rejections) = order
+         venue, counterparty, approved, rejections, replaces, carried) = order
         cdef int32_t i = self._instrument(symbol)
         cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
         cdef int32_t what = 0
@@ -1202,6 +1297,8 @@ cdef class PositionTable:
         rec.approved = approved
         memcpy(rec.venue, <const char*>venue, len(venue))
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
+        memcpy(rec.replaces, <const char*>replaces, len(replaces))
+        rec.carried = carried
         rec.rejection_count = len(rejections)
         for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
             rec.rejections[n].code = code
@@ -1211,7 +1308,8 @@ cdef class PositionTable:
         if approved:
             rec.status = L.ORDER_WORKING
             rec.position_index = p
-            rec.remaining = quantity
+            # the next account snapshot subtracts the fills (see recompute_working)
+            rec.remaining = quantity - carried
             if side == L.SIDE_SELL_SHORT:
                 self.positions[p].locate_used += quantity
             self.add_working(a, rec)
@@ -1665,6 +1763,7 @@ cdef class PositionTable:
                     "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                     "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                     "remaining": rec.remaining,
+                    "replaces": _replaced_id(rec), "carried": rec.carried,
                 })
                 o = rec.next_working
         finally:
@@ -1679,21 +1778,29 @@ cdef class PositionTable:
             return None
         cdef int32_t o
         cdef L.OrderRecord* rec
+        cdef L.InstrumentRecord* instrument
         self.lock_account(a)
         try:
             o = self.find_order(a, order_id, len(order_id))
             if o == L.NO_INDEX:
                 return None
             rec = &self.orders[o]
+            instrument = &self.instruments[rec.instrument_index]
             return {
                 "status": {L.ORDER_REJECTED: "rejected", L.ORDER_WORKING: "working",
-                           L.ORDER_DONE: "done"}[rec.status],
+                           L.ORDER_DONE: "done", L.ORDER_REPLACED: "replaced"}[rec.status],
                 "approved": bool(rec.approved),
                 "quantity": rec.quantity,
                 "remaining": rec.remaining,
                 "notional": rec.notional,
                 "side": rec.side,
                 "durable": bool(rec.flags & L.ORDER_DURABLE),
+                "symbol": instrument.symbol[:instrument.id_length],
+                "order_type": rec.order_type, "price": rec.price,
+                "valuation_price": rec.valuation_price,
+                "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                "replaces": _replaced_id(rec), "carried": rec.carried,
             }
         finally:
             self.unlock_account(a)

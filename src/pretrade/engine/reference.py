@@ -44,7 +44,11 @@ from pretrade._core.constants import (
     MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
     MAX_TAG_LENGTH,
+    ORDER_DONE,
     ORDER_ID_EXPIRED,
+    ORDER_REJECTED,
+    ORDER_REPLACED,
+    ORDER_WORKING,
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
     STORED_REJECTIONS,
@@ -123,6 +127,22 @@ class RefOrder:
     remaining: int = 0
     durable: bool = False     # its decision is in Redis: it may leave the table
     idle_since: int = 0       # when it stopped working (the table's clock)
+    # ReplaceOrder: the id it replaced ("" for an order), the chain's fills
+    # before that original, its own id's fills in the last snapshot, and
+    # whether an approved replacement of it took over (OrderRecord's fields).
+    replaces: bytes = b""
+    carried: int = 0
+    own_filled: int = 0
+    replaced: bool = False
+
+    @property
+    def status(self) -> int:
+        """The core's OrderStatus: 1 rejected, 2 working, 3 done, 4 replaced."""
+        if not self.approved:
+            return ORDER_REJECTED
+        if self.working:
+            return ORDER_WORKING
+        return ORDER_REPLACED if self.replaced else ORDER_DONE
 
 
 @dataclass
@@ -672,9 +692,20 @@ _INT32 = range(-(1 << 31), 1 << 31)
 
 
 def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
-    """One restored order's fields, checked as the core checks them."""
+    """One restored order's fields, checked as the core checks them (twelve, or
+    fourteen for a replacement: ``replaces`` and ``carried`` follow)."""
+    replaces, carried = b"", 0
+    if len(order) == 14:
+        replaces, carried = order[12], order[13]
+        order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
+    if not isinstance(replaces, bytes) or len(replaces) > MAX_ORDER_ID_LENGTH \
+            or b"\0" in replaces:
+        raise ValueError(f"a replaced order id must be at most {MAX_ORDER_ID_LENGTH} bytes")
+    if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
+            or (carried and not replaces):
+        raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
     if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
         raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
     _check_key(symbol, "symbol")
@@ -697,7 +728,7 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
             raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, bool(approved), rejections)
+            venue, counterparty, bool(approved), rejections, replaces, carried)
 
 
 class ReferenceBook:
@@ -891,8 +922,17 @@ class ReferenceBook:
         kept = []
         for order_id in account.working:
             order = self.orders[(account_id, order_id)]
-            done = filled.get(order_id, 0)
-            remaining = 0 if order_id in cancelled else max(0, order.quantity - done)
+            if order_id in cancelled:
+                remaining = 0
+            else:
+                # FIX cumulative quantity: a replacement's filled units
+                # include its original's and what its chain filled before
+                own = filled.get(order_id, 0)
+                done = order.carried + own
+                if order.replaces:
+                    done += filled.get(order.replaces, 0)
+                order.own_filled = min(own, INT64_MAX)
+                remaining = max(0, order.quantity - done)
             order.remaining = remaining
             if remaining > 0:
                 kept.append(order_id)
@@ -903,13 +943,15 @@ class ReferenceBook:
         account.working = deque(reversed(kept))
 
     @staticmethod
-    def _add_working(slot: RefPosition, order: RefOrder) -> None:
-        notional = order.remaining * order.valuation_price
+    def _add_working(slot: RefPosition, order: RefOrder, sign: int = 1) -> None:
+        """Count a working order's remaining units (sign -1: take them off again)."""
+        remaining = sign * order.remaining
+        notional = remaining * order.valuation_price
         if order.side == pb.SIDE_BUY:
-            slot.working_buy += order.remaining
+            slot.working_buy += remaining
             slot.working_buy_notional += notional
         else:
-            slot.working_sell += order.remaining
+            slot.working_sell += remaining
             slot.working_sell_notional += notional
             if order.side == pb.SIDE_SELL_SHORT:
                 slot.working_short_notional += notional
@@ -1071,10 +1113,11 @@ class ReferenceBook:
     def restore_order(self, account_id: bytes, order_id: bytes, symbol: bytes, side: int,
                       order_type: int, quantity: int, price: int, valuation_price: int,
                       notional: int, venue: bytes, counterparty: bytes, approved: bool,
-                      rejections: Iterable[Rejection]) -> bool:
+                      rejections: Iterable[Rejection], replaces: bytes = b"",
+                      carried: int = 0) -> bool:
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, approved, rejections)]) == 1
+            venue, counterparty, approved, rejections, replaces, carried)]) == 1
 
     def restore_orders(self, account_id: bytes, orders: Iterable[tuple[Any, ...]]) -> int:
         account = self._account(account_id)
@@ -1092,7 +1135,7 @@ class ReferenceBook:
             raise self._full(ORDER_TABLE, "order")
         self._check_room(account_id, {staged_order[1] for staged_order in missing})
         for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-             venue, counterparty, approved, rejections) in missing:
+             venue, counterparty, approved, rejections, replaces, carried) in missing:
             self._instrument(symbol)
             slot = self._slot(account_id, symbol) if approved else None
             if slot is not None and not self._restored_fits(
@@ -1108,10 +1151,11 @@ class ReferenceBook:
                 price=price, venue=venue, counterparty=counterparty, approved=approved,
                 notional=notional, rejections=rejections[:STORED_REJECTIONS],
                 rejection_count=len(rejections), valuation_price=valuation_price,
-                durable=True)
+                durable=True, replaces=replaces, carried=carried)
             self.orders[(account_id, order_id)] = order
             if slot is not None:
-                order.working, order.remaining = True, quantity
+                # the next account snapshot subtracts the fills
+                order.working, order.remaining = True, quantity - carried
                 if side == pb.SIDE_SELL_SHORT:
                     slot.locate_used += quantity
                 self._add_working(slot, order)
@@ -1245,7 +1289,7 @@ class ReferenceBook:
         if account is not None and order_id:
             stored = self.orders.get((account_id, order_id))
             if stored is not None:
-                if (stored.symbol == symbol and stored.side == side
+                if (not stored.replaces and stored.symbol == symbol and stored.side == side
                         and stored.order_type == order_type and stored.quantity == quantity
                         and stored.price == price and len(venue) <= MAX_TAG_LENGTH
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
@@ -1281,6 +1325,96 @@ class ReferenceBook:
                                                        rejections, auto_halt)
         return Verdict(approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False,
                        auto_halt, pnl, kept)
+
+    def replace(
+        self, order_id: bytes, account_id: bytes, original_order_id: bytes, quantity: int,
+        price: int, now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
+    ) -> Verdict:
+        """Cancel/replace; the same Verdict as ``Engine.replace``.
+
+        The original's reservation leaves every sum, the replacement (its
+        total ``quantity`` less what the original filled, at ``price``; 0
+        keeps either) runs through the whole pipeline as an order, and then
+        the original is replaced (approved) or put back where it was.
+        """
+        for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
+                            ("durable_checked", durable_checked),
+                            ("min_state_version", min_state_version)):
+            if not fits_int64(value):
+                raise OverflowError(f"{name} {value} does not fit in int64")
+        if not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH \
+                or not 1 <= len(original_order_id) <= MAX_ORDER_ID_LENGTH:
+            raise ValueError(f"order ids must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+        self._advance_clock(now_ns)
+
+        def refused(code: int, observed: int = 0, limit: int = 0) -> Verdict:
+            return Verdict(False, 0, ((code, observed, limit),), False, AUTO_HALT_NONE, 0, False)
+
+        account = self.accounts.get(account_id)
+        live: list[Rejection] = []
+        check_sync_live(Context(
+            sync_live=self.sync_live and (self.sync_live_until_ns == 0
+                                          or now_ns <= self.sync_live_until_ns),
+            global_halt=self.global_halt, account=account, instrument=None, slot=None,
+            symbol=b"", quantity=quantity, price=price, side=0, order_type=0, now_ns=now_ns,
+            venue=b"", counterparty=b"", min_state_version=min_state_version),
+            lambda code, observed, limit: live.append((code, observed, limit)))
+        if live:
+            return Verdict(False, 0, tuple(live), False, AUTO_HALT_NONE, 0, False)
+        if account is None:
+            return refused(pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER)
+        stored = self.orders.get((account_id, order_id))
+        if stored is not None:
+            if stored.replaces == original_order_id \
+                    and quantity in (0, stored.quantity) and price in (0, stored.price):
+                return Verdict(stored.approved, stored.notional,
+                               stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE, 0,
+                               not stored.durable)
+            return refused(pb.REJECT_CODE_DUPLICATE_ORDER_ID)
+        if self._filter_has(account, order_id) and account.evictions != durable_checked:
+            return refused(pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED, account.evictions)
+        original = self.orders.get((account_id, original_order_id))
+        if original is None:
+            # working records never leave the table: one that left was done
+            if self._filter_has(account, original_order_id):
+                return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING)
+            return refused(pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER)
+        if not original.working:
+            return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING, original.status)
+        done = original.quantity - original.remaining
+        total = quantity or original.quantity
+        price = price or original.price
+        if total <= done:
+            return refused(pb.REJECT_CODE_REPLACE_BELOW_FILLED, total, done)
+        # release the original's reservation (and the locate it consumed)
+        slot = self.positions[(account_id, original.symbol)]
+        place = account.working.index(original_order_id)
+        del account.working[place]
+        self._add_working(slot, original, -1)
+        if original.side == pb.SIDE_SELL_SHORT:
+            slot.locate_used -= original.remaining
+        verdict = self.evaluate(order_id, account_id, original.symbol, original.side,
+                                original.order_type, total - done, price, original.venue,
+                                original.counterparty, now_ns, durable_checked,
+                                min_state_version)
+        if verdict.approved:
+            replacement = self.orders[(account_id, order_id)]
+            replacement.quantity = total
+            replacement.replaces = original_order_id
+            replacement.carried = done - original.own_filled
+            original.working, original.remaining, original.replaced = False, 0, True
+            self._idle(account, original_order_id, original, self.clock_ns)
+        else:
+            rejected = self.orders.get((account_id, order_id))
+            if rejected is not None:
+                rejected.quantity = total
+                rejected.replaces = original_order_id
+                rejected.carried = done - original.own_filled
+            account.working.insert(place, original_order_id)
+            self._add_working(slot, original)
+            if original.side == pb.SIDE_SELL_SHORT:
+                slot.locate_used += original.remaining
+        return verdict
 
     def _remember(self, ctx: Context, account_id: bytes, order_id: bytes, approved: bool,
                   rejections: list[Rejection], auto_halt: int) -> tuple[bool, int, bool]:
