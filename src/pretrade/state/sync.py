@@ -506,7 +506,7 @@ class RedisSync:
                         account, order["order_id"], order["symbol"], order["side"],
                         order["order_type"], order["quantity"], order["price"],
                         order["valuation_price"], order["notional"], order["venue"],
-                        order["counterparty"], True, ())
+                        order["counterparty"], True, (), order["replaces"], order["carried"])
                     pipe.hsetnx(key, order["order_id"], record.encode())
                 replies = await pipe.execute()
             written += sum(1 for reply in replies if reply)
@@ -635,19 +635,25 @@ class RedisSync:
             # every approved order as working (the larger reservation)
             filled, cancelled = {}, set()
         working, finished = [], []
+        decided = {}
         for order_id, raw in fields.items():
             try:
-                order = decode(account, order_id, raw)
+                decided[order_id] = decode(account, order_id, raw)
             except StateError as error:
                 state.orders_invalid = True
                 self._invalid(f"decided order {quoted(order_id)} of account", account, error)
-                continue
-            if order.approved and order_id not in cancelled \
-                    and filled.get(order_id, 0) < order.quantity:
+        # An approved replacement ends its original (ReplaceOrder), whatever its record says.
+        replaced = {order.replaces for order in decided.values()
+                    if order.approved and order.replaces}
+        for order_id, order in decided.items():
+            done = order.carried + filled.get(order_id, 0) + (
+                filled.get(order.replaces, 0) if order.replaces else 0)
+            if order.approved and order_id not in cancelled and order_id not in replaced \
+                    and done < order.quantity:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
                                 order.notional, order.venue, order.counterparty, True,
-                                order.rejections))
+                                order.rejections, order.replaces, order.carried))
             else:
                 finished.append(order_id)
         restored = 0
