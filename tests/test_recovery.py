@@ -24,6 +24,7 @@ import redis
 from book import codes, order, seed_account
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from test_fills import report_fill
 
 BANNER = re.compile(r"serving PreTradeRisk on ([\d.]+:\d+)")
 
@@ -132,12 +133,7 @@ def test_fills_reported_while_down_are_applied_to_restored_orders(limited, launc
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     # the order system reports a fill of 600 while the server is down
-    with limited.pipeline(transaction=True) as pipe:
-        pipe.hset("tickers_by_lot:{ACC-1}", "L1", "AAPL")
-        pipe.hset("quantities_by_lot:{ACC-1}", "L1", 600)
-        pipe.hset("prices_by_lot:{ACC-1}", "L1", 683_378)
-        pipe.hset("orders_by_lot:{ACC-1}", "L1", "R1")
-        pipe.execute()
+    report_fill(limited, "L1", "R1", 600)
     target, _ = launch()
     channel, stub = live_stub(target)
     with channel:
@@ -154,12 +150,7 @@ def test_a_restart_after_a_replace_reserves_the_replacement_and_not_its_original
     with channel:
         assert stub.EvaluateOrder(order(quantity=600, order_id="A")).approved
         # a fill of 100 of A, then A replaced by B: 900 in all, 800 of them working
-        with limited.pipeline(transaction=True) as pipe:
-            pipe.hset("tickers_by_lot:{ACC-1}", "L1", "AAPL")
-            pipe.hset("quantities_by_lot:{ACC-1}", "L1", 100)
-            pipe.hset("prices_by_lot:{ACC-1}", "L1", 683_378)
-            pipe.hset("orders_by_lot:{ACC-1}", "L1", "A")
-            pipe.execute()
+        report_fill(limited, "L1", "A", 100)
         # probe until the table has the fill: a replace to 1 at a price off the collar
         # is BELOW_FILLED once it has (before, it is PRICE_COLLAR and A stays as it was)
         deadline = time.monotonic() + 10

@@ -15,8 +15,7 @@ from book import codes, order, seed_account, wait_until
 from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.state.journal import decode
 from pretrade.v1 import risk_pb2 as pb
-
-PRICE = 683_378
+from test_fills import PRICE, report_fill
 
 
 @pytest.fixture
@@ -30,16 +29,6 @@ def replace(original: str, new_id: str, quantity: int = 0, price: int = 0,
             account: str = "ACC-1") -> pb.ReplaceRequest:
     return pb.ReplaceRequest(account_id=account, original_order_id=original, order_id=new_id,
                              quantity=quantity, price=price)
-
-
-def report_fill(r: redis.Redis, lot: str, order_id: str, quantity: int) -> None:
-    # the contract's fill: a lot and its attribution to an order id, in one MULTI/EXEC
-    with r.pipeline(transaction=True) as pipe:
-        pipe.hset("tickers_by_lot:{ACC-1}", lot, "AAPL")
-        pipe.hset("quantities_by_lot:{ACC-1}", lot, quantity)
-        pipe.hset("prices_by_lot:{ACC-1}", lot, PRICE)
-        pipe.hset("orders_by_lot:{ACC-1}", lot, order_id)
-        pipe.execute()
 
 
 def position_and_working(gateway) -> tuple[int, int, int]:

@@ -149,6 +149,9 @@ cdef class Engine:
                       int32_t position_index) noexcept nogil
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef void count_decision(self, const DecisionRecord* record, int64_t elapsed_ns) noexcept nogil
+    cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
+                                  int64_t price, int64_t now_ns, int64_t durable_checked,
+                                  int64_t min_state_version) except NULL
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,

@@ -770,6 +770,17 @@ cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* r
                            record.order.counterparty_length))
 
 
+cdef inline void clear_decision(DecisionRecord* record) noexcept nogil:
+    # A record about to be decided: no verdict yet.
+    record.rejection_count = 0
+    record.approved = False
+    record.replayed = False
+    record.stored = False
+    record.auto_halt = L.AUTO_HALT_NONE
+    record.profit_and_loss = 0
+    record.notional = 0
+
+
 cdef inline bint same_replace(const L.OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
     # A re-sent ReplaceOrder: the same original, and the quantity and price
     # it asks for (0: the original's, which the stored replacement took).
@@ -1189,12 +1200,7 @@ cdef class Engine:
             record.auto_halt = L.AUTO_HALT_REJECT_STORM
 
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil:
-        record.rejection_count = 0
-        record.replayed = False
-        record.stored = False
-        record.auto_halt = L.AUTO_HALT_NONE
-        record.profit_and_loss = 0
-        record.notional = 0
+        clear_decision(record)
         if record.order.account_index != L.NO_INDEX:
             self.table.lock_account(record.order.account_index)
             self.run_pipeline(record)
@@ -1207,32 +1213,37 @@ cdef class Engine:
                                  bytes counterparty, int64_t now_ns,
                                  int64_t durable_checked,
                                  int64_t min_state_version) except NULL:
+        cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price, now_ns,
+                                                    durable_checked, min_state_version)
+        record.order.symbol_length = len(symbol)
+        record.order.side = side
+        record.order.order_type = order_type
+        record.order.venue = venue
+        record.order.venue_length = len(venue)
+        record.order.counterparty = counterparty
+        record.order.counterparty_length = len(counterparty)
+        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
+        self.decide_locked(record)
+        return record
+
+    cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
+                                  int64_t price, int64_t now_ns, int64_t durable_checked,
+                                  int64_t min_state_version) except NULL:
+        # A record from the pool with what an order and a replace share.
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
             raise RuntimeError("decision pool exhausted")
         self.table.advance_clock(now_ns)
+        memset(&record.order, 0, sizeof(OrderInput))
         record.order.quantity = quantity
         record.order.price = price
         record.order.now_ns = now_ns
         record.order.durable_checked = durable_checked
         record.order.min_state_version = min_state_version
-        record.order.filled_before = 0
-        record.order.carried = 0
-        record.order.replaces = NULL
-        record.order.replaces_length = 0
-        record.order.account_id_length = len(account_id)
-        record.order.symbol_length = len(symbol)
-        record.order.side = side
-        record.order.order_type = order_type
         record.order.order_id = order_id
         record.order.order_id_length = len(order_id)
-        record.order.venue = venue
-        record.order.venue_length = len(venue)
-        record.order.counterparty = counterparty
-        record.order.counterparty_length = len(counterparty)
+        record.order.account_id_length = len(account_id)
         record.order.account_index = self.table.find_account(account_id, len(account_id))
-        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
-        self.decide_locked(record)
         return record
 
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
@@ -1273,32 +1284,14 @@ cdef class Engine:
                 or not 1 <= len(original_order_id) <= L.MAX_ORDER_ID_LENGTH:
             raise ValueError(f"order ids must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
         cdef int64_t started = monotonic_ns() if self.counting else 0
-        cdef DecisionRecord* record = self.pool.acquire()
-        if record == NULL:
-            raise RuntimeError("decision pool exhausted")
-        self.table.advance_clock(now_ns)
-        memset(&record.order, 0, sizeof(OrderInput))
-        record.order.quantity = quantity
-        record.order.price = price
-        record.order.now_ns = now_ns
-        record.order.durable_checked = durable_checked
-        record.order.min_state_version = min_state_version
-        record.order.order_id = order_id
-        record.order.order_id_length = len(order_id)
+        cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price,
+                                                    now_ns, durable_checked, min_state_version)
         record.order.replaces = original_order_id
         record.order.replaces_length = len(original_order_id)
         record.order.venue = record.venue_copy
         record.order.counterparty = record.counterparty_copy
-        record.order.account_id_length = len(account_id)
-        record.order.account_index = self.table.find_account(account_id, len(account_id))
         record.order.instrument_index = L.NO_INDEX
-        record.rejection_count = 0
-        record.replayed = False
-        record.stored = False
-        record.approved = False
-        record.auto_halt = L.AUTO_HALT_NONE
-        record.profit_and_loss = 0
-        record.notional = 0
+        clear_decision(record)
         if record.order.account_index == L.NO_INDEX:
             self.run_replace(record)
         else:

@@ -81,6 +81,22 @@ cdef inline void add_tag_total(L.TagLimit* totals, uint32_t* overflow, uint32_t 
     totals[free_slot].limit = amount
 
 
+cdef inline void count_working(L.PositionSlot* slot, const L.OrderRecord* rec,
+                               int64_t sign) noexcept nogil:
+    # A working record's remaining units and notional on its slot's sums
+    # (sign 1: counted, -1: released); recompute_working rebuilds the same.
+    cdef int64_t remaining = sign * rec.remaining
+    cdef int64_t notional = remaining * rec.valuation_price
+    if rec.side == L.SIDE_BUY:
+        slot.working_buy += remaining
+        slot.working_buy_notional += notional
+    else:
+        slot.working_sell += remaining
+        slot.working_sell_notional += notional
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.working_short_notional += notional
+
+
 cdef inline void sub_tag_total(L.TagLimit* totals, const char* name, int64_t amount) noexcept nogil:
     # Takes ``amount`` off the running total of ``name`` when it has one (a
     # name that had no free slot is summed from the working list instead).

@@ -763,16 +763,8 @@ cdef class PositionTable:
         # and its venue and counterparty totals, and link it into the account's
         # working list: O(1), the same sums recompute_working rebuilds.
         cdef L.AccountRecord* account = &self.accounts[account_index]
-        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
         cdef int64_t notional = rec.remaining * rec.valuation_price
-        if rec.side == L.SIDE_BUY:
-            slot.working_buy += rec.remaining
-            slot.working_buy_notional += notional
-        else:
-            slot.working_sell += rec.remaining
-            slot.working_sell_notional += notional
-            if rec.side == L.SIDE_SELL_SHORT:
-                slot.working_short_notional += notional
+        count_working(&self.positions[rec.position_index], rec, 1)
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
         account.working_order_count += 1
@@ -803,15 +795,9 @@ cdef class PositionTable:
             self.orders[previous].next_working = rec.next_working
         rec.next_working = L.NO_INDEX
         account.working_order_count -= 1
-        if rec.side == L.SIDE_BUY:
-            slot.working_buy -= rec.remaining
-            slot.working_buy_notional -= notional
-        else:
-            slot.working_sell -= rec.remaining
-            slot.working_sell_notional -= notional
-            if rec.side == L.SIDE_SELL_SHORT:
-                slot.working_short_notional -= notional
-                slot.locate_used -= rec.remaining
+        count_working(slot, rec, -1)
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.locate_used -= rec.remaining
         # a name without a running total is summed from the list, which no
         # longer holds the record
         sub_tag_total(account.venue_working, rec.venue, notional)
@@ -833,15 +819,9 @@ cdef class PositionTable:
             rec.next_working = self.orders[previous].next_working
             self.orders[previous].next_working = index
         account.working_order_count += 1
-        if rec.side == L.SIDE_BUY:
-            slot.working_buy += rec.remaining
-            slot.working_buy_notional += notional
-        else:
-            slot.working_sell += rec.remaining
-            slot.working_sell_notional += notional
-            if rec.side == L.SIDE_SELL_SHORT:
-                slot.working_short_notional += notional
-                slot.locate_used += rec.remaining
+        count_working(slot, rec, 1)
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.locate_used += rec.remaining
         sub_tag_total(account.venue_working, rec.venue, -notional)
         sub_tag_total(account.counterparty_working, rec.counterparty, -notional)
 
