@@ -19,9 +19,14 @@ UV_VERSION := 0.13.9
 UV := $(VENV)/.uv/bin/uv
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CORE_PYX := $(wildcard ext/pretrade/_core/*.pyx)
+# bench/'s C++ load generator, and the Debian packages it is built with.
+LOADGEN_DIR := build/loadgen
+LOADGEN := $(LOADGEN_DIR)/pretrade-loadgen
+LOADGEN_PACKAGES := g++ pkg-config libgrpc++-dev protobuf-compiler-grpc
+CXX ?= g++
 
 .DEFAULT_GOAL := help
-.PHONY: help install build runtime compile lock serve test bench lint proto architecture clean
+.PHONY: help install build runtime compile lock serve test bench loadgen lint proto architecture clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTHON=python3] [VENV=.venv] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -86,8 +91,32 @@ test: build ## Run the test suite, then the benchmarks once with timing off (so 
 	"$(BIN)/python" -m pytest $(PYTEST_ARGS)
 	"$(BIN)/python" -m pytest bench --benchmark-disable -q
 
-bench: build ## Run the latency suite; writes docs/performance.md and .benchmarks/ JSON
+bench: build loadgen ## Run the latency suite; writes docs/performance.md and .benchmarks/ JSON
 	"$(BIN)/python" -m pytest bench --benchmark-autosave $(BENCH_ARGS)
+
+loadgen: $(LOADGEN) ## Build bench/'s C++ load generator (as root, installs its Debian packages)
+
+# Generated from the .proto into build/ (never committed), compiled against the
+# system's gRPC C++ library. Without it: installed when root, else the command is named.
+$(LOADGEN): bench/loadgen/loadgen.cc proto/pretrade/v1/risk.proto
+	@if ! command -v grpc_cpp_plugin >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1 \
+	    || ! pkg-config --exists grpc++ protobuf 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make loadgen: installing $(LOADGEN_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(LOADGEN_PACKAGES) >/dev/null \
+	      || { apt-get update -q >/dev/null && \
+	           DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(LOADGEN_PACKAGES) >/dev/null; }; \
+	  else \
+	    echo "make loadgen: the gRPC C++ library is missing; install it with:" >&2; \
+	    echo "  sudo apt-get install -y $(LOADGEN_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+	mkdir -p "$(LOADGEN_DIR)"
+	protoc -I proto --cpp_out="$(LOADGEN_DIR)" --grpc_out="$(LOADGEN_DIR)" \
+	  --plugin=protoc-gen-grpc="$$(command -v grpc_cpp_plugin)" proto/pretrade/v1/risk.proto
+	$(CXX) -O2 -std=c++17 -I"$(LOADGEN_DIR)" bench/loadgen/loadgen.cc \
+	  "$(LOADGEN_DIR)/pretrade/v1/risk.pb.cc" "$(LOADGEN_DIR)/pretrade/v1/risk.grpc.pb.cc" \
+	  $$(pkg-config --cflags --libs grpc++ protobuf) -o "$@"
 
 lint: $(STAMP) ## ruff and mypy
 	"$(BIN)/ruff" check src tests bench

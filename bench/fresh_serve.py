@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fresh_serve.py            # clone HEAD, cold caches, time it
     .venv/bin/python bench/fresh_serve.py --warm     # keep pip's and uv's download caches
+    .venv/bin/python bench/fresh_serve.py --rev REV  # an earlier commit, for a before/after
 
 It clones this repository's HEAD into a temporary directory, runs `make serve`
 there with empty download caches (PIP_NO_CACHE_DIR, a new UV_CACHE_DIR: the
@@ -39,11 +40,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", action="store_true", help="keep the download caches")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--rev", default="HEAD", help="the commit to clone (default HEAD)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pretrade-fresh-") as scratch:
         os.chmod(scratch, 0o711)  # PostgreSQL runs as nobody under root: it must reach .run/
         clone = Path(scratch) / "pretrade"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", args.rev], check=True)
         env = dict(os.environ)
         if not args.warm:
             env["PIP_NO_CACHE_DIR"] = "1"
@@ -73,7 +76,7 @@ def main() -> int:
                   sep="\n", file=sys.stderr)
             return 1
         previous = 0.0
-        print(f"make serve on a fresh clone of {ROOT.name} "
+        print(f"make serve on a fresh clone of {ROOT.name} at {args.rev} "
               f"({'warm' if args.warm else 'cold'} download caches, {os.cpu_count()} cores)")
         for name, marker in PHASES:
             at = next((t for t, line in stamped if marker in line), None)

@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,14 @@ def children_of(pid: int) -> list[int]:
 
 
 BANNER = re.compile(rb"serving PreTradeRisk on (\S+:\d+)")
+
+
+def free_port() -> int:
+    """A loopback port that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager

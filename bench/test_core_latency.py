@@ -27,11 +27,13 @@ def populate(book) -> None:
     """Every control on, generous enough that orders are approved and reserved."""
     book.set_sync_live(True)
     for n, symbol in enumerate((SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")):
-        book.set_instrument(symbol, known=True, issuer_id=n + 1, sector_id=n % 2 + 1)
+        book.set_instrument(symbol, known=True, issuer_id=n + 1, sector_id=n % 2 + 1,
+                            margin_bps=(5_000, 15_000, 2_500, 7_500))
         book.set_last_price(symbol, PRICE)
     limits = {int(kind): 10**15 for kind in LimitKind}
     limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
     limits[LimitKind.MIN_ORDER_QUANTITY] = 1
+    limits[LimitKind.MIN_ORDER_NOTIONAL] = 1
     limits[LimitKind.MAX_ORDERS_PER_WINDOW] = 256
     limits[LimitKind.ORDER_WINDOW_MS] = 1
     limits[LimitKind.NOTIONAL_WINDOW_MS] = 1

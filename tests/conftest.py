@@ -2,7 +2,12 @@
 
 One redis-server (found by :func:`pretrade.app.devredis.find_redis_server`)
 serves the whole session; each test that asks for ``redis_client`` starts
-from an empty database. The gRPC server fixtures (a server on port 0 in
+from an empty database. ``PRETRADE_TEST_REDIS_URL`` points the session at
+another Redis instead (any version, any build: a Redis Stack, a managed
+one); it must be empty, since every test flushes it. Plain ``REDIS_URL`` is
+deliberately not used: it is what a developer's shell often sets for an
+application's own data. The fault tests that kill, pause or restart a
+redis-server start their own. The gRPC server fixtures (a server on port 0 in
 front of ``redis_server``) follow: tests seed Redis with ``redis_client``
 and talk to the server over a real gRPC channel (``stub``).
 """
@@ -38,10 +43,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+#: The Redis the session uses instead of starting one (it must be empty: tests flush it).
+TEST_REDIS_URL_ENV = "PRETRADE_TEST_REDIS_URL"
+
+
 @pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
-    """``redis://127.0.0.1:PORT/0`` of the session's redis-server."""
-    return redis_server.url
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The session's Redis: ``$PRETRADE_TEST_REDIS_URL``, else the session's redis-server."""
+    external = os.environ.get(TEST_REDIS_URL_ENV)
+    if not external:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    client = redis.Redis.from_url(external)
+    try:
+        keys = sum(int(db["keys"]) for name, db in client.info("keyspace").items()
+                   if name.startswith("db"))
+    except redis.RedisError as error:
+        pytest.exit(f"{TEST_REDIS_URL_ENV}: cannot reach it ({error})", returncode=4)
+    finally:
+        client.close()
+    if keys:
+        pytest.exit(f"{TEST_REDIS_URL_ENV} holds {keys} keys: every test flushes the Redis it "
+                    "runs against, so point it at an empty one", returncode=4)
+    return external
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN
-from pretrade.engine.limits import REQUIRED_COUNT, LimitKind
+from pretrade.engine.limits import PER_SYMBOL_LIMITS, REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNTS = [b"ACC-1", b"ACC-2", b"ACC-3"]
@@ -37,6 +37,18 @@ REJECTIONS = [(), ((pb.REJECT_CODE_MAX_ORDER_QUANTITY, 11, 10),),
               ((pb.REJECT_CODE_TICK_SIZE, 3, 2), (pb.REJECT_CODE_LOT_SIZE, 3, 2))]
 EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX]
 NON_NEGATIVE_EDGES = [0, 1, INT64_MAX - 1, INT64_MAX]
+# Time in force: a wall clock (Unix ms) near one instant, so expiries, the
+# session end and the sweeps that end lapsed orders meet exactly and often.
+EPOCH_MS = 1_767_268_800_000
+TIMES_IN_FORCE = [pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC,
+                  pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD, 7]
+WALL_CLOCK_MS = [0, EPOCH_MS - 1, EPOCH_MS, EPOCH_MS + 1, EPOCH_MS + 5_000]
+# Margin rates, basis points of notional: none most of the time, ordinary
+# ones, the most a rate may be, and one past it (refused by both alike).
+MARGIN_RATES = [0, 0, 0, 500, 5_000, 10_000, 15_000, 100_000]
+margin_rates = st.one_of(st.just((0, 0, 0, 0)),
+                         st.tuples(*[st.sampled_from(MARGIN_RATES)] * 4),
+                         st.just((100_001, 0, 0, 0)))
 # Window lengths in ms and clock steps in ns that make windows open and close.
 WINDOWS_MS = [1, 5, 50, 1_000]
 CLOCK_STEPS_NS = [0, 1, 500_000, 2_000_000, 60_000_000]
@@ -62,10 +74,12 @@ symbols = st.sampled_from(SYMBOLS)
 
 def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
              quantity: int, price: int, venue: bytes, counterparty: bytes, approved: bool,
-             rejections: tuple, replaces: bytes = b"", carried: int = 0) -> Op:
+             rejections: tuple, time_in_force: int = 0, working_until_ms: int = 0,
+             replaces: bytes = b"", carried: int = 0) -> Op:
     return _op("restore_order", account, order_id, symbol, side, order_type, quantity, price,
                price, quantity * price, venue, counterparty, approved,
-               () if approved else rejections, replaces, carried)
+               () if approved else rejections, time_in_force, 0, working_until_ms, replaces,
+               carried)
 
 
 order_ids = st.sampled_from(ORDER_IDS)
@@ -86,12 +100,12 @@ operations = st.one_of(
         st.one_of(st.none(), st.sets(st.sampled_from(ORDER_IDS), max_size=3)),
         st.one_of(st.none(), st.integers(-10**9, 10**9)),
         st.one_of(st.none(), st.integers(0, 5))),
-    st.builds(lambda s, k, i, iss, sec, r: _op("set_instrument", s, known=k, invalid=i,
-                                               tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
-                                               issuer_id=iss, sector_id=sec,
-                                               short_restricted=r),
+    st.builds(lambda s, k, i, iss, sec, r, m: _op("set_instrument", s, known=k, invalid=i,
+                                                  tick_size=iss % 3 + 1, lot_size=sec % 2 + 1,
+                                                  issuer_id=iss, sector_id=sec,
+                                                  short_restricted=r, margin_bps=m),
               symbols, st.booleans(), st.booleans(), st.integers(0, 2), st.integers(0, 2),
-              st.booleans()),
+              st.booleans(), margin_rates),
     st.builds(lambda s, p: _op("set_last_price", s, p), symbols,
               st.one_of(st.none(), st.integers(1, 12), st.integers(1, 10_000_000),
                         st.just(INT64_MAX))),
@@ -118,25 +132,32 @@ operations = st.one_of(
     st.builds(_restore, order_ids, accounts, symbols, st.sampled_from(SIDES),
               st.sampled_from(ORDER_TYPES), st.integers(1, 12), st.integers(1, 20_000),
               st.sampled_from(VENUES[:3]), st.sampled_from(COUNTERPARTIES), st.booleans(),
-              st.sampled_from(REJECTIONS), st.one_of(st.just(b""), order_ids),
+              st.sampled_from(REJECTIONS), st.sampled_from(TIMES_IN_FORCE[:5]),
+              st.sampled_from(WALL_CLOCK_MS), st.one_of(st.just(b""), order_ids),
               st.integers(0, 3)),
+    # the writer's sweep: orders whose time in force ended stop counting
+    st.builds(lambda t: _op("end_lapsed_orders", t), st.sampled_from(WALL_CLOCK_MS)),
 )
 
 # cancel/replace of a (maybe) working order: 0 keeps the original's quantity or price
 replaces = st.builds(
-    lambda new, a, orig, q, p, t, m: _op("replace", new, a, orig, q, p, t,
-                                         min_state_version=m),
+    lambda new, a, orig, q, p, t, m, now: _op("replace", new, a, orig, q, p, t,
+                                              min_state_version=m, now_unix_ms=now),
     order_ids, st.one_of(accounts, st.just(b"NOBODY")), order_ids,
     st.one_of(st.just(0), st.integers(-1, 15), quantities), st.one_of(st.just(0), prices),
-    st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)))
+    st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
+    st.sampled_from(WALL_CLOCK_MS))
 
 orders = st.builds(
-    lambda oid, a, s, side, ot, q, p, v, c, t, m: _op("evaluate", oid, a, s, side, ot, q, p, v,
-                                                     c, t, min_state_version=m),
+    lambda oid, a, s, side, ot, q, p, v, c, t, m, tif, exp, now, end: _op(
+        "evaluate", oid, a, s, side, ot, q, p, v, c, t, min_state_version=m,
+        time_in_force=tif, expire_at_unix_ms=exp, now_unix_ms=now, session_end_unix_ms=end),
     st.sampled_from(ORDER_IDS + [b""]), st.one_of(accounts, st.just(b"NOBODY")),
     st.one_of(symbols, st.just(b"NOSUCH")), st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES),
     quantities, prices, st.sampled_from(VENUES), st.sampled_from(COUNTERPARTIES),
     st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
+    st.sampled_from(TIMES_IN_FORCE), st.sampled_from(WALL_CLOCK_MS),
+    st.sampled_from(WALL_CLOCK_MS), st.sampled_from(WALL_CLOCK_MS),
 )
 
 
@@ -151,6 +172,11 @@ class RandomWalk:
         self.last_prices: dict[bytes, int] = {}
         self.issued: list[bytes] = []
         self.sent: list[Op] = []
+
+    @property
+    def wall_clock_ms(self) -> int:
+        """The walk's Unix clock: the monotonic one from EPOCH_MS."""
+        return EPOCH_MS + self.now_ns // 1_000_000
 
     def order_id(self) -> bytes:
         # Mostly fresh ids; sometimes a recent one again (replay or conflict).
@@ -198,6 +224,9 @@ class RandomWalk:
                                             if rng.random() > generous else [10**9])
             elif kind == LimitKind.MIN_ORDER_QUANTITY:
                 out[int(kind)] = rng.choice([0, 1, 2, 5])
+            elif kind == LimitKind.MIN_ORDER_NOTIONAL:
+                # near the notionals of the walk's orders (a few units at its prices)
+                out[int(kind)] = rng.choice([0, 1, 10_000, 100_000, 1_000_000, 10_000_000])
             elif rng.random() < generous:
                 out[int(kind)] = rng.choice([10**12, 10**15, INT64_MAX])
             else:
@@ -231,7 +260,19 @@ class RandomWalk:
                    self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
                    self.order_price(symbol), rng.choice(VENUES),
                    rng.choice(COUNTERPARTIES), self.now_ns,
-                   min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6))
+                   min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6),
+                   **self._time_in_force())
+
+    def _time_in_force(self) -> dict[str, int]:
+        # A session ends every 100 ms of the walk's clock (mostly configured);
+        # GTD expiries just before, at and after now.
+        rng, now = self.rng, self.wall_clock_ms
+        tif = rng.choice(TIMES_IN_FORCE)
+        return {"time_in_force": tif,
+                "expire_at_unix_ms": now + rng.choice([-1, 0, 1, 30, 150]) if tif in (
+                    pb.TIME_IN_FORCE_GTD, 7) or rng.random() < 0.02 else 0,
+                "now_unix_ms": now,
+                "session_end_unix_ms": (now // 100 + 1) * 100 if rng.random() < 0.9 else 0}
 
     def _replace(self, account: bytes) -> Op:
         """A cancel/replace of a recent order, mostly under a fresh id."""
@@ -247,7 +288,8 @@ class RandomWalk:
                    rng.choice([0, 0, rng.randint(1, 3), rng.randint(1, 15),
                                self.value(-2, 1_500)]),
                    rng.choice([0, 0, self.order_price(rng.choice(SYMBOLS))]), self.now_ns,
-                   min_state_version=0 if rng.random() < 0.9 else rng.randint(1, 6))
+                   min_state_version=0 if rng.random() < 0.9 else rng.randint(1, 6),
+                   now_unix_ms=self.wall_clock_ms)
 
     def _decided_order_op(self, account: bytes, symbol: bytes) -> Op:
         """What happens to decided orders: mostly made durable (the journal
@@ -258,8 +300,10 @@ class RandomWalk:
             # the journal wrote the last decisions, most of the time all of them
             return _op("mark_durable_many", [(a, oid) for oid in self.issued[-12:]
                                              for a in ACCOUNTS if rng.random() < 0.9])
-        if roll < 0.9:
+        if roll < 0.8:
             return _op("expire_orders", self.now_ns)
+        if roll < 0.9:
+            return _op("end_lapsed_orders", self.wall_clock_ms)
         if roll < 0.95:
             return _op("forget_orders", account, self.recent_ids(3))
         self.issued.append(f"R{len(self.issued)}".encode())
@@ -267,7 +311,9 @@ class RandomWalk:
         return _restore(self.issued[-1], account, symbol, rng.choice(SIDES),
                         rng.choice(ORDER_TYPES), rng.randint(1, 12), self.order_price(symbol),
                         rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES),
-                        rng.random() < 0.6, rng.choice(REJECTIONS), replaced,
+                        rng.random() < 0.6, rng.choice(REJECTIONS),
+                        rng.choice(TIMES_IN_FORCE[:5]),
+                        self.wall_clock_ms + rng.choice([-100, 0, 50, 500]), replaced,
                         rng.randint(0, 2) if replaced else 0)
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
@@ -288,8 +334,8 @@ class RandomWalk:
         if roll < 0.76:
             generous = 0.9 if account == b"ACC-1" else 0.3
             return _op("set_symbol_limits", account, symbol,
-                       {k: v for k, v in self.limits(0.2, 3_000, generous).items() if k < 7
-                        and rng.random() < 0.3} or None)
+                       {k: v for k, v in self.limits(0.2, 3_000, generous).items()
+                        if k in PER_SYMBOL_LIMITS and rng.random() < 0.3} or None)
         if roll < 0.81:
             return _op("set_halt", scope := rng.choice(HALT_SCOPES),
                        account if scope == pb.HALT_SCOPE_ACCOUNT else symbol,
@@ -309,7 +355,9 @@ class RandomWalk:
             return _op("set_instrument", symbol, known=rng.random() < 0.95,
                        invalid=rng.random() < 0.02, tick_size=rng.choice([1, 1, 2, 100]),
                        lot_size=rng.choice([1, 1, 2]), issuer_id=rng.randint(0, 2),
-                       sector_id=rng.randint(0, 2), short_restricted=rng.random() < 0.2)
+                       sector_id=rng.randint(0, 2), short_restricted=rng.random() < 0.2,
+                       margin_bps=tuple(rng.choice(MARGIN_RATES) for _ in range(4))
+                       if rng.random() < 0.5 else (0, 0, 0, 0))
         if roll < 0.94:
             cash = rng.randint(-10**6, 10**10) if account != b"ACC-1" else 10**15
             return _op("set_balances", account, None if rng.random() < 0.3 else cash,

@@ -237,3 +237,42 @@ def _try_scrape(port: int) -> dict[str, float] | None:
         return _scrape(port)
     except OSError:
         return None
+
+
+def _archiver_of(server: Serve) -> int | None:
+    """The pid of the archiver child of ``server`` (``python -m pretrade archive``), if any."""
+    for pid in child_pids(server.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"archive" in command and b"pretrade" in command:
+            return pid
+    return None
+
+
+def test_a_killed_archiver_beside_serve_is_started_again_and_archives_what_waited(
+        tmp_path, redis_url, database_url, book):
+    server = Serve(tmp_path, "kept", "--redis-url", redis_url, "--listen", "127.0.0.1:0",
+                   "--archive", "--database-url", database_url)
+    try:
+        server.wait_for_banner()
+        server.wait_until_serving()
+        first = wait_until(lambda: _archiver_of(server), lambda pid: pid is not None, 20)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        # Decided while no archiver runs: they wait in the stream for the next one.
+        with OrderFlow(server.target, "kept") as flow:
+            time.sleep(FLOW_SECONDS / 3)
+        assert flow.answered
+        second = wait_until(lambda: _archiver_of(server),
+                            lambda pid: pid is not None and pid != first, 20)
+        found = wait_archived(database_url, "kept", set(flow.answered))
+        assert set(flow.answered) <= set(found)
+        assert {order_id: n for order_id, n in found.items() if n != 1} == {}
+        assert f"the archiver (pid {first}) ended on its own (killed by SIGKILL)" in server.log()
+        assert server.process.poll() is None  # the gateway never stopped for it
+        assert server.terminate() == 0, server.log()
+        assert not Path(f"/proc/{second}").exists()  # stopped with the server, and reaped
+    finally:
+        server.kill()

@@ -63,10 +63,11 @@ class Book:
 
     def order(self, quantity: int = 10, price: int = LAST, side: int = pb.SIDE_BUY,
               symbol: bytes = AAPL, order_type: int = pb.ORDER_TYPE_LIMIT, venue: bytes = b"",
-              counterparty: bytes = b"", order_id: bytes | None = None) -> tuple:
+              counterparty: bytes = b"", order_id: bytes | None = None,
+              **time_in_force: int) -> tuple:
         oid = order_id or f"id-{next(self.ids)}".encode()
         return self.engine.evaluate(oid, ACC, symbol, side, order_type, quantity, price, venue,
-                                    counterparty, self.now)
+                                    counterparty, self.now, **time_in_force)
 
     def codes(self, **order: Any) -> list[int]:
         return [code for code, _, _ in self.order(**order)[2]]
@@ -133,6 +134,45 @@ def test_max_order_quantity_and_notional_boundaries(book):
     book.limit(max_order_quantity=10_000)
     assert book.codes(quantity=1_000, price=LAST) == []
     assert book.codes(quantity=1_000, price=LAST + 1) == [pb.REJECT_CODE_MAX_ORDER_NOTIONAL]
+
+
+def test_minimum_notional_boundary_reports_the_notional_and_the_minimum(book):
+    book.limit(min_order_notional=50 * LAST)            # $50
+    assert book.codes(quantity=50) == []                # $50.0000 exactly
+    assert book.order(quantity=49)[2] == ((pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 49 * LAST,
+                                           50 * LAST),)
+    # one unit of price short of the minimum: 50 x $0.9999
+    assert book.order(quantity=50, price=LAST - 1)[2] == (
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 50 * (LAST - 1), 50 * LAST),)
+
+
+def test_minimum_notional_values_a_market_order_at_the_last_price(book):
+    book.limit(min_order_notional=50 * LAST)
+    assert book.codes(order_type=pb.ORDER_TYPE_MARKET, price=0, quantity=50) == []
+    book.state.set_last_price(AAPL, LAST - 1)
+    assert book.codes(order_type=pb.ORDER_TYPE_MARKET, price=0, quantity=50) == [
+        pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+
+
+def test_a_per_symbol_minimum_notional_overrides_the_account_minimum(book):
+    book.limit(min_order_notional=50 * LAST)
+    book.state.set_symbol_limits(ACC, MSFT, {K.MIN_ORDER_NOTIONAL: 10 * LAST})
+    assert book.codes(symbol=MSFT, quantity=10) == []
+    assert book.codes(symbol=MSFT, quantity=9) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    assert book.codes(symbol=AAPL, quantity=10) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    # an override applies without any account-wide minimum too
+    book.limits.pop(K.MIN_ORDER_NOTIONAL)
+    book.state.set_account_limits(ACC, book.limits)
+    book.state.set_symbol_limits(ACC, MSFT, {K.MIN_ORDER_NOTIONAL: 100 * LAST})
+    assert book.codes(symbol=AAPL, quantity=1) == []
+    assert book.order(symbol=MSFT, quantity=99)[2] == (
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 99 * LAST, 100 * LAST),)
+
+
+def test_without_a_minimum_notional_any_small_order_goes(book):
+    assert book.codes(quantity=1, price=1) == [pb.REJECT_CODE_PRICE_COLLAR]  # $0.0001: collar
+    book.limit(price_collar_bps=10_000)
+    assert book.codes(quantity=1, price=1) == []
 
 
 # -- positions with working orders --
@@ -257,6 +297,203 @@ def test_an_order_that_closes_or_reduces_a_position_is_exempt_from_the_minimum_s
     assert book.codes(side=pb.SIDE_BUY, quantity=50) == [pb.REJECT_CODE_MIN_ORDER_QUANTITY]
     # the working sell of 50 leaves nothing to reduce: another is held to the minimum
     assert pb.REJECT_CODE_MIN_ORDER_QUANTITY in book.codes(side=pb.SIDE_SELL, quantity=30)
+
+
+def test_an_order_that_closes_or_reduces_a_position_is_exempt_from_the_minimum_notional(book):
+    # Item 7 with defect 2's exemption: a residual long of $50 under a $100 minimum.
+    book.state.replace_positions(ACC, {AAPL: (50, 50 * LAST)})
+    book.limit(min_order_notional=100 * LAST)
+    assert book.codes(side=pb.SIDE_SELL, quantity=20) == []      # only reduces
+    assert book.codes(side=pb.SIDE_SELL, quantity=30) == []      # closes what is left
+    # the working sells of 50 leave nothing to reduce: the next is held to the minimum
+    assert book.order(side=pb.SIDE_SELL, quantity=1)[2][0] == (
+        pb.REJECT_CODE_MIN_ORDER_NOTIONAL, LAST, 100 * LAST)
+    assert book.codes(side=pb.SIDE_BUY, quantity=50) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+
+
+def test_a_buy_that_covers_a_short_is_exempt_from_the_minimum_notional_but_not_a_flip(book):
+    book.state.replace_positions(ACC, {AAPL: (-30, -30 * LAST)})
+    book.limit(min_order_notional=100 * LAST)
+    assert book.codes(side=pb.SIDE_BUY, quantity=31) == [pb.REJECT_CODE_MIN_ORDER_NOTIONAL]
+    assert book.codes(side=pb.SIDE_BUY, quantity=30) == []       # closes the short exactly
+
+
+def test_a_closing_order_under_reduce_only_is_not_refused_for_its_small_notional(book):
+    book.state.replace_positions(ACC, {AAPL: (5, 5 * LAST)})
+    book.limit(min_order_notional=100 * LAST, min_order_quantity=100)
+    book.state.set_halt(pb.HALT_SCOPE_ACCOUNT, ACC, pb.HALT_MODE_REDUCE_ONLY)
+    assert book.codes(side=pb.SIDE_SELL, quantity=5) == []
+    assert book.codes(side=pb.SIDE_BUY, quantity=5) == [
+        pb.REJECT_CODE_MIN_ORDER_QUANTITY, pb.REJECT_CODE_MIN_ORDER_NOTIONAL,
+        pb.REJECT_CODE_REDUCE_ONLY]
+
+
+# -- margin --
+
+def margined(book, long_bps: int = 5_000, short_bps: int = 15_000) -> None:
+    """AAPL at 50% initial margin long and 150% short (maintenance half of that);
+    100 AAPL held, bought at $2.0000 and now at $1.0000; $200 of cash: equity
+    $200 - $100 of unrealized loss = $100, of which the holding needs $50."""
+    book.state.set_instrument(AAPL, known=True,
+                              margin_bps=(long_bps, short_bps, long_bps // 2, short_bps // 2))
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * 2 * LAST)})
+    book.state.set_balances(ACC, 200 * LAST, 0)
+
+
+def test_initial_margin_up_to_equity_is_approved_and_a_unit_beyond_is_a_shortfall(book):
+    margined(book)
+    assert book.codes(quantity=100) == []               # $50 + $50 = $100 = equity
+    # the working buy counts: 1 more unit needs $100.5
+    assert book.order(quantity=1)[2] == ((pb.REJECT_CODE_MARGIN_SHORTFALL, 1_005_000,
+                                          1_000_000),)
+
+
+def test_a_working_sell_that_reduces_a_long_adds_no_margin(book):
+    margined(book)
+    assert book.codes(side=pb.SIDE_SELL, quantity=60) == []      # works, reduces
+    # worst case of AAPL: all 100 held plus this buy's 100, or 40 if the sell fills
+    assert book.codes(quantity=100) == []
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+
+
+def test_short_sales_are_margined_at_the_short_rate(book):
+    margined(book)
+    book.state.set_locates(ACC, {MSFT: 100})
+    book.state.set_instrument(MSFT, known=True, margin_bps=(5_000, 15_000, 2_500, 7_500))
+    # $50 held for AAPL; 33 MSFT short at 150% needs $49.50, 34 needs $51
+    assert book.codes(symbol=MSFT, side=pb.SIDE_SELL_SHORT, quantity=34) == [
+        pb.REJECT_CODE_MARGIN_SHORTFALL]
+    assert book.codes(symbol=MSFT, side=pb.SIDE_SELL_SHORT, quantity=33) == []
+
+
+def test_an_order_that_only_reduces_is_not_held_to_margin(book):
+    margined(book, long_bps=20_000)                     # the holding alone needs $200
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+    assert book.codes(side=pb.SIDE_SELL, quantity=60) == []
+    assert book.codes(side=pb.SIDE_SELL, quantity=40) == []      # closes it
+
+
+def test_realized_pnl_and_credit_count_as_equity(book):
+    margined(book)
+    book.codes(quantity=100)                            # equity used up
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * 2 * LAST)}, realized_pnl=LAST)
+    assert book.codes(quantity=2) == []                 # +$1 realized covers 2 units
+    book.state.set_balances(ACC, 200 * LAST, 10 * LAST)
+    assert book.codes(quantity=20) == []                # +$10 of credit covers 20 more
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+
+
+def test_an_account_whose_instruments_carry_no_margin_rates_is_not_margined(book):
+    margined(book, long_bps=0, short_bps=0)
+    book.state.set_balances(ACC, -50 * LAST, 0)         # negative equity, no margin at all
+    assert pb.REJECT_CODE_MARGIN_SHORTFALL not in book.codes(quantity=1)
+
+
+def test_margin_rates_are_bounded(book):
+    with pytest.raises(ValueError, match="margin rates"):
+        book.state.set_instrument(AAPL, known=True, margin_bps=(100_001, 0, 0, 0))
+    with pytest.raises(ValueError, match="margin rates"):
+        book.state.set_instrument(AAPL, known=True, margin_bps=(0, -1, 0, 0))
+
+
+# -- time in force --
+
+NOON = 1_767_268_800_000            # 2026-01-01 12:00 UTC, Unix ms
+SESSION_END = NOON + 8 * 3_600_000  # 20:00 UTC
+DAY, IOC, GTC, GTD = (pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC, pb.TIME_IN_FORCE_GTC,
+                      pb.TIME_IN_FORCE_GTD)
+
+
+def test_a_gtd_order_must_expire_after_now_to_the_millisecond(book):
+    assert book.codes(time_in_force=GTD, expire_at_unix_ms=NOON + 1, now_unix_ms=NOON) == []
+    assert book.order(time_in_force=GTD, expire_at_unix_ms=NOON, now_unix_ms=NOON)[2] == (
+        (pb.REJECT_CODE_ORDER_EXPIRED, NOON, NOON),)
+    assert book.codes(time_in_force=GTD, expire_at_unix_ms=NOON - 60_000,
+                      now_unix_ms=NOON) == [pb.REJECT_CODE_ORDER_EXPIRED]
+
+
+def test_a_gtd_order_without_an_expiry_is_expired(book):
+    assert book.order(time_in_force=GTD, now_unix_ms=NOON)[2] == (
+        (pb.REJECT_CODE_ORDER_EXPIRED, 0, NOON),)
+
+
+def test_other_times_in_force_are_not_held_to_an_expiry(book):
+    for tif in (pb.TIME_IN_FORCE_UNSPECIFIED, DAY, IOC, GTC):
+        assert book.codes(time_in_force=tif, now_unix_ms=NOON,
+                          session_end_unix_ms=SESSION_END) == [], tif
+
+
+def test_day_and_ioc_orders_stop_counting_at_the_session_end_and_not_before(book):
+    book.limit(max_long_position=100, max_net_position=100)
+    session = {"now_unix_ms": NOON, "session_end_unix_ms": SESSION_END}
+    assert book.codes(quantity=60, time_in_force=DAY, **session) == []
+    assert book.codes(quantity=40, time_in_force=IOC, **session) == []
+    assert book.codes(quantity=1, **session) == [pb.REJECT_CODE_MAX_NET_POSITION,
+                                                 pb.REJECT_CODE_MAX_LONG_POSITION]
+    assert book.state.end_lapsed_orders(SESSION_END - 1) == 0
+    assert book.state.working(ACC, AAPL) == (100, 0)
+    assert book.state.end_lapsed_orders(SESSION_END) == 2
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    assert book.codes(quantity=100, **session) == []
+    assert book.state.end_lapsed_orders(SESSION_END + 1) == 0   # the last one is GTC-like
+
+
+def test_gtc_and_unspecified_orders_count_until_their_fill_or_cancel(book):
+    book.codes(quantity=30, time_in_force=GTC, now_unix_ms=NOON,
+               session_end_unix_ms=SESSION_END)
+    book.codes(quantity=20, now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    assert book.state.end_lapsed_orders(SESSION_END * 2) == 0
+    assert book.state.working(ACC, AAPL) == (50, 0)
+
+
+def test_a_working_gtd_order_stops_counting_at_its_expiry(book):
+    book.codes(quantity=30, time_in_force=GTD, expire_at_unix_ms=NOON + 5_000,
+               now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    book.codes(quantity=7, side=pb.SIDE_SELL_SHORT, time_in_force=GTD,
+               expire_at_unix_ms=NOON + 9_000, now_unix_ms=NOON)
+    assert book.state.end_lapsed_orders(NOON + 4_999) == 0
+    assert book.state.end_lapsed_orders(NOON + 5_000) == 1
+    assert book.state.working(ACC, AAPL) == (0, 0)      # the short sale has no locate
+    assert book.state.end_lapsed_orders(NOON + 10_000) == 0
+
+
+def test_a_day_order_without_a_configured_session_end_counts_until_reported(book):
+    book.codes(quantity=30, time_in_force=DAY, now_unix_ms=NOON)
+    assert book.state.end_lapsed_orders(SESSION_END * 2) == 0
+    assert book.state.working(ACC, AAPL) == (30, 0)
+
+
+def test_a_lapsed_order_stays_ended_through_later_snapshots_and_replays_its_decision(book):
+    decision = book.order(quantity=30, order_id=b"day-1", time_in_force=DAY,
+                          now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    book.state.end_lapsed_orders(SESSION_END)
+    book.state.replace_positions(ACC, {AAPL: (5, 5 * LAST)}, filled={b"day-1": 5},
+                                 cancelled=())
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    again = book.order(quantity=30, order_id=b"day-1", time_in_force=DAY,
+                       now_unix_ms=NOON, session_end_unix_ms=SESSION_END)
+    assert again[0] == decision[0] and again[3]         # replayed
+
+
+def test_the_same_order_id_with_another_time_in_force_is_a_duplicate(book):
+    book.order(order_id=b"o-1", time_in_force=DAY, now_unix_ms=NOON)
+    assert book.codes(order_id=b"o-1", time_in_force=GTC, now_unix_ms=NOON) == [
+        pb.REJECT_CODE_DUPLICATE_ORDER_ID]
+    book.order(order_id=b"o-2", time_in_force=GTD, expire_at_unix_ms=NOON + 1,
+               now_unix_ms=NOON)
+    assert book.codes(order_id=b"o-2", time_in_force=GTD, expire_at_unix_ms=NOON + 2,
+                      now_unix_ms=NOON) == [pb.REJECT_CODE_DUPLICATE_ORDER_ID]
+
+
+def test_a_restored_order_keeps_its_time_in_force_and_lapses_at_its_end(book):
+    order = (b"r-1", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 40, LAST, LAST, 40 * LAST, b"",
+             b"", True, (), DAY, 0, SESSION_END)
+    assert book.state.restore_orders(ACC, [order]) == 1
+    assert book.state.working(ACC, AAPL) == (40, 0)
+    assert book.state.end_lapsed_orders(SESSION_END) == 1
+    assert book.state.working(ACC, AAPL) == (0, 0)
+    with pytest.raises(ValueError, match="time in force"):
+        book.state.restore_orders(ACC, [(b"r-2", *order[1:12], 9, 0, 0)])
 
 
 # -- velocity, working orders, duplicates --
@@ -729,10 +966,61 @@ def test_a_replace_that_reduces_passes_a_reduce_only_halt(book):
         pb.REJECT_CODE_SHORT_SALE_NOT_MARKED, pb.REJECT_CODE_REDUCE_ONLY]
 
 
+def test_a_replacement_below_the_minimum_notional_is_rejected_and_the_original_works_on(book):
+    book.limit(min_order_notional=10 * LAST)
+    assert approved(book.order(quantity=20, order_id=b"A"))
+    assert replace(book, b"B", b"A", quantity=9).rejections == (
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 9 * LAST, 10 * LAST),)
+    assert book.state.working(ACC, AAPL) == (20, 0)
+    assert replace(book, b"C", b"A", quantity=10).approved       # exactly the minimum
+    assert book.state.working(ACC, AAPL) == (10, 0)
+
+
+def test_a_replace_releases_the_margin_its_original_committed(book):
+    margined(book)
+    assert book.codes(quantity=100, order_id=b"A") == []    # $50 + $50 = $100 = equity
+    # the same 100 again fits only because A's $50 is released with it
+    assert replace(book, b"B", b"A", quantity=100, price=LAST).approved
+    # one unit beyond is short by exactly as much as a new order would be
+    assert replace(book, b"C", b"B", quantity=101).rejections == (
+        (pb.REJECT_CODE_MARGIN_SHORTFALL, 1_005_000, 1_000_000),)
+    # rejected, B still commits its margin
+    assert book.codes(quantity=1) == [pb.REJECT_CODE_MARGIN_SHORTFALL]
+    assert book.state.working(ACC, AAPL) == (100, 0)
+
+
+def test_a_replacement_keeps_the_originals_time_in_force_and_lapses_at_its_end(book):
+    book.order(quantity=30, order_id=b"G", time_in_force=GTD, expire_at_unix_ms=NOON + 5_000,
+               now_unix_ms=NOON)
+    book.order(quantity=20, order_id=b"D", time_in_force=DAY, now_unix_ms=NOON,
+               session_end_unix_ms=SESSION_END)
+    # a replace names no time in force: each replacement has its original's
+    assert replace(book, b"G2", b"G", quantity=31, now_unix_ms=NOON + 1_000).approved
+    assert replace(book, b"D2", b"D", quantity=21, now_unix_ms=NOON + 1_000).approved
+    assert book.state.working(ACC, AAPL) == (52, 0)
+    assert book.state.end_lapsed_orders(NOON + 4_999) == 0
+    assert book.state.end_lapsed_orders(NOON + 5_000) == 1     # G2, at G's expiry
+    assert book.state.working(ACC, AAPL) == (21, 0)
+    assert book.state.end_lapsed_orders(SESSION_END - 1) == 0
+    assert book.state.end_lapsed_orders(SESSION_END) == 1      # D2, at D's session end
+    assert book.state.working(ACC, AAPL) == (0, 0)
+
+
+def test_a_replace_of_an_original_whose_time_in_force_ended_is_not_working(book):
+    book.order(quantity=30, order_id=b"G", time_in_force=GTD, expire_at_unix_ms=NOON + 5_000,
+               now_unix_ms=NOON)
+    # at its expiry it no longer works, though no sweep has ended it yet
+    assert replace(book, b"B", b"G", quantity=10, now_unix_ms=NOON + 5_000).rejections == (
+        (pb.REJECT_CODE_ORIGINAL_NOT_WORKING, 3, 0),)
+    assert book.state.working(ACC, AAPL) == (30, 0)            # the sweep ends it
+    assert replace(book, b"C", b"G", quantity=10, now_unix_ms=NOON + 4_999).approved
+
+
 def test_a_restored_replacement_reserves_its_total_less_the_chain_fills(book):
     # after a restart: B replaced A (2 of A filled before, carried 0), 20 in all
     assert book.state.restore_order(ACC, b"B", AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 20,
-                                    LAST, LAST, 18 * LAST, b"", b"", True, (), b"A", 0)
+                                    LAST, LAST, 18 * LAST, b"", b"", True, (),
+                                    replaces=b"A", carried=0)
     book.state.replace_positions(ACC, {AAPL: (4, 4 * LAST)}, filled={b"A": 3, b"B": 1},
                                  cancelled=set())
     assert book.state.working(ACC, AAPL) == (16, 0)

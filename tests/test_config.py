@@ -98,6 +98,9 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_LOCK_TABLE_MEMORY": "on",
         "PRETRADE_MAX_SYNC_LAG_MS": "750",
         "PRETRADE_WORKERS": "2",
+        "PRETRADE_STREAM_LISTEN": "[::]:7001",
+        "PRETRADE_STREAM_WORKERS": "3",
+        "PRETRADE_STREAM_NICE": "0",
         "PRETRADE_MAX_CONCURRENT_RPCS": "64",
         "PRETRADE_MAX_PORTFOLIO_STREAMS": "65",
         "PRETRADE_MAX_CONTROL_CALLS": "66",
@@ -118,6 +121,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_DURABLE_DECISIONS": "no",
         "PRETRADE_DEMO_BOOK": "yes",
         "PRETRADE_DEFAULT_CURRENCY": "eur",
+        "PRETRADE_DAY_SESSION_END_UTC": "21:30",
         "PRETRADE_DATA_DIR": "/var/lib/pretrade",
         "PRETRADE_LOG_LEVEL": "warning",
         "PRETRADE_LOG_FORMAT": "JSON",
@@ -135,6 +139,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_TOKENS_FILE": "/etc/pretrade/tokens.toml",
         "PRETRADE_DESK_LISTEN": "0.0.0.0:8443",
         "PRETRADE_DESK_GATEWAY": "gateway.example:50051",
+        "PRETRADE_DESK_STREAM_GATEWAY": "gateway.example:50052",
         "PRETRADE_DESK_TLS_CA": "/etc/pretrade/ca.pem",
         "PRETRADE_DESK_CLIENT_CERT": "/etc/pretrade/desk.pem",
         "PRETRADE_DESK_CLIENT_KEY": "/etc/pretrade/desk.key",
@@ -155,6 +160,9 @@ def test_every_field_has_its_own_environment_variable():
         lock_table_memory=True,
         max_sync_lag_ms=750,
         workers=2,
+        stream_listen="[::]:7001",
+        stream_workers=3,
+        stream_nice=0,
         max_concurrent_rpcs=64,
         max_portfolio_streams=65,
         max_control_calls=66,
@@ -174,6 +182,7 @@ def test_every_field_has_its_own_environment_variable():
         durable_decisions=False,
         demo_book=True,
         default_currency="EUR",
+        day_session_end_utc="21:30:00",
         data_dir="/var/lib/pretrade",
         log_level="WARNING",
         log_format="json",
@@ -191,6 +200,7 @@ def test_every_field_has_its_own_environment_variable():
         tokens_file="/etc/pretrade/tokens.toml",
         desk_listen="0.0.0.0:8443",
         desk_gateway="gateway.example:50051",
+        desk_stream_gateway="gateway.example:50052",
         desk_tls_ca="/etc/pretrade/ca.pem",
         desk_client_cert="/etc/pretrade/desk.pem",
         desk_client_key="/etc/pretrade/desk.key",
@@ -209,6 +219,15 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_its_password()
         Settings(database_url="mysql://root:secret@db/audit")
     assert "secret" not in str(refused.value)
     assert "secret" not in repr(Settings(database_url="postgresql://root:secret@db/audit"))
+
+
+def test_the_day_session_end_is_a_utc_time_of_day_or_unset():
+    assert Settings().day_session_end_utc is None
+    assert Settings(day_session_end_utc="20:00").day_session_end_utc == "20:00:00"
+    assert Settings(day_session_end_utc="23:59:59").day_session_end_utc == "23:59:59"
+    for bad in ("24:00", "8:00", "20:60", "20:00:00.5", "20h", ""):
+        with pytest.raises(ConfigError, match="day_session_end_utc"):
+            Settings(day_session_end_utc=bad)
 
 
 def test_default_currency_is_usd_and_must_be_three_letters():
@@ -303,6 +322,10 @@ def test_bad_toml_values_are_named_with_their_source(tmp_path, toml, complaint):
         ({"PRETRADE_LOCK_STRIPES": "3"}, r"lock_stripes=3 .*power of two"),
         ({"PRETRADE_DEMO_BOOK": "maybe"}, r"demo_book='maybe' .*true or false"),
         ({"REDIS_URL": "http://h:1"}, r"redis_url='http://h:1' .*REDIS_URL"),
+        ({"PRETRADE_STREAM_NICE": "20"}, r"stream_nice=20 .*0\.\.19"),
+        ({"PRETRADE_STREAM_LISTEN": "127.0.0.1"}, r"stream_listen=.*HOST:PORT"),
+        ({"PRETRADE_LISTEN": "127.0.0.1:7000", "PRETRADE_STREAM_LISTEN": "127.0.0.1:7000"},
+         r"stream_listen=127.0.0.1:7000: must differ from listen"),
     ],
 )
 def test_bad_environment_values_name_the_variable(env, complaint):

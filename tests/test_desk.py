@@ -22,7 +22,7 @@ from desk_parts import DeskThread, DeskTokens, WebClient, write_tokens
 from pretrade.app.config import ConfigError, Settings
 from pretrade.audit.entries import AUDIT_STREAM
 from pretrade.audit.query import AuditQuery, read_audit
-from pretrade.desk.process import check_desk_settings, gateway_target
+from pretrade.desk.process import check_desk_settings, gateway_target, stream_gateway_target
 from pretrade.desk.web import stats_sample
 from pretrade.state.schema import halt_key, price_key
 from pretrade.v1 import risk_pb2 as pb
@@ -358,6 +358,17 @@ def test_the_desk_calls_the_servers_own_address_unless_told_otherwise():
     assert gateway_target(Settings(listen="0.0.0.0:50051")) == "127.0.0.1:50051"
     assert gateway_target(Settings(listen="[::]:7000")) == "[::1]:7000"
     assert gateway_target(Settings(desk_gateway="gw.example:443")) == "gw.example:443"
+    # With streams on an address of their own, the desk streams from that one and
+    # calls the order address for the rest (its chart's figures are the deciders').
+    apart = Settings(listen="127.0.0.1:50051", stream_listen="0.0.0.0:50052")
+    assert (gateway_target(apart), stream_gateway_target(apart)) == (
+        "127.0.0.1:50051", "127.0.0.1:50052")
+    assert stream_gateway_target(Settings(listen="0.0.0.0:50051")) == "127.0.0.1:50051"
+    told = Settings(desk_gateway="gw.example:443", stream_listen="0.0.0.0:50052")
+    assert stream_gateway_target(told) == "gw.example:443"
+    assert stream_gateway_target(Settings(desk_gateway="gw.example:443",
+                                          desk_stream_gateway="gw.example:444")) == \
+        "gw.example:444"
 
 
 def test_a_bounded_audit_read_stops_after_its_rows_and_keeps_to_the_accounts_given(
@@ -394,6 +405,38 @@ def test_pretrade_serve_with_desk_runs_it_beside_the_gateway_and_prints_its_url(
                    for line in server.stdout)
         assert server.terminate() == 0
         assert _answer_or_none(client) is None  # the desk stopped with the gateway
+    finally:
+        server.kill()
+
+
+def test_with_streams_apart_the_desk_streams_from_the_stream_address_and_charts_the_orders(
+        redis_url, redis_client, tmp_path):
+    seed_account(redis_client)
+    seed_lots(redis_client, "ACC-1", [("lot-1", "AAPL", 100, 650_000)])
+    listen, streams, desk_port = (f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                                  free_port())
+    server = Serve(tmp_path, "desk-apart", "--redis-url", redis_url, "--listen", listen,
+                   "--stream-listen", streams, "--desk", f"127.0.0.1:{desk_port}")
+    try:
+        server.wait_for_banner()
+        server.wait_until_serving()
+        client = WebClient(desk_port)
+        wait_until(lambda: _answer_or_none(client), lambda answer: answer is not None,
+                   timeout=20)
+        events = client.events("/api/events")
+        try:
+            snapshot = events.wait_for("portfolio", lambda u: u["account_id"] == "ACC-1")
+            assert snapshot["totals"]["market_value"] == str(100 * 683_378)
+            events.wait_for("stats", lambda sample: True)
+            with grpc.insecure_channel(listen) as channel:
+                stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+                for n in range(20):
+                    assert stub.EvaluateOrder(order(order_id=f"apart-{n}"), timeout=10).approved
+            # The chart's figures are the deciding process's: the orders above count.
+            events.wait_for("stats", lambda sample: (sample["rate"] or 0) > 0)
+        finally:
+            events.close()
+        assert "problem" not in {name for name, data in events.seen if data}
     finally:
         server.kill()
 

@@ -230,3 +230,21 @@ def test_a_redis_server_whose_parent_is_killed_dies_and_frees_its_directory(tmp_
             os.kill(redis_pid, signal.SIGKILL)
     with RedisServer(data_dir=tmp_path, persistent=True) as after:
         assert redis.Redis(port=after.port).ping()
+
+
+def test_the_suite_refuses_an_external_redis_that_holds_keys(tmp_path):
+    # PRETRADE_TEST_REDIS_URL: every test flushes the Redis it runs on, so one with
+    # data in it is refused before any test runs, not wiped.
+    with RedisServer(data_dir=tmp_path / "held") as held:
+        client = redis.Redis.from_url(held.url)
+        client.set("someone-elses", "data")
+        env = {**os.environ, "PRETRADE_TEST_REDIS_URL": held.url}
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/test_service.py::test_position_written_by_redis_cli_changes_the_next_decision"],
+            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+            timeout=120)
+        assert run.returncode == 4, run.stdout + run.stderr
+        assert "PRETRADE_TEST_REDIS_URL holds 1 keys" in run.stdout + run.stderr
+        assert client.get("someone-elses") == b"data"
+        client.close()

@@ -36,7 +36,7 @@ from pretrade._core.constants import (
 )
 from pretrade.app.demo import DEMO_MARKER
 from pretrade.app.demo import LIMITS as DEMO_LIMITS
-from pretrade.app.devredis import RedisServer, find_redis_cli
+from pretrade.app.devredis import find_redis_cli
 from pretrade.audit.entries import AUDIT_STREAM
 from pretrade.engine.fixedpoint import average_cost, format_price
 from pretrade.engine.limits import (
@@ -457,9 +457,9 @@ def test_every_key_in_the_examples_is_one_pretrade_reads(doc):
 
 
 @pytest.fixture
-def redis_cli(redis_server: RedisServer, redis_client: redis.Redis) -> list[str]:
-    """redis-cli aimed at the session's redis-server, over an empty database."""
-    return [find_redis_cli(), "-p", str(redis_server.port)]
+def redis_cli(redis_url: str, redis_client: redis.Redis) -> list[str]:
+    """redis-cli aimed at the session's Redis, over an empty database."""
+    return [find_redis_cli(), "-u", redis_url]
 
 
 def run_example(redis_cli: list[str], block: str) -> str:
@@ -802,6 +802,14 @@ FAIL_CLOSED = {
     "currency with a sign in it": Case(
         "`currency` present but not three letters", [["HSET", "instrument:AAPL", "currency",
                                                       "US$"]], LIMIT_ORDER, INVALID),
+    "margin rate in percent": Case(
+        "a margin rate that is not an integer", [["HSET", "instrument:AAPL",
+                                                  "initial_margin_long_bps", "50%"]],
+        LIMIT_ORDER, INVALID),
+    "margin rate past 1,000%": Case(
+        "a margin rate that is not an integer", [["HSET", "instrument:AAPL",
+                                                  "maintenance_margin_short_bps", "100001"]],
+        LIMIT_ORDER, INVALID),
     "instrument key is a string": Case(
         f"`instrument:<SYM>` {NOT_A_HASH}", [["DEL", "instrument:AAPL"],
                                              ["SET", "instrument:AAPL", "x"]], LIMIT_ORDER,

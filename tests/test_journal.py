@@ -69,6 +69,7 @@ def test_an_unreadable_record_is_a_state_error_never_a_crash(raw):
 @pytest.mark.parametrize("replaces, carried", [(b"", 1), (b"A", -1), (b"A", 100)])
 def test_a_replacement_whose_carried_fills_do_not_fit_is_a_state_error(replaces, carried):
     order = DecidedOrder(b"ACC-1", b"o2", b"AAPL", pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 100,
-                         683_378, 683_378, 68_337_800, b"", b"", True, (), replaces, carried)
+                         683_378, 683_378, 68_337_800, b"", b"", True, (), replaces=replaces,
+                         carried=carried)
     with pytest.raises(StateError):
         decode(b"ACC-1", b"o2", order.encode())

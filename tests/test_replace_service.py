@@ -7,6 +7,8 @@ contract (docs/redis-schema.md) for a replaced order and its replacement.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 import redis
@@ -142,3 +144,23 @@ def test_a_malformed_replace_is_invalid_argument_naming_its_field(seeded, gatewa
         stub.ReplaceOrder(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in raised.value.details()
+
+
+def test_a_replacement_over_grpc_keeps_its_originals_time_in_force_until_it_lapses(
+        seeded, gateway, stub):
+    expiry = time.time_ns() // 1_000_000 + 2_000
+    gtd = order(quantity=60, order_id="A")
+    gtd.time_in_force, gtd.expire_at_unix_ms = pb.TIME_IN_FORCE_GTD, expiry
+    assert stub.EvaluateOrder(gtd).approved
+    assert stub.ReplaceOrder(replace("A", "B", quantity=100)).approved
+    # durable with the original's time in force and end, so a restart keeps them
+    record = decode(b"ACC-1", b"B", seeded.hget("orders:{ACC-1}", "B"))
+    assert (record.replaces, record.time_in_force, record.expire_at_unix_ms,
+            record.working_until_unix_ms) == (b"A", pb.TIME_IN_FORCE_GTD, expiry, expiry)
+    assert position_and_working(gateway) == (0, 100, 0)
+    # at A's expiry the replacement stops counting, and can be replaced no more
+    wait_until(lambda: position_and_working(gateway), lambda state: state == (0, 0, 0),
+               timeout=8)
+    assert time.time_ns() // 1_000_000 >= expiry
+    assert codes(stub.ReplaceOrder(replace("B", "C", quantity=10))) == [
+        pb.REJECT_CODE_ORIGINAL_NOT_WORKING]

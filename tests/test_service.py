@@ -151,13 +151,13 @@ def test_position_limits_use_the_position_from_lots(holding_4990, stub):
     assert stub.EvaluateOrder(order(quantity=10)).approved
 
 
-def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_server):
+def test_position_written_by_redis_cli_changes_the_next_decision(seeded, stub, redis_url):
     assert stub.EvaluateOrder(order(quantity=600)).approved
     # One redis-cli session, one MULTI/EXEC: the lot lands whole (docs/redis-schema.md)
     script = ("MULTI\nHSET tickers_by_lot:{ACC-1} L7 AAPL\n"
               "HSET quantities_by_lot:{ACC-1} L7 4500\n"
               "HSET prices_by_lot:{ACC-1} L7 683378\nEXEC\n")
-    subprocess.run([find_redis_cli(), "-p", str(redis_server.port)], input=script.encode(),
+    subprocess.run([find_redis_cli(), "-u", redis_url], input=script.encode(),
                    check=True, capture_output=True, timeout=10)
     # 4,500 held + 600 > 5,000 max long
     decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=600)),
@@ -226,3 +226,30 @@ def test_a_client_without_the_proto_can_call_evaluate_order_through_reflection(s
     reply = json_format.MessageToDict(call(request, timeout=5))
     assert reply["approved"] is True
     assert reply["orderId"] == "r-1"
+
+
+
+def test_minimum_notional_written_by_redis_cli_rejects_small_orders_but_not_closing_ones(
+        seeded, gateway, stub, redis_server):
+    # Item 7 end to end: $1,000 per order for the account, $100 for AAPL, set
+    # with redis-cli; a residual of 1 AAPL ($68.3378) stays sellable.
+    seed_instrument(seeded, "MSFT", price=683_378)
+    seed_lots(seeded, "ACC-1", [("L1", "AAPL", 1, 683_378)])
+    script = "HSET limits:{ACC-1} min_order_notional 10000000 min_order_notional:AAPL 1000000\n"
+    subprocess.run([find_redis_cli(), "-p", str(redis_server.port)], input=script.encode(),
+                   check=True, capture_output=True, timeout=10)
+    table = gateway.gateway.table
+    wait_until(lambda: table.position(b"ACC-1", b"AAPL"), lambda p: p[0] == 1)
+    # 1 x $68.3378 < $100 (the AAPL override)
+    decision = wait_until(lambda: stub.EvaluateOrder(order(quantity=1)),
+                          lambda d: not d.approved)
+    assert [(r.code, r.observed, r.limit) for r in decision.rejections] == [
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 683_378, 1_000_000)]
+    assert "below the minimum $100.00" in decision.rejections[0].message
+    assert stub.EvaluateOrder(order(quantity=2)).approved                 # $136.6756
+    assert stub.EvaluateOrder(order(side=pb.SIDE_SELL, quantity=1)).approved  # closes
+    # MSFT has no override: the account's $1,000; 10 x $68.3378 is below it
+    decision = stub.EvaluateOrder(order(symbol="MSFT", quantity=10))
+    assert [(r.code, r.limit) for r in decision.rejections] == [
+        (pb.REJECT_CODE_MIN_ORDER_NOTIONAL, 10_000_000)]
+    assert stub.EvaluateOrder(order(symbol="MSFT", quantity=15)).approved  # $1,025.0670

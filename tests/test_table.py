@@ -58,6 +58,32 @@ def test_attach_refuses_a_buffer_that_is_not_a_table():
         PositionTable.attach(bytearray(SMALL.required_bytes()))
 
 
+def test_a_table_needs_a_writable_buffer_of_its_size():
+    size = SMALL.required_bytes()
+    with pytest.raises(BufferError):
+        PositionTable.format(bytes(size), SMALL.max_accounts, SMALL.max_instruments,
+                             SMALL.max_positions, SMALL.max_overrides, SMALL.lock_stripes,
+                             SMALL.max_orders)
+    with pytest.raises(ValueError, match="the table needs"):
+        PositionTable.format(bytearray(size // 2), SMALL.max_accounts, SMALL.max_instruments,
+                             SMALL.max_positions, SMALL.max_overrides, SMALL.lock_stripes,
+                             SMALL.max_orders)
+
+
+def test_a_table_holds_its_mapping_open_until_released():
+    size = SMALL.required_bytes()
+    mapping = mmap.mmap(-1, size)
+    table = PositionTable.format(mapping, SMALL.max_accounts, SMALL.max_instruments,
+                                 SMALL.max_positions, SMALL.max_overrides, SMALL.lock_stripes,
+                                 SMALL.max_orders)
+    table.upsert_account(b"ACC")
+    with pytest.raises(BufferError):
+        mapping.close()  # the table's pointers point into it
+    assert PositionTable.attach(mapping).account_ids() == [b"ACC"]
+    table.release()
+    mapping.close()
+
+
 def _write_position_from_another_process(path: str) -> None:
     mapped = MappedTable.attach(path)
     mapped.table.replace_positions(b"ACC", {b"AAPL": (42, 42 * 683_378)})

@@ -20,7 +20,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from book import codes, order, seed_account, wait_until
-from pretrade.app.lifetime import listener_pids
+from pretrade.app.lifetime import KeptChild, check_kept_children, listener_pids
 from pretrade.cli.commands import EXIT_WORKER_FAILED
 from pretrade.engine.table import MappedTable
 from pretrade.v1 import risk_pb2 as pb
@@ -254,3 +254,30 @@ def test_sigterm_stops_every_process(two_workers):
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
     assert not table_path.exists()
+
+
+def test_a_kept_child_that_keeps_failing_is_started_again_ever_more_slowly(caplog):
+    # A real child that fails at once (an unknown command: argparse's exit status 2).
+    child = KeptChild(["no-such-command"], dict(os.environ), "failing child",
+                      first_delay=0.2, longest_delay=0.4, healthy_after=60)
+    ends: list[float] = []
+    starts: list[float] = []
+    try:
+        deadline = time.monotonic() + 20
+        while child.restarts < 3 and time.monotonic() < deadline:
+            was_due, restarts = child.restart_due, child.restarts
+            check_kept_children()
+            if was_due is None and child.restart_due is not None:
+                ends.append(time.monotonic())
+            if child.restarts > restarts:
+                starts.append(time.monotonic())
+            time.sleep(0.01)
+    finally:
+        child.stop(5)
+    assert child.restarts == 3
+    delays = [start - end for end, start in zip(ends, starts, strict=False)]
+    # 0.2 s, then doubled to the longest, 0.4 s, and no more
+    assert [round(delay, 1) for delay in delays] == [0.2, 0.4, 0.4], delays
+    assert "the failing child (pid" in caplog.text and "exit status 2" in caplog.text
+    check_kept_children()  # a stopped child is not kept any more
+    assert child.restarts == 3

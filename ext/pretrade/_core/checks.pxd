@@ -32,6 +32,12 @@ cdef struct OrderInput:
     int64_t carried
     const char* replaces            # the original's order id
     Py_ssize_t replaces_length
+    int64_t now_unix_ms             # the wall clock, from the caller (GTD expiry)
+    int64_t expire_at_ms            # Order.expire_at_unix_ms (GTD)
+    int64_t session_end_ms          # Unix ms of the session end a DAY / IOC order works
+                                    # until, from the caller; 0: none configured
+    int32_t time_in_force           # TimeInForce
+    int32_t order_input_pad
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table
@@ -102,6 +108,14 @@ cdef struct CheckContext:
     int128_t committed                      # working buys + short value + working shorts
     int128_t issuer_exposure                # gross restricted to the order's issuer
     int128_t sector_exposure                # gross restricted to the order's sector
+    # Initial margin, in notional x basis points: the worst of each position
+    # extended by its working buys or by its working sells (margin_of_slot),
+    # summed over the account's other positions; the order's own position
+    # (value at last, working notionals) is kept apart for check_margin.
+    int128_t initial_margin_bps
+    int128_t order_slot_value
+    int128_t order_slot_working_buy
+    int128_t order_slot_working_sell
 
 ctypedef void (*check_fn)(const CheckContext* ctx, DecisionRecord* out) noexcept nogil
 
@@ -151,16 +165,21 @@ cdef class Engine:
     cdef void count_decision(self, const DecisionRecord* record, int64_t elapsed_ns) noexcept nogil
     cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
                                   int64_t price, int64_t now_ns, int64_t durable_checked,
-                                  int64_t min_state_version) except NULL
+                                  int64_t min_state_version, int64_t now_unix_ms) except NULL
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
                                  int64_t durable_checked,
-                                 int64_t min_state_version) except NULL
+                                 int64_t min_state_version, int32_t time_in_force,
+                                 int64_t expire_at_unix_ms, int64_t now_unix_ms,
+                                 int64_t session_end_unix_ms) except NULL
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
                           bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*,
-                          int64_t min_state_version=*)
+                          int64_t min_state_version=*, int32_t time_in_force=*,
+                          int64_t expire_at_unix_ms=*, int64_t now_unix_ms=*,
+                          int64_t session_end_unix_ms=*)
     cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
                           int64_t quantity, int64_t price, int64_t now_ns=*,
-                          int64_t durable_checked=*, int64_t min_state_version=*)
+                          int64_t durable_checked=*, int64_t min_state_version=*,
+                          int64_t now_unix_ms=*)

@@ -14,6 +14,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
 from pretrade._core.positions cimport capacity_limit
+from pretrade._core.positions cimport lapsed
+from pretrade._core.positions cimport working_until
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -219,6 +221,13 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
                 ctx.scan_unpriced = True
         exposure = magnitude(value) + slot.working_buy_notional + slot.working_sell_notional
         ctx.gross += exposure
+        if slot.instrument_index == ctx.slot_instrument:
+            ctx.order_slot_value = value
+            ctx.order_slot_working_buy = slot.working_buy_notional
+            ctx.order_slot_working_sell = slot.working_sell_notional
+        else:
+            ctx.initial_margin_bps += margin_of_slot(
+                instrument, value, slot.working_buy_notional, slot.working_sell_notional)
         ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
         ctx.committed += slot.working_buy_notional + slot.working_short_notional
         if value < 0:
@@ -239,6 +248,23 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
             or ctx.unrealized > INT64_MAX or ctx.unrealized < INT64_MIN
             or ctx.committed > INT64_MAX):
         ctx.scan_overflow = True
+
+
+cdef inline int128_t margin_of_side(const L.InstrumentRecord* instrument,
+                                    int128_t value) noexcept nogil:
+    # A long at the long rate, a short at the short rate (notional x bps).
+    if value > 0:
+        return value * instrument.initial_margin_long_bps
+    return -value * instrument.initial_margin_short_bps
+
+
+cdef inline int128_t margin_of_slot(const L.InstrumentRecord* instrument, int128_t value,
+                                    int128_t working_buy, int128_t working_sell) noexcept nogil:
+    # The worst case of one position: every working buy fills, or every
+    # working sell does (a sell that reduces a long frees margin, it adds none).
+    cdef int128_t long_side = margin_of_side(instrument, value + working_buy)
+    cdef int128_t short_side = margin_of_side(instrument, value - working_sell)
+    return long_side if long_side > short_side else short_side
 
 
 cdef bint needs_scan(const CheckContext* ctx) noexcept nogil:
@@ -308,6 +334,14 @@ cdef void check_symbol_known(const CheckContext* ctx, DecisionRecord* out) noexc
 cdef void check_order_id_unused(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
     if ctx.duplicate_conflict:
         reject(out, L.REJECT_DUPLICATE_ORDER_ID, 0, 0)
+
+
+cdef void check_time_in_force(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # A GTD order must still have time to work: an expiry at or before the
+    # caller's wall clock (or none) is refused (observed: the expiry, limit: now).
+    if out.order.time_in_force == L.TIME_IN_FORCE_GTD \
+            and out.order.expire_at_ms <= out.order.now_unix_ms:
+        reject(out, L.REJECT_ORDER_EXPIRED, out.order.expire_at_ms, out.order.now_unix_ms)
 
 
 cdef void check_quantity_positive(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -395,6 +429,16 @@ cdef void check_max_order_notional(const CheckContext* ctx, DecisionRecord* out)
     if ctx.notional_valid and effective_limit(ctx, L.LIMIT_MAX_ORDER_NOTIONAL, &limit) \
             and ctx.notional > limit:
         reject(out, L.REJECT_MAX_ORDER_NOTIONAL, ctx.notional, limit)
+
+
+cdef void check_min_order_notional(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # The same exemption as the minimum quantity: an order that closes or
+    # only reduces a position must go however small the residual is.
+    cdef int64_t minimum
+    if ctx.notional_valid and out.order.quantity > 0 \
+            and effective_limit(ctx, L.LIMIT_MIN_ORDER_NOTIONAL, &minimum) \
+            and ctx.notional < minimum and not is_reducing(ctx):
+        reject(out, L.REJECT_MIN_ORDER_NOTIONAL, ctx.notional, minimum)
 
 
 cdef void check_position_limits(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -494,6 +538,34 @@ cdef void check_buying_power(const CheckContext* ctx, DecisionRecord* out) noexc
         available += cover * <int128_t>L.pt_load_i64(&ctx.instrument.last_price)
     if held > available and (cover == 0 or held > 0):
         reject(out, L.REJECT_BUYING_POWER, <int64_t>held, clamp(available))
+
+
+cdef void check_margin(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Initial margin of the positions, the working orders and this order
+    # against equity = cash + credit line + realized + unrealized P&L. An
+    # order that only reduces frees margin and always goes; an account whose
+    # instruments carry no margin rates requires none and is not checked.
+    cdef int128_t required, equity
+    if not valuation_ok(ctx) or not ctx.notional_valid \
+            or not ctx.account.flags & L.ACCOUNT_HAS_BALANCES or is_reducing(ctx):
+        return
+    if is_buy(ctx):
+        required = margin_of_slot(ctx.instrument, ctx.order_slot_value,
+                                  ctx.order_slot_working_buy + ctx.notional,
+                                  ctx.order_slot_working_sell)
+    else:
+        required = margin_of_slot(ctx.instrument, ctx.order_slot_value,
+                                  ctx.order_slot_working_buy,
+                                  ctx.order_slot_working_sell + ctx.notional)
+    required += ctx.initial_margin_bps
+    if required == 0:
+        return
+    equity = (<int128_t>ctx.account.cash + ctx.account.credit_line + ctx.account.realized_pnl
+              + ctx.unrealized)
+    if required > equity * 10_000:
+        # observed: the margin required, rounded up; limit: the equity
+        reject(out, L.REJECT_MARGIN_SHORTFALL, clamp((required + 9_999) // 10_000),
+               clamp(equity))
 
 
 cdef int32_t first_in_window(const L.AccountActivity* activity, int64_t since_ns) noexcept nogil:
@@ -659,12 +731,13 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 24
+    CHECK_COUNT = 27
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
     check_symbol_known,
     check_order_id_unused,
+    check_time_in_force,
     check_quantity_positive,
     check_price_usable,
     check_tick_size,
@@ -674,11 +747,13 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_limits_configured,
     check_max_order_quantity,
     check_max_order_notional,
+    check_min_order_notional,
     check_position_limits,
     check_short_sale,
     check_account_valuation,
     check_exposure,
     check_buying_power,
+    check_margin,
     check_velocity,
     check_max_working_orders,
     check_concentration,
@@ -687,10 +762,12 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_halts,
 ]
 CHECK_NAMES = (
-    "sync_live", "account_known", "symbol_known", "order_id_unused", "quantity_positive",
+    "sync_live", "account_known", "symbol_known", "order_id_unused", "time_in_force",
+    "quantity_positive",
     "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
-    "limits_configured", "max_order_quantity", "max_order_notional", "position_limits",
-    "short_sale", "account_valuation", "exposure", "buying_power", "velocity",
+    "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
+    "position_limits",
+    "short_sale", "account_valuation", "exposure", "buying_power", "margin", "velocity",
     "max_working_orders", "concentration", "venue_exposure", "loss_limit", "halts",
 )
 
@@ -765,6 +842,8 @@ cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* r
             and stored.order_type == record.order.order_type
             and stored.quantity == record.order.quantity
             and stored.price == record.order.price
+            and stored.time_in_force == record.order.time_in_force
+            and stored.expire_at_ms == record.order.expire_at_ms
             and tags_equal(stored.venue, record.order.venue, record.order.venue_length)
             and tags_equal(stored.counterparty, record.order.counterparty,
                            record.order.counterparty_length))
@@ -985,6 +1064,10 @@ cdef class Engine:
         if original.status != L.ORDER_WORKING:
             reject(record, L.REJECT_ORIGINAL_NOT_WORKING, original.status, 0)
             return
+        if lapsed(original, record.order.now_unix_ms):
+            # its time in force ended; end_lapsed_orders has not swept it yet
+            reject(record, L.REJECT_ORIGINAL_NOT_WORKING, L.ORDER_DONE, 0)
+            return
         done = original.quantity - original.remaining
         total = record.order.quantity if record.order.quantity != 0 else original.quantity
         if record.order.price == 0:
@@ -998,6 +1081,13 @@ cdef class Engine:
         record.order.side = original.side
         record.order.order_type = original.order_type
         record.order.instrument_index = original.instrument_index
+        # The original's time in force: working_until of the stored
+        # replacement is working_until(time_in_force, expire_at_ms,
+        # session_end_ms), which with session_end_ms = the original's end is
+        # that end for every time in force (GTD: its expiry, GTC: 0).
+        record.order.time_in_force = original.time_in_force
+        record.order.expire_at_ms = original.expire_at_ms
+        record.order.session_end_ms = original.working_until_ms
         memcpy(record.venue_copy, original.venue, L.TAG_CAPACITY)
         memcpy(record.counterparty_copy, original.counterparty, L.TAG_CAPACITY)
         record.order.venue_length = tag_length(record.venue_copy)
@@ -1096,6 +1186,11 @@ cdef class Engine:
         stored.valuation_price = ctx.valuation_price
         stored.notional = record.notional
         stored.approved = record.approved
+        stored.time_in_force = record.order.time_in_force
+        stored.expire_at_ms = record.order.expire_at_ms
+        stored.working_until_ms = working_until(record.order.time_in_force,
+                                                record.order.expire_at_ms,
+                                                record.order.session_end_ms)
         if record.order.venue_length < L.TAG_CAPACITY:
             memcpy_tag(stored.venue, record.order.venue, record.order.venue_length)
         if record.order.counterparty_length < L.TAG_CAPACITY:
@@ -1212,9 +1307,15 @@ cdef class Engine:
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
                                  int64_t durable_checked,
-                                 int64_t min_state_version) except NULL:
+                                 int64_t min_state_version, int32_t time_in_force,
+                                 int64_t expire_at_unix_ms, int64_t now_unix_ms,
+                                 int64_t session_end_unix_ms) except NULL:
         cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price, now_ns,
-                                                    durable_checked, min_state_version)
+                                                    durable_checked, min_state_version,
+                                                    now_unix_ms)
+        record.order.time_in_force = time_in_force
+        record.order.expire_at_ms = expire_at_unix_ms
+        record.order.session_end_ms = session_end_unix_ms
         record.order.symbol_length = len(symbol)
         record.order.side = side
         record.order.order_type = order_type
@@ -1228,7 +1329,7 @@ cdef class Engine:
 
     cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
                                   int64_t price, int64_t now_ns, int64_t durable_checked,
-                                  int64_t min_state_version) except NULL:
+                                  int64_t min_state_version, int64_t now_unix_ms) except NULL:
         # A record from the pool with what an order and a replace share.
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
@@ -1240,6 +1341,7 @@ cdef class Engine:
         record.order.now_ns = now_ns
         record.order.durable_checked = durable_checked
         record.order.min_state_version = min_state_version
+        record.order.now_unix_ms = now_unix_ms
         record.order.order_id = order_id
         record.order.order_id_length = len(order_id)
         record.order.account_id_length = len(account_id)
@@ -1249,7 +1351,9 @@ cdef class Engine:
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=b"",
                           bytes counterparty=b"", int64_t now_ns=0,
-                          int64_t durable_checked=-1, int64_t min_state_version=0):
+                          int64_t durable_checked=-1, int64_t min_state_version=0,
+                          int32_t time_in_force=0, int64_t expire_at_unix_ms=0,
+                          int64_t now_unix_ms=0, int64_t session_end_unix_ms=0):
         """Run every check on one order and return its :class:`Verdict`.
 
         An id the account's evicted-id filter holds is not decided: the answer
@@ -1257,27 +1361,40 @@ cdef class Engine:
         account's eviction count. The caller reads the id's durable copy and
         replays it, or, when there is none, calls again with
         ``durable_checked`` = that count (a newer eviction asks again).
+
+        Time in force: ``time_in_force`` (a TimeInForce number) and
+        ``expire_at_unix_ms`` as sent; ``now_unix_ms`` the wall clock (a GTD
+        order expiring at or before it is ORDER_EXPIRED);
+        ``session_end_unix_ms`` the end of the session a DAY or IOC order
+        works in (0: none). An approved order stops counting once
+        :meth:`PositionTable.end_lapsed_orders` passes its end.
         """
         cdef int64_t started = monotonic_ns() if self.counting else 0
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
                                                    counterparty, now_ns, durable_checked,
-                                                   min_state_version)
+                                                   min_state_version, time_in_force,
+                                                   expire_at_unix_ms, now_unix_ms,
+                                                   session_end_unix_ms)
         return self._verdict(record, started)
 
     cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
                           int64_t quantity, int64_t price, int64_t now_ns=0,
-                          int64_t durable_checked=-1, int64_t min_state_version=0):
+                          int64_t durable_checked=-1, int64_t min_state_version=0,
+                          int64_t now_unix_ms=0):
         """Cancel/replace: decide the replacement ``order_id`` of the working order
         ``original_order_id`` and return its :class:`Verdict`.
 
         ``quantity`` is the new total (FIX OrderQty: it includes what the
         original filled) and ``price`` the new price; 0 keeps the original's.
-        Symbol, side, order type, venue and counterparty are the original's.
+        Symbol, side, order type, venue, counterparty and time in force (with
+        its expiry and the end it works until) are the original's.
         In one step under the account's lock the original's reservation is
         released, the replacement runs through every check for its quantity
         less the filled units, and then either the replacement works and the
         original is replaced (approved) or the original works on as it was.
+        An original whose time in force ended at or before ``now_unix_ms``
+        (the wall clock; 0: not known) is not working, swept or not.
         A re-sent ``order_id`` replays; ``durable_checked`` as for evaluate.
         """
         if not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH \
@@ -1285,7 +1402,8 @@ cdef class Engine:
             raise ValueError(f"order ids must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
         cdef int64_t started = monotonic_ns() if self.counting else 0
         cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price,
-                                                    now_ns, durable_checked, min_state_version)
+                                                    now_ns, durable_checked, min_state_version,
+                                                    now_unix_ms)
         record.order.replaces = original_order_id
         record.order.replaces_length = len(original_order_id)
         record.order.venue = record.venue_copy
@@ -1332,7 +1450,8 @@ cdef class Engine:
         last run. Benchmarks divide the elapsed time by ``times`` to see the
         pipeline's own cost without the Python call around it."""
         cdef DecisionRecord* record = self._decide(b"", account_id, symbol, side, order_type,
-                                                   quantity, price, b"", b"", now_ns, -1, 0)
+                                                   quantity, price, b"", b"", now_ns, -1, 0,
+                                                   0, 0, 0, 0)
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)

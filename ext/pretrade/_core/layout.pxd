@@ -40,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 8
+    LAYOUT_VERSION = 9
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -51,6 +51,8 @@ cdef enum:
     LIMIT_SLOTS = 32                # room for the limit catalogue to grow
     MAX_REJECTIONS = 24
     STORED_REJECTIONS = 8           # kept with an order for idempotent replay
+    MAX_MARGIN_BPS = 100_000        # a margin rate is at most 1,000% of notional: the
+                                    # 128-bit margin sums of a full table cannot overflow
     RATE_RING_CAPACITY = 256        # approved orders remembered for the velocity windows
     REJECT_RING_CAPACITY = 256      # rejections remembered for the reject-storm breaker
     NO_INDEX = -1
@@ -150,6 +152,19 @@ cdef enum RejectCode:
     REJECT_COUNTERPARTY_EXPOSURE = 36
     REJECT_LOSS_LIMIT = 37
     REJECT_CAPACITY_EXHAUSTED = 38
+    # 39, 40 (INVALID_REQUEST, AUDIT_UNAVAILABLE) are decided before the engine
+    REJECT_MIN_ORDER_NOTIONAL = 41
+    REJECT_ORDER_EXPIRED = 42
+    REJECT_MARGIN_SHORTFALL = 43
+
+# How long an order may work (pretrade.v1 TimeInForce). UNSPECIFIED works
+# until its fill or cancel is reported, as before time in force existed.
+cdef enum TimeInForce:
+    TIME_IN_FORCE_UNSPECIFIED = 0
+    TIME_IN_FORCE_DAY = 1           # stops counting at the session end the caller gave
+    TIME_IN_FORCE_IOC = 2           # as DAY: its fill or cancel is reported, at the latest then
+    TIME_IN_FORCE_GTC = 3           # until its fill or cancel is reported
+    TIME_IN_FORCE_GTD = 4           # stops counting at its expire_at (Unix ms)
     # ReplaceOrder (cancel/replace): the original order id names no order
     # the account decided; the original is not working (observed: its
     # OrderStatus, 0 when its record left the table); the new quantity is not
@@ -237,7 +252,8 @@ cdef enum LimitKind:
     LIMIT_AUTO_HALT_SECONDS = 20
     LIMIT_MAX_VENUE_EXPOSURE = 21
     LIMIT_MAX_COUNTERPARTY_EXPOSURE = 22
-    LIMIT_KIND_COUNT = 23
+    LIMIT_MIN_ORDER_NOTIONAL = 23
+    LIMIT_KIND_COUNT = 24
 
 cdef struct LimitSet:
     uint32_t present                # bit k set: values[k] is configured
@@ -341,6 +357,8 @@ cdef struct AccountRecord:
     int32_t last_idle_order
     int32_t capacity_kind           # Capacity that did not fit, with ACCOUNT_OVER_CAPACITY
     int32_t reserved
+    int64_t next_lapse_ms           # Unix ms: no working order of the account lapses
+                                    # before it (0: none may lapse); the sweep's shortcut
     int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
     int64_t credit_line
     int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
@@ -370,6 +388,13 @@ cdef struct InstrumentRecord:
     # streams read it (Holding.currency): no check depends on it.
     uint32_t currency
     uint32_t reserved
+    # Margin rates in basis points of notional (instrument:<SYM>; 0: none):
+    # initial margin for orders and positions, long and short; maintenance
+    # for the MARGIN_CALL alert of the portfolio streams.
+    int64_t initial_margin_long_bps
+    int64_t initial_margin_short_bps
+    int64_t maintenance_margin_long_bps
+    int64_t maintenance_margin_short_bps
 
 # One (account, instrument) pair; 96 bytes.
 cdef struct PositionSlot:
@@ -421,13 +446,16 @@ cdef struct OrderRecord:
     int32_t status                  # OrderStatus
     int32_t approved
     int32_t rejection_count
-    int32_t reserved
+    int32_t time_in_force           # TimeInForce, as sent
     int64_t quantity
     int64_t price                   # as sent
     int64_t valuation_price         # what its notional was computed at
     int64_t notional
     int64_t remaining               # reserved units still working
     int64_t idle_since_ns           # when it stopped working (table clock)
+    int64_t expire_at_ms            # Order.expire_at_unix_ms as sent (GTD)
+    int64_t working_until_ms        # Unix ms at which it stops counting; 0: until its
+                                    # fill or cancel is reported (end_lapsed_orders)
     # A replacement (ReplaceOrder) of the order ``replaces`` (NUL-padded; empty:
     # a new order). FIX cumulative quantity: its quantity includes what the
     # chain filled before it, so its filled units are carried (fills of the

@@ -36,6 +36,25 @@ cdef inline uint32_t mix32(uint32_t h) noexcept nogil:
     return h
 
 
+cdef inline int64_t working_until(int32_t time_in_force, int64_t expire_at_ms,
+                                  int64_t session_end_ms) noexcept nogil:
+    # When an approved order stops counting (Unix ms; 0: when its fill or
+    # cancel is reported). An IOC order's fill or cancel is reported at once,
+    # but until it is in Redis its reservation stands; at the latest it ends
+    # with the session, like DAY.
+    if time_in_force == L.TIME_IN_FORCE_GTD:
+        return expire_at_ms
+    if time_in_force == L.TIME_IN_FORCE_DAY or time_in_force == L.TIME_IN_FORCE_IOC:
+        return session_end_ms
+    return 0
+
+
+cdef inline bint lapsed(const L.OrderRecord* order, int64_t now_unix_ms) noexcept nogil:
+    # Its time in force ended at or before the wall clock now_unix_ms: a
+    # working order stops counting (end_lapsed_orders) and cannot be replaced.
+    return order.working_until_ms != 0 and order.working_until_ms <= now_unix_ms
+
+
 cdef inline int64_t capacity_limit(const L.TableHeader* h, int32_t kind) noexcept nogil:
     # The size of the region a Capacity names (a CAPACITY_EXHAUSTED rejection's limit).
     if kind == L.CAPACITY_ORDER_TABLE:
@@ -174,6 +193,8 @@ cdef class PositionTable:
     cdef void recompute_working(self, int32_t account_index, object filled,
                                 object cancelled) except *
     cdef int _restore_one(self, int32_t a, object order) except -1
+    cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil
+    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil
     cdef bint _filter_add(self, int32_t account_index, const char* order_id,
                           Py_ssize_t length) noexcept nogil
     cdef object _working_at(self, int32_t a, bytes name, bint by_venue)

@@ -1,6 +1,7 @@
 # cython: freethreading_compatible = False
 """The memory-mapped position table (see positions.pxd for the C surface)."""
 
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strncmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -232,6 +233,8 @@ cdef void _stage_tags(L.TagLimit* staged, object limits, str what) except *:
 
 _INT64 = range(-(1 << 63), 1 << 63)
 _INT32 = range(-(1 << 31), 1 << 31)
+_TIMES_IN_FORCE = (L.TIME_IN_FORCE_UNSPECIFIED, L.TIME_IN_FORCE_DAY, L.TIME_IN_FORCE_IOC,
+                   L.TIME_IN_FORCE_GTC, L.TIME_IN_FORCE_GTD)
 
 
 cdef bytes _replaced_id(const L.OrderRecord* order):
@@ -245,12 +248,18 @@ INT64_LIMIT = (1 << 63) - 1
 def _checked_restore(order):
     """One restored order's fields, checked against what an OrderRecord holds.
 
-    Twelve fields, or fourteen for a replacement: then ``replaces`` (the
-    original's order id) and ``carried`` (OrderRecord.carried) follow.
+    Twelve fields, or fifteen with its time in force: ``time_in_force``,
+    ``expire_at_ms`` and ``working_until_ms`` (when it stops counting, Unix
+    ms; 0 when its fill or cancel is reported), or seventeen for a
+    replacement: then ``replaces`` (the original's order id) and ``carried``
+    (OrderRecord.carried) follow those three.
     """
+    time_in_force = expire_at_ms = working_until_ms = 0
     replaces, carried = b"", 0
-    if len(order) == 14:
-        replaces, carried = order[12], order[13]
+    if len(order) == 17:
+        replaces, carried = order[15], order[16]
+    if len(order) >= 15:
+        time_in_force, expire_at_ms, working_until_ms = order[12:15]
         order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
@@ -269,7 +278,9 @@ def _checked_restore(order):
     if side not in (L.SIDE_BUY, L.SIDE_SELL, L.SIDE_SELL_SHORT) \
             or order_type not in (L.ORDER_TYPE_LIMIT, L.ORDER_TYPE_MARKET):
         raise ValueError(f"order {order_id!r}: side {side} or order type {order_type} unknown")
-    for value in (quantity, price, valuation_price, notional):
+    if time_in_force not in _TIMES_IN_FORCE:
+        raise ValueError(f"order {order_id!r}: time in force {time_in_force} unknown")
+    for value in (quantity, price, valuation_price, notional, expire_at_ms, working_until_ms):
         if value not in _INT64:
             raise ValueError(f"order {order_id!r}: {value} does not fit in int64")
     if approved and (quantity <= 0 or valuation_price <= 0
@@ -282,13 +293,30 @@ def _checked_restore(order):
             raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, bool(approved), rejections, replaces, carried)
+            venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
+            working_until_ms, replaces, carried)
 
 
 cdef int _check_halt_mode(int mode) except -1:
     if mode not in (L.HALT_NONE, L.HALT_MODE_ACTIVE, L.HALT_MODE_REDUCE_ONLY, L.HALT_MODE_HALTED):
         raise ValueError(f"unknown halt mode {mode}")
     return L.HALT_NONE if mode == L.HALT_MODE_ACTIVE else mode
+
+
+cdef char* _writable_bytes(object view, uint64_t* size) except NULL:
+    """The address and length of ``view``'s bytes, which must be writable and
+    contiguous. ``view`` is a builtin memoryview the caller keeps: its export
+    of the mapping is what keeps the address valid (an mmap cannot close or
+    resize while exported). The buffer protocol is used directly, not a typed
+    memoryview, whose support code was a seventh of this module's C."""
+    cdef Py_buffer pb
+    PyObject_GetBuffer(view, &pb, PyBUF_WRITABLE)
+    cdef char* base = <char*>pb.buf
+    size[0] = <uint64_t>pb.len
+    PyBuffer_Release(&pb)
+    if base == NULL:
+        raise ValueError("the table buffer is empty")
+    return base
 
 
 cdef class PositionTable:
@@ -343,10 +371,11 @@ cdef class PositionTable:
             plan.max_orders_per_account = max_orders_per_account
         plan.order_expiry_ns = order_expiry_ms * 1_000_000
         cdef PositionTable table = PositionTable.__new__(PositionTable)
-        cdef unsigned char[::1] view = buffer
-        if <uint64_t>view.shape[0] < plan.total_size:
-            raise ValueError(f"buffer holds {view.shape[0]} bytes, the table needs {plan.total_size}")
-        cdef char* base = <char*>&view[0]
+        cdef object view = memoryview(buffer)
+        cdef uint64_t size = 0
+        cdef char* base = _writable_bytes(view, &size)
+        if size < plan.total_size:
+            raise ValueError(f"buffer holds {size} bytes, the table needs {plan.total_size}")
         if not assume_zeroed:
             memset(base, 0, plan.total_size)
         memcpy(base, &plan, sizeof(L.TableHeader))
@@ -363,10 +392,12 @@ cdef class PositionTable:
     @staticmethod
     def attach(buffer):
         """Map a table that another process formatted; refuse a foreign layout."""
-        cdef unsigned char[::1] view = buffer
-        if <size_t>view.shape[0] < sizeof(L.TableHeader):
+        cdef object view = memoryview(buffer)
+        cdef uint64_t size = 0
+        cdef char* base = _writable_bytes(view, &size)
+        if size < sizeof(L.TableHeader):
             raise TableLayoutError("buffer is smaller than a table header")
-        cdef L.TableHeader* h = <L.TableHeader*>&view[0]
+        cdef L.TableHeader* h = <L.TableHeader*>base
         if h.magic != L.TABLE_MAGIC or h.layout_version != L.LAYOUT_VERSION:
             raise TableLayoutError("not a pretrade table of layout version %d" % L.LAYOUT_VERSION)
         cdef L.TableHeader plan
@@ -377,16 +408,16 @@ cdef class PositionTable:
                 or h.position_size != plan.position_size
                 or h.override_size != plan.override_size or h.lock_stride != plan.lock_stride
                 or h.order_size != plan.order_size or h.activity_size != plan.activity_size
-                or h.total_size != plan.total_size or <uint64_t>view.shape[0] < plan.total_size):
+                or h.total_size != plan.total_size or size < plan.total_size):
             raise TableLayoutError("table record sizes differ from this build's layout")
         cdef PositionTable table = PositionTable.__new__(PositionTable)
         table._bind(view)
         return table
 
     cdef void _bind(self, object view) except *:
-        cdef unsigned char[::1] v = view
+        cdef uint64_t size = 0
+        self.base = _writable_bytes(view, &size)
         self._buffer = view
-        self.base = <char*>&v[0]
         self.header = <L.TableHeader*>self.base
         self.accounts = <L.AccountRecord*>(self.base + self.header.accounts_offset)
         self.instruments = <L.InstrumentRecord*>(self.base + self.header.instruments_offset)
@@ -768,6 +799,9 @@ cdef class PositionTable:
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
         account.working_order_count += 1
+        if rec.working_until_ms != 0 and (account.next_lapse_ms == 0
+                                          or rec.working_until_ms < account.next_lapse_ms):
+            L.pt_store_i64(&account.next_lapse_ms, rec.working_until_ms)
         add_tag_total(account.venue_working, &account.tag_overflow, 1, rec.venue, notional)
         add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
                       rec.counterparty, notional)
@@ -1175,11 +1209,16 @@ cdef class PositionTable:
             o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
-        # rebuild the per-venue / per-counterparty running totals
+        self._rebuild_tag_totals(account_index)
+
+    cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil:
+        # The per-venue / per-counterparty running totals, from the working list.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.OrderRecord* order
         memset(account.venue_working, 0, sizeof(account.venue_working))
         memset(account.counterparty_working, 0, sizeof(account.counterparty_working))
         account.tag_overflow = 0
-        o = kept_head
+        cdef int32_t o = account.first_working_order
         while o != L.NO_INDEX:
             order = &self.orders[o]
             add_tag_total(account.venue_working, &account.tag_overflow, 1, order.venue,
@@ -1188,20 +1227,80 @@ cdef class PositionTable:
                           order.counterparty, order.remaining * order.valuation_price)
             o = order.next_working
 
+    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil:
+        # Caller holds the account's stripe lock. Working orders whose time in
+        # force ended at or before now stop counting, as a reported cancel
+        # would end them (locates used stay used, as for a cancel).
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.OrderRecord* order
+        cdef int32_t o = account.first_working_order
+        cdef int32_t previous = L.NO_INDEX
+        cdef int32_t next_o, ended = 0
+        cdef int64_t next_lapse = 0
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            next_o = order.next_working
+            if lapsed(order, now_unix_ms):
+                count_working(&self.positions[order.position_index], order, -1)
+                order.remaining = 0
+                order.status = L.ORDER_DONE
+                order.next_working = L.NO_INDEX
+                if previous == L.NO_INDEX:
+                    account.first_working_order = next_o
+                else:
+                    self.orders[previous].next_working = next_o
+                account.working_order_count -= 1
+                self.append_idle(account_index, o, L.pt_load_i64(&self.header.clock_ns))
+                ended += 1
+            else:
+                if order.working_until_ms != 0 and (next_lapse == 0
+                                                    or order.working_until_ms < next_lapse):
+                    next_lapse = order.working_until_ms
+                previous = o
+            o = next_o
+        L.pt_store_i64(&account.next_lapse_ms, next_lapse)
+        if ended:
+            self._rebuild_tag_totals(account_index)
+        return ended
+
+    def end_lapsed_orders(self, int64_t now_unix_ms):
+        """Working orders whose time in force ended at or before ``now_unix_ms``
+        (the wall clock, Unix ms) stop counting: a DAY or IOC order at the
+        session end it was decided in, a GTD order at its expiry. The table's
+        writer calls it now and then; returns how many stopped. An account
+        none of whose orders can have lapsed costs one read."""
+        cdef int32_t a, count, ended = 0
+        cdef int64_t next_lapse
+        count = L.pt_load_i32(&self.header.account_count)
+        for a in range(count):
+            next_lapse = L.pt_load_i64(&self.accounts[a].next_lapse_ms)  # a hint, no lock
+            if next_lapse == 0 or next_lapse > now_unix_ms:
+                continue
+            self.lock_account(a)
+            ended += self._end_lapsed(a, now_unix_ms)
+            self.unlock_account(a)
+        if ended:
+            self._bump_version()
+        return ended
+
     def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
                       valuation_price, notional, venue, counterparty, approved, rejections,
-                      replaces=b"", carried=0):
+                      time_in_force=0, expire_at_ms=0, working_until_ms=0, replaces=b"",
+                      carried=0):
         """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, approved, rejections, replaces, carried)]) == 1
+            venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+            working_until_ms, replaces, carried)]) == 1
 
     def restore_orders(self, account_id, orders):
         """Put back decided orders of one account from their durable copies (crash recovery).
 
         ``orders`` holds ``(order_id, symbol, side, order_type, quantity, price,
         valuation_price, notional, venue, counterparty, approved, rejections)``
-        tuples, with ``replaces, carried`` after them for a replacement. An approved order is working again with its whole quantity
+        tuples, optionally followed by ``time_in_force, expire_at_ms,
+        working_until_ms`` (see :meth:`end_lapsed_orders`), and for a
+        replacement by ``replaces, carried`` after those. An approved order is working again with its whole quantity
         reserved (the next account snapshot subtracts its fills and cancels);
         a rejected one is remembered so its id replays. Their decisions are
         durable (they came from Redis), so they may leave the table again.
@@ -1252,7 +1351,8 @@ cdef class PositionTable:
     cdef int _restore_one(self, int32_t a, object order) except -1:
         # Caller holds the account's lock; the order passed _checked_restore.
         (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-         venue, counterparty, approved, rejections, replaces, carried) = order
+         venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+         working_until_ms, replaces, carried) = order
         cdef int32_t i = self._instrument(symbol)
         cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
         cdef int32_t what = 0
@@ -1275,6 +1375,9 @@ cdef class PositionTable:
         rec.valuation_price = valuation_price
         rec.notional = notional
         rec.approved = approved
+        rec.time_in_force = time_in_force
+        rec.expire_at_ms = expire_at_ms
+        rec.working_until_ms = working_until_ms
         memcpy(rec.venue, <const char*>venue, len(venue))
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
         memcpy(rec.replaces, <const char*>replaces, len(replaces))
@@ -1484,15 +1587,21 @@ cdef class PositionTable:
 
     def set_instrument(self, symbol, *, bint known, int64_t tick_size=1, int64_t lot_size=1,
                        bint invalid=False, int32_t issuer_id=0, int32_t sector_id=0,
-                       bint short_restricted=False, currency=""):
+                       bint short_restricted=False, currency="", margin_bps=(0, 0, 0, 0)):
         """Set an instrument's reference data.
 
         Tick size is in price units, lot size in units; issuer and sector are
         small ids the caller interns (0: none given); currency is an ISO 4217
-        code of three letters A-Z, or "" for none given.
+        code of three letters A-Z, or "" for none given; ``margin_bps`` the
+        margin rates in basis points of notional, ``(initial long, initial
+        short, maintenance long, maintenance short)``, each 0 to MAX_MARGIN_BPS.
         """
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        rates = tuple(margin_bps)
+        if len(rates) != 4 or not all(0 <= rate <= L.MAX_MARGIN_BPS for rate in rates):
+            raise ValueError(f"margin rates are four basis points from 0 to {L.MAX_MARGIN_BPS}, "
+                             f"got {margin_bps!r}")
         cdef uint32_t packed_currency = _pack_currency(currency)
         cdef int32_t i = self._instrument(symbol)
         cdef L.InstrumentRecord* rec = &self.instruments[i]
@@ -1501,6 +1610,8 @@ cdef class PositionTable:
         rec.issuer_id = issuer_id
         rec.sector_id = sector_id
         rec.currency = packed_currency
+        (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+         rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps) = rates
         cdef uint32_t flags = rec.flags & ~(L.INSTRUMENT_KNOWN | L.INSTRUMENT_STATE_INVALID
                                             | L.INSTRUMENT_SHORT_RESTRICTED)
         if known:
@@ -1717,7 +1828,8 @@ cdef class PositionTable:
 
         Each has ``order_id``, ``symbol``, ``side``, ``order_type``,
         ``quantity``, ``price``, ``valuation_price``, ``notional``, ``venue``,
-        ``counterparty`` and ``remaining``: what its durable record holds.
+        ``counterparty``, ``remaining``, ``replaces``, ``carried``, ``time_in_force``,
+        ``expire_at_ms`` and ``working_until_ms``: what its durable record holds.
         """
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
@@ -1744,6 +1856,8 @@ cdef class PositionTable:
                     "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                     "remaining": rec.remaining,
                     "replaces": _replaced_id(rec), "carried": rec.carried,
+                    "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
+                    "working_until_ms": rec.working_until_ms,
                 })
                 o = rec.next_working
         finally:
@@ -1781,6 +1895,8 @@ cdef class PositionTable:
                 "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                 "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                 "replaces": _replaced_id(rec), "carried": rec.carried,
+                "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
+                "working_until_ms": rec.working_until_ms,
             }
         finally:
             self.unlock_account(a)
@@ -1800,6 +1916,8 @@ cdef class PositionTable:
             "lot_size": rec.lot_size,
             "halt_mode": rec.halt_mode,
             "currency": _unpack_currency(rec.currency),
+            "margin_bps": (rec.initial_margin_long_bps, rec.initial_margin_short_bps,
+                           rec.maintenance_margin_long_bps, rec.maintenance_margin_short_bps),
         }
 
     def instrument_currency(self, bytes symbol):

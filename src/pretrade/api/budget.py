@@ -19,6 +19,11 @@ handed to pretrade are taken up (and refused) rather than cancelled by the
 transport's shutdown; and a call still running when the grace period ends
 is ended ``UNAVAILABLE`` by the gate itself. No call the server accepted ends
 ``CANCELLED``.
+
+Where ``pretrade serve`` serves portfolio streams on an address of their own
+(``stream_listen``), each address refuses the calls of the other
+(``elsewhere``): FAILED_PRECONDITION, naming the address to call, with an
+ErrorInfo of reason SERVED_ELSEWHERE.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from pretrade.api.access import OPEN_SERVICES
-from pretrade.api.status import TOO_MANY_CALLS, error_info, status_details
+from pretrade.api.status import SERVED_ELSEWHERE, TOO_MANY_CALLS, error_info, status_details
 from pretrade.v1 import risk_pb2 as pb
 
 __all__ = ["CLASSES", "Budget", "CallGate", "SHUTTING_DOWN"]
@@ -110,10 +115,16 @@ class CallGate(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, *, orders: int, streams: int, control: int, open: int,
-                 reads: int = 100) -> None:
+                 reads: int = 100,
+                 elsewhere: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.budgets = {name: Budget(name, limit) for name, limit in
                         (("orders", orders), ("streams", streams), ("control", control),
                          ("reads", reads), ("open", open))}
+        #: Classes of calls this address does not serve: {class: (address, its setting)}.
+        self.elsewhere = dict(elsewhere or {})
+        unknown = set(self.elsewhere) - set(CLASSES)
+        if unknown:
+            raise ValueError(f"unknown classes of calls: {sorted(unknown)}")
         self.closing = False
         #: Calls received (every call, refused or not), and when the last one came.
         self.arrivals = 0
@@ -155,6 +166,12 @@ class CallGate(grpc.aio.ServerInterceptor):
     async def _admit(self, budget: Budget, context: grpc.aio.ServicerContext) -> _Call:
         if self.closing and budget.name != "open":
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        if budget.name in self.elsewhere:
+            address, setting = self.elsewhere[budget.name]
+            refusal = f"{budget.label} are not served on this address: call {address} ({setting})"
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal, status_details(
+                grpc.StatusCode.FAILED_PRECONDITION, refusal, info=error_info(
+                    SERVED_ELSEWHERE, {"calls": budget.name, "address": address})))
         if budget.in_use >= budget.limit:
             budget.refused += 1
             now = time.monotonic()

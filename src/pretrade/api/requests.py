@@ -20,6 +20,8 @@ from pretrade.v1 import risk_pb2 as pb
 MAX_BATCH = 10_000
 SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
 ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
+TIMES_IN_FORCE = frozenset((pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY,
+                            pb.TIME_IN_FORCE_IOC, pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD))
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,15 @@ def validate_order(order: pb.Order) -> ValidOrder:
     if order.order_type not in ORDER_TYPES:
         raise InvalidRequest(f"order_type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET, "
                              f"got {order.order_type}", "order_type")
+    if order.time_in_force not in TIMES_IN_FORCE:
+        raise InvalidRequest(f"time_in_force must be TIME_IN_FORCE_DAY, _IOC, _GTC or _GTD "
+                             f"(or unspecified), got {order.time_in_force}", "time_in_force")
+    if order.expire_at_unix_ms < 0:
+        raise InvalidRequest(f"expire_at_unix_ms must not be negative, got "
+                             f"{order.expire_at_unix_ms}", "expire_at_unix_ms")
+    if order.expire_at_unix_ms and order.time_in_force != pb.TIME_IN_FORCE_GTD:
+        raise InvalidRequest("expire_at_unix_ms is for TIME_IN_FORCE_GTD orders only",
+                             "expire_at_unix_ms")
     venue = require_printable(order.venue, "venue", MAX_TAG_LENGTH, required=False)
     counterparty = require_printable(order.counterparty, "counterparty", MAX_TAG_LENGTH,
                                      required=False)

@@ -41,6 +41,7 @@ from pretrade.audit.query import AuditQuery, read_audit_async
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from pretrade.engine.names import full_name, short_name
+from pretrade.engine.sessions import next_session_end_unix_ms, working_until
 from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.engine.text import as_text, is_valid_id, require_id
 from pretrade.state.halts import Breakers, HaltBook, write_halt
@@ -107,8 +108,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  journal: Journal | None = None,
                  audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
                  audit_before_answer: bool = False,
-                 default_currency: str = DEFAULT_CURRENCY) -> None:
+                 default_currency: str = DEFAULT_CURRENCY,
+                 day_session_end_ms: int | None = None) -> None:
         self.engine = engine
+        #: When the trading day ends, ms after midnight UTC (DAY and IOC orders
+        #: stop counting then); None: not configured.
+        self.day_session_end_ms = day_session_end_ms
         #: Decision.currency of a symbol whose instrument names none.
         self.default_currency = default_currency
         #: The longest a call waits on Redis's behalf (its decisions made
@@ -153,11 +158,16 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             return self._audit_unavailable(order), None
         # perf_counter is CLOCK_MONOTONIC: one clock for every server process,
         # so the velocity windows in the shared table agree across processes.
+        # Time in force reads the wall clock (GTD expiries, the session end).
+        now_unix_ms = time.time_ns() // 1_000_000
+        session_end = 0 if self.day_session_end_ms is None else next_session_end_unix_ms(
+            now_unix_ms, self.day_session_end_ms)
         started = time.perf_counter_ns()
         verdict = self.engine.evaluate(valid.order_id, valid.account, valid.symbol, order.side,
                                        order.order_type, order.quantity, order.price,
                                        valid.venue, valid.counterparty, started, durable_checked,
-                                       order.min_state_version)
+                                       order.min_state_version, order.time_in_force,
+                                       order.expire_at_unix_ms, now_unix_ms, session_end)
         latency = time.perf_counter_ns() - started
         evictions = expired_mark(verdict)
         if evictions is not None and expired is not None:
@@ -177,7 +187,10 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 order.quantity, order.price,
                 verdict.notional // order.quantity if verdict.approved else order.price,
                 verdict.notional, valid.venue, valid.counterparty, verdict.approved,
-                verdict.rejections[:STORED_REJECTIONS])
+                verdict.rejections[:STORED_REJECTIONS], order.time_in_force,
+                order.expire_at_unix_ms,
+                working_until(order.time_in_force, order.expire_at_unix_ms, session_end)
+                if verdict.approved else 0)
         return self._decision(order, verdict, latency), durable
 
     def _audit_unavailable(self, order: pb.Order) -> pb.Decision:
@@ -254,9 +267,10 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             approved, notional, replayed = False, 0, False
         else:
             if (record.replaces, record.symbol, record.side, record.order_type,
-                    record.quantity, record.price, record.venue, record.counterparty) == (
+                    record.quantity, record.price, record.venue, record.counterparty,
+                    record.time_in_force, record.expire_at_unix_ms) == (
                     b"", ids.symbol, order.side, order.order_type, order.quantity, order.price,
-                    ids.venue, ids.counterparty):
+                    ids.venue, ids.counterparty, order.time_in_force, order.expire_at_unix_ms):
                 rejections, approved = record.rejections, record.approved
                 notional, replayed = record.notional, True
             else:
@@ -301,6 +315,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 order.quantity = known["quantity"]
             if is_replacement or not request.price:
                 order.price = known["price"]
+            # a replacement keeps its original's time in force
+            order.time_in_force = known["time_in_force"]
+            order.expire_at_unix_ms = known["expire_at_ms"]
         return order
 
     def decide_replace(self, request: pb.ReplaceRequest, durable_checked: int = -1,
@@ -317,10 +334,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         if self.audit is not None and not self.audit.has_room():
             return self._audit_unavailable(self._replacement(
                 request, table.order_info(valid.account, valid.original), False)), None, None
+        now_unix_ms = time.time_ns() // 1_000_000  # an original's time in force may have ended
         started = time.perf_counter_ns()
         verdict = self.engine.replace(valid.order_id, valid.account, valid.original,
                                       request.quantity, request.price, started,
-                                      durable_checked, request.min_state_version)
+                                      durable_checked, request.min_state_version, now_unix_ms)
         latency = time.perf_counter_ns() - started
         evictions = expired_mark(verdict)
         known = table.order_info(valid.account, valid.order_id)
@@ -346,6 +364,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 known["order_type"], known["quantity"], known["price"],
                 known["valuation_price"], verdict.notional, known["venue"],
                 known["counterparty"], verdict.approved, verdict.rejections[:STORED_REJECTIONS],
+                known["time_in_force"], known["expire_at_ms"],
+                known["working_until_ms"] if verdict.approved else 0,
                 valid.original, known["carried"])
         return self._decision(order, verdict, latency), durable, None
 
@@ -393,7 +413,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             order = self._replacement(request, {
                 "symbol": record.symbol, "side": record.side, "order_type": record.order_type,
                 "venue": record.venue, "counterparty": record.counterparty,
-                "quantity": record.quantity, "price": record.price}, True)
+                "quantity": record.quantity, "price": record.price,
+                "time_in_force": record.time_in_force,
+                "expire_at_ms": record.expire_at_unix_ms}, True)
             return self._answer(order, record.approved, record.rejections, latency, True,
                                 record.notional, request.original_order_id)
         return self._answer(order, False, ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0),),

@@ -41,6 +41,7 @@ from pretrade.engine.errors import (
 from pretrade.engine.fixedpoint import INT64_MAX, format_money, format_quantity
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
+from pretrade.engine.sessions import format_unix_ms
 from pretrade.v1 import risk_pb2 as pb
 
 #: The status each domain error ends a call with.
@@ -58,6 +59,8 @@ _STATUS: dict[type[PretradeError], grpc.StatusCode] = {
 ERROR_DOMAIN = "pretrade.dev"
 #: ErrorInfo.reason of a call refused because its class of calls is at its budget.
 TOO_MANY_CALLS = "TOO_MANY_CALLS"
+#: ErrorInfo.reason of a call refused because another address serves its class of calls.
+SERVED_ELSEWHERE = "SERVED_ELSEWHERE"
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
@@ -220,6 +223,14 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
                     f"{limit} bp collar")
         case pb.REJECT_CODE_MIN_ORDER_QUANTITY:
             return f"order quantity {qty(observed)} is below the minimum {qty(limit)}"
+        case pb.REJECT_CODE_ORDER_EXPIRED:
+            if observed == 0:
+                return "a GTD order needs expire_at_unix_ms"
+            return (f"the GTD order expires at {format_unix_ms(observed)}, not after "
+                    f"the server's time {format_unix_ms(limit)}")
+        case pb.REJECT_CODE_MIN_ORDER_NOTIONAL:
+            return (f"order notional {money(observed)} is below the minimum "
+                    f"{money(limit)}")
         case pb.REJECT_CODE_LOT_SIZE:
             return f"order quantity {qty(observed)} is not a multiple of the lot size {qty(limit)}"
         case pb.REJECT_CODE_MAX_GROSS_EXPOSURE:
@@ -230,6 +241,9 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
                     f"{money(limit)}")
         case pb.REJECT_CODE_BUYING_POWER:
             return (f"order needs {money(observed)} but buying power is "
+                    f"{money(limit)}")
+        case pb.REJECT_CODE_MARGIN_SHORTFALL:
+            return (f"initial margin would be {money(observed)}, over the equity "
                     f"{money(limit)}")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"

@@ -7,7 +7,8 @@ process: encoding rows and talking to PostgreSQL take no time from orders.
 :func:`archiver_beside` is what ``pretrade serve --archive`` wraps the gateway
 in: without ``database_url`` it starts an embedded PostgreSQL
 (:mod:`pretrade.app.devpostgres`, data in ``<data_dir>/postgres``), then an
-archiver child process that dies with the server (``PR_SET_PDEATHSIG``). At
+archiver child process that dies with the server (``PR_SET_PDEATHSIG``) and
+is started again when it ends on its own (:class:`~pretrade.app.lifetime.KeptChild`). At
 the end the gateway has written its last audit entries to Redis; the
 archiver is then stopped, and what it did not archive yet stays in the
 stream for the next one.
@@ -28,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pretrade.app.config import Settings, child_environment, parse_listen, redacted_url
-from pretrade.app.lifetime import start_child, stop_child
+from pretrade.app.lifetime import KeptChild
 from pretrade.audit.archive import Archiver, ArchiveStore
 from pretrade.engine.errors import EmbeddedServerFailed
 
@@ -138,8 +139,10 @@ def archiver_beside(settings: Settings, redis_url: str) -> Iterator[str | None]:
             log.info("embedded PostgreSQL pid %d at %s (data in %s)", embedded.pid,
                      embedded.url, data_dir)
             database_url = embedded.url
-        process = start_child(["archive"], child_environment(settings, _CHILD_SETTINGS, {
+        # Started again when it ends on its own (checked by the sync process's
+        # supervision round): until then the entries wait in the stream.
+        archiver = KeptChild(["archive"], child_environment(settings, _CHILD_SETTINGS, {
             "redis_url": redis_url, "database_url": database_url}), "archiver")
-        stack.callback(stop_child, process, "archiver", STOP_SECONDS,
+        stack.callback(archiver.stop, STOP_SECONDS,
                        "audit entries since then wait in the Redis stream for the next archiver")
         yield database_url

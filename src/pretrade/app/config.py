@@ -39,6 +39,7 @@ from pretrade._core.constants import (
 )
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
+from pretrade.engine.sessions import parse_time_of_day
 from pretrade.engine.table import Capacities
 from pretrade.engine.text import is_currency_code
 
@@ -86,9 +87,11 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_read_calls", "shutdown_grace_ms", "audit_retain_ms",
                          "audit_queue_size", "archive_claim_idle_ms", "log_rate_limit",
                          "keepalive_time_ms", "keepalive_timeout_ms",
-                         "keepalive_min_ping_interval_ms"})
+                         "keepalive_min_ping_interval_ms", "stream_workers"})
 # Integers where 0 means "off".
-_COUNT_FIELDS = frozenset({"reconcile_interval_seconds"})
+_COUNT_FIELDS = frozenset({"reconcile_interval_seconds", "stream_nice"})
+#: The most a process's niceness can be raised (``nice(2)``: 19 is the lowest priority).
+MAX_NICE = 19
 _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table",
                           "lock_table_memory",
                           "demo_book", "durable_decisions", "archive",
@@ -98,7 +101,9 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
                               "max_orders_per_account", "desk_listen", "desk_gateway",
-                              "desk_tls_ca", "desk_client_cert", "desk_client_key"})
+                              "stream_listen", "desk_stream_gateway",
+                              "desk_tls_ca", "desk_client_cert", "desk_client_key",
+                              "day_session_end_utc"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -235,6 +240,9 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem("expected an integer")
         if not 0 <= value <= _MAX_INTEGER:
             raise problem("must be 0 (off) or a positive integer below 2**31")
+        if name == "stream_nice" and value > MAX_NICE:
+            raise problem(f"must be 0..{MAX_NICE} (how much lower the stream processes' CPU "
+                          "priority is)")
         return value
     if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
@@ -243,7 +251,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     if not isinstance(value, str):
         raise problem("expected a string")
     if name in ("listen", "metrics_listen", "archive_metrics_listen", "desk_listen",
-                "desk_gateway"):
+                "desk_gateway", "stream_listen", "desk_stream_gateway"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -271,6 +279,13 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if value.lower() not in LOG_FORMATS:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
+    elif name == "day_session_end_utc":
+        try:
+            end_of_day_ms = parse_time_of_day(value.strip())
+        except ValueError as error:
+            raise problem(str(error)) from None
+        seconds = end_of_day_ms // 1000
+        return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     elif name == "default_currency":
         if not is_currency_code(value.upper().encode("utf-8")):
             raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
@@ -332,6 +347,16 @@ class Settings:
         stale: orders get STALE_DATA and health reports NOT_SERVING.
     workers : int
         Server processes sharing one table and one port (SO_REUSEPORT).
+    stream_listen : str or None
+        When set, ``pretrade serve`` runs ``stream_workers`` more server
+        processes on this address, at a lower CPU priority (``stream_nice``),
+        for portfolio streams: StreamPortfolio is served there only, and
+        orders only on ``listen``, so stream fan-out never competes with a
+        decision for its process. Both addresses answer the other calls.
+    stream_workers : int
+        The processes serving ``stream_listen`` (SO_REUSEPORT when several).
+    stream_nice : int
+        How much lower their CPU priority is (``nice``, 0..19; 0: the same).
     max_concurrent_rpcs : int
         Order calls (EvaluateOrder, EvaluateOrders) one server process runs at
         once; the next is refused at once with RESOURCE_EXHAUSTED rather than
@@ -403,6 +428,11 @@ class Settings:
         trades that guarantee for one Redis round trip less per call.
     demo_book : bool
         Load a small demo book (accounts, limits, instruments) at start.
+    day_session_end_utc : str or None
+        When the trading day ends, UTC (``HH:MM`` or ``HH:MM:SS``; stored as
+        ``HH:MM:SS``): a DAY or IOC order stops counting against the limits at
+        the first such time after it was decided. None: they count until
+        their fill or cancel is reported, like GTC.
     default_currency : str
         The ISO 4217 currency of an instrument whose ``instrument:<SYM>`` hash
         has no ``currency`` field (StreamPortfolio's ``Holding.currency``);
@@ -454,6 +484,10 @@ class Settings:
     desk_gateway : str or None
         ``HOST:PORT`` of the gateway the desk calls; None: this server's
         ``listen`` (a wildcard host as the loopback address).
+    desk_stream_gateway : str or None
+        ``HOST:PORT`` where the desk opens portfolio streams; None: this
+        server's ``stream_listen`` when it has one (and no ``desk_gateway``
+        is set), else the desk's gateway.
     desk_tls_ca : str or None
         PEM CA that issued the gateway's certificate: the desk calls it over
         TLS (plaintext when unset).
@@ -479,6 +513,9 @@ class Settings:
     lock_table_memory: bool = False
     max_sync_lag_ms: int = 2_000
     workers: int = 1
+    stream_listen: str | None = None
+    stream_workers: int = 1
+    stream_nice: int = 10
     max_concurrent_rpcs: int = 10_000
     max_portfolio_streams: int = 10_000
     max_control_calls: int = 100
@@ -498,6 +535,7 @@ class Settings:
     durable_decisions: bool = True
     demo_book: bool = False
     default_currency: str = "USD"
+    day_session_end_utc: str | None = None
     data_dir: str = ".run"
     log_level: str = "INFO"
     log_format: str = "text"
@@ -516,6 +554,7 @@ class Settings:
     tokens_file: str | None = None
     desk_listen: str | None = None
     desk_gateway: str | None = None
+    desk_stream_gateway: str | None = None
     desk_tls_ca: str | None = None
     desk_client_cert: str | None = None
     desk_client_key: str | None = None
@@ -527,6 +566,11 @@ class Settings:
             if checked != value:
                 # Frozen: the documented way to normalise a field after __init__.
                 object.__setattr__(self, settings_field.name, checked)
+        if self.stream_listen is not None:
+            streams = parse_listen(self.stream_listen)
+            if streams[1] != 0 and streams == parse_listen(self.listen):
+                raise ConfigError(f"stream_listen={self.stream_listen}: must differ from listen "
+                                  "(orders and portfolio streams are served apart)")
 
     @property
     def account_share(self) -> int:

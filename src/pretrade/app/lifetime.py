@@ -8,6 +8,11 @@ when its parent dies (``PR_SET_PDEATHSIG``); elsewhere it does nothing.
 
 :func:`listener_pids` names the processes listening on a TCP port (from
 ``/proc``), so a refused start can say who holds the port.
+
+A :class:`KeptChild` (the archiver and the risk desk beside ``pretrade serve``)
+is started again when it ends on its own, after a delay that doubles with
+each quick failure; the sync process checks them on its supervision round
+(:func:`check_kept_children`), so no thread exists when it forks.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["die_with_parent", "listener_pids", "process_name", "start_child", "stop_child"]
+__all__ = ["KeptChild", "check_kept_children", "die_with_parent", "exit_text", "listener_pids",
+           "process_name", "start_child", "stop_child"]
 
 log = logging.getLogger("pretrade.lifetime")
 
@@ -147,3 +154,87 @@ def stop_child(process: subprocess.Popen[bytes], what: str, seconds: float,
                     process.pid, seconds)
         process.kill()
         process.wait()
+
+
+def exit_text(status: int) -> str:
+    """A ``waitpid`` status as words: "killed by SIGKILL", "exit status 3"."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _returncode_text(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+#: The kept children of this process, checked by :func:`check_kept_children`.
+_KEPT: list[KeptChild] = []
+
+
+class KeptChild:
+    """A child of :func:`start_child` that is started again whenever it ends on its own.
+
+    The first restart comes ``first_delay`` seconds after the end; each end
+    within ``healthy_after`` seconds of its start doubles the delay, up to
+    ``longest_delay``; a child that ran longer starts over at ``first_delay``.
+    Every end and restart is logged as an error with the exit status.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], what: str, *,
+                 first_delay: float = 1.0, longest_delay: float = 30.0,
+                 healthy_after: float = 60.0) -> None:
+        self.command = command
+        self.env = env
+        self.what = what
+        self.first_delay = first_delay
+        self.longest_delay = longest_delay
+        self.healthy_after = healthy_after
+        self.restarts = 0
+        self._delay = first_delay
+        self._due: float | None = None
+        self.process = start_child(command, env, what)
+        self._started = time.monotonic()
+        _KEPT.append(self)
+
+    @property
+    def restart_due(self) -> float | None:
+        """When (``time.monotonic``) the ended child starts again; None while it runs."""
+        return self._due
+
+    def check(self) -> None:
+        """Start the child again if it ended and its delay is over (never blocks)."""
+        now = time.monotonic()
+        if self._due is not None:
+            if now >= self._due:
+                self._due = None
+                self.restarts += 1
+                self.process = start_child(self.command, self.env, self.what)
+                self._started = now
+            return
+        if self.process.poll() is None:
+            return
+        if now - self._started >= self.healthy_after:
+            self._delay = self.first_delay
+        log.error("the %s (pid %d) ended on its own (%s) after %.1f s; starting it again in "
+                  "%.1f s", self.what, self.process.pid, _returncode_text(self.process.returncode),
+                  now - self._started, self._delay)
+        self._due = now + self._delay
+        self._delay = min(self._delay * 2, self.longest_delay)
+
+    def stop(self, seconds: float, ended_early: str = "") -> None:
+        """No more restarts; stop the child as :func:`stop_child` does."""
+        if self in _KEPT:
+            _KEPT.remove(self)
+        if self._due is not None:
+            log.error("the %s had ended and was waiting to start again%s", self.what,
+                      f"; {ended_early}" if ended_early else "")
+            return
+        stop_child(self.process, self.what, seconds, ended_early)
+
+
+def check_kept_children() -> None:
+    """:meth:`KeptChild.check` for each kept child of this process."""
+    for child in list(_KEPT):
+        child.check()

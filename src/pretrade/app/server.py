@@ -23,7 +23,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -39,7 +40,14 @@ from pretrade.api.servicer import PreTradeRiskServicer
 from pretrade.api.telemetry import CallMetrics
 from pretrade.app.archiving import archiver_beside
 from pretrade.app.config import Settings, parse_listen, redacted_url
-from pretrade.app.lifetime import die_with_parent, listener_pids, process_name, serving_group
+from pretrade.app.lifetime import (
+    check_kept_children,
+    die_with_parent,
+    exit_text,
+    listener_pids,
+    process_name,
+    serving_group,
+)
 from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
 from pretrade.app.writer import TableWriter, settings_redis
@@ -50,6 +58,7 @@ from pretrade.engine.errors import (
     RedisUnreachable,
     WorkerFailed,
 )
+from pretrade.engine.sessions import parse_time_of_day
 from pretrade.engine.table import Capacities, MappedTable, Residency
 from pretrade.engine.tally import Buckets
 from pretrade.state.connection import connect
@@ -82,7 +91,8 @@ class Gateway:
     """
 
     def __init__(self, settings: Settings, redis_url: str, *, mapped: MappedTable | None = None,
-                 channel: bytes | None = None, number: int = 0) -> None:
+                 channel: bytes | None = None, number: int = 0,
+                 elsewhere: Mapping[str, tuple[str, str]] | None = None) -> None:
         # First: contradictory or incomplete TLS/auth settings stop here, before
         # a table file or a connection exists.
         self.access = ServerAccess.from_settings(settings)
@@ -125,14 +135,18 @@ class Gateway:
                                              audit=self.audit,
                                              wait_limit_seconds=settings.max_sync_lag_ms / 1000,
                                              audit_before_answer=settings.audit_before_answer,
-                                             default_currency=settings.default_currency)
+                                             default_currency=settings.default_currency,
+                                             day_session_end_ms=None
+                                             if settings.day_session_end_utc is None
+                                             else parse_time_of_day(
+                                                 settings.day_session_end_utc))
         self.health = HealthServicer()  # its Watch streams end at shutdown
         # Each class of call has its own budget (instead of grpc.aio's one
         # server-wide count), and the gate ends every call at shutdown.
         self.gate = CallGate(orders=settings.max_concurrent_rpcs,
                              streams=settings.max_portfolio_streams,
                              control=settings.max_control_calls, open=settings.max_open_calls,
-                             reads=settings.max_read_calls)
+                             reads=settings.max_read_calls, elsewhere=elsewhere)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
@@ -372,11 +386,21 @@ def _access_note(access: ServerAccess | None) -> str:
     return "\n" + "\n".join(lines)
 
 
+def _streams_note(settings: Settings) -> str:
+    if settings.stream_listen is None:
+        return ""
+    processes = (f"{settings.stream_workers} processes" if settings.stream_workers > 1
+                 else "a process")
+    return (f"\n  Portfolio streams: on {settings.stream_listen} only ({processes} of their own"
+            f"{f', nice +{settings.stream_nice}' if settings.stream_nice else ''})")
+
+
 def _banner(port: int, host: str, redis_url: str, workers: int = 1,
-            access: ServerAccess | None = None, desk_listen: str | None = None) -> str:
+            access: ServerAccess | None = None, desk_listen: str | None = None,
+            streams_note: str = "") -> str:
     target = f"{host}:{port}"
     processes = f", {workers} processes" if workers > 1 else ""
-    notes = _access_note(access)
+    notes = _access_note(access) + streams_note
     if desk_listen:
         notes += f"\n  Risk desk: http://{desk_listen}/ (open it in a browser)"
     return f"""
@@ -466,11 +490,22 @@ def _probe_listen(settings: Settings) -> None:
     """
     _probe_address(settings.listen_host, settings.listen_port,
                    lambda port, reason: _cannot_listen(settings.listen, port, reason))
+    if settings.stream_listen is not None:
+        stream_host, stream_port = parse_listen(settings.stream_listen)
+        _probe_address(stream_host, stream_port, _stream_refusal(settings.stream_listen))
     if settings.metrics_listen:
-        for number in range(settings.workers):
+        for number in range(len(process_plan(settings))):
             listen = worker_listen(settings.metrics_listen, number)
             host, port = parse_listen(listen)
             _probe_address(host, port, _metrics_refusal(listen))
+
+
+def _stream_refusal(listen: str) -> Callable[[int, str], str]:
+    def refusal(port: int, reason: str) -> str:
+        return (f"cannot listen for portfolio streams on {listen}"
+                f"{f' ({reason})' if reason else ''}: the address is in use or not available "
+                "here; choose another --stream-listen HOST:PORT")
+    return refusal
 
 
 def _metrics_refusal(listen: str) -> Callable[[int, str], str]:
@@ -547,13 +582,13 @@ async def _workers_serving(ready: int, workers: int, stop: asyncio.Event) -> boo
 
 
 async def _serve(settings: Settings, redis_url: str, channel: bytes, ready: int,
-                 number: int = 0) -> int:
+                 number: int = 0, elsewhere: Mapping[str, tuple[str, str]] | None = None) -> int:
     """One server process of the group: start, say so on ``ready``, serve until SIGTERM/SIGINT.
 
     Health stays NOT_SERVING until the sync process signals that every
     process of the group serves (GROUP_SERVING_SIGNAL) and the table is live.
     """
-    gateway = Gateway(settings, redis_url, channel=channel, number=number)
+    gateway = Gateway(settings, redis_url, channel=channel, number=number, elsewhere=elsewhere)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -578,26 +613,69 @@ async def _serve(settings: Settings, redis_url: str, channel: bytes, ready: int,
 
 def _fixed_port(settings: Settings) -> Settings:
     # Every server process must bind the same port: resolve ":0" once, up front.
-    if settings.listen_port != 0:
-        return settings
-    with socket.socket(socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET) \
-            as probe:
-        probe.bind((settings.listen_host, 0))
+    if settings.listen_port == 0:
+        settings = dataclasses.replace(settings, listen=_fixed_listen(settings.listen))
+    if settings.stream_listen is not None and parse_listen(settings.stream_listen)[1] == 0:
+        settings = dataclasses.replace(settings,
+                                       stream_listen=_fixed_listen(settings.stream_listen))
+    return settings
+
+
+def _fixed_listen(listen: str) -> str:
+    """``HOST:0`` as ``HOST:PORT`` with a port that is free now."""
+    host = parse_listen(listen)[0]
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
         port = probe.getsockname()[1]
-    host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
-    return dataclasses.replace(settings, listen=f"{host}:{port}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _run_server_process(number: int, settings: Settings, redis_url: str, channel: bytes,
+@dataclass(frozen=True)
+class ProcessPlan:
+    """One server process of ``pretrade serve``: its settings, and what its address refuses."""
+
+    number: int
+    settings: Settings
+    elsewhere: Mapping[str, tuple[str, str]]
+    nice: int = 0
+
+
+def process_plan(settings: Settings) -> list[ProcessPlan]:
+    """The server processes: ``workers`` for orders, then ``stream_workers`` for streams.
+
+    Without ``stream_listen`` every process serves every call on ``listen``.
+    With it, the order processes refuse portfolio streams (naming
+    ``stream_listen``) and the stream processes, bound to ``stream_listen`` at
+    ``stream_nice``, refuse orders (naming ``listen``).
+    """
+    if settings.stream_listen is None:
+        return [ProcessPlan(number, settings, {}) for number in range(1, settings.workers + 1)]
+    to_streams = {"streams": (settings.stream_listen, "stream_listen")}
+    to_orders = {"orders": (settings.listen, "listen")}
+    # A stream process's own listen address is stream_listen.
+    streams = dataclasses.replace(settings, listen=settings.stream_listen, stream_listen=None,
+                                  workers=settings.stream_workers)
+    return ([ProcessPlan(number, settings, to_streams)
+             for number in range(1, settings.workers + 1)]
+            + [ProcessPlan(settings.workers + number, streams, to_orders, settings.stream_nice)
+               for number in range(1, settings.stream_workers + 1)])
+
+
+def _run_server_process(plan: ProcessPlan, redis_url: str, channel: bytes,
                         ready: int, owner: int) -> None:
     """A forked server process's whole life; never returns (``os._exit``)."""
     status = 1
+    number = plan.number
     try:
         # Nobody would write its table without the sync process: it ends with it.
         die_with_parent(owner)
-        log.info("server process %d (pid %d) starting", number, os.getpid())
+        if plan.nice:
+            os.nice(plan.nice)
+        log.info("server process %d (pid %d) starting on %s%s", number, os.getpid(),
+                 plan.settings.listen, f" at nice +{plan.nice}" if plan.nice else "")
         # metrics hook: server process i (from 0) serves /metrics on PORT + i
-        status = asyncio.run(_serve(settings, redis_url, channel, ready, number - 1))
+        status = asyncio.run(_serve(plan.settings, redis_url, channel, ready, number - 1,
+                                    plan.elsewhere))
     except BaseException:
         log.exception("server process %d failed", number)
     finally:
@@ -641,7 +719,8 @@ async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channe
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, GROUP_SERVING_SIGNAL)
         print(_banner(settings.listen_port, settings.listen_host, redis_url, settings.workers,
-                      ServerAccess.from_settings(settings), settings.desk_listen), flush=True)
+                      ServerAccess.from_settings(settings), settings.desk_listen,
+                      _streams_note(settings)), flush=True)
         await _supervise(children, stop)
         log.info("stopping: the server processes first, then the sync")
         return 0
@@ -651,8 +730,12 @@ async def _write(settings: Settings, mapped: MappedTable, redis_url: str, channe
 
 
 async def _supervise(children: list[int], stop: asyncio.Event) -> None:
-    """Until ``stop``; WorkerFailed as soon as a server process ends on its own."""
+    """Until ``stop``; WorkerFailed as soon as a server process ends on its own.
+
+    The kept children (the archiver, the desk) that ended are started again.
+    """
     while not stop.is_set():
+        check_kept_children()
         for pid in children:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -661,16 +744,10 @@ async def _supervise(children: list[int], stop: asyncio.Event) -> None:
             if done:
                 children.remove(pid)
                 raise WorkerFailed(
-                    f"server process {pid} ended ({_exit_text(status)}); the group stopped, "
+                    f"server process {pid} ended ({exit_text(status)}); the group stopped, "
                     "start it again (any log lines of that process above say why)")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
-
-
-def _exit_text(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 async def _stop_children(children: list[int], timeout: float) -> None:
@@ -720,11 +797,11 @@ def _serve_processes(settings: Settings, redis_url: str) -> int:
     ready_read, ready_write = os.pipe()
     try:
         owner = os.getpid()
-        for number in range(1, settings.workers + 1):
+        for plan in process_plan(settings):
             pid = os.fork()
             if pid == 0:
                 os.close(ready_read)
-                _run_server_process(number, settings, redis_url, channel, ready_write, owner)
+                _run_server_process(plan, redis_url, channel, ready_write, owner)
             children.append(pid)
         os.close(ready_write)
         ready_write = -1

@@ -128,10 +128,13 @@ class TableWriter:
     async def _expire_orders(self) -> None:
         # Durable decided orders that stopped working order_expiry_ms ago leave
         # the shared table, a bounded number per round (the same clock as the
-        # decisions: CLOCK_MONOTONIC).
+        # decisions: CLOCK_MONOTONIC). Working orders whose time in force
+        # ended (a DAY order at the session end, a GTD at its expiry: the wall
+        # clock) stop counting, within a round of it.
         period = max(0.01, min(0.25, self.settings.order_expiry_ms / 4000))
         budget = 10_000
         while True:
+            self.table.end_lapsed_orders(time.time_ns() // 1_000_000)
             if self.table.expire_orders(time.perf_counter_ns(), budget) < budget:
                 await asyncio.sleep(period)
             else:

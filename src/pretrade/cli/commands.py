@@ -229,6 +229,10 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     serve.add_argument("--table-path", metavar="PATH", help="file backing the shared table")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="server processes sharing the table and the port (SO_REUSEPORT)")
+    serve.add_argument("--stream-listen", metavar="HOST:PORT",
+                       help="serve portfolio streams on this address only, in processes of "
+                       "their own at a lower CPU priority (stream_listen; default: streams on "
+                       "--listen beside the orders)")
     serve.add_argument(
         "--demo",
         action="store_true",
@@ -567,6 +571,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "listen": args.listen,
                 "table_path": args.table_path,
                 "workers": args.workers,
+                "stream_listen": args.stream_listen,
                 "demo_book": args.demo,
                 "log_level": args.log_level,
                 "log_format": args.log_format,

@@ -54,13 +54,19 @@ def _failed(method: str, error: grpc.RpcError) -> DeskError:
 class DeskGateway:
     """The gateway as the desk reaches it: :meth:`call` and :meth:`stream_portfolio`."""
 
-    def __init__(self, client: GatewayClient) -> None:
+    def __init__(self, client: GatewayClient, streams: GatewayClient | None = None) -> None:
         self.target = client.target
+        #: Where portfolio streams are opened (a gateway's ``stream_listen``), when not
+        #: at ``client``'s address.
+        self.stream_target = streams.target if streams is not None else client.target
         try:
             self.channel = client.open_aio_channel()
+            self.stream_channel = (streams.open_aio_channel() if streams is not None
+                                   else self.channel)
         except ClientError as error:
             raise DeskError(500, str(error)) from None
         self.stub = risk_pb2_grpc.PreTradeRiskStub(self.channel)
+        self.stream_stub = risk_pb2_grpc.PreTradeRiskStub(self.stream_channel)
 
     @staticmethod
     def metadata(token: str | None) -> list[tuple[str, str]] | None:
@@ -77,8 +83,8 @@ class DeskGateway:
     async def stream_portfolio(self, account: str, token: str | None
                                ) -> AsyncIterator[pb.PortfolioUpdate]:
         """StreamPortfolio for one account until it ends; :class:`DeskError` if it fails."""
-        call = self.stub.StreamPortfolio(pb.PortfolioRequest(account_id=account),
-                                         metadata=self.metadata(token))
+        call = self.stream_stub.StreamPortfolio(pb.PortfolioRequest(account_id=account),
+                                                metadata=self.metadata(token))
         try:
             async for update in call:
                 yield update
@@ -89,3 +95,5 @@ class DeskGateway:
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.stream_channel is not self.channel:
+            await self.stream_channel.close()

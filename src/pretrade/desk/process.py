@@ -25,7 +25,7 @@ from pretrade.app.config import (
     is_loopback,
     parse_listen,
 )
-from pretrade.app.lifetime import start_child, stop_child
+from pretrade.app.lifetime import KeptChild
 from pretrade.cli.client import GatewayClient
 from pretrade.desk.gateway import DeskError, DeskGateway
 from pretrade.desk.web import Desk
@@ -45,7 +45,21 @@ def gateway_target(settings: Settings) -> str:
     host as the loopback address)."""
     if settings.desk_gateway:
         return settings.desk_gateway
-    host, port = parse_listen(settings.listen)
+    return _reachable(settings.listen)
+
+
+def stream_gateway_target(settings: Settings) -> str:
+    """Where the desk opens portfolio streams: ``desk_stream_gateway``, else this server's
+    ``stream_listen`` (streams apart from the orders), else :func:`gateway_target`."""
+    if settings.desk_stream_gateway:
+        return settings.desk_stream_gateway
+    if settings.stream_listen and not settings.desk_gateway:
+        return _reachable(settings.stream_listen)
+    return gateway_target(settings)
+
+
+def _reachable(listen: str) -> str:
+    host, port = parse_listen(listen)
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -53,9 +67,9 @@ def gateway_target(settings: Settings) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def desk_client(settings: Settings) -> GatewayClient:
+def desk_client(settings: Settings, target: str | None = None) -> GatewayClient:
     """The desk's view of the gateway: its target and TLS files (the token is per session)."""
-    return GatewayClient(gateway_target(settings), tls_ca=settings.desk_tls_ca,
+    return GatewayClient(target or gateway_target(settings), tls_ca=settings.desk_tls_ca,
                          tls_cert=settings.desk_client_cert, tls_key=settings.desk_client_key)
 
 
@@ -77,6 +91,8 @@ class DeskServer:
     def __init__(self, settings: Settings) -> None:
         self.listen = check_desk_settings(settings)
         self.client = desk_client(settings)
+        streams = stream_gateway_target(settings)
+        self.streams = desk_client(settings, streams) if streams != self.client.target else None
         self.auth = settings.auth
         self.port = 0
         self.url = ""
@@ -85,7 +101,7 @@ class DeskServer:
 
     async def start(self) -> int:
         """Bind and serve; the port. CannotListen when the address cannot be bound."""
-        self.desk = Desk(DeskGateway(self.client), self.auth)
+        self.desk = Desk(DeskGateway(self.client, self.streams), self.auth)
         self._runner = web.AppRunner(self.desk.application(), access_log=None,
                                      handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -156,12 +172,16 @@ def desk_beside(settings: Settings) -> Iterator[None]:
         yield
         return
     check_desk_settings(settings)
-    if parse_listen(settings.listen)[1] == 0 and not settings.desk_gateway:
+    if not settings.desk_gateway and any(
+            listen and parse_listen(listen)[1] == 0
+            for listen in (settings.listen, settings.stream_listen)):
         raise ConfigError("desk_listen needs the gateway on a fixed port: set --listen "
-                          "HOST:PORT (not port 0), or desk_gateway")
-    process = start_child(["desk"], child_environment(settings, _CHILD_SETTINGS, {
-        "desk_gateway": gateway_target(settings)}), "risk desk")
+                          "(and --stream-listen) HOST:PORT, not port 0, or desk_gateway")
+    # Started again when it ends on its own (the sync process's supervision round).
+    desk = KeptChild(["desk"], child_environment(settings, _CHILD_SETTINGS, {
+        "desk_gateway": gateway_target(settings),
+        "desk_stream_gateway": stream_gateway_target(settings)}), "risk desk")
     try:
         yield
     finally:
-        stop_child(process, "risk desk", STOP_SECONDS)
+        desk.stop(STOP_SECONDS)

@@ -44,6 +44,7 @@ class LimitKind(IntEnum):
     AUTO_HALT_SECONDS = LIMIT_KINDS["AUTO_HALT_SECONDS"]
     MAX_VENUE_EXPOSURE = LIMIT_KINDS["MAX_VENUE_EXPOSURE"]
     MAX_COUNTERPARTY_EXPOSURE = LIMIT_KINDS["MAX_COUNTERPARTY_EXPOSURE"]
+    MIN_ORDER_NOTIONAL = LIMIT_KINDS["MIN_ORDER_NOTIONAL"]
 
     @property
     def field(self) -> str:
@@ -67,7 +68,7 @@ REQUIRED_LIMITS: tuple[LimitKind, ...] = tuple(k for k in LimitKind if k < REQUI
 PER_SYMBOL_LIMITS: frozenset[LimitKind] = frozenset((
     LimitKind.MAX_ORDER_QUANTITY, LimitKind.MAX_ORDER_NOTIONAL, LimitKind.MAX_NET_POSITION,
     LimitKind.MAX_LONG_POSITION, LimitKind.MAX_SHORT_POSITION, LimitKind.PRICE_COLLAR_BPS,
-    LimitKind.MIN_ORDER_QUANTITY,
+    LimitKind.MIN_ORDER_QUANTITY, LimitKind.MIN_ORDER_NOTIONAL,
 ))
 
 #: Limits whose field suffix names a venue or a counterparty instead of a symbol

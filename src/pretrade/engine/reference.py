@@ -41,6 +41,7 @@ from pretrade._core.constants import (
     HALT_NONE,
     MAX_CAPACITY,
     MAX_ID_LENGTH,
+    MAX_MARGIN_BPS,
     MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
     MAX_TAG_LENGTH,
@@ -57,6 +58,7 @@ from pretrade._core.constants import (
 )
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
 from pretrade.engine.limits import REQUIRED_LIMITS, LimitKind, Limits
+from pretrade.engine.sessions import working_until
 from pretrade.engine.text import is_currency_code
 from pretrade.v1 import risk_pb2 as pb
 
@@ -127,6 +129,9 @@ class RefOrder:
     remaining: int = 0
     durable: bool = False     # its decision is in Redis: it may leave the table
     idle_since: int = 0       # when it stopped working (the table's clock)
+    time_in_force: int = 0    # TimeInForce as sent
+    expire_at_ms: int = 0     # Order.expire_at_unix_ms as sent
+    working_until_ms: int = 0  # Unix ms when it stops counting; 0: at its fill or cancel
     # ReplaceOrder: the id it replaced ("" for an order), the chain's fills
     # before that original, its own id's fills in the last snapshot, and
     # whether an approved replacement of it took over (OrderRecord's fields).
@@ -143,6 +148,10 @@ class RefOrder:
         if self.working:
             return ORDER_WORKING
         return ORDER_REPLACED if self.replaced else ORDER_DONE
+
+    def lapsed(self, now_unix_ms: int) -> bool:
+        """Its time in force ended at or before ``now_unix_ms`` (positions.pxd lapsed)."""
+        return self.working_until_ms != 0 and self.working_until_ms <= now_unix_ms
 
 
 @dataclass
@@ -182,6 +191,8 @@ class RefInstrument:
     sector_id: int = 0
     short_restricted: bool = False
     currency: str = ""        # ISO 4217; "" none given (no check reads it)
+    # basis points of notional: initial long, initial short, maintenance long, short
+    margin_bps: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
@@ -218,6 +229,10 @@ class Context:
     counterparty: bytes
     capacities: Mapping[int, int] = field(default_factory=dict)  # Capacity -> its size
     min_state_version: int = 0
+    time_in_force: int = 0
+    expire_at_ms: int = 0
+    now_unix_ms: int = 0
+    session_end_ms: int = 0
     account_region_full: bool = False
     instrument_region_full: bool = False
     working_venue: dict[bytes, int] = field(default_factory=dict)
@@ -239,6 +254,10 @@ class Context:
     committed: int = 0
     issuer_exposure: int = 0
     sector_exposure: int = 0
+    # initial margin (notional x bps) of the other positions; the order's own
+    # position's value at last and working notionals, apart
+    initial_margin_bps: int = 0
+    order_slot: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def account_known(self) -> bool:
@@ -341,6 +360,12 @@ def check_order_id_unused(ctx: Context, reject: Reject) -> None:
         reject(pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0)
 
 
+def check_time_in_force(ctx: Context, reject: Reject) -> None:
+    """A GTD order needs an expiry after the caller's wall clock."""
+    if ctx.time_in_force == pb.TIME_IN_FORCE_GTD and ctx.expire_at_ms <= ctx.now_unix_ms:
+        reject(pb.REJECT_CODE_ORDER_EXPIRED, ctx.expire_at_ms, ctx.now_unix_ms)
+
+
 def check_quantity_positive(ctx: Context, reject: Reject) -> None:
     if ctx.quantity <= 0:
         reject(pb.REJECT_CODE_INVALID_QUANTITY, ctx.quantity, 1)
@@ -419,6 +444,14 @@ def check_max_order_notional(ctx: Context, reject: Reject) -> None:
     limit = ctx.limit(LimitKind.MAX_ORDER_NOTIONAL)
     if ctx.notional_valid and limit is not None and ctx.notional > limit:
         reject(pb.REJECT_CODE_MAX_ORDER_NOTIONAL, ctx.notional, limit)
+
+
+def check_min_order_notional(ctx: Context, reject: Reject) -> None:
+    """The minimum quantity's exemption: closing or only reducing always goes."""
+    minimum = ctx.limit(LimitKind.MIN_ORDER_NOTIONAL)
+    if ctx.notional_valid and ctx.quantity > 0 and minimum is not None \
+            and ctx.notional < minimum and not ctx.is_reducing():
+        reject(pb.REJECT_CODE_MIN_ORDER_NOTIONAL, ctx.notional, minimum)
 
 
 def check_position_limits(ctx: Context, reject: Reject) -> None:
@@ -501,6 +534,37 @@ def check_buying_power(ctx: Context, reject: Reject) -> None:
         available += cover * last
     if held > available and (cover == 0 or held > 0):
         reject(pb.REJECT_CODE_BUYING_POWER, held, clamp(available))
+
+
+def margin_of_slot(instrument: RefInstrument, value: int, working_buy: int,
+                   working_sell: int) -> int:
+    """Initial margin (notional x bps) of one position in its worst case: every
+    working buy fills, or every working sell does; long at the long rate,
+    short at the short rate."""
+    def side(extreme: int) -> int:
+        return extreme * instrument.margin_bps[0] if extreme > 0 \
+            else -extreme * instrument.margin_bps[1]
+    return max(side(value + working_buy), side(value - working_sell))
+
+
+def check_margin(ctx: Context, reject: Reject) -> None:
+    """Initial margin (positions + working orders + this order) against equity."""
+    account, instrument = ctx.account, ctx.instrument
+    if not ctx.valuation_ok or not ctx.notional_valid or account is None \
+            or instrument is None or account.cash is None or ctx.is_reducing():
+        return
+    value, working_buy, working_sell = ctx.order_slot
+    if ctx.is_buy():
+        working_buy += ctx.notional
+    else:
+        working_sell += ctx.notional
+    required = ctx.initial_margin_bps + margin_of_slot(instrument, value, working_buy,
+                                                       working_sell)
+    if required == 0:
+        return
+    equity = account.cash + account.credit_line + account.realized_pnl + ctx.unrealized
+    if required > equity * 10_000:
+        reject(pb.REJECT_CODE_MARGIN_SHORTFALL, clamp(ceil_div(required, 10_000)), clamp(equity))
 
 
 def _first_in_window(rate: deque[tuple[int, int]], since_ns: int) -> int:
@@ -620,6 +684,7 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_account_known,
     check_symbol_known,
     check_order_id_unused,
+    check_time_in_force,
     check_quantity_positive,
     check_price_usable,
     check_tick_size,
@@ -629,11 +694,13 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_limits_configured,
     check_max_order_quantity,
     check_max_order_notional,
+    check_min_order_notional,
     check_position_limits,
     check_short_sale,
     check_account_valuation,
     check_exposure,
     check_buying_power,
+    check_margin,
     check_velocity,
     check_max_working_orders,
     check_concentration,
@@ -689,14 +756,20 @@ def _tag(value: bytes) -> bytes:
 
 _INT64 = range(INT64_MIN, INT64_MAX + 1)
 _INT32 = range(-(1 << 31), 1 << 31)
+_TIMES_IN_FORCE = (pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_IOC,
+                   pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD)
 
 
 def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
-    """One restored order's fields, checked as the core checks them (twelve, or
-    fourteen for a replacement: ``replaces`` and ``carried`` follow)."""
+    """One restored order's fields, checked as the core checks them (12, or 15 with
+    ``time_in_force, expire_at_ms, working_until_ms``, or 17 for a replacement:
+    ``replaces`` and ``carried`` follow those three)."""
+    time_in_force = expire_at_ms = working_until_ms = 0
     replaces, carried = b"", 0
-    if len(order) == 14:
-        replaces, carried = order[12], order[13]
+    if len(order) == 17:
+        replaces, carried = order[15], order[16]
+    if len(order) >= 15:
+        time_in_force, expire_at_ms, working_until_ms = order[12:15]
         order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
@@ -715,7 +788,9 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
     if side not in (pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT) \
             or order_type not in (pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET):
         raise ValueError(f"order {order_id!r}: side {side} or order type {order_type} unknown")
-    for value in (quantity, price, valuation_price, notional):
+    if time_in_force not in _TIMES_IN_FORCE:
+        raise ValueError(f"order {order_id!r}: time in force {time_in_force} unknown")
+    for value in (quantity, price, valuation_price, notional, expire_at_ms, working_until_ms):
         if value not in _INT64:
             raise ValueError(f"order {order_id!r}: {value} does not fit in int64")
     if approved and (quantity <= 0 or valuation_price <= 0
@@ -728,7 +803,8 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
             raise ValueError(f"order {order_id!r}: rejection {(code, observed, limit)} "
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, bool(approved), rejections, replaces, carried)
+            venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
+            working_until_ms, replaces, carried)
 
 
 class ReferenceBook:
@@ -944,26 +1020,51 @@ class ReferenceBook:
 
     @staticmethod
     def _add_working(slot: RefPosition, order: RefOrder, sign: int = 1) -> None:
-        """Count a working order's remaining units (sign -1: take them off again)."""
-        remaining = sign * order.remaining
-        notional = remaining * order.valuation_price
+        """Count the order's remaining units on its slot (``sign`` -1: take them off)."""
+        units = sign * order.remaining
+        notional = units * order.valuation_price
         if order.side == pb.SIDE_BUY:
-            slot.working_buy += remaining
+            slot.working_buy += units
             slot.working_buy_notional += notional
         else:
-            slot.working_sell += remaining
+            slot.working_sell += units
             slot.working_sell_notional += notional
             if order.side == pb.SIDE_SELL_SHORT:
                 slot.working_short_notional += notional
+
+    def end_lapsed_orders(self, now_unix_ms: int) -> int:
+        """Working orders whose time in force ended at or before ``now_unix_ms``
+        stop counting, as a reported cancel ends them; returns how many."""
+        if not fits_int64(now_unix_ms):
+            raise OverflowError(f"now_unix_ms {now_unix_ms} does not fit in int64")
+        ended = 0
+        for account_id, account in self.accounts.items():
+            kept: deque[bytes] = deque()
+            for order_id in account.working:
+                order = self.orders[(account_id, order_id)]
+                if order.working_until_ms == 0 or order.working_until_ms > now_unix_ms:
+                    kept.append(order_id)
+                    continue
+                self._add_working(self.positions[(account_id, order.symbol)], order, -1)
+                order.remaining, order.working = 0, False
+                self._idle(account, order_id, order, self.clock_ns)
+                ended += 1
+            account.working = kept
+        return ended
 
     def set_instrument(
         self, symbol: bytes, *, known: bool, tick_size: int = 1, lot_size: int = 1,
         invalid: bool = False, issuer_id: int = 0, sector_id: int = 0,
         short_restricted: bool = False, currency: str = "",
+        margin_bps: tuple[int, int, int, int] = (0, 0, 0, 0),
     ) -> None:
         if tick_size <= 0 or lot_size <= 0:
             raise ValueError(
                 f"tick_size and lot_size must be positive, got {tick_size}, {lot_size}")
+        rates = tuple(margin_bps)
+        if len(rates) != 4 or not all(0 <= rate <= MAX_MARGIN_BPS for rate in rates):
+            raise ValueError(f"margin rates are four basis points from 0 to {MAX_MARGIN_BPS}, "
+                             f"got {margin_bps!r}")
         if currency and not is_currency_code(currency.encode("ascii", "replace")):
             raise ValueError(f"a currency is three letters A-Z (ISO 4217), got {currency!r}")
         instrument = self._instrument(symbol)
@@ -972,6 +1073,7 @@ class ReferenceBook:
         instrument.issuer_id, instrument.sector_id = issuer_id, sector_id
         instrument.short_restricted = short_restricted
         instrument.currency = currency
+        instrument.margin_bps = rates
 
 
     def set_last_price(self, symbol: bytes, price: int | None) -> None:
@@ -1113,11 +1215,13 @@ class ReferenceBook:
     def restore_order(self, account_id: bytes, order_id: bytes, symbol: bytes, side: int,
                       order_type: int, quantity: int, price: int, valuation_price: int,
                       notional: int, venue: bytes, counterparty: bytes, approved: bool,
-                      rejections: Iterable[Rejection], replaces: bytes = b"",
-                      carried: int = 0) -> bool:
+                      rejections: Iterable[Rejection], time_in_force: int = 0,
+                      expire_at_ms: int = 0, working_until_ms: int = 0,
+                      replaces: bytes = b"", carried: int = 0) -> bool:
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-            venue, counterparty, approved, rejections, replaces, carried)]) == 1
+            venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+            working_until_ms, replaces, carried)]) == 1
 
     def restore_orders(self, account_id: bytes, orders: Iterable[tuple[Any, ...]]) -> int:
         account = self._account(account_id)
@@ -1135,7 +1239,8 @@ class ReferenceBook:
             raise self._full(ORDER_TABLE, "order")
         self._check_room(account_id, {staged_order[1] for staged_order in missing})
         for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-             venue, counterparty, approved, rejections, replaces, carried) in missing:
+             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+             working_until_ms, replaces, carried) in missing:
             self._instrument(symbol)
             slot = self._slot(account_id, symbol) if approved else None
             if slot is not None and not self._restored_fits(
@@ -1151,7 +1256,8 @@ class ReferenceBook:
                 price=price, venue=venue, counterparty=counterparty, approved=approved,
                 notional=notional, rejections=rejections[:STORED_REJECTIONS],
                 rejection_count=len(rejections), valuation_price=valuation_price,
-                durable=True, replaces=replaces, carried=carried)
+                durable=True, time_in_force=time_in_force, expire_at_ms=expire_at_ms,
+                working_until_ms=working_until_ms, replaces=replaces, carried=carried)
             self.orders[(account_id, order_id)] = order
             if slot is not None:
                 # the next account snapshot subtracts the fills
@@ -1200,6 +1306,11 @@ class ReferenceBook:
                     ctx.scan_unpriced = True
             exposure = abs(value) + slot.working_buy_notional + slot.working_sell_notional
             ctx.gross += exposure
+            if symbol == ctx.symbol:
+                ctx.order_slot = (value, slot.working_buy_notional, slot.working_sell_notional)
+            else:
+                ctx.initial_margin_bps += margin_of_slot(
+                    instrument, value, slot.working_buy_notional, slot.working_sell_notional)
             ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
             ctx.committed += slot.working_buy_notional + slot.working_short_notional
             if value < 0:
@@ -1274,24 +1385,35 @@ class ReferenceBook:
         self, order_id: bytes, account_id: bytes, symbol: bytes, side: int, order_type: int,
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
         now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
+        time_in_force: int = 0, expire_at_unix_ms: int = 0, now_unix_ms: int = 0,
+        session_end_unix_ms: int = 0,
     ) -> Verdict:
         """Run every check on one order; the same Verdict as ``Engine.evaluate``."""
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
                             ("durable_checked", durable_checked),
-                            ("min_state_version", min_state_version)):
+                            ("min_state_version", min_state_version),
+                            ("expire_at_unix_ms", expire_at_unix_ms),
+                            ("now_unix_ms", now_unix_ms),
+                            ("session_end_unix_ms", session_end_unix_ms)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
+        if time_in_force not in _INT32:
+            raise OverflowError(f"time_in_force {time_in_force} does not fit in int32")
         self._advance_clock(now_ns)
         ctx = self.prepare_context(account_id, symbol, side, order_type, quantity, price,
                                    venue, counterparty, now_ns)
         ctx.min_state_version = min_state_version
+        ctx.time_in_force, ctx.expire_at_ms = time_in_force, expire_at_unix_ms
+        ctx.now_unix_ms, ctx.session_end_ms = now_unix_ms, session_end_unix_ms
         account = ctx.account
         if account is not None and order_id:
             stored = self.orders.get((account_id, order_id))
             if stored is not None:
                 if (not stored.replaces and stored.symbol == symbol and stored.side == side
                         and stored.order_type == order_type and stored.quantity == quantity
-                        and stored.price == price and len(venue) <= MAX_TAG_LENGTH
+                        and stored.price == price and stored.time_in_force == time_in_force
+                        and stored.expire_at_ms == expire_at_unix_ms
+                        and len(venue) <= MAX_TAG_LENGTH
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
                         and stored.counterparty == counterparty):
                     # not yet durable: the caller writes it before answering
@@ -1329,17 +1451,21 @@ class ReferenceBook:
     def replace(
         self, order_id: bytes, account_id: bytes, original_order_id: bytes, quantity: int,
         price: int, now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
+        now_unix_ms: int = 0,
     ) -> Verdict:
         """Cancel/replace; the same Verdict as ``Engine.replace``.
 
-        The original's reservation leaves every sum, the replacement (its
-        total ``quantity`` less what the original filled, at ``price``; 0
-        keeps either) runs through the whole pipeline as an order, and then
-        the original is replaced (approved) or put back where it was.
+        The original's reservation leaves every sum (so what margin it
+        committed too), the replacement (its total ``quantity`` less what the
+        original filled, at ``price``; 0 keeps either) runs through the whole
+        pipeline as an order with the original's time in force and end, and
+        then the original is replaced (approved) or put back where it was. An
+        original whose time in force ended by ``now_unix_ms`` is not working.
         """
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
                             ("durable_checked", durable_checked),
-                            ("min_state_version", min_state_version)):
+                            ("min_state_version", min_state_version),
+                            ("now_unix_ms", now_unix_ms)):
             if not fits_int64(value):
                 raise OverflowError(f"{name} {value} does not fit in int64")
         if not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH \
@@ -1381,6 +1507,9 @@ class ReferenceBook:
             return refused(pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER)
         if not original.working:
             return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING, original.status)
+        if original.lapsed(now_unix_ms):
+            # its time in force ended; end_lapsed_orders has not swept it yet
+            return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING, ORDER_DONE)
         done = original.quantity - original.remaining
         total = quantity or original.quantity
         price = price or original.price
@@ -1396,7 +1525,10 @@ class ReferenceBook:
         verdict = self.evaluate(order_id, account_id, original.symbol, original.side,
                                 original.order_type, total - done, price, original.venue,
                                 original.counterparty, now_ns, durable_checked,
-                                min_state_version)
+                                min_state_version, original.time_in_force,
+                                original.expire_at_ms, now_unix_ms,
+                                # working_until(tif, expiry, this) is the original's end
+                                original.working_until_ms)
         if verdict.approved:
             replacement = self.orders[(account_id, order_id)]
             replacement.quantity = total
@@ -1449,7 +1581,10 @@ class ReferenceBook:
             price=ctx.price, venue=_tag(ctx.venue), counterparty=_tag(ctx.counterparty),
             approved=approved, notional=ctx.notional,
             rejections=tuple(rejections[:STORED_REJECTIONS]), rejection_count=len(rejections),
-            valuation_price=ctx.valuation_price,
+            valuation_price=ctx.valuation_price, time_in_force=ctx.time_in_force,
+            expire_at_ms=ctx.expire_at_ms,
+            working_until_ms=working_until(ctx.time_in_force, ctx.expire_at_ms,
+                                           ctx.session_end_ms),
         )
         self.orders[(account_id, order_id)] = order
         if approved:

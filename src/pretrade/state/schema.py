@@ -18,7 +18,7 @@ from typing import cast
 
 from redis.typing import EncodableT, FieldT
 
-from pretrade._core.constants import RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
+from pretrade._core.constants import MAX_MARGIN_BPS, RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
 from pretrade._core.lots import sum_lots
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
@@ -409,6 +409,23 @@ class InstrumentRef:
     sector: str = ""
     #: ISO 4217 code; "" when the hash has none (readers use default_currency).
     currency: str = ""
+    #: Margin rates, basis points of notional; 0: none.
+    initial_margin_long_bps: int = 0
+    initial_margin_short_bps: int = 0
+    maintenance_margin_long_bps: int = 0
+    maintenance_margin_short_bps: int = 0
+
+    @property
+    def margin_bps(self) -> tuple[int, int, int, int]:
+        """The four rates in :data:`MARGIN_FIELDS` order, as the table takes them."""
+        return (self.initial_margin_long_bps, self.initial_margin_short_bps,
+                self.maintenance_margin_long_bps, self.maintenance_margin_short_bps)
+
+
+#: The margin rates of ``instrument:<SYM>`` (basis points of notional, 0 to
+#: MAX_MARGIN_BPS), in the order the table takes them.
+MARGIN_FIELDS = (b"initial_margin_long_bps", b"initial_margin_short_bps",
+                 b"maintenance_margin_long_bps", b"maintenance_margin_short_bps")
 
 
 def parse_instrument(fields: Mapping[bytes, bytes]) -> InstrumentRef:
@@ -429,7 +446,15 @@ def parse_instrument(fields: Mapping[bytes, bytes]) -> InstrumentRef:
     def text(name: bytes) -> str:
         return fields.get(name, b"").decode("utf-8", errors="replace")
 
-    return InstrumentRef(tick, lot, text(b"issuer"), text(b"sector"), text(b"currency"))
+    rates = []
+    for name in MARGIN_FIELDS:
+        rate = parse_int64(fields.get(name, b"0"), name.decode())
+        if not 0 <= rate <= MAX_MARGIN_BPS:
+            raise StateError(f"{name.decode()} must be 0 to {MAX_MARGIN_BPS} basis points, "
+                             f"got {rate}")
+        rates.append(rate)
+    return InstrumentRef(tick, lot, text(b"issuer"), text(b"sector"), text(b"currency"),
+                         *rates)
 
 
 def parse_last_price(raw: bytes) -> int:

@@ -506,7 +506,11 @@ class RedisSync:
                         account, order["order_id"], order["symbol"], order["side"],
                         order["order_type"], order["quantity"], order["price"],
                         order["valuation_price"], order["notional"], order["venue"],
-                        order["counterparty"], True, (), order["replaces"], order["carried"])
+                        order["counterparty"], True, (),
+                        time_in_force=order["time_in_force"],
+                        expire_at_unix_ms=order["expire_at_ms"],
+                        working_until_unix_ms=order["working_until_ms"],
+                        replaces=order["replaces"], carried=order["carried"])
                     pipe.hsetnx(key, order["order_id"], record.encode())
                 replies = await pipe.execute()
             written += sum(1 for reply in replies if reply)
@@ -636,6 +640,8 @@ class RedisSync:
             filled, cancelled = {}, set()
         working, finished = [], []
         decided = {}
+        # an order whose time in force ended while no gateway ran counts no more
+        now_unix_ms = time.time_ns() // 1_000_000
         for order_id, raw in fields.items():
             try:
                 decided[order_id] = decode(account, order_id, raw)
@@ -649,11 +655,14 @@ class RedisSync:
             done = order.carried + filled.get(order_id, 0) + (
                 filled.get(order.replaces, 0) if order.replaces else 0)
             if order.approved and order_id not in cancelled and order_id not in replaced \
-                    and done < order.quantity:
+                    and done < order.quantity \
+                    and not 0 < order.working_until_unix_ms <= now_unix_ms:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
                                 order.notional, order.venue, order.counterparty, True,
-                                order.rejections, order.replaces, order.carried))
+                                order.rejections, order.time_in_force,
+                                order.expire_at_unix_ms, order.working_until_unix_ms,
+                                order.replaces, order.carried))
             else:
                 finished.append(order_id)
         restored = 0
@@ -852,6 +861,12 @@ class RedisSync:
             except TableFullError as error:
                 state.over_capacity["balances"] = error.capacity
             self._publish_account(account, state)
+            # the portfolio streams value equity and margin from the balances
+            info = self.table.account_info(account)
+            if info is not None:
+                positions = self.table.account_positions(account)
+                for listener in self.listeners:
+                    listener.account_changed(account, positions, info["realized_pnl"])
 
     def _queue_locates(self, pipe: Pipeline, accounts: list[bytes]) -> None:
         for account in accounts:
@@ -927,7 +942,7 @@ class RedisSync:
                 issuer_id=self._intern(self.issuer_ids, reference.issuer),
                 sector_id=self._intern(self.sector_ids, reference.sector),
                 short_restricted=symbol in self.restricted or self.restricted_unreadable,
-                currency=reference.currency)
+                currency=reference.currency, margin_bps=reference.margin_bps)
         except TableFullError as error:
             self._does_not_fit("instrument", symbol, error)
             return
@@ -936,7 +951,9 @@ class RedisSync:
     def _currency_changed(self, symbol: bytes, before: dict[str, Any] | None,
                           currency: str) -> None:
         """Holdings carry their instrument's currency: a new one is told like a price."""
-        if before is not None and before["currency"] != currency:
+        after = self.table.instrument_info(symbol)
+        if before is not None and (before["currency"] != currency or (
+                after is not None and before["margin_bps"] != after["margin_bps"])):
             for listener in self.listeners:
                 listener.price_changed(symbol, before["last_price"])
         if self.over_capacity.pop(("instrument", symbol), None) is not None:

@@ -81,6 +81,7 @@ SHUTTING_DOWN = "pretrade is shutting down; reconnect for a new snapshot"
 #: :data:`INVALID_STATE_KEY` for the account's state not parsing.
 AlertKey = tuple[bytes, int]
 INVALID_STATE_KEY: AlertKey = (b"", 0)
+MARGIN_CALL_KEY: AlertKey = (b"", pb.REJECT_CODE_MARGIN_SHORTFALL)
 Position = tuple[int, int]
 
 #: Position limits checked against every holding, with the code an order would get.
@@ -281,8 +282,8 @@ class Subscriber:
 class AccountState:
     """An account with at least one subscriber: its holdings, alert state and caches."""
 
-    __slots__ = ("account", "breaches", "holdings", "positions", "realized", "subscribers",
-                 "totals")
+    __slots__ = ("account", "breaches", "holdings", "margin", "margin_call", "positions",
+                 "realized", "subscribers", "totals")
 
     def __init__(self, account: bytes, positions: dict[bytes, Position], realized: int) -> None:
         self.account = account
@@ -294,6 +295,10 @@ class AccountState:
         self.breaches: dict[AlertKey, tuple[int, int]] = {}
         self.holdings: dict[bytes, pb.Holding] = {}
         self.totals: pb.PortfolioTotals | None = None
+        #: The account's margin figures (None: not margined, or not known).
+        self.margin: Margin | None = None
+        #: Whether a MARGIN_CALL is in force (equity below maintenance).
+        self.margin_call = False
 
 
 class PortfolioHub:
@@ -325,6 +330,8 @@ class PortfolioHub:
         self.heartbeat_interval = heartbeat_interval
         self.ready_timeout = ready_timeout
         self.prices: dict[bytes, int] = {}
+        #: Margin rates of held symbols as the streams last valued them.
+        self.margin_rates: dict[bytes, tuple[int, int, int, int]] = {}
         self.realized: dict[bytes, int] = {}
         self.halts: dict[tuple[int, bytes], tuple[int, str]] = {}
         #: Accounts whose state in Redis does not parse (the sync says so).
@@ -357,13 +364,22 @@ class PortfolioHub:
             self.prices.pop(symbol, None)
         else:
             self.prices[symbol] = price
-        if unchanged and not self._currency_moved(symbol):
+        rates_moved = False
+        if symbol in self.holders:   # only held symbols' rates matter (and are cached)
+            rates = self._rates_of(symbol)
+            rates_moved = self.margin_rates.get(symbol, rates) != rates
+            self.margin_rates[symbol] = rates
+        if unchanged and not rates_moved and not self._currency_moved(symbol):
             return
+        states: dict[bytes, AccountState] = {}
         for subscriber in self.holders.get(symbol, ()):
             state = subscriber.state
             state.holdings.pop(symbol, None)
             state.totals = None
             subscriber.note_symbol(symbol)
+            states[state.account] = state
+        for state in states.values():
+            self._note_margin(state)
 
     def account_changed(self, account: bytes, positions: dict[bytes, Position],
                         realized_pnl: int) -> None:
@@ -397,6 +413,8 @@ class PortfolioHub:
                 subscriber.note_totals()
             for key, alert in alerts:
                 subscriber.note_alert(key, alert)
+        # balances change equity without changing a holding: margin is re-read
+        self._note_margin(state)
 
     def account_invalid(self, account: bytes, invalid: bool) -> None:
         """SyncListener: the account's Redis state stopped parsing, or parses again."""
@@ -508,6 +526,7 @@ class PortfolioHub:
             positions = _held(self.table.account_positions(account))
             state = AccountState(account, positions, self.realized.get(account, 0))
             self._refresh_breaches(account, state)
+            self._refresh_margin(state)
             self.accounts[account] = state
         subscriber = Subscriber(account, state, interval, self.waker)
         log.debug("portfolio stream of %s opened", subscriber.account_id)
@@ -553,6 +572,8 @@ class PortfolioHub:
                    for (symbol, code), (observed, limit) in sorted(state.breaches.items())]
         if subscriber.account in self.invalid:
             alerts.append(_invalid_state_alert(True))
+        if state.margin_call and state.margin is not None:
+            alerts.append(_margin_call_alert(state.margin, called=True))
         return pb.PortfolioUpdate(
             account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT,
@@ -597,7 +618,50 @@ class PortfolioHub:
                 state.totals = sum_totals(
                     [self._holding(state, symbol) for symbol in state.positions],
                     state.realized, self.default_currency)
+                if state.margin is not None:
+                    equity, used, maintenance = state.margin
+                    state.totals.margined = True
+                    state.totals.equity = equity
+                    state.totals.margin_used = used
+                    state.totals.margin_excess = equity - used
+                    state.totals.maintenance_margin = maintenance
         return state.totals
+
+    # -- MARGIN --
+
+    def _rates_of(self, symbol: bytes) -> tuple[int, int, int, int]:
+        info = self.table.instrument_info(symbol)
+        return info["margin_bps"] if info else (0, 0, 0, 0)
+
+    def _refresh_margin(self, state: AccountState) -> list[tuple[AlertKey, pb.Alert]]:
+        """Re-value the account's margin; return the alert when a margin call starts or ends."""
+        info = self.table.account_info(state.account)
+        cash = info["cash"] if info else None
+        rates = {symbol: self._rates_of(symbol) for symbol in state.positions}
+        self.margin_rates.update(rates)
+        margin = None
+        if cash is not None and state.account not in self.invalid:
+            assert info is not None
+            margin = value_margin(state.positions, self.prices, rates,
+                                  cash + info["credit_line"] + state.realized)
+        state.margin = margin
+        calling = margin is not None and margin[0] < margin[2]
+        if calling == state.margin_call:
+            return []
+        state.margin_call = calling
+        shown = margin if margin is not None else (0, 0, 0)
+        return [(MARGIN_CALL_KEY, _margin_call_alert(shown, called=calling))]
+
+    def _note_margin(self, state: AccountState) -> None:
+        before = state.margin
+        alerts = self._refresh_margin(state)
+        if state.margin != before:
+            state.totals = None
+        for subscriber in state.subscribers:
+            if state.margin != before:
+                subscriber.note_totals()
+            for key, alert in alerts:
+                subscriber.note_alert(key, alert)
 
     # -- ALERTS --
 
@@ -665,6 +729,52 @@ def sum_totals(holdings: Iterable[pb.Holding], realized_pnl: int,
         realized_pnl=realized_pnl, unvalued_holdings=unvalued,
         valuation=pb.VALUATION_PRICED if unvalued == 0 else pb.VALUATION_NO_PRICE,
         currency=currency)
+
+
+#: An account's margin figures: (equity, initial margin, maintenance margin).
+Margin = tuple[int, int, int]
+
+
+def value_margin(positions: Mapping[bytes, Position], prices: Mapping[bytes, int],
+                 rates: Mapping[bytes, tuple[int, int, int, int]], balance: int
+                 ) -> Margin | None:
+    """``(equity, initial margin, maintenance margin)`` of the holdings at last prices.
+
+    ``balance`` is cash + credit line + realized P&L; ``rates`` each symbol's
+    ``(initial long, initial short, maintenance long, maintenance short)``
+    basis points. None when no holding carries a rate (not margined), one has
+    no last price, or a figure does not fit in int64: never a guess.
+    """
+    unrealized = initial = maintenance = 0
+    for symbol, (quantity, cost_basis) in positions.items():
+        price = prices.get(symbol)
+        if price is None:
+            return None
+        value = quantity * price
+        unrealized += value - cost_basis
+        initial_long, initial_short, maintenance_long, maintenance_short = rates[symbol]
+        initial += value * initial_long if value > 0 else -value * initial_short
+        maintenance += value * maintenance_long if value > 0 else -value * maintenance_short
+    if initial == 0 and maintenance == 0:
+        return None
+    figures = (balance + unrealized, -(-initial // 10_000), -(-maintenance // 10_000))
+    equity, used, _ = figures
+    if not all(fits_int64(figure) for figure in (*figures, equity - used)):
+        return None
+    return figures
+
+
+def _margin_call_alert(margin: Margin, *, called: bool) -> pb.Alert:
+    equity, _, maintenance = margin
+    if called:
+        return pb.Alert(kind=pb.ALERT_KIND_MARGIN_CALL, code=pb.REJECT_CODE_MARGIN_SHORTFALL,
+                        message=f"equity {equity} is below the maintenance margin "
+                        f"{maintenance} (1/10,000 of the currency)",
+                        observed=equity, limit=maintenance)
+    return pb.Alert(kind=pb.ALERT_KIND_MARGIN_CALL_CLEARED,
+                    code=pb.REJECT_CODE_MARGIN_SHORTFALL,
+                    message="equity covers the maintenance margin again",
+                    observed=equity, limit=maintenance)
 
 
 def position_breaches(positions: Mapping[bytes, Position], limits: Mapping[int, int]

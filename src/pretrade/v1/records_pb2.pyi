@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DecidedOrderRecord(_message.Message):
-    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "replaces", "carried")
+    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "time_in_force", "expire_at_unix_ms", "working_until_unix_ms", "replaces", "carried")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,9 @@ class DecidedOrderRecord(_message.Message):
     APPROVED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKING_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REPLACES_FIELD_NUMBER: _ClassVar[int]
     CARRIED_FIELD_NUMBER: _ClassVar[int]
     symbol: str
@@ -35,9 +38,12 @@ class DecidedOrderRecord(_message.Message):
     approved: bool
     rejections: _containers.RepeatedCompositeFieldContainer[StoredRejection]
     decided_at_unix_ms: int
+    time_in_force: _risk_pb2.TimeInForce
+    expire_at_unix_ms: int
+    working_until_unix_ms: int
     replaces: bytes
     carried: int
-    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., replaces: _Optional[bytes] = ..., carried: _Optional[int] = ...) -> None: ...
+    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., working_until_unix_ms: _Optional[int] = ..., replaces: _Optional[bytes] = ..., carried: _Optional[int] = ...) -> None: ...
 
 class StoredRejection(_message.Message):
     __slots__ = ("code", "observed", "limit")

@@ -14,6 +14,14 @@ class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIDE_SELL: _ClassVar[Side]
     SIDE_SELL_SHORT: _ClassVar[Side]
 
+class TimeInForce(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_IN_FORCE_UNSPECIFIED: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_DAY: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_IOC: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_GTC: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_GTD: _ClassVar[TimeInForce]
+
 class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ORDER_TYPE_UNSPECIFIED: _ClassVar[OrderType]
@@ -63,6 +71,9 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_CAPACITY_EXHAUSTED: _ClassVar[RejectCode]
     REJECT_CODE_INVALID_REQUEST: _ClassVar[RejectCode]
     REJECT_CODE_AUDIT_UNAVAILABLE: _ClassVar[RejectCode]
+    REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
+    REJECT_CODE_ORDER_EXPIRED: _ClassVar[RejectCode]
+    REJECT_CODE_MARGIN_SHORTFALL: _ClassVar[RejectCode]
     REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: _ClassVar[RejectCode]
     REJECT_CODE_ORIGINAL_NOT_WORKING: _ClassVar[RejectCode]
     REJECT_CODE_REPLACE_BELOW_FILLED: _ClassVar[RejectCode]
@@ -115,10 +126,17 @@ class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_KIND_LIMIT_CLEARED: _ClassVar[AlertKind]
     ALERT_KIND_INVALID_STATE: _ClassVar[AlertKind]
     ALERT_KIND_INVALID_STATE_CLEARED: _ClassVar[AlertKind]
+    ALERT_KIND_MARGIN_CALL: _ClassVar[AlertKind]
+    ALERT_KIND_MARGIN_CALL_CLEARED: _ClassVar[AlertKind]
 SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
 SIDE_SELL_SHORT: Side
+TIME_IN_FORCE_UNSPECIFIED: TimeInForce
+TIME_IN_FORCE_DAY: TimeInForce
+TIME_IN_FORCE_IOC: TimeInForce
+TIME_IN_FORCE_GTC: TimeInForce
+TIME_IN_FORCE_GTD: TimeInForce
 ORDER_TYPE_UNSPECIFIED: OrderType
 ORDER_TYPE_LIMIT: OrderType
 ORDER_TYPE_MARKET: OrderType
@@ -163,6 +181,9 @@ REJECT_CODE_LOSS_LIMIT: RejectCode
 REJECT_CODE_CAPACITY_EXHAUSTED: RejectCode
 REJECT_CODE_INVALID_REQUEST: RejectCode
 REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
+REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
+REJECT_CODE_ORDER_EXPIRED: RejectCode
+REJECT_CODE_MARGIN_SHORTFALL: RejectCode
 REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: RejectCode
 REJECT_CODE_ORIGINAL_NOT_WORKING: RejectCode
 REJECT_CODE_REPLACE_BELOW_FILLED: RejectCode
@@ -197,9 +218,11 @@ ALERT_KIND_LIMIT_BREACH: AlertKind
 ALERT_KIND_LIMIT_CLEARED: AlertKind
 ALERT_KIND_INVALID_STATE: AlertKind
 ALERT_KIND_INVALID_STATE_CLEARED: AlertKind
+ALERT_KIND_MARGIN_CALL: AlertKind
+ALERT_KIND_MARGIN_CALL_CLEARED: AlertKind
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version")
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version", "time_in_force", "expire_at_unix_ms")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +233,8 @@ class Order(_message.Message):
     VENUE_FIELD_NUMBER: _ClassVar[int]
     COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
     MIN_STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account_id: str
     symbol: str
@@ -220,7 +245,9 @@ class Order(_message.Message):
     venue: str
     counterparty: str
     min_state_version: int
-    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ...) -> None: ...
+    time_in_force: TimeInForce
+    expire_at_unix_ms: int
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ReplaceRequest(_message.Message):
     __slots__ = ("account_id", "original_order_id", "order_id", "quantity", "price", "min_state_version")
@@ -347,7 +374,7 @@ class Holding(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., average_cost: _Optional[int] = ..., cost_basis: _Optional[int] = ..., last_price: _Optional[int] = ..., market_value: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class PortfolioTotals(_message.Message):
-    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation", "currency")
+    __slots__ = ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl", "unvalued_holdings", "valuation", "currency", "margined", "equity", "margin_used", "margin_excess", "maintenance_margin")
     MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
     COST_BASIS_FIELD_NUMBER: _ClassVar[int]
     UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +382,11 @@ class PortfolioTotals(_message.Message):
     UNVALUED_HOLDINGS_FIELD_NUMBER: _ClassVar[int]
     VALUATION_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MARGINED_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_USED_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_EXCESS_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_MARGIN_FIELD_NUMBER: _ClassVar[int]
     market_value: int
     cost_basis: int
     unrealized_pnl: int
@@ -362,7 +394,12 @@ class PortfolioTotals(_message.Message):
     unvalued_holdings: int
     valuation: Valuation
     currency: str
-    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ...) -> None: ...
+    margined: bool
+    equity: int
+    margin_used: int
+    margin_excess: int
+    maintenance_margin: int
+    def __init__(self, market_value: _Optional[int] = ..., cost_basis: _Optional[int] = ..., unrealized_pnl: _Optional[int] = ..., realized_pnl: _Optional[int] = ..., unvalued_holdings: _Optional[int] = ..., valuation: _Optional[_Union[Valuation, str]] = ..., currency: _Optional[str] = ..., margined: _Optional[bool] = ..., equity: _Optional[int] = ..., margin_used: _Optional[int] = ..., margin_excess: _Optional[int] = ..., maintenance_margin: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("kind", "code", "message", "observed", "limit", "symbol", "halt_mode")
