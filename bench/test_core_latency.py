@@ -207,3 +207,55 @@ def test_core_latency_on_a_prefaulted_and_a_sparse_table(benchmark, latency):
     benchmark(lambda: hot.evaluate(f"b{(n := next(counter))}".encode(), ACCOUNT, SYMBOL,
                                    pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, PRICE, b"", b"",
                                    n * 10_000))
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_replace_latency_beside_evaluate(benchmark, latency):
+    """Issue 12 item 3: a cancel/replace against an order, side by side in one run.
+
+    The account holds 500 working orders; each replace takes the oldest one
+    (the tail of the account's working list, which the release walks: its
+    worst case) to a new price, alternating with a new order of the same size.
+    """
+    rounds = scale(benchmark.disabled, 50_000, 200)
+    engine = make_engine(rounds * 2 + 1_000)
+    working = [f"w{n}".encode() for n in range(500)]
+    for n, order_id in enumerate(working):
+        assert engine.evaluate(order_id, ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1,
+                               PRICE, b"XNAS", b"", n * 10_000).approved
+    clock = time.perf_counter_ns
+    replace_h, order_h = new_histogram(), new_histogram()
+    at = len(working) * 10_000
+    for n in range(rounds):
+        oldest = working.pop(0)
+        new_id = f"r{n}".encode()
+        at += 10_000
+        start = clock()
+        verdict = engine.replace(new_id, ACCOUNT, oldest, 0, PRICE + (n % 2) * 100, at)
+        replace_h.record_value(max(1, clock() - start))
+        assert verdict.approved, verdict
+        working.append(new_id)
+        at += 10_000
+        start = clock()
+        verdict = engine.evaluate(f"e{n}".encode(), ACCOUNT, SYMBOL, pb.SIDE_BUY,
+                                  pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", at)
+        order_h.record_value(max(1, clock() - start))
+        assert verdict.approved, verdict
+        if n % 400 == 399:   # the new orders are cancelled (untimed): 500 stay working
+            engine.table.replace_positions(
+                ACCOUNT, {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM",
+                                                           b"JPM")},
+                filled={}, cancelled={f"e{k}".encode() for k in range(n - 399, n + 1)})
+    latency.record("core replace, all checks, of the oldest of 500 working orders", replace_h,
+                   "replace() incl. the Python call; interleaved with the next row")
+    latency.record("core evaluate, same account, same run", order_h, "")
+    counter = iter(range(rounds, 10**9))
+
+    def one_replace() -> None:
+        n = next(counter)
+        oldest = working.pop(0)
+        working.append(f"r{n}".encode())
+        engine.replace(working[-1], ACCOUNT, oldest, 0, PRICE + (n % 2) * 100,
+                       (rounds * 2 + n) * 10_000 + at)
+
+    benchmark(one_replace)

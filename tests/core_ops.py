@@ -2,7 +2,8 @@
 
 Shared by the differential tests: each operation is a ``(method, args, kwargs)``
 triple naming a state-writing method that ``PositionTable`` and
-``ReferenceBook`` both have, or ``("evaluate", order, {})``. Among them the
+``ReferenceBook`` both have, or ``("evaluate", order, {})``, or a cancel/replace
+``("replace", (new id, account, original id, quantity, price, now), {})``. Among them the
 life of a decided order past its decision: made durable (``mark_durable``,
 what the servicer does once Redis has it), leaving the table
 (``expire_orders``), put back or remembered as evicted at a restore
@@ -73,10 +74,12 @@ symbols = st.sampled_from(SYMBOLS)
 
 def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
              quantity: int, price: int, venue: bytes, counterparty: bytes, approved: bool,
-             rejections: tuple, time_in_force: int = 0, working_until_ms: int = 0) -> Op:
+             rejections: tuple, time_in_force: int = 0, working_until_ms: int = 0,
+             replaces: bytes = b"", carried: int = 0) -> Op:
     return _op("restore_order", account, order_id, symbol, side, order_type, quantity, price,
                price, quantity * price, venue, counterparty, approved,
-               () if approved else rejections, time_in_force, 0, working_until_ms)
+               () if approved else rejections, time_in_force, 0, working_until_ms, replaces,
+               carried)
 
 
 order_ids = st.sampled_from(ORDER_IDS)
@@ -130,10 +133,20 @@ operations = st.one_of(
               st.sampled_from(ORDER_TYPES), st.integers(1, 12), st.integers(1, 20_000),
               st.sampled_from(VENUES[:3]), st.sampled_from(COUNTERPARTIES), st.booleans(),
               st.sampled_from(REJECTIONS), st.sampled_from(TIMES_IN_FORCE[:5]),
-              st.sampled_from(WALL_CLOCK_MS)),
+              st.sampled_from(WALL_CLOCK_MS), st.one_of(st.just(b""), order_ids),
+              st.integers(0, 3)),
     # the writer's sweep: orders whose time in force ended stop counting
     st.builds(lambda t: _op("end_lapsed_orders", t), st.sampled_from(WALL_CLOCK_MS)),
 )
+
+# cancel/replace of a (maybe) working order: 0 keeps the original's quantity or price
+replaces = st.builds(
+    lambda new, a, orig, q, p, t, m, now: _op("replace", new, a, orig, q, p, t,
+                                              min_state_version=m, now_unix_ms=now),
+    order_ids, st.one_of(accounts, st.just(b"NOBODY")), order_ids,
+    st.one_of(st.just(0), st.integers(-1, 15), quantities), st.one_of(st.just(0), prices),
+    st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
+    st.sampled_from(WALL_CLOCK_MS))
 
 orders = st.builds(
     lambda oid, a, s, side, ot, q, p, v, c, t, m, tif, exp, now, end: _op(
@@ -230,7 +243,10 @@ class RandomWalk:
             return rng.choice(self.sent[-20:])  # an order sent again, unchanged
         if roll < 0.55:
             self.now_ns += rng.choice(CLOCK_STEPS_NS)
-            self.sent.append(self._new_order(account, symbol))
+            if self.issued and rng.random() < 0.2:
+                self.sent.append(self._replace(account))
+            else:
+                self.sent.append(self._new_order(account, symbol))
             return self.sent[-1]
         return self._state_change(roll, account, symbol)
 
@@ -258,6 +274,23 @@ class RandomWalk:
                 "now_unix_ms": now,
                 "session_end_unix_ms": (now // 100 + 1) * 100 if rng.random() < 0.9 else 0}
 
+    def _replace(self, account: bytes) -> Op:
+        """A cancel/replace of a recent order, mostly under a fresh id."""
+        rng = self.rng
+        placed = [op for op in self.sent[-30:] if op[0] == "evaluate" and op[1][0]]
+        if placed and rng.random() < 0.9:
+            # mostly an order the walk sent, in its own account
+            original, account = rng.choice(placed)[1][:2]
+        else:
+            original = rng.choice(self.issued[-30:])
+        new_id = self.order_id() or b"O0"
+        return _op("replace", new_id, account, original,
+                   rng.choice([0, 0, rng.randint(1, 3), rng.randint(1, 15),
+                               self.value(-2, 1_500)]),
+                   rng.choice([0, 0, self.order_price(rng.choice(SYMBOLS))]), self.now_ns,
+                   min_state_version=0 if rng.random() < 0.9 else rng.randint(1, 6),
+                   now_unix_ms=self.wall_clock_ms)
+
     def _decided_order_op(self, account: bytes, symbol: bytes) -> Op:
         """What happens to decided orders: mostly made durable (the journal
         caught up), sometimes the expiry sweep, a restore or a forgotten id."""
@@ -274,12 +307,14 @@ class RandomWalk:
         if roll < 0.95:
             return _op("forget_orders", account, self.recent_ids(3))
         self.issued.append(f"R{len(self.issued)}".encode())
+        replaced = rng.choice(self.issued[-30:]) if rng.random() < 0.3 else b""
         return _restore(self.issued[-1], account, symbol, rng.choice(SIDES),
                         rng.choice(ORDER_TYPES), rng.randint(1, 12), self.order_price(symbol),
                         rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES),
                         rng.random() < 0.6, rng.choice(REJECTIONS),
                         rng.choice(TIMES_IN_FORCE[:5]),
-                        self.wall_clock_ms + rng.choice([-100, 0, 50, 500]))
+                        self.wall_clock_ms + rng.choice([-100, 0, 50, 500]), replaced,
+                        rng.randint(0, 2) if replaced else 0)
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
         rng = self.rng

@@ -192,12 +192,14 @@ def test_an_unreadable_batch_is_archived_as_an_unreadable_row(redis_client, data
     redis_client.xadd(AUDIT_STREAM, {"v": "2", "pid": "7", "n": "1", "data": b"\xff\xff"})
     redis_client.xadd(AUDIT_STREAM, {"v": "2", "pid": "7", "n": "1", "data": encode_batch(
         [("decision", 1_700_000_000_000_000_000, "p\x00", order(order_id="nul\x00id"), True,
-          (), 1, False, 1)])})
+          (), 1, False, 1, "orig\x00")])})
     archive_all(archiver())
     found = rows(database_url)
     assert [r["event"] for r in found] == ["unreadable", "decision"]
     assert "does not parse" in found[0]["reason"]
     assert found[1]["order_id"] == "nul\ufffdid" and found[1]["principal"] == "p\ufffd"
+    # a ReplaceOrder's record keeps the original it replaced (migration 2)
+    assert found[1]["replaces"] == "orig\ufffd"
 
 
 def test_the_archiver_keeps_going_when_postgresql_goes_away_and_comes_back(

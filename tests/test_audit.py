@@ -33,7 +33,7 @@ from pretrade.v1 import risk_pb2_grpc
 
 EVERY_DECISION_FIELD = {"event", "ts", "pid", "principal", "order_id", "account", "symbol", "side",
                         "order_type", "quantity", "price", "venue", "counterparty", "verdict",
-                        "codes", "notional", "latency_ns", "replayed"}
+                        "codes", "notional", "latency_ns", "replayed", "replaces"}
 EVERY_HALT_FIELD = {"event", "ts", "pid", "principal", "source", "scope", "target", "mode",
                     "reason", "by", "expires_at"}
 
@@ -423,7 +423,8 @@ def test_a_burst_of_decisions_is_one_stream_entry_per_batch_and_reads_back_whole
 
 def test_text_fields_are_cut_so_a_huge_malformed_order_cannot_bloat_the_stream():
     huge = order(order_id="x" * 100_000, account="y" * 100_000)
-    fields = encode(("decision", 0, "", huge, False, ((39, 0, 0),), 0, False, 0), "1")
+    fields = encode(("decision", 0, "", huge, False, ((39, 0, 0),), 0, False, 0, "z" * 100_000),
+                    "1")
     assert max(len(str(value)) for value in fields) <= 256
 
 
@@ -537,6 +538,6 @@ def test_every_field_of_both_entry_kinds_is_documented():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "redis-schema.md").read_text()
     section = doc.split("\n## The audit trail: `audit`\n", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
-    decision = encode(("decision", 0, "", order(), True, (), 0, False, 0), "1")[::2]
+    decision = encode(("decision", 0, "", order(), True, (), 0, False, 0, ""), "1")[::2]
     halt_change = encode(("halt", 0, "", "rpc", 1, b"", 3, "r", "me", 0), "1")[::2]
     assert documented == set(decision) | set(halt_change)

@@ -231,6 +231,9 @@ EVERY_CALL: dict[str, Callable[[risk_pb2_grpc.PreTradeRiskStub, Any], object]] =
                                                  metadata=md),
     "StreamPortfolio": lambda stub, md: next(stub.StreamPortfolio(
         pb.PortfolioRequest(account_id="ACC-1"), timeout=RPC_TIMEOUT, metadata=md)),
+    "ReplaceOrder": lambda stub, md: stub.ReplaceOrder(
+        pb.ReplaceRequest(account_id="ACC-1", original_order_id="none", order_id="r-x"),
+        timeout=RPC_TIMEOUT, metadata=md),
 }
 
 
@@ -283,6 +286,29 @@ def test_a_trader_may_not_trade_or_stream_a_foreign_account(stub, tokens):
     code, details = code_of(lambda: first_update(stub, "ACC-2", tokens["desk-1"]))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "'ACC-2' in StreamPortfolio" in details
+
+
+def test_a_trader_replaces_in_its_own_account_only_and_a_risk_operator_not_at_all(stub,
+                                                                                 tokens):
+    # ReplaceOrder's access is EvaluateOrder's: traders and admins, their accounts
+    first = order(account="ACC-1", quantity=5)
+    assert stub.EvaluateOrder(first, timeout=RPC_TIMEOUT,
+                              metadata=bearer(tokens["desk-1"])).approved
+    replaced = stub.ReplaceOrder(
+        pb.ReplaceRequest(account_id="ACC-1", original_order_id=first.order_id,
+                          order_id=first.order_id + "-r", quantity=6),
+        timeout=RPC_TIMEOUT, metadata=bearer(tokens["desk-1"]))
+    assert replaced.approved, replaced
+    code, details = code_of(lambda: stub.ReplaceOrder(
+        pb.ReplaceRequest(account_id="ACC-2", original_order_id="x", order_id="y"),
+        timeout=RPC_TIMEOUT, metadata=bearer(tokens["desk-1"])))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details == "'desk-1' may not use account 'ACC-2' in ReplaceOrder"
+    code, _ = code_of(lambda: stub.ReplaceOrder(
+        pb.ReplaceRequest(account_id="ACC-1", original_order_id=first.order_id + "-r",
+                          order_id="z", quantity=7),
+        timeout=RPC_TIMEOUT, metadata=bearer(tokens["risk-desk"])))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_one_foreign_order_refuses_the_whole_batch_and_decides_none_of_it(stub, tokens):

@@ -220,6 +220,32 @@ def test_money_in_the_table_is_grouped_and_json_keeps_the_raw_integer(book, gate
     assert json.loads(raw.stdout)["notional"] == 68_910_000
 
 
+def test_order_replace_sends_a_cancel_replace_and_exits_by_its_verdict(book, gateway):
+    assert run_pretrade(*order_args(gateway.target), "--order-id", "cli-r-1").returncode == 0
+    replaced = run_pretrade("order", "--target", gateway.target, "--account", "ACC-1",
+                            "--replace", "cli-r-1", "--qty", "12", "--order-id", "cli-r-2")
+    assert replaced.returncode == 0, replaced
+    assert "APPROVED" in replaced.stdout and "cli-r-2" in replaced.stdout
+    assert "AAPL" in replaced.stdout and "820.0536" in replaced.stdout  # 12 x $68.3378
+    again = run_pretrade("order", "--target", gateway.target, "--account", "ACC-1",
+                         "--replace", "cli-r-1", "--price", "68.40", "--order-id", "cli-r-3")
+    assert again.returncode == 1, again
+    assert "ORIGINAL_NOT_WORKING" in again.stdout and "already replaced" in again.stdout
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--replace", "o-1"], "needs a new --qty or --price"),
+    (["--replace", "o-1", "--qty", "5", "--symbol", "AAPL"], "--symbol is the original's"),
+    (["--replace", "o-1", "--qty", "5", "--side", "buy"], "--side is the original's"),
+    (["--qty", "5", "--price", "1"], "an order needs --symbol"),
+])
+def test_order_replace_and_order_arguments_that_do_not_go_together_are_usage_errors(
+        args, complaint):
+    run = run_pretrade("order", "--target", "127.0.0.1:1", "--account", "A", *args)
+    assert run.returncode == 2, run
+    assert complaint in run.stderr.splitlines()[-1]
+
+
 @pytest.mark.parametrize("args, complaint", [
     (["--price", "68.9.1"], "not a plain decimal number"),
     (["--price", "68.91234"], "more than 4 decimal places"),
@@ -395,6 +421,17 @@ def test_gtd_and_expire_at_without_each_other_are_one_line_and_exit_2(unused_tar
     assert run.returncode == 2, run
     line = one_line_error(run)
     assert line.startswith(f"pretrade: {complaint}")
+
+
+@pytest.mark.parametrize("args", [["--tif", "day"],
+                                  ["--tif", "gtd", "--expire-at", "1798750800000"]])
+def test_a_replace_with_a_time_in_force_is_one_line_and_exit_2(unused_target, args):
+    # A replacement keeps its original's time in force: nothing is sent.
+    run = run_pretrade("order", "--target", unused_target, "--account", "ACC-1",
+                       "--replace", "o-1", "--qty", "5", *args)
+    assert run.returncode == 2, run
+    assert one_line_error(run).startswith(
+        "pretrade: a replacement keeps its original's time in force")
 
 
 @pytest.mark.parametrize("expire_at", ["tomorrow", "2026-13-01T00:00:00Z", "-5", "0"])

@@ -177,3 +177,72 @@ def test_reused_order_records_never_let_a_decided_id_be_decided_again(tmp_path):
         assert counts["orders"] <= 4 * 8
     finally:
         mapped.close(unlink=True)
+
+
+def _replace_and_fire(path: str, worker: int, rounds: int, start_at: float,
+                      out: multiprocessing.Queue) -> None:
+    # First every process replaces the same original at the same moment, then
+    # each sends orders and replaces its own working ones up and down. It
+    # keeps what it believes works: its approved orders, less those replaced.
+    mapped = MappedTable.attach(path)
+    engine = Engine(mapped.table)
+    rng = random.Random(worker)
+    while time.monotonic() < start_at:
+        pass
+    shared = engine.replace(f"S-{worker}".encode(), ACC, b"S", 20, 0, time.perf_counter_ns())
+    live: dict[bytes, int] = {b"S-%d" % worker: 20} if shared.approved else {}
+    for n in range(rounds):
+        quantity = rng.randint(1, 40)
+        if live and rng.random() < 0.5:
+            original = rng.choice(list(live))
+            new_id = f"r{worker}-{n}".encode()
+            verdict = engine.replace(new_id, ACC, original, quantity, 0, time.perf_counter_ns())
+            if verdict.approved:
+                del live[original]
+                live[new_id] = quantity
+        else:
+            order_id = f"w{worker}-{n}".encode()
+            verdict = engine.evaluate(order_id, ACC, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                                      quantity, 10_000, b"", b"", time.perf_counter_ns())
+            if verdict.approved:
+                live[order_id] = quantity
+    mapped.close()
+    out.put((bool(shared.approved), sum(live.values())))
+
+
+def test_processes_replacing_at_once_never_breach_a_limit_nor_replace_one_order_twice(
+        tmp_path):
+    mapped = MappedTable.create(tmp_path / "replace.table", CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    table.set_account_state(ACC, known=True)
+    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
+    limits[LimitKind.MAX_LONG_POSITION] = 2_000
+    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
+    table.set_account_limits(ACC, limits)
+    assert Engine(table).evaluate(b"S", ACC, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10,
+                                  10_000, b"", b"", 1).approved
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    start_at = time.monotonic() + 3.0
+    workers = [context.Process(target=_replace_and_fire,
+                               args=(str(mapped.path), w, 10_000, start_at, results))
+               for w in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        print(f"(replaced the shared order, quantity working) per process: {outcomes}")
+        # the shared original was replaced exactly once
+        assert sum(replaced for replaced, _ in outcomes) == 1
+        working = sum(quantity for _, quantity in outcomes)
+        assert working == table.working(ACC, AAPL)[0]
+        # at the limit, not past it
+        assert 2_000 - 40 < working <= 2_000
+    finally:
+        mapped.close(unlink=True)

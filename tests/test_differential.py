@@ -14,7 +14,17 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_ops import ACCOUNTS, SYMBOLS, Op, RandomWalk, operations, orders
+from core_ops import (
+    ACCOUNTS,
+    EPOCH_MS,
+    SYMBOLS,
+    TIMES_IN_FORCE,
+    Op,
+    RandomWalk,
+    operations,
+    orders,
+    replaces,
+)
 from pretrade._core import Engine, TableFullError
 from pretrade._core.constants import ORDER_ID_EXPIRED
 from pretrade.engine.reference import ReferenceBook
@@ -49,9 +59,10 @@ def apply(op: Op, table: object, engine: Engine, book: ReferenceBook) -> tuple |
     """Apply one operation to both; return the (identical) decision of an order, or
     the outcome of a state write (``("ok", value)``, ``("full", ...)``, ...)."""
     name, args, kwargs = op
-    if name == "evaluate":
-        decision = engine.evaluate(*args, **kwargs)
-        assert decision == book.evaluate(*args, **kwargs), f"decisions differ for {args} {kwargs}"
+    if name in ("evaluate", "replace"):
+        decision = getattr(engine, name)(*args, **kwargs)
+        twin = getattr(book, name)(*args, **kwargs)
+        assert decision == twin, f"{name} decisions differ for {args} {kwargs}: {decision} {twin}"
         return decision
     core = _outcome(lambda: getattr(table, name)(*args, **kwargs))
     twin = _outcome(lambda: getattr(book, name)(*args, **kwargs))
@@ -60,7 +71,7 @@ def apply(op: Op, table: object, engine: Engine, book: ReferenceBook) -> tuple |
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(operations, orders, orders), min_size=30, max_size=120))
+@given(st.lists(st.one_of(operations, orders, orders, replaces), min_size=30, max_size=120))
 def test_core_and_reference_agree_on_random_operation_sequences(ops: list[Op]) -> None:
     # A tiny order region, so a full one is exercised too.
     table, engine, book = fresh_pair(max_orders=12, share=5)
@@ -71,13 +82,27 @@ def test_core_and_reference_agree_on_random_operation_sequences(ops: list[Op]) -
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(operations, orders, orders), min_size=30, max_size=120))
+@given(st.lists(st.one_of(operations, orders, orders, replaces), min_size=30, max_size=120))
 def test_core_and_reference_agree_when_every_region_of_the_table_is_full(ops: list[Op]) -> None:
     table, engine, book = fresh_pair(max_orders=6, share=3, capacities=TIGHT)
     table.set_sync_live(True)
     book.set_sync_live(True)
     for op in ops:
         apply(op, table, engine, book)
+
+
+def walk_step(op: Op, table: object, engine: Engine, book: ReferenceBook,
+              where: str) -> tuple[tuple | None, int]:
+    """One step of a seeded walk: the decision of an order or a replace (None
+    for a state write) and how many working orders lapsed in it."""
+    try:
+        outcome = apply(op, table, engine, book)
+    except AssertionError as error:
+        raise AssertionError(f"{where}: {error}") from None
+    assert outcome is not None
+    if op[0] == "end_lapsed_orders":
+        return None, outcome[1]
+    return (outcome if op[0] in ("evaluate", "replace") else None), 0
 
 
 def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
@@ -89,20 +114,15 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     table, engine, book = fresh_pair(max_orders=9_000, share=600, expiry_ms=50)
     table.set_sync_live(True)
     book.set_sync_live(True)
-    decisions = approvals = replays = auto_halts = expired_ids = lapsed = 0
+    decisions = approvals = replays = auto_halts = expired_ids = lapsed = replaced = 0
     codes: set[int] = set()
     for step in range(20_000):
         op = walk.operation()
-        try:
-            decision = apply(op, table, engine, book)
-        except AssertionError as error:
-            raise AssertionError(f"seed {seed}, step {step}: {error}") from None
-        if op[0] == "end_lapsed_orders":
-            assert decision is not None
-            lapsed += decision[1]
-        elif op[0] == "evaluate":
-            assert decision is not None
+        decision, ended = walk_step(op, table, engine, book, f"seed {seed}, step {step}")
+        lapsed += ended
+        if decision is not None:
             decisions += 1
+            replaced += op[0] == "replace" and decision[0] and not decision[3]
             approvals += decision[0]
             replays += decision[3]
             auto_halts += decision[4] != 0
@@ -124,8 +144,12 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     assert pb.REJECT_CODE_MARGIN_SHORTFALL in codes
     # and records leaving the table: ids sent again after theirs left
     assert table.counts()["orders_evicted"] > 0 and expired_ids > 0
+    # cancel/replace: approved ones, and each of its own rejections
+    assert replaced > 0
+    assert {pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER, pb.REJECT_CODE_ORIGINAL_NOT_WORKING} <= codes
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "
-          f"{auto_halts} auto-halts, {expired_ids} ids asked back from Redis, "
+          f"{auto_halts} auto-halts, {replaced} replaces approved, "
+          f"{expired_ids} ids asked back from Redis, "
           f"{table.counts()['orders_evicted']} records left the table, {lapsed} lapsed; "
           f"codes seen: {sorted(codes)}")
 
@@ -159,3 +183,112 @@ def assert_same_reservations(table, book: ReferenceBook, where: str) -> None:
             assert table.working(account, symbol) == book.working(account, symbol), (
                 f"{where}: working quantities of {account!r} {symbol!r} differ")
             assert table.position(account, symbol) == book.position(account, symbol), where
+
+
+def _time_in_force(rng: random.Random, wall: int) -> dict[str, int]:
+    """An order's time in force on the walk's wall clock: GTD expiries from
+    just past to a few sessions on, DAY and IOC ending with the session."""
+    tif = rng.choice(TIMES_IN_FORCE[:5])
+    return {"time_in_force": tif,
+            "expire_at_unix_ms": wall + rng.choice([-1, 3, 30, 300])
+            if tif == pb.TIME_IN_FORCE_GTD else 0,
+            "now_unix_ms": wall, "session_end_unix_ms": (wall // 100 + 1) * 100}
+
+
+def test_core_and_reference_agree_over_a_seeded_walk_of_replaces() -> None:
+    """A live book near its limits where most orders are cancel/replaces of
+    working ones, between partial fills, cancels and records leaving; with
+    times in force that lapse (swept or not), a minimum notional and margin
+    rates on an account whose cash comes and goes."""
+    seed = int(os.environ.get("PRETRADE_SEED", random.randrange(2**32)))
+    print(f"replace walk seed: {seed} (rerun with PRETRADE_SEED={seed})")
+    rng = random.Random(seed)
+    table, engine, book = fresh_pair(max_orders=400, share=150, expiry_ms=5)
+    ops: list[Op] = [("set_sync_live", (True,), {})]
+    for symbol in SYMBOLS:
+        ops += [("set_instrument", (symbol,), {"known": True, "lot_size": 1,
+                                               "margin_bps": (5_000, 8_000, 2_500, 4_000)}),
+                ("set_last_price", (symbol, 10_000), {})]
+    for account in ACCOUNTS[:2]:
+        ops += [("set_account_state", (account,), {"known": True}),
+                ("set_locates", (account, {s: 60 for s in SYMBOLS}), {}),
+                ("set_tag_limits", (account, {b"XNAS": 4_000_000}, {b"GS": 5_000_000}), {}),
+                ("set_balances", (account, 50_000_000, 0), {}),
+                ("set_account_limits", (account, {0: 100, 1: 10**9, 2: 400, 3: 400, 4: 400,
+                                                  5: 10**6}), {})]
+    for op in ops:
+        apply(op, table, engine, book)
+    ids = [f"P{n}".encode() for n in range(6_001)]
+    sent: list[tuple[bytes, bytes]] = []   # (account, order id) decided so far
+    fills: dict[bytes, dict[bytes, int]] = {a: {} for a in ACCOUNTS[:2]}
+    cancels: dict[bytes, set[bytes]] = {a: set() for a in ACCOUNTS[:2]}
+    now, next_id = 1_000_000_000, 0
+    wall = EPOCH_MS     # the wall clock: sessions end every 100 ms of it
+    replaced = lapsed = 0
+    codes: set[int] = set()
+    for step in range(6_000):
+        now += rng.choice([0, 1_000, 2_000_000])
+        wall += rng.choice([0, 0, 1, 7, 40])
+        account = rng.choice(ACCOUNTS[:2])
+        roll = rng.random()
+        if roll < 0.02:
+            limits = {0: rng.choice([20, 40, 100]), 1: 10**9, 2: rng.choice([30, 80, 200]),
+                      3: rng.choice([30, 80, 200]), 4: rng.choice([30, 80, 200]),
+                      5: 10**6, 13: rng.choice([6, 50, 1_000]),
+                      7: rng.choice([3 * 10**6, 10**9]),
+                      23: rng.choice([1, 60_000, 150_000])}
+            op: Op = ("set_account_limits", (account, limits), {})
+        elif roll < 0.03:
+            # cash for margin: plenty, or little enough that it binds
+            op = ("set_balances", (account, rng.choice([50_000_000, 1_500_000, 600_000]), 0),
+                  {})
+        elif roll < 0.35:
+            next_id += 1
+            op = ("evaluate", (ids[next_id], account, rng.choice(SYMBOLS),
+                               rng.choice([pb.SIDE_BUY, pb.SIDE_BUY, pb.SIDE_BUY,
+                                           pb.SIDE_SELL, pb.SIDE_SELL_SHORT]),
+                               rng.choice([pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET]),
+                               rng.randint(1, 30), 10_000 + rng.choice([-100, 0, 100]),
+                               rng.choice([b"", b"XNAS"]), rng.choice([b"", b"GS"]), now),
+                  _time_in_force(rng, wall))
+        elif roll < 0.75 and sent:
+            working = [(a, oid) for a, oid in sent[-60:]
+                       if (a, oid) in book.orders and book.orders[(a, oid)].working]
+            owner, original = rng.choice(working if working and rng.random() < 0.8
+                                         else sent[-40:])
+            next_id += 1
+            new_id = ids[next_id] if rng.random() < 0.9 else rng.choice(sent[-10:])[1]
+            op = ("replace", (new_id, owner, original, rng.choice([0, rng.randint(1, 40)]),
+                              rng.choice([0, 10_000 + rng.choice([-200, -100, 100])]), now),
+                  {"now_unix_ms": wall})
+        elif roll < 0.93 and sent:
+            mine = [oid for a, oid in sent[-60:] if a == account]
+            for oid in rng.sample(mine, min(len(mine), 3)):
+                fills[account][oid] = fills[account].get(oid, 0) + rng.randint(0, 12)
+            if mine and rng.random() < 0.6:
+                cancels[account].add(rng.choice(mine))
+            position = sum(fills[account].values()) % 50
+            op = ("replace_positions", (account, {SYMBOLS[0]: (position, position * 10_000)}),
+                  {"filled": dict(fills[account]), "cancelled": set(cancels[account])})
+        elif roll < 0.96:
+            op = ("mark_durable_many", ([pair for pair in sent[-60:]],), {})
+        elif roll < 0.98:
+            op = ("end_lapsed_orders", (wall,), {})
+        else:
+            op = ("expire_orders", (now,), {})
+        decision, ended = walk_step(op, table, engine, book, f"seed {seed}, step {step}")
+        lapsed += ended
+        if decision is not None:
+            if decision[6]:     # kept under its id: a later replace can name it
+                sent.append((op[1][1], op[1][0]))
+            replaced += op[0] == "replace" and decision[0] and not decision[3]
+            codes.update(code for code, _, _ in decision[2] if op[0] == "replace")
+        if step % 250 == 0:
+            assert_same_reservations(table, book, f"seed {seed}, step {step}")
+    assert_same_reservations(table, book, f"seed {seed}, end")
+    print(f"{replaced} replaces approved, {lapsed} lapsed; "
+          f"replace rejection codes: {sorted(codes)}")
+    assert replaced > 200 and lapsed > 0
+    assert {pb.REJECT_CODE_ORIGINAL_NOT_WORKING, pb.REJECT_CODE_REPLACE_BELOW_FILLED,
+            pb.REJECT_CODE_DUPLICATE_ORDER_ID, pb.REJECT_CODE_MIN_ORDER_NOTIONAL,
+            pb.REJECT_CODE_MARGIN_SHORTFALL} <= codes

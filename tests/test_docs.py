@@ -546,6 +546,37 @@ def test_the_fill_and_cancel_examples_move_quantity_from_working_to_position(
     assert found == (*cancelled, 0)
 
 
+def test_the_replace_figures_hold_for_a_replaced_order_and_its_replacement(
+        doc, redis_cli, redis_client, ord_7_working, stub):
+    (header, rows), *_ = markdown_tables(after_marker(doc, "replace-figures"))
+    assert header == ["after", "AAPL position", "AAPL working buy"], header
+    figures = [(int(position), int(working)) for _, position, working in rows]
+    run_example(redis_cli, code_blocks(after_marker(doc, "fill"))[0])
+    steps = [
+        lambda: None,
+        lambda: stub.ReplaceOrder(pb.ReplaceRequest(
+            account_id="ACC-1", original_order_id="ORD-7", order_id="ORD-8", quantity=120)),
+        lambda: _fill(redis_client, "L4", "ORD-7", 10),
+        lambda: _fill(redis_client, "L5", "ORD-8", 30),
+        lambda: redis_client.hset("cancels:{ACC-1}", "ORD-8", 1767225600000),
+    ]
+    assert len(steps) == len(figures)
+    for step, expected in zip(steps, figures, strict=True):
+        step()
+        wait_until(lambda: position_and_working(ord_7_working),
+                   lambda found, expected=expected: found == (*expected, 0))
+
+
+def _fill(client: redis.Redis, lot: str, order_id: str, quantity: int) -> None:
+    tickers, quantities, prices = lot_keys(b"ACC-1")
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(tickers, lot, "AAPL")
+        pipe.hset(quantities, lot, quantity)
+        pipe.hset(prices, lot, ORD_7["price"])
+        pipe.hset("orders_by_lot:{ACC-1}", lot, order_id)
+        pipe.execute()
+
+
 def test_a_fill_lot_without_its_attribution_counts_twice_until_the_attribution_lands(
         doc, redis_client, ord_7_working):
     (approved_position, working), (filled_position, filled_working), _ = fill_figures(doc)

@@ -23,14 +23,18 @@ def decided_orders(draw: st.DrawFn) -> DecidedOrder:
     rejections = () if approved else tuple(draw(st.lists(
         st.tuples(st.sampled_from(list(pb.RejectCode.values())), INT64, INT64),
         max_size=STORED_REJECTIONS)))
+    quantity = draw(st.integers(min_value=1, max_value=2**63 - 1))
+    replaces = draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=63)))
+    carried = draw(st.integers(0, quantity - 1 if approved else 2**63 - 1)) if replaces else 0
     return DecidedOrder(
         account=b"ACC-1", order_id=draw(st.binary(min_size=1, max_size=63)),
         symbol=draw(st.from_regex(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,39}", fullmatch=True)),
         side=draw(st.sampled_from([pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT])),
         order_type=draw(st.sampled_from([pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET])),
-        quantity=draw(st.integers(min_value=1, max_value=2**63 - 1)), price=draw(INT64),
+        quantity=quantity, price=draw(INT64),
         valuation_price=draw(INT64), notional=draw(INT64), venue=draw(TAGS),
-        counterparty=draw(TAGS), approved=approved, rejections=rejections)
+        counterparty=draw(TAGS), approved=approved, rejections=rejections,
+        replaces=replaces, carried=carried)
 
 
 @given(decided_orders())
@@ -60,3 +64,12 @@ def test_a_record_of_the_first_version_is_still_read():
 def test_an_unreadable_record_is_a_state_error_never_a_crash(raw):
     with pytest.raises(StateError):
         decode(b"ACC-1", b"o1", raw)
+
+
+@pytest.mark.parametrize("replaces, carried", [(b"", 1), (b"A", -1), (b"A", 100)])
+def test_a_replacement_whose_carried_fills_do_not_fit_is_a_state_error(replaces, carried):
+    order = DecidedOrder(b"ACC-1", b"o2", b"AAPL", pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 100,
+                         683_378, 683_378, 68_337_800, b"", b"", True, (), replaces=replaces,
+                         carried=carried)
+    with pytest.raises(StateError):
+        decode(b"ACC-1", b"o2", order.encode())

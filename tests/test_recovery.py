@@ -24,6 +24,7 @@ import redis
 from book import codes, order, seed_account
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from test_fills import report_fill
 
 BANNER = re.compile(r"serving PreTradeRisk on ([\d.]+:\d+)")
 
@@ -132,12 +133,7 @@ def test_fills_reported_while_down_are_applied_to_restored_orders(limited, launc
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     # the order system reports a fill of 600 while the server is down
-    with limited.pipeline(transaction=True) as pipe:
-        pipe.hset("tickers_by_lot:{ACC-1}", "L1", "AAPL")
-        pipe.hset("quantities_by_lot:{ACC-1}", "L1", 600)
-        pipe.hset("prices_by_lot:{ACC-1}", "L1", 683_378)
-        pipe.hset("orders_by_lot:{ACC-1}", "L1", "R1")
-        pipe.execute()
+    report_fill(limited, "L1", "R1", 600)
     target, _ = launch()
     channel, stub = live_stub(target)
     with channel:
@@ -145,6 +141,43 @@ def test_fills_reported_while_down_are_applied_to_restored_orders(limited, launc
         assert stub.EvaluateOrder(order(quantity=400)).approved
         assert codes(stub.EvaluateOrder(order(quantity=1))) == [
             pb.REJECT_CODE_MAX_LONG_POSITION]
+
+
+def test_a_restart_after_a_replace_reserves_the_replacement_and_not_its_original(limited,
+                                                                                 launch):
+    target, process = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        assert stub.EvaluateOrder(order(quantity=600, order_id="A")).approved
+        # a fill of 100 of A, then A replaced by B: 900 in all, 800 of them working
+        report_fill(limited, "L1", "A", 100)
+        # probe until the table has the fill: a replace to 1 at a price off the collar
+        # is BELOW_FILLED once it has (before, it is PRICE_COLLAR and A stays as it was)
+        deadline = time.monotonic() + 10
+        probes = 0
+        while codes(stub.ReplaceOrder(pb.ReplaceRequest(
+                account_id="ACC-1", original_order_id="A", order_id=f"probe-{probes}",
+                quantity=1, price=1))) != [pb.REJECT_CODE_REPLACE_BELOW_FILLED]:
+            assert time.monotonic() < deadline, "the fill never reached the table"
+            probes += 1
+            time.sleep(0.02)
+        assert stub.ReplaceOrder(pb.ReplaceRequest(account_id="ACC-1", original_order_id="A",
+                                                   order_id="B", quantity=900)).approved
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        # 100 held + B's 800 working (A's 500 are not reserved again): 100 more fit
+        assert stub.EvaluateOrder(order(quantity=100)).approved
+        assert codes(stub.EvaluateOrder(order(quantity=1))) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION]
+        again = stub.ReplaceOrder(pb.ReplaceRequest(account_id="ACC-1", original_order_id="A",
+                                                    order_id="B", quantity=900))
+        assert again.replayed and again.approved
+        assert codes(stub.ReplaceOrder(pb.ReplaceRequest(
+            account_id="ACC-1", original_order_id="A", order_id="C", quantity=950))) == [
+            pb.REJECT_CODE_ORIGINAL_NOT_WORKING]
 
 
 def test_an_unreadable_durable_order_fails_its_account_closed(limited, launch):

@@ -147,3 +147,18 @@ def test_a_restored_gtd_order_counts_until_its_expiry_and_a_lapsed_one_not_at_al
         decision = stub.EvaluateOrder(timed(GTD, expiry + 1, quantity=60, order_id="gtd-60"))
         assert codes(decision) == [pb.REJECT_CODE_DUPLICATE_ORDER_ID,
                                    pb.REJECT_CODE_ORDER_EXPIRED]   # and it is past, too
+
+
+def test_working_orders_written_back_to_a_replaced_database_keep_their_time_in_force(
+        limited, stub):
+    expiry = now_ms() + 60_000
+    assert stub.EvaluateOrder(timed(GTD, expiry, quantity=60, order_id="gtd-60")).approved
+    wait_until(lambda: limited.hget("orders:{ACC-1}", "gtd-60"), bool)
+    limited.flushall()
+    seed_account(limited)
+    # the gateway writes its working orders back: with their end, or a
+    # restart from this database would keep gtd-60 working past its expiry
+    raw = wait_until(lambda: limited.hget("orders:{ACC-1}", "gtd-60"), bool, timeout=10)
+    record = decode(b"ACC-1", b"gtd-60", raw)
+    assert (record.time_in_force, record.expire_at_unix_ms, record.working_until_unix_ms) == (
+        GTD, expiry, expiry)

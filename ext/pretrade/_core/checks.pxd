@@ -25,6 +25,13 @@ cdef struct OrderInput:
     int64_t durable_checked         # -1, or the account's eviction count when the caller
                                     # found no durable copy of this id (see ORDER_ID_EXPIRED)
     int64_t min_state_version       # decide only on an account snapshot at least this new
+    # ReplaceOrder only (0 / NULL for a new order): the units the original's
+    # chain has filled (the replacement is checked for its quantity less
+    # these), and what of them its record carries (OrderRecord.carried).
+    int64_t filled_before
+    int64_t carried
+    const char* replaces            # the original's order id
+    Py_ssize_t replaces_length
     int64_t now_unix_ms             # the wall clock, from the caller (GTD expiry)
     int64_t expire_at_ms            # Order.expire_at_unix_ms (GTD)
     int64_t session_end_ms          # Unix ms of the session end a DAY / IOC order works
@@ -61,6 +68,10 @@ cdef struct DecisionRecord:
     int32_t reserved
     int64_t profit_and_loss         # the account's P&L when auto_halt is LOSS_LIMIT
     Rejection rejections[L.MAX_REJECTIONS]
+    # A replacement's venue and counterparty, copied from its original
+    # (order.venue and order.counterparty point here then).
+    char venue_copy[L.TAG_CAPACITY]
+    char counterparty_copy[L.TAG_CAPACITY]
 
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
@@ -140,6 +151,8 @@ cdef class Engine:
     cdef public bint counting
 
     cdef void run_pipeline(self, DecisionRecord* record) noexcept nogil
+    cdef void run_replace(self, DecisionRecord* record) noexcept nogil
+    cdef Verdict _verdict(self, DecisionRecord* record, int64_t started)
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil
     cdef void replay(self, const L.OrderRecord* stored, DecisionRecord* record) noexcept nogil
     cdef void watch_loss_limit(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
@@ -150,6 +163,9 @@ cdef class Engine:
                       int32_t position_index) noexcept nogil
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil
     cdef void count_decision(self, const DecisionRecord* record, int64_t elapsed_ns) noexcept nogil
+    cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
+                                  int64_t price, int64_t now_ns, int64_t durable_checked,
+                                  int64_t min_state_version, int64_t now_unix_ms) except NULL
     cdef DecisionRecord* _decide(self, bytes order_id, bytes account_id, bytes symbol, int side,
                                  int order_type, int64_t quantity, int64_t price, bytes venue,
                                  bytes counterparty, int64_t now_ns,
@@ -163,3 +179,7 @@ cdef class Engine:
                           int64_t min_state_version=*, int32_t time_in_force=*,
                           int64_t expire_at_unix_ms=*, int64_t now_unix_ms=*,
                           int64_t session_end_unix_ms=*)
+    cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
+                          int64_t quantity, int64_t price, int64_t now_ns=*,
+                          int64_t durable_checked=*, int64_t min_state_version=*,
+                          int64_t now_unix_ms=*)

@@ -14,6 +14,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
 from pretrade._core.positions cimport capacity_limit
+from pretrade._core.positions cimport lapsed
 from pretrade._core.positions cimport working_until
 
 # Limits every order is checked against; a missing one fails closed.
@@ -833,8 +834,10 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
 
 
 cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
-    # A re-sent order is the same order when every field the checks read matches.
-    return (stored.instrument_index == record.order.instrument_index
+    # A re-sent order is the same order when every field the checks read
+    # matches (a replacement's id is never an order's: see same_replace).
+    return (stored.replaces[0] == 0
+            and stored.instrument_index == record.order.instrument_index
             and stored.side == record.order.side
             and stored.order_type == record.order.order_type
             and stored.quantity == record.order.quantity
@@ -844,6 +847,35 @@ cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* r
             and tags_equal(stored.venue, record.order.venue, record.order.venue_length)
             and tags_equal(stored.counterparty, record.order.counterparty,
                            record.order.counterparty_length))
+
+
+cdef inline void clear_decision(DecisionRecord* record) noexcept nogil:
+    # A record about to be decided: no verdict yet.
+    record.rejection_count = 0
+    record.approved = False
+    record.replayed = False
+    record.stored = False
+    record.auto_halt = L.AUTO_HALT_NONE
+    record.profit_and_loss = 0
+    record.notional = 0
+
+
+cdef inline bint same_replace(const L.OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
+    # A re-sent ReplaceOrder: the same original, and the quantity and price
+    # it asks for (0: the original's, which the stored replacement took).
+    return (record.order.replaces_length < L.ORDER_ID_CAPACITY
+            and memcmp(stored.replaces, record.order.replaces, record.order.replaces_length) == 0
+            and stored.replaces[record.order.replaces_length] == 0
+            and (record.order.quantity == 0 or stored.quantity == record.order.quantity)
+            and (record.order.price == 0 or stored.price == record.order.price))
+
+
+cdef inline Py_ssize_t tag_length(const char* stored) noexcept nogil:
+    # A stored venue or counterparty is NUL-padded to TAG_CAPACITY
+    cdef Py_ssize_t n = 0
+    while n < L.MAX_TAG_LENGTH and stored[n] != 0:
+        n += 1
+    return n
 
 
 cdef inline bint counts_toward_reject_storm(const DecisionRecord* record) noexcept nogil:
@@ -985,6 +1017,91 @@ cdef class Engine:
         if ctx.account != NULL and not ctx.duplicate_conflict:
             self.remember(&ctx, record)
 
+    cdef void run_replace(self, DecisionRecord* record) noexcept nogil:
+        # ReplaceOrder under the account's lock (see replace). Rejections
+        # about the original (45-47) are not stored under the new id: nothing
+        # was decided about an order, and a re-send meets the same original.
+        cdef int32_t a = record.order.account_index
+        cdef int32_t i, o, previous
+        cdef L.OrderRecord* original
+        cdef const L.AccountActivity* activity
+        cdef int64_t done, total
+        cdef CheckContext live
+        # A table that is not live (or behind the account state asked for)
+        # cannot say whether the original works: STALE_DATA, as for an order.
+        memset(&live, 0, sizeof(CheckContext))
+        live.header = self.table.header
+        if a != L.NO_INDEX:
+            live.account = &self.table.accounts[a]
+        check_sync_live(&live, record)
+        if record.rejection_count > 0:
+            return
+        if a == L.NO_INDEX:
+            reject(record, L.REJECT_UNKNOWN_ORIGINAL_ORDER, 0, 0)
+            return
+        activity = &self.table.activity[a]
+        i = self.table.find_order(a, record.order.order_id, record.order.order_id_length)
+        if i != L.NO_INDEX:
+            if same_replace(&self.table.orders[i], record):
+                self.replay(&self.table.orders[i], record)
+            else:
+                reject(record, L.REJECT_DUPLICATE_ORDER_ID, 0, 0)
+            return
+        if self.table.order_id_evicted(a, record.order.order_id, record.order.order_id_length) \
+                and activity.evictions != record.order.durable_checked:
+            reject(record, L.REJECT_DUPLICATE_ORDER_ID, L.ORDER_ID_EXPIRED, activity.evictions)
+            return
+        o = self.table.find_order(a, record.order.replaces, record.order.replaces_length)
+        if o == L.NO_INDEX:
+            # Working records never leave the table: one that left was done.
+            if self.table.order_id_evicted(a, record.order.replaces,
+                                           record.order.replaces_length):
+                reject(record, L.REJECT_ORIGINAL_NOT_WORKING, 0, 0)
+            else:
+                reject(record, L.REJECT_UNKNOWN_ORIGINAL_ORDER, 0, 0)
+            return
+        original = &self.table.orders[o]
+        if original.status != L.ORDER_WORKING:
+            reject(record, L.REJECT_ORIGINAL_NOT_WORKING, original.status, 0)
+            return
+        if lapsed(original, record.order.now_unix_ms):
+            # its time in force ended; end_lapsed_orders has not swept it yet
+            reject(record, L.REJECT_ORIGINAL_NOT_WORKING, L.ORDER_DONE, 0)
+            return
+        done = original.quantity - original.remaining
+        total = record.order.quantity if record.order.quantity != 0 else original.quantity
+        if record.order.price == 0:
+            record.order.price = original.price
+        if total <= done:
+            reject(record, L.REJECT_REPLACE_BELOW_FILLED, total, done)
+            return
+        record.order.quantity = total - done
+        record.order.filled_before = done
+        record.order.carried = done - original.own_filled
+        record.order.side = original.side
+        record.order.order_type = original.order_type
+        record.order.instrument_index = original.instrument_index
+        # The original's time in force: working_until of the stored
+        # replacement is working_until(time_in_force, expire_at_ms,
+        # session_end_ms), which with session_end_ms = the original's end is
+        # that end for every time in force (GTD: its expiry, GTC: 0).
+        record.order.time_in_force = original.time_in_force
+        record.order.expire_at_ms = original.expire_at_ms
+        record.order.session_end_ms = original.working_until_ms
+        memcpy(record.venue_copy, original.venue, L.TAG_CAPACITY)
+        memcpy(record.counterparty_copy, original.counterparty, L.TAG_CAPACITY)
+        record.order.venue_length = tag_length(record.venue_copy)
+        record.order.counterparty_length = tag_length(record.counterparty_copy)
+        record.order.symbol_length = self.table.instruments[original.instrument_index].id_length
+        previous = self.table.unlink_working(a, original)
+        self.run_pipeline(record)
+        if record.approved:
+            original.status = L.ORDER_REPLACED
+            original.remaining = 0
+            self.table.append_idle(a, o, L.pt_load_i64(&self.table.header.clock_ns))
+        else:
+            self.table.relink_working(a, original, previous)
+
     cdef void replay(self, const L.OrderRecord* stored, DecisionRecord* record) noexcept nogil:
         cdef int32_t i
         record.replayed = True
@@ -1059,7 +1176,12 @@ cdef class Engine:
         stored.instrument_index = record.order.instrument_index
         stored.side = record.order.side
         stored.order_type = record.order.order_type
-        stored.quantity = record.order.quantity
+        # a replacement's quantity is its total (FIX OrderQty): what it checks
+        # and reserves (record.order.quantity) plus what its chain filled
+        stored.quantity = record.order.quantity + record.order.filled_before
+        stored.carried = record.order.carried
+        if record.order.replaces_length > 0:
+            memcpy(stored.replaces, record.order.replaces, record.order.replaces_length)
         stored.price = record.order.price
         stored.valuation_price = ctx.valuation_price
         stored.notional = record.notional
@@ -1173,12 +1295,7 @@ cdef class Engine:
             record.auto_halt = L.AUTO_HALT_REJECT_STORM
 
     cdef void decide_locked(self, DecisionRecord* record) noexcept nogil:
-        record.rejection_count = 0
-        record.replayed = False
-        record.stored = False
-        record.auto_halt = L.AUTO_HALT_NONE
-        record.profit_and_loss = 0
-        record.notional = 0
+        clear_decision(record)
         if record.order.account_index != L.NO_INDEX:
             self.table.lock_account(record.order.account_index)
             self.run_pipeline(record)
@@ -1193,32 +1310,42 @@ cdef class Engine:
                                  int64_t min_state_version, int32_t time_in_force,
                                  int64_t expire_at_unix_ms, int64_t now_unix_ms,
                                  int64_t session_end_unix_ms) except NULL:
+        cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price, now_ns,
+                                                    durable_checked, min_state_version,
+                                                    now_unix_ms)
+        record.order.time_in_force = time_in_force
+        record.order.expire_at_ms = expire_at_unix_ms
+        record.order.session_end_ms = session_end_unix_ms
+        record.order.symbol_length = len(symbol)
+        record.order.side = side
+        record.order.order_type = order_type
+        record.order.venue = venue
+        record.order.venue_length = len(venue)
+        record.order.counterparty = counterparty
+        record.order.counterparty_length = len(counterparty)
+        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
+        self.decide_locked(record)
+        return record
+
+    cdef DecisionRecord* _acquire(self, bytes order_id, bytes account_id, int64_t quantity,
+                                  int64_t price, int64_t now_ns, int64_t durable_checked,
+                                  int64_t min_state_version, int64_t now_unix_ms) except NULL:
+        # A record from the pool with what an order and a replace share.
         cdef DecisionRecord* record = self.pool.acquire()
         if record == NULL:
             raise RuntimeError("decision pool exhausted")
         self.table.advance_clock(now_ns)
+        memset(&record.order, 0, sizeof(OrderInput))
         record.order.quantity = quantity
         record.order.price = price
         record.order.now_ns = now_ns
         record.order.durable_checked = durable_checked
         record.order.min_state_version = min_state_version
-        record.order.time_in_force = time_in_force
-        record.order.expire_at_ms = expire_at_unix_ms
         record.order.now_unix_ms = now_unix_ms
-        record.order.session_end_ms = session_end_unix_ms
-        record.order.account_id_length = len(account_id)
-        record.order.symbol_length = len(symbol)
-        record.order.side = side
-        record.order.order_type = order_type
         record.order.order_id = order_id
         record.order.order_id_length = len(order_id)
-        record.order.venue = venue
-        record.order.venue_length = len(venue)
-        record.order.counterparty = counterparty
-        record.order.counterparty_length = len(counterparty)
+        record.order.account_id_length = len(account_id)
         record.order.account_index = self.table.find_account(account_id, len(account_id))
-        record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
-        self.decide_locked(record)
         return record
 
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
@@ -1249,6 +1376,50 @@ cdef class Engine:
                                                    min_state_version, time_in_force,
                                                    expire_at_unix_ms, now_unix_ms,
                                                    session_end_unix_ms)
+        return self._verdict(record, started)
+
+    cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
+                          int64_t quantity, int64_t price, int64_t now_ns=0,
+                          int64_t durable_checked=-1, int64_t min_state_version=0,
+                          int64_t now_unix_ms=0):
+        """Cancel/replace: decide the replacement ``order_id`` of the working order
+        ``original_order_id`` and return its :class:`Verdict`.
+
+        ``quantity`` is the new total (FIX OrderQty: it includes what the
+        original filled) and ``price`` the new price; 0 keeps the original's.
+        Symbol, side, order type, venue, counterparty and time in force (with
+        its expiry and the end it works until) are the original's.
+        In one step under the account's lock the original's reservation is
+        released, the replacement runs through every check for its quantity
+        less the filled units, and then either the replacement works and the
+        original is replaced (approved) or the original works on as it was.
+        An original whose time in force ended at or before ``now_unix_ms``
+        (the wall clock; 0: not known) is not working, swept or not.
+        A re-sent ``order_id`` replays; ``durable_checked`` as for evaluate.
+        """
+        if not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH \
+                or not 1 <= len(original_order_id) <= L.MAX_ORDER_ID_LENGTH:
+            raise ValueError(f"order ids must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
+        cdef int64_t started = monotonic_ns() if self.counting else 0
+        cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price,
+                                                    now_ns, durable_checked, min_state_version,
+                                                    now_unix_ms)
+        record.order.replaces = original_order_id
+        record.order.replaces_length = len(original_order_id)
+        record.order.venue = record.venue_copy
+        record.order.counterparty = record.counterparty_copy
+        record.order.instrument_index = L.NO_INDEX
+        clear_decision(record)
+        if record.order.account_index == L.NO_INDEX:
+            self.run_replace(record)
+        else:
+            self.table.lock_account(record.order.account_index)
+            self.run_replace(record)
+            self.table.unlock_account(record.order.account_index)
+        return self._verdict(record, started)
+
+    cdef Verdict _verdict(self, DecisionRecord* record, int64_t started):
+        # The Verdict of a decided record, which goes back to the pool.
         if self.counting:
             self.count_decision(record, monotonic_ns() - started)
         cdef int32_t shown = min(record.rejection_count, L.MAX_REJECTIONS)

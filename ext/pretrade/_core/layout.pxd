@@ -40,7 +40,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 7
+    LAYOUT_VERSION = 9
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -165,6 +165,14 @@ cdef enum TimeInForce:
     TIME_IN_FORCE_IOC = 2           # as DAY: its fill or cancel is reported, at the latest then
     TIME_IN_FORCE_GTC = 3           # until its fill or cancel is reported
     TIME_IN_FORCE_GTD = 4           # stops counting at its expire_at (Unix ms)
+    # ReplaceOrder (cancel/replace): the original order id names no order
+    # the account decided; the original is not working (observed: its
+    # OrderStatus, 0 when its record left the table); the new quantity is not
+    # above what the original already filled (observed: the new quantity,
+    # limit: the filled units).
+    REJECT_UNKNOWN_ORIGINAL_ORDER = 45
+    REJECT_ORIGINAL_NOT_WORKING = 46
+    REJECT_REPLACE_BELOW_FILLED = 47
 
 # What did not fit, in a CAPACITY_EXHAUSTED rejection's observed (its limit is
 # that capacity); equal to pretrade.v1 Capacity.
@@ -187,6 +195,7 @@ cdef enum OrderStatus:
     ORDER_REJECTED = 1              # kept only so a replayed id gets its decision
     ORDER_WORKING = 2               # approved, quantity reserved
     ORDER_DONE = 3                  # filled or cancelled: nothing reserved
+    ORDER_REPLACED = 4              # an approved replacement took over its reservation
 
 
 # -- ENGINE COUNTERS (per Engine, so per process: never in the shared table) --
@@ -447,6 +456,14 @@ cdef struct OrderRecord:
     int64_t expire_at_ms            # Order.expire_at_unix_ms as sent (GTD)
     int64_t working_until_ms        # Unix ms at which it stops counting; 0: until its
                                     # fill or cancel is reported (end_lapsed_orders)
+    # A replacement (ReplaceOrder) of the order ``replaces`` (NUL-padded; empty:
+    # a new order). FIX cumulative quantity: its quantity includes what the
+    # chain filled before it, so its filled units are carried (fills of the
+    # chain before the original, fixed at the replace) + the original's fills
+    # + its own. own_filled is its own id's fills in the last snapshot.
+    int64_t carried
+    int64_t own_filled
+    char replaces[ORDER_ID_CAPACITY]
     StoredRejection rejections[STORED_REJECTIONS]
 
 # Sliding windows: a ring of the last approved orders of an account, with a

@@ -49,6 +49,12 @@ cdef inline int64_t working_until(int32_t time_in_force, int64_t expire_at_ms,
     return 0
 
 
+cdef inline bint lapsed(const L.OrderRecord* order, int64_t now_unix_ms) noexcept nogil:
+    # Its time in force ended at or before the wall clock now_unix_ms: a
+    # working order stops counting (end_lapsed_orders) and cannot be replaced.
+    return order.working_until_ms != 0 and order.working_until_ms <= now_unix_ms
+
+
 cdef inline int64_t capacity_limit(const L.TableHeader* h, int32_t kind) noexcept nogil:
     # The size of the region a Capacity names (a CAPACITY_EXHAUSTED rejection's limit).
     if kind == L.CAPACITY_ORDER_TABLE:
@@ -94,6 +100,34 @@ cdef inline void add_tag_total(L.TagLimit* totals, uint32_t* overflow, uint32_t 
     totals[free_slot].limit = amount
 
 
+cdef inline void count_working(L.PositionSlot* slot, const L.OrderRecord* rec,
+                               int64_t sign) noexcept nogil:
+    # A working record's remaining units and notional on its slot's sums
+    # (sign 1: counted, -1: released); recompute_working rebuilds the same.
+    cdef int64_t remaining = sign * rec.remaining
+    cdef int64_t notional = remaining * rec.valuation_price
+    if rec.side == L.SIDE_BUY:
+        slot.working_buy += remaining
+        slot.working_buy_notional += notional
+    else:
+        slot.working_sell += remaining
+        slot.working_sell_notional += notional
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.working_short_notional += notional
+
+
+cdef inline void sub_tag_total(L.TagLimit* totals, const char* name, int64_t amount) noexcept nogil:
+    # Takes ``amount`` off the running total of ``name`` when it has one (a
+    # name that had no free slot is summed from the working list instead).
+    cdef int n
+    if name[0] == 0:
+        return
+    for n in range(L.TAG_LIMIT_SLOTS):
+        if totals[n].name[0] != 0 and strncmp(totals[n].name, name, L.TAG_CAPACITY) == 0:
+            totals[n].limit -= amount
+            return
+
+
 cdef class PositionTable:
     cdef object _buffer             # keeps the mapping alive while pointers exist
     cdef char* base
@@ -124,6 +158,9 @@ cdef class PositionTable:
     cdef void publish_order(self, L.OrderRecord* rec) noexcept nogil
     cdef void append_idle(self, int32_t account_index, int32_t index, int64_t at) noexcept nogil
     cdef void add_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil
+    cdef int32_t unlink_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil
+    cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
+                             int32_t previous) noexcept nogil
     cdef void advance_clock(self, int64_t now_ns) noexcept nogil
     cdef int32_t _take_record(self) noexcept nogil
     cdef void _free_record(self, int32_t index) noexcept nogil

@@ -237,19 +237,38 @@ _TIMES_IN_FORCE = (L.TIME_IN_FORCE_UNSPECIFIED, L.TIME_IN_FORCE_DAY, L.TIME_IN_F
                    L.TIME_IN_FORCE_GTC, L.TIME_IN_FORCE_GTD)
 
 
+cdef bytes _replaced_id(const L.OrderRecord* order):
+    # OrderRecord.replaces, NUL-padded to ORDER_ID_CAPACITY
+    return order.replaces[:L.ORDER_ID_CAPACITY].split(b"\0", 1)[0]
+
+
+INT64_LIMIT = (1 << 63) - 1
+
+
 def _checked_restore(order):
     """One restored order's fields, checked against what an OrderRecord holds.
 
     Twelve fields, or fifteen with its time in force: ``time_in_force``,
     ``expire_at_ms`` and ``working_until_ms`` (when it stops counting, Unix
-    ms; 0 when its fill or cancel is reported).
+    ms; 0 when its fill or cancel is reported), or seventeen for a
+    replacement: then ``replaces`` (the original's order id) and ``carried``
+    (OrderRecord.carried) follow those three.
     """
     time_in_force = expire_at_ms = working_until_ms = 0
-    if len(order) == 15:
-        time_in_force, expire_at_ms, working_until_ms = order[12:]
+    replaces, carried = b"", 0
+    if len(order) == 17:
+        replaces, carried = order[15], order[16]
+    if len(order) >= 15:
+        time_in_force, expire_at_ms, working_until_ms = order[12:15]
         order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
+    if not isinstance(replaces, bytes) or len(replaces) > L.MAX_ORDER_ID_LENGTH \
+            or b"\0" in replaces:
+        raise ValueError(f"a replaced order id must be at most {L.MAX_ORDER_ID_LENGTH} bytes")
+    if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
+            or (carried and not replaces):
+        raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
     if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= L.MAX_ORDER_ID_LENGTH:
         raise ValueError(f"order id must be 1 to {L.MAX_ORDER_ID_LENGTH} bytes")
     _check_id(symbol, "symbol")
@@ -275,7 +294,7 @@ def _checked_restore(order):
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
-            working_until_ms)
+            working_until_ms, replaces, carried)
 
 
 cdef int _check_halt_mode(int mode) except -1:
@@ -775,16 +794,8 @@ cdef class PositionTable:
         # and its venue and counterparty totals, and link it into the account's
         # working list: O(1), the same sums recompute_working rebuilds.
         cdef L.AccountRecord* account = &self.accounts[account_index]
-        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
         cdef int64_t notional = rec.remaining * rec.valuation_price
-        if rec.side == L.SIDE_BUY:
-            slot.working_buy += rec.remaining
-            slot.working_buy_notional += notional
-        else:
-            slot.working_sell += rec.remaining
-            slot.working_sell_notional += notional
-            if rec.side == L.SIDE_SELL_SHORT:
-                slot.working_short_notional += notional
+        count_working(&self.positions[rec.position_index], rec, 1)
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
         account.working_order_count += 1
@@ -794,6 +805,59 @@ cdef class PositionTable:
         add_tag_total(account.venue_working, &account.tag_overflow, 1, rec.venue, notional)
         add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
                       rec.counterparty, notional)
+
+    cdef int32_t unlink_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil:
+        # The inverse of add_working, for a replace (ReplaceOrder): the record
+        # leaves the working list and its reservation every sum, exactly, so
+        # the replacement is checked as if the original were gone. Returns
+        # the record before it in the list (NO_INDEX: it was the head), which
+        # relink_working needs to put it back where it was. The record keeps
+        # its status and remaining. Its locate use is released too (reserve
+        # consumed it). O(working orders of the account): only replaces walk.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
+        cdef int32_t index = <int32_t>(rec - self.orders)
+        cdef int32_t previous = L.NO_INDEX
+        cdef int32_t o = account.first_working_order
+        cdef int64_t notional = rec.remaining * rec.valuation_price
+        while o != L.NO_INDEX and o != index:
+            previous = o
+            o = self.orders[o].next_working
+        if previous == L.NO_INDEX:
+            account.first_working_order = rec.next_working
+        else:
+            self.orders[previous].next_working = rec.next_working
+        rec.next_working = L.NO_INDEX
+        account.working_order_count -= 1
+        count_working(slot, rec, -1)
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.locate_used -= rec.remaining
+        # a name without a running total is summed from the list, which no
+        # longer holds the record
+        sub_tag_total(account.venue_working, rec.venue, notional)
+        sub_tag_total(account.counterparty_working, rec.counterparty, notional)
+        return previous
+
+    cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
+                             int32_t previous) noexcept nogil:
+        # Undo unlink_working (a rejected replace leaves the original
+        # untouched): the same place in the list, the same sums.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot = &self.positions[rec.position_index]
+        cdef int32_t index = <int32_t>(rec - self.orders)
+        cdef int64_t notional = rec.remaining * rec.valuation_price
+        if previous == L.NO_INDEX:
+            rec.next_working = account.first_working_order
+            account.first_working_order = index
+        else:
+            rec.next_working = self.orders[previous].next_working
+            self.orders[previous].next_working = index
+        account.working_order_count += 1
+        count_working(slot, rec, 1)
+        if rec.side == L.SIDE_SELL_SHORT:
+            slot.locate_used += rec.remaining
+        sub_tag_total(account.venue_working, rec.venue, -notional)
+        sub_tag_total(account.counterparty_working, rec.counterparty, -notional)
 
     cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
                                  int32_t budget) noexcept nogil:
@@ -1107,7 +1171,7 @@ cdef class PositionTable:
         cdef int32_t kept_head = L.NO_INDEX
         cdef int32_t kept_count = 0
         cdef int32_t next_o
-        cdef int64_t remaining, done
+        cdef int64_t remaining
         while o != L.NO_INDEX:
             order = &self.orders[o]
             next_o = order.next_working
@@ -1115,7 +1179,14 @@ cdef class PositionTable:
             if key in cancelled:
                 remaining = 0
             else:
-                done = filled.get(key, 0)
+                # FIX cumulative quantity: a replacement's filled units include
+                # the original's (also fills that reach Redis after the replace)
+                # and what the chain filled before it (carried).
+                own = filled.get(key, 0)
+                done = order.carried + own
+                if order.replaces[0] != 0:
+                    done += filled.get(_replaced_id(order), 0)
+                order.own_filled = own if own < INT64_LIMIT else INT64_LIMIT
                 remaining = order.quantity - done if done < order.quantity else 0
             order.remaining = remaining
             if remaining > 0:
@@ -1161,26 +1232,16 @@ cdef class PositionTable:
         # force ended at or before now stop counting, as a reported cancel
         # would end them (locates used stay used, as for a cancel).
         cdef L.AccountRecord* account = &self.accounts[account_index]
-        cdef L.PositionSlot* slot
         cdef L.OrderRecord* order
         cdef int32_t o = account.first_working_order
         cdef int32_t previous = L.NO_INDEX
         cdef int32_t next_o, ended = 0
-        cdef int64_t next_lapse = 0, notional
+        cdef int64_t next_lapse = 0
         while o != L.NO_INDEX:
             order = &self.orders[o]
             next_o = order.next_working
-            if order.working_until_ms != 0 and order.working_until_ms <= now_unix_ms:
-                slot = &self.positions[order.position_index]
-                notional = order.remaining * order.valuation_price
-                if order.side == L.SIDE_BUY:
-                    slot.working_buy -= order.remaining
-                    slot.working_buy_notional -= notional
-                else:
-                    slot.working_sell -= order.remaining
-                    slot.working_sell_notional -= notional
-                    if order.side == L.SIDE_SELL_SHORT:
-                        slot.working_short_notional -= notional
+            if lapsed(order, now_unix_ms):
+                count_working(&self.positions[order.position_index], order, -1)
                 order.remaining = 0
                 order.status = L.ORDER_DONE
                 order.next_working = L.NO_INDEX
@@ -1224,12 +1285,13 @@ cdef class PositionTable:
 
     def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
                       valuation_price, notional, venue, counterparty, approved, rejections,
-                      time_in_force=0, expire_at_ms=0, working_until_ms=0):
+                      time_in_force=0, expire_at_ms=0, working_until_ms=0, replaces=b"",
+                      carried=0):
         """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-            working_until_ms)]) == 1
+            working_until_ms, replaces, carried)]) == 1
 
     def restore_orders(self, account_id, orders):
         """Put back decided orders of one account from their durable copies (crash recovery).
@@ -1237,7 +1299,8 @@ cdef class PositionTable:
         ``orders`` holds ``(order_id, symbol, side, order_type, quantity, price,
         valuation_price, notional, venue, counterparty, approved, rejections)``
         tuples, optionally followed by ``time_in_force, expire_at_ms,
-        working_until_ms`` (see :meth:`end_lapsed_orders`). An approved order is working again with its whole quantity
+        working_until_ms`` (see :meth:`end_lapsed_orders`), and for a
+        replacement by ``replaces, carried`` after those. An approved order is working again with its whole quantity
         reserved (the next account snapshot subtracts its fills and cancels);
         a rejected one is remembered so its id replays. Their decisions are
         durable (they came from Redis), so they may leave the table again.
@@ -1289,7 +1352,7 @@ cdef class PositionTable:
         # Caller holds the account's lock; the order passed _checked_restore.
         (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
          venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-         working_until_ms) = order
+         working_until_ms, replaces, carried) = order
         cdef int32_t i = self._instrument(symbol)
         cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
         cdef int32_t what = 0
@@ -1317,6 +1380,8 @@ cdef class PositionTable:
         rec.working_until_ms = working_until_ms
         memcpy(rec.venue, <const char*>venue, len(venue))
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
+        memcpy(rec.replaces, <const char*>replaces, len(replaces))
+        rec.carried = carried
         rec.rejection_count = len(rejections)
         for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
             rec.rejections[n].code = code
@@ -1326,7 +1391,8 @@ cdef class PositionTable:
         if approved:
             rec.status = L.ORDER_WORKING
             rec.position_index = p
-            rec.remaining = quantity
+            # the next account snapshot subtracts the fills (see recompute_working)
+            rec.remaining = quantity - carried
             if side == L.SIDE_SELL_SHORT:
                 self.positions[p].locate_used += quantity
             self.add_working(a, rec)
@@ -1762,7 +1828,8 @@ cdef class PositionTable:
 
         Each has ``order_id``, ``symbol``, ``side``, ``order_type``,
         ``quantity``, ``price``, ``valuation_price``, ``notional``, ``venue``,
-        ``counterparty`` and ``remaining``: what its durable record holds.
+        ``counterparty``, ``remaining``, ``replaces``, ``carried``, ``time_in_force``,
+        ``expire_at_ms`` and ``working_until_ms``: what its durable record holds.
         """
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
@@ -1788,6 +1855,9 @@ cdef class PositionTable:
                     "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                     "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                     "remaining": rec.remaining,
+                    "replaces": _replaced_id(rec), "carried": rec.carried,
+                    "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
+                    "working_until_ms": rec.working_until_ms,
                 })
                 o = rec.next_working
         finally:
@@ -1802,21 +1872,31 @@ cdef class PositionTable:
             return None
         cdef int32_t o
         cdef L.OrderRecord* rec
+        cdef L.InstrumentRecord* instrument
         self.lock_account(a)
         try:
             o = self.find_order(a, order_id, len(order_id))
             if o == L.NO_INDEX:
                 return None
             rec = &self.orders[o]
+            instrument = &self.instruments[rec.instrument_index]
             return {
                 "status": {L.ORDER_REJECTED: "rejected", L.ORDER_WORKING: "working",
-                           L.ORDER_DONE: "done"}[rec.status],
+                           L.ORDER_DONE: "done", L.ORDER_REPLACED: "replaced"}[rec.status],
                 "approved": bool(rec.approved),
                 "quantity": rec.quantity,
                 "remaining": rec.remaining,
                 "notional": rec.notional,
                 "side": rec.side,
                 "durable": bool(rec.flags & L.ORDER_DURABLE),
+                "symbol": instrument.symbol[:instrument.id_length],
+                "order_type": rec.order_type, "price": rec.price,
+                "valuation_price": rec.valuation_price,
+                "venue": rec.venue[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
+                "replaces": _replaced_id(rec), "carried": rec.carried,
+                "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
+                "working_until_ms": rec.working_until_ms,
             }
         finally:
             self.unlock_account(a)

@@ -331,6 +331,8 @@ class Rule:
 RULES: dict[str, Rule] = {
     _SERVICE + "EvaluateOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
     _SERVICE + "EvaluateOrders": Rule(frozenset({TRADER, ADMIN}), _batch_accounts),
+    # a cancel/replace is an order of its account
+    _SERVICE + "ReplaceOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
     _SERVICE + "StreamPortfolio": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN}),
                                        _order_account),
     _SERVICE + "Halt": Rule(frozenset({RISK_OPERATOR, ADMIN})),

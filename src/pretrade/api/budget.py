@@ -47,13 +47,15 @@ __all__ = ["CLASSES", "Budget", "CallGate", "SHUTTING_DOWN"]
 log = logging.getLogger("pretrade.budget")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["PreTradeRisk"].full_name
-_ORDER_METHODS = frozenset({f"/{_SERVICE}/EvaluateOrder", f"/{_SERVICE}/EvaluateOrders"})
+_ORDER_METHODS = frozenset({f"/{_SERVICE}/EvaluateOrder", f"/{_SERVICE}/EvaluateOrders",
+                           f"/{_SERVICE}/ReplaceOrder"})
 _READ_METHODS = frozenset({f"/{_SERVICE}/ListAccounts", f"/{_SERVICE}/ListHalts",
                            f"/{_SERVICE}/ListRejections"})
 
 #: The classes of calls, each with the setting that bounds it.
 CLASSES = {
-    "orders": ("order calls (EvaluateOrder, EvaluateOrders)", "max_concurrent_rpcs"),
+    "orders": ("order calls (EvaluateOrder, EvaluateOrders, ReplaceOrder)",
+               "max_concurrent_rpcs"),
     "streams": ("portfolio streams (StreamPortfolio)", "max_portfolio_streams"),
     "control": ("control calls (Halt, GetStatus)", "max_control_calls"),
     "reads": ("desk reads (ListAccounts, ListHalts, ListRejections)", "max_read_calls"),

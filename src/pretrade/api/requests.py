@@ -61,6 +61,35 @@ def validate_order(order: pb.Order) -> ValidOrder:
     return ValidOrder(order_id, account, symbol, venue, counterparty)
 
 
+@dataclass(frozen=True)
+class ValidReplace:
+    """The byte-string ids of a ReplaceRequest that passed :func:`validate_replace`."""
+
+    order_id: bytes
+    account: bytes
+    original: bytes
+
+
+def validate_replace(request: pb.ReplaceRequest) -> ValidReplace:
+    """Check a cancel/replace's shape; return its ids as bytes, or raise InvalidRequest.
+
+    A negative quantity or price is malformed (0 keeps the original's); whether
+    the original works, and everything else, is the pipeline's coded answer.
+    """
+    order_id = require_printable(request.order_id, "order_id", MAX_ORDER_ID_LENGTH,
+                                 required=True)
+    account = require_id(request.account_id, "account_id")
+    original = require_printable(request.original_order_id, "original_order_id",
+                                 MAX_ORDER_ID_LENGTH, required=True)
+    if request.quantity < 0:
+        raise InvalidRequest(f"quantity must be > 0 (or 0: unchanged), got {request.quantity}",
+                             "quantity")
+    if request.price < 0:
+        raise InvalidRequest(f"price must be > 0 (or 0: unchanged), got {request.price}",
+                             "price")
+    return ValidReplace(order_id, account, original)
+
+
 def validate_batch(batch: pb.OrderBatch) -> None:
     """Refuse a batch larger than :data:`MAX_BATCH` (its orders are checked one by one)."""
     if len(batch.orders) > MAX_BATCH:

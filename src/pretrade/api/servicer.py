@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -26,7 +27,13 @@ from redis.exceptions import RedisError
 from pretrade._core import Engine, Verdict
 from pretrade._core.constants import MAX_ORDER_ID_LENGTH, ORDER_ID_EXPIRED, STORED_REJECTIONS
 from pretrade.api.access import current_principal, principal_name
-from pretrade.api.requests import ValidOrder, validate_batch, validate_order
+from pretrade.api.requests import (
+    ValidOrder,
+    ValidReplace,
+    validate_batch,
+    validate_order,
+    validate_replace,
+)
 from pretrade.api.roles import ADMIN
 from pretrade.api.status import grpc_status, rejection_message, status_details
 from pretrade.audit.entries import DECISION
@@ -259,25 +266,180 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 (pb.REJECT_CODE_INVALID_STATE, pb.HALT_SCOPE_ACCOUNT, 0),)
             approved, notional, replayed = False, 0, False
         else:
-            if (record.symbol, record.side, record.order_type, record.quantity, record.price,
-                    record.venue, record.counterparty, record.time_in_force,
-                    record.expire_at_unix_ms) == (
-                    ids.symbol, order.side, order.order_type, order.quantity, order.price,
+            if (record.replaces, record.symbol, record.side, record.order_type,
+                    record.quantity, record.price, record.venue, record.counterparty,
+                    record.time_in_force, record.expire_at_unix_ms) == (
+                    b"", ids.symbol, order.side, order.order_type, order.quantity, order.price,
                     ids.venue, ids.counterparty, order.time_in_force, order.expire_at_unix_ms):
                 rejections, approved = record.rejections, record.approved
                 notional, replayed = record.notional, True
             else:
                 rejections = ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0),)
                 approved, notional, replayed = False, 0, False
+        return self._answer(order, approved, rejections, latency, replayed, notional)
+
+    def _answer(self, order: pb.Order, approved: bool,
+                rejections: tuple[tuple[int, int, int], ...], latency: int, replayed: bool,
+                notional: int, replaces: str = "") -> pb.Decision:
+        """A decision read back from its durable copy: audited, then answered."""
         if self.audit is not None:
             self.audit.decision(order, approved, rejections, latency, replayed, notional,
-                                principal_name())
-        currency = currency_of(self.engine.table, ids.symbol, self.default_currency)
+                                principal_name(), replaces)
+        currency = currency_of(self.engine.table, order.symbol.encode(), self.default_currency)
         return pb.Decision(
             order_id=order.order_id, approved=approved,
             rejections=[rejection_message(*r, currency) for r in rejections],
             latency_ns=latency, account_id=order.account_id, symbol=order.symbol,
             notional=notional, replayed=replayed, currency=currency)
+
+    # -- CANCEL/REPLACE --
+
+    @staticmethod
+    def _replacement(request: pb.ReplaceRequest, known: dict[str, Any] | None,
+                     is_replacement: bool) -> pb.Order:
+        """The replacement as an Order (for the audit and the Decision).
+
+        ``known`` is what the table holds for the replacement itself
+        (``is_replacement``) or for the original (its terms, which the request
+        changes), or None when neither is known.
+        """
+        order = pb.Order(order_id=request.order_id, account_id=request.account_id,
+                         quantity=request.quantity, price=request.price)
+        if known is not None:
+            order.symbol = as_text(known["symbol"])
+            order.side = known["side"]
+            order.order_type = known["order_type"]
+            order.venue = as_text(known["venue"])
+            order.counterparty = as_text(known["counterparty"])
+            if is_replacement or not request.quantity:
+                order.quantity = known["quantity"]
+            if is_replacement or not request.price:
+                order.price = known["price"]
+            # a replacement keeps its original's time in force
+            order.time_in_force = known["time_in_force"]
+            order.expire_at_unix_ms = known["expire_at_ms"]
+        return order
+
+    def decide_replace(self, request: pb.ReplaceRequest, durable_checked: int = -1,
+                       ) -> tuple[pb.Decision, DecidedOrder | None, int | None]:
+        """A cancel/replace through the pipeline (no network involved).
+
+        Returns its Decision, the record to make durable before answering (or
+        None) and, when the new id may have been decided before and its record
+        left the table, the account's eviction count (the Decision is then
+        provisional: the caller reads the id's durable copy first).
+        """
+        valid = validate_replace(request)
+        table = self.engine.table
+        if self.audit is not None and not self.audit.has_room():
+            return self._audit_unavailable(self._replacement(
+                request, table.order_info(valid.account, valid.original), False)), None, None
+        now_unix_ms = time.time_ns() // 1_000_000  # an original's time in force may have ended
+        started = time.perf_counter_ns()
+        verdict = self.engine.replace(valid.order_id, valid.account, valid.original,
+                                      request.quantity, request.price, started,
+                                      durable_checked, request.min_state_version, now_unix_ms)
+        latency = time.perf_counter_ns() - started
+        evictions = expired_mark(verdict)
+        known = table.order_info(valid.account, valid.order_id)
+        is_replacement = known is not None and known["replaces"] == valid.original
+        if not is_replacement:
+            known = table.order_info(valid.account, valid.original)
+        order = self._replacement(request, known, is_replacement)
+        if evictions is not None:
+            return self._decision(order, verdict, latency), None, evictions
+        principal = principal_name()
+        if self.audit is not None:
+            self.audit.decision(order, verdict.approved, verdict.rejections, latency,
+                                verdict.replayed, verdict.notional, principal,
+                                request.original_order_id)
+        if verdict.auto_halt:
+            self.breakers.trip(valid.account, verdict.auto_halt, verdict.profit_and_loss,
+                               principal)
+        durable = None
+        if verdict.stored and self.journal is not None and known is not None \
+                and is_replacement:
+            durable = DecidedOrder(
+                valid.account, valid.order_id, known["symbol"], known["side"],
+                known["order_type"], known["quantity"], known["price"],
+                known["valuation_price"], verdict.notional, known["venue"],
+                known["counterparty"], verdict.approved, verdict.rejections[:STORED_REJECTIONS],
+                known["time_in_force"], known["expire_at_ms"],
+                known["working_until_ms"] if verdict.approved else 0,
+                valid.original, known["carried"])
+        return self._decision(order, verdict, latency), durable, None
+
+    async def resolve_replace(self, request: pb.ReplaceRequest, evictions: int
+                              ) -> tuple[pb.Decision, DecidedOrder | None]:
+        """A replace whose new id may have been decided before: from its durable copy
+        in ``orders:{ACC}`` (the same replace replays, another is DUPLICATE_ORDER_ID),
+        or, with no copy, decided now (as :meth:`resolve_expired` for orders)."""
+        valid = validate_replace(request)
+        for _ in range(_EXPIRED_LOOKUPS):
+            started = time.perf_counter_ns()
+            try:
+                raw = await self.redis.hget(orders_key(valid.account), valid.order_id)
+            except (RedisError, OSError) as error:
+                raise Unavailable("the order id may have been decided before, and its earlier "
+                                  f"decision could not be read back: {error}") from error
+            if raw is not None:
+                if isinstance(raw, str):  # a client without decode_responses gives bytes
+                    raw = raw.encode("utf-8", "surrogateescape")
+                return self._replay_durable_replace(request, valid, raw,
+                                                    time.perf_counter_ns() - started), None
+            decision, durable, again = self.decide_replace(request, evictions)
+            if again is None:
+                return decision, durable
+            evictions = again
+        raise Unavailable("the order id's earlier decision could not be read back while "
+                          "its account's records were leaving the table; send it again")
+
+    def _replay_durable_replace(self, request: pb.ReplaceRequest, valid: ValidReplace,
+                                raw: bytes, latency: int) -> pb.Decision:
+        """The decision a replacement id got before, from its durable copy."""
+        order = self._replacement(request, None, False)
+        if self.audit is not None and not self.audit.has_room():
+            return self._audit_unavailable(order)
+        try:
+            record = decode(valid.account, valid.order_id, raw)
+        except StateError as error:
+            log.error("the durable decision of order %r of account %r cannot be read, so it is "
+                      "refused: %s", valid.order_id, valid.account, error)
+            return self._answer(order, False, ((pb.REJECT_CODE_INVALID_STATE,
+                                                pb.HALT_SCOPE_ACCOUNT, 0),),
+                                latency, False, 0, request.original_order_id)
+        if record.replaces == valid.original and request.quantity in (0, record.quantity) \
+                and request.price in (0, record.price):
+            order = self._replacement(request, {
+                "symbol": record.symbol, "side": record.side, "order_type": record.order_type,
+                "venue": record.venue, "counterparty": record.counterparty,
+                "quantity": record.quantity, "price": record.price,
+                "time_in_force": record.time_in_force,
+                "expire_at_ms": record.expire_at_unix_ms}, True)
+            return self._answer(order, record.approved, record.rejections, latency, True,
+                                record.notional, request.original_order_id)
+        return self._answer(order, False, ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0),),
+                            latency, False, 0, request.original_order_id)
+
+    async def ReplaceOrder(self, request: pb.ReplaceRequest,  # noqa: N802 (gRPC method name)
+                           context: grpc.aio.ServicerContext) -> pb.Decision:
+        try:
+            _check_deadline(context)
+            if request.min_state_version:
+                account = request.account_id.encode("utf-8", "replace")
+                if is_valid_id(account):
+                    await self.wait_for_state({account: request.min_state_version},
+                                              self.wait_budget(context.time_remaining()))
+            mark = self._audit_mark()
+            decision, durable, evictions = self.decide_replace(request)
+            if evictions is not None:
+                decision, durable = await self.resolve_replace(request, evictions)
+            await self._settle([durable] if durable is not None else [], mark,
+                               context.time_remaining(), must_be_recorded((decision,)))
+            return decision
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "ReplaceOrder", request)
+            raise
 
     def wait_budget(self, deadline_seconds: float | None) -> float:
         """Seconds a call may wait on Redis: the limit, and short of its deadline.
@@ -566,7 +728,7 @@ def _check_deadline(context: grpc.aio.ServicerContext) -> None:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str,
-                 order: pb.Order | None = None) -> None:
+                 order: pb.Order | pb.ReplaceRequest | None = None) -> None:
     """End the call with the status errors.grpc_status maps ``error`` to (abort raises)."""
     code, details = grpc_status(error)
     # The log's JSON lines index these (app/logs.py).

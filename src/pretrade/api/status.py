@@ -22,7 +22,12 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from pretrade._core.constants import ORDER_ID_EXPIRED
+from pretrade._core.constants import (
+    ORDER_DONE,
+    ORDER_ID_EXPIRED,
+    ORDER_REJECTED,
+    ORDER_REPLACED,
+)
 from pretrade.engine.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -283,6 +288,16 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
             return (f"the decision could not be recorded: the audit queue is full ({observed} "
                     f"of {limit} records waiting for Redis); the order was not decided, "
                     "send it again later")
+        case pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER:
+            return "original_order_id names no order of this account: nothing to replace"
+        case pb.REJECT_CODE_ORIGINAL_NOT_WORKING:
+            why = {ORDER_REJECTED: "it was rejected", ORDER_DONE: "it was filled or cancelled",
+                   ORDER_REPLACED: "it was already replaced"}.get(
+                observed, "it no longer works")
+            return f"the original order is not working ({why}): nothing to replace"
+        case pb.REJECT_CODE_REPLACE_BELOW_FILLED:
+            return (f"new quantity {qty(observed)} is not above the {qty(limit)} the original "
+                    "already filled")
     return f"rejected with code {code}"
 
 

@@ -82,7 +82,7 @@ COLUMNS = ("stream_ms", "stream_seq", "idx", "event", "ts", "pid", "principal",
            "order_id", "account", "symbol", "side", "order_type", "quantity", "price",
            "venue", "counterparty", "approved", "codes", "notional", "latency_ns",
            "replayed", "source", "scope", "target", "mode", "reason", "halted_by",
-           "expires_at_ms")
+           "expires_at_ms", "replaces")
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,9 @@ CREATE INDEX {TABLE}_order_id ON {TABLE} (order_id);
 CREATE INDEX {TABLE}_codes ON {TABLE} USING gin (codes);
 CREATE INDEX {TABLE}_principal_ts ON {TABLE} (principal, ts);
 CREATE INDEX {TABLE}_ts ON {TABLE} (ts);
+"""),
+    Migration(2, "audit_record.replaces: the original order id of a ReplaceOrder", f"""
+ALTER TABLE {TABLE} ADD COLUMN replaces text;
 """),
 )
 
@@ -237,7 +240,8 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     _TYPES.get(d.order_type, str(d.order_type)), d.quantity, d.price,
                     _text(d.venue), _text(d.counterparty), d.approved,
                     _codes_literal(d.codes) if d.codes else "{}", d.notional,
-                    d.latency_ns, d.replayed, None, None, None, None, None, None, None))
+                    d.latency_ns, d.replayed, None, None, None, None, None, None, None,
+                    _text(d.replaces)))
         elif kind == "halt":
             h = record.halt
             target = _text(h.target)
@@ -247,7 +251,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     None, None, None, None, None, None, None, None, None, None, None,
                     _text(h.source), _SCOPES.get(h.scope, str(h.scope)), target,
                     _MODES.get(h.mode, str(h.mode)), _text(h.reason), _text(h.by),
-                    h.expires_at_unix_ms))
+                    h.expires_at_unix_ms, None))
         else:
             append(_unreadable(ms, seq, n, pid, "a record that is neither a decision nor a "
                                "halt (written by a newer version?)"))
@@ -256,7 +260,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
 
 def _unreadable(ms: int, seq: int, n: int, pid: int | None, reason: str) -> tuple[Any, ...]:
     return (ms, seq, n, "unreadable", _utc(ms), pid, "", *([None] * 18), reason[:MAX_TEXT],
-            None, None)
+            None, None, None)
 
 
 def _int(value: str | None) -> int | None:
@@ -280,7 +284,7 @@ def _row_of_text(ms: int, seq: int, n: int, row: Mapping[str, str]) -> tuple[Any
             _int(get("notional")), _int(get("latency_ns")),
             None if "replayed" not in row else get("replayed") == "1", get("source"),
             get("scope"), get("target"), get("mode"), get("reason"), get("by"),
-            _int(get("expires_at")))
+            _int(get("expires_at")), get("replaces"))
 
 
 # -- writing rows --

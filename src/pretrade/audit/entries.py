@@ -28,8 +28,10 @@ Redis).
 without ``REJECT_CODE_``, comma-separated, empty when approved),
 ``notional`` (1/10,000), ``latency_ns`` and ``replayed`` (``1`` when the
 order id was decided before and this is that decision replayed, else
-``0``). Text fields are cut to :data:`MAX_TEXT` characters (only a malformed
-order in a batch can have longer ones).
+``0``) and ``replaces`` (a ReplaceOrder: the original order id the
+decision's order replaces; empty for an order). Text fields are cut to
+:data:`MAX_TEXT` characters (only a malformed order in a batch can have
+longer ones).
 
 ``halt``: ``source`` (``rpc``: the Halt RPC; ``breaker``: an automatic halt
 of the circuit breakers; ``redis``: a change this process did not make but
@@ -72,8 +74,8 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
     for entry in entries:
         record = add()
         if entry[0] == DECISION:
-            _, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional = \
-                entry
+            (_, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional,
+             replaces) = entry
             record.ts_unix_ms = at_ns // 1_000_000
             record.principal = principal
             decision = record.decision
@@ -92,6 +94,7 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
             decision.notional = notional
             decision.latency_ns = latency_ns
             decision.replayed = replayed
+            decision.replaces = replaces[:MAX_TEXT]
         else:
             _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
             record.ts_unix_ms = at_ns // 1_000_000
@@ -129,7 +132,7 @@ def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
             "counterparty": d.counterparty, "verdict": "APPROVED" if d.approved else "REJECTED",
             "codes": ",".join(short_name(pb.RejectCode, code) for code in d.codes),
             "notional": str(d.notional), "latency_ns": str(d.latency_ns),
-            "replayed": "1" if d.replayed else "0",
+            "replayed": "1" if d.replayed else "0", "replaces": d.replaces,
         }
     h = record.halt
     return {

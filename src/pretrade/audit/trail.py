@@ -190,13 +190,14 @@ class AuditTrail:
         self._warn_full()
 
     def decision(self, order: pb.Order, approved: bool, rejections: Any, latency_ns: int,
-                 replayed: bool, notional: int, principal: str = "") -> None:
+                 replayed: bool, notional: int, principal: str = "", replaces: str = "") -> None:
         """Queue one decision; ``rejections`` is a sequence of ``(code, observed, limit)``.
 
-        ``principal`` names the authenticated caller ("" with ``auth = "none"``).
+        ``principal`` names the authenticated caller ("" with ``auth = "none"``);
+        ``replaces`` the original order id of a ReplaceOrder ("" for an order).
         """
         self._put((DECISION, time.time_ns(), principal, order, approved, rejections,
-                   latency_ns, replayed, notional))
+                   latency_ns, replayed, notional, replaces))
 
     def halt(self, source: str, scope: int, target: bytes, mode: int, reason: str, by: str,
              expires_at_ms: int = 0, principal: str = "") -> None:

@@ -284,21 +284,25 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
 
     order = commands.add_parser(
         "order",
-        help="send one order to EvaluateOrder and print the decision",
-        description="Ask the gateway whether an order may go. Exit status: 0 approved, "
-        "1 rejected, 2 call failed.",
+        help="send one order to EvaluateOrder (or a cancel/replace to ReplaceOrder) and "
+        "print the decision",
+        description="Ask the gateway whether an order may go; with --replace ORIGINAL, "
+        "whether a working order may be replaced (new --qty and/or --price; symbol, side and "
+        "type are the original's). Exit status: 0 approved, 1 rejected, 2 call failed.",
     )
     _add_target(order)
     order.add_argument("--account", required=True, help="account id")
-    order.add_argument("--symbol", required=True, help="instrument symbol")
-    order.add_argument("--side", required=True, choices=SIDES)
+    order.add_argument("--symbol", help="instrument symbol (required unless --replace)")
+    order.add_argument("--side", choices=SIDES, help="required unless --replace")
     order.add_argument(
         "--qty",
-        required=True,
         type=_argument_type(parse_quantity),
         metavar="N",
-        help="quantity in whole units",
+        help="quantity in whole units (required unless --replace; with it the new total, "
+        "filled units included)",
     )
+    order.add_argument("--replace", metavar="ORDER_ID",
+                       help="cancel/replace this working order (ReplaceOrder) instead")
     order.add_argument(
         "--price",
         type=_argument_type(parse_price),
@@ -470,7 +474,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "account")
     if args.command == "order":
         order = commands["order"]
-        if args.order_type == "limit" and args.price is None:
+        if args.replace is not None:
+            if not args.replace:
+                order.error("--replace must not be empty")
+            for given, flag in ((args.symbol, "--symbol"), (args.side, "--side"),
+                                (args.order_type != "limit" or None, "--type")):
+                if given is not None:
+                    order.error(f"{flag} is the original's in a replace; leave it out")
+            if args.qty is None and args.price is None:
+                order.error("a replace needs a new --qty or --price (or both)")
+            if args.time_in_force is not None or args.expire_at is not None:
+                _one_line_error("a replacement keeps its original's time in force: leave "
+                                "out --tif and --expire-at with --replace")
+        else:
+            for given, flag in ((args.symbol, "--symbol"), (args.side, "--side"),
+                                (args.qty, "--qty")):
+                if given is None:
+                    order.error(f"an order needs {flag} (or --replace ORDER_ID)")
+        if args.replace is None and args.order_type == "limit" and args.price is None:
             order.error("a limit order needs --price (or use --type market)")
         if args.order_type == "market" and args.price is not None:
             order.error("a market order is valued at the reference price; leave out --price")
@@ -527,6 +548,26 @@ def build_order(args: argparse.Namespace) -> risk_pb2.Order:
                        else risk_pb2.TIME_IN_FORCE_UNSPECIFIED),
         expire_at_unix_ms=args.expire_at or 0,
     )
+
+
+def build_replace(args: argparse.Namespace) -> risk_pb2.ReplaceRequest:
+    """The ``ReplaceRequest`` for ``pretrade order --replace ORIGINAL`` arguments.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From :func:`parse_args` with ``command == "order"`` and ``replace`` set.
+
+    Returns
+    -------
+    risk_pb2.ReplaceRequest
+        ``order_id`` the replacement's; quantity and price 0 when not given
+        (the original's stay).
+    """
+    return risk_pb2.ReplaceRequest(
+        account_id=args.account, original_order_id=args.replace, order_id=args.order_id,
+        quantity=args.qty if args.qty is not None else 0,
+        price=args.price if args.price is not None else 0)
 
 
 def build_halt_request(args: argparse.Namespace) -> risk_pb2.HaltRequest:
@@ -623,8 +664,12 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> Message | 
 
 
 def _run_order(args: argparse.Namespace) -> int:
-    order = build_order(args)
-    decision = _call(args, "EvaluateOrder", order)
+    order: risk_pb2.Order | None = None
+    if args.replace is not None:
+        decision = _call(args, "ReplaceOrder", build_replace(args))
+    else:
+        order = build_order(args)
+        decision = _call(args, "EvaluateOrder", order)
     if isinstance(decision, int):
         return decision
     assert isinstance(decision, risk_pb2.Decision)

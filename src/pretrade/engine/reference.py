@@ -45,7 +45,11 @@ from pretrade._core.constants import (
     MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
     MAX_TAG_LENGTH,
+    ORDER_DONE,
     ORDER_ID_EXPIRED,
+    ORDER_REJECTED,
+    ORDER_REPLACED,
+    ORDER_WORKING,
     RATE_RING_CAPACITY,
     REJECT_RING_CAPACITY,
     STORED_REJECTIONS,
@@ -128,6 +132,26 @@ class RefOrder:
     time_in_force: int = 0    # TimeInForce as sent
     expire_at_ms: int = 0     # Order.expire_at_unix_ms as sent
     working_until_ms: int = 0  # Unix ms when it stops counting; 0: at its fill or cancel
+    # ReplaceOrder: the id it replaced ("" for an order), the chain's fills
+    # before that original, its own id's fills in the last snapshot, and
+    # whether an approved replacement of it took over (OrderRecord's fields).
+    replaces: bytes = b""
+    carried: int = 0
+    own_filled: int = 0
+    replaced: bool = False
+
+    @property
+    def status(self) -> int:
+        """The core's OrderStatus: 1 rejected, 2 working, 3 done, 4 replaced."""
+        if not self.approved:
+            return ORDER_REJECTED
+        if self.working:
+            return ORDER_WORKING
+        return ORDER_REPLACED if self.replaced else ORDER_DONE
+
+    def lapsed(self, now_unix_ms: int) -> bool:
+        """Its time in force ended at or before ``now_unix_ms`` (positions.pxd lapsed)."""
+        return self.working_until_ms != 0 and self.working_until_ms <= now_unix_ms
 
 
 @dataclass
@@ -738,13 +762,23 @@ _TIMES_IN_FORCE = (pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_I
 
 def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
     """One restored order's fields, checked as the core checks them (12, or 15 with
-    ``time_in_force, expire_at_ms, working_until_ms``)."""
+    ``time_in_force, expire_at_ms, working_until_ms``, or 17 for a replacement:
+    ``replaces`` and ``carried`` follow those three)."""
     time_in_force = expire_at_ms = working_until_ms = 0
-    if len(order) == 15:
-        time_in_force, expire_at_ms, working_until_ms = order[12:]
+    replaces, carried = b"", 0
+    if len(order) == 17:
+        replaces, carried = order[15], order[16]
+    if len(order) >= 15:
+        time_in_force, expire_at_ms, working_until_ms = order[12:15]
         order = order[:12]
     (order_id, symbol, side, order_type, quantity, price, valuation_price, notional, venue,
      counterparty, approved, rejections) = order
+    if not isinstance(replaces, bytes) or len(replaces) > MAX_ORDER_ID_LENGTH \
+            or b"\0" in replaces:
+        raise ValueError(f"a replaced order id must be at most {MAX_ORDER_ID_LENGTH} bytes")
+    if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
+            or (carried and not replaces):
+        raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
     if not isinstance(order_id, bytes) or not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH:
         raise ValueError(f"order id must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
     _check_key(symbol, "symbol")
@@ -770,7 +804,7 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
-            working_until_ms)
+            working_until_ms, replaces, carried)
 
 
 class ReferenceBook:
@@ -964,8 +998,17 @@ class ReferenceBook:
         kept = []
         for order_id in account.working:
             order = self.orders[(account_id, order_id)]
-            done = filled.get(order_id, 0)
-            remaining = 0 if order_id in cancelled else max(0, order.quantity - done)
+            if order_id in cancelled:
+                remaining = 0
+            else:
+                # FIX cumulative quantity: a replacement's filled units
+                # include its original's and what its chain filled before
+                own = filled.get(order_id, 0)
+                done = order.carried + own
+                if order.replaces:
+                    done += filled.get(order.replaces, 0)
+                order.own_filled = min(own, INT64_MAX)
+                remaining = max(0, order.quantity - done)
             order.remaining = remaining
             if remaining > 0:
                 kept.append(order_id)
@@ -1173,11 +1216,12 @@ class ReferenceBook:
                       order_type: int, quantity: int, price: int, valuation_price: int,
                       notional: int, venue: bytes, counterparty: bytes, approved: bool,
                       rejections: Iterable[Rejection], time_in_force: int = 0,
-                      expire_at_ms: int = 0, working_until_ms: int = 0) -> bool:
+                      expire_at_ms: int = 0, working_until_ms: int = 0,
+                      replaces: bytes = b"", carried: int = 0) -> bool:
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-            working_until_ms)]) == 1
+            working_until_ms, replaces, carried)]) == 1
 
     def restore_orders(self, account_id: bytes, orders: Iterable[tuple[Any, ...]]) -> int:
         account = self._account(account_id)
@@ -1196,7 +1240,7 @@ class ReferenceBook:
         self._check_room(account_id, {staged_order[1] for staged_order in missing})
         for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
              venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-             working_until_ms) in missing:
+             working_until_ms, replaces, carried) in missing:
             self._instrument(symbol)
             slot = self._slot(account_id, symbol) if approved else None
             if slot is not None and not self._restored_fits(
@@ -1213,10 +1257,11 @@ class ReferenceBook:
                 notional=notional, rejections=rejections[:STORED_REJECTIONS],
                 rejection_count=len(rejections), valuation_price=valuation_price,
                 durable=True, time_in_force=time_in_force, expire_at_ms=expire_at_ms,
-                working_until_ms=working_until_ms)
+                working_until_ms=working_until_ms, replaces=replaces, carried=carried)
             self.orders[(account_id, order_id)] = order
             if slot is not None:
-                order.working, order.remaining = True, quantity
+                # the next account snapshot subtracts the fills
+                order.working, order.remaining = True, quantity - carried
                 if side == pb.SIDE_SELL_SHORT:
                     slot.locate_used += quantity
                 self._add_working(slot, order)
@@ -1364,7 +1409,7 @@ class ReferenceBook:
         if account is not None and order_id:
             stored = self.orders.get((account_id, order_id))
             if stored is not None:
-                if (stored.symbol == symbol and stored.side == side
+                if (not stored.replaces and stored.symbol == symbol and stored.side == side
                         and stored.order_type == order_type and stored.quantity == quantity
                         and stored.price == price and stored.time_in_force == time_in_force
                         and stored.expire_at_ms == expire_at_unix_ms
@@ -1402,6 +1447,106 @@ class ReferenceBook:
                                                        rejections, auto_halt)
         return Verdict(approved, ctx.notional, tuple(rejections[:MAX_REJECTIONS]), False,
                        auto_halt, pnl, kept)
+
+    def replace(
+        self, order_id: bytes, account_id: bytes, original_order_id: bytes, quantity: int,
+        price: int, now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
+        now_unix_ms: int = 0,
+    ) -> Verdict:
+        """Cancel/replace; the same Verdict as ``Engine.replace``.
+
+        The original's reservation leaves every sum (so what margin it
+        committed too), the replacement (its total ``quantity`` less what the
+        original filled, at ``price``; 0 keeps either) runs through the whole
+        pipeline as an order with the original's time in force and end, and
+        then the original is replaced (approved) or put back where it was. An
+        original whose time in force ended by ``now_unix_ms`` is not working.
+        """
+        for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
+                            ("durable_checked", durable_checked),
+                            ("min_state_version", min_state_version),
+                            ("now_unix_ms", now_unix_ms)):
+            if not fits_int64(value):
+                raise OverflowError(f"{name} {value} does not fit in int64")
+        if not 1 <= len(order_id) <= MAX_ORDER_ID_LENGTH \
+                or not 1 <= len(original_order_id) <= MAX_ORDER_ID_LENGTH:
+            raise ValueError(f"order ids must be 1 to {MAX_ORDER_ID_LENGTH} bytes")
+        self._advance_clock(now_ns)
+
+        def refused(code: int, observed: int = 0, limit: int = 0) -> Verdict:
+            return Verdict(False, 0, ((code, observed, limit),), False, AUTO_HALT_NONE, 0, False)
+
+        account = self.accounts.get(account_id)
+        live: list[Rejection] = []
+        check_sync_live(Context(
+            sync_live=self.sync_live and (self.sync_live_until_ns == 0
+                                          or now_ns <= self.sync_live_until_ns),
+            global_halt=self.global_halt, account=account, instrument=None, slot=None,
+            symbol=b"", quantity=quantity, price=price, side=0, order_type=0, now_ns=now_ns,
+            venue=b"", counterparty=b"", min_state_version=min_state_version),
+            lambda code, observed, limit: live.append((code, observed, limit)))
+        if live:
+            return Verdict(False, 0, tuple(live), False, AUTO_HALT_NONE, 0, False)
+        if account is None:
+            return refused(pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER)
+        stored = self.orders.get((account_id, order_id))
+        if stored is not None:
+            if stored.replaces == original_order_id \
+                    and quantity in (0, stored.quantity) and price in (0, stored.price):
+                return Verdict(stored.approved, stored.notional,
+                               stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE, 0,
+                               not stored.durable)
+            return refused(pb.REJECT_CODE_DUPLICATE_ORDER_ID)
+        if self._filter_has(account, order_id) and account.evictions != durable_checked:
+            return refused(pb.REJECT_CODE_DUPLICATE_ORDER_ID, ORDER_ID_EXPIRED, account.evictions)
+        original = self.orders.get((account_id, original_order_id))
+        if original is None:
+            # working records never leave the table: one that left was done
+            if self._filter_has(account, original_order_id):
+                return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING)
+            return refused(pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER)
+        if not original.working:
+            return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING, original.status)
+        if original.lapsed(now_unix_ms):
+            # its time in force ended; end_lapsed_orders has not swept it yet
+            return refused(pb.REJECT_CODE_ORIGINAL_NOT_WORKING, ORDER_DONE)
+        done = original.quantity - original.remaining
+        total = quantity or original.quantity
+        price = price or original.price
+        if total <= done:
+            return refused(pb.REJECT_CODE_REPLACE_BELOW_FILLED, total, done)
+        # release the original's reservation (and the locate it consumed)
+        slot = self.positions[(account_id, original.symbol)]
+        place = account.working.index(original_order_id)
+        del account.working[place]
+        self._add_working(slot, original, -1)
+        if original.side == pb.SIDE_SELL_SHORT:
+            slot.locate_used -= original.remaining
+        verdict = self.evaluate(order_id, account_id, original.symbol, original.side,
+                                original.order_type, total - done, price, original.venue,
+                                original.counterparty, now_ns, durable_checked,
+                                min_state_version, original.time_in_force,
+                                original.expire_at_ms, now_unix_ms,
+                                # working_until(tif, expiry, this) is the original's end
+                                original.working_until_ms)
+        if verdict.approved:
+            replacement = self.orders[(account_id, order_id)]
+            replacement.quantity = total
+            replacement.replaces = original_order_id
+            replacement.carried = done - original.own_filled
+            original.working, original.remaining, original.replaced = False, 0, True
+            self._idle(account, original_order_id, original, self.clock_ns)
+        else:
+            rejected = self.orders.get((account_id, order_id))
+            if rejected is not None:
+                rejected.quantity = total
+                rejected.replaces = original_order_id
+                rejected.carried = done - original.own_filled
+            account.working.insert(place, original_order_id)
+            self._add_working(slot, original)
+            if original.side == pb.SIDE_SELL_SHORT:
+                slot.locate_used += original.remaining
+        return verdict
 
     def _remember(self, ctx: Context, account_id: bytes, order_id: bytes, approved: bool,
                   rejections: list[Rejection], auto_halt: int) -> tuple[bool, int, bool]:

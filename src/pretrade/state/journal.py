@@ -68,6 +68,10 @@ class DecidedOrder:
     expire_at_unix_ms: int = 0
     #: When the approved order stops counting (Unix ms); 0: at its fill or cancel.
     working_until_unix_ms: int = 0
+    #: A replacement (ReplaceOrder): the order id it replaced, and the units its
+    #: chain filled before that original (OrderRecord.carried); b"" and 0 for an order.
+    replaces: bytes = b""
+    carried: int = 0
 
     def encode(self, decided_at_unix_ms: int = 0) -> bytes:
         """The value of this order's field in ``orders:{ACC}``: 0x02 and its record."""
@@ -80,6 +84,7 @@ class DecidedOrder:
             time_in_force=self.time_in_force,  # type: ignore[arg-type]
             expire_at_unix_ms=self.expire_at_unix_ms,
             working_until_unix_ms=self.working_until_unix_ms,
+            replaces=self.replaces, carried=self.carried,
             rejections=[records_pb2.StoredRejection(code=code,  # type: ignore[arg-type]
                                                     observed=observed, limit=limit)
                         for code, observed, limit in self.rejections])
@@ -106,12 +111,16 @@ def _decode_record(account: bytes, order_id: bytes, payload: bytes) -> DecidedOr
         raise StateError(f"order {order_id!r}: a record without a symbol")
     if record.quantity <= 0 and record.approved:
         raise StateError(f"order {order_id!r}: approved with quantity {record.quantity}")
+    if record.carried < 0 or (record.carried and not record.replaces) \
+            or (record.approved and record.carried >= record.quantity):
+        raise StateError(f"order {order_id!r}: carried fills {record.carried} do not fit "
+                         f"quantity {record.quantity}")
     return DecidedOrder(account, order_id, symbol, record.side, record.order_type,
                         record.quantity, record.price, record.valuation_price, record.notional,
                         record.venue, record.counterparty, record.approved,
                         tuple((r.code, r.observed, r.limit) for r in record.rejections),
                         record.time_in_force, record.expire_at_unix_ms,
-                        record.working_until_unix_ms)
+                        record.working_until_unix_ms, record.replaces, record.carried)
 
 
 def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:

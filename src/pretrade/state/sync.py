@@ -506,7 +506,11 @@ class RedisSync:
                         account, order["order_id"], order["symbol"], order["side"],
                         order["order_type"], order["quantity"], order["price"],
                         order["valuation_price"], order["notional"], order["venue"],
-                        order["counterparty"], True, ())
+                        order["counterparty"], True, (),
+                        time_in_force=order["time_in_force"],
+                        expire_at_unix_ms=order["expire_at_ms"],
+                        working_until_unix_ms=order["working_until_ms"],
+                        replaces=order["replaces"], carried=order["carried"])
                     pipe.hsetnx(key, order["order_id"], record.encode())
                 replies = await pipe.execute()
             written += sum(1 for reply in replies if reply)
@@ -635,23 +639,30 @@ class RedisSync:
             # every approved order as working (the larger reservation)
             filled, cancelled = {}, set()
         working, finished = [], []
+        decided = {}
         # an order whose time in force ended while no gateway ran counts no more
         now_unix_ms = time.time_ns() // 1_000_000
         for order_id, raw in fields.items():
             try:
-                order = decode(account, order_id, raw)
+                decided[order_id] = decode(account, order_id, raw)
             except StateError as error:
                 state.orders_invalid = True
                 self._invalid(f"decided order {quoted(order_id)} of account", account, error)
-                continue
-            if order.approved and order_id not in cancelled \
-                    and filled.get(order_id, 0) < order.quantity \
+        # An approved replacement ends its original (ReplaceOrder), whatever its record says.
+        replaced = {order.replaces for order in decided.values()
+                    if order.approved and order.replaces}
+        for order_id, order in decided.items():
+            done = order.carried + filled.get(order_id, 0) + (
+                filled.get(order.replaces, 0) if order.replaces else 0)
+            if order.approved and order_id not in cancelled and order_id not in replaced \
+                    and done < order.quantity \
                     and not 0 < order.working_until_unix_ms <= now_unix_ms:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
                                 order.notional, order.venue, order.counterparty, True,
                                 order.rejections, order.time_in_force,
-                                order.expire_at_unix_ms, order.working_until_unix_ms))
+                                order.expire_at_unix_ms, order.working_until_unix_ms,
+                                order.replaces, order.carried))
             else:
                 finished.append(order_id)
         restored = 0

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DecidedOrderRecord(_message.Message):
-    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "time_in_force", "expire_at_unix_ms", "working_until_unix_ms")
+    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "time_in_force", "expire_at_unix_ms", "working_until_unix_ms", "replaces", "carried")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class DecidedOrderRecord(_message.Message):
     TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     WORKING_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     side: _risk_pb2.Side
     order_type: _risk_pb2.OrderType
@@ -39,7 +41,9 @@ class DecidedOrderRecord(_message.Message):
     time_in_force: _risk_pb2.TimeInForce
     expire_at_unix_ms: int
     working_until_unix_ms: int
-    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., working_until_unix_ms: _Optional[int] = ...) -> None: ...
+    replaces: bytes
+    carried: int
+    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., working_until_unix_ms: _Optional[int] = ..., replaces: _Optional[bytes] = ..., carried: _Optional[int] = ...) -> None: ...
 
 class StoredRejection(_message.Message):
     __slots__ = ("code", "observed", "limit")
@@ -70,7 +74,7 @@ class AuditRecord(_message.Message):
     def __init__(self, ts_unix_ms: _Optional[int] = ..., principal: _Optional[str] = ..., decision: _Optional[_Union[AuditDecision, _Mapping]] = ..., halt: _Optional[_Union[AuditHalt, _Mapping]] = ...) -> None: ...
 
 class AuditDecision(_message.Message):
-    __slots__ = ("order_id", "account", "symbol", "side", "order_type", "quantity", "price", "venue", "counterparty", "approved", "codes", "notional", "latency_ns", "replayed")
+    __slots__ = ("order_id", "account", "symbol", "side", "order_type", "quantity", "price", "venue", "counterparty", "approved", "codes", "notional", "latency_ns", "replayed", "replaces")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +89,7 @@ class AuditDecision(_message.Message):
     NOTIONAL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account: str
     symbol: str
@@ -99,7 +104,8 @@ class AuditDecision(_message.Message):
     notional: int
     latency_ns: int
     replayed: bool
-    def __init__(self, order_id: _Optional[str] = ..., account: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., approved: _Optional[bool] = ..., codes: _Optional[_Iterable[_Union[_risk_pb2.RejectCode, str]]] = ..., notional: _Optional[int] = ..., latency_ns: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    replaces: str
+    def __init__(self, order_id: _Optional[str] = ..., account: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., approved: _Optional[bool] = ..., codes: _Optional[_Iterable[_Union[_risk_pb2.RejectCode, str]]] = ..., notional: _Optional[int] = ..., latency_ns: _Optional[int] = ..., replayed: _Optional[bool] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class AuditHalt(_message.Message):
     __slots__ = ("source", "scope", "target", "mode", "reason", "by", "expires_at_unix_ms")

@@ -74,6 +74,9 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
     REJECT_CODE_ORDER_EXPIRED: _ClassVar[RejectCode]
     REJECT_CODE_MARGIN_SHORTFALL: _ClassVar[RejectCode]
+    REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: _ClassVar[RejectCode]
+    REJECT_CODE_ORIGINAL_NOT_WORKING: _ClassVar[RejectCode]
+    REJECT_CODE_REPLACE_BELOW_FILLED: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -181,6 +184,9 @@ REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
 REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
 REJECT_CODE_ORDER_EXPIRED: RejectCode
 REJECT_CODE_MARGIN_SHORTFALL: RejectCode
+REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: RejectCode
+REJECT_CODE_ORIGINAL_NOT_WORKING: RejectCode
+REJECT_CODE_REPLACE_BELOW_FILLED: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
@@ -242,6 +248,22 @@ class Order(_message.Message):
     time_in_force: TimeInForce
     expire_at_unix_ms: int
     def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ReplaceRequest(_message.Message):
+    __slots__ = ("account_id", "original_order_id", "order_id", "quantity", "price", "min_state_version")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    MIN_STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    original_order_id: str
+    order_id: str
+    quantity: int
+    price: int
+    min_state_version: int
+    def __init__(self, account_id: _Optional[str] = ..., original_order_id: _Optional[str] = ..., order_id: _Optional[str] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., min_state_version: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("code", "message", "observed", "limit")

@@ -56,6 +56,11 @@ class PreTradeRiskStub:
                 request_serializer=pretrade_dot_v1_dot_risk__pb2.OrderBatch.SerializeToString,
                 response_deserializer=pretrade_dot_v1_dot_risk__pb2.DecisionBatch.FromString,
                 _registered_method=True)
+        self.ReplaceOrder = channel.unary_unary(
+                '/pretrade.v1.PreTradeRisk/ReplaceOrder',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.ReplaceRequest.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.Decision.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/pretrade.v1.PreTradeRisk/GetStatus',
                 request_serializer=pretrade_dot_v1_dot_risk__pb2.StatusRequest.SerializeToString,
@@ -123,6 +128,21 @@ class PreTradeRiskServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceOrder(self, request, context):
+        """Cancel/replace (FIX OrderCancelReplaceRequest): the working order
+        original_order_id gets a new quantity and/or price under the new id
+        order_id. The replacement is checked as an order against every limit,
+        with the original's reservation released in the same locked step; the
+        Decision is the replacement's. Approved: the replacement works and the
+        original no longer counts. Rejected: the original works on, untouched.
+        A re-sent order_id replays its decision (Decision.replayed), as for
+        EvaluateOrder. Access as for EvaluateOrder; malformed ids end with
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """The server's health in figures: sync state and lag, table use, counters.
         """
@@ -182,6 +202,11 @@ def add_PreTradeRiskServicer_to_server(servicer, server):
                     servicer.EvaluateOrders,
                     request_deserializer=pretrade_dot_v1_dot_risk__pb2.OrderBatch.FromString,
                     response_serializer=pretrade_dot_v1_dot_risk__pb2.DecisionBatch.SerializeToString,
+            ),
+            'ReplaceOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceOrder,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.ReplaceRequest.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.Decision.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -314,6 +339,33 @@ class PreTradeRisk:
             '/pretrade.v1.PreTradeRisk/EvaluateOrders',
             pretrade_dot_v1_dot_risk__pb2.OrderBatch.SerializeToString,
             pretrade_dot_v1_dot_risk__pb2.DecisionBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pretrade.v1.PreTradeRisk/ReplaceOrder',
+            pretrade_dot_v1_dot_risk__pb2.ReplaceRequest.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.Decision.FromString,
             options,
             channel_credentials,
             insecure,
