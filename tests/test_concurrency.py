@@ -12,6 +12,9 @@ import multiprocessing
 import random
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -46,29 +49,43 @@ def _fire(path: str, worker: int, orders: int, start_at: float, out: multiproces
     out.put(approved)
 
 
-def test_processes_sharing_the_table_never_jointly_breach_a_position_limit(tmp_path):
-    mapped = MappedTable.create(tmp_path / "shared.table", CAPS)
+def _shared_table(path: Path, max_long: int) -> MappedTable:
+    """A live shared table: AAPL at $1, ACC allowed ``max_long`` long and little else bound."""
+    mapped = MappedTable.create(path, CAPS)
     table = mapped.table
     table.set_sync_live(True)
     table.set_instrument(AAPL, known=True)
     table.set_last_price(AAPL, 10_000)
     table.set_account_state(ACC, known=True)
     limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
-    limits[LimitKind.MAX_LONG_POSITION] = LIMIT
+    limits[LimitKind.MAX_LONG_POSITION] = max_long
     limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
     table.set_account_limits(ACC, limits)
+    return mapped
+
+
+def _at_once(target: Callable[..., None], mapped: MappedTable, orders: int) -> list[Any]:
+    """Four processes running ``target`` on the table from one moment; what each reported."""
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()
     start_at = time.monotonic() + 3.0
-    workers = [context.Process(target=_fire, args=(str(mapped.path), w, 25_000, start_at, results))
+    workers = [context.Process(target=target,
+                               args=(str(mapped.path), w, orders, start_at, results))
                for w in range(4)]
+    for worker in workers:
+        worker.start()
+    reported = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+    return reported
+
+
+def test_processes_sharing_the_table_never_jointly_breach_a_position_limit(tmp_path):
+    mapped = _shared_table(tmp_path / "shared.table", LIMIT)
+    table = mapped.table
     try:
-        for worker in workers:
-            worker.start()
-        totals = [results.get(timeout=120) for _ in workers]
-        for worker in workers:
-            worker.join(30)
-            assert worker.exitcode == 0
+        totals = _at_once(_fire, mapped, 25_000)
         print(f"approved per process: {totals}")
         assert sum(totals) <= LIMIT
         assert sum(totals) == table.working(ACC, AAPL)[0]
@@ -212,31 +229,12 @@ def _replace_and_fire(path: str, worker: int, rounds: int, start_at: float,
 
 def test_processes_replacing_at_once_never_breach_a_limit_nor_replace_one_order_twice(
         tmp_path):
-    mapped = MappedTable.create(tmp_path / "replace.table", CAPS)
+    mapped = _shared_table(tmp_path / "replace.table", 2_000)
     table = mapped.table
-    table.set_sync_live(True)
-    table.set_instrument(AAPL, known=True)
-    table.set_last_price(AAPL, 10_000)
-    table.set_account_state(ACC, known=True)
-    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
-    limits[LimitKind.MAX_LONG_POSITION] = 2_000
-    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
-    table.set_account_limits(ACC, limits)
     assert Engine(table).evaluate(b"S", ACC, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10,
                                   10_000, b"", b"", 1).approved
-    context = multiprocessing.get_context("spawn")
-    results: multiprocessing.Queue = context.Queue()
-    start_at = time.monotonic() + 3.0
-    workers = [context.Process(target=_replace_and_fire,
-                               args=(str(mapped.path), w, 10_000, start_at, results))
-               for w in range(4)]
     try:
-        for worker in workers:
-            worker.start()
-        outcomes = [results.get(timeout=120) for _ in workers]
-        for worker in workers:
-            worker.join(30)
-            assert worker.exitcode == 0
+        outcomes = _at_once(_replace_and_fire, mapped, 10_000)
         print(f"(replaced the shared order, quantity working) per process: {outcomes}")
         # the shared original was replaced exactly once
         assert sum(replaced for replaced, _ in outcomes) == 1
