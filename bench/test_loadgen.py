@@ -24,12 +24,15 @@ from typing import Any
 
 import pytest
 
+from hdr import scale
 from servers import cpu_seconds, start_bench_server
 from test_grpc import redis_url  # noqa: F401  (the seeded Redis: accounts ACC-0..ACC-15)
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADGEN = ROOT / "build" / "loadgen" / "pretrade-loadgen"
 ACCOUNTS = 16
+#: How long each load generator run lasts, benchmarking and in CI's smoke run.
+FULL_SECONDS, SMOKE_SECONDS = 5.0, 0.3
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_cpp_client_evaluate_order_against_the_echo(benchmark, latency, redis_ur
                                                     tmp_path, loadgen, durable):
     server = start_bench_server(redis_url, tmp_path / "pair.table", durable_decisions=durable)
     try:
-        seconds = 0.3 if benchmark.disabled else 5.0
+        seconds = scale(benchmark.disabled, FULL_SECONDS, SMOKE_SECONDS)
         result = run(loadgen, server.target, "pair", seconds, "pair", threads=1)
         assert result["echo_latency"]["count"] == result["latency"]["count"] > 0
         mode = "durable decisions on" if durable else "durable decisions off"
@@ -92,7 +95,7 @@ def test_cpp_client_unary_throughput(benchmark, latency, redis_url,  # noqa: F81
                                      tmp_path, loadgen):
     server = start_bench_server(redis_url, tmp_path / "unary.table")
     try:
-        seconds = 0.3 if benchmark.disabled else 5.0
+        seconds = scale(benchmark.disabled, FULL_SECONDS, SMOKE_SECONDS)
         cpu_before = cpu_seconds([server.pid])
         result = run(loadgen, server.target, "unary", seconds, "unary", threads=8)
         cpu = cpu_seconds([server.pid]) - cpu_before
@@ -112,7 +115,7 @@ def test_cpp_client_batch_throughput(benchmark, latency, redis_url,  # noqa: F81
                                      tmp_path, loadgen, durable):
     server = start_bench_server(redis_url, tmp_path / "batch.table", durable_decisions=durable)
     try:
-        seconds = 0.3 if benchmark.disabled else 5.0
+        seconds = scale(benchmark.disabled, FULL_SECONDS, SMOKE_SECONDS)
         cpu_before = cpu_seconds([server.pid])
         result = run(loadgen, server.target, "batch", seconds, f"batch{int(durable)}",
                      threads=2, batch=1_000)

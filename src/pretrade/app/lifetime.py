@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 __all__ = ["KeptChild", "check_kept_children", "die_with_parent", "exit_text", "listener_pids",
-           "process_name", "start_child", "stop_child"]
+           "process_name", "returncode_text", "start_child", "stop_child"]
 
 log = logging.getLogger("pretrade.lifetime")
 
@@ -158,12 +158,11 @@ def stop_child(process: subprocess.Popen[bytes], what: str, seconds: float,
 
 def exit_text(status: int) -> str:
     """A ``waitpid`` status as words: "killed by SIGKILL", "exit status 3"."""
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
+    return returncode_text(os.waitstatus_to_exitcode(status))
 
 
-def _returncode_text(returncode: int) -> str:
+def returncode_text(returncode: int) -> str:
+    """A ``Popen.returncode`` (negative: the signal that ended it) as words."""
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
     return f"exit status {returncode}"
@@ -218,7 +217,7 @@ class KeptChild:
         if now - self._started >= self.healthy_after:
             self._delay = self.first_delay
         log.error("the %s (pid %d) ended on its own (%s) after %.1f s; starting it again in "
-                  "%.1f s", self.what, self.process.pid, _returncode_text(self.process.returncode),
+                  "%.1f s", self.what, self.process.pid, returncode_text(self.process.returncode),
                   now - self._started, self._delay)
         self._due = now + self._delay
         self._delay = min(self._delay * 2, self.longest_delay)
