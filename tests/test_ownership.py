@@ -177,3 +177,37 @@ def test_a_frozen_owner_stops_approving_before_its_lease_expires_and_the_next_ho
             return refusal(error).metadata["owner"]
         return ""
     assert wait_until(refused_by_a, lambda owner: owner == "node-b", timeout=10) == "node-b"
+
+
+def test_a_lease_key_of_another_type_is_nobodys_and_the_shard_is_refused_naming_no_owner(
+        redis_client, start_gateway):
+    seeded(redis_client)
+    redis_client.hset(lease_key(0), "node", "impostor")
+    gateway = start_gateway("gw", owned_shards="all", shard_count=SHARDS, node_id="node-a",
+                            lease_ttl_ms=TTL_MS)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        wait_until(lambda: held(stub, 1), bool, timeout=10)
+        assert stub.EvaluateOrder(order(IN_SHARD[1]), timeout=5).approved
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5)
+        info = refusal(refused.value)
+        assert info.reason == "NOT_OWNER"
+        assert (info.metadata["shard"], info.metadata["owner"], info.metadata["address"]) \
+            == ("0", "", "")
+        assert stub.GetStatus(pb.StatusRequest(), timeout=5).lease_failures == 0
+        # the operator removes it: the node takes the shard within a renewal period
+        redis_client.delete(lease_key(0))
+        wait_until(lambda: held(stub, 0), bool, timeout=10)
+        assert stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5).approved
+
+
+def test_a_clean_stop_gives_the_leases_back_at_once(redis_client, start_gateway):
+    seeded(redis_client)
+    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
+                            lease_ttl_ms=60_000)
+    with grpc.insecure_channel(gateway.target) as channel:
+        wait_until(lambda: held(risk_pb2_grpc.PreTradeRiskStub(channel), 0), bool, timeout=10)
+    assert json.loads(redis_client.get(lease_key(0)))["address"] == gateway.target
+    gateway.stop()
+    assert not redis_client.exists(lease_key(0))

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from pretrade._core import PositionTable
 from pretrade.engine.errors import FailedPrecondition
@@ -139,14 +139,21 @@ def owner_of(shard: int, shard_count: int, raw: bytes | None) -> ShardOwner:
 
 async def read_shard_map(client: aioredis.Redis, shard_count: int,
                          shards: Iterable[int] | None = None) -> list[ShardOwner]:
-    """Each shard's holder as Redis says now (one GET per lease, pipelined)."""
+    """Each shard's holder as Redis says now (one GET per lease, pipelined).
+
+    A lease that cannot be read (another type: WRONGTYPE) is nobody's; a
+    connection error raises.
+    """
     wanted = list(range(shard_count) if shards is None else shards)
     async with client.pipeline(transaction=False) as pipe:
         for shard in wanted:
             pipe.get(lease_key(shard))
-        values = await pipe.execute()
-    return [owner_of(shard, shard_count, value) for shard, value in zip(wanted, values,
-                                                                        strict=True)]
+        values = await pipe.execute(raise_on_error=False)
+    for value in values:
+        if isinstance(value, RedisError) and not isinstance(value, ResponseError):
+            raise value
+    return [owner_of(shard, shard_count, value if isinstance(value, bytes) else None)
+            for shard, value in zip(wanted, values, strict=True)]
 
 
 class LeaseKeeper:
