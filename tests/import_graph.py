@@ -34,11 +34,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("stream",),
     ("api",),
     ("app",),
+    ("client",),
     ("cli", "desk", "__main__"),
 )
 #: What each room holds, for the drawing.
 ROOMS: dict[str, str] = {
     "cli": "the pretrade command: parsing, tables, a client",
+    "client": "the client library: orders routed to their account's owner",
     "desk": "the risk desk: a web page over the gateway (gRPC client, SSE)",
     "app": "settings, security, server assembly, dev Redis, demo book",
     "api": "gRPC: servicer, request checks, status map, interceptors, health",

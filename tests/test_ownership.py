@@ -101,7 +101,7 @@ def test_two_nodes_each_decide_their_own_accounts_and_refuse_the_others_naming_t
         assert info.reason == "NOT_OWNER" and info.domain == "pretrade.dev"
         assert dict(info.metadata) == {
             "account": account, "shard": str(shard), "owner": f"node-{'ab'[shard]}",
-            "address": targets[shard], "shards": str(shard),
+            "address": targets[shard], "shards": str(shard), "shard_count": str(SHARDS),
             f"owner.{shard}": f"node-{'ab'[shard]}", f"address.{shard}": targets[shard]}
         # refused before anything was decided: the owner decides that id afresh
         decision = stubs[shard].EvaluateOrder(order(account, order_id=f"x-{account}"),

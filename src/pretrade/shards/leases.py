@@ -311,7 +311,8 @@ class Ownership:
 
         One shard: ``account``, ``shard``, ``owner``, ``address`` (empty when no
         node holds the lease). Every shard refused also as ``owner.<N>`` and
-        ``address.<N>``, and ``shards`` lists them (a batch refused whole).
+        ``address.<N>``, and ``shards`` lists them (a batch refused whole);
+        ``shard_count``, for a client to route by slot from then on.
         """
         count = self.table.shard_count
         try:
@@ -322,7 +323,8 @@ class Ownership:
         first = owners[0]
         metadata = {"account": unowned[first.shard][0], "shard": str(first.shard),
                     "owner": first.node, "address": first.address,
-                    "shards": ",".join(str(o.shard) for o in owners)}
+                    "shards": ",".join(str(o.shard) for o in owners),
+                    "shard_count": str(count)}
         for owner in owners:
             metadata[f"owner.{owner.shard}"] = owner.node
             metadata[f"address.{owner.shard}"] = owner.address
