@@ -7,13 +7,10 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from pretrade.api.requests import MAX_BATCH
 from pretrade.client.base import ClientBase
-from pretrade.client.routing import Attempts, CallFailed, Redirect, ShardMap
-from pretrade.state.schema import lease_key
+from pretrade.client.routing import Attempts, CallFailed, Redirect, ShardMap, map_read_errors
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
@@ -29,6 +26,11 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
         that answers."""
         self.refreshes += 1
         if self.redis_url is not None:
+            # Imported here: a client that asks the nodes loads no Redis client.
+            import redis.asyncio as aioredis
+
+            from pretrade.state.schema import lease_key
+
             client = aioredis.Redis.from_url(self.redis_url)
             try:
                 async with client.pipeline(transaction=False) as pipe:
@@ -53,7 +55,7 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
         await asyncio.sleep(pause)
         try:
             await self.refresh()
-        except (CallFailed, RedisError):
+        except map_read_errors():
             pass  # a node or Redis that does not answer now: the redirects still say where
         self._learn(redirects)
 

@@ -18,7 +18,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from pretrade.shards.leases import NOT_OWNER, ShardOwner, owner_of
+from pretrade.shards.owners import NOT_OWNER, ShardOwner, owner_of
 from pretrade.shards.slots import shard_of, slot_range
 from pretrade.v1 import risk_pb2 as pb
 
@@ -194,6 +194,15 @@ class Attempts:
             return [], RETRY_PAUSE_SECONDS * 2 ** (self.retried - 1)
         target, error = failures[0]
         raise CallFailed.of(method, target, error) from None
+
+
+def map_read_errors() -> tuple[type[Exception], ...]:
+    """What a failed refresh of the map raises: CallFailed (no node answered), OSError,
+    and redis-py's errors once it is loaded (only a client given a Redis URL loads it)."""
+    import sys
+
+    exceptions = sys.modules.get("redis.exceptions")
+    return (CallFailed, OSError, *((exceptions.RedisError,) if exceptions is not None else ()))
 
 
 def chunks(indices: Sequence[int], size: int) -> list[list[int]]:

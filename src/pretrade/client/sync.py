@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
-import redis
 
 from pretrade.api.requests import MAX_BATCH
 from pretrade.client.base import ClientBase
-from pretrade.client.routing import Attempts, CallFailed, Redirect, ShardMap
-from pretrade.state.schema import lease_key
+from pretrade.client.routing import Attempts, CallFailed, Redirect, ShardMap, map_read_errors
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
@@ -30,6 +28,11 @@ class RiskClient(ClientBase[grpc.Channel]):
         that answers."""
         self.refreshes += 1
         if self.redis_url is not None:
+            # Imported here: a client that asks the nodes loads no Redis client.
+            import redis
+
+            from pretrade.state.schema import lease_key
+
             client = redis.Redis.from_url(self.redis_url)
             try:
                 with client.pipeline(transaction=False) as pipe:
@@ -54,7 +57,7 @@ class RiskClient(ClientBase[grpc.Channel]):
         time.sleep(pause)
         try:
             self.refresh()
-        except (CallFailed, redis.RedisError):
+        except map_read_errors():
             pass  # a node or Redis that does not answer now: the redirects still say where
         self._learn(redirects)
 

@@ -28,12 +28,10 @@ key), so the same code works on Redis Cluster.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -41,16 +39,14 @@ from redis.exceptions import RedisError, ResponseError
 from pretrade._core import PositionTable
 from pretrade.engine.errors import FailedPrecondition
 from pretrade.engine.text import is_valid_id
+from pretrade.shards.owners import NOT_OWNER, Lease, ShardOwner, owner_of
 from pretrade.shards.slots import shard_of, slot_range
 from pretrade.state.schema import lease_epoch_key, lease_key
 
 log = logging.getLogger("pretrade.shards")
 
 __all__ = ["NOT_OWNER", "Lease", "LeaseKeeper", "Ownership", "ShardOwner", "lease_margin_ns",
-           "read_shard_map"]
-
-#: ErrorInfo.reason of an order refused because another node owns its account.
-NOT_OWNER = "NOT_OWNER"
+           "owner_of", "read_shard_map"]
 
 # KEYS[1] the lease; ARGV[1] the value this holding wrote; ARGV[2] the ttl (ms).
 _RENEW = """
@@ -83,58 +79,6 @@ def lease_margin_ns(ttl_ms: int) -> int:
     table's readers to see a renewal late.
     """
     return ttl_ms * 1_000_000 // 10
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The value of ``pretrade:lease:<N>``: who holds the shard, under which epoch."""
-
-    node: str
-    address: str
-    epoch: int
-    token: str
-
-    def encode(self) -> bytes:
-        return json.dumps({"node": self.node, "address": self.address, "epoch": self.epoch,
-                           "token": self.token}, sort_keys=True).encode()
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Lease | None:
-        """The lease a value holds; None when it is not one (then it is nobody's to use)."""
-        try:
-            fields = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(fields, dict):
-            return None
-        node, address, epoch, token = (fields.get(k) for k in ("node", "address", "epoch",
-                                                               "token"))
-        if not (isinstance(node, str) and isinstance(address, str) and isinstance(token, str)
-                and isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-            return None
-        return cls(node, address, epoch, token)
-
-
-@dataclass(frozen=True)
-class ShardOwner:
-    """One shard of the map: its slots and its holder ("" when no node holds it)."""
-
-    shard: int
-    first_slot: int
-    last_slot: int
-    node: str = ""
-    address: str = ""
-    epoch: int = 0
-
-
-def owner_of(shard: int, shard_count: int, raw: bytes | None) -> ShardOwner:
-    """The map entry of a shard from its lease's value (None: no lease)."""
-    first, last = slot_range(shard, shard_count)
-    lease = Lease.parse(raw) if raw is not None else None
-    if lease is None or lease.epoch == 0:
-        # Absent, unreadable, or still being acquired: no holder to send orders to.
-        return ShardOwner(shard, first, last)
-    return ShardOwner(shard, first, last, lease.node, lease.address, lease.epoch)
 
 
 async def read_shard_map(client: aioredis.Redis, shard_count: int,
