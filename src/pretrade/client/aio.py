@@ -21,6 +21,8 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
     """:class:`~pretrade.client.RiskClient` for asyncio (grpc.aio): the same routing,
     redirects and retries, every method a coroutine."""
 
+    _refreshing: asyncio.Future[ShardMap] | None = None
+
     async def refresh(self) -> ShardMap:
         """Read the shard map again: from Redis when given, else from the first node
         that answers."""
@@ -51,10 +53,14 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
         assert failure is not None
         raise CallFailed.of("GetStatus", *failure)
 
-    async def _follow(self, redirects: list[Redirect], pause: float) -> None:
+    async def _follow(self, redirects: list[Redirect], pause: float, since: int) -> None:
+        # Concurrent calls refused at once share one refresh (not one each).
         await asyncio.sleep(pause)
+        if self.refreshes == since:  # not read again since the call was sent
+            self._refreshing = asyncio.ensure_future(self.refresh())
         try:
-            await self.refresh()
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)
         except map_read_errors():
             pass  # a node or Redis that does not answer now: the redirects still say where
         self._learn(redirects)
@@ -82,6 +88,7 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
         if self.redis_url is not None and not self.refreshes:
             await self.refresh()
         while pending:
+            since = self.refreshes
             batches = self._batches(orders, pending, MAX_BATCH)
             replies = await asyncio.gather(*(
                 self._stub(address).EvaluateOrders(
@@ -100,7 +107,8 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
                 for index, decision in zip(part, reply.decisions, strict=True):
                     decisions[index] = decision
             if failures:
-                await self._follow(*attempts.after("EvaluateOrders", failures))
+                self._skip_unanswered(failures)
+                await self._follow(*attempts.after("EvaluateOrders", failures), since)
                 pending.sort()
         return decisions
 
@@ -111,13 +119,14 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
         address = self._address(account)
         attempts = Attempts(self.retries)
         while True:
+            since = self.refreshes
             try:
                 reply: pb.Decision = await getattr(self._stub(address), method)(
                     request, timeout=self.timeout, metadata=self._metadata())
                 return reply
             except grpc.RpcError as error:
                 redirects, pause = attempts.after(method, [(address, error)])
-                await self._follow(redirects, pause)
+                await self._follow(redirects, pause, since)
                 address = self._retry_address(account, address, redirects)
 
     def _stub(self, address: str) -> risk_pb2_grpc.PreTradeRiskStub:

@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from pretrade.client.routing import Redirect, ShardMap, chunks
+from pretrade.client.routing import Redirect, ShardMap, chunks, retryable
 from pretrade.shards.slots import DEFAULT_SHARD_COUNT
 from pretrade.v1 import risk_pb2 as pb
 
@@ -58,6 +58,9 @@ class ClientBase(Generic[ChannelT]):
         #: Who owns what, as last learnt: empty until :meth:`refresh` or a redirect
         #: (orders go to the first seed meanwhile, whose refusal names the owner).
         self.map = ShardMap()
+        #: The seed orders go to when the map names no owner: the first one, then
+        #: the next after one did not answer.
+        self.seed = self.targets[0]
         #: Times the map was read (by a refresh or after a redirect).
         self.refreshes = 0
         self._channels: dict[str, ChannelT] = {}
@@ -66,7 +69,7 @@ class ClientBase(Generic[ChannelT]):
                  ) -> list[tuple[str, list[int]]]:
         """``(address, positions)`` of each call: the pending orders by owner, in runs of
         at most ``size``."""
-        plan = self.map.plan([orders[i].account_id for i in pending], self.targets[0])
+        plan = self.map.plan([orders[i].account_id for i in pending], self.seed)
         return [(address, part) for address, positions in plan.items()
                 for part in chunks([pending[p] for p in positions], size)]
 
@@ -75,8 +78,8 @@ class ClientBase(Generic[ChannelT]):
             self.map.learn(redirect)
 
     def _address(self, account: str) -> str:
-        """Where an order of ``account`` goes now: its owner, else the first seed."""
-        return self.map.address_of(account) or self.targets[0]
+        """Where an order of ``account`` goes now: its owner, else the seed."""
+        return self.map.address_of(account) or self.seed
 
     def _retry_address(self, account: str, failed: str, redirects: list[Redirect]) -> str:
         """After a failure at ``failed``: the owner a redirect named, else the map's,
@@ -84,11 +87,17 @@ class ClientBase(Generic[ChannelT]):
         named = next(iter(redirects[0].addresses.values()), "") if redirects else ""
         return named or self.map.address_of(account) or self._next(failed)
 
+    def _skip_unanswered(self, failures: Sequence[tuple[str, grpc.RpcError]]) -> None:
+        """A seed that did not answer is not the seed any more."""
+        for address, error in failures:
+            if retryable(error):
+                self._next(address)
+
     def _next(self, address: str) -> str:
-        """The seed after ``address`` (a node that did not answer), for a retry."""
+        """The seed after ``address`` (a node that did not answer), from now on."""
         if address in self.targets:
-            return self.targets[(self.targets.index(address) + 1) % len(self.targets)]
-        return self.targets[0]
+            self.seed = self.targets[(self.targets.index(address) + 1) % len(self.targets)]
+        return self.seed
 
     def _metadata(self) -> list[tuple[str, str]] | None:
         return [("authorization", f"Bearer {self.token}")] if self.token else None

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from pretrade.shards.owners import NOT_OWNER, ShardOwner, owner_of
 from pretrade.shards.slots import shard_of, slot_range
@@ -47,8 +47,9 @@ class CallFailed(Exception):
 
     @classmethod
     def of(cls, method: str, target: str, error: grpc.RpcError) -> CallFailed:
-        code = error.code() if isinstance(error, grpc.Call) else None
-        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        code = status_code(error)
+        details_of = getattr(error, "details", None)
+        details = details_of() if callable(details_of) else str(error)
         info = error_info(error)
         name = code.name if code is not None else "UNKNOWN"
         failed = cls(f"{method} on {target} failed: {name}: {' '.join(str(details).split())}",
@@ -125,25 +126,35 @@ class ShardMap:
                 self.owners[shard] = ShardOwner(shard, first, last, address=address)
 
 
+def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status of a failed call, blocking (grpc.Call) or asyncio (grpc.aio.AioRpcError)."""
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ``ErrorInfo`` in a failed call's status details, or None."""
-    if not isinstance(error, grpc.Call):
-        return None
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        return None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
+    """The ``ErrorInfo`` in a failed call's ``grpc-status-details-bin`` trailer, or None
+    (either kind of call: the trailer is read directly)."""
+    trailers = getattr(error, "trailing_metadata", None)
+    for key, value in (trailers() or ()) if callable(trailers) else ():
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info
     return None
 
 
 def redirect_of(error: grpc.RpcError) -> Redirect | None:
     """The owners a FAILED_PRECONDITION NOT_OWNER names; None for any other failure."""
-    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+    if status_code(error) != grpc.StatusCode.FAILED_PRECONDITION:
         return None
     info = error_info(error)
     if info is None or info.reason != NOT_OWNER:
@@ -156,9 +167,11 @@ def redirect_of(error: grpc.RpcError) -> Redirect | None:
 
 def retryable(error: grpc.RpcError) -> bool:
     """Whether sending the same request again is safe and may help (see ``_RETRYABLE``)."""
-    return isinstance(error, grpc.Call) and error.code() in _RETRYABLE
+    return status_code(error) in _RETRYABLE
 
 
+#: The trailer of the rich error model (google.rpc.Status).
+_DETAILS_KEY = "grpc-status-details-bin"
 #: The first pause before a retry, seconds; doubled for each retry after it.
 RETRY_PAUSE_SECONDS = 0.05
 

@@ -53,10 +53,11 @@ class RiskClient(ClientBase[grpc.Channel]):
         assert failure is not None
         raise CallFailed.of("GetStatus", *failure)
 
-    def _follow(self, redirects: list[Redirect], pause: float) -> None:
+    def _follow(self, redirects: list[Redirect], pause: float, since: int) -> None:
         time.sleep(pause)
         try:
-            self.refresh()
+            if self.refreshes == since:  # not read again since the call was sent
+                self.refresh()
         except map_read_errors():
             pass  # a node or Redis that does not answer now: the redirects still say where
         self._learn(redirects)
@@ -86,6 +87,7 @@ class RiskClient(ClientBase[grpc.Channel]):
         if self.redis_url is not None and not self.refreshes:
             self.refresh()
         while pending:
+            since = self.refreshes
             calls = []
             for address, part in self._batches(orders, pending, MAX_BATCH):
                 batch = pb.OrderBatch(orders=[orders[i] for i in part])
@@ -103,7 +105,8 @@ class RiskClient(ClientBase[grpc.Channel]):
                 for index, decision in zip(part, reply.decisions, strict=True):
                     decisions[index] = decision
             if failures:
-                self._follow(*attempts.after("EvaluateOrders", failures))
+                self._skip_unanswered(failures)
+                self._follow(*attempts.after("EvaluateOrders", failures), since)
                 pending.sort()
         return decisions
 
@@ -114,13 +117,14 @@ class RiskClient(ClientBase[grpc.Channel]):
         address = self._address(account)
         attempts = Attempts(self.retries)
         while True:
+            since = self.refreshes
             try:
                 reply: pb.Decision = getattr(self._stub(address), method)(
                     request, timeout=self.timeout, metadata=self._metadata())
                 return reply
             except grpc.RpcError as error:
                 redirects, pause = attempts.after(method, [(address, error)])
-                self._follow(redirects, pause)
+                self._follow(redirects, pause, since)
                 address = self._retry_address(account, address, redirects)
 
     def _stub(self, address: str) -> risk_pb2_grpc.PreTradeRiskStub:
