@@ -120,7 +120,9 @@ class TableWriter:
             self.keeper = LeaseKeeper(
                 settings_redis(redis_url, settings, socket_timeout=settings.lease_ttl_ms / 3000),
                 table, node=node_id(settings), address=advertised_address(settings),
-                shards=owned, ttl_ms=settings.lease_ttl_ms)
+                shards=owned, ttl_ms=settings.lease_ttl_ms,
+                loads=lambda: self.sync.stats.full_loads,
+                reload=self.sync._resync)  # noqa: SLF001 (the sync's own resync request)
         self._tasks: list[asyncio.Task[None]] = []
 
     def listening_on(self, port: int) -> None:
@@ -173,7 +175,8 @@ class TableWriter:
                 shard_leases=[risk_pb2.ShardLease(
                     shard=owner.shard, first_slot=owner.first_slot, last_slot=owner.last_slot,
                     node_id=owner.node, address=owner.address, epoch=owner.epoch,
-                    held_here=owner.shard in keeper.held) for owner in keeper.map]))
+                    held_here=owner.shard in keeper.held and owner.shard not in keeper.restoring)
+                    for owner in keeper.map]))
         return status
 
     async def _expire_orders(self) -> None:

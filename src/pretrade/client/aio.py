@@ -107,7 +107,7 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
                 for index, decision in zip(part, reply.decisions, strict=True):
                     decisions[index] = decision
             if failures:
-                self._skip_unanswered(failures)
+                self._unanswered(failures)
                 await self._follow(*attempts.after("EvaluateOrders", failures), since)
                 pending.sort()
         return decisions
@@ -125,6 +125,7 @@ class AsyncRiskClient(ClientBase[grpc.aio.Channel]):
                     request, timeout=self.timeout, metadata=self._metadata())
                 return reply
             except grpc.RpcError as error:
+                self._unanswered([(address, error)])
                 redirects, pause = attempts.after(method, [(address, error)])
                 await self._follow(redirects, pause, since)
                 address = self._retry_address(account, address, redirects)

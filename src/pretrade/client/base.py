@@ -87,10 +87,13 @@ class ClientBase(Generic[ChannelT]):
         named = next(iter(redirects[0].addresses.values()), "") if redirects else ""
         return named or self.map.address_of(account) or self._next(failed)
 
-    def _skip_unanswered(self, failures: Sequence[tuple[str, grpc.RpcError]]) -> None:
-        """A seed that did not answer is not the seed any more."""
+    def _unanswered(self, failures: Sequence[tuple[str, grpc.RpcError]]) -> None:
+        """A node that did not answer owns nothing in the map (the next call asks a seed,
+        whose refusal names the owner now), and a seed that did not answer is not the
+        seed any more."""
         for address, error in failures:
             if retryable(error):
+                self.map.forget(address)
                 self._next(address)
 
     def _next(self, address: str) -> str:

@@ -116,6 +116,12 @@ class ShardMap:
             plan.setdefault(self.address_of(account) or fallback, []).append(index)
         return plan
 
+    def forget(self, address: str) -> None:
+        """``address`` did not answer: no shard is known to be its (until a refresh)."""
+        for shard, owner in self.owners.items():
+            if owner.address == address:
+                self.owners[shard] = ShardOwner(shard, owner.first_slot, owner.last_slot)
+
     def learn(self, redirect: Redirect) -> None:
         """What a refusal said about owners, until the next refresh."""
         if redirect.shard_count and redirect.shard_count != self.shard_count:

@@ -105,7 +105,7 @@ class RiskClient(ClientBase[grpc.Channel]):
                 for index, decision in zip(part, reply.decisions, strict=True):
                     decisions[index] = decision
             if failures:
-                self._skip_unanswered(failures)
+                self._unanswered(failures)
                 self._follow(*attempts.after("EvaluateOrders", failures), since)
                 pending.sort()
         return decisions
@@ -123,6 +123,7 @@ class RiskClient(ClientBase[grpc.Channel]):
                     request, timeout=self.timeout, metadata=self._metadata())
                 return reply
             except grpc.RpcError as error:
+                self._unanswered([(address, error)])
                 redirects, pause = attempts.after(method, [(address, error)])
                 self._follow(redirects, pause, since)
                 address = self._retry_address(account, address, redirects)

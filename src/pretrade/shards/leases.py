@@ -72,6 +72,10 @@ return 0
 """
 
 
+#: How often a shard waiting for its full load is looked at, seconds.
+RESTORE_POLL_SECONDS = 0.01
+
+
 def lease_margin_ns(ttl_ms: int) -> int:
     """How long before the lease's expiry (by this node's clock) the node stops approving.
 
@@ -124,6 +128,8 @@ class LeaseKeeper:
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, *, node: str,
                  address: str, shards: Sequence[int], ttl_ms: int,
+                 loads: Callable[[], int] = lambda: 1,
+                 reload: Callable[[str], None] | None = None,
                  clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.client = client
         self.table = table
@@ -138,6 +144,17 @@ class LeaseKeeper:
         self.held: dict[int, Lease] = {}
         #: The whole map as last read (every round).
         self.map: list[ShardOwner] = []
+        #: Full loads the table has had (the sync's count), and how to ask for one.
+        self.loads = loads
+        self.reload = reload
+        #: Shards held in Redis whose accounts this node does not decide yet:
+        #: ``{shard: full loads when acquired}``. A shard taken over from another
+        #: node waits for a full load after it (which restores the decided orders
+        #: of ``orders:{ACC}``: the owner's working reservations and replayable
+        #: ids) and a live table, so nothing is decided on what the table had.
+        self.restoring: dict[int, int] = {}
+        #: When each held lease was last acquired or renewed (the clock, at its start).
+        self.renewed_at: dict[int, int] = {}
         self.acquired = self.renewed = self.lost = self.failures = 0
         self.last_error = ""
         self._renew = client.register_script(_RENEW)
@@ -154,7 +171,18 @@ class LeaseKeeper:
         while not self._stopping:
             started = time.monotonic()
             await self.round()
-            await asyncio.sleep(max(0.0, self.period_seconds - (time.monotonic() - started)))
+            while (left := self.period_seconds - (time.monotonic() - started)) > 0:
+                self.grant_restored()
+                await asyncio.sleep(min(left, RESTORE_POLL_SECONDS) if self.restoring else left)
+
+    def grant_restored(self) -> None:
+        """Start deciding the shards whose full load after their acquisition is done."""
+        for shard, loads in list(self.restoring.items()):
+            if self.loads() > loads and self.table.sync_live and shard in self.held:
+                del self.restoring[shard]
+                self.table.set_shard_lease(shard, self.held[shard].epoch,
+                                           self._deadline(self.renewed_at[shard]))
+                log.info("deciding shard %d (epoch %d)", shard, self.held[shard].epoch)
 
     async def round(self) -> None:
         """Renew every lease held, try to take every one not held, read the map."""
@@ -178,11 +206,14 @@ class LeaseKeeper:
         lease = self.held[shard]
         started = self.clock()
         if await self._renew(keys=[lease_key(shard)], args=[lease.encode(), self.ttl_ms]):
-            self.table.set_shard_lease(shard, lease.epoch, self._deadline(started))
+            self.renewed_at[shard] = started
+            if shard not in self.restoring:
+                self.table.set_shard_lease(shard, lease.epoch, self._deadline(started))
             self.renewed += 1
             return
         self.table.set_shard_lease(shard, 0, 0)
         del self.held[shard]
+        self.restoring.pop(shard, None)
         self.lost += 1
         log.warning("lost the lease of shard %d (epoch %d): another node holds it",
                     shard, lease.epoch)
@@ -199,10 +230,17 @@ class LeaseKeeper:
                                                      self.ttl_ms]):
             return  # expired between the two (a frozen process): not ours after all
         self.held[shard] = lease
-        self.table.set_shard_lease(shard, epoch, self._deadline(started))
+        self.renewed_at[shard] = started
         self.acquired += 1
-        log.info("holding shard %d (slots %d-%d) with epoch %d", shard,
-                 *slot_range(shard, self.shard_count), epoch)
+        loads = self.loads()
+        self.restoring[shard] = loads
+        if loads and self.reload is not None:
+            # Taken over while running: what the last owner decided since this
+            # table loaded is only in orders:{ACC}; a full load reads it back.
+            self.reload(f"took over shard {shard} (epoch {epoch})")
+        log.info("holding shard %d (slots %d-%d) with epoch %d; deciding after a full load",
+                 shard, *slot_range(shard, self.shard_count), epoch)
+        self.grant_restored()
 
     def _deadline(self, started_ns: int) -> int:
         return started_ns + self.ttl_ms * 1_000_000 - self.margin_ns
@@ -210,6 +248,7 @@ class LeaseKeeper:
     async def release(self) -> None:
         """Stop, and give every lease back (the table first: nothing decides on them after)."""
         self._stopping = True
+        self.restoring.clear()
         for shard, lease in list(self.held.items()):
             self.table.set_shard_lease(shard, 0, 0)
             del self.held[shard]
