@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,12 +21,18 @@ from book import codes, order, seed_account, wait_until
 from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.client import CallFailed, RiskClient
 from pretrade.v1 import risk_pb2 as pb
-from test_ownership import IN_SHARD, held, refusal, start_node, stub_of  # noqa: F401 (fixture)
+from serving import Serve
+from test_ownership import IN_SHARD, held, node_starter, refusal, stub_of
 
 ACCOUNT = IN_SHARD[0]
 TTL_MS = 1_500
 #: Orders of 100 the owner approves before it is killed: 3,000 working of the 5,000 allowed.
 BEFORE = 30
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]:
+    yield from node_starter(tmp_path, redis_url)
 
 
 def decided_ids(redis_client) -> Counter[str]:

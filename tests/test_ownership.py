@@ -41,8 +41,9 @@ def ownership_env(node: str, shards: str, ttl_ms: int = TTL_MS) -> dict[str, str
             "PRETRADE_NODE_ID": node, "PRETRADE_LEASE_TTL_MS": str(ttl_ms)}
 
 
-@pytest.fixture
-def start_node(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]:
+def node_starter(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]:
+    """``start(node, shards, ttl_ms)``: a ``pretrade serve`` owning those shards, serving;
+    every node started is killed afterwards (thawed first, if a test froze it)."""
     started: list[Serve] = []
 
     def start(node: str, shards: str, ttl_ms: int = TTL_MS) -> Serve:
@@ -58,6 +59,11 @@ def start_node(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]
         if server.process.poll() is None:
             os.kill(server.pid, signal.SIGCONT)  # a test may have left it frozen
         server.kill()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]:
+    yield from node_starter(tmp_path, redis_url)
 
 
 def stub_of(server: Serve) -> risk_pb2_grpc.PreTradeRiskStub:
