@@ -158,3 +158,14 @@ def test_the_seed_race_through_the_client_approves_exactly_500(redis_client, sta
                for d in decisions if not d.approved)
     assert approved_by(a) == 0 and approved_by(b) == 500
     assert shard_of(account.encode(), SHARDS) == 1
+
+
+def test_pretrade_order_sent_to_a_node_that_does_not_own_the_account_is_decided_by_its_owner(
+        redis_client, start_gateway):
+    from test_cli import order_args, run_pretrade
+
+    a, b = two_nodes(redis_client, start_gateway)
+    run = run_pretrade(*order_args(a.target, account=IN_SHARD[1]), "--order-id", "cli-owned")
+    assert run.returncode == 0, run
+    assert "APPROVED" in run.stdout
+    assert (approved_by(a), approved_by(b)) == (0, 1)
