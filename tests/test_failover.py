@@ -10,7 +10,6 @@ decided (other than replayed) twice: no account served by two nodes at once.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import grpc
 import pytest
 
 from book import codes, order, seed_account, wait_until
-from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.client import CallFailed, RiskClient
 from pretrade.v1 import risk_pb2 as pb
 from serving import Serve
-from test_ownership import IN_SHARD, held, node_starter, refusal, stub_of
+from test_ownership import IN_SHARD, decided_ids, held, node_starter, refusal, stub_of
 
 ACCOUNT = IN_SHARD[0]
 TTL_MS = 1_500
@@ -33,16 +31,6 @@ BEFORE = 30
 @pytest.fixture
 def start_node(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Serve]]:
     yield from node_starter(tmp_path, redis_url)
-
-
-def decided_ids(redis_client) -> Counter[str]:
-    """Order ids of the audit's decisions that were decided (not replayed), counted."""
-    seen: Counter[str] = Counter()
-    for entry_id, raw in redis_client.xrange(AUDIT_STREAM):
-        for _, row in rows_of(entry_id, raw):
-            if row.get("event") == "decision" and row.get("replayed") == "0":
-                seen[row["order_id"]] += 1
-    return seen
 
 
 def first_approval(client: RiskClient, started: float, timeout: float = 20.0

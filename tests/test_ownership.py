@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from book import codes, order, seed_account, wait_until
+from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.shards.slots import shard_of
 from pretrade.state.schema import lease_key
 from pretrade.v1 import risk_pb2 as pb
@@ -81,6 +83,16 @@ def refusal(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 def held(stub: risk_pb2_grpc.PreTradeRiskStub, shard: int) -> bool:
     leases = stub.GetStatus(pb.StatusRequest(), timeout=5).shard_leases
     return any(lease.shard == shard and lease.held_here for lease in leases)
+
+
+def decided_ids(redis_client) -> Counter[str]:
+    """Order ids of the audit's decisions that were decided (not replayed), counted."""
+    seen: Counter[str] = Counter()
+    for entry_id, raw in redis_client.xrange(AUDIT_STREAM):
+        for _, row in rows_of(entry_id, raw):
+            if row.get("event") == "decision" and row.get("replayed") == "0":
+                seen[row["order_id"]] += 1
+    return seen
 
 
 def seeded(r: redis.Redis) -> None:
@@ -183,6 +195,9 @@ def test_a_frozen_owner_stops_approving_before_its_lease_expires_and_the_next_ho
             return refusal(error).metadata["owner"]
         return ""
     assert wait_until(refused_by_a, lambda owner: owner == "node-b", timeout=10) == "node-b"
+    # every order id was decided once, by one node (the audit of both)
+    decided = decided_ids(redis_client)
+    assert decided["before"] == decided["after"] == 1 and max(decided.values()) == 1
 
 
 def test_a_lease_key_of_another_type_is_nobodys_and_the_shard_is_refused_naming_no_owner(
