@@ -1057,6 +1057,14 @@ def test_a_shard_lease_decides_up_to_its_deadline_and_not_one_nanosecond_after(b
     assert book.codes() == []
 
 
+def test_a_shard_held_without_a_deadline_yet_is_stale(book):
+    # (a lease just taken over: held, its decided orders still being restored)
+    book.state.set_shards(4)
+    book.state.set_shard_lease(shard_of_acc(4), 7, 0)
+    assert book.state.shard_lease(shard_of_acc(4)) == (7, 0)
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+
+
 def test_a_stale_shard_decision_is_not_remembered_and_a_resend_after_renewal_decides(book):
     book.state.set_shards(2)
     assert book.codes(order_id=b"X") == [pb.REJECT_CODE_STALE_DATA]

@@ -47,6 +47,9 @@ def first_approval(client: RiskClient, started: float, timeout: float = 20.0
         except CallFailed as failed:
             assert failed.code in (grpc.StatusCode.UNAVAILABLE,
                                    grpc.StatusCode.FAILED_PRECONDITION), failed
+            # while it restores, the new owner answers STALE_DATA: never a
+            # refusal that points at itself
+            assert failed.metadata.get("owner") != "standby", failed
         time.sleep(0.01)
     raise AssertionError(f"no approval within {timeout} s")
 

@@ -232,6 +232,10 @@ class LeaseKeeper:
         self.held[shard] = lease
         self.renewed_at[shard] = started
         self.acquired += 1
+        # Held, with no deadline yet: this node is the owner (no NOT_OWNER
+        # refusal pointing at itself) but its orders get STALE_DATA until the
+        # full load below is done (grant_restored gives the deadline).
+        self.table.set_shard_lease(shard, epoch, 0)
         loads = self.loads()
         self.restoring[shard] = loads
         if loads and self.reload is not None:
