@@ -232,3 +232,31 @@ def test_a_clean_stop_gives_the_leases_back_at_once(redis_client, start_gateway)
     assert json.loads(redis_client.get(lease_key(0)))["address"] == gateway.target
     gateway.stop()
     assert not redis_client.exists(lease_key(0))
+
+
+def test_a_stolen_lease_is_lost_at_the_next_renewal_and_the_thief_is_named(
+        redis_client, start_gateway):
+    seeded(redis_client)
+    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
+                            lease_ttl_ms=TTL_MS)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        wait_until(lambda: held(stub, 0), bool, timeout=10)
+        mine = json.loads(redis_client.get(lease_key(0)))
+        assert stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5).approved
+        thief = {"node": "thief", "address": "10.9.9.9:1", "epoch": mine["epoch"] + 1,
+                 "token": "t"}
+        redis_client.set(lease_key(0), json.dumps(thief), px=60_000)
+
+        def owner_named() -> str:
+            try:
+                stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5)
+            except grpc.RpcError as error:
+                return refusal(error).metadata["address"]
+            return ""
+
+        assert wait_until(owner_named, bool, timeout=TTL_MS / 1000) == "10.9.9.9:1"
+        status = stub.GetStatus(pb.StatusRequest(), timeout=5)
+        assert not any(lease.held_here for lease in status.shard_leases)
+    # it does not take the shard back while the thief's lease lives
+    assert json.loads(redis_client.get(lease_key(0)))["node"] == "thief"
