@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ECHO_METHOD = "/pretrade.bench.Echo/Echo"
 
@@ -123,11 +124,24 @@ def free_port() -> int:
         return port
 
 
+def _wait_until_serving(target: str, deadline: float) -> None:
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            assert time.monotonic() < deadline, f"pretrade serve is {status}, not SERVING"
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serve_process(redis_url: str, table: Path, *, env: dict[str, str] | None = None,
                   timeout: float = 120) -> Iterator[tuple[str, int]]:
     """``pretrade serve`` in a child process (its own GIL): ``(target, pid)`` once it serves.
 
+    "Serves" is its health check answering SERVING (the banner comes when it
+    listens, a moment before its first proof that it is in sync with Redis).
     The pid is the sync process's (the one started); its server processes are its children.
     """
     process = subprocess.Popen(
@@ -146,6 +160,7 @@ def serve_process(redis_url: str, table: Path, *, env: dict[str, str] | None = N
             found = BANNER.search(line)
             target = found.group(1).decode() if found else None
         assert target is not None, f"pretrade serve did not print its banner in {timeout} s"
+        _wait_until_serving(target, deadline)
         yield target, process.pid
     finally:
         process.terminate()

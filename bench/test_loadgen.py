@@ -10,6 +10,8 @@ twin in bench/test_grpc.py; ``make bench`` records both side by side.
    connection (durable decisions off and on).
 2. Unary EvaluateOrder throughput, 8 connections with one call in flight each.
 3. Batch EvaluateOrders, 1,000 orders per message (durable decisions off and on).
+4. OrderSession against unary EvaluateOrder on one connection, alternately on one server
+   (issue 16's targets: at least 3x the unary orders/s, p50 per order at most unary's).
 
 With ``--benchmark-disable`` (CI) each runs for a fraction of a second and checks that
 every order was decided and approved: the load generator itself cannot rot.
@@ -127,6 +129,44 @@ def test_cpp_client_batch_throughput(benchmark, latency, redis_url,  # noqa: F81
                        f"{result['orders_per_second']:,.0f} orders/s; server CPU "
                        f"{cpu / result['orders'] * 1e6:.2f} µs/order; per message "
                        + _percentiles(result["latency"]))
+        benchmark.pedantic(lambda: None, rounds=1)
+    finally:
+        server.close()
+
+
+@pytest.mark.benchmark(group="loadgen")
+def test_cpp_client_order_session_against_unary_on_one_connection(
+        benchmark, latency, redis_url, tmp_path, loadgen):  # noqa: F811
+    server = start_bench_server(redis_url, tmp_path / "session.table")
+    try:
+        seconds = scale(benchmark.disabled, FULL_SECONDS / 2, SMOKE_SECONDS)
+        runs: dict[str, list[dict[str, Any]]] = {"unary": [], "session": [], "session-1": []}
+        cpu: dict[str, float] = dict.fromkeys(runs, 0.0)
+        for round_ in range(scale(benchmark.disabled, 2, 1)):  # alternately, side by side
+            for name, mode, flags in (("unary", "unary", {}),
+                                      ("session", "session", {"inflight": 64}),
+                                      ("session-1", "session", {"inflight": 1})):
+                before = cpu_seconds([server.pid])
+                runs[name].append(run(loadgen, server.target, mode, seconds,
+                                      f"{name}{round_}", threads=1, **flags))
+                cpu[name] += cpu_seconds([server.pid]) - before
+        rate = {name: sum(r["orders"] for r in rs) / sum(r["seconds"] for r in rs)
+                for name, rs in runs.items()}
+        p50 = {name: sorted(r["latency"]["p50_ns"] for r in rs)[len(rs) // 2]
+               for name, rs in runs.items()}
+        per_order = {name: cpu[name] / sum(r["orders"] for r in rs) * 1e6
+                     for name, rs in runs.items()}
+        assert all(r["orders"] > 0 for rs in runs.values() for r in rs)
+        for name, label in (("unary", "unary EvaluateOrder, one call in flight"),
+                            ("session", "OrderSession, 64 orders in flight"),
+                            ("session-1", "OrderSession, 1 order in flight")):
+            latency.figure(f"C++ client, one connection: {label}",
+                           f"{rate[name]:,.0f} orders/s; server CPU {per_order[name]:.1f} "
+                           f"µs/order; " + _percentiles(runs[name][-1]["latency"]))
+        latency.figure("OrderSession orders/s / unary orders/s, one connection (target >= 3x)",
+                       f"{rate['session'] / rate['unary']:.1f}x")
+        latency.figure("OrderSession p50 per order / unary p50, 1 in flight (target <= 1x)",
+                       f"{p50['session-1'] / p50['unary']:.2f}x")
         benchmark.pedantic(lambda: None, rounds=1)
     finally:
         server.close()

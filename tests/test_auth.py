@@ -324,6 +324,31 @@ def test_one_foreign_order_refuses_the_whole_batch_and_decides_none_of_it(stub, 
     assert again.approved and not again.replayed
 
 
+def test_a_session_answers_a_traders_own_orders_then_ends_at_a_foreign_one_deciding_none_after(
+        stub, tokens):
+    token = bearer(tokens["desk-1"])
+    first, second = order(account="ACC-1"), order(account="ACC-1")
+    after = order(account="ACC-1")
+    session = stub.OrderSession(iter([first, second, order(account="ACC-2"), after]),
+                                timeout=RPC_TIMEOUT, metadata=token)
+    answered = []
+    with pytest.raises(grpc.RpcError) as raised:
+        answered.extend(session)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert raised.value.details() == "'desk-1' may not use account 'ACC-2' in OrderSession"
+    # the orders before the foreign one were decided and answered, in order
+    assert [(d.order_id, d.approved) for d in answered] == [
+        (first.order_id, True), (second.order_id, True)]
+    # the order after it was not decided: sent again it is new, not a replay
+    again = stub.EvaluateOrder(after, timeout=RPC_TIMEOUT, metadata=token)
+    assert again.approved and not again.replayed
+    # a risk operator may not open a session at all
+    code, _ = code_of(lambda: list(stub.OrderSession(
+        iter([order(account="ACC-1")]), timeout=RPC_TIMEOUT,
+        metadata=bearer(tokens["risk-desk"]))))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
 def test_a_trader_can_never_lift_a_halt(stub, tokens, book):
     operator, trader = bearer(tokens["risk-desk"]), bearer(tokens["desk-1"])
     stub.Halt(halt_request(pb.HALT_MODE_HALTED), timeout=RPC_TIMEOUT, metadata=operator)

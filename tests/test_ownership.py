@@ -260,3 +260,23 @@ def test_a_stolen_lease_is_lost_at_the_next_renewal_and_the_thief_is_named(
         assert not any(lease.held_here for lease in status.shard_leases)
     # it does not take the shard back while the thief's lease lives
     assert json.loads(redis_client.get(lease_key(0)))["node"] == "thief"
+
+
+def test_an_order_session_ends_not_owner_at_an_account_another_node_owns(
+        redis_client, start_gateway):
+    seeded(redis_client)
+    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
+                            lease_ttl_ms=TTL_MS)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        wait_until(lambda: held(stub, 0), bool, timeout=10)
+        orders = [order(IN_SHARD[0], order_id="s-1"), order(IN_SHARD[1], order_id="s-2"),
+                  order(IN_SHARD[0], order_id="s-3")]
+        answered = []
+        with pytest.raises(grpc.RpcError) as ended:
+            for decision in stub.OrderSession(iter(orders), timeout=10):
+                answered.append(decision)
+    assert [d.order_id for d in answered] == ["s-1"] and answered[0].approved
+    assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refusal(ended.value).reason == "NOT_OWNER"
+    assert decided_ids(redis_client) == Counter({"s-1": 1})   # s-2 and s-3 not decided

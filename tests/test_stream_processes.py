@@ -106,6 +106,11 @@ def test_each_address_refuses_the_others_calls_and_names_where_to_go(apart):
         with pytest.raises(grpc.RpcError) as refused:
             streams.EvaluateOrders(pb.OrderBatch(orders=[order(order_id="o-3")]), timeout=10)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as refused:
+            list(streams.OrderSession(iter([order(order_id="o-4")]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert _refusal(refused.value) == {"reason": "SERVED_ELSEWHERE", "calls": "sessions",
+                                           "address": server.target}
         # Nothing refused was decided: the order id is still new on the order port.
         assert not orders.EvaluateOrder(order(order_id="o-2"), timeout=10).replayed
         # Both addresses answer the control calls and the reads.

@@ -14,6 +14,8 @@
 //   echo   the bench servers' empty echo method (/pretrade.bench.Echo/Echo)
 //   pair   echo and EvaluateOrder alternately on one connection: the same
 //          server, the same moment, so their ratio is fair
+//   session  one OrderSession stream per thread, --inflight orders sent ahead of
+//          their decisions; a latency is an order's write to its decision
 // Orders: --accounts accounts named <--account>-<n> (or just --account with 1),
 // symbol --symbol, a buy of 1 at --price (the accounts' limits must allow them all:
 // the bench gives them limits far above what a run reaches); order ids
@@ -31,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +60,7 @@ struct Options {
   double seconds = 5.0;
   int64_t price = 683378;
   int64_t max_calls = 0;  // per thread; 0: until --seconds
+  int inflight = 64;      // session: orders written ahead of their decisions
 };
 
 // What one thread saw: its round trips (ns) and the decisions' outcomes.
@@ -71,9 +75,9 @@ struct Tally {
 [[noreturn]] void Usage(const char* why) {
   std::fprintf(stderr,
                "pretrade-loadgen: %s\nusage: pretrade-loadgen --target HOST:PORT "
-               "--mode unary|batch|echo|pair [--threads N] [--seconds S] [--batch N] "
+               "--mode unary|batch|echo|pair|session [--threads N] [--seconds S] [--batch N] "
                "[--account ID] [--accounts N] [--symbol SYM] [--price P] [--prefix P] "
-               "[--max-calls N]\n",
+               "[--max-calls N] [--inflight N]\n",
                why);
   std::exit(2);
 }
@@ -96,15 +100,17 @@ Options Parse(int argc, char** argv) {
       else if (flag == "--seconds") o.seconds = std::stod(value);
       else if (flag == "--price") o.price = std::stoll(value);
       else if (flag == "--max-calls") o.max_calls = std::stoll(value);
+      else if (flag == "--inflight") o.inflight = std::stoi(value);
       else Usage(("unknown flag " + flag).c_str());
     } catch (const std::exception&) {
       Usage(("not a number: " + flag + " " + value).c_str());
     }
   }
-  if (o.mode != "unary" && o.mode != "batch" && o.mode != "echo" && o.mode != "pair")
-    Usage("--mode must be unary, batch, echo or pair");
-  if (o.threads < 1 || o.accounts < 1 || o.batch < 1 || o.seconds <= 0)
-    Usage("--threads, --accounts, --batch and --seconds must be positive");
+  if (o.mode != "unary" && o.mode != "batch" && o.mode != "echo" && o.mode != "pair" &&
+      o.mode != "session")
+    Usage("--mode must be unary, batch, echo, pair or session");
+  if (o.threads < 1 || o.accounts < 1 || o.batch < 1 || o.seconds <= 0 || o.inflight < 1)
+    Usage("--threads, --accounts, --batch, --inflight and --seconds must be positive");
   return o;
 }
 
@@ -180,7 +186,57 @@ int64_t Since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
 }
 
+// One OrderSession: this thread writes, a reader thread takes the decisions (in
+// order, so each one is the oldest order still waiting).
+void RunSession(const Options& o, int thread, Clock::time_point deadline, Tally* tally) {
+  auto stub = pretrade::v1::PreTradeRisk::NewStub(NewChannel(o, thread));
+  grpc::ClientContext context;
+  auto stream = stub->OrderSession(&context);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Clock::time_point> waiting;
+  bool reading = true;
+  std::thread reader([&] {
+    pretrade::v1::Decision decision;
+    while (stream->Read(&decision)) {
+      Clock::time_point sent;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        sent = waiting.front();
+        waiting.pop_front();
+      }
+      cv.notify_one();
+      tally->latencies.push_back(Since(sent));
+      Count(decision, tally);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    reading = false;
+    cv.notify_one();
+  });
+  OrderMaker maker(o, thread);
+  pretrade::v1::Order order;
+  while (Clock::now() < deadline && (o.max_calls == 0 || tally->calls < o.max_calls)) {
+    maker.Fill(&order);
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return !reading || static_cast<int>(waiting.size()) < o.inflight; });
+      if (!reading) break;
+      waiting.push_back(Clock::now());
+    }
+    ++tally->calls;
+    if (!stream->Write(order)) break;
+  }
+  stream->WritesDone();
+  reader.join();
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) {
+    ++tally->errors;
+    tally->last_error = std::to_string(status.error_code()) + ": " + status.error_message();
+  }
+}
+
 void Run(const Options& o, int thread, Clock::time_point deadline, Tally* tally) {
+  if (o.mode == "session") return RunSession(o, thread, deadline, tally);
   auto channel = NewChannel(o, thread);
   auto stub = pretrade::v1::PreTradeRisk::NewStub(channel);
   Echo echo(channel);
@@ -299,12 +355,13 @@ int main(int argc, char** argv) {
       "{\"mode\": \"%s\", \"threads\": %d, \"batch\": %d, \"seconds\": %.3f, \"calls\": %lld, "
       "\"orders\": %lld, \"approved\": %lld, \"rejected\": %lld, \"errors\": %lld, "
       "\"first_reject_codes\": %s, \"last_error\": \"%s\", \"orders_per_second\": %.1f, "
-      "\"latency\": %s, \"echo_latency\": %s}\n",
+      "\"inflight\": %d, \"latency\": %s, \"echo_latency\": %s}\n",
       o.mode.c_str(), o.threads, o.mode == "batch" ? o.batch : 1, elapsed,
       static_cast<long long>(all.calls), static_cast<long long>(all.orders),
       static_cast<long long>(all.approved), static_cast<long long>(all.rejected),
       static_cast<long long>(all.errors), codes.c_str(), Escaped(all.last_error).c_str(),
-      static_cast<double>(all.orders) / elapsed, Summary(all.latencies).c_str(),
+      static_cast<double>(all.orders) / elapsed, o.mode == "session" ? o.inflight : 1,
+      Summary(all.latencies).c_str(),
       Summary(all.echo_latencies).c_str());
   return all.errors > 0 && all.orders == 0 && all.echo_latencies.empty() ? 1 : 0;
 }

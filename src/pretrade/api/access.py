@@ -45,13 +45,14 @@ import logging
 import re
 import secrets
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from pretrade.api.malformed import MalformedMessage
 from pretrade.api.roles import ADMIN, ALL_ACCOUNTS, RISK_OPERATOR, ROLES, TRADER
 from pretrade.api.status import grpc_status
 from pretrade.engine.errors import ConfigError, PermissionDenied, PretradeError, Unauthenticated
@@ -331,6 +332,8 @@ class Rule:
 RULES: dict[str, Rule] = {
     _SERVICE + "EvaluateOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
     _SERVICE + "EvaluateOrders": Rule(frozenset({TRADER, ADMIN}), _batch_accounts),
+    # each order of the stream is checked as it comes
+    _SERVICE + "OrderSession": Rule(frozenset({TRADER, ADMIN}), _order_account),
     # a cancel/replace is an order of its account
     _SERVICE + "ReplaceOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
     _SERVICE + "StreamPortfolio": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN}),
@@ -443,11 +446,14 @@ def _foreign_account(principal: Principal, method: str, request: Any,
 
 def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: Principal,
                        accounts: Callable[[Any], Iterable[str]]) -> grpc.RpcMethodHandler:
-    """``handler``, with the request's accounts checked against ``principal`` first."""
+    """``handler``, with the request's accounts checked against ``principal`` first.
+
+    In a request stream each message is checked as the handler reads it: a
+    foreign account raises PermissionDenied from the stream (logged here),
+    for the handler to end the call with once it has answered what came before.
+    """
     if handler.request_streaming:
-        # No rule reads accounts from a request stream: refuse rather than guess.
-        return _refusing(handler, method, principal, PermissionDenied(
-            f"{principal.name!r} may not call {_short(method)}"))
+        return _checking_each(handler, method, principal, accounts)
     behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
     if inspect.isasyncgenfunction(behaviour):
         async def each_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -467,6 +473,29 @@ def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: P
         return await result if inspect.isawaitable(result) else result
 
     return _same_shape(handler, checked)
+
+
+def _checking_each(handler: grpc.RpcMethodHandler, method: str, principal: Principal,
+                   accounts: Callable[[Any], Iterable[str]]) -> grpc.RpcMethodHandler:
+    behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[Any]:
+        async for request in requests:
+            if not isinstance(request, MalformedMessage):
+                denial = _foreign_account(principal, method, request, accounts)
+                if denial is not None:
+                    log.warning("PERMISSION_DENIED %s from %s, principal %s (role %s): %s",
+                                _short(method), context.peer(), principal.name, principal.role,
+                                denial)
+                    raise denial
+            yield request
+
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        # A request-stream handler writes with context.write(): its call is awaited.
+        return await behaviour(checked(requests, context), context)
+
+    return _same_shape(handler, handle)
 
 
 def _same_shape(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]

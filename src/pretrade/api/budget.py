@@ -56,6 +56,7 @@ _READ_METHODS = frozenset({f"/{_SERVICE}/ListAccounts", f"/{_SERVICE}/ListHalts"
 CLASSES = {
     "orders": ("order calls (EvaluateOrder, EvaluateOrders, ReplaceOrder)",
                "max_concurrent_rpcs"),
+    "sessions": ("order sessions (OrderSession)", "max_order_sessions"),
     "streams": ("portfolio streams (StreamPortfolio)", "max_portfolio_streams"),
     "control": ("control calls (Halt, GetStatus)", "max_control_calls"),
     "reads": ("desk reads (ListAccounts, ListHalts, ListRejections)", "max_read_calls"),
@@ -115,11 +116,11 @@ class CallGate(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, *, orders: int, streams: int, control: int, open: int,
-                 reads: int = 100,
+                 reads: int = 100, sessions: int = 64,
                  elsewhere: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.budgets = {name: Budget(name, limit) for name, limit in
-                        (("orders", orders), ("streams", streams), ("control", control),
-                         ("reads", reads), ("open", open))}
+                        (("orders", orders), ("sessions", sessions), ("streams", streams),
+                         ("control", control), ("reads", reads), ("open", open))}
         #: Classes of calls this address does not serve: {class: (address, its setting)}.
         self.elsewhere = dict(elsewhere or {})
         unknown = set(self.elsewhere) - set(CLASSES)
@@ -143,6 +144,8 @@ class CallGate(grpc.aio.ServerInterceptor):
             return self.budgets["open"]
         if method in _ORDER_METHODS:
             return self.budgets["orders"]
+        if method == f"/{_SERVICE}/OrderSession":
+            return self.budgets["sessions"]
         if method == f"/{_SERVICE}/StreamPortfolio":
             return self.budgets["streams"]
         if method in _READ_METHODS:

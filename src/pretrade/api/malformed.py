@@ -10,8 +10,14 @@ with a single request message, and refuses what does not parse with
 ``INVALID_ARGUMENT`` through :func:`pretrade.api.status.grpc_status`, like every
 other malformed request.
 
+A method that takes a stream of requests (OrderSession) must not end at one
+bad message: its deserializer is made tolerant instead, and hands the
+handler a :class:`MalformedMessage` in place of what did not parse, for the
+handler to answer.
+
 It must come first among the server's interceptors: the ones after it
-(access control) wrap handlers that expect a parsed message.
+(access control) wrap handlers that expect a parsed message, or a
+:class:`MalformedMessage` in a request stream.
 """
 
 from __future__ import annotations
@@ -30,8 +36,20 @@ from pretrade.engine.errors import InvalidRequest
 log = logging.getLogger("pretrade.malformed")
 
 
+class MalformedMessage:
+    """A message of a request stream whose bytes did not parse: why, for the answer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidRequest) -> None:
+        self.error = error
+
+
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Parses each unary request itself; bytes that do not parse end INVALID_ARGUMENT."""
+    """Parses each unary request itself; bytes that do not parse end INVALID_ARGUMENT.
+
+    In a request stream, bytes that do not parse become a :class:`MalformedMessage`.
+    """
 
     async def intercept_service(
         self,
@@ -39,9 +57,29 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
+        if handler.request_streaming:
+            return _tolerant(handler, handler_call_details.method)
         return _parsing(handler, handler_call_details.method)
+
+
+def _tolerant(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` whose request stream holds a :class:`MalformedMessage` for bad bytes."""
+    deserialize = handler.request_deserializer
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as error:
+            return MalformedMessage(InvalidRequest(
+                f"the message is not a valid message for {method}: {error}"))
+
+    make = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+            else grpc.stream_unary_rpc_method_handler)
+    behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return make(behaviour, request_deserializer=parse,
+                response_serializer=handler.response_serializer)
 
 
 def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

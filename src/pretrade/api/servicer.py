@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -35,6 +35,7 @@ from pretrade.api.requests import (
     validate_replace,
 )
 from pretrade.api.roles import ADMIN
+from pretrade.api.session import Session
 from pretrade.api.status import grpc_status, rejection_message, status_details
 from pretrade.audit.entries import DECISION
 from pretrade.audit.query import AuditQuery, read_audit_async
@@ -110,8 +111,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                  audit: AuditTrail | None = None, wait_limit_seconds: float = 2.0,
                  audit_before_answer: bool = False,
                  default_currency: str = DEFAULT_CURRENCY,
-                 day_session_end_ms: int | None = None) -> None:
+                 day_session_end_ms: int | None = None, session_window: int = 1_024) -> None:
         self.engine = engine
+        #: Orders an OrderSession decides ahead of what its client has read.
+        self.session_window = session_window
+        self.sessions: set[Session] = set()
+        self.sessions_closed = False
         #: When the trading day ends, ms after midnight UTC (DAY and IOC orders
         #: stop counting then); None: not configured.
         self.day_session_end_ms = day_session_end_ms
@@ -435,7 +440,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 if is_valid_id(account):
                     await self.wait_for_state({account: request.min_state_version},
                                               self.wait_budget(context.time_remaining()))
-            mark = self._audit_mark()
+            mark = self.audit_mark()
             decision, durable, evictions = self.decide_replace(request)
             if evictions is not None:
                 decision, durable = await self.resolve_replace(request, evictions)
@@ -503,7 +508,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             return
         await self.journal.commit(durable, self.wait_budget(deadline_seconds))
 
-    def _audit_mark(self) -> int:
+    def audit_mark(self) -> int:
         """Where the audit queue stands before a call decides (see :meth:`_settle`)."""
         return self.audit.last_queued if self.audit is not None else 0
 
@@ -513,7 +518,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         ``audit_before_answer`` and ``record``, its audit records in Redis (both
         waits at once).
 
-        ``mark`` is :meth:`_audit_mark` from before the call decided: when the
+        ``mark`` is :meth:`audit_mark` from before the call decided: when the
         queue grew since, the call queued records and waits for them.
         ``record`` is :func:`must_be_recorded` of its decisions.
         """
@@ -532,6 +537,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if isinstance(outcome, BaseException):
                 raise outcome
 
+    async def settle_answer(self, decisions: list[pb.Decision], durable: list[DecidedOrder],
+                            mark: int) -> None:
+        """:meth:`_settle` for decisions of no one call's deadline (an OrderSession's group)."""
+        await self._settle(durable, mark, None, must_be_recorded(decisions))
+
     def _mark_durable(self, written: list[DecidedOrder]) -> None:
         self.engine.table.mark_durable_many([(d.account, d.order_id) for d in written])
 
@@ -543,7 +553,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             if request.min_state_version:
                 await self.wait_for_state(self.states_wanted((request,)),
                                           self.wait_budget(context.time_remaining()))
-            mark = self._audit_mark()
+            mark = self.audit_mark()
             expired: list[Expired] = []
             decision, durable = self.decide_durably(request, expired=expired)
             if expired:
@@ -554,6 +564,17 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrder", request)
             raise
+
+    def invalid_decision(self, order: pb.Order, error: InvalidRequest) -> pb.Decision:
+        """The INVALID_REQUEST decision of a malformed order in a batch or a session (audited)."""
+        if self.audit is not None and not self.audit.has_room():
+            return self._audit_unavailable(order)
+        if self.audit is not None:
+            self.audit.decision(order, False, _MALFORMED, 0, False, 0, principal_name())
+        return pb.Decision(
+            order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
+            account_id=order.account_id[:64], symbol=order.symbol[:64],
+            rejections=[pb.Rejection(code=pb.REJECT_CODE_INVALID_REQUEST, message=str(error))])
 
     def decide_batch(self, batch: pb.OrderBatch,
                      durable: list[DecidedOrder] | None = None,
@@ -573,16 +594,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 if record is not None and durable is not None:
                     durable.append(record)
             except InvalidRequest as error:
-                if self.audit is not None and not self.audit.has_room():
-                    decisions.append(self._audit_unavailable(order))
-                    continue
-                decisions.append(pb.Decision(
-                    order_id=order.order_id[:MAX_ORDER_ID_LENGTH], approved=False,
-                    account_id=order.account_id[:64], symbol=order.symbol[:64],
-                    rejections=[pb.Rejection(code=pb.REJECT_CODE_INVALID_REQUEST,
-                                             message=str(error))]))
-                if self.audit is not None:
-                    self.audit.decision(order, False, _MALFORMED, 0, False, 0, principal_name())
+                decisions.append(self.invalid_decision(order, error))
         return pb.DecisionBatch(decisions=decisions,
                                 latency_ns=time.perf_counter_ns() - started)
 
@@ -594,7 +606,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
             await self.refuse_unowned(order.account_id for order in request.orders)
             if wanted := self.states_wanted(request.orders):
                 await self.wait_for_state(wanted, self.wait_budget(context.time_remaining()))
-            mark = self._audit_mark()
+            mark = self.audit_mark()
             durable: list[DecidedOrder] = []
             expired: list[Expired] = []
             reply = self.decide_batch(request, durable, expired)
@@ -609,6 +621,26 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "EvaluateOrders")
             raise
+
+    async def OrderSession(self, request_iterator: AsyncIterator[Any],  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> None:
+        session = Session(self, request_iterator, context, self.session_window)
+        self.sessions.add(session)
+        if self.sessions_closed:
+            session.close()
+        try:
+            await session.run()
+        except Exception as error:  # mapped to a status by _abort, never swallowed
+            await _abort(context, error, "OrderSession")
+            raise
+        finally:
+            self.sessions.discard(session)
+
+    def close_sessions(self) -> None:
+        """Shutdown: every OrderSession answers what it decided, then ends UNAVAILABLE."""
+        self.sessions_closed = True
+        for session in self.sessions:
+            session.close()
 
     async def GetStatus(self, request: pb.StatusRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> pb.ServerStatus:

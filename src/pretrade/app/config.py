@@ -89,6 +89,7 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_orders", "max_orders_per_account", "order_expiry_ms",
                          "max_sync_lag_ms", "workers", "max_concurrent_rpcs",
                          "max_portfolio_streams", "max_control_calls", "max_open_calls",
+                         "max_order_sessions", "order_session_window",
                          "max_read_calls", "shutdown_grace_ms", "audit_retain_ms",
                          "audit_queue_size", "archive_claim_idle_ms", "log_rate_limit",
                          "keepalive_time_ms", "keepalive_timeout_ms",
@@ -381,6 +382,13 @@ class Settings:
         class of call can use these up.
     max_portfolio_streams : int
         StreamPortfolio streams one process keeps open at once.
+    max_order_sessions : int
+        OrderSession streams one process keeps open at once (each holds its
+        slot for as long as it is open; unary order calls have their own).
+    order_session_window : int
+        Orders an OrderSession decides ahead of the decisions its client has
+        read: past it the server stops reading the stream, and gRPC's flow
+        control holds the sender.
     max_control_calls : int
         Halt and GetStatus calls one process runs at once: order flow can
         never keep the kill switch out.
@@ -554,6 +562,8 @@ class Settings:
     stream_nice: int = 10
     max_concurrent_rpcs: int = 10_000
     max_portfolio_streams: int = 10_000
+    max_order_sessions: int = 64
+    order_session_window: int = 1_024
     max_control_calls: int = 100
     max_open_calls: int = 100
     keepalive_time_ms: int = 60_000

@@ -136,6 +136,7 @@ class Gateway:
                                              wait_limit_seconds=settings.max_sync_lag_ms / 1000,
                                              audit_before_answer=settings.audit_before_answer,
                                              default_currency=settings.default_currency,
+                                             session_window=settings.order_session_window,
                                              day_session_end_ms=None
                                              if settings.day_session_end_utc is None
                                              else parse_time_of_day(
@@ -146,7 +147,8 @@ class Gateway:
         self.gate = CallGate(orders=settings.max_concurrent_rpcs,
                              streams=settings.max_portfolio_streams,
                              control=settings.max_control_calls, open=settings.max_open_calls,
-                             reads=settings.max_read_calls, elsewhere=elsewhere)
+                             reads=settings.max_read_calls,
+                             sessions=settings.max_order_sessions, elsewhere=elsewhere)
         # Several processes share one port only when asked to; otherwise a
         # second server on the same port must fail, not split the traffic.
         reuse = 1 if settings.workers > 1 else 0
@@ -276,6 +278,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.gate.close()  # new calls: UNAVAILABLE, undecided
         self.portfolio.close()  # streams end UNAVAILABLE within the grace period
+        self.servicer.close_sessions()  # order sessions too, once they answered what they decided
         # Every call ends here, answered or UNAVAILABLE: none is left for the
         # transport's shutdown to cancel.
         await self.gate.drain(deadline)
@@ -652,7 +655,7 @@ def process_plan(settings: Settings) -> list[ProcessPlan]:
     if settings.stream_listen is None:
         return [ProcessPlan(number, settings, {}) for number in range(1, settings.workers + 1)]
     to_streams = {"streams": (settings.stream_listen, "stream_listen")}
-    to_orders = {"orders": (settings.listen, "listen")}
+    to_orders = {"orders": (settings.listen, "listen"), "sessions": (settings.listen, "listen")}
     # A stream process's own listen address is stream_listen.
     streams = dataclasses.replace(settings, listen=settings.stream_listen, stream_listen=None,
                                   workers=settings.stream_workers)

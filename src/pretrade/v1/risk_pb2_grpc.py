@@ -81,6 +81,11 @@ class PreTradeRiskStub:
                 request_serializer=pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.SerializeToString,
                 response_deserializer=pretrade_dot_v1_dot_risk__pb2.RejectionList.FromString,
                 _registered_method=True)
+        self.OrderSession = channel.stream_stream(
+                '/pretrade.v1.PreTradeRisk/OrderSession',
+                request_serializer=pretrade_dot_v1_dot_risk__pb2.Order.SerializeToString,
+                response_deserializer=pretrade_dot_v1_dot_risk__pb2.Decision.FromString,
+                _registered_method=True)
 
 
 class PreTradeRiskServicer:
@@ -180,6 +185,27 @@ class PreTradeRiskServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OrderSession(self, request_iterator, context):
+        """A session for order systems that keep one connection open (the way a
+        FIX session works): orders in, one Decision per order out, in the order
+        the orders came. Each order is decided exactly as by EvaluateOrder (the
+        same checks, the same access rules, a re-sent order id replays), but the
+        per-call cost is paid once per session. A message that is not a valid
+        Order, or an order with malformed fields, gets a Decision with
+        REJECT_CODE_INVALID_REQUEST and the session goes on. Decisions are
+        answered once they are durable and recorded, as EvaluateOrder's are.
+        Flow control: the server decides at most order_session_window orders
+        ahead of the decisions the client has read; beyond that it stops
+        reading, and gRPC's flow control holds the sender. The stream ends
+        PERMISSION_DENIED at an order for an account the caller may not use,
+        UNAVAILABLE when Redis cannot take the decisions or the server shuts
+        down: in each case only after every order decided before it was
+        answered. An order with no Decision was not decided; re-send it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PreTradeRiskServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +253,11 @@ def add_PreTradeRiskServicer_to_server(servicer, server):
                     servicer.ListRejections,
                     request_deserializer=pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.FromString,
                     response_serializer=pretrade_dot_v1_dot_risk__pb2.RejectionList.SerializeToString,
+            ),
+            'OrderSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.OrderSession,
+                    request_deserializer=pretrade_dot_v1_dot_risk__pb2.Order.FromString,
+                    response_serializer=pretrade_dot_v1_dot_risk__pb2.Decision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +505,33 @@ class PreTradeRisk:
             '/pretrade.v1.PreTradeRisk/ListRejections',
             pretrade_dot_v1_dot_risk__pb2.RejectionsRequest.SerializeToString,
             pretrade_dot_v1_dot_risk__pb2.RejectionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OrderSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pretrade.v1.PreTradeRisk/OrderSession',
+            pretrade_dot_v1_dot_risk__pb2.Order.SerializeToString,
+            pretrade_dot_v1_dot_risk__pb2.Decision.FromString,
             options,
             channel_credentials,
             insecure,
