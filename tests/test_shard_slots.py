@@ -52,25 +52,40 @@ def test_the_slot_is_redis_pys_and_the_twins_for_random_account_ids():
         assert key_slot(account) == redis.crc.key_slot(tagged) == cluster_slot(account)
 
 
-@pytest.fixture
-def cluster_node(tmp_path: Path) -> Iterator[redis.Redis]:
-    """A real redis-server with cluster support on (it answers CLUSTER KEYSLOT unassigned)."""
+def _start_cluster_node(tmp_path: Path) -> tuple[subprocess.Popen[bytes], redis.Redis] | None:
+    """redis-server with cluster support on a free port; None when it could not bind it."""
     port = free_port()
+    log = tmp_path / f"redis-{port}.log"
     process = subprocess.Popen(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--cluster-enabled", "yes", "--dir", str(tmp_path),
-         "--cluster-config-file", str(tmp_path / "nodes.conf")],
+         "--cluster-config-file", str(tmp_path / f"nodes-{port}.conf"), "--logfile", str(log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            return process, client
+        except redis.ConnectionError:
+            if process.poll() is not None:  # the port was taken meanwhile: another one
+                client.close()
+                return None
+            assert time.monotonic() < deadline, f"redis-server did not start: {log.read_text()}"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A real redis-server with cluster support on (it answers CLUSTER KEYSLOT unassigned)."""
+    started = None
+    for _ in range(5):
+        started = _start_cluster_node(tmp_path)
+        if started is not None:
+            break
+    assert started is not None, "redis-server exited at start five times"
+    process, client = started
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
         yield client
     finally:
         client.close()
