@@ -139,9 +139,18 @@ def _resident_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def _empty_sync_resident_bytes(url: str, tmp_path) -> int:
-    """The sync process's resident memory over an empty database (the baseline)."""
-    with serve_process(url.rsplit("/", 1)[0] + "/1", tmp_path / "empty.table") as (_target, pid):
+def _capacities(book: int, orders: int) -> dict[str, str]:
+    """The table of the sizing run: room for the whole book the Redis measurement wrote
+    (2 x book accounts, 11 holdings each)."""
+    return {"PRETRADE_MAX_ACCOUNTS": str(3 * book), "PRETRADE_MAX_POSITIONS": str(12 * book),
+            "PRETRADE_MAX_ORDERS": str(2 * orders), "PRETRADE_MAX_ORDERS_PER_ACCOUNT": str(orders)}
+
+
+def _empty_sync_resident_bytes(url: str, tmp_path, book: int, orders: int) -> int:
+    """The sync process's resident memory over an empty database (the baseline), with the
+    same table as the loaded run: the difference is the book, not the table's capacities."""
+    with serve_process(url.rsplit("/", 1)[0] + "/1", tmp_path / "empty.table",
+                       env=_capacities(book, orders)) as (_target, pid):
         return _resident_bytes(pid)
 
 
@@ -153,10 +162,8 @@ def _decided_order_bytes(url: str, tmp_path, book: int, accounts: int, orders: i
     for s in range(SYMBOLS):
         client.hset(instrument_key(f"S{s}".encode()), mapping={"tick_size": 1, "lot_size": 1})
         client.set(price_key(f"S{s}".encode()), 1_000_000)
-    # room for the whole book the Redis measurement wrote (2 x book accounts, 11 holdings each)
-    env = {"PRETRADE_MAX_ACCOUNTS": str(3 * book), "PRETRADE_MAX_POSITIONS": str(12 * book),
-           "PRETRADE_MAX_ORDERS": str(2 * orders), "PRETRADE_MAX_ORDERS_PER_ACCOUNT": str(orders)}
-    with serve_process(url, tmp_path / "sizing.table", env=env) as (target, pid):
+    with serve_process(url, tmp_path / "sizing.table",
+                       env=_capacities(book, orders)) as (target, pid):
         loaded = _resident_bytes(pid)
         cpu_before = _redis_cpu_seconds(client)
         with grpc.insecure_channel(target) as channel:
@@ -193,7 +200,7 @@ def test_bytes_per_account_holding_and_decided_order(benchmark, latency, tmp_pat
         client = redis.Redis.from_url(server.url)
         account_redis, holding_redis = _redis_bytes(client, accounts)
         events = _notifications_per_fill(client)
-        empty = _empty_sync_resident_bytes(server.url, tmp_path)
+        empty = _empty_sync_resident_bytes(server.url, tmp_path, accounts, orders)
         journal, audit, loaded, redis_cpu = _decided_order_bytes(server.url, tmp_path, accounts,
                                                       min(accounts, 100), orders)
     figures = {

@@ -121,6 +121,10 @@ operations = st.one_of(
     st.builds(lambda live: _op("set_sync_live", live), st.booleans()),
     # a writer's deadline, which evaluations after it must treat as stale
     st.builds(lambda until: _op("set_sync_live", True, until), st.integers(0, 10**10)),
+    # account ownership: shards on or off, leases held (epoch), released (0), expiring
+    st.builds(lambda n: _op("set_shards", n), st.sampled_from([0, 0, 1, 2, 4])),
+    st.builds(lambda shard, epoch, until: _op("set_shard_lease", shard, epoch, until),
+              st.integers(0, 4), st.integers(0, 3), st.integers(0, 10**10)),
     st.just(_op("clear_halts")),
     # decided orders: durable, leaving the table, restored
     st.builds(lambda pairs: _op("mark_durable_many", pairs),
@@ -376,6 +380,11 @@ class RandomWalk:
                        {c: tag_limit() for c in COUNTERPARTIES[1:] if rng.random() < 0.5})
         if roll < 0.975:
             return _op("clear_halts")
+        if roll < 0.98:  # account ownership: a shard's lease held, lapsing, released
+            if rng.random() < 0.2:
+                return _op("set_shards", rng.choice([0, 2, 4]))
+            return _op("set_shard_lease", rng.randint(0, 3), rng.choice([0, 1, 7]),
+                       self.now_ns + rng.choice([-1, 0, 1, 3_000_000, 10**12]))
         if rng.random() < 0.5:  # a deadline just ahead of or behind the walk's clock
             return _op("set_sync_live", True, self.now_ns + rng.choice([-1, 0, 1, 3_000_000]))
         return _op("set_sync_live", rng.random() < 0.9)

@@ -30,19 +30,23 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine",),
     ("audit",),
     ("state",),
+    ("shards",),
     ("stream",),
     ("api",),
     ("app",),
+    ("client",),
     ("cli", "desk", "__main__"),
 )
 #: What each room holds, for the drawing.
 ROOMS: dict[str, str] = {
     "cli": "the pretrade command: parsing, tables, a client",
+    "client": "the client library: orders routed to their account's owner",
     "desk": "the risk desk: a web page over the gateway (gRPC client, SSE)",
     "app": "settings, security, server assembly, dev Redis, demo book",
     "api": "gRPC: servicer, request checks, status map, interceptors, health",
     "stream": "StreamPortfolio fan-out",
     "state": "Redis is the truth: schema, sync, prices, journal, halts",
+    "shards": "account ownership: slots of {ACC}, shard leases, the shard map",
     "audit": "the audit trail: format, writer, reader",
     "engine": "table, limits, fixed point, the twin; errors, ids, names",
     "_core": "compiled: the mapped table and the check pipeline",

@@ -1026,3 +1026,79 @@ def test_a_restored_replacement_reserves_its_total_less_the_chain_fills(book):
     assert book.state.working(ACC, AAPL) == (16, 0)
     # a re-sent replace replays from the restored record
     assert replace(book, b"B", b"A", quantity=20).replayed
+
+
+# -- account ownership: the lease of the account's shard --
+
+def shard_of_acc(count: int) -> int:
+    from pretrade.shards.slots import shard_of
+    return shard_of(ACC, count)
+
+
+def test_with_ownership_on_an_order_is_approved_only_while_its_shard_is_held(book):
+    book.state.set_shards(16)
+    assert book.order()[2] == ((pb.REJECT_CODE_STALE_DATA, 0, 0),)
+    mine = shard_of_acc(16)
+    book.state.set_shard_lease((mine + 1) % 16, 3, book.now + SECOND)   # another shard
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+    book.state.set_shard_lease(mine, 3, book.now + SECOND)
+    assert book.codes() == []
+    book.state.set_shard_lease(mine, 0, 0)                              # released
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+
+
+def test_a_shard_lease_decides_up_to_its_deadline_and_not_one_nanosecond_after(book):
+    book.state.set_shards(4)
+    book.state.set_shard_lease(shard_of_acc(4), 1, book.now)
+    assert book.codes() == []                   # exactly at the deadline
+    book.now += 1
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+    book.state.set_shard_lease(shard_of_acc(4), 2, book.now)   # renewed
+    assert book.codes() == []
+
+
+def test_a_shard_held_without_a_deadline_yet_is_stale(book):
+    # (a lease just taken over: held, its decided orders still being restored)
+    book.state.set_shards(4)
+    book.state.set_shard_lease(shard_of_acc(4), 7, 0)
+    assert book.state.shard_lease(shard_of_acc(4)) == (7, 0)
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+
+
+def test_a_stale_shard_decision_is_not_remembered_and_a_resend_after_renewal_decides(book):
+    book.state.set_shards(2)
+    assert book.codes(order_id=b"X") == [pb.REJECT_CODE_STALE_DATA]
+    book.state.set_shard_lease(shard_of_acc(2), 1, book.now)
+    decision = book.order(order_id=b"X")
+    assert approved(decision) and not decision[3]          # decided now, not replayed
+
+
+def test_a_replace_on_a_shard_not_held_is_stale_and_the_original_works_on(book):
+    book.state.set_shards(8)
+    book.state.set_shard_lease(shard_of_acc(8), 5, book.now)
+    assert approved(book.order(quantity=10, order_id=b"A"))
+    book.now += 1
+    assert replace(book, b"B", b"A", quantity=20).rejections == (
+        (pb.REJECT_CODE_STALE_DATA, 0, 0),)
+    assert book.state.working(ACC, AAPL) == (10, 0)
+
+
+def test_turning_ownership_off_decides_every_account_again(book):
+    book.state.set_shards(16)
+    assert book.codes() == [pb.REJECT_CODE_STALE_DATA]
+    book.state.set_shards(0)
+    assert book.codes() == []
+
+
+def test_shard_settings_out_of_range_are_refused(book):
+    from pretrade._core.constants import MAX_SHARDS
+    with pytest.raises(ValueError):
+        book.state.set_shards(MAX_SHARDS + 1)
+    book.state.set_shards(4)
+    with pytest.raises(ValueError):
+        book.state.set_shard_lease(4, 1, 0)
+    with pytest.raises(ValueError):
+        book.state.set_shard_lease(0, -1, 0)
+    assert book.state.shard_lease(1) == (0, 0)
+    book.state.set_shard_lease(1, 9, 77)
+    assert book.state.shard_lease(1) == (9, 77)

@@ -145,6 +145,11 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_DESK_TLS_CA": "/etc/pretrade/ca.pem",
         "PRETRADE_DESK_CLIENT_CERT": "/etc/pretrade/desk.pem",
         "PRETRADE_DESK_CLIENT_KEY": "/etc/pretrade/desk.key",
+        "PRETRADE_OWNED_SHARDS": "0-3,9",
+        "PRETRADE_SHARD_COUNT": "12",
+        "PRETRADE_LEASE_TTL_MS": "1500",
+        "PRETRADE_NODE_ID": "risk-a",
+        "PRETRADE_ADVERTISED_ADDRESS": "risk-a.example:50051",
     }
     assert set(env) == {environment_variable(f.name) for f in dataclasses.fields(Settings)}
     assert load_settings(env=env) == Settings(
@@ -208,6 +213,11 @@ def test_every_field_has_its_own_environment_variable():
         desk_tls_ca="/etc/pretrade/ca.pem",
         desk_client_cert="/etc/pretrade/desk.pem",
         desk_client_key="/etc/pretrade/desk.key",
+        owned_shards="0-3,9",
+        shard_count=12,
+        lease_ttl_ms=1500,
+        node_id="risk-a",
+        advertised_address="risk-a.example:50051",
     )
 
 
@@ -408,3 +418,20 @@ def test_the_account_share_defaults_to_an_eighth_of_the_order_table():
         Settings(max_orders_per_account=0)
     with pytest.raises(ConfigError, match="order_expiry_ms"):
         load_settings(env={"PRETRADE_ORDER_EXPIRY_MS": "soon"})
+
+
+def test_ownership_is_off_unless_owned_shards_names_shards_of_the_shard_count():
+    assert Settings().shards_owned is None
+    assert Settings(owned_shards="all", shard_count=4).shards_owned == (0, 1, 2, 3)
+    assert Settings(owned_shards="1-2,0").shards_owned == (0, 1, 2)
+    for bad in ("16", "x", "", "3-2"):
+        with pytest.raises(ConfigError, match="owned_shards"):
+            Settings(owned_shards=bad)
+    with pytest.raises(ConfigError, match="shard_count"):
+        Settings(shard_count=1025)
+    with pytest.raises(ConfigError, match="lease_ttl_ms"):
+        Settings(lease_ttl_ms=299)
+    with pytest.raises(ConfigError, match="node_id"):
+        Settings(node_id="a b")
+    with pytest.raises(ConfigError, match="advertised_address"):
+        Settings(advertised_address="nohost")

@@ -87,6 +87,8 @@ KEY_CONSTANTS = {
     "ORDERS": "hash",
     "CANARY": "string",
     "VERSION": "string",
+    "LEASE": "string",
+    "LEASE_EPOCH": "string",
 }
 #: The Redis type each writing command of the fail-closed cases leaves behind.
 TYPE_WRITTEN_BY = {"HSET": "hash", "SET": "string", "SADD": "set"}
@@ -277,6 +279,8 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
                 or key.encode().startswith(redis_schema.CANARY)
+                or key.replace("<N>", "0").encode() in (redis_schema.lease_key(0),
+                                                        redis_schema.lease_epoch_key(0))
                 or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM)), (
             f"{pattern!r} is not a key pretrade reads or writes")
 
@@ -449,7 +453,7 @@ def test_every_key_in_the_examples_is_one_pretrade_reads(doc):
     for command in commands:
         key = command[1]
         assert classify(key.encode()) is not None or key.encode() in (
-            DEMO_MARKER, PRICE_STREAM), (
+            DEMO_MARKER, PRICE_STREAM) or key.encode().startswith(redis_schema.LEASE), (
             f"example {' '.join(command)!r} writes {key!r}, which pretrade ignores")
 
 
@@ -902,8 +906,10 @@ def test_every_fail_closed_row_is_checked_against_a_gateway(doc):
 # orders:{ACC} is read only at a full load, so a wrong type there shows at the
 # next start, not in a running gateway: tests/test_recovery.py covers it. A
 # canary key is never read: each beat's SET replaces it, whatever its type.
+# The leases are not the sync's: a lease of another type is nobody's, which
+# tests/test_ownership.py checks on nodes that own shards.
 @pytest.mark.parametrize("name", [name for name in KEY_CONSTANTS
-                                  if name not in ("ORDERS", "CANARY")])
+                                  if name not in ("ORDERS", "CANARY", "LEASE", "LEASE_EPOCH")])
 def test_every_key_family_has_a_wrong_type_case(name):
     prefix = getattr(redis_schema, name).decode()
     documented = KEY_CONSTANTS[name]

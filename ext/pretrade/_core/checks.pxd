@@ -37,7 +37,7 @@ cdef struct OrderInput:
     int64_t session_end_ms          # Unix ms of the session end a DAY / IOC order works
                                     # until, from the caller; 0: none configured
     int32_t time_in_force           # TimeInForce
-    int32_t order_input_pad
+    int32_t shard                   # the account's shard (NO_INDEX: ownership off)
     int32_t side                    # Side
     int32_t order_type              # OrderType
     int32_t account_index           # NO_INDEX when the account is not in the table

@@ -293,14 +293,32 @@ cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept
     # version:{ACC} in the table, limit = the one the order needs).
     # The writer renews the deadline while the canary comes back; a writer
     # that stopped renewing it (killed, frozen) leaves a table that expires.
+    # With account ownership on, the account's shard must also be held: a
+    # lease this node stopped renewing (Redis unreachable, the process
+    # frozen) expires here before it can in Redis, so no two nodes approve
+    # for one account (L.TableHeader.shard_live_until_ns).
     cdef int64_t version
     cdef int64_t until = L.pt_load_i64(&ctx.header.sync_live_until_ns)
-    if L.pt_load_i32(&ctx.header.sync_live) != 1 or (until != 0 and out.order.now_ns > until):
+    if L.pt_load_i32(&ctx.header.sync_live) != 1 or (until != 0 and out.order.now_ns > until) \
+            or not shard_held(ctx.header, out.order.shard, out.order.now_ns):
         reject(out, L.REJECT_STALE_DATA, 0, 0)
     elif out.order.min_state_version > 0:
         version = L.pt_load_i64(&ctx.account.state_version) if ctx.account != NULL else 0
         if version < out.order.min_state_version:
             reject(out, L.REJECT_STALE_DATA, version, out.order.min_state_version)
+
+
+cdef inline bint shard_held(const L.TableHeader* header, int32_t shard,
+                            int64_t now_ns) noexcept nogil:
+    # NO_INDEX: ownership is off. The epoch is read first: the writer clears
+    # the deadline before the epoch, and sets the epoch before the deadline.
+    cdef int64_t until
+    if shard == L.NO_INDEX:
+        return True
+    if L.pt_load_i64(&header.shard_epoch[shard]) == 0:
+        return False
+    until = L.pt_load_i64(&header.shard_live_until_ns[shard])
+    return until != 0 and now_ns <= until
 
 
 cdef void check_account_known(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -773,6 +791,15 @@ CHECK_NAMES = (
 
 
 # -- CONTEXT --
+
+cdef inline int32_t account_shard(const L.TableHeader* header, const char* account_id,
+                                  Py_ssize_t length) noexcept nogil:
+    # The shard of the account's Redis Cluster slot; NO_INDEX while ownership is off.
+    cdef uint32_t count = <uint32_t>L.pt_load_i32(<const int32_t*>&header.shard_count)
+    if count == 0:
+        return L.NO_INDEX
+    return L.pt_shard_of_slot(L.pt_key_slot(account_id, length), count)
+
 
 cdef void prepare_context(PositionTable table, DecisionRecord* record,
                           CheckContext* ctx) noexcept nogil:
@@ -1346,6 +1373,7 @@ cdef class Engine:
         record.order.order_id_length = len(order_id)
         record.order.account_id_length = len(account_id)
         record.order.account_index = self.table.find_account(account_id, len(account_id))
+        record.order.shard = account_shard(self.table.header, account_id, len(account_id))
         return record
 
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,

@@ -22,6 +22,8 @@ RATE_RING_CAPACITY = L.RATE_RING_CAPACITY       # approved orders remembered per
 REJECT_RING_CAPACITY = L.REJECT_RING_CAPACITY   # rejections remembered per account
 MAX_CAPACITY = L.MAX_CAPACITY                   # most records of one kind in a table
 MAX_LOCK_STRIPES = L.MAX_LOCK_STRIPES
+MAX_SHARDS = L.MAX_SHARDS                       # shards a table keeps a lease deadline for
+CLUSTER_SLOTS = L.CLUSTER_SLOTS                 # Redis Cluster hash slots the shards split
 
 # -- DECIDED ORDERS: each account's share, and records that leave the table --
 

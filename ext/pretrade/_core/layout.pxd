@@ -34,13 +34,15 @@ cdef extern from "shared_sync.h" nogil:
     bint pt_mul_overflow(int64_t a, int64_t b, int64_t* out)
     bint pt_add_overflow(int64_t a, int64_t b, int64_t* out)
     bint pt_sub_overflow(int64_t a, int64_t b, int64_t* out)
+    uint32_t pt_key_slot(const char* key, int64_t length)
+    int32_t pt_shard_of_slot(uint32_t slot, uint32_t shard_count)
 
 
 # -- SIZES AND MARKERS --
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 9
+    LAYOUT_VERSION = 10
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -75,6 +77,10 @@ cdef enum:
     # The table's clock (when a record stopped working) moves in steps of at
     # least this, so decisions in several processes rarely write its cache line.
     TABLE_CLOCK_STEP_NS = 1_000_000
+    # Account ownership (shards of the Redis Cluster slot of {ACC}): the most
+    # shards a table keeps a lease deadline for, and the slots they split.
+    MAX_SHARDS = 1024
+    CLUSTER_SLOTS = 16384
 
 
 # Window lengths the velocity checks and the reject-storm breaker use when a
@@ -323,6 +329,16 @@ cdef struct TableHeader:
     int64_t clock_ns                # the latest clock reading the table was given
     int64_t orders_evicted          # records that left the table for their durable copy
     int64_t order_index_rebuilds
+    # Account ownership. shard_count 0: off (this table decides every account).
+    # Else an order decides only while its account's shard has a lease this
+    # node holds: shard_epoch != 0 (the lease's fencing epoch) and now <=
+    # shard_live_until_ns (CLOCK_MONOTONIC: the renewal's start + ttl - a
+    # margin, so this node stops before the lease can have expired in Redis).
+    # Past it, or never held: STALE_DATA. The table writer renews them.
+    uint32_t shard_count
+    uint32_t shard_pad
+    int64_t shard_live_until_ns[MAX_SHARDS]
+    int64_t shard_epoch[MAX_SHARDS]
     uint64_t total_size
     uint64_t locks_offset
     uint64_t accounts_offset

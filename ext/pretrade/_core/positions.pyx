@@ -1670,6 +1670,53 @@ cdef class PositionTable:
         L.pt_store_i64(&self.header.sync_live_until_ns, until_ns if live else 0)
         L.pt_store_i32(&self.header.sync_live, 1 if live else 0)
 
+    # -- ACCOUNT OWNERSHIP (leases of shards; the table writer keeps them) --
+
+    def set_shards(self, uint32_t count):
+        """Turn account ownership on with ``count`` shards (0: off), no lease held.
+
+        With it on, an order decides only while its account's shard is held
+        (:meth:`set_shard_lease`); any other gets STALE_DATA.
+        """
+        cdef int i
+        if count > L.MAX_SHARDS:
+            raise ValueError(f"at most {L.MAX_SHARDS} shards, got {count}")
+        for i in range(L.MAX_SHARDS):
+            L.pt_store_i64(&self.header.shard_live_until_ns[i], 0)
+            L.pt_store_i64(&self.header.shard_epoch[i], 0)
+        L.pt_store_i32(<int32_t*>&self.header.shard_count, <int32_t>count)
+
+    def set_shard_lease(self, uint32_t shard, int64_t epoch, int64_t until_ns):
+        """Hold ``shard`` under fencing ``epoch`` until ``until_ns`` (CLOCK_MONOTONIC).
+
+        ``epoch`` 0 releases it. Ordered for readers in other processes
+        (checks.pyx reads the epoch first): a release clears the deadline
+        before the epoch, a grant writes the epoch before the deadline.
+        """
+        if shard >= <uint32_t>L.pt_load_i32(<int32_t*>&self.header.shard_count):
+            raise ValueError(f"no shard {shard} in a table of "
+                             f"{L.pt_load_i32(<int32_t*>&self.header.shard_count)} shards")
+        if epoch < 0:
+            raise ValueError("a fencing epoch is positive (0: released)")
+        if epoch == 0:
+            L.pt_store_i64(&self.header.shard_live_until_ns[shard], 0)
+            L.pt_store_i64(&self.header.shard_epoch[shard], 0)
+        else:
+            L.pt_store_i64(&self.header.shard_epoch[shard], epoch)
+            L.pt_store_i64(&self.header.shard_live_until_ns[shard], until_ns)
+
+    @property
+    def shard_count(self):
+        """Shards accounts are split into (0: ownership off)."""
+        return <uint32_t>L.pt_load_i32(<int32_t*>&self.header.shard_count)
+
+    def shard_lease(self, uint32_t shard):
+        """``(epoch, until_ns)`` of a shard's lease in this table; (0, 0): not held."""
+        if shard >= L.MAX_SHARDS:
+            raise ValueError(f"no shard {shard}")
+        return (L.pt_load_i64(&self.header.shard_epoch[shard]),
+                L.pt_load_i64(&self.header.shard_live_until_ns[shard]))
+
     # -- PYTHON READERS (status, tests) --
 
     @property

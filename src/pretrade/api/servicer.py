@@ -45,6 +45,7 @@ from pretrade.engine.names import full_name, short_name
 from pretrade.engine.sessions import next_session_end_unix_ms, working_until
 from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
 from pretrade.engine.text import as_text, is_valid_id, require_id
+from pretrade.shards.leases import Ownership
 from pretrade.state.halts import Breakers, HaltBook, write_halt
 from pretrade.state.journal import DecidedOrder, Journal, decode
 from pretrade.state.schema import StateError, orders_key
@@ -138,6 +139,9 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         self.journal = journal
         if journal is not None:
             journal.on_durable = self._mark_durable
+        # Account ownership (off unless the table has shards): an order for an
+        # account whose shard this node does not hold is refused NOT_OWNER.
+        self.ownership = Ownership(engine.table, redis_client)
 
     def decide(self, order: pb.Order) -> pb.Decision:
         """One order through validation and the pipeline (no network involved).
@@ -430,6 +434,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                            context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
+            await self.refuse_unowned((request.account_id,))
             if request.min_state_version:
                 account = request.account_id.encode("utf-8", "replace")
                 if is_valid_id(account):
@@ -445,6 +450,17 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         except Exception as error:  # mapped to a status by _abort, never swallowed
             await _abort(context, error, "ReplaceOrder", request)
             raise
+
+    async def refuse_unowned(self, accounts: Iterable[str]) -> None:
+        """FailedPrecondition NOT_OWNER when an account's shard is not this node's.
+
+        Before anything is decided or recorded: never decided by the wrong
+        node. A batch is refused whole when any of its accounts is elsewhere
+        (the refusal names every shard's owner, for the client to split it).
+        """
+        unowned = self.ownership.unowned(accounts)
+        if unowned:
+            raise await self.ownership.refusal(unowned)
 
     def wait_budget(self, deadline_seconds: float | None) -> float:
         """Seconds a call may wait on Redis: the limit, and short of its deadline.
@@ -533,6 +549,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                             context: grpc.aio.ServicerContext) -> pb.Decision:
         try:
             _check_deadline(context)
+            await self.refuse_unowned((request.account_id,))
             if request.min_state_version:
                 await self.wait_for_state(self.states_wanted((request,)),
                                           self.wait_budget(context.time_remaining()))
@@ -586,6 +603,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         try:
             _check_deadline(context)
             validate_batch(request)
+            await self.refuse_unowned(order.account_id for order in request.orders)
             if wanted := self.states_wanted(request.orders):
                 await self.wait_for_state(wanted, self.wait_budget(context.time_remaining()))
             mark = self.audit_mark()

@@ -14,7 +14,8 @@ sender. A slow reader of decisions therefore holds at most ``window``
 decisions here.
 
 Ends: the client half-closes (the stream ends OK after the last decision);
-an order for an account the caller may not use (PERMISSION_DENIED), Redis
+an order for an account the caller may not use (PERMISSION_DENIED) or, with
+account ownership, that another node owns (FAILED_PRECONDITION NOT_OWNER), Redis
 refusing a group (UNAVAILABLE; the group's orders are decided and reserved,
 and a re-send replays them once Redis has them), or shutdown (UNAVAILABLE).
 In every case the decisions of the groups before are written first, and an
@@ -58,6 +59,8 @@ class Decider(Protocol):
 
     async def settle_answer(self, decisions: list[pb.Decision], durable: list[DecidedOrder],
                             mark: int) -> None: ...
+
+    async def refuse_unowned(self, accounts: Iterable[str]) -> None: ...
 
 #: Why a session ended at shutdown (UNAVAILABLE).
 SESSION_CLOSED = ("pretrade is shutting down: the session ended after every order it had "
@@ -157,6 +160,10 @@ class Session:
         servicer = self.servicer
         if isinstance(message, MalformedMessage):
             return servicer.invalid_decision(pb.Order(), message.error), None
+        # An account another node owns ends the session (FAILED_PRECONDITION
+        # NOT_OWNER) before its order is decided, as an account the caller may
+        # not use does: the orders before it are answered, it and the rest are not.
+        await servicer.refuse_unowned((message.account_id,))
         try:
             if message.min_state_version:
                 await servicer.wait_for_state(servicer.states_wanted((message,)),

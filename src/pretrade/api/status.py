@@ -172,7 +172,8 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
              else "unknown")
     match code:
         case pb.REJECT_CODE_STALE_DATA:
-            return "risk state is not in sync with Redis; orders are refused until it is"
+            return ("risk state is not in sync with Redis, or this node's lease of the "
+                    "account's shard is not renewed; orders are refused until it is")
         case pb.REJECT_CODE_UNKNOWN_ACCOUNT:
             return "unknown account: no holdings or limits are configured for it"
         case pb.REJECT_CODE_UNKNOWN_SYMBOL:

@@ -35,13 +35,16 @@ from pretrade._core.constants import (
     ACCOUNT_SHARE_DIVISOR,
     DEFAULT_ORDER_EXPIRY_MS,
     MAX_CAPACITY,
+    MAX_ID_LENGTH,
     MAX_LOCK_STRIPES,
+    MAX_SHARDS,
 )
 from pretrade.api.roles import AUTH_MODES
 from pretrade.engine.errors import ConfigError
 from pretrade.engine.sessions import parse_time_of_day
 from pretrade.engine.table import Capacities
-from pretrade.engine.text import is_currency_code
+from pretrade.engine.text import is_currency_code, is_valid_id
+from pretrade.shards.slots import DEFAULT_SHARD_COUNT, parse_shards
 
 #: The table's own capacity defaults: the settings' defaults are these.
 _TABLE = Capacities()
@@ -70,6 +73,8 @@ _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 _REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _DATABASE_URL_FALLBACK_ENV = "DATABASE_URL"
 _DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+#: The shortest lease TTL: renewed every third of it, it must outlast a few round trips.
+MIN_LEASE_TTL_MS = 300
 #: What the servicer does with an order when the audit queue is full.
 AUDIT_WHEN_FULL = ("reject", "drop")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -88,7 +93,8 @@ _INT_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "lo
                          "max_read_calls", "shutdown_grace_ms", "audit_retain_ms",
                          "audit_queue_size", "archive_claim_idle_ms", "log_rate_limit",
                          "keepalive_time_ms", "keepalive_timeout_ms",
-                         "keepalive_min_ping_interval_ms", "stream_workers"})
+                         "keepalive_min_ping_interval_ms", "stream_workers", "shard_count",
+                         "lease_ttl_ms"})
 # Integers where 0 means "off".
 _COUNT_FIELDS = frozenset({"reconcile_interval_seconds", "stream_nice"})
 #: The most a process's niceness can be raised (``nice(2)``: 19 is the lowest priority).
@@ -104,7 +110,8 @@ _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_
                               "max_orders_per_account", "desk_listen", "desk_gateway",
                               "stream_listen", "desk_stream_gateway",
                               "desk_tls_ca", "desk_client_cert", "desk_client_key",
-                              "day_session_end_utc"})
+                              "day_session_end_utc", "node_id", "advertised_address",
+                              "owned_shards"})
 _PATH_FIELDS = frozenset({"table_path", "data_dir", "tls_cert", "tls_key", "tls_client_ca",
                           "tokens_file", "desk_tls_ca", "desk_client_cert", "desk_client_key"})
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -235,6 +242,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem("must be a positive integer below 2**31")
         if name == "lock_stripes" and (value & (value - 1) or value > MAX_LOCK_STRIPES):
             raise problem(f"must be a power of two, at most {MAX_LOCK_STRIPES}")
+        if name == "shard_count" and value > MAX_SHARDS:
+            raise problem(f"must be at most {MAX_SHARDS} (the shards a table keeps a lease for)")
+        if name == "lease_ttl_ms" and value < MIN_LEASE_TTL_MS:
+            raise problem(f"must be at least {MIN_LEASE_TTL_MS} (renewed every third of it)")
         return value
     if name in _COUNT_FIELDS:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -252,7 +263,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     if not isinstance(value, str):
         raise problem("expected a string")
     if name in ("listen", "metrics_listen", "archive_metrics_listen", "desk_listen",
-                "desk_gateway", "stream_listen", "desk_stream_gateway"):
+                "desk_gateway", "stream_listen", "desk_stream_gateway", "advertised_address"):
         try:
             _split_listen(value)
         except ValueError as error:
@@ -287,6 +298,12 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             raise problem(str(error)) from None
         seconds = end_of_day_ms // 1000
         return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    elif name == "node_id":
+        if not is_valid_id(value.encode("utf-8", "replace")):
+            raise problem(f"must be 1 to {MAX_ID_LENGTH} characters of A-Z a-z 0-9 . _ / - "
+                          "+ = # @ $ & ! ~ ^")
+    elif name == "owned_shards" and not value.strip():
+        raise problem("must name shards: 'all' or e.g. '0-7,9' (unset: ownership off)")
     elif name == "default_currency":
         if not is_currency_code(value.upper().encode("utf-8")):
             raise problem("must be an ISO 4217 code: three letters A-Z, e.g. USD")
@@ -502,6 +519,25 @@ class Settings:
     desk_client_cert, desk_client_key : str or None
         PEM certificate and key the desk presents to a gateway that requires
         client certificates (mutual TLS).
+    owned_shards : str or None
+        Account ownership: the shards (of ``shard_count``) whose leases this
+        node holds in Redis and whose accounts it alone decides: ``all`` or
+        shards and ranges, ``0-7,9``. An order for an account of another
+        shard is refused FAILED_PRECONDITION ``NOT_OWNER``, naming its owner.
+        None (the default): ownership off, this node decides every account.
+    shard_count : int
+        Shards the 16,384 Redis Cluster slots are split into, in contiguous
+        ranges (at most 1,024); every node of a deployment must agree.
+    lease_ttl_ms : int
+        TTL of a shard's lease in Redis (milliseconds, at least 300); renewed
+        every third of it. A node stops approving a shard's orders a tenth of
+        it before its lease can expire, and another node takes the shard
+        once it has expired.
+    node_id : str or None
+        This node's name in its leases; None: ``<hostname>-<port>``.
+    advertised_address : str or None
+        ``HOST:PORT`` other nodes' refusals and clients send this node's
+        accounts to; None: ``listen`` (with the port bound).
 
     Whether the transport and auth settings fit together is checked, with
     their files, when a server starts (:meth:`pretrade.api.access.ServerAccess.from_settings`).
@@ -568,6 +604,11 @@ class Settings:
     desk_tls_ca: str | None = None
     desk_client_cert: str | None = None
     desk_client_key: str | None = None
+    owned_shards: str | None = None
+    shard_count: int = DEFAULT_SHARD_COUNT
+    lease_ttl_ms: int = 3_000
+    node_id: str | None = None
+    advertised_address: str | None = None
 
     def __post_init__(self) -> None:
         for settings_field in dataclasses.fields(self):
@@ -576,6 +617,11 @@ class Settings:
             if checked != value:
                 # Frozen: the documented way to normalise a field after __init__.
                 object.__setattr__(self, settings_field.name, checked)
+        if self.owned_shards is not None:
+            try:
+                parse_shards(self.owned_shards, self.shard_count)
+            except ValueError as error:
+                raise ConfigError(f"owned_shards={self.owned_shards!r}: {error}") from None
         if self.stream_listen is not None:
             streams = parse_listen(self.stream_listen)
             if streams[1] != 0 and streams == parse_listen(self.listen):
@@ -588,6 +634,13 @@ class Settings:
         if self.max_orders_per_account is not None:
             return self.max_orders_per_account
         return max(1, self.max_orders // ACCOUNT_SHARE_DIVISOR)
+
+    @property
+    def shards_owned(self) -> tuple[int, ...] | None:
+        """The shards this node tries to hold; None: ownership off (it decides every account)."""
+        if self.owned_shards is None:
+            return None
+        return parse_shards(self.owned_shards, self.shard_count)
 
     @property
     def embedded_redis(self) -> bool:

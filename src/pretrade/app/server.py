@@ -196,6 +196,7 @@ class Gateway:
                                    "--metrics-listen HOST:PORT") from None
         self.audit.start()
         if self.writer is not None:
+            self.writer.listening_on(self.port)
             await self.writer.start()
         else:
             assert self.feed is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
 import redis.asyncio as aioredis
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 from pretrade._core import PositionTable
 from pretrade.app.config import Settings
 from pretrade.audit.trail import AuditTrail
+from pretrade.shards.leases import LeaseKeeper
 from pretrade.state.connection import redis_client
 from pretrade.state.feed import FeedPublisher
 from pretrade.state.halts import HaltBook, HaltObserver
@@ -46,6 +48,26 @@ def settings_redis(url: str, settings: Settings, *,
     """:func:`~pretrade.state.connection.redis_client` with the settings' ACL user and password."""
     return redis_client(url, username=settings.redis_username,
                         password=settings.redis_password, socket_timeout=socket_timeout)
+
+
+def node_id(settings: Settings, port: int | None = None) -> str:
+    """``node_id``, or ``<hostname>-<port>`` (the port bound when ``listen`` has 0)."""
+    if settings.node_id is not None:
+        return settings.node_id
+    host = "".join(c if c.isalnum() or c in ".-_" else "-" for c in socket.gethostname())
+    return f"{host[:24]}-{port if port is not None else settings.listen_port}"
+
+
+def advertised_address(settings: Settings, port: int | None = None) -> str:
+    """Where other nodes and clients send this node's accounts: the setting, else ``listen``."""
+    if settings.advertised_address is not None:
+        return settings.advertised_address
+    host = settings.listen_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port if port is not None else settings.listen_port}"
 
 
 class TableWriter:
@@ -89,7 +111,26 @@ class TableWriter:
             self.sync.listeners.append(self.publisher)
             self.halts.listeners.append(self.publisher)
             self.sync.load_listeners.append(self.publisher.reloaded)
+        # Account ownership: the shards' leases, renewed here (the process that
+        # writes the table), their deadlines checked by every server process.
+        owned = settings.shards_owned
+        table.set_shards(settings.shard_count if owned is not None else 0)
+        self.keeper: LeaseKeeper | None = None
+        if owned is not None:
+            self.keeper = LeaseKeeper(
+                settings_redis(redis_url, settings, socket_timeout=settings.lease_ttl_ms / 3000),
+                table, node=node_id(settings), address=advertised_address(settings),
+                shards=owned, ttl_ms=settings.lease_ttl_ms,
+                loads=lambda: self.sync.stats.full_loads,
+                reload=self.sync._resync)  # noqa: SLF001 (the sync's own resync request)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def listening_on(self, port: int) -> None:
+        """The port the server bound (``listen`` had port 0): the address the leases name."""
+        if self.keeper is not None:
+            self.keeper.address = advertised_address(self.settings, port)
+            if self.settings.node_id is None:
+                self.keeper.node = node_id(self.settings, port)
 
     async def prepare(self) -> None:
         """Before anything serves: the notification flags (SyncConfigError if not allowed)."""
@@ -107,11 +148,13 @@ class TableWriter:
                        asyncio.create_task(self.reconciler.run(), name="pretrade-reconcile")]
         if self.publisher is not None:
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="pretrade-feed"))
+        if self.keeper is not None:
+            self._tasks.append(asyncio.create_task(self.keeper.run(), name="pretrade-leases"))
 
     def status(self) -> risk_pb2.ServerStatus:
         """The writer's part of GetStatus: the sync, the prices, the table's use."""
         stats = self.sync.stats
-        return risk_pb2.ServerStatus(
+        status = risk_pb2.ServerStatus(
             sync_live=self.table.sync_live, lag_ms=self.sync.lag_ms,
             max_lag_ms=self.sync.max_lag_ms,
             last_full_load_unix_ms=self.sync.last_full_load_unix_ms,
@@ -124,6 +167,17 @@ class TableWriter:
             reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
             reconcile_differences=self.reconciler.differences,
             last_reconcile_unix_ms=self.reconciler.last_run_unix_ms)
+        keeper = self.keeper
+        if keeper is not None:
+            status.MergeFrom(risk_pb2.ServerStatus(
+                shard_count=keeper.shard_count, node_id=keeper.node,
+                advertised_address=keeper.address, lease_failures=keeper.failures,
+                shard_leases=[risk_pb2.ShardLease(
+                    shard=owner.shard, first_slot=owner.first_slot, last_slot=owner.last_slot,
+                    node_id=owner.node, address=owner.address, epoch=owner.epoch,
+                    held_here=owner.shard in keeper.held and owner.shard not in keeper.restoring)
+                    for owner in keeper.map]))
+        return status
 
     async def _expire_orders(self) -> None:
         # Durable decided orders that stopped working order_expiry_ms ago leave
@@ -141,7 +195,10 @@ class TableWriter:
                 await asyncio.sleep(0)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop following; write the halt audit still queued; release the connections."""
+        """Give the leases back; stop following; write the halt audit still queued;
+        release the connections."""
+        if self.keeper is not None:
+            await self.keeper.release()
         self.sync.stop()
         self.prices.stop()
         if self.publisher is not None:
@@ -155,9 +212,13 @@ class TableWriter:
             await self.audit.close(timeout=grace)
             await self.audit.client.aclose()
         await self.redis.aclose()
+        if self.keeper is not None:
+            await self.keeper.client.aclose()
 
     async def abandon(self) -> None:
         """Undo a failed start: nothing was written."""
         if self.own_audit:
             await self.audit.client.aclose()
         await self.redis.aclose()
+        if self.keeper is not None:
+            await self.keeper.client.aclose()

@@ -135,14 +135,20 @@ class GatewayClient:
             finally:
                 call.cancel()
 
+    def check(self) -> None:
+        """ClientError (one line) when the target or a TLS file is unusable; before a call."""
+        self._check_target()
+        self.credentials()
+
     def _check_target(self) -> None:
+        """ClientError when :attr:`target` is not an address a gateway can be at."""
         problem = check_target(self.target)
         if problem is not None:
             raise ClientError(problem)
 
     def _failed(self, method: str, error: grpc.RpcError) -> ClientError:
         code = error.code() if isinstance(error, grpc.Call) else None
-        return ClientError(_describe_rpc_error(method, self.target, error), code,
+        return ClientError(describe_rpc_error(method, self.target, error), code,
                            error_reason(error))
 
 
@@ -162,7 +168,7 @@ def error_reason(error: grpc.RpcError) -> str:
     return ""
 
 
-def _describe_rpc_error(method: str, target: str, error: grpc.RpcError) -> str:
+def describe_rpc_error(method: str, target: str, error: grpc.RpcError) -> str:
     # grpc.RpcError declares nothing, but what a call raises is also a grpc.Call.
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)

@@ -49,7 +49,12 @@ from google.protobuf.message import Message
 from pretrade import __version__
 from pretrade.api.roles import AUTH_MODES, ROLES
 from pretrade.app.config import DEFAULT_DESK_LISTEN, LOG_FORMATS, ConfigError, load_settings
-from pretrade.cli.client import RPC_TIMEOUT_SECONDS, ClientError, GatewayClient
+from pretrade.cli.client import (
+    RPC_TIMEOUT_SECONDS,
+    ClientError,
+    GatewayClient,
+    describe_rpc_error,
+)
 from pretrade.cli.format import (
     EPOCH,
     audit_json,
@@ -60,6 +65,7 @@ from pretrade.cli.format import (
     format_status,
     to_json,
 )
+from pretrade.client import CallFailed, RiskClient
 from pretrade.engine.errors import (
     CannotListen,
     CapacityRefused,
@@ -663,16 +669,42 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> Message | 
         return EXIT_FAILED
 
 
+def _decide(args: argparse.Namespace, request: risk_pb2.Order | risk_pb2.ReplaceRequest
+            ) -> risk_pb2.Decision | int:
+    """One order (or cancel/replace) through the client library: sent to ``--target``,
+    and to the owner it names when that node does not own the account (a redirect);
+    the decision, or EXIT_FAILED after one line on stderr."""
+    gateway = _client(args)
+    try:
+        gateway.check()
+        credentials = gateway.credentials()
+    except ClientError as error:
+        print(f"pretrade: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    with RiskClient([args.target], token=args.token, credentials=credentials,
+                    timeout=RPC_TIMEOUT_SECONDS) as client:
+        try:
+            if isinstance(request, risk_pb2.ReplaceRequest):
+                return client.replace(request)
+            return client.evaluate(request)
+        except CallFailed as failed:
+            method = ("ReplaceOrder" if isinstance(request, risk_pb2.ReplaceRequest)
+                      else "EvaluateOrder")
+            message = (describe_rpc_error(method, failed.target, failed.error)
+                       if failed.error is not None else str(failed))
+            print(f"pretrade: {message}", file=sys.stderr)
+            return EXIT_FAILED
+
+
 def _run_order(args: argparse.Namespace) -> int:
     order: risk_pb2.Order | None = None
     if args.replace is not None:
-        decision = _call(args, "ReplaceOrder", build_replace(args))
+        decision = _decide(args, build_replace(args))
     else:
         order = build_order(args)
-        decision = _call(args, "EvaluateOrder", order)
+        decision = _decide(args, order)
     if isinstance(decision, int):
         return decision
-    assert isinstance(decision, risk_pb2.Decision)
     print(to_json(decision) if args.json else format_decision(decision, order))
     return EXIT_APPROVED if decision.approved else EXIT_REJECTED
 

@@ -31,6 +31,7 @@ from pretrade._core.constants import (
     AUTO_HALT_NONE,
     AUTO_HALT_REJECT_STORM,
     CAPACITY_NUMBERS,
+    CLUSTER_SLOTS,
     DEFAULT_NOTIONAL_WINDOW_MS,
     DEFAULT_ORDER_EXPIRY_MS,
     DEFAULT_ORDER_WINDOW_MS,
@@ -44,6 +45,7 @@ from pretrade._core.constants import (
     MAX_MARGIN_BPS,
     MAX_ORDER_ID_LENGTH,
     MAX_REJECTIONS,
+    MAX_SHARDS,
     MAX_TAG_LENGTH,
     ORDER_DONE,
     ORDER_ID_EXPIRED,
@@ -316,6 +318,21 @@ class Context:
 
 
 Reject = Callable[[int, int, int], None]
+
+
+def cluster_slot(key: bytes) -> int:
+    """Redis Cluster's HASH_SLOT of a hash tag, the slow obvious way: CRC16/XMODEM, bit by bit.
+
+    (Polynomial 0x1021, initial value 0, mod 16384: the Redis Cluster
+    specification; "123456789" gives 0x31C3.)
+    """
+    crc = 0
+    for byte in key:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % CLUSTER_SLOTS
 
 
 # -- PRE-TRADE CHECKS (same order and names as PIPELINE in checks.pyx) --
@@ -844,6 +861,9 @@ class ReferenceBook:
         self.global_halt = HALT_NONE
         self.sync_live = False
         self.sync_live_until_ns = 0
+        # Account ownership: 0 shards is off; else {shard: (epoch, until_ns)} held.
+        self.shard_count = 0
+        self.shard_leases: dict[int, tuple[int, int]] = {}
 
     # -- STATE (mirrors PositionTable) --
 
@@ -898,6 +918,35 @@ class ReferenceBook:
     def set_sync_live(self, live: bool, until_ns: int = 0) -> None:
         self.sync_live = live
         self.sync_live_until_ns = until_ns if live else 0
+
+    # -- ACCOUNT OWNERSHIP (mirrors PositionTable.set_shards / set_shard_lease) --
+
+    def set_shards(self, count: int) -> None:
+        if not 0 <= count <= MAX_SHARDS:
+            raise ValueError(f"at most {MAX_SHARDS} shards, got {count}")
+        self.shard_count = count
+        self.shard_leases = {}
+
+    def set_shard_lease(self, shard: int, epoch: int, until_ns: int) -> None:
+        if not 0 <= shard < self.shard_count:
+            raise ValueError(f"no shard {shard} in a table of {self.shard_count} shards")
+        if epoch < 0:
+            raise ValueError("a fencing epoch is positive (0: released)")
+        if epoch == 0:
+            self.shard_leases.pop(shard, None)
+        else:
+            self.shard_leases[shard] = (epoch, until_ns)
+
+    def shard_lease(self, shard: int) -> tuple[int, int]:
+        return self.shard_leases.get(shard, (0, 0))
+
+    def shard_held(self, account_id: bytes, now_ns: int) -> bool:
+        """Ownership off, or the account's shard held with its deadline not passed."""
+        if not self.shard_count:
+            return True
+        shard = cluster_slot(account_id) * self.shard_count // CLUSTER_SLOTS
+        epoch, until = self.shard_lease(shard)
+        return epoch != 0 and until != 0 and now_ns <= until
 
 
     def set_account_state(self, account_id: bytes, *, known: bool, invalid: bool = False,
@@ -1338,7 +1387,8 @@ class ReferenceBook:
             slot = self.positions.get((account_id, symbol))
         ctx = Context(
             sync_live=self.sync_live and (self.sync_live_until_ns == 0
-                                          or now_ns <= self.sync_live_until_ns),
+                                          or now_ns <= self.sync_live_until_ns)
+            and self.shard_held(account_id, now_ns),
             global_halt=self.global_halt, account=account,
             instrument=instrument, slot=slot, symbol=symbol, quantity=quantity, price=price,
             side=side, order_type=order_type, now_ns=now_ns, venue=venue,
@@ -1480,7 +1530,8 @@ class ReferenceBook:
         live: list[Rejection] = []
         check_sync_live(Context(
             sync_live=self.sync_live and (self.sync_live_until_ns == 0
-                                          or now_ns <= self.sync_live_until_ns),
+                                          or now_ns <= self.sync_live_until_ns)
+            and self.shard_held(account_id, now_ns),
             global_halt=self.global_halt, account=account, instrument=None, slot=None,
             symbol=b"", quantity=quantity, price=price, side=0, order_type=0, now_ns=now_ns,
             venue=b"", counterparty=b"", min_state_version=min_state_version),

@@ -53,6 +53,14 @@ HALT_SYMBOL = b"halt:symbol:"
 #: its disappearance means the database was emptied or replaced.
 CANARY = b"pretrade:canary:"
 
+#: Account ownership (``owned_shards``): the lease of shard N
+#: (``pretrade:lease:<N>``, a string with a TTL, its value the holder as JSON)
+#: and its fencing epoch counter (``pretrade:lease-epoch:<N>``, INCR'd by each
+#: new holder). Single keys, so they work unchanged on Redis Cluster; not
+#: among the notification patterns (the lease keeper reads them itself).
+LEASE = b"pretrade:lease:"
+LEASE_EPOCH = b"pretrade:lease-epoch:"
+
 #: SCAN patterns for a full load, one per entity kind.
 SCAN_PATTERNS = (
     b"tickers_by_lot:*",
@@ -211,6 +219,16 @@ def halt_key(scope: int, target: bytes = b"") -> bytes:
     if scope == pb.HALT_SCOPE_SYMBOL:
         return HALT_SYMBOL + target
     raise ValueError(f"unknown halt scope {scope}")
+
+
+def lease_key(shard: int) -> bytes:
+    """``pretrade:lease:<N>``: who holds shard N (see :mod:`pretrade.shards.leases`)."""
+    return LEASE + str(shard).encode()
+
+
+def lease_epoch_key(shard: int) -> bytes:
+    """``pretrade:lease-epoch:<N>``: the fencing epoch counter of shard N."""
+    return LEASE_EPOCH + str(shard).encode()
 
 
 def _untag(rest: bytes) -> bytes | None:

@@ -456,7 +456,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "audit_refused", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms", "decisions_approved", "decisions_rejected", "decisions_replayed", "engine_latency_bounds_ns", "engine_latency_counts")
+    __slots__ = ("sync_live", "lag_ms", "max_lag_ms", "last_full_load_unix_ms", "full_loads", "last_full_load_ms", "events_applied", "invalid_entities", "last_error", "accounts", "instruments", "positions", "orders", "max_orders", "automatic_halts", "price_ticks", "pid", "audit_written", "audit_dropped", "audit_pending", "audit_write_errors", "sync_refreshes", "orders_restored", "automatic_halts_unwritten", "automatic_halt_write_failures", "journal_written", "journal_failures", "journal_pending", "capacity_exhausted", "orders_evicted", "audit_refused", "reconcile_runs", "reconcile_failures", "reconcile_differences", "last_reconcile_unix_ms", "decisions_approved", "decisions_rejected", "decisions_replayed", "engine_latency_bounds_ns", "engine_latency_counts", "shard_count", "node_id", "advertised_address", "shard_leases", "lease_failures")
     SYNC_LIVE_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_MS_FIELD_NUMBER: _ClassVar[int]
@@ -497,6 +497,11 @@ class ServerStatus(_message.Message):
     DECISIONS_REPLAYED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LATENCY_BOUNDS_NS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_LEASES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     sync_live: bool
     lag_ms: int
     max_lag_ms: int
@@ -537,7 +542,30 @@ class ServerStatus(_message.Message):
     decisions_replayed: int
     engine_latency_bounds_ns: _containers.RepeatedScalarFieldContainer[int]
     engine_latency_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., audit_refused: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ..., decisions_approved: _Optional[int] = ..., decisions_rejected: _Optional[int] = ..., decisions_replayed: _Optional[int] = ..., engine_latency_bounds_ns: _Optional[_Iterable[int]] = ..., engine_latency_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    shard_count: int
+    node_id: str
+    advertised_address: str
+    shard_leases: _containers.RepeatedCompositeFieldContainer[ShardLease]
+    lease_failures: int
+    def __init__(self, sync_live: _Optional[bool] = ..., lag_ms: _Optional[int] = ..., max_lag_ms: _Optional[int] = ..., last_full_load_unix_ms: _Optional[int] = ..., full_loads: _Optional[int] = ..., last_full_load_ms: _Optional[int] = ..., events_applied: _Optional[int] = ..., invalid_entities: _Optional[int] = ..., last_error: _Optional[str] = ..., accounts: _Optional[int] = ..., instruments: _Optional[int] = ..., positions: _Optional[int] = ..., orders: _Optional[int] = ..., max_orders: _Optional[int] = ..., automatic_halts: _Optional[int] = ..., price_ticks: _Optional[int] = ..., pid: _Optional[int] = ..., audit_written: _Optional[int] = ..., audit_dropped: _Optional[int] = ..., audit_pending: _Optional[int] = ..., audit_write_errors: _Optional[int] = ..., sync_refreshes: _Optional[int] = ..., orders_restored: _Optional[int] = ..., automatic_halts_unwritten: _Optional[int] = ..., automatic_halt_write_failures: _Optional[int] = ..., journal_written: _Optional[int] = ..., journal_failures: _Optional[int] = ..., journal_pending: _Optional[int] = ..., capacity_exhausted: _Optional[int] = ..., orders_evicted: _Optional[int] = ..., audit_refused: _Optional[int] = ..., reconcile_runs: _Optional[int] = ..., reconcile_failures: _Optional[int] = ..., reconcile_differences: _Optional[int] = ..., last_reconcile_unix_ms: _Optional[int] = ..., decisions_approved: _Optional[int] = ..., decisions_rejected: _Optional[int] = ..., decisions_replayed: _Optional[int] = ..., engine_latency_bounds_ns: _Optional[_Iterable[int]] = ..., engine_latency_counts: _Optional[_Iterable[int]] = ..., shard_count: _Optional[int] = ..., node_id: _Optional[str] = ..., advertised_address: _Optional[str] = ..., shard_leases: _Optional[_Iterable[_Union[ShardLease, _Mapping]]] = ..., lease_failures: _Optional[int] = ...) -> None: ...
+
+class ShardLease(_message.Message):
+    __slots__ = ("shard", "first_slot", "last_slot", "node_id", "address", "epoch", "held_here")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SLOT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SLOT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HELD_HERE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    first_slot: int
+    last_slot: int
+    node_id: str
+    address: str
+    epoch: int
+    held_here: bool
+    def __init__(self, shard: _Optional[int] = ..., first_slot: _Optional[int] = ..., last_slot: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., held_here: _Optional[bool] = ...) -> None: ...
 
 class AccountsRequest(_message.Message):
     __slots__ = ("limit",)
