@@ -218,6 +218,17 @@ class _PortInUse(Exception):
     """redis-server exited because another process took its port first."""
 
 
+class _DiedBeforeExec(Exception):
+    """The child died of a signal before it became redis-server (it wrote no log)."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(signal)
+        self.signal = signal
+
+
+_EXEC_ATTEMPTS = 3
+
+
 class RedisServer:
     """A ``redis-server`` child process on ``127.0.0.1``.
 
@@ -337,7 +348,7 @@ class RedisServer:
                     _pick_free_port() if self._cluster_node_timeout_ms is None
                     else _pick_free_cluster_port())
                 try:
-                    self._launch(binary, port)
+                    self._launch_retrying(binary, port)
                     return self
                 except _PortInUse:
                     if attempt == attempts:
@@ -459,6 +470,27 @@ class RedisServer:
             ]  # fmt: skip
         return command
 
+    def _launch_retrying(self, binary: str, port: int) -> None:
+        """:meth:`_launch`, again when the child died of a signal before it ran redis-server.
+
+        A process that runs gRPC forks with gRPC's at-fork handlers armed; now
+        and then one of them aborts the child between fork and exec (SIGABRT,
+        "epoll_wait error: Bad file descriptor" on its console). That child
+        never was a redis-server, so starting it again is safe.
+        """
+        for attempt in range(1, _EXEC_ATTEMPTS + 1):
+            try:
+                self._launch(binary, port)
+                return
+            except _DiedBeforeExec as died:
+                if attempt == _EXEC_ATTEMPTS:
+                    console = tail(self.data_dir / "redis-server.console.log")
+                    raise RuntimeError(
+                        f"redis-server's child died of signal {died.signal} before it ran, "
+                        f"{_EXEC_ATTEMPTS} times:\n{console}") from None
+                logger.warning("redis-server's child died of signal %d before it ran; "
+                               "starting it again", died.signal)
+
     def _launch(self, binary: str, port: int) -> None:
         console_log = self.data_dir / "redis-server.console.log"
         assert self._lock_fd is not None
@@ -507,6 +539,8 @@ class RedisServer:
                     log_tail = tail(self.log_path)
                     if "Address already in use" in log_tail:
                         raise _PortInUse(port)
+                    if process.returncode < 0 and not self.log_path.exists():
+                        raise _DiedBeforeExec(-process.returncode)
                     raise RuntimeError(
                         f"redis-server exited with status {process.returncode} during startup.\n"
                         f"--- {self.log_path} ---\n{log_tail}\n"
