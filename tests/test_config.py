@@ -244,6 +244,17 @@ def test_audit_when_full_is_reject_or_drop():
         Settings(audit_when_full="block")
 
 
+def test_a_redis_cluster_url_of_seed_nodes_is_accepted_and_its_password_masked(tmp_path):
+    from pretrade.app.config import redacted_url
+    from pretrade.state.connection import parse_cluster_url
+
+    url = "redis+cluster://ops:s%40cret@10.0.0.5:7000,10.0.0.6:7001"
+    settings = load_settings(env={"PRETRADE_REDIS_URL": url})
+    assert settings.redis_url == url and not settings.embedded_redis
+    assert parse_cluster_url(url) == ([("10.0.0.5", 7000), ("10.0.0.6", 7001)], "ops", "s@cret")
+    assert "s%40cret" not in redacted_url(url)
+
+
 def test_plain_redis_url_is_the_fallback_for_pretrade_redis_url():
     assert load_settings(env={"REDIS_URL": "redis://a:1/0"}).redis_url == "redis://a:1/0"
     both = {"REDIS_URL": "redis://a:1/0", "PRETRADE_REDIS_URL": "redis://b:2/0"}
@@ -301,6 +312,8 @@ def test_keys_beside_the_pretrade_table_are_refused(tmp_path):
         ('listen = "host:70000"', r"listen='host:70000' .*not a number"),
         ('listen = "::1:50051"', r"listen='::1:50051' .*brackets"),
         ('redis_url = "localhost:6379"', r"redis_url='localhost:6379' .*redis://"),
+        ('redis_url = "redis+cluster://"', r"redis_url='redis\+cluster://' .*host:port"),
+        ('redis_url = "redis+cluster://a:1,b"', r"redis_url=.*seed is host:port, got 'b'"),
         ('log_level = "LOUD"', r"log_level='LOUD' .*DEBUG, INFO"),
         ('data_dir = ""', r"data_dir='' .*path"),
         ('auth = "password"', r"auth='password' .*tokens, none"),

@@ -67,7 +67,7 @@ DEFAULT_DESK_LISTEN = "127.0.0.1:8080"
 
 _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
-_REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 _DATABASE_URL_FALLBACK_ENV = "DATABASE_URL"
 _DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 #: What the servicer does with an order when the audit queue is full.
@@ -195,7 +195,12 @@ def _url_problem(url: str) -> str | None:
     """Why redis-py could not connect to ``url`` as written, or None."""
     from redis.connection import parse_url
 
+    from pretrade.state.connection import is_cluster_url, parse_cluster_url
+
     try:
+        if is_cluster_url(url):
+            parse_cluster_url(url)
+            return None
         parsed = parse_url(url)
     except ValueError as error:
         return str(error)
@@ -308,7 +313,9 @@ class Settings:
     ----------
     redis_url : str or None
         ``redis://``, ``rediss://`` or ``unix://`` URL of the Redis holding
-        accounts, limits, instruments and halts. ``None`` starts an embedded
+        accounts, limits, instruments and halts; or
+        ``redis+cluster://HOST:PORT[,HOST:PORT...]``, seed nodes of a Redis
+        Cluster (the mode is chosen by the URL). ``None`` starts an embedded
         redis-server (:mod:`pretrade.app.devredis`) with its data in
         ``data_dir``.
     listen : str

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from pretrade._core import PositionTable
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
+from pretrade.state.connection import Reads, read_snapshot
 from pretrade.state.halts import HaltBook
 from pretrade.state.schema import HALT_ALL, HaltRecord, classify, halt_from_redis
 from pretrade.state.sync import LINK_ERRORS, SyncListener
@@ -340,11 +341,11 @@ class FeedFollower:
         # The table holds each halt's mode, not its record: those come from Redis.
         try:
             keys = [key async for key in self.client.scan_iter(match=HALT_KEYS, count=5000)]
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.hgetall(key)
-                    pipe.pttl(key)
-                replies = await pipe.execute(raise_on_error=False)
+            reads = Reads()
+            for key in keys:
+                reads.hgetall(key)
+                reads.pttl(key)
+            replies = await read_snapshot(self.client, reads)
         except LINK_ERRORS as error:
             log.warning("could not read the halts after a feed gap (%s); retrying", error)
             self._gap = True
