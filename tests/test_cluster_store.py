@@ -36,6 +36,8 @@ from pretrade.state.schema import HALT_ALL, halt_key, instrument_key, limits_key
 from pretrade.state.sync import Dirty, RedisSync
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
+from serving import Serve, free_port
+from test_serve import demo_order
 
 
 def accounts_on_each_primary(client: redis.RedisCluster) -> list[str]:
@@ -148,7 +150,8 @@ def test_halt_all_a_symbol_halt_and_an_instrument_change_reach_the_node(
 
 
 def _decide(stub: risk_pb2_grpc.PreTradeRiskStub, account: str, quantity: int = 10) -> list[int]:
-    decision = stub.EvaluateOrder(order(account, quantity=quantity))
+    """The codes of a BUY of AAPL at $68.91 (on the demo book's cent ticks too); [] approved."""
+    decision = stub.EvaluateOrder(order(account, quantity=quantity, price=689_100))
     return [] if decision.approved else codes(decision)
 
 
@@ -248,3 +251,32 @@ def test_the_table_is_only_as_fresh_as_the_oldest_beat_heard_from_every_primary(
             await client.aclose()
 
     asyncio.run(check())
+
+
+def test_pretrade_serve_demo_with_two_processes_on_a_cluster_url_decides_and_follows(
+        cluster_client, redis_cluster, tmp_path):
+    # The real command: the writer syncs from the cluster, the server processes
+    # follow it through the change feed (a PUBLISH, cluster-wide).
+    accounts = accounts_on_each_primary(cluster_client)
+    for account in accounts:
+        seed_account(cluster_client, account)
+    server = Serve(tmp_path, "cluster-serve", "--workers", "2", "--listen",
+                   f"127.0.0.1:{free_port()}", "--redis-url", redis_cluster.url, "--demo")
+    try:
+        server.wait_for_banner()
+        server.wait_until_serving()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+            assert stub.EvaluateOrder(demo_order("cluster-demo-1")).approved  # --demo wrote it
+            for account in accounts:
+                assert _decide(stub, account) == []
+                seed_limits(cluster_client, account, **{**GENEROUS_LIMITS,
+                                                        "max_order_quantity": 5})
+            # every server process (the calls spread over both) sees every change
+            for account in accounts:
+                for _ in range(4):
+                    wait_until(lambda account=account: _decide(stub, account),
+                               lambda found: found == [pb.REJECT_CODE_MAX_ORDER_QUANTITY])
+        assert server.terminate() == 0, server.log()
+    finally:
+        server.kill()
