@@ -37,7 +37,7 @@ from pretrade._core.constants import (
 from pretrade.app.demo import DEMO_MARKER
 from pretrade.app.demo import LIMITS as DEMO_LIMITS
 from pretrade.app.devredis import find_redis_cli
-from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.audit.entries import AUDIT_STREAM, node_stream
 from pretrade.engine.fixedpoint import average_cost, format_price
 from pretrade.engine.limits import (
     NAMED_LIMITS,
@@ -277,7 +277,8 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
                 or key.encode().startswith(redis_schema.CANARY)
-                or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM)), (
+                or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM,
+                                    node_stream("NODE"))), (
             f"{pattern!r} is not a key pretrade reads or writes")
 
 

@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from redis.asyncio.cluster import ClusterNode
 
 #: The scheme of a Redis Cluster URL: seed nodes, comma-separated.
@@ -67,6 +69,19 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str 
             raise ValueError(f"a Redis Cluster seed is host:port, got {seed!r}")
         seeds.append((host.strip("[]"), int(port)))
     return seeds, username, password
+
+
+def sync_client(url: str, **options: Any) -> redis.Redis:
+    """A synchronous client for ``url`` (the CLI's): ``redis.RedisCluster`` for a cluster URL."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url, **options)
+    seeds, username, password = parse_cluster_url(url)
+    options.setdefault("username", username)
+    options.setdefault("password", password)
+    cluster: Any = redis.RedisCluster(
+        startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in seeds],
+        require_full_coverage=False, **options)
+    return cluster
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
