@@ -28,7 +28,8 @@ from book import (
     wait_until,
 )
 from conftest import GatewayThread, gateway_settings
-from pretrade.app.devredis import RedisClusterServer
+from pretrade.app.devredis import RedisClusterServer, RedisServer
+from pretrade.audit.entries import node_stream
 from pretrade.engine.table import new_private_table
 from pretrade.state.connection import redis_client
 from pretrade.state.halts import HaltBook
@@ -155,23 +156,32 @@ def _decide(stub: risk_pb2_grpc.PreTradeRiskStub, account: str, quantity: int = 
     return [] if decision.approved else codes(decision)
 
 
+def _audit_node_off(cluster: RedisClusterServer, primary: RedisServer) -> str:
+    """A node name whose audit stream is not on ``primary``: with that primary down the
+    node's answers are not held back for their audit records (UNAVAILABLE, which is
+    the failover drill's to check), so these tests see the decisions."""
+    return next(f"node-{n}" for n in range(1000)
+                if cluster.primary_of(node_stream(f"node-{n}")).port != primary.port)
+
+
 def test_one_silent_primary_fails_the_table_closed_until_its_canary_comes_back(tmp_path):
-    # The canary proves every primary's notifications: a paused primary (its
-    # notifications stop, the others flow) is a stale table, not a live one.
+    # A paused primary (its notifications stop, the others flow) is a stale
+    # table, not a live one, for the accounts of the healthy primaries too.
     with RedisClusterServer(data_dir=tmp_path / "cluster", node_timeout_ms=15_000) as cluster:
         client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
         accounts = accounts_on_each_primary(client)
         for account in accounts:
             seed_account(client, account)
-        gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=400), cluster.url)
+        paused = cluster.primary_of(limits_key(accounts[2].encode()))
+        gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=400,
+                                                 audit_node=_audit_node_off(cluster, paused)),
+                                cluster.url)
         try:
             channel, stub = _stub(gateway)
             with channel:
                 assert all(_decide(stub, account) == [] for account in accounts)
-                paused = cluster.primary_of(limits_key(accounts[2].encode()))
                 os.kill(paused.pid, signal.SIGSTOP)
                 try:
-                    # an account on another, healthy primary: the table is stale all the same
                     wait_until(lambda: _decide(stub, accounts[0]),
                                lambda found: found == [pb.REJECT_CODE_STALE_DATA])
                 finally:
@@ -190,14 +200,15 @@ def test_a_failed_over_primary_is_resynced_and_followed_on_its_promoted_replica(
         accounts = accounts_on_each_primary(client)
         for account in accounts:
             seed_account(client, account)
-        gateway = GatewayThread(gateway_settings(tmp_path), cluster.url)
+        victim = cluster.primary_of(limits_key(accounts[1].encode()))
+        gateway = GatewayThread(gateway_settings(
+            tmp_path, audit_node=_audit_node_off(cluster, victim)), cluster.url)
         sync = gateway.gateway.writer.sync
         try:
             channel, stub = _stub(gateway)
             with channel:
                 assert all(_decide(stub, account) == [] for account in accounts)
                 loads = sync.stats.full_loads
-                victim = cluster.primary_of(limits_key(accounts[1].encode()))
                 cluster.kill(victim)
                 # not live while the cluster fails over (no order decided on a table
                 # that may have missed the dead primary's last writes)
