@@ -101,12 +101,23 @@ def test_bulk_load_rate_and_memory(benchmark, latency, tmp_path):
         benchmark.pedantic(lambda: None, rounds=1)
 
 
-async def _measure_lag(url: str, table, engine: Engine, samples: int):
-    client = aioredis.Redis.from_url(url, decode_responses=False)
+def _plain(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, decode_responses=False)
+
+
+async def measure_lag(url: str, table, engine: Engine, samples: int, connect=_plain):
+    """Redis write -> visible in a decision, ``samples`` times: an HdrHistogram (ns).
+
+    ``connect(url)`` makes the sync's client and the writer's (a cluster
+    client for a ``redis+cluster://`` URL: bench/test_cluster_lag.py).
+    """
+    client = connect(url)
     sync = RedisSync(client, table, HaltBook(table))
     runner = asyncio.create_task(sync.run())
     await asyncio.wait_for(sync.ready.wait(), 20)
-    writer = aioredis.Redis.from_url(url, decode_responses=False)
+    while not table.sync_live:  # not before the canary came back: a stale table approves none
+        await asyncio.sleep(0.01)
+    writer = connect(url)
     h = new_histogram()
     for n in range(samples):
         limit = 1_000 + n % 2
@@ -139,7 +150,7 @@ def test_sync_lag_from_a_redis_write_to_a_decision(benchmark, latency, tmp_path)
         client.hset("limits:{LAG}", mapping=LIMITS)
         mapped = MappedTable.create(tmp_path / "lag.table", caps)
         engine = Engine(mapped.table)
-        h = asyncio.run(_measure_lag(server.url, mapped.table, engine, samples))
+        h = asyncio.run(measure_lag(server.url, mapped.table, engine, samples))
         latency.record("sync lag: Redis write -> visible in a decision", h,
                        "HSET of a limit by another client, until the engine applies it")
         mapped.close(unlink=True)

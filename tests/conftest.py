@@ -6,10 +6,13 @@ from an empty database. ``PRETRADE_TEST_REDIS_URL`` points the session at
 another Redis instead (any version, any build: a Redis Stack, a managed
 one); it must be empty, since every test flushes it. Plain ``REDIS_URL`` is
 deliberately not used: it is what a developer's shell often sets for an
-application's own data. The fault tests that kill, pause or restart a
-redis-server start their own. The gRPC server fixtures (a server on port 0 in
-front of ``redis_server``) follow: tests seed Redis with ``redis_client``
-and talk to the server over a real gRPC channel (``stub``).
+application's own data. ``redis_cluster`` is a real Redis Cluster (three
+primaries, a replica each) for the tests of cluster mode, started once when
+the first of them asks; ``cluster_client`` flushes every primary. The
+fault tests that kill, pause or restart a redis-server start their own.
+The gRPC server fixtures (a server on port 0 in front of ``redis_server``)
+follow: tests seed Redis with ``redis_client`` and talk to the server over
+a real gRPC channel (``stub``).
 """
 
 import asyncio
@@ -24,7 +27,7 @@ import grpc
 import pytest
 import redis
 
-from pretrade.app.devredis import RedisServer
+from pretrade.app.devredis import RedisClusterServer, RedisServer
 from pretrade.app.server import Gateway
 from pretrade.v1 import risk_pb2_grpc
 
@@ -73,6 +76,29 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A bytes client to an empty database (FLUSHALL before the test)."""
     client = redis.Redis.from_url(redis_url, decode_responses=False)
     client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- Redis Cluster: 3 primaries + 3 replicas, started once per session --
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (3 primaries, a replica each) on free loopback ports, for the
+    session. Tests that kill a node start their own."""
+    with RedisClusterServer(data_dir=tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterServer) -> Iterator[redis.RedisCluster]:
+    """A bytes cluster client to an empty cluster (FLUSHALL on every primary first)."""
+    seed = redis_cluster.nodes[0]
+    client = redis.RedisCluster(host="127.0.0.1", port=seed.port, decode_responses=False)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     try:
         yield client
     finally:

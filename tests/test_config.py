@@ -13,6 +13,7 @@ from pretrade.app.config import (
     load_settings,
     parse_listen,
 )
+from pretrade.engine.text import is_valid_id
 
 
 def _write_toml(directory: Path, text: str) -> Path:
@@ -121,6 +122,7 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_ARCHIVE_CLAIM_IDLE_MS": "4000",
         "PRETRADE_ARCHIVE_METRICS_LISTEN": "127.0.0.1:9465",
         "PRETRADE_DURABLE_DECISIONS": "no",
+        "PRETRADE_AUDIT_NODE": "risk-a.7",
         "PRETRADE_DEMO_BOOK": "yes",
         "PRETRADE_DEFAULT_CURRENCY": "eur",
         "PRETRADE_DAY_SESSION_END_UTC": "21:30",
@@ -183,6 +185,7 @@ def test_every_field_has_its_own_environment_variable():
         shutdown_grace_ms=2500,
         audit_queue_size=100,
         audit_when_full="drop",
+        audit_node="risk-a.7",
         audit_before_answer=False,
         audit_retain_ms=1000,
         database_url="postgresql://archiver:pw@db:5432/audit",
@@ -252,10 +255,29 @@ def test_default_currency_is_usd_and_must_be_three_letters():
             Settings(default_currency=bad)
 
 
+def test_audit_node_names_the_stream_and_defaults_to_the_host_and_listen_port():
+    assert Settings(audit_node="risk-a").audit_node_name() == "risk-a"
+    derived = Settings(listen="127.0.0.1:7001").audit_node_name()
+    assert derived.endswith("-7001") and is_valid_id(derived.encode())
+    with pytest.raises(ConfigError, match="audit_node"):
+        Settings(audit_node="a{b}")
+
+
 def test_audit_when_full_is_reject_or_drop():
     assert Settings().audit_when_full == "reject"
     with pytest.raises(ConfigError, match="audit_when_full"):
         Settings(audit_when_full="block")
+
+
+def test_a_redis_cluster_url_of_seed_nodes_is_accepted_and_its_password_masked(tmp_path):
+    from pretrade.app.config import redacted_url
+    from pretrade.state.connection import parse_cluster_url
+
+    url = "redis+cluster://ops:s%40cret@10.0.0.5:7000,10.0.0.6:7001"
+    settings = load_settings(env={"PRETRADE_REDIS_URL": url})
+    assert settings.redis_url == url and not settings.embedded_redis
+    assert parse_cluster_url(url) == ([("10.0.0.5", 7000), ("10.0.0.6", 7001)], "ops", "s@cret")
+    assert "s%40cret" not in redacted_url(url)
 
 
 def test_plain_redis_url_is_the_fallback_for_pretrade_redis_url():
@@ -315,6 +337,8 @@ def test_keys_beside_the_pretrade_table_are_refused(tmp_path):
         ('listen = "host:70000"', r"listen='host:70000' .*not a number"),
         ('listen = "::1:50051"', r"listen='::1:50051' .*brackets"),
         ('redis_url = "localhost:6379"', r"redis_url='localhost:6379' .*redis://"),
+        ('redis_url = "redis+cluster://"', r"redis_url='redis\+cluster://' .*host:port"),
+        ('redis_url = "redis+cluster://a:1,b"', r"redis_url=.*seed is host:port, got 'b'"),
         ('log_level = "LOUD"', r"log_level='LOUD' .*DEBUG, INFO"),
         ('data_dir = ""', r"data_dir='' .*path"),
         ('auth = "password"', r"auth='password' .*tokens, none"),

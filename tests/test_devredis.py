@@ -248,3 +248,23 @@ def test_the_suite_refuses_an_external_redis_that_holds_keys(tmp_path):
         assert "PRETRADE_TEST_REDIS_URL holds 1 keys" in run.stdout + run.stderr
         assert client.get("someone-elses") == b"data"
         client.close()
+
+
+def test_a_child_that_dies_before_it_runs_redis_server_is_started_again(monkeypatch, tmp_path):
+    # What gRPC's at-fork handlers now and then do to a child forked by a process
+    # that runs gRPC: SIGABRT between fork and exec. The first child aborts.
+    marker = tmp_path / "aborted-once"
+    real = devredis.die_with_parent
+
+    def abort_the_first_child(parent_pid: int) -> None:
+        if not marker.exists():
+            marker.touch()
+            os.abort()
+        real(parent_pid)
+
+    monkeypatch.setattr(devredis, "die_with_parent", abort_the_first_child)
+    with RedisServer(data_dir=tmp_path / "data") as server:
+        assert marker.exists()
+        client = redis.Redis.from_url(server.url)
+        assert client.ping() is True
+        client.close()

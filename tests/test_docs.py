@@ -37,7 +37,7 @@ from pretrade._core.constants import (
 from pretrade.app.demo import DEMO_MARKER
 from pretrade.app.demo import LIMITS as DEMO_LIMITS
 from pretrade.app.devredis import find_redis_cli
-from pretrade.audit.entries import AUDIT_STREAM
+from pretrade.audit.entries import AUDIT_STREAM, node_stream
 from pretrade.engine.fixedpoint import average_cost, format_price
 from pretrade.engine.limits import (
     NAMED_LIMITS,
@@ -281,7 +281,8 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
                 or key.encode().startswith(redis_schema.CANARY)
                 or key.replace("<N>", "0").encode() in (redis_schema.lease_key(0),
                                                         redis_schema.lease_epoch_key(0))
-                or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM)), (
+                or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM,
+                                    node_stream("NODE"))), (
             f"{pattern!r} is not a key pretrade reads or writes")
 
 

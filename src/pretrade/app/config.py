@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -70,7 +71,8 @@ DEFAULT_DESK_LISTEN = "127.0.0.1:8080"
 
 _ENV_PREFIX = "PRETRADE_"
 _REDIS_URL_FALLBACK_ENV = "REDIS_URL"
-_REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+CLUSTER_URL_SCHEME = "redis+cluster://"
+_REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", CLUSTER_URL_SCHEME)
 _DATABASE_URL_FALLBACK_ENV = "DATABASE_URL"
 _DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 #: The shortest lease TTL: renewed every third of it, it must outlast a few round trips.
@@ -104,6 +106,7 @@ _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table
                           "demo_book", "durable_decisions", "archive",
                           "audit_before_answer"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
+                              "audit_node",
                               "redis_password", "metrics_listen", "archive_metrics_listen",
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
@@ -203,7 +206,12 @@ def _url_problem(url: str) -> str | None:
     """Why redis-py could not connect to ``url`` as written, or None."""
     from redis.connection import parse_url
 
+    from pretrade.state.connection import is_cluster_url, parse_cluster_url
+
     try:
+        if is_cluster_url(url):
+            parse_cluster_url(url)
+            return None
         parsed = parse_url(url)
     except ValueError as error:
         return str(error)
@@ -277,6 +285,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     elif name == "database_url":
         if not value.startswith(_DATABASE_URL_SCHEMES):
             raise problem(f"must start with one of {', '.join(_DATABASE_URL_SCHEMES)}")
+    elif name == "audit_node":
+        if not is_valid_id(value.encode()):
+            raise problem("must be 1 to 39 characters of A-Z a-z 0-9 . _ / - + = # @ $ & ! ~ ^ "
+                          "(it names the audit stream audit:{NAME})")
     elif name == "audit_when_full":
         if value.lower() not in AUDIT_WHEN_FULL:
             raise problem(f"must be one of {', '.join(AUDIT_WHEN_FULL)}")
@@ -326,7 +338,9 @@ class Settings:
     ----------
     redis_url : str or None
         ``redis://``, ``rediss://`` or ``unix://`` URL of the Redis holding
-        accounts, limits, instruments and halts. ``None`` starts an embedded
+        accounts, limits, instruments and halts; or
+        ``redis+cluster://HOST:PORT[,HOST:PORT...]``, seed nodes of a Redis
+        Cluster (the mode is chosen by the URL). ``None`` starts an embedded
         redis-server (:mod:`pretrade.app.devredis`) with its data in
         ``data_dir``.
     listen : str
@@ -424,6 +438,12 @@ class Settings:
         unrecorded. ``drop``: they are decided and their records dropped and
         counted (GetStatus ``audit_dropped``). Halt changes are always applied
         (and dropped and counted when there is no room).
+    audit_node : str or None
+        On a Redis Cluster, this node's audit stream is ``audit:{NAME}`` (one
+        stream per node, in the slot of its name); unset:
+        :meth:`audit_node_name`, ``<hostname>-<listen port>``. Two nodes of
+        one name share a stream (nothing is lost, the entries interleave).
+        Not used on a standalone Redis: the stream is ``audit``.
     audit_before_answer : bool
         An answer waits until the audit records of its decisions are in Redis
         (group-committed: one write per batch of calls), so a server killed
@@ -573,6 +593,7 @@ class Settings:
     shutdown_grace_ms: int = 5_000
     audit_queue_size: int = 100_000
     audit_when_full: str = "reject"
+    audit_node: str | None = None
     audit_before_answer: bool = True
     audit_retain_ms: int = 60_000
     database_url: str | None = field(default=None, repr=False)
@@ -627,6 +648,10 @@ class Settings:
             if streams[1] != 0 and streams == parse_listen(self.listen):
                 raise ConfigError(f"stream_listen={self.stream_listen}: must differ from listen "
                                   "(orders and portfolio streams are served apart)")
+        if self.archive and self.redis_url and self.redis_url.startswith(CLUSTER_URL_SCHEME):
+            raise ConfigError("archive: the audit archiver reads the one `audit` stream of a "
+                              "standalone Redis, not the per-node audit:{NODE} streams of a "
+                              "Redis Cluster; run without --archive (pretrade audit reads them)")
 
     @property
     def account_share(self) -> int:
@@ -661,6 +686,13 @@ class Settings:
     def listen_port(self) -> int:
         """The port part of ``listen`` (0: the server picks one)."""
         return parse_listen(self.listen)[1]
+
+    def audit_node_name(self) -> str:
+        """``audit_node``, or ``<hostname>-<listen port>`` (its id characters only)."""
+        if self.audit_node is not None:
+            return self.audit_node
+        host = re.sub(r"[^A-Za-z0-9._-]", "", socket.gethostname()) or "node"
+        return f"{host[:32]}-{self.listen_port}"
 
     def resolved_table_path(self) -> Path:
         """``table_path``, or :func:`default_table_path` when it is unset."""

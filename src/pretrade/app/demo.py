@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from pretrade.engine.fixedpoint import parse_price
+from pretrade.state.connection import is_cluster
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 
 DEMO_MARKER = b"pretrade:demo:loaded"
@@ -62,7 +63,9 @@ async def load_demo_book(client: aioredis.Redis, *, force: bool = False) -> bool
     """Write the demo book unless it was written before; True if it wrote it."""
     if not force and not await client.set(DEMO_MARKER, b"1", nx=True):
         return False
-    async with client.pipeline(transaction=True) as pipe:
+    # One transaction on a standalone Redis; a Redis Cluster refuses one across
+    # slots, and the book is written before the server loads it anyway.
+    async with client.pipeline(transaction=not is_cluster(client)) as pipe:
         for symbol, fields in INSTRUMENTS.items():
             pipe.hset(instrument_key(symbol), mapping=fields)
             pipe.set(price_key(symbol), str(parse_price(LAST_PRICES[symbol])))

@@ -21,12 +21,14 @@ import functools
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -39,7 +41,8 @@ from pretrade.app.lifetime import die_with_parent
 from pretrade.engine.errors import DataDirInUse
 from pretrade.engine.locks import holder_of, try_lock
 
-__all__ = ["RedisServer", "find_redis_cli", "find_redis_server"]
+__all__ = ["CLUSTER_SLOTS", "RedisClusterServer", "RedisServer", "find_redis_cli",
+           "find_redis_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,25 @@ def _pick_free_port() -> int:
         return port
 
 
+#: A cluster node's bus listens 10,000 ports above its own (Redis 6.2 has no cluster-port).
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _pick_free_cluster_port() -> int:
+    """A port below 55536 that was free a moment ago, and so was the one 10,000 above it."""
+    for _ in range(100):
+        port = random.randrange(20_000, 65_536 - CLUSTER_BUS_OFFSET)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                probe.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports (node and cluster bus) found for a cluster node")
+
+
 def tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -196,6 +218,17 @@ class _PortInUse(Exception):
     """redis-server exited because another process took its port first."""
 
 
+class _DiedBeforeExec(Exception):
+    """The child died of a signal before it became redis-server (it wrote no log)."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(signal)
+        self.signal = signal
+
+
+_EXEC_ATTEMPTS = 3
+
+
 class RedisServer:
     """A ``redis-server`` child process on ``127.0.0.1``.
 
@@ -227,6 +260,10 @@ class RedisServer:
         The server's ``notify-keyspace-events`` at start. ``""`` starts it
         the way a stock redis-server starts, with none: what pretrade must
         then set itself (fault tests restart such a server).
+    cluster_node_timeout_ms : int, optional
+        Start it as a Redis Cluster node (``cluster-enabled yes``, its
+        ``nodes.conf`` in ``data_dir``) with this ``cluster-node-timeout``;
+        :class:`RedisClusterServer` makes a cluster of such nodes.
 
     Raises
     ------
@@ -254,6 +291,7 @@ class RedisServer:
         persistent: bool = False,
         password: str | None = None,
         notify_keyspace_events: str = "KEA",
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -266,6 +304,7 @@ class RedisServer:
         self._persistent = persistent
         self._password = password
         self._notify_keyspace_events = notify_keyspace_events
+        self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._data_dir: Path | None = None
@@ -305,9 +344,11 @@ class RedisServer:
             self._unlock = weakref.finalize(self, os.close, self._lock_fd)
             attempts = _FREE_PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
-                port = self._requested_port or _pick_free_port()
+                port = self._requested_port or (
+                    _pick_free_port() if self._cluster_node_timeout_ms is None
+                    else _pick_free_cluster_port())
                 try:
-                    self._launch(binary, port)
+                    self._launch_retrying(binary, port)
                     return self
                 except _PortInUse:
                     if attempt == attempts:
@@ -419,7 +460,36 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--notify-keyspace-events", self._notify_keyspace_events,
         ]  # fmt: skip
+        if self._cluster_node_timeout_ms is not None:
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(data_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(self._cluster_node_timeout_ms),
+                # The slots of a failed primary stop, the others keep serving.
+                "--cluster-require-full-coverage", "no",
+            ]  # fmt: skip
         return command
+
+    def _launch_retrying(self, binary: str, port: int) -> None:
+        """:meth:`_launch`, again when the child died of a signal before it ran redis-server.
+
+        A process that runs gRPC forks with gRPC's at-fork handlers armed; now
+        and then one of them aborts the child between fork and exec (SIGABRT,
+        "epoll_wait error: Bad file descriptor" on its console). That child
+        never was a redis-server, so starting it again is safe.
+        """
+        for attempt in range(1, _EXEC_ATTEMPTS + 1):
+            try:
+                self._launch(binary, port)
+                return
+            except _DiedBeforeExec as died:
+                if attempt == _EXEC_ATTEMPTS:
+                    console = tail(self.data_dir / "redis-server.console.log")
+                    raise RuntimeError(
+                        f"redis-server's child died of signal {died.signal} before it ran, "
+                        f"{_EXEC_ATTEMPTS} times:\n{console}") from None
+                logger.warning("redis-server's child died of signal %d before it ran; "
+                               "starting it again", died.signal)
 
     def _launch(self, binary: str, port: int) -> None:
         console_log = self.data_dir / "redis-server.console.log"
@@ -469,6 +539,8 @@ class RedisServer:
                     log_tail = tail(self.log_path)
                     if "Address already in use" in log_tail:
                         raise _PortInUse(port)
+                    if process.returncode < 0 and not self.log_path.exists():
+                        raise _DiedBeforeExec(-process.returncode)
                     raise RuntimeError(
                         f"redis-server exited with status {process.returncode} during startup.\n"
                         f"--- {self.log_path} ---\n{log_tail}\n"
@@ -494,3 +566,234 @@ class RedisServer:
             f"--- {self.log_path} ---\n{tail(self.log_path)}\n"
             f"--- {console_log} ---\n{tail(console_log)}"
         )
+
+
+#: Hash slots of a Redis Cluster (CRC16 of the key, or of its ``{hash tag}``, mod this).
+CLUSTER_SLOTS = 16384
+_CLUSTER_READY_TIMEOUT_SECONDS = 30.0
+
+
+class RedisClusterServer:
+    """A real Redis Cluster on ``127.0.0.1``: primaries, each with its replicas.
+
+    Every node is a :class:`RedisServer` (the same binary, free ports, its
+    own data directory) started with ``cluster-enabled yes``. The cluster is
+    made with plain commands, not ``redis-cli --cluster``: CLUSTER ADDSLOTS
+    gives each primary an equal range of the 16,384 slots, CLUSTER MEET
+    introduces every node to the first, CLUSTER REPLICATE attaches the
+    replicas; :meth:`start` returns once every node reports
+    ``cluster_state:ok`` and every replica's link to its primary is up.
+
+    Parameters
+    ----------
+    primaries : int, default 3
+    replicas : int, default 1
+        Replicas per primary.
+    node_timeout_ms : int, default 2000
+        ``cluster-node-timeout``: how long a primary may be unreachable
+        before its replica is promoted (small, so failover tests are quick).
+    notify_keyspace_events : str, default "KEA"
+        As for :class:`RedisServer`; keyspace notifications are node-local.
+    data_dir : pathlib.Path, optional
+        Parent of the nodes' data directories (``node-N``); a temporary
+        directory when omitted.
+
+    Notes
+    -----
+    ``cluster-require-full-coverage no``: while a primary is down (until its
+    replica is promoted) only its slots fail, the others keep serving.
+    """
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, *, node_timeout_ms: int = 2000,
+                 notify_keyspace_events: str = "KEA", data_dir: Path | None = None) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError(f"need at least one primary, got {primaries} and {replicas} replicas")
+        self._primaries_wanted = primaries
+        self._replicas_wanted = replicas
+        self._node_timeout_ms = node_timeout_ms
+        self._notify_keyspace_events = notify_keyspace_events
+        self._requested_data_dir = Path(data_dir) if data_dir is not None else None
+        self._temporary_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.nodes: list[RedisServer] = []
+        #: The nodes started as primaries (a failover may have demoted one since).
+        self.initial_primaries: list[RedisServer] = []
+
+    def start(self) -> RedisClusterServer:
+        """Start every node, assign the slots, attach the replicas, wait for ``ok``."""
+        if self.nodes:
+            raise RuntimeError("the cluster is already running")
+        if self._requested_data_dir is not None:
+            base = self._requested_data_dir
+            base.mkdir(parents=True, exist_ok=True)
+        else:
+            self._temporary_dir = tempfile.TemporaryDirectory(prefix="pretrade-cluster-")
+            base = Path(self._temporary_dir.name)
+        try:
+            total = self._primaries_wanted * (1 + self._replicas_wanted)
+            for number in range(total):
+                node = RedisServer(data_dir=base / f"node-{number}",
+                                   notify_keyspace_events=self._notify_keyspace_events,
+                                   cluster_node_timeout_ms=self._node_timeout_ms)
+                self.nodes.append(node.start())
+            self.initial_primaries = self.nodes[:self._primaries_wanted]
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("Redis Cluster ready: %d primaries, %d replicas each, on ports %s",
+                    self._primaries_wanted, self._replicas_wanted,
+                    ",".join(str(node.port) for node in self.nodes))
+        return self
+
+    def _form(self) -> None:
+        clients = [_node_client(node.port) for node in self.nodes]
+        try:
+            primaries = clients[:self._primaries_wanted]
+            share = CLUSTER_SLOTS // len(primaries)
+            for number, client in enumerate(primaries):
+                first = number * share
+                last = CLUSTER_SLOTS - 1 if number == len(primaries) - 1 else first + share - 1
+                client.execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            ids = [client.execute_command("CLUSTER MYID") for client in clients]
+            ids = [as_id.decode() if isinstance(as_id, bytes) else as_id for as_id in ids]
+            self._wait("every node knows every other",
+                       lambda: all(_known_nodes(client) == len(clients) for client in clients))
+            for number, client in enumerate(clients[len(primaries):]):
+                client.execute_command("CLUSTER REPLICATE", ids[number % len(primaries)])
+            self._wait("cluster_state:ok on every node and every replica linked",
+                       lambda: all(_node_ready(client) for client in clients))
+        finally:
+            for client in clients:
+                client.close()
+
+    def _wait(self, what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + _CLUSTER_READY_TIMEOUT_SECONDS
+        while not done():
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {node.log_path} ---\n{tail(node.log_path)}"
+                                 for node in self.nodes)
+                raise RuntimeError(f"Redis Cluster: not {what} within "
+                                   f"{_CLUSTER_READY_TIMEOUT_SECONDS:.0f} s\n{logs}")
+            time.sleep(0.05)
+
+    def kill(self, node: RedisServer) -> None:
+        """SIGKILL one node and reap it (a crash, for the failover tests)."""
+        process = node._process
+        if process is None or process.poll() is not None:
+            raise RuntimeError(f"{node!r} is not running")
+        process.kill()
+        process.wait()
+
+    def wait_until_served(self) -> None:
+        """Wait until every running node sees every slot served by a running primary.
+
+        After a primary is killed: its replica has been promoted, and the
+        rest of the cluster knows. (``cluster_state`` alone would not say:
+        with ``cluster-require-full-coverage no`` it stays ``ok``.)
+        """
+        running = {node.port for node in self.nodes if node.running}
+        clients = [_node_client(port) for port in sorted(running)]
+        try:
+            self._wait("every slot served by a running primary, as every node sees it",
+                       lambda: all(_serves_all_slots(client, running) for client in clients))
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL); idempotent."""
+        nodes, self.nodes = self.nodes, []
+        for node in nodes:
+            node.stop()
+        self.initial_primaries = []
+        if self._temporary_dir is not None:
+            self._temporary_dir.cleanup()
+            self._temporary_dir = None
+
+    def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    # -- state ----------------------------------------------------------------
+
+    def primaries(self) -> list[RedisServer]:
+        """The running nodes that are primaries now (``role:master``), by port."""
+        found = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = _node_client(node.port)
+            try:
+                if client.info("replication").get("role") == "master":
+                    found.append(node)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return found
+
+    def primary_of(self, key: bytes | str) -> RedisServer:
+        """The running primary that serves ``key``'s slot."""
+        for node in self.primaries():
+            client = _node_client(node.port)
+            try:
+                slot = client.execute_command("CLUSTER KEYSLOT", key)
+                owners = client.execute_command("CLUSTER SLOTS")
+            finally:
+                client.close()
+            for first, last, owner, *_ in owners:
+                if first <= slot <= last and owner[1] == node.port:
+                    return node
+        raise LookupError(f"no running primary serves {key!r}")
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...``: every node, as seeds."""
+        if not self.nodes:
+            raise RuntimeError("the Redis Cluster is not running; call start() first")
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def __repr__(self) -> str:
+        return f"RedisClusterServer({self.url if self.nodes else 'stopped'})"
+
+
+def _node_client(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=2,
+                       decode_responses=True, retry=Retry(NoBackoff(), 0))
+
+
+def _known_nodes(client: redis.Redis) -> int:
+    return int(client.execute_command("CLUSTER INFO")["cluster_known_nodes"])
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    try:
+        return str(client.execute_command("CLUSTER INFO")["cluster_state"]) == "ok"
+    except redis.RedisError:
+        return False
+
+
+def _serves_all_slots(client: redis.Redis, running: set[int]) -> bool:
+    try:
+        if not _cluster_ok(client):
+            return False
+        covered = 0
+        for first, last, owner, *_ in client.execute_command("CLUSTER SLOTS"):
+            if int(owner[1]) not in running:
+                return False
+            covered += last - first + 1
+        return covered == CLUSTER_SLOTS
+    except redis.RedisError:
+        return False
+
+
+def _node_ready(client: redis.Redis) -> bool:
+    if not _cluster_ok(client):
+        return False
+    replication = client.info("replication")
+    return replication.get("role") == "master" or replication.get("master_link_status") == "up"

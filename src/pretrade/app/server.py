@@ -50,7 +50,7 @@ from pretrade.app.lifetime import (
 )
 from pretrade.app.metrics import MetricsServer, worker_listen
 from pretrade.app.security import ServerAccess
-from pretrade.app.writer import TableWriter, settings_redis
+from pretrade.app.writer import TableWriter, audit_stream, settings_redis
 from pretrade.audit.trail import AuditTrail
 from pretrade.engine.errors import (
     CannotListen,
@@ -104,7 +104,8 @@ class Gateway:
         # quarter of the writer's CPU): the writer bounds each batch itself.
         self.audit = AuditTrail(settings_redis(redis_url, settings, socket_timeout=None),
                                 queue_size=settings.audit_queue_size,
-                                refuse_when_full=settings.audit_when_full == "reject")
+                                refuse_when_full=settings.audit_when_full == "reject",
+                                stream=audit_stream(redis_url, settings))
         self.writer: TableWriter | None = None
         self.feed: FeedFollower | None = None
         if channel is not None:

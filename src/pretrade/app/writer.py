@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 
 from pretrade._core import PositionTable
 from pretrade.app.config import Settings
+from pretrade.audit.entries import AUDIT_STREAM, node_stream
 from pretrade.audit.trail import AuditTrail
 from pretrade.shards.leases import LeaseKeeper
-from pretrade.state.connection import redis_client
+from pretrade.state.connection import is_cluster_url, redis_client
 from pretrade.state.feed import FeedPublisher
 from pretrade.state.halts import HaltBook, HaltObserver
 from pretrade.state.prices import PriceFeed
@@ -70,6 +71,11 @@ def advertised_address(settings: Settings, port: int | None = None) -> str:
     return f"{host}:{port if port is not None else settings.listen_port}"
 
 
+def audit_stream(url: str, settings: Settings) -> bytes:
+    """The audit stream this node writes: ``audit``, or ``audit:{NODE}`` on a Redis Cluster."""
+    return node_stream(settings.audit_node_name()) if is_cluster_url(url) else AUDIT_STREAM
+
+
 class TableWriter:
     """The sync, the price feed, order expiry and the halt audit, over one table.
 
@@ -97,7 +103,7 @@ class TableWriter:
         self.own_audit = audit is None
         self.audit = audit if audit is not None else AuditTrail(
             settings_redis(redis_url, settings, socket_timeout=None),
-            queue_size=settings.audit_queue_size)
+            queue_size=settings.audit_queue_size, stream=audit_stream(redis_url, settings))
         # Halt changes seen in Redis are audited once, by the writer.
         self.halts.listeners.append(HaltObserver(self.audit, self.halts, self.sync.ready))
         # The scheduled reconciliation runs beside the one writer (its figures go

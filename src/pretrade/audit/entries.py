@@ -54,8 +54,16 @@ from pretrade.engine.text import as_text
 from pretrade.v1 import records_pb2
 from pretrade.v1 import risk_pb2 as pb
 
-#: The Redis stream of audit entries.
+#: The Redis stream of audit entries (on a standalone Redis: every node's).
 AUDIT_STREAM = b"audit"
+#: On a Redis Cluster each node writes its own stream, ``audit:{NODE}`` (its
+#: name is the hash tag: one stream in one slot per node, spread over the primaries).
+NODE_STREAMS = b"audit:{*}"
+
+
+def node_stream(node: str) -> bytes:
+    """``audit:{NODE}``: the audit stream of the node named ``node`` on a Redis Cluster."""
+    return b"audit:{" + node.encode() + b"}"
 #: Longest text kept in a record's field (characters).
 MAX_TEXT = 256
 #: The ``v`` field of a batch entry.

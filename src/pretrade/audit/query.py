@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pretrade.audit.entries import AUDIT_STREAM, DECISION, rows_of
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from pretrade.audit.entries import AUDIT_STREAM, DECISION, NODE_STREAMS, rows_of
 from pretrade.engine.text import as_text
 
 #: How much earlier than an entry's ``ts`` Redis may have received it: the
@@ -90,28 +93,70 @@ class AuditQuery:
         return True
 
 
+def _is_cluster(client: Any) -> bool:
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
 def read_audit(client: Any, query: AuditQuery,
-               stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+               stream: bytes | None = None) -> list[tuple[str, dict[str, str]]]:
     """The entries matching ``query``, oldest first, as ``(stream id, fields)``.
 
-    ``client`` is a synchronous ``redis.Redis``. Reads newest first with
-    ``XREVRANGE`` in pages, from the time range's end, until ``limit``
-    matches are found or the range is exhausted.
+    ``client`` is a synchronous ``redis.Redis`` (or ``redis.RedisCluster``).
+    Reads newest first with ``XREVRANGE`` in pages, from the time range's
+    end, until ``limit`` matches are found or the range is exhausted.
+    ``stream``: that stream only; by default ``audit``, and on a Redis
+    Cluster every node's ``audit:{NODE}`` as well, merged in time order.
     """
-    scan = _Scan(query)
-    while not scan.done:
-        scan.take(client.xrevrange(stream, max=scan.high, min=scan.low, count=scan.page_size))
-    return scan.found[::-1]
+    streams = [stream] if stream is not None else [AUDIT_STREAM]
+    if stream is None and _is_cluster(client):
+        streams += sorted(client.scan_iter(match=NODE_STREAMS, count=1000, _type="stream"))
+    found = []
+    for name in streams:
+        scan = _Scan(query)
+        while not scan.done:
+            scan.take(client.xrevrange(name, max=scan.high, min=scan.low,
+                                       count=scan.page_size))
+        found.append(scan.found[::-1])
+    return _merged(found, query)
 
 
 async def read_audit_async(client: Any, query: AuditQuery,
-                           stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+                           stream: bytes | None = None) -> list[tuple[str, dict[str, str]]]:
     """:func:`read_audit` with an asyncio ``redis.asyncio.Redis`` (the gateway's own)."""
-    scan = _Scan(query)
-    while not scan.done:
-        scan.take(await client.xrevrange(stream, max=scan.high, min=scan.low,
-                                         count=scan.page_size))
-    return scan.found[::-1]
+    streams = [stream] if stream is not None else [AUDIT_STREAM]
+    if stream is None and _is_cluster(client):
+        streams += sorted([name async for name in client.scan_iter(
+            match=NODE_STREAMS, count=1000, _type="stream")])
+    found = []
+    for name in streams:
+        scan = _Scan(query)
+        while not scan.done:
+            scan.take(await client.xrevrange(name, max=scan.high, min=scan.low,
+                                             count=scan.page_size))
+        found.append(scan.found[::-1])
+    return _merged(found, query)
+
+
+def _merged(streams: list[list[tuple[str, dict[str, str]]]],
+            query: AuditQuery) -> list[tuple[str, dict[str, str]]]:
+    """Several streams' matches (each oldest first) as one, in time order, the newest
+    ``limit``. One stream is returned as it is (the order a standalone Redis gives)."""
+    if len(streams) == 1:
+        return streams[0]
+    ordered = sorted((row for rows in streams for row in rows), key=_when)
+    return ordered[-query.limit:] if query.limit else ordered
+
+
+def _when(item: tuple[str, dict[str, str]]) -> tuple[int, tuple[int, int, int]]:
+    """When a row was written: its ``ts``, then its stream id and index."""
+    row_id, fields = item
+    entry, _, idx = row_id.partition("/")
+    ms, _, seq = entry.partition("-")
+    key = (int(ms or 0), int(seq or 0), int(idx or 0))
+    try:
+        return int(fields.get("ts", "")), key
+    except ValueError:
+        return key[0], key
 
 
 class _Scan:
@@ -253,25 +298,15 @@ def read_archive(connection: Any, query: AuditQuery) -> list[tuple[str, dict[str
 
 
 def read_history(client: Any, connection: Any, query: AuditQuery,
-                 stream: bytes = AUDIT_STREAM) -> list[tuple[str, dict[str, str]]]:
+                 stream: bytes | None = None) -> list[tuple[str, dict[str, str]]]:
     """The archive and the stream together: every matching record once, oldest first.
 
     The stream holds what is not archived yet (and what was, for a while);
-    a record in both is the same row id, and shown once.
+    a record in both is the same row id, and shown once. (Rows of two
+    nodes' streams on a Redis Cluster may share an id: both are kept.)
     """
-    merged = dict(read_archive(connection, query))
-    for row_id, fields in read_audit(client, query, stream):
-        merged.setdefault(row_id, fields)
-
-    def when(item: tuple[str, dict[str, str]]) -> tuple[int, tuple[int, int, int]]:
-        row_id, fields = item
-        entry, _, idx = row_id.partition("/")
-        ms, _, seq = entry.partition("-")
-        key = (int(ms or 0), int(seq or 0), int(idx or 0))
-        try:
-            return int(fields.get("ts", "")), key
-        except ValueError:
-            return key[0], key
-
-    ordered = sorted(merged.items(), key=when)
+    merged = read_archive(connection, query)
+    archived = {row_id for row_id, _ in merged}
+    merged += [row for row in read_audit(client, query, stream) if row[0] not in archived]
+    ordered = sorted(merged, key=_when)
     return ordered[-query.limit:] if query.limit else ordered

@@ -1,4 +1,5 @@
-"""The audit trail: every decision and every halt change, in the Redis stream ``audit``.
+"""The audit trail: every decision and every halt change, in the Redis stream ``audit``
+(on a Redis Cluster, each node's own ``audit:{NODE}``).
 
 Off the hot path
 ----------------

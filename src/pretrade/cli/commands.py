@@ -904,6 +904,7 @@ def _run_audit(args: argparse.Namespace) -> int:
         read_history,
         reject_code_name,
     )
+    from pretrade.state.connection import sync_client
 
     try:
         settings = load_settings(config_file=args.config,
@@ -920,7 +921,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                        since_ms=args.since, until_ms=args.until, limit=args.limit,
                        code=reject_code_name(args.code) if args.code else None,
                        principal=args.principal)
-    client = redis.Redis.from_url(
+    client = sync_client(
         settings.redis_url, username=settings.redis_username or None,
         password=settings.redis_password or None, socket_timeout=RPC_TIMEOUT_SECONDS,
         socket_connect_timeout=RPC_TIMEOUT_SECONDS)
@@ -1055,6 +1056,12 @@ def _run_archive(args: argparse.Namespace) -> int:
     if settings.redis_url is None or settings.database_url is None:
         print("pretrade: archive needs --redis-url (or $PRETRADE_REDIS_URL, $REDIS_URL) and "
               "--database-url (or $PRETRADE_DATABASE_URL, $DATABASE_URL)", file=sys.stderr)
+        return EXIT_FAILED
+    from pretrade.state.connection import is_cluster_url
+
+    if is_cluster_url(settings.redis_url):
+        print("pretrade: archive reads the one `audit` stream of a standalone Redis, not the "
+              "per-node audit:{NODE} streams of a Redis Cluster", file=sys.stderr)
         return EXIT_FAILED
     from pretrade.app.logs import configure_logging
 

@@ -5,14 +5,28 @@ is installed; its asyncio client packs them in Python, one ``encode`` call per
 argument. A profile of the batch path showed two thirds of the server's time
 in that packing (the audit trail's XADDs and the durable decisions' HSETs), so
 pretrade's asyncio connections use hiredis for both directions.
+
+A ``redis+cluster://host:port[,host:port...]`` URL names Redis Cluster seed
+nodes: :func:`connect` returns redis-py's asyncio ``RedisCluster`` (hiredis
+parses its replies; it packs commands itself), and :func:`primary_clients`
+gives one plain hiredis-packing client per primary, for what is node-local
+in a cluster (keyspace notifications, CONFIG).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+from urllib.parse import unquote
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
+from redis.asyncio.cluster import ClusterNode
+
+#: The scheme of a Redis Cluster URL: seed nodes, comma-separated.
+CLUSTER_SCHEME = "redis+cluster://"
 
 
 class HiredisPackingConnection(aioredis.Connection):
@@ -27,8 +41,66 @@ class HiredisPackingConnection(aioredis.Connection):
         return [hiredis.pack_command(args)]
 
 
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``)."""
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``redis+cluster://[user:password@]host:port[,host:port...]``: seeds, user, password.
+
+    Raises
+    ------
+    ValueError
+        When it is not such a URL, names no seed, or a seed is not ``host:port``.
+    """
+    if not is_cluster_url(url):
+        raise ValueError(f"a Redis Cluster URL starts with {CLUSTER_SCHEME}")
+    rest = url[len(CLUSTER_SCHEME):].rstrip("/")
+    username = password = None
+    if "@" in rest:
+        credentials, rest = rest.rsplit("@", 1)
+        user, _, secret = credentials.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    seeds = []
+    for seed in rest.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a Redis Cluster seed is host:port, got {seed!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds, username, password
+
+
+def sync_client(url: str, **options: Any) -> redis.Redis:
+    """A synchronous client for ``url`` (the CLI's): ``redis.RedisCluster`` for a cluster URL."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url, **options)
+    seeds, username, password = parse_cluster_url(url)
+    options.setdefault("username", username)
+    options.setdefault("password", password)
+    cluster: Any = redis.RedisCluster(
+        startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in seeds],
+        require_full_coverage=False, **options)
+    return cluster
+
+
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client for ``url``; TCP URLs get the hiredis-packing connection."""
+    """An asyncio client for ``url``; TCP URLs get the hiredis-packing connection.
+
+    A ``redis+cluster://`` URL gives an ``aioredis.RedisCluster`` (typed as
+    the ``Redis`` its callers use: the commands pretrade sends are the same).
+    """
+    if is_cluster_url(url):
+        seeds, username, password = parse_cluster_url(url)
+        options.setdefault("username", username)
+        options.setdefault("password", password)
+        options.pop("connection_class", None)
+        # A failed primary stops its own slots, not the client: the sync fails
+        # closed on its own until the replica is promoted and it has resynced.
+        cluster: Any = aioredis.RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+            require_full_coverage=False, **options)
+        return cluster
     if url.startswith("redis://"):
         options.setdefault("connection_class", HiredisPackingConnection)
     return aioredis.Redis.from_url(url, **options)
@@ -44,3 +116,98 @@ def redis_client(url: str, *, username: str | None = None, password: str | None 
     return connect(
         url, decode_responses=False, health_check_interval=5, socket_connect_timeout=5,
         socket_timeout=socket_timeout, username=username or None, password=password or None)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client."""
+    return isinstance(client, aioredis.RedisCluster)
+
+
+def primary_clients(client: aioredis.Redis) -> list[aioredis.Redis]:
+    """One plain asyncio client per primary of a cluster client's current slot map.
+
+    They share the cluster client's credentials and timeouts, use the
+    hiredis-packing connection, and are the caller's to close. Keyspace
+    notifications are node-local in a cluster: each primary is subscribed on
+    its own.
+    """
+    cluster: Any = client
+    kwargs = cluster.nodes_manager.connection_kwargs
+    options = {name: kwargs[name] for name in (
+        "username", "password", "socket_timeout", "socket_connect_timeout",
+        "health_check_interval", "decode_responses") if name in kwargs}
+    return [aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+                host=node.host, port=node.port, connection_class=HiredisPackingConnection,
+                **options))
+            for node in sorted(cluster.get_primaries(), key=lambda node: node.name)]
+
+
+def slot_map(client: aioredis.Redis) -> dict[int, str]:
+    """A cluster client's slot -> primary ``host:port``, as it knows it now."""
+    cluster: Any = client
+    return {slot: nodes[0].name for slot, nodes in cluster.nodes_manager.slots_cache.items()
+            if nodes}
+
+
+class Reads:
+    """Read commands queued as on a pipeline, to run as one consistent snapshot.
+
+    :func:`read_snapshot` runs them in one MULTI/EXEC on a standalone Redis
+    (every key in one snapshot, as before clusters), and on a cluster in one
+    MULTI/EXEC per hash slot: a transaction never spans slots, and an
+    account's keys (``{ACC}``) share one, so each account is still read in
+    one consistent snapshot.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, bytes]] = []
+
+    def hgetall(self, key: bytes) -> None:
+        self.commands.append(("hgetall", key))
+
+    def get(self, key: bytes) -> None:
+        self.commands.append(("get", key))
+
+    def pttl(self, key: bytes) -> None:
+        self.commands.append(("pttl", key))
+
+    def smembers(self, key: bytes) -> None:
+        self.commands.append(("smembers", key))
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+
+#: Slot transactions of one snapshot in flight at once on a cluster.
+SLOT_TRANSACTIONS_IN_FLIGHT = 32
+
+
+async def read_snapshot(client: aioredis.Redis, reads: Reads) -> list[Any]:
+    """The replies to ``reads``, in order; an error reply is its exception (WRONGTYPE...)."""
+    if not reads.commands:
+        return []
+    if not is_cluster(client):
+        async with client.pipeline(transaction=True) as pipe:
+            for name, key in reads.commands:
+                getattr(pipe, name)(key)
+            return list(await pipe.execute(raise_on_error=False))
+    cluster: Any = client
+    by_slot: dict[int, list[int]] = {}
+    for at, (_, key) in enumerate(reads.commands):
+        by_slot.setdefault(cluster.keyslot(key), []).append(at)
+    replies: list[Any] = [None] * len(reads.commands)
+    in_flight = asyncio.Semaphore(SLOT_TRANSACTIONS_IN_FLIGHT)
+
+    async def read_slot(positions: list[int]) -> None:
+        async with in_flight, client.pipeline(transaction=True) as pipe:
+            for at in positions:
+                name, key = reads.commands[at]
+                # Not pipe.hgetall(): redis-py 8.1's cluster transaction hands the
+                # command's routing kwargs (keys=) to reply callbacks that take none.
+                pipe.execute_command(name.upper(), key)
+            for at, reply in zip(positions, await pipe.execute(raise_on_error=False),
+                                 strict=True):
+                replies[at] = reply
+
+    await asyncio.gather(*(read_slot(positions) for positions in by_slot.values()))
+    return replies

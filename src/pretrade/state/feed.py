@@ -26,13 +26,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pretrade._core import PositionTable
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
+from pretrade.state.connection import Reads, is_cluster, primary_clients, read_snapshot
 from pretrade.state.halts import HaltBook
 from pretrade.state.schema import HALT_ALL, HaltRecord, classify, halt_from_redis
 from pretrade.state.sync import LINK_ERRORS, SyncListener
@@ -180,10 +181,16 @@ class FeedPublisher:
             message.sequence = self.sequence
             message.writer = self.writer
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
+            if is_cluster(self.client):
+                # redis-py refuses PUBLISH in a cluster pipeline; a notice is rarely
+                # more than one message, and each reaches every node.
                 for message in messages:
-                    pipe.publish(self.channel, message.SerializeToString())
-                await pipe.execute()
+                    await self.client.publish(self.channel, message.SerializeToString())
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for message in messages:
+                        pipe.publish(self.channel, message.SerializeToString())
+                    await pipe.execute()
             self.published += len(messages)
         except (*LINK_ERRORS, RedisError) as error:
             # The followers see the sequence jump and refresh everything.
@@ -231,23 +238,45 @@ class FeedFollower:
     async def run(self) -> None:
         """Subscribe, catch up, follow; after any gap refresh; until :meth:`stop`."""
         while not self._stopping:
-            pubsub = self.client.pubsub()
+            node: aioredis.Redis | None = None
+            pubsub: aioredis.client.PubSub | None = None
             try:
+                node = await self._subscriber()
+                pubsub = node.pubsub()
                 await pubsub.subscribe(self.channel)
                 assert pubsub.connection is not None
                 pubsub.connection.register_connect_callback(self._reconnected)
                 self._gap = True
                 await self._follow(pubsub)
-            except LINK_ERRORS as error:
+            except (*LINK_ERRORS, RedisClusterException) as error:
                 log.warning("change feed lost (%s); refreshing when it is back", error)
                 await asyncio.sleep(self.reconnect_delay)
             finally:
-                if pubsub.connection is not None:
-                    pubsub.connection.deregister_connect_callback(self._reconnected)
-                try:
-                    await pubsub.aclose()
-                except LINK_ERRORS as error:
-                    log.debug("closing the feed's pub/sub: %s", error)
+                if pubsub is not None:
+                    if pubsub.connection is not None:
+                        pubsub.connection.deregister_connect_callback(self._reconnected)
+                    try:
+                        await pubsub.aclose()
+                    except LINK_ERRORS as error:
+                        log.debug("closing the feed's pub/sub: %s", error)
+                if node is not None and node is not self.client:
+                    await node.aclose()
+
+    async def _subscriber(self) -> aioredis.Redis:
+        """Where to subscribe: the client itself, or on a Redis Cluster one primary.
+
+        A PUBLISH reaches every node of a cluster, so any node will do; a
+        plain connection to it, since redis-py's cluster pub/sub has no
+        connection to watch for a reconnect until it has subscribed.
+        """
+        if not is_cluster(self.client):
+            return self.client
+        cluster: Any = self.client
+        await cluster.nodes_manager.initialize()
+        first, *others = primary_clients(self.client)
+        for other in others:
+            await other.aclose()
+        return first
 
     def stop(self) -> None:
         self._stopping = True
@@ -340,11 +369,11 @@ class FeedFollower:
         # The table holds each halt's mode, not its record: those come from Redis.
         try:
             keys = [key async for key in self.client.scan_iter(match=HALT_KEYS, count=5000)]
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.hgetall(key)
-                    pipe.pttl(key)
-                replies = await pipe.execute(raise_on_error=False)
+            reads = Reads()
+            for key in keys:
+                reads.hgetall(key)
+                reads.pttl(key)
+            replies = await read_snapshot(self.client, reads)
         except LINK_ERRORS as error:
             log.warning("could not read the halts after a feed gap (%s); retrying", error)
             self._gap = True

@@ -32,13 +32,22 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pretrade._core import PositionTable, TableFullError
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
 from pretrade.engine.text import as_text, quoted
+from pretrade.state.connection import Reads, is_cluster, primary_clients, read_snapshot
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
@@ -78,6 +87,8 @@ from pretrade.v1 import risk_pb2 as pb
 log = logging.getLogger("pretrade.sync")
 
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: A Redis Cluster whose slots moved (MOVED/ASK), or that is failing over: resync.
+TOPOLOGY_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError, RedisClusterException)
 #: Replies per account snapshot: six HGETALLs and the GET of version:{ACC}.
 SNAPSHOT_REPLIES = 7
 
@@ -265,29 +276,41 @@ class RedisSync:
         self._stopping = False
         # The canary: a key of this sync's own, written every beat_seconds;
         # its keyspace notification coming back proves the path end to end.
+        # On a Redis Cluster one per primary (notifications are node-local),
+        # and the table is as fresh as the oldest of their newest beats heard.
         self.canary_key = CANARY + uuid.uuid4().hex.encode()
+        self.cluster = is_cluster(client)
+        self.canary_keys: list[bytes] = [self.canary_key]
         self._canary_ttl_ms = max(60_000, 20 * max_lag_ms)
         self._beat_number = 0
-        self._beats: collections.deque[float] = collections.deque()  # send times, unheard
-        self._heard_beat = 0.0          # send time of the newest beat heard
+        #: Per canary key: send times of beats not heard yet, and of the newest heard.
+        self._beats: dict[bytes, collections.deque[float]] = {}
+        self._heard: dict[bytes, float] = {}
         self.confirmed_at = 0.0         # ...and applied: the table is this fresh
+        #: The cluster's slot ranges and their primaries when the sync subscribed.
+        self.topology: list[tuple[int, int, str]] = []
+        #: The Redis servers followed now: the client itself, or a cluster's primaries.
+        self._nodes: list[aioredis.Redis] = []
         #: Canary write -> applied, seconds: the position update lag (the metrics).
         self.update_lag = Buckets(SECONDS_BOUNDS)
         self._resync_reason = ""
         self._database_replaced = False
-        db = client.connection_pool.connection_kwargs.get("db", 0)
+        db = 0 if self.cluster else client.connection_pool.connection_kwargs.get("db", 0)
         self._channel_prefix = f"__keyspace@{db}__:".encode()
 
     # -- STARTUP --
 
-    async def ensure_notifications(self) -> None:
+    async def ensure_notifications(self, node: aioredis.Redis | None = None) -> None:
         """Make sure keyspace notifications carry the events the sync follows.
 
         Sets ``notify-keyspace-events`` when the server allows CONFIG SET;
         otherwise raises SyncConfigError saying exactly what to configure.
+        ``node``: the Redis to check (one primary of a cluster); the sync's
+        own client when omitted.
         """
+        node = node if node is not None else self.client
         try:
-            reply = await self.client.config_get("notify-keyspace-events")
+            reply = await node.config_get("notify-keyspace-events")
             current = as_text(next(iter(reply.values()), None))
         except ResponseError as error:
             current = None
@@ -296,7 +319,7 @@ class RedisSync:
             return
         wanted = _merge_flags(current or "", REQUIRED_NOTIFY_FLAGS)
         try:
-            await self.client.config_set("notify-keyspace-events", wanted)
+            await node.config_set("notify-keyspace-events", wanted)
             log.info("set notify-keyspace-events to %r (was %r)", wanted, current)
             return
         except ResponseError as error:
@@ -376,29 +399,38 @@ class RedisSync:
 
     async def _run(self) -> None:
         while not self._stopping:
-            pubsub = self.client.pubsub()
+            self._nodes = []
+            pubsubs: list[aioredis.client.PubSub] = []
+            merged: MergedPubSub | None = None
             self._resync_reason = ""
             try:
-                # Re-asserted at every (re)connect: a restarted or failed-over
-                # Redis does not keep flags pretrade set at runtime.
-                await self.ensure_notifications()
-                await pubsub.psubscribe(*[self._channel_prefix + p
-                                          for p in (*SCAN_PATTERNS, CANARY + b"*")])
-                # redis-py reconnects and re-subscribes a pub/sub by itself:
-                # notifications sent meanwhile are lost, so that is a gap.
-                assert pubsub.connection is not None
-                pubsub.connection.register_connect_callback(self._pubsub_reconnected)
+                self._nodes = await self._subscribed_nodes()
+                for node in self._nodes:
+                    # Re-asserted at every (re)connect: a restarted or failed-over
+                    # Redis does not keep flags pretrade set at runtime.
+                    await self.ensure_notifications(node)
+                    pubsub = node.pubsub()
+                    pubsubs.append(pubsub)
+                    await pubsub.psubscribe(*[self._channel_prefix + p
+                                              for p in (*SCAN_PATTERNS, CANARY + b"*")])
+                    # redis-py reconnects and re-subscribes a pub/sub by itself:
+                    # notifications sent meanwhile are lost, so that is a gap.
+                    assert pubsub.connection is not None
+                    pubsub.connection.register_connect_callback(self._pubsub_reconnected)
                 await self._plant_canary()
                 if self._database_replaced:
                     await self._write_back_working_orders()
                     self._database_replaced = False
                 await self.full_load()
-                self._beats.clear()
+                self._beats = {key: collections.deque() for key in self.canary_keys}
+                self._heard = {}
                 self.following = True
                 self.ready.set()
                 log.info("sync loaded; live once the canary comes back")
-                await self._follow(pubsub)
-            except (*LINK_ERRORS, SyncGap, SyncConfigError) as error:
+                if len(pubsubs) > 1:
+                    merged = MergedPubSub(pubsubs)
+                await self._follow(merged or pubsubs[0])
+            except (*LINK_ERRORS, *TOPOLOGY_ERRORS, SyncGap, SyncConfigError) as error:
                 self._lost(error, "Redis link lost" if isinstance(error, LINK_ERRORS)
                            else "resync needed")
                 await self._recycle_connections()
@@ -410,10 +442,50 @@ class RedisSync:
                 self._lost(error, "sync failed")
                 await asyncio.sleep(self.reconnect_delay)
             finally:
-                # The connection goes back to the pool: it must not call back.
-                if pubsub.connection is not None:
-                    pubsub.connection.deregister_connect_callback(self._pubsub_reconnected)
-                await _close_quietly(pubsub)
+                if merged is not None:
+                    merged.close()
+                for pubsub in pubsubs:
+                    # The connection goes back to the pool: it must not call back.
+                    if pubsub.connection is not None:
+                        pubsub.connection.deregister_connect_callback(self._pubsub_reconnected)
+                    await _close_quietly(pubsub)
+                if self.cluster:
+                    for node in self._nodes:
+                        await _close_quietly(node)
+
+    async def _subscribed_nodes(self) -> list[aioredis.Redis]:
+        """The Redis servers whose notifications the sync follows: every primary of a cluster.
+
+        On a cluster the slot map is read afresh first (a failover or a
+        migration since the last look), kept in :attr:`topology` for the
+        beats to compare, and each primary gets a canary key in its own slots.
+        """
+        if not self.cluster:
+            return [self.client]
+        cluster: Any = self.client
+        await cluster.nodes_manager.initialize()
+        self.topology = await self._read_topology()
+        nodes = primary_clients(self.client)
+        names = sorted({owner for _, _, owner in self.topology})
+        self.canary_keys = [self._canary_key_on(owner) for owner in names]
+        return nodes
+
+    async def _read_topology(self) -> list[tuple[int, int, str]]:
+        """The cluster's slot ranges and their primaries (``host:port``), as a node says now."""
+        reply = await self.client.execute_command("CLUSTER SLOTS")
+        return sorted((first, last, f"{as_text(about['primary'][0])}:{int(about['primary'][1])}")
+                      for (first, last), about in reply.items())
+
+    def _canary_key_on(self, owner: str) -> bytes:
+        """A canary key of this sync whose slot the primary ``owner`` serves."""
+        cluster: Any = self.client
+        for n in range(100_000):
+            key = self.canary_key + b":%d" % n
+            slot = cluster.keyslot(key)
+            if any(first <= slot <= last and name == owner
+                   for first, last, name in self.topology):
+                return key
+        raise SyncGap(f"no canary key found for the primary {owner}")
 
     def _lost(self, error: BaseException, what: str) -> None:
         self.following = False
@@ -433,6 +505,9 @@ class RedisSync:
         # Idle pooled connections may be to a Redis that is gone (restarted,
         # failed over): close them, so the next journal write or halt does
         # not fail on one. Connections in use finish or fail on their own.
+        # A cluster client re-reads its slot map on the next subscribe instead.
+        if self.cluster:
+            return
         try:
             await self.client.connection_pool.disconnect(inuse_connections=False)
         except LINK_ERRORS as error:
@@ -444,8 +519,10 @@ class RedisSync:
     # -- THE CANARY --
 
     async def _plant_canary(self) -> None:
-        """Create this sync's canary key: its disappearance means the database was replaced."""
-        await self.client.set(self.canary_key, b"0", px=self._canary_ttl_ms)
+        """Create this sync's canary keys: one gone means the database was replaced."""
+        self._beats = {key: collections.deque() for key in self.canary_keys}
+        for key in self.canary_keys:
+            await self.client.set(key, b"0", px=self._canary_ttl_ms)
 
     async def _beat(self) -> None:
         """Write the canary and check the flags; its notification proves the path end to end.
@@ -457,35 +534,49 @@ class RedisSync:
         """
         self._beat_number += 1
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.exists(self.canary_key)
-                pipe.set(self.canary_key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
-                sent_at = time.monotonic()
-                existed, _ = await pipe.execute()
-            self._beats.append(sent_at)
-            if not existed:
-                self._database_replaced = True
-                self._resync("the database was emptied or replaced (FLUSHALL, FLUSHDB or "
-                             "SWAPDB): the canary key is gone")
-                return
-            reply = await self.client.config_get("notify-keyspace-events")
-            flags = as_text(next(iter(reply.values()), None))
-            if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
-                self._resync(f"notify-keyspace-events is {flags!r} now: changes may have been "
-                             "missed")
+            # On a cluster: one canary per primary, each in a slot of its own node.
+            for key in self.canary_keys:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.exists(key)
+                    pipe.set(key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
+                    sent_at = time.monotonic()
+                    existed, _ = await pipe.execute()
+                self._beats.setdefault(key, collections.deque()).append(sent_at)
+                if not existed:
+                    self._database_replaced = True
+                    self._resync("the database was emptied or replaced (FLUSHALL, FLUSHDB or "
+                                 "SWAPDB): the canary key is gone")
+                    return
+            for node in self._nodes:
+                reply = await node.config_get("notify-keyspace-events")
+                flags = as_text(next(iter(reply.values()), None))
+                if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
+                    self._resync(f"notify-keyspace-events is {flags!r} now: changes may have "
+                                 "been missed")
+            if self.cluster and (topology := await self._read_topology()) != self.topology:
+                self._resync(f"the Redis Cluster's slot map changed (a failover, a migration "
+                             f"or a node added or removed): {len(topology)} ranges now")
+        except TOPOLOGY_ERRORS as error:
+            self._resync(f"the Redis Cluster is changing ({type(error).__name__}: {error})")
         except ResponseError as error:
             # CONFIG denied, or the key has another type: resync, which says why.
             self._resync(f"the canary could not be written or checked: {error}")
         except LINK_ERRORS as error:
             log.debug("canary beat failed: %s", error)  # the lag bound will tell
 
-    def _canary_heard(self, event: object) -> bool:
-        """A notification of this sync's canary key; True for a beat's write."""
+    def _canary_heard(self, key: bytes, event: object) -> bool:
+        """A notification of one of this sync's canary keys; True for a beat's write."""
         if event != b"set":
             return False
-        if self._beats:
-            self._heard_beat = self._beats.popleft()
+        beats = self._beats.get(key)
+        if beats:
+            self._heard[key] = beats.popleft()
         return True
+
+    @property
+    def _heard_beat(self) -> float:
+        """Send time of the newest beat heard back from every canary (0: not from all yet)."""
+        return min((self._heard.get(key, 0.0) for key in self.canary_keys), default=0.0)
 
     async def _write_back_working_orders(self) -> None:
         """Put the table's working orders into a replaced database (``orders:{ACC}``).
@@ -520,11 +611,12 @@ class RedisSync:
 
     async def _remove_canary(self) -> None:
         try:
-            await self.client.delete(self.canary_key)
-        except (*LINK_ERRORS, ResponseError) as error:
+            for key in self.canary_keys:
+                await self.client.delete(key)
+        except (*LINK_ERRORS, ResponseError, RedisClusterException) as error:
             log.debug("could not remove the canary key: %s", error)
 
-    async def _follow(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _follow(self, pubsub: aioredis.client.PubSub | MergedPubSub) -> None:
         while not self._stopping:
             if self._resync_reason:
                 raise SyncGap(self._resync_reason)
@@ -550,8 +642,8 @@ class RedisSync:
         channel = message.get("channel")
         if isinstance(channel, bytes) and channel.startswith(self._channel_prefix):
             key = channel[len(self._channel_prefix):]
-            if key == self.canary_key:
-                self._canary_heard(message.get("data"))
+            if key in self._beats:
+                self._canary_heard(key, message.get("data"))
                 return
             self.stats.events += 1
             dirty.add_key(key)
@@ -607,14 +699,14 @@ class RedisSync:
         for start in range(0, len(keys), self.batch_size):
             batch = [(key, account) for key in keys[start:start + self.batch_size]
                      if (account := account_of_orders_key(key)) is not None]
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key, account in batch:
-                    pipe.hgetall(key)
-                    _, quantities, _, orders_by_lot, cancels, _ = account_snapshot_keys(account)
-                    pipe.hgetall(quantities)
-                    pipe.hgetall(orders_by_lot)
-                    pipe.hgetall(cancels)
-                replies = await pipe.execute(raise_on_error=False)
+            reads = Reads()
+            for key, account in batch:
+                reads.hgetall(key)
+                _, quantities, _, orders_by_lot, cancels, _ = account_snapshot_keys(account)
+                reads.hgetall(quantities)
+                reads.hgetall(orders_by_lot)
+                reads.hgetall(cancels)
+            replies = await read_snapshot(self.client, reads)
             for n, (_, account) in enumerate(batch):
                 restored += self._restore_account(account, *replies[4 * n:4 * n + 4])
         if restored:
@@ -684,8 +776,9 @@ class RedisSync:
         """Re-read the named entities from Redis and apply them, in batches.
 
         Each batch is read in one MULTI/EXEC (a consistent snapshot of every
-        key in it) and then applied without yielding to the event loop, so no
-        order decided in this process sees half of a batch.
+        key in it; on a Redis Cluster one per hash slot, so each account is
+        still one snapshot) and then applied without yielding to the event
+        loop, so no order decided in this process sees half of a batch.
         """
         self.stats.refreshes += 1
         large = sorted(account for account in dirty.lots
@@ -710,13 +803,13 @@ class RedisSync:
                 (self._queue_locates, self._apply_locates, sorted(batch.locates), 1),
                 (self._queue_lots, self._apply_lots, sorted(batch.lots), SNAPSHOT_REPLIES),
             ]
-            async with self.client.pipeline(transaction=True) as pipe:
-                if batch.restricted:
-                    pipe.smembers(RESTRICTED_SHORT)
-                for queue, _, items, _ in groups:
-                    queue(pipe, items)
-                self._queue_halts(pipe, halt_keys)
-                replies = await pipe.execute(raise_on_error=False)
+            reads = Reads()
+            if batch.restricted:
+                reads.smembers(RESTRICTED_SHORT)
+            for queue, _, items, _ in groups:
+                queue(reads, items)
+            self._queue_halts(reads, halt_keys)
+            replies = await read_snapshot(self.client, reads)
             at = 0
             if batch.restricted:
                 self._apply_restricted(replies[0])
@@ -761,11 +854,11 @@ class RedisSync:
                 except WatchError:
                     self.chunked_fallbacks += 1
                     state.atomic_reads = self.atomic_reads_after_spoil
-        async with self.client.pipeline(transaction=True) as pipe:
-            self._queue_lots(pipe, [account])
-            return list(await pipe.execute(raise_on_error=False))
+        reads = Reads()
+        self._queue_lots(reads, [account])
+        return await read_snapshot(self.client, reads)
 
-    def _queue_lots(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+    def _queue_lots(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
             for key in account_snapshot_keys(account):
                 pipe.hgetall(key)
@@ -809,7 +902,7 @@ class RedisSync:
             for listener in self.listeners:
                 listener.account_changed(account, positions, realized)
 
-    def _queue_limits(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+    def _queue_limits(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
             pipe.hgetall(limits_key(account))
 
@@ -840,7 +933,7 @@ class RedisSync:
             state.override_symbols = set(parsed.per_symbol)
             self._publish_account(account, state)
 
-    def _queue_balances(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+    def _queue_balances(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
             pipe.hgetall(balances_key(account))
 
@@ -868,7 +961,7 @@ class RedisSync:
                 for listener in self.listeners:
                     listener.account_changed(account, positions, info["realized_pnl"])
 
-    def _queue_locates(self, pipe: Pipeline, accounts: list[bytes]) -> None:
+    def _queue_locates(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
             pipe.hgetall(locates_key(account))
 
@@ -960,7 +1053,7 @@ class RedisSync:
             log.warning("instrument %s fits in the table again",
                         symbol.decode(errors="replace"))
 
-    def _queue_instruments(self, pipe: Pipeline, symbols: list[bytes]) -> None:
+    def _queue_instruments(self, pipe: Reads, symbols: list[bytes]) -> None:
         for symbol in symbols:
             pipe.hgetall(instrument_key(symbol))
 
@@ -983,7 +1076,7 @@ class RedisSync:
                 self._publish_instrument(symbol, invalid=True)
                 self._invalid("instrument", symbol, error)
 
-    def _queue_prices(self, pipe: Pipeline, symbols: list[bytes]) -> None:
+    def _queue_prices(self, pipe: Reads, symbols: list[bytes]) -> None:
         for symbol in symbols:
             pipe.get(price_key(symbol))
 
@@ -1020,7 +1113,7 @@ class RedisSync:
         for listener in self.listeners:
             listener.price_changed(symbol, price)
 
-    def _queue_halts(self, pipe: Pipeline, keys: list[HaltKey]) -> None:
+    def _queue_halts(self, pipe: Reads, keys: list[HaltKey]) -> None:
         for scope, target in keys:
             pipe.hgetall(halt_key(scope, target))
             pipe.pttl(halt_key(scope, target))
@@ -1055,6 +1148,43 @@ class RedisSync:
         self.stats.invalid_entities += 1
         log.error("%s %s is invalid in Redis, its orders are rejected: %s", what,
                   name.decode(errors="replace"), error)
+
+
+class MergedPubSub:
+    """The messages of several pub/subs (one per cluster primary), read as one.
+
+    A task per pub/sub reads into one queue; a failure of any of them (its
+    primary died) is raised by :meth:`get_message`, so the sync resyncs.
+    """
+
+    def __init__(self, pubsubs: list[aioredis.client.PubSub]) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._readers = [asyncio.create_task(self._read(pubsub), name="pretrade-sync-pubsub")
+                         for pubsub in pubsubs]
+
+    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    self._queue.put_nowait(message)
+        except Exception as error:  # told to the follower, which resyncs
+            self._queue.put_nowait(error)
+
+    async def get_message(self, ignore_subscribe_messages: bool = True,
+                          timeout: float = 0.0) -> dict[str, Any] | None:
+        try:
+            item = (self._queue.get_nowait() if timeout <= 0
+                    else await asyncio.wait_for(self._queue.get(), timeout))
+        except (TimeoutError, asyncio.QueueEmpty):
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
 
 
 class LoadProgress:
@@ -1139,7 +1269,7 @@ def _merge_flags(current: str, required: str) -> str:
         "A", "g$lshzxetd"))
 
 
-async def _close_quietly(pubsub: aioredis.client.PubSub) -> None:
+async def _close_quietly(pubsub: aioredis.client.PubSub | aioredis.Redis) -> None:
     try:
         await pubsub.aclose()
     except LINK_ERRORS as error:
