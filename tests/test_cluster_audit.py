@@ -29,7 +29,7 @@ def start_node(cluster_client, redis_cluster, tmp_path):
 
     def start(name: str, **overrides) -> GatewayThread:
         settings = gateway_settings(tmp_path, table_path=str(tmp_path / f"{name}.table"),
-                                    audit_node=name, **overrides)
+                                    node_id=name, **overrides)
         node = GatewayThread(settings, redis_cluster.url)
         started.append(node)
         return node
@@ -119,7 +119,7 @@ def test_the_archiver_is_refused_on_a_cluster_url():
 
 def test_a_standalone_node_still_audits_to_the_one_audit_stream(redis_client, start_gateway):
     seed_account(redis_client)
-    gateway = start_gateway(audit_node="ignored-here")
+    gateway = start_gateway(node_id="ignored-here")
     with grpc.insecure_channel(gateway.target) as channel:
         assert risk_pb2_grpc.PreTradeRiskStub(channel).EvaluateOrder(order()).approved
     assert redis_client.xlen(AUDIT_STREAM) > 0

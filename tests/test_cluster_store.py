@@ -156,7 +156,7 @@ def _decide(stub: risk_pb2_grpc.PreTradeRiskStub, account: str, quantity: int = 
     return [] if decision.approved else codes(decision)
 
 
-def _audit_node_off(cluster: RedisClusterServer, primary: RedisServer) -> str:
+def _node_off(cluster: RedisClusterServer, primary: RedisServer) -> str:
     """A node name whose audit stream is not on ``primary``: with that primary down the
     node's answers are not held back for their audit records (UNAVAILABLE, which is
     the failover drill's to check), so these tests see the decisions."""
@@ -174,7 +174,7 @@ def test_one_silent_primary_fails_the_table_closed_until_its_canary_comes_back(t
             seed_account(client, account)
         paused = cluster.primary_of(limits_key(accounts[2].encode()))
         gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=400,
-                                                 audit_node=_audit_node_off(cluster, paused)),
+                                                 node_id=_node_off(cluster, paused)),
                                 cluster.url)
         try:
             channel, stub = _stub(gateway)
@@ -202,7 +202,7 @@ def test_a_failed_over_primary_is_resynced_and_followed_on_its_promoted_replica(
             seed_account(client, account)
         victim = cluster.primary_of(limits_key(accounts[1].encode()))
         gateway = GatewayThread(gateway_settings(
-            tmp_path, audit_node=_audit_node_off(cluster, victim)), cluster.url)
+            tmp_path, node_id=_node_off(cluster, victim)), cluster.url)
         sync = gateway.gateway.writer.sync
         try:
             channel, stub = _stub(gateway)

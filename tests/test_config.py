@@ -122,7 +122,6 @@ def test_every_field_has_its_own_environment_variable():
         "PRETRADE_ARCHIVE_CLAIM_IDLE_MS": "4000",
         "PRETRADE_ARCHIVE_METRICS_LISTEN": "127.0.0.1:9465",
         "PRETRADE_DURABLE_DECISIONS": "no",
-        "PRETRADE_AUDIT_NODE": "risk-a.7",
         "PRETRADE_DEMO_BOOK": "yes",
         "PRETRADE_DEFAULT_CURRENCY": "eur",
         "PRETRADE_DAY_SESSION_END_UTC": "21:30",
@@ -185,7 +184,6 @@ def test_every_field_has_its_own_environment_variable():
         shutdown_grace_ms=2500,
         audit_queue_size=100,
         audit_when_full="drop",
-        audit_node="risk-a.7",
         audit_before_answer=False,
         audit_retain_ms=1000,
         database_url="postgresql://archiver:pw@db:5432/audit",
@@ -255,12 +253,13 @@ def test_default_currency_is_usd_and_must_be_three_letters():
             Settings(default_currency=bad)
 
 
-def test_audit_node_names_the_stream_and_defaults_to_the_host_and_listen_port():
-    assert Settings(audit_node="risk-a").audit_node_name() == "risk-a"
-    derived = Settings(listen="127.0.0.1:7001").audit_node_name()
+def test_the_node_name_is_node_id_or_the_host_and_port_and_always_a_valid_id():
+    assert Settings(node_id="risk-a").node_name(7001) == "risk-a"
+    derived = Settings(listen="127.0.0.1:7001").node_name()
     assert derived.endswith("-7001") and is_valid_id(derived.encode())
-    with pytest.raises(ConfigError, match="audit_node"):
-        Settings(audit_node="a{b}")
+    assert Settings(listen="127.0.0.1:0").node_name(41234).endswith("-41234")
+    with pytest.raises(ConfigError, match="node_id"):
+        Settings(node_id="a{b}")
 
 
 def test_audit_when_full_is_reject_or_drop():

@@ -106,7 +106,6 @@ _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table
                           "demo_book", "durable_decisions", "archive",
                           "audit_before_answer"})
 _OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
-                              "audit_node",
                               "redis_password", "metrics_listen", "archive_metrics_listen",
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
@@ -285,10 +284,6 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
     elif name == "database_url":
         if not value.startswith(_DATABASE_URL_SCHEMES):
             raise problem(f"must start with one of {', '.join(_DATABASE_URL_SCHEMES)}")
-    elif name == "audit_node":
-        if not is_valid_id(value.encode()):
-            raise problem("must be 1 to 39 characters of A-Z a-z 0-9 . _ / - + = # @ $ & ! ~ ^ "
-                          "(it names the audit stream audit:{NAME})")
     elif name == "audit_when_full":
         if value.lower() not in AUDIT_WHEN_FULL:
             raise problem(f"must be one of {', '.join(AUDIT_WHEN_FULL)}")
@@ -438,12 +433,6 @@ class Settings:
         unrecorded. ``drop``: they are decided and their records dropped and
         counted (GetStatus ``audit_dropped``). Halt changes are always applied
         (and dropped and counted when there is no room).
-    audit_node : str or None
-        On a Redis Cluster, this node's audit stream is ``audit:{NAME}`` (one
-        stream per node, in the slot of its name); unset:
-        :meth:`audit_node_name`, ``<hostname>-<listen port>``. Two nodes of
-        one name share a stream (nothing is lost, the entries interleave).
-        Not used on a standalone Redis: the stream is ``audit``.
     audit_before_answer : bool
         An answer waits until the audit records of its decisions are in Redis
         (group-committed: one write per batch of calls), so a server killed
@@ -554,7 +543,11 @@ class Settings:
         it before its lease can expire, and another node takes the shard
         once it has expired.
     node_id : str or None
-        This node's name in its leases; None: ``<hostname>-<port>``.
+        This node's name: in its leases and refusals, and on a Redis Cluster
+        its audit stream ``audit:{NODE}`` (one stream per node, in the slot of
+        its name; two nodes of one name share a stream, their entries
+        interleave and none is lost). None: :meth:`node_name`,
+        ``<hostname>-<port>``.
     advertised_address : str or None
         ``HOST:PORT`` other nodes' refusals and clients send this node's
         accounts to; None: ``listen`` (with the port bound).
@@ -593,7 +586,6 @@ class Settings:
     shutdown_grace_ms: int = 5_000
     audit_queue_size: int = 100_000
     audit_when_full: str = "reject"
-    audit_node: str | None = None
     audit_before_answer: bool = True
     audit_retain_ms: int = 60_000
     database_url: str | None = field(default=None, repr=False)
@@ -687,12 +679,13 @@ class Settings:
         """The port part of ``listen`` (0: the server picks one)."""
         return parse_listen(self.listen)[1]
 
-    def audit_node_name(self) -> str:
-        """``audit_node``, or ``<hostname>-<listen port>`` (its id characters only)."""
-        if self.audit_node is not None:
-            return self.audit_node
-        host = re.sub(r"[^A-Za-z0-9._-]", "", socket.gethostname()) or "node"
-        return f"{host[:32]}-{self.listen_port}"
+    def node_name(self, port: int | None = None) -> str:
+        """``node_id``, or ``<hostname>-<port>``: ``port`` (the one bound, when
+        ``listen`` has 0), else ``listen``'s."""
+        if self.node_id is not None:
+            return self.node_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:24] or "node"
+        return f"{host}-{self.listen_port if port is None else port}"
 
     def resolved_table_path(self) -> Path:
         """``table_path``, or :func:`default_table_path` when it is unset."""

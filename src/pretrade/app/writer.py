@@ -51,14 +51,6 @@ def settings_redis(url: str, settings: Settings, *,
                         password=settings.redis_password, socket_timeout=socket_timeout)
 
 
-def node_id(settings: Settings, port: int | None = None) -> str:
-    """``node_id``, or ``<hostname>-<port>`` (the port bound when ``listen`` has 0)."""
-    if settings.node_id is not None:
-        return settings.node_id
-    host = "".join(c if c.isalnum() or c in ".-_" else "-" for c in socket.gethostname())
-    return f"{host[:24]}-{port if port is not None else settings.listen_port}"
-
-
 def advertised_address(settings: Settings, port: int | None = None) -> str:
     """Where other nodes and clients send this node's accounts: the setting, else ``listen``."""
     if settings.advertised_address is not None:
@@ -73,7 +65,7 @@ def advertised_address(settings: Settings, port: int | None = None) -> str:
 
 def audit_stream(url: str, settings: Settings) -> bytes:
     """The audit stream this node writes: ``audit``, or ``audit:{NODE}`` on a Redis Cluster."""
-    return node_stream(settings.audit_node_name()) if is_cluster_url(url) else AUDIT_STREAM
+    return node_stream(settings.node_name()) if is_cluster_url(url) else AUDIT_STREAM
 
 
 class TableWriter:
@@ -125,7 +117,7 @@ class TableWriter:
         if owned is not None:
             self.keeper = LeaseKeeper(
                 settings_redis(redis_url, settings, socket_timeout=settings.lease_ttl_ms / 3000),
-                table, node=node_id(settings), address=advertised_address(settings),
+                table, node=settings.node_name(), address=advertised_address(settings),
                 shards=owned, ttl_ms=settings.lease_ttl_ms,
                 loads=lambda: self.sync.stats.full_loads,
                 reload=self.sync._resync)  # noqa: SLF001 (the sync's own resync request)
@@ -136,7 +128,7 @@ class TableWriter:
         if self.keeper is not None:
             self.keeper.address = advertised_address(self.settings, port)
             if self.settings.node_id is None:
-                self.keeper.node = node_id(self.settings, port)
+                self.keeper.node = self.settings.node_name(port)
 
     async def prepare(self) -> None:
         """Before anything serves: the notification flags (SyncConfigError if not allowed)."""
