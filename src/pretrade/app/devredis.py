@@ -37,6 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.app.lifetime import die_with_parent
 from pretrade.engine.errors import DataDirInUse
 from pretrade.engine.locks import holder_of, try_lock
@@ -568,8 +569,6 @@ class RedisServer:
         )
 
 
-#: Hash slots of a Redis Cluster (CRC16 of the key, or of its ``{hash tag}``, mod this).
-CLUSTER_SLOTS = 16384
 _CLUSTER_READY_TIMEOUT_SECONDS = 30.0
 
 
