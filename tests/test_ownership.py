@@ -100,6 +100,16 @@ def seeded(r: redis.Redis) -> None:
         seed_account(r, account)
 
 
+def holding_shard_zero(redis_client: redis.Redis, start_gateway, lease_ttl_ms: int = TTL_MS):
+    """An in-process gateway "node-a" over the seeded book, once it holds shard 0's lease."""
+    seeded(redis_client)
+    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
+                            lease_ttl_ms=lease_ttl_ms)
+    with grpc.insecure_channel(gateway.target) as channel:
+        wait_until(lambda: held(risk_pb2_grpc.PreTradeRiskStub(channel), 0), bool, timeout=10)
+    return gateway
+
+
 def test_two_nodes_each_decide_their_own_accounts_and_refuse_the_others_naming_the_owner(
         redis_client, start_node):
     seeded(redis_client)
@@ -224,11 +234,7 @@ def test_a_lease_key_of_another_type_is_nobodys_and_the_shard_is_refused_naming_
 
 
 def test_a_clean_stop_gives_the_leases_back_at_once(redis_client, start_gateway):
-    seeded(redis_client)
-    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
-                            lease_ttl_ms=60_000)
-    with grpc.insecure_channel(gateway.target) as channel:
-        wait_until(lambda: held(risk_pb2_grpc.PreTradeRiskStub(channel), 0), bool, timeout=10)
+    gateway = holding_shard_zero(redis_client, start_gateway, lease_ttl_ms=60_000)
     assert json.loads(redis_client.get(lease_key(0)))["address"] == gateway.target
     gateway.stop()
     assert not redis_client.exists(lease_key(0))
@@ -236,12 +242,9 @@ def test_a_clean_stop_gives_the_leases_back_at_once(redis_client, start_gateway)
 
 def test_a_stolen_lease_is_lost_at_the_next_renewal_and_the_thief_is_named(
         redis_client, start_gateway):
-    seeded(redis_client)
-    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
-                            lease_ttl_ms=TTL_MS)
+    gateway = holding_shard_zero(redis_client, start_gateway)
     with grpc.insecure_channel(gateway.target) as channel:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-        wait_until(lambda: held(stub, 0), bool, timeout=10)
         mine = json.loads(redis_client.get(lease_key(0)))
         assert stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5).approved
         thief = {"node": "thief", "address": "10.9.9.9:1", "epoch": mine["epoch"] + 1,
@@ -264,12 +267,9 @@ def test_a_stolen_lease_is_lost_at_the_next_renewal_and_the_thief_is_named(
 
 def test_an_order_session_ends_not_owner_at_an_account_another_node_owns(
         redis_client, start_gateway):
-    seeded(redis_client)
-    gateway = start_gateway("gw", owned_shards="0", shard_count=SHARDS, node_id="node-a",
-                            lease_ttl_ms=TTL_MS)
+    gateway = holding_shard_zero(redis_client, start_gateway)
     with grpc.insecure_channel(gateway.target) as channel:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)
-        wait_until(lambda: held(stub, 0), bool, timeout=10)
         orders = [order(IN_SHARD[0], order_id="s-1"), order(IN_SHARD[1], order_id="s-2"),
                   order(IN_SHARD[0], order_id="s-3")]
         answered = []
