@@ -40,13 +40,14 @@ from pretrade._core.positions import PositionTable
 from pretrade.app.devredis import RedisServer
 from pretrade.audit.entries import AUDIT_STREAM
 from pretrade.state.schema import (
-    account_snapshot_keys,
+    ORDERS_BY_LOT,
     balances_key,
     instrument_key,
     limits_key,
     lot_keys,
     orders_key,
     price_key,
+    tagged,
     version_key,
 )
 from pretrade.v1 import risk_pb2 as pb
@@ -55,7 +56,7 @@ from servers import serve_process
 
 
 def orders_by_lot_key(account: bytes) -> bytes:
-    return account_snapshot_keys(account)[3]
+    return ORDERS_BY_LOT + tagged(account)
 
 
 LIMITS = {"max_order_quantity": 10**6, "max_order_notional": 10**15, "max_net_position": 10**9,
