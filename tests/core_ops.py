@@ -176,6 +176,10 @@ class RandomWalk:
         self.last_prices: dict[bytes, int] = {}
         self.issued: list[bytes] = []
         self.sent: list[Op] = []
+        # Ownership on is an episode: most orders then fail the lease check,
+        # so an episode ends after a bounded number of operations and the
+        # walk's other verdicts (approvals, replaces, breakers) stay reachable.
+        self.ownership_left = 0
 
     @property
     def wall_clock_ms(self) -> int:
@@ -239,6 +243,10 @@ class RandomWalk:
 
     def operation(self) -> Op:
         rng = self.rng
+        if self.ownership_left > 0:
+            self.ownership_left -= 1
+            if self.ownership_left == 0:
+                return _op("set_shards", 0)
         roll = rng.random()
         account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
         if rng.random() < 0.15:
@@ -382,7 +390,9 @@ class RandomWalk:
             return _op("clear_halts")
         if roll < 0.98:  # account ownership: a shard's lease held, lapsing, released
             if rng.random() < 0.2:
-                return _op("set_shards", rng.choice([0, 2, 4]))
+                shards = rng.choice([0, 2, 4])
+                self.ownership_left = rng.randint(50, 400) if shards else 0
+                return _op("set_shards", shards)
             return _op("set_shard_lease", rng.randint(0, 3), rng.choice([0, 1, 7]),
                        self.now_ns + rng.choice([-1, 0, 1, 3_000_000, 10**12]))
         if rng.random() < 0.5:  # a deadline just ahead of or behind the walk's clock
