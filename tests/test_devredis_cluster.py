@@ -92,3 +92,23 @@ def test_a_killed_primarys_replica_is_promoted_and_serves_its_slots(tmp_path):
         assert len(cluster.primaries()) == 3
         assert _node(promoted.port).hget(key, "max_order_qty") == "100"
         client.close()
+
+
+def test_a_replica_the_election_does_not_promote_takes_its_primarys_slots_over(tmp_path):
+    # Redis's election can be denied (a voter that has not yet marked the
+    # primary failed, an epoch race); the fixture then takes the slots over
+    # without a vote. cluster-replica-no-failover makes the election never run.
+    with RedisClusterServer(node_timeout_ms=1000, data_dir=tmp_path) as cluster:
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        key = limits_key(b"TAKEOVER-1")
+        client.hset(key, b"max_order_qty", b"100")
+        victim = cluster.primary_of(key)
+        replica = next(node for node in cluster.nodes
+                       if _node(node.port).info("replication").get("master_port") == victim.port)
+        wait_until(lambda: _node(replica.port).dbsize(), lambda count: count == 1, timeout=10)
+        _node(replica.port).config_set("cluster-replica-no-failover", "yes")
+        cluster.kill(victim)
+        cluster.wait_until_served()
+        assert cluster.primary_of(key).port == replica.port
+        assert _node(replica.port).hget(key, "max_order_qty") == "100"
+        client.close()

@@ -29,6 +29,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -668,14 +669,11 @@ class RedisClusterServer:
                 client.close()
 
     def _wait(self, what: str, done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + _CLUSTER_READY_TIMEOUT_SECONDS
-        while not done():
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {node.log_path} ---\n{tail(node.log_path)}"
-                                 for node in self.nodes)
-                raise RuntimeError(f"Redis Cluster: not {what} within "
-                                   f"{_CLUSTER_READY_TIMEOUT_SECONDS:.0f} s\n{logs}")
-            time.sleep(0.05)
+        if not _poll(done, _CLUSTER_READY_TIMEOUT_SECONDS):
+            logs = "\n".join(f"--- {node.log_path} ---\n{tail(node.log_path)}"
+                             for node in self.nodes)
+            raise RuntimeError(f"Redis Cluster: not {what} within "
+                               f"{_CLUSTER_READY_TIMEOUT_SECONDS:.0f} s\n{logs}")
 
     def kill(self, node: RedisServer) -> None:
         """SIGKILL one node and reap it (a crash, for the failover tests)."""
@@ -694,12 +692,41 @@ class RedisClusterServer:
         """
         running = {node.port for node in self.nodes if node.running}
         clients = [_node_client(port) for port in sorted(running)]
+
+        def served() -> bool:
+            return all(_serves_all_slots(client, running) for client in clients)
+
         try:
-            self._wait("every slot served by a running primary, as every node sees it",
-                       lambda: all(_serves_all_slots(client, running) for client in clients))
+            # Redis's own election first. It can be denied (a voter has not
+            # marked the primary failed yet, or voted in that epoch already),
+            # and the replica tries again only after four node timeouts; one
+            # retry fits in this patience. After it, the orphaned replicas take
+            # their primary's slots without a vote (CLUSTER FAILOVER TAKEOVER).
+            patience = max(5.0, 6 * self._node_timeout_ms / 1000)
+            if not _poll(served, patience):
+                for port in self._orphaned_replicas(running):
+                    logger.warning("Redis Cluster: the replica on port %d was not elected "
+                                   "within %.0f s; CLUSTER FAILOVER TAKEOVER", port, patience)
+                    with closing(_node_client(port)) as replica:
+                        replica.execute_command("CLUSTER FAILOVER", "TAKEOVER")
+            self._wait("every slot served by a running primary, as every node sees it", served)
         finally:
             for client in clients:
                 client.close()
+
+    def _orphaned_replicas(self, running: set[int]) -> list[int]:
+        """The running replicas whose primary is not running, by port."""
+        orphans = []
+        for port in sorted(running):
+            with closing(_node_client(port)) as client:
+                try:
+                    replication = client.info("replication")
+                except redis.RedisError:
+                    continue
+            if replication.get("role") == "slave" and \
+                    int(replication.get("master_port", 0)) not in running:
+                orphans.append(port)
+        return orphans
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL); idempotent."""
@@ -775,6 +802,16 @@ def _cluster_ok(client: redis.Redis) -> bool:
         return str(client.execute_command("CLUSTER INFO")["cluster_state"]) == "ok"
     except redis.RedisError:
         return False
+
+
+def _poll(done: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``done()`` became true within ``seconds``, asked every 50 ms."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _serves_all_slots(client: redis.Redis, running: set[int]) -> bool:
