@@ -26,7 +26,7 @@ LOADGEN_PACKAGES := g++ pkg-config libgrpc++-dev protobuf-compiler-grpc
 CXX ?= g++
 
 .DEFAULT_GOAL := help
-.PHONY: help install build runtime compile lock serve test bench loadgen lint proto architecture clean
+.PHONY: help install build runtime compile lock serve cluster test bench loadgen lint proto architecture clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTHON=python3] [VENV=.venv] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -86,6 +86,9 @@ lock: ## Re-resolve .ci/constraints.txt, the exact versions a fresh clone and CI
 # (README, "Access control", says how to run it properly).
 serve: runtime ## Run the gateway, demo book, audit archiver and risk desk on http://127.0.0.1:8080/
 	"$(BIN)/pretrade" serve --demo --insecure --auth none --archive --desk 127.0.0.1:8080
+
+cluster: runtime ## Run a local Redis Cluster (3+3) with 2 owning pretrade nodes and 1 standby, demo book
+	"$(BIN)/pretrade" cluster
 
 test: build ## Run the test suite, then the benchmarks once with timing off (so they cannot rot)
 	"$(BIN)/python" -m pytest $(PYTEST_ARGS)

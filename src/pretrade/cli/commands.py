@@ -12,6 +12,7 @@
     pretrade desk --listen 127.0.0.1:8080 --gateway 127.0.0.1:50051
     pretrade portfolio --account A1 [--follow]
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
+    pretrade cluster [--ports 50051,50052,50053] [--data-dir .pretrade-cluster]
 
 ``order`` exits 0 when the order is approved, 1 when it is rejected and 2
 when the call itself fails; ``halt`` and ``status`` exit 0 or 2. Usage errors
@@ -42,6 +43,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -76,6 +78,7 @@ from pretrade.engine.errors import (
     WorkerFailed,
 )
 from pretrade.engine.fixedpoint import parse_price, parse_quantity
+from pretrade.shards.slots import DEFAULT_SHARD_COUNT
 from pretrade.v1 import risk_pb2
 
 if TYPE_CHECKING:  # imported by `pretrade audit` itself: the other commands start fast
@@ -419,6 +422,26 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--account", action="append", default=[], metavar="ACCOUNT",
                        help="an account the trader may use (repeat; '*' for every account)")
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="run a local sharded deployment: a Redis Cluster and 2 owning nodes + 1 standby",
+        description="Start a 3-primary + 3-replica Redis Cluster from the embedded "
+        "redis-server, two pretrade nodes that own half the shards each and a standby of "
+        "both, with the demo book; print how to send orders; stop everything on Ctrl-C.",
+    )
+    cluster.add_argument("--ports", type=_three_ports,
+                         default=(50051, 50052, 50053), metavar="A,B,C",
+                         help="gRPC ports of node-a, node-b and the standby node-c "
+                         "(default: 50051,50052,50053)")
+    cluster.add_argument("--data-dir", type=Path, default=Path(".pretrade-cluster"),
+                         help="the Redis nodes' and the pretrade nodes' files "
+                         "(default: .pretrade-cluster)")
+    cluster.add_argument("--shard-count", type=int, default=DEFAULT_SHARD_COUNT,
+                         help=f"shards of the 16,384 slots (default: {DEFAULT_SHARD_COUNT})")
+    cluster.add_argument("--lease-ttl-ms", type=int, default=3_000,
+                         help="lease lifetime: how soon the standby can take a dead "
+                         "owner's shards (default: 3000)")
 
     commands_by_name = {"serve": serve, "order": order, "halt": halt, "status": status,
                         "portfolio": portfolio, "token": token}
@@ -1071,6 +1094,25 @@ def _run_archive(args: argparse.Namespace) -> int:
     return run_archiver(settings, args.consumer)
 
 
+def _three_ports(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(part.isdigit() and 0 < int(part) < 65536 for part in parts) \
+            or len(set(parts)) != 3:
+        raise argparse.ArgumentTypeError(f"need three distinct ports, comma-separated, "
+                                         f"got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    # Imported here, as for serve: the client commands need no server.
+    from pretrade.app.localcluster import serve_until_signalled
+    from pretrade.app.logs import configure_logging
+
+    configure_logging("INFO")
+    return serve_until_signalled(args.ports, args.data_dir, shard_count=args.shard_count,
+                                 lease_ttl_ms=args.lease_ttl_ms)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "order": _run_order,
@@ -1082,6 +1124,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _run_status,
     "portfolio": _run_portfolio,
     "token": _run_token,
+    "cluster": _run_cluster,
 }
 
 
