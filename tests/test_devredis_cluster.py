@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from book import wait_until
-from pretrade.app.devredis import CLUSTER_SLOTS, RedisClusterServer
+from pretrade.app.devredis import CLUSTER_SLOTS, RedisClusterServer, RedisServer
 from pretrade.state.schema import account_snapshot_keys, limits_key, orders_key, version_key
 
 
@@ -74,16 +74,23 @@ def test_a_stopped_cluster_leaves_no_process_no_port_and_no_directory():
     cluster.stop()
 
 
+def _key_written_and_replicated(cluster: RedisClusterServer, key: bytes
+                                ) -> tuple[RedisServer, RedisServer]:
+    """Write ``key`` through a cluster client; its primary and that primary's
+    replica, once the replica holds it."""
+    with redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port) as client:
+        client.hset(key, b"max_order_qty", b"100")
+    primary = cluster.primary_of(key)
+    replica = next(node for node in cluster.nodes
+                   if _node(node.port).info("replication").get("master_port") == primary.port)
+    wait_until(lambda: _node(replica.port).dbsize(), lambda count: count == 1, timeout=10)
+    return primary, replica
+
+
 def test_a_killed_primarys_replica_is_promoted_and_serves_its_slots(tmp_path):
     with RedisClusterServer(data_dir=tmp_path) as cluster:
-        seed = cluster.nodes[0].port
-        client = redis.RedisCluster(host="127.0.0.1", port=seed, decode_responses=False)
         key = limits_key(b"FAILOVER-1")
-        client.hset(key, b"max_order_qty", b"100")
-        victim = cluster.primary_of(key)
-        replica = next(node for node in cluster.nodes
-                       if _node(node.port).info("replication").get("master_port") == victim.port)
-        wait_until(lambda: _node(replica.port).dbsize(), lambda count: count == 1, timeout=10)
+        victim, replica = _key_written_and_replicated(cluster, key)
         cluster.kill(victim)
         assert not victim.running
         cluster.wait_until_served()
@@ -91,7 +98,6 @@ def test_a_killed_primarys_replica_is_promoted_and_serves_its_slots(tmp_path):
         assert promoted.port == replica.port
         assert len(cluster.primaries()) == 3
         assert _node(promoted.port).hget(key, "max_order_qty") == "100"
-        client.close()
 
 
 def test_a_replica_the_election_does_not_promote_takes_its_primarys_slots_over(tmp_path):
@@ -99,16 +105,10 @@ def test_a_replica_the_election_does_not_promote_takes_its_primarys_slots_over(t
     # primary failed, an epoch race); the fixture then takes the slots over
     # without a vote. cluster-replica-no-failover makes the election never run.
     with RedisClusterServer(node_timeout_ms=1000, data_dir=tmp_path) as cluster:
-        client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
         key = limits_key(b"TAKEOVER-1")
-        client.hset(key, b"max_order_qty", b"100")
-        victim = cluster.primary_of(key)
-        replica = next(node for node in cluster.nodes
-                       if _node(node.port).info("replication").get("master_port") == victim.port)
-        wait_until(lambda: _node(replica.port).dbsize(), lambda count: count == 1, timeout=10)
+        victim, replica = _key_written_and_replicated(cluster, key)
         _node(replica.port).config_set("cluster-replica-no-failover", "yes")
         cluster.kill(victim)
         cluster.wait_until_served()
         assert cluster.primary_of(key).port == replica.port
         assert _node(replica.port).hget(key, "max_order_qty") == "100"
-        client.close()
