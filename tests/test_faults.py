@@ -73,12 +73,14 @@ def no_approval_after(stub: risk_pb2_grpc.PreTradeRiskStub, changed_at: float,
         assert expected(decision), f"decided against Redis: {decision}"
 
 
-def refused_for_the_halt(decision: pb.Decision) -> bool:
-    """Rejected, and for the global halt: the halt reached the table. A loaded
+def refused_for(code: int) -> Callable[[pb.Decision], bool]:
+    """Rejected, and for ``code``: the change reached the table. A loaded
     machine may add STALE_DATA (a canary beat late, so a resync), which
-    refuses too; an approval, or a rejection without the halt, fails."""
-    return not decision.approved and pb.REJECT_CODE_GLOBAL_HALT in codes(decision) \
-        and set(codes(decision)) <= {pb.REJECT_CODE_GLOBAL_HALT, pb.REJECT_CODE_STALE_DATA}
+    refuses too; an approval, or a rejection without ``code``, fails."""
+    def refused(decision: pb.Decision) -> bool:
+        return not decision.approved and code in codes(decision) \
+            and set(codes(decision)) <= {code, pb.REJECT_CODE_STALE_DATA}
+    return refused
 
 
 def test_halt_written_after_redis_restart_is_enforced(stock_redis, gateway_on):
@@ -94,7 +96,7 @@ def test_halt_written_after_redis_restart_is_enforced(stock_redis, gateway_on):
         stock_redis.client().hset("halt:all", mapping={"mode": "HALTED", "reason": "test",
                                                        "by": "ops", "at": 1})
         halted_at = time.monotonic()
-        no_approval_after(stub, halted_at, refused_for_the_halt)
+        no_approval_after(stub, halted_at, refused_for(pb.REJECT_CODE_GLOBAL_HALT))
         assert stock_redis.client().config_get("notify-keyspace-events")[
             "notify-keyspace-events"] != ""
 
@@ -112,8 +114,7 @@ def test_notifications_switched_off_while_running_fail_closed_then_recover(stock
                                                    "by": "ops", "at": 1})
         changed_at = time.monotonic()
         # Stale until it notices, then the flags are set again and the halt holds.
-        no_approval_after(stub, changed_at,
-                          lambda d: codes(d) == [pb.REJECT_CODE_ACCOUNT_HALT])
+        no_approval_after(stub, changed_at, refused_for(pb.REJECT_CODE_ACCOUNT_HALT))
         status = stub.GetStatus(pb.StatusRequest(), timeout=5)
         assert status.full_loads >= 2 and status.sync_live
 
@@ -152,7 +153,7 @@ def test_a_change_made_while_the_notification_link_was_cut_is_not_missed(stock_r
             pipe.hset("halt:all", mapping={"mode": "HALTED", "reason": "t", "by": "o", "at": 1})
             pipe.execute()
         cut_at = time.monotonic()
-        no_approval_after(stub, cut_at, refused_for_the_halt)
+        no_approval_after(stub, cut_at, refused_for(pb.REJECT_CODE_GLOBAL_HALT))
 
 
 def test_the_first_durable_decisions_after_a_redis_restart_do_not_fail(stock_redis,
