@@ -97,7 +97,14 @@ def test_kill_9_while_orders_flow_loses_no_decision(limited, launch):
 
         sender = threading.Thread(target=flow)
         sender.start()
-        time.sleep(0.5)
+        # Killed once the flow is past the limit (a loaded machine may take
+        # longer than usual to get there), while orders are still in flight.
+        deadline = time.monotonic() + 30
+        while not any(not d.approved for d in list(decided.values())):
+            assert sender.is_alive() and time.monotonic() < deadline, \
+                f"the flow never reached the limit: {len(decided)} decided"
+            time.sleep(0.01)
+        time.sleep(0.1)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         stop.set()
