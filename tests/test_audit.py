@@ -33,7 +33,8 @@ from pretrade.v1 import risk_pb2_grpc
 
 EVERY_DECISION_FIELD = {"event", "ts", "pid", "principal", "order_id", "account", "symbol", "side",
                         "order_type", "quantity", "price", "venue", "counterparty", "verdict",
-                        "codes", "notional", "latency_ns", "replayed", "replaces"}
+                        "codes", "notional", "latency_ns", "replayed", "replaces",
+                        "time_in_force", "expire_at"}
 EVERY_HALT_FIELD = {"event", "ts", "pid", "principal", "source", "scope", "target", "mode",
                     "reason", "by", "expires_at"}
 
@@ -89,6 +90,20 @@ def test_every_decision_is_in_the_stream_with_its_order_verdict_codes_and_latenc
 
     assert second["verdict"] == "REJECTED" and second["order_type"] == "MARKET"
     assert second["codes"].split(",") == ["MAX_ORDER_QUANTITY", "MAX_ORDER_NOTIONAL"]
+
+
+def test_an_orders_time_in_force_and_expiry_are_in_its_audit_record(seeded, gateway, stub):
+    expire_at = int(time.time() * 1000) + 3_600_000
+    gtd = order(order_id="audit-gtd")
+    gtd.time_in_force, gtd.expire_at_unix_ms = pb.TIME_IN_FORCE_GTD, expire_at
+    ioc = order(order_id="audit-ioc")
+    ioc.time_in_force = pb.TIME_IN_FORCE_IOC
+    for sent in (gtd, ioc, order(order_id="audit-plain")):
+        assert stub.EvaluateOrder(sent).approved
+    found = audited(seeded, 3)
+    assert [(e["order_id"], e["time_in_force"], e["expire_at"]) for e in found] == [
+        ("audit-gtd", "GTD", str(expire_at)), ("audit-ioc", "IOC", "0"),
+        ("audit-plain", "UNSPECIFIED", "0")]
 
 
 def test_a_replayed_order_id_is_audited_as_replayed(seeded, gateway, stub):

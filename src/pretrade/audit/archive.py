@@ -82,7 +82,7 @@ COLUMNS = ("stream_ms", "stream_seq", "idx", "event", "ts", "pid", "principal",
            "order_id", "account", "symbol", "side", "order_type", "quantity", "price",
            "venue", "counterparty", "approved", "codes", "notional", "latency_ns",
            "replayed", "source", "scope", "target", "mode", "reason", "halted_by",
-           "expires_at_ms", "replaces")
+           "expires_at_ms", "replaces", "time_in_force", "expire_at_ms")
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,11 @@ CREATE INDEX {TABLE}_ts ON {TABLE} (ts);
     Migration(2, "audit_record.replaces: the original order id of a ReplaceOrder", f"""
 ALTER TABLE {TABLE} ADD COLUMN replaces text;
 """),
+    Migration(3, "audit_record.time_in_force and expire_at_ms: a decided order's time in "
+              "force and GTD expiry", f"""
+ALTER TABLE {TABLE} ADD COLUMN time_in_force text;
+ALTER TABLE {TABLE} ADD COLUMN expire_at_ms bigint;
+"""),
 )
 
 
@@ -168,7 +173,7 @@ def _names(enum: Any) -> dict[int, str]:
     return {number: short_name(enum, number) for number in enum.values()}
 
 
-_SIDES, _TYPES = _names(pb.Side), _names(pb.OrderType)
+_SIDES, _TYPES, _TIFS = _names(pb.Side), _names(pb.OrderType), _names(pb.TimeInForce)
 _CODES, _SCOPES, _MODES = _names(pb.RejectCode), _names(pb.HaltScope), _names(pb.HaltMode)
 
 
@@ -241,7 +246,8 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     _text(d.venue), _text(d.counterparty), d.approved,
                     _codes_literal(d.codes) if d.codes else "{}", d.notional,
                     d.latency_ns, d.replayed, None, None, None, None, None, None, None,
-                    _text(d.replaces)))
+                    _text(d.replaces), _TIFS.get(d.time_in_force, str(d.time_in_force)),
+                    d.expire_at_unix_ms))
         elif kind == "halt":
             h = record.halt
             target = _text(h.target)
@@ -251,7 +257,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     None, None, None, None, None, None, None, None, None, None, None,
                     _text(h.source), _SCOPES.get(h.scope, str(h.scope)), target,
                     _MODES.get(h.mode, str(h.mode)), _text(h.reason), _text(h.by),
-                    h.expires_at_unix_ms, None))
+                    h.expires_at_unix_ms, None, None, None))
         else:
             append(_unreadable(ms, seq, n, pid, "a record that is neither a decision nor a "
                                "halt (written by a newer version?)"))
@@ -260,7 +266,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
 
 def _unreadable(ms: int, seq: int, n: int, pid: int | None, reason: str) -> tuple[Any, ...]:
     return (ms, seq, n, "unreadable", _utc(ms), pid, "", *([None] * 18), reason[:MAX_TEXT],
-            None, None, None)
+            None, None, None, None, None)
 
 
 def _int(value: str | None) -> int | None:
@@ -284,7 +290,8 @@ def _row_of_text(ms: int, seq: int, n: int, row: Mapping[str, str]) -> tuple[Any
             _int(get("notional")), _int(get("latency_ns")),
             None if "replayed" not in row else get("replayed") == "1", get("source"),
             get("scope"), get("target"), get("mode"), get("reason"), get("by"),
-            _int(get("expires_at")), get("replaces"))
+            _int(get("expires_at")), get("replaces"), get("time_in_force"),
+            _int(get("expire_at")))
 
 
 # -- writing rows --

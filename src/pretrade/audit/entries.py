@@ -28,8 +28,10 @@ Redis).
 without ``REJECT_CODE_``, comma-separated, empty when approved),
 ``notional`` (1/10,000), ``latency_ns`` and ``replayed`` (``1`` when the
 order id was decided before and this is that decision replayed, else
-``0``) and ``replaces`` (a ReplaceOrder: the original order id the
-decision's order replaces; empty for an order). Text fields are cut to
+``0``), ``replaces`` (a ReplaceOrder: the original order id the
+decision's order replaces; empty for an order), ``time_in_force``
+(``UNSPECIFIED``, ``DAY``, ``IOC``, ``GTC`` or ``GTD``) and
+``expire_at`` (a GTD order's expiry, Unix ms; ``0`` for none). Text fields are cut to
 :data:`MAX_TEXT` characters (only a malformed order in a batch can have
 longer ones).
 
@@ -103,6 +105,8 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
             decision.latency_ns = latency_ns
             decision.replayed = replayed
             decision.replaces = replaces[:MAX_TEXT]
+            decision.time_in_force = order.time_in_force
+            decision.expire_at_unix_ms = order.expire_at_unix_ms
         else:
             _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
             record.ts_unix_ms = at_ns // 1_000_000
@@ -141,6 +145,8 @@ def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
             "codes": ",".join(short_name(pb.RejectCode, code) for code in d.codes),
             "notional": str(d.notional), "latency_ns": str(d.latency_ns),
             "replayed": "1" if d.replayed else "0", "replaces": d.replaces,
+            "time_in_force": short_name(pb.TimeInForce, d.time_in_force),
+            "expire_at": str(d.expire_at_unix_ms),
         }
     h = record.halt
     return {

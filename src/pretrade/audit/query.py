@@ -225,7 +225,7 @@ _ARCHIVE_COLUMNS = (
     "stream_ms, stream_seq, idx, event, (extract(epoch from ts) * 1000)::bigint, pid, "
     "principal, order_id, account, symbol, side, order_type, quantity, price, venue, "
     "counterparty, approved, codes, notional, latency_ns, replayed, source, scope, target, "
-    "mode, reason, halted_by, expires_at_ms, replaces")
+    "mode, reason, halted_by, expires_at_ms, replaces, time_in_force, expire_at_ms")
 
 
 def _text(value: object) -> str:
@@ -236,7 +236,8 @@ def _archived_row(row: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
     """One ``audit_record`` row as ``(row id, fields)``, the fields :func:`rows_of` gives."""
     (ms, seq, idx, event, ts, pid, principal, order_id, account, symbol, side, order_type,
      quantity, price, venue, counterparty, approved, codes, notional, latency_ns, replayed,
-     source, scope, target, mode, reason, by, expires_at, replaces) = row
+     source, scope, target, mode, reason, by, expires_at, replaces, time_in_force,
+     expire_at) = row
     common = {"event": event, "ts": _text(ts), "pid": _text(pid), "principal": principal}
     if event == DECISION:
         fields = {**common, "order_id": _text(order_id), "account": _text(account),
@@ -247,7 +248,8 @@ def _archived_row(row: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
                   "verdict": "APPROVED" if approved else "REJECTED",
                   "codes": ",".join(codes or ()), "notional": _text(notional),
                   "latency_ns": _text(latency_ns), "replayed": "1" if replayed else "0",
-                  "replaces": _text(replaces)}
+                  "replaces": _text(replaces), "time_in_force": _text(time_in_force),
+                  "expire_at": _text(expire_at)}
     elif event == "halt":
         fields = {**common, "source": _text(source), "scope": _text(scope),
                   "target": _text(target), "mode": _text(mode), "reason": _text(reason),
