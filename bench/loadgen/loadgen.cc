@@ -16,7 +16,8 @@
 //          server, the same moment, so their ratio is fair
 //   session  one OrderSession stream per thread, --inflight orders sent ahead of
 //          their decisions; a latency is an order's write to its decision
-// Orders: --accounts accounts named <--account>-<n> (or just --account with 1),
+// Orders: --accounts accounts named <--account>-<n> (or just --account with 1;
+// or --account-list A,B,C: exactly these, e.g. the accounts one cluster node owns),
 // symbol --symbol, a buy of 1 at --price (the accounts' limits must allow them all:
 // the bench gives them limits far above what a run reaches); order ids
 // are <--prefix>-<thread>-<n>, unique per run.
@@ -55,6 +56,7 @@ struct Options {
   std::string symbol = "AAPL";
   std::string prefix = "lg";
   int accounts = 1;
+  std::vector<std::string> account_list;  // --account-list: these accounts, in turn
   int threads = 1;
   int batch = 1000;
   double seconds = 5.0;
@@ -76,7 +78,7 @@ struct Tally {
   std::fprintf(stderr,
                "pretrade-loadgen: %s\nusage: pretrade-loadgen --target HOST:PORT "
                "--mode unary|batch|echo|pair|session [--threads N] [--seconds S] [--batch N] "
-               "[--account ID] [--accounts N] [--symbol SYM] [--price P] [--prefix P] "
+               "[--account ID] [--accounts N] [--account-list A,B,...] [--symbol SYM] [--price P] [--prefix P] "
                "[--max-calls N] [--inflight N]\n",
                why);
   std::exit(2);
@@ -93,6 +95,15 @@ Options Parse(int argc, char** argv) {
       else if (flag == "--mode") o.mode = value;
       else if (flag == "--account") o.account = value;
       else if (flag == "--accounts") o.accounts = std::stoi(value);
+      else if (flag == "--account-list") {
+        o.account_list.clear();
+        for (size_t start = 0; start <= value.size();) {
+          const size_t comma = std::min(value.find(',', start), value.size());
+          if (comma == start) Usage("--account-list holds an empty account id");
+          o.account_list.push_back(value.substr(start, comma - start));
+          start = comma + 1;
+        }
+      }
       else if (flag == "--symbol") o.symbol = value;
       else if (flag == "--prefix") o.prefix = value;
       else if (flag == "--threads") o.threads = std::stoi(value);
@@ -128,9 +139,13 @@ class OrderMaker {
   void Fill(pretrade::v1::Order* order) {
     const int64_t n = next_++;
     order->set_order_id(o_.prefix + "-" + std::to_string(thread_) + "-" + std::to_string(n));
-    order->set_account_id(o_.accounts == 1
-                              ? o_.account
-                              : o_.account + "-" + std::to_string((thread_ + n) % o_.accounts));
+    const int64_t turn = thread_ + n;
+    if (!o_.account_list.empty())
+      order->set_account_id(o_.account_list[turn % o_.account_list.size()]);
+    else
+      order->set_account_id(o_.accounts == 1
+                                ? o_.account
+                                : o_.account + "-" + std::to_string(turn % o_.accounts));
     order->set_symbol(o_.symbol);
     order->set_side(pretrade::v1::SIDE_BUY);
     order->set_quantity(1);
