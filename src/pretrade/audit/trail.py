@@ -66,9 +66,11 @@ DROP_LOG_SECONDS = 10.0
 SLOW_WRITE_SECONDS = 0.5
 #: The longest a batch's write may take before it counts as failed (and is retried).
 WRITE_TIMEOUT_SECONDS = 10.0
-#: Pause after a failed write, doubled per failure up to RETRY_MAX_SECONDS.
+#: Pause after a failed write, doubled per failure up to RETRY_MAX_SECONDS. Kept short:
+#: answers wait for their audit record (audit_before_answer), so after a Redis failover
+#: the first orders wait out the pause that is running (with 2 s, up to a second more).
 RETRY_SECONDS = 0.1
-RETRY_MAX_SECONDS = 2.0
+RETRY_MAX_SECONDS = 0.5
 
 
 @dataclass

@@ -39,9 +39,10 @@ log = logging.getLogger("pretrade.orders")
 FORMAT = b"\x02"
 #: Records of the first version were ``;``-joined text starting ``1;``.
 LEGACY_FORMAT = b"1;"
-#: Pause after a failed write, doubled per failure up to the maximum.
+#: Pause after a failed write, doubled per failure up to the maximum (short, as the
+#: audit writer's: once Redis is back, the queued decisions are durable soon after).
 RETRY_SECONDS = 0.1
-RETRY_MAX_SECONDS = 2.0
+RETRY_MAX_SECONDS = 0.5
 #: Most decided orders kept for a retry while Redis refuses them (the table
 #: goes stale within max_sync_lag_ms, so few orders are decided meanwhile).
 MAX_RETRIED = 100_000
