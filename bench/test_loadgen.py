@@ -73,15 +73,22 @@ def _percentiles(summary: dict[str, int]) -> str:
 
 
 @pytest.mark.benchmark(group="loadgen")
+@pytest.mark.parametrize("audit_wait", [True, False], ids=["audit-wait", "no-audit-wait"])
 @pytest.mark.parametrize("durable", [False, True], ids=["durable-off", "durable-on"])
 def test_cpp_client_evaluate_order_against_the_echo(benchmark, latency, redis_url,  # noqa: F811
-                                                    tmp_path, loadgen, durable):
-    server = start_bench_server(redis_url, tmp_path / "pair.table", durable_decisions=durable)
+                                                    tmp_path, loadgen, durable, audit_wait):
+    """What each Redis write before the answer costs (issue 16, item 5): the decided-order
+    journal (``durable_decisions``) and the audit record (``audit_before_answer``), each
+    on and off, against the echo on the same server."""
+    server = start_bench_server(redis_url, tmp_path / "pair.table", durable_decisions=durable,
+                                audit_before_answer=audit_wait)
     try:
         seconds = scale(benchmark.disabled, FULL_SECONDS, SMOKE_SECONDS)
-        result = run(loadgen, server.target, "pair", seconds, "pair", threads=1)
+        result = run(loadgen, server.target, "pair", seconds,
+                     f"pair{int(durable)}{int(audit_wait)}", threads=1)
         assert result["echo_latency"]["count"] == result["latency"]["count"] > 0
-        mode = "durable decisions on" if durable else "durable decisions off"
+        mode = ("durable decisions on" if durable else "durable decisions off") \
+            + ("" if audit_wait else ", answers not waiting for their audit record")
         ratio = result["latency"]["p50_ns"] / result["echo_latency"]["p50_ns"]
         latency.figure(f"C++ client: EvaluateOrder ({mode})", _percentiles(result["latency"]))
         latency.figure(f"C++ client: empty echo ({mode} run)",
