@@ -10,8 +10,9 @@ the tokens file and the portfolio stream:
   without spaces, up to ``MAX_TAG_LENGTH`` and ``MAX_ORDER_ID_LENGTH``;
 * a **currency** is an ISO 4217 code: three ASCII letters ``A-Z``.
 
-The lengths are the compiled core's (:mod:`pretrade._core.constants`).
-Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
+The rules themselves (which characters, how many) are the compiled core's
+(:mod:`pretrade._core.text`, a table lookup per character); this module
+words what they refuse. Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
 refuse, so no input can make an error message or a log line long.
 """
 
@@ -19,16 +20,17 @@ from __future__ import annotations
 
 import re
 
-from pretrade._core.constants import MAX_ID_LENGTH, MAX_TAG_LENGTH
+from pretrade._core.constants import MAX_ID_LENGTH
+from pretrade._core.text import id_bytes, is_valid_id, is_valid_tag, tag_bytes
 from pretrade.engine.errors import InvalidRequest
+
+__all__ = ["QUOTED_CHARACTERS", "as_text", "clipped", "is_currency_code", "is_valid_id",
+           "is_valid_tag", "quoted", "require_id", "require_printable"]
 
 #: Longest part of a refused value that an error message quotes.
 QUOTED_CHARACTERS = 64
 
-ID_PATTERN = re.compile(rb"[A-Za-z0-9._/\-+=#@$&!~^]{1,%d}" % MAX_ID_LENGTH)
-TAG_PATTERN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TAG_LENGTH)
 CURRENCY_PATTERN = re.compile(rb"[A-Z]{3}")
-_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
 def quoted(text: str | bytes | None, limit: int = QUOTED_CHARACTERS) -> str:
@@ -49,16 +51,6 @@ def clipped(text: str, limit: int = QUOTED_CHARACTERS) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def is_valid_id(value: bytes) -> bool:
-    """True for an account id or symbol that can be a Redis key part."""
-    return ID_PATTERN.fullmatch(value) is not None
-
-
-def is_valid_tag(value: bytes) -> bool:
-    """True for a venue or counterparty name the core can store with an order."""
-    return TAG_PATTERN.fullmatch(value) is not None
-
-
 def is_currency_code(value: bytes) -> bool:
     """True for an ISO 4217 code as the table stores it: three ASCII letters A-Z."""
     return CURRENCY_PATTERN.fullmatch(value) is not None
@@ -68,8 +60,8 @@ def require_id(text: str, field: str) -> bytes:
     """``text`` as the bytes of a valid id, or :class:`InvalidRequest` naming ``field``."""
     if not text:
         raise InvalidRequest(f"{field} is required", field)
-    raw = text.encode("utf-8")
-    if not is_valid_id(raw):
+    raw = id_bytes(text)
+    if raw is None:
         raise InvalidRequest(f"{field} {quoted(text)} is not a valid id (1 to {MAX_ID_LENGTH} "
                              "characters of A-Z a-z 0-9 . _ / - and a few symbols)", field)
     return raw
@@ -85,10 +77,11 @@ def require_printable(text: str, field: str, longest: int, *, required: bool) ->
         if required:
             raise InvalidRequest(f"{field} is required", field)
         return b""
-    if len(text) > longest or not _PRINTABLE.fullmatch(text):
+    raw = tag_bytes(text, longest)
+    if raw is None:
         raise InvalidRequest(f"{field} must be 1 to {longest} printable ASCII characters "
                              f"without spaces, got {quoted(text)}", field)
-    return text.encode("ascii")
+    return raw
 
 
 def as_text(value: bytes | str | None) -> str:
