@@ -69,28 +69,25 @@ def tag_bytes(str text, Py_ssize_t longest):
     return text.encode("ascii") if _is_tag(text, longest) else None
 
 
-def is_valid_id(bytes value not None):
-    """True for bytes that are a valid id (account id, symbol)."""
+cdef bint _valid_bytes(bytes value, Py_ssize_t longest, bint tag) noexcept:
     cdef Py_ssize_t n = len(value), i
     cdef const unsigned char* p = value
-    if n < 1 or n > L.MAX_ID_LENGTH:
+    if n < 1 or n > longest:
         return False
     for i in range(n):
-        if not _id_character(p[i]):
+        if not (_tag_character(p[i]) if tag else _id_character(p[i])):
             return False
     return True
+
+
+def is_valid_id(bytes value not None):
+    """True for bytes that are a valid id (account id, symbol)."""
+    return _valid_bytes(value, L.MAX_ID_LENGTH, False)
 
 
 def is_valid_tag(bytes value not None):
     """True for bytes that are a valid venue or counterparty name."""
-    cdef Py_ssize_t n = len(value), i
-    cdef const unsigned char* p = value
-    if n < 1 or n > L.MAX_TAG_LENGTH:
-        return False
-    for i in range(n):
-        if not _tag_character(p[i]):
-            return False
-    return True
+    return _valid_bytes(value, L.MAX_TAG_LENGTH, True)
 
 
 def order_ids(str order_id, str account, str symbol, str venue, str counterparty):
