@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_server.py fanout   # 1,000 StreamPortfolio subscribers, ticks
     .venv/bin/python bench/profile_server.py session  # an OrderSession, 64 orders in flight
+    .venv/bin/python bench/profile_server.py batch    # EvaluateOrders, 1,000 per message
 
 Each starts a redis-server and a server over the book its benchmark uses
 (``bench/test_portfolio_fanout.py``, ``bench/test_loadgen.py``), runs the load
@@ -53,6 +54,16 @@ def fanout(seconds: float, out: Path, work: Path) -> None:
 
 
 def session(seconds: float, out: Path, work: Path) -> None:
+    _loadgen_profile(seconds, out, work, ["--mode", "session", "--inflight", "64"])
+
+
+def batch(seconds: float, out: Path, work: Path) -> None:
+    _loadgen_profile(seconds, out, work, ["--mode", "batch", "--batch", "1000",
+                                          "--threads", "2"], durable_decisions=False)
+
+
+def _loadgen_profile(seconds: float, out: Path, work: Path, mode: list[str],
+                     **settings: object) -> None:
     import test_grpc
     from test_loadgen import ACCOUNTS, LOADGEN
 
@@ -62,12 +73,12 @@ def session(seconds: float, out: Path, work: Path) -> None:
         client.set("price:AAPL", test_grpc.PRICE)
         for a in range(ACCOUNTS):
             client.hset(f"limits:{{ACC-{a}}}", mapping=test_grpc.BIG)
-        bench_server = start_bench_server(server.url, work / "session.table")
+        bench_server = start_bench_server(server.url, work / "profiled.table", **settings)
         try:
             load = subprocess.Popen(
-                [str(LOADGEN), "--target", bench_server.target, "--mode", "session",
+                [str(LOADGEN), "--target", bench_server.target, *mode,
                  "--seconds", str(seconds + 2), "--account", "ACC", "--accounts",
-                 str(ACCOUNTS), "--inflight", "64"], stdout=subprocess.PIPE, text=True)
+                 str(ACCOUNTS)], stdout=subprocess.PIPE, text=True)
             time.sleep(1)
             _record(bench_server.pid, seconds, out).wait()
             print(load.communicate()[0].strip())
@@ -95,14 +106,15 @@ def summary(raw: Path, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("load", choices=["fanout", "session"])
+    parser.add_argument("load", choices=["fanout", "session", "batch"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
         out = work / "profile.raw"
-        {"fanout": fanout, "session": session}[args.load](args.seconds, out, work)
+        {"fanout": fanout, "session": session, "batch": batch}[args.load](args.seconds, out,
+                                                                          work)
         summary(out, args.top)
 
 
