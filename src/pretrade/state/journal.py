@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
@@ -48,9 +48,9 @@ RETRY_MAX_SECONDS = 0.5
 MAX_RETRIED = 100_000
 
 
-@dataclass(frozen=True)
-class DecidedOrder:
-    """What the table stores for one decided order id."""
+class DecidedOrder(NamedTuple):
+    """What the table stores for one decided order id (a tuple: one is built per
+    decided order before its answer, and a frozen dataclass cost 1.7 µs of it)."""
 
     account: bytes
     order_id: bytes
