@@ -34,6 +34,9 @@ def decided_orders(draw: st.DrawFn) -> DecidedOrder:
         quantity=quantity, price=draw(INT64),
         valuation_price=draw(INT64), notional=draw(INT64), venue=draw(TAGS),
         counterparty=draw(TAGS), approved=approved, rejections=rejections,
+        time_in_force=draw(st.sampled_from(list(pb.TimeInForce.values()))),
+        expire_at_unix_ms=draw(st.integers(0, 2**63 - 1)),
+        working_until_unix_ms=draw(st.integers(0, 2**63 - 1)),
         replaces=replaces, carried=carried)
 
 

@@ -81,14 +81,23 @@ class DecidedOrder(NamedTuple):
             order_type=self.order_type,  # type: ignore[arg-type]
             quantity=self.quantity, price=self.price, valuation_price=self.valuation_price,
             notional=self.notional, venue=self.venue, counterparty=self.counterparty,
-            approved=self.approved, decided_at_unix_ms=decided_at_unix_ms,
-            time_in_force=self.time_in_force,  # type: ignore[arg-type]
-            expire_at_unix_ms=self.expire_at_unix_ms,
-            working_until_unix_ms=self.working_until_unix_ms,
-            replaces=self.replaces, carried=self.carried,
-            rejections=[records_pb2.StoredRejection(code=code,  # type: ignore[arg-type]
-                                                    observed=observed, limit=limit)
-                        for code, observed, limit in self.rejections])
+            approved=self.approved, decided_at_unix_ms=decided_at_unix_ms)
+        # The fields most orders leave at their defaults are set only when not:
+        # passing them to the constructor cost a third of the encoding.
+        if self.time_in_force:
+            record.time_in_force = self.time_in_force  # type: ignore[assignment]
+        if self.expire_at_unix_ms:
+            record.expire_at_unix_ms = self.expire_at_unix_ms
+        if self.working_until_unix_ms:
+            record.working_until_unix_ms = self.working_until_unix_ms
+        if self.replaces:
+            record.replaces = self.replaces
+        if self.carried:
+            record.carried = self.carried
+        if self.rejections:
+            add = record.rejections.add
+            for code, observed, limit in self.rejections:
+                add(code=code, observed=observed, limit=limit)
         return FORMAT + record.SerializeToString()
 
 
