@@ -23,13 +23,13 @@ import redis.asyncio as aioredis
 
 from book import order, seed_account, wait_until
 from pretrade.api.access import new_token, token_entry
-from pretrade.audit.entries import AUDIT_STREAM, encode, rows_of
+from pretrade.audit.entries import AUDIT_STREAM, encode, encode_batch, rows_of
 from pretrade.audit.query import AuditQuery, read_audit
 from pretrade.audit.trail import AuditTrail
 from pretrade.cli.commands import main, parse_when
 from pretrade.cli.format import format_audit_entries
+from pretrade.v1 import records_pb2, risk_pb2_grpc
 from pretrade.v1 import risk_pb2 as pb
-from pretrade.v1 import risk_pb2_grpc
 
 EVERY_DECISION_FIELD = {"event", "ts", "pid", "principal", "order_id", "account", "symbol", "side",
                         "order_type", "quantity", "price", "venue", "counterparty", "verdict",
@@ -441,6 +441,31 @@ def test_text_fields_are_cut_so_a_huge_malformed_order_cannot_bloat_the_stream()
     fields = encode(("decision", 0, "", huge, False, ((39, 0, 0),), 0, False, 0, "z" * 100_000),
                     "1")
     assert max(len(str(value)) for value in fields) <= 256
+
+
+def test_a_version_2_entry_with_the_order_in_flat_fields_reads_as_the_same_row():
+    # Version 3 keeps a well-formed order whole; version 2 (written before)
+    # set its fields one by one. Both read to the same row.
+    sent = order(order_id="v2-1", venue="XNAS", counterparty="CP-1", quantity=7)
+    sent.time_in_force, sent.expire_at_unix_ms = pb.TIME_IN_FORCE_GTD, 1_700_000_600_000
+    entry = ("decision", 1_700_000_000_000_000_000, "oms-1", sent, False, ((39, 5, 6),), 1234,
+             True, 55, "orig")
+    current = encode_batch([entry])
+    [kept] = records_pb2.AuditBatch.FromString(current).records
+    assert kept.decision.HasField("order") and kept.decision.order_id == ""
+    flat = records_pb2.AuditBatch()
+    record = flat.records.add(ts_unix_ms=1_700_000_000_000, principal="oms-1")
+    record.decision.MergeFrom(records_pb2.AuditDecision(
+        order_id="v2-1", account="ACC-1", symbol="AAPL", side=sent.side,
+        order_type=sent.order_type, quantity=7, price=sent.price, venue="XNAS",
+        counterparty="CP-1", approved=False, codes=[39], notional=55, latency_ns=1234,
+        replayed=True, replaces="orig", time_in_force=pb.TIME_IN_FORCE_GTD,
+        expire_at_unix_ms=1_700_000_600_000))
+    [(_, new_row)] = rows_of("1-0", {b"v": b"3", b"pid": b"7", b"data": current})
+    [(_, old_row)] = rows_of("1-0", {b"v": b"2", b"pid": b"7", b"data": flat.SerializeToString()})
+    assert new_row == old_row
+    assert (new_row["order_id"], new_row["venue"], new_row["time_in_force"],
+            new_row["expire_at"]) == ("v2-1", "XNAS", "GTD", "1700000600000")
 
 
 # -- reading: pretrade audit --

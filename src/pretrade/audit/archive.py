@@ -47,7 +47,15 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from pretrade.audit.entries import AUDIT_STREAM, BATCH_VERSION, DECISION, HALT, MAX_TEXT, rows_of
+from pretrade.audit.entries import (
+    AUDIT_STREAM,
+    DECISION,
+    HALT,
+    MAX_TEXT,
+    READABLE_BATCH_VERSIONS,
+    order_of,
+    rows_of,
+)
 from pretrade.engine.names import short_name
 from pretrade.engine.text import as_text
 from pretrade.v1 import records_pb2
@@ -222,7 +230,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
     ms, seq = parse_entry_id(entry_id)
     version = fields.get(b"v")
     pid = _pid(fields.get(b"pid"))
-    if version != BATCH_VERSION:
+    if version not in READABLE_BATCH_VERSIONS:
         return [_row_of_text(ms, seq, n, row) for n, (_, row) in
                 enumerate(rows_of(entry_id, fields))]
     try:
@@ -240,14 +248,16 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
         kind = record.WhichOneof("event")
         if kind == "decision":
             d = record.decision
-            append((ms, seq, n, DECISION, ts, pid, principal, _text(d.order_id),
-                    _text(d.account), _text(d.symbol), _SIDES.get(d.side, str(d.side)),
-                    _TYPES.get(d.order_type, str(d.order_type)), d.quantity, d.price,
-                    _text(d.venue), _text(d.counterparty), d.approved,
+            (order_id, account, symbol, side, order_type, quantity, price, venue,
+             counterparty, time_in_force, expire_at) = order_of(d)
+            append((ms, seq, n, DECISION, ts, pid, principal, _text(order_id),
+                    _text(account), _text(symbol), _SIDES.get(side, str(side)),
+                    _TYPES.get(order_type, str(order_type)), quantity, price,
+                    _text(venue), _text(counterparty), d.approved,
                     _codes_literal(d.codes) if d.codes else "{}", d.notional,
                     d.latency_ns, d.replayed, None, None, None, None, None, None, None,
-                    _text(d.replaces), _TIFS.get(d.time_in_force, str(d.time_in_force)),
-                    d.expire_at_unix_ms))
+                    _text(d.replaces), _TIFS.get(time_in_force, str(time_in_force)),
+                    expire_at))
         elif kind == "halt":
             h = record.halt
             target = _text(h.target)

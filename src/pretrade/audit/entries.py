@@ -3,7 +3,7 @@
 Stream entries
 --------------
 One entry per batch of records a server process queued (:func:`encode_batch`):
-fields ``v`` (``2``), ``pid``, ``n`` (records in it) and ``data``, the
+fields ``v`` (``3``; ``2`` is read too), ``pid``, ``n`` (records in it) and ``data``, the
 protobuf message ``pretrade.v1.AuditBatch`` (proto/pretrade/v1/records.proto).
 One XADD per batch instead of one per decision keeps the writer far ahead
 of the batch path. Entries of the first version (one text entry per record,
@@ -68,8 +68,10 @@ def node_stream(node: str) -> bytes:
     return b"audit:{" + node.encode() + b"}"
 #: Longest text kept in a record's field (characters).
 MAX_TEXT = 256
-#: The ``v`` field of a batch entry.
-BATCH_VERSION = b"2"
+#: The ``v`` field of a batch entry. Version 3 keeps a well-formed order whole
+#: (``AuditDecision.order``); version 2 set its fields one by one. Both are read.
+BATCH_VERSION = b"3"
+READABLE_BATCH_VERSIONS = frozenset({b"2", BATCH_VERSION})
 
 DECISION, HALT = "decision", "halt"
 SOURCE_RPC, SOURCE_BREAKER, SOURCE_REDIS = "rpc", "breaker", "redis"
@@ -89,15 +91,11 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
             record.ts_unix_ms = at_ns // 1_000_000
             record.principal = principal
             decision = record.decision
-            decision.order_id = order.order_id[:MAX_TEXT]
-            decision.account = order.account_id[:MAX_TEXT]
-            decision.symbol = order.symbol[:MAX_TEXT]
-            decision.side = order.side
-            decision.order_type = order.order_type
-            decision.quantity = order.quantity
-            decision.price = order.price
-            decision.venue = order.venue[:MAX_TEXT]
-            decision.counterparty = order.counterparty[:MAX_TEXT]
+            if order.ByteSize() <= MAX_TEXT:
+                # no text of it can be longer than MAX_TEXT: kept whole
+                decision.order.CopyFrom(order)
+            else:
+                _set_order_fields(decision, order)
             decision.approved = approved
             if rejections:
                 decision.codes.extend([rejection[0] for rejection in rejections])
@@ -105,8 +103,6 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
             decision.latency_ns = latency_ns
             decision.replayed = replayed
             decision.replaces = replaces[:MAX_TEXT]
-            decision.time_in_force = order.time_in_force
-            decision.expire_at_unix_ms = order.expire_at_unix_ms
         else:
             _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
             record.ts_unix_ms = at_ns // 1_000_000
@@ -123,6 +119,21 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
     return batch.SerializeToString()
 
 
+def _set_order_fields(decision: records_pb2.AuditDecision, order: pb.Order) -> None:
+    """A large (malformed) order's fields, each text cut to :data:`MAX_TEXT`."""
+    decision.order_id = order.order_id[:MAX_TEXT]
+    decision.account = order.account_id[:MAX_TEXT]
+    decision.symbol = order.symbol[:MAX_TEXT]
+    decision.side = order.side
+    decision.order_type = order.order_type
+    decision.quantity = order.quantity
+    decision.price = order.price
+    decision.venue = order.venue[:MAX_TEXT]
+    decision.counterparty = order.counterparty[:MAX_TEXT]
+    decision.time_in_force = order.time_in_force
+    decision.expire_at_unix_ms = order.expire_at_unix_ms
+
+
 def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
     """One queued entry as the flat ``field, value, ...`` list of its row."""
     record = records_pb2.AuditBatch.FromString(encode_batch([entry])).records[0]
@@ -131,22 +142,37 @@ def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
 
 # -- READING --
 
+def order_of(d: records_pb2.AuditDecision) -> tuple[str, str, str, int, int, int, int, str, str,
+                                                     int, int]:
+    """The decided order: ``(order_id, account, symbol, side, order_type, quantity, price,
+    venue, counterparty, time_in_force, expire_at_unix_ms)``, from the order kept whole or
+    from the fields a large one was cut into."""
+    if d.HasField("order"):
+        o = d.order
+        return (o.order_id, o.account_id, o.symbol, o.side, o.order_type, o.quantity, o.price,
+                o.venue, o.counterparty, o.time_in_force, o.expire_at_unix_ms)
+    return (d.order_id, d.account, d.symbol, d.side, d.order_type, d.quantity, d.price,
+            d.venue, d.counterparty, d.time_in_force, d.expire_at_unix_ms)
+
+
 def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
     """One record as a row: the documented fields, every value text."""
     common = {"ts": str(record.ts_unix_ms), "pid": pid, "principal": record.principal}
     if record.WhichOneof("event") == "decision":
         d = record.decision
+        (order_id, account, symbol, side, order_type, quantity, price, venue, counterparty,
+         time_in_force, expire_at) = order_of(d)
         return {
-            "event": DECISION, **common, "order_id": d.order_id, "account": d.account,
-            "symbol": d.symbol, "side": short_name(pb.Side, d.side),
-            "order_type": short_name(pb.OrderType, d.order_type),
-            "quantity": str(d.quantity), "price": str(d.price), "venue": d.venue,
-            "counterparty": d.counterparty, "verdict": "APPROVED" if d.approved else "REJECTED",
+            "event": DECISION, **common, "order_id": order_id, "account": account,
+            "symbol": symbol, "side": short_name(pb.Side, side),
+            "order_type": short_name(pb.OrderType, order_type),
+            "quantity": str(quantity), "price": str(price), "venue": venue,
+            "counterparty": counterparty, "verdict": "APPROVED" if d.approved else "REJECTED",
             "codes": ",".join(short_name(pb.RejectCode, code) for code in d.codes),
             "notional": str(d.notional), "latency_ns": str(d.latency_ns),
             "replayed": "1" if d.replayed else "0", "replaces": d.replaces,
-            "time_in_force": short_name(pb.TimeInForce, d.time_in_force),
-            "expire_at": str(d.expire_at_unix_ms),
+            "time_in_force": short_name(pb.TimeInForce, time_in_force),
+            "expire_at": str(expire_at),
         }
     h = record.halt
     return {
@@ -166,7 +192,7 @@ def rows_of(entry_id: bytes | str, fields: Mapping[bytes, bytes] | Mapping[str, 
     """
     stream_id = as_text(entry_id)
     text = {as_text(key): value for key, value in fields.items()}
-    if as_text(text.get("v")) != BATCH_VERSION.decode():
+    if as_text(text.get("v")).encode() not in READABLE_BATCH_VERSIONS:
         return [(stream_id, {key: as_text(value) for key, value in text.items()})]
     pid = as_text(text.get("pid"))
     data = text.get("data", b"")
