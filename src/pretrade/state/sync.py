@@ -241,7 +241,7 @@ class RedisSync:
     """
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
-                 batch_size: int = 500, reconnect_delay: float = 0.5,
+                 batch_size: int = 500, reconnect_delay: float = 0.2,
                  max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS,
                  atomic_reads_after_spoil: int = ATOMIC_READS_AFTER_SPOIL) -> None:
         self.client = client
@@ -280,7 +280,11 @@ class RedisSync:
         # and the table is as fresh as the oldest of their newest beats heard.
         self.canary_key = CANARY + uuid.uuid4().hex.encode()
         self.cluster = is_cluster(client)
-        self.canary_keys: list[bytes] = [self.canary_key]
+        #: Bumped at every (re)connect. Each generation writes canary keys of its own,
+        #: so a beat begun before a reload (stuck on the dead link, say) cannot
+        #: vouch for the new load, nor its notification be taken for a new beat's.
+        self._generation = 0
+        self.canary_keys: list[bytes] = [self._canary_base()]
         self._canary_ttl_ms = max(60_000, 20 * max_lag_ms)
         self._beat_number = 0
         #: Per canary key: send times of beats not heard yet, and of the newest heard.
@@ -371,13 +375,18 @@ class RedisSync:
         # max_lag_ms: a silent link, a paused Redis or notifications that no
         # longer arrive all fail closed on their own, and force a resync.
         beating: asyncio.Task[None] | None = None
+        beating_generation = 0
         last_beat = 0.0
         reported = False
         while True:
             now = time.monotonic()
+            if beating is not None and not beating.done() \
+                    and beating_generation != self._generation:
+                beating.cancel()  # stuck on the link that was lost: the new load beats anew
             if self.following and (beating is None or beating.done()) \
                     and now - last_beat >= self.beat_seconds:
                 last_beat = now
+                beating_generation = self._generation
                 beating = asyncio.create_task(self._beat(), name="pretrade-sync-canary")
             live = self.following and self.lag_ms <= self.max_lag_ms
             if live:
@@ -399,6 +408,8 @@ class RedisSync:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._generation += 1
+            self.canary_keys = [self._canary_base()]
             self._nodes = []
             pubsubs: list[aioredis.client.PubSub] = []
             merged: MergedPubSub | None = None
@@ -424,6 +435,9 @@ class RedisSync:
                 await self.full_load()
                 self._beats = {key: collections.deque() for key in self.canary_keys}
                 self._heard = {}
+                # Live again only once a beat of this load comes back: a beat
+                # confirmed before the link was lost proves nothing of this one.
+                self.confirmed_at = 0.0
                 self.following = True
                 self.ready.set()
                 log.info("sync loaded; live once the canary comes back")
@@ -476,11 +490,16 @@ class RedisSync:
         return sorted((first, last, f"{as_text(about['primary'][0])}:{int(about['primary'][1])}")
                       for (first, last), about in reply.items())
 
+    def _canary_base(self) -> bytes:
+        """This generation's canary key (on a cluster, the stem of one per primary)."""
+        return self.canary_key + b":%d" % self._generation
+
     def _canary_key_on(self, owner: str) -> bytes:
         """A canary key of this sync whose slot the primary ``owner`` serves."""
         cluster: Any = self.client
+        base = self._canary_base()
         for n in range(100_000):
-            key = self.canary_key + b":%d" % n
+            key = base + b":%d" % n
             slot = cluster.keyslot(key)
             if any(first <= slot <= last and name == owner
                    for first, last, name in self.topology):
@@ -533,6 +552,7 @@ class RedisSync:
         off (or only some of them) mean changes may have been missed.
         """
         self._beat_number += 1
+        generation = self._generation
         try:
             # On a cluster: one canary per primary, each in a slot of its own node.
             for key in self.canary_keys:
@@ -541,6 +561,10 @@ class RedisSync:
                     pipe.set(key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
                     sent_at = time.monotonic()
                     existed, _ = await pipe.execute()
+                if generation != self._generation:
+                    # Begun before the sync reloaded: it says nothing of the new load
+                    # (its key may even be gone with a restarted Redis).
+                    return
                 self._beats.setdefault(key, collections.deque()).append(sent_at)
                 if not existed:
                     self._database_replaced = True
