@@ -12,8 +12,9 @@ the tokens file and the portfolio stream:
 
 The rules themselves (which characters, how many) are the compiled core's
 (:mod:`pretrade._core.text`, a table lookup per character); this module
-words what they refuse. Messages quote at most :data:`QUOTED_CHARACTERS` characters of what they
-refuse, so no input can make an error message or a log line long.
+words what they refuse. Messages quote at most :data:`QUOTED_CHARACTERS`
+characters of what they refuse, so no input can make an error message or a
+log line long.
 """
 
 from __future__ import annotations
