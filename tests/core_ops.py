@@ -19,6 +19,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from pretrade._core import account_key_slots, symbol_key_slots
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN
 from pretrade.engine.limits import PER_SYMBOL_LIMITS, REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
@@ -54,6 +55,11 @@ WINDOWS_MS = [1, 5, 50, 1_000]
 CLOCK_STEPS_NS = [0, 1, 500_000, 2_000_000, 60_000_000]
 
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+#: The Redis Cluster slots of the keys the orders above are decided on: a
+#: lost one of these makes orders STALE_DATA, any other slot changes nothing.
+KEY_SLOTS = sorted({slot for account in ACCOUNTS for slot in account_key_slots(account)}
+                   | {slot for symbol in SYMBOLS for slot in symbol_key_slots(symbol)})
 
 
 def _op(name: str, *args: Any, **kwargs: Any) -> Op:
@@ -126,6 +132,12 @@ operations = st.one_of(
     st.builds(lambda shard, epoch, until: _op("set_shard_lease", shard, epoch, until),
               st.integers(0, 4), st.integers(0, 3), st.integers(0, 10**10)),
     st.just(_op("clear_halts")),
+    # a Redis Cluster primary lost (its slots), served again; bad ranges refused alike
+    st.builds(lambda slot, width, lost: _op("set_slots_lost", [(slot, slot + width)], lost),
+              st.sampled_from(KEY_SLOTS), st.sampled_from([0, 0, 1, 40]), st.booleans()),
+    st.builds(lambda lost: _op("set_slots_lost", [(0, 16383)], lost), st.booleans()),
+    st.builds(lambda first, last: _op("set_slots_lost", [(first, last)], True),
+              st.sampled_from([-1, 0, 5, 16383]), st.sampled_from([4, 16383, 16384])),
     # decided orders: durable, leaving the table, restored
     st.builds(lambda pairs: _op("mark_durable_many", pairs),
               st.lists(st.tuples(accounts, order_ids), max_size=8)),
@@ -180,6 +192,7 @@ class RandomWalk:
         # so an episode ends after a bounded number of operations and the
         # walk's other verdicts (approvals, replaces, breakers) stay reachable.
         self.ownership_left = 0
+        self.lost_left = 0
 
     @property
     def wall_clock_ms(self) -> int:
@@ -247,6 +260,10 @@ class RandomWalk:
             self.ownership_left -= 1
             if self.ownership_left == 0:
                 return _op("set_shards", 0)
+        if self.lost_left > 0:
+            self.lost_left -= 1
+            if self.lost_left == 0:  # the lost primary's slots are served again
+                return _op("set_slots_lost", [(0, 16383)], False)
         roll = rng.random()
         account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
         if rng.random() < 0.15:
@@ -388,6 +405,11 @@ class RandomWalk:
                        {c: tag_limit() for c in COUNTERPARTIES[1:] if rng.random() < 0.5})
         if roll < 0.975:
             return _op("clear_halts")
+        if roll < 0.977:  # a Redis Cluster primary lost for a while: one slot, or a range
+            self.lost_left = rng.randint(20, 200)
+            slot = rng.choice(KEY_SLOTS)
+            return _op("set_slots_lost", [(slot, min(slot + rng.choice([0, 300]), 16383))],
+                       True)
         if roll < 0.98:  # account ownership: a shard's lease held, lapsing, released
             if rng.random() < 0.2:
                 shards = rng.choice([0, 2, 4])

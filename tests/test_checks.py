@@ -1102,3 +1102,91 @@ def test_shard_settings_out_of_range_are_refused(book):
     assert book.state.shard_lease(1) == (0, 0)
     book.state.set_shard_lease(1, 9, 77)
     assert book.state.shard_lease(1) == (9, 77)
+
+
+# -- a lost Redis Cluster primary: its slots' orders are stale, the rest trade --
+
+def _lose(book: Book, *slots: int, lost: bool = True) -> int:
+    return book.state.set_slots_lost([(slot, slot) for slot in slots], lost)
+
+
+def test_the_core_computes_the_slots_of_the_keys_the_schema_names() -> None:
+    from redis.crc import key_slot
+
+    from pretrade._core import account_key_slots, symbol_key_slots
+    from pretrade.state.schema import halt_key, instrument_key, limits_key, price_key
+
+    for account in (ACC, b"ACC-1", b"a.b_c/d-e+f=g#h@i$j&k!l~m^n", b"Z" * 39):
+        assert account_key_slots(account) == (
+            key_slot(limits_key(account)), key_slot(halt_key(pb.HALT_SCOPE_ACCOUNT, account)))
+    for symbol in (AAPL, b"BRK.B", b"S" * 39):
+        assert symbol_key_slots(symbol) == (
+            key_slot(instrument_key(symbol)), key_slot(price_key(symbol)),
+            key_slot(halt_key(pb.HALT_SCOPE_SYMBOL, symbol)))
+
+
+@pytest.mark.parametrize("whose,key", [("account", 0), ("account", 1), ("symbol", 0),
+                                       ("symbol", 1), ("symbol", 2)])
+def test_an_order_with_a_key_in_a_lost_slot_is_stale_data_naming_the_slot(
+        book: Book, whose: str, key: int) -> None:
+    from pretrade._core import account_key_slots, symbol_key_slots
+
+    slots = account_key_slots(ACC) if whose == "account" else symbol_key_slots(AAPL)
+    scope = pb.HALT_SCOPE_ACCOUNT if whose == "account" else pb.HALT_SCOPE_SYMBOL
+    assert _lose(book, slots[key]) == 1
+    approved, _, rejections, *_ = book.order()
+    assert not approved
+    assert rejections == ((pb.REJECT_CODE_STALE_DATA, -scope, slots[key]),)
+    # served again (re-read): the same order is decided as before the loss
+    assert _lose(book, slots[key], lost=False) == 0
+    assert book.order()[0]
+
+
+def test_orders_whose_keys_are_in_other_slots_trade_while_a_primary_is_lost(book: Book) -> None:
+    from pretrade._core import account_key_slots, symbol_key_slots
+
+    used = set(account_key_slots(ACC)) | set(symbol_key_slots(AAPL))
+    # the exact boundary: every slot but the order's own keys', neighbours included
+    others = [(first, last) for first, last in _gaps(sorted(used))]
+    assert book.state.set_slots_lost(others, True) == 16384 - len(used)
+    assert book.order()[0]
+    assert book.state.slot_lost(min(used) - 1) and not book.state.slot_lost(min(used))
+
+
+def _gaps(used: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for slot in used:
+        if slot > start:
+            spans.append((start, slot - 1))
+        start = slot + 1
+    if start <= 16383:
+        spans.append((start, 16383))
+    return spans
+
+
+def test_an_order_valued_over_a_holding_of_a_lost_symbol_is_stale(book: Book) -> None:
+    from pretrade._core import symbol_key_slots
+
+    book.state.replace_positions(ACC, {MSFT: (10, 10 * LAST)})
+    lost = symbol_key_slots(MSFT)[1]   # MSFT's price may have moved unseen
+    _lose(book, lost)
+    # no control values the whole account: MSFT's price is not read
+    assert book.order()[0]
+    # gross exposure values it: fail closed, naming the lowest lost slot of a holding
+    book.limit(max_gross_exposure=10**12)
+    assert book.order()[2] == ((pb.REJECT_CODE_STALE_DATA, -pb.HALT_SCOPE_SYMBOL, lost),)
+
+
+def test_a_table_that_is_not_live_says_so_before_any_lost_slot(book: Book) -> None:
+    from pretrade._core import account_key_slots
+
+    _lose(book, account_key_slots(ACC)[0])
+    book.state.set_sync_live(False)
+    assert book.order()[2] == ((pb.REJECT_CODE_STALE_DATA, 0, 0),)
+
+
+@pytest.mark.parametrize("first,last", [(-1, 3), (5, 4), (0, 16384), (16384, 16384)])
+def test_a_slot_range_outside_the_cluster_is_refused(book: Book, first: int, last: int) -> None:
+    with pytest.raises(ValueError, match="slot range"):
+        book.state.set_slots_lost([(first, last)], True)
+    assert book.state.lost_slot_count() == 0

@@ -115,6 +115,7 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     table.set_sync_live(True)
     book.set_sync_live(True)
     decisions = approvals = replays = auto_halts = expired_ids = lapsed = replaced = 0
+    lost_slot_refusals = 0
     codes: set[int] = set()
     for step in range(20_000):
         op = walk.operation()
@@ -130,6 +131,8 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
                                                 ORDER_ID_EXPIRED, decision[2][0][2]),) \
                 if decision[2] else 0
             codes.update(code for code, _, _ in decision[2])
+            lost_slot_refusals += any(code == pb.REJECT_CODE_STALE_DATA and observed < 0
+                                      for code, observed, _ in decision[2])
         if step % 500 == 0:
             assert_same_reservations(table, book, f"seed {seed}, step {step}")
     # The walk must exercise both verdicts, replays and breakers, or it proves little.
@@ -146,6 +149,8 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     assert table.counts()["orders_evicted"] > 0 and expired_ids > 0
     # cancel/replace: approved ones, and each of its own rejections
     assert replaced > 0
+    # and slots of a lost Redis Cluster primary
+    assert lost_slot_refusals > 0
     assert {pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER, pb.REJECT_CODE_ORIGINAL_NOT_WORKING} <= codes
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "
           f"{auto_halts} auto-halts, {replaced} replaces approved, "

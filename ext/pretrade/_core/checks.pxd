@@ -102,6 +102,7 @@ cdef struct CheckContext:
     bint scan_needed
     bint scan_unpriced                      # a held symbol has no last price
     bint scan_overflow                      # an aggregate does not fit in int64
+    int32_t scan_lost_slot                  # a held symbol's key is in a lost slot (-1: none)
     int128_t gross                          # |positions| at last + working both sides
     int128_t net                            # positions at last + working buys - sells
     int128_t unrealized                     # positions at last - cost basis

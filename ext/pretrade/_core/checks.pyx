@@ -7,9 +7,9 @@ plain Python.
 """
 
 cimport cython
-from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint32_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport pretrade._core.layout as L
@@ -208,9 +208,16 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
     cdef int32_t order_sector = ctx.instrument.sector_id
     cdef int128_t value, exposure, covered
     cdef int64_t last = 0
+    cdef bint slots_lost = L.pt_load_i32(&ctx.header.lost_slot_count) != 0
+    cdef int32_t lost
+    ctx.scan_lost_slot = -1
     while p != L.NO_INDEX:
         slot = &table.positions[p]
         instrument = &table.instruments[slot.instrument_index]
+        if slots_lost:  # the lowest, so the twin reports the same slot
+            lost = lost_symbol_slot(ctx.header, instrument)
+            if lost >= 0 and (ctx.scan_lost_slot < 0 or lost < ctx.scan_lost_slot):
+                ctx.scan_lost_slot = lost
         value = 0
         if slot.quantity != 0:
             if L.pt_load_i32(<const int32_t*>&instrument.flags) & L.INSTRUMENT_HAS_PRICE:
@@ -302,10 +309,104 @@ cdef void check_sync_live(const CheckContext* ctx, DecisionRecord* out) noexcept
     if L.pt_load_i32(&ctx.header.sync_live) != 1 or (until != 0 and out.order.now_ns > until) \
             or not shard_held(ctx.header, out.order.shard, out.order.now_ns):
         reject(out, L.REJECT_STALE_DATA, 0, 0)
-    elif out.order.min_state_version > 0:
+        return
+    if out.order.min_state_version > 0:
         version = L.pt_load_i64(&ctx.account.state_version) if ctx.account != NULL else 0
         if version < out.order.min_state_version:
             reject(out, L.REJECT_STALE_DATA, version, out.order.min_state_version)
+            return
+    check_slots_served(ctx, out)
+
+
+# -- LOST SLOTS (a Redis Cluster primary the sync lost) --
+# The keys an order's decision reads, by name: the account's own keys share
+# the slot of its {ACC} hash tag, its halt key does not; a symbol's three
+# keys each have a slot of their own (docs/redis-schema.md). Ids hold no
+# braces, so a key's slot is the CRC16 of its whole name.
+cdef const char* ACCOUNT_HALT_PREFIX = b"halt:account:"
+cdef const char* INSTRUMENT_PREFIX = b"instrument:"
+cdef const char* PRICE_PREFIX = b"price:"
+cdef const char* SYMBOL_HALT_PREFIX = b"halt:symbol:"
+
+
+cdef inline uint32_t prefixed_slot(const char* prefix, const char* name,
+                                   Py_ssize_t length) noexcept nogil:
+    cdef char key[64]
+    cdef Py_ssize_t n = strlen(prefix)
+    memcpy(key, prefix, n)
+    memcpy(key + n, name, length)
+    return L.pt_key_slot(key, n + length)
+
+
+cdef inline bint slot_lost(const L.TableHeader* header, uint32_t slot) noexcept nogil:
+    return (<uint64_t>L.pt_load_i64(<const int64_t*>&header.lost_slots[slot >> 6])
+            >> (slot & 63)) & 1
+
+
+cdef int32_t lost_account_slot(const L.TableHeader* header,
+                               const L.AccountRecord* account) noexcept nogil:
+    # The lost slot of one of the account's keys, or -1.
+    cdef Py_ssize_t n = account.id_length
+    cdef uint32_t slot = L.pt_key_slot(account.account_id, n)
+    if slot_lost(header, slot):
+        return slot
+    slot = prefixed_slot(ACCOUNT_HALT_PREFIX, account.account_id, n)
+    return slot if slot_lost(header, slot) else -1
+
+
+cdef int32_t lost_symbol_slot(const L.TableHeader* header,
+                              const L.InstrumentRecord* instrument) noexcept nogil:
+    # The lost slot of one of the symbol's keys, or -1.
+    cdef Py_ssize_t n = instrument.id_length
+    cdef uint32_t slot = prefixed_slot(INSTRUMENT_PREFIX, instrument.symbol, n)
+    if slot_lost(header, slot):
+        return slot
+    slot = prefixed_slot(PRICE_PREFIX, instrument.symbol, n)
+    if slot_lost(header, slot):
+        return slot
+    slot = prefixed_slot(SYMBOL_HALT_PREFIX, instrument.symbol, n)
+    return slot if slot_lost(header, slot) else -1
+
+
+def account_key_slots(bytes account_id):
+    """The Redis Cluster slots of the keys an order of ``account_id`` is decided on:
+    its ``{ACC}`` keys', then ``halt:account:<ACC>``'s."""
+    if not 0 < len(account_id) <= L.MAX_ID_LENGTH:
+        raise ValueError(f"an account id is 1 to {L.MAX_ID_LENGTH} bytes")
+    return (L.pt_key_slot(account_id, len(account_id)),
+            prefixed_slot(ACCOUNT_HALT_PREFIX, account_id, len(account_id)))
+
+
+def symbol_key_slots(bytes symbol):
+    """The Redis Cluster slots of ``instrument:``, ``price:`` and ``halt:symbol:<SYM>``."""
+    if not 0 < len(symbol) <= L.MAX_ID_LENGTH:
+        raise ValueError(f"a symbol is 1 to {L.MAX_ID_LENGTH} bytes")
+    cdef Py_ssize_t n = len(symbol)
+    return (prefixed_slot(INSTRUMENT_PREFIX, symbol, n), prefixed_slot(PRICE_PREFIX, symbol, n),
+            prefixed_slot(SYMBOL_HALT_PREFIX, symbol, n))
+
+
+cdef void check_slots_served(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # While a primary is lost, an order whose account or symbol has a key in
+    # one of its slots is STALE_DATA (observed: -HaltScope of whose key it
+    # is, limit: the slot; a symbol's keys in the order instrument, price,
+    # halt); so is one valued over a holding whose symbol has such a key
+    # (the lowest such slot). Orders of every other slot are decided as usual.
+    cdef int32_t slot
+    if L.pt_load_i32(&ctx.header.lost_slot_count) == 0:
+        return
+    if ctx.account != NULL:
+        slot = lost_account_slot(ctx.header, ctx.account)
+        if slot >= 0:
+            reject(out, L.REJECT_STALE_DATA, -L.HALT_SCOPE_ACCOUNT, slot)
+            return
+    if ctx.instrument != NULL:
+        slot = lost_symbol_slot(ctx.header, ctx.instrument)
+        if slot >= 0:
+            reject(out, L.REJECT_STALE_DATA, -L.HALT_SCOPE_SYMBOL, slot)
+            return
+    if ctx.scan_lost_slot >= 0:
+        reject(out, L.REJECT_STALE_DATA, -L.HALT_SCOPE_SYMBOL, ctx.scan_lost_slot)
 
 
 cdef inline bint shard_held(const L.TableHeader* header, int32_t shard,
@@ -808,6 +909,7 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
     cdef int32_t override_index
     cdef int32_t instrument_flags = 0
     memset(ctx, 0, sizeof(CheckContext))
+    ctx.scan_lost_slot = -1
     ctx.header = table.header
     ctx.orders = table.orders
     ctx.slot_instrument = order.instrument_index
@@ -1057,6 +1159,7 @@ cdef class Engine:
         # A table that is not live (or behind the account state asked for)
         # cannot say whether the original works: STALE_DATA, as for an order.
         memset(&live, 0, sizeof(CheckContext))
+        live.scan_lost_slot = -1
         live.header = self.table.header
         if a != L.NO_INDEX:
             live.account = &self.table.accounts[a]

@@ -42,7 +42,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 10
+    LAYOUT_VERSION = 11
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -81,6 +81,7 @@ cdef enum:
     # shards a table keeps a lease deadline for, and the slots they split.
     MAX_SHARDS = 1024
     CLUSTER_SLOTS = 16384
+    LOST_SLOT_WORDS = 256           # CLUSTER_SLOTS / 64: the bitmap of lost slots
 
 
 # Window lengths the velocity checks and the reject-storm breaker use when a
@@ -339,6 +340,13 @@ cdef struct TableHeader:
     uint32_t shard_pad
     int64_t shard_live_until_ns[MAX_SHARDS]
     int64_t shard_epoch[MAX_SHARDS]
+    # Redis Cluster slots whose primary the sync lost (its notifications
+    # stopped) and that are not re-read yet: an order whose account or
+    # symbol keys live in one is STALE_DATA, the rest of the table trades.
+    # The writer sets the bits before the count, and clears the count first.
+    int32_t lost_slot_count
+    int32_t lost_pad
+    uint64_t lost_slots[LOST_SLOT_WORDS]
     uint64_t total_size
     uint64_t locks_offset
     uint64_t accounts_offset

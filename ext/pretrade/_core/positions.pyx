@@ -1670,6 +1670,52 @@ cdef class PositionTable:
         L.pt_store_i64(&self.header.sync_live_until_ns, until_ns if live else 0)
         L.pt_store_i32(&self.header.sync_live, 1 if live else 0)
 
+    # -- LOST SLOTS (a Redis Cluster primary the sync stopped hearing from) --
+
+    def set_slots_lost(self, ranges, bint lost):
+        """Mark Redis Cluster slot ranges ``[(first, last), ...]`` (inclusive) lost, or served.
+
+        While a slot is lost, an order whose account or symbol has a key in
+        it (or that is valued over a holding whose symbol has one) gets
+        STALE_DATA; every other order is decided as usual. The sync marks
+        the slots of a primary it lost, and clears them once their new
+        primary is followed and re-read. Returns how many slots are lost now.
+        """
+        cdef uint64_t word
+        cdef int32_t first, last, n
+        spans = [(int(first_), int(last_)) for first_, last_ in ranges]
+        for first, last in spans:
+            if not 0 <= first <= last < L.CLUSTER_SLOTS:
+                raise ValueError(f"a slot range is 0 <= first <= last < {L.CLUSTER_SLOTS}, "
+                                 f"got {first}..{last}")
+        if not lost and spans:
+            L.pt_store_i32(&self.header.lost_slot_count, 0)  # re-counted below
+        for first, last in spans:
+            for n in range(first, last + 1):
+                word = <uint64_t>L.pt_load_i64(<int64_t*>&self.header.lost_slots[n >> 6])
+                if lost:
+                    word |= (<uint64_t>1) << (n & 63)
+                else:
+                    word &= ~((<uint64_t>1) << (n & 63))
+                L.pt_store_i64(<int64_t*>&self.header.lost_slots[n >> 6], <int64_t>word)
+        cdef int32_t count = 0
+        for n in range(L.LOST_SLOT_WORDS):
+            count += bin(<uint64_t>L.pt_load_i64(<int64_t*>&self.header.lost_slots[n])).count("1")
+        L.pt_store_i32(&self.header.lost_slot_count, count)
+        self._bump_version()
+        return count
+
+    def lost_slot_count(self):
+        """How many Redis Cluster slots are lost now (see :meth:`set_slots_lost`)."""
+        return L.pt_load_i32(&self.header.lost_slot_count)
+
+    def slot_lost(self, uint32_t slot):
+        """Whether one Redis Cluster slot is lost now."""
+        if slot >= L.CLUSTER_SLOTS:
+            raise ValueError(f"a slot is below {L.CLUSTER_SLOTS}, got {slot}")
+        return bool((<uint64_t>L.pt_load_i64(<int64_t*>&self.header.lost_slots[slot >> 6])
+                     >> (slot & 63)) & 1)
+
     # -- ACCOUNT OWNERSHIP (leases of shards; the table writer keeps them) --
 
     def set_shards(self, uint32_t count):

@@ -5,7 +5,15 @@ this package. :mod:`pretrade._core.constants` exports every number of the
 table's layout the Python layer uses (one source of truth: ``layout.pxd``).
 """
 
-from pretrade._core.checks import CHECK_NAMES, REQUIRED_LIMIT_MASK, DecisionPool, Engine, Verdict
+from pretrade._core.checks import (
+    CHECK_NAMES,
+    REQUIRED_LIMIT_MASK,
+    DecisionPool,
+    Engine,
+    Verdict,
+    account_key_slots,
+    symbol_key_slots,
+)
 from pretrade._core.positions import LAYOUT, PositionTable, TableFullError, TableLayoutError
 
 __all__ = [
@@ -18,4 +26,6 @@ __all__ = [
     "TableFullError",
     "TableLayoutError",
     "Verdict",
+    "account_key_slots",
+    "symbol_key_slots",
 ]

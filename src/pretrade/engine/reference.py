@@ -250,6 +250,10 @@ class Context:
     scan_needed: bool = False
     scan_unpriced: bool = False
     scan_overflow: bool = False
+    # a key of the account, of the symbol, or of a held symbol in a lost slot (-1: none)
+    lost_account_slot: int = -1
+    lost_symbol_slot: int = -1
+    scan_lost_slot: int = -1
     gross: int = 0
     net: int = 0
     unrealized: int = 0
@@ -320,6 +324,38 @@ class Context:
 Reject = Callable[[int, int, int], None]
 
 
+def lost_key_slot(lost: Collection[int], keys: Iterable[bytes]) -> int:
+    """The slot of the first of ``keys`` that is in a lost slot, or -1."""
+    if lost:
+        for key in keys:
+            slot = key_slot(key)
+            if slot in lost:
+                return slot
+    return -1
+
+
+def account_keys(account_id: bytes) -> tuple[bytes, ...]:
+    """The keys an order of the account is decided on, as far as their slots go: its
+    ``{ACC}`` keys (one slot) and its halt key."""
+    return (b"limits:{" + account_id + b"}", b"halt:account:" + account_id)
+
+
+def symbol_keys(symbol: bytes) -> tuple[bytes, ...]:
+    """The keys of a symbol an order is decided on: reference data, last price, halt."""
+    return (b"instrument:" + symbol, b"price:" + symbol, b"halt:symbol:" + symbol)
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's slot of a whole key: that of its hash tag (the first ``{...}``
+    with something inside) when it has one, else of the key."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return cluster_slot(key)
+
+
 def cluster_slot(key: bytes) -> int:
     """Redis Cluster's HASH_SLOT of a hash tag, the slow obvious way: CRC16/XMODEM, bit by bit.
 
@@ -338,13 +374,22 @@ def cluster_slot(key: bytes) -> int:
 # -- PRE-TRADE CHECKS (same order and names as PIPELINE in checks.pyx) --
 
 def check_sync_live(ctx: Context, reject: Reject) -> None:
-    """Stale: not live, or older than the account snapshot the order asks for."""
+    """Stale: not live, older than the account snapshot the order asks for, or decided
+    on a key in a Redis Cluster slot whose primary the sync lost."""
     if not ctx.sync_live:
         reject(pb.REJECT_CODE_STALE_DATA, 0, 0)
-    elif ctx.min_state_version > 0:
+        return
+    if ctx.min_state_version > 0:
         version = ctx.account.state_version if ctx.account is not None else 0
         if version < ctx.min_state_version:
             reject(pb.REJECT_CODE_STALE_DATA, version, ctx.min_state_version)
+            return
+    if ctx.lost_account_slot >= 0:
+        reject(pb.REJECT_CODE_STALE_DATA, -pb.HALT_SCOPE_ACCOUNT, ctx.lost_account_slot)
+    elif ctx.lost_symbol_slot >= 0:
+        reject(pb.REJECT_CODE_STALE_DATA, -pb.HALT_SCOPE_SYMBOL, ctx.lost_symbol_slot)
+    elif ctx.scan_lost_slot >= 0:
+        reject(pb.REJECT_CODE_STALE_DATA, -pb.HALT_SCOPE_SYMBOL, ctx.scan_lost_slot)
 
 
 def check_account_known(ctx: Context, reject: Reject) -> None:
@@ -861,6 +906,7 @@ class ReferenceBook:
         self.global_halt = HALT_NONE
         self.sync_live = False
         self.sync_live_until_ns = 0
+        self.lost_slots: set[int] = set()
         # Account ownership: 0 shards is off; else {shard: (epoch, until_ns)} held.
         self.shard_count = 0
         self.shard_leases: dict[int, tuple[int, int]] = {}
@@ -918,6 +964,29 @@ class ReferenceBook:
     def set_sync_live(self, live: bool, until_ns: int = 0) -> None:
         self.sync_live = live
         self.sync_live_until_ns = until_ns if live else 0
+
+    # -- LOST SLOTS (mirrors PositionTable.set_slots_lost) --
+
+    def set_slots_lost(self, ranges: Iterable[tuple[int, int]], lost: bool) -> int:
+        spans = [(int(first), int(last)) for first, last in ranges]
+        for first, last in spans:
+            if not 0 <= first <= last < CLUSTER_SLOTS:
+                raise ValueError(f"a slot range is 0 <= first <= last < {CLUSTER_SLOTS}, "
+                                 f"got {first}..{last}")
+        for first, last in spans:
+            if lost:
+                self.lost_slots.update(range(first, last + 1))
+            else:
+                self.lost_slots.difference_update(range(first, last + 1))
+        return len(self.lost_slots)
+
+    def lost_slot_count(self) -> int:
+        return len(self.lost_slots)
+
+    def slot_lost(self, slot: int) -> bool:
+        if not 0 <= slot < CLUSTER_SLOTS:
+            raise ValueError(f"a slot is below {CLUSTER_SLOTS}, got {slot}")
+        return slot in self.lost_slots
 
     # -- ACCOUNT OWNERSHIP (mirrors PositionTable.set_shards / set_shard_lease) --
 
@@ -1346,6 +1415,9 @@ class ReferenceBook:
             if owner != account_id:
                 continue
             instrument = self.instruments[symbol]
+            lost = lost_key_slot(self.lost_slots, symbol_keys(symbol))
+            if lost >= 0 and (ctx.scan_lost_slot < 0 or lost < ctx.scan_lost_slot):
+                ctx.scan_lost_slot = lost
             value = 0
             if slot.quantity:
                 if instrument.last_price is not None:
@@ -1397,6 +1469,10 @@ class ReferenceBook:
                                  and len(self.accounts) >= self.max_accounts),
             instrument_region_full=(instrument is None and 1 <= len(symbol) <= MAX_ID_LENGTH
                                     and len(self.instruments) >= self.max_instruments),
+            lost_account_slot=(-1 if account is None
+                               else lost_key_slot(self.lost_slots, account_keys(account_id))),
+            lost_symbol_slot=(-1 if instrument is None
+                              else lost_key_slot(self.lost_slots, symbol_keys(symbol))),
         )
         if account is not None and (venue or counterparty):
             for order_id in account.working:
@@ -1534,7 +1610,9 @@ class ReferenceBook:
             and self.shard_held(account_id, now_ns),
             global_halt=self.global_halt, account=account, instrument=None, slot=None,
             symbol=b"", quantity=quantity, price=price, side=0, order_type=0, now_ns=now_ns,
-            venue=b"", counterparty=b"", min_state_version=min_state_version),
+            venue=b"", counterparty=b"", min_state_version=min_state_version,
+            lost_account_slot=(-1 if account is None
+                               else lost_key_slot(self.lost_slots, account_keys(account_id)))),
             lambda code, observed, limit: live.append((code, observed, limit)))
         if live:
             return Verdict(False, 0, tuple(live), False, AUTO_HALT_NONE, 0, False)
