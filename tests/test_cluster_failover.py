@@ -1,13 +1,20 @@
-"""Kill -9 a Redis Cluster primary under a steady order load (bounded: one minute).
+"""Kill -9 a Redis Cluster primary under a steady order load (bounded: one minute each).
 
 Two order streams run throughout: one for an account on the primary that
 dies, one for an account on another primary. Right after the kill, the risk
-risk desk cuts the first account's max order quantity below the orders'
-size, a write to ``limits:{ACC}`` that can only land on the promoted
-replica. The node must fail closed while it resyncs (STALE_DATA, or
-UNAVAILABLE while its audit cannot be written), never approve the first
-account on its old limits once the new ones are in Redis (beyond the lag
-bound), and trade again once it has resynced.
+desk cuts the first account's max order quantity below the orders' size, a
+write to ``limits:{ACC}`` that can only land on the promoted replica. The
+node must fail closed for what the lost primary served (STALE_DATA, or
+UNAVAILABLE while a decision of it cannot be made durable), never approve
+the first account on its old limits once the new ones are in Redis (beyond
+the lag bound), and trade it again once the promoted replica is followed.
+
+Two drills. When the lost primary holds none of the keys every order reads
+(``halt:all``, ``restricted:short``), nor the other account's, its symbol's
+or the node's audit stream, the other account trades throughout: only the
+lost slots are stale, and they are re-read in place, without a full load.
+When it holds ``halt:all``, no order can be decided (a global halt written
+there would go unseen): the whole table is stale until a full resync.
 """
 
 import threading
@@ -21,10 +28,17 @@ import redis
 from book import codes, order, seed_account
 from conftest import GatewayThread, gateway_settings
 from pretrade.app.devredis import RedisClusterServer
-from pretrade.state.schema import limits_key
+from pretrade.audit.entries import node_stream
+from pretrade.state.schema import (
+    HALT_ALL,
+    RESTRICTED_SHORT,
+    halt_key,
+    instrument_key,
+    limits_key,
+    price_key,
+)
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
-from test_cluster_store import accounts_on_each_primary
 
 MAX_SYNC_LAG_MS = 500
 #: What an order of the drill may be refused with: a stale table, the halt, or both.
@@ -51,13 +65,14 @@ class Answer:
         return not self.approved and set(self.codes) <= FAIL_CLOSED
 
 
-def _load(target: str, account: str, stop: threading.Event, answers: list[Answer]) -> None:
+def _load(target: str, account: str, symbol: str, stop: threading.Event,
+          answers: list[Answer]) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)
         while not stop.is_set():
             sent = time.monotonic()
             try:
-                decision = stub.EvaluateOrder(order(account, quantity=ORDER_QUANTITY,
+                decision = stub.EvaluateOrder(order(account, symbol, quantity=ORDER_QUANTITY,
                                                     price=689_100), timeout=10)
                 answers.append(Answer(sent, decision.approved, codes(decision)))
             except grpc.RpcError as error:
@@ -77,41 +92,87 @@ def _cut_limit_when_writable(client: redis.RedisCluster, account: str, deadline:
             time.sleep(0.05)
 
 
-@pytest.mark.timeout(60)
-def test_a_killed_primary_under_load_fails_closed_resyncs_and_never_approves_on_stale_data(
-        tmp_path):
+def _port(client: redis.RedisCluster, key: bytes) -> int:
+    return int(client.get_node_from_key(key).port)
+
+
+@dataclass
+class Drill:
+    """Who trades in a drill, and which primary dies."""
+
+    victim_port: int
+    victim_account: str
+    other_account: str
+    symbol: str
+    node_id: str
+
+
+def _drill(client: redis.RedisCluster, *, global_keys_lost: bool) -> Drill:
+    """A primary to kill: the one holding ``halt:all``, or one holding no key but the
+    victim account's that the drill's orders read; with accounts, symbol and node name."""
+    primaries = sorted(int(node.port) for node in client.get_primaries())
+    held = {_port(client, HALT_ALL), _port(client, RESTRICTED_SHORT)}
+    victim = (_port(client, HALT_ALL) if global_keys_lost
+              else next(port for port in primaries if port not in held))
+
+    def first(names: list[str], keys) -> str:
+        return next(name for name in names
+                    if all(_port(client, key) != victim for key in keys(name.encode())))
+
+    numbered = [f"CL-{n}" for n in range(2000)]
+    victim_account = next(name for name in numbered
+                          if _port(client, limits_key(name.encode())) == victim)
+    other = first(numbered, lambda a: (limits_key(a), halt_key(pb.HALT_SCOPE_ACCOUNT, a)))
+    symbol = first([f"S{n}" for n in range(2000)], lambda s: (
+        instrument_key(s), price_key(s), halt_key(pb.HALT_SCOPE_SYMBOL, s)))
+    node_id = first([f"risk-{n}" for n in range(2000)], lambda n: (node_stream(n.decode()),))
+    return Drill(victim, victim_account, other, symbol, node_id)
+
+
+def _run_drill(tmp_path, *, global_keys_lost: bool):
     with RedisClusterServer(data_dir=tmp_path / "cluster", node_timeout_ms=1_000) as cluster:
         client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
-        victim_account, other_account, _ = accounts_on_each_primary(client)
-        for account in (victim_account, other_account):
-            seed_account(client, account)
+        drill = _drill(client, global_keys_lost=global_keys_lost)
+        for account in (drill.victim_account, drill.other_account):
+            seed_account(client, account, drill.symbol)
             client.hset(limits_key(account.encode()), mapping={
                 "max_long_position": 1_000_000, "max_net_position": 1_000_000})
         gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=MAX_SYNC_LAG_MS,
-                                                 max_orders=100_000), cluster.url)
+                                                 max_orders=100_000, node_id=drill.node_id),
+                                cluster.url)
         sync = gateway.gateway.writer.sync
+        table = gateway.gateway.table
         stop = threading.Event()
         victim_answers: list[Answer] = []
         other_answers: list[Answer] = []
-        loads = [threading.Thread(target=_load, args=(gateway.target, account, stop, answers))
-                 for account, answers in ((victim_account, victim_answers),
-                                          (other_account, other_answers))]
+        loads = [threading.Thread(target=_load, args=(gateway.target, account, drill.symbol,
+                                                      stop, answers))
+                 for account, answers in ((drill.victim_account, victim_answers),
+                                          (drill.other_account, other_answers))]
         try:
             for load in loads:
                 load.start()
             time.sleep(1.0)
             assert all(answer.approved for answer in victim_answers + other_answers)
             full_loads = sync.stats.full_loads
-            victim = cluster.primary_of(limits_key(victim_account.encode()))
+            victim = next(node for node in cluster.nodes if node.port == drill.victim_port)
             killed_at = time.monotonic()
             cluster.kill(victim)
-            cut_at = _cut_limit_when_writable(client, victim_account, killed_at + 30)
+            cut_at = _cut_limit_when_writable(client, drill.victim_account, killed_at + 30)
             cluster.wait_until_served()
             deadline = time.monotonic() + 30
-            while not (sync.stats.full_loads > full_loads and gateway.gateway.table.sync_live):
+
+            def resynced() -> bool:
+                if global_keys_lost:
+                    return sync.stats.full_loads > full_loads and table.sync_live
+                return table.lost_slot_count() == 0 and table.sync_live
+
+            while not resynced():
                 assert time.monotonic() < deadline, "the node never resynced"
                 time.sleep(0.05)
+            resynced_at = time.monotonic()
             time.sleep(2.0)  # both accounts' orders flow on the resynced table
+            full_loads_after = sync.stats.full_loads - full_loads
         finally:
             stop.set()
             for load in loads:
@@ -131,11 +192,36 @@ def test_a_killed_primary_under_load_fails_closed_resyncs_and_never_approves_on_
                if answer.sent > killed_at and not answer.approved]
     assert refused and all(answer.failed_closed for answer in refused), [
         (answer.codes, answer.error) for answer in refused if not answer.failed_closed]
-    # The other primary's account trades again after the failover, within the bound.
+    assert other_answers[-1].approved
+    return killed_at, cut_at, resynced_at, full_loads_after, victim_answers, other_answers
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_primary_stales_only_its_slots_and_accounts_elsewhere_keep_trading(tmp_path):
+    killed_at, cut_at, resynced_at, full_loads, victim_answers, other_answers = _run_drill(
+        tmp_path, global_keys_lost=False)
+    # The account on a healthy primary: every order decided and approved, throughout.
+    during = [answer for answer in other_answers if killed_at < answer.sent < resynced_at]
+    assert during, "no order of the other account was sent during the failover"
+    assert all(answer.approved for answer in other_answers), [
+        (answer.codes, answer.error) for answer in other_answers if not answer.approved]
+    # The lost slots were re-read in place: no full load.
+    assert full_loads == 0
+    stale = [answer for answer in victim_answers if answer.sent > killed_at
+             and not answer.approved]
+    print(f"failover: {len(during)} orders of the other account approved while the slots "
+          f"were lost; the first account's slots stale for {resynced_at - killed_at:.2f} s "
+          f"({len(stale)} refusals), limit cut {cut_at - killed_at:.2f} s after the kill")
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_primary_holding_halt_all_stales_the_table_until_a_full_resync(tmp_path):
+    killed_at, cut_at, _, full_loads, _, other_answers = _run_drill(
+        tmp_path, global_keys_lost=True)
+    assert full_loads >= 1
+    # The account on a healthy primary trades again after the failover, within the bound.
     after = [answer for answer in other_answers if answer.sent > killed_at and answer.approved]
     assert after, "the account on a healthy primary never traded again"
     assert after[0].sent - killed_at < 30
-    assert other_answers[-1].approved
     print(f"failover: stale for {after[0].sent - killed_at:.2f} s after the kill; limit "
-          f"cut {cut_at - killed_at:.2f} s after it; {len(victim_answers)} + "
-          f"{len(other_answers)} orders decided")
+          f"cut {cut_at - killed_at:.2f} s after it")

@@ -76,3 +76,53 @@ def test_a_replacement_whose_carried_fills_do_not_fit_is_a_state_error(replaces,
                          carried=carried)
     with pytest.raises(StateError):
         decode(b"ACC-1", b"o2", order.encode())
+
+
+# -- on a Redis Cluster: one lost primary holds back only its own accounts' records --
+
+def _decided(account: bytes, order_id: bytes) -> DecidedOrder:
+    return DecidedOrder(account, order_id, b"AAPL", pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 10,
+                        10_000, 10_000, 100_000, b"", b"", True, ())
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_primary_holds_back_only_the_decisions_of_its_own_slots(tmp_path):
+    import asyncio
+
+    import redis
+
+    from pretrade.app.devredis import RedisClusterServer
+    from pretrade.engine.errors import Unavailable
+    from pretrade.state.connection import connect
+    from pretrade.state.journal import Journal
+    from pretrade.state.schema import orders_key
+
+    with RedisClusterServer(data_dir=tmp_path / "cluster", replicas=0) as cluster:
+        probe = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        ports = {f"J-{n}".encode(): int(probe.get_node_from_key(orders_key(f"J-{n}".encode()))
+                                        .port) for n in range(200)}
+        lost_account = next(account for account, port in ports.items()
+                            if port == cluster.nodes[0].port)
+        other_account = next(account for account, port in ports.items()
+                             if port != cluster.nodes[0].port)
+
+        async def drill() -> None:
+            client = connect(cluster.url, socket_timeout=1.0)
+            journal = Journal(client)
+            await journal.commit([_decided(other_account, b"before")], timeout=5)
+            cluster.kill(cluster.nodes[0])
+            # The lost account's record cannot be written (it is retried)...
+            with pytest.raises(Unavailable):
+                await journal.commit([_decided(lost_account, b"stuck")], timeout=1.5)
+            # ...and the other primary's accounts are made durable all the same, in a
+            # batch of their own and in one with the stuck record.
+            await journal.commit([_decided(other_account, b"alone")], timeout=3)
+            both = [_decided(lost_account, b"stuck-2"), _decided(other_account, b"mixed")]
+            with pytest.raises(Unavailable):
+                await journal.commit(both, timeout=3)
+            await client.aclose()
+
+        asyncio.run(drill())
+        written = probe.hgetall(orders_key(other_account))
+        assert {b"before", b"alone", b"mixed"} <= set(written)
+        probe.close()

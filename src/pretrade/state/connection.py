@@ -23,7 +23,10 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: The scheme of a Redis Cluster URL: seed nodes, comma-separated.
 CLUSTER_SCHEME = "redis+cluster://"
@@ -84,6 +87,25 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     return cluster
 
 
+class KeptCommandTable(AsyncCommandsParser):
+    """redis-py's table of command key positions, kept when a re-read of it fails.
+
+    The asyncio cluster client (redis-py 8.1) re-initializes after any
+    connection error, and each time re-reads the COMMAND table from the
+    first primary of its slot map. While that primary is down (killed, not
+    yet replaced by its replica) every re-initialization fails, so every
+    command of the client fails, on every slot. The table does not change
+    while the servers run: once it has been read, a failed re-read keeps it.
+    """
+
+    async def initialize(self, node: Any = None) -> None:
+        try:
+            await super().initialize(node)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if not self.commands:
+                raise
+
+
 def connect(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio client for ``url``; TCP URLs get the hiredis-packing connection.
 
@@ -100,6 +122,7 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
         cluster: Any = aioredis.RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in seeds],
             require_full_coverage=False, **options)
+        cluster.commands_parser = KeptCommandTable()
         return cluster
     if url.startswith("redis://"):
         options.setdefault("connection_class", HiredisPackingConnection)
@@ -131,15 +154,20 @@ def primary_clients(client: aioredis.Redis) -> list[aioredis.Redis]:
     notifications are node-local in a cluster: each primary is subscribed on
     its own.
     """
+    return list(named_primary_clients(client).values())
+
+
+def named_primary_clients(client: aioredis.Redis) -> dict[str, aioredis.Redis]:
+    """:func:`primary_clients` by the primaries' ``host:port``, in the order of their names."""
     cluster: Any = client
     kwargs = cluster.nodes_manager.connection_kwargs
     options = {name: kwargs[name] for name in (
         "username", "password", "socket_timeout", "socket_connect_timeout",
         "health_check_interval", "decode_responses") if name in kwargs}
-    return [aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+    return {node.name: aioredis.Redis(connection_pool=aioredis.ConnectionPool(
                 host=node.host, port=node.port, connection_class=HiredisPackingConnection,
                 **options))
-            for node in sorted(cluster.get_primaries(), key=lambda node: node.name)]
+            for node in sorted(cluster.get_primaries(), key=lambda node: node.name)}
 
 
 def slot_map(client: aioredis.Redis) -> dict[int, str]:

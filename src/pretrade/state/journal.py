@@ -12,7 +12,10 @@ their fills and cancels, and a re-sent order id gets its original decision.
 
 Writes are group-committed: every decision made while a write is in flight
 goes into the next pipeline, so the cost is one round trip per batch, not per
-order, and one multi-field HSET per account in it.
+order, and one multi-field HSET per account in it. On a Redis Cluster the
+batch is one pipeline per primary, sent together: a primary that is lost
+holds back (and has retried) only the records of its own slots, and the
+callers of every other account are answered.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pretrade.engine.errors import Unavailable
 from pretrade.engine.fixedpoint import fits_int64
@@ -43,6 +46,9 @@ LEGACY_FORMAT = b"1;"
 #: audit writer's: once Redis is back, the queued decisions are durable soon after).
 RETRY_SECONDS = 0.1
 RETRY_MAX_SECONDS = 0.5
+#: What a write may fail with: Redis refused or did not answer, or a cluster slot
+#: has no primary known (one failed).
+WRITE_ERRORS = (RedisError, RedisClusterException, OSError)
 #: Most decided orders kept for a retry while Redis refuses them (the table
 #: goes stale within max_sync_lag_ms, so few orders are decided meanwhile).
 MAX_RETRIED = 100_000
@@ -156,18 +162,47 @@ def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
                         parts[10] == b"A", tuple(rejections))
 
 
+class _Commit:
+    """One caller's orders: answered once all of them are written, or at the first failure."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, done: asyncio.Future[None], left: int) -> None:
+        self.done = done
+        self.left = left
+
+    def written(self, count: int) -> None:
+        self.left -= count
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def failed(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+#: Queued orders, each with the caller waiting for it (None: a retry nobody waits on).
+_Queue = list[tuple[DecidedOrder, _Commit | None]]
+
+
 class Journal:
-    """Group-committed writes of decided orders to Redis."""
+    """Group-committed writes of decided orders to Redis.
+
+    One queue and one writing loop per Redis server (standalone: one; a
+    cluster: one per primary, by the slot map the client knows when the
+    order is queued), so a primary that does not answer holds back only
+    its own slots' records.
+    """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self.cluster = isinstance(client, aioredis.RedisCluster)
         self.written = 0
         self.failed = 0
         #: Told of every batch once Redis has it (the table marks them durable).
         self.on_durable: Callable[[list[DecidedOrder]], None] | None = None
-        self._pending: list[DecidedOrder] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flushing = False
+        self._queues: dict[str, _Queue] = {}
+        self._flushing: set[str] = set()
 
     async def commit(self, orders: Iterable[DecidedOrder], timeout: float) -> None:
         """Return once ``orders`` are in Redis; raise Unavailable when they cannot be.
@@ -183,11 +218,15 @@ class Journal:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.extend(batch)
-        self._waiters.append(done)
-        if not self._flushing:
-            self._flushing = True
-            loop.create_task(self._flush())
+        # A failure may come after the caller stopped waiting: retrieve it, so
+        # asyncio does not report it as never retrieved.
+        done.add_done_callback(lambda future: future.cancelled() or future.exception())
+        commit = _Commit(done, len(batch))
+        if self.cluster:
+            for order in batch:
+                self._queue(self._server_of(order), [(order, commit)], loop)
+        else:
+            self._queue("", [(order, commit) for order in batch], loop)
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout=max(timeout, 0.0))
         except TimeoutError:
@@ -195,6 +234,22 @@ class Journal:
                 f"the decision could not be made durable within {timeout * 1000:.0f} ms "
                 "(Redis holds writes back); it stands and will be written when Redis takes "
                 "it: re-send the same order id, it replays") from None
+
+    def _queue(self, server: str, entries: _Queue, loop: asyncio.AbstractEventLoop) -> None:
+        self._queues.setdefault(server, []).extend(entries)
+        if server not in self._flushing:
+            self._flushing.add(server)
+            loop.create_task(self._flush(server))
+
+    def _server_of(self, order: DecidedOrder) -> str:
+        """The primary (host:port) an order's record goes to; "" on standalone Redis."""
+        if not self.cluster:
+            return ""
+        cluster: Any = self.client
+        try:
+            return str(cluster.get_node_from_key(orders_key(order.account)).name)
+        except WRITE_ERRORS:
+            return ""  # no primary known for the slot now: queued apart, retried
 
     async def _write(self, pending: list[DecidedOrder]) -> None:
         # Writing a decided order twice writes the same bytes: one retry is
@@ -222,7 +277,7 @@ class Journal:
                     raise
                 log.warning("retrying %d durable decisions once: %s", len(pending), error)
 
-    async def _flush(self) -> None:
+    async def _flush(self, server: str) -> None:
         # One pipeline per round: whatever queued while the last one was out
         # rides the next, so throughput does not pay a round trip per order.
         # A batch that fails stays queued and is retried (with backoff) until
@@ -230,22 +285,24 @@ class Journal:
         # told UNAVAILABLE, and a re-send replays them), so their records must
         # reach Redis too, or a restart would forget reservations.
         delay = RETRY_SECONDS
+        queue = self._queues.setdefault(server, [])
         try:
-            while self._pending:
-                pending, self._pending = self._pending, []
-                waiters, self._waiters = self._waiters, []
+            while queue:
+                pending = queue[:]
+                del queue[:]
                 try:
-                    await self._write(pending)
-                except (RedisError, OSError) as error:
+                    await self._write([order for order, _ in pending])
+                except WRITE_ERRORS as error:
                     self.failed += len(pending)
                     log.error("could not make %d decisions durable (%s); retrying in %.1f s",
                               len(pending), error, delay)
                     failure = Unavailable(f"the decision could not be made durable: {error}; "
                                           "re-send the same order id, it replays")
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(failure)
-                    self._pending[:0] = pending[-MAX_RETRIED:]
+                    for _, commit in pending:
+                        if commit is not None:
+                            commit.failed(failure)
+                    # Retried for the record's sake: nobody waits on it now.
+                    queue[:0] = [(order, None) for order, _ in pending[-MAX_RETRIED:]]
                     if len(pending) > MAX_RETRIED:
                         log.critical("%d durable decisions dropped: more than %d wait for "
                                      "Redis", len(pending) - MAX_RETRIED, MAX_RETRIED)
@@ -255,14 +312,22 @@ class Journal:
                 delay = RETRY_SECONDS
                 self.written += len(pending)
                 if self.on_durable is not None:
-                    self.on_durable(pending)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                    self.on_durable([order for order, _ in pending])
+                # Runs of one caller's orders are told at once.
+                last: _Commit | None = None
+                run = 0
+                for _, commit in pending:
+                    if commit is not last:
+                        if last is not None:
+                            last.written(run)
+                        last, run = commit, 0
+                    run += 1
+                if last is not None:
+                    last.written(run)
         finally:
-            self._flushing = False
+            self._flushing.discard(server)
 
     @property
     def pending(self) -> int:
         """Decided orders waiting for Redis (queued, or retried after a failure)."""
-        return len(self._pending)
+        return sum(len(queue) for queue in self._queues.values())

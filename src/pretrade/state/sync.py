@@ -11,6 +11,17 @@ Pub/sub is fire-and-forget: when the link drops, the table is marked not live
 (orders get STALE_DATA), and after reconnecting the sync reloads everything
 before it marks the table live again.
 
+On a Redis Cluster, losing one primary is narrower. Its slots are marked
+lost in the table (orders whose account or symbol has a key in one get
+STALE_DATA; every other order trades, on a table the other primaries' canaries
+still prove live). Once every lost slot is served by a primary the sync can
+reach (the replica promoted), the sync subscribes there, re-reads every key
+of those slots and every entity the table holds in them, and clears the
+slots when that primary's canary comes back. Anything else (the primary
+served ``halt:all`` or ``restricted:short``, which every order reads; the
+slot map changed beyond the lost slots; the old primary answers again) is
+the full resync above.
+
 An entity that does not fit in the table (an account, an instrument, an
 account's positions, per-symbol limits or restored orders past a capacity)
 fails closed on its own: it is logged once, counted (``over_capacity``),
@@ -44,14 +55,16 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pretrade._core import PositionTable, TableFullError
+from pretrade._core import PositionTable, TableFullError, account_key_slots, symbol_key_slots
+from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
 from pretrade.engine.text import as_text, quoted
-from pretrade.state.connection import Reads, is_cluster, primary_clients, read_snapshot
+from pretrade.state.connection import Reads, is_cluster, named_primary_clients, read_snapshot
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
     CANARY,
+    HALT_ALL,
     ORDERS,
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
@@ -220,6 +233,9 @@ class SyncStats:
     invalid_entities: int = 0
     #: Decided orders put back into the table from ``orders:{ACC}``.
     orders_restored: int = 0
+    #: Redis Cluster primaries lost (their slots stale), and lost slots re-read in place.
+    primaries_lost: int = 0
+    slots_recovered: int = 0
     last_full_load_seconds: float = 0.0
     last_error: str = ""
 
@@ -295,6 +311,17 @@ class RedisSync:
         self.topology: list[tuple[int, int, str]] = []
         #: The Redis servers followed now: the client itself, or a cluster's primaries.
         self._nodes: list[aioredis.Redis] = []
+        #: Their pub/subs, merged (cluster only), and each primary's client by host:port.
+        self._merged: MergedPubSub | None = None
+        self._pubsubs: list[aioredis.client.PubSub] = []
+        self._by_name: dict[str, aioredis.Redis] = {}
+        #: Primaries lost while following, by host:port: their slot ranges (stale).
+        self.lost: dict[str, list[tuple[int, int]]] = {}
+        #: A slot map that serves every lost slot again, for the follower to act on.
+        self._recovered_topology: list[tuple[int, int, str]] | None = None
+        #: Canary keys of promoted primaries not heard yet: the slot ranges they
+        #: vouch for and when their re-read began.
+        self._recovering: dict[bytes, tuple[list[tuple[int, int]], float]] = {}
         #: Canary write -> applied, seconds: the position update lag (the metrics).
         self.update_lag = Buckets(SECONDS_BOUNDS)
         self._resync_reason = ""
@@ -411,23 +438,22 @@ class RedisSync:
             self._generation += 1
             self.canary_keys = [self._canary_base()]
             self._nodes = []
+            self._by_name = {}
             pubsubs: list[aioredis.client.PubSub] = []
+            self._pubsubs = pubsubs
             merged: MergedPubSub | None = None
+            self._merged = None
             self._resync_reason = ""
+            # The table is not live here: a full load follows, so no slot stays lost.
+            self.lost = {}
+            self._recovering = {}
+            self._recovered_topology = None
+            if self.cluster and self.table.lost_slot_count():
+                self.table.set_slots_lost([(0, CLUSTER_SLOTS - 1)], False)
             try:
                 self._nodes = await self._subscribed_nodes()
                 for node in self._nodes:
-                    # Re-asserted at every (re)connect: a restarted or failed-over
-                    # Redis does not keep flags pretrade set at runtime.
-                    await self.ensure_notifications(node)
-                    pubsub = node.pubsub()
-                    pubsubs.append(pubsub)
-                    await pubsub.psubscribe(*[self._channel_prefix + p
-                                              for p in (*SCAN_PATTERNS, CANARY + b"*")])
-                    # redis-py reconnects and re-subscribes a pub/sub by itself:
-                    # notifications sent meanwhile are lost, so that is a gap.
-                    assert pubsub.connection is not None
-                    pubsub.connection.register_connect_callback(self._pubsub_reconnected)
+                    pubsubs.append(await self._subscribe(node))
                 await self._plant_canary()
                 if self._database_replaced:
                     await self._write_back_working_orders()
@@ -441,8 +467,9 @@ class RedisSync:
                 self.following = True
                 self.ready.set()
                 log.info("sync loaded; live once the canary comes back")
-                if len(pubsubs) > 1:
-                    merged = MergedPubSub(pubsubs)
+                if self.cluster:
+                    merged = self._merged = MergedPubSub(dict(zip(self._by_name, pubsubs,
+                                                                  strict=True)))
                 await self._follow(merged or pubsubs[0])
             except (*LINK_ERRORS, *TOPOLOGY_ERRORS, SyncGap, SyncConfigError) as error:
                 self._lost(error, "Redis link lost" if isinstance(error, LINK_ERRORS)
@@ -467,6 +494,20 @@ class RedisSync:
                     for node in self._nodes:
                         await _close_quietly(node)
 
+    async def _subscribe(self, node: aioredis.Redis) -> aioredis.client.PubSub:
+        """A pub/sub on ``node`` for every key family and the canaries."""
+        # Re-asserted at every (re)connect: a restarted or failed-over
+        # Redis does not keep flags pretrade set at runtime.
+        await self.ensure_notifications(node)
+        pubsub = node.pubsub()
+        await pubsub.psubscribe(*[self._channel_prefix + p
+                                  for p in (*SCAN_PATTERNS, CANARY + b"*")])
+        # redis-py reconnects and re-subscribes a pub/sub by itself:
+        # notifications sent meanwhile are lost, so that is a gap.
+        assert pubsub.connection is not None
+        pubsub.connection.register_connect_callback(self._pubsub_reconnected)
+        return pubsub
+
     async def _subscribed_nodes(self) -> list[aioredis.Redis]:
         """The Redis servers whose notifications the sync follows: every primary of a cluster.
 
@@ -479,16 +520,30 @@ class RedisSync:
         cluster: Any = self.client
         await cluster.nodes_manager.initialize()
         self.topology = await self._read_topology()
-        nodes = primary_clients(self.client)
+        self._by_name = named_primary_clients(self.client)
         names = sorted({owner for _, _, owner in self.topology})
         self.canary_keys = [self._canary_key_on(owner) for owner in names]
-        return nodes
+        return list(self._by_name.values())
 
     async def _read_topology(self) -> list[tuple[int, int, str]]:
-        """The cluster's slot ranges and their primaries (``host:port``), as a node says now."""
-        reply = await self.client.execute_command("CLUSTER SLOTS")
-        return sorted((first, last, f"{as_text(about['primary'][0])}:{int(about['primary'][1])}")
-                      for (first, last), about in reply.items())
+        """The cluster's slot ranges and their primaries (``host:port``), as a node says now.
+
+        Asked of the primaries followed, in turn (the cluster client would ask
+        its default node, which may be the one lost), then of the client.
+        """
+        for node in [*self._nodes, self.client]:
+            try:
+                reply = await node.execute_command("CLUSTER SLOTS")
+                break
+            except LINK_ERRORS:
+                if node is self.client:
+                    raise
+        if isinstance(reply, dict):  # the cluster client's parsed form
+            return sorted((first, last,
+                           f"{as_text(about['primary'][0])}:{int(about['primary'][1])}")
+                          for (first, last), about in reply.items())
+        return sorted((int(entry[0]), int(entry[1]),
+                       f"{as_text(entry[2][0])}:{int(entry[2][1])}") for entry in reply)
 
     def _canary_base(self) -> bytes:
         """This generation's canary key (on a cluster, the stem of one per primary)."""
@@ -554,32 +609,48 @@ class RedisSync:
         self._beat_number += 1
         generation = self._generation
         try:
-            # On a cluster: one canary per primary, each in a slot of its own node.
-            for key in self.canary_keys:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.exists(key)
-                    pipe.set(key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
-                    sent_at = time.monotonic()
-                    existed, _ = await pipe.execute()
+            # On a cluster: one canary per primary, each in a slot of its own node
+            # (a lost primary's is not written; a promoted one's is, before it is heard).
+            for key in [*self.canary_keys, *self._recovering]:
+                try:
+                    async with self.client.pipeline(transaction=True) as pipe:
+                        pipe.exists(key)
+                        pipe.set(key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
+                        sent_at = time.monotonic()
+                        existed, _ = await pipe.execute()
+                except (*LINK_ERRORS, *TOPOLOGY_ERRORS) as error:
+                    if not self.lost and isinstance(error, TOPOLOGY_ERRORS):
+                        raise
+                    # A primary is going (its pub/sub will say) or gone: the others beat on.
+                    log.debug("canary %s not written: %s", quoted(key), error)
+                    continue
                 if generation != self._generation:
                     # Begun before the sync reloaded: it says nothing of the new load
                     # (its key may even be gone with a restarted Redis).
                     return
                 self._beats.setdefault(key, collections.deque()).append(sent_at)
-                if not existed:
+                if not existed and key not in self._recovering:
                     self._database_replaced = True
                     self._resync("the database was emptied or replaced (FLUSHALL, FLUSHDB or "
                                  "SWAPDB): the canary key is gone")
                     return
-            for node in self._nodes:
-                reply = await node.config_get("notify-keyspace-events")
+            for node in list(self._nodes):
+                try:
+                    reply = await node.config_get("notify-keyspace-events")
+                except LINK_ERRORS as error:
+                    log.debug("notification flags not read: %s", error)
+                    continue
                 flags = as_text(next(iter(reply.values()), None))
                 if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
                     self._resync(f"notify-keyspace-events is {flags!r} now: changes may have "
                                  "been missed")
             if self.cluster and (topology := await self._read_topology()) != self.topology:
-                self._resync(f"the Redis Cluster's slot map changed (a failover, a migration "
-                             f"or a node added or removed): {len(topology)} ranges now")
+                if self.lost:
+                    self._recovered_topology = topology  # the follower looks at it
+                else:
+                    self._resync(f"the Redis Cluster's slot map changed (a failover, a "
+                                 f"migration or a node added or removed): {len(topology)} "
+                                 "ranges now")
         except TOPOLOGY_ERRORS as error:
             self._resync(f"the Redis Cluster is changing ({type(error).__name__}: {error})")
         except ResponseError as error:
@@ -602,15 +673,17 @@ class RedisSync:
         """Send time of the newest beat heard back from every canary (0: not from all yet)."""
         return min((self._heard.get(key, 0.0) for key in self.canary_keys), default=0.0)
 
-    async def _write_back_working_orders(self) -> None:
+    async def _write_back_working_orders(self, accounts: list[bytes] | None = None) -> None:
         """Put the table's working orders into a replaced database (``orders:{ACC}``).
 
         The orders were approved and may be working at the market: forgetting
         them because Redis lost their records would free their reservations.
         Written with HSETNX, so a record the new database holds is kept.
+        ``accounts``: only theirs (those of a promoted replica, which may
+        have missed the last writes of its primary); None: every account.
         """
         written = 0
-        for account in self.table.account_ids():
+        for account in self.table.account_ids() if accounts is None else accounts:
             orders = self.table.working_orders(account)
             if not orders:
                 continue
@@ -644,14 +717,26 @@ class RedisSync:
         while not self._stopping:
             if self._resync_reason:
                 raise SyncGap(self._resync_reason)
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if self._recovered_topology is not None:
+                topology, self._recovered_topology = self._recovered_topology, None
+                await self._follow_promoted(topology)
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            except NodeLost as lost:
+                self._primary_lost(lost.name, lost.error)
+                continue
             if message is None:
                 continue
             dirty = Dirty()
             self._note(dirty, message)
             # Drain what is already queued, so a burst becomes one batch.
             while len(dirty) < self.batch_size:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=0)
+                except NodeLost as lost:
+                    self._primary_lost(lost.name, lost.error)
+                    continue
                 if message is None:
                     break
                 self._note(dirty, message)
@@ -661,6 +746,131 @@ class RedisSync:
             if self._heard_beat > self.confirmed_at:
                 self.confirmed_at = self._heard_beat
                 self.update_lag.observe(time.monotonic() - self._heard_beat)  # metrics
+            self._clear_recovered_slots()
+
+    # -- A LOST REDIS CLUSTER PRIMARY --
+
+    def _primary_lost(self, name: str, error: BaseException) -> None:
+        """The pub/sub of the primary ``name`` failed: mark its slots lost, follow the rest.
+
+        Raises SyncGap (a full resync) when it served a key every order reads.
+        """
+        ranges = [(first, last) for first, last, owner in self.topology if owner == name]
+        if not ranges or name in self.lost:
+            return
+        cluster: Any = self.client
+        shared = [key for key in (HALT_ALL, RESTRICTED_SHORT)
+                  if _in_ranges(cluster.keyslot(key), ranges)]
+        if shared:
+            raise SyncGap(f"lost the Redis Cluster primary {name} ({error}), which serves "
+                          f"{b', '.join(shared).decode()}: every order reads it")
+        count = self.table.set_slots_lost(ranges, True)
+        self.lost[name] = ranges
+        self.stats.primaries_lost += 1
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        # Its canary can no longer come back: the table is as fresh as the others say.
+        self.canary_keys = [key for key in self.canary_keys
+                            if not _in_ranges(cluster.keyslot(key), ranges)]
+        node = self._by_name.pop(name, None)
+        if node is not None and node in self._nodes:
+            self._nodes.remove(node)
+        log.error("lost the Redis Cluster primary %s (%s): orders with a key in its %d slots "
+                  "get STALE_DATA until a promoted replica is followed; %d slots lost, the "
+                  "rest trade", name, self.stats.last_error,
+                  sum(last - first + 1 for first, last in ranges), count)
+
+    async def _follow_promoted(self, topology: list[tuple[int, int, str]]) -> None:
+        """Follow the primaries that serve the lost slots now, and re-read those slots.
+
+        Waits (returns) while a lost slot has no reachable primary yet; raises
+        SyncGap when the slot map changed elsewhere too, or a lost primary
+        serves its slots again (it restarted: it may have lost writes).
+        """
+        before = _owners(self.topology)
+        after = _owners(topology)
+        lost = {slot for ranges in self.lost.values() for first, last in ranges
+                for slot in range(first, last + 1)}
+        if any(after.get(slot) != owner for slot, owner in before.items() if slot not in lost):
+            raise SyncGap("the Redis Cluster's slot map changed beyond a lost primary's slots")
+        promoted = {after.get(slot) for slot in lost}
+        if None in promoted:
+            return  # not served yet
+        if promoted & set(self.lost):
+            raise SyncGap("a lost Redis Cluster primary serves its slots again")
+        cluster: Any = self.client
+        await cluster.nodes_manager.initialize()
+        self.topology = topology
+        recovered = [span for ranges in self.lost.values() for span in ranges]
+        started = time.monotonic()
+        clients = named_primary_clients(self.client)
+        dirty = Dirty()
+        for name in sorted(cast(set[str], promoted)):
+            node = clients.pop(name)
+            if name not in self._by_name:
+                pubsub = await self._subscribe(node)
+                self._pubsubs.append(pubsub)
+                assert self._merged is not None
+                self._merged.add(name, pubsub)
+                self._by_name[name] = node
+                self._nodes.append(node)
+            else:
+                await _close_quietly(node)
+                node = self._by_name[name]
+            key = self._canary_key_on(name)
+            if key in self.canary_keys:  # it served other slots already: heard anew first
+                self.canary_keys.remove(key)
+            await self.client.set(key, b"0", px=self._canary_ttl_ms)
+            self._beats[key] = collections.deque()
+            self._recovering[key] = (recovered, started)
+            # Subscribed first, then read: a change after the subscription is
+            # either in this read or in a notification that follows it.
+            async for found in node.scan_iter(count=5000):
+                if _in_ranges(cluster.keyslot(found), recovered):
+                    dirty.add_key(found)
+        for other in clients.values():
+            await _close_quietly(other)
+        self._add_known_in(dirty, recovered)
+        await self.refresh(dirty)
+        await self._write_back_working_orders(
+            [account for account in self.table.account_ids()
+             if any(_in_ranges(slot, recovered) for slot in account_key_slots(account))])
+        self.lost = {}  # every lost slot is served again; still stale until heard
+        log.info("following the promoted Redis Cluster primaries %s: %d entities of the lost "
+                 "slots re-read; they trade once their canary comes back",
+                 ", ".join(sorted(cast(set[str], promoted))), len(dirty))
+
+    def _add_known_in(self, dirty: Dirty, ranges: list[tuple[int, int]]) -> None:
+        """Every entity the table holds with a key in ``ranges``: deleted ones are cleared."""
+        for account in self.accounts:
+            limits_slot, halt_slot = account_key_slots(account)
+            if _in_ranges(limits_slot, ranges):
+                dirty.lots.add(account)
+                dirty.limits.add(account)
+                dirty.balances.add(account)
+                dirty.locates.add(account)
+            if _in_ranges(halt_slot, ranges):
+                dirty.halts.add((pb.HALT_SCOPE_ACCOUNT, account))
+        for symbol in set(self.instruments) | self.priced:
+            instrument_slot, price_slot, halt_slot = symbol_key_slots(symbol)
+            if _in_ranges(instrument_slot, ranges):
+                dirty.instruments.add(symbol)
+            if _in_ranges(price_slot, ranges):
+                dirty.prices.add(symbol)
+            if _in_ranges(halt_slot, ranges):
+                dirty.halts.add((pb.HALT_SCOPE_SYMBOL, symbol))
+
+    def _clear_recovered_slots(self) -> None:
+        """Slots whose promoted primary's canary came back after their re-read trade again."""
+        for key, (ranges, started) in list(self._recovering.items()):
+            if self._heard.get(key, 0.0) < started:
+                continue
+            del self._recovering[key]
+            self.canary_keys.append(key)
+            count = self.table.set_slots_lost(ranges, False)
+            self.stats.slots_recovered += sum(last - first + 1 for first, last in ranges)
+            log.info("the lost slots %s are followed and re-read: they trade again (%d slots "
+                     "still lost)", ", ".join(f"{first}-{last}" for first, last in ranges),
+                     count)
 
     def _note(self, dirty: Dirty, message: dict[str, object]) -> None:
         channel = message.get("channel")
@@ -1174,24 +1384,42 @@ class RedisSync:
                   name.decode(errors="replace"), error)
 
 
-class MergedPubSub:
-    """The messages of several pub/subs (one per cluster primary), read as one.
+class NodeLost(Exception):
+    """The pub/sub of one cluster primary failed: its notifications stopped."""
 
-    A task per pub/sub reads into one queue; a failure of any of them (its
-    primary died) is raised by :meth:`get_message`, so the sync resyncs.
+    def __init__(self, name: str, error: BaseException) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name = name
+        self.error = error
+
+
+class MergedPubSub:
+    """The messages of several pub/subs (one per cluster primary, by host:port), read as one.
+
+    A task per pub/sub reads into one queue; a link failure of one of them
+    (its primary died) is raised by :meth:`get_message` as :class:`NodeLost`,
+    and the others read on; any other failure is raised as it is.
     """
 
-    def __init__(self, pubsubs: list[aioredis.client.PubSub]) -> None:
+    def __init__(self, pubsubs: dict[str, aioredis.client.PubSub]) -> None:
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
-        self._readers = [asyncio.create_task(self._read(pubsub), name="pretrade-sync-pubsub")
-                         for pubsub in pubsubs]
+        self._readers: list[asyncio.Task[None]] = []
+        for name, pubsub in pubsubs.items():
+            self.add(name, pubsub)
 
-    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
+    def add(self, name: str, pubsub: aioredis.client.PubSub) -> None:
+        """Read ``pubsub`` (of the primary ``name``) too."""
+        self._readers.append(asyncio.create_task(self._read(name, pubsub),
+                                                 name=f"pretrade-sync-pubsub-{name}"))
+
+    async def _read(self, name: str, pubsub: aioredis.client.PubSub) -> None:
         try:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None:
                     self._queue.put_nowait(message)
+        except LINK_ERRORS as error:  # told to the follower: that primary's slots are lost
+            self._queue.put_nowait(NodeLost(name, error))
         except Exception as error:  # told to the follower, which resyncs
             self._queue.put_nowait(error)
 
@@ -1243,6 +1471,15 @@ class LoadProgress:
     def finish(self) -> None:
         if self.total >= 10_000 or self.terminal and self.done:
             self._report(time.perf_counter(), final=True)
+
+
+def _in_ranges(slot: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(first <= slot <= last for first, last in ranges)
+
+
+def _owners(topology: list[tuple[int, int, str]]) -> dict[int, str]:
+    """Slot -> its primary's host:port, from a slot map."""
+    return {slot: owner for first, last, owner in topology for slot in range(first, last + 1)}
 
 
 def _split(dirty: Dirty, size: int) -> Iterator[Dirty]:
