@@ -155,6 +155,8 @@ def _run_drill(tmp_path, *, global_keys_lost: bool):
             time.sleep(1.0)
             assert all(answer.approved for answer in victim_answers + other_answers)
             full_loads = sync.stats.full_loads
+            victim_slots = sum(last - first + 1 for first, last, owner in sync.topology
+                               if owner.endswith(f":{drill.victim_port}"))
             victim = next(node for node in cluster.nodes if node.port == drill.victim_port)
             killed_at = time.monotonic()
             cluster.kill(victim)
@@ -173,6 +175,10 @@ def _run_drill(tmp_path, *, global_keys_lost: bool):
             resynced_at = time.monotonic()
             time.sleep(2.0)  # both accounts' orders flow on the resynced table
             full_loads_after = sync.stats.full_loads - full_loads
+            status = gateway.gateway.status()
+            assert status.lost_slots == 0
+            if not global_keys_lost:  # one primary's slots, re-read in place
+                assert (status.primaries_lost, status.slots_recovered) == (1, victim_slots)
         finally:
             stop.set()
             for load in loads:

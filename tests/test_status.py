@@ -70,3 +70,16 @@ def test_a_silent_redis_past_the_lag_bound_fails_closed_then_recovers(seeded, st
         wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status,
                    lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING)
         wait_until(lambda: stub.EvaluateOrder(order()), lambda d: d.approved, timeout=10)
+
+
+@pytest.mark.parametrize("observed,limit,says", [
+    (0, 0, "not in sync with Redis"),
+    (3, 7, "version 3 of the account's state and the order asks for at least 7"),
+    (-pb.HALT_SCOPE_ACCOUNT, 812, "a key of the account is in Redis Cluster slot 812"),
+    (-pb.HALT_SCOPE_SYMBOL, 9, "a key of the symbol, or of a holding the order is valued "
+                               "over, is in Redis Cluster slot 9"),
+])
+def test_a_stale_data_rejection_says_which_staleness(observed, limit, says):
+    from pretrade.api.status import describe_rejection
+
+    assert says in describe_rejection(pb.REJECT_CODE_STALE_DATA, observed, limit)

@@ -172,6 +172,16 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
              else "unknown")
     match code:
         case pb.REJECT_CODE_STALE_DATA:
+            if observed in (-pb.HALT_SCOPE_ACCOUNT, -pb.HALT_SCOPE_SYMBOL):
+                whose = ("the account" if observed == -pb.HALT_SCOPE_ACCOUNT
+                         else "the symbol, or of a holding the order is valued over,")
+                return (f"a key of {whose} is in Redis Cluster slot {limit}, whose primary "
+                        "was lost; such orders are refused until the slot is re-read on the "
+                        "primary that serves it now")
+            if limit > 0:
+                return (f"the table holds version {observed:,} of the account's state and "
+                        f"the order asks for at least {limit:,}; it is refused until the "
+                        "newer state is read")
             return ("risk state is not in sync with Redis, or this node's lease of the "
                     "account's shard is not renewed; orders are refused until it is")
         case pb.REJECT_CODE_UNKNOWN_ACCOUNT:

@@ -211,6 +211,13 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("pretrade_sync_live", "1 while the table is in sync with "
                                 "Redis (orders are decided), 0 while every order gets "
                                 "STALE_DATA.", value=1 if self.gateway.table.sync_live else 0)
+        yield GaugeMetricFamily("pretrade_sync_lost_slots", "Redis Cluster slots whose primary "
+                                "the sync lost and has not re-read yet: orders with a key in "
+                                "one get STALE_DATA, the rest trade.",
+                                value=self.gateway.table.lost_slot_count())
+        yield CounterMetricFamily("pretrade_sync_primaries_lost", "Redis Cluster primaries "
+                                  "lost while following (their slots stale until re-read on "
+                                  "the promoted replica).", value=status.primaries_lost)
         yield GaugeMetricFamily("pretrade_sync_lag_seconds", "How far the table may be behind "
                                 "Redis: the age of the newest canary write seen applied.",
                                 value=status.lag_ms / 1000)

@@ -241,6 +241,7 @@ class Gateway:
             journal_pending=self.journal.pending if self.journal else 0,
             orders_evicted=counts["orders_evicted"], audit_refused=self.audit.stats.refused))
         status.sync_live = self.table.sync_live
+        status.lost_slots = self.table.lost_slot_count()
         engine_figures(self.engine, status)
         return status
 

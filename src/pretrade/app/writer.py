@@ -164,7 +164,8 @@ class TableWriter:
             capacity_exhausted=len(self.sync.over_capacity),
             reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
             reconcile_differences=self.reconciler.differences,
-            last_reconcile_unix_ms=self.reconciler.last_run_unix_ms)
+            last_reconcile_unix_ms=self.reconciler.last_run_unix_ms,
+            primaries_lost=stats.primaries_lost, slots_recovered=stats.slots_recovered)
         keeper = self.keeper
         if keeper is not None:
             status.MergeFrom(risk_pb2.ServerStatus(
