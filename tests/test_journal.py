@@ -126,3 +126,59 @@ def test_a_lost_primary_holds_back_only_the_decisions_of_its_own_slots(tmp_path)
         written = probe.hgetall(orders_key(other_account))
         assert {b"before", b"alone", b"mixed"} <= set(written)
         probe.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_primary_does_not_slow_the_other_primaries_past_the_lag_bound(tmp_path):
+    """Found by the failover drill: every failed write to the lost primary made the
+    cluster client close all its connections and re-read the slot map, so writes to
+    the healthy primaries failed or waited past the 500 ms an order may wait."""
+    import asyncio
+
+    import redis
+
+    from pretrade.app.devredis import RedisClusterServer
+    from pretrade.engine.errors import Unavailable
+    from pretrade.state.connection import redis_client
+    from pretrade.state.journal import Journal
+    from pretrade.state.schema import orders_key
+
+    with RedisClusterServer(data_dir=tmp_path / "cluster", replicas=0) as cluster:
+        probe = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        ports = {f"J-{n}".encode(): int(probe.get_node_from_key(orders_key(f"J-{n}".encode()))
+                                        .port) for n in range(200)}
+        lost_account = next(account for account, port in ports.items()
+                            if port == cluster.nodes[0].port)
+        others = [next(account for account, port in ports.items() if port == node.port)
+                  for node in cluster.nodes[1:]]
+        slow: list[tuple[bytes, str]] = []
+
+        async def drill() -> int:
+            client = redis_client(cluster.url)  # the gateway's client, as configured
+            journal = Journal(client)
+            await journal.commit([_decided(account, b"before") for account in others], 5)
+            cluster.kill(cluster.nodes[0])
+
+            async def lost_flow() -> None:
+                for n in range(40):
+                    with pytest.raises(Unavailable):
+                        await journal.commit([_decided(lost_account, b"L%d" % n)], 0.5)
+
+            async def other_flow(account: bytes) -> int:
+                for n in range(120):
+                    try:
+                        await journal.commit([_decided(account, b"O%d" % n)], 0.5)
+                    except Unavailable as error:
+                        slow.append((account, str(error)))
+                    await asyncio.sleep(0.01)
+                return n + 1
+
+            counts = await asyncio.gather(lost_flow(), *(other_flow(a) for a in others))
+            await client.aclose()
+            return sum(count for count in counts if count)
+
+        sent = asyncio.run(drill())
+        assert not slow, f"{len(slow)} of {sent} writes to healthy primaries failed: {slow[:3]}"
+        for account in others:
+            assert len(probe.hgetall(orders_key(account))) == 121
+        probe.close()

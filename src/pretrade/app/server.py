@@ -299,6 +299,8 @@ class Gateway:
             await self.writer.stop(grace)
         if self.metrics is not None:  # metrics hook: scrapes until the end
             await self.metrics.stop()
+        if self.journal is not None:
+            await self.journal.aclose()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.reader)
 
@@ -310,6 +312,8 @@ class Gateway:
         await self.audit.client.aclose()
         if self.writer is not None:
             await self.writer.abandon()
+        if self.journal is not None:
+            await self.journal.aclose()
         await self.redis.aclose()
         self.mapped.close(unlink=not self.reader)
 

@@ -160,14 +160,24 @@ def primary_clients(client: aioredis.Redis) -> list[aioredis.Redis]:
 def named_primary_clients(client: aioredis.Redis) -> dict[str, aioredis.Redis]:
     """:func:`primary_clients` by the primaries' ``host:port``, in the order of their names."""
     cluster: Any = client
+    return {node.name: node_client(client, node.host, node.port)
+            for node in sorted(cluster.get_primaries(), key=lambda node: node.name)}
+
+
+def node_client(client: aioredis.Redis, host: str, port: int) -> aioredis.Redis:
+    """A plain asyncio client for one node of a cluster client (the caller's to close).
+
+    It shares the cluster client's credentials and timeouts and uses the
+    hiredis-packing connection. Its errors are its own: the cluster
+    client's connections and slot map are not touched by them.
+    """
+    cluster: Any = client
     kwargs = cluster.nodes_manager.connection_kwargs
     options = {name: kwargs[name] for name in (
         "username", "password", "socket_timeout", "socket_connect_timeout",
         "health_check_interval", "decode_responses") if name in kwargs}
-    return {node.name: aioredis.Redis(connection_pool=aioredis.ConnectionPool(
-                host=node.host, port=node.port, connection_class=HiredisPackingConnection,
-                **options))
-            for node in sorted(cluster.get_primaries(), key=lambda node: node.name)}
+    return aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+        host=host, port=port, connection_class=HiredisPackingConnection, **options))
 
 
 def slot_map(client: aioredis.Redis) -> dict[int, str]:

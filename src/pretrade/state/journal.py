@@ -13,9 +13,11 @@ their fills and cancels, and a re-sent order id gets its original decision.
 Writes are group-committed: every decision made while a write is in flight
 goes into the next pipeline, so the cost is one round trip per batch, not per
 order, and one multi-field HSET per account in it. On a Redis Cluster the
-batch is one pipeline per primary, sent together: a primary that is lost
-holds back (and has retried) only the records of its own slots, and the
-callers of every other account are answered.
+batch is one pipeline per primary, sent together, each on a plain client of
+its own: a primary that is lost holds back (and has retried) only the records
+of its own slots, and the callers of every other account are answered within
+the lag bound (the cluster client closes all its connections and re-reads the
+slot map after any connection error, so it carries only the retries).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from pretrade.engine.errors import Unavailable
 from pretrade.engine.fixedpoint import fits_int64
+from pretrade.state.connection import node_client
 from pretrade.state.schema import StateError, orders_key, parse_int64
 from pretrade.v1 import records_pb2
 
@@ -183,6 +186,10 @@ class _Commit:
 
 #: Queued orders, each with the caller waiting for it (None: a retry nobody waits on).
 _Queue = list[tuple[DecidedOrder, _Commit | None]]
+#: The queue written through the client as given (standalone Redis; on a cluster:
+#: the retries, and orders of a slot with no primary known, routed by the slot map
+#: as it changes).
+ROUTED = ""
 
 
 class Journal:
@@ -190,8 +197,11 @@ class Journal:
 
     One queue and one writing loop per Redis server (standalone: one; a
     cluster: one per primary, by the slot map the client knows when the
-    order is queued), so a primary that does not answer holds back only
-    its own slots' records.
+    order is queued, written on a plain client of that primary), so a
+    primary that does not answer holds back only its own slots' records.
+    A write a primary refuses or redirects (MOVED, ASK) is tried once more
+    through the cluster client, which follows the slot map; what still
+    fails is retried there, in the background.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -203,6 +213,8 @@ class Journal:
         self.on_durable: Callable[[list[DecidedOrder]], None] | None = None
         self._queues: dict[str, _Queue] = {}
         self._flushing: set[str] = set()
+        #: A plain client per primary written to (cluster only), by ``host:port``.
+        self._nodes: dict[str, aioredis.Redis] = {}
 
     async def commit(self, orders: Iterable[DecidedOrder], timeout: float) -> None:
         """Return once ``orders`` are in Redis; raise Unavailable when they cannot be.
@@ -226,7 +238,7 @@ class Journal:
             for order in batch:
                 self._queue(self._server_of(order), [(order, commit)], loop)
         else:
-            self._queue("", [(order, commit) for order in batch], loop)
+            self._queue(ROUTED, [(order, commit) for order in batch], loop)
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout=max(timeout, 0.0))
         except TimeoutError:
@@ -244,18 +256,27 @@ class Journal:
     def _server_of(self, order: DecidedOrder) -> str:
         """The primary (host:port) an order's record goes to; "" on standalone Redis."""
         if not self.cluster:
-            return ""
+            return ROUTED
         cluster: Any = self.client
         try:
-            return str(cluster.get_node_from_key(orders_key(order.account)).name)
+            node = cluster.get_node_from_key(orders_key(order.account))
         except WRITE_ERRORS:
-            return ""  # no primary known for the slot now: queued apart, retried
+            return ROUTED  # no primary known for the slot now: routed when written
+        if node.name not in self._nodes:
+            self._nodes[node.name] = node_client(self.client, node.host, int(node.port))
+        return str(node.name)
 
-    async def _write(self, pending: list[DecidedOrder]) -> None:
+    async def aclose(self) -> None:
+        """Close the primaries' plain clients (the client given is the caller's)."""
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for client in nodes:
+            await client.aclose()
+
+    async def _write(self, server: str, pending: list[DecidedOrder]) -> None:
         # Writing a decided order twice writes the same bytes: one retry is
         # safe, and saves the first batch after Redis came back from failing
-        # on a connection from before (a timeout is not retried: its batch
-        # may still be in flight).
+        # on a connection from before, or after a primary's slots moved (a
+        # timeout is not retried: its batch may still be in flight).
         now_ms = time.time_ns() // 1_000_000
         # One multi-field HSET per account, not one command per order: a batch of
         # 1,000 orders of a few accounts is a few commands and a few replies, which
@@ -265,17 +286,19 @@ class Journal:
         for order in pending:
             by_key.setdefault(orders_key(order.account), {})[order.order_id] = \
                 order.encode(now_ms)
+        target = self._nodes.get(server, self.client)
         for attempt in (1, 2):
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
+                async with target.pipeline(transaction=False) as pipe:
                     for key, fields in by_key.items():
                         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
                     await pipe.execute()
                 return
-            except RedisConnectionError as error:
+            except (RedisConnectionError, MovedError, AskError) as error:
                 if attempt == 2:
                     raise
                 log.warning("retrying %d durable decisions once: %s", len(pending), error)
+                target = self.client
 
     async def _flush(self, server: str) -> None:
         # One pipeline per round: whatever queued while the last one was out
@@ -291,7 +314,7 @@ class Journal:
                 pending = queue[:]
                 del queue[:]
                 try:
-                    await self._write([order for order, _ in pending])
+                    await self._write(server, [order for order, _ in pending])
                 except WRITE_ERRORS as error:
                     self.failed += len(pending)
                     log.error("could not make %d decisions durable (%s); retrying in %.1f s",
@@ -301,11 +324,17 @@ class Journal:
                     for _, commit in pending:
                         if commit is not None:
                             commit.failed(failure)
-                    # Retried for the record's sake: nobody waits on it now.
-                    queue[:0] = [(order, None) for order, _ in pending[-MAX_RETRIED:]]
+                    # Retried for the record's sake: nobody waits on it now. A
+                    # primary's are retried routed by the slot map, which moves
+                    # its slots to the replica promoted in its place.
+                    retried: _Queue = [(order, None) for order, _ in pending[-MAX_RETRIED:]]
                     if len(pending) > MAX_RETRIED:
                         log.critical("%d durable decisions dropped: more than %d wait for "
                                      "Redis", len(pending) - MAX_RETRIED, MAX_RETRIED)
+                    if server != ROUTED:
+                        self._queue(ROUTED, retried, asyncio.get_running_loop())
+                        continue
+                    queue[:0] = retried
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_SECONDS)
                     continue
