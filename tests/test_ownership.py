@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 from book import codes, order, seed_account, wait_until
 from pretrade.audit.entries import AUDIT_STREAM, rows_of
 from pretrade.shards.slots import shard_of
-from pretrade.state.schema import lease_key
+from pretrade.state.schema import lease_epoch_key, lease_key
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from serving import Serve
@@ -263,6 +263,32 @@ def test_a_stolen_lease_is_lost_at_the_next_renewal_and_the_thief_is_named(
         assert not any(lease.held_here for lease in status.shard_leases)
     # it does not take the shard back while the thief's lease lives
     assert json.loads(redis_client.get(lease_key(0)))["node"] == "thief"
+
+
+@pytest.mark.parametrize("held_between", [False, True])
+def test_a_lapsed_lease_is_taken_again_and_served_at_once_unless_another_node_held_it(
+        redis_client, start_gateway, held_between):
+    """A lease that expired unrenewed (its primary lost, say) and that nobody took since
+    is taken again with the next epoch and its shard decided at once, on the table as it
+    is; a jump of the epoch means another holder, whose decisions only a full load reads."""
+    gateway = holding_shard_zero(redis_client, start_gateway)
+    sync, keeper = gateway.gateway.writer.sync, gateway.gateway.writer.keeper
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        assert stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5).approved
+        epoch = json.loads(redis_client.get(lease_key(0)))["epoch"]
+        loads = sync.stats.full_loads
+        if held_between:  # another node took the shard and let it go meanwhile
+            redis_client.incr(lease_epoch_key(0))
+        redis_client.delete(lease_key(0))  # expired in Redis
+        wait_until(lambda: json.loads(redis_client.get(lease_key(0)) or "{}").get("epoch"),
+                   lambda new: new is not None and new > epoch, timeout=TTL_MS / 1000 * 2)
+        new_epoch = json.loads(redis_client.get(lease_key(0)))["epoch"]
+        assert new_epoch == epoch + (2 if held_between else 1)
+        wait_until(lambda: stub.EvaluateOrder(order(IN_SHARD[0]), timeout=5).approved, bool,
+                   timeout=10)
+    assert keeper.rejoined == (0 if held_between else 1)
+    assert (sync.stats.full_loads > loads) is held_between
 
 
 def test_an_order_session_ends_not_owner_at_an_account_another_node_owns(

@@ -20,6 +20,12 @@ address, fencing epoch, and a random token of this holding).
   therefore stops approving before its lease can have expired in Redis, and
   so before another node can take it.
 * **Lost** (the value is not ours any more): released in the table at once.
+* **Lapsed** (it expired in Redis with nobody holding it since: the node
+  could not renew in time, as when the primary holding the key is lost and
+  its replica promoted): taken again at once. When the new epoch is the old
+  one plus one, nobody held the shard in between (every holder INCRs), so
+  the table already has every decision of its accounts and serves at once;
+  any other epoch means another holder, and a full load as for any take-over.
 
 Every command is on one key (``SET``, ``GET``, ``INCR``, ``EVAL`` of one
 key), so the same code works on Redis Cluster.
@@ -49,12 +55,19 @@ __all__ = ["NOT_OWNER", "Lease", "LeaseKeeper", "Ownership", "ShardOwner", "leas
            "owner_of", "read_shard_map"]
 
 # KEYS[1] the lease; ARGV[1] the value this holding wrote; ARGV[2] the ttl (ms).
+# 1: renewed; 0: another holding's; -1: nobody's (it expired).
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if value == false then
+  return -1
 end
 return 0
 """
+#: What the renewal script answers for a lease that expired: nobody holds it.
+LAPSED = -1
 # KEYS[1] the lease; ARGV[1] the provisional value; ARGV[2] the final one; ARGV[3] ttl (ms).
 _PROMOTE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -155,7 +168,9 @@ class LeaseKeeper:
         self.restoring: dict[int, int] = {}
         #: When each held lease was last acquired or renewed (the clock, at its start).
         self.renewed_at: dict[int, int] = {}
-        self.acquired = self.renewed = self.lost = self.failures = 0
+        #: Leases that expired while this node held them, nobody's since: ``{shard: epoch}``.
+        self.lapsed: dict[int, int] = {}
+        self.acquired = self.renewed = self.lost = self.failures = self.rejoined = 0
         self.last_error = ""
         self._renew = client.register_script(_RENEW)
         self._promote = client.register_script(_PROMOTE)
@@ -205,7 +220,8 @@ class LeaseKeeper:
     async def _keep(self, shard: int) -> None:
         lease = self.held[shard]
         started = self.clock()
-        if await self._renew(keys=[lease_key(shard)], args=[lease.encode(), self.ttl_ms]):
+        answer = await self._renew(keys=[lease_key(shard)], args=[lease.encode(), self.ttl_ms])
+        if answer == 1:
             self.renewed_at[shard] = started
             if shard not in self.restoring:
                 self.table.set_shard_lease(shard, lease.epoch, self._deadline(started))
@@ -213,8 +229,14 @@ class LeaseKeeper:
             return
         self.table.set_shard_lease(shard, 0, 0)
         del self.held[shard]
-        self.restoring.pop(shard, None)
         self.lost += 1
+        if answer == LAPSED and shard not in self.restoring:
+            self.lapsed[shard] = lease.epoch
+            log.warning("the lease of shard %d (epoch %d) expired before it was renewed; "
+                        "nobody holds it: taking it again", shard, lease.epoch)
+            await self._take(shard)
+            return
+        self.restoring.pop(shard, None)
         log.warning("lost the lease of shard %d (epoch %d): another node holds it",
                     shard, lease.epoch)
 
@@ -232,6 +254,13 @@ class LeaseKeeper:
         self.held[shard] = lease
         self.renewed_at[shard] = started
         self.acquired += 1
+        if self.lapsed.pop(shard, None) == epoch - 1:
+            # Nobody held it since this node's lapsed lease: the table is whole.
+            self.rejoined += 1
+            self.table.set_shard_lease(shard, epoch, self._deadline(started))
+            log.info("holding shard %d again with epoch %d; nobody held it in between, "
+                     "deciding at once", shard, epoch)
+            return
         # Held, with no deadline yet: this node is the owner (no NOT_OWNER
         # refusal pointing at itself) but its orders get STALE_DATA until the
         # full load below is done (grant_restored gives the deadline).
