@@ -29,11 +29,13 @@ from book import codes, order, seed_account
 from conftest import GatewayThread, gateway_settings
 from pretrade.app.devredis import RedisClusterServer
 from pretrade.audit.entries import node_stream
+from pretrade.shards.slots import shard_of
 from pretrade.state.schema import (
     HALT_ALL,
     RESTRICTED_SHORT,
     halt_key,
     instrument_key,
+    lease_key,
     limits_key,
     price_key,
 )
@@ -59,9 +61,10 @@ class Answer:
 
     @property
     def failed_closed(self) -> bool:
-        """Refused for staleness, the cut limit, or both; or UNAVAILABLE (audit not written)."""
+        """Refused for staleness, the cut limit, or both; or undecided: UNAVAILABLE (not
+        made durable), FAILED_PRECONDITION (the shard's lease lapsed, nobody holds it)."""
         if self.error:
-            return self.error == "UNAVAILABLE"
+            return self.error in ("UNAVAILABLE", "FAILED_PRECONDITION")
         return not self.approved and set(self.codes) <= FAIL_CLOSED
 
 
@@ -92,6 +95,17 @@ def _cut_limit_when_writable(client: redis.RedisCluster, account: str, deadline:
             time.sleep(0.05)
 
 
+def _wait_until_approved(target: str, accounts: tuple[str, ...], symbol: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        deadline = time.monotonic() + 20
+        for account in accounts:
+            while not stub.EvaluateOrder(order(account, symbol, quantity=ORDER_QUANTITY,
+                                               price=689_100), timeout=10).approved:
+                assert time.monotonic() < deadline, f"{account} was never approved"
+                time.sleep(0.1)
+
+
 def _port(client: redis.RedisCluster, key: bytes) -> int:
     return int(client.get_node_from_key(key).port)
 
@@ -107,9 +121,12 @@ class Drill:
     node_id: str
 
 
-def _drill(client: redis.RedisCluster, *, global_keys_lost: bool) -> Drill:
+def _drill(client: redis.RedisCluster, *, global_keys_lost: bool, shards: int = 0) -> Drill:
     """A primary to kill: the one holding ``halt:all``, or one holding no key but the
-    victim account's that the drill's orders read; with accounts, symbol and node name."""
+    victim account's that the drill's orders read; with accounts, symbol and node name.
+
+    With ``shards`` (the node owns them all), the other account's shard is the last one
+    whose lease key is elsewhere, and a shard before it has its lease on the victim."""
     primaries = sorted(int(node.port) for node in client.get_primaries())
     held = {_port(client, HALT_ALL), _port(client, RESTRICTED_SHORT)}
     victim = (_port(client, HALT_ALL) if global_keys_lost
@@ -123,22 +140,30 @@ def _drill(client: redis.RedisCluster, *, global_keys_lost: bool) -> Drill:
     victim_account = next(name for name in numbered
                           if _port(client, limits_key(name.encode())) == victim)
     other = first(numbered, lambda a: (limits_key(a), halt_key(pb.HALT_SCOPE_ACCOUNT, a)))
+    if shards:
+        on_victim = [shard for shard in range(shards) if _port(client, lease_key(shard)) == victim]
+        kept = max(shard for shard in range(shards) if shard not in on_victim)
+        assert on_victim and min(on_victim) < kept
+        other = first([name for name in numbered if shard_of(name.encode(), shards) == kept],
+                      lambda a: (limits_key(a), halt_key(pb.HALT_SCOPE_ACCOUNT, a)))
     symbol = first([f"S{n}" for n in range(2000)], lambda s: (
         instrument_key(s), price_key(s), halt_key(pb.HALT_SCOPE_SYMBOL, s)))
     node_id = first([f"risk-{n}" for n in range(2000)], lambda n: (node_stream(n.decode()),))
     return Drill(victim, victim_account, other, symbol, node_id)
 
 
-def _run_drill(tmp_path, *, global_keys_lost: bool):
+def _run_drill(tmp_path, *, global_keys_lost: bool, shards: int = 0):
     with RedisClusterServer(data_dir=tmp_path / "cluster", node_timeout_ms=1_000) as cluster:
         client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
-        drill = _drill(client, global_keys_lost=global_keys_lost)
+        drill = _drill(client, global_keys_lost=global_keys_lost, shards=shards)
+        owning = {"owned_shards": f"0-{shards - 1}", "shard_count": shards} if shards else {}
         for account in (drill.victim_account, drill.other_account):
             seed_account(client, account, drill.symbol)
             client.hset(limits_key(account.encode()), mapping={
                 "max_long_position": 1_000_000, "max_net_position": 1_000_000})
         gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=MAX_SYNC_LAG_MS,
-                                                 max_orders=100_000, node_id=drill.node_id),
+                                                 max_orders=100_000, node_id=drill.node_id,
+                                                 **owning),
                                 cluster.url)
         sync = gateway.gateway.writer.sync
         table = gateway.gateway.table
@@ -150,6 +175,14 @@ def _run_drill(tmp_path, *, global_keys_lost: bool):
                  for account, answers in ((drill.victim_account, victim_answers),
                                           (drill.other_account, other_answers))]
         try:
+            if shards:  # every lease held, and the full load after taking them done
+                keeper = gateway.gateway.writer.keeper
+                deadline = time.monotonic() + 20
+                while len(keeper.held) < shards or keeper.restoring:
+                    assert time.monotonic() < deadline, "the node never held every shard"
+                    time.sleep(0.05)
+                _wait_until_approved(gateway.target, (drill.victim_account, drill.other_account),
+                                     drill.symbol)
             for load in loads:
                 load.start()
             time.sleep(1.0)
@@ -231,3 +264,18 @@ def test_a_lost_primary_holding_halt_all_stales_the_table_until_a_full_resync(tm
     assert after[0].sent - killed_at < 30
     print(f"failover: stale for {after[0].sent - killed_at:.2f} s after the kill; limit "
           f"cut {cut_at - killed_at:.2f} s after it")
+
+
+@pytest.mark.timeout(90)
+def test_a_lost_primary_holding_some_leases_stops_only_their_shards(tmp_path):
+    """With ownership on, the other account's shard is renewed after shards whose lease
+    keys are on the lost primary: their failing renewals must not hold its renewal back
+    past its deadline."""
+    killed_at, _, resynced_at, full_loads, _, other_answers = _run_drill(
+        tmp_path, global_keys_lost=False, shards=16)
+    during = [answer for answer in other_answers if killed_at < answer.sent < resynced_at]
+    assert during, "no order of the other account was sent during the failover"
+    assert all(answer.approved for answer in other_answers), [
+        (answer.codes, answer.error) for answer in other_answers if not answer.approved]
+    print(f"failover with leases: {len(during)} orders of the other account approved while "
+          f"the lost primary's slots and leases were out, {resynced_at - killed_at:.2f} s")
