@@ -59,7 +59,13 @@ from pretrade._core import PositionTable, TableFullError, account_key_slots, sym
 from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
 from pretrade.engine.text import as_text, quoted
-from pretrade.state.connection import Reads, is_cluster, named_primary_clients, read_snapshot
+from pretrade.state.connection import (
+    Reads,
+    is_cluster,
+    named_primary_clients,
+    node_client,
+    read_snapshot,
+)
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
@@ -304,7 +310,9 @@ class RedisSync:
         self._canary_ttl_ms = max(60_000, 20 * max_lag_ms)
         self._beat_number = 0
         #: Per canary key: send times of beats not heard yet, and of the newest heard.
-        self._beats: dict[bytes, collections.deque[float]] = {}
+        #: Send times of the beats in flight per canary key, oldest first (None: a
+        #: write whose notification proves nothing of a beat: the plant of a key).
+        self._beats: dict[bytes, collections.deque[float | None]] = {}
         self._heard: dict[bytes, float] = {}
         self.confirmed_at = 0.0         # ...and applied: the table is this fresh
         #: The cluster's slot ranges and their primaries when the sync subscribed.
@@ -611,7 +619,7 @@ class RedisSync:
         try:
             # On a cluster: one canary per primary, each in a slot of its own node
             # (a lost primary's is not written; a promoted one's is, before it is heard).
-            for key in [*self.canary_keys, *self._recovering]:
+            for key in dict.fromkeys([*self.canary_keys, *self._recovering]):
                 try:
                     async with self.client.pipeline(transaction=True) as pipe:
                         pipe.exists(key)
@@ -644,6 +652,7 @@ class RedisSync:
                 if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
                     self._resync(f"notify-keyspace-events is {flags!r} now: changes may have "
                                  "been missed")
+            await self._probe_lost()
             if self.cluster and (topology := await self._read_topology()) != self.topology:
                 if self.lost:
                     self._recovered_topology = topology  # the follower looks at it
@@ -665,7 +674,9 @@ class RedisSync:
             return False
         beats = self._beats.get(key)
         if beats:
-            self._heard[key] = beats.popleft()
+            sent = beats.popleft()
+            if sent is not None:
+                self._heard[key] = sent
         return True
 
     @property
@@ -766,6 +777,9 @@ class RedisSync:
                           f"{b', '.join(shared).decode()}: every order reads it")
         count = self.table.set_slots_lost(ranges, True)
         self.lost[name] = ranges
+        # A promoted primary lost before its canary came back: its slots stay lost.
+        for key in [key for key in self._recovering if _in_ranges(cluster.keyslot(key), ranges)]:
+            del self._recovering[key]
         self.stats.primaries_lost += 1
         self.stats.last_error = f"{type(error).__name__}: {error}"
         # Its canary can no longer come back: the table is as fresh as the others say.
@@ -778,6 +792,23 @@ class RedisSync:
                   "get STALE_DATA until a promoted replica is followed; %d slots lost, the "
                   "rest trade", name, self.stats.last_error,
                   sum(last - first + 1 for first, last in ranges), count)
+
+    async def _probe_lost(self) -> None:
+        """A lost primary that answers again while it still serves its slots (it came
+        back within the cluster's node timeout, so no replica was promoted) may have
+        lost writes, and no slot-map change would ever say so: a full resync."""
+        for name in list(self.lost):
+            host, _, port = name.rpartition(":")
+            probe = node_client(self.client, host, int(port))
+            try:
+                await asyncio.wait_for(probe.ping(), timeout=self.max_lag_ms / 10_000)
+            except (*LINK_ERRORS, TimeoutError, ResponseError):
+                continue  # still gone (or loading: the next beat asks again)
+            finally:
+                await _close_quietly(probe)
+            self._resync(f"the lost Redis Cluster primary {name} answers again: it may have "
+                         "restarted and lost writes")
+            return
 
     async def _follow_promoted(self, topology: list[tuple[int, int, str]]) -> None:
         """Follow the primaries that serve the lost slots now, and re-read those slots.
@@ -816,16 +847,19 @@ class RedisSync:
             else:
                 await _close_quietly(node)
                 node = self._by_name[name]
+            # Its own share of the lost slots: they trade again once its canary is
+            # heard after the re-read (a node that served other slots already
+            # keeps its canary in the liveness minimum meanwhile).
+            own = _overlaps([(first, last) for first, last, owner in topology
+                             if owner == name], recovered)
             key = self._canary_key_on(name)
-            if key in self.canary_keys:  # it served other slots already: heard anew first
-                self.canary_keys.remove(key)
+            self._beats.setdefault(key, collections.deque()).append(None)
             await self.client.set(key, b"0", px=self._canary_ttl_ms)
-            self._beats[key] = collections.deque()
-            self._recovering[key] = (recovered, started)
+            self._recovering[key] = (own, started)
             # Subscribed first, then read: a change after the subscription is
             # either in this read or in a notification that follows it.
             async for found in node.scan_iter(count=5000):
-                if _in_ranges(cluster.keyslot(found), recovered):
+                if _in_ranges(cluster.keyslot(found), own):
                     dirty.add_key(found)
         for other in clients.values():
             await _close_quietly(other)
@@ -865,7 +899,8 @@ class RedisSync:
             if self._heard.get(key, 0.0) < started:
                 continue
             del self._recovering[key]
-            self.canary_keys.append(key)
+            if key not in self.canary_keys:
+                self.canary_keys.append(key)
             count = self.table.set_slots_lost(ranges, False)
             self.stats.slots_recovered += sum(last - first + 1 for first, last in ranges)
             log.info("the lost slots %s are followed and re-read: they trade again (%d slots "
@@ -1528,6 +1563,13 @@ def _has_flags(current: str, required: str) -> bool:
 def _merge_flags(current: str, required: str) -> str:
     return current + "".join(flag for flag in required if flag not in current.replace(
         "A", "g$lshzxetd"))
+
+
+def _overlaps(spans: list[tuple[int, int]], ranges: list[tuple[int, int]]
+              ) -> list[tuple[int, int]]:
+    """The parts of ``spans`` (slot ranges, inclusive) inside ``ranges``."""
+    return [(max(first, low), min(last, high)) for first, last in spans
+            for low, high in ranges if max(first, low) <= min(last, high)]
 
 
 async def _close_quietly(pubsub: aioredis.client.PubSub | aioredis.Redis) -> None:
