@@ -33,7 +33,15 @@ from pretrade.audit.entries import node_stream
 from pretrade.engine.table import new_private_table
 from pretrade.state.connection import redis_client
 from pretrade.state.halts import HaltBook
-from pretrade.state.schema import HALT_ALL, halt_key, instrument_key, limits_key
+from pretrade.state.journal import decode
+from pretrade.state.schema import (
+    HALT_ALL,
+    RESTRICTED_SHORT,
+    halt_key,
+    instrument_key,
+    limits_key,
+    orders_key,
+)
 from pretrade.state.sync import Dirty, RedisSync
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
@@ -231,6 +239,47 @@ def test_a_failed_over_primary_is_resynced_and_followed_on_its_promoted_replica(
                 wait_until(lambda: _decide(stub, accounts[1]),
                            lambda found: found == [pb.REJECT_CODE_MAX_ORDER_QUANTITY],
                            timeout=10)
+        finally:
+            gateway.stop()
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_primary_back_with_no_failover_is_a_full_resync_not_slots_lost_for_good(
+        tmp_path):
+    # No replica, so no failover and no slot-map change: the primary comes back
+    # on its own slots, without its data. Only a full load can trust them again.
+    with RedisClusterServer(data_dir=tmp_path / "cluster", replicas=0) as cluster:
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        accounts = accounts_on_each_primary(client)
+        for account in accounts:
+            seed_account(client, account)
+        global_keys = {cluster.primary_of(key).port for key in (HALT_ALL, RESTRICTED_SHORT)}
+        victim = next(primary for primary in cluster.primaries()
+                      if primary.port not in global_keys)
+        victim_account = next(account for account in accounts
+                              if cluster.primary_of(limits_key(account.encode())) is victim)
+        gateway = GatewayThread(gateway_settings(
+            tmp_path, node_id=_node_off(cluster, victim)), cluster.url)
+        sync, table = gateway.gateway.writer.sync, gateway.gateway.table
+        try:
+            channel, stub = _stub(gateway)
+            with channel:
+                assert _decide(stub, victim_account) == []
+                loads = sync.stats.full_loads
+                cluster.kill(victim)
+                wait_until(table.lost_slot_count, lambda count: count > 0)
+                cluster.restart(victim)
+                wait_until(lambda: (sync.stats.full_loads > loads, table.lost_slot_count(),
+                                    table.sync_live),
+                           lambda state: state == (True, 0, True), timeout=20)
+                # its account went with the primary's data: refused, never approved; the
+                # order approved before is written back, so it still reserves when the
+                # account is loaded again
+                assert pb.REJECT_CODE_UNKNOWN_ACCOUNT in _decide(stub, victim_account)
+                records = client.hgetall(orders_key(victim_account.encode()))
+                assert [decode(victim_account.encode(), order_id, raw).approved
+                        for order_id, raw in records.items()].count(True) == 1
         finally:
             gateway.stop()
             client.close()

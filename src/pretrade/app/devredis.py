@@ -683,6 +683,20 @@ class RedisClusterServer:
         process.kill()
         process.wait()
 
+    def restart(self, node: RedisServer) -> None:
+        """Start a killed node again on its port, from its data directory.
+
+        It keeps its cluster identity (``nodes.conf``) and so its slots, but not
+        its data (nothing is persisted): a primary back within the node timeout
+        that lost its writes, as one restarted with persistence off.
+        """
+        if node.running:
+            raise RuntimeError(f"{node!r} is running")
+        port = node.port
+        node.stop()  # reaped already; this unlocks the data directory
+        node._requested_port = port
+        node.start()
+
     def wait_until_served(self) -> None:
         """Wait until every running node sees every slot served by a running primary.
 

@@ -806,6 +806,8 @@ class RedisSync:
                 continue  # still gone (or loading: the next beat asks again)
             finally:
                 await _close_quietly(probe)
+            # Its working orders' records may be gone with it: written back first.
+            self._database_replaced = True
             self._resync(f"the lost Redis Cluster primary {name} answers again: it may have "
                          "restarted and lost writes")
             return
