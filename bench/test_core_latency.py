@@ -13,7 +13,8 @@ import time
 import pytest
 
 from hdr import new_histogram, scale
-from pretrade._core import Engine
+from pretrade._core import Engine, account_key_slots, symbol_key_slots
+from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.reference import ReferenceBook
 from pretrade.engine.table import PREFAULTED, SPARSE, Residency, new_private_table
@@ -179,6 +180,54 @@ def test_core_latency_with_and_without_the_metrics_counters(benchmark, latency):
                   - uncounted_h.get_value_at_percentile(50))
     latency.figure("metrics counters: core p50 on - off", f"{difference} ns")
     benchmark(counted.metrics)
+
+
+def _slots_read(symbols: tuple[bytes, ...]) -> set[int]:
+    read = set(account_key_slots(ACCOUNT))
+    for symbol in symbols:
+        read.update(symbol_key_slots(symbol))
+    return read
+
+
+def _every_slot_but(kept: set[int]) -> list[tuple[int, int]]:
+    """Slot ranges covering every slot of the cluster except ``kept``."""
+    ranges, first = [], 0
+    for slot in sorted(kept):
+        if first < slot:
+            ranges.append((first, slot - 1))
+        first = slot + 1
+    if first < CLUSTER_SLOTS:
+        ranges.append((first, CLUSTER_SLOTS - 1))
+    return ranges
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_latency_with_no_slot_lost_and_with_slots_lost_elsewhere(benchmark, latency):
+    """Issue 14: what the lost-slot check costs an order, side by side in one run.
+
+    Two identical engines: one with no Redis Cluster slot lost (the check is one
+    atomic load), one with every slot lost except those the orders read (their
+    account's keys, and the keys of the symbol and of the five holdings valued
+    on every order), so each order computes and tests all of them and is still
+    approved: the worst case for the accounts that keep trading while a primary
+    is lost.
+    """
+    orders = scale(benchmark.disabled, 200_000, 500)
+    clear, lost = make_engine(orders + 10), make_engine(orders + 10)
+    held = (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")
+    lost.table.set_slots_lost(_every_slot_but(_slots_read(held)), True)
+    assert lost.table.lost_slot_count() == CLUSTER_SLOTS - len(_slots_read(held))
+    clear_h, lost_h = interleaved(((clear, new_histogram()), (lost, new_histogram())), orders)
+    latency.record("core evaluate, no slot lost (default)", clear_h,
+                   "interleaved with the next row, same orders")
+    latency.record("core evaluate, every slot lost but the order's", lost_h,
+                   f"{lost.table.lost_slot_count()} slots lost; 5 holdings valued")
+    difference = clear_h.get_value_at_percentile(50) - lost_h.get_value_at_percentile(50)
+    latency.figure("lost-slot check: core p50 lost - none", f"{-difference} ns")
+    counter = iter(range(orders, 10**9))
+    benchmark(lambda: lost.evaluate(f"b{(n := next(counter))}".encode(), ACCOUNT, SYMBOL,
+                                    pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, PRICE, b"", b"",
+                                    n * 10_000))
 
 
 @pytest.mark.benchmark(group="core")
