@@ -330,6 +330,8 @@ class RedisSync:
         #: Canary keys of promoted primaries not heard yet: the slot ranges they
         #: vouch for and when their re-read began.
         self._recovering: dict[bytes, tuple[list[tuple[int, int]], float]] = {}
+        #: Clients of primaries lost in this generation, closed when it ends.
+        self._dropped: list[aioredis.Redis] = []
         #: Canary write -> applied, seconds: the position update lag (the metrics).
         self.update_lag = Buckets(SECONDS_BOUNDS)
         self._resync_reason = ""
@@ -499,8 +501,9 @@ class RedisSync:
                         pubsub.connection.deregister_connect_callback(self._pubsub_reconnected)
                     await _close_quietly(pubsub)
                 if self.cluster:
-                    for node in self._nodes:
+                    for node in [*self._nodes, *self._dropped]:
                         await _close_quietly(node)
+                    self._dropped = []
 
     async def _subscribe(self, node: aioredis.Redis) -> aioredis.client.PubSub:
         """A pub/sub on ``node`` for every key family and the canaries."""
@@ -786,8 +789,10 @@ class RedisSync:
         self.canary_keys = [key for key in self.canary_keys
                             if not _in_ranges(cluster.keyslot(key), ranges)]
         node = self._by_name.pop(name, None)
-        if node is not None and node in self._nodes:
-            self._nodes.remove(node)
+        if node is not None:
+            if node in self._nodes:
+                self._nodes.remove(node)
+            self._dropped.append(node)  # closed with the others when this generation ends
         log.error("lost the Redis Cluster primary %s (%s): orders with a key in its %d slots "
                   "get STALE_DATA until a promoted replica is followed; %d slots lost, the "
                   "rest trade", name, self.stats.last_error,
@@ -837,34 +842,38 @@ class RedisSync:
         started = time.monotonic()
         clients = named_primary_clients(self.client)
         dirty = Dirty()
-        for name in sorted(cast(set[str], promoted)):
-            node = clients.pop(name)
-            if name not in self._by_name:
-                pubsub = await self._subscribe(node)
-                self._pubsubs.append(pubsub)
-                assert self._merged is not None
-                self._merged.add(name, pubsub)
-                self._by_name[name] = node
-                self._nodes.append(node)
-            else:
-                await _close_quietly(node)
-                node = self._by_name[name]
-            # Its own share of the lost slots: they trade again once its canary is
-            # heard after the re-read (a node that served other slots already
-            # keeps its canary in the liveness minimum meanwhile).
-            own = _overlaps([(first, last) for first, last, owner in topology
-                             if owner == name], recovered)
-            key = self._canary_key_on(name)
-            self._beats.setdefault(key, collections.deque()).append(None)
-            await self.client.set(key, b"0", px=self._canary_ttl_ms)
-            self._recovering[key] = (own, started)
-            # Subscribed first, then read: a change after the subscription is
-            # either in this read or in a notification that follows it.
-            async for found in node.scan_iter(count=5000):
-                if _in_ranges(cluster.keyslot(found), own):
-                    dirty.add_key(found)
-        for other in clients.values():
-            await _close_quietly(other)
+        try:
+            for name in sorted(cast(set[str], promoted)):
+                node = clients.pop(name)
+                if name not in self._by_name:
+                    # Followed (and so closed when this generation ends) before
+                    # it is subscribed, which may fail.
+                    self._by_name[name] = node
+                    self._nodes.append(node)
+                    pubsub = await self._subscribe(node)
+                    self._pubsubs.append(pubsub)
+                    assert self._merged is not None
+                    self._merged.add(name, pubsub)
+                else:
+                    await _close_quietly(node)
+                    node = self._by_name[name]
+                # Its own share of the lost slots: they trade again once its canary
+                # is heard after the re-read (a node that served other slots already
+                # keeps its canary in the liveness minimum meanwhile).
+                own = _overlaps([(first, last) for first, last, owner in topology
+                                 if owner == name], recovered)
+                key = self._canary_key_on(name)
+                self._beats.setdefault(key, collections.deque()).append(None)
+                await self.client.set(key, b"0", px=self._canary_ttl_ms)
+                self._recovering[key] = (own, started)
+                # Subscribed first, then read: a change after the subscription is
+                # either in this read or in a notification that follows it.
+                async for found in node.scan_iter(count=5000):
+                    if _in_ranges(cluster.keyslot(found), own):
+                        dirty.add_key(found)
+        finally:
+            for other in clients.values():
+                await _close_quietly(other)
         self._add_known_in(dirty, recovered)
         await self.refresh(dirty)
         await self._write_back_working_orders(
