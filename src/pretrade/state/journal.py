@@ -295,6 +295,10 @@ class Journal:
                     await pipe.execute()
                 return
             except (RedisConnectionError, MovedError, AskError) as error:
+                if target is not self.client:
+                    # Not this primary's any more, or gone: made anew if it is named again.
+                    self._nodes.pop(server, None)
+                    await target.aclose()
                 if attempt == 2:
                     raise
                 log.warning("retrying %d durable decisions once: %s", len(pending), error)
