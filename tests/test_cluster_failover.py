@@ -283,3 +283,76 @@ def test_a_lost_primary_holding_some_leases_stops_only_their_shards(tmp_path):
         (answer.codes, answer.error) for answer in other_answers if not answer.approved]
     print(f"failover with leases: {len(during)} orders of the other account approved while "
           f"the lost primary's slots and leases were out, {resynced_at - killed_at:.2f} s")
+
+
+@pytest.mark.timeout(120)
+def test_two_primaries_lost_at_once_are_each_recovered_in_place(tmp_path):
+    """Five primaries, two killed together: each promoted replica clears only its own
+    share of the lost slots, the second loss does not force a full resync, and an
+    account on a healthy primary trades throughout."""
+    with RedisClusterServer(primaries=5, data_dir=tmp_path / "cluster",
+                            node_timeout_ms=1_000) as cluster:
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        held = {_port(client, HALT_ALL), _port(client, RESTRICTED_SHORT)}
+        victims = [port for port in sorted(int(node.port) for node in client.get_primaries())
+                   if port not in held][:2]
+        numbered = [f"CL-{n}" for n in range(2000)]
+
+        def away(names: list[str], keys) -> str:
+            return next(name for name in names
+                        if all(_port(client, key) not in victims for key in keys(name.encode())))
+
+        victim_accounts = [next(name for name in numbered
+                                if _port(client, limits_key(name.encode())) == port)
+                           for port in victims]
+        other = away(numbered, lambda a: (limits_key(a), halt_key(pb.HALT_SCOPE_ACCOUNT, a)))
+        symbol = away([f"S{n}" for n in range(2000)], lambda s: (
+            instrument_key(s), price_key(s), halt_key(pb.HALT_SCOPE_SYMBOL, s)))
+        node_id = away([f"risk-{n}" for n in range(2000)], lambda n: (node_stream(n.decode()),))
+        for account in (*victim_accounts, other):
+            seed_account(client, account, symbol)
+            client.hset(limits_key(account.encode()), mapping={
+                "max_long_position": 1_000_000, "max_net_position": 1_000_000})
+        # Ten redis-servers on two cores: a lag bound with room for the re-read of
+        # two primaries' slots, which holds the notifications back while it runs.
+        gateway = GatewayThread(gateway_settings(tmp_path, max_sync_lag_ms=1_000,
+                                                 max_orders=100_000, node_id=node_id),
+                                cluster.url)
+        sync, table = gateway.gateway.writer.sync, gateway.gateway.table
+        stop = threading.Event()
+        answers: list[Answer] = []
+        load = threading.Thread(target=_load, args=(gateway.target, other, symbol, stop, answers))
+        try:
+            _wait_until_approved(gateway.target, (*victim_accounts, other), symbol)
+            load.start()
+            time.sleep(1.0)
+            full_loads = sync.stats.full_loads
+            lost = sum(last - first + 1 for first, last, owner in sync.topology
+                       if int(owner.rsplit(":", 1)[1]) in victims)
+            killed_at = time.monotonic()
+            for node in cluster.nodes:
+                if node.port in victims:
+                    cluster.kill(node)
+            cluster.wait_until_served()
+            deadline = time.monotonic() + 30
+            while not (sync.stats.slots_recovered == lost and table.lost_slot_count() == 0
+                       and table.sync_live):
+                assert time.monotonic() < deadline, (sync.stats.slots_recovered, lost,
+                                                     table.lost_slot_count())
+                time.sleep(0.05)
+            recovered_at = time.monotonic()
+            _wait_until_approved(gateway.target, tuple(victim_accounts), symbol)
+            time.sleep(0.5)
+            assert sync.stats.full_loads == full_loads
+            assert sync.stats.primaries_lost == 2
+        finally:
+            stop.set()
+            load.join(timeout=15)
+            gateway.stop()
+            client.close()
+    during = [answer for answer in answers if killed_at < answer.sent < recovered_at]
+    assert during, "no order of the other account was sent while the slots were lost"
+    assert all(answer.approved for answer in answers), [
+        (answer.codes, answer.error) for answer in answers if not answer.approved]
+    print(f"two primaries lost: {len(during)} orders of the other account approved; "
+          f"{lost} slots recovered in place {recovered_at - killed_at:.2f} s after the kill")

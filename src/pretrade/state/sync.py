@@ -572,6 +572,18 @@ class RedisSync:
                 return key
         raise SyncGap(f"no canary key found for the primary {owner}")
 
+    def _canary_client(self, key: bytes) -> aioredis.Redis:
+        """The client a canary is written with: on a cluster, the plain client of the
+        primary serving it, so a primary that fails does not hold the others' beats
+        back (the cluster client re-reads its slot map, and retries, after any
+        connection error); else, or for a primary not followed, the client itself."""
+        if not self.cluster:
+            return self.client
+        cluster: Any = self.client
+        slot = cluster.keyslot(key)
+        owner = next((name for first, last, name in self.topology if first <= slot <= last), "")
+        return self._by_name.get(owner, self.client)
+
     def _lost(self, error: BaseException, what: str) -> None:
         self.following = False
         self.table.set_sync_live(False)
@@ -624,7 +636,7 @@ class RedisSync:
             # (a lost primary's is not written; a promoted one's is, before it is heard).
             for key in dict.fromkeys([*self.canary_keys, *self._recovering]):
                 try:
-                    async with self.client.pipeline(transaction=True) as pipe:
+                    async with self._canary_client(key).pipeline(transaction=True) as pipe:
                         pipe.exists(key)
                         pipe.set(key, b"%d" % self._beat_number, px=self._canary_ttl_ms)
                         sent_at = time.monotonic()
@@ -820,9 +832,10 @@ class RedisSync:
     async def _follow_promoted(self, topology: list[tuple[int, int, str]]) -> None:
         """Follow the primaries that serve the lost slots now, and re-read those slots.
 
-        Waits (returns) while a lost slot has no reachable primary yet; raises
-        SyncGap when the slot map changed elsewhere too, or a lost primary
-        serves its slots again (it restarted: it may have lost writes).
+        Waits (returns) while a lost slot has no reachable primary yet (none,
+        or a lost one still named); raises SyncGap when the slot map changed
+        elsewhere too. A lost primary that answers again is
+        :meth:`_probe_lost`'s (it restarted: it may have lost writes).
         """
         before = _owners(self.topology)
         after = _owners(topology)
@@ -834,7 +847,10 @@ class RedisSync:
         if None in promoted:
             return  # not served yet
         if promoted & set(self.lost):
-            raise SyncGap("a lost Redis Cluster primary serves its slots again")
+            # Another lost primary still named for its slots: not failed over yet
+            # (wait; its slots stay lost). One that answers again is the beat's
+            # probe's to find: a full resync.
+            return
         cluster: Any = self.client
         await cluster.nodes_manager.initialize()
         self.topology = topology
