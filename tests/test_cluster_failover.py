@@ -106,6 +106,16 @@ def _wait_until_approved(target: str, accounts: tuple[str, ...], symbol: str) ->
                 time.sleep(0.1)
 
 
+def _approved_throughout(answers: list[Answer], since: float, until: float) -> list[Answer]:
+    """Assert that orders were sent between ``since`` and ``until`` and that every
+    order was approved; the ones sent in that window."""
+    during = [answer for answer in answers if since < answer.sent < until]
+    assert during, "no order of the other account was sent while the slots were lost"
+    assert all(answer.approved for answer in answers), [
+        (answer.codes, answer.error) for answer in answers if not answer.approved]
+    return during
+
+
 def _port(client: redis.RedisCluster, key: bytes) -> int:
     return int(client.get_node_from_key(key).port)
 
@@ -240,10 +250,7 @@ def test_a_lost_primary_stales_only_its_slots_and_accounts_elsewhere_keep_tradin
     killed_at, cut_at, resynced_at, full_loads, victim_answers, other_answers = _run_drill(
         tmp_path, global_keys_lost=False)
     # The account on a healthy primary: every order decided and approved, throughout.
-    during = [answer for answer in other_answers if killed_at < answer.sent < resynced_at]
-    assert during, "no order of the other account was sent during the failover"
-    assert all(answer.approved for answer in other_answers), [
-        (answer.codes, answer.error) for answer in other_answers if not answer.approved]
+    during = _approved_throughout(other_answers, killed_at, resynced_at)
     # The lost slots were re-read in place: no full load.
     assert full_loads == 0
     stale = [answer for answer in victim_answers if answer.sent > killed_at
@@ -277,10 +284,7 @@ def test_a_lost_primary_holding_some_leases_stops_only_their_shards(tmp_path):
     past its deadline."""
     killed_at, _, resynced_at, full_loads, _, other_answers = _run_drill(
         tmp_path, global_keys_lost=False, shards=16)
-    during = [answer for answer in other_answers if killed_at < answer.sent < resynced_at]
-    assert during, "no order of the other account was sent during the failover"
-    assert all(answer.approved for answer in other_answers), [
-        (answer.codes, answer.error) for answer in other_answers if not answer.approved]
+    during = _approved_throughout(other_answers, killed_at, resynced_at)
     print(f"failover with leases: {len(during)} orders of the other account approved while "
           f"the lost primary's slots and leases were out, {resynced_at - killed_at:.2f} s")
 
@@ -350,9 +354,6 @@ def test_two_primaries_lost_at_once_are_each_recovered_in_place(tmp_path):
             load.join(timeout=15)
             gateway.stop()
             client.close()
-    during = [answer for answer in answers if killed_at < answer.sent < recovered_at]
-    assert during, "no order of the other account was sent while the slots were lost"
-    assert all(answer.approved for answer in answers), [
-        (answer.codes, answer.error) for answer in answers if not answer.approved]
+    during = _approved_throughout(answers, killed_at, recovered_at)
     print(f"two primaries lost: {len(during)} orders of the other account approved; "
           f"{lost} slots recovered in place {recovered_at - killed_at:.2f} s after the kill")

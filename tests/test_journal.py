@@ -85,6 +85,14 @@ def _decided(account: bytes, order_id: bytes) -> DecidedOrder:
                         10_000, 10_000, 100_000, b"", b"", True, ())
 
 
+def _ports_of_accounts(probe) -> dict[bytes, int]:
+    """``J-<n>`` account ids by the port of the primary holding their ``orders:{ACC}``."""
+    from pretrade.state.schema import orders_key
+
+    return {f"J-{n}".encode(): int(probe.get_node_from_key(orders_key(f"J-{n}".encode())).port)
+            for n in range(200)}
+
+
 @pytest.mark.timeout(60)
 def test_a_lost_primary_holds_back_only_the_decisions_of_its_own_slots(tmp_path):
     import asyncio
@@ -99,8 +107,7 @@ def test_a_lost_primary_holds_back_only_the_decisions_of_its_own_slots(tmp_path)
 
     with RedisClusterServer(data_dir=tmp_path / "cluster", replicas=0) as cluster:
         probe = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
-        ports = {f"J-{n}".encode(): int(probe.get_node_from_key(orders_key(f"J-{n}".encode()))
-                                        .port) for n in range(200)}
+        ports = _ports_of_accounts(probe)
         lost_account = next(account for account, port in ports.items()
                             if port == cluster.nodes[0].port)
         other_account = next(account for account, port in ports.items()
@@ -145,8 +152,7 @@ def test_a_lost_primary_does_not_slow_the_other_primaries_past_the_lag_bound(tmp
 
     with RedisClusterServer(data_dir=tmp_path / "cluster", replicas=0) as cluster:
         probe = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
-        ports = {f"J-{n}".encode(): int(probe.get_node_from_key(orders_key(f"J-{n}".encode()))
-                                        .port) for n in range(200)}
+        ports = _ports_of_accounts(probe)
         lost_account = next(account for account, port in ports.items()
                             if port == cluster.nodes[0].port)
         others = [next(account for account, port in ports.items() if port == node.port)
