@@ -86,6 +86,7 @@ def test_environment_overrides_the_file_and_overrides_beat_the_environment(tmp_p
 def test_every_field_has_its_own_environment_variable():
     env = {
         "PRETRADE_REDIS_URL": "redis://r:1/0",
+        "PRETRADE_REDIS_READ_URL": "redis://r-replica:1/0",
         "PRETRADE_LISTEN": "[::]:7000",
         "PRETRADE_TABLE_PATH": "/tmp/t.table",
         "PRETRADE_MAX_ACCOUNTS": "1",
@@ -155,6 +156,7 @@ def test_every_field_has_its_own_environment_variable():
     assert set(env) == {environment_variable(f.name) for f in dataclasses.fields(Settings)}
     assert load_settings(env=env) == Settings(
         redis_url="redis://r:1/0",
+        redis_read_url="redis://r-replica:1/0",
         listen="[::]:7000",
         table_path="/tmp/t.table",
         max_accounts=1,
@@ -458,3 +460,19 @@ def test_ownership_is_off_unless_owned_shards_names_shards_of_the_shard_count():
         Settings(node_id="a b")
     with pytest.raises(ConfigError, match="advertised_address"):
         Settings(advertised_address="nohost")
+
+
+@pytest.mark.parametrize("redis_url, read_url", [
+    (None, "redis://replica:6379/0"),
+    ("redis+cluster://a:7000", "redis://replica:6379/0"),
+    ("redis://primary:6379/0", "redis+cluster://a:7000"),
+])
+def test_a_read_url_needs_a_standalone_primary_and_names_one_replica(redis_url, read_url):
+    with pytest.raises(ConfigError, match="redis_read_url"):
+        Settings(redis_url=redis_url, redis_read_url=read_url)
+
+
+def test_a_read_url_that_is_no_redis_url_is_refused_with_the_password_hidden():
+    with pytest.raises(ConfigError, match="redis_read_url") as raised:
+        Settings(redis_url="redis://p:1/0", redis_read_url="http://u:secret@replica:1")
+    assert "secret" not in str(raised.value)

@@ -86,6 +86,7 @@ KEY_CONSTANTS = {
     "HALT_SYMBOL": "hash",
     "ORDERS": "hash",
     "CANARY": "string",
+    "FENCE": "string",
     "VERSION": "string",
     "LEASE": "string",
     "LEASE_EPOCH": "string",
@@ -278,7 +279,7 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
                .replace("<SYM>", "AAPL"))
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
-                or key.encode().startswith(redis_schema.CANARY)
+                or key.encode().startswith((redis_schema.CANARY, redis_schema.FENCE))
                 or key.replace("<N>", "0").encode() in (redis_schema.lease_key(0),
                                                         redis_schema.lease_epoch_key(0))
                 or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM,
@@ -908,9 +909,11 @@ def test_every_fail_closed_row_is_checked_against_a_gateway(doc):
 # next start, not in a running gateway: tests/test_recovery.py covers it. A
 # canary key is never read: each beat's SET replaces it, whatever its type.
 # The leases are not the sync's: a lease of another type is nobody's, which
-# tests/test_ownership.py checks on nodes that own shards.
+# tests/test_ownership.py checks on nodes that own shards. A fence of another
+# type makes the replica read fall back to the primary (tests/test_replica_reads.py).
 @pytest.mark.parametrize("name", [name for name in KEY_CONSTANTS
-                                  if name not in ("ORDERS", "CANARY", "LEASE", "LEASE_EPOCH")])
+                                  if name not in ("ORDERS", "CANARY", "LEASE", "LEASE_EPOCH",
+                                                  "FENCE")])
 def test_every_key_family_has_a_wrong_type_case(name):
     prefix = getattr(redis_schema, name).decode()
     documented = KEY_CONSTANTS[name]

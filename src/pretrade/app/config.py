@@ -105,7 +105,8 @@ _BOOL_FIELDS = frozenset({"insecure", "tls_require_client_cert", "prefault_table
                           "lock_table_memory",
                           "demo_book", "durable_decisions", "archive",
                           "audit_before_answer"})
-_OPTIONAL_FIELDS = frozenset({"redis_url", "database_url", "table_path", "redis_username",
+_OPTIONAL_FIELDS = frozenset({"redis_url", "redis_read_url", "database_url", "table_path",
+                              "redis_username",
                               "redis_password", "metrics_listen", "archive_metrics_listen",
                               "tls_cert", "tls_key",
                               "tls_client_ca", "tokens_file",
@@ -223,7 +224,7 @@ def _redacted(name: str, value: object) -> str:
     """``repr(value)`` for an error message, with any password masked."""
     if name == "redis_password":
         return "'***'"
-    if name in ("redis_url", "database_url") and isinstance(value, str):
+    if name in ("redis_url", "redis_read_url", "database_url") and isinstance(value, str):
         return repr(redacted_url(value))
     return repr(value)
 
@@ -275,7 +276,7 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
             _split_listen(value)
         except ValueError as error:
             raise problem(str(error)) from None
-    elif name == "redis_url":
+    elif name in ("redis_url", "redis_read_url"):
         if not value.startswith(_REDIS_URL_SCHEMES):
             raise problem(f"must start with one of {', '.join(_REDIS_URL_SCHEMES)}")
         reason = _url_problem(value)
@@ -338,6 +339,14 @@ class Settings:
         Cluster (the mode is chosen by the URL). ``None`` starts an embedded
         redis-server (:mod:`pretrade.app.devredis`) with its data in
         ``data_dir``.
+    redis_read_url : str or None
+        A replica of ``redis_url`` (standalone only) on which the sync re-reads
+        accounts of more than ``LARGE_ACCOUNT_LOTS`` lots, so one MULTI/EXEC of
+        a huge account holds the replica, not the primary that takes every
+        durable decision. A read counts only once the replica is proven to
+        hold the change that caused it (a fence key written on the primary
+        and read back with the account); else the primary is read, as with
+        ``None``.
     listen : str
         gRPC listen address, ``HOST:PORT``.
     table_path : str or None
@@ -557,6 +566,7 @@ class Settings:
     """
 
     redis_url: str | None = None
+    redis_read_url: str | None = None
     listen: str = "127.0.0.1:50051"
     table_path: str | None = None
     max_accounts: int = _TABLE.max_accounts
@@ -640,6 +650,14 @@ class Settings:
             if streams[1] != 0 and streams == parse_listen(self.listen):
                 raise ConfigError(f"stream_listen={self.stream_listen}: must differ from listen "
                                   "(orders and portfolio streams are served apart)")
+        if self.redis_read_url is not None:
+            if self.redis_url is None or self.redis_url.startswith(CLUSTER_URL_SCHEME):
+                raise ConfigError("redis_read_url: a replica of a standalone redis_url (the sync "
+                                  "reads large accounts there); it needs redis_url set to that "
+                                  "Redis, and a Redis Cluster's replicas are not used for it")
+            if self.redis_read_url.startswith(CLUSTER_URL_SCHEME):
+                raise ConfigError("redis_read_url: one replica (redis://, rediss:// or unix://), "
+                                  "not a Redis Cluster")
         if self.archive and self.redis_url and self.redis_url.startswith(CLUSTER_URL_SCHEME):
             raise ConfigError("archive: the audit archiver reads the one `audit` stream of a "
                               "standalone Redis, not the per-node audit:{NODE} streams of a "

@@ -266,6 +266,10 @@ class RedisServer:
         Start it as a Redis Cluster node (``cluster-enabled yes``, its
         ``nodes.conf`` in ``data_dir``) with this ``cluster-node-timeout``;
         :class:`RedisClusterServer` makes a cluster of such nodes.
+    replica_of : int, optional
+        Start it as a replica (``replicaof 127.0.0.1 <port>``) of the server on
+        this port; :meth:`start` then returns once its link to the primary is
+        up and the first synchronisation is done.
 
     Raises
     ------
@@ -294,6 +298,7 @@ class RedisServer:
         password: str | None = None,
         notify_keyspace_events: str = "KEA",
         cluster_node_timeout_ms: int | None = None,
+        replica_of: int | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -307,6 +312,7 @@ class RedisServer:
         self._password = password
         self._notify_keyspace_events = notify_keyspace_events
         self._cluster_node_timeout_ms = cluster_node_timeout_ms
+        self._replica_of = replica_of
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._data_dir: Path | None = None
@@ -470,6 +476,8 @@ class RedisServer:
                 # The slots of a failed primary stop, the others keep serving.
                 "--cluster-require-full-coverage", "no",
             ]  # fmt: skip
+        if self._replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self._replica_of)]
         return command
 
     def _launch_retrying(self, binary: str, port: int) -> None:
@@ -549,7 +557,8 @@ class RedisServer:
                         f"--- {console_log} ---\n{tail(console_log)}"
                     )
                 try:
-                    if client.ping():
+                    if client.ping() and (self._replica_of is None or client.info(
+                            "replication").get("master_link_status") == "up"):
                         return
                 except redis.AuthenticationError as error:
                     # A subclass of ConnectionError, but waiting will not fix it.

@@ -218,6 +218,13 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("pretrade_sync_primaries_lost", "Redis Cluster primaries "
                                   "lost while following (their slots stale until re-read on "
                                   "the promoted replica).", value=status.primaries_lost)
+        replica = CounterMetricFamily("pretrade_sync_replica_reads", "Large accounts re-read "
+                                      "(redis_read_url): on the replica, or on the primary "
+                                      "because the replica failed or lagged.",
+                                      labels=["on"])
+        replica.add_metric(["replica"], status.replica_reads)
+        replica.add_metric(["primary"], status.replica_fallbacks)
+        yield replica
         yield GaugeMetricFamily("pretrade_sync_lag_seconds", "How far the table may be behind "
                                 "Redis: the age of the newest canary write seen applied.",
                                 value=status.lag_ms / 1000)

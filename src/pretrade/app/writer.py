@@ -90,7 +90,11 @@ class TableWriter:
         self.table = table
         self.redis = settings_redis(redis_url, settings)
         self.halts = HaltBook(table)
-        self.sync = RedisSync(self.redis, table, self.halts, max_lag_ms=settings.max_sync_lag_ms)
+        # Large accounts are re-read on the replica, when there is one.
+        self.replica = (settings_redis(settings.redis_read_url, settings)
+                        if settings.redis_read_url is not None else None)
+        self.sync = RedisSync(self.redis, table, self.halts, max_lag_ms=settings.max_sync_lag_ms,
+                              read_client=self.replica)
         self.prices = PriceFeed(self.redis, self.sync)
         self.own_audit = audit is None
         self.audit = audit if audit is not None else AuditTrail(
@@ -165,7 +169,8 @@ class TableWriter:
             reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
             reconcile_differences=self.reconciler.differences,
             last_reconcile_unix_ms=self.reconciler.last_run_unix_ms,
-            primaries_lost=stats.primaries_lost, slots_recovered=stats.slots_recovered)
+            primaries_lost=stats.primaries_lost, slots_recovered=stats.slots_recovered,
+            replica_reads=stats.replica_reads, replica_fallbacks=stats.replica_fallbacks)
         keeper = self.keeper
         if keeper is not None:
             status.MergeFrom(risk_pb2.ServerStatus(
@@ -210,7 +215,12 @@ class TableWriter:
         if self.own_audit:
             await self.audit.close(timeout=grace)
             await self.audit.client.aclose()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         await self.redis.aclose()
+        if self.replica is not None:
+            await self.replica.aclose()
         if self.keeper is not None:
             await self.keeper.client.aclose()
 
@@ -218,6 +228,4 @@ class TableWriter:
         """Undo a failed start: nothing was written."""
         if self.own_audit:
             await self.audit.client.aclose()
-        await self.redis.aclose()
-        if self.keeper is not None:
-            await self.keeper.client.aclose()
+        await self._close_clients()

@@ -53,6 +53,12 @@ HALT_SYMBOL = b"halt:symbol:"
 #: its disappearance means the database was emptied or replaced.
 CANARY = b"pretrade:canary:"
 
+#: A sync's fence (``pretrade:fence:<random id>``, a counter with a TTL), INCR'd
+#: on the primary before a large account is read on a replica
+#: (``redis_read_url``): the replica's read counts only if it holds the fence.
+#: Not among the notification patterns.
+FENCE = b"pretrade:fence:"
+
 #: Account ownership (``owned_shards``): the lease of shard N
 #: (``pretrade:lease:<N>``, a string with a TTL, its value the holder as JSON)
 #: and its fencing epoch counter (``pretrade:lease-epoch:<N>``, INCR'd by each

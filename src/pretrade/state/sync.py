@@ -48,6 +48,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
     WatchError,
@@ -70,6 +71,7 @@ from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
     CANARY,
+    FENCE,
     HALT_ALL,
     ORDERS,
     REQUIRED_NOTIFY_FLAGS,
@@ -131,6 +133,12 @@ class SyncListener(Protocol):
 #: durable writes of decisions above all) between the chunks instead of
 #: running one MULTI/EXEC of hundreds of thousands of fields.
 LARGE_ACCOUNT_LOTS = 20_000
+#: Reads on the replica (``redis_read_url``): how long a read waits for the
+#: replica to show the fence (this fraction of the lag bound), how often it
+#: looks again meanwhile, and how long a replica that failed or lagged rests.
+REPLICA_WAIT_FRACTION = 0.1
+REPLICA_POLL_SECONDS = 0.002
+REPLICA_REST_SECONDS = 5.0
 #: Fields per HSCAN of a large account.
 LARGE_READ_CHUNK = 20_000
 #: After a chunked read a write spoiled (WATCH), this many reads of that account
@@ -242,6 +250,10 @@ class SyncStats:
     #: Redis Cluster primaries lost (their slots stale), and lost slots re-read in place.
     primaries_lost: int = 0
     slots_recovered: int = 0
+    #: Large accounts re-read on the replica (``redis_read_url``), and those read
+    #: on the primary instead because the replica did not show the change in time.
+    replica_reads: int = 0
+    replica_fallbacks: int = 0
     last_full_load_seconds: float = 0.0
     last_error: str = ""
 
@@ -260,13 +272,22 @@ class RedisSync:
         The halt book the Halt RPC also writes to.
     batch_size
         Entities per pipelined read.
+    read_client
+        A replica of ``client`` (a standalone Redis), where large accounts are
+        re-read (:meth:`_read_on_replica`); None: they are read on ``client``.
     """
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, halts: HaltBook, *,
                  batch_size: int = 500, reconnect_delay: float = 0.2,
                  max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS,
-                 atomic_reads_after_spoil: int = ATOMIC_READS_AFTER_SPOIL) -> None:
+                 atomic_reads_after_spoil: int = ATOMIC_READS_AFTER_SPOIL,
+                 read_client: aioredis.Redis | None = None) -> None:
         self.client = client
+        self.read_client = read_client
+        #: The fence this sync writes on the primary before a read on the replica.
+        self.fence_key = FENCE + uuid.uuid4().hex.encode()
+        #: Until when (monotonic seconds) the replica is not tried: it failed or lagged.
+        self._replica_rests_until = 0.0
         self.large_account_lots = large_account_lots
         self.atomic_reads_after_spoil = atomic_reads_after_spoil
         #: Large accounts re-read in chunks, and those that fell back to the atomic read.
@@ -1133,6 +1154,10 @@ class RedisSync:
         MULTI/EXEC, and so are the next ATOMIC_READS_AFTER_SPOIL reads of the
         account (it is written faster than it can be read in chunks).
         """
+        if self.read_client is not None and time.monotonic() >= self._replica_rests_until:
+            on_replica = await self._read_on_replica(account)
+            if on_replica is not None:
+                return on_replica
         state = self.accounts[account]
         keys = [*account_snapshot_keys(account), version_key(account)]
         if state.atomic_reads > 0:
@@ -1153,6 +1178,59 @@ class RedisSync:
         reads = Reads()
         self._queue_lots(reads, [account])
         return await read_snapshot(self.client, reads)
+
+    async def _read_on_replica(self, account: bytes) -> list[Any] | None:
+        """One large account's snapshot read on the replica; None: read it on the primary.
+
+        The change that made the account dirty is on the primary; the replica
+        may not have it yet. So the fence (a counter of this sync's own) is
+        INCR'd on the primary first, after that change, and the replica's
+        snapshot counts only if it holds the fence at that value or later:
+        the MULTI/EXEC that reads the account reads the fence too, so the
+        account is at least as new as the change. WAIT lets the first read
+        come once the replica has acknowledged the fence. A replica that is
+        down, lagging past REPLICA_WAIT_FRACTION of the lag bound, or a
+        replica of some other Redis (it never holds this fence) gets no more
+        tries for REPLICA_REST_SECONDS, and the primary is read meanwhile.
+        """
+        assert self.read_client is not None
+        wait_ms = max(1, int(self.max_lag_ms * REPLICA_WAIT_FRACTION))
+        deadline = time.monotonic() + wait_ms / 1000
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(self.fence_key)
+                pipe.pexpire(self.fence_key, self._canary_ttl_ms)
+                pipe.execute_command("WAIT", 1, wait_ms)
+                fence, _, _ = await pipe.execute()
+        except ResponseError as error:  # WAIT or the fence refused (an ACL): no replica reads
+            return self._fall_back(f"the primary refused the fence ({error})")
+        reads = Reads()
+        reads.get(self.fence_key)
+        self._queue_lots(reads, [account])
+        try:
+            while True:
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    seen, *replies = await read_snapshot(self.read_client, reads)
+                if isinstance(seen, bytes) and seen.isdigit() and int(seen) >= fence:
+                    self.stats.replica_reads += 1
+                    return replies
+                if time.monotonic() >= deadline:
+                    return self._fall_back(
+                        f"it did not show the fence within {wait_ms} ms "
+                        f"(fence {fence}, the replica's {seen!r})")
+                await asyncio.sleep(REPLICA_POLL_SECONDS)
+        except TimeoutError:
+            return self._fall_back(f"no answer within {wait_ms} ms")
+        except (RedisError, OSError) as error:
+            return self._fall_back(f"{type(error).__name__}: {error}")
+
+    def _fall_back(self, reason: str) -> list[Any] | None:
+        """None (read the primary), and the replica rests; logged with why."""
+        self.stats.replica_fallbacks += 1
+        self._replica_rests_until = time.monotonic() + REPLICA_REST_SECONDS
+        log.warning("a large account is read on the primary, not the replica: %s; the replica "
+                    "is tried again in %.0f s", reason, REPLICA_REST_SECONDS)
+        return None
 
     def _queue_lots(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
