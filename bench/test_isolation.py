@@ -12,9 +12,11 @@ phases, side by side in one run:
    own) on accounts holding the symbols that tick 100 times a second.
 
 Target (issue 11, item 10): the probe's p99 in phases 2 and 3 stays within
-2x its quiet p99. It runs twice: with streams and orders on one port (every
+2x its quiet p99. It runs three times: with streams and orders on one port (every
 server process serves both, the default), and with streams apart
-(``stream_listen``: a process of their own at a lower CPU priority). The
+(``stream_listen``: a process of their own at a lower CPU priority), and
+once more with streams apart and large accounts re-read on a replica
+(``redis_read_url``). The
 probe, the stream client and the churn writer are each their own process,
 so the client side is not what is measured.
 
@@ -103,7 +105,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
-@pytest.fixture(scope="module", params=["together", "apart"])
+@pytest.fixture(scope="module")
+def replica(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[RedisServer]:
+    with RedisServer(data_dir=tmp_path_factory.mktemp("replica"),
+                     replica_of=redis_server.port) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["together", "apart", "apart, replica reads"])
 def server(request: pytest.FixtureRequest, redis_server: RedisServer, size: Size,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, int]]:
     """``pretrade serve`` over the seeded book: (layout, order target, stream target, pid).
@@ -111,15 +121,19 @@ def server(request: pytest.FixtureRequest, redis_server: RedisServer, size: Size
     ``together``: every server process serves orders and streams (the default).
     ``apart``: streams on ``stream_listen``, in a process of their own at a lower
     CPU priority (``stream_nice``), orders on ``listen``.
+    ``apart, replica reads``: as ``apart``, and large accounts re-read on a
+    replica (``redis_read_url``), not on the Redis the durable decisions wait for.
     """
     seed(redis.Redis.from_url(redis_server.url), size)
     table = tmp_path_factory.mktemp("table") / "isolation.table"
     env = {"PRETRADE_MAX_POSITIONS": str(size.lots + 10_000),
            "PRETRADE_MAX_PORTFOLIO_STREAMS": str(size.streams + 100)}
     stream_target = ""
-    if request.param == "apart":
+    if request.param.startswith("apart"):
         stream_target = f"127.0.0.1:{free_port()}"
         env["PRETRADE_STREAM_LISTEN"] = stream_target
+    if request.param.endswith("replica reads"):
+        env["PRETRADE_REDIS_READ_URL"] = request.getfixturevalue("replica").url
     with serve_process(redis_server.url, table, env=env) as (target, pid):
         yield request.param, target, stream_target or target, pid
 
@@ -231,6 +245,11 @@ def _churn(url: str, stop: threading.Event, counter: list[int]) -> None:
         stop.wait(CHURN_PERIOD)
 
 
+def _status(target: str) -> pb.ServerStatus:
+    with grpc.insecure_channel(target) as channel:
+        return risk_pb2_grpc.PreTradeRiskStub(channel).GetStatus(pb.StatusRequest(), timeout=10)
+
+
 def summary(latencies: list[int]):
     histogram = new_histogram()
     for value in latencies:
@@ -257,6 +276,7 @@ def test_an_untouched_account_is_decided_as_fast_under_churn_and_fan_out(
     stop.set()
     churn.join(10)
     churn_cpu = cpu_seconds(pids) - cpu_before
+    replica_reads = _status(target)
 
     context = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = context.Queue()
@@ -284,6 +304,10 @@ def test_an_untouched_account_is_decided_as_fast_under_churn_and_fan_out(
     benchmark.pedantic(lambda: None, rounds=1)
     histograms = {phase: summary(values) for phase, (values, _) in results.items()}
     assert churned[0] > 0 and ticks[0] > 0 and updates > 0
+    if layout.endswith("replica reads") and not benchmark.disabled:
+        # the churned account is large (above LARGE_ACCOUNT_LOTS) only in the full size
+        assert replica_reads.replica_reads > 0 and replica_reads.replica_fallbacks == 0, \
+            replica_reads
     if not benchmark.disabled:
         report(latency, layout, histograms, results, size, churned[0], churn_cpu, updates)
     for phase, (values, codes) in results.items():
@@ -300,7 +324,7 @@ def report(latency, layout: str, histograms, results, size: Size, churned: int,
              "streams": f"{size.streams:,} streams, {size.ticks_per_second} ticks/s "
                         f"({updates:,} updates delivered)"}
     notes["streams"] += (" on stream_listen, a process of their own at nice +10"
-                         if layout == "apart" else " on the order port")
+                         if layout.startswith("apart") else " on the order port")
     for phase, histogram in histograms.items():
         latency.record(f"isolation ({layout}): EvaluateOrder, {phase}", histogram,
                        notes[phase])

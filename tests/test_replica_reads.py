@@ -198,8 +198,8 @@ def test_a_fence_of_another_type_falls_back_to_the_primary(
 def test_a_stopped_replica_costs_one_bounded_wait_then_rests(
         primary: RedisServer, replica: RedisServer):
     # SIGSTOP: the replica accepts nothing and answers nothing. The first read
-    # gives up within a tenth of the lag bound; the next ones go to the
-    # primary at once while the replica rests.
+    # gives up within half the lag bound; the next ones go to the primary at
+    # once while the replica rests.
     r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
     _seed(r)
     _caught_up(r, rr)
@@ -214,7 +214,7 @@ def test_a_stopped_replica_costs_one_bounded_wait_then_rests(
         os.kill(replica.pid, signal.SIGCONT)
     assert table.account_positions(ACCOUNT) == _positions(r)
     assert sync.stats.replica_fallbacks == 1 and sync.stats.replica_reads == 0
-    assert took[0] < 0.1 + 0.5 and max(took[1:]) < 0.1, took
+    assert took[0] < 0.5 + 0.5 and max(took[1:]) < 0.1, took
 
 
 def test_pretrade_serve_with_a_read_url_reads_a_large_account_on_the_replica(

@@ -134,9 +134,12 @@ class SyncListener(Protocol):
 #: running one MULTI/EXEC of hundreds of thousands of fields.
 LARGE_ACCOUNT_LOTS = 20_000
 #: Reads on the replica (``redis_read_url``): how long a read waits for the
-#: replica to show the fence (this fraction of the lag bound), how often it
-#: looks again meanwhile, and how long a replica that failed or lagged rests.
+#: replica to show the fence (this fraction of the lag bound), how long one
+#: read of the replica may take (this fraction: it is a whole large account),
+#: how often it looks again meanwhile, and how long a replica that failed or
+#: lagged rests.
 REPLICA_WAIT_FRACTION = 0.1
+REPLICA_READ_FRACTION = 0.5
 REPLICA_POLL_SECONDS = 0.002
 REPLICA_REST_SECONDS = 5.0
 #: Fields per HSCAN of a large account.
@@ -1188,28 +1191,30 @@ class RedisSync:
         snapshot counts only if it holds the fence at that value or later:
         the MULTI/EXEC that reads the account reads the fence too, so the
         account is at least as new as the change. WAIT lets the first read
-        come once the replica has acknowledged the fence. A replica that is
-        down, lagging past REPLICA_WAIT_FRACTION of the lag bound, or a
-        replica of some other Redis (it never holds this fence) gets no more
-        tries for REPLICA_REST_SECONDS, and the primary is read meanwhile.
+        come once the replica has acknowledged the fence. A replica that
+        fails, lags past REPLICA_WAIT_FRACTION of the lag bound, takes more
+        than REPLICA_READ_FRACTION of it for one read, or is a replica of
+        some other Redis (it never holds this fence) gets no more tries for
+        REPLICA_REST_SECONDS, and the primary is read meanwhile.
         """
         assert self.read_client is not None
         wait_ms = max(1, int(self.max_lag_ms * REPLICA_WAIT_FRACTION))
-        deadline = time.monotonic() + wait_ms / 1000
+        read_seconds = self.max_lag_ms * REPLICA_READ_FRACTION / 1000
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.incr(self.fence_key)
                 pipe.pexpire(self.fence_key, self._canary_ttl_ms)
                 pipe.execute_command("WAIT", 1, wait_ms)
                 fence, _, _ = await pipe.execute()
-        except ResponseError as error:  # WAIT or the fence refused (an ACL): no replica reads
+        except ResponseError as error:  # WAIT or the fence refused (an ACL, a type): the primary
             return self._fall_back(f"the primary refused the fence ({error})")
+        deadline = time.monotonic() + wait_ms / 1000
         reads = Reads()
         reads.get(self.fence_key)
         self._queue_lots(reads, [account])
         try:
             while True:
-                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                async with asyncio.timeout(read_seconds):
                     seen, *replies = await read_snapshot(self.read_client, reads)
                 if isinstance(seen, bytes) and seen.isdigit() and int(seen) >= fence:
                     self.stats.replica_reads += 1
@@ -1220,7 +1225,7 @@ class RedisSync:
                         f"(fence {fence}, the replica's {seen!r})")
                 await asyncio.sleep(REPLICA_POLL_SECONDS)
         except TimeoutError:
-            return self._fall_back(f"no answer within {wait_ms} ms")
+            return self._fall_back(f"a read took over {read_seconds * 1000:.0f} ms")
         except (RedisError, OSError) as error:
             return self._fall_back(f"{type(error).__name__}: {error}")
 
