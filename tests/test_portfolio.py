@@ -24,7 +24,13 @@ from pretrade.engine.fixedpoint import average_cost
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.table import new_private_table
 from pretrade.state.schema import lot_keys, pnl_key
-from pretrade.stream.portfolio import PortfolioHub, position_breaches, sum_totals, value_holding
+from pretrade.stream.portfolio import (
+    MAX_ACTIVE_STREAMS,
+    PortfolioHub,
+    position_breaches,
+    sum_totals,
+    value_holding,
+)
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 
@@ -402,6 +408,37 @@ def test_a_cancelled_stream_is_unsubscribed(book, gateway, stub):
     stream.cancel()
     wait_until(lambda: gateway.run(_subscribers(hub)), lambda n: n == 0)
     assert gateway.run(_holders(hub)) == {}
+
+
+def test_a_stream_cancelled_while_it_waits_its_turn_ends_cleanly(book, gateway, stub, caplog):
+    # Under fan-out (5,000 streams) most woken streams wait their turn in the
+    # Waker, and a client that goes away then cancels one there. That ended
+    # as "internal error in StreamPortfolio" (AttributeError) for 32 streams
+    # of the isolation bench. Every active slot is taken here, so the woken
+    # stream waits its turn for as long as the test needs.
+    stream = subscribe(stub)
+    next(stream)
+    hub = gateway.gateway.portfolio
+    gateway.run(_set_max_active(hub, 0))
+    try:
+        tick(book, "AAPL", 690_000)
+        wait_until(lambda: gateway.run(_queued(hub)), lambda n: n == 1)
+        stream.cancel()
+        wait_until(lambda: gateway.run(_subscribers(hub)), lambda n: n == 0)
+    finally:
+        gateway.run(_set_max_active(hub, MAX_ACTIVE_STREAMS))
+    assert "internal error in StreamPortfolio" not in caplog.text
+    assert hub.waker.active == 0  # its turn was never taken, nor left taken
+
+
+async def _set_max_active(hub: PortfolioHub, value: int) -> None:
+    hub.waker.max_active = value
+    hub.waker.done()  # as if a stream's turn ended: the Waker looks at its room again
+    hub.waker.active += 1
+
+
+async def _queued(hub: PortfolioHub) -> int:
+    return len(hub.waker._queue)  # noqa: SLF001 (the streams waiting their turn)
 
 
 async def _subscribers(hub: PortfolioHub) -> int:

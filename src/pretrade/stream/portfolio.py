@@ -229,14 +229,16 @@ class Subscriber:
         already: a stream that is busy sending takes its turn like the others.
         """
         self.finish_turn()
-        self._waiter = self._loop.create_future()
+        # A local: wake() clears self._waiter when it hands it to the Waker,
+        # and a cancel (the client went away) can come while it waits there.
+        waiter = self._waiter = self._loop.create_future()
         if self.pending:
-            self._waker.release(self._waiter)
+            self._waker.release(waiter)
         try:
-            await self._waiter
+            await waiter
         except asyncio.CancelledError:
             # released (counted active) and cancelled in the same turn
-            if self._waiter.done() and not self._waiter.cancelled():
+            if waiter.done() and not waiter.cancelled():
                 self._active = True
             raise
         self._active = True
