@@ -41,13 +41,18 @@ def _outcome(function, tickers, quantities, prices):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(symbols, raw_values, raw_values), max_size=12), st.booleans())
-def test_the_compiled_loop_gives_what_the_reference_gives(lots, drop_one):
+@given(st.lists(st.tuples(symbols, raw_values, raw_values), max_size=12),
+       st.sampled_from(["all", "drop", "rename"]), st.sampled_from([0, 1, 2]))
+def test_the_compiled_loop_gives_what_the_reference_gives(lots, lot_ids, which):
     tickers = {f"L{n}".encode(): symbol for n, (symbol, _, _) in enumerate(lots)}
     quantities = {f"L{n}".encode(): quantity for n, (_, quantity, _) in enumerate(lots)}
     prices = {f"L{n}".encode(): price for n, (_, _, price) in enumerate(lots)}
-    if drop_one and lots:
-        del prices[b"L0"]  # a lot missing from one hash
+    hashes = (tickers, quantities, prices)
+    if lot_ids == "drop" and lots:
+        del hashes[which][b"L0"]  # a lot missing from one hash
+    if lot_ids == "rename" and lots:
+        # the same number of lots in every hash, but not the same lots
+        hashes[which][b"LX"] = hashes[which].pop(b"L0")
     assert _outcome(aggregate_lots, tickers, quantities, prices) == \
         _outcome(aggregate_lots_reference, tickers, quantities, prices)
 

@@ -11,7 +11,11 @@ on the way) it returns None, and the caller takes the reference path
 what is wrong or, for a sum that only overflowed on the way, computes it.
 """
 
+from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
+from cpython.long cimport PyLong_AsSsize_t
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 
 cdef extern from *:
@@ -60,34 +64,59 @@ cdef bint _parse_int64(bytes raw, int64_t* out) noexcept:
 def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
     """``{symbol: (net quantity, cost basis)}``, or None for the reference path to decide.
 
-    The three dicts must have the same keys (the caller checks). ``valid_symbol``
-    is called once per distinct symbol.
+    None also when the three dicts do not have the same keys: equal sizes,
+    and every lot of ``tickers`` found in the other two. ``valid_symbol``
+    is called once per distinct symbol. The sums are kept in a C array, one
+    pair per symbol (a symbol's slot is a dict lookup per lot): no Python
+    object is made per lot.
     """
-    cdef dict sums = {}
-    cdef list found
-    cdef int64_t quantity, price, net, basis, cost
-    cdef object raw_quantity, raw_price
-    for lot, symbol in tickers.items():
-        raw_quantity = quantities[lot]
-        raw_price = prices[lot]
-        if type(raw_quantity) is not bytes or type(raw_price) is not bytes:
-            return None
-        if not _parse_int64(<bytes>raw_quantity, &quantity):
-            return None
-        if not _parse_int64(<bytes>raw_price, &price) or price < 0:
-            return None
-        found = sums.get(symbol)
-        if found is None:
-            if not valid_symbol(symbol):
+    cdef Py_ssize_t count = PyDict_Size(tickers)
+    if PyDict_Size(quantities) != count or PyDict_Size(prices) != count:
+        return None
+    cdef dict slots = {}
+    cdef list symbols = []
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t slot
+    cdef Py_ssize_t used = 0
+    cdef PyObject* lot
+    cdef PyObject* symbol
+    cdef PyObject* found
+    cdef PyObject* raw_quantity
+    cdef PyObject* raw_price
+    cdef int64_t quantity, price, cost
+    # Two int64 per distinct symbol, at most one symbol per lot.
+    cdef int64_t* sums = <int64_t*>malloc(<size_t>(count if count > 0 else 1) * 2 * sizeof(int64_t))
+    if sums == NULL:
+        raise MemoryError()
+    try:
+        while PyDict_Next(tickers, &pos, &lot, &symbol):
+            raw_quantity = PyDict_GetItem(quantities, <object>lot)
+            raw_price = PyDict_GetItem(prices, <object>lot)
+            if raw_quantity == NULL or raw_price == NULL:
+                return None  # the lot is not in all three hashes
+            if type(<object>raw_quantity) is not bytes or type(<object>raw_price) is not bytes:
                 return None
-            found = [0, 0]
-            sums[symbol] = found
-        net = found[0]
-        basis = found[1]
-        if pt_add_i64_checked(net, quantity, &net):
-            return None
-        if pt_mul_i64_checked(quantity, price, &cost) or pt_add_i64_checked(basis, cost, &basis):
-            return None
-        found[0] = net
-        found[1] = basis
-    return {symbol: (pair[0], pair[1]) for symbol, pair in sums.items()}
+            if not _parse_int64(<bytes>raw_quantity, &quantity):
+                return None
+            if not _parse_int64(<bytes>raw_price, &price) or price < 0:
+                return None
+            found = PyDict_GetItem(slots, <object>symbol)
+            if found == NULL:
+                if not valid_symbol(<object>symbol):
+                    return None
+                slot = used
+                used += 1
+                slots[<object>symbol] = slot
+                symbols.append(<object>symbol)
+                sums[2 * slot] = 0
+                sums[2 * slot + 1] = 0
+            else:
+                slot = PyLong_AsSsize_t(<object>found)
+            if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
+                return None
+            if pt_mul_i64_checked(quantity, price, &cost) \
+                    or pt_add_i64_checked(sums[2 * slot + 1], cost, &sums[2 * slot + 1]):
+                return None
+        return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+    finally:
+        free(sums)
