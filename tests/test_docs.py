@@ -910,7 +910,7 @@ def test_every_fail_closed_row_is_checked_against_a_gateway(doc):
 # canary key is never read: each beat's SET replaces it, whatever its type.
 # The leases are not the sync's: a lease of another type is nobody's, which
 # tests/test_ownership.py checks on nodes that own shards. A fence of another
-# type makes the replica read fall back to the primary (tests/test_replica_reads.py).
+# type is overwritten by the next SET (tests/test_replica_reads.py).
 @pytest.mark.parametrize("name", [name for name in KEY_CONSTANTS
                                   if name not in ("ORDERS", "CANARY", "LEASE", "LEASE_EPOCH",
                                                   "FENCE")])

@@ -2,9 +2,9 @@
 
 A re-read of an account of 100,000 lots is one MULTI/EXEC of 300,000 fields;
 on the primary it holds Redis for tens of milliseconds, and every durable
-decision waits behind it. With a replica, the sync INCRs a fence of its own
-on the primary after the change, and keeps the replica's snapshot only if
-that snapshot holds the fence: the account is then at least as new as the
+decision waits behind it. With a replica, the sync SETs a fence of its own
+to a fresh token on the primary after the change, and keeps the replica's
+snapshot only if that snapshot holds the token: the account is then at least as new as the
 change that made it dirty. A replica that is behind, stopped, or not a
 replica of this primary at all is never trusted: the primary is read.
 
@@ -147,6 +147,49 @@ def test_a_replica_behind_the_change_is_not_trusted_and_the_primary_is_read(
     assert REPLICA_REST_SECONDS > sum(took)
 
 
+def test_a_replica_left_behind_by_a_flushed_primary_is_not_trusted(
+        primary: RedisServer, replica: RedisServer):
+    # The sync has read on the replica (the replica holds its fence); then the
+    # primary is emptied and written anew (FLUSHALL, a restart without its
+    # data) while the replica, cut off, still holds the old lots and the old
+    # fence. After the sync's resync, a re-read must not take the old lots.
+    r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
+    _seed(r)
+    _caught_up(r, rr)
+    _, quantities, _ = lot_keys(ACCOUNT)
+    table = _table()
+
+    async def run():
+        client, reader = async_client(primary.url), async_client(replica.url)
+        sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
+                         read_client=reader)
+        try:
+            await sync.full_load()
+            for n in range(3):
+                r.hincrby(quantities, "L5", n)
+                await sync.refresh(Dirty(lots={ACCOUNT}))
+            assert sync.stats.replica_reads == 3
+            _caught_up(r, rr)
+            rr.replicaof("NO", "ONE")
+            r.flushall()
+            seed_lots(r, ACCOUNT.decode(), [(f"L{n}", "IBM", 2, 500) for n in range(LOTS)])
+            await sync.full_load()  # the resync after the database was replaced
+            r.hincrby(quantities, "L5", 1)
+            await sync.refresh(Dirty(lots={ACCOUNT}))
+        finally:
+            await client.aclose()
+            await reader.aclose()
+        return sync
+
+    sync = asyncio.run(run())
+    held = LOTS * 2 + 1
+    # the symbols no longer held stay in the table as closed (zero) positions
+    positions = {symbol: position for symbol, position in table.account_positions(ACCOUNT).items()
+                 if position != (0, 0)}
+    assert positions == _positions(r) == {b"IBM": (held, held * 500)}
+    assert sync.stats.replica_fallbacks == 1
+
+
 def test_a_server_that_is_no_replica_of_this_primary_is_never_read(
         primary: RedisServer, tmp_path_factory: pytest.TempPathFactory):
     # Another Redis holding the same account with other lots (a replica of some
@@ -165,10 +208,10 @@ def test_a_server_that_is_no_replica_of_this_primary_is_never_read(
     assert sync.stats.replica_reads == 0 and sync.stats.replica_fallbacks == 1
 
 
-def test_a_fence_of_another_type_falls_back_to_the_primary(
+def test_a_fence_of_another_type_is_overwritten_and_the_read_holds_the_change(
         primary: RedisServer, replica: RedisServer):
-    # Somebody overwrote the fence with a hash: INCR answers WRONGTYPE. The
-    # replica is not used, the account is read on the primary, nothing crashes.
+    # Somebody overwrote the fence with a hash: the next read's SET replaces
+    # it, and the replica's snapshot still holds the change. Nothing crashes.
     r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
     _seed(r)
     _caught_up(r, rr)
@@ -190,9 +233,9 @@ def test_a_fence_of_another_type_falls_back_to_the_primary(
         return sync
 
     sync = asyncio.run(run())
-    assert r.type(sync.fence_key) == b"hash"
+    assert r.type(sync.fence_key) == b"string"
     assert table.account_positions(ACCOUNT) == _positions(r)
-    assert sync.stats.replica_fallbacks == 1 and sync.stats.replica_reads == 0
+    assert sync.stats.replica_fallbacks == 0 and sync.stats.replica_reads == 1
 
 
 def test_a_stopped_replica_costs_one_bounded_wait_then_rests(

@@ -53,9 +53,9 @@ HALT_SYMBOL = b"halt:symbol:"
 #: its disappearance means the database was emptied or replaced.
 CANARY = b"pretrade:canary:"
 
-#: A sync's fence (``pretrade:fence:<random id>``, a counter with a TTL), INCR'd
-#: on the primary before a large account is read on a replica
-#: (``redis_read_url``): the replica's read counts only if it holds the fence.
+#: A sync's fence (``pretrade:fence:<random id>``, a string with a TTL), SET to a
+#: fresh random token on the primary before a large account is read on a replica
+#: (``redis_read_url``): the replica's read counts only if it holds that token.
 #: Not among the notification patterns.
 FENCE = b"pretrade:fence:"
 

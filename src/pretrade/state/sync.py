@@ -1186,11 +1186,13 @@ class RedisSync:
         """One large account's snapshot read on the replica; None: read it on the primary.
 
         The change that made the account dirty is on the primary; the replica
-        may not have it yet. So the fence (a counter of this sync's own) is
-        INCR'd on the primary first, after that change, and the replica's
-        snapshot counts only if it holds the fence at that value or later:
-        the MULTI/EXEC that reads the account reads the fence too, so the
-        account is at least as new as the change. WAIT lets the first read
+        may not have it yet. So the fence (a key of this sync's own) is SET to
+        a fresh random token on the primary first, after that change, and the
+        replica's snapshot counts only if it holds that token: the MULTI/EXEC
+        that reads the account reads the fence too, so the account is at
+        least as new as the change. (Reads of large accounts are made one at
+        a time; a concurrent one would only overwrite the token and send
+        this read to the primary.) WAIT lets the first read
         come once the replica has acknowledged the fence. A replica that
         fails, lags past REPLICA_WAIT_FRACTION of the lag bound, takes more
         than REPLICA_READ_FRACTION of it for one read, or is a replica of
@@ -1201,11 +1203,13 @@ class RedisSync:
         wait_ms = max(1, int(self.max_lag_ms * REPLICA_WAIT_FRACTION))
         read_seconds = self.max_lag_ms * REPLICA_READ_FRACTION / 1000
         try:
+            # A fresh token, not a counter: a replica left behind by a primary
+            # that was emptied or replaced may hold a higher count, never this.
+            fence = uuid.uuid4().hex.encode()
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(self.fence_key)
-                pipe.pexpire(self.fence_key, self._canary_ttl_ms)
+                pipe.set(self.fence_key, fence, px=self._canary_ttl_ms)
                 pipe.execute_command("WAIT", 1, wait_ms)
-                fence, _, _ = await pipe.execute()
+                await pipe.execute()
         except ResponseError as error:  # WAIT or the fence refused (an ACL, a type): the primary
             return self._fall_back(f"the primary refused the fence ({error})")
         deadline = time.monotonic() + wait_ms / 1000
@@ -1216,13 +1220,13 @@ class RedisSync:
             while True:
                 async with asyncio.timeout(read_seconds):
                     seen, *replies = await read_snapshot(self.read_client, reads)
-                if isinstance(seen, bytes) and seen.isdigit() and int(seen) >= fence:
+                if seen == fence:
                     self.stats.replica_reads += 1
                     return replies
                 if time.monotonic() >= deadline:
                     return self._fall_back(
                         f"it did not show the fence within {wait_ms} ms "
-                        f"(fence {fence}, the replica's {seen!r})")
+                        f"(fence {fence.decode()}, the replica's {seen!r})")
                 await asyncio.sleep(REPLICA_POLL_SECONDS)
         except TimeoutError:
             return self._fall_back(f"a read took over {read_seconds * 1000:.0f} ms")
