@@ -141,9 +141,9 @@ def test_a_replica_behind_the_change_is_not_trusted_and_the_primary_is_read(
     sync, took = asyncio.run(_reread(primary.url, replica.url, table, 3,
                                      lambda: r.hincrby(quantities, "L1", 1_000)))
     assert table.account_positions(ACCOUNT) == _positions(r) != _positions(rr)
-    # one try, bounded by a tenth of the lag bound, then the replica rests
+    # one try, bounded by a quarter of the lag bound, then the replica rests
     assert sync.stats.replica_fallbacks == 1 and sync.stats.replica_reads == 0
-    assert took[0] < 0.2 + 0.5, took
+    assert took[0] < 0.5 + 0.5, took
     assert REPLICA_REST_SECONDS > sum(took)
 
 
@@ -241,8 +241,8 @@ def test_a_fence_of_another_type_is_overwritten_and_the_read_holds_the_change(
 def test_a_stopped_replica_costs_one_bounded_wait_then_rests(
         primary: RedisServer, replica: RedisServer):
     # SIGSTOP: the replica accepts nothing and answers nothing. The first read
-    # gives up within half the lag bound; the next ones go to the primary at
-    # once while the replica rests.
+    # gives up within a quarter of the lag bound; the next ones go to the
+    # primary at once while the replica rests.
     r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
     _seed(r)
     _caught_up(r, rr)
@@ -257,7 +257,86 @@ def test_a_stopped_replica_costs_one_bounded_wait_then_rests(
         os.kill(replica.pid, signal.SIGCONT)
     assert table.account_positions(ACCOUNT) == _positions(r)
     assert sync.stats.replica_fallbacks == 1 and sync.stats.replica_reads == 0
-    assert took[0] < 0.5 + 0.5 and max(took[1:]) < 0.1, took
+    assert took[0] < 0.25 + 0.5 and max(took[1:]) < 0.1, took
+
+
+def _seed_three(r: redis.Redis) -> list[bytes]:
+    accounts = [b"BIG-1", b"BIG-2", b"BIG-3"]
+    for account in accounts:
+        seed_lots(r, account.decode(), [(f"L{n}", "AAPL", 1 + n % 5, 1_000)
+                                        for n in range(LOTS)])
+    return accounts
+
+
+async def _refresh_all(primary_url: str, read_url: str, table, accounts: list[bytes],
+                       write, max_lag_ms: int = 2_000) -> tuple[RedisSync, float]:
+    client, reader = async_client(primary_url), async_client(read_url)
+    sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
+                     max_lag_ms=max_lag_ms, read_client=reader)
+    try:
+        await sync.full_load()
+        write()
+        started = time.monotonic()
+        await sync.refresh(Dirty(lots=set(accounts)))
+        return sync, time.monotonic() - started
+    finally:
+        await client.aclose()
+        await reader.aclose()
+
+
+def _equal_to_redis(table, r: redis.Redis, accounts: list[bytes]) -> bool:
+    for account in accounts:
+        tickers, quantities, prices = (r.hgetall(key) for key in lot_keys(account))
+        if table.account_positions(account) != aggregate_lots(tickers, quantities, prices):
+            return False
+    return True
+
+
+def _calls(r: redis.Redis, command: str) -> int:
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_the_large_accounts_of_one_batch_share_one_fence_and_one_wait(
+        primary: RedisServer, replica: RedisServer):
+    r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
+    accounts = _seed_three(r)
+    _caught_up(r, rr)
+    table = _table()
+    waits = _calls(r, "wait")
+
+    def write() -> None:
+        for account in accounts:
+            r.hincrby(lot_keys(account)[1], "L0", 3)
+
+    sync, _ = asyncio.run(_refresh_all(primary.url, replica.url, table, accounts, write))
+    assert sync.stats.replica_reads == 3 and sync.stats.replica_fallbacks == 0
+    assert _calls(r, "wait") - waits == 1
+    assert _equal_to_redis(table, r, accounts)
+
+
+def test_a_stopped_replica_holds_a_batch_of_large_accounts_one_budget_at_most(
+        primary: RedisServer, replica: RedisServer):
+    # The budget is the batch's, not each account's: three large accounts wait
+    # for a stopped replica a quarter of the lag bound in all, then all three
+    # are read on the primary.
+    r, rr = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
+    accounts = _seed_three(r)
+    _caught_up(r, rr)
+    table = _table()
+
+    def write() -> None:
+        for account in accounts:
+            r.hincrby(lot_keys(account)[1], "L1", 2)
+
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        sync, took = asyncio.run(_refresh_all(primary.url, replica.url, table, accounts,
+                                              write, max_lag_ms=1_000))
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert sync.stats.replica_fallbacks == 3 and sync.stats.replica_reads == 0
+    assert took < 0.25 + 0.3, took
+    assert _equal_to_redis(table, r, accounts)
 
 
 def test_pretrade_serve_with_a_read_url_reads_a_large_account_on_the_replica(

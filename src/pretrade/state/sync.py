@@ -133,13 +133,13 @@ class SyncListener(Protocol):
 #: durable writes of decisions above all) between the chunks instead of
 #: running one MULTI/EXEC of hundreds of thousands of fields.
 LARGE_ACCOUNT_LOTS = 20_000
-#: Reads on the replica (``redis_read_url``): how long a read waits for the
-#: replica to show the fence (this fraction of the lag bound), how long one
-#: read of the replica may take (this fraction: it is a whole large account),
-#: how often it looks again meanwhile, and how long a replica that failed or
-#: lagged rests.
-REPLICA_WAIT_FRACTION = 0.1
-REPLICA_READ_FRACTION = 0.5
+#: Reads on the replica (``redis_read_url``): the time the fence and every
+#: large account of a batch may take there (this fraction of the lag bound, a
+#: beat's spacing), the most a WAIT may block the primary's connection, how
+#: often the fence is looked for, and how long a replica that failed, lagged
+#: or was slow rests.
+REPLICA_BUDGET_FRACTION = 0.25
+REPLICA_MAX_WAIT_SECONDS = 2.0
 REPLICA_POLL_SECONDS = 0.002
 REPLICA_REST_SECONDS = 5.0
 #: Fields per HSCAN of a large account.
@@ -1140,15 +1140,18 @@ class RedisSync:
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
+        on_replica = await self._read_on_replica(large) if large else {}
         for account in large:
-            self._apply_lots([account], await self._read_large_account(account))
+            replies = (on_replica[account] if account in on_replica
+                       else await self._read_large_account(account))
+            self._apply_lots([account], replies)
             if progress is not None:
                 progress.advance(1)
         if progress is not None:
             progress.finish()
 
     async def _read_large_account(self, account: bytes) -> list[Any]:
-        """One large account's snapshot, the replies ``_queue_lots`` would give.
+        """One large account's snapshot on the primary, the replies ``_queue_lots`` would give.
 
         Its hashes are read in chunks under WATCH, and the read counts only if
         no key of the account changed meanwhile (EXEC of the version read
@@ -1157,10 +1160,6 @@ class RedisSync:
         MULTI/EXEC, and so are the next ATOMIC_READS_AFTER_SPOIL reads of the
         account (it is written faster than it can be read in chunks).
         """
-        if self.read_client is not None and time.monotonic() >= self._replica_rests_until:
-            on_replica = await self._read_on_replica(account)
-            if on_replica is not None:
-                return on_replica
         state = self.accounts[account]
         keys = [*account_snapshot_keys(account), version_key(account)]
         if state.atomic_reads > 0:
@@ -1182,64 +1181,80 @@ class RedisSync:
         self._queue_lots(reads, [account])
         return await read_snapshot(self.client, reads)
 
-    async def _read_on_replica(self, account: bytes) -> list[Any] | None:
-        """One large account's snapshot read on the replica; None: read it on the primary.
+    async def _read_on_replica(self, accounts: list[bytes]) -> dict[bytes, list[Any]]:
+        """Large accounts' snapshots read on the replica; those missing: read them on the primary.
 
-        The change that made the account dirty is on the primary; the replica
-        may not have it yet. So the fence (a key of this sync's own) is SET to
-        a fresh random token on the primary first, after that change, and the
-        replica's snapshot counts only if it holds that token: the MULTI/EXEC
-        that reads the account reads the fence too, so the account is at
-        least as new as the change. (Reads of large accounts are made one at
-        a time; a concurrent one would only overwrite the token and send
-        this read to the primary.) WAIT lets the first read
-        come once the replica has acknowledged the fence. A replica that
-        fails, lags past REPLICA_WAIT_FRACTION of the lag bound, takes more
-        than REPLICA_READ_FRACTION of it for one read, or is a replica of
-        some other Redis (it never holds this fence) gets no more tries for
-        REPLICA_REST_SECONDS, and the primary is read meanwhile.
+        The changes that made them dirty are on the primary; the replica may
+        not have them yet. So the fence (a key of this sync's own) is SET to
+        a fresh random token on the primary first, after those changes, and a
+        replica's snapshot counts only if it holds that token: the
+        MULTI/EXEC that reads an account reads the fence too, so the account
+        is at least as new as the change. A token, not a counter: a replica
+        left behind by a primary that was flushed holds any count, never a
+        token written since. One fence and one WAIT serve every account of
+        the batch; the replica is polled for the fence alone, then each
+        account is read once. All of it within REPLICA_BUDGET_FRACTION of
+        the lag bound, counted from before the WAIT: a replica that fails,
+        lags, is slow, or is no replica of this primary (it never shows the
+        token) leaves the rest of the batch to the primary and gets no tries
+        for REPLICA_REST_SECONDS.
         """
-        assert self.read_client is not None
-        wait_ms = max(1, int(self.max_lag_ms * REPLICA_WAIT_FRACTION))
-        read_seconds = self.max_lag_ms * REPLICA_READ_FRACTION / 1000
+        if self.read_client is None or time.monotonic() < self._replica_rests_until:
+            return {}
+        budget = self.max_lag_ms * REPLICA_BUDGET_FRACTION / 1000
+        deadline = time.monotonic() + budget
+        # WAIT within the budget, and well within the primary client's socket timeout.
+        wait_ms = max(1, int(min(budget, REPLICA_MAX_WAIT_SECONDS) * 1000))
         try:
-            # A fresh token, not a counter: a replica left behind by a primary
-            # that was emptied or replaced may hold a higher count, never this.
             fence = uuid.uuid4().hex.encode()
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.set(self.fence_key, fence, px=self._canary_ttl_ms)
                 pipe.execute_command("WAIT", 1, wait_ms)
                 await pipe.execute()
-        except ResponseError as error:  # WAIT or the fence refused (an ACL, a type): the primary
-            return self._fall_back(f"the primary refused the fence ({error})")
-        deadline = time.monotonic() + wait_ms / 1000
-        reads = Reads()
-        reads.get(self.fence_key)
-        self._queue_lots(reads, [account])
+        except ResponseError as error:  # the fence refused (an ACL, out of memory): the primary
+            self._fall_back(f"the primary refused the fence ({error})", len(accounts))
+            return {}
+        read: dict[bytes, list[Any]] = {}
+
+        def left() -> float:
+            # Checked before every command, and each bounded by what is left:
+            # a cancel redis-py absorbs (it reconnects) cannot make this loop endless.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            return remaining
+
         try:
             while True:
-                async with asyncio.timeout(read_seconds):
-                    seen, *replies = await read_snapshot(self.read_client, reads)
+                async with asyncio.timeout(left()):
+                    seen = await self.read_client.get(self.fence_key)
                 if seen == fence:
-                    self.stats.replica_reads += 1
-                    return replies
-                if time.monotonic() >= deadline:
-                    return self._fall_back(
-                        f"it did not show the fence within {wait_ms} ms "
-                        f"(fence {fence.decode()}, the replica's {seen!r})")
+                    break
                 await asyncio.sleep(REPLICA_POLL_SECONDS)
+            for account in accounts:
+                reads = Reads()
+                reads.get(self.fence_key)
+                self._queue_lots(reads, [account])
+                async with asyncio.timeout(left()):
+                    seen, *replies = await read_snapshot(self.read_client, reads)
+                if seen != fence:  # a newer fence: not this sync's (it reads one at a time)
+                    raise RedisError(f"the fence changed under the read ({seen!r})")
+                read[account] = replies
         except TimeoutError:
-            return self._fall_back(f"a read took over {read_seconds * 1000:.0f} ms")
+            self._fall_back(f"the fence and {len(read)} of {len(accounts)} accounts read "
+                            f"in the {budget * 1000:.0f} ms allowed",
+                            len(accounts) - len(read))
         except (RedisError, OSError) as error:
-            return self._fall_back(f"{type(error).__name__}: {error}")
+            self._fall_back(f"{type(error).__name__}: {error}", len(accounts) - len(read))
+        self.stats.replica_reads += len(read)
+        return read
 
-    def _fall_back(self, reason: str) -> list[Any] | None:
-        """None (read the primary), and the replica rests; logged with why."""
-        self.stats.replica_fallbacks += 1
+    def _fall_back(self, reason: str, accounts: int) -> None:
+        """``accounts`` are read on the primary, and the replica rests; logged with why."""
+        self.stats.replica_fallbacks += accounts
         self._replica_rests_until = time.monotonic() + REPLICA_REST_SECONDS
-        log.warning("a large account is read on the primary, not the replica: %s; the replica "
-                    "is tried again in %.0f s", reason, REPLICA_REST_SECONDS)
-        return None
+        log.warning("%d large accounts are read on the primary, not the replica: %s; the "
+                    "replica is tried again in %.0f s", accounts, reason, REPLICA_REST_SECONDS)
 
     def _queue_lots(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
