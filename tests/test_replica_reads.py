@@ -15,10 +15,11 @@ session's Redis is not made a primary of anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -71,8 +72,8 @@ def _positions(r: redis.Redis) -> dict[bytes, tuple[int, int]]:
     return aggregate_lots(tickers, quantities, prices)
 
 
-def _hgetalls(r: redis.Redis) -> int:
-    return int(r.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
+def _calls(r: redis.Redis, command: str) -> int:
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def _caught_up(primary: redis.Redis, replica: redis.Redis) -> None:
@@ -83,17 +84,27 @@ def _caught_up(primary: redis.Redis, replica: redis.Redis) -> None:
         time.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def _sync(primary_url: str, read_url: str, table, max_lag_ms: int = 2_000
+                ) -> AsyncIterator[RedisSync]:
+    """A sync on ``primary_url`` reading large accounts (over 100 lots) on ``read_url``."""
+    client, reader = async_client(primary_url), async_client(read_url)
+    try:
+        yield RedisSync(client, table, HaltBook(table), large_account_lots=100,
+                        max_lag_ms=max_lag_ms, read_client=reader)
+    finally:
+        await client.aclose()
+        await reader.aclose()
+
+
 async def _reread(primary_url: str, read_url: str, table, rounds: int, write,
                   max_lag_ms: int = 2_000, loaded=lambda: None
                   ) -> tuple[RedisSync, list[float]]:
     """A sync on ``primary_url`` reading large accounts on ``read_url``: a full load
     (then ``loaded()``), then ``rounds`` times ``write()`` on the primary and a
     re-read of the account."""
-    client, reader = async_client(primary_url), async_client(read_url)
-    sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
-                     max_lag_ms=max_lag_ms, read_client=reader)
     took: list[float] = []
-    try:
+    async with _sync(primary_url, read_url, table, max_lag_ms) as sync:
         await sync.full_load()
         loaded()
         for _ in range(rounds):
@@ -101,9 +112,6 @@ async def _reread(primary_url: str, read_url: str, table, rounds: int, write,
             started = time.monotonic()
             await sync.refresh(Dirty(lots={ACCOUNT}))
             took.append(time.monotonic() - started)
-    finally:
-        await client.aclose()
-        await reader.aclose()
     return sync, took
 
 
@@ -118,11 +126,11 @@ def test_a_large_account_is_reread_on_the_replica_and_holds_the_change(
     counts: list[int] = []
     sync, _ = asyncio.run(_reread(
         primary.url, replica.url, table, 5, lambda: r.hincrby(quantities, "L0", next(writes)),
-        loaded=lambda: counts.extend((_hgetalls(r), _hgetalls(rr)))))
+        loaded=lambda: counts.extend((_calls(r, "hgetall"), _calls(rr, "hgetall")))))
     assert sync.stats.replica_reads == 5 and sync.stats.replica_fallbacks == 0
     # after the full load, the five re-reads read the replica's hashes, none of the primary's
-    assert _hgetalls(r) == counts[0]
-    assert _hgetalls(rr) - counts[1] == 5 * len(account_snapshot_keys(ACCOUNT))
+    assert _calls(r, "hgetall") == counts[0]
+    assert _calls(rr, "hgetall") - counts[1] == 5 * len(account_snapshot_keys(ACCOUNT))
     # each re-read saw its own round's write, made on the primary just before
     assert table.account_positions(ACCOUNT) == _positions(r)
     assert int(r.hget(quantities, "L0")) == 1 + sum(range(1, 6))
@@ -160,10 +168,7 @@ def test_a_replica_left_behind_by_a_flushed_primary_is_not_trusted(
     table = _table()
 
     async def run():
-        client, reader = async_client(primary.url), async_client(replica.url)
-        sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
-                         read_client=reader)
-        try:
+        async with _sync(primary.url, replica.url, table) as sync:
             await sync.full_load()
             for n in range(3):
                 r.hincrby(quantities, "L5", n)
@@ -176,9 +181,6 @@ def test_a_replica_left_behind_by_a_flushed_primary_is_not_trusted(
             await sync.full_load()  # the resync after the database was replaced
             r.hincrby(quantities, "L5", 1)
             await sync.refresh(Dirty(lots={ACCOUNT}))
-        finally:
-            await client.aclose()
-            await reader.aclose()
         return sync
 
     sync = asyncio.run(run())
@@ -219,17 +221,11 @@ def test_a_fence_of_another_type_is_overwritten_and_the_read_holds_the_change(
     table = _table()
 
     async def run():
-        client, reader = async_client(primary.url), async_client(replica.url)
-        sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
-                         read_client=reader)
-        try:
+        async with _sync(primary.url, replica.url, table) as sync:
             await sync.full_load()
             r.hincrby(quantities, "L4", 7)
             r.hset(sync.fence_key, "x", "y")
             await sync.refresh(Dirty(lots={ACCOUNT}))
-        finally:
-            await client.aclose()
-            await reader.aclose()
         return sync
 
     sync = asyncio.run(run())
@@ -270,18 +266,12 @@ def _seed_three(r: redis.Redis) -> list[bytes]:
 
 async def _refresh_all(primary_url: str, read_url: str, table, accounts: list[bytes],
                        write, max_lag_ms: int = 2_000) -> tuple[RedisSync, float]:
-    client, reader = async_client(primary_url), async_client(read_url)
-    sync = RedisSync(client, table, HaltBook(table), large_account_lots=100,
-                     max_lag_ms=max_lag_ms, read_client=reader)
-    try:
+    async with _sync(primary_url, read_url, table, max_lag_ms) as sync:
         await sync.full_load()
         write()
         started = time.monotonic()
         await sync.refresh(Dirty(lots=set(accounts)))
         return sync, time.monotonic() - started
-    finally:
-        await client.aclose()
-        await reader.aclose()
 
 
 def _equal_to_redis(table, r: redis.Redis, accounts: list[bytes]) -> bool:
@@ -290,10 +280,6 @@ def _equal_to_redis(table, r: redis.Redis, accounts: list[bytes]) -> bool:
         if table.account_positions(account) != aggregate_lots(tickers, quantities, prices):
             return False
     return True
-
-
-def _calls(r: redis.Redis, command: str) -> int:
-    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def test_the_large_accounts_of_one_batch_share_one_fence_and_one_wait(
