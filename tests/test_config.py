@@ -87,6 +87,7 @@ def test_every_field_has_its_own_environment_variable():
     env = {
         "PRETRADE_REDIS_URL": "redis://r:1/0",
         "PRETRADE_REDIS_READ_URL": "redis://r-replica:1/0",
+        "PRETRADE_PRICE_SOURCE": "TimeSeries",
         "PRETRADE_LISTEN": "[::]:7000",
         "PRETRADE_TABLE_PATH": "/tmp/t.table",
         "PRETRADE_MAX_ACCOUNTS": "1",
@@ -157,6 +158,7 @@ def test_every_field_has_its_own_environment_variable():
     assert load_settings(env=env) == Settings(
         redis_url="redis://r:1/0",
         redis_read_url="redis://r-replica:1/0",
+        price_source="timeseries",
         listen="[::]:7000",
         table_path="/tmp/t.table",
         max_accounts=1,

@@ -82,6 +82,9 @@ AUDIT_WHEN_FULL = ("reject", "drop")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: ``log_format``: classic text lines, or one JSON object per line.
 LOG_FORMATS = ("text", "json")
+#: ``price_source``: ``price:<SYM>`` strings (and the ``prices`` stream), or
+#: RedisTimeSeries series ``price_history:<SYM>``.
+PRICE_SOURCES = ("keys", "timeseries")
 # The table's capacities: bounded by what the compiled core accepts.
 _CAPACITY_FIELDS = frozenset({"max_accounts", "max_instruments", "max_positions", "max_orders",
                               "max_orders_per_account"})
@@ -299,6 +302,10 @@ def _check_value(name: str, value: object, source: str | None = None) -> object:
         if value.lower() not in LOG_FORMATS:
             raise problem(f"must be one of {', '.join(LOG_FORMATS)}")
         return value.lower()
+    elif name == "price_source":
+        if value.lower() not in PRICE_SOURCES:
+            raise problem(f"must be one of {', '.join(PRICE_SOURCES)}")
+        return value.lower()
     elif name == "day_session_end_utc":
         try:
             end_of_day_ms = parse_time_of_day(value.strip())
@@ -347,6 +354,12 @@ class Settings:
         hold the change that caused it (a fence key written on the primary
         and read back with the account); else the primary is read, as with
         ``None``.
+    price_source : str
+        Where last prices are read: ``keys`` (``price:<SYM>`` strings and the
+        ``prices`` stream of ticks) or ``timeseries`` (the RedisTimeSeries
+        series ``price_history:<SYM>``: its latest sample, followed through the
+        series' keyspace notifications; a standalone Redis with the module).
+        See docs/redis-schema.md, "Last prices".
     listen : str
         gRPC listen address, ``HOST:PORT``.
     table_path : str or None
@@ -567,6 +580,7 @@ class Settings:
 
     redis_url: str | None = None
     redis_read_url: str | None = None
+    price_source: str = "keys"
     listen: str = "127.0.0.1:50051"
     table_path: str | None = None
     max_accounts: int = _TABLE.max_accounts
@@ -658,6 +672,11 @@ class Settings:
             if self.redis_read_url.startswith(CLUSTER_URL_SCHEME):
                 raise ConfigError("redis_read_url: one replica (redis://, rediss:// or unix://), "
                                   "not a Redis Cluster")
+        if self.price_source == "timeseries" and self.redis_url \
+                and self.redis_url.startswith(CLUSTER_URL_SCHEME):
+            raise ConfigError("price_source=timeseries: a standalone Redis only; on a Redis "
+                              "Cluster the engine's lost-slot checks follow the price:<SYM> "
+                              "keys, not price_history:<SYM>")
         if self.archive and self.redis_url and self.redis_url.startswith(CLUSTER_URL_SCHEME):
             raise ConfigError("archive: the audit archiver reads the one `audit` stream of a "
                               "standalone Redis, not the per-node audit:{NODE} streams of a "

@@ -185,6 +185,10 @@ class RedisServer:
         Start it as a replica (``replicaof 127.0.0.1 <port>``) of the server on
         this port; :meth:`start` then returns once its link to the primary is
         up and the first synchronisation is done.
+    timeseries : bool, default True
+        Load the RedisTimeSeries module when the binary is Redis Stack's
+        (:attr:`timeseries` says whether it was); False starts a server
+        without it.
 
     Raises
     ------
@@ -214,6 +218,7 @@ class RedisServer:
         notify_keyspace_events: str = "KEA",
         cluster_node_timeout_ms: int | None = None,
         replica_of: int | None = None,
+        timeseries: bool = True,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -228,6 +233,7 @@ class RedisServer:
         self._notify_keyspace_events = notify_keyspace_events
         self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._replica_of = replica_of
+        self._load_timeseries = timeseries
         self._timeseries = False
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
@@ -399,7 +405,7 @@ class RedisServer:
             ]  # fmt: skip
         if self._replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(self._replica_of)]
-        module = find_timeseries_module(binary)
+        module = find_timeseries_module(binary) if self._load_timeseries else None
         if module is not None:
             command += ["--loadmodule", module]
         self._timeseries = module is not None

@@ -93,9 +93,13 @@ class TableWriter:
         # Large accounts are re-read on the replica, when there is one.
         self.replica = (settings_redis(settings.redis_read_url, settings)
                         if settings.redis_read_url is not None else None)
+        series_prices = settings.price_source == "timeseries"
         self.sync = RedisSync(self.redis, table, self.halts, max_lag_ms=settings.max_sync_lag_ms,
-                              read_client=self.replica)
-        self.prices = PriceFeed(self.redis, self.sync)
+                              read_client=self.replica, series_prices=series_prices)
+        # The `prices` stream of ticks goes with the price:<SYM> keys; series
+        # prices come through the series' own notifications, in the sync.
+        self.prices: PriceFeed | None = (None if series_prices
+                                         else PriceFeed(self.redis, self.sync))
         self.own_audit = audit is None
         self.audit = audit if audit is not None else AuditTrail(
             settings_redis(redis_url, settings, socket_timeout=None),
@@ -141,13 +145,15 @@ class TableWriter:
     async def start(self) -> None:
         """Follow Redis from now on; the first full load runs in the background."""
         # Before the sync's first load starts, so ticks during the load are replayed.
-        await self.prices.mark_start()
+        if self.prices is not None:
+            await self.prices.mark_start()
         if self.own_audit:
             self.audit.start()
         self._tasks = [asyncio.create_task(self.sync.run(), name="pretrade-sync"),
-                       asyncio.create_task(self.prices.run(), name="pretrade-prices"),
                        asyncio.create_task(self._expire_orders(), name="pretrade-order-expiry"),
                        asyncio.create_task(self.reconciler.run(), name="pretrade-reconcile")]
+        if self.prices is not None:
+            self._tasks.append(asyncio.create_task(self.prices.run(), name="pretrade-prices"))
         if self.publisher is not None:
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="pretrade-feed"))
         if self.keeper is not None:
@@ -163,7 +169,9 @@ class TableWriter:
             full_loads=stats.full_loads,
             last_full_load_ms=int(stats.last_full_load_seconds * 1000),
             events_applied=stats.events, invalid_entities=stats.invalid_entities,
-            last_error=stats.last_error, price_ticks=self.prices.stats.ticks_applied,
+            last_error=stats.last_error,
+            price_ticks=(self.prices.stats.ticks_applied if self.prices is not None
+                         else stats.series_prices),
             sync_refreshes=stats.refreshes, orders_restored=stats.orders_restored,
             capacity_exhausted=len(self.sync.over_capacity),
             reconcile_runs=self.reconciler.runs, reconcile_failures=self.reconciler.failures,
@@ -204,7 +212,8 @@ class TableWriter:
         if self.keeper is not None:
             await self.keeper.release()
         self.sync.stop()
-        self.prices.stop()
+        if self.prices is not None:
+            self.prices.stop()
         if self.publisher is not None:
             self.publisher.stop()
         for task in self._tasks:

@@ -222,9 +222,16 @@ class Reads:
     def smembers(self, key: bytes) -> None:
         self.commands.append(("smembers", key))
 
+    def ts_get(self, key: bytes) -> None:
+        """RedisTimeSeries' latest sample of a series: ``[timestamp, value]``, or ``[]``."""
+        self.commands.append(("ts.get", key))
+
     def __len__(self) -> int:
         return len(self.commands)
 
+
+#: Commands of a module, which a pipeline has no method for.
+_MODULE_COMMANDS = frozenset({"ts.get"})
 
 #: Slot transactions of one snapshot in flight at once on a cluster.
 SLOT_TRANSACTIONS_IN_FLIGHT = 32
@@ -237,7 +244,10 @@ async def read_snapshot(client: aioredis.Redis, reads: Reads) -> list[Any]:
     if not is_cluster(client):
         async with client.pipeline(transaction=True) as pipe:
             for name, key in reads.commands:
-                getattr(pipe, name)(key)
+                if name in _MODULE_COMMANDS:
+                    pipe.execute_command(name.upper(), key)
+                else:
+                    getattr(pipe, name)(key)
             return list(await pipe.execute(raise_on_error=False))
     cluster: Any = client
     by_slot: dict[int, list[int]] = {}

@@ -44,6 +44,9 @@ ORDERS = b"orders:"
 LIMITS = b"limits:"
 INSTRUMENT = b"instrument:"
 PRICE = b"price:"
+#: ``price_source = "timeseries"``: a RedisTimeSeries series per symbol, whose
+#: latest sample (``TS.GET``) is the last price; ``price:`` keys are then ignored.
+PRICE_HISTORY = b"price_history:"
 HALT_ALL = b"halt:all"
 HALT_ACCOUNT = b"halt:account:"
 HALT_SYMBOL = b"halt:symbol:"
@@ -82,6 +85,7 @@ SCAN_PATTERNS = (
     b"limits:*",
     b"instrument:*",
     b"price:*",
+    b"price_history:*",
     b"halt:*",
 )
 
@@ -89,6 +93,12 @@ SCAN_PATTERNS = (
 #: g (DEL, EXPIRE...), $ (strings), h (hashes), s (sets), x (expired),
 #: e (evicted).
 REQUIRED_NOTIFY_FLAGS = "Kg$hsxe"
+#: With ``price_source = "timeseries"`` also d (module key types: the
+#: series' ts.add, ts.madd, ts.incrby, ts.del... events).
+TIMESERIES_NOTIFY_FLAGS = REQUIRED_NOTIFY_FLAGS + "d"
+#: The largest series value taken as a price: a sample is a double, exact for
+#: integers below 2**53 only.
+MAX_SERIES_PRICE = 2**53 - 1
 
 
 class StateError(ValueError):
@@ -100,6 +110,7 @@ class KeyKind(Enum):
     LIMITS = "limits"
     INSTRUMENT = "instrument"
     PRICE = "price"
+    PRICE_HISTORY = "price_history"
     HALT = "halt"
     BALANCES = "balances"
     LOCATES = "locates"
@@ -216,6 +227,10 @@ def price_key(symbol: bytes) -> bytes:
     return PRICE + symbol
 
 
+def price_history_key(symbol: bytes) -> bytes:
+    return PRICE_HISTORY + symbol
+
+
 def halt_key(scope: int, target: bytes = b"") -> bytes:
     """The key of a halt: ``halt:all``, ``halt:account:<ACC>`` or ``halt:symbol:<SYM>``."""
     if scope == pb.HALT_SCOPE_GLOBAL:
@@ -263,7 +278,8 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
     if key.startswith(LIMITS):
         account = _untag(key[len(LIMITS):])
         return (KeyKind.LIMITS, 0, account) if account else None
-    for prefix, kind in ((INSTRUMENT, KeyKind.INSTRUMENT), (PRICE, KeyKind.PRICE)):
+    for prefix, kind in ((INSTRUMENT, KeyKind.INSTRUMENT), (PRICE, KeyKind.PRICE),
+                         (PRICE_HISTORY, KeyKind.PRICE_HISTORY)):
         if key.startswith(prefix):
             symbol = key[len(prefix):]
             return (kind, 0, symbol) if is_valid_id(symbol) else None
@@ -478,6 +494,32 @@ def parse_instrument(fields: Mapping[bytes, bytes]) -> InstrumentRef:
         rates.append(rate)
     return InstrumentRef(tick, lot, text(b"issuer"), text(b"sector"), text(b"currency"),
                          *rates)
+
+
+_SERIES_INTEGER = re.compile(rb"[0-9]{1,16}")
+
+
+def parse_series_price(reply: object) -> int | None:
+    """A ``TS.GET price_history:<SYM>`` reply: its latest sample as a price, None if empty.
+
+    The series holds prices in 1/10,000 of the currency, as integers: a
+    sample is a double, so a fraction (``68.91``), an exponent, a value of
+    2**53 or more, zero or a negative one is refused (StateError), never
+    rounded.
+    """
+    if isinstance(reply, list) and not reply:
+        return None
+    if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes)):
+        raise StateError(f"not a TS.GET reply: {reply!r:.80}")
+    raw = reply[1]
+    if _SERIES_INTEGER.fullmatch(raw) is None:
+        raise StateError(f"latest sample {quoted(raw)} is not a whole number of 1/10,000 "
+                         "of the currency")
+    price = int(raw)
+    if not 0 < price <= MAX_SERIES_PRICE:
+        raise StateError(f"latest sample {price} is not in 1..{MAX_SERIES_PRICE} (a series "
+                         "value is exact below 2**53 only)")
+    return price
 
 
 def parse_last_price(raw: bytes) -> int:

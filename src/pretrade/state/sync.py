@@ -77,6 +77,7 @@ from pretrade.state.schema import (
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
     SCAN_PATTERNS,
+    TIMESERIES_NOTIFY_FLAGS,
     InstrumentRef,
     KeyKind,
     ParsedLimits,
@@ -99,7 +100,9 @@ from pretrade.state.schema import (
     parse_limits,
     parse_locates,
     parse_realized_pnl,
+    parse_series_price,
     parse_state_version,
+    price_history_key,
     price_key,
     version_key,
 )
@@ -110,6 +113,8 @@ log = logging.getLogger("pretrade.sync")
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: A Redis Cluster whose slots moved (MOVED/ASK), or that is failing over: resync.
 TOPOLOGY_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError, RedisClusterException)
+#: RedisTimeSeries' error for a TS.GET of a key that does not exist.
+SERIES_MISSING = "TSDB: the key does not exist"
 #: Replies per account snapshot: six HGETALLs and the GET of version:{ACC}.
 SNAPSHOT_REPLIES = 7
 
@@ -210,11 +215,21 @@ class Dirty:
     locates: set[bytes] = field(default_factory=set)
     restricted: bool = False
 
-    def add_key(self, key: bytes) -> bool:
+    def add_key(self, key: bytes, series_prices: bool = False) -> bool:
+        """Note a changed key; False when pretrade does not follow it.
+
+        ``series_prices``: the last prices are ``price_history:<SYM>`` series
+        (``price_source = "timeseries"``), and ``price:<SYM>`` keys are not
+        followed; else the other way round.
+        """
         found = classify(key)
         if found is None:
             return False
         kind, scope, target = found
+        if kind is (KeyKind.PRICE if series_prices else KeyKind.PRICE_HISTORY):
+            return False
+        if kind is KeyKind.PRICE_HISTORY:
+            kind = KeyKind.PRICE
         if kind is KeyKind.LOTS:
             self.lots.add(target)
         elif kind is KeyKind.LIMITS:
@@ -257,6 +272,8 @@ class SyncStats:
     #: on the primary instead because the replica did not show the change in time.
     replica_reads: int = 0
     replica_fallbacks: int = 0
+    #: Last prices read from their series (``price_source = "timeseries"``) and applied.
+    series_prices: int = 0
     last_full_load_seconds: float = 0.0
     last_error: str = ""
 
@@ -284,9 +301,14 @@ class RedisSync:
                  batch_size: int = 500, reconnect_delay: float = 0.2,
                  max_lag_ms: int = 2_000, large_account_lots: int = LARGE_ACCOUNT_LOTS,
                  atomic_reads_after_spoil: int = ATOMIC_READS_AFTER_SPOIL,
-                 read_client: aioredis.Redis | None = None) -> None:
+                 read_client: aioredis.Redis | None = None,
+                 series_prices: bool = False) -> None:
         self.client = client
         self.read_client = read_client
+        #: Last prices from RedisTimeSeries (``price_history:<SYM>``, TS.GET),
+        #: not from ``price:<SYM>`` strings (``price_source``).
+        self.series_prices = series_prices
+        self.notify_flags = TIMESERIES_NOTIFY_FLAGS if series_prices else REQUIRED_NOTIFY_FLAGS
         #: The fence this sync writes on the primary before a read on the replica.
         self.fence_key = FENCE + uuid.uuid4().hex.encode()
         #: Until when (monotonic seconds) the replica is not tried: it failed or lagged.
@@ -380,9 +402,11 @@ class RedisSync:
         except ResponseError as error:
             current = None
             reason = str(error)
-        if current is not None and _has_flags(current, REQUIRED_NOTIFY_FLAGS):
+        if self.series_prices:
+            await self._ensure_timeseries(node)
+        if current is not None and _has_flags(current, self.notify_flags):
             return
-        wanted = _merge_flags(current or "", REQUIRED_NOTIFY_FLAGS)
+        wanted = _merge_flags(current or "", self.notify_flags)
         try:
             await node.config_set("notify-keyspace-events", wanted)
             log.info("set notify-keyspace-events to %r (was %r)", wanted, current)
@@ -391,10 +415,31 @@ class RedisSync:
             reason = str(error)
         raise SyncConfigError(
             f"Redis keyspace notifications are {current!r}, and pretrade needs at least "
-            f"{REQUIRED_NOTIFY_FLAGS!r} to follow changes; it may not set them ({reason}). "
+            f"{self.notify_flags!r} to follow changes; it may not set them ({reason}). "
             f"Configure the server with: CONFIG SET notify-keyspace-events {wanted} "
             f"(or `notify-keyspace-events {wanted}` in redis.conf), or grant this user "
             "the CONFIG command.")
+
+    async def _ensure_timeseries(self, node: aioredis.Redis) -> None:
+        """SyncConfigError unless ``node`` has the RedisTimeSeries module (``TS.GET``).
+
+        Checked at every (re)connect with the notification flags: a Redis
+        restarted without the module would otherwise answer every price read
+        with an error, which fails closed but says less.
+        """
+        try:
+            # The canary key is a string or absent: with the module, an error
+            # that names the key (WRONGTYPE, or no such key); without, an
+            # unknown command.
+            await node.execute_command("TS.GET", self.canary_key)
+            return
+        except ResponseError as error:
+            if "unknown command" not in str(error).lower():
+                return
+            raise SyncConfigError(
+                "price_source=timeseries, and this Redis has no RedisTimeSeries module (no "
+                "TS.GET command): load it (loadmodule redistimeseries.so, or Redis Stack), "
+                "or use price_source=keys") from None
 
     # -- THE LOOP --
 
@@ -688,7 +733,7 @@ class RedisSync:
                     log.debug("notification flags not read: %s", error)
                     continue
                 flags = as_text(next(iter(reply.values()), None))
-                if not _has_flags(flags, REQUIRED_NOTIFY_FLAGS):
+                if not _has_flags(flags, self.notify_flags):
                     self._resync(f"notify-keyspace-events is {flags!r} now: changes may have "
                                  "been missed")
             await self._probe_lost()
@@ -966,7 +1011,7 @@ class RedisSync:
                 self._canary_heard(key, message.get("data"))
                 return
             self.stats.events += 1
-            dirty.add_key(key)
+            dirty.add_key(key, self.series_prices)
 
     # -- LOADING --
 
@@ -976,7 +1021,7 @@ class RedisSync:
         dirty = Dirty()
         # One pass over the keyspace; keys pretrade does not own are skipped.
         async for key in self.client.scan_iter(count=5000):
-            dirty.add_key(key)
+            dirty.add_key(key, self.series_prices)
         # Decided orders first: the account snapshots below subtract their
         # fills and cancels from what they reserve.
         await self._restore_orders()
@@ -1476,20 +1521,29 @@ class RedisSync:
 
     def _queue_prices(self, pipe: Reads, symbols: list[bytes]) -> None:
         for symbol in symbols:
-            pipe.get(price_key(symbol))
+            if self.series_prices:
+                pipe.ts_get(price_history_key(symbol))
+            else:
+                pipe.get(price_key(symbol))
 
     def _apply_prices(self, symbols: list[bytes], replies: list[Any]) -> None:
         for symbol, raw in zip(symbols, replies, strict=True):
             price = None
+            if self.series_prices and isinstance(raw, ResponseError) \
+                    and str(raw).startswith(SERIES_MISSING):
+                raw = None          # no series: no price, as a missing price:<SYM>
             if raw is not None:
                 try:
                     if isinstance(raw, Exception):
                         raise StateError(f"unreadable: {raw}")
-                    price = parse_last_price(raw)
+                    price = (parse_series_price(raw) if self.series_prices
+                             else parse_last_price(raw))
                 except StateError as error:
                     self._invalid("last price of", symbol, error)
             if self._price_generation.get(symbol, 0) != self._price_read_generation.get(symbol):
                 continue
+            if self.series_prices and price is not None:
+                self.stats.series_prices += 1
             self._set_price(symbol, price)
 
     def apply_price(self, symbol: bytes, price: int | None) -> None:
