@@ -37,7 +37,12 @@ from redis.retry import Retry
 
 from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.app.lifetime import die_with_parent
-from pretrade.app.redisbinaries import find_redis_cli, find_redis_server, find_timeseries_module
+from pretrade.app.redisbinaries import (
+    find_cluster_redis_server,
+    find_redis_cli,
+    find_redis_server,
+    find_timeseries_module,
+)
 from pretrade.engine.errors import DataDirInUse
 from pretrade.engine.locks import holder_of, try_lock
 
@@ -189,6 +194,8 @@ class RedisServer:
         Load the RedisTimeSeries module when the binary is Redis Stack's
         (:attr:`timeseries` says whether it was); False starts a server
         without it.
+    binary : str, optional
+        The redis-server to run; :func:`find_redis_server` when omitted.
 
     Raises
     ------
@@ -219,6 +226,7 @@ class RedisServer:
         cluster_node_timeout_ms: int | None = None,
         replica_of: int | None = None,
         timeseries: bool = True,
+        binary: str | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -234,6 +242,7 @@ class RedisServer:
         self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._replica_of = replica_of
         self._load_timeseries = timeseries
+        self._binary = binary
         self._timeseries = False
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
@@ -262,7 +271,7 @@ class RedisServer:
         """
         if self.running:
             raise RuntimeError(f"redis-server is already running on port {self._port}")
-        binary = find_redis_server()
+        binary = self._binary or find_redis_server()
         if self._requested_data_dir is not None:
             self._data_dir = self._requested_data_dir.resolve()
             self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +403,9 @@ class RedisServer:
             "--dir", str(data_dir),
             "--logfile", str(self.log_path),
             "--notify-keyspace-events", self._notify_keyspace_events,
+            # A replica's first synchronisation starts at once (Redis 7 waits
+            # 5 s by default for more replicas to share a diskless transfer).
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         if self._cluster_node_timeout_ms is not None:
             command += [
@@ -516,7 +528,8 @@ _CLUSTER_READY_TIMEOUT_SECONDS = 30.0
 class RedisClusterServer:
     """A real Redis Cluster on ``127.0.0.1``: primaries, each with its replicas.
 
-    Every node is a :class:`RedisServer` (the same binary, free ports, its
+    Every node is a :class:`RedisServer` (the same binary,
+    :func:`~pretrade.app.redisbinaries.find_cluster_redis_server`, free ports, its
     own data directory) started with ``cluster-enabled yes``. The cluster is
     made with plain commands, not ``redis-cli --cluster``: CLUSTER ADDSLOTS
     gives each primary an equal range of the 16,384 slots, CLUSTER MEET
@@ -568,12 +581,14 @@ class RedisClusterServer:
         else:
             self._temporary_dir = tempfile.TemporaryDirectory(prefix="pretrade-cluster-")
             base = Path(self._temporary_dir.name)
+        binary = find_cluster_redis_server()
         try:
             total = self._primaries_wanted * (1 + self._replicas_wanted)
             for number in range(total):
                 node = RedisServer(data_dir=base / f"node-{number}",
                                    notify_keyspace_events=self._notify_keyspace_events,
-                                   cluster_node_timeout_ms=self._node_timeout_ms)
+                                   cluster_node_timeout_ms=self._node_timeout_ms,
+                                   binary=binary)
                 self.nodes.append(node.start())
             self.initial_primaries = self.nodes[:self._primaries_wanted]
             self._form()
