@@ -44,11 +44,12 @@ from pretrade.v1 import risk_pb2
 log = logging.getLogger("pretrade.writer")
 
 
-def settings_redis(url: str, settings: Settings, *,
-                   socket_timeout: float | None = 10) -> aioredis.Redis:
+def settings_redis(url: str, settings: Settings, *, socket_timeout: float | None = 10,
+                   retries: int | None = None) -> aioredis.Redis:
     """:func:`~pretrade.state.connection.redis_client` with the settings' ACL user and password."""
     return redis_client(url, username=settings.redis_username,
-                        password=settings.redis_password, socket_timeout=socket_timeout)
+                        password=settings.redis_password, socket_timeout=socket_timeout,
+                        retries=retries)
 
 
 def advertised_address(settings: Settings, port: int | None = None) -> str:
@@ -124,7 +125,11 @@ class TableWriter:
         self.keeper: LeaseKeeper | None = None
         if owned is not None:
             self.keeper = LeaseKeeper(
-                settings_redis(redis_url, settings, socket_timeout=settings.lease_ttl_ms / 3000),
+                # No retries inside redis-py: each round tries every lease again,
+                # and a renewal stuck retrying a lost primary (0.1-0.3 s a try)
+                # held back the renewals after it past their deadlines.
+                settings_redis(redis_url, settings, socket_timeout=settings.lease_ttl_ms / 3000,
+                               retries=0),
                 table, node=settings.node_name(), address=advertised_address(settings),
                 shards=owned, ttl_ms=settings.lease_ttl_ms,
                 loads=lambda: self.sync.stats.full_loads,
