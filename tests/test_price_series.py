@@ -277,3 +277,36 @@ def test_the_documented_series_example_sets_the_price_orders_are_valued_at(
     run_example([find_redis_cli(), "-u", redis_url], block)
     assert series_redis.type(SERIES) == b"TSDB-TYPE"
     wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+
+
+def test_the_scheduled_reconciliation_reads_prices_from_the_series_too(series_redis,
+                                                                       series_gateway):
+    ts_add(series_redis, 689_100)
+    wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+    reconciler = series_gateway.gateway.writer.reconciler
+    # A fresh load for the comparison must read the same source as the live
+    # table, or every series price is reported as drift.
+    assert series_gateway.run(reconciler.once()) == []
+    series_redis.set("price:AAPL", 100)  # another source's key: no difference either
+    assert series_gateway.run(reconciler.once()) == []
+
+
+def test_the_demo_book_writes_series_when_prices_come_from_them(redis_server, redis_client,
+                                                                start_gateway):
+    from pretrade.app.demo import LAST_PRICES, load_demo_book
+    from pretrade.engine.fixedpoint import parse_price
+
+    async def load() -> bool:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            return await load_demo_book(client, series_prices=True)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(load())
+    assert redis_client.keys("price:*") == []
+    gateway = start_gateway(price_source="timeseries")
+    for symbol, price in LAST_PRICES.items():
+        assert redis_client.type(b"price_history:" + symbol) == b"TSDB-TYPE"
+        wait_until(lambda symbol=symbol: table_price(gateway, symbol),
+                   lambda found, price=price: found == parse_price(price), timeout=10)

@@ -12,7 +12,13 @@ from redis.typing import EncodableT, FieldT
 
 from pretrade.engine.fixedpoint import parse_price
 from pretrade.state.connection import is_cluster
-from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
+from pretrade.state.schema import (
+    instrument_key,
+    limits_key,
+    lot_keys,
+    price_history_key,
+    price_key,
+)
 
 DEMO_MARKER = b"pretrade:demo:loaded"
 
@@ -59,8 +65,13 @@ LIMITS = {
 }
 
 
-async def load_demo_book(client: aioredis.Redis, *, force: bool = False) -> bool:
-    """Write the demo book unless it was written before; True if it wrote it."""
+async def load_demo_book(client: aioredis.Redis, *, force: bool = False,
+                         series_prices: bool = False) -> bool:
+    """Write the demo book unless it was written before; True if it wrote it.
+
+    ``series_prices`` (``price_source = "timeseries"``): the last prices go
+    to ``price_history:<SYM>`` series (``TS.ADD``), not to ``price:<SYM>``.
+    """
     if not force and not await client.set(DEMO_MARKER, b"1", nx=True):
         return False
     # One transaction on a standalone Redis; a Redis Cluster refuses one across
@@ -68,7 +79,12 @@ async def load_demo_book(client: aioredis.Redis, *, force: bool = False) -> bool
     async with client.pipeline(transaction=not is_cluster(client)) as pipe:
         for symbol, fields in INSTRUMENTS.items():
             pipe.hset(instrument_key(symbol), mapping=fields)
-            pipe.set(price_key(symbol), str(parse_price(LAST_PRICES[symbol])))
+            price = str(parse_price(LAST_PRICES[symbol]))
+            if series_prices:
+                pipe.execute_command("TS.ADD", price_history_key(symbol), "*", price,
+                                     "DUPLICATE_POLICY", "LAST")
+            else:
+                pipe.set(price_key(symbol), price)
         for account, lots in LOTS.items():
             tickers, quantities, prices = lot_keys(account)
             for lot, symbol, quantity, price in lots:

@@ -449,7 +449,7 @@ async def _load_demo(settings: Settings, redis_url: str) -> None:
 
     client = settings_redis(redis_url, settings)
     try:
-        if await load_demo_book(client):
+        if await load_demo_book(client, series_prices=settings.price_source == "timeseries"):
             log.info("demo book written to Redis")
     finally:
         await client.aclose()

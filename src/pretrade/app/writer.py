@@ -110,7 +110,8 @@ class TableWriter:
         # The scheduled reconciliation runs beside the one writer (its figures go
         # to every server process's GetStatus with the sync's).
         self.reconciler = Reconciler(self.redis, table, settings.reconcile_interval_seconds,
-                                     confirm_seconds=settings.max_sync_lag_ms / 1000)
+                                     confirm_seconds=settings.max_sync_lag_ms / 1000,
+                                     series_prices=series_prices)
         self.publisher: FeedPublisher | None = None
         if channel is not None:
             self.publisher = FeedPublisher(self.redis, channel, self.halts, self.status,

@@ -49,7 +49,9 @@ async def reconcile_running_server(settings: Settings, confirm_seconds: float, *
             print(f"pretrade: the server's table at {path} is not in sync with Redis now (its "
                   "orders get STALE_DATA); compare again once it is live", file=sys.stderr)
             return EXIT_FAILED
-        differences = await confirmed_differences(client, mapped.table, confirm_seconds)
+        differences = await confirmed_differences(
+            client, mapped.table, confirm_seconds,
+            series_prices=settings.price_source == "timeseries")
     except OSError as error:
         print(f"pretrade: reading Redis at {redacted_url(settings.redis_url)} failed: {error}",
               file=sys.stderr)

@@ -49,10 +49,15 @@ class Difference:
         return f"{self.entity}: {self.field} is {self.live!r} in the table, {self.redis!r} in Redis"
 
 
-async def load_from_redis(client: aioredis.Redis, capacities: Capacities) -> PositionTable:
-    """A private table loaded from Redis exactly as a starting server loads it, and live."""
+async def load_from_redis(client: aioredis.Redis, capacities: Capacities, *,
+                          series_prices: bool = False) -> PositionTable:
+    """A private table loaded from Redis exactly as a starting server loads it, and live.
+
+    ``series_prices``: the server's ``price_source`` is ``timeseries``, so the
+    last prices are read from the ``price_history:<SYM>`` series, as it does.
+    """
     table = new_private_table(**dataclasses.asdict(capacities))
-    sync = RedisSync(client, table, HaltBook(table))
+    sync = RedisSync(client, table, HaltBook(table), series_prices=series_prices)
     await sync.full_load()
     table.set_sync_live(True)
     return table

@@ -43,18 +43,22 @@ def capacities_of_table(table: PositionTable) -> Capacities:
 
 
 async def confirmed_differences(client: aioredis.Redis, live: PositionTable,
-                                confirm_seconds: float) -> list[Difference]:
+                                confirm_seconds: float, *, series_prices: bool = False
+                                ) -> list[Difference]:
     """The differences between ``live`` and Redis that are still there ``confirm_seconds`` later.
 
-    Reported with the values of the second look. Raises what reading Redis raises.
+    Reported with the values of the second look. Raises what reading Redis
+    raises. ``series_prices``: as for :func:`load_from_redis`.
     """
     capacities = capacities_of_table(live)
-    first = compare(live, await load_from_redis(client, capacities))
+    first = compare(live, await load_from_redis(client, capacities,
+                                                series_prices=series_prices))
     if not first:
         return []
     await asyncio.sleep(confirm_seconds)
     seen = {(difference.entity, difference.field) for difference in first}
-    second = compare(live, await load_from_redis(client, capacities))
+    second = compare(live, await load_from_redis(client, capacities,
+                                                 series_prices=series_prices))
     return [difference for difference in second if (difference.entity, difference.field) in seen]
 
 
@@ -62,8 +66,9 @@ class Reconciler:
     """The scheduled reconciliation of one server process's table."""
 
     def __init__(self, client: aioredis.Redis, table: PositionTable, interval_seconds: int,
-                 confirm_seconds: float) -> None:
+                 confirm_seconds: float, *, series_prices: bool = False) -> None:
         self.client = client
+        self.series_prices = series_prices
         self.table = table
         self.interval_seconds = interval_seconds
         self.confirm_seconds = confirm_seconds
@@ -90,7 +95,8 @@ class Reconciler:
             log.info("reconciliation skipped: the table is not in sync with Redis now")
             return None
         try:
-            found = await confirmed_differences(self.client, self.table, self.confirm_seconds)
+            found = await confirmed_differences(self.client, self.table, self.confirm_seconds,
+                                                series_prices=self.series_prices)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # counted and logged; the next round tries again
