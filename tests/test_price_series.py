@@ -18,7 +18,7 @@ import grpc
 import pytest
 import redis
 
-from book import order, seed_account, seed_instrument, seed_lots, wait_until
+from book import codes, order, seed_account, seed_instrument, seed_lots, wait_until
 from conftest import GatewayThread, gateway_settings
 from pretrade.app.config import Settings
 from pretrade.app.devredis import RedisServer, find_redis_cli
@@ -31,6 +31,7 @@ from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from serving import Serve
 from test_docs import DOC, after_marker, code_blocks, run_example
+from test_prices import table_price
 
 SERIES = "price_history:AAPL"
 
@@ -55,21 +56,9 @@ def ts_add(r: redis.Redis, price: int | str, key: str = SERIES) -> None:
     r.execute_command("TS.ADD", key, "*", price, "DUPLICATE_POLICY", "LAST")
 
 
-def table_price(gateway: GatewayThread, symbol: bytes = b"AAPL") -> int | None:
-    async def read() -> int | None:
-        info = gateway.gateway.table.instrument_info(symbol)
-        return None if info is None else info["last_price"]
-
-    return gateway.run(read())
-
-
 def market(stub: risk_pb2_grpc.PreTradeRiskStub, quantity: int = 3) -> pb.Decision:
     return stub.EvaluateOrder(order(order_type=pb.ORDER_TYPE_MARKET, price=0,
                                     quantity=quantity), timeout=10)
-
-
-def codes(decision: pb.Decision) -> list[int]:
-    return [rejection.code for rejection in decision.rejections]
 
 
 def status(gateway: GatewayThread) -> pb.ServerStatus:
@@ -87,11 +76,11 @@ def test_the_latest_sample_values_orders_and_each_new_sample_revalues_them(
         decision = wait_until(lambda: market(stub), lambda d: d.notional == 3 * 689_100)
         assert decision.approved
         ts_add(series_redis, 701_200)
-        wait_until(lambda: table_price(series_gateway), lambda price: price == 701_200)
+        wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 701_200)
         assert market(stub).notional == 3 * 701_200
         series_redis.set("price:AAPL", 200)
         time.sleep(0.3)
-        assert table_price(series_gateway) == 701_200
+        assert table_price(series_gateway, b"AAPL") == 701_200
     assert status(series_gateway).price_ticks >= 2
 
 
@@ -99,7 +88,7 @@ def test_the_latest_sample_values_orders_and_each_new_sample_revalues_them(
 def test_a_sample_that_is_not_a_whole_positive_price_fails_closed(series_redis, series_gateway,
                                                                   bad):
     ts_add(series_redis, 689_100)
-    wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 689_100)
     invalid_before = status(series_gateway).invalid_entities
     ts_add(series_redis, bad)
     wait_until(lambda: status(series_gateway).invalid_entities,
@@ -166,7 +155,7 @@ def test_a_new_sample_reaches_portfolio_subscribers(series_redis, series_gateway
 def test_notifications_switched_off_for_module_keys_force_a_resync_that_sets_them_again(
         series_redis, series_gateway):
     ts_add(series_redis, 689_100)
-    wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 689_100)
     loads = status(series_gateway).full_loads
     # Everything but d (module key types): TS.ADD would no longer be heard.
     series_redis.config_set("notify-keyspace-events", "KEA".replace("A", "g$lshzxe"))
@@ -175,7 +164,7 @@ def test_notifications_switched_off_for_module_keys_force_a_resync_that_sets_the
     assert "d" in flags or "A" in flags
     wait_until(lambda: status(series_gateway).sync_live, bool, timeout=15)
     ts_add(series_redis, 702_000)
-    wait_until(lambda: table_price(series_gateway), lambda price: price == 702_000)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 702_000)
 
 
 def test_a_restarted_redis_is_reloaded_from_its_series_and_followed_again(tmp_path):
@@ -189,7 +178,8 @@ def test_a_restarted_redis_is_reloaded_from_its_series_and_followed_again(tmp_pa
     gateway = GatewayThread(gateway_settings(tmp_path, price_source="timeseries"), server.url)
     restarted = None
     try:
-        wait_until(lambda: table_price(gateway), lambda price: price == 689_100, timeout=15)
+        wait_until(lambda: table_price(gateway, b"AAPL"), lambda price: price == 689_100,
+                   timeout=15)
         client.close()
         server.stop()
         # Restarted without the flags pretrade set; a sample written while it was
@@ -198,10 +188,11 @@ def test_a_restarted_redis_is_reloaded_from_its_series_and_followed_again(tmp_pa
                                 notify_keyspace_events="").start()
         client = redis.Redis(port=port)
         ts_add(client, 695_500)
-        wait_until(lambda: table_price(gateway), lambda price: price == 695_500, timeout=20)
+        wait_until(lambda: table_price(gateway, b"AAPL"), lambda price: price == 695_500,
+                   timeout=20)
         wait_until(lambda: status(gateway).sync_live, bool, timeout=15)
         ts_add(client, 699_900)
-        wait_until(lambda: table_price(gateway), lambda price: price == 699_900)
+        wait_until(lambda: table_price(gateway, b"AAPL"), lambda price: price == 699_900)
         client.close()
     finally:
         gateway.stop()
@@ -276,13 +267,13 @@ def test_the_documented_series_example_sets_the_price_orders_are_valued_at(
     block = code_blocks(after_marker(DOC.read_text(), "series"))[0]
     run_example([find_redis_cli(), "-u", redis_url], block)
     assert series_redis.type(SERIES) == b"TSDB-TYPE"
-    wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 689_100)
 
 
 def test_the_scheduled_reconciliation_reads_prices_from_the_series_too(series_redis,
                                                                        series_gateway):
     ts_add(series_redis, 689_100)
-    wait_until(lambda: table_price(series_gateway), lambda price: price == 689_100)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 689_100)
     reconciler = series_gateway.gateway.writer.reconciler
     # A fresh load for the comparison must read the same source as the live
     # table, or every series price is reported as drift.
@@ -310,3 +301,16 @@ def test_the_demo_book_writes_series_when_prices_come_from_them(redis_server, re
         assert redis_client.type(b"price_history:" + symbol) == b"TSDB-TYPE"
         wait_until(lambda symbol=symbol: table_price(gateway, symbol),
                    lambda found, price=price: found == parse_price(price), timeout=10)
+
+
+def test_a_flushall_empties_the_series_and_the_resync_leaves_no_price(series_redis,
+                                                                      series_gateway):
+    ts_add(series_redis, 689_100)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price == 689_100)
+    loads = status(series_gateway).full_loads
+    series_redis.flushall()  # no keyspace event: the canary's disappearance tells
+    wait_until(lambda: status(series_gateway).full_loads, lambda n: n > loads, timeout=15)
+    wait_until(lambda: table_price(series_gateway, b"AAPL"), lambda price: price is None)
+    with grpc.insecure_channel(series_gateway.target) as channel:
+        decision = market(risk_pb2_grpc.PreTradeRiskStub(channel))
+    assert not decision.approved
