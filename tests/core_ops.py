@@ -29,6 +29,8 @@ SYMBOLS = [b"AAPL", b"MSFT", b"BRK.B"]
 ORDER_IDS = [f"O{n}".encode() for n in range(40)]
 VENUES = [b"", b"XNAS", b"XNYS", b"A-VENUE-NAME-TOO-LONG"]
 COUNTERPARTIES = [b"", b"GS", b"MS"]
+# OCO groups: mostly none; a few ids, so legs meet (and differ) often.
+GROUPS = [b"", b"", b"", b"G1", b"G2"]
 SIDES = [pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT]
 ORDER_TYPES = [pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET]
 HALT_MODES = [0, pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED]
@@ -81,11 +83,11 @@ symbols = st.sampled_from(SYMBOLS)
 def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
              quantity: int, price: int, venue: bytes, counterparty: bytes, approved: bool,
              rejections: tuple, time_in_force: int = 0, working_until_ms: int = 0,
-             replaces: bytes = b"", carried: int = 0) -> Op:
+             replaces: bytes = b"", carried: int = 0, group: bytes = b"") -> Op:
     return _op("restore_order", account, order_id, symbol, side, order_type, quantity, price,
                price, quantity * price, venue, counterparty, approved,
                () if approved else rejections, time_in_force, 0, working_until_ms, replaces,
-               carried)
+               carried, group)
 
 
 order_ids = st.sampled_from(ORDER_IDS)
@@ -150,7 +152,7 @@ operations = st.one_of(
               st.sampled_from(VENUES[:3]), st.sampled_from(COUNTERPARTIES), st.booleans(),
               st.sampled_from(REJECTIONS), st.sampled_from(TIMES_IN_FORCE[:5]),
               st.sampled_from(WALL_CLOCK_MS), st.one_of(st.just(b""), order_ids),
-              st.integers(0, 3)),
+              st.integers(0, 3), st.sampled_from(GROUPS)),
     # the writer's sweep: orders whose time in force ended stop counting
     st.builds(lambda t: _op("end_lapsed_orders", t), st.sampled_from(WALL_CLOCK_MS)),
 )
@@ -165,15 +167,16 @@ replaces = st.builds(
     st.sampled_from(WALL_CLOCK_MS))
 
 orders = st.builds(
-    lambda oid, a, s, side, ot, q, p, v, c, t, m, tif, exp, now, end: _op(
+    lambda oid, a, s, side, ot, q, p, v, c, t, m, tif, exp, now, end, g: _op(
         "evaluate", oid, a, s, side, ot, q, p, v, c, t, min_state_version=m,
-        time_in_force=tif, expire_at_unix_ms=exp, now_unix_ms=now, session_end_unix_ms=end),
+        time_in_force=tif, expire_at_unix_ms=exp, now_unix_ms=now, session_end_unix_ms=end,
+        group_id=g),
     st.sampled_from(ORDER_IDS + [b""]), st.one_of(accounts, st.just(b"NOBODY")),
     st.one_of(symbols, st.just(b"NOSUCH")), st.sampled_from(SIDES), st.sampled_from(ORDER_TYPES),
     quantities, prices, st.sampled_from(VENUES), st.sampled_from(COUNTERPARTIES),
     st.integers(0, 10**10), st.one_of(st.just(0), st.integers(1, 6)),
     st.sampled_from(TIMES_IN_FORCE), st.sampled_from(WALL_CLOCK_MS),
-    st.sampled_from(WALL_CLOCK_MS), st.sampled_from(WALL_CLOCK_MS),
+    st.sampled_from(WALL_CLOCK_MS), st.sampled_from(WALL_CLOCK_MS), st.sampled_from(GROUPS),
 )
 
 
@@ -290,7 +293,7 @@ class RandomWalk:
                    self.order_price(symbol), rng.choice(VENUES),
                    rng.choice(COUNTERPARTIES), self.now_ns,
                    min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6),
-                   **self._time_in_force())
+                   group_id=rng.choice(GROUPS), **self._time_in_force())
 
     def _time_in_force(self) -> dict[str, int]:
         # A session ends every 100 ms of the walk's clock (mostly configured);
@@ -343,7 +346,7 @@ class RandomWalk:
                         rng.random() < 0.6, rng.choice(REJECTIONS),
                         rng.choice(TIMES_IN_FORCE[:5]),
                         self.wall_clock_ms + rng.choice([-100, 0, 50, 500]), replaced,
-                        rng.randint(0, 2) if replaced else 0)
+                        rng.randint(0, 2) if replaced else 0, rng.choice(GROUPS))
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
         rng = self.rng

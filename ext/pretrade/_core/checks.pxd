@@ -50,6 +50,8 @@ cdef struct OrderInput:
     Py_ssize_t counterparty_length
     Py_ssize_t account_id_length
     Py_ssize_t symbol_length
+    const char* group               # Order.group_id (an OCO group); NULL / 0: none
+    Py_ssize_t group_length
 
 cdef struct Rejection:
     int32_t code                    # RejectCode
@@ -72,6 +74,7 @@ cdef struct DecisionRecord:
     # (order.venue and order.counterparty point here then).
     char venue_copy[L.TAG_CAPACITY]
     char counterparty_copy[L.TAG_CAPACITY]
+    char group_copy[L.ORDER_ID_CAPACITY]    # and its group (order.group points here)
 
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
@@ -98,6 +101,16 @@ cdef struct CheckContext:
     bint duplicate_conflict                 # the order id was used for another order
     bint account_region_full                # no record for the account, and no room for one
     bint instrument_region_full             # no record for the symbol, and no room for one
+    # An order group's leg: what the group's working legs of the order's side
+    # count already, up to the order's own units and notional. The group
+    # counts its worst leg, so these are not counted again: every sum the
+    # checks read (working units, exposure, buying power, margin, venue
+    # totals) is taken as if they were not there.
+    int64_t group_units
+    int64_t group_notional
+    int32_t order_side                      # Side
+    int32_t group_mismatch                  # a working leg is of another symbol (1),
+                                            # venue (2) or counterparty (3); 0: none
     # Account valuation: filled by scan_account when a control needs it.
     bint scan_needed
     bint scan_unpriced                      # a held symbol has no last price
@@ -173,13 +186,13 @@ cdef class Engine:
                                  int64_t durable_checked,
                                  int64_t min_state_version, int32_t time_in_force,
                                  int64_t expire_at_unix_ms, int64_t now_unix_ms,
-                                 int64_t session_end_unix_ms) except NULL
+                                 int64_t session_end_unix_ms, bytes group_id) except NULL
     cpdef Verdict evaluate(self, bytes order_id, bytes account_id, bytes symbol, int side,
                           int order_type, int64_t quantity, int64_t price, bytes venue=*,
                           bytes counterparty=*, int64_t now_ns=*, int64_t durable_checked=*,
                           int64_t min_state_version=*, int32_t time_in_force=*,
                           int64_t expire_at_unix_ms=*, int64_t now_unix_ms=*,
-                          int64_t session_end_unix_ms=*)
+                          int64_t session_end_unix_ms=*, bytes group_id=*)
     cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
                           int64_t quantity, int64_t price, int64_t now_ns=*,
                           int64_t durable_checked=*, int64_t min_state_version=*,

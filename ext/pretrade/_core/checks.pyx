@@ -210,9 +210,24 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
     cdef int64_t last = 0
     cdef bint slots_lost = L.pt_load_i32(&ctx.header.lost_slot_count) != 0
     cdef int32_t lost
+    cdef int64_t working_buy, buy_notional, sell_notional, short_notional
     ctx.scan_lost_slot = -1
     while p != L.NO_INDEX:
         slot = &table.positions[p]
+        working_buy = slot.working_buy
+        buy_notional = slot.working_buy_notional
+        sell_notional = slot.working_sell_notional
+        short_notional = slot.working_short_notional
+        if slot.instrument_index == ctx.slot_instrument and (ctx.group_units != 0
+                                                             or ctx.group_notional != 0):
+            # an order group's leg: what its group counts already is not counted again
+            if ctx.signed_quantity > 0:
+                working_buy -= ctx.group_units
+                buy_notional -= ctx.group_notional
+            else:
+                sell_notional -= ctx.group_notional
+                if ctx.order_side == L.SIDE_SELL_SHORT:
+                    short_notional -= ctx.group_notional
         instrument = &table.instruments[slot.instrument_index]
         if slots_lost:  # the lowest, so the twin reports the same slot
             lost = lost_symbol_slot(ctx.header, instrument)
@@ -226,23 +241,23 @@ cdef void scan_account(PositionTable table, CheckContext* ctx) noexcept nogil:
                 ctx.unrealized += value - slot.cost_basis
             else:
                 ctx.scan_unpriced = True
-        exposure = magnitude(value) + slot.working_buy_notional + slot.working_sell_notional
+        exposure = magnitude(value) + buy_notional + sell_notional
         ctx.gross += exposure
         if slot.instrument_index == ctx.slot_instrument:
             ctx.order_slot_value = value
-            ctx.order_slot_working_buy = slot.working_buy_notional
-            ctx.order_slot_working_sell = slot.working_sell_notional
+            ctx.order_slot_working_buy = buy_notional
+            ctx.order_slot_working_sell = sell_notional
         else:
             ctx.initial_margin_bps += margin_of_slot(
-                instrument, value, slot.working_buy_notional, slot.working_sell_notional)
-        ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
-        ctx.committed += slot.working_buy_notional + slot.working_short_notional
+                instrument, value, buy_notional, sell_notional)
+        ctx.net += value + buy_notional - sell_notional
+        ctx.committed += buy_notional + short_notional
         if value < 0:
             # a short commits its value at the last price, but not twice for
             # the units working buys already cover (they are committed)
             covered = -<int128_t>slot.quantity
-            if slot.working_buy < covered:
-                covered = slot.working_buy
+            if working_buy < covered:
+                covered = working_buy
             ctx.committed -= value + covered * last
         if slot.instrument_index == ctx.slot_instrument or (
                 order_issuer != 0 and instrument.issuer_id == order_issuer):
@@ -461,6 +476,13 @@ cdef void check_time_in_force(const CheckContext* ctx, DecisionRecord* out) noex
     if out.order.time_in_force == L.TIME_IN_FORCE_GTD \
             and out.order.expire_at_ms <= out.order.now_unix_ms:
         reject(out, L.REJECT_ORDER_EXPIRED, out.order.expire_at_ms, out.order.now_unix_ms)
+
+
+cdef void check_order_group(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # The legs of an order group are of one symbol, venue and counterparty:
+    # the venue runs the contingency, and the group counts its worst leg.
+    if ctx.group_mismatch != 0:
+        reject(out, L.REJECT_GROUP_MISMATCH, ctx.group_mismatch, 0)
 
 
 cdef void check_quantity_positive(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -771,7 +793,8 @@ cdef void check_concentration(const CheckContext* ctx, DecisionRecord* out) noex
 cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t length,
                          bint by_venue) noexcept nogil:
     # Notional of the account's working orders routed to one venue (or
-    # counterparty): remaining units at the price each was valued at. The
+    # counterparty): what each counts (remaining units at the price it was
+    # valued at; an order group's legs, their worst). The
     # account keeps running totals; only after more names than it has slots
     # were working at once does this walk the working orders.
     cdef const L.TagLimit* totals = &ctx.account.counterparty_working[0]
@@ -790,7 +813,7 @@ cdef int128_t working_at(const CheckContext* ctx, const char* name, Py_ssize_t l
         order = &ctx.orders[o]
         tag = <const char*>order.venue if by_venue else <const char*>order.counterparty
         if tags_equal(tag, name, length):
-            total += <int128_t>order.remaining * order.valuation_price
+            total += order.counted_notional
         o = order.next_working
     return total
 
@@ -803,7 +826,8 @@ cdef void check_venue_exposure(const CheckContext* ctx, DecisionRecord* out) noe
     if out.order.venue_length > 0 and (
             tag_limit(ctx.account.venue_limits, out.order.venue, out.order.venue_length, &limit)
             or account_limit(ctx, L.LIMIT_MAX_VENUE_EXPOSURE, &limit)):
-        after = working_at(ctx, out.order.venue, out.order.venue_length, True) + ctx.notional
+        after = working_at(ctx, out.order.venue, out.order.venue_length, True) + ctx.notional \
+            - ctx.group_notional
         if after > limit:
             reject(out, L.REJECT_VENUE_EXPOSURE, clamp(after), limit)
     if out.order.counterparty_length > 0 and (
@@ -811,7 +835,7 @@ cdef void check_venue_exposure(const CheckContext* ctx, DecisionRecord* out) noe
                       out.order.counterparty_length, &limit)
             or account_limit(ctx, L.LIMIT_MAX_COUNTERPARTY_EXPOSURE, &limit)):
         after = working_at(ctx, out.order.counterparty, out.order.counterparty_length,
-                           False) + ctx.notional
+                           False) + ctx.notional - ctx.group_notional
         if after > limit:
             reject(out, L.REJECT_COUNTERPARTY_EXPOSURE, clamp(after), limit)
 
@@ -850,13 +874,14 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 27
+    CHECK_COUNT = 28
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
     check_symbol_known,
     check_order_id_unused,
     check_time_in_force,
+    check_order_group,
     check_quantity_positive,
     check_price_usable,
     check_tick_size,
@@ -882,7 +907,7 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
 ]
 CHECK_NAMES = (
     "sync_live", "account_known", "symbol_known", "order_id_unused", "time_in_force",
-    "quantity_positive",
+    "order_group", "quantity_positive",
     "price_usable", "tick_size", "order_size", "price_collar", "arithmetic_fits",
     "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
     "position_limits",
@@ -900,6 +925,61 @@ cdef inline int32_t account_shard(const L.TableHeader* header, const char* accou
     if count == 0:
         return L.NO_INDEX
     return L.pt_shard_of_slot(L.pt_key_slot(account_id, length), count)
+
+
+cdef inline bint ids_equal(const char* stored, const char* given, Py_ssize_t length) noexcept nogil:
+    # stored is NUL-padded to ORDER_ID_CAPACITY
+    if length >= L.ORDER_ID_CAPACITY:
+        return False
+    return memcmp(stored, given, length) == 0 and stored[length] == 0
+
+
+cdef inline Py_ssize_t id_length(const char* stored) noexcept nogil:
+    # A stored group id is NUL-padded to ORDER_ID_CAPACITY
+    cdef Py_ssize_t n = 0
+    while n < L.MAX_ORDER_ID_LENGTH and stored[n] != 0:
+        n += 1
+    return n
+
+
+cdef void find_group(PositionTable table, const OrderInput* order, CheckContext* ctx) noexcept nogil:
+    # An order group's leg: what the group's working legs of its side count
+    # (the group's worst so far), up to the order's own units and notional,
+    # and whether a leg is of another symbol, venue or counterparty. The
+    # legs are found on the account's working list: O(its working orders),
+    # paid by grouped orders only.
+    cdef int32_t o = ctx.account.first_working_order
+    cdef const L.OrderRecord* leg
+    cdef int64_t units = 0, notional = 0
+    while o != L.NO_INDEX:
+        leg = &table.orders[o]
+        if ids_equal(leg.group, order.group, order.group_length):
+            # the first leg that differs (in list order) is the one reported
+            if leg.instrument_index != order.instrument_index:
+                ctx.group_mismatch = 1
+                return
+            if not (order.venue_length < L.TAG_CAPACITY
+                    and tags_equal(leg.venue, order.venue, order.venue_length)):
+                ctx.group_mismatch = 2
+                return
+            if not (order.counterparty_length < L.TAG_CAPACITY
+                    and tags_equal(leg.counterparty, order.counterparty,
+                                   order.counterparty_length)):
+                ctx.group_mismatch = 3
+                return
+            if leg.side == order.side:
+                units += leg.counted
+                notional += leg.counted_notional
+        o = leg.next_working
+    if order.quantity <= 0:
+        return
+    ctx.group_units = units if units < order.quantity else order.quantity
+    if ctx.notional_valid:
+        ctx.group_notional = notional if notional < ctx.notional else ctx.notional
+    if order.side == L.SIDE_BUY:
+        ctx.working_buy -= ctx.group_units
+    else:
+        ctx.working_sell -= ctx.group_units
 
 
 cdef void prepare_context(PositionTable table, DecisionRecord* record,
@@ -957,6 +1037,9 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
             and ctx.projected_position != INT64_MIN and ctx.position != INT64_MIN)
     if not ctx.notional_valid:
         ctx.notional = 0
+    ctx.order_side = order.side
+    if order.group_length > 0 and ctx.account != NULL:
+        find_group(table, order, ctx)
     if needs_scan(ctx):
         ctx.scan_needed = True
         scan_account(table, ctx)
@@ -975,7 +1058,8 @@ cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* r
             and stored.expire_at_ms == record.order.expire_at_ms
             and tags_equal(stored.venue, record.order.venue, record.order.venue_length)
             and tags_equal(stored.counterparty, record.order.counterparty,
-                           record.order.counterparty_length))
+                           record.order.counterparty_length)
+            and ids_equal(stored.group, record.order.group, record.order.group_length))
 
 
 cdef inline void clear_decision(DecisionRecord* record) noexcept nogil:
@@ -1220,6 +1304,9 @@ cdef class Engine:
         record.order.session_end_ms = original.working_until_ms
         memcpy(record.venue_copy, original.venue, L.TAG_CAPACITY)
         memcpy(record.counterparty_copy, original.counterparty, L.TAG_CAPACITY)
+        memcpy(record.group_copy, original.group, L.ORDER_ID_CAPACITY)
+        record.order.group = record.group_copy
+        record.order.group_length = id_length(record.group_copy)
         record.order.venue_length = tag_length(record.venue_copy)
         record.order.counterparty_length = tag_length(record.counterparty_copy)
         record.order.symbol_length = self.table.instruments[original.instrument_index].id_length
@@ -1227,7 +1314,7 @@ cdef class Engine:
         self.run_pipeline(record)
         if record.approved:
             original.status = L.ORDER_REPLACED
-            original.remaining = 0
+            original.remaining = original.counted = original.counted_notional = 0
             self.table.append_idle(a, o, L.pt_load_i64(&self.table.header.clock_ns))
         else:
             self.table.relink_working(a, original, previous)
@@ -1326,6 +1413,8 @@ cdef class Engine:
         if record.order.counterparty_length < L.TAG_CAPACITY:
             memcpy_tag(stored.counterparty, record.order.counterparty,
                        record.order.counterparty_length)
+        if 0 < record.order.group_length < L.ORDER_ID_CAPACITY:
+            memcpy(stored.group, record.order.group, record.order.group_length)
         stored.rejection_count = record.rejection_count
         for i in range(min(record.rejection_count, L.STORED_REJECTIONS)):
             stored.rejections[i].code = record.rejections[i].code
@@ -1379,7 +1468,12 @@ cdef class Engine:
         stored.remaining = record.order.quantity
         if record.order.side == L.SIDE_SELL_SHORT:
             slot.locate_used += record.order.quantity
-        # remaining x valuation price is the notional: the same sums as recompute_working
+        # remaining x valuation price is the notional: the same sums as
+        # recompute_working. A group's leg counts only what takes the group's
+        # worst past what its other legs count (ctx.group_*), so the legs
+        # together count the worst leg.
+        stored.counted = record.order.quantity - ctx.group_units
+        stored.counted_notional = record.notional - ctx.group_notional
         self.table.add_working(record.order.account_index, stored)
         # velocity ring: keep timestamps non-decreasing so the window search works
         if activity.rate_count > 0:
@@ -1439,7 +1533,7 @@ cdef class Engine:
                                  int64_t durable_checked,
                                  int64_t min_state_version, int32_t time_in_force,
                                  int64_t expire_at_unix_ms, int64_t now_unix_ms,
-                                 int64_t session_end_unix_ms) except NULL:
+                                 int64_t session_end_unix_ms, bytes group_id) except NULL:
         cdef DecisionRecord* record = self._acquire(order_id, account_id, quantity, price, now_ns,
                                                     durable_checked, min_state_version,
                                                     now_unix_ms)
@@ -1453,6 +1547,8 @@ cdef class Engine:
         record.order.venue_length = len(venue)
         record.order.counterparty = counterparty
         record.order.counterparty_length = len(counterparty)
+        record.order.group = group_id
+        record.order.group_length = len(group_id)
         record.order.instrument_index = self.table.find_instrument(symbol, len(symbol))
         self.decide_locked(record)
         return record
@@ -1484,7 +1580,8 @@ cdef class Engine:
                           bytes counterparty=b"", int64_t now_ns=0,
                           int64_t durable_checked=-1, int64_t min_state_version=0,
                           int32_t time_in_force=0, int64_t expire_at_unix_ms=0,
-                          int64_t now_unix_ms=0, int64_t session_end_unix_ms=0):
+                          int64_t now_unix_ms=0, int64_t session_end_unix_ms=0,
+                          bytes group_id=b""):
         """Run every check on one order and return its :class:`Verdict`.
 
         An id the account's evicted-id filter holds is not decided: the answer
@@ -1499,14 +1596,21 @@ cdef class Engine:
         ``session_end_unix_ms`` the end of the session a DAY or IOC order
         works in (0: none). An approved order stops counting once
         :meth:`PositionTable.end_lapsed_orders` passes its end.
+
+        ``group_id`` (up to MAX_ORDER_ID_LENGTH bytes, no NUL; b"": none) puts
+        the order in a one-cancels-other group: the group's working legs of
+        one side count together their worst leg, not their sum.
         """
+        if len(group_id) > L.MAX_ORDER_ID_LENGTH or b"\0" in group_id:
+            raise ValueError(f"a group id must be at most {L.MAX_ORDER_ID_LENGTH} bytes, "
+                             "with no NUL")
         cdef int64_t started = monotonic_ns() if self.counting else 0
         cdef DecisionRecord* record = self._decide(order_id, account_id, symbol, side,
                                                    order_type, quantity, price, venue,
                                                    counterparty, now_ns, durable_checked,
                                                    min_state_version, time_in_force,
                                                    expire_at_unix_ms, now_unix_ms,
-                                                   session_end_unix_ms)
+                                                   session_end_unix_ms, group_id)
         return self._verdict(record, started)
 
     cpdef Verdict replace(self, bytes order_id, bytes account_id, bytes original_order_id,
@@ -1582,7 +1686,7 @@ cdef class Engine:
         pipeline's own cost without the Python call around it."""
         cdef DecisionRecord* record = self._decide(b"", account_id, symbol, side, order_type,
                                                    quantity, price, b"", b"", now_ns, -1, 0,
-                                                   0, 0, 0, 0)
+                                                   0, 0, 0, 0, b"")
         cdef int32_t n
         for n in range(times - 1):
             self.decide_locked(record)

@@ -42,7 +42,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 11
+    LAYOUT_VERSION = 12
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -163,6 +163,7 @@ cdef enum RejectCode:
     REJECT_MIN_ORDER_NOTIONAL = 41
     REJECT_ORDER_EXPIRED = 42
     REJECT_MARGIN_SHORTFALL = 43
+    REJECT_GROUP_MISMATCH = 44
 
 # How long an order may work (pretrade.v1 TimeInForce). UNSPECIFIED works
 # until its fill or cancel is reported, as before time in force existed.
@@ -488,6 +489,15 @@ cdef struct OrderRecord:
     int64_t carried
     int64_t own_filled
     char replaces[ORDER_ID_CAPACITY]
+    # An OCO group (Order.group_id, NUL-padded; empty: none). What a working
+    # record counts on its slot's sums and its venue's and counterparty's
+    # totals: remaining units and remaining x valuation price, except that
+    # the legs of one group count together the worst leg of each side (the
+    # most units, the most notional), held by whichever legs are the worst
+    # (regroup). A record that is not working counts nothing.
+    char group[ORDER_ID_CAPACITY]
+    int64_t counted
+    int64_t counted_notional
     StoredRejection rejections[STORED_REJECTIONS]
 
 # Sliding windows: a ring of the last approved orders of an account, with a

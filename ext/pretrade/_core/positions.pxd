@@ -102,18 +102,25 @@ cdef inline void add_tag_total(L.TagLimit* totals, uint32_t* overflow, uint32_t 
 
 cdef inline void count_working(L.PositionSlot* slot, const L.OrderRecord* rec,
                                int64_t sign) noexcept nogil:
-    # A working record's remaining units and notional on its slot's sums
-    # (sign 1: counted, -1: released); recompute_working rebuilds the same.
-    cdef int64_t remaining = sign * rec.remaining
-    cdef int64_t notional = remaining * rec.valuation_price
+    # What a working record counts (counted units, counted notional) on its
+    # slot's sums (sign 1: counted, -1: released); recompute_working rebuilds
+    # the same.
+    cdef int64_t units = sign * rec.counted
+    cdef int64_t notional = sign * rec.counted_notional
     if rec.side == L.SIDE_BUY:
-        slot.working_buy += remaining
+        slot.working_buy += units
         slot.working_buy_notional += notional
     else:
-        slot.working_sell += remaining
+        slot.working_sell += units
         slot.working_sell_notional += notional
         if rec.side == L.SIDE_SELL_SHORT:
             slot.working_short_notional += notional
+
+
+cdef inline void count_all(L.OrderRecord* rec) noexcept nogil:
+    # A record outside any group counts all it has left.
+    rec.counted = rec.remaining
+    rec.counted_notional = rec.remaining * rec.valuation_price
 
 
 cdef inline void sub_tag_total(L.TagLimit* totals, const char* name, int64_t amount) noexcept nogil:
@@ -194,6 +201,9 @@ cdef class PositionTable:
                                 object cancelled) except *
     cdef int _restore_one(self, int32_t a, object order) except -1
     cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil
+    cdef void regroup(self, int32_t account_index, const L.OrderRecord* like) noexcept nogil
+    cdef void _count_groups(self, int32_t account_index) except *
+    cdef void _resum(self, int32_t account_index) noexcept nogil
     cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil
     cdef bint _filter_add(self, int32_t account_index, const char* order_id,
                           Py_ssize_t length) noexcept nogil

@@ -252,11 +252,14 @@ def _checked_restore(order):
     ``expire_at_ms`` and ``working_until_ms`` (when it stops counting, Unix
     ms; 0 when its fill or cancel is reported), or seventeen for a
     replacement: then ``replaces`` (the original's order id) and ``carried``
-    (OrderRecord.carried) follow those three.
+    (OrderRecord.carried) follow those three, or eighteen for a leg of an
+    order group: then ``group`` (Order.group_id) follows those.
     """
     time_in_force = expire_at_ms = working_until_ms = 0
-    replaces, carried = b"", 0
-    if len(order) == 17:
+    replaces, carried, group = b"", 0, b""
+    if len(order) == 18:
+        group = order[17]
+    if len(order) >= 17:
         replaces, carried = order[15], order[16]
     if len(order) >= 15:
         time_in_force, expire_at_ms, working_until_ms = order[12:15]
@@ -266,6 +269,8 @@ def _checked_restore(order):
     if not isinstance(replaces, bytes) or len(replaces) > L.MAX_ORDER_ID_LENGTH \
             or b"\0" in replaces:
         raise ValueError(f"a replaced order id must be at most {L.MAX_ORDER_ID_LENGTH} bytes")
+    if not isinstance(group, bytes) or len(group) > L.MAX_ORDER_ID_LENGTH or b"\0" in group:
+        raise ValueError(f"a group id must be at most {L.MAX_ORDER_ID_LENGTH} bytes")
     if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
             or (carried and not replaces):
         raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
@@ -294,7 +299,26 @@ def _checked_restore(order):
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
-            working_until_ms, replaces, carried)
+            working_until_ms, replaces, carried, group)
+
+
+cdef inline bint same_group(const L.OrderRecord* order, const L.OrderRecord* key) noexcept nogil:
+    # Legs of one order group: its id, symbol, venue and counterparty
+    return (memcmp(order.group, key.group, L.ORDER_ID_CAPACITY) == 0
+            and order.instrument_index == key.instrument_index
+            and memcmp(order.venue, key.venue, L.TAG_CAPACITY) == 0
+            and memcmp(order.counterparty, key.counterparty, L.TAG_CAPACITY) == 0)
+
+
+cdef bytes _group_id(const L.OrderRecord* order):
+    # OrderRecord.group, NUL-padded to ORDER_ID_CAPACITY
+    return order.group[:L.ORDER_ID_CAPACITY].split(b"\0", 1)[0]
+
+
+cdef tuple _group_key(const L.OrderRecord* order):
+    # What same_group compares
+    return (_group_id(order), order.instrument_index, order.venue[:L.TAG_CAPACITY],
+            order.counterparty[:L.TAG_CAPACITY])
 
 
 cdef int _check_halt_mode(int mode) except -1:
@@ -790,11 +814,12 @@ cdef class PositionTable:
                 probe = (probe + 1) & mask
 
     cdef void add_working(self, int32_t account_index, L.OrderRecord* rec) noexcept nogil:
-        # Count a working record's remaining units against its position slot
-        # and its venue and counterparty totals, and link it into the account's
-        # working list: O(1), the same sums recompute_working rebuilds.
+        # Count what a working record counts (its caller set counted and
+        # counted_notional) against its position slot and its venue and
+        # counterparty totals, and link it into the account's working list:
+        # O(1), the same sums recompute_working rebuilds.
         cdef L.AccountRecord* account = &self.accounts[account_index]
-        cdef int64_t notional = rec.remaining * rec.valuation_price
+        cdef int64_t notional = rec.counted_notional
         count_working(&self.positions[rec.position_index], rec, 1)
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
@@ -814,12 +839,13 @@ cdef class PositionTable:
         # relink_working needs to put it back where it was. The record keeps
         # its status and remaining. Its locate use is released too (reserve
         # consumed it). O(working orders of the account): only replaces walk.
+        # The other legs of its group then count the group's worst without it.
         cdef L.AccountRecord* account = &self.accounts[account_index]
         cdef L.PositionSlot* slot = &self.positions[rec.position_index]
         cdef int32_t index = <int32_t>(rec - self.orders)
         cdef int32_t previous = L.NO_INDEX
         cdef int32_t o = account.first_working_order
-        cdef int64_t notional = rec.remaining * rec.valuation_price
+        cdef int64_t notional = rec.counted_notional
         while o != L.NO_INDEX and o != index:
             previous = o
             o = self.orders[o].next_working
@@ -836,6 +862,8 @@ cdef class PositionTable:
         # longer holds the record
         sub_tag_total(account.venue_working, rec.venue, notional)
         sub_tag_total(account.counterparty_working, rec.counterparty, notional)
+        if rec.group[0] != 0:
+            self.regroup(account_index, rec)
         return previous
 
     cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
@@ -845,7 +873,7 @@ cdef class PositionTable:
         cdef L.AccountRecord* account = &self.accounts[account_index]
         cdef L.PositionSlot* slot = &self.positions[rec.position_index]
         cdef int32_t index = <int32_t>(rec - self.orders)
-        cdef int64_t notional = rec.remaining * rec.valuation_price
+        cdef int64_t notional = rec.counted_notional
         if previous == L.NO_INDEX:
             rec.next_working = account.first_working_order
             account.first_working_order = index
@@ -858,6 +886,60 @@ cdef class PositionTable:
             slot.locate_used += rec.remaining
         sub_tag_total(account.venue_working, rec.venue, -notional)
         sub_tag_total(account.counterparty_working, rec.counterparty, -notional)
+        if rec.group[0] != 0:
+            self.regroup(account_index, rec)
+
+    cdef void regroup(self, int32_t account_index, const L.OrderRecord* like) noexcept nogil:
+        # Caller holds the account's lock. The working legs of the order group
+        # of ``like`` count together, on each side, the most units any of them
+        # has left and the most notional: at most one leg can trade. A group
+        # is its id with one symbol, venue and counterparty (the checks refuse
+        # a leg that differs; legs restored from Redis that differ count as
+        # groups of their own). Each sum leaves what the legs counted and
+        # takes what they count now; O(working orders of the account).
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.OrderRecord* order
+        cdef int32_t units_leader[4]
+        cdef int32_t notional_leader[4]
+        cdef int64_t most_units[4]
+        cdef int64_t most_notional[4]
+        cdef int64_t notional
+        cdef L.OrderRecord key
+        cdef int32_t o
+        cdef int side
+        memcpy(&key, like, sizeof(L.OrderRecord))   # like may be one of the legs
+        for side in range(4):
+            units_leader[side] = notional_leader[side] = L.NO_INDEX
+            most_units[side] = most_notional[side] = -1
+        o = account.first_working_order
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            if same_group(order, &key):
+                count_working(&self.positions[order.position_index], order, -1)
+                sub_tag_total(account.venue_working, order.venue, order.counted_notional)
+                sub_tag_total(account.counterparty_working, order.counterparty,
+                              order.counted_notional)
+                side = order.side & 3
+                notional = order.remaining * order.valuation_price
+                if order.remaining > most_units[side]:
+                    most_units[side] = order.remaining
+                    units_leader[side] = o
+                if notional > most_notional[side]:
+                    most_notional[side] = notional
+                    notional_leader[side] = o
+            o = order.next_working
+        o = account.first_working_order
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            if same_group(order, &key):
+                side = order.side & 3
+                order.counted = most_units[side] if o == units_leader[side] else 0
+                order.counted_notional = most_notional[side] if o == notional_leader[side] else 0
+                count_working(&self.positions[order.position_index], order, 1)
+                sub_tag_total(account.venue_working, order.venue, -order.counted_notional)
+                sub_tag_total(account.counterparty_working, order.counterparty,
+                              -order.counted_notional)
+            o = order.next_working
 
     cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
                                  int32_t budget) noexcept nogil:
@@ -1155,26 +1237,22 @@ cdef class PositionTable:
 
     cdef void recompute_working(self, int32_t account_index, object filled,
                                 object cancelled) except *:
-        # Caller holds the account's stripe lock. Rebuilds every working sum
-        # of the account from its working orders, so nothing can drift.
+        # Caller holds the account's stripe lock. Each working order's
+        # remaining from the snapshot's fills and cancels, then every working
+        # sum of the account rebuilt from its working orders, so nothing can
+        # drift. A leg of an order group filled completely (not cancelled)
+        # ends its group: the venue cancels the other legs (one-cancels-other).
         cdef L.AccountRecord* account = &self.accounts[account_index]
-        cdef L.PositionSlot* slot
         cdef L.OrderRecord* order
-        cdef int32_t p = account.first_position
-        while p != L.NO_INDEX:
-            slot = &self.positions[p]
-            slot.working_buy = slot.working_sell = 0
-            slot.working_buy_notional = slot.working_sell_notional = 0
-            slot.working_short_notional = 0
-            p = slot.next_in_account
         cdef int32_t o = account.first_working_order
         cdef int32_t kept_head = L.NO_INDEX
         cdef int32_t kept_count = 0
         cdef int32_t next_o
         cdef int64_t remaining
+        ended = set()
+        staged = []
         while o != L.NO_INDEX:
             order = &self.orders[o]
-            next_o = order.next_working
             key = order.order_id[:order.id_length]
             if key in cancelled:
                 remaining = 0
@@ -1188,27 +1266,69 @@ cdef class PositionTable:
                     done += filled.get(_replaced_id(order), 0)
                 order.own_filled = own if own < INT64_LIMIT else INT64_LIMIT
                 remaining = order.quantity - done if done < order.quantity else 0
+                if remaining == 0 and order.group[0] != 0:
+                    ended.add(_group_key(order))
+            staged.append((o, remaining))
+            o = order.next_working
+        for o, remaining in staged:
+            order = &self.orders[o]
+            if ended and order.group[0] != 0 and _group_key(order) in ended:
+                remaining = 0
             order.remaining = remaining
             if remaining > 0:
                 order.next_working = kept_head
                 kept_head = o
                 kept_count += 1
-                slot = &self.positions[order.position_index]
-                if order.side == L.SIDE_BUY:
-                    slot.working_buy += remaining
-                    slot.working_buy_notional += remaining * order.valuation_price
-                else:
-                    slot.working_sell += remaining
-                    slot.working_sell_notional += remaining * order.valuation_price
-                    if order.side == L.SIDE_SELL_SHORT:
-                        slot.working_short_notional += remaining * order.valuation_price
             else:
                 order.status = L.ORDER_DONE
                 order.next_working = L.NO_INDEX
+                order.counted = order.counted_notional = 0
                 self.append_idle(account_index, o, L.pt_load_i64(&self.header.clock_ns))
-            o = next_o
         account.first_working_order = kept_head
         account.working_order_count = kept_count
+        self._count_groups(account_index)
+        self._resum(account_index)
+
+    cdef void _count_groups(self, int32_t account_index) except *:
+        # What each working order counts (see regroup), for every group at
+        # once: O(working orders of the account).
+        cdef L.OrderRecord* order
+        cdef int32_t o = self.accounts[account_index].first_working_order
+        cdef int64_t notional
+        worst = {}
+        while o != L.NO_INDEX:
+            order = &self.orders[o]
+            if order.group[0] == 0:
+                count_all(order)
+            else:
+                order.counted = order.counted_notional = 0
+                notional = order.remaining * order.valuation_price
+                leaders = worst.setdefault((_group_key(order), order.side), [-1, o, -1, o])
+                if order.remaining > leaders[0]:
+                    leaders[0], leaders[1] = order.remaining, o
+                if notional > leaders[2]:
+                    leaders[2], leaders[3] = notional, o
+            o = order.next_working
+        for units, units_leader, notional, notional_leader in worst.values():
+            self.orders[units_leader].counted = units
+            self.orders[notional_leader].counted_notional = notional
+
+    cdef void _resum(self, int32_t account_index) noexcept nogil:
+        # Every working sum of the account's slots and its venue and
+        # counterparty totals, from what its working orders count.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef L.PositionSlot* slot
+        cdef int32_t p = account.first_position
+        while p != L.NO_INDEX:
+            slot = &self.positions[p]
+            slot.working_buy = slot.working_sell = 0
+            slot.working_buy_notional = slot.working_sell_notional = 0
+            slot.working_short_notional = 0
+            p = slot.next_in_account
+        cdef int32_t o = account.first_working_order
+        while o != L.NO_INDEX:
+            count_working(&self.positions[self.orders[o].position_index], &self.orders[o], 1)
+            o = self.orders[o].next_working
         self._rebuild_tag_totals(account_index)
 
     cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil:
@@ -1222,9 +1342,9 @@ cdef class PositionTable:
         while o != L.NO_INDEX:
             order = &self.orders[o]
             add_tag_total(account.venue_working, &account.tag_overflow, 1, order.venue,
-                          order.remaining * order.valuation_price)
+                          order.counted_notional)
             add_tag_total(account.counterparty_working, &account.tag_overflow, 2,
-                          order.counterparty, order.remaining * order.valuation_price)
+                          order.counterparty, order.counted_notional)
             o = order.next_working
 
     cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil:
@@ -1237,12 +1357,15 @@ cdef class PositionTable:
         cdef int32_t previous = L.NO_INDEX
         cdef int32_t next_o, ended = 0
         cdef int64_t next_lapse = 0
+        cdef bint grouped = False
         while o != L.NO_INDEX:
             order = &self.orders[o]
             next_o = order.next_working
             if lapsed(order, now_unix_ms):
                 count_working(&self.positions[order.position_index], order, -1)
-                order.remaining = 0
+                if order.group[0] != 0:
+                    grouped = True
+                order.remaining = order.counted = order.counted_notional = 0
                 order.status = L.ORDER_DONE
                 order.next_working = L.NO_INDEX
                 if previous == L.NO_INDEX:
@@ -1259,6 +1382,13 @@ cdef class PositionTable:
                 previous = o
             o = next_o
         L.pt_store_i64(&account.next_lapse_ms, next_lapse)
+        if grouped:
+            # the legs left of a group may be its worst now: count them again
+            o = account.first_working_order
+            while o != L.NO_INDEX:
+                if self.orders[o].group[0] != 0:
+                    self.regroup(account_index, &self.orders[o])
+                o = self.orders[o].next_working
         if ended:
             self._rebuild_tag_totals(account_index)
         return ended
@@ -1286,12 +1416,12 @@ cdef class PositionTable:
     def restore_order(self, account_id, order_id, symbol, side, order_type, quantity, price,
                       valuation_price, notional, venue, counterparty, approved, rejections,
                       time_in_force=0, expire_at_ms=0, working_until_ms=0, replaces=b"",
-                      carried=0):
+                      carried=0, group=b""):
         """Put back one decided order (see :meth:`restore_orders`); True when it was added."""
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-            working_until_ms, replaces, carried)]) == 1
+            working_until_ms, replaces, carried, group)]) == 1
 
     def restore_orders(self, account_id, orders):
         """Put back decided orders of one account from their durable copies (crash recovery).
@@ -1342,6 +1472,9 @@ cdef class PositionTable:
             self._check_room(a, {order[1] for order in missing})
             for order in missing:
                 added += self._restore_one(a, order)
+            if any(order[17] and order[10] for order in missing):
+                self._count_groups(a)
+                self._resum(a)
         finally:
             self.unlock_account(a)
             if added:
@@ -1352,7 +1485,7 @@ cdef class PositionTable:
         # Caller holds the account's lock; the order passed _checked_restore.
         (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
          venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-         working_until_ms, replaces, carried) = order
+         working_until_ms, replaces, carried, group) = order
         cdef int32_t i = self._instrument(symbol)
         cdef int32_t p = self._position(a, i) if approved else L.NO_INDEX
         cdef int32_t what = 0
@@ -1381,6 +1514,7 @@ cdef class PositionTable:
         memcpy(rec.venue, <const char*>venue, len(venue))
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
         memcpy(rec.replaces, <const char*>replaces, len(replaces))
+        memcpy(rec.group, <const char*>group, len(group))
         rec.carried = carried
         rec.rejection_count = len(rejections)
         for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):
@@ -1393,6 +1527,7 @@ cdef class PositionTable:
             rec.position_index = p
             # the next account snapshot subtracts the fills (see recompute_working)
             rec.remaining = quantity - carried
+            count_all(rec)   # a group's legs count their worst at the end (restore_orders)
             if side == L.SIDE_SELL_SHORT:
                 self.positions[p].locate_used += quantity
             self.add_working(a, rec)
@@ -1424,7 +1559,7 @@ cdef class PositionTable:
             order = &self.orders[o]
             tag = &order.venue[0] if by_venue else &order.counterparty[0]
             if strncmp(tag, name, L.TAG_CAPACITY) == 0:
-                total += order.remaining * order.valuation_price
+                total += order.counted_notional
             o = order.next_working
         return total
 
@@ -1922,7 +2057,7 @@ cdef class PositionTable:
         Each has ``order_id``, ``symbol``, ``side``, ``order_type``,
         ``quantity``, ``price``, ``valuation_price``, ``notional``, ``venue``,
         ``counterparty``, ``remaining``, ``replaces``, ``carried``, ``time_in_force``,
-        ``expire_at_ms`` and ``working_until_ms``: what its durable record holds.
+        ``expire_at_ms``, ``working_until_ms`` and ``group``: what its durable record holds.
         """
         cdef bytes a_key = _check_id(account_id, "account id")
         cdef int32_t a = self.find_account(a_key, len(a_key))
@@ -1950,7 +2085,7 @@ cdef class PositionTable:
                     "remaining": rec.remaining,
                     "replaces": _replaced_id(rec), "carried": rec.carried,
                     "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
-                    "working_until_ms": rec.working_until_ms,
+                    "working_until_ms": rec.working_until_ms, "group": _group_id(rec),
                 })
                 o = rec.next_working
         finally:
@@ -1989,7 +2124,7 @@ cdef class PositionTable:
                 "counterparty": rec.counterparty[:L.TAG_CAPACITY].split(b"\0", 1)[0],
                 "replaces": _replaced_id(rec), "carried": rec.carried,
                 "time_in_force": rec.time_in_force, "expire_at_ms": rec.expire_at_ms,
-                "working_until_ms": rec.working_until_ms,
+                "working_until_ms": rec.working_until_ms, "group": _group_id(rec),
             }
         finally:
             self.unlock_account(a)

@@ -141,6 +141,7 @@ class RefOrder:
     carried: int = 0
     own_filled: int = 0
     replaced: bool = False
+    group: bytes = b""        # Order.group_id: an OCO group ("" none)
 
     @property
     def status(self) -> int:
@@ -154,6 +155,11 @@ class RefOrder:
     def lapsed(self, now_unix_ms: int) -> bool:
         """Its time in force ended at or before ``now_unix_ms`` (positions.pxd lapsed)."""
         return self.working_until_ms != 0 and self.working_until_ms <= now_unix_ms
+
+    @property
+    def group_key(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """Its order group: the id with its symbol, venue and counterparty."""
+        return (self.group, self.symbol, self.venue, self.counterparty)
 
 
 @dataclass
@@ -264,6 +270,12 @@ class Context:
     # position's value at last and working notionals, apart
     initial_margin_bps: int = 0
     order_slot: tuple[int, int, int] = (0, 0, 0)
+    # an order group's leg: the most units and notional the group's working
+    # legs of its side have left, up to the order's own; a leg that differs
+    group: bytes = b""
+    group_units: int = 0
+    group_notional: int = 0
+    group_mismatch: int = 0
 
     @property
     def account_known(self) -> bool:
@@ -279,11 +291,15 @@ class Context:
 
     @property
     def working_buy(self) -> int:
-        return self.slot.working_buy if self.slot else 0
+        if self.slot is None:
+            return 0
+        return self.slot.working_buy - (self.group_units if self.side == pb.SIDE_BUY else 0)
 
     @property
     def working_sell(self) -> int:
-        return self.slot.working_sell if self.slot else 0
+        if self.slot is None:
+            return 0
+        return self.slot.working_sell - (self.group_units if self.side != pb.SIDE_BUY else 0)
 
     @property
     def valuation_ok(self) -> bool:
@@ -426,6 +442,11 @@ def check_time_in_force(ctx: Context, reject: Reject) -> None:
     """A GTD order needs an expiry after the caller's wall clock."""
     if ctx.time_in_force == pb.TIME_IN_FORCE_GTD and ctx.expire_at_ms <= ctx.now_unix_ms:
         reject(pb.REJECT_CODE_ORDER_EXPIRED, ctx.expire_at_ms, ctx.now_unix_ms)
+
+
+def check_order_group(ctx: Context, reject: Reject) -> None:
+    if ctx.group_mismatch:
+        reject(pb.REJECT_CODE_GROUP_MISMATCH, ctx.group_mismatch, 0)
 
 
 def check_quantity_positive(ctx: Context, reject: Reject) -> None:
@@ -708,7 +729,8 @@ def check_venue_exposure(ctx: Context, reject: Reject) -> None:
             limit = ctx.account_limit(default)
         if limit is None:
             continue
-        after = (working.get(name, 0) if len(name) <= MAX_TAG_LENGTH else 0) + ctx.notional
+        after = (working.get(name, 0) if len(name) <= MAX_TAG_LENGTH else 0) + ctx.notional \
+            - ctx.group_notional
         if after > limit:
             reject(code, clamp(after), limit)
 
@@ -747,6 +769,7 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_symbol_known,
     check_order_id_unused,
     check_time_in_force,
+    check_order_group,
     check_quantity_positive,
     check_price_usable,
     check_tick_size,
@@ -827,8 +850,10 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
     ``time_in_force, expire_at_ms, working_until_ms``, or 17 for a replacement:
     ``replaces`` and ``carried`` follow those three)."""
     time_in_force = expire_at_ms = working_until_ms = 0
-    replaces, carried = b"", 0
-    if len(order) == 17:
+    replaces, carried, group = b"", 0, b""
+    if len(order) == 18:
+        group = order[17]
+    if len(order) >= 17:
         replaces, carried = order[15], order[16]
     if len(order) >= 15:
         time_in_force, expire_at_ms, working_until_ms = order[12:15]
@@ -838,6 +863,8 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
     if not isinstance(replaces, bytes) or len(replaces) > MAX_ORDER_ID_LENGTH \
             or b"\0" in replaces:
         raise ValueError(f"a replaced order id must be at most {MAX_ORDER_ID_LENGTH} bytes")
+    if not isinstance(group, bytes) or len(group) > MAX_ORDER_ID_LENGTH or b"\0" in group:
+        raise ValueError(f"a group id must be at most {MAX_ORDER_ID_LENGTH} bytes")
     if carried not in _INT64 or carried < 0 or (approved and carried >= quantity) \
             or (carried and not replaces):
         raise ValueError(f"order {order_id!r}: carried fills {carried} do not fit its quantity")
@@ -866,7 +893,7 @@ def _checked_restore(order: tuple[Any, ...]) -> tuple[Any, ...]:
                              "does not fit")
     return (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, bool(approved), rejections, time_in_force, expire_at_ms,
-            working_until_ms, replaces, carried)
+            working_until_ms, replaces, carried, group)
 
 
 class ReferenceBook:
@@ -1106,14 +1133,10 @@ class ReferenceBook:
 
     def _recompute_working(self, account_id: bytes, account: RefAccount,
                            filled: Mapping[bytes, int], cancelled: Collection[bytes]) -> None:
-        for (owner, _), position in self.positions.items():
-            if owner == account_id:
-                position.working_buy = position.working_sell = 0
-                position.working_buy_notional = position.working_sell_notional = 0
-                position.working_short_notional = 0
         # The core walks its working list from the head and pushes what still
         # works onto a new list: the new list is the kept ones reversed.
         kept = []
+        remaining_of: dict[bytes, int] = {}
         for order_id in account.working:
             order = self.orders[(account_id, order_id)]
             if order_id in cancelled:
@@ -1127,28 +1150,69 @@ class ReferenceBook:
                     done += filled.get(order.replaces, 0)
                 order.own_filled = min(own, INT64_MAX)
                 remaining = max(0, order.quantity - done)
+            remaining_of[order_id] = remaining
+        # a leg of an order group filled completely ends its group (OCO)
+        ended = {self.orders[(account_id, order_id)].group_key
+                 for order_id, remaining in remaining_of.items()
+                 if remaining == 0 and order_id not in cancelled
+                 and self.orders[(account_id, order_id)].group}
+        for order_id, remaining in remaining_of.items():
+            order = self.orders[(account_id, order_id)]
+            if order.group and order.group_key in ended:
+                remaining = 0
             order.remaining = remaining
             if remaining > 0:
                 kept.append(order_id)
-                self._add_working(self.positions[(account_id, order.symbol)], order)
             else:
                 order.working = False
                 self._idle(account, order_id, order, self.clock_ns)
         account.working = deque(reversed(kept))
+        self._resum(account_id)
 
-    @staticmethod
-    def _add_working(slot: RefPosition, order: RefOrder, sign: int = 1) -> None:
-        """Count the order's remaining units on its slot (``sign`` -1: take them off)."""
-        units = sign * order.remaining
-        notional = units * order.valuation_price
-        if order.side == pb.SIDE_BUY:
-            slot.working_buy += units
-            slot.working_buy_notional += notional
-        else:
-            slot.working_sell += units
-            slot.working_sell_notional += notional
-            if order.side == pb.SIDE_SELL_SHORT:
-                slot.working_short_notional += notional
+    def _working_sums(self, account_id: bytes) -> tuple[
+            dict[tuple[bytes, int], tuple[int, int]], dict[bytes, int], dict[bytes, int]]:
+        """What the account's working orders count, recomputed from them: per
+        (symbol, side) units and notional, and notional per venue and per
+        counterparty. Each counts its remaining units at its valuation price,
+        except that the legs of one order group count, per side, the most
+        units and the most notional any of them has left."""
+        account = self.accounts[account_id]
+        counted: list[tuple[bytes, int, bytes, bytes, int, int]] = []
+        worst: dict[tuple[tuple[bytes, bytes, bytes, bytes], int], list[int]] = {}
+        for order_id in account.working:
+            order = self.orders[(account_id, order_id)]
+            notional = order.remaining * order.valuation_price
+            if order.group:
+                most = worst.setdefault((order.group_key, order.side), [0, 0])
+                most[0], most[1] = max(most[0], order.remaining), max(most[1], notional)
+            else:
+                counted.append((order.symbol, order.side, order.venue, order.counterparty,
+                                order.remaining, notional))
+        for ((_, symbol, venue, counterparty), side), (units, notional) in worst.items():
+            counted.append((symbol, side, venue, counterparty, units, notional))
+        by_slot: dict[tuple[bytes, int], tuple[int, int]] = {}
+        venues: dict[bytes, int] = {}
+        counterparties: dict[bytes, int] = {}
+        for symbol, side, venue, counterparty, units, notional in counted:
+            was = by_slot.get((symbol, side), (0, 0))
+            by_slot[(symbol, side)] = (was[0] + units, was[1] + notional)
+            venues[venue] = venues.get(venue, 0) + notional
+            counterparties[counterparty] = counterparties.get(counterparty, 0) + notional
+        return by_slot, venues, counterparties
+
+    def _resum(self, account_id: bytes) -> None:
+        """Every working sum of the account's positions, from :meth:`_working_sums`."""
+        by_slot = self._working_sums(account_id)[0]
+        for (owner, symbol), slot in self.positions.items():
+            if owner != account_id:
+                continue
+            buy = by_slot.get((symbol, pb.SIDE_BUY), (0, 0))
+            sell = by_slot.get((symbol, pb.SIDE_SELL), (0, 0))
+            short = by_slot.get((symbol, pb.SIDE_SELL_SHORT), (0, 0))
+            slot.working_buy, slot.working_buy_notional = buy
+            slot.working_sell = sell[0] + short[0]
+            slot.working_sell_notional = sell[1] + short[1]
+            slot.working_short_notional = short[1]
 
     def end_lapsed_orders(self, now_unix_ms: int) -> int:
         """Working orders whose time in force ended at or before ``now_unix_ms``
@@ -1163,11 +1227,12 @@ class ReferenceBook:
                 if order.working_until_ms == 0 or order.working_until_ms > now_unix_ms:
                     kept.append(order_id)
                     continue
-                self._add_working(self.positions[(account_id, order.symbol)], order, -1)
                 order.remaining, order.working = 0, False
                 self._idle(account, order_id, order, self.clock_ns)
                 ended += 1
-            account.working = kept
+            if len(kept) != len(account.working):
+                account.working = kept
+                self._resum(account_id)
         return ended
 
     def set_instrument(
@@ -1335,11 +1400,11 @@ class ReferenceBook:
                       notional: int, venue: bytes, counterparty: bytes, approved: bool,
                       rejections: Iterable[Rejection], time_in_force: int = 0,
                       expire_at_ms: int = 0, working_until_ms: int = 0,
-                      replaces: bytes = b"", carried: int = 0) -> bool:
+                      replaces: bytes = b"", carried: int = 0, group: bytes = b"") -> bool:
         return self.restore_orders(account_id, [(
             order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-            working_until_ms, replaces, carried)]) == 1
+            working_until_ms, replaces, carried, group)]) == 1
 
     def restore_orders(self, account_id: bytes, orders: Iterable[tuple[Any, ...]]) -> int:
         account = self._account(account_id)
@@ -1358,7 +1423,7 @@ class ReferenceBook:
         self._check_room(account_id, {staged_order[1] for staged_order in missing})
         for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
              venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-             working_until_ms, replaces, carried) in missing:
+             working_until_ms, replaces, carried, group) in missing:
             self._instrument(symbol)
             slot = self._slot(account_id, symbol) if approved else None
             if slot is not None and not self._restored_fits(
@@ -1375,15 +1440,16 @@ class ReferenceBook:
                 notional=notional, rejections=rejections[:STORED_REJECTIONS],
                 rejection_count=len(rejections), valuation_price=valuation_price,
                 durable=True, time_in_force=time_in_force, expire_at_ms=expire_at_ms,
-                working_until_ms=working_until_ms, replaces=replaces, carried=carried)
+                working_until_ms=working_until_ms, replaces=replaces, carried=carried,
+                group=group)
             self.orders[(account_id, order_id)] = order
             if slot is not None:
                 # the next account snapshot subtracts the fills
                 order.working, order.remaining = True, quantity - carried
                 if side == pb.SIDE_SELL_SHORT:
                     slot.locate_used += quantity
-                self._add_working(slot, order)
                 account.working.appendleft(order_id)
+                self._resum(account_id)
             else:
                 self._idle(account, order_id, order, self.clock_ns)
         return len(missing)
@@ -1396,14 +1462,10 @@ class ReferenceBook:
         else:
             sums = [slot.working_sell + quantity, slot.working_sell_notional + notional,
                     slot.working_short_notional + notional, slot.locate_used + quantity]
-        for name, by_venue in ((venue, True), (counterparty, False)):
+        _, venues, counterparties = self._working_sums(account_id)
+        for name, totals in ((venue, venues), (counterparty, counterparties)):
             if name:
-                total = 0
-                for order_id in account.working:
-                    order = self.orders[(account_id, order_id)]
-                    if (order.venue if by_venue else order.counterparty) == name:
-                        total += order.remaining * order.valuation_price
-                sums.append(total + notional)
+                sums.append(totals.get(name, 0) + notional)
         return all(fits_int64(value) for value in sums)
 
     # -- DECISIONS --
@@ -1425,19 +1487,30 @@ class ReferenceBook:
                     ctx.unrealized += value - slot.cost_basis
                 else:
                     ctx.scan_unpriced = True
-            exposure = abs(value) + slot.working_buy_notional + slot.working_sell_notional
+            working_buy = slot.working_buy
+            buy, sell = slot.working_buy_notional, slot.working_sell_notional
+            short = slot.working_short_notional
+            if symbol == ctx.symbol:
+                # an order group's leg: what its group counts already is not counted again
+                if ctx.side == pb.SIDE_BUY:
+                    working_buy -= ctx.group_units
+                    buy -= ctx.group_notional
+                else:
+                    sell -= ctx.group_notional
+                    if ctx.side == pb.SIDE_SELL_SHORT:
+                        short -= ctx.group_notional
+            exposure = abs(value) + buy + sell
             ctx.gross += exposure
             if symbol == ctx.symbol:
-                ctx.order_slot = (value, slot.working_buy_notional, slot.working_sell_notional)
+                ctx.order_slot = (value, buy, sell)
             else:
-                ctx.initial_margin_bps += margin_of_slot(
-                    instrument, value, slot.working_buy_notional, slot.working_sell_notional)
-            ctx.net += value + slot.working_buy_notional - slot.working_sell_notional
-            ctx.committed += slot.working_buy_notional + slot.working_short_notional
+                ctx.initial_margin_bps += margin_of_slot(instrument, value, buy, sell)
+            ctx.net += value + buy - sell
+            ctx.committed += buy + short
             if value < 0:
                 # a short commits its value at the last price, but not twice
                 # for the units working buys already cover (they are committed)
-                covered = min(-slot.quantity, slot.working_buy)
+                covered = min(-slot.quantity, working_buy)
                 ctx.committed -= value + covered * (instrument.last_price or 0)
             same = symbol == ctx.symbol
             if same or (order_issuer and instrument.issuer_id == order_issuer):
@@ -1451,6 +1524,7 @@ class ReferenceBook:
     def prepare_context(
         self, account_id: bytes, symbol: bytes, side: int, order_type: int, quantity: int,
         price: int, venue: bytes = b"", counterparty: bytes = b"", now_ns: int = 0,
+        group: bytes = b"",
     ) -> Context:
         account = self.accounts.get(account_id)
         instrument = self.instruments.get(symbol)
@@ -1475,12 +1549,7 @@ class ReferenceBook:
                               else lost_key_slot(self.lost_slots, symbol_keys(symbol))),
         )
         if account is not None and (venue or counterparty):
-            for order_id in account.working:
-                order = self.orders[(account_id, order_id)]
-                notional = order.remaining * order.valuation_price
-                for tags, name in ((ctx.working_venue, order.venue),
-                                   (ctx.working_counterparty, order.counterparty)):
-                    tags[name] = tags.get(name, 0) + notional
+            _, ctx.working_venue, ctx.working_counterparty = self._working_sums(account_id)
         if order_type == pb.ORDER_TYPE_LIMIT:
             ctx.valuation_price, ctx.price_valid = price, price > 0
         elif (order_type == pb.ORDER_TYPE_MARKET and ctx.instrument_known
@@ -1496,6 +1565,8 @@ class ReferenceBook:
             projected = ctx.position + ctx.signed_quantity
             ctx.projection_valid = INT64_MIN < projected <= INT64_MAX and ctx.position != INT64_MIN
             ctx.projected_position = projected if ctx.projection_valid else 0
+        if group and account is not None:
+            self._find_group(ctx, account_id, account, group)
         if ctx.account_known and ctx.instrument_known and account is not None and (
             account.cash is not None or any(
                 ctx.account_limit(kind) is not None for kind in (
@@ -1507,14 +1578,44 @@ class ReferenceBook:
             self._scan(ctx, account_id)
         return ctx
 
+    def _find_group(self, ctx: Context, account_id: bytes, account: RefAccount,
+                    group: bytes) -> None:
+        """An order group's leg: a working leg of the group that differs (the
+        first, in the core's list order), else what the group's legs of its
+        side count already (their worst), up to the order's own."""
+        ctx.group = group
+        units = notional = 0
+        for order_id in account.working:
+            leg = self.orders[(account_id, order_id)]
+            if leg.group != group:
+                continue
+            for mismatch, same in ((1, leg.symbol == ctx.symbol),
+                                   (2, len(ctx.venue) <= MAX_TAG_LENGTH and leg.venue == ctx.venue),
+                                   (3, len(ctx.counterparty) <= MAX_TAG_LENGTH
+                                    and leg.counterparty == ctx.counterparty)):
+                if not same:
+                    ctx.group_mismatch = mismatch
+                    return
+            if leg.side == ctx.side:
+                units = max(units, leg.remaining)
+                notional = max(notional, leg.remaining * leg.valuation_price)
+        if ctx.quantity <= 0:
+            return
+        ctx.group_units = min(units, ctx.quantity)
+        if ctx.notional_valid:
+            ctx.group_notional = min(notional, ctx.notional)
+
     def evaluate(
         self, order_id: bytes, account_id: bytes, symbol: bytes, side: int, order_type: int,
         quantity: int, price: int, venue: bytes = b"", counterparty: bytes = b"",
         now_ns: int = 0, durable_checked: int = -1, min_state_version: int = 0,
         time_in_force: int = 0, expire_at_unix_ms: int = 0, now_unix_ms: int = 0,
-        session_end_unix_ms: int = 0,
+        session_end_unix_ms: int = 0, group_id: bytes = b"",
     ) -> Verdict:
         """Run every check on one order; the same Verdict as ``Engine.evaluate``."""
+        if len(group_id) > MAX_ORDER_ID_LENGTH or b"\0" in group_id:
+            raise ValueError(f"a group id must be at most {MAX_ORDER_ID_LENGTH} bytes, "
+                             "with no NUL")
         for name, value in (("quantity", quantity), ("price", price), ("now_ns", now_ns),
                             ("durable_checked", durable_checked),
                             ("min_state_version", min_state_version),
@@ -1527,7 +1628,7 @@ class ReferenceBook:
             raise OverflowError(f"time_in_force {time_in_force} does not fit in int32")
         self._advance_clock(now_ns)
         ctx = self.prepare_context(account_id, symbol, side, order_type, quantity, price,
-                                   venue, counterparty, now_ns)
+                                   venue, counterparty, now_ns, group_id)
         ctx.min_state_version = min_state_version
         ctx.time_in_force, ctx.expire_at_ms = time_in_force, expire_at_unix_ms
         ctx.now_unix_ms, ctx.session_end_ms = now_unix_ms, session_end_unix_ms
@@ -1541,7 +1642,7 @@ class ReferenceBook:
                         and stored.expire_at_ms == expire_at_unix_ms
                         and len(venue) <= MAX_TAG_LENGTH
                         and stored.venue == venue and len(counterparty) <= MAX_TAG_LENGTH
-                        and stored.counterparty == counterparty):
+                        and stored.counterparty == counterparty and stored.group == group_id):
                     # not yet durable: the caller writes it before answering
                     return Verdict(stored.approved, stored.notional,
                                    stored.rejections[:STORED_REJECTIONS], True, AUTO_HALT_NONE,
@@ -1648,7 +1749,7 @@ class ReferenceBook:
         slot = self.positions[(account_id, original.symbol)]
         place = account.working.index(original_order_id)
         del account.working[place]
-        self._add_working(slot, original, -1)
+        self._resum(account_id)
         if original.side == pb.SIDE_SELL_SHORT:
             slot.locate_used -= original.remaining
         verdict = self.evaluate(order_id, account_id, original.symbol, original.side,
@@ -1657,7 +1758,7 @@ class ReferenceBook:
                                 min_state_version, original.time_in_force,
                                 original.expire_at_ms, now_unix_ms,
                                 # working_until(tif, expiry, this) is the original's end
-                                original.working_until_ms)
+                                original.working_until_ms, original.group)
         if verdict.approved:
             replacement = self.orders[(account_id, order_id)]
             replacement.quantity = total
@@ -1672,7 +1773,7 @@ class ReferenceBook:
                 rejected.replaces = original_order_id
                 rejected.carried = done - original.own_filled
             account.working.insert(place, original_order_id)
-            self._add_working(slot, original)
+            self._resum(account_id)
             if original.side == pb.SIDE_SELL_SHORT:
                 slot.locate_used += original.remaining
         return verdict
@@ -1714,6 +1815,7 @@ class ReferenceBook:
             expire_at_ms=ctx.expire_at_ms,
             working_until_ms=working_until(ctx.time_in_force, ctx.expire_at_ms,
                                            ctx.session_end_ms),
+            group=ctx.group,
         )
         self.orders[(account_id, order_id)] = order
         if approved:
@@ -1747,10 +1849,10 @@ class ReferenceBook:
         assert account is not None
         slot = self._slot(account_id, ctx.symbol)
         order.working, order.remaining = True, order.quantity
-        self._add_working(slot, order)
         if order.side == pb.SIDE_SELL_SHORT:
             slot.locate_used += order.quantity
         account.working.appendleft(order_id)
+        self._resum(account_id)
         at = ctx.now_ns
         if account.rate:
             at = max(at, account.rate[-1][0])

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DecidedOrderRecord(_message.Message):
-    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "time_in_force", "expire_at_unix_ms", "working_until_unix_ms", "replaces", "carried")
+    __slots__ = ("symbol", "side", "order_type", "quantity", "price", "valuation_price", "notional", "venue", "counterparty", "approved", "rejections", "decided_at_unix_ms", "time_in_force", "expire_at_unix_ms", "working_until_unix_ms", "replaces", "carried", "group_id")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class DecidedOrderRecord(_message.Message):
     WORKING_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REPLACES_FIELD_NUMBER: _ClassVar[int]
     CARRIED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     side: _risk_pb2.Side
     order_type: _risk_pb2.OrderType
@@ -43,7 +44,8 @@ class DecidedOrderRecord(_message.Message):
     working_until_unix_ms: int
     replaces: bytes
     carried: int
-    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., working_until_unix_ms: _Optional[int] = ..., replaces: _Optional[bytes] = ..., carried: _Optional[int] = ...) -> None: ...
+    group_id: bytes
+    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., valuation_price: _Optional[int] = ..., notional: _Optional[int] = ..., venue: _Optional[bytes] = ..., counterparty: _Optional[bytes] = ..., approved: _Optional[bool] = ..., rejections: _Optional[_Iterable[_Union[StoredRejection, _Mapping]]] = ..., decided_at_unix_ms: _Optional[int] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., working_until_unix_ms: _Optional[int] = ..., replaces: _Optional[bytes] = ..., carried: _Optional[int] = ..., group_id: _Optional[bytes] = ...) -> None: ...
 
 class StoredRejection(_message.Message):
     __slots__ = ("code", "observed", "limit")

@@ -28,6 +28,11 @@ class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_TYPE_LIMIT: _ClassVar[OrderType]
     ORDER_TYPE_MARKET: _ClassVar[OrderType]
 
+class Contingency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTINGENCY_UNSPECIFIED: _ClassVar[Contingency]
+    CONTINGENCY_ONE_CANCELS_OTHER: _ClassVar[Contingency]
+
 class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REJECT_CODE_UNSPECIFIED: _ClassVar[RejectCode]
@@ -74,6 +79,7 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_MIN_ORDER_NOTIONAL: _ClassVar[RejectCode]
     REJECT_CODE_ORDER_EXPIRED: _ClassVar[RejectCode]
     REJECT_CODE_MARGIN_SHORTFALL: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_MISMATCH: _ClassVar[RejectCode]
     REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: _ClassVar[RejectCode]
     REJECT_CODE_ORIGINAL_NOT_WORKING: _ClassVar[RejectCode]
     REJECT_CODE_REPLACE_BELOW_FILLED: _ClassVar[RejectCode]
@@ -140,6 +146,8 @@ TIME_IN_FORCE_GTD: TimeInForce
 ORDER_TYPE_UNSPECIFIED: OrderType
 ORDER_TYPE_LIMIT: OrderType
 ORDER_TYPE_MARKET: OrderType
+CONTINGENCY_UNSPECIFIED: Contingency
+CONTINGENCY_ONE_CANCELS_OTHER: Contingency
 REJECT_CODE_UNSPECIFIED: RejectCode
 REJECT_CODE_STALE_DATA: RejectCode
 REJECT_CODE_UNKNOWN_ACCOUNT: RejectCode
@@ -184,6 +192,7 @@ REJECT_CODE_AUDIT_UNAVAILABLE: RejectCode
 REJECT_CODE_MIN_ORDER_NOTIONAL: RejectCode
 REJECT_CODE_ORDER_EXPIRED: RejectCode
 REJECT_CODE_MARGIN_SHORTFALL: RejectCode
+REJECT_CODE_GROUP_MISMATCH: RejectCode
 REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: RejectCode
 REJECT_CODE_ORIGINAL_NOT_WORKING: RejectCode
 REJECT_CODE_REPLACE_BELOW_FILLED: RejectCode
@@ -222,7 +231,7 @@ ALERT_KIND_MARGIN_CALL: AlertKind
 ALERT_KIND_MARGIN_CALL_CLEARED: AlertKind
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version", "time_in_force", "expire_at_unix_ms")
+    __slots__ = ("order_id", "account_id", "symbol", "side", "quantity", "price", "order_type", "venue", "counterparty", "min_state_version", "time_in_force", "expire_at_unix_ms", "group_id", "contingency")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +244,8 @@ class Order(_message.Message):
     MIN_STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTINGENCY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account_id: str
     symbol: str
@@ -247,7 +258,9 @@ class Order(_message.Message):
     min_state_version: int
     time_in_force: TimeInForce
     expire_at_unix_ms: int
-    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ...) -> None: ...
+    group_id: str
+    contingency: Contingency
+    def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., min_state_version: _Optional[int] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., group_id: _Optional[str] = ..., contingency: _Optional[_Union[Contingency, str]] = ...) -> None: ...
 
 class ReplaceRequest(_message.Message):
     __slots__ = ("account_id", "original_order_id", "order_id", "quantity", "price", "min_state_version")
