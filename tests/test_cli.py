@@ -369,6 +369,18 @@ def test_gtd_order_with_an_iso_expiry_is_approved_and_shows_its_time_in_force(bo
     assert run.stderr == ""
 
 
+def test_two_oco_exits_of_the_cli_both_close_the_holding_and_show_their_group(book, gateway):
+    # ACC-1 holds 20: two sells of 20 in one group are both closing orders
+    for order_id in ("TP", "SL"):
+        run = run_pretrade(*order_args(gateway.target, qty="20", side="sell"), "--oco", "EXIT",
+                           "--order-id", order_id)
+        assert run.returncode == 0, run
+        assert "oco group  EXIT" in run.stdout.splitlines()
+    plain = run_pretrade(*order_args(gateway.target, qty="20", side="sell"))
+    assert plain.returncode == 1, plain
+    assert "SHORT_SALE_NOT_MARKED" in plain.stdout
+
+
 @pytest.mark.parametrize("tif", ["day", "ioc", "gtc"])
 def test_an_order_with_a_time_in_force_and_no_expiry_shows_its_name(book, gateway, tif):
     run = run_pretrade(*order_args(gateway.target, qty="1"), "--tif", tif)

@@ -574,6 +574,27 @@ def test_the_replace_figures_hold_for_a_replaced_order_and_its_replacement(
                    lambda found, expected=expected: found == (*expected, 0))
 
 
+def test_the_oco_figures_hold_for_two_exits_and_the_fill_of_one(
+        doc, redis_cli, ord_7_working, stub):
+    (header, rows), *_ = markdown_tables(after_marker(doc, "oco-figures"))
+    assert header == ["after", "AAPL position", "AAPL working sell"], header
+    figures = [(int(position), int(working)) for _, position, working in rows]
+    for order_id, price in (("TP-1", 720_000), ("SL-1", 660_000)):
+        exit_order = order(order_id=order_id, side=pb.SIDE_SELL, quantity=20, price=price)
+        exit_order.group_id = "EXIT-1"
+        exit_order.contingency = pb.CONTINGENCY_ONE_CANCELS_OTHER
+        decision = stub.EvaluateOrder(exit_order)
+        assert decision.approved, decision
+    steps = [lambda: None,
+             lambda: run_example(redis_cli, code_blocks(after_marker(doc, "oco-fill"))[0])]
+    assert len(steps) == len(figures)
+    for step, (position, selling) in zip(steps, figures, strict=True):
+        step()
+        wait_until(lambda: position_and_working(ord_7_working),
+                   lambda found, expected=(position, ORD_7["quantity"], selling):
+                   found == expected)
+
+
 def _fill(client: redis.Redis, lot: str, order_id: str, quantity: int) -> None:
     tickers, quantities, prices = lot_keys(b"ACC-1")
     with client.pipeline(transaction=True) as pipe:

@@ -357,3 +357,41 @@ def test_thirty_thousand_restored_orders_of_one_account_load_in_seconds(redis_cl
         assert codes(stub.EvaluateOrder(order(quantity=11))) == [
             pb.REJECT_CODE_MAX_LONG_POSITION]
         assert stub.EvaluateOrder(order(quantity=10)).approved
+
+
+def test_a_restart_restores_an_oco_group_once_and_not_the_legs_a_fill_ended(limited, launch):
+    # Long 100; two exits of 100 in group X, and two buys of 600 and 900 in
+    # group Y. After kill -9: X's take-profit filled meanwhile, so its
+    # stop-loss is not reserved again; Y reserves 900 (its worst), not 1,500.
+    limited.hset("limits:{ACC-1}", "max_long_position", 1_000)
+    report_fill(limited, "L0", "BOUGHT", 100)
+    target, process = launch()
+    channel, stub = live_stub(target)
+
+    def leg(order_id: str, group: str, side: int, quantity: int) -> pb.Order:
+        request = order(side=side, quantity=quantity, order_id=order_id)
+        request.group_id, request.contingency = group, pb.CONTINGENCY_ONE_CANCELS_OTHER
+        return request
+
+    with channel:
+        deadline = time.monotonic() + 10
+        while stub.GetStatus(pb.StatusRequest()).positions < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for request in (leg("TP", "X", pb.SIDE_SELL, 100), leg("SL", "X", pb.SIDE_SELL, 100),
+                        leg("Y1", "Y", pb.SIDE_BUY, 600), leg("Y2", "Y", pb.SIDE_BUY, 900)):
+            assert stub.EvaluateOrder(request).approved, request
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    report_fill(limited, "L1", "TP", -100)
+    limited.hset("limits:{ACC-1}", "max_working_orders", 3)
+    target, _ = launch()
+    channel, stub = live_stub(target)
+    with channel:
+        # flat now; Y's 900 working: 100 more fit the long limit of 1,000, and
+        # with Y1 and Y2 the third working order (SL does not work)
+        decision = stub.EvaluateOrder(order(quantity=100))
+        assert decision.approved, decision
+        assert codes(stub.EvaluateOrder(order(quantity=1))) == [
+            pb.REJECT_CODE_MAX_LONG_POSITION, pb.REJECT_CODE_MAX_WORKING_ORDERS]
+        assert stub.EvaluateOrder(leg("Y2", "Y", pb.SIDE_BUY, 900)).replayed

@@ -24,6 +24,7 @@ SIDES = frozenset((pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT))
 ORDER_TYPES = frozenset((pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET))
 TIMES_IN_FORCE = frozenset((pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY,
                             pb.TIME_IN_FORCE_IOC, pb.TIME_IN_FORCE_GTC, pb.TIME_IN_FORCE_GTD))
+CONTINGENCIES = frozenset((pb.CONTINGENCY_UNSPECIFIED, pb.CONTINGENCY_ONE_CANCELS_OTHER))
 
 
 class ValidOrder(NamedTuple):
@@ -35,6 +36,7 @@ class ValidOrder(NamedTuple):
     symbol: bytes
     venue: bytes
     counterparty: bytes
+    group: bytes = b""          # Order.group_id (an OCO group), b"" for none
 
 
 def validate_order(order: pb.Order) -> ValidOrder:
@@ -48,6 +50,8 @@ def validate_order(order: pb.Order) -> ValidOrder:
     if ids is None:
         return _refuse_order(order)
     _check_order_enums(order)
+    if order.group_id or order.contingency:
+        return ValidOrder(*ids)._replace(group=_group(order))
     return ValidOrder(*ids)
 
 
@@ -61,7 +65,22 @@ def _refuse_order(order: pb.Order) -> ValidOrder:
     venue = require_printable(order.venue, "venue", MAX_TAG_LENGTH, required=False)
     counterparty = require_printable(order.counterparty, "counterparty", MAX_TAG_LENGTH,
                                      required=False)
-    return ValidOrder(order_id, account, symbol, venue, counterparty)
+    return ValidOrder(order_id, account, symbol, venue, counterparty, _group(order))
+
+
+def _group(order: pb.Order) -> bytes:
+    # An order group needs both its id (the order id's alphabet and length)
+    # and its contingency; one without the other is malformed.
+    if order.contingency not in CONTINGENCIES:
+        raise InvalidRequest(f"contingency must be CONTINGENCY_ONE_CANCELS_OTHER (or "
+                             f"unspecified), got {order.contingency}", "contingency")
+    group = require_printable(order.group_id, "group_id", MAX_ORDER_ID_LENGTH, required=False)
+    if group and not order.contingency:
+        raise InvalidRequest("group_id needs a contingency (CONTINGENCY_ONE_CANCELS_OTHER)",
+                             "contingency")
+    if order.contingency and not group:
+        raise InvalidRequest("a contingency needs the group_id of its order group", "group_id")
+    return group
 
 
 def _check_order_enums(order: pb.Order) -> None:

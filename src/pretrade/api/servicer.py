@@ -180,7 +180,8 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                                        order.order_type, order.quantity, order.price,
                                        valid.venue, valid.counterparty, started, durable_checked,
                                        order.min_state_version, order.time_in_force,
-                                       order.expire_at_unix_ms, now_unix_ms, session_end)
+                                       order.expire_at_unix_ms, now_unix_ms, session_end,
+                                       valid.group)
         latency = time.perf_counter_ns() - started
         evictions = expired_mark(verdict)
         if evictions is not None and expired is not None:
@@ -203,7 +204,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 verdict.rejections[:STORED_REJECTIONS], order.time_in_force,
                 order.expire_at_unix_ms,
                 working_until(order.time_in_force, order.expire_at_unix_ms, session_end)
-                if verdict.approved else 0)
+                if verdict.approved else 0, group=valid.group)
         return self._decision(order, verdict, latency, make), durable
 
     def _audit_unavailable(self, order: pb.Order) -> pb.Decision:
@@ -286,9 +287,10 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
         else:
             if (record.replaces, record.symbol, record.side, record.order_type,
                     record.quantity, record.price, record.venue, record.counterparty,
-                    record.time_in_force, record.expire_at_unix_ms) == (
+                    record.time_in_force, record.expire_at_unix_ms, record.group) == (
                     b"", ids.symbol, order.side, order.order_type, order.quantity, order.price,
-                    ids.venue, ids.counterparty, order.time_in_force, order.expire_at_unix_ms):
+                    ids.venue, ids.counterparty, order.time_in_force, order.expire_at_unix_ms,
+                    ids.group):
                 rejections, approved = record.rejections, record.approved
                 notional, replayed = record.notional, True
             else:
@@ -333,9 +335,12 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 order.quantity = known["quantity"]
             if is_replacement or not request.price:
                 order.price = known["price"]
-            # a replacement keeps its original's time in force
+            # a replacement keeps its original's time in force, and its group
             order.time_in_force = known["time_in_force"]
             order.expire_at_unix_ms = known["expire_at_ms"]
+            if known.get("group"):
+                order.group_id = as_text(known["group"])
+                order.contingency = pb.CONTINGENCY_ONE_CANCELS_OTHER
         return order
 
     def decide_replace(self, request: pb.ReplaceRequest, durable_checked: int = -1,
@@ -384,7 +389,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 known["counterparty"], verdict.approved, verdict.rejections[:STORED_REJECTIONS],
                 known["time_in_force"], known["expire_at_ms"],
                 known["working_until_ms"] if verdict.approved else 0,
-                valid.original, known["carried"])
+                valid.original, known["carried"], known["group"])
         return self._decision(order, verdict, latency), durable, None
 
     async def resolve_replace(self, request: pb.ReplaceRequest, evictions: int
@@ -433,7 +438,7 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                 "venue": record.venue, "counterparty": record.counterparty,
                 "quantity": record.quantity, "price": record.price,
                 "time_in_force": record.time_in_force,
-                "expire_at_ms": record.expire_at_unix_ms}, True)
+                "expire_at_ms": record.expire_at_unix_ms, "group": record.group}, True)
             return self._answer(order, record.approved, record.rejections, latency, True,
                                 record.notional, request.original_order_id)
         return self._answer(order, False, ((pb.REJECT_CODE_DUPLICATE_ORDER_ID, 0, 0),),

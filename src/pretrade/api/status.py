@@ -256,6 +256,10 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
         case pb.REJECT_CODE_MARGIN_SHORTFALL:
             return (f"initial margin would be {money(observed)}, over the equity "
                     f"{money(limit)}")
+        case pb.REJECT_CODE_GROUP_MISMATCH:
+            what = {1: "symbol", 2: "venue", 3: "counterparty"}.get(observed, "terms")
+            return (f"a working order of the same group_id has another {what}: the legs of "
+                    "an order group are of one symbol, venue and counterparty")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"
         case pb.REJECT_CODE_NOTIONAL_RATE:

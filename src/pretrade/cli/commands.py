@@ -327,6 +327,9 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     order.add_argument("--expire-at", type=_argument_type(parse_expire_at), metavar="WHEN",
                        help="when a --tif gtd order expires: ISO 8601 UTC "
                        "(2026-12-31T21:00:00Z) or Unix epoch milliseconds")
+    order.add_argument("--oco", metavar="GROUP_ID",
+                       help="a leg of the one-cancels-other group GROUP_ID: its working legs "
+                       "reserve their worst leg, not their sum")
 
     halt = commands.add_parser(
         "halt",
@@ -515,6 +518,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             if args.time_in_force is not None or args.expire_at is not None:
                 _one_line_error("a replacement keeps its original's time in force: leave "
                                 "out --tif and --expire-at with --replace")
+            if args.oco is not None:
+                _one_line_error("a replacement stays in its original's group: leave out "
+                                "--oco with --replace")
         else:
             for given, flag in ((args.symbol, "--symbol"), (args.side, "--side"),
                                 (args.qty, "--qty")):
@@ -530,6 +536,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.expire_at is not None and args.time_in_force != "gtd":
             _one_line_error("--expire-at only goes with --tif gtd (an order with another "
                             "time in force has no expiry time)")
+        if args.oco is not None and not args.oco:
+            order.error("--oco must not be empty")
         if args.order_id is None:
             args.order_id = "cli-" + uuid.uuid4().hex[:12]
         elif not args.order_id:
@@ -562,9 +570,10 @@ def build_order(args: argparse.Namespace) -> risk_pb2.Order:
     risk_pb2.Order
         Price in 1/10,000 of the currency; 0 for a market order. Time in
         force unspecified unless ``--tif`` is given; ``expire_at_unix_ms``
-        0 unless it is ``gtd``.
+        0 unless it is ``gtd``; ``group_id`` and a one-cancels-other
+        contingency with ``--oco``.
     """
-    return risk_pb2.Order(
+    order = risk_pb2.Order(
         order_id=args.order_id,
         account_id=args.account,
         symbol=args.symbol,
@@ -577,6 +586,9 @@ def build_order(args: argparse.Namespace) -> risk_pb2.Order:
                        else risk_pb2.TIME_IN_FORCE_UNSPECIFIED),
         expire_at_unix_ms=args.expire_at or 0,
     )
+    if args.oco:
+        order.group_id, order.contingency = args.oco, risk_pb2.CONTINGENCY_ONE_CANCELS_OTHER
+    return order
 
 
 def build_replace(args: argparse.Namespace) -> risk_pb2.ReplaceRequest:

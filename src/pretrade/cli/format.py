@@ -119,6 +119,8 @@ def format_decision(decision: risk_pb2.Decision, order: risk_pb2.Order | None = 
             ("symbol", _cell(decision.symbol)),
             ("verdict", "APPROVED" if decision.approved else "REJECTED"),
             *_time_in_force_row(order),
+            *([("oco group", _cell(order.group_id))] if order is not None and order.group_id
+              else []),
             ("notional", format_money(decision.notional, decision.currency)),
             ("latency", _format_latency(decision.latency_ns)),
         ]

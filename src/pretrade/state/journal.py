@@ -82,6 +82,8 @@ class DecidedOrder(NamedTuple):
     #: chain filled before that original (OrderRecord.carried); b"" and 0 for an order.
     replaces: bytes = b""
     carried: int = 0
+    #: Order.group_id of a leg of an OCO group (a replacement keeps its original's).
+    group: bytes = b""
 
     def encode(self, decided_at_unix_ms: int = 0) -> bytes:
         """The value of this order's field in ``orders:{ACC}``: 0x02 and its record."""
@@ -103,11 +105,19 @@ class DecidedOrder(NamedTuple):
             record.replaces = self.replaces
         if self.carried:
             record.carried = self.carried
+        if self.group:
+            record.group_id = self.group
         if self.rejections:
             add = record.rejections.add
             for code, observed, limit in self.rejections:
                 add(code=code, observed=observed, limit=limit)
         return FORMAT + record.SerializeToString()
+
+
+def group_key(order: DecidedOrder) -> tuple[bytes, bytes, bytes, bytes]:
+    """The OCO group of a decided order: its id with its symbol, venue and
+    counterparty (the table's legs of one group share all four)."""
+    return (order.group, order.symbol, order.venue, order.counterparty)
 
 
 def decode(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
@@ -139,7 +149,8 @@ def _decode_record(account: bytes, order_id: bytes, payload: bytes) -> DecidedOr
                         record.venue, record.counterparty, record.approved,
                         tuple((r.code, r.observed, r.limit) for r in record.rejections),
                         record.time_in_force, record.expire_at_unix_ms,
-                        record.working_until_unix_ms, record.replaces, record.carried)
+                        record.working_until_unix_ms, record.replaces, record.carried,
+                        record.group_id)
 
 
 def _decode_legacy(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:

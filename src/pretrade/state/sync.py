@@ -68,7 +68,7 @@ from pretrade.state.connection import (
     read_snapshot,
 )
 from pretrade.state.halts import HaltBook, HaltKey
-from pretrade.state.journal import DecidedOrder, decode
+from pretrade.state.journal import DecidedOrder, decode, group_key
 from pretrade.state.schema import (
     CANARY,
     FENCE,
@@ -793,7 +793,8 @@ class RedisSync:
                         time_in_force=order["time_in_force"],
                         expire_at_unix_ms=order["expire_at_ms"],
                         working_until_unix_ms=order["working_until_ms"],
-                        replaces=order["replaces"], carried=order["carried"])
+                        replaces=order["replaces"], carried=order["carried"],
+                        group=order["group"])
                     pipe.hsetnx(key, order["order_id"], record.encode())
                 replies = await pipe.execute()
             written += sum(1 for reply in replies if reply)
@@ -1108,18 +1109,26 @@ class RedisSync:
         # An approved replacement ends its original (ReplaceOrder), whatever its record says.
         replaced = {order.replaces for order in decided.values()
                     if order.approved and order.replaces}
+        done_of = {order_id: order.carried + filled.get(order_id, 0) + (
+            filled.get(order.replaces, 0) if order.replaces else 0)
+            for order_id, order in decided.items()}
+        # A leg of an OCO group filled completely ended its group (as the
+        # table's recompute_working ends it): its other legs are not restored.
+        ended = {group_key(order) for order_id, order in decided.items()
+                 if order.approved and order.group and order_id not in cancelled
+                 and order_id not in replaced and done_of[order_id] >= order.quantity}
         for order_id, order in decided.items():
-            done = order.carried + filled.get(order_id, 0) + (
-                filled.get(order.replaces, 0) if order.replaces else 0)
+            done = done_of[order_id]
             if order.approved and order_id not in cancelled and order_id not in replaced \
                     and done < order.quantity \
+                    and not (order.group and group_key(order) in ended) \
                     and not 0 < order.working_until_unix_ms <= now_unix_ms:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
                                 order.notional, order.venue, order.counterparty, True,
                                 order.rejections, order.time_in_force,
                                 order.expire_at_unix_ms, order.working_until_unix_ms,
-                                order.replaces, order.carried))
+                                order.replaces, order.carried, order.group))
             else:
                 finished.append(order_id)
         restored = 0
