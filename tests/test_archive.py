@@ -193,7 +193,8 @@ def test_an_unreadable_batch_is_archived_as_an_unreadable_row(redis_client, data
     redis_client.xadd(AUDIT_STREAM, {"v": "2", "pid": "7", "n": "1", "data": encode_batch(
         [("decision", 1_700_000_000_000_000_000, "p\x00", pb.Order(
             order_id="nul\x00id", account_id="ACC-1", symbol="AAPL", quantity=1,
-            time_in_force=pb.TIME_IN_FORCE_GTD, expire_at_unix_ms=1_700_000_600_000), True,
+            time_in_force=pb.TIME_IN_FORCE_GTD, expire_at_unix_ms=1_700_000_600_000,
+            group_id="G\x00"), True,
           (), 1, False, 1, "orig\x00")])})
     archive_all(archiver())
     found = rows(database_url)
@@ -204,6 +205,8 @@ def test_an_unreadable_batch_is_archived_as_an_unreadable_row(redis_client, data
     assert found[1]["replaces"] == "orig\ufffd"
     # and its time in force and expiry (migration 3)
     assert (found[1]["time_in_force"], found[1]["expire_at_ms"]) == ("GTD", 1_700_000_600_000)
+    # and the OCO group of a leg (migration 4)
+    assert found[1]["group_id"] == "G\ufffd"
 
 
 def test_the_archiver_keeps_going_when_postgresql_goes_away_and_comes_back(

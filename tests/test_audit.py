@@ -34,7 +34,7 @@ from pretrade.v1 import risk_pb2 as pb
 EVERY_DECISION_FIELD = {"event", "ts", "pid", "principal", "order_id", "account", "symbol", "side",
                         "order_type", "quantity", "price", "venue", "counterparty", "verdict",
                         "codes", "notional", "latency_ns", "replayed", "replaces",
-                        "time_in_force", "expire_at"}
+                        "time_in_force", "expire_at", "group_id"}
 EVERY_HALT_FIELD = {"event", "ts", "pid", "principal", "source", "scope", "target", "mode",
                     "reason", "by", "expires_at"}
 
@@ -104,6 +104,15 @@ def test_an_orders_time_in_force_and_expiry_are_in_its_audit_record(seeded, gate
     assert [(e["order_id"], e["time_in_force"], e["expire_at"]) for e in found] == [
         ("audit-gtd", "GTD", str(expire_at)), ("audit-ioc", "IOC", "0"),
         ("audit-plain", "UNSPECIFIED", "0")]
+
+
+def test_a_legs_oco_group_is_in_its_audit_record(seeded, gateway, stub):
+    leg = order(order_id="audit-leg")
+    leg.group_id, leg.contingency = "EXIT-9", pb.CONTINGENCY_ONE_CANCELS_OTHER
+    for sent in (leg, order(order_id="audit-single")):
+        assert stub.EvaluateOrder(sent).approved
+    assert [(e["order_id"], e["group_id"]) for e in audited(seeded, 2)] == [
+        ("audit-leg", "EXIT-9"), ("audit-single", "")]
 
 
 def test_a_replayed_order_id_is_audited_as_replayed(seeded, gateway, stub):

@@ -90,7 +90,7 @@ COLUMNS = ("stream_ms", "stream_seq", "idx", "event", "ts", "pid", "principal",
            "order_id", "account", "symbol", "side", "order_type", "quantity", "price",
            "venue", "counterparty", "approved", "codes", "notional", "latency_ns",
            "replayed", "source", "scope", "target", "mode", "reason", "halted_by",
-           "expires_at_ms", "replaces", "time_in_force", "expire_at_ms")
+           "expires_at_ms", "replaces", "time_in_force", "expire_at_ms", "group_id")
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ ALTER TABLE {TABLE} ADD COLUMN replaces text;
               "force and GTD expiry", f"""
 ALTER TABLE {TABLE} ADD COLUMN time_in_force text;
 ALTER TABLE {TABLE} ADD COLUMN expire_at_ms bigint;
+"""),
+    Migration(4, "audit_record.group_id: the OCO group of a decided order's leg", f"""
+ALTER TABLE {TABLE} ADD COLUMN group_id text;
 """),
 )
 
@@ -249,7 +252,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
         if kind == "decision":
             d = record.decision
             (order_id, account, symbol, side, order_type, quantity, price, venue,
-             counterparty, time_in_force, expire_at) = order_of(d)
+             counterparty, time_in_force, expire_at, group_id) = order_of(d)
             append((ms, seq, n, DECISION, ts, pid, principal, _text(order_id),
                     _text(account), _text(symbol), _SIDES.get(side, str(side)),
                     _TYPES.get(order_type, str(order_type)), quantity, price,
@@ -257,7 +260,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     _codes_literal(d.codes) if d.codes else "{}", d.notional,
                     d.latency_ns, d.replayed, None, None, None, None, None, None, None,
                     _text(d.replaces), _TIFS.get(time_in_force, str(time_in_force)),
-                    expire_at))
+                    expire_at, _text(group_id)))
         elif kind == "halt":
             h = record.halt
             target = _text(h.target)
@@ -267,7 +270,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
                     None, None, None, None, None, None, None, None, None, None, None,
                     _text(h.source), _SCOPES.get(h.scope, str(h.scope)), target,
                     _MODES.get(h.mode, str(h.mode)), _text(h.reason), _text(h.by),
-                    h.expires_at_unix_ms, None, None, None))
+                    h.expires_at_unix_ms, None, None, None, None))
         else:
             append(_unreadable(ms, seq, n, pid, "a record that is neither a decision nor a "
                                "halt (written by a newer version?)"))
@@ -276,7 +279,7 @@ def rows_of_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[
 
 def _unreadable(ms: int, seq: int, n: int, pid: int | None, reason: str) -> tuple[Any, ...]:
     return (ms, seq, n, "unreadable", _utc(ms), pid, "", *([None] * 18), reason[:MAX_TEXT],
-            None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 def _int(value: str | None) -> int | None:
@@ -301,7 +304,7 @@ def _row_of_text(ms: int, seq: int, n: int, row: Mapping[str, str]) -> tuple[Any
             None if "replayed" not in row else get("replayed") == "1", get("source"),
             get("scope"), get("target"), get("mode"), get("reason"), get("by"),
             _int(get("expires_at")), get("replaces"), get("time_in_force"),
-            _int(get("expire_at")))
+            _int(get("expire_at")), get("group_id"))
 
 
 # -- writing rows --

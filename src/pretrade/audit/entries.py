@@ -30,8 +30,9 @@ without ``REJECT_CODE_``, comma-separated, empty when approved),
 order id was decided before and this is that decision replayed, else
 ``0``), ``replaces`` (a ReplaceOrder: the original order id the
 decision's order replaces; empty for an order), ``time_in_force``
-(``UNSPECIFIED``, ``DAY``, ``IOC``, ``GTC`` or ``GTD``) and
-``expire_at`` (a GTD order's expiry, Unix ms; ``0`` for none). Text fields are cut to
+(``UNSPECIFIED``, ``DAY``, ``IOC``, ``GTC`` or ``GTD``),
+``expire_at`` (a GTD order's expiry, Unix ms; ``0`` for none) and
+``group_id`` (the OCO group of a leg; empty for none). Text fields are cut to
 :data:`MAX_TEXT` characters (only a malformed order in a batch can have
 longer ones).
 
@@ -132,6 +133,7 @@ def _set_order_fields(decision: records_pb2.AuditDecision, order: pb.Order) -> N
     decision.counterparty = order.counterparty[:MAX_TEXT]
     decision.time_in_force = order.time_in_force
     decision.expire_at_unix_ms = order.expire_at_unix_ms
+    decision.group_id = order.group_id[:MAX_TEXT]
 
 
 def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
@@ -143,16 +145,16 @@ def encode(entry: tuple[Any, ...], pid: str) -> list[Any]:
 # -- READING --
 
 def order_of(d: records_pb2.AuditDecision) -> tuple[str, str, str, int, int, int, int, str, str,
-                                                     int, int]:
+                                                     int, int, str]:
     """The decided order: ``(order_id, account, symbol, side, order_type, quantity, price,
-    venue, counterparty, time_in_force, expire_at_unix_ms)``, from the order kept whole or
-    from the fields a large one was cut into."""
+    venue, counterparty, time_in_force, expire_at_unix_ms, group_id)``, from the order kept
+    whole or from the fields a large one was cut into."""
     if d.HasField("order"):
         o = d.order
         return (o.order_id, o.account_id, o.symbol, o.side, o.order_type, o.quantity, o.price,
-                o.venue, o.counterparty, o.time_in_force, o.expire_at_unix_ms)
+                o.venue, o.counterparty, o.time_in_force, o.expire_at_unix_ms, o.group_id)
     return (d.order_id, d.account, d.symbol, d.side, d.order_type, d.quantity, d.price,
-            d.venue, d.counterparty, d.time_in_force, d.expire_at_unix_ms)
+            d.venue, d.counterparty, d.time_in_force, d.expire_at_unix_ms, d.group_id)
 
 
 def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
@@ -161,7 +163,7 @@ def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
     if record.WhichOneof("event") == "decision":
         d = record.decision
         (order_id, account, symbol, side, order_type, quantity, price, venue, counterparty,
-         time_in_force, expire_at) = order_of(d)
+         time_in_force, expire_at, group_id) = order_of(d)
         return {
             "event": DECISION, **common, "order_id": order_id, "account": account,
             "symbol": symbol, "side": short_name(pb.Side, side),
@@ -172,7 +174,7 @@ def row_of(record: records_pb2.AuditRecord, pid: str) -> dict[str, str]:
             "notional": str(d.notional), "latency_ns": str(d.latency_ns),
             "replayed": "1" if d.replayed else "0", "replaces": d.replaces,
             "time_in_force": short_name(pb.TimeInForce, time_in_force),
-            "expire_at": str(expire_at),
+            "expire_at": str(expire_at), "group_id": group_id,
         }
     h = record.halt
     return {

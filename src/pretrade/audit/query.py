@@ -225,7 +225,7 @@ _ARCHIVE_COLUMNS = (
     "stream_ms, stream_seq, idx, event, (extract(epoch from ts) * 1000)::bigint, pid, "
     "principal, order_id, account, symbol, side, order_type, quantity, price, venue, "
     "counterparty, approved, codes, notional, latency_ns, replayed, source, scope, target, "
-    "mode, reason, halted_by, expires_at_ms, replaces, time_in_force, expire_at_ms")
+    "mode, reason, halted_by, expires_at_ms, replaces, time_in_force, expire_at_ms, group_id")
 
 
 def _text(value: object) -> str:
@@ -237,7 +237,7 @@ def _archived_row(row: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
     (ms, seq, idx, event, ts, pid, principal, order_id, account, symbol, side, order_type,
      quantity, price, venue, counterparty, approved, codes, notional, latency_ns, replayed,
      source, scope, target, mode, reason, by, expires_at, replaces, time_in_force,
-     expire_at) = row
+     expire_at, group_id) = row
     common = {"event": event, "ts": _text(ts), "pid": _text(pid), "principal": principal}
     if event == DECISION:
         fields = {**common, "order_id": _text(order_id), "account": _text(account),
@@ -249,7 +249,7 @@ def _archived_row(row: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
                   "codes": ",".join(codes or ()), "notional": _text(notional),
                   "latency_ns": _text(latency_ns), "replayed": "1" if replayed else "0",
                   "replaces": _text(replaces), "time_in_force": _text(time_in_force),
-                  "expire_at": _text(expire_at)}
+                  "expire_at": _text(expire_at), "group_id": _text(group_id)}
     elif event == "halt":
         fields = {**common, "source": _text(source), "scope": _text(scope),
                   "target": _text(target), "mode": _text(mode), "reason": _text(reason),

@@ -76,7 +76,7 @@ class AuditRecord(_message.Message):
     def __init__(self, ts_unix_ms: _Optional[int] = ..., principal: _Optional[str] = ..., decision: _Optional[_Union[AuditDecision, _Mapping]] = ..., halt: _Optional[_Union[AuditHalt, _Mapping]] = ...) -> None: ...
 
 class AuditDecision(_message.Message):
-    __slots__ = ("order_id", "account", "symbol", "side", "order_type", "quantity", "price", "venue", "counterparty", "approved", "codes", "notional", "latency_ns", "replayed", "replaces", "time_in_force", "expire_at_unix_ms", "order")
+    __slots__ = ("order_id", "account", "symbol", "side", "order_type", "quantity", "price", "venue", "counterparty", "approved", "codes", "notional", "latency_ns", "replayed", "replaces", "time_in_force", "expire_at_unix_ms", "order", "group_id")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class AuditDecision(_message.Message):
     TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     account: str
     symbol: str
@@ -113,7 +114,8 @@ class AuditDecision(_message.Message):
     time_in_force: _risk_pb2.TimeInForce
     expire_at_unix_ms: int
     order: _risk_pb2.Order
-    def __init__(self, order_id: _Optional[str] = ..., account: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., approved: _Optional[bool] = ..., codes: _Optional[_Iterable[_Union[_risk_pb2.RejectCode, str]]] = ..., notional: _Optional[int] = ..., latency_ns: _Optional[int] = ..., replayed: _Optional[bool] = ..., replaces: _Optional[str] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., order: _Optional[_Union[_risk_pb2.Order, _Mapping]] = ...) -> None: ...
+    group_id: str
+    def __init__(self, order_id: _Optional[str] = ..., account: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_risk_pb2.Side, str]] = ..., order_type: _Optional[_Union[_risk_pb2.OrderType, str]] = ..., quantity: _Optional[int] = ..., price: _Optional[int] = ..., venue: _Optional[str] = ..., counterparty: _Optional[str] = ..., approved: _Optional[bool] = ..., codes: _Optional[_Iterable[_Union[_risk_pb2.RejectCode, str]]] = ..., notional: _Optional[int] = ..., latency_ns: _Optional[int] = ..., replayed: _Optional[bool] = ..., replaces: _Optional[str] = ..., time_in_force: _Optional[_Union[_risk_pb2.TimeInForce, str]] = ..., expire_at_unix_ms: _Optional[int] = ..., order: _Optional[_Union[_risk_pb2.Order, _Mapping]] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class AuditHalt(_message.Message):
     __slots__ = ("source", "scope", "target", "mode", "reason", "by", "expires_at_unix_ms")
