@@ -308,3 +308,60 @@ def test_core_replace_latency_beside_evaluate(benchmark, latency):
                        (rounds * 2 + n) * 10_000 + at)
 
     benchmark(one_replace)
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_oco_leg_latency_beside_a_plain_order(benchmark, latency):
+    """Issue 12 item 4: the second leg of an OCO pair against a plain order, side by side.
+
+    The account holds 500 to 900 working plain orders and up to 20 OCO pairs.
+    Each round sends the first leg of a new pair (untimed), then its second
+    leg (timed: it finds its group among the account's working legs), then a
+    plain order of the same size; every 10 rounds the pairs of the 10 before
+    are cancelled, every 400 the plain orders (untimed).
+    """
+    rounds = scale(benchmark.disabled, 50_000, 200)
+    engine = make_engine(rounds * 3 + 1_000)
+    for n in range(500):
+        assert engine.evaluate(f"w{n}".encode(), ACCOUNT, SYMBOL, pb.SIDE_BUY,
+                               pb.ORDER_TYPE_LIMIT, 1, PRICE, b"XNAS", b"", n * 10_000).approved
+    clock = time.perf_counter_ns
+    leg_h, order_h = new_histogram(), new_histogram()
+    at = 500 * 10_000
+    evaluate = engine.evaluate
+    positions = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
+    for n in range(rounds):
+        group = f"g{n}".encode()
+        at += 10_000
+        assert evaluate(f"a{n}".encode(), ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1,
+                        PRICE, b"XNAS", b"", at, group_id=group).approved
+        at += 10_000
+        start = clock()
+        verdict = evaluate(f"b{n}".encode(), ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                           1, PRICE - 100, b"XNAS", b"", at, group_id=group)
+        leg_h.record_value(max(1, clock() - start))
+        assert verdict.approved, verdict
+        at += 10_000
+        start = clock()
+        verdict = evaluate(f"e{n}".encode(), ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT,
+                           1, PRICE, b"XNAS", b"", at)
+        order_h.record_value(max(1, clock() - start))
+        assert verdict.approved, verdict
+        if n % 10 == 9:
+            done = {f"{kind}{k}".encode() for k in range(n - 19, n - 9) for kind in "ab"}
+            if n % 400 == 399:
+                done |= {f"e{k}".encode() for k in range(n - 399, n + 1)}
+            engine.table.replace_positions(ACCOUNT, positions, filled={}, cancelled=done)
+    latency.record("core evaluate, second leg of an OCO pair (up to 20 pairs working)", leg_h,
+                   "incl. the Python call; 500-900 plain orders working too")
+    latency.record("core evaluate, plain order, same account, same run", order_h, "")
+    counter = iter(range(rounds, 10**9))
+
+    def one_pair() -> None:
+        n = next(counter)
+        group = f"x{n}".encode()
+        for leg in b"p", b"q":
+            evaluate(leg + group, ACCOUNT, SYMBOL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, PRICE,
+                     b"XNAS", b"", (rounds * 3 + n) * 10_000 + at, group_id=group)
+
+    benchmark(one_pair)

@@ -41,6 +41,7 @@ class Book:
 
     def __init__(self, kind: str, **capacities: int) -> None:
         caps = {**CAPACITIES, **capacities}
+        self.kind = kind
         if kind == "core":
             self.state: Any = new_private_table(**caps, lock_stripes=4)
             self.engine: Any = Engine(self.state)

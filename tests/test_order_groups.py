@@ -214,3 +214,27 @@ def test_the_worst_units_and_the_worst_notional_may_be_different_legs(book):
     assert book.state.working(ACC, AAPL) == (9, 0)
     assert book.order(quantity=1, order_id=b"Q")[2] == (
         (pb.REJECT_CODE_MAX_GROSS_EXPOSURE, 98_100 + LAST, 98_100 + LAST - 1),)
+
+
+def test_restored_legs_are_each_counted_whole_until_their_group_is_in(book):
+    # Legs A and B of 1 @ 4e18 restored, then C approved live (the group
+    # counts 4e18 only). A restore of all three counts each whole before the
+    # group's worst is taken: 1.2e19 does not fit in int64, so it is refused
+    # (the account fails closed), by the core and the twin alike.
+    big = 4 * 10**18
+    book.state.set_last_price(AAPL, big)
+    book.limit(max_order_notional=2**63 - 1)
+
+    def record(order_id: bytes) -> tuple:
+        return (order_id, AAPL, BUY, pb.ORDER_TYPE_LIMIT, 1, big, big, big, b"", b"", True, (),
+                0, 0, 0, b"", 0, b"G")
+
+    assert book.state.restore_orders(ACC, [record(b"A"), record(b"B")]) == 2
+    assert approved(leg(book, b"C", 1, BUY, price=big))
+    assert book.state.working(ACC, AAPL) == (1, 0)
+    again = Book(book.kind)
+    again.state.set_last_price(AAPL, big)
+    with pytest.raises(ValueError, match="order b'C': its reservation would take"):
+        again.state.restore_orders(ACC, [record(b"A"), record(b"B"), record(b"C")])
+    # what was restored before it counts as its group: once
+    assert again.state.working(ACC, AAPL) == (1, 0)

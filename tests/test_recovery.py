@@ -359,18 +359,20 @@ def test_thirty_thousand_restored_orders_of_one_account_load_in_seconds(redis_cl
         assert stub.EvaluateOrder(order(quantity=10)).approved
 
 
-def test_a_restart_restores_an_oco_group_once_and_not_the_legs_a_fill_ended(limited, launch):
-    # Long 100; two exits of 100 in group X, and two buys of 600 and 900 in
-    # group Y. After kill -9: X's take-profit filled meanwhile, so its
-    # stop-loss is not reserved again; Y reserves 900 (its worst), not 1,500.
+def test_a_restart_restores_each_oco_group_once_and_keeps_a_reused_group_id(limited, launch):
+    # Long 100. Group X: a take-profit and a stop-loss of 100; the take-profit
+    # fills, so X ends. Group X again (a reused id): two buys of 600 and 900,
+    # a group of their own. After kill -9 the buys reserve 900 (their worst,
+    # not 1,500, and not dropped with the old X), and the stop-loss counts
+    # (the records cannot tell it ended) until its cancel is reported.
     limited.hset("limits:{ACC-1}", "max_long_position", 1_000)
     report_fill(limited, "L0", "BOUGHT", 100)
     target, process = launch()
     channel, stub = live_stub(target)
 
-    def leg(order_id: str, group: str, side: int, quantity: int) -> pb.Order:
+    def leg(order_id: str, side: int, quantity: int) -> pb.Order:
         request = order(side=side, quantity=quantity, order_id=order_id)
-        request.group_id, request.contingency = group, pb.CONTINGENCY_ONE_CANCELS_OTHER
+        request.group_id, request.contingency = "X", pb.CONTINGENCY_ONE_CANCELS_OTHER
         return request
 
     with channel:
@@ -378,20 +380,38 @@ def test_a_restart_restores_an_oco_group_once_and_not_the_legs_a_fill_ended(limi
         while stub.GetStatus(pb.StatusRequest()).positions < 1:
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        for request in (leg("TP", "X", pb.SIDE_SELL, 100), leg("SL", "X", pb.SIDE_SELL, 100),
-                        leg("Y1", "Y", pb.SIDE_BUY, 600), leg("Y2", "Y", pb.SIDE_BUY, 900)):
+        for request in (leg("TP", pb.SIDE_SELL, 100), leg("SL", pb.SIDE_SELL, 100)):
             assert stub.EvaluateOrder(request).approved, request
+        report_fill(limited, "L1", "TP", -100)
+        # until the fill is in the table, a buy of 1,001 is 100 + 1,001 long
+        probes = iter(range(10**6))
+        deadline = time.monotonic() + 10
+        while (pb.REJECT_CODE_MAX_LONG_POSITION, 1_001) not in [
+                (r.code, r.observed) for r in stub.EvaluateOrder(order(
+                    quantity=1_001, order_id=f"probe-{next(probes)}")).rejections]:
+            assert time.monotonic() < deadline, "the fill never reached the table"
+            time.sleep(0.02)
+        # the fill ended X: the reused id is a group of its own
+        for request in (leg("Y1", pb.SIDE_BUY, 600), leg("Y2", pb.SIDE_BUY, 900)):
+            decision = stub.EvaluateOrder(request)
+            assert decision.approved, decision
     process.send_signal(signal.SIGKILL)
     process.wait(10)
-    report_fill(limited, "L1", "TP", -100)
-    limited.hset("limits:{ACC-1}", "max_working_orders", 3)
+    limited.hset("limits:{ACC-1}", "max_working_orders", 4)
     target, _ = launch()
     channel, stub = live_stub(target)
     with channel:
-        # flat now; Y's 900 working: 100 more fit the long limit of 1,000, and
-        # with Y1 and Y2 the third working order (SL does not work)
+        # flat; 900 working buys: 100 more fit the long limit of 1,000, and
+        # with Y1, Y2 and SL the fourth working order
         decision = stub.EvaluateOrder(order(quantity=100))
         assert decision.approved, decision
         assert codes(stub.EvaluateOrder(order(quantity=1))) == [
             pb.REJECT_CODE_MAX_LONG_POSITION, pb.REJECT_CODE_MAX_WORKING_ORDERS]
-        assert stub.EvaluateOrder(leg("Y2", "Y", pb.SIDE_BUY, 900)).replayed
+        assert stub.EvaluateOrder(leg("Y2", pb.SIDE_BUY, 900)).replayed
+        # the stop-loss's cancel, reported by the order system, ends it
+        limited.hset("cancels:{ACC-1}", "SL", 1)
+        deadline = time.monotonic() + 10
+        while codes(stub.EvaluateOrder(order(quantity=1))) != [
+                pb.REJECT_CODE_MAX_LONG_POSITION]:
+            assert time.monotonic() < deadline, "the cancel never reached the table"
+            time.sleep(0.02)

@@ -16,6 +16,7 @@ cimport pretrade._core.layout as L
 from pretrade._core.positions cimport capacity_limit
 from pretrade._core.positions cimport lapsed
 from pretrade._core.positions cimport working_until
+from pretrade._core.positions cimport group_hash
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -946,32 +947,34 @@ cdef void find_group(PositionTable table, const OrderInput* order, CheckContext*
     # An order group's leg: what the group's working legs of its side count
     # (the group's worst so far), up to the order's own units and notional,
     # and whether a leg is of another symbol, venue or counterparty. The
-    # legs are found on the account's working list: O(its working orders),
+    # legs are found on the account's list of working group legs: O(those),
     # paid by grouped orders only.
-    cdef int32_t o = ctx.account.first_working_order
+    cdef int32_t o = ctx.account.first_grouped
     cdef const L.OrderRecord* leg
     cdef int64_t units = 0, notional = 0
+    cdef int32_t mismatch
+    cdef uint32_t wanted = group_hash(order.group, order.group_length)
     while o != L.NO_INDEX:
         leg = &table.orders[o]
-        if ids_equal(leg.group, order.group, order.group_length):
-            # the first leg that differs (in list order) is the one reported
+        if leg.group_hash == wanted and ids_equal(leg.group, order.group, order.group_length):
+            # what differs first: symbol, venue, counterparty (the least over the legs)
+            mismatch = 0
             if leg.instrument_index != order.instrument_index:
-                ctx.group_mismatch = 1
-                return
-            if not (order.venue_length < L.TAG_CAPACITY
-                    and tags_equal(leg.venue, order.venue, order.venue_length)):
-                ctx.group_mismatch = 2
-                return
-            if not (order.counterparty_length < L.TAG_CAPACITY
-                    and tags_equal(leg.counterparty, order.counterparty,
-                                   order.counterparty_length)):
-                ctx.group_mismatch = 3
-                return
-            if leg.side == order.side:
+                mismatch = 1
+            elif not (order.venue_length < L.TAG_CAPACITY
+                      and tags_equal(leg.venue, order.venue, order.venue_length)):
+                mismatch = 2
+            elif not (order.counterparty_length < L.TAG_CAPACITY
+                      and tags_equal(leg.counterparty, order.counterparty,
+                                     order.counterparty_length)):
+                mismatch = 3
+            if mismatch != 0 and (ctx.group_mismatch == 0 or mismatch < ctx.group_mismatch):
+                ctx.group_mismatch = mismatch
+            elif mismatch == 0 and leg.side == order.side:
                 units += leg.counted
                 notional += leg.counted_notional
-        o = leg.next_working
-    if order.quantity <= 0:
+        o = leg.next_grouped
+    if ctx.group_mismatch != 0 or order.quantity <= 0:
         return
     ctx.group_units = units if units < order.quantity else order.quantity
     if ctx.notional_valid:
@@ -1415,6 +1418,7 @@ cdef class Engine:
                        record.order.counterparty_length)
         if 0 < record.order.group_length < L.ORDER_ID_CAPACITY:
             memcpy(stored.group, record.order.group, record.order.group_length)
+            stored.group_hash = group_hash(record.order.group, record.order.group_length)
         stored.rejection_count = record.rejection_count
         for i in range(min(record.rejection_count, L.STORED_REJECTIONS)):
             stored.rejections[i].code = record.rejections[i].code

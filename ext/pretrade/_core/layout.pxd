@@ -42,7 +42,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 12
+    LAYOUT_VERSION = 13
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -381,7 +381,8 @@ cdef struct AccountRecord:
     int32_t first_idle_order        # oldest of those (they leave the table first)
     int32_t last_idle_order
     int32_t capacity_kind           # Capacity that did not fit, with ACCOUNT_OVER_CAPACITY
-    int32_t reserved
+    int32_t first_grouped           # head of its working records that are legs of an
+                                    # order group (linked by next_grouped), NO_INDEX: none
     int64_t next_lapse_ms           # Unix ms: no working order of the account lapses
                                     # before it (0: none may lapse); the sweep's shortcut
     int64_t cash                    # balances:{ACC}, 1/10,000 of the currency
@@ -466,6 +467,8 @@ cdef struct OrderRecord:
     int32_t position_index          # the slot holding its reservation (NO_INDEX if rejected)
     int32_t next_working            # next in the account's working list (or the free list)
     int32_t next_idle               # next in the account's list of non-working records
+    uint32_t group_hash             # of group (never 0 with one; 0: none)
+    int32_t next_grouped            # next working leg of a group of the account
     int32_t side
     int32_t order_type
     int32_t status                  # OrderStatus

@@ -117,6 +117,11 @@ cdef inline void count_working(L.PositionSlot* slot, const L.OrderRecord* rec,
             slot.working_short_notional += notional
 
 
+cdef inline uint32_t group_hash(const char* group, Py_ssize_t length) noexcept nogil:
+    # OrderRecord.group_hash of a group id: never 0, which marks no group
+    return hash_id(group, length) | 1u
+
+
 cdef inline void count_all(L.OrderRecord* rec) noexcept nogil:
     # A record outside any group counts all it has left.
     rec.counted = rec.remaining
@@ -202,9 +207,11 @@ cdef class PositionTable:
     cdef int _restore_one(self, int32_t a, object order) except -1
     cdef void _rebuild_tag_totals(self, int32_t account_index) noexcept nogil
     cdef void regroup(self, int32_t account_index, const L.OrderRecord* like) noexcept nogil
+    cdef void _unlink_grouped(self, int32_t account_index, int32_t index) noexcept nogil
+    cdef void _rebuild_grouped(self, int32_t account_index) noexcept nogil
     cdef void _count_groups(self, int32_t account_index) except *
     cdef void _resum(self, int32_t account_index) noexcept nogil
-    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil
+    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) except -1
     cdef bint _filter_add(self, int32_t account_index, const char* order_id,
                           Py_ssize_t length) noexcept nogil
     cdef object _working_at(self, int32_t a, bytes name, bint by_venue)

@@ -304,7 +304,8 @@ def _checked_restore(order):
 
 cdef inline bint same_group(const L.OrderRecord* order, const L.OrderRecord* key) noexcept nogil:
     # Legs of one order group: its id, symbol, venue and counterparty
-    return (memcmp(order.group, key.group, L.ORDER_ID_CAPACITY) == 0
+    return (order.group_hash == key.group_hash
+            and memcmp(order.group, key.group, L.ORDER_ID_CAPACITY) == 0
             and order.instrument_index == key.instrument_index
             and memcmp(order.venue, key.venue, L.TAG_CAPACITY) == 0
             and memcmp(order.counterparty, key.counterparty, L.TAG_CAPACITY) == 0)
@@ -824,6 +825,9 @@ cdef class PositionTable:
         rec.next_working = account.first_working_order
         account.first_working_order = <int32_t>(rec - self.orders)
         account.working_order_count += 1
+        if rec.group_hash != 0:
+            rec.next_grouped = account.first_grouped
+            account.first_grouped = account.first_working_order
         if rec.working_until_ms != 0 and (account.next_lapse_ms == 0
                                           or rec.working_until_ms < account.next_lapse_ms):
             L.pt_store_i64(&account.next_lapse_ms, rec.working_until_ms)
@@ -862,9 +866,37 @@ cdef class PositionTable:
         # longer holds the record
         sub_tag_total(account.venue_working, rec.venue, notional)
         sub_tag_total(account.counterparty_working, rec.counterparty, notional)
-        if rec.group[0] != 0:
+        if rec.group_hash != 0:
+            self._unlink_grouped(account_index, index)
             self.regroup(account_index, rec)
         return previous
+
+    cdef void _unlink_grouped(self, int32_t account_index, int32_t index) noexcept nogil:
+        # Take a record off the account's list of working group legs.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t o = account.first_grouped
+        cdef int32_t previous = L.NO_INDEX
+        while o != L.NO_INDEX and o != index:
+            previous = o
+            o = self.orders[o].next_grouped
+        if o == L.NO_INDEX:
+            return
+        if previous == L.NO_INDEX:
+            account.first_grouped = self.orders[o].next_grouped
+        else:
+            self.orders[previous].next_grouped = self.orders[o].next_grouped
+        self.orders[o].next_grouped = L.NO_INDEX
+
+    cdef void _rebuild_grouped(self, int32_t account_index) noexcept nogil:
+        # The account's list of working group legs, from its working list.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t o = account.first_working_order
+        account.first_grouped = L.NO_INDEX
+        while o != L.NO_INDEX:
+            if self.orders[o].group_hash != 0:
+                self.orders[o].next_grouped = account.first_grouped
+                account.first_grouped = o
+            o = self.orders[o].next_working
 
     cdef void relink_working(self, int32_t account_index, L.OrderRecord* rec,
                              int32_t previous) noexcept nogil:
@@ -886,7 +918,9 @@ cdef class PositionTable:
             slot.locate_used += rec.remaining
         sub_tag_total(account.venue_working, rec.venue, -notional)
         sub_tag_total(account.counterparty_working, rec.counterparty, -notional)
-        if rec.group[0] != 0:
+        if rec.group_hash != 0:
+            rec.next_grouped = account.first_grouped
+            account.first_grouped = index
             self.regroup(account_index, rec)
 
     cdef void regroup(self, int32_t account_index, const L.OrderRecord* like) noexcept nogil:
@@ -911,7 +945,7 @@ cdef class PositionTable:
         for side in range(4):
             units_leader[side] = notional_leader[side] = L.NO_INDEX
             most_units[side] = most_notional[side] = -1
-        o = account.first_working_order
+        o = account.first_grouped
         while o != L.NO_INDEX:
             order = &self.orders[o]
             if same_group(order, &key):
@@ -927,8 +961,8 @@ cdef class PositionTable:
                 if notional > most_notional[side]:
                     most_notional[side] = notional
                     notional_leader[side] = o
-            o = order.next_working
-        o = account.first_working_order
+            o = order.next_grouped
+        o = account.first_grouped
         while o != L.NO_INDEX:
             order = &self.orders[o]
             if same_group(order, &key):
@@ -939,7 +973,7 @@ cdef class PositionTable:
                 sub_tag_total(account.venue_working, order.venue, -order.counted_notional)
                 sub_tag_total(account.counterparty_working, order.counterparty,
                               -order.counted_notional)
-            o = order.next_working
+            o = order.next_grouped
 
     cdef int32_t _expire_account(self, int32_t account_index, int64_t now_ns,
                                  int32_t budget) noexcept nogil:
@@ -991,6 +1025,7 @@ cdef class PositionTable:
             rec.id_length = <uint32_t>length
             rec.first_position = L.NO_INDEX
             rec.first_working_order = L.NO_INDEX
+            rec.first_grouped = L.NO_INDEX
             rec.first_idle_order = L.NO_INDEX
             rec.last_idle_order = L.NO_INDEX
             probe = h & mask
@@ -1286,6 +1321,7 @@ cdef class PositionTable:
                 self.append_idle(account_index, o, L.pt_load_i64(&self.header.clock_ns))
         account.first_working_order = kept_head
         account.working_order_count = kept_count
+        self._rebuild_grouped(account_index)
         self._count_groups(account_index)
         self._resum(account_index)
 
@@ -1347,10 +1383,11 @@ cdef class PositionTable:
                           order.counterparty, order.counted_notional)
             o = order.next_working
 
-    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) noexcept nogil:
+    cdef int32_t _end_lapsed(self, int32_t account_index, int64_t now_unix_ms) except -1:
         # Caller holds the account's stripe lock. Working orders whose time in
         # force ended at or before now stop counting, as a reported cancel
-        # would end them (locates used stay used, as for a cancel).
+        # would end them (locates used stay used, as for a cancel). O(working
+        # orders of the account), however many legs of groups lapse.
         cdef L.AccountRecord* account = &self.accounts[account_index]
         cdef L.OrderRecord* order
         cdef int32_t o = account.first_working_order
@@ -1384,12 +1421,10 @@ cdef class PositionTable:
         L.pt_store_i64(&account.next_lapse_ms, next_lapse)
         if grouped:
             # the legs left of a group may be its worst now: count them again
-            o = account.first_working_order
-            while o != L.NO_INDEX:
-                if self.orders[o].group[0] != 0:
-                    self.regroup(account_index, &self.orders[o])
-                o = self.orders[o].next_working
-        if ended:
+            self._rebuild_grouped(account_index)
+            self._count_groups(account_index)
+            self._resum(account_index)
+        elif ended:
             self._rebuild_tag_totals(account_index)
         return ended
 
@@ -1407,8 +1442,10 @@ cdef class PositionTable:
             if next_lapse == 0 or next_lapse > now_unix_ms:
                 continue
             self.lock_account(a)
-            ended += self._end_lapsed(a, now_unix_ms)
-            self.unlock_account(a)
+            try:
+                ended += self._end_lapsed(a, now_unix_ms)
+            finally:
+                self.unlock_account(a)
         if ended:
             self._bump_version()
         return ended
@@ -1470,11 +1507,15 @@ cdef class PositionTable:
                     f"({self.header.max_orders} orders)",
                     L.CAPACITY_ORDER_TABLE, self.header.max_orders)
             self._check_room(a, {order[1] for order in missing})
-            for order in missing:
-                added += self._restore_one(a, order)
-            if any(order[17] and order[10] for order in missing):
-                self._count_groups(a)
-                self._resum(a)
+            try:
+                for order in missing:
+                    added += self._restore_one(a, order)
+            finally:
+                # each leg was counted whole: now its group counts its worst
+                # (also when a later order could not be restored)
+                if any(order[17] and order[10] for order in missing[:added]):
+                    self._count_groups(a)
+                    self._resum(a)
         finally:
             self.unlock_account(a)
             if added:
@@ -1515,6 +1556,8 @@ cdef class PositionTable:
         memcpy(rec.counterparty, <const char*>counterparty, len(counterparty))
         memcpy(rec.replaces, <const char*>replaces, len(replaces))
         memcpy(rec.group, <const char*>group, len(group))
+        if group:
+            rec.group_hash = group_hash(<const char*>group, len(group))
         rec.carried = carried
         rec.rejection_count = len(rejections)
         for n, (code, observed, limit) in enumerate(rejections[:L.STORED_REJECTIONS]):

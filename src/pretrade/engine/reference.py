@@ -1421,51 +1421,76 @@ class ReferenceBook:
         if len(missing) > self.max_orders - len(self.orders) + len(account.idle):
             raise self._full(ORDER_TABLE, "order")
         self._check_room(account_id, {staged_order[1] for staged_order in missing})
-        for (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
-             venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
-             working_until_ms, replaces, carried, group) in missing:
-            self._instrument(symbol)
-            slot = self._slot(account_id, symbol) if approved else None
-            if slot is not None and not self._restored_fits(
-                    account_id, account, slot, side, quantity, quantity * valuation_price, venue,
-                    counterparty):
-                raise ValueError(f"order {order_id!r}: its reservation would take the account's "
-                                 "working sums past int64")
-            full = self._allocate(account_id, account)
-            if full:
-                raise self._full(full, "order")
-            order = RefOrder(
-                symbol=symbol, side=side, order_type=order_type, quantity=quantity,
-                price=price, venue=venue, counterparty=counterparty, approved=approved,
-                notional=notional, rejections=rejections[:STORED_REJECTIONS],
-                rejection_count=len(rejections), valuation_price=valuation_price,
-                durable=True, time_in_force=time_in_force, expire_at_ms=expire_at_ms,
-                working_until_ms=working_until_ms, replaces=replaces, carried=carried,
-                group=group)
-            self.orders[(account_id, order_id)] = order
-            if slot is not None:
-                # the next account snapshot subtracts the fills
-                order.working, order.remaining = True, quantity - carried
-                if side == pb.SIDE_SELL_SHORT:
-                    slot.locate_used += quantity
-                account.working.appendleft(order_id)
+        # As the core: each restored order counts whole until the batch is in
+        # (its group's worst is taken after), so each must fit the sums so far.
+        _, venues, counterparties = self._working_sums(account_id)
+        grouped = False
+        try:
+            for staged_order in missing:
+                grouped |= self._restore_one(account_id, account, staged_order, venues,
+                                             counterparties)
+        finally:
+            if grouped:
                 self._resum(account_id)
-            else:
-                self._idle(account, order_id, order, self.clock_ns)
         return len(missing)
 
-    def _restored_fits(self, account_id: bytes, account: RefAccount, slot: RefPosition,
-                       side: int, quantity: int, notional: int, venue: bytes,
-                       counterparty: bytes) -> bool:
+    def _restore_one(self, account_id: bytes, account: RefAccount, staged: tuple[Any, ...],
+                     venues: dict[bytes, int], counterparties: dict[bytes, int]) -> bool:
+        """Put back one checked order, counted whole; True when it is a working leg."""
+        (order_id, symbol, side, order_type, quantity, price, valuation_price, notional,
+         venue, counterparty, approved, rejections, time_in_force, expire_at_ms,
+         working_until_ms, replaces, carried, group) = staged
+        self._instrument(symbol)
+        slot = self._slot(account_id, symbol) if approved else None
+        if slot is not None and not self._restored_fits(
+                slot, side, quantity, quantity * valuation_price,
+                venues.get(venue, 0) if venue else None,
+                counterparties.get(counterparty, 0) if counterparty else None):
+            raise ValueError(f"order {order_id!r}: its reservation would take the account's "
+                             "working sums past int64")
+        full = self._allocate(account_id, account)
+        if full:
+            raise self._full(full, "order")
+        order = RefOrder(
+            symbol=symbol, side=side, order_type=order_type, quantity=quantity,
+            price=price, venue=venue, counterparty=counterparty, approved=approved,
+            notional=notional, rejections=rejections[:STORED_REJECTIONS],
+            rejection_count=len(rejections), valuation_price=valuation_price,
+            durable=True, time_in_force=time_in_force, expire_at_ms=expire_at_ms,
+            working_until_ms=working_until_ms, replaces=replaces, carried=carried,
+            group=group)
+        self.orders[(account_id, order_id)] = order
+        if slot is None:
+            self._idle(account, order_id, order, self.clock_ns)
+            return False
+        # the next account snapshot subtracts the fills
+        order.working, order.remaining = True, quantity - carried
+        if side == pb.SIDE_SELL_SHORT:
+            slot.locate_used += quantity
+        account.working.appendleft(order_id)
+        units, amount = order.remaining, order.remaining * valuation_price
+        if side == pb.SIDE_BUY:
+            slot.working_buy += units
+            slot.working_buy_notional += amount
+        else:
+            slot.working_sell += units
+            slot.working_sell_notional += amount
+            if side == pb.SIDE_SELL_SHORT:
+                slot.working_short_notional += amount
+        venues[venue] = venues.get(venue, 0) + amount
+        counterparties[counterparty] = counterparties.get(counterparty, 0) + amount
+        return bool(group)
+
+    @staticmethod
+    def _restored_fits(slot: RefPosition, side: int, quantity: int, notional: int,
+                       venue_total: int | None, counterparty_total: int | None) -> bool:
         if side == pb.SIDE_BUY:
             sums = [slot.working_buy + quantity, slot.working_buy_notional + notional]
         else:
             sums = [slot.working_sell + quantity, slot.working_sell_notional + notional,
                     slot.working_short_notional + notional, slot.locate_used + quantity]
-        _, venues, counterparties = self._working_sums(account_id)
-        for name, totals in ((venue, venues), (counterparty, counterparties)):
-            if name:
-                sums.append(totals.get(name, 0) + notional)
+        sums += [total + notional for total in (venue_total, counterparty_total)
+                 if total is not None]
         return all(fits_int64(value) for value in sums)
 
     # -- DECISIONS --
@@ -1580,26 +1605,27 @@ class ReferenceBook:
 
     def _find_group(self, ctx: Context, account_id: bytes, account: RefAccount,
                     group: bytes) -> None:
-        """An order group's leg: a working leg of the group that differs (the
-        first, in the core's list order), else what the group's legs of its
-        side count already (their worst), up to the order's own."""
+        """An order group's leg: whether a working leg of the group differs (the
+        least of 1 symbol, 2 venue, 3 counterparty over the legs), else what
+        the group's legs of its side count already (their worst), up to the
+        order's own."""
         ctx.group = group
         units = notional = 0
         for order_id in account.working:
             leg = self.orders[(account_id, order_id)]
             if leg.group != group:
                 continue
-            for mismatch, same in ((1, leg.symbol == ctx.symbol),
-                                   (2, len(ctx.venue) <= MAX_TAG_LENGTH and leg.venue == ctx.venue),
-                                   (3, len(ctx.counterparty) <= MAX_TAG_LENGTH
-                                    and leg.counterparty == ctx.counterparty)):
-                if not same:
-                    ctx.group_mismatch = mismatch
-                    return
-            if leg.side == ctx.side:
+            differs = [mismatch for mismatch, same in (
+                (1, leg.symbol == ctx.symbol),
+                (2, len(ctx.venue) <= MAX_TAG_LENGTH and leg.venue == ctx.venue),
+                (3, len(ctx.counterparty) <= MAX_TAG_LENGTH
+                 and leg.counterparty == ctx.counterparty)) if not same]
+            if differs:
+                ctx.group_mismatch = min(differs[0], ctx.group_mismatch or differs[0])
+            elif leg.side == ctx.side:
                 units = max(units, leg.remaining)
                 notional = max(notional, leg.remaining * leg.valuation_price)
-        if ctx.quantity <= 0:
+        if ctx.group_mismatch or ctx.quantity <= 0:
             return
         ctx.group_units = min(units, ctx.quantity)
         if ctx.notional_valid:

@@ -114,12 +114,6 @@ class DecidedOrder(NamedTuple):
         return FORMAT + record.SerializeToString()
 
 
-def group_key(order: DecidedOrder) -> tuple[bytes, bytes, bytes, bytes]:
-    """The OCO group of a decided order: its id with its symbol, venue and
-    counterparty (the table's legs of one group share all four)."""
-    return (order.group, order.symbol, order.venue, order.counterparty)
-
-
 def decode(account: bytes, order_id: bytes, raw: bytes) -> DecidedOrder:
     """Parse one ``orders:{ACC}`` field; StateError when it is not a decided order."""
     if raw.startswith(FORMAT):

@@ -68,7 +68,7 @@ from pretrade.state.connection import (
     read_snapshot,
 )
 from pretrade.state.halts import HaltBook, HaltKey
-from pretrade.state.journal import DecidedOrder, decode, group_key
+from pretrade.state.journal import DecidedOrder, decode
 from pretrade.state.schema import (
     CANARY,
     FENCE,
@@ -1109,19 +1109,16 @@ class RedisSync:
         # An approved replacement ends its original (ReplaceOrder), whatever its record says.
         replaced = {order.replaces for order in decided.values()
                     if order.approved and order.replaces}
-        done_of = {order_id: order.carried + filled.get(order_id, 0) + (
-            filled.get(order.replaces, 0) if order.replaces else 0)
-            for order_id, order in decided.items()}
-        # A leg of an OCO group filled completely ended its group (as the
-        # table's recompute_working ends it): its other legs are not restored.
-        ended = {group_key(order) for order_id, order in decided.items()
-                 if order.approved and order.group and order_id not in cancelled
-                 and order_id not in replaced and done_of[order_id] >= order.quantity}
+        # A leg of an OCO group is restored whatever its group's other legs
+        # did: a complete fill of one of them may have ended it, or come
+        # before it was sent under the same group id (a group of its own).
+        # Which, the records cannot tell, so it counts until its own fill or
+        # cancel is reported (conservative).
         for order_id, order in decided.items():
-            done = done_of[order_id]
+            done = order.carried + filled.get(order_id, 0) + (
+                filled.get(order.replaces, 0) if order.replaces else 0)
             if order.approved and order_id not in cancelled and order_id not in replaced \
                     and done < order.quantity \
-                    and not (order.group and group_key(order) in ended) \
                     and not 0 < order.working_until_unix_ms <= now_unix_ms:
                 working.append((order_id, order.symbol, order.side, order.order_type,
                                 order.quantity, order.price, order.valuation_price,
