@@ -196,6 +196,10 @@ class RandomWalk:
         # walk's other verdicts (approvals, replaces, breakers) stay reachable.
         self.ownership_left = 0
         self.lost_left = 0
+        # So is a table writer that stops renewing (a deadline that passes, or
+        # trust withdrawn): it resumes after a bounded number of operations,
+        # as the real writer's next watchdog turn would.
+        self.stale_left = 0
 
     @property
     def wall_clock_ms(self) -> int:
@@ -267,6 +271,10 @@ class RandomWalk:
             self.lost_left -= 1
             if self.lost_left == 0:  # the lost primary's slots are served again
                 return _op("set_slots_lost", [(0, 16383)], False)
+        if self.stale_left > 0:
+            self.stale_left -= 1
+            if self.stale_left == 0:
+                return _op("set_sync_live", True)
         roll = rng.random()
         account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
         if rng.random() < 0.15:
@@ -282,18 +290,29 @@ class RandomWalk:
             return self.sent[-1]
         return self._state_change(roll, account, symbol)
 
+    def group_id(self, symbol: bytes, venue: bytes, counterparty: bytes) -> bytes:
+        """Mostly no group, or one whose legs agree on what they trade (so
+        they are decided on their limits); sometimes a group id shared by
+        legs of any symbol, venue or counterparty (GROUP_MISMATCH)."""
+        roll = self.rng.random()
+        if roll < 0.6:
+            return b""
+        if roll < 0.92:
+            return b"G%d:%s:%s:%s" % (self.rng.randint(1, 2), symbol, venue, counterparty)
+        return self.rng.choice(GROUPS[3:])
+
     def _new_order(self, account: bytes, symbol: bytes) -> Op:
         rng = self.rng
+        venue, counterparty = rng.choice(VENUES), rng.choice(COUNTERPARTIES)
         return _op("evaluate", self.order_id(),
                    account if rng.random() < 0.97 else b"NOBODY",
                    symbol if rng.random() < 0.97 else b"NOSUCH",
                    rng.choice([pb.SIDE_BUY] * 5 + [pb.SIDE_SELL] * 3 + [pb.SIDE_SELL_SHORT]),
                    rng.choice(ORDER_TYPES),
                    self.value(-2, 1_500) if rng.random() < 0.3 else rng.randint(1, 12),
-                   self.order_price(symbol), rng.choice(VENUES),
-                   rng.choice(COUNTERPARTIES), self.now_ns,
+                   self.order_price(symbol), venue, counterparty, self.now_ns,
                    min_state_version=0 if rng.random() < 0.8 else rng.randint(1, 6),
-                   group_id=rng.choice(GROUPS), **self._time_in_force())
+                   group_id=self.group_id(symbol, venue, counterparty), **self._time_in_force())
 
     def _time_in_force(self) -> dict[str, int]:
         # A session ends every 100 ms of the walk's clock (mostly configured);
@@ -340,13 +359,14 @@ class RandomWalk:
             return _op("forget_orders", account, self.recent_ids(3))
         self.issued.append(f"R{len(self.issued)}".encode())
         replaced = rng.choice(self.issued[-30:]) if rng.random() < 0.3 else b""
+        venue, counterparty = rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES)
         return _restore(self.issued[-1], account, symbol, rng.choice(SIDES),
                         rng.choice(ORDER_TYPES), rng.randint(1, 12), self.order_price(symbol),
-                        rng.choice(VENUES[:3]), rng.choice(COUNTERPARTIES),
-                        rng.random() < 0.6, rng.choice(REJECTIONS),
+                        venue, counterparty, rng.random() < 0.6, rng.choice(REJECTIONS),
                         rng.choice(TIMES_IN_FORCE[:5]),
                         self.wall_clock_ms + rng.choice([-100, 0, 50, 500]), replaced,
-                        rng.randint(0, 2) if replaced else 0, rng.choice(GROUPS))
+                        rng.randint(0, 2) if replaced else 0,
+                        self.group_id(symbol, venue, counterparty))
 
     def _state_change(self, roll: float, account: bytes, symbol: bytes) -> Op:
         rng = self.rng
@@ -420,6 +440,7 @@ class RandomWalk:
                 return _op("set_shards", shards)
             return _op("set_shard_lease", rng.randint(0, 3), rng.choice([0, 1, 7]),
                        self.now_ns + rng.choice([-1, 0, 1, 3_000_000, 10**12]))
+        self.stale_left = rng.randint(2, 25)
         if rng.random() < 0.5:  # a deadline just ahead of or behind the walk's clock
             return _op("set_sync_live", True, self.now_ns + rng.choice([-1, 0, 1, 3_000_000]))
         return _op("set_sync_live", rng.random() < 0.9)
