@@ -1,7 +1,10 @@
 """The embedded Redis Cluster: formed, spread over its primaries, failed over, stopped."""
 
 import os
+import signal
 import socket
+import threading
+import time
 
 import pytest
 import redis
@@ -110,5 +113,36 @@ def test_a_replica_the_election_does_not_promote_takes_its_primarys_slots_over(t
         _node(replica.port).config_set("cluster-replica-no-failover", "yes")
         cluster.kill(victim)
         cluster.wait_until_served()
+        assert cluster.primary_of(key).port == replica.port
+        assert _node(replica.port).hget(key, "max_order_qty") == "100"
+
+
+def test_a_replica_that_does_not_answer_when_the_fixture_looks_for_orphans_is_taken_over_later(
+        tmp_path):
+    # Under load (CI), a replica can miss the one moment the fixture asked
+    # which replicas had lost their primary; it was then never taken over and
+    # the cluster never served every slot. Here the replica is stopped
+    # (SIGSTOP) from 3 s to 12 s after the kill, across the fixture's
+    # election patience (6 s), and answers again afterwards.
+    with RedisClusterServer(node_timeout_ms=1000, data_dir=tmp_path) as cluster:
+        key = limits_key(b"TAKEOVER-2")
+        victim, replica = _key_written_and_replicated(cluster, key)
+        _node(replica.port).config_set("cluster-replica-no-failover", "yes")
+        stopped = threading.Event()
+
+        def stop_for_a_while() -> None:
+            os.kill(replica.pid, signal.SIGSTOP)
+            stopped.set()
+            time.sleep(9.0)
+            os.kill(replica.pid, signal.SIGCONT)
+
+        pause = threading.Timer(3.0, stop_for_a_while)
+        cluster.kill(victim)
+        pause.start()
+        try:
+            cluster.wait_until_served()
+        finally:
+            pause.join()
+        assert stopped.is_set()
         assert cluster.primary_of(key).port == replica.port
         assert _node(replica.port).hget(key, "max_order_qty") == "100"

@@ -523,6 +523,8 @@ class RedisServer:
 
 
 _CLUSTER_READY_TIMEOUT_SECONDS = 30.0
+# How often the orphaned replicas are asked again to take their slots over.
+_TAKEOVER_ROUND_SECONDS = 3.0
 
 
 class RedisClusterServer:
@@ -623,12 +625,12 @@ class RedisClusterServer:
             for client in clients:
                 client.close()
 
-    def _wait(self, what: str, done: Callable[[], bool]) -> None:
-        if not _poll(done, _CLUSTER_READY_TIMEOUT_SECONDS):
+    def _wait(self, what: str, done: Callable[[], bool],
+              seconds: float = _CLUSTER_READY_TIMEOUT_SECONDS) -> None:
+        if not _poll(done, seconds):
             logs = "\n".join(f"--- {node.log_path} ---\n{tail(node.log_path)}"
                              for node in self.nodes)
-            raise RuntimeError(f"Redis Cluster: not {what} within "
-                               f"{_CLUSTER_READY_TIMEOUT_SECONDS:.0f} s\n{logs}")
+            raise RuntimeError(f"Redis Cluster: not {what} within {seconds:.0f} s\n{logs}")
 
     def kill(self, node: RedisServer) -> None:
         """SIGKILL one node and reap it (a crash, for the failover tests)."""
@@ -665,23 +667,44 @@ class RedisClusterServer:
         def served() -> bool:
             return all(_serves_all_slots(client, running) for client in clients)
 
+        # Redis's own election first. It can be denied (a voter has not marked
+        # the primary failed yet, or voted in that epoch already), and the
+        # replica tries again only after four node timeouts; one retry fits in
+        # this patience. After it, the orphaned replicas take their primary's
+        # slots without a vote (CLUSTER FAILOVER TAKEOVER), asked again every
+        # few seconds: a replica too slow to answer once (a loaded machine)
+        # is asked on the next round, not forgotten.
+        patience = max(5.0, 6 * self._node_timeout_ms / 1000)
+        started = time.monotonic()
+        next_round = [started + patience]
+
+        def served_or_taken_over() -> bool:
+            if served():
+                return True
+            now = time.monotonic()
+            if now >= next_round[0]:
+                next_round[0] = now + _TAKEOVER_ROUND_SECONDS
+                self._take_over_orphans(running, now - started)
+            return False
+
         try:
-            # Redis's own election first. It can be denied (a voter has not
-            # marked the primary failed yet, or voted in that epoch already),
-            # and the replica tries again only after four node timeouts; one
-            # retry fits in this patience. After it, the orphaned replicas take
-            # their primary's slots without a vote (CLUSTER FAILOVER TAKEOVER).
-            patience = max(5.0, 6 * self._node_timeout_ms / 1000)
-            if not _poll(served, patience):
-                for port in self._orphaned_replicas(running):
-                    logger.warning("Redis Cluster: the replica on port %d was not elected "
-                                   "within %.0f s; CLUSTER FAILOVER TAKEOVER", port, patience)
-                    with closing(_node_client(port)) as replica:
-                        replica.execute_command("CLUSTER FAILOVER", "TAKEOVER")
-            self._wait("every slot served by a running primary, as every node sees it", served)
+            self._wait("every slot served by a running primary, as every node sees it",
+                       served_or_taken_over, patience + _CLUSTER_READY_TIMEOUT_SECONDS)
         finally:
             for client in clients:
                 client.close()
+
+    def _take_over_orphans(self, running: set[int], waited_s: float) -> None:
+        for port in self._orphaned_replicas(running):
+            logger.warning("Redis Cluster: the replica on port %d was not elected "
+                           "within %.0f s; CLUSTER FAILOVER TAKEOVER", port, waited_s)
+            with closing(_node_client(port)) as replica:
+                try:
+                    replica.execute_command("CLUSTER FAILOVER", "TAKEOVER")
+                except redis.RedisError as error:
+                    logger.warning("Redis Cluster: CLUSTER FAILOVER TAKEOVER on port %d "
+                                   "failed (%s); asked again in %.0f s", port, error,
+                                   _TAKEOVER_ROUND_SECONDS)
 
     def _orphaned_replicas(self, running: set[int]) -> list[int]:
         """The running replicas whose primary is not running, by port."""
