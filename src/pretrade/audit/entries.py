@@ -90,20 +90,26 @@ def encode_batch(entries: Iterable[tuple[Any, ...]]) -> bytes:
             (_, at_ns, principal, order, approved, rejections, latency_ns, replayed, notional,
              replaces) = entry
             record.ts_unix_ms = at_ns // 1_000_000
-            record.principal = principal
+            # Only what is set (a fresh record holds the defaults): each
+            # assignment costs about 70 ns, a third of them are defaults.
+            if principal:
+                record.principal = principal
             decision = record.decision
             if order.ByteSize() <= MAX_TEXT:
                 # no text of it can be longer than MAX_TEXT: kept whole
                 decision.order.CopyFrom(order)
             else:
                 _set_order_fields(decision, order)
-            decision.approved = approved
+            if approved:
+                decision.approved = True
             if rejections:
                 decision.codes.extend([rejection[0] for rejection in rejections])
             decision.notional = notional
             decision.latency_ns = latency_ns
-            decision.replayed = replayed
-            decision.replaces = replaces[:MAX_TEXT]
+            if replayed:
+                decision.replayed = True
+            if replaces:
+                decision.replaces = replaces[:MAX_TEXT]
         else:
             _, at_ns, principal, source, scope, target, mode, reason, by, expires_at_ms = entry
             record.ts_unix_ms = at_ns // 1_000_000
