@@ -9,7 +9,16 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from book import codes, order, seed_account, try_order, wait_until
+from book import (
+    GENEROUS_LIMITS,
+    codes,
+    order,
+    seed_account,
+    seed_instrument,
+    seed_limits,
+    try_order,
+    wait_until,
+)
 from conftest import GatewayThread, gateway_settings
 from pretrade.app.devredis import RedisServer
 from pretrade.app.server import Gateway
@@ -119,3 +128,37 @@ def test_keys_deleted_while_the_link_was_down_are_cleared_by_the_resync(tmp_path
         server.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def test_lots_listed_in_another_order_in_each_hash_are_summed_as_in_one(redis_client,
+                                                                         start_gateway):
+    # The sync sums the three lot hashes as Redis lists them when their lots
+    # come in one order, and pairs them up when they do not: each hash here
+    # is written in another order (a small hash lists its fields as written),
+    # ACC-2's in one. Either way the position is what the lots hold (39 long),
+    # so with max_long_position 100 a buy of 61 passes and one of 62 does not.
+    from pretrade.state.schema import lot_keys
+
+    seed_instrument(redis_client, "AAPL", price=683_378)
+    lots = [(f"L{n}", 1 + n % 3) for n in range(20)]
+    assert sum(units for _, units in lots) == 39
+    orders = {"ACC-1": (lots, lots[::-1], lots[7:] + lots[:7]), "ACC-2": (lots, lots, lots)}
+    for account, (by_ticker, by_quantity, by_price) in orders.items():
+        seed_limits(redis_client, account, **{**GENEROUS_LIMITS, "max_long_position": 100})
+        tickers, quantities, prices = lot_keys(account.encode())
+        for lot, _ in by_ticker:
+            redis_client.hset(tickers, lot, "AAPL")
+        for lot, units in by_quantity:
+            redis_client.hset(quantities, lot, units)
+        for lot, _ in by_price:
+            redis_client.hset(prices, lot, 683_000)
+    listed = [redis_client.hkeys(key) for key in lot_keys(b"ACC-1")]
+    assert listed[0] != listed[1] != listed[2]  # three orders
+    gateway = start_gateway()
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        for account in orders:
+            over = stub.EvaluateOrder(order(account=account, quantity=62), timeout=5)
+            assert codes(over) == [pb.REJECT_CODE_MAX_LONG_POSITION], account
+            assert over.rejections[0].observed == 101
+            assert stub.EvaluateOrder(order(account=account, quantity=61), timeout=5).approved

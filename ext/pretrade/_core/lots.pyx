@@ -11,11 +11,14 @@ on the way) it returns None, and the caller takes the reference path
 what is wrong or, for a sum that only overflowed on the way, computes it.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 
 
 cdef extern from *:
@@ -112,6 +115,83 @@ def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
                 sums[2 * slot + 1] = 0
             else:
                 slot = PyLong_AsSsize_t(<object>found)
+            if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
+                return None
+            if pt_mul_i64_checked(quantity, price, &cost) \
+                    or pt_add_i64_checked(sums[2 * slot + 1], cost, &sums[2 * slot + 1]):
+                return None
+        return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+    finally:
+        free(sums)
+
+
+cdef inline bint _same_bytes(object a, object b) noexcept:
+    # Both bytes (the caller checked a), of equal content.
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(a)
+    if type(b) is not bytes or PyBytes_GET_SIZE(b) != n:
+        return False
+    return memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0
+
+
+def sum_lots_flat(list tickers, list quantities, list prices, object valid_symbol):
+    """:func:`sum_lots` over the three hashes' flat HGETALL replies (RESP2:
+    field, value, field, value, ...), or None for the caller to pair them up
+    and take the dict path.
+
+    The replies are summed as they are only when all three list the same
+    lots in the same order, which is how Redis answers for three hashes
+    written lot by lot alike; any other order, an odd length, or anything
+    :func:`sum_lots` would not take is None. So no dict is built per hash
+    (pairing 100,000 fields into one costs about 9 ms).
+    """
+    cdef Py_ssize_t length = PyList_GET_SIZE(tickers)
+    if length % 2 != 0 or PyList_GET_SIZE(quantities) != length \
+            or PyList_GET_SIZE(prices) != length:
+        return None
+    cdef dict slots = {}
+    cdef list symbols = []
+    cdef Py_ssize_t at, slot
+    cdef Py_ssize_t used = 0
+    cdef object lot, symbol, raw_quantity, raw_price, last_symbol = None
+    cdef Py_ssize_t last_slot = -1
+    cdef PyObject* found
+    cdef int64_t quantity, price, cost
+    cdef int64_t* sums = <int64_t*>malloc(<size_t>(length // 2 + 1) * 2 * sizeof(int64_t))
+    if sums == NULL:
+        raise MemoryError()
+    try:
+        for at in range(0, length, 2):
+            lot = <object>PyList_GET_ITEM(tickers, at)
+            if type(lot) is not bytes or not _same_bytes(lot, <object>PyList_GET_ITEM(
+                    quantities, at)) or not _same_bytes(lot, <object>PyList_GET_ITEM(prices, at)):
+                return None  # another order (or other lots): the dict path decides
+            symbol = <object>PyList_GET_ITEM(tickers, at + 1)
+            raw_quantity = <object>PyList_GET_ITEM(quantities, at + 1)
+            raw_price = <object>PyList_GET_ITEM(prices, at + 1)
+            if type(symbol) is not bytes or type(raw_quantity) is not bytes \
+                    or type(raw_price) is not bytes:
+                return None
+            if not _parse_int64(<bytes>raw_quantity, &quantity):
+                return None
+            if not _parse_int64(<bytes>raw_price, &price) or price < 0:
+                return None
+            # Lots of one symbol often come together: the last one's slot first.
+            if last_slot >= 0 and _same_bytes(symbol, last_symbol):
+                slot = last_slot
+            else:
+                found = PyDict_GetItem(slots, symbol)
+                if found == NULL:
+                    if not valid_symbol(symbol):
+                        return None
+                    slot = used
+                    used += 1
+                    slots[symbol] = slot
+                    symbols.append(symbol)
+                    sums[2 * slot] = 0
+                    sums[2 * slot + 1] = 0
+                else:
+                    slot = PyLong_AsSsize_t(<object>found)
+                last_symbol, last_slot = symbol, slot
             if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
                 return None
             if pt_mul_i64_checked(quantity, price, &cost) \

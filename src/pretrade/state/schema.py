@@ -19,7 +19,7 @@ from typing import cast
 from redis.typing import EncodableT, FieldT
 
 from pretrade._core.constants import MAX_MARGIN_BPS, RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
-from pretrade._core.lots import sum_lots
+from pretrade._core.lots import sum_lots, sum_lots_flat
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
 from pretrade.engine.text import is_currency_code, is_valid_id, is_valid_tag, quoted
@@ -324,6 +324,30 @@ def aggregate_lots(
         if summed is not None:
             return summed
     return aggregate_lots_reference(tickers, quantities, prices)
+
+
+def lot_fields(reply: Mapping[bytes, bytes] | list[bytes]) -> Mapping[bytes, bytes]:
+    """A lot hash as a mapping: a flat HGETALL reply (field, value, ...) paired up."""
+    if isinstance(reply, list):
+        if len(reply) % 2:
+            raise StateError(f"unexpected HGETALL reply of {len(reply)} items")
+        fields = iter(reply)
+        return dict(zip(fields, fields, strict=False))  # of even length
+    return reply
+
+
+def aggregate_lot_replies(
+    tickers: Mapping[bytes, bytes] | list[bytes], quantities: Mapping[bytes, bytes] | list[bytes],
+    prices: Mapping[bytes, bytes] | list[bytes],
+) -> dict[bytes, tuple[int, int]]:
+    """:func:`aggregate_lots` over the three lot hashes as read: dicts, or flat
+    HGETALL replies, which the compiled loop sums as they are when they list
+    the same lots in the same order (else they are paired up first)."""
+    if isinstance(tickers, list) and isinstance(quantities, list) and isinstance(prices, list):
+        summed = sum_lots_flat(tickers, quantities, prices, is_valid_id)
+        if summed is not None:
+            return summed
+    return aggregate_lots(lot_fields(tickers), lot_fields(quantities), lot_fields(prices))
 
 
 def aggregate_lots_reference(

@@ -84,7 +84,7 @@ from pretrade.state.schema import (
     StateError,
     account_of_orders_key,
     account_snapshot_keys,
-    aggregate_lots,
+    aggregate_lot_replies,
     balances_key,
     classify,
     fills_by_order,
@@ -93,6 +93,7 @@ from pretrade.state.schema import (
     instrument_key,
     limits_key,
     locates_key,
+    lot_fields,
     orders_key,
     parse_balances,
     parse_instrument,
@@ -117,6 +118,8 @@ TOPOLOGY_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError, RedisC
 SERIES_MISSING = "TSDB: the key does not exist"
 #: Replies per account snapshot: six HGETALLs and the GET of version:{ACC}.
 SNAPSHOT_REPLIES = 7
+#: The first three of them: the lot hashes (tickers, quantities, prices).
+LOT_HASHES = 3
 
 
 class SyncListener(Protocol):
@@ -1309,7 +1312,10 @@ class RedisSync:
 
     def _queue_lots(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
-            for key in account_snapshot_keys(account):
+            keys = account_snapshot_keys(account)
+            for key in keys[:LOT_HASHES]:  # summed as read, no dict needed
+                pipe.hgetall_flat(key)
+            for key in keys[LOT_HASHES:]:
                 pipe.hgetall(key)
             pipe.get(version_key(account))
 
@@ -1323,15 +1329,17 @@ class RedisSync:
             version = None
             try:
                 *hashes, raw_version = replies[width * n: width * n + width]
-                tickers, quantities, prices, orders_by_lot, cancels, pnl = (
-                    _hash(reply) for reply in hashes)
+                # The lot hashes as read: dicts, or flat HGETALL replies.
+                tickers, quantities, prices = (_lot_hash(reply) for reply in hashes[:LOT_HASHES])
+                orders_by_lot, cancels, pnl = (_hash(reply) for reply in hashes[LOT_HASHES:])
                 if isinstance(raw_version, Exception):
                     raise StateError(f"version: {raw_version}")
                 version = parse_state_version(raw_version)
                 state.has_lots = bool(tickers or quantities or prices)
-                state.lot_count = len(tickers)
-                positions = aggregate_lots(tickers, quantities, prices)
-                filled = fills_by_order(quantities, orders_by_lot)
+                state.lot_count = len(tickers) // 2 if isinstance(tickers, list) else len(tickers)
+                positions = aggregate_lot_replies(tickers, quantities, prices)
+                filled = fills_by_order(lot_fields(quantities), orders_by_lot) \
+                    if orders_by_lot else {}
                 realized = parse_realized_pnl(pnl)
                 state.lots_invalid = False
             except StateError as error:
@@ -1732,6 +1740,13 @@ async def _scan_hash(pipe: Pipeline, key: bytes) -> object:
                 return fields
     except ResponseError as error:  # WRONGTYPE...: the account's state is invalid
         return error
+
+
+def _lot_hash(reply: object) -> dict[bytes, bytes] | list[bytes]:
+    """A lot hash's reply: a dict, or the flat array of :meth:`Reads.hgetall_flat`."""
+    if isinstance(reply, list):
+        return reply
+    return _hash(reply)
 
 
 def _hash(reply: object) -> dict[bytes, bytes]:
