@@ -574,7 +574,7 @@ def test_the_replace_figures_hold_for_a_replaced_order_and_its_replacement(
                    lambda found, expected=expected: found == (*expected, 0))
 
 
-def test_the_oco_figures_hold_for_two_exits_and_the_fill_of_one(
+def test_the_oco_figures_hold_for_two_exits_the_fill_of_one_and_the_cancel_of_the_other(
         doc, redis_cli, ord_7_working, stub):
     (header, rows), *_ = markdown_tables(after_marker(doc, "oco-figures"))
     assert header == ["after", "AAPL position", "AAPL working sell"], header
@@ -586,7 +586,8 @@ def test_the_oco_figures_hold_for_two_exits_and_the_fill_of_one(
         decision = stub.EvaluateOrder(exit_order)
         assert decision.approved, decision
     steps = [lambda: None,
-             lambda: run_example(redis_cli, code_blocks(after_marker(doc, "oco-fill"))[0])]
+             lambda: run_example(redis_cli, code_blocks(after_marker(doc, "oco-fill"))[0]),
+             lambda: run_example(redis_cli, code_blocks(after_marker(doc, "oco-cancel"))[0])]
     assert len(steps) == len(figures)
     for step, (position, selling) in zip(steps, figures, strict=True):
         step()

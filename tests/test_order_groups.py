@@ -3,8 +3,9 @@
 Each test runs against the compiled Engine and the pure-Python twin (a
 ``Book`` of test_checks): legs sent with one ``group_id`` count, on
 each side, the most units and the most notional any working leg has left,
-not their sum; a leg filled completely ends the group; the legs of a group
-are of one symbol, venue and counterparty (GROUP_MISMATCH otherwise).
+not their sum; a leg's fill, even a complete one, ends no other leg (their
+reported cancels do); the legs of a group are of one symbol, venue and
+counterparty (GROUP_MISMATCH otherwise).
 """
 
 from __future__ import annotations
@@ -118,16 +119,52 @@ def test_a_leg_of_another_symbol_venue_or_counterparty_is_a_group_mismatch(book,
     assert approved(leg(book, b"C", 10, BUY, group=b"H", **terms))
 
 
-def test_a_leg_filled_completely_ends_its_group_and_the_others_stop_counting(book):
+def test_a_leg_filled_completely_ends_no_other_leg_their_reported_cancel_does(book):
     book.state.replace_positions(ACC, {AAPL: (10, 10 * LAST)})
     assert approved(leg(book, b"TP", 10))
     assert approved(leg(book, b"SL", 10))
     assert approved(book.order(quantity=3, side=BUY, order_id=b"P"))   # not in the group
     book.state.replace_positions(ACC, {AAPL: (0, 0)}, filled={b"TP": 10})
+    # The venue cancels SL; until the order system says so, SL works on.
+    assert book.state.working(ACC, AAPL) == (3, 10)
+    book.state.replace_positions(ACC, {AAPL: (0, 0)}, filled={b"TP": 10}, cancelled={b"SL"})
     assert book.state.working(ACC, AAPL) == (3, 0)
     # SL no longer works: a replace of it is refused as not working
     assert codes(replace(book, b"SL2", b"SL", quantity=5)) == [
         pb.REJECT_CODE_ORIGINAL_NOT_WORKING]
+
+
+def test_legs_sent_under_a_reused_group_id_before_the_fill_reached_the_table_keep_counting(
+        book):
+    # Found by review: a complete fill ended every leg the table held under
+    # the group id, also legs sent after the venue filled it and before the
+    # fill reached the table, under the same (reused) id; they work at the
+    # venue, and reserved nothing (fail open).
+    book.limit(max_long_position=1_000, max_net_position=1_000)
+    book.state.replace_positions(ACC, {AAPL: (100, 100 * LAST)})
+    assert approved(leg(book, b"TP", 100, SELL, group=b"X"))
+    assert approved(leg(book, b"SL", 100, SELL, group=b"X"))
+    # the venue fills TP and cancels SL; before the table has it, X is reused
+    assert approved(leg(book, b"Y1", 600, BUY, group=b"X"))
+    assert approved(leg(book, b"Y2", 900, BUY, group=b"X"))
+    book.state.replace_positions(ACC, {AAPL: (0, 0)}, filled={b"TP": 100}, cancelled={b"SL"})
+    assert book.state.working(ACC, AAPL) == (900, 0)
+    assert not approved(book.order(quantity=1_000, order_id=b"P"))
+    assert approved(book.order(quantity=100, order_id=b"Q"))
+
+
+def test_a_late_fill_after_a_refused_replace_ends_only_that_leg(book):
+    # Found by review: TP fills 5, is replaced down to 6 in all, the venue
+    # refuses the replace, and TP fills 1 more: the table takes TP2 for filled
+    # (docs/redis-schema.md says why), and that ended SL too, with no leg
+    # filled at the venue (fail open). Now SL keeps the group's 20.
+    book.state.replace_positions(ACC, {AAPL: (-20, -20 * LAST)})
+    assert approved(leg(book, b"TP", 20, BUY, group=b"X"))
+    assert approved(leg(book, b"SL", 20, BUY, group=b"X"))
+    book.state.replace_positions(ACC, {AAPL: (-15, -15 * LAST)}, filled={b"TP": 5})
+    assert approved(replace(book, b"TP2", b"TP", quantity=6))
+    book.state.replace_positions(ACC, {AAPL: (-14, -14 * LAST)}, filled={b"TP": 6})
+    assert book.state.working(ACC, AAPL)[0] >= 14
 
 
 def test_a_partial_fill_leaves_the_group_counting_its_worst_remaining_leg(book):
@@ -192,6 +229,9 @@ def test_restored_legs_count_their_group_once(book):
                                         b"", 0, b"G")
     assert book.state.working(ACC, AAPL) == (15, 0)
     book.state.replace_positions(ACC, {AAPL: (10, 10 * LAST)}, filled={b"B": 10})
+    assert book.state.working(ACC, AAPL) == (15, 0)   # B's fill does not end A
+    book.state.replace_positions(ACC, {AAPL: (10, 10 * LAST)}, filled={b"B": 10},
+                                 cancelled={b"A"})
     assert book.state.working(ACC, AAPL) == (0, 0)
 
 

@@ -3,11 +3,13 @@
 A long of 100 AAPL and a reduce-only halt are written with redis-cli; the
 order system sends a take-profit and a stop-loss that each close the long,
 as one OCO group. Both are closing orders, the pair reserves 100 units, and
-the fill of one leg (a lot written with redis-cli) ends the other.
+the other leg stops counting when its cancel is reported (the fill of one
+leg, a lot written with redis-cli, ends no other).
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import grpc
@@ -16,7 +18,10 @@ import redis
 
 from book import codes, order, seed_account, wait_until
 from pretrade.app.devredis import find_redis_cli
+from pretrade.state.connection import redis_client
 from pretrade.state.journal import decode
+from pretrade.state.reconcile import compare, load_from_redis
+from pretrade.state.reconciler import capacities_of_table
 from pretrade.v1 import risk_pb2 as pb
 
 PRICE = 683_378
@@ -74,8 +79,8 @@ def test_a_take_profit_and_a_stop_loss_of_one_oco_group_both_close_the_long(
         pb.REJECT_CODE_DUPLICATE_ORDER_ID)
 
 
-def test_the_fill_of_one_leg_ends_the_other(long_and_reduce_only, redis_server, gateway,
-                                             stub):
+def test_the_fill_of_one_leg_leaves_the_other_working_until_its_cancel_is_reported(
+        long_and_reduce_only, redis_server, redis_url, gateway, stub):
     wait_until(lambda: working(gateway), lambda state: state == (100, 0, 0))
     assert stub.EvaluateOrder(exit_leg("TP", PRICE + 50_000)).approved
     assert stub.EvaluateOrder(exit_leg("SL", PRICE - 50_000)).approved
@@ -87,8 +92,30 @@ def test_the_fill_of_one_leg_ends_the_other(long_and_reduce_only, redis_server, 
               f"HSET prices_by_lot:{{ACC-1}} L2 {PRICE + 50_000}\n"
               "HSET orders_by_lot:{ACC-1} L2 TP\n"
               "EXEC\n")
+    wait_until(lambda: working(gateway), lambda state: state == (0, 0, 100))
+    assert gateway.gateway.table.order_info(b"ACC-1", b"SL")["status"] == "working"
+    # Found by review: the live table ended SL at TP's fill, a fresh load of
+    # the same Redis (a restart, the reconciliation) kept it: the scheduled
+    # reconciliation alarmed on every such group. Now they agree.
+    live = gateway.gateway.table
+    assert [str(d) for d in compare(live, _fresh_load(redis_url, live))] == []
+    # the venue's cancel of the stop-loss, reported: it stops counting
+    redis_cli(redis_server, "HSET cancels:{ACC-1} SL 1\n")
     wait_until(lambda: working(gateway), lambda state: state == (0, 0, 0))
     assert gateway.gateway.table.order_info(b"ACC-1", b"SL")["status"] == "done"
+    assert [str(d) for d in compare(live, _fresh_load(redis_url, live))] == []
+
+
+def _fresh_load(redis_url: str, live):
+    """The table a fresh load of Redis builds (a restart, the reconciliation)."""
+    async def load():
+        client = redis_client(redis_url)
+        try:
+            return await load_from_redis(client, capacities_of_table(live))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(load())
 
 
 def test_a_leg_on_another_venue_is_a_group_mismatch(long_and_reduce_only, gateway, stub):

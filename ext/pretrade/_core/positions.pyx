@@ -1275,8 +1275,8 @@ cdef class PositionTable:
         # Caller holds the account's stripe lock. Each working order's
         # remaining from the snapshot's fills and cancels, then every working
         # sum of the account rebuilt from its working orders, so nothing can
-        # drift. A leg of an order group filled completely (not cancelled)
-        # ends its group: the venue cancels the other legs (one-cancels-other).
+        # drift. A leg of an order group ends with its own fill or cancel
+        # only: the venue's cancels of the other legs end those.
         cdef L.AccountRecord* account = &self.accounts[account_index]
         cdef L.OrderRecord* order
         cdef int32_t o = account.first_working_order
@@ -1284,7 +1284,6 @@ cdef class PositionTable:
         cdef int32_t kept_count = 0
         cdef int32_t next_o
         cdef int64_t remaining
-        ended = set()
         staged = []
         while o != L.NO_INDEX:
             order = &self.orders[o]
@@ -1301,14 +1300,15 @@ cdef class PositionTable:
                     done += filled.get(_replaced_id(order), 0)
                 order.own_filled = own if own < INT64_LIMIT else INT64_LIMIT
                 remaining = order.quantity - done if done < order.quantity else 0
-                if remaining == 0 and order.group[0] != 0:
-                    ended.add(_group_key(order))
+            # A leg's fill, even a complete one, ends no other leg of its group:
+            # they stop counting when their own cancels are reported. The
+            # table cannot tell which legs the venue's group held (a group id
+            # reused before the fill reached it, a late fill after a refused
+            # replace), and a fresh load of Redis could not either.
             staged.append((o, remaining))
             o = order.next_working
         for o, remaining in staged:
             order = &self.orders[o]
-            if ended and order.group[0] != 0 and _group_key(order) in ended:
-                remaining = 0
             order.remaining = remaining
             if remaining > 0:
                 order.next_working = kept_head

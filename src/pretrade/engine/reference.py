@@ -1151,15 +1151,10 @@ class ReferenceBook:
                 order.own_filled = min(own, INT64_MAX)
                 remaining = max(0, order.quantity - done)
             remaining_of[order_id] = remaining
-        # a leg of an order group filled completely ends its group (OCO)
-        ended = {self.orders[(account_id, order_id)].group_key
-                 for order_id, remaining in remaining_of.items()
-                 if remaining == 0 and order_id not in cancelled
-                 and self.orders[(account_id, order_id)].group}
+        # A leg's fill ends no other leg of its group: their cancels do (the
+        # table cannot tell which legs the venue's group held).
         for order_id, remaining in remaining_of.items():
             order = self.orders[(account_id, order_id)]
-            if order.group and order.group_key in ended:
-                remaining = 0
             order.remaining = remaining
             if remaining > 0:
                 kept.append(order_id)

@@ -1113,10 +1113,8 @@ class RedisSync:
         replaced = {order.replaces for order in decided.values()
                     if order.approved and order.replaces}
         # A leg of an OCO group is restored whatever its group's other legs
-        # did: a complete fill of one of them may have ended it, or come
-        # before it was sent under the same group id (a group of its own).
-        # Which, the records cannot tell, so it counts until its own fill or
-        # cancel is reported (conservative).
+        # did, as the live table keeps it: a fill of another leg ends no leg,
+        # its own fill or cancel does.
         for order_id, order in decided.items():
             done = order.carried + filled.get(order_id, 0) + (
                 filled.get(order.replaces, 0) if order.replaces else 0)
