@@ -64,6 +64,32 @@ cdef bint _parse_int64(bytes raw, int64_t* out) noexcept:
     return True
 
 
+cdef inline Py_ssize_t _new_slot(dict slots, list symbols, object symbol, int64_t* sums):
+    # The next pair of sums, for a symbol seen for the first time.
+    cdef Py_ssize_t slot = len(symbols)
+    slots[symbol] = slot
+    symbols.append(symbol)
+    sums[2 * slot] = 0
+    sums[2 * slot + 1] = 0
+    return slot
+
+
+cdef inline bint _add_lot(int64_t* sums, Py_ssize_t slot, int64_t quantity,
+                          int64_t price) noexcept:
+    # One lot into its symbol's sums; False when a sum leaves int64 on the way.
+    cdef int64_t cost
+    if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
+        return False
+    if pt_mul_i64_checked(quantity, price, &cost) \
+            or pt_add_i64_checked(sums[2 * slot + 1], cost, &sums[2 * slot + 1]):
+        return False
+    return True
+
+
+cdef dict _positions(list symbols, const int64_t* sums, Py_ssize_t used):
+    return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+
+
 def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
     """``{symbol: (net quantity, cost basis)}``, or None for the reference path to decide.
 
@@ -86,7 +112,7 @@ def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
     cdef PyObject* found
     cdef PyObject* raw_quantity
     cdef PyObject* raw_price
-    cdef int64_t quantity, price, cost
+    cdef int64_t quantity, price
     # Two int64 per distinct symbol, at most one symbol per lot.
     cdef int64_t* sums = <int64_t*>malloc(<size_t>(count if count > 0 else 1) * 2 * sizeof(int64_t))
     if sums == NULL:
@@ -107,20 +133,13 @@ def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
             if found == NULL:
                 if not valid_symbol(<object>symbol):
                     return None
-                slot = used
+                slot = _new_slot(slots, symbols, <object>symbol, sums)
                 used += 1
-                slots[<object>symbol] = slot
-                symbols.append(<object>symbol)
-                sums[2 * slot] = 0
-                sums[2 * slot + 1] = 0
             else:
                 slot = PyLong_AsSsize_t(<object>found)
-            if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
+            if not _add_lot(sums, slot, quantity, price):
                 return None
-            if pt_mul_i64_checked(quantity, price, &cost) \
-                    or pt_add_i64_checked(sums[2 * slot + 1], cost, &sums[2 * slot + 1]):
-                return None
-        return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+        return _positions(symbols, sums, used)
     finally:
         free(sums)
 
@@ -155,7 +174,7 @@ def sum_lots_flat(list tickers, list quantities, list prices, object valid_symbo
     cdef object lot, symbol, raw_quantity, raw_price, last_symbol = None
     cdef Py_ssize_t last_slot = -1
     cdef PyObject* found
-    cdef int64_t quantity, price, cost
+    cdef int64_t quantity, price
     cdef int64_t* sums = <int64_t*>malloc(<size_t>(length // 2 + 1) * 2 * sizeof(int64_t))
     if sums == NULL:
         raise MemoryError()
@@ -183,20 +202,13 @@ def sum_lots_flat(list tickers, list quantities, list prices, object valid_symbo
                 if found == NULL:
                     if not valid_symbol(symbol):
                         return None
-                    slot = used
+                    slot = _new_slot(slots, symbols, symbol, sums)
                     used += 1
-                    slots[symbol] = slot
-                    symbols.append(symbol)
-                    sums[2 * slot] = 0
-                    sums[2 * slot + 1] = 0
                 else:
                     slot = PyLong_AsSsize_t(<object>found)
                 last_symbol, last_slot = symbol, slot
-            if pt_add_i64_checked(sums[2 * slot], quantity, &sums[2 * slot]):
+            if not _add_lot(sums, slot, quantity, price):
                 return None
-            if pt_mul_i64_checked(quantity, price, &cost) \
-                    or pt_add_i64_checked(sums[2 * slot + 1], cost, &sums[2 * slot + 1]):
-                return None
-        return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+        return _positions(symbols, sums, used)
     finally:
         free(sums)
