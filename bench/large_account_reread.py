@@ -22,7 +22,6 @@ from pretrade.app.devredis import RedisServer
 from pretrade.state.connection import Reads, read_snapshot, redis_client
 from pretrade.state.schema import (
     account_snapshot_keys,
-    aggregate_lot_replies,
     aggregate_lots,
     lot_keys,
     version_key,
@@ -43,7 +42,7 @@ async def _once(client: object, flat: bool) -> tuple[float, float]:
     reads.get(version_key(ACCOUNT))
     cpu, wall = time.process_time(), time.perf_counter()
     replies = await read_snapshot(client, reads)  # type: ignore[arg-type]
-    positions = aggregate_lot_replies(*replies[:3]) if flat else aggregate_lots(*replies[:3])
+    positions = aggregate_lots(*replies[:3])  # three dicts, or three flat replies
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert positions == {b"AAPL": (LOTS, LOTS * 680_000)}, positions
     return wall, cpu

@@ -17,7 +17,6 @@ from pretrade._core.lots import sum_lots, sum_lots_flat
 from pretrade.engine.text import is_valid_id
 from pretrade.state.schema import (
     StateError,
-    aggregate_lot_replies,
     aggregate_lots,
     aggregate_lots_reference,
 )
@@ -125,7 +124,7 @@ def test_flat_replies_give_what_the_reference_gives_in_any_order(lots, lot_ids, 
     # the first bad lot in that order)
     as_read = [dict(zip(reply[::2], reply[1::2], strict=True)) for reply in replies]
     assert as_read == list(hashes)
-    assert _outcome(aggregate_lot_replies, *replies) == \
+    assert _outcome(aggregate_lots, *replies) == \
         _outcome(aggregate_lots_reference, *as_read)
 
 

@@ -86,8 +86,9 @@ cdef inline bint _add_lot(int64_t* sums, Py_ssize_t slot, int64_t quantity,
     return True
 
 
-cdef dict _positions(list symbols, const int64_t* sums, Py_ssize_t used):
-    return {symbols[slot]: (sums[2 * slot], sums[2 * slot + 1]) for slot in range(used)}
+cdef dict _positions(list symbols, const int64_t* sums):
+    # {symbol: (net quantity, cost basis)}, a symbol's sums at its slot
+    return {symbol: (sums[2 * slot], sums[2 * slot + 1]) for slot, symbol in enumerate(symbols)}
 
 
 def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
@@ -106,7 +107,6 @@ def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
     cdef list symbols = []
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t slot
-    cdef Py_ssize_t used = 0
     cdef PyObject* lot
     cdef PyObject* symbol
     cdef PyObject* found
@@ -134,12 +134,11 @@ def sum_lots(dict tickers, dict quantities, dict prices, object valid_symbol):
                 if not valid_symbol(<object>symbol):
                     return None
                 slot = _new_slot(slots, symbols, <object>symbol, sums)
-                used += 1
             else:
                 slot = PyLong_AsSsize_t(<object>found)
             if not _add_lot(sums, slot, quantity, price):
                 return None
-        return _positions(symbols, sums, used)
+        return _positions(symbols, sums)
     finally:
         free(sums)
 
@@ -170,7 +169,6 @@ def sum_lots_flat(list tickers, list quantities, list prices, object valid_symbo
     cdef dict slots = {}
     cdef list symbols = []
     cdef Py_ssize_t at, slot
-    cdef Py_ssize_t used = 0
     cdef object lot, symbol, raw_quantity, raw_price, last_symbol = None
     cdef Py_ssize_t last_slot = -1
     cdef PyObject* found
@@ -203,12 +201,11 @@ def sum_lots_flat(list tickers, list quantities, list prices, object valid_symbo
                     if not valid_symbol(symbol):
                         return None
                     slot = _new_slot(slots, symbols, symbol, sums)
-                    used += 1
                 else:
                     slot = PyLong_AsSsize_t(<object>found)
                 last_symbol, last_slot = symbol, slot
             if not _add_lot(sums, slot, quantity, price):
                 return None
-        return _positions(symbols, sums, used)
+        return _positions(symbols, sums)
     finally:
         free(sums)

@@ -676,14 +676,15 @@ class RedisClusterServer:
         # is asked on the next round, not forgotten.
         patience = max(5.0, 6 * self._node_timeout_ms / 1000)
         started = time.monotonic()
-        next_round = [started + patience]
+        next_round = started + patience
 
         def served_or_taken_over() -> bool:
+            nonlocal next_round
             if served():
                 return True
             now = time.monotonic()
-            if now >= next_round[0]:
-                next_round[0] = now + _TAKEOVER_ROUND_SECONDS
+            if now >= next_round:
+                next_round = now + _TAKEOVER_ROUND_SECONDS
                 self._take_over_orphans(running, now - started)
             return False
 

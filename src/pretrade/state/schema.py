@@ -308,16 +308,26 @@ def parse_int64(raw: bytes | None, what: str) -> int:
     return value
 
 
-def aggregate_lots(
-    tickers: Mapping[bytes, bytes], quantities: Mapping[bytes, bytes],
-    prices: Mapping[bytes, bytes],
-) -> dict[bytes, tuple[int, int]]:
+#: A lot hash as read: a mapping, or a flat HGETALL reply (field, value, ...).
+LotHash = Mapping[bytes, bytes] | list[bytes]
+
+
+def aggregate_lots(tickers: LotHash, quantities: LotHash, prices: LotHash
+                   ) -> dict[bytes, tuple[int, int]]:
     """Positions from lots, as :func:`aggregate_lots_reference` says, in compiled code.
 
-    The compiled loop (``pretrade._core.lots.sum_lots``) takes the plain case;
-    whatever it does not accept (a missing lot, a bad value or symbol, a sum
-    that leaves int64 on the way), the reference decides, with its message.
+    The hashes are dicts, or flat HGETALL replies (:meth:`Reads.hgetall_flat
+    <pretrade.state.connection.Reads.hgetall_flat>`). The compiled loops
+    (``pretrade._core.lots``) take the plain case: three dicts, or three
+    replies that list the same lots in the same order (others are paired
+    up). Whatever they do not accept (a missing lot, a bad value or symbol, a
+    sum that leaves int64 on the way), the reference decides, with its message.
     """
+    if isinstance(tickers, list) and isinstance(quantities, list) and isinstance(prices, list):
+        summed = sum_lots_flat(tickers, quantities, prices, is_valid_id)
+        if summed is not None:
+            return summed
+    tickers, quantities, prices = lot_fields(tickers), lot_fields(quantities), lot_fields(prices)
     if isinstance(tickers, dict) and isinstance(quantities, dict) and isinstance(prices, dict):
         # None also when the three hashes' lots differ: the reference says which.
         summed = sum_lots(tickers, quantities, prices, is_valid_id)
@@ -326,7 +336,7 @@ def aggregate_lots(
     return aggregate_lots_reference(tickers, quantities, prices)
 
 
-def lot_fields(reply: Mapping[bytes, bytes] | list[bytes]) -> Mapping[bytes, bytes]:
+def lot_fields(reply: LotHash) -> Mapping[bytes, bytes]:
     """A lot hash as a mapping: a flat HGETALL reply (field, value, ...) paired up."""
     if isinstance(reply, list):
         if len(reply) % 2:
@@ -336,18 +346,9 @@ def lot_fields(reply: Mapping[bytes, bytes] | list[bytes]) -> Mapping[bytes, byt
     return reply
 
 
-def aggregate_lot_replies(
-    tickers: Mapping[bytes, bytes] | list[bytes], quantities: Mapping[bytes, bytes] | list[bytes],
-    prices: Mapping[bytes, bytes] | list[bytes],
-) -> dict[bytes, tuple[int, int]]:
-    """:func:`aggregate_lots` over the three lot hashes as read: dicts, or flat
-    HGETALL replies, which the compiled loop sums as they are when they list
-    the same lots in the same order (else they are paired up first)."""
-    if isinstance(tickers, list) and isinstance(quantities, list) and isinstance(prices, list):
-        summed = sum_lots_flat(tickers, quantities, prices, is_valid_id)
-        if summed is not None:
-            return summed
-    return aggregate_lots(lot_fields(tickers), lot_fields(quantities), lot_fields(prices))
+def lot_count(reply: LotHash) -> int:
+    """The lots in one lot hash as read."""
+    return len(reply) // 2 if isinstance(reply, list) else len(reply)
 
 
 def aggregate_lots_reference(

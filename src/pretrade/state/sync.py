@@ -80,11 +80,12 @@ from pretrade.state.schema import (
     TIMESERIES_NOTIFY_FLAGS,
     InstrumentRef,
     KeyKind,
+    LotHash,
     ParsedLimits,
     StateError,
     account_of_orders_key,
     account_snapshot_keys,
-    aggregate_lot_replies,
+    aggregate_lots,
     balances_key,
     classify,
     fills_by_order,
@@ -93,6 +94,7 @@ from pretrade.state.schema import (
     instrument_key,
     limits_key,
     locates_key,
+    lot_count,
     lot_fields,
     orders_key,
     parse_balances,
@@ -1334,8 +1336,8 @@ class RedisSync:
                     raise StateError(f"version: {raw_version}")
                 version = parse_state_version(raw_version)
                 state.has_lots = bool(tickers or quantities or prices)
-                state.lot_count = len(tickers) // 2 if isinstance(tickers, list) else len(tickers)
-                positions = aggregate_lot_replies(tickers, quantities, prices)
+                state.lot_count = lot_count(tickers)
+                positions = aggregate_lots(tickers, quantities, prices)
                 filled = fills_by_order(lot_fields(quantities), orders_by_lot) \
                     if orders_by_lot else {}
                 realized = parse_realized_pnl(pnl)
@@ -1740,7 +1742,7 @@ async def _scan_hash(pipe: Pipeline, key: bytes) -> object:
         return error
 
 
-def _lot_hash(reply: object) -> dict[bytes, bytes] | list[bytes]:
+def _lot_hash(reply: object) -> LotHash:
     """A lot hash's reply: a dict, or the flat array of :meth:`Reads.hgetall_flat`."""
     if isinstance(reply, list):
         return reply
