@@ -361,10 +361,10 @@ def test_thirty_thousand_restored_orders_of_one_account_load_in_seconds(redis_cl
 
 def test_a_restart_restores_each_oco_group_once_and_keeps_a_reused_group_id(limited, launch):
     # Long 100. Group X: a take-profit and a stop-loss of 100; the take-profit
-    # fills, so X ends. Group X again (a reused id): two buys of 600 and 900,
-    # a group of their own. After kill -9 the buys reserve 900 (their worst,
-    # not 1,500, and not dropped with the old X), and the stop-loss counts
-    # (the records cannot tell it ended) until its cancel is reported.
+    # fills (which ends no other leg). Group X again (a reused id): two buys
+    # of 600 and 900. After kill -9 the buys reserve 900 (their worst, not
+    # 1,500, and not dropped with the take-profit), and the stop-loss counts,
+    # as it did before the restart, until its cancel is reported.
     limited.hset("limits:{ACC-1}", "max_long_position", 1_000)
     report_fill(limited, "L0", "BOUGHT", 100)
     target, process = launch()
@@ -391,7 +391,7 @@ def test_a_restart_restores_each_oco_group_once_and_keeps_a_reused_group_id(limi
                     quantity=1_001, order_id=f"probe-{next(probes)}")).rejections]:
             assert time.monotonic() < deadline, "the fill never reached the table"
             time.sleep(0.02)
-        # the fill ended X: the reused id is a group of its own
+        # X sent again: the buys count their worst (the stop-loss still works)
         for request in (leg("Y1", pb.SIDE_BUY, 600), leg("Y2", pb.SIDE_BUY, 900)):
             decision = stub.EvaluateOrder(request)
             assert decision.approved, decision
