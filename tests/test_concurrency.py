@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from book import order, seed_account
 from pretrade._core import Engine
@@ -95,6 +96,70 @@ def test_processes_sharing_the_table_never_jointly_breach_a_position_limit(tmp_p
         mapped.close(unlink=True)
 
 
+DESK, MEMBERS = b"DESK", (b"ACC-A", b"ACC-B")
+GROUP_CAPS = Capacities(max_accounts=16, max_instruments=64, max_positions=128,
+                        max_overrides=16, lock_stripes=4, max_orders=120_000)
+
+
+def _fire_grouped(path: str, worker: int, orders: int, start_at: float,
+                  out: multiprocessing.Queue) -> None:
+    # Workers 0 and 2 trade ACC-A, 1 and 3 ACC-B: two accounts of one group
+    # from four processes at once.
+    mapped = MappedTable.attach(path)
+    engine = Engine(mapped.table)
+    rng = random.Random(worker)
+    account = MEMBERS[worker % 2]
+    approved = 0
+    while time.monotonic() < start_at:
+        pass
+    for n in range(orders):
+        quantity = rng.randint(1, 40)
+        decision = engine.evaluate(f"w{worker}-{n}".encode(), account, AAPL, pb.SIDE_BUY,
+                                   pb.ORDER_TYPE_LIMIT, quantity, 10_000, b"", b"",
+                                   time.perf_counter_ns())
+        approved += quantity if decision[0] else 0
+    mapped.close()
+    out.put((account, approved))
+
+
+def test_processes_trading_two_accounts_of_one_group_never_jointly_breach_the_group_limit(
+        tmp_path):
+    # Each account alone may go far past the group's 5,000 long (and its
+    # gross exposure of $6,000): only the group's lock, taken with each
+    # account's stripe, keeps the two accounts' approvals from passing it.
+    mapped = MappedTable.create(tmp_path / "grouped.table", GROUP_CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
+    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
+    for account in MEMBERS:
+        table.set_account_state(account, known=True)
+        table.set_account_limits(account, limits)
+        table.set_account_groups(account, [DESK])
+    # each member holds 1 of 40 other symbols: summing the group takes a while,
+    # so two checks at once overlap often
+    held = {b"S%02d" % n: (1, 10_000) for n in range(40)}
+    for symbol in held:
+        table.set_instrument(symbol, known=True)
+        table.set_last_price(symbol, 10_000)
+    for account in MEMBERS:
+        table.replace_positions(account, held)
+    table.set_group(DESK, {LimitKind.MAX_LONG_POSITION: LIMIT,
+                           LimitKind.MAX_GROSS_EXPOSURE: 6_000 * 10_000 + 80 * 10_000})
+    try:
+        reported = _at_once(_fire_grouped, mapped, 25_000)
+        print(f"approved per process: {reported}")
+        approved = {account: sum(n for a, n in reported if a == account) for account in MEMBERS}
+        assert sum(approved.values()) <= LIMIT
+        assert approved == {account: table.working(account, AAPL)[0] for account in MEMBERS}
+        # together they reached the group's limit, not undershot it
+        assert sum(approved.values()) > LIMIT - 40
+    finally:
+        mapped.close(unlink=True)
+
+
 def test_threads_over_grpc_never_jointly_breach_a_position_limit(redis_client, gateway):
     seed_account(redis_client)
     redis_client.hset("limits:{ACC-1}", "max_long_position", 2_000)
@@ -165,7 +230,11 @@ def _recycle(path: str, worker: int, rounds: int, out: multiprocessing.Queue) ->
     out.put(wrong[:5])
 
 
-def test_reused_order_records_never_let_a_decided_id_be_decided_again(tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["accounts", "one-group"])
+def test_reused_order_records_never_let_a_decided_id_be_decided_again(tmp_path, grouped):
+    # one-group: the four accounts are in one group, so every decision also
+    # holds the group's lock while other processes rebuild the order index
+    # (which takes every stripe): no wait may deadlock.
     mapped = MappedTable.create(tmp_path / "recycle.table", RECYCLE_CAPS)
     table = mapped.table
     table.set_sync_live(True)
@@ -175,6 +244,10 @@ def test_reused_order_records_never_let_a_decided_id_be_decided_again(tmp_path):
     for worker in range(4):
         table.set_account_state(f"W{worker}".encode(), known=True)
         table.set_account_limits(f"W{worker}".encode(), limits)
+        if grouped:
+            table.set_account_groups(f"W{worker}".encode(), [DESK])
+    if grouped:
+        table.set_group(DESK, {LimitKind.MAX_ORDERS_PER_WINDOW: 10**9})
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()
     workers = [context.Process(target=_recycle, args=(str(mapped.path), w, 4_000, results))

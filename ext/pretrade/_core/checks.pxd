@@ -76,6 +76,23 @@ cdef struct DecisionRecord:
     char counterparty_copy[L.TAG_CAPACITY]
     char group_copy[L.ORDER_ID_CAPACITY]    # and its group (order.group points here)
 
+# One account group of the order's account, resolved by prepare_context
+# (resolve_groups, sum_groups) under the group's lock: the group summed over
+# its members, the order's account included with the figures its own checks
+# use.
+cdef struct GroupSums:
+    const L.GroupRecord* group
+    int32_t unavailable                     # GroupUnavailable; 0: the group is checked
+    bint valued                             # it sets an exposure or loss limit
+    bint unpriced                           # a member's holding has no last price
+    bint overflow                           # a sum does not fit in int64
+    int128_t position                       # in the order's symbol
+    int128_t working_buy
+    int128_t working_sell
+    int128_t gross
+    int128_t net
+    int128_t pnl                            # unrealized + realized
+
 # Everything a check may read, resolved once per order by prepare_context.
 cdef struct CheckContext:
     const L.TableHeader* header
@@ -130,6 +147,13 @@ cdef struct CheckContext:
     int128_t order_slot_value
     int128_t order_slot_working_buy
     int128_t order_slot_working_sell
+    # Account groups (the account's, in check order). group_sums stays
+    # last: prepare_context clears the context up to it, and only the
+    # entries of the account's groups are written.
+    int32_t group_count
+    bint groups_invalid                     # ACCOUNT_GROUPS_INVALID
+    bint groups_need_scan                   # a group sets an exposure or loss limit
+    GroupSums group_sums[L.MAX_ACCOUNT_GROUPS]
 
 ctypedef void (*check_fn)(const CheckContext* ctx, DecisionRecord* out) noexcept nogil
 

@@ -17,6 +17,7 @@ from pretrade._core.positions cimport capacity_limit
 from pretrade._core.positions cimport lapsed
 from pretrade._core.positions cimport working_until
 from pretrade._core.positions cimport group_hash
+from pretrade._core.positions cimport member_slot
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -298,7 +299,8 @@ cdef bint needs_scan(const CheckContext* ctx) noexcept nogil:
         or account_limit(ctx, L.LIMIT_MAX_ISSUER_CONCENTRATION_BPS, &unused)
         or account_limit(ctx, L.LIMIT_MAX_SECTOR_CONCENTRATION_BPS, &unused)
         or account_limit(ctx, L.LIMIT_LOSS_LIMIT, &unused)
-        or (ctx.account.flags & L.ACCOUNT_HAS_BALANCES) != 0)
+        or (ctx.account.flags & L.ACCOUNT_HAS_BALANCES) != 0
+        or ctx.groups_need_scan)
 
 
 cdef inline bint valuation_ok(const CheckContext* ctx) noexcept nogil:
@@ -710,54 +712,96 @@ cdef void check_margin(const CheckContext* ctx, DecisionRecord* out) noexcept no
                clamp(equity))
 
 
-cdef int32_t first_in_window(const L.AccountActivity* activity, int64_t since_ns) noexcept nogil:
+cdef int32_t first_in_window(const L.RateRing* ring, int64_t since_ns) noexcept nogil:
     # Logical index (0 = oldest) of the first remembered order after since_ns.
-    cdef int32_t lo = 0, hi = activity.rate_count, mid
-    cdef int32_t oldest = activity.rate_head - activity.rate_count + L.RATE_RING_CAPACITY
+    cdef int32_t lo = 0, hi = ring.count, mid
+    cdef int32_t oldest = ring.head - ring.count + L.RATE_RING_CAPACITY
     while lo < hi:
         mid = (lo + hi) // 2
-        if activity.rate[(oldest + mid) % L.RATE_RING_CAPACITY].at_ns > since_ns:
+        if ring.entries[(oldest + mid) % L.RATE_RING_CAPACITY].at_ns > since_ns:
             hi = mid
         else:
             lo = mid + 1
     return lo
 
 
-cdef void check_velocity(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
-    # Sliding windows over the account's approved orders: count and notional.
+cdef inline bint limit_in(const L.LimitSet* limits, int kind, int64_t* value) noexcept nogil:
+    if limits.present & (1u << kind):
+        value[0] = limits.values[kind]
+        return True
+    return False
+
+
+cdef inline int64_t ring_window_ns(const L.LimitSet* limits, int kind,
+                                   int64_t default_ms) noexcept nogil:
+    cdef int64_t ms
+    if not limit_in(limits, kind, &ms) or ms <= 0:
+        ms = default_ms
+    return ms * NS_PER_MS if ms < INT64_MAX // NS_PER_MS else INT64_MAX
+
+
+cdef void check_ring(const CheckContext* ctx, DecisionRecord* out, const L.RateRing* ring,
+                     const L.LimitSet* limits, int32_t order_code,
+                     int32_t notional_code) noexcept nogil:
+    # Sliding windows over a ring of approved orders (an account's, or a
+    # group's): their count and their notional, with this order.
     cdef int64_t limit, since
     cdef int32_t first, count
     cdef int64_t newest_total, before_total
-    cdef const L.AccountActivity* activity = ctx.activity
-    if activity == NULL or not ctx.account_known or out.order.quantity <= 0:
-        return
-    if account_limit(ctx, L.LIMIT_MAX_ORDERS_PER_WINDOW, &limit):
-        since = out.order.now_ns - window_ns(ctx, L.LIMIT_ORDER_WINDOW_MS, L.DEFAULT_ORDER_WINDOW_MS)
-        count = activity.rate_count - first_in_window(activity, since)
+    if limit_in(limits, L.LIMIT_MAX_ORDERS_PER_WINDOW, &limit):
+        since = out.order.now_ns - ring_window_ns(limits, L.LIMIT_ORDER_WINDOW_MS,
+                                                  L.DEFAULT_ORDER_WINDOW_MS)
+        count = ring.count - first_in_window(ring, since)
         if count + 1 > limit:
-            reject(out, L.REJECT_ORDER_RATE, count + 1, limit)
-    if account_limit(ctx, L.LIMIT_MAX_NOTIONAL_PER_WINDOW, &limit) and ctx.notional_valid:
-        since = out.order.now_ns - window_ns(ctx, L.LIMIT_NOTIONAL_WINDOW_MS,
-                                             L.DEFAULT_NOTIONAL_WINDOW_MS)
-        first = first_in_window(activity, since)
-        if first == 0 and activity.rate_count == L.RATE_RING_CAPACITY:
+            reject(out, order_code, count + 1, limit)
+    if limit_in(limits, L.LIMIT_MAX_NOTIONAL_PER_WINDOW, &limit) and ctx.notional_valid:
+        since = out.order.now_ns - ring_window_ns(limits, L.LIMIT_NOTIONAL_WINDOW_MS,
+                                                  L.DEFAULT_NOTIONAL_WINDOW_MS)
+        first = first_in_window(ring, since)
+        if first == 0 and ring.count == L.RATE_RING_CAPACITY:
             # The ring forgot orders still inside the window: fail closed.
-            reject(out, L.REJECT_NOTIONAL_RATE, INT64_MAX, limit)
+            reject(out, notional_code, INT64_MAX, limit)
             return
         # Entries hold the running total including their own order, so the
         # window's notional is the newest total minus the total just before it.
-        newest_total = activity.cumulative_notional
-        if first == activity.rate_count:
+        newest_total = ring.cumulative_notional
+        if first == ring.count:
             before_total = newest_total
         elif first > 0:
-            before_total = activity.rate[(activity.rate_head - activity.rate_count + first - 1
-                                          + L.RATE_RING_CAPACITY) % L.RATE_RING_CAPACITY
-                                         ].cumulative_notional
+            before_total = ring.entries[(ring.head - ring.count + first - 1
+                                         + L.RATE_RING_CAPACITY) % L.RATE_RING_CAPACITY
+                                        ].cumulative_notional
         else:
             before_total = 0
         if <int128_t>newest_total - before_total + ctx.notional > limit:
-            reject(out, L.REJECT_NOTIONAL_RATE,
+            reject(out, notional_code,
                    clamp(<int128_t>newest_total - before_total + ctx.notional), limit)
+
+
+cdef void check_velocity(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # Sliding windows over the account's approved orders: count and notional.
+    if ctx.activity == NULL or not ctx.account_known or out.order.quantity <= 0 \
+            or not ctx.account.flags & L.ACCOUNT_HAS_LIMITS:
+        return
+    check_ring(ctx, out, &ctx.activity.rate, &ctx.account.limits, L.REJECT_ORDER_RATE,
+               L.REJECT_NOTIONAL_RATE)
+
+
+cdef inline void ring_push(L.RateRing* ring, int64_t at, int64_t notional) noexcept nogil:
+    # Remember an approved order; timestamps stay non-decreasing, so the
+    # window search works.
+    cdef L.RateEntry* entry
+    if ring.count > 0:
+        entry = &ring.entries[(ring.head - 1 + L.RATE_RING_CAPACITY) % L.RATE_RING_CAPACITY]
+        if at < entry.at_ns:
+            at = entry.at_ns
+    ring.cumulative_notional += notional
+    entry = &ring.entries[ring.head]
+    entry.at_ns = at
+    entry.cumulative_notional = ring.cumulative_notional
+    ring.head = (ring.head + 1) % L.RATE_RING_CAPACITY
+    if ring.count < L.RATE_RING_CAPACITY:
+        ring.count += 1
 
 
 cdef void check_max_working_orders(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
@@ -853,6 +897,62 @@ cdef void check_loss_limit(const CheckContext* ctx, DecisionRecord* out) noexcep
         reject(out, L.REJECT_LOSS_LIMIT, clamp(pnl), -loss_limit)
 
 
+cdef void check_account_groups(const CheckContext* ctx, DecisionRecord* out) noexcept nogil:
+    # The limits of the account's groups (a desk, a firm), held against the
+    # group summed over its members (resolve_groups, sum_groups), in the
+    # account's group order. A group that cannot be checked fails closed
+    # (GROUP_UNAVAILABLE, observed: why, limit: its position in the list).
+    cdef int32_t k
+    cdef const GroupSums* group
+    cdef const L.LimitSet* limits
+    cdef int64_t limit
+    cdef int128_t after, net_after
+    if not ctx.account_known:
+        return
+    if ctx.groups_invalid:
+        reject(out, L.REJECT_GROUP_UNAVAILABLE, L.GROUP_TREE_INVALID, 0)
+        return
+    for k in range(ctx.group_count):
+        group = &ctx.group_sums[k]
+        if group.unavailable != 0:
+            reject(out, L.REJECT_GROUP_UNAVAILABLE, group.unavailable, k + 1)
+            continue
+        if out.order.quantity <= 0 or not ctx.instrument_known:
+            continue
+        limits = &group.group.limits
+        if ctx.projection_valid:
+            if is_buy(ctx):
+                after = group.position + group.working_buy + out.order.quantity
+                if limit_in(limits, L.LIMIT_MAX_LONG_POSITION, &limit) and after > limit:
+                    reject(out, L.REJECT_GROUP_MAX_LONG_POSITION, clamp(after), limit)
+            else:
+                after = -(group.position - group.working_sell - out.order.quantity)
+                if limit_in(limits, L.LIMIT_MAX_SHORT_POSITION, &limit) and after > limit:
+                    reject(out, L.REJECT_GROUP_MAX_SHORT_POSITION, clamp(after), limit)
+        if group.valued:
+            if group.unpriced:
+                reject(out, L.REJECT_PRICE_UNAVAILABLE, 2, 0)
+            elif group.overflow:
+                reject(out, L.REJECT_ARITHMETIC_OVERFLOW, 2, 0)
+            else:
+                if ctx.notional_valid:
+                    after = group.gross + ctx.notional
+                    if limit_in(limits, L.LIMIT_MAX_GROSS_EXPOSURE, &limit) and after > limit:
+                        reject(out, L.REJECT_GROUP_MAX_GROSS_EXPOSURE, clamp(after), limit)
+                    net_after = group.net + ctx.notional if is_buy(ctx) \
+                        else group.net - ctx.notional
+                    if limit_in(limits, L.LIMIT_MAX_NET_EXPOSURE, &limit) \
+                            and magnitude(net_after) > limit \
+                            and magnitude(net_after) > magnitude(group.net):
+                        reject(out, L.REJECT_GROUP_MAX_NET_EXPOSURE, clamp(magnitude(net_after)),
+                               limit)
+                if limit_in(limits, L.LIMIT_LOSS_LIMIT, &limit) \
+                        and group.pnl < -<int128_t>limit and not is_reducing(ctx):
+                    reject(out, L.REJECT_GROUP_LOSS_LIMIT, clamp(group.pnl), -limit)
+        check_ring(ctx, out, &group.group.rate, limits, L.REJECT_GROUP_ORDER_RATE,
+                   L.REJECT_GROUP_NOTIONAL_RATE)
+
+
 cdef inline void check_one_halt(const CheckContext* ctx, DecisionRecord* out, int32_t mode,
                                 int32_t scope, int32_t halted_code) noexcept nogil:
     if mode == L.HALT_MODE_HALTED:
@@ -875,7 +975,7 @@ cdef void check_halts(const CheckContext* ctx, DecisionRecord* out) noexcept nog
 
 # The pipeline, in order. Order matters only for the order of rejections.
 cdef enum:
-    CHECK_COUNT = 28
+    CHECK_COUNT = 29
 cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_sync_live,
     check_account_known,
@@ -904,6 +1004,7 @@ cdef check_fn[CHECK_COUNT] PIPELINE = [
     check_concentration,
     check_venue_exposure,
     check_loss_limit,
+    check_account_groups,
     check_halts,
 ]
 CHECK_NAMES = (
@@ -913,7 +1014,8 @@ CHECK_NAMES = (
     "limits_configured", "max_order_quantity", "max_order_notional", "min_order_notional",
     "position_limits",
     "short_sale", "account_valuation", "exposure", "buying_power", "margin", "velocity",
-    "max_working_orders", "concentration", "venue_exposure", "loss_limit", "halts",
+    "max_working_orders", "concentration", "venue_exposure", "loss_limit", "account_groups",
+    "halts",
 )
 
 
@@ -985,13 +1087,146 @@ cdef void find_group(PositionTable table, const OrderInput* order, CheckContext*
         ctx.working_sell -= ctx.group_units
 
 
+# -- ACCOUNT GROUPS --
+# The caller holds the locks of the account's groups (lock_account), so
+# every member's records stand still while they are summed.
+
+cdef uint32_t _VALUED_LIMITS = ((1u << L.LIMIT_MAX_GROSS_EXPOSURE)
+                                | (1u << L.LIMIT_MAX_NET_EXPOSURE) | (1u << L.LIMIT_LOSS_LIMIT))
+cdef uint32_t _POSITION_LIMITS = (1u << L.LIMIT_MAX_LONG_POSITION) \
+    | (1u << L.LIMIT_MAX_SHORT_POSITION)
+cdef const char* GROUP_PREFIX = b"group:"
+
+
+cdef int32_t group_unavailable(PositionTable table, const DecisionRecord* record,
+                               const L.GroupRecord* group) noexcept nogil:
+    # Why a configured group cannot be checked (the smallest reason), or 0.
+    cdef const L.TableHeader* header = table.header
+    cdef bint lost = L.pt_load_i32(&header.lost_slot_count) != 0
+    cdef bint sharded = L.pt_load_i32(<const int32_t*>&header.shard_count) != 0
+    cdef int32_t reason = 0, m = group.first_member
+    cdef const L.AccountRecord* member
+    if lost and slot_lost(header, prefixed_slot(GROUP_PREFIX, group.group_id,
+                                                group.id_length)):
+        reason = L.GROUP_SLOT_LOST
+    while m != L.NO_INDEX:
+        member = &table.accounts[m]
+        if sharded and not shard_held(header, account_shard(header, member.account_id,
+                                                            member.id_length),
+                                      record.order.now_ns):
+            return L.GROUP_SHARD_NOT_HELD
+        if lost and lost_account_slot(header, member) >= 0:
+            reason = L.GROUP_SLOT_LOST
+        elif reason == 0 and member.flags & (L.ACCOUNT_STATE_INVALID | L.ACCOUNT_OVER_CAPACITY):
+            reason = L.GROUP_MEMBER_INVALID
+        m = member.next_member[member_slot(member, <int32_t>(group - table.groups))]
+    return reason
+
+
+cdef void resolve_groups(PositionTable table, const DecisionRecord* record,
+                         CheckContext* ctx) noexcept nogil:
+    # The account's groups: which can be checked, and which need its holdings valued.
+    cdef int32_t k
+    cdef GroupSums* sums
+    cdef const L.GroupRecord* group
+    if ctx.account.flags & L.ACCOUNT_GROUPS_INVALID:
+        ctx.groups_invalid = True
+        return
+    ctx.group_count = ctx.account.group_count
+    for k in range(ctx.group_count):
+        sums = &ctx.group_sums[k]
+        memset(sums, 0, sizeof(GroupSums))
+        group = &table.groups[ctx.account.groups[k]]
+        sums.group = group
+        if not group.flags & L.GROUP_KNOWN:
+            sums.unavailable = L.GROUP_NOT_CONFIGURED
+        elif group.flags & L.GROUP_STATE_INVALID:
+            sums.unavailable = L.GROUP_HASH_INVALID
+        else:
+            sums.unavailable = group_unavailable(table, record, group)
+        if sums.unavailable == 0 and group.limits.present & _VALUED_LIMITS:
+            sums.valued = True
+            ctx.groups_need_scan = True
+
+
+cdef void value_member(PositionTable table, const L.AccountRecord* member,
+                       GroupSums* sums) noexcept nogil:
+    # A member's holdings at last prices and working notionals, as scan_account sums them.
+    cdef int32_t p = member.first_position
+    cdef const L.PositionSlot* slot
+    cdef const L.InstrumentRecord* instrument
+    cdef int128_t value
+    while p != L.NO_INDEX:
+        slot = &table.positions[p]
+        instrument = &table.instruments[slot.instrument_index]
+        value = 0
+        if slot.quantity != 0:
+            if L.pt_load_i32(<const int32_t*>&instrument.flags) & L.INSTRUMENT_HAS_PRICE:
+                value = <int128_t>slot.quantity * L.pt_load_i64(&instrument.last_price)
+                sums.pnl += value - slot.cost_basis
+            else:
+                sums.unpriced = True
+        sums.gross += magnitude(value) + slot.working_buy_notional + slot.working_sell_notional
+        sums.net += value + slot.working_buy_notional - slot.working_sell_notional
+        p = slot.next_in_account
+    sums.pnl += member.realized_pnl
+
+
+cdef inline bint outside_int64(int128_t value) noexcept nogil:
+    return value > INT64_MAX or value < INT64_MIN
+
+
+cdef void sum_groups(PositionTable table, const DecisionRecord* record,
+                     CheckContext* ctx) noexcept nogil:
+    # Each group that can be checked, summed over its members: the order's
+    # account with its own figures (an order group's legs counted once, as
+    # its checks count them), the others from their records.
+    cdef int32_t k, m, p, g
+    cdef GroupSums* sums
+    cdef const L.AccountRecord* member
+    cdef const L.PositionSlot* slot
+    cdef bint positions
+    for k in range(ctx.group_count):
+        sums = &ctx.group_sums[k]
+        if sums.unavailable != 0:
+            continue
+        positions = (sums.group.limits.present & _POSITION_LIMITS) != 0
+        g = ctx.account.groups[k]
+        m = sums.group.first_member
+        while m != L.NO_INDEX:
+            member = &table.accounts[m]
+            if m == record.order.account_index:
+                if positions:
+                    sums.position += ctx.position
+                    sums.working_buy += ctx.working_buy
+                    sums.working_sell += ctx.working_sell
+                if sums.valued:
+                    sums.gross += ctx.gross
+                    sums.net += ctx.net
+                    sums.pnl += ctx.unrealized + ctx.account.realized_pnl
+                    sums.unpriced = sums.unpriced or ctx.scan_unpriced
+            else:
+                if positions:
+                    p = table.find_position(m, record.order.instrument_index)
+                    if p != L.NO_INDEX:
+                        slot = &table.positions[p]
+                        sums.position += slot.quantity
+                        sums.working_buy += slot.working_buy
+                        sums.working_sell += slot.working_sell
+                if sums.valued:
+                    value_member(table, member, sums)
+            m = member.next_member[member_slot(member, g)]
+        sums.overflow = sums.valued and (outside_int64(sums.gross) or outside_int64(sums.net)
+                                         or outside_int64(sums.pnl))
+
+
 cdef void prepare_context(PositionTable table, DecisionRecord* record,
                           CheckContext* ctx) noexcept nogil:
     cdef const OrderInput* order = &record.order
     cdef int32_t position_index
     cdef int32_t override_index
     cdef int32_t instrument_flags = 0
-    memset(ctx, 0, sizeof(CheckContext))
+    memset(ctx, 0, <size_t>(<char*>&ctx.group_sums[0] - <char*>ctx))
     ctx.scan_lost_slot = -1
     ctx.header = table.header
     ctx.orders = table.orders
@@ -1043,9 +1278,14 @@ cdef void prepare_context(PositionTable table, DecisionRecord* record,
     ctx.order_side = order.side
     if order.group_length > 0 and ctx.account != NULL:
         find_group(table, order, ctx)
+    if ctx.account_known and (ctx.account.group_count > 0
+                              or ctx.account.flags & L.ACCOUNT_GROUPS_INVALID):
+        resolve_groups(table, record, ctx)
     if needs_scan(ctx):
         ctx.scan_needed = True
         scan_account(table, ctx)
+    if ctx.group_count > 0 and ctx.instrument_known:
+        sum_groups(table, record, ctx)
 
 
 cdef inline bint same_order(const L.OrderRecord* stored, const DecisionRecord* record) noexcept nogil:
@@ -1442,6 +1682,7 @@ cdef class Engine:
         cdef int128_t quantity = record.order.quantity
         cdef int128_t notional = record.notional
         cdef int128_t venue_total = 0, counterparty_total = 0
+        cdef int32_t k
         if 0 < record.order.venue_length < L.TAG_CAPACITY:
             venue_total = working_at(ctx, record.order.venue, record.order.venue_length, True)
         if 0 < record.order.counterparty_length < L.TAG_CAPACITY:
@@ -1457,7 +1698,10 @@ cdef class Engine:
                     or slot.working_short_notional + notional > INT64_MAX \
                     or slot.locate_used + quantity > INT64_MAX:
                 return False
-        return (activity.cumulative_notional + notional <= INT64_MAX
+        for k in range(ctx.group_count):
+            if ctx.group_sums[k].group.rate.cumulative_notional + notional > INT64_MAX:
+                return False
+        return (activity.rate.cumulative_notional + notional <= INT64_MAX
                 and venue_total + notional <= INT64_MAX
                 and counterparty_total + notional <= INT64_MAX)
 
@@ -1465,8 +1709,7 @@ cdef class Engine:
                       int32_t position_index) noexcept nogil:
         cdef L.PositionSlot* slot = &self.table.positions[position_index]
         cdef L.AccountActivity* activity = &self.table.activity[record.order.account_index]
-        cdef L.RateEntry* entry
-        cdef int64_t at = record.order.now_ns
+        cdef int32_t k
         stored.status = L.ORDER_WORKING
         stored.position_index = position_index
         stored.remaining = record.order.quantity
@@ -1479,19 +1722,11 @@ cdef class Engine:
         stored.counted = record.order.quantity - ctx.group_units
         stored.counted_notional = record.notional - ctx.group_notional
         self.table.add_working(record.order.account_index, stored)
-        # velocity ring: keep timestamps non-decreasing so the window search works
-        if activity.rate_count > 0:
-            entry = &activity.rate[(activity.rate_head - 1 + L.RATE_RING_CAPACITY)
-                                   % L.RATE_RING_CAPACITY]
-            if at < entry.at_ns:
-                at = entry.at_ns
-        activity.cumulative_notional += record.notional
-        entry = &activity.rate[activity.rate_head]
-        entry.at_ns = at
-        entry.cumulative_notional = activity.cumulative_notional
-        activity.rate_head = (activity.rate_head + 1) % L.RATE_RING_CAPACITY
-        if activity.rate_count < L.RATE_RING_CAPACITY:
-            activity.rate_count += 1
+        # the velocity rings: the account's, and each of its groups'
+        ring_push(&activity.rate, record.order.now_ns, record.notional)
+        for k in range(ctx.group_count):
+            ring_push(&(<L.GroupRecord*>ctx.group_sums[k].group).rate, record.order.now_ns,
+                      record.notional)
 
     cdef void count_rejection(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
         # The reject-storm breaker: K client-caused rejections in a window

@@ -24,6 +24,8 @@ MAX_CAPACITY = L.MAX_CAPACITY                   # most records of one kind in a 
 MAX_LOCK_STRIPES = L.MAX_LOCK_STRIPES
 MAX_SHARDS = L.MAX_SHARDS                       # shards a table keeps a lease deadline for
 CLUSTER_SLOTS = L.CLUSTER_SLOTS                 # Redis Cluster hash slots the shards split
+MAX_ACCOUNT_GROUPS = L.MAX_ACCOUNT_GROUPS       # groups one account is in, flattened
+MAX_GROUPS = L.MAX_GROUPS                       # group records a table holds, at most
 
 # -- DECIDED ORDERS: each account's share, and records that leave the table --
 
@@ -86,6 +88,9 @@ LIMIT_KINDS = {
     "MAX_COUNTERPARTY_EXPOSURE": L.LIMIT_MAX_COUNTERPARTY_EXPOSURE,
     "MIN_ORDER_NOTIONAL": L.LIMIT_MIN_ORDER_NOTIONAL,
 }
+#: The names of the limits a group (group:<G>) may set.
+GROUP_LIMIT_NAMES = tuple(name for name, kind in LIMIT_KINDS.items()
+                          if L.GROUP_LIMIT_MASK & (1 << kind))
 
 # -- WIRE ENUMS (name without its prefix -> value; equal to pretrade.v1) --
 
@@ -105,6 +110,7 @@ CAPACITY_NUMBERS = {
     "INSTRUMENTS": L.CAPACITY_INSTRUMENTS,
     "POSITIONS": L.CAPACITY_POSITIONS,
     "OVERRIDES": L.CAPACITY_OVERRIDES,
+    "GROUPS": L.CAPACITY_GROUPS,
 }
 REJECT_CODE_NUMBERS = {
     "STALE_DATA": L.REJECT_STALE_DATA,
@@ -152,6 +158,14 @@ REJECT_CODE_NUMBERS = {
     "UNKNOWN_ORIGINAL_ORDER": L.REJECT_UNKNOWN_ORIGINAL_ORDER,
     "ORIGINAL_NOT_WORKING": L.REJECT_ORIGINAL_NOT_WORKING,
     "REPLACE_BELOW_FILLED": L.REJECT_REPLACE_BELOW_FILLED,
+    "GROUP_MAX_GROSS_EXPOSURE": L.REJECT_GROUP_MAX_GROSS_EXPOSURE,
+    "GROUP_MAX_NET_EXPOSURE": L.REJECT_GROUP_MAX_NET_EXPOSURE,
+    "GROUP_MAX_LONG_POSITION": L.REJECT_GROUP_MAX_LONG_POSITION,
+    "GROUP_MAX_SHORT_POSITION": L.REJECT_GROUP_MAX_SHORT_POSITION,
+    "GROUP_ORDER_RATE": L.REJECT_GROUP_ORDER_RATE,
+    "GROUP_NOTIONAL_RATE": L.REJECT_GROUP_NOTIONAL_RATE,
+    "GROUP_LOSS_LIMIT": L.REJECT_GROUP_LOSS_LIMIT,
+    "GROUP_UNAVAILABLE": L.REJECT_GROUP_UNAVAILABLE,
 }
 #: The largest margin rate an instrument may carry, basis points.
 MAX_MARGIN_BPS = L.MAX_MARGIN_BPS

@@ -42,7 +42,7 @@ cdef extern from "shared_sync.h" nogil:
 
 cdef enum:
     TABLE_MAGIC = 0x50524554        # "PRET"
-    LAYOUT_VERSION = 13
+    LAYOUT_VERSION = 14
     ID_CAPACITY = 40                # bytes for an account id or symbol, NUL included
     MAX_ID_LENGTH = 39
     ORDER_ID_CAPACITY = 64          # client order ids, NUL included
@@ -82,6 +82,13 @@ cdef enum:
     MAX_SHARDS = 1024
     CLUSTER_SLOTS = 16384
     LOST_SLOT_WORDS = 256           # CLUSTER_SLOTS / 64: the bitmap of lost slots
+    # Account groups (a desk, a firm): the most groups one account is in
+    # (its groups and their parents, flattened), the most group records a
+    # table holds (max_accounts, up to this), and the mutexes that guard
+    # them (a group's is its index & (GROUP_LOCK_STRIPES - 1)).
+    MAX_ACCOUNT_GROUPS = 8
+    MAX_GROUPS = 4096
+    GROUP_LOCK_STRIPES = 256
 
 
 # Window lengths the velocity checks and the reject-storm breaker use when a
@@ -164,6 +171,26 @@ cdef enum RejectCode:
     REJECT_ORDER_EXPIRED = 42
     REJECT_MARGIN_SHORTFALL = 43
     REJECT_GROUP_MISMATCH = 44
+    # Account groups: a group limit (observed, limit as for the account's
+    # control of the same name), or a group that cannot be checked.
+    REJECT_GROUP_MAX_GROSS_EXPOSURE = 48
+    REJECT_GROUP_MAX_NET_EXPOSURE = 49
+    REJECT_GROUP_MAX_LONG_POSITION = 50
+    REJECT_GROUP_MAX_SHORT_POSITION = 51
+    REJECT_GROUP_ORDER_RATE = 52
+    REJECT_GROUP_NOTIONAL_RATE = 53
+    REJECT_GROUP_LOSS_LIMIT = 54
+    REJECT_GROUP_UNAVAILABLE = 55
+
+# Why a group cannot be checked (GROUP_UNAVAILABLE's observed; the smallest
+# that applies).
+cdef enum GroupUnavailable:
+    GROUP_NOT_CONFIGURED = 1        # no group:<G> hash
+    GROUP_TREE_INVALID = 2          # the account's groups could not be resolved
+    GROUP_HASH_INVALID = 3
+    GROUP_SHARD_NOT_HELD = 4        # a member's shard is not held by this node
+    GROUP_SLOT_LOST = 5             # a member's or the group's key is in a lost slot
+    GROUP_MEMBER_INVALID = 6        # a member's state is invalid or did not fit
 
 # How long an order may work (pretrade.v1 TimeInForce). UNSPECIFIED works
 # until its fill or cancel is reported, as before time in force existed.
@@ -191,6 +218,7 @@ cdef enum Capacity:
     CAPACITY_INSTRUMENTS = 4        # max_instruments
     CAPACITY_POSITIONS = 5          # max_positions
     CAPACITY_OVERRIDES = 6          # max_overrides: per-symbol limit records
+    CAPACITY_GROUPS = 7             # max_groups: account groups
 
 # What the engine asks the Python layer to do after a decision.
 cdef enum AutoHalt:
@@ -263,6 +291,14 @@ cdef enum LimitKind:
     LIMIT_MIN_ORDER_NOTIONAL = 23
     LIMIT_KIND_COUNT = 24
 
+# The limits a group (group:<G>) may set; the rest are the account's own.
+cdef enum:
+    GROUP_LIMIT_MASK = ((1 << LIMIT_MAX_LONG_POSITION) | (1 << LIMIT_MAX_SHORT_POSITION)
+                        | (1 << LIMIT_MAX_GROSS_EXPOSURE) | (1 << LIMIT_MAX_NET_EXPOSURE)
+                        | (1 << LIMIT_MAX_ORDERS_PER_WINDOW) | (1 << LIMIT_ORDER_WINDOW_MS)
+                        | (1 << LIMIT_MAX_NOTIONAL_PER_WINDOW) | (1 << LIMIT_NOTIONAL_WINDOW_MS)
+                        | (1 << LIMIT_LOSS_LIMIT))
+
 cdef struct LimitSet:
     uint32_t present                # bit k set: values[k] is configured
     uint32_t reserved
@@ -277,6 +313,9 @@ cdef enum:
     ACCOUNT_STATE_INVALID = 4       # its Redis state failed to parse: fail closed
     ACCOUNT_HAS_BALANCES = 8        # balances:{ACC} exists: buying power is checked
     ACCOUNT_OVER_CAPACITY = 16      # part of its state did not fit: its orders are refused
+    ACCOUNT_GROUPS_INVALID = 32     # its groups could not be resolved: its orders are refused
+    GROUP_KNOWN = 1                 # group:<G> exists
+    GROUP_STATE_INVALID = 2         # its hash failed to parse
     INSTRUMENT_KNOWN = 1            # instrument:<SYM> exists
     INSTRUMENT_HAS_PRICE = 2        # price:<SYM> holds a valid last price
     INSTRUMENT_STATE_INVALID = 4
@@ -308,6 +347,10 @@ cdef struct TableHeader:
     uint32_t max_orders
     uint32_t order_size
     uint32_t activity_size
+    uint32_t group_size
+    uint32_t max_groups
+    uint32_t group_index_mask
+    int32_t group_count             # records in use; grow only, under the registry lock
     uint32_t max_orders_per_account # one account's share of the order records
     int32_t order_next              # records the bump allocator handed out (grow only)
     int32_t orders_in_use           # records holding a decided order
@@ -360,6 +403,8 @@ cdef struct TableHeader:
     uint64_t orders_offset
     uint64_t order_index_offset
     uint64_t activity_offset
+    uint64_t groups_offset
+    uint64_t group_index_offset
 
 # A limit for one named venue or counterparty.
 cdef struct TagLimit:
@@ -389,6 +434,13 @@ cdef struct AccountRecord:
     int64_t credit_line
     int64_t realized_pnl            # pnl:{ACC} field realized: the day's realized P&L
     int64_t state_version           # version:{ACC} of the last snapshot applied (0: none)
+    # Its groups (GroupRecord indexes, flattened, in check order: sorted by
+    # id) and, for each, the next member of that group (NO_INDEX: the last).
+    # Written under the locks of its old and new groups and its stripe.
+    int32_t group_count
+    int32_t group_pad
+    int32_t groups[MAX_ACCOUNT_GROUPS]
+    int32_t next_member[MAX_ACCOUNT_GROUPS]
     LimitSet limits                 # the account-wide defaults
     TagLimit venue_limits[TAG_LIMIT_SLOTS]
     TagLimit counterparty_limits[TAG_LIMIT_SLOTS]
@@ -503,20 +555,38 @@ cdef struct OrderRecord:
     int64_t counted_notional
     StoredRejection rejections[STORED_REJECTIONS]
 
-# Sliding windows: a ring of the last approved orders of an account, with a
-# running notional sum, so both "orders per window" and "notional per window"
-# are exact (binary search for the window start).
 cdef struct RateEntry:
     int64_t at_ns
     int64_t cumulative_notional
 
+# Sliding windows: a ring of the last approved orders (of an account, or of
+# a group's accounts), with a running notional sum, so both "orders per
+# window" and "notional per window" are exact (binary search for the window
+# start).
+cdef struct RateRing:
+    int32_t head                    # next write position
+    int32_t count
+    int64_t cumulative_notional     # total notional approved since the table started
+    RateEntry entries[RATE_RING_CAPACITY]
+
+# An account group (group:<G>): its limits, its members (a list through
+# AccountRecord.next_member) and the ring of its members' approved orders for
+# its velocity windows. Guarded by its group lock.
+cdef struct GroupRecord:
+    char group_id[ID_CAPACITY]
+    uint32_t id_hash
+    uint32_t id_length
+    uint32_t flags                  # GROUP_KNOWN, GROUP_STATE_INVALID
+    int32_t first_member            # AccountRecord index, NO_INDEX: none
+    int32_t member_count
+    LimitSet limits
+    RateRing rate
+
+# An account's velocity ring, reject-storm ring and evicted-id filter.
 cdef struct AccountActivity:
-    int32_t rate_head               # next write position
-    int32_t rate_count
+    RateRing rate
     int32_t reject_head
     int32_t reject_count
-    int64_t cumulative_notional     # total notional approved since the table started
-    RateEntry rate[RATE_RING_CAPACITY]
     int64_t rejects_at_ns[REJECT_RING_CAPACITY]
     int64_t evictions               # its records that left the table
     uint64_t evicted[EVICTED_FILTER_WORDS]  # Bloom filter of their order ids

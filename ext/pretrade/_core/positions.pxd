@@ -122,6 +122,16 @@ cdef inline uint32_t group_hash(const char* group, Py_ssize_t length) noexcept n
     return hash_id(group, length) | 1u
 
 
+cdef inline int32_t member_slot(const L.AccountRecord* account, int32_t group) noexcept nogil:
+    # Which of the account's groups ``group`` is: the slot of its next_member
+    # that continues that group's member list.
+    cdef int32_t k
+    for k in range(account.group_count):
+        if account.groups[k] == group:
+            return k
+    return 0
+
+
 cdef inline void count_all(L.OrderRecord* rec) noexcept nogil:
     # A record outside any group counts all it has left.
     rec.counted = rec.remaining
@@ -154,6 +164,8 @@ cdef class PositionTable:
     cdef L.OrderRecord* orders
     cdef int32_t* order_index
     cdef L.AccountActivity* activity
+    cdef L.GroupRecord* groups
+    cdef int32_t* group_index
 
     # -- LOOKUPS (lock free) --
     cdef int32_t find_account(self, const char* account_id, Py_ssize_t length) noexcept nogil
@@ -163,6 +175,7 @@ cdef class PositionTable:
                             Py_ssize_t length) noexcept nogil
     cdef bint order_id_evicted(self, int32_t account_index, const char* order_id,
                                Py_ssize_t length) noexcept nogil
+    cdef int32_t find_account_group(self, const char* group_id, Py_ssize_t length) noexcept nogil
 
     # -- DECIDED ORDERS (caller holds the account's stripe lock) --
     cdef L.OrderRecord* allocate_order(self, int32_t account_index, const char* order_id,
@@ -189,6 +202,7 @@ cdef class PositionTable:
     cdef int32_t ensure_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil
     cdef int32_t ensure_position(self, int32_t account_index, int32_t instrument_index) noexcept nogil
     cdef int32_t ensure_override(self, int32_t position_index) noexcept nogil
+    cdef int32_t ensure_account_group(self, const char* group_id, Py_ssize_t length) noexcept nogil
 
     # -- LOCKS --
     cdef L.pthread_mutex_t* registry_lock(self) noexcept nogil
@@ -196,9 +210,19 @@ cdef class PositionTable:
     cdef L.pthread_mutex_t* stripe_lock(self, int32_t account_index) noexcept nogil
     cdef void lock_account(self, int32_t account_index) noexcept nogil
     cdef void unlock_account(self, int32_t account_index) noexcept nogil
+    cdef L.pthread_mutex_t* group_lock_at(self, uint32_t n) noexcept nogil
+    cdef int32_t _group_stripes(self, int32_t account_index, const int32_t* extra,
+                                int32_t extra_count, uint32_t* stripes) noexcept nogil
+    cdef void _lock_stripes_of_groups(self, const uint32_t* stripes,
+                                      int32_t count) noexcept nogil
+    cdef void _unlock_stripes_of_groups(self, const uint32_t* stripes,
+                                        int32_t count) noexcept nogil
+    cdef int32_t _lock_with_groups(self, int32_t account_index, const int32_t* extra,
+                                   int32_t extra_count, uint32_t* stripes) noexcept nogil
     cdef void _bind(self, object buffer) except *
     cdef void _lock_registry(self) noexcept nogil
     cdef int32_t _account(self, object account_id) except -2
+    cdef int32_t _group(self, object group_id) except -2
     cdef int32_t _instrument(self, object symbol) except -2
     cdef int32_t _position(self, int32_t account_index, int32_t instrument_index) except -2
     cdef void _bump_version(self) noexcept nogil

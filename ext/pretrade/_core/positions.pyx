@@ -80,6 +80,10 @@ cdef inline bint _expired(int64_t since_ns, int64_t now_ns, int64_t window_ns) n
     return since_ns <= now_ns - window_ns
 
 
+cdef inline uint32_t _lock_count(uint32_t lock_stripes) noexcept nogil:
+    return lock_stripes + 3 + L.GROUP_LOCK_STRIPES
+
+
 cdef uint32_t _default_share(uint32_t max_orders) noexcept nogil:
     cdef uint32_t share = max_orders // L.ACCOUNT_SHARE_DIVISOR
     return share if share > 0 else 1
@@ -111,14 +115,18 @@ cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instrument
     h.order_index_mask = _index_capacity(max_orders + lock_stripes) - 1
     h.order_size = sizeof(L.OrderRecord)
     h.activity_size = sizeof(L.AccountActivity)
+    h.group_size = sizeof(L.GroupRecord)
+    h.max_groups = max_accounts if max_accounts < L.MAX_GROUPS else L.MAX_GROUPS
+    h.group_index_mask = _index_capacity(h.max_groups) - 1
     h.max_orders_per_account = _default_share(max_orders)
     h.order_expiry_ns = <int64_t>L.DEFAULT_ORDER_EXPIRY_MS * 1_000_000
     h.order_free_head = L.NO_INDEX
     cdef uint64_t offset = _align(sizeof(L.TableHeader), 64)
     h.locks_offset = offset
     # lock 0 is the registry lock; 1..stripes are the account stripes; then
-    # the order free list lock and the order index rebuild lock
-    offset = _align(offset + <uint64_t>h.lock_stride * (lock_stripes + 3), 64)
+    # the order free list lock, the order index rebuild lock, one spare, and
+    # the group locks
+    offset = _align(offset + <uint64_t>h.lock_stride * _lock_count(lock_stripes), 64)
     h.accounts_offset = offset
     offset = _align(offset + <uint64_t>sizeof(L.AccountRecord) * max_accounts, 64)
     h.instruments_offset = offset
@@ -139,6 +147,10 @@ cdef void _plan(L.TableHeader* h, uint32_t max_accounts, uint32_t max_instrument
     offset = _align(offset + 4 * (<uint64_t>h.order_index_mask + 1), 4096)
     h.activity_offset = offset
     offset = _align(offset + <uint64_t>sizeof(L.AccountActivity) * max_accounts, 4096)
+    h.groups_offset = offset
+    offset = _align(offset + <uint64_t>sizeof(L.GroupRecord) * h.max_groups, 64)
+    h.group_index_offset = offset
+    offset = _align(offset + 4 * (<uint64_t>h.group_index_mask + 1), 4096)
     h.total_size = offset
 
 
@@ -407,7 +419,7 @@ cdef class PositionTable:
         cdef L.TableHeader* h = <L.TableHeader*>base
         cdef uint32_t i
         cdef int rc
-        for i in range(lock_stripes + 3):
+        for i in range(_lock_count(lock_stripes)):
             rc = L.pt_mutex_init_shared(<L.pthread_mutex_t*>(base + h.locks_offset + <uint64_t>i * h.lock_stride))
             if rc:
                 raise OSError(rc, "pthread_mutex_init (process-shared, robust) failed")
@@ -433,6 +445,7 @@ cdef class PositionTable:
                 or h.position_size != plan.position_size
                 or h.override_size != plan.override_size or h.lock_stride != plan.lock_stride
                 or h.order_size != plan.order_size or h.activity_size != plan.activity_size
+                or h.group_size != plan.group_size
                 or h.total_size != plan.total_size or size < plan.total_size):
             raise TableLayoutError("table record sizes differ from this build's layout")
         cdef PositionTable table = PositionTable.__new__(PositionTable)
@@ -454,6 +467,8 @@ cdef class PositionTable:
         self.orders = <L.OrderRecord*>(self.base + self.header.orders_offset)
         self.order_index = <int32_t*>(self.base + self.header.order_index_offset)
         self.activity = <L.AccountActivity*>(self.base + self.header.activity_offset)
+        self.groups = <L.GroupRecord*>(self.base + self.header.groups_offset)
+        self.group_index = <int32_t*>(self.base + self.header.group_index_offset)
 
     def release(self):
         """Drop the pointers and the buffer export, so the mapping can close."""
@@ -486,11 +501,94 @@ cdef class PositionTable:
                 L.pt_add_i64(&self.header.recovered_locks, 1)
                 L.pt_store_i32(&self.header.order_index_rebuilding, 0)
             L.pt_mutex_unlock(rebuild)
-        if L.pt_mutex_lock(self.stripe_lock(account_index)) == 1:
-            L.pt_add_i64(&self.header.recovered_locks, 1)
+        cdef uint32_t stripes[2 * L.MAX_ACCOUNT_GROUPS]
+        self._lock_with_groups(account_index, NULL, 0, stripes)
 
     cdef void unlock_account(self, int32_t account_index) noexcept nogil:
+        # Its groups cannot change while the stripe is held: read them first.
+        cdef uint32_t stripes[L.MAX_ACCOUNT_GROUPS]
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t count = 0
+        if account.group_count > 0:
+            count = self._group_stripes(account_index, NULL, 0, stripes)
         L.pt_mutex_unlock(self.stripe_lock(account_index))
+        self._unlock_stripes_of_groups(stripes, count)
+
+    # An account in groups is locked with its groups: their locks in
+    # ascending order, then its stripe. Every writer of an account's state
+    # takes lock_account, so a holder of a group's lock reads every member of
+    # the group as it stands (the check of a group limit does). Group locks
+    # are only ever taken before a stripe, and the order index rebuild takes
+    # stripes only, so no cycle of waits can form.
+
+    cdef L.pthread_mutex_t* group_lock_at(self, uint32_t n) noexcept nogil:
+        return self.lock_at(self.header.lock_stripes + 3 + n)
+
+    cdef int32_t _group_stripes(self, int32_t account_index, const int32_t* extra,
+                                int32_t extra_count, uint32_t* stripes) noexcept nogil:
+        # The group lock numbers of the account's groups and of ``extra``
+        # (group indexes), ascending, each once; returns how many.
+        cdef L.AccountRecord* account = &self.accounts[account_index]
+        cdef int32_t n = L.pt_load_i32(&account.group_count)
+        cdef int32_t count = 0, i, j, k, total
+        cdef uint32_t stripe
+        if n < 0 or n > L.MAX_ACCOUNT_GROUPS:
+            n = 0
+        total = n + extra_count
+        for k in range(total):
+            if k < n:
+                stripe = <uint32_t>L.pt_load_i32(&account.groups[k]) & (L.GROUP_LOCK_STRIPES - 1)
+            else:
+                stripe = <uint32_t>extra[k - n] & (L.GROUP_LOCK_STRIPES - 1)
+            i = 0
+            while i < count and stripes[i] < stripe:
+                i += 1
+            if i < count and stripes[i] == stripe:
+                continue
+            j = count
+            while j > i:
+                stripes[j] = stripes[j - 1]
+                j -= 1
+            stripes[i] = stripe
+            count += 1
+        return count
+
+    cdef void _lock_stripes_of_groups(self, const uint32_t* stripes,
+                                      int32_t count) noexcept nogil:
+        cdef int32_t i
+        for i in range(count):
+            if L.pt_mutex_lock(self.group_lock_at(stripes[i])) == 1:
+                L.pt_add_i64(&self.header.recovered_locks, 1)
+
+    cdef void _unlock_stripes_of_groups(self, const uint32_t* stripes,
+                                        int32_t count) noexcept nogil:
+        cdef int32_t i
+        for i in range(count):
+            L.pt_mutex_unlock(self.group_lock_at(stripes[i]))
+
+    cdef int32_t _lock_with_groups(self, int32_t account_index, const int32_t* extra,
+                                   int32_t extra_count, uint32_t* stripes) noexcept nogil:
+        # The account's groups' locks (and those of the groups ``extra``),
+        # then its stripe; its groups are read again under the stripe, and a
+        # change since they were first read starts over. Returns how many
+        # group locks it holds (their numbers in ``stripes``, ascending).
+        cdef uint32_t again[2 * L.MAX_ACCOUNT_GROUPS]
+        cdef int32_t count, k
+        cdef bint same
+        while True:
+            count = self._group_stripes(account_index, extra, extra_count, stripes)
+            self._lock_stripes_of_groups(stripes, count)
+            if L.pt_mutex_lock(self.stripe_lock(account_index)) == 1:
+                L.pt_add_i64(&self.header.recovered_locks, 1)
+            same = self._group_stripes(account_index, extra, extra_count, again) == count
+            k = 0
+            while same and k < count:
+                same = again[k] == stripes[k]
+                k += 1
+            if same:
+                return count
+            L.pt_mutex_unlock(self.stripe_lock(account_index))
+            self._unlock_stripes_of_groups(stripes, count)
 
     cdef void _lock_registry(self) noexcept nogil:
         if L.pt_mutex_lock(self.registry_lock()) == 1:
@@ -513,6 +611,24 @@ cdef class PositionTable:
             rec = &self.accounts[found]
             if (rec.id_hash == h and rec.id_length == <uint32_t>length
                     and memcmp(rec.account_id, account_id, length) == 0):
+                return found
+            probe = (probe + 1) & mask
+
+    cdef int32_t find_account_group(self, const char* group_id, Py_ssize_t length) noexcept nogil:
+        if length <= 0 or length > L.MAX_ID_LENGTH:
+            return L.NO_INDEX
+        cdef uint32_t h = hash_id(group_id, length)
+        cdef uint32_t mask = self.header.group_index_mask
+        cdef uint32_t probe = h & mask
+        cdef int32_t found
+        cdef L.GroupRecord* rec
+        while True:
+            found = L.pt_load_i32(&self.group_index[probe]) - 1
+            if found == L.NO_INDEX:
+                return L.NO_INDEX
+            rec = &self.groups[found]
+            if (rec.id_hash == h and rec.id_length == <uint32_t>length
+                    and memcmp(rec.group_id, group_id, length) == 0):
                 return found
             probe = (probe + 1) & mask
 
@@ -1036,6 +1152,33 @@ cdef class PositionTable:
         L.pt_mutex_unlock(self.registry_lock())
         return found
 
+    cdef int32_t ensure_account_group(self, const char* group_id, Py_ssize_t length) noexcept nogil:
+        # A new group is not configured (no flags) and has no members.
+        cdef int32_t found = self.find_account_group(group_id, length)
+        if found != L.NO_INDEX or length <= 0 or length > L.MAX_ID_LENGTH:
+            return found
+        cdef uint32_t h = hash_id(group_id, length)
+        cdef uint32_t mask = self.header.group_index_mask
+        cdef uint32_t probe
+        cdef L.GroupRecord* rec
+        self._lock_registry()
+        found = self.find_account_group(group_id, length)
+        if found == L.NO_INDEX and <uint32_t>self.header.group_count < self.header.max_groups:
+            found = self.header.group_count
+            rec = &self.groups[found]
+            memset(rec, 0, sizeof(L.GroupRecord))
+            memcpy(rec.group_id, group_id, length)
+            rec.id_hash = h
+            rec.id_length = <uint32_t>length
+            rec.first_member = L.NO_INDEX
+            probe = h & mask
+            while L.pt_load_i32(&self.group_index[probe]) != EMPTY_ENTRY:
+                probe = (probe + 1) & mask
+            L.pt_store_i32(&self.header.group_count, found + 1)
+            L.pt_store_i32(&self.group_index[probe], found + 1)
+        L.pt_mutex_unlock(self.registry_lock())
+        return found
+
     cdef int32_t ensure_instrument(self, const char* symbol, Py_ssize_t length) noexcept nogil:
         cdef int32_t found = self.find_instrument(symbol, length)
         if found != L.NO_INDEX or length <= 0 or length > L.MAX_ID_LENGTH:
@@ -1219,6 +1362,133 @@ cdef class PositionTable:
         memcpy(&self.overrides[o].limits, &staged, sizeof(L.LimitSet))
         self.unlock_account(a)
         self._bump_version()
+
+    # -- ACCOUNT GROUPS --
+
+    cdef int32_t _group(self, object group_id) except -2:
+        cdef bytes key = _check_id(group_id, "group id")
+        cdef int32_t index = self.ensure_account_group(key, len(key))
+        if index == L.NO_INDEX:
+            raise TableFullError(f"group table full ({self.header.max_groups} groups)",
+                                 L.CAPACITY_GROUPS, self.header.max_groups)
+        return index
+
+    def set_group(self, group_id, limits, *, bint invalid=False):
+        """Set a group's limits from its ``group:<G>`` hash: ``{LimitKind: value}``
+        of the kinds a group may set; None: the group has no hash (its
+        members' orders are GROUP_UNAVAILABLE); ``invalid``: its hash did not
+        parse (likewise)."""
+        cdef L.LimitSet staged
+        if limits is not None:
+            for kind in limits:
+                if not 0 <= kind < L.LIMIT_KIND_COUNT or not L.GROUP_LIMIT_MASK & (1u << kind):
+                    raise ValueError(f"limit kind {kind} cannot be set on a group")
+        _write_limits(&staged, None if invalid else limits)
+        cdef int32_t g = self._group(group_id)
+        cdef uint32_t stripe = <uint32_t>g & (L.GROUP_LOCK_STRIPES - 1)
+        cdef uint32_t flags = 0
+        if invalid:
+            flags = L.GROUP_KNOWN | L.GROUP_STATE_INVALID
+        elif limits is not None:
+            flags = L.GROUP_KNOWN
+        self._lock_stripes_of_groups(&stripe, 1)
+        memcpy(&self.groups[g].limits, &staged, sizeof(L.LimitSet))
+        self.groups[g].flags = flags
+        self._unlock_stripes_of_groups(&stripe, 1)
+        self._bump_version()
+
+    def set_account_groups(self, account_id, group_ids, *, bint invalid=False):
+        """Set the groups an account is in: its ``groups:{ACC}`` and their
+        parents, flattened, in the order they are checked (sorted by id); at
+        most MAX_ACCOUNT_GROUPS. ``invalid``: they could not be resolved (a
+        parent cycle, too many, a bad id): the account's orders are then
+        GROUP_UNAVAILABLE."""
+        cdef list keys = [_check_id(g, "group id") for g in group_ids]
+        if len(keys) > L.MAX_ACCOUNT_GROUPS:
+            raise ValueError(f"an account is in at most {L.MAX_ACCOUNT_GROUPS} groups, "
+                             f"got {len(keys)}")
+        if len(set(keys)) != len(keys):
+            raise ValueError("an account's groups must be distinct")
+        cdef int32_t wanted[L.MAX_ACCOUNT_GROUPS]
+        cdef int32_t n = len(keys), k, previous, m, j
+        for k in range(n):
+            wanted[k] = self._group(keys[k])
+        cdef int32_t a = self._account(account_id)
+        cdef L.AccountRecord* account = &self.accounts[a]
+        cdef L.GroupRecord* group
+        cdef uint32_t stripes[2 * L.MAX_ACCOUNT_GROUPS]
+        cdef int32_t count = self._lock_with_groups(a, wanted, n, stripes)
+        # leave every old group, then join the new ones at the head of their lists
+        for k in range(account.group_count):
+            group = &self.groups[account.groups[k]]
+            previous = L.NO_INDEX
+            m = group.first_member
+            while m != a and m != L.NO_INDEX:
+                previous = m
+                m = self.accounts[m].next_member[member_slot(&self.accounts[m],
+                                                              account.groups[k])]
+            if m == a:
+                if previous == L.NO_INDEX:
+                    group.first_member = account.next_member[k]
+                else:
+                    j = member_slot(&self.accounts[previous], account.groups[k])
+                    self.accounts[previous].next_member[j] = account.next_member[k]
+                group.member_count -= 1
+        L.pt_store_i32(&account.group_count, 0)
+        for k in range(n):
+            group = &self.groups[wanted[k]]
+            account.groups[k] = wanted[k]
+            account.next_member[k] = group.first_member
+            group.first_member = a
+            group.member_count += 1
+        for k in range(n, L.MAX_ACCOUNT_GROUPS):
+            account.groups[k] = L.NO_INDEX
+            account.next_member[k] = L.NO_INDEX
+        L.pt_store_i32(&account.group_count, n)
+        if invalid:
+            account.flags |= L.ACCOUNT_GROUPS_INVALID
+        else:
+            account.flags &= ~L.ACCOUNT_GROUPS_INVALID
+        L.pt_mutex_unlock(self.stripe_lock(a))
+        self._unlock_stripes_of_groups(stripes, count)
+        self._bump_version()
+
+    def account_groups(self, account_id):
+        """The ids of the groups the account is in, in the order they are checked."""
+        cdef bytes key = _check_id(account_id, "account id")
+        cdef int32_t a = self.find_account(key, len(key))
+        if a == L.NO_INDEX:
+            return ()
+        cdef int32_t k
+        self.lock_account(a)
+        cdef tuple ids = tuple(self.groups[self.accounts[a].groups[k]].group_id[
+            :self.groups[self.accounts[a].groups[k]].id_length]
+            for k in range(self.accounts[a].group_count))
+        self.unlock_account(a)
+        return ids
+
+    def group_info(self, group_id):
+        """A group as the table holds it: ``known`` (its hash exists), ``invalid``,
+        ``limits`` ({LimitKind: value}) and ``members`` (account ids, sorted);
+        None when the table has no record of it."""
+        cdef bytes key = _check_id(group_id, "group id")
+        cdef int32_t g = self.find_account_group(key, len(key))
+        if g == L.NO_INDEX:
+            return None
+        cdef uint32_t stripe = <uint32_t>g & (L.GROUP_LOCK_STRIPES - 1)
+        cdef L.GroupRecord* group = &self.groups[g]
+        cdef list members = []
+        cdef int32_t m
+        self._lock_stripes_of_groups(&stripe, 1)
+        m = group.first_member
+        while m != L.NO_INDEX:
+            members.append(self.accounts[m].account_id[:self.accounts[m].id_length])
+            m = self.accounts[m].next_member[member_slot(&self.accounts[m], g)]
+        info = {"known": bool(group.flags & L.GROUP_KNOWN),
+                "invalid": bool(group.flags & L.GROUP_STATE_INVALID),
+                "limits": _read_limits(&group.limits), "members": tuple(sorted(members))}
+        self._unlock_stripes_of_groups(&stripe, 1)
+        return info
 
     def replace_positions(self, account_id, positions, filled=None, cancelled=None,
                           realized_pnl=None, state_version=None):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from pretrade._core.constants import LIMIT_KINDS, LIMIT_REQUIRED_COUNT
+from pretrade._core.constants import GROUP_LIMIT_NAMES, LIMIT_KINDS, LIMIT_REQUIRED_COUNT
+from pretrade._core.constants import MAX_ACCOUNT_GROUPS as MAX_ACCOUNT_GROUPS
 
 
 class LimitKind(IntEnum):
@@ -79,3 +80,11 @@ NAMED_LIMITS: frozenset[LimitKind] = frozenset((
 
 #: Limits as the core and the twin take them: ``{LimitKind: value}``.
 Limits = dict[int, int]
+
+#: Limits a ``group:<G>`` hash may set (an account group: a desk, a firm). The
+#: position limits hold per symbol over the group's members, the rest over
+#: the members' whole books; none takes a per-symbol override. The core's
+#: GROUP_LIMIT_MASK is the one source. MAX_ACCOUNT_GROUPS (imported above) is
+#: the most groups one account is in, its groups and their parents flattened.
+GROUP_LIMIT_KINDS: frozenset[LimitKind] = frozenset(
+    LimitKind[name] for name in GROUP_LIMIT_NAMES)

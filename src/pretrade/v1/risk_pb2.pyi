@@ -83,6 +83,14 @@ class RejectCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: _ClassVar[RejectCode]
     REJECT_CODE_ORIGINAL_NOT_WORKING: _ClassVar[RejectCode]
     REJECT_CODE_REPLACE_BELOW_FILLED: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_MAX_NET_EXPOSURE: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_MAX_LONG_POSITION: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_MAX_SHORT_POSITION: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_ORDER_RATE: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_NOTIONAL_RATE: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_LOSS_LIMIT: _ClassVar[RejectCode]
+    REJECT_CODE_GROUP_UNAVAILABLE: _ClassVar[RejectCode]
 
 class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -93,6 +101,7 @@ class Capacity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPACITY_INSTRUMENTS: _ClassVar[Capacity]
     CAPACITY_POSITIONS: _ClassVar[Capacity]
     CAPACITY_OVERRIDES: _ClassVar[Capacity]
+    CAPACITY_GROUPS: _ClassVar[Capacity]
 
 class HaltScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -196,6 +205,14 @@ REJECT_CODE_GROUP_MISMATCH: RejectCode
 REJECT_CODE_UNKNOWN_ORIGINAL_ORDER: RejectCode
 REJECT_CODE_ORIGINAL_NOT_WORKING: RejectCode
 REJECT_CODE_REPLACE_BELOW_FILLED: RejectCode
+REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE: RejectCode
+REJECT_CODE_GROUP_MAX_NET_EXPOSURE: RejectCode
+REJECT_CODE_GROUP_MAX_LONG_POSITION: RejectCode
+REJECT_CODE_GROUP_MAX_SHORT_POSITION: RejectCode
+REJECT_CODE_GROUP_ORDER_RATE: RejectCode
+REJECT_CODE_GROUP_NOTIONAL_RATE: RejectCode
+REJECT_CODE_GROUP_LOSS_LIMIT: RejectCode
+REJECT_CODE_GROUP_UNAVAILABLE: RejectCode
 CAPACITY_UNSPECIFIED: Capacity
 CAPACITY_ORDER_TABLE: Capacity
 CAPACITY_ACCOUNT_ORDERS: Capacity
@@ -203,6 +220,7 @@ CAPACITY_ACCOUNTS: Capacity
 CAPACITY_INSTRUMENTS: Capacity
 CAPACITY_POSITIONS: Capacity
 CAPACITY_OVERRIDES: Capacity
+CAPACITY_GROUPS: Capacity
 HALT_SCOPE_UNSPECIFIED: HaltScope
 HALT_SCOPE_GLOBAL: HaltScope
 HALT_SCOPE_ACCOUNT: HaltScope
