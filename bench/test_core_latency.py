@@ -15,7 +15,7 @@ import pytest
 from hdr import new_histogram, scale
 from pretrade._core import Engine, account_key_slots, symbol_key_slots
 from pretrade._core.constants import CLUSTER_SLOTS
-from pretrade.engine.limits import LimitKind
+from pretrade.engine.limits import GROUP_LIMIT_KINDS, LimitKind
 from pretrade.engine.reference import ReferenceBook
 from pretrade.engine.table import PREFAULTED, SPARSE, Residency, new_private_table
 from pretrade.v1 import risk_pb2 as pb
@@ -365,3 +365,51 @@ def test_core_oco_leg_latency_beside_a_plain_order(benchmark, latency):
                      b"XNAS", b"", (rounds * 3 + n) * 10_000 + at, group_id=group)
 
     benchmark(one_pair)
+
+
+def make_grouped_engine(orders: int, members: int) -> Engine:
+    """make_engine's account in a desk of ``members`` accounts (itself included), each
+    holding the same five positions, with every group limit set (generously)."""
+    table = new_private_table(max_accounts=members + 64, max_instruments=64,
+                              max_positions=5 * members + 256, max_overrides=64,
+                              lock_stripes=8, max_orders=orders, max_orders_per_account=orders)
+    populate(table)
+    held = {s: (100, 100 * PRICE) for s in (SYMBOL, b"MSFT", b"BRK.B", b"XOM", b"JPM")}
+    group_limits = {int(kind): 10**15 for kind in GROUP_LIMIT_KINDS}
+    group_limits[LimitKind.ORDER_WINDOW_MS] = 1
+    group_limits[LimitKind.NOTIONAL_WINDOW_MS] = 1
+    table.set_group(b"DESK", group_limits)
+    table.set_account_groups(ACCOUNT, [b"DESK"])
+    for n in range(1, members):
+        member = f"M{n}".encode()
+        table.set_account_state(member, known=True)
+        table.replace_positions(member, held)
+        table.set_account_groups(member, [b"DESK"])
+    return Engine(table)
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_latency_of_an_account_in_a_group_beside_one_in_none(benchmark, latency):
+    """Issue 12 item 5: what an account group costs an order, side by side in one run.
+
+    Three engines with the same account and orders: in no group; in a desk of
+    10 accounts; in a desk of 100. The desk sets every group limit, so each
+    order sums the desk's positions in its symbol and values every member's
+    five holdings (the group's exposure and loss limits), under the desk's lock.
+    """
+    orders = scale(benchmark.disabled, 100_000, 500)
+    plain = make_engine(orders + 10)
+    desk10, desk100 = make_grouped_engine(orders + 10, 10), make_grouped_engine(orders + 10, 100)
+    plain_h, desk10_h, desk100_h = interleaved(
+        ((plain, new_histogram()), (desk10, new_histogram()), (desk100, new_histogram())),
+        orders)
+    latency.record("core evaluate, account in no group", plain_h,
+                   "interleaved with the next two rows, same orders")
+    latency.record("core evaluate, account in a desk of 10 accounts", desk10_h,
+                   "every group limit set: 10 x 5 holdings valued")
+    latency.record("core evaluate, account in a desk of 100 accounts", desk100_h,
+                   "100 x 5 holdings valued")
+    counter = iter(range(orders, 10**9))
+    benchmark(lambda: desk10.evaluate(f"b{(n := next(counter))}".encode(), ACCOUNT, SYMBOL,
+                                      pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, PRICE, b"", b"",
+                                      n * 10_000))
