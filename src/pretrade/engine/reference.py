@@ -20,8 +20,9 @@ ones that no longer work, oldest first), with the same evicted-id filter.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 from pretrade._core import TableFullError, Verdict
@@ -41,6 +42,7 @@ from pretrade._core.constants import (
     EVICTED_FILTER_WORDS,
     HALT_NONE,
     MAX_CAPACITY,
+    MAX_GROUPS,
     MAX_ID_LENGTH,
     MAX_MARGIN_BPS,
     MAX_ORDER_ID_LENGTH,
@@ -59,7 +61,13 @@ from pretrade._core.constants import (
     TAG_LIMIT_SLOTS,
 )
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN, fits_int64
-from pretrade.engine.limits import REQUIRED_LIMITS, LimitKind, Limits
+from pretrade.engine.limits import (
+    GROUP_LIMIT_KINDS,
+    MAX_ACCOUNT_GROUPS,
+    REQUIRED_LIMITS,
+    LimitKind,
+    Limits,
+)
 from pretrade.engine.sessions import working_until
 from pretrade.engine.text import is_currency_code
 from pretrade.v1 import risk_pb2 as pb
@@ -73,8 +81,26 @@ ACCOUNTS = CAPACITY_NUMBERS["ACCOUNTS"]
 INSTRUMENTS = CAPACITY_NUMBERS["INSTRUMENTS"]
 POSITIONS = CAPACITY_NUMBERS["POSITIONS"]
 OVERRIDES = CAPACITY_NUMBERS["OVERRIDES"]
+GROUPS = CAPACITY_NUMBERS["GROUPS"]
 
 Rejection = tuple[int, int, int]
+
+#: A group that sets one of these is valued over all its members' books.
+GROUP_VALUATION_LIMITS: frozenset[LimitKind] = frozenset((
+    LimitKind.MAX_GROSS_EXPOSURE, LimitKind.MAX_NET_EXPOSURE, LimitKind.LOSS_LIMIT,
+))
+
+
+class GroupUnavailable(IntEnum):
+    """Why an account group cannot be checked: a GROUP_UNAVAILABLE rejection's observed
+    (the smallest that applies; its limit is the group's 1-based place in the account's)."""
+
+    NOT_CONFIGURED = 1    # no group:<G> hash
+    TREE_INVALID = 2      # the account's groups could not be resolved (limit 0)
+    HASH_INVALID = 3      # group:<G> did not parse
+    SHARD_NOT_HELD = 4    # ownership on, a member's shard not held now
+    SLOT_LOST = 5         # a member's keys, or group:<G>, in a lost slot
+    MEMBER_INVALID = 6    # a member's state is invalid or did not fit
 
 
 def clamp(value: int) -> int:
@@ -185,6 +211,47 @@ class RefAccount:
         default_factory=lambda: deque(maxlen=RATE_RING_CAPACITY))  # (at_ns, running total)
     cumulative_notional: int = 0
     rejects: deque[int] = field(default_factory=lambda: deque(maxlen=REJECT_RING_CAPACITY))
+    groups: tuple[bytes, ...] = ()  # its groups flattened, in check order
+    groups_invalid: bool = False    # its group tree could not be resolved
+
+
+@dataclass
+class RefGroup:
+    """An account group (``group:<G>``): its limits and its members' approved orders."""
+
+    known: bool = False       # group:<G> exists
+    invalid: bool = False     # and did not parse
+    limits: Limits = field(default_factory=dict)
+    rate: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=RATE_RING_CAPACITY))  # (at_ns, running total)
+    cumulative_notional: int = 0
+
+
+@dataclass
+class GroupView:
+    """One of the ordering account's groups as ``check_account_groups`` reads it: why it
+    cannot be checked (0: it can) and the figures of its members other than the
+    ordering account (whose own figures are the order's context's)."""
+
+    group_id: bytes
+    record: RefGroup
+    unavailable: int = 0
+    position: int = 0         # the order's symbol: quantity, working buy and sell units
+    working_buy: int = 0
+    working_sell: int = 0
+    gross: int = 0            # the members' books at last prices, as the account scan
+    net: int = 0
+    pnl: int = 0              # unrealized + realized P&L
+    unpriced: bool = False    # a member holds a symbol without a last price
+
+    @property
+    def limits(self) -> Limits:
+        return self.record.limits
+
+    @property
+    def values_books(self) -> bool:
+        """It sets an exposure or loss limit: its members' books are valued."""
+        return not GROUP_VALUATION_LIMITS.isdisjoint(self.record.limits)
 
 
 @dataclass
@@ -276,6 +343,9 @@ class Context:
     group_units: int = 0
     group_notional: int = 0
     group_mismatch: int = 0
+    # the account's groups (a desk, a firm), in check order; its tree unresolvable
+    account_groups: tuple[GroupView, ...] = ()
+    account_groups_invalid: bool = False
 
     @property
     def account_known(self) -> bool:
@@ -317,10 +387,7 @@ class Context:
         return None
 
     def window_ns(self, kind: LimitKind, default_ms: int) -> int:
-        ms = self.account_limit(kind)
-        if ms is None or ms <= 0:
-            ms = default_ms
-        return ms * NS_PER_MS if ms < INT64_MAX // NS_PER_MS else INT64_MAX
+        return window_ns(self.account_limit(kind), default_ms)
 
     def is_buy(self) -> bool:
         return self.signed_quantity > 0
@@ -338,6 +405,13 @@ class Context:
 
 
 Reject = Callable[[int, int, int], None]
+
+
+def window_ns(ms: int | None, default_ms: int) -> int:
+    """A velocity window's length: its limit in ms (unset or not positive: the default)."""
+    if ms is None or ms <= 0:
+        ms = default_ms
+    return ms * NS_PER_MS if ms < INT64_MAX // NS_PER_MS else INT64_MAX
 
 
 def lost_key_slot(lost: Collection[int], keys: Iterable[bytes]) -> int:
@@ -657,33 +731,44 @@ def _first_in_window(rate: deque[tuple[int, int]], since_ns: int) -> int:
     return len(rate)
 
 
+def _check_rates(ctx: Context, reject: Reject, rate: deque[tuple[int, int]],
+                 cumulative_notional: int, limits: Mapping[int, int], order_code: int,
+                 notional_code: int) -> None:
+    """Sliding windows over a ring of approved orders (an account's or a group's):
+    their count and their notional, with the windows and limits of ``limits``."""
+    limit = limits.get(LimitKind.MAX_ORDERS_PER_WINDOW)
+    if limit is not None:
+        since = ctx.now_ns - window_ns(limits.get(LimitKind.ORDER_WINDOW_MS),
+                                       DEFAULT_ORDER_WINDOW_MS)
+        count = len(rate) - _first_in_window(rate, since)
+        if count + 1 > limit:
+            reject(order_code, count + 1, limit)
+    limit = limits.get(LimitKind.MAX_NOTIONAL_PER_WINDOW)
+    if limit is not None and ctx.notional_valid:
+        since = ctx.now_ns - window_ns(limits.get(LimitKind.NOTIONAL_WINDOW_MS),
+                                       DEFAULT_NOTIONAL_WINDOW_MS)
+        first = _first_in_window(rate, since)
+        if first == 0 and len(rate) == RATE_RING_CAPACITY:
+            # the ring forgot orders still inside the window: fail closed
+            reject(notional_code, INT64_MAX, limit)
+            return
+        newest = cumulative_notional
+        if first == len(rate):
+            before = newest
+        elif first > 0:
+            before = rate[first - 1][1]
+        else:
+            before = 0
+        if newest - before + ctx.notional > limit:
+            reject(notional_code, clamp(newest - before + ctx.notional), limit)
+
+
 def check_velocity(ctx: Context, reject: Reject) -> None:
     account = ctx.account
     if account is None or not ctx.account_known or ctx.quantity <= 0:
         return
-    limit = ctx.account_limit(LimitKind.MAX_ORDERS_PER_WINDOW)
-    if limit is not None:
-        since = ctx.now_ns - ctx.window_ns(LimitKind.ORDER_WINDOW_MS, DEFAULT_ORDER_WINDOW_MS)
-        count = len(account.rate) - _first_in_window(account.rate, since)
-        if count + 1 > limit:
-            reject(pb.REJECT_CODE_ORDER_RATE, count + 1, limit)
-    limit = ctx.account_limit(LimitKind.MAX_NOTIONAL_PER_WINDOW)
-    if limit is not None and ctx.notional_valid:
-        since = ctx.now_ns - ctx.window_ns(LimitKind.NOTIONAL_WINDOW_MS,
-                                           DEFAULT_NOTIONAL_WINDOW_MS)
-        first = _first_in_window(account.rate, since)
-        if first == 0 and len(account.rate) == RATE_RING_CAPACITY:
-            reject(pb.REJECT_CODE_NOTIONAL_RATE, INT64_MAX, limit)
-            return
-        newest = account.cumulative_notional
-        if first == len(account.rate):
-            before = newest
-        elif first > 0:
-            before = account.rate[first - 1][1]
-        else:
-            before = 0
-        if newest - before + ctx.notional > limit:
-            reject(pb.REJECT_CODE_NOTIONAL_RATE, clamp(newest - before + ctx.notional), limit)
+    _check_rates(ctx, reject, account.rate, account.cumulative_notional, account.limits or {},
+                 pb.REJECT_CODE_ORDER_RATE, pb.REJECT_CODE_NOTIONAL_RATE)
 
 
 def check_max_working_orders(ctx: Context, reject: Reject) -> None:
@@ -744,6 +829,75 @@ def check_loss_limit(ctx: Context, reject: Reject) -> None:
         reject(pb.REJECT_CODE_LOSS_LIMIT, clamp(pnl), -loss_limit)
 
 
+def _check_group_positions(ctx: Context, group: GroupView, reject: Reject) -> None:
+    """The group's long and short limits on the order's symbol, over all its members
+    (the ordering account with its own working figures, order groups counted once)."""
+    if not ctx.projection_valid:
+        return
+    position = group.position + ctx.position
+    if ctx.is_buy():
+        limit = group.limits.get(LimitKind.MAX_LONG_POSITION)
+        long_after = position + group.working_buy + ctx.working_buy + ctx.quantity
+        if limit is not None and long_after > limit:
+            reject(pb.REJECT_CODE_GROUP_MAX_LONG_POSITION, clamp(long_after), limit)
+    else:
+        limit = group.limits.get(LimitKind.MAX_SHORT_POSITION)
+        short_after = -(position - group.working_sell - ctx.working_sell - ctx.quantity)
+        if limit is not None and short_after > limit:
+            reject(pb.REJECT_CODE_GROUP_MAX_SHORT_POSITION, clamp(short_after), limit)
+
+
+def _check_group_valuation(ctx: Context, group: GroupView, reject: Reject) -> None:
+    """The group's gross and net exposure and loss limit over its members' books."""
+    limits = group.limits
+    if not group.values_books or ctx.account is None:
+        return
+    if group.unpriced or ctx.scan_unpriced:
+        reject(pb.REJECT_CODE_PRICE_UNAVAILABLE, 2, 0)
+        return
+    gross = group.gross + ctx.gross
+    net = group.net + ctx.net
+    pnl = group.pnl + ctx.unrealized + ctx.account.realized_pnl
+    if not all(fits_int64(value) for value in (gross, net, pnl)):
+        reject(pb.REJECT_CODE_ARITHMETIC_OVERFLOW, 2, 0)
+        return
+    if ctx.notional_valid:
+        limit = limits.get(LimitKind.MAX_GROSS_EXPOSURE)
+        gross_after = gross + ctx.notional
+        if limit is not None and gross_after > limit:
+            reject(pb.REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE, clamp(gross_after), limit)
+        limit = limits.get(LimitKind.MAX_NET_EXPOSURE)
+        net_after = net + ctx.notional if ctx.is_buy() else net - ctx.notional
+        if limit is not None and abs(net_after) > limit and abs(net_after) > abs(net):
+            reject(pb.REJECT_CODE_GROUP_MAX_NET_EXPOSURE, clamp(abs(net_after)), limit)
+    loss_limit = limits.get(LimitKind.LOSS_LIMIT)
+    if loss_limit is not None and pnl < -loss_limit and not ctx.is_reducing():
+        reject(pb.REJECT_CODE_GROUP_LOSS_LIMIT, clamp(pnl), -loss_limit)
+
+
+def check_account_groups(ctx: Context, reject: Reject) -> None:
+    """Each group the account is in (a desk, its firm), in the account's order, held to
+    its limits over all its members; a group that cannot be checked fails closed."""
+    if not ctx.account_known:
+        return
+    if ctx.account_groups_invalid:
+        reject(pb.REJECT_CODE_GROUP_UNAVAILABLE, int(GroupUnavailable.TREE_INVALID), 0)
+        return
+    for place, group in enumerate(ctx.account_groups, start=1):
+        if group.unavailable:
+            reject(pb.REJECT_CODE_GROUP_UNAVAILABLE, group.unavailable, place)
+            continue
+        if ctx.quantity <= 0 or not ctx.instrument_known:
+            # (an unknown symbol's order is refused already; the account's own
+            # figures, its scan's, are not taken for it: as the core)
+            continue
+        _check_group_positions(ctx, group, reject)
+        _check_group_valuation(ctx, group, reject)
+        _check_rates(ctx, reject, group.record.rate, group.record.cumulative_notional,
+                     group.limits, pb.REJECT_CODE_GROUP_ORDER_RATE,
+                     pb.REJECT_CODE_GROUP_NOTIONAL_RATE)
+
+
 def _check_one_halt(ctx: Context, reject: Reject, mode: int, scope: int, code: int) -> None:
     if mode == pb.HALT_MODE_HALTED:
         reject(code, scope, 0)
@@ -791,15 +945,21 @@ PIPELINE: tuple[Callable[[Context, Reject], None], ...] = (
     check_concentration,
     check_venue_exposure,
     check_loss_limit,
+    check_account_groups,
     check_halts,
 )
 
-# Rejections the engine caused, or halts already in force: not client errors,
-# so they do not feed the reject-storm breaker.
+# Rejections the engine caused (a group it cannot check included), or halts
+# already in force: not client errors, so they do not feed the reject-storm
+# breaker.
 _NOT_CLIENT_CAUSED = frozenset((
     pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_CAPACITY_EXHAUSTED, pb.REJECT_CODE_GLOBAL_HALT,
     pb.REJECT_CODE_ACCOUNT_HALT, pb.REJECT_CODE_SYMBOL_HALT, pb.REJECT_CODE_REDUCE_ONLY,
+    pb.REJECT_CODE_GROUP_UNAVAILABLE,
 ))
+# Decisions the engine could not really make: not stored, so a retry gets a real one.
+_NOT_MADE = frozenset((pb.REJECT_CODE_STALE_DATA, pb.REJECT_CODE_CAPACITY_EXHAUSTED,
+                       pb.REJECT_CODE_GROUP_UNAVAILABLE))
 
 
 def _check_key(value: bytes, what: str) -> bytes:
@@ -920,14 +1080,17 @@ class ReferenceBook:
         self.instruments: dict[bytes, RefInstrument] = {}
         self.positions: dict[tuple[bytes, bytes], RefPosition] = {}
         self.orders: dict[tuple[bytes, bytes], RefOrder] = {}
+        self.groups: dict[bytes, RefGroup] = {}
         self.max_orders = max_orders
+        self.max_groups = min(max_accounts, MAX_GROUPS)
         self.max_accounts, self.max_instruments = max_accounts, max_instruments
         self.max_positions, self.max_overrides = max_positions, max_overrides
         self.share = max_orders_per_account or max(1, max_orders // ACCOUNT_SHARE_DIVISOR)
         self.order_expiry_ns = order_expiry_ms * NS_PER_MS
         self.capacities = {ORDER_TABLE: max_orders, ACCOUNT_ORDERS: self.share,
                            ACCOUNTS: max_accounts, INSTRUMENTS: max_instruments,
-                           POSITIONS: max_positions, OVERRIDES: max_overrides}
+                           POSITIONS: max_positions, OVERRIDES: max_overrides,
+                           GROUPS: self.max_groups}
         self.override_count = 0
         self.clock_ns = 0
         self.global_halt = HALT_NONE
@@ -1103,6 +1266,67 @@ class ReferenceBook:
         account.venue_limits = dict(venues)
         account.counterparty_limits = dict(counterparties)
 
+
+    # -- ACCOUNT GROUPS (mirrors PositionTable.set_group / set_account_groups) --
+
+    def _group(self, group_id: bytes) -> RefGroup:
+        key = _check_key(group_id, "group id")
+        found = self.groups.get(key)
+        if found is None:
+            if len(self.groups) >= self.max_groups:
+                raise self._full(GROUPS, "group")
+            found = self.groups[key] = RefGroup()
+        return found
+
+    def set_group(self, group_id: bytes, limits: Mapping[int, int] | None, *,
+                  invalid: bool = False) -> None:
+        """A group's ``group:<G>`` hash: its limits (only GROUP_LIMIT_KINDS), None when
+        it has none (not configured), or ``invalid`` when it did not parse (then it
+        keeps no limits)."""
+        for kind in limits or ():
+            if kind not in GROUP_LIMIT_KINDS:
+                raise ValueError(f"limit kind {kind} cannot be set on a group")
+        checked = _check_limits(None if invalid else limits)
+        group = self._group(group_id)
+        group.known = checked is not None or invalid
+        group.invalid = invalid
+        group.limits = checked or {}
+
+    def set_account_groups(self, account_id: bytes, group_ids: Sequence[bytes], *,
+                           invalid: bool = False) -> None:
+        """The account's groups, flattened (its groups and their parents), in check
+        order; ``invalid`` when its group tree could not be resolved. A group not
+        seen before gets a record, not configured until :meth:`set_group` (as the
+        table does it: one by one, then the account's record)."""
+        ids = tuple(_check_key(group_id, "group id") for group_id in group_ids)
+        if len(ids) > MAX_ACCOUNT_GROUPS:
+            raise ValueError(f"an account is in at most {MAX_ACCOUNT_GROUPS} groups, "
+                             f"got {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("an account's groups must be distinct")
+        for group_id in ids:
+            self._group(group_id)
+        account = self._account(account_id)
+        account.groups, account.groups_invalid = ids, invalid
+
+    def account_groups(self, account_id: bytes) -> tuple[bytes, ...]:
+        """The account's groups in their stored (check) order; () for an unknown account."""
+        account = self.accounts.get(_check_key(account_id, "account id"))
+        return () if account is None else account.groups
+
+    def group_info(self, group_id: bytes) -> dict[str, Any] | None:
+        """A group's record (``known``, ``invalid``, ``limits``, ``members``), or None."""
+        key = _check_key(group_id, "group id")
+        group = self.groups.get(key)
+        if group is None:
+            return None
+        return {"known": group.known, "invalid": group.invalid, "limits": dict(group.limits),
+                "members": tuple(sorted(self._members(key)))}
+
+    def _members(self, group_id: bytes) -> list[bytes]:
+        """The accounts whose groups include ``group_id``, in record order."""
+        return [account_id for account_id, account in self.accounts.items()
+                if group_id in account.groups]
 
     def replace_positions(
         self, account_id: bytes, positions: Mapping[bytes, tuple[int, int]],
@@ -1587,16 +1811,88 @@ class ReferenceBook:
             ctx.projected_position = projected if ctx.projection_valid else 0
         if group and account is not None:
             self._find_group(ctx, account_id, account, group)
+        if account is not None and ctx.account_known:
+            self._find_account_groups(ctx, account_id, account)
         if ctx.account_known and ctx.instrument_known and account is not None and (
             account.cash is not None or any(
                 ctx.account_limit(kind) is not None for kind in (
                     LimitKind.MAX_GROSS_EXPOSURE, LimitKind.MAX_NET_EXPOSURE,
                     LimitKind.MAX_ISSUER_CONCENTRATION_BPS,
                     LimitKind.MAX_SECTOR_CONCENTRATION_BPS, LimitKind.LOSS_LIMIT))
+            # a group that can be checked values its members' books: the
+            # account's own figures are its scan's
+            or any(group.values_books for group in ctx.account_groups
+                   if not group.unavailable)
         ):
             ctx.scan_needed = True
             self._scan(ctx, account_id)
         return ctx
+
+    def _group_unavailable(self, group_id: bytes, group: RefGroup, members: list[bytes],
+                           now_ns: int) -> int:
+        """Why the group cannot be checked now (the smallest reason), or 0."""
+        if not group.known:
+            return GroupUnavailable.NOT_CONFIGURED
+        if group.invalid:
+            return GroupUnavailable.HASH_INVALID
+        if self.shard_count and not all(self.shard_held(member, now_ns) for member in members):
+            return GroupUnavailable.SHARD_NOT_HELD
+        if self.lost_slots and (
+                key_slot(b"group:" + group_id) in self.lost_slots
+                or any(lost_key_slot(self.lost_slots, account_keys(member)) >= 0
+                       for member in members)):
+            return GroupUnavailable.SLOT_LOST
+        if any(self.accounts[member].invalid or self.accounts[member].capacity
+               for member in members):
+            return GroupUnavailable.MEMBER_INVALID
+        return 0
+
+    def _find_account_groups(self, ctx: Context, account_id: bytes,
+                             account: RefAccount) -> None:
+        """The account's groups for ``check_account_groups``: whether each can be
+        checked, and the figures of its other members (the order's symbol's position
+        and working units; their books, when the group values them)."""
+        ctx.account_groups_invalid = account.groups_invalid
+        if account.groups_invalid:
+            return
+        views = []
+        for group_id in account.groups:
+            group = self.groups[group_id]
+            members = self._members(group_id)
+            view = GroupView(group_id, group,
+                             int(self._group_unavailable(group_id, group, members, ctx.now_ns)))
+            views.append(view)
+            if view.unavailable:
+                continue
+            for member in members:
+                if member == account_id:
+                    continue
+                slot = self.positions.get((member, ctx.symbol))
+                if slot is not None:
+                    view.position += slot.quantity
+                    view.working_buy += slot.working_buy
+                    view.working_sell += slot.working_sell
+                if view.values_books:
+                    self._value_member(view, member)
+        ctx.account_groups = tuple(views)
+
+    def _value_member(self, view: GroupView, member: bytes) -> None:
+        """Add one other member's book at last prices to its group's figures, as the
+        account scan values a book (no order of its own to adjust for)."""
+        for (owner, symbol), slot in self.positions.items():
+            if owner != member:
+                continue
+            value = 0
+            if slot.quantity:
+                last = self.instruments[symbol].last_price
+                if last is None:
+                    view.unpriced = True
+                else:
+                    value = slot.quantity * last
+                    view.pnl += value - slot.cost_basis
+            view.gross += abs(value) + slot.working_buy_notional + slot.working_sell_notional
+            view.net += value + slot.working_buy_notional - slot.working_sell_notional
+        view.pnl += self.accounts[member].realized_pnl
 
     def _find_group(self, ctx: Context, account_id: bytes, account: RefAccount,
                     group: bytes) -> None:
@@ -1804,11 +2100,10 @@ class ReferenceBook:
         """Store the decision (and reserve an approval); returns (approved, auto_halt, stored).
 
         Not stored: what the engine could not really decide (stale data, no
-        room), so a retry gets a real decision.
+        room, a group it cannot check), so a retry gets a real decision.
         """
         codes = [code for code, _, _ in rejections[:MAX_REJECTIONS]]
-        if pb.REJECT_CODE_STALE_DATA in codes or pb.REJECT_CODE_CAPACITY_EXHAUSTED in codes \
-                or not order_id or len(order_id) > MAX_ORDER_ID_LENGTH or ctx.instrument is None:
+        if not _NOT_MADE.isdisjoint(codes) or not order_id or len(order_id) > MAX_ORDER_ID_LENGTH or ctx.instrument is None:
             return approved, auto_halt, False
         account = ctx.account
         assert account is not None
@@ -1853,6 +2148,8 @@ class ReferenceBook:
         slot = self.positions.get((account_id, ctx.symbol), RefPosition())
         n, q = ctx.notional, ctx.quantity
         sums = [account.cumulative_notional + n]
+        sums += [group.record.cumulative_notional + n for group in ctx.account_groups
+                 if not group.unavailable]
         for name, working in ((ctx.venue, ctx.working_venue),
                               (ctx.counterparty, ctx.working_counterparty)):
             if name and len(name) <= MAX_TAG_LENGTH:
@@ -1879,6 +2176,13 @@ class ReferenceBook:
             at = max(at, account.rate[-1][0])
         account.cumulative_notional += order.notional
         account.rate.append((at, account.cumulative_notional))
+        for group in ctx.account_groups:
+            if group.unavailable:
+                continue
+            ring = group.record
+            at = max(ctx.now_ns, ring.rate[-1][0]) if ring.rate else ctx.now_ns
+            ring.cumulative_notional += order.notional
+            ring.rate.append((at, ring.cumulative_notional))
 
     def _count_rejection(self, ctx: Context, rejections: list[Rejection],
                          auto_halt: int) -> int:
