@@ -1336,12 +1336,14 @@ cdef inline Py_ssize_t tag_length(const char* stored) noexcept nogil:
 
 cdef inline bint counts_toward_reject_storm(const DecisionRecord* record) noexcept nogil:
     # Rejections the client caused. Not: the engine's own state (stale data,
-    # a full table) or halts already in force, which would re-trigger forever.
+    # a full table, a group it cannot check) or halts already in force, which
+    # would re-trigger forever.
     cdef int32_t i, code
     for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
         code = record.rejections[i].code
         if code in (L.REJECT_STALE_DATA, L.REJECT_CAPACITY_EXHAUSTED, L.REJECT_GLOBAL_HALT,
-                    L.REJECT_ACCOUNT_HALT, L.REJECT_SYMBOL_HALT, L.REJECT_REDUCE_ONLY):
+                    L.REJECT_ACCOUNT_HALT, L.REJECT_SYMBOL_HALT, L.REJECT_REDUCE_ONLY,
+                    L.REJECT_GROUP_UNAVAILABLE):
             return False
     return True
 
@@ -1592,7 +1594,8 @@ cdef class Engine:
     cdef void remember(self, const CheckContext* ctx, DecisionRecord* record) noexcept nogil:
         # Store the decision under its order id (so a re-send replays it) and,
         # when approved, reserve the order. Not stored: decisions the engine
-        # could not really make (stale data, no room), so a retry gets a real one.
+        # could not really make (stale data, no room, a group it cannot
+        # check), so a retry gets a real one.
         cdef int32_t i, code
         cdef L.OrderRecord* stored
         cdef int32_t position_index = L.NO_INDEX
@@ -1600,7 +1603,8 @@ cdef class Engine:
         cdef bint not_made = False
         for i in range(min(record.rejection_count, L.MAX_REJECTIONS)):
             code = record.rejections[i].code
-            if code == L.REJECT_STALE_DATA or code == L.REJECT_CAPACITY_EXHAUSTED:
+            if code == L.REJECT_STALE_DATA or code == L.REJECT_CAPACITY_EXHAUSTED \
+                    or code == L.REJECT_GROUP_UNAVAILABLE:
                 not_made = True
         # An order for a symbol the table has never seen is not stored either:
         # stored orders are compared by instrument index, which it lacks.
