@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pretrade._core import account_key_slots, symbol_key_slots
 from pretrade.engine.fixedpoint import INT64_MAX, INT64_MIN
-from pretrade.engine.limits import PER_SYMBOL_LIMITS, REQUIRED_COUNT, LimitKind
+from pretrade.engine.limits import GROUP_LIMIT_KINDS, PER_SYMBOL_LIMITS, REQUIRED_COUNT, LimitKind
 from pretrade.v1 import risk_pb2 as pb
 
 ACCOUNTS = [b"ACC-1", b"ACC-2", b"ACC-3"]
@@ -31,6 +31,9 @@ VENUES = [b"", b"XNAS", b"XNYS", b"A-VENUE-NAME-TOO-LONG"]
 COUNTERPARTIES = [b"", b"GS", b"MS"]
 # OCO groups: mostly none; a few ids, so legs meet (and differ) often.
 GROUPS = [b"", b"", b"", b"G1", b"G2"]
+# account groups (a desk inside a firm): what set_account_groups is given is
+# already flattened and sorted, as the sync gives it
+DESKS = [b"DESK-1", b"DESK-2", b"FIRM"]
 SIDES = [pb.SIDE_BUY, pb.SIDE_SELL, pb.SIDE_SELL_SHORT]
 ORDER_TYPES = [pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_MARKET]
 HALT_MODES = [0, pb.HALT_MODE_ACTIVE, pb.HALT_MODE_REDUCE_ONLY, pb.HALT_MODE_HALTED]
@@ -78,6 +81,8 @@ limit_values = st.one_of(st.integers(0, 15), st.integers(0, 150), st.integers(0,
                          st.sampled_from(NON_NEGATIVE_EDGES))
 limit_sets = st.dictionaries(st.sampled_from(list(LimitKind)).map(int), limit_values)
 accounts = st.sampled_from(ACCOUNTS)
+group_limit_sets = st.dictionaries(st.sampled_from(sorted(GROUP_LIMIT_KINDS)).map(int),
+                                   limit_values)
 symbols = st.sampled_from(SYMBOLS)
 
 def _restore(order_id: bytes, account: bytes, symbol: bytes, side: int, order_type: int,
@@ -96,6 +101,12 @@ operations = st.one_of(
               accounts, st.booleans(), st.booleans(), st.sampled_from(CAPACITIES)),
     st.builds(lambda a, lim: _op("set_account_limits", a, lim),
               accounts, st.one_of(st.none(), limit_sets)),
+    # account groups: membership (flattened, sorted), and the groups' limits
+    st.builds(lambda a, groups, invalid: _op("set_account_groups", a, sorted(groups),
+                                             invalid=invalid),
+              accounts, st.sets(st.sampled_from(DESKS)), st.booleans()),
+    st.builds(lambda g, lim, invalid: _op("set_group", g, lim, invalid=invalid),
+              st.sampled_from(DESKS), st.one_of(st.none(), group_limit_sets), st.booleans()),
     st.builds(lambda a, s, lim: _op("set_symbol_limits", a, s, lim),
               accounts, symbols, st.one_of(st.none(), limit_sets)),
     st.builds(lambda a, pos, fills, cancels, pnl, version: _op(
@@ -279,6 +290,8 @@ class RandomWalk:
         account, symbol = rng.choice(ACCOUNTS), rng.choice(SYMBOLS)
         if rng.random() < 0.15:
             return self._decided_order_op(account, symbol)
+        if rng.random() < 0.01:
+            return self._account_group_op(account)
         if roll < 0.03 and self.sent:
             return rng.choice(self.sent[-20:])  # an order sent again, unchanged
         if roll < 0.55:
@@ -289,6 +302,23 @@ class RandomWalk:
                 self.sent.append(self._new_order(account, symbol))
             return self.sent[-1]
         return self._state_change(roll, account, symbol)
+
+    def _account_group_op(self, account: bytes) -> Op:
+        # Accounts join and leave desks; the desks' limits mostly far above
+        # the walk's sizes (so orders still go), sometimes near them; now and
+        # then a desk without a hash, or one that does not parse.
+        rng = self.rng
+        if rng.random() < 0.3:
+            return _op("set_account_groups", account,
+                       sorted(rng.sample(DESKS, rng.randint(0, len(DESKS)))),
+                       invalid=rng.random() < 0.02)
+        limits = {kind: value for kind, value in self.limits(0.4, 3_000_000_000, 0.8).items()
+                  if kind in GROUP_LIMIT_KINDS}
+        if rng.random() < 0.3:
+            limits[int(LimitKind.MAX_LONG_POSITION)] = self.value(0, 6_000)
+            limits[int(LimitKind.MAX_SHORT_POSITION)] = self.value(0, 6_000)
+        return _op("set_group", rng.choice(DESKS), None if rng.random() < 0.03 else limits,
+                   invalid=rng.random() < 0.02)
 
     def group_id(self, symbol: bytes, venue: bytes, counterparty: bytes) -> bytes:
         """Mostly no group, or one whose legs agree on what they trade (so

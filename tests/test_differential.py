@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from core_ops import (
     ACCOUNTS,
+    DESKS,
     EPOCH_MS,
     SYMBOLS,
     TIMES_IN_FORCE,
@@ -152,6 +153,10 @@ def test_core_and_reference_agree_over_a_seeded_random_walk() -> None:
     # and slots of a lost Redis Cluster primary
     assert lost_slot_refusals > 0
     assert {pb.REJECT_CODE_UNKNOWN_ORIGINAL_ORDER, pb.REJECT_CODE_ORIGINAL_NOT_WORKING} <= codes
+    # and account groups: their limits, and groups that cannot be checked
+    assert pb.REJECT_CODE_GROUP_UNAVAILABLE in codes
+    assert codes & {pb.REJECT_CODE_GROUP_MAX_LONG_POSITION, pb.REJECT_CODE_GROUP_MAX_SHORT_POSITION,
+                    pb.REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE, pb.REJECT_CODE_GROUP_LOSS_LIMIT}
     print(f"{decisions} decisions, {approvals} approved, {replays} replayed, "
           f"{auto_halts} auto-halts, {replaced} replaces approved, "
           f"{expired_ids} ids asked back from Redis, "
@@ -188,6 +193,9 @@ def assert_same_reservations(table, book: ReferenceBook, where: str) -> None:
             assert table.working(account, symbol) == book.working(account, symbol), (
                 f"{where}: working quantities of {account!r} {symbol!r} differ")
             assert table.position(account, symbol) == book.position(account, symbol), where
+        assert table.account_groups(account) == book.account_groups(account), where
+    for desk in DESKS:
+        assert table.group_info(desk) == book.group_info(desk), f"{where}: group {desk!r}"
 
 
 def _time_in_force(rng: random.Random, wall: int) -> dict[str, int]:
