@@ -2103,7 +2103,8 @@ class ReferenceBook:
         room, a group it cannot check), so a retry gets a real decision.
         """
         codes = [code for code, _, _ in rejections[:MAX_REJECTIONS]]
-        if not _NOT_MADE.isdisjoint(codes) or not order_id or len(order_id) > MAX_ORDER_ID_LENGTH or ctx.instrument is None:
+        if not _NOT_MADE.isdisjoint(codes) or not order_id \
+                or len(order_id) > MAX_ORDER_ID_LENGTH or ctx.instrument is None:
             return approved, auto_halt, False
         account = ctx.account
         assert account is not None
