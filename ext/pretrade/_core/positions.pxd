@@ -69,6 +69,8 @@ cdef inline int64_t capacity_limit(const L.TableHeader* h, int32_t kind) noexcep
         return h.max_positions
     if kind == L.CAPACITY_OVERRIDES:
         return h.max_overrides
+    if kind == L.CAPACITY_GROUPS:
+        return h.max_groups
     return 0
 
 

@@ -1313,7 +1313,7 @@ cdef class PositionTable:
         ``capacity`` is the ``Capacity`` that part of its state did not fit
         in (0: it all fits): its orders are then rejected CAPACITY_EXHAUSTED.
         """
-        if not 0 <= capacity <= L.CAPACITY_OVERRIDES:
+        if not 0 <= capacity <= L.CAPACITY_GROUPS:
             raise ValueError(f"unknown capacity {capacity}")
         cdef int32_t a = self._account(account_id)
         self.lock_account(a)
@@ -2320,6 +2320,7 @@ cdef class PositionTable:
             "known": bool(rec.flags & L.ACCOUNT_KNOWN),
             "has_limits": bool(rec.flags & L.ACCOUNT_HAS_LIMITS),
             "invalid": bool(rec.flags & L.ACCOUNT_STATE_INVALID),
+            "groups_invalid": bool(rec.flags & L.ACCOUNT_GROUPS_INVALID),
             "halt_mode": rec.halt_mode,
             "limits": _read_limits(&rec.limits),
             "cash": rec.cash if rec.flags & L.ACCOUNT_HAS_BALANCES else None,

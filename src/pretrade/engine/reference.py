@@ -1210,7 +1210,7 @@ class ReferenceBook:
 
     def set_account_state(self, account_id: bytes, *, known: bool, invalid: bool = False,
                           capacity: int = 0) -> None:
-        if not 0 <= capacity <= OVERRIDES:
+        if not 0 <= capacity <= GROUPS:
             raise ValueError(f"unknown capacity {capacity}")
         account = self._account(account_id)
         account.known, account.invalid, account.capacity = known, invalid, capacity
