@@ -4,9 +4,10 @@
 :class:`~pretrade.state.sync.RedisSync` full load, decided orders included)
 into a private table; :func:`compare` lists every difference between two
 tables: per account its state, halt, limits, balances, realized P&L and
-working-order count, per position its quantity, cost basis and working
-quantities, per instrument its reference data, last price and halt, and the
-global halt. A live table that is in sync compares equal to a fresh load of
+working-order count and groups (flattened, in check order), per position its
+quantity, cost basis and working quantities, per account group its state,
+limits and members, per instrument its reference data, last price and halt,
+and the global halt. A live table that is in sync compares equal to a fresh load of
 the same Redis.
 
 Used by the fault-injection tests (after every fault the live table must
@@ -34,6 +35,8 @@ ACCOUNT_FIELDS = ("known", "invalid", "halt_mode", "limits", "cash", "credit_lin
 #: The instrument fields compared (PositionTable.instrument_info).
 INSTRUMENT_FIELDS = ("known", "invalid", "last_price", "tick_size", "lot_size", "halt_mode",
                      "currency")
+#: The account group fields compared (PositionTable.group_info).
+GROUP_FIELDS = ("known", "invalid", "limits", "members")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,21 @@ def _instrument(table: PositionTable, symbol: bytes) -> dict[str, Any]:
     return {name: info[name] for name in INSTRUMENT_FIELDS}
 
 
+def _groups(table: PositionTable, account: bytes) -> dict[str, Any]:
+    """The account's groups (flattened, in check order) and whether its tree is invalid."""
+    info = table.account_info(account)
+    return {"groups": table.account_groups(account),
+            "groups_invalid": bool(info and info.get("groups_invalid"))}
+
+
+def _group(table: PositionTable, group: bytes) -> dict[str, Any]:
+    info = table.group_info(group)
+    if info is None or not (info["known"] or info["invalid"] or info["members"]):
+        # No record, or one that nothing uses any more (no hash, no member).
+        return {"known": False, "invalid": False, "limits": {}, "members": ()}
+    return {name: info[name] for name in GROUP_FIELDS}
+
+
 def _positions(table: PositionTable, account: bytes) -> dict[bytes, tuple[int, int, int, int]]:
     """``{symbol: (quantity, cost basis, working buy, working sell)}``, zero rows left out."""
     out = {}
@@ -101,8 +119,14 @@ def compare(live: PositionTable, fresh: PositionTable) -> list[Difference]:
                 differences.append(Difference(entity, str(name), left.get(name),
                                               right.get(name)))
 
+    groups: set[bytes] = set()
     for account in sorted(set(live.account_ids()) | set(fresh.account_ids())):
         name = account.decode(errors="replace")
+        # An account's groups count whether it is known or not: its groups'
+        # members and sums include it either way.
+        left_groups, right_groups = _groups(live, account), _groups(fresh, account)
+        groups.update(left_groups["groups"], right_groups["groups"])
+        note(f"account {name}", left_groups, right_groups, ("groups", "groups_invalid"))
         left_account, right_account = _account(live, account), _account(fresh, account)
         note(f"account {name}", left_account, right_account, ACCOUNT_FIELDS)
         if not (left_account["known"] or left_account["invalid"]
@@ -115,6 +139,9 @@ def compare(live: PositionTable, fresh: PositionTable) -> list[Difference]:
             right = dict(zip(("quantity", "cost_basis", "working_buy", "working_sell"),
                              fresh_positions.get(symbol, (0, 0, 0, 0)), strict=True))
             note(f"position {name} {symbol.decode(errors='replace')}", left, right, left)
+    for group in sorted(groups):
+        note(f"group {group.decode(errors='replace')}", _group(live, group),
+             _group(fresh, group), GROUP_FIELDS)
     for symbol in sorted(set(live.instrument_ids()) | set(fresh.instrument_ids())):
         note(f"instrument {symbol.decode(errors='replace')}", _instrument(live, symbol),
              _instrument(fresh, symbol), INSTRUMENT_FIELDS)

@@ -11,7 +11,7 @@ guessed value.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import cast
@@ -21,7 +21,14 @@ from redis.typing import EncodableT, FieldT
 from pretrade._core.constants import MAX_MARGIN_BPS, RATE_RING_CAPACITY, TAG_LIMIT_SLOTS
 from pretrade._core.lots import sum_lots, sum_lots_flat
 from pretrade.engine.fixedpoint import fits_int64
-from pretrade.engine.limits import NAMED_LIMITS, PER_SYMBOL_LIMITS, LimitKind, Limits
+from pretrade.engine.limits import (
+    GROUP_LIMIT_KINDS,
+    MAX_ACCOUNT_GROUPS,
+    NAMED_LIMITS,
+    PER_SYMBOL_LIMITS,
+    LimitKind,
+    Limits,
+)
 from pretrade.engine.text import is_currency_code, is_valid_id, is_valid_tag, quoted
 from pretrade.v1 import risk_pb2 as pb
 
@@ -42,6 +49,11 @@ RESTRICTED_SHORT = b"restricted:short"
 #: load only, so they are not among the notification patterns.
 ORDERS = b"orders:"
 LIMITS = b"limits:"
+#: Account groups (a desk, a firm): ``groups:{ACC}``, a set of the ids of the
+#: groups the account is directly in, and ``group:<G>``, a hash of a group's
+#: limits and its optional ``parent`` group.
+GROUPS = b"groups:"
+GROUP = b"group:"
 INSTRUMENT = b"instrument:"
 PRICE = b"price:"
 #: ``price_source = "timeseries"``: a RedisTimeSeries series per symbol, whose
@@ -83,6 +95,8 @@ SCAN_PATTERNS = (
     b"locates:*",
     b"restricted:*",
     b"limits:*",
+    b"groups:*",
+    b"group:*",
     b"instrument:*",
     b"price:*",
     b"price_history:*",
@@ -115,6 +129,10 @@ class KeyKind(Enum):
     BALANCES = "balances"
     LOCATES = "locates"
     RESTRICTED = "restricted"
+    #: ``groups:{ACC}``: an account's groups (the target is the account).
+    GROUPS = "groups"
+    #: ``group:<G>``: a group's hash (the target is the group id).
+    GROUP = "group"
 
 
 def tagged(account_id: bytes) -> bytes:
@@ -219,6 +237,16 @@ def limits_key(account_id: bytes) -> bytes:
     return LIMITS + tagged(account_id)
 
 
+def groups_key(account_id: bytes) -> bytes:
+    """``groups:{ACC}``: the ids of the groups the account is directly in (a set)."""
+    return GROUPS + tagged(account_id)
+
+
+def group_key(group_id: bytes) -> bytes:
+    """``group:<G>``: a group's limits and its ``parent`` (a hash, no hash tag)."""
+    return GROUP + group_id
+
+
 def instrument_key(symbol: bytes) -> bytes:
     return INSTRUMENT + symbol
 
@@ -275,9 +303,13 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
             return (account_kind, 0, account) if account else None
     if key == RESTRICTED_SHORT:
         return (KeyKind.RESTRICTED, 0, b"short")
-    if key.startswith(LIMITS):
-        account = _untag(key[len(LIMITS):])
-        return (KeyKind.LIMITS, 0, account) if account else None
+    for prefix, account_kind in ((LIMITS, KeyKind.LIMITS), (GROUPS, KeyKind.GROUPS)):
+        if key.startswith(prefix):
+            account = _untag(key[len(prefix):])
+            return (account_kind, 0, account) if account else None
+    if key.startswith(GROUP):
+        group = key[len(GROUP):]
+        return (KeyKind.GROUP, 0, group) if is_valid_id(group) else None
     for prefix, kind in ((INSTRUMENT, KeyKind.INSTRUMENT), (PRICE, KeyKind.PRICE),
                          (PRICE_HISTORY, KeyKind.PRICE_HISTORY)):
         if key.startswith(prefix):
@@ -461,6 +493,63 @@ def parse_limits(fields: Mapping[bytes, bytes]) -> ParsedLimits:
         if len(named) > TAG_LIMIT_SLOTS:
             raise StateError(f"at most {TAG_LIMIT_SLOTS} named {what} limits per account")
     return parsed
+
+
+# -- ACCOUNT GROUPS --
+
+#: The limit fields a ``group:<G>`` hash may hold (besides ``parent``).
+GROUP_LIMIT_FIELDS: frozenset[bytes] = frozenset(kind.field.encode()
+                                                 for kind in GROUP_LIMIT_KINDS)
+
+
+def parse_group(fields: Mapping[bytes, bytes]) -> tuple[Limits, bytes | None]:
+    """A ``group:<G>`` hash: ``(limits, parent group id or None)``.
+
+    A field is one of GROUP_LIMIT_FIELDS (named as in ``limits:{ACC}``, no
+    per-symbol or named suffix) or ``parent``, the id of the group this one
+    is inside (an id as an account id is). The limit values parse as those
+    of ``limits:{ACC}`` do (:func:`parse_limits`: non-negative int64, at most
+    RATE_RING_CAPACITY orders per window). Anything else raises StateError:
+    the whole hash is invalid.
+    """
+    parent = fields.get(b"parent")
+    if parent is not None and not is_valid_id(parent):
+        raise StateError(f"parent {quoted(parent)} is not a valid group id")
+    limits = {name: value for name, value in fields.items() if name != b"parent"}
+    for name in limits:
+        if name not in GROUP_LIMIT_FIELDS:
+            raise StateError(f"group field {quoted(name)} is neither parent nor a group limit "
+                             f"({', '.join(sorted(n.decode() for n in GROUP_LIMIT_FIELDS))})")
+    return parse_limits(limits).account, parent
+
+
+def flatten_groups(direct: Iterable[bytes], parents: Mapping[bytes, bytes | None]
+                   ) -> tuple[bytes, ...]:
+    """An account's groups, flattened: its ``direct`` groups and, transitively, their parents.
+
+    ``parents`` maps a group id to its parent's (a group without one, or
+    missing, has none). The result is deduplicated and sorted by id (bytes),
+    the order the groups are checked in. StateError (the account's group
+    tree is invalid) for a group id that is not a valid id, a cycle of
+    parents, or more than MAX_ACCOUNT_GROUPS groups.
+    """
+    found: set[bytes] = set()
+    for start in sorted(direct):
+        chain: list[bytes] = []
+        group: bytes | None = start
+        while group is not None and group not in found:
+            if not is_valid_id(group):
+                raise StateError(f"group id {quoted(group)} is not a valid id")
+            if group in chain:
+                cycle = [*chain[chain.index(group):], group]
+                raise StateError("the parents of groups form a cycle: "
+                                 + " -> ".join(g.decode() for g in cycle))
+            chain.append(group)
+            if len(found) + len(chain) > MAX_ACCOUNT_GROUPS:
+                raise StateError(f"more than {MAX_ACCOUNT_GROUPS} groups, parents included")
+            group = parents.get(group)
+        found.update(chain)
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True)

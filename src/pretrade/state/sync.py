@@ -59,7 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pretrade._core import PositionTable, TableFullError, account_key_slots, symbol_key_slots
 from pretrade._core.constants import CLUSTER_SLOTS
 from pretrade.engine.tally import SECONDS_BOUNDS, Buckets
-from pretrade.engine.text import as_text, quoted
+from pretrade.engine.text import as_text, is_valid_id, quoted
 from pretrade.state.connection import (
     Reads,
     is_cluster,
@@ -89,6 +89,9 @@ from pretrade.state.schema import (
     balances_key,
     classify,
     fills_by_order,
+    flatten_groups,
+    group_key,
+    groups_key,
     halt_from_redis,
     halt_key,
     instrument_key,
@@ -98,6 +101,7 @@ from pretrade.state.schema import (
     lot_fields,
     orders_key,
     parse_balances,
+    parse_group,
     parse_instrument,
     parse_last_price,
     parse_limits,
@@ -201,7 +205,7 @@ class AccountSync:
     @property
     def capacity(self) -> int:
         """The Capacity one part of the account did not fit in (0: it all fits)."""
-        for source in ("orders", "lots", "limits", "locates", "balances"):
+        for source in ("orders", "lots", "limits", "locates", "balances", "groups"):
             if source in self.over_capacity:
                 return self.over_capacity[source]
         return 0
@@ -218,6 +222,9 @@ class Dirty:
     halts: set[HaltKey] = field(default_factory=set)
     balances: set[bytes] = field(default_factory=set)
     locates: set[bytes] = field(default_factory=set)
+    #: Accounts whose ``groups:{ACC}`` changed, and groups whose ``group:<G>`` did.
+    account_groups: set[bytes] = field(default_factory=set)
+    groups: set[bytes] = field(default_factory=set)
     restricted: bool = False
 
     def add_key(self, key: bytes, series_prices: bool = False) -> bool:
@@ -247,6 +254,10 @@ class Dirty:
             self.balances.add(target)
         elif kind is KeyKind.LOCATES:
             self.locates.add(target)
+        elif kind is KeyKind.GROUPS:
+            self.account_groups.add(target)
+        elif kind is KeyKind.GROUP:
+            self.groups.add(target)
         elif kind is KeyKind.RESTRICTED:
             self.restricted = True
         else:
@@ -255,7 +266,8 @@ class Dirty:
 
     def __len__(self) -> int:
         return (len(self.lots) + len(self.limits) + len(self.instruments) + len(self.prices)
-                + len(self.halts) + len(self.balances) + len(self.locates) + self.restricted)
+                + len(self.halts) + len(self.balances) + len(self.locates)
+                + len(self.account_groups) + len(self.groups) + self.restricted)
 
 
 @dataclass
@@ -336,6 +348,18 @@ class RedisSync:
         self.issuer_ids: dict[str, int] = {}
         self.sector_ids: dict[str, int] = {}
         self.priced: set[bytes] = set()
+        # Account groups. As read: each account's direct groups (groups:{ACC};
+        # None: unreadable) and each group's hash (group:<G>: its limits and
+        # parent; None: it does not parse; absent: no hash). As the table holds
+        # them: each account's flattened groups (None: its tree is invalid; absent:
+        # none), the accounts in each group, and the groups given a record.
+        self.direct_groups: dict[bytes, frozenset[bytes] | None] = {}
+        self.group_hashes: dict[bytes, tuple[dict[int, int], bytes | None] | None] = {}
+        self.flattened: dict[bytes, tuple[bytes, ...] | None] = {}
+        self.group_members: dict[bytes, set[bytes]] = {}
+        self.group_records: set[bytes] = set()
+        #: Accounts whose groups are to be flattened again at the end of the batch.
+        self._regroup: set[bytes] = set()
         self.stats = SyncStats()
         #: Entities that do not fit in the table now: (kind, name) -> the Capacity full.
         self.over_capacity: dict[tuple[str, bytes], int] = {}
@@ -984,6 +1008,7 @@ class RedisSync:
                 dirty.limits.add(account)
                 dirty.balances.add(account)
                 dirty.locates.add(account)
+                dirty.account_groups.add(account)
             if _in_ranges(halt_slot, ranges):
                 dirty.halts.add((pb.HALT_SCOPE_ACCOUNT, account))
         for symbol in set(self.instruments) | self.priced:
@@ -994,6 +1019,10 @@ class RedisSync:
                 dirty.prices.add(symbol)
             if _in_ranges(halt_slot, ranges):
                 dirty.halts.add((pb.HALT_SCOPE_SYMBOL, symbol))
+        cluster: Any = self.client
+        for group in self.group_hashes:
+            if _in_ranges(cluster.keyslot(group_key(group)), ranges):
+                dirty.groups.add(group)
 
     def _clear_recovered_slots(self) -> None:
         """Slots whose promoted primary's canary came back after their re-read trade again."""
@@ -1036,6 +1065,8 @@ class RedisSync:
         dirty.limits |= set(self.accounts)
         dirty.balances |= set(self.accounts)
         dirty.locates |= set(self.accounts)
+        dirty.account_groups |= set(self.direct_groups) | set(self.flattened)
+        dirty.groups |= set(self.group_hashes)
         dirty.restricted = True
         dirty.instruments |= set(self.instruments)
         dirty.prices |= self.priced
@@ -1175,6 +1206,9 @@ class RedisSync:
                 (self._queue_limits, self._apply_limits, sorted(batch.limits), 1),
                 (self._queue_balances, self._apply_balances, sorted(batch.balances), 1),
                 (self._queue_locates, self._apply_locates, sorted(batch.locates), 1),
+                (self._queue_groups, self._apply_groups, sorted(batch.groups), 1),
+                (self._queue_account_groups, self._apply_account_groups,
+                 sorted(batch.account_groups), 1),
                 (self._queue_lots, self._apply_lots, sorted(batch.lots), SNAPSHOT_REPLIES),
             ]
             reads = Reads()
@@ -1191,6 +1225,7 @@ class RedisSync:
             for _, apply, items, width in groups:
                 apply(items, replies[at:at + len(items) * width])
                 at += len(items) * width
+            self._flatten_groups()
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
@@ -1440,6 +1475,127 @@ class RedisSync:
                 self._does_not_fit("locates of account", account, error)
             self._publish_account(account, state)
 
+    # -- ACCOUNT GROUPS --
+
+    def _queue_groups(self, pipe: Reads, groups: list[bytes]) -> None:
+        for group in groups:
+            pipe.hgetall(group_key(group))
+
+    def _apply_groups(self, groups: list[bytes], replies: list[Any]) -> None:
+        reparented = False
+        for group, reply in zip(groups, replies, strict=True):
+            parent_before = self._parent(group)
+            try:
+                fields = _hash(reply)
+                if fields:
+                    self.group_hashes[group] = parse_group(fields)
+                else:
+                    self.group_hashes.pop(group, None)
+            except StateError as error:
+                self.group_hashes[group] = None
+                self._invalid("group", group, error)
+            self._publish_group(group)
+            parent = self._parent(group)
+            if parent != parent_before:
+                # The trees that hold the group change.
+                self._regroup |= self.group_members.get(group, set())
+                reparented = True
+            if parent is not None and parent not in self.group_records:
+                self._publish_group(parent)
+        if reparented:
+            # So may those that could not be resolved (a cycle broken, a tree shorter now).
+            self._regroup |= {account for account, flattened in self.flattened.items()
+                              if flattened is None}
+
+    def _parent(self, group: bytes) -> bytes | None:
+        parsed = self.group_hashes.get(group)
+        return parsed[1] if parsed is not None else None
+
+    def _publish_group(self, group: bytes) -> None:
+        """Give the table the group's limits as read (none: no hash; invalid: unparseable)."""
+        limits: dict[int, int] | None = None
+        invalid = False
+        if group in self.group_hashes:
+            parsed = self.group_hashes[group]
+            if parsed is None:
+                invalid = True
+            else:
+                limits = parsed[0]
+        try:
+            self.table.set_group(group, limits, invalid=invalid)
+        except TableFullError as error:
+            self._does_not_fit("group", group, error)
+            return
+        self.group_records.add(group)
+        if self.over_capacity.pop(("group", group), None) is not None:
+            log.warning("group %s fits in the table again", group.decode(errors="replace"))
+
+    def _queue_account_groups(self, pipe: Reads, accounts: list[bytes]) -> None:
+        for account in accounts:
+            pipe.smembers(groups_key(account))
+
+    def _apply_account_groups(self, accounts: list[bytes], replies: list[Any]) -> None:
+        for account, reply in zip(accounts, replies, strict=True):
+            self.accounts.setdefault(account, AccountSync())
+            if isinstance(reply, Exception):
+                self.direct_groups[account] = None
+                self._invalid("groups of account", account, StateError(f"unreadable: {reply}"))
+            elif reply:
+                self.direct_groups[account] = frozenset(reply)
+            else:
+                self.direct_groups.pop(account, None)
+            self._regroup.add(account)
+
+    def _flatten_groups(self) -> None:
+        """Flatten the groups of the accounts whose groups or trees changed, into the table."""
+        if not self._regroup:
+            return
+        accounts, self._regroup = sorted(self._regroup), set()
+        parents = {group: parsed[1] for group, parsed in self.group_hashes.items()
+                   if parsed is not None and parsed[1] is not None}
+        for account in accounts:
+            direct = self.direct_groups.get(account, frozenset())
+            flattened: tuple[bytes, ...] | None = None
+            if direct is not None:  # None: unreadable, logged as read
+                try:
+                    flattened = flatten_groups(direct, parents)
+                except StateError as error:
+                    self._invalid("groups of account", account, error)
+            self._set_account_groups(account, direct or frozenset(), flattened)
+
+    def _set_account_groups(self, account: bytes, direct: frozenset[bytes],
+                            flattened: tuple[bytes, ...] | None) -> None:
+        """Store the account's flattened groups (None: its tree is invalid) if they changed."""
+        state = self.accounts.setdefault(account, AccountSync())
+        before = self.flattened.get(account, ())
+        if flattened == before and "groups" not in state.over_capacity:
+            return
+        # Every group named gets a record of its own state first.
+        for group in sorted({*direct, *(flattened or ())} - self.group_records):
+            if is_valid_id(group):
+                self._publish_group(group)
+        try:
+            self.table.set_account_groups(account, flattened or (),
+                                          invalid=flattened is None)
+            state.over_capacity.pop("groups", None)
+        except TableFullError as error:
+            state.over_capacity["groups"] = error.capacity
+            self._does_not_fit("groups of account", account, error)
+        else:
+            for group in before or ():
+                members = self.group_members.get(group)
+                if members is not None:
+                    members.discard(account)
+                    if not members:
+                        del self.group_members[group]
+            for group in flattened or ():
+                self.group_members.setdefault(group, set()).add(account)
+            if flattened == ():
+                self.flattened.pop(account, None)
+            else:
+                self.flattened[account] = flattened
+        self._publish_account(account, state)
+
     def _publish_account(self, account: bytes, state: AccountSync) -> None:
         try:
             self.table.set_account_state(account, known=state.known, invalid=state.invalid,
@@ -1601,7 +1757,7 @@ class RedisSync:
 
     def _does_not_fit(self, what: str, name: bytes, error: TableFullError) -> None:
         """Log an entity that does not fit, once while it does not (fails closed alone)."""
-        kind = "instrument" if what == "instrument" else "account"
+        kind = what if what in ("instrument", "group") else "account"
         key = (kind, name)
         if key in self.over_capacity and self.over_capacity[key] == error.capacity:
             return
@@ -1718,7 +1874,7 @@ def _split(dirty: Dirty, size: int) -> Iterator[Dirty]:
     """Cut a Dirty set into batches of at most ``size`` entities."""
     batch = Dirty(restricted=dirty.restricted)
     for attribute in ("lots", "limits", "balances", "locates", "instruments", "prices",
-                      "halts"):
+                      "groups", "account_groups", "halts"):
         for item in getattr(dirty, attribute):
             getattr(batch, attribute).add(item)
             if len(batch) >= size:
