@@ -39,7 +39,7 @@ from pretrade.engine.errors import (
     Unavailable,
 )
 from pretrade.engine.fixedpoint import INT64_MAX, format_money, format_quantity
-from pretrade.engine.limits import LimitKind
+from pretrade.engine.limits import MAX_ACCOUNT_GROUPS, LimitKind
 from pretrade.engine.names import short_name
 from pretrade.engine.sessions import format_unix_ms
 from pretrade.v1 import risk_pb2 as pb
@@ -139,6 +139,18 @@ _CAPACITIES: dict[int, tuple[str, str, str]] = {
                             "position slots", "max_positions"),
     pb.CAPACITY_OVERRIDES: ("the table has no room for this account's per-symbol limits",
                             "override records", "max_overrides"),
+    pb.CAPACITY_GROUPS: ("the table has no room for a group this account is in",
+                         "group records", "max_groups: max_accounts, at most 4,096"),
+}
+
+#: Why a group of the account cannot be checked (GROUP_UNAVAILABLE's observed).
+_GROUP_UNAVAILABLE: dict[int, str] = {
+    1: "has no group:<G> hash (it is not configured)",
+    3: "has a group:<G> hash that could not be parsed; see the server log",
+    4: "has an account in a shard this node does not hold now",
+    5: ("has an account's key, or its own group:<G>, in a Redis Cluster slot whose primary "
+        "was lost"),
+    6: "has an account whose state in Redis is invalid or did not fit in the table",
 }
 
 
@@ -260,6 +272,38 @@ def describe_rejection(code: int, observed: int, limit: int, currency: str = "")
             what = {1: "symbol", 2: "venue", 3: "counterparty"}.get(observed, "terms")
             return (f"a working order of the same group_id has another {what}: the legs of "
                     "an order group are of one symbol, venue and counterparty")
+        case pb.REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE:
+            return (f"the gross exposure of a group of the account would be {money(observed)}, "
+                    f"over the group's {money(limit)}")
+        case pb.REJECT_CODE_GROUP_MAX_NET_EXPOSURE:
+            return (f"the net exposure of a group of the account would be {money(observed)}, "
+                    f"over the group's {money(limit)}")
+        case pb.REJECT_CODE_GROUP_MAX_LONG_POSITION:
+            return (f"the long position of a group of the account would be {qty(observed)}, "
+                    f"over the group's max long position {qty(limit)}")
+        case pb.REJECT_CODE_GROUP_MAX_SHORT_POSITION:
+            return (f"the short position of a group of the account would be {qty(observed)}, "
+                    f"over the group's max short position {qty(limit)}")
+        case pb.REJECT_CODE_GROUP_ORDER_RATE:
+            return (f"{observed} orders of a group of the account in the group's window, over "
+                    f"its limit of {limit}")
+        case pb.REJECT_CODE_GROUP_NOTIONAL_RATE:
+            if observed == INT64_MAX:
+                return ("too many orders of a group of the account in the group's window to "
+                        "total their notional; refused until the window clears")
+            return (f"notional of a group of the account in the group's window would be "
+                    f"{money(observed)}, over {money(limit)}")
+        case pb.REJECT_CODE_GROUP_LOSS_LIMIT:
+            return (f"day P&L of a group of the account {money(observed)} is below the group's "
+                    f"loss limit {money(limit)}; only reducing orders may go")
+        case pb.REJECT_CODE_GROUP_UNAVAILABLE:
+            if observed == 2:
+                return ("the account's groups cannot be resolved (a bad group id in "
+                        f"groups:{{ACC}}, a cycle of parents, or more than {MAX_ACCOUNT_GROUPS} "
+                        "groups); see the server log")
+            why = _GROUP_UNAVAILABLE.get(observed, "cannot be checked")
+            return (f"group {limit} of the account (its groups sorted by id) {why}: its "
+                    "orders are refused")
         case pb.REJECT_CODE_ORDER_RATE:
             return f"{observed} orders in the window, over the limit of {limit}"
         case pb.REJECT_CODE_NOTIONAL_RATE:
