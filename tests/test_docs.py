@@ -79,6 +79,8 @@ KEY_CONSTANTS = {
     "LOCATES": "hash",
     "RESTRICTED_SHORT": "set",
     "LIMITS": "hash",
+    "GROUPS": "set",
+    "GROUP": "hash",
     "INSTRUMENT": "hash",
     "PRICE": "string",
     "PRICE_HISTORY": "TSDB-TYPE",
@@ -277,7 +279,7 @@ def test_the_key_constants_checked_here_are_all_of_them():
 def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
     for pattern in glance_table(doc):
         key = (pattern.replace("{ACC}", "{ACC-1}").replace("<ACC>", "ACC-1")
-               .replace("<SYM>", "AAPL"))
+               .replace("<SYM>", "AAPL").replace("<G>", "DESK-1"))
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
                 or key.encode().startswith((redis_schema.CANARY, redis_schema.FENCE))
@@ -596,6 +598,36 @@ def test_the_oco_figures_hold_for_two_exits_the_fill_of_one_and_the_cancel_of_th
                    found == expected)
 
 
+def test_the_group_example_gives_its_figures_and_leaving_the_desk_is_followed(
+        doc, redis_cli, redis_client, gateway, stub):
+    seed_account(redis_client, "ACC-1")
+    redis_client.hset("limits:{ACC-2}", mapping=redis_client.hgetall("limits:{ACC-1}"))
+    run_example(redis_cli, code_blocks(after_marker(doc, "groups"))[0])
+    table = gateway.gateway.table
+    wait_until(lambda: (table.account_groups(b"ACC-2"), table.group_info(b"FIRM")),
+               lambda found: found[0] == (b"DESK-1", b"FIRM") and found[1]["known"])
+    groups = flat(section(doc, "Account groups: `groups:{ACC}` and `group:<G>`"))
+    assert "Both accounts' groups, flattened, are `DESK-1`, `FIRM`" in groups
+    assert table.account_groups(b"ACC-1") == (b"DESK-1", b"FIRM")
+    (header, rows), *_ = markdown_tables(after_marker(doc, "group-figures"))
+    assert header == ["order", "decision"], header
+    for what, outcome in rows:
+        account, _, quantity, _ = what.split()
+        decision = stub.EvaluateOrder(order(account=account.strip("`"), quantity=int(quantity)))
+        if outcome == "approved":
+            assert decision.approved, (what, decision)
+            continue
+        name, observed, limit = re.fullmatch(r"`(\w+)`, observed (\d+), limit (\d+)",
+                                             outcome).groups()
+        assert [(r.code, r.observed, r.limit) for r in decision.rejections] == [
+            (pb.RejectCode.Value(name), int(observed), int(limit))], what
+    leave = re.search(r"`redis-cli (SREM [^`]+)`", groups)
+    assert leave is not None
+    redis_client.execute_command(*leave.group(1).split())
+    wait_until(lambda: table.account_groups(b"ACC-2"), lambda found: found == ())
+    assert stub.EvaluateOrder(order(account="ACC-2", quantity=900)).approved
+
+
 def _fill(client: redis.Redis, lot: str, order_id: str, quantity: int) -> None:
     tickers, quantities, prices = lot_keys(b"ACC-1")
     with client.pipeline(transaction=True) as pipe:
@@ -758,6 +790,46 @@ FAIL_CLOSED = {
     "limits key without braces is ignored": Case(
         "the key spelled without braces", [["HSET", "limits:ACC-1", "max_order_quantity", "1"]],
         LIMIT_ORDER, []),
+    # -- account groups --
+    "in no group": Case(
+        "`groups:{ACC}` missing or empty", [["DEL", "groups:{ACC-1}"]], LIMIT_ORDER, []),
+    "in a group without its hash": Case(
+        "a group in the account's tree without its", [["SADD", "groups:{ACC-1}", "DESK-1"]],
+        LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "in a group whose parent has no hash": Case(
+        "a group in the account's tree without its",
+        [["HSET", "group:DESK-1", "max_long_position", "1000", "parent", "FIRM"],
+         ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "in a group that sets no limit of a group": Case(
+        "a `group:<G>` field that is not a group limit",
+        [["HSET", "group:DESK-1", "max_order_quantity", "1000"],
+         ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "group limit with a decimal point": Case(
+        "a `group:<G>` field that is not a group limit",
+        [["HSET", "group:DESK-1", "max_long_position", "1000.0"],
+         ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "group parent not an id": Case(
+        "a `group:<G>` field that is not a group limit",
+        [["HSET", "group:DESK-1", "parent", "FIRM:1"],
+         ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "group key is a string": Case(
+        "`group:<G>` not a hash", [["SET", "group:DESK-1", "x"],
+                                   ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER,
+        [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "group id not an id": Case(
+        "a group id in `groups:{ACC}` that is not", [["SADD", "groups:{ACC-1}", "DESK 1"]],
+        LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "groups in a cycle": Case(
+        "a group id in `groups:{ACC}` that is not",
+        [["HSET", "group:DESK-1", "parent", "FIRM"], ["HSET", "group:FIRM", "parent", "DESK-1"],
+         ["SADD", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER, [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "nine groups": Case(
+        "a group id in `groups:{ACC}` that is not",
+        [["SADD", "groups:{ACC-1}", *[f"DESK-{n}" for n in range(9)]]], LIMIT_ORDER,
+        [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
+    "groups key is a string": Case(
+        "`groups:{ACC}` not a set", [["SET", "groups:{ACC-1}", "DESK-1"]], LIMIT_ORDER,
+        [pb.REJECT_CODE_GROUP_UNAVAILABLE]),
     # -- balances --
     "no balances": Case(
         "`balances:{ACC}` missing or empty", [["DEL", "balances:{ACC-1}"]], LIMIT_ORDER, []),
