@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import redis
 
+from pretrade.app.devredis import find_redis_cli
+from pretrade.state.connection import redis_client
+from pretrade.state.reconcile import compare, load_from_redis
+from pretrade.state.reconciler import capacities_of_table
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
 
@@ -94,3 +100,22 @@ def try_order(stub: object, request: pb.Order) -> pb.Decision | None:
         if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
             raise
         return None
+
+
+def redis_cli(redis_url: str, script: str) -> None:
+    """Run ``script`` (one command a line) through redis-cli, as an operator would."""
+    subprocess.run([find_redis_cli(), "-u", redis_url], input=script.encode(), check=True,
+                   capture_output=True, timeout=10)
+
+
+def differences_from_a_fresh_load(redis_url: str, live: object) -> list[str]:
+    """What the reconciliation finds between ``live`` (a followed table) and the table a
+    fresh load of Redis builds (a restart): [] when the two agree."""
+    async def load():
+        client = redis_client(redis_url)
+        try:
+            return await load_from_redis(client, capacities_of_table(live))
+        finally:
+            await client.aclose()
+
+    return [str(d) for d in compare(live, asyncio.run(load()))]

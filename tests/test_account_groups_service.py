@@ -10,31 +10,27 @@ equals the followed table.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import subprocess
 
 import grpc
 import pytest
 import redis
 
-from book import order, seed_account, seed_limits, wait_until
+from book import (
+    differences_from_a_fresh_load,
+    order,
+    redis_cli,
+    seed_account,
+    seed_limits,
+    wait_until,
+)
 from conftest import GatewayThread, gateway_settings
-from pretrade.app.devredis import find_redis_cli
 from pretrade.engine.limits import LimitKind
-from pretrade.state.connection import redis_client
-from pretrade.state.reconcile import compare, load_from_redis
-from pretrade.state.reconciler import capacities_of_table
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
 from test_cluster_store import accounts_on_each_primary
 
 DESK_LIMIT = 150
-
-
-def redis_cli(redis_url: str, script: str) -> None:
-    subprocess.run([find_redis_cli(), "-u", redis_url], input=script.encode(), check=True,
-                   capture_output=True, timeout=10)
 
 
 @pytest.fixture
@@ -85,17 +81,7 @@ def applied_everything_before(redis_client: redis.Redis, gateway) -> None:
 
 def in_sync_with_redis(redis_url: str, gateway) -> None:
     """A fresh load of Redis equals the followed table (the reconciliation's compare)."""
-    live = gateway.gateway.table
-
-    async def load():
-        client = redis_client(redis_url)
-        try:
-            return await load_from_redis(client, capacities_of_table(live))
-        finally:
-            await client.aclose()
-
-    fresh = asyncio.run(load())
-    assert [str(d) for d in compare(live, fresh)] == []
+    assert differences_from_a_fresh_load(redis_url, gateway.gateway.table) == []
 
 
 def test_a_desk_limit_holds_over_both_accounts_and_a_raise_of_it_is_followed(

@@ -32,8 +32,8 @@ CAPS = Capacities(max_accounts=16, max_instruments=16, max_positions=64, max_ove
                   lock_stripes=4, max_orders=120_000)
 
 
-def _fire(path: str, worker: int, orders: int, start_at: float, out: multiprocessing.Queue,
-          ) -> None:
+def _fire_at(path: str, worker: int, orders: int, start_at: float, account: bytes) -> int:
+    """Buys of 1 to 40 AAPL for ``account`` from the moment ``start_at``; the units approved."""
     mapped = MappedTable.attach(path)
     engine = Engine(mapped.table)
     rng = random.Random(worker)
@@ -42,12 +42,17 @@ def _fire(path: str, worker: int, orders: int, start_at: float, out: multiproces
         pass  # every process starts firing at the same moment
     for n in range(orders):
         quantity = rng.randint(1, 40)
-        decision = engine.evaluate(f"w{worker}-{n}".encode(), ACC, AAPL, pb.SIDE_BUY,
+        decision = engine.evaluate(f"w{worker}-{n}".encode(), account, AAPL, pb.SIDE_BUY,
                                    pb.ORDER_TYPE_LIMIT, quantity, 10_000, b"", b"",
                                    time.perf_counter_ns())
         approved += quantity if decision[0] else 0
     mapped.close()
-    out.put(approved)
+    return approved
+
+
+def _fire(path: str, worker: int, orders: int, start_at: float, out: multiprocessing.Queue,
+          ) -> None:
+    out.put(_fire_at(path, worker, orders, start_at, ACC))
 
 
 def _shared_table(path: Path, max_long: int) -> MappedTable:
@@ -105,21 +110,8 @@ def _fire_grouped(path: str, worker: int, orders: int, start_at: float,
                   out: multiprocessing.Queue) -> None:
     # Workers 0 and 2 trade ACC-A, 1 and 3 ACC-B: two accounts of one group
     # from four processes at once.
-    mapped = MappedTable.attach(path)
-    engine = Engine(mapped.table)
-    rng = random.Random(worker)
     account = MEMBERS[worker % 2]
-    approved = 0
-    while time.monotonic() < start_at:
-        pass
-    for n in range(orders):
-        quantity = rng.randint(1, 40)
-        decision = engine.evaluate(f"w{worker}-{n}".encode(), account, AAPL, pb.SIDE_BUY,
-                                   pb.ORDER_TYPE_LIMIT, quantity, 10_000, b"", b"",
-                                   time.perf_counter_ns())
-        approved += quantity if decision[0] else 0
-    mapped.close()
-    out.put((account, approved))
+    out.put((account, _fire_at(path, worker, orders, start_at, account)))
 
 
 def test_processes_trading_two_accounts_of_one_group_never_jointly_breach_the_group_limit(

@@ -9,35 +9,23 @@ leg, a lot written with redis-cli, ends no other).
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-
 import grpc
 import pytest
 import redis
 
-from book import codes, order, seed_account, wait_until
-from pretrade.app.devredis import find_redis_cli
-from pretrade.state.connection import redis_client
+from book import codes, differences_from_a_fresh_load, order, redis_cli, seed_account, wait_until
 from pretrade.state.journal import decode
-from pretrade.state.reconcile import compare, load_from_redis
-from pretrade.state.reconciler import capacities_of_table
 from pretrade.v1 import risk_pb2 as pb
 
 PRICE = 683_378
 OCO = pb.CONTINGENCY_ONE_CANCELS_OTHER
 
 
-def redis_cli(redis_server, script: str) -> None:
-    subprocess.run([find_redis_cli(), "-p", str(redis_server.port)], input=script.encode(),
-                   check=True, capture_output=True, timeout=10)
-
-
 @pytest.fixture
-def long_and_reduce_only(redis_client: redis.Redis, redis_server) -> redis.Redis:
+def long_and_reduce_only(redis_client: redis.Redis, redis_url: str) -> redis.Redis:
     """100 AAPL long (one lot), and the account halted REDUCE_ONLY, with redis-cli."""
     seed_account(redis_client)
-    redis_cli(redis_server,
+    redis_cli(redis_url,
               "HSET tickers_by_lot:{ACC-1} L1 AAPL\n"
               "HSET quantities_by_lot:{ACC-1} L1 100\n"
               f"HSET prices_by_lot:{{ACC-1}} L1 {PRICE}\n"
@@ -80,12 +68,12 @@ def test_a_take_profit_and_a_stop_loss_of_one_oco_group_both_close_the_long(
 
 
 def test_the_fill_of_one_leg_leaves_the_other_working_until_its_cancel_is_reported(
-        long_and_reduce_only, redis_server, redis_url, gateway, stub):
+        long_and_reduce_only, redis_url, gateway, stub):
     wait_until(lambda: working(gateway), lambda state: state == (100, 0, 0))
     assert stub.EvaluateOrder(exit_leg("TP", PRICE + 50_000)).approved
     assert stub.EvaluateOrder(exit_leg("SL", PRICE - 50_000)).approved
     # the take-profit fills whole: a lot of -100, written with redis-cli
-    redis_cli(redis_server,
+    redis_cli(redis_url,
               "MULTI\n"
               "HSET tickers_by_lot:{ACC-1} L2 AAPL\n"
               "HSET quantities_by_lot:{ACC-1} L2 -100\n"
@@ -98,24 +86,12 @@ def test_the_fill_of_one_leg_leaves_the_other_working_until_its_cancel_is_report
     # the same Redis (a restart, the reconciliation) kept it: the scheduled
     # reconciliation alarmed on every such group. Now they agree.
     live = gateway.gateway.table
-    assert [str(d) for d in compare(live, _fresh_load(redis_url, live))] == []
+    assert differences_from_a_fresh_load(redis_url, live) == []
     # the venue's cancel of the stop-loss, reported: it stops counting
-    redis_cli(redis_server, "HSET cancels:{ACC-1} SL 1\n")
+    redis_cli(redis_url, "HSET cancels:{ACC-1} SL 1\n")
     wait_until(lambda: working(gateway), lambda state: state == (0, 0, 0))
     assert gateway.gateway.table.order_info(b"ACC-1", b"SL")["status"] == "done"
-    assert [str(d) for d in compare(live, _fresh_load(redis_url, live))] == []
-
-
-def _fresh_load(redis_url: str, live):
-    """The table a fresh load of Redis builds (a restart, the reconciliation)."""
-    async def load():
-        client = redis_client(redis_url)
-        try:
-            return await load_from_redis(client, capacities_of_table(live))
-        finally:
-            await client.aclose()
-
-    return asyncio.run(load())
+    assert differences_from_a_fresh_load(redis_url, live) == []
 
 
 def test_a_leg_on_another_venue_is_a_group_mismatch(long_and_reduce_only, gateway, stub):
