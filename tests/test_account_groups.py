@@ -330,6 +330,30 @@ def test_a_group_with_a_members_key_or_its_own_key_in_a_lost_slot_is_unavailable
         assert approved(send(book, ACC))
 
 
+def test_a_valued_group_whose_member_holds_a_symbol_with_a_lost_key_is_unavailable(book):
+    # The price of ACC2's MSFT is in a lost slot: the table's last price may
+    # be stale, so the desk's exposure cannot be vouched for (as ACC's own
+    # such holding makes its order STALE_DATA). A desk that only limits
+    # positions in the order's symbol (AAPL) still decides.
+    from pretrade._core import account_key_slots, symbol_key_slots
+
+    desk(book, {K.MAX_GROSS_EXPOSURE: 1_000 * LAST + 10 * LAST})
+    book.state.replace_positions(ACC2, {MSFT: (1_000, 1_000 * LAST)})
+    assert send(book, ACC, 11)[2] == ((pb.REJECT_CODE_GROUP_MAX_GROSS_EXPOSURE,
+                                       1_011 * LAST, 1_010 * LAST),)
+    used = set(symbol_key_slots(AAPL)) | set(account_key_slots(ACC)) | set(
+        account_key_slots(ACC2))
+    for slot in symbol_key_slots(MSFT):
+        assert slot not in used
+        book.state.set_slots_lost([(slot, slot)], True)
+        assert send(book, ACC, 5)[2] == ((UNAVAILABLE, 5, 1),)
+        book.state.set_slots_lost([(slot, slot)], False)
+    assert approved(send(book, ACC, 5))
+    book.state.set_group(DESK, {K.MAX_LONG_POSITION: 100})
+    book.state.set_slots_lost([(symbol_key_slots(MSFT)[1],) * 2], True)
+    assert approved(send(book, ACC, 5))
+
+
 def test_an_unavailable_group_does_not_stop_the_next_group_being_checked(book):
     book.state.set_group(FIRM, {K.MAX_LONG_POSITION: 5})
     book.state.set_account_groups(ACC, [DESK, FIRM])

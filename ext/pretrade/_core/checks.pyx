@@ -17,7 +17,7 @@ from pretrade._core.positions cimport capacity_limit
 from pretrade._core.positions cimport lapsed
 from pretrade._core.positions cimport working_until
 from pretrade._core.positions cimport group_hash
-from pretrade._core.positions cimport member_slot
+from pretrade._core.positions cimport member_slot, next_member
 
 # Limits every order is checked against; a missing one fails closed.
 REQUIRED_LIMIT_MASK = (1 << L.LIMIT_REQUIRED_COUNT) - 1
@@ -1104,7 +1104,7 @@ cdef int32_t group_unavailable(PositionTable table, const DecisionRecord* record
     cdef const L.TableHeader* header = table.header
     cdef bint lost = L.pt_load_i32(&header.lost_slot_count) != 0
     cdef bint sharded = L.pt_load_i32(<const int32_t*>&header.shard_count) != 0
-    cdef int32_t reason = 0, m = group.first_member
+    cdef int32_t reason = 0, m = group.first_member, k
     cdef const L.AccountRecord* member
     if lost and slot_lost(header, prefixed_slot(GROUP_PREFIX, group.group_id,
                                                 group.id_length)):
@@ -1119,7 +1119,10 @@ cdef int32_t group_unavailable(PositionTable table, const DecisionRecord* record
             reason = L.GROUP_SLOT_LOST
         elif reason == 0 and member.flags & (L.ACCOUNT_STATE_INVALID | L.ACCOUNT_OVER_CAPACITY):
             reason = L.GROUP_MEMBER_INVALID
-        m = member.next_member[member_slot(member, <int32_t>(group - table.groups))]
+        k = member_slot(member, <int32_t>(group - table.groups))
+        if k < 0:  # a member list that does not hold together: fail closed
+            return L.GROUP_MEMBER_INVALID
+        m = member.next_member[k]
     return reason
 
 
@@ -1151,14 +1154,20 @@ cdef void resolve_groups(PositionTable table, const DecisionRecord* record,
 
 cdef void value_member(PositionTable table, const L.AccountRecord* member,
                        GroupSums* sums) noexcept nogil:
-    # A member's holdings at last prices and working notionals, as scan_account sums them.
+    # A member's holdings at last prices and working notionals, as scan_account
+    # sums them. A holding whose symbol has a key in a lost slot has a price
+    # the table cannot vouch for: the group cannot be checked (as the
+    # account's own such holding makes its order STALE_DATA).
     cdef int32_t p = member.first_position
     cdef const L.PositionSlot* slot
     cdef const L.InstrumentRecord* instrument
     cdef int128_t value
+    cdef bint slots_lost = L.pt_load_i32(&table.header.lost_slot_count) != 0
     while p != L.NO_INDEX:
         slot = &table.positions[p]
         instrument = &table.instruments[slot.instrument_index]
+        if slots_lost and lost_symbol_slot(table.header, instrument) >= 0:
+            sums.unavailable = L.GROUP_SLOT_LOST
         value = 0
         if slot.quantity != 0:
             if L.pt_load_i32(<const int32_t*>&instrument.flags) & L.INSTRUMENT_HAS_PRICE:
@@ -1215,7 +1224,7 @@ cdef void sum_groups(PositionTable table, const DecisionRecord* record,
                         sums.working_sell += slot.working_sell
                 if sums.valued:
                     value_member(table, member, sums)
-            m = member.next_member[member_slot(member, g)]
+            m = next_member(table.accounts, m, g)
         sums.overflow = sums.valued and (outside_int64(sums.gross) or outside_int64(sums.net)
                                          or outside_int64(sums.pnl))
 

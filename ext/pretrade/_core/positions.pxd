@@ -126,12 +126,21 @@ cdef inline uint32_t group_hash(const char* group, Py_ssize_t length) noexcept n
 
 cdef inline int32_t member_slot(const L.AccountRecord* account, int32_t group) noexcept nogil:
     # Which of the account's groups ``group`` is: the slot of its next_member
-    # that continues that group's member list.
+    # that continues that group's member list; -1 if it is not one of them
+    # (a list that does not hold together: the walker stops there).
     cdef int32_t k
     for k in range(account.group_count):
         if account.groups[k] == group:
             return k
-    return 0
+    return -1
+
+
+cdef inline int32_t next_member(const L.AccountRecord* accounts, int32_t m,
+                                int32_t group) noexcept nogil:
+    # The member after ``m`` on ``group``'s list (NO_INDEX: the last, or a
+    # list that does not hold together).
+    cdef int32_t k = member_slot(&accounts[m], group)
+    return accounts[m].next_member[k] if k >= 0 else L.NO_INDEX
 
 
 cdef inline void count_all(L.OrderRecord* rec) noexcept nogil:

@@ -1425,14 +1425,14 @@ cdef class PositionTable:
             m = group.first_member
             while m != a and m != L.NO_INDEX:
                 previous = m
-                m = self.accounts[m].next_member[member_slot(&self.accounts[m],
-                                                              account.groups[k])]
+                m = next_member(self.accounts, m, account.groups[k])
             if m == a:
                 if previous == L.NO_INDEX:
                     group.first_member = account.next_member[k]
                 else:
                     j = member_slot(&self.accounts[previous], account.groups[k])
-                    self.accounts[previous].next_member[j] = account.next_member[k]
+                    if j >= 0:
+                        self.accounts[previous].next_member[j] = account.next_member[k]
                 group.member_count -= 1
         L.pt_store_i32(&account.group_count, 0)
         for k in range(n):
@@ -1483,7 +1483,7 @@ cdef class PositionTable:
         m = group.first_member
         while m != L.NO_INDEX:
             members.append(self.accounts[m].account_id[:self.accounts[m].id_length])
-            m = self.accounts[m].next_member[member_slot(&self.accounts[m], g)]
+            m = next_member(self.accounts, m, g)
         info = {"known": bool(group.flags & L.GROUP_KNOWN),
                 "invalid": bool(group.flags & L.GROUP_STATE_INVALID),
                 "limits": _read_limits(&group.limits), "members": tuple(sorted(members))}

@@ -1878,10 +1878,13 @@ class ReferenceBook:
 
     def _value_member(self, view: GroupView, member: bytes) -> None:
         """Add one other member's book at last prices to its group's figures, as the
-        account scan values a book (no order of its own to adjust for)."""
+        account scan values a book (no order of its own to adjust for). A holding
+        whose symbol has a key in a lost slot makes the group SLOT_LOST."""
         for (owner, symbol), slot in self.positions.items():
             if owner != member:
                 continue
+            if self.lost_slots and lost_key_slot(self.lost_slots, symbol_keys(symbol)) >= 0:
+                view.unavailable = GroupUnavailable.SLOT_LOST
             value = 0
             if slot.quantity:
                 last = self.instruments[symbol].last_price
