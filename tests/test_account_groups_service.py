@@ -275,3 +275,44 @@ def test_a_desk_of_accounts_on_every_primary_of_a_redis_cluster_is_loaded_and_fo
             in_sync_with_redis(redis_cluster.url, gateway)
     finally:
         gateway.stop()
+
+
+def test_an_account_whose_tree_did_not_fit_is_flattened_again_when_a_parent_goes(
+        redis_client, redis_url, start_gateway):
+    # Room for 8 group records (max_accounts 8): ACC-1's seven groups and H.
+    # H inside NEW needs a ninth, so ACC-2 joining H is over capacity; once
+    # H has no parent, ACC-2's tree fits and its orders are decided again.
+    seed_account(redis_client, "ACC-1")
+    seed_limits(redis_client, "ACC-2")
+    redis_cli(redis_url, "SADD groups:{ACC-1} " + " ".join(f"G{n}" for n in range(7)) + "\n"
+              + "".join(f"HSET group:G{n} max_long_position 1000\n" for n in range(7))
+              + "HSET group:H max_long_position 1000\n")
+    gateway = start_gateway(max_accounts=8)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        redis_cli(redis_url, "HSET group:H parent NEW\nSADD groups:{ACC-2} H\n")
+        applied_everything_before(redis_client, gateway)
+        assert rejections(stub.EvaluateOrder(order(account="ACC-2"))) == [
+            (pb.REJECT_CODE_CAPACITY_EXHAUSTED, pb.CAPACITY_GROUPS, 8)]
+        redis_cli(redis_url, "HDEL group:H parent\n")
+        applied_everything_before(redis_client, gateway)
+        assert stub.EvaluateOrder(order(account="ACC-2")).approved
+    assert differences_from_a_fresh_load(redis_url, gateway.gateway.table) == []
+
+
+def test_group_hashes_no_account_is_in_take_no_room_in_the_table(redis_client, redis_url,
+                                                                 start_gateway):
+    # Room for 8 group records: eight hashes written and deleted with no
+    # account in them must not use it up for the desk an account then joins.
+    seed_account(redis_client, "ACC-1")
+    gateway = start_gateway(max_accounts=8)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+        redis_cli(redis_url, "".join(f"HSET group:X{n} max_long_position 1\n" for n in range(8)))
+        applied_everything_before(redis_client, gateway)
+        redis_cli(redis_url, "".join(f"DEL group:X{n}\n" for n in range(8)))
+        redis_cli(redis_url, "HSET group:DESK max_long_position 1000\nSADD groups:{ACC-1} DESK\n")
+        applied_everything_before(redis_client, gateway)
+        assert gateway.gateway.table.account_groups(b"ACC-1") == (b"DESK",)
+        assert stub.EvaluateOrder(order(account="ACC-1")).approved
+    assert differences_from_a_fresh_load(redis_url, gateway.gateway.table) == []

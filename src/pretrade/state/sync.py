@@ -358,8 +358,11 @@ class RedisSync:
         self.flattened: dict[bytes, tuple[bytes, ...] | None] = {}
         self.group_members: dict[bytes, set[bytes]] = {}
         self.group_records: set[bytes] = set()
-        #: Accounts whose groups are to be flattened again at the end of the batch.
+        #: Accounts whose groups are to be flattened again at the end of the batch,
+        #: and those whose flattened groups did not fit in the table (flattened
+        #: again whenever a parent changes, since their tree may be smaller now).
         self._regroup: set[bytes] = set()
+        self._groups_unfit: set[bytes] = set()
         self.stats = SyncStats()
         #: Entities that do not fit in the table now: (kind, name) -> the Capacity full.
         self.over_capacity: dict[tuple[str, bytes], int] = {}
@@ -1494,18 +1497,22 @@ class RedisSync:
             except StateError as error:
                 self.group_hashes[group] = None
                 self._invalid("group", group, error)
-            self._publish_group(group)
+            if group in self.group_records:
+                # A group no account is in gets no record (it would hold one of
+                # the table's max_groups for good): the first account that names
+                # it gives it one, with its hash as read then.
+                self._publish_group(group)
             parent = self._parent(group)
             if parent != parent_before:
                 # The trees that hold the group change.
                 self._regroup |= self.group_members.get(group, set())
                 reparented = True
-            if parent is not None and parent not in self.group_records:
-                self._publish_group(parent)
         if reparented:
-            # So may those that could not be resolved (a cycle broken, a tree shorter now).
+            # So may those that could not be resolved (a cycle broken, a tree
+            # shorter now), or did not fit.
             self._regroup |= {account for account, flattened in self.flattened.items()
                               if flattened is None}
+            self._regroup |= self._groups_unfit
 
     def _parent(self, group: bytes) -> bytes | None:
         parsed = self.group_hashes.get(group)
@@ -1578,8 +1585,10 @@ class RedisSync:
             self.table.set_account_groups(account, flattened or (),
                                           invalid=flattened is None)
             state.over_capacity.pop("groups", None)
+            self._groups_unfit.discard(account)
         except TableFullError as error:
             state.over_capacity["groups"] = error.capacity
+            self._groups_unfit.add(account)
             self._does_not_fit("groups of account", account, error)
         else:
             for group in before or ():
