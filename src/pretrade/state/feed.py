@@ -5,7 +5,7 @@ process); the processes that answer orders only read it. They still need to
 know *what* changed, for their portfolio streams and their halt books:
 
 * :class:`FeedPublisher` runs beside the writer's sync. It is a sync and
-  halt listener: it names each changed account, symbol and halt, coalesces
+  halt listener: it names each changed account, symbol, group and halt, coalesces
   them per event-loop turn, and PUBLISHes one :class:`TableChanges` message
   on the group's Redis channel; and every ``status_seconds`` the sync's
   figures for GetStatus.
@@ -88,6 +88,7 @@ class FeedPublisher:
         self._accounts: dict[bytes, None] = {}
         self._invalid: dict[bytes, None] = {}
         self._symbols: dict[bytes, None] = {}
+        self._groups: dict[bytes, None] = {}
         self._halts: list[pb.Halt] = []
         self._reloaded = False
         self._wake = asyncio.Event()
@@ -106,6 +107,10 @@ class FeedPublisher:
 
     def account_invalid(self, account: bytes, invalid: bool) -> None:
         self._invalid[account] = None
+        self._wake.set()
+
+    def group_changed(self, group: bytes) -> None:
+        self._groups[group] = None
         self._wake.set()
 
     def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
@@ -153,22 +158,25 @@ class FeedPublisher:
         self._wake.set()
 
     def _take(self) -> list[records_pb2.TableChanges]:
-        if not (self._accounts or self._invalid or self._symbols or self._halts
-                or self._reloaded):
+        if not (self._accounts or self._invalid or self._symbols or self._groups
+                or self._halts or self._reloaded):
             return []
         accounts, invalid, symbols = list(self._accounts), list(self._invalid), list(self._symbols)
+        groups = list(self._groups)
         halts, reloaded = self._halts, self._reloaded
-        self._accounts, self._invalid, self._symbols = {}, {}, {}
+        self._accounts, self._invalid, self._symbols, self._groups = {}, {}, {}, {}
         self._halts, self._reloaded = [], False
         messages: list[records_pb2.TableChanges] = []
         # Halts keep their order and go first; a reload goes with the last part.
-        while accounts or invalid or symbols or halts or not messages:
+        while accounts or invalid or symbols or groups or halts or not messages:
             message = records_pb2.TableChanges(halts=halts[:MAX_NAMES],
                                                accounts=accounts[:MAX_NAMES],
                                                invalid_changed=invalid[:MAX_NAMES],
-                                               symbols=symbols[:MAX_NAMES])
+                                               symbols=symbols[:MAX_NAMES],
+                                               groups=groups[:MAX_NAMES])
             halts, accounts = halts[MAX_NAMES:], accounts[MAX_NAMES:]
             invalid, symbols = invalid[MAX_NAMES:], symbols[MAX_NAMES:]
+            groups = groups[MAX_NAMES:]
             messages.append(message)
         messages[-1].reloaded = reloaded
         return messages
@@ -330,6 +338,8 @@ class FeedFollower:
                 listener.account_invalid(account, bool(info and info["invalid"]))
         for symbol in notice.symbols:
             self._price(symbol)
+        # after the accounts: a group's new members are read as they are now
+        self._groups(notice.groups)
 
     async def refresh_all(self) -> None:
         """Every account, price and halt again: after a start, a reconnect or a gap."""
@@ -343,6 +353,14 @@ class FeedFollower:
             info = self.table.account_info(account)
             for listener in self.listeners:
                 listener.account_invalid(account, bool(info and info["invalid"]))
+        # The table lists no groups: those of its accounts are every group with members.
+        self._groups(sorted({group for account in accounts
+                             for group in self.table.account_groups(account)}))
+
+    def _groups(self, groups: Iterable[bytes]) -> None:
+        for group in groups:
+            for listener in self.listeners:
+                listener.group_changed(group)
 
     def _accounts(self, accounts: Iterable[bytes]) -> None:
         for account in accounts:

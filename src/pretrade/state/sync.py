@@ -141,6 +141,11 @@ class SyncListener(Protocol):
     def account_invalid(self, account: bytes, invalid: bool) -> None:
         """An account's state in Redis stopped parsing (True) or parses again (False)."""
 
+    def group_changed(self, group: bytes) -> None:
+        """An account group's record (its ``group:<G>`` hash) or its members changed:
+        an account joined or left it, directly or through a group inside it. The
+        table has the change; read it there (``group_info``)."""
+
 
 #: An account with more lots than this is re-read apart from the batch: its
 #: hashes in chunks (HSCAN) under WATCH, so Redis serves everyone else (the
@@ -363,6 +368,8 @@ class RedisSync:
         #: again whenever a parent changes, since their tree may be smaller now).
         self._regroup: set[bytes] = set()
         self._groups_unfit: set[bytes] = set()
+        #: Groups whose record or members changed in the batch: told at its end.
+        self._groups_changed: set[bytes] = set()
         self.stats = SyncStats()
         #: Entities that do not fit in the table now: (kind, name) -> the Capacity full.
         self.over_capacity: dict[tuple[str, bytes], int] = {}
@@ -1229,6 +1236,7 @@ class RedisSync:
                 apply(items, replies[at:at + len(items) * width])
                 at += len(items) * width
             self._flatten_groups()
+            self._tell_groups_changed()
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
@@ -1534,6 +1542,7 @@ class RedisSync:
             self._does_not_fit("group", group, error)
             return
         self.group_records.add(group)
+        self._groups_changed.add(group)
         if self.over_capacity.pop(("group", group), None) is not None:
             log.warning("group %s fits in the table again", group.decode(errors="replace"))
 
@@ -1599,11 +1608,22 @@ class RedisSync:
                         del self.group_members[group]
             for group in flattened or ():
                 self.group_members.setdefault(group, set()).add(account)
+            self._groups_changed |= set(before or ()) ^ set(flattened or ())
             if flattened == ():
                 self.flattened.pop(account, None)
             else:
                 self.flattened[account] = flattened
         self._publish_account(account, state)
+
+    def _tell_groups_changed(self) -> None:
+        """Tell the listeners of the groups whose record or members the batch changed:
+        once each, after the batch's lots and memberships are all in the table."""
+        if not self._groups_changed:
+            return
+        groups, self._groups_changed = sorted(self._groups_changed), set()
+        for group in groups:
+            for listener in self.listeners:
+                listener.group_changed(group)
 
     def _publish_account(self, account: bytes, state: AccountSync) -> None:
         try:

@@ -136,7 +136,7 @@ class AuditHalt(_message.Message):
     def __init__(self, source: _Optional[str] = ..., scope: _Optional[_Union[_risk_pb2.HaltScope, str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[_risk_pb2.HaltMode, str]] = ..., reason: _Optional[str] = ..., by: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class TableChanges(_message.Message):
-    __slots__ = ("sequence", "accounts", "invalid_changed", "symbols", "halts", "reloaded", "status", "writer", "update_lag_counts", "update_lag_seconds_sum")
+    __slots__ = ("sequence", "accounts", "invalid_changed", "symbols", "halts", "reloaded", "status", "writer", "update_lag_counts", "update_lag_seconds_sum", "groups")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     INVALID_CHANGED_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class TableChanges(_message.Message):
     WRITER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_LAG_COUNTS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_LAG_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     accounts: _containers.RepeatedScalarFieldContainer[bytes]
     invalid_changed: _containers.RepeatedScalarFieldContainer[bytes]
@@ -157,4 +158,5 @@ class TableChanges(_message.Message):
     writer: str
     update_lag_counts: _containers.RepeatedScalarFieldContainer[int]
     update_lag_seconds_sum: float
-    def __init__(self, sequence: _Optional[int] = ..., accounts: _Optional[_Iterable[bytes]] = ..., invalid_changed: _Optional[_Iterable[bytes]] = ..., symbols: _Optional[_Iterable[bytes]] = ..., halts: _Optional[_Iterable[_Union[_risk_pb2.Halt, _Mapping]]] = ..., reloaded: _Optional[bool] = ..., status: _Optional[_Union[_risk_pb2.ServerStatus, _Mapping]] = ..., writer: _Optional[str] = ..., update_lag_counts: _Optional[_Iterable[int]] = ..., update_lag_seconds_sum: _Optional[float] = ...) -> None: ...
+    groups: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sequence: _Optional[int] = ..., accounts: _Optional[_Iterable[bytes]] = ..., invalid_changed: _Optional[_Iterable[bytes]] = ..., symbols: _Optional[_Iterable[bytes]] = ..., halts: _Optional[_Iterable[_Union[_risk_pb2.Halt, _Mapping]]] = ..., reloaded: _Optional[bool] = ..., status: _Optional[_Union[_risk_pb2.ServerStatus, _Mapping]] = ..., writer: _Optional[str] = ..., update_lag_counts: _Optional[_Iterable[int]] = ..., update_lag_seconds_sum: _Optional[float] = ..., groups: _Optional[_Iterable[bytes]] = ...) -> None: ...
