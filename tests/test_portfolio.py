@@ -13,13 +13,16 @@ from book import (
     GENEROUS_LIMITS,
     codes,
     order,
+    redis_cli,
     seed_account,
     seed_instrument,
     seed_limits,
     seed_lots,
     wait_until,
 )
+from conftest import GatewayThread
 from pretrade._core import PositionTable
+from pretrade.api.access import new_token, token_entry
 from pretrade.engine.fixedpoint import average_cost
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.table import new_private_table
@@ -500,3 +503,224 @@ def test_a_position_over_its_limit_raises_an_alert_and_clears_it(book, gateway, 
     [cleared] = next_change(stream).alerts
     assert (cleared.kind, cleared.code) == (pb.ALERT_KIND_LIMIT_CLEARED,
                                             pb.REJECT_CODE_MAX_LONG_POSITION)
+
+
+# -- GROUPS --
+
+#: DESK-1's members: ACC-1 (the worked example) and ACC-2 (5 AAPL @ 70.00, 3 MSFT @ 390.00).
+ACC_2_LOTS = [("M1", "AAPL", 5, 700_000), ("M2", "MSFT", 3, 3_900_000)]
+DESK_COST_AAPL = 13_715_780 + 5 * 700_000
+
+
+@pytest.fixture
+def desk(book: redis.Redis, redis_url: str) -> redis.Redis:
+    """ACC-1 and ACC-2 in DESK-1 (max_long_position 1,000); realized 100 and 20."""
+    seed_instrument(book, "MSFT", price=4_000_000)
+    seed_limits(book, "ACC-2", **GENEROUS_LIMITS)
+    seed_lots(book, "ACC-2", ACC_2_LOTS)
+    book.hset(pnl_key(b"ACC-1"), "realized", 100)
+    book.hset(pnl_key(b"ACC-2"), "realized", 20)
+    redis_cli(redis_url,
+              "SADD groups:{ACC-1} DESK-1\n"
+              "SADD groups:{ACC-2} DESK-1\n"
+              "HSET group:DESK-1 max_long_position 1000\n")
+    return book
+
+
+def subscribe_group(stub: risk_pb2_grpc.PreTradeRiskStub, group: str = "DESK-1",
+                    metadata: list[tuple[str, str]] | None = None) -> Stream:
+    request = pb.PortfolioRequest(group_id=group, heartbeat_interval_ms=300_000)
+    return stub.StreamPortfolio(request, timeout=STREAM_TIMEOUT, metadata=metadata)
+
+
+def group_snapshot(stub: risk_pb2_grpc.PreTradeRiskStub,
+                   accept: Callable[[pb.PortfolioUpdate], bool],
+                   group: str = "DESK-1") -> tuple[Stream, pb.PortfolioUpdate]:
+    """A group stream whose SNAPSHOT ``accept`` holds for (the sync may still be loading)."""
+    def first() -> tuple[Stream, pb.PortfolioUpdate | None]:
+        stream = subscribe_group(stub, group)
+        try:
+            return stream, next(stream)
+        except grpc.RpcError:
+            return stream, None
+
+    stream, snapshot = wait_until(first, lambda found: found[1] is not None
+                                  and accept(found[1]))
+    assert snapshot is not None
+    return stream, snapshot
+
+
+def both_members(update: pb.PortfolioUpdate) -> bool:
+    return update.totals.realized_pnl == 120 and set(holdings(update)) == {"AAPL", "MSFT"}
+
+
+def test_a_group_snapshot_sums_its_members_holdings_and_totals(desk, stub):
+    _, snapshot = group_snapshot(stub, both_members)
+    assert snapshot.kind == pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT
+    assert (snapshot.group_id, snapshot.account_id, snapshot.sequence) == ("DESK-1", "", 1)
+    aapl, msft = holdings(snapshot)["AAPL"], holdings(snapshot)["MSFT"]
+    assert (aapl.quantity, aapl.cost_basis) == (25, DESK_COST_AAPL)
+    assert aapl.average_cost == average_cost(25, DESK_COST_AAPL)
+    assert (aapl.last_price, aapl.market_value) == (683_378, 25 * 683_378)
+    assert aapl.unrealized_pnl == 25 * 683_378 - DESK_COST_AAPL
+    assert (msft.quantity, msft.cost_basis, msft.market_value) == (3, 11_700_000, 12_000_000)
+    # the totals are the two accounts' own totals summed
+    accounts = [next(subscribe(stub, account)).totals for account in ("ACC-1", "ACC-2")]
+    totals = snapshot.totals
+    for figure in ("market_value", "cost_basis", "unrealized_pnl", "realized_pnl"):
+        assert getattr(totals, figure) == sum(getattr(t, figure) for t in accounts), figure
+    assert (totals.valuation, totals.margined) == (pb.VALUATION_PRICED, False)
+    assert list(snapshot.alerts) == []
+
+
+def test_a_price_tick_updates_the_group_stream(desk, stub):
+    stream, _ = group_snapshot(stub, both_members)
+    tick(desk, "AAPL", 700_000)
+    update = next_change(stream)
+    assert (update.kind, update.group_id, update.sequence) == (
+        pb.PORTFOLIO_UPDATE_KIND_UPDATE, "DESK-1", 2)
+    [aapl] = update.holdings
+    assert (aapl.quantity, aapl.market_value) == (25, 25 * 700_000)
+    assert update.totals.market_value == 25 * 700_000 + 12_000_000
+
+
+def test_a_fill_of_one_member_updates_the_group_stream(desk, stub):
+    stream, _ = group_snapshot(stub, both_members)
+    seed_lots(desk, "ACC-2", [("M3", "AAPL", 10, 690_000)])
+    [aapl] = next_change(stream).holdings
+    assert (aapl.quantity, aapl.cost_basis) == (35, DESK_COST_AAPL + 6_900_000)
+    assert aapl.market_value == 35 * 683_378
+
+
+def test_an_account_joining_and_leaving_the_group_changes_its_holdings(desk, redis_url, stub):
+    seed_instrument(desk, "NVDA", price=1_000_000)
+    seed_limits(desk, "ACC-3", **GENEROUS_LIMITS)
+    seed_lots(desk, "ACC-3", [("N1", "NVDA", 4, 900_000), ("N2", "AAPL", -5, 690_000)])
+    desk.hset(pnl_key(b"ACC-3"), "realized", 3)
+    stream, snapshot = group_snapshot(stub, both_members)
+    before = snapshot.totals
+    redis_cli(redis_url, "SADD groups:{ACC-3} DESK-1\n")
+    joined = next_matching(stream, lambda u: "NVDA" in holdings(u))
+    nvda, aapl = holdings(joined)["NVDA"], holdings(joined)["AAPL"]
+    assert (nvda.quantity, nvda.market_value) == (4, 4_000_000)
+    assert (aapl.quantity, aapl.cost_basis) == (20, DESK_COST_AAPL - 5 * 690_000)
+    assert joined.totals.realized_pnl == 123
+    redis_cli(redis_url, "SREM groups:{ACC-3} DESK-1\n")
+    left = next_matching(stream, lambda u: "NVDA" in holdings(u))
+    assert (holdings(left)["NVDA"].quantity, holdings(left)["NVDA"].cost_basis) == (0, 0)
+    assert holdings(left)["AAPL"].quantity == 25
+    assert (left.totals.market_value, left.totals.cost_basis, left.totals.realized_pnl) == (
+        before.market_value, before.cost_basis, 120)
+
+
+def test_a_parent_group_streams_the_accounts_of_the_groups_inside_it(desk, redis_url, stub):
+    redis_cli(redis_url, "HSET group:DESK-1 parent FIRM\nHSET group:FIRM max_long_position 9\n")
+    _, snapshot = group_snapshot(stub, lambda u: both_members(u) and len(u.alerts) == 1,
+                                 group="FIRM")
+    assert holdings(snapshot)["AAPL"].quantity == 25
+    [breach] = snapshot.alerts
+    assert (breach.kind, breach.code, breach.symbol, breach.observed, breach.limit) == (
+        pb.ALERT_KIND_LIMIT_BREACH, pb.REJECT_CODE_GROUP_MAX_LONG_POSITION, "AAPL", 25, 9)
+
+
+def test_a_group_position_over_its_limit_raises_an_alert_and_clears_it(desk, redis_url, stub):
+    redis_cli(redis_url, "HSET group:DESK-1 max_long_position 30 max_short_position 50\n")
+    stream, snapshot = group_snapshot(stub, both_members)
+    assert list(snapshot.alerts) == []  # 25 AAPL held together, within 30
+    seed_lots(desk, "ACC-2", [("M3", "AAPL", 10, 690_000)])
+    [breach] = next_change(stream).alerts
+    assert (breach.kind, breach.code, breach.symbol) == (
+        pb.ALERT_KIND_LIMIT_BREACH, pb.REJECT_CODE_GROUP_MAX_LONG_POSITION, "AAPL")
+    assert (breach.observed, breach.limit) == (35, 30)
+    assert breach.message == "AAPL position 35 is over group_max_long_position 30"
+    with desk.pipeline(transaction=True) as pipe:
+        for key in lot_keys(b"ACC-2"):
+            pipe.hdel(key, "M3")
+        pipe.execute()
+    [cleared] = next_change(stream).alerts
+    assert (cleared.kind, cleared.code) == (pb.ALERT_KIND_LIMIT_CLEARED,
+                                            pb.REJECT_CODE_GROUP_MAX_LONG_POSITION)
+
+
+def test_a_group_that_cannot_be_checked_raises_invalid_state_until_it_can(desk, redis_url,
+                                                                          stub):
+    redis_cli(redis_url, "DEL group:DESK-1\n")
+    stream, snapshot = group_snapshot(stub, lambda u: both_members(u) and len(u.alerts) == 1)
+    [alert] = snapshot.alerts
+    assert (alert.kind, alert.code, alert.observed) == (
+        pb.ALERT_KIND_INVALID_STATE, pb.REJECT_CODE_GROUP_UNAVAILABLE, 1)
+    assert snapshot.totals.valuation == pb.VALUATION_PRICED  # the figures are known
+    redis_cli(redis_url, "HSET group:DESK-1 max_long_position oops\n")
+    invalid = next_matching(stream, lambda u: bool(u.alerts))
+    assert [(a.kind, a.observed) for a in invalid.alerts] == [(pb.ALERT_KIND_INVALID_STATE, 3)]
+    # a member whose state does not parse: the sums are unknown
+    redis_cli(redis_url, "HSET group:DESK-1 max_long_position 1000\n"
+                         "HSET quantities_by_lot:{ACC-2} M1 five\n")
+    member = next_matching(stream, lambda u: any(a.observed == 6 for a in u.alerts))
+    assert member.totals.valuation == pb.VALUATION_INVALID_STATE
+    desk.hset("quantities_by_lot:{ACC-2}", "M1", 5)
+    fixed = next_matching(stream, lambda u: bool(u.alerts))
+    assert [(a.kind, a.code) for a in fixed.alerts] == [
+        (pb.ALERT_KIND_INVALID_STATE_CLEARED, pb.REJECT_CODE_GROUP_UNAVAILABLE)]
+    assert fixed.totals.valuation == pb.VALUATION_PRICED
+
+
+def test_an_unknown_group_ends_the_stream_with_not_found_as_an_unknown_account_does(desk, stub):
+    group_snapshot(stub, both_members)  # loaded
+    with pytest.raises(grpc.RpcError) as raised:
+        next(subscribe_group(stub, "NOBODY"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "NOBODY" in raised.value.details()
+
+
+def test_members_netting_out_keep_their_cost_basis_in_the_group_totals(desk, stub):
+    seed_lots(desk, "ACC-2", [("M3", "AAPL", -25, 690_000)])  # the desk is flat in AAPL
+    _, snapshot = group_snapshot(stub, lambda u: both_members(u)
+                                 and holdings(u)["AAPL"].quantity == 0)
+    aapl = holdings(snapshot)["AAPL"]
+    cost = DESK_COST_AAPL - 25 * 690_000
+    assert (aapl.cost_basis, aapl.market_value, aapl.unrealized_pnl) == (cost, 0, -cost)
+    assert snapshot.totals.unrealized_pnl == -cost + 12_000_000 - 11_700_000
+
+
+@pytest.mark.parametrize(("account", "group", "field"), [
+    ("ACC-1", "DESK-1", "group_id"),
+    ("", "", "account_id"),
+    ("", "BAD ID", "group_id"),
+    ("", "x" * 40, "group_id"),
+])
+def test_naming_both_or_neither_account_and_group_is_invalid_argument(desk, stub, account,
+                                                                      group, field):
+    request = pb.PortfolioRequest(account_id=account, group_id=group)
+    with pytest.raises(grpc.RpcError) as raised:
+        next(stub.StreamPortfolio(request, timeout=STREAM_TIMEOUT))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in raised.value.details()
+
+
+def test_only_a_principal_that_may_use_every_account_may_stream_a_group(desk, tmp_path,
+                                                                       start_gateway):
+    principals = {"desk-trader": ("trader", ["ACC-1", "ACC-2"]), "oms-all": ("trader", ["*"]),
+                  "risk-desk": ("risk_operator", [])}
+    tokens = {name: new_token() for name in principals}
+    path = tmp_path / "tokens.toml"
+    path.write_text("\n".join(token_entry(name, role, accounts, tokens[name])
+                              for name, (role, accounts) in principals.items()))
+    gateway: GatewayThread = start_gateway("auth", auth="tokens", tokens_file=str(path))
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = risk_pb2_grpc.PreTradeRiskStub(channel)
+
+        def first(name: str) -> pb.PortfolioUpdate:
+            return next(subscribe_group(stub, metadata=[("authorization",
+                                                         f"Bearer {tokens[name]}")]))
+
+        # a trader of every member still may not: members change while it streams
+        with pytest.raises(grpc.RpcError) as raised:
+            first("desk-trader")
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert raised.value.details() == ("'desk-trader' may not use group 'DESK-1' in "
+                                          "StreamPortfolio: a group is for principals that "
+                                          "may use every account")
+        for name in ("oms-all", "risk-desk"):
+            snapshot = wait_until(lambda name=name: first(name), both_members)
+            assert snapshot.group_id == "DESK-1"

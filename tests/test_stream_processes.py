@@ -20,7 +20,7 @@ import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from book import order, seed_account, seed_lots
+from book import order, seed_account, seed_lots, wait_until
 from pretrade.app.lifetime import listener_pids
 from pretrade.cli.commands import EXIT_WORKER_FAILED
 from pretrade.state.schema import price_key
@@ -85,6 +85,32 @@ def test_orders_are_decided_on_listen_and_streams_served_on_stream_listen(apart,
         update = next(update for update in updates
                       if update.kind == pb.PORTFOLIO_UPDATE_KIND_UPDATE)
         assert [h.last_price for h in update.holdings if h.symbol == "AAPL"] == [700_000]
+        updates.cancel()
+
+
+def test_a_group_stream_in_a_stream_process_follows_a_member_joining(apart, redis_client):
+    # The stream process learns of the group's new member through the change feed.
+    _, stream_target = apart
+    seed_lots(redis_client, "ACC-2", [("lot-2", "AAPL", 5, 650_000)])
+    redis_client.sadd("groups:{ACC-1}", "DESK-1")
+    redis_client.hset("group:DESK-1", "max_long_position", 1_000)
+    streams_channel, streams = _stub(stream_target)
+    with streams_channel:
+        def first() -> tuple[object, pb.PortfolioUpdate | None]:
+            updates = streams.StreamPortfolio(pb.PortfolioRequest(group_id="DESK-1"),
+                                              timeout=20)
+            try:
+                return updates, next(updates)
+            except grpc.RpcError:  # NOT_FOUND until the group reaches the table
+                return updates, None
+
+        updates, snapshot = wait_until(first, lambda found: found[1] is not None)
+        assert snapshot is not None and snapshot.group_id == "DESK-1"
+        assert [(h.symbol, h.quantity) for h in snapshot.holdings] == [("AAPL", 100)]
+        redis_client.sadd("groups:{ACC-2}", "DESK-1")
+        update = next(update for update in updates
+                      if update.kind == pb.PORTFOLIO_UPDATE_KIND_UPDATE and update.holdings)
+        assert [(h.symbol, h.quantity) for h in update.holdings] == [("AAPL", 105)]
         updates.cancel()
 
 

@@ -30,7 +30,9 @@ The tokens file is TOML, one ``[[token]]`` table per principal::
 
 A missing or unknown token ends the call ``UNAUTHENTICATED``; a role or an
 account the principal may not use ends it ``PERMISSION_DENIED``, naming the
-method and the account (never the token). Both are logged at WARNING with the
+method and the account (never the token); so does an account group
+(StreamPortfolio's ``group_id``) for a principal that may not use every
+account, whoever the group's members are now. Both are logged at WARNING with the
 peer and the principal. A batch (EvaluateOrders) with one foreign account in
 any of its orders is refused whole.
 """
@@ -316,6 +318,15 @@ def _batch_accounts(request: Any) -> Iterable[str]:
     return (order.account_id for order in request.orders)
 
 
+def _portfolio_account(request: Any) -> Iterable[str]:
+    # A group's stream names no account (naming both is the servicer's INVALID_ARGUMENT).
+    return () if request.group_id and not request.account_id else (request.account_id,)
+
+
+def _portfolio_group(request: Any) -> Iterable[str]:
+    return (request.group_id,) if request.group_id else ()
+
+
 def _named_account(request: Any) -> Iterable[str]:
     # Optional: without one, the servicer keeps to the principal's accounts.
     return (request.account_id,) if request.account_id else ()
@@ -323,10 +334,16 @@ def _named_account(request: Any) -> Iterable[str]:
 
 @dataclass(frozen=True)
 class Rule:
-    """Who may call one method: its roles, and where its accounts are in the request."""
+    """Who may call one method: its roles, and where its accounts are in the request.
+
+    ``groups``: where the account groups it names are. A group stands for
+    accounts that change while the call runs, so naming one needs a principal
+    that may use every account (a trader's list is never enough).
+    """
 
     roles: frozenset[str]
     accounts: Callable[[Any], Iterable[str]] | None = None
+    groups: Callable[[Any], Iterable[str]] | None = None
 
 
 RULES: dict[str, Rule] = {
@@ -336,8 +353,9 @@ RULES: dict[str, Rule] = {
     _SERVICE + "OrderSession": Rule(frozenset({TRADER, ADMIN}), _order_account),
     # a cancel/replace is an order of its account
     _SERVICE + "ReplaceOrder": Rule(frozenset({TRADER, ADMIN}), _order_account),
+    # a group's stream (its members summed) only for who may use every account
     _SERVICE + "StreamPortfolio": Rule(frozenset({TRADER, RISK_OPERATOR, ADMIN}),
-                                       _order_account),
+                                       _portfolio_account, _portfolio_group),
     _SERVICE + "Halt": Rule(frozenset({RISK_OPERATOR, ADMIN})),
     _SERVICE + "GetStatus": Rule(frozenset({RISK_OPERATOR, ADMIN})),
     # The desk's reads: a trader's answers hold only its own accounts (the servicer filters).
@@ -409,9 +427,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         except PretradeError as error:
             return _refusing(handler, method, principal, error)
         _principal.set(principal)
-        if rule.accounts is None or principal.accounts is None:
+        if (rule.accounts is None and rule.groups is None) or principal.accounts is None:
             return handler
-        return _checking_accounts(handler, method, principal, rule.accounts)
+        return _checking_accounts(handler, method, principal, rule)
 
 
 async def _deny(context: grpc.aio.ServicerContext, method: str, principal: Principal | None,
@@ -433,8 +451,12 @@ def _refusing(handler: grpc.RpcMethodHandler, method: str, principal: Principal 
 
 
 def _foreign_account(principal: Principal, method: str, request: Any,
-                     accounts: Callable[[Any], Iterable[str]]) -> PermissionDenied | None:
-    for number, account in enumerate(accounts(request), 1):
+                     rule: Rule) -> PermissionDenied | None:
+    for group in rule.groups(request) if rule.groups is not None else ():
+        return PermissionDenied(
+            f"{principal.name!r} may not use group {quoted(group)} in {_short(method)}: "
+            "a group is for principals that may use every account")
+    for number, account in enumerate(rule.accounts(request) if rule.accounts else (), 1):
         if not principal.may_use(account):
             where = (f" (order {number} of the batch; the whole batch is refused)"
                      if method.endswith("/EvaluateOrders") else "")
@@ -445,7 +467,7 @@ def _foreign_account(principal: Principal, method: str, request: Any,
 
 
 def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: Principal,
-                       accounts: Callable[[Any], Iterable[str]]) -> grpc.RpcMethodHandler:
+                       rule: Rule) -> grpc.RpcMethodHandler:
     """``handler``, with the request's accounts checked against ``principal`` first.
 
     In a request stream each message is checked as the handler reads it: a
@@ -453,11 +475,11 @@ def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: P
     for the handler to end the call with once it has answered what came before.
     """
     if handler.request_streaming:
-        return _checking_each(handler, method, principal, accounts)
+        return _checking_each(handler, method, principal, rule)
     behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
     if inspect.isasyncgenfunction(behaviour):
         async def each_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            denial = _foreign_account(principal, method, request, accounts)
+            denial = _foreign_account(principal, method, request, rule)
             if denial is not None:
                 await _deny(context, method, principal, denial)
             async for response in behaviour(request, context):
@@ -466,7 +488,7 @@ def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: P
         return _same_shape(handler, each_response)
 
     async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        denial = _foreign_account(principal, method, request, accounts)
+        denial = _foreign_account(principal, method, request, rule)
         if denial is not None:
             await _deny(context, method, principal, denial)
         result = behaviour(request, context)
@@ -476,14 +498,14 @@ def _checking_accounts(handler: grpc.RpcMethodHandler, method: str, principal: P
 
 
 def _checking_each(handler: grpc.RpcMethodHandler, method: str, principal: Principal,
-                   accounts: Callable[[Any], Iterable[str]]) -> grpc.RpcMethodHandler:
+                   rule: Rule) -> grpc.RpcMethodHandler:
     behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
 
     async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[Any]:
         async for request in requests:
             if not isinstance(request, MalformedMessage):
-                denial = _foreign_account(principal, method, request, accounts)
+                denial = _foreign_account(principal, method, request, rule)
                 if denial is not None:
                     log.warning("PERMISSION_DENIED %s from %s, principal %s (role %s): %s",
                                 _short(method), context.peer(), principal.name, principal.role,

@@ -130,6 +130,22 @@ def validate_replace(request: pb.ReplaceRequest) -> ValidReplace:
     return ValidReplace(order_id, account, original)
 
 
+def validate_portfolio_request(request: pb.PortfolioRequest) -> tuple[bytes, bool]:
+    """The id a StreamPortfolio request names, and whether it is a group's.
+
+    Exactly one of account_id and group_id: both or neither is malformed, and
+    a group id follows the account-id rules.
+    """
+    if request.account_id and request.group_id:
+        raise InvalidRequest("set account_id or group_id, not both: a stream follows one "
+                             "account or one group", "group_id")
+    if not request.account_id and not request.group_id:
+        raise InvalidRequest("account_id or group_id is required", "account_id")
+    if request.group_id:
+        return require_id(request.group_id, "group_id"), True
+    return require_id(request.account_id, "account_id"), False
+
+
 def validate_batch(batch: pb.OrderBatch) -> None:
     """Refuse a batch larger than :data:`MAX_BATCH` (its orders are checked one by one)."""
     if len(batch.orders) > MAX_BATCH:

@@ -32,6 +32,7 @@ from pretrade.api.requests import (
     ValidReplace,
     validate_batch,
     validate_order,
+    validate_portfolio_request,
     validate_replace,
 )
 from pretrade.api.roles import ADMIN
@@ -744,10 +745,11 @@ class PreTradeRiskServicer(risk_pb2_grpc.PreTradeRiskServicer):
                                 "StreamPortfolio is not served by this server")
             return
         try:
-            account = require_id(request.account_id, "account_id")
+            subject, group = validate_portfolio_request(request)
             interval = requested_heartbeat(request.heartbeat_interval_ms)
             # context.write rather than yield: one async generator less per message.
-            async with contextlib.aclosing(portfolio.stream(account, interval)) as updates:
+            async with contextlib.aclosing(portfolio.stream(subject, interval,
+                                                            group=group)) as updates:
                 async for update in updates:
                     await context.write(update)
         except Exception as error:  # mapped to a status by _abort, never swallowed

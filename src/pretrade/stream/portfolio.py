@@ -43,12 +43,31 @@ deliberate, retryable end rather than a broken transport or CANCELLED. A
 stream stuck behind a reader that never reads is cancelled when the grace
 period ends.
 
+Groups
+------
+A stream may follow an account group instead (:class:`GroupState`): its
+holdings are its members' positions summed per symbol, its totals their
+figures summed. The group's state keeps each member's held positions and the
+sums, updated from the member's ``account_changed`` by the difference
+between its old and new positions (O(the member's symbols), never
+O(members)); the hub indexes subscribed groups by member
+(:attr:`PortfolioHub.member_of`), so an account's change wakes the groups it
+is in, and group subscribers join :attr:`PortfolioHub.holders` like account
+subscribers, so a tick wakes only the groups holding the symbol.
+``group_changed`` (the sync, once per group per batch, after the batch's
+memberships and lots are in the table) re-reads the group's record and
+member list from the table: members joining or leaving, a parent changing
+(the flattened members change) and the group's hash changing (its limits,
+whether it can be checked) reach the stream as one UPDATE of the symbols
+whose sums moved, and the alerts.
+
 State kept
 ----------
 Prices of every symbol and the realized P&L of every account (small); the
 positions, alert state and caches only of accounts with a subscriber (read
 from the table when the first subscriber arrives, then kept current by
-``account_changed``), so a large book costs no second copy of its positions.
+``account_changed``), and of the members of groups with a subscriber, so a
+large book costs no second copy of its positions.
 """
 
 from __future__ import annotations
@@ -62,7 +81,7 @@ from typing import cast
 
 from pretrade._core import PositionTable
 from pretrade.engine.errors import InvalidRequest, NotFound, Unavailable
-from pretrade.engine.fixedpoint import average_cost, fits_int64, format_money
+from pretrade.engine.fixedpoint import INT64_MAX, average_cost, fits_int64, format_money
 from pretrade.engine.limits import LimitKind
 from pretrade.engine.names import short_name
 from pretrade.engine.table import DEFAULT_CURRENCY, currency_of
@@ -90,6 +109,17 @@ _POSITION_LIMITS = (
     (LimitKind.MAX_LONG_POSITION, pb.REJECT_CODE_MAX_LONG_POSITION),
     (LimitKind.MAX_SHORT_POSITION, pb.REJECT_CODE_MAX_SHORT_POSITION),
 )
+#: A group's position limits, checked against each summed holding, with the code
+#: an order of a member would get.
+_GROUP_POSITION_LIMITS = (
+    (LimitKind.MAX_LONG_POSITION, pb.REJECT_CODE_GROUP_MAX_LONG_POSITION),
+    (LimitKind.MAX_SHORT_POSITION, pb.REJECT_CODE_GROUP_MAX_SHORT_POSITION),
+)
+#: Why a group cannot be checked: the observed of REJECT_CODE_GROUP_UNAVAILABLE
+#: (docs/redis-schema.md, "When a group cannot be checked"); 0: it can be.
+GROUP_NOT_CONFIGURED = 1
+GROUP_HASH_INVALID = 3
+GROUP_MEMBER_INVALID = 6
 #: The halt scopes a portfolio stream reports (a symbol halt is not the account's).
 _STREAMED_HALT_SCOPES = frozenset((pb.HALT_SCOPE_GLOBAL, pb.HALT_SCOPE_ACCOUNT))
 
@@ -172,15 +202,18 @@ class Subscriber:
     """
 
     __slots__ = ("_active", "_loop", "_timer", "_waiter", "_waker", "account", "account_id",
-                 "alerts", "changes", "closed", "dirty", "heartbeat_due", "interval",
-                 "last_sent", "messages", "pending", "sequence", "state", "totals_dirty")
+                 "alerts", "changes", "closed", "dirty", "group_id", "heartbeat_due",
+                 "interval", "last_sent", "messages", "pending", "sequence", "state",
+                 "totals_dirty")
 
-    def __init__(self, account: bytes, state: AccountState, interval: float,
+    def __init__(self, account: bytes, state: AccountState | GroupState, interval: float,
                  waker: Waker | None = None) -> None:
+        #: The account streamed; b"" on a group's stream (``state`` is its GroupState).
         self.account = account
         self._waker = waker or Waker()
         self._active = False
         self.account_id = account.decode()
+        self.group_id = state.group.decode() if isinstance(state, GroupState) else ""
         self.state = state
         self.interval = interval
         #: Symbols whose holding or price changed since the last message.
@@ -303,8 +336,43 @@ class AccountState:
         self.margin_call = False
 
 
+class GroupState:
+    """A group with at least one subscriber: its members' positions, their sums, alert
+    state and caches.
+
+    ``positions`` holds every symbol some member holds, summed (its quantity
+    may be 0 when the members net out; its cost basis then still counts).
+    """
+
+    __slots__ = ("breaches", "group", "hash_invalid", "holders_of", "holdings",
+                 "invalid_members", "known", "limits", "members", "positions", "realized",
+                 "subscribers", "totals", "unavailable")
+
+    def __init__(self, group: bytes) -> None:
+        self.group = group
+        #: Each member's held positions: ``{account: {symbol: (quantity, cost_basis)}}``.
+        self.members: dict[bytes, dict[bytes, Position]] = {}
+        #: The members' positions summed per symbol, and how many members hold each.
+        self.positions: dict[bytes, Position] = {}
+        self.holders_of: dict[bytes, int] = {}
+        #: The members' realized P&L summed.
+        self.realized = 0
+        #: Its record in the table: ``group:<G>`` exists, does not parse, its limits.
+        self.known = False
+        self.hash_invalid = False
+        self.limits: Mapping[int, int] = {}
+        #: Members whose state in Redis does not parse: the sums are unknown.
+        self.invalid_members: set[bytes] = set()
+        #: The INVALID_STATE alert in force (None: the group can be checked).
+        self.unavailable: pb.Alert | None = None
+        self.subscribers: set[Subscriber] = set()
+        self.breaches: dict[AlertKey, tuple[int, int]] = {}
+        self.holdings: dict[bytes, pb.Holding] = {}
+        self.totals: pb.PortfolioTotals | None = None
+
+
 class PortfolioHub:
-    """Keeps subscribed accounts' portfolios current and wakes their streams.
+    """Keeps subscribed accounts' and groups' portfolios current and wakes their streams.
 
     Parameters
     ----------
@@ -339,22 +407,28 @@ class PortfolioHub:
         #: Accounts whose state in Redis does not parse (the sync says so).
         self.invalid: set[bytes] = set()
         self.accounts: dict[bytes, AccountState] = {}
-        #: symbol -> subscribers whose account holds it.
+        #: Groups with a subscriber, and account -> those of them it is a member of.
+        self.groups: dict[bytes, GroupState] = {}
+        self.member_of: dict[bytes, set[GroupState]] = {}
+        #: symbol -> subscribers whose account (or group) holds it.
         self.holders: dict[bytes, set[Subscriber]] = {}
         self.waker = Waker()
         self.closed = False
         #: Messages sent by streams that have ended (the metrics).
         self.messages_of_ended = 0
 
+    def _states(self) -> list[AccountState | GroupState]:
+        return [*self.accounts.values(), *self.groups.values()]
+
     @property
     def subscriber_count(self) -> int:
-        return sum(len(state.subscribers) for state in self.accounts.values())
+        return sum(len(state.subscribers) for state in self._states())
 
     @property
     def messages_sent(self) -> int:
         """Portfolio updates sent, by every stream so far."""
         return self.messages_of_ended + sum(subscriber.messages
-                                            for state in self.accounts.values()
+                                            for state in self._states()
                                             for subscriber in state.subscribers)
 
     # -- LISTENER CALLBACKS (O(subscribers concerned), never block) --
@@ -379,21 +453,32 @@ class PortfolioHub:
             state.holdings.pop(symbol, None)
             state.totals = None
             subscriber.note_symbol(symbol)
-            states[state.account] = state
-        for state in states.values():
-            self._note_margin(state)
+            if isinstance(state, AccountState):
+                states[state.account] = state
+        for account_state in states.values():
+            self._note_margin(account_state)
 
     def account_changed(self, account: bytes, positions: dict[bytes, Position],
                         realized_pnl: int) -> None:
         """SyncListener: an account's lots or realized P&L were (re)loaded."""
+        realized_before = self.realized.get(account, 0)
         if realized_pnl:
             self.realized[account] = realized_pnl
         else:
             self.realized.pop(account, None)
+        groups = self.member_of.get(account)
         state = self.accounts.get(account)
-        if state is None:
+        if state is None and not groups:
             return
         held = _held(positions)
+        for group in groups or ():
+            self._member_changed(group, account, held, realized_pnl - realized_before)
+        if state is not None:
+            self._account_changed(state, held, realized_pnl)
+
+    def _account_changed(self, state: AccountState, held: dict[bytes, Position],
+                         realized_pnl: int) -> None:
+        account = state.account
         changed = {symbol for symbol in held.keys() | state.positions.keys()
                    if held.get(symbol) != state.positions.get(symbol)}
         realized_changed = realized_pnl != state.realized
@@ -424,6 +509,17 @@ class PortfolioHub:
             self.invalid.add(account)
         else:
             self.invalid.discard(account)
+        for group in self.member_of.get(account, ()):
+            if invalid:
+                group.invalid_members.add(account)
+            else:
+                group.invalid_members.discard(account)
+            group.totals = None
+            alerts = self._refresh_unavailable(group)
+            for subscriber in group.subscribers:
+                subscriber.note_totals()
+                for key, group_alert in alerts:
+                    subscriber.note_alert(key, group_alert)
         state = self.accounts.get(account)
         if state is None:
             return
@@ -432,6 +528,24 @@ class PortfolioHub:
         for subscriber in state.subscribers:
             subscriber.note_alert(INVALID_STATE_KEY, alert)
             subscriber.note_totals()
+
+    def group_changed(self, group: bytes) -> None:
+        """SyncListener: a group's record or members changed (read them from the table)."""
+        state = self.groups.get(group)
+        if state is None:
+            return
+        realized_before = state.realized
+        changed = self._read_group(state)
+        if changed or state.realized != realized_before:
+            state.totals = None
+        alerts = self._refresh_group_breaches(state) + self._refresh_unavailable(state)
+        for subscriber in state.subscribers:
+            for symbol in changed:
+                subscriber.note_symbol(symbol)
+            if state.realized != realized_before:
+                subscriber.note_totals()
+            for key, alert in alerts:
+                subscriber.note_alert(key, alert)
 
     def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
         """HaltListener: a halt was applied (mode > 0) or lifted (mode 0)."""
@@ -447,10 +561,11 @@ class PortfolioHub:
             return
         alert = _halt_alert(scope, mode, reason, previous)
         if scope == pb.HALT_SCOPE_GLOBAL:
-            states: Iterable[AccountState] = self.accounts.values()
+            # a global halt stops every member: a group's stream reports it too
+            states: Iterable[AccountState | GroupState] = self._states()
         else:
-            state = self.accounts.get(target)
-            states = () if state is None else (state,)
+            account = self.accounts.get(target)
+            states = () if account is None else (account,)
         for state in states:
             for subscriber in state.subscribers:
                 subscriber.note_alert((b"", scope), alert)
@@ -468,14 +583,18 @@ class PortfolioHub:
 
     # -- STREAMS --
 
-    async def stream(self, account: bytes, heartbeat_interval: float | None = None
-                     ) -> AsyncGenerator[pb.PortfolioUpdate, None]:
+    async def stream(self, account: bytes, heartbeat_interval: float | None = None, *,
+                     group: bool = False) -> AsyncGenerator[pb.PortfolioUpdate, None]:
         """A SNAPSHOT, then conflated UPDATEs and HEARTBEATs, until :meth:`close`.
+
+        With ``group``, ``account`` is a group id and the stream is the group's:
+        its members summed (``group_id`` set, ``account_id`` empty).
 
         Raises
         ------
         NotFound
-            The account has no holdings and no limits.
+            The account has no holdings and no limits; the group has no
+            ``group:<G>`` hash and no members.
         Unavailable
             The hub is closing (server shutdown), or the first load is not done
             within ``ready_timeout``.
@@ -487,14 +606,21 @@ class PortfolioHub:
                 raise Unavailable("positions are not loaded from Redis yet") from None
         if self.closed:
             raise Unavailable(SHUTTING_DOWN)
-        info = self.table.account_info(account)
-        if not info or not info["known"]:
-            raise NotFound(f"unknown account {account.decode()!r}: no holdings or limits "
-                           "are configured for it")
         interval = heartbeat_interval or self.heartbeat_interval
-        # Subscribing and building the snapshot in one step (no await between)
-        # means no change can fall between them.
-        subscriber = self._subscribe(account, interval)
+        if group:
+            found = self.table.group_info(account)
+            if not found or not (found["known"] or found["members"]):
+                raise NotFound(f"unknown group {account.decode()!r}: it has no group:<G> "
+                               "hash and no member accounts")
+            subscriber = self._subscribe_group(account, interval)
+        else:
+            info = self.table.account_info(account)
+            if not info or not info["known"]:
+                raise NotFound(f"unknown account {account.decode()!r}: no holdings or limits "
+                               "are configured for it")
+            # Subscribing and building the snapshot in one step (no await between)
+            # means no change can fall between them.
+            subscriber = self._subscribe(account, interval)
         try:
             yield self._snapshot(subscriber)
             subscriber.sent()
@@ -516,7 +642,7 @@ class PortfolioHub:
         """End every stream (UNAVAILABLE, after what each has sent) and refuse new ones."""
         self.closed = True
         log.info("ending %d portfolio streams", self.subscriber_count)
-        for state in self.accounts.values():
+        for state in self._states():
             for subscriber in state.subscribers:
                 subscriber.closed = True
                 subscriber.cancel_timer()
@@ -537,9 +663,25 @@ class PortfolioHub:
             self.holders.setdefault(symbol, set()).add(subscriber)
         return subscriber
 
+    def _subscribe_group(self, group: bytes, interval: float) -> Subscriber:
+        state = self.groups.get(group)
+        if state is None:
+            state = GroupState(group)
+            self._read_group(state)
+            self._refresh_group_breaches(state)
+            self._refresh_unavailable(state)
+            self.groups[group] = state
+        subscriber = Subscriber(b"", state, interval, self.waker)
+        log.debug("portfolio stream of group %s opened", subscriber.group_id)
+        state.subscribers.add(subscriber)
+        for symbol in state.positions:
+            self.holders.setdefault(symbol, set()).add(subscriber)
+        return subscriber
+
     def _unsubscribe(self, subscriber: Subscriber) -> None:
         log.debug("portfolio stream of %s closed after %d messages (%d changes)",
-                  subscriber.account_id, subscriber.messages, subscriber.changes)
+                  subscriber.account_id or f"group {subscriber.group_id}", subscriber.messages,
+                  subscriber.changes)
         subscriber.cancel_timer()
         subscriber.finish_turn()
         state = subscriber.state
@@ -548,8 +690,121 @@ class PortfolioHub:
         state.subscribers.discard(subscriber)
         for symbol in state.positions:
             self._unindex((subscriber,), symbol)
-        if not state.subscribers and self.accounts.get(subscriber.account) is state:
+        if state.subscribers:
+            return
+        if isinstance(state, GroupState):
+            if self.groups.get(state.group) is state:
+                del self.groups[state.group]
+                for member in state.members:
+                    self._unindex_member(state, member)
+        elif self.accounts.get(subscriber.account) is state:
             del self.accounts[subscriber.account]
+
+    def _unindex_member(self, state: GroupState, member: bytes) -> None:
+        groups = self.member_of.get(member)
+        if groups is None:
+            return
+        groups.discard(state)
+        if not groups:
+            del self.member_of[member]
+
+    # -- GROUPS --
+
+    def _read_group(self, state: GroupState) -> set[bytes]:
+        """Bring the group's record and members up to the table's; return the symbols
+        whose sums changed (members joining or leaving)."""
+        info = self.table.group_info(state.group)
+        members: set[bytes] = set(info["members"]) if info else set()
+        state.known = bool(info and info["known"])
+        state.hash_invalid = bool(info and info["invalid"])
+        state.limits = dict(info["limits"]) if info else {}
+        changed: set[bytes] = set()
+        for member in sorted(state.members.keys() - members):
+            changed |= self._set_member(state, member, None)
+            state.realized -= self.realized.get(member, 0)
+            state.invalid_members.discard(member)
+            self._unindex_member(state, member)
+        for member in sorted(members - state.members.keys()):
+            changed |= self._set_member(state, member,
+                                        _held(self.table.account_positions(member)))
+            state.realized += self.realized.get(member, 0)
+            if member in self.invalid:
+                state.invalid_members.add(member)
+            self.member_of.setdefault(member, set()).add(state)
+        return changed
+
+    def _set_member(self, state: GroupState, member: bytes,
+                    held: dict[bytes, Position] | None) -> set[bytes]:
+        """Make ``held`` the member's positions in the sums (None: it left); return the
+        symbols whose sums changed. O(the member's symbols)."""
+        before_member = state.members.get(member, {})
+        if held is None:
+            state.members.pop(member, None)
+        else:
+            state.members[member] = held
+        after_member = held or {}
+        changed: set[bytes] = set()
+        for symbol in before_member.keys() | after_member.keys():
+            before, after = before_member.get(symbol), after_member.get(symbol)
+            if before == after:
+                continue
+            changed.add(symbol)
+            quantity, cost_basis = state.positions.get(symbol, (0, 0))
+            count = state.holders_of.get(symbol, 0)
+            if before is not None:
+                quantity, cost_basis, count = quantity - before[0], cost_basis - before[1], \
+                    count - 1
+            if after is not None:
+                quantity, cost_basis, count = quantity + after[0], cost_basis + after[1], \
+                    count + 1
+            state.holdings.pop(symbol, None)
+            if count:
+                if symbol not in state.positions:
+                    self.holders.setdefault(symbol, set()).update(state.subscribers)
+                state.positions[symbol] = (quantity, cost_basis)
+                state.holders_of[symbol] = count
+            else:
+                state.positions.pop(symbol, None)
+                state.holders_of.pop(symbol, None)
+                self._unindex(state.subscribers, symbol)
+        return changed
+
+    def _member_changed(self, state: GroupState, member: bytes, held: dict[bytes, Position],
+                        realized_delta: int) -> None:
+        """A member's lots or realized P&L changed: its difference into the group's sums."""
+        changed = self._set_member(state, member, held)
+        state.realized += realized_delta
+        if changed or realized_delta:
+            state.totals = None
+        alerts = self._refresh_group_breaches(state) if changed else []
+        for subscriber in state.subscribers:
+            for symbol in changed:
+                subscriber.note_symbol(symbol)
+            if realized_delta:
+                subscriber.note_totals()
+            for key, alert in alerts:
+                subscriber.note_alert(key, alert)
+
+    def _refresh_group_breaches(self, state: GroupState) -> list[tuple[AlertKey, pb.Alert]]:
+        """The group's position limits against its summed positions; the alerts for what
+        changed."""
+        breaches = {key: (min(observed, INT64_MAX), limit) for key, (observed, limit)
+                    in position_breaches(state.positions, state.limits,
+                                         _GROUP_POSITION_LIMITS).items()}
+        return self._breach_alerts(state, breaches)
+
+    def _refresh_unavailable(self, state: GroupState) -> list[tuple[AlertKey, pb.Alert]]:
+        """Whether the group can be checked; the INVALID_STATE alert (or its clearing)
+        when that, or why it cannot, changed."""
+        alert = _group_unavailable_alert(state)
+        before = state.unavailable
+        state.unavailable = alert
+        if alert is None:
+            return [] if before is None else [(INVALID_STATE_KEY, _group_available_alert(state))]
+        if before is not None and (before.observed, before.message) == (alert.observed,
+                                                                        alert.message):
+            return []
+        return [(INVALID_STATE_KEY, alert)]
 
     def _unindex(self, subscribers: Iterable[Subscriber], symbol: bytes) -> None:
         holders = self.holders.get(symbol)
@@ -572,13 +827,18 @@ class PortfolioHub:
                   if scope == pb.HALT_SCOPE_GLOBAL or target == subscriber.account]
         alerts += [_limit_alert(symbol, code, observed, limit, breached=True)
                    for (symbol, code), (observed, limit) in sorted(state.breaches.items())]
-        if subscriber.account in self.invalid:
-            alerts.append(_invalid_state_alert(True))
-        if state.margin_call and state.margin is not None:
-            alerts.append(_margin_call_alert(state.margin, called=True,
-                                             currency=self._currency_of_account(state)))
+        if isinstance(state, GroupState):
+            if state.unavailable is not None:
+                alerts.append(state.unavailable)
+        else:
+            if subscriber.account in self.invalid:
+                alerts.append(_invalid_state_alert(True))
+            if state.margin_call and state.margin is not None:
+                alerts.append(_margin_call_alert(state.margin, called=True,
+                                                 currency=self._currency_of_account(state)))
         return pb.PortfolioUpdate(
-            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            account_id=subscriber.account_id, group_id=subscriber.group_id,
+            sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_SNAPSHOT,
             holdings=[self._holding(state, symbol) for symbol in sorted(state.positions)],
             totals=self._totals(state), alerts=alerts)
@@ -593,7 +853,8 @@ class PortfolioHub:
         subscriber.alerts.clear()
         subscriber.totals_dirty = False
         return pb.PortfolioUpdate(
-            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            account_id=subscriber.account_id, group_id=subscriber.group_id,
+            sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_UPDATE,
             holdings=[self._holding(state, symbol) for symbol in symbols],
             totals=self._totals(state), alerts=alerts)
@@ -601,18 +862,26 @@ class PortfolioHub:
     @staticmethod
     def _heartbeat(subscriber: Subscriber) -> pb.PortfolioUpdate:
         return pb.PortfolioUpdate(
-            account_id=subscriber.account_id, sequence=subscriber.next_sequence(),
+            account_id=subscriber.account_id, group_id=subscriber.group_id,
+            sequence=subscriber.next_sequence(),
             timestamp_unix_ns=time.time_ns(), kind=pb.PORTFOLIO_UPDATE_KIND_HEARTBEAT)
 
-    def _holding(self, state: AccountState, symbol: bytes) -> pb.Holding:
+    def _holding(self, state: AccountState | GroupState, symbol: bytes) -> pb.Holding:
         cached = state.holdings.get(symbol)
         if cached is None:
-            quantity, cost_basis = state.positions.get(symbol, (0, 0))
-            cached = state.holdings[symbol] = value_holding(
-                symbol, quantity, cost_basis, self.prices.get(symbol), self.currency_of(symbol))
+            position = state.positions.get(symbol)
+            quantity, cost_basis = position or (0, 0)
+            price, currency = self.prices.get(symbol), self.currency_of(symbol)
+            if isinstance(state, GroupState) and position is not None:
+                cached = value_summed_holding(symbol, quantity, cost_basis, price, currency)
+            else:
+                cached = value_holding(symbol, quantity, cost_basis, price, currency)
+            state.holdings[symbol] = cached
         return cached
 
-    def _totals(self, state: AccountState) -> pb.PortfolioTotals:
+    def _totals(self, state: AccountState | GroupState) -> pb.PortfolioTotals:
+        if isinstance(state, GroupState):
+            return self._group_totals(state)
         if state.totals is None:
             if state.account in self.invalid:
                 # What the table holds is not what Redis says: no figure at all.
@@ -628,6 +897,20 @@ class PortfolioHub:
                     state.totals.margin_used = used
                     state.totals.margin_excess = equity - used
                     state.totals.maintenance_margin = maintenance
+        return state.totals
+
+    def _group_totals(self, state: GroupState) -> pb.PortfolioTotals:
+        if state.totals is None:
+            if state.invalid_members:
+                # A member's figures are unknown, so are the sums: no figure at all.
+                state.totals = pb.PortfolioTotals(valuation=pb.VALUATION_INVALID_STATE)
+            elif not fits_int64(state.realized):
+                state.totals = pb.PortfolioTotals(valuation=pb.VALUATION_OVERFLOW)
+            else:
+                # Margin is not summed: margined stays false.
+                state.totals = sum_totals(
+                    [self._holding(state, symbol) for symbol in state.positions],
+                    state.realized, self.default_currency)
         return state.totals
 
     # -- MARGIN --
@@ -679,13 +962,47 @@ class PortfolioHub:
         """Recompute the positions over a limit; return the alerts for what changed."""
         info = self.table.account_info(account)
         limits: Mapping[int, int] = info["limits"] if info else {}
-        breaches = position_breaches(state.positions, limits)
+        return self._breach_alerts(state, position_breaches(state.positions, limits))
+
+    @staticmethod
+    def _breach_alerts(state: AccountState | GroupState,
+                       breaches: dict[AlertKey, tuple[int, int]]
+                       ) -> list[tuple[AlertKey, pb.Alert]]:
+        """Make ``breaches`` the state's; return the alerts for what changed."""
         alerts = [(key, _limit_alert(key[0], key[1], *figures, breached=True))
                   for key, figures in sorted(breaches.items()) if key not in state.breaches]
         alerts += [(key, _limit_alert(key[0], key[1], *figures, breached=False))
                    for key, figures in sorted(state.breaches.items()) if key not in breaches]
         state.breaches = breaches
         return alerts
+
+
+def value_summed_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None,
+                         currency: str = DEFAULT_CURRENCY) -> pb.Holding:
+    """A group's holding of a symbol some member holds: the members' summed position,
+    valued as :func:`value_holding` values an account's.
+
+    Its sums need not fit in int64 (VALUATION_OVERFLOW), and members may net
+    out to quantity 0: that holding keeps its summed cost basis (market value
+    0, unrealized P&L -cost basis), so the group's totals are always its
+    members' summed.
+    """
+    if not (fits_int64(quantity) and fits_int64(cost_basis)):
+        return pb.Holding(symbol=symbol.decode(), currency=currency,
+                          valuation=pb.VALUATION_OVERFLOW)
+    if quantity != 0:
+        return value_holding(symbol, quantity, cost_basis, price, currency)
+    holding = pb.Holding(symbol=symbol.decode(), cost_basis=cost_basis, currency=currency)
+    if price is None:
+        holding.valuation = pb.VALUATION_NO_PRICE
+    elif fits_int64(-cost_basis):
+        holding.last_price = price
+        holding.unrealized_pnl = -cost_basis
+        holding.valuation = pb.VALUATION_PRICED
+    else:
+        holding.last_price = price
+        holding.valuation = pb.VALUATION_OVERFLOW
+    return holding
 
 
 def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None,
@@ -788,11 +1105,16 @@ def _margin_call_alert(margin: Margin, *, called: bool, currency: str = "") -> p
                     observed=equity, limit=maintenance)
 
 
-def position_breaches(positions: Mapping[bytes, Position], limits: Mapping[int, int]
+def position_breaches(positions: Mapping[bytes, Position], limits: Mapping[int, int],
+                      checks: Iterable[tuple[int, int]] = _POSITION_LIMITS
                       ) -> dict[AlertKey, tuple[int, int]]:
-    """Holdings over the account's position limits: ``{(symbol, code): (observed, limit)}``."""
+    """Holdings over the account's position limits: ``{(symbol, code): (observed, limit)}``.
+
+    ``checks`` are the ``(LimitKind, reject code)`` pairs to check (a group's
+    are ``_GROUP_POSITION_LIMITS``).
+    """
     breaches: dict[AlertKey, tuple[int, int]] = {}
-    for kind, code in _POSITION_LIMITS:
+    for kind, code in checks:
         limit = limits.get(kind)
         if limit is None:
             continue
@@ -833,6 +1155,36 @@ def _invalid_state_alert(invalid: bool) -> pb.Alert:
                         "figures are unknown and its orders are rejected; see the server log")
     return pb.Alert(kind=pb.ALERT_KIND_INVALID_STATE_CLEARED, code=pb.REJECT_CODE_INVALID_STATE,
                     message="the account's state in Redis parses again")
+
+
+def _group_unavailable_alert(state: GroupState) -> pb.Alert | None:
+    """The INVALID_STATE alert of a group that cannot be checked (None: it can), with the
+    smallest reason that applies, as its members' orders get REJECT_CODE_GROUP_UNAVAILABLE."""
+    group = state.group.decode()
+    if state.hash_invalid:
+        reason = GROUP_HASH_INVALID
+        message = (f"group {group}: its group:{group} hash could not be parsed; its members' "
+                   "orders are rejected group_unavailable; see the server log")
+    elif not state.known:
+        reason = GROUP_NOT_CONFIGURED
+        message = (f"group {group} is not configured (no group:{group} hash); its members' "
+                   "orders are rejected group_unavailable")
+    elif state.invalid_members:
+        reason = GROUP_MEMBER_INVALID
+        names = ", ".join(member.decode() for member in sorted(state.invalid_members))
+        message = (f"group {group}: the state in Redis of member {names} could not be "
+                   "parsed: the group's figures are unknown and its members' orders are "
+                   "rejected group_unavailable")
+    else:
+        return None
+    return pb.Alert(kind=pb.ALERT_KIND_INVALID_STATE, code=pb.REJECT_CODE_GROUP_UNAVAILABLE,
+                    message=message, observed=reason)
+
+
+def _group_available_alert(state: GroupState) -> pb.Alert:
+    return pb.Alert(kind=pb.ALERT_KIND_INVALID_STATE_CLEARED,
+                    code=pb.REJECT_CODE_GROUP_UNAVAILABLE,
+                    message=f"group {state.group.decode()} can be checked again")
 
 
 def _halt_alert(scope: int, mode: int, reason: str, previous: int) -> pb.Alert:

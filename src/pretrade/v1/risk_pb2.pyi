@@ -375,12 +375,14 @@ class HaltState(_message.Message):
     def __init__(self, halts: _Optional[_Iterable[_Union[Halt, _Mapping]]] = ...) -> None: ...
 
 class PortfolioRequest(_message.Message):
-    __slots__ = ("account_id", "heartbeat_interval_ms")
+    __slots__ = ("account_id", "heartbeat_interval_ms", "group_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     heartbeat_interval_ms: int
-    def __init__(self, account_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    group_id: str
+    def __init__(self, account_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class Holding(_message.Message):
     __slots__ = ("symbol", "quantity", "average_cost", "cost_basis", "last_price", "market_value", "unrealized_pnl", "valuation", "currency")
@@ -451,7 +453,7 @@ class Alert(_message.Message):
     def __init__(self, kind: _Optional[_Union[AlertKind, str]] = ..., code: _Optional[_Union[RejectCode, str]] = ..., message: _Optional[str] = ..., observed: _Optional[int] = ..., limit: _Optional[int] = ..., symbol: _Optional[str] = ..., halt_mode: _Optional[_Union[HaltMode, str]] = ...) -> None: ...
 
 class PortfolioUpdate(_message.Message):
-    __slots__ = ("account_id", "sequence", "timestamp_unix_ns", "kind", "holdings", "totals", "alerts")
+    __slots__ = ("account_id", "sequence", "timestamp_unix_ns", "kind", "holdings", "totals", "alerts", "group_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
@@ -459,6 +461,7 @@ class PortfolioUpdate(_message.Message):
     HOLDINGS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     sequence: int
     timestamp_unix_ns: int
@@ -466,7 +469,8 @@ class PortfolioUpdate(_message.Message):
     holdings: _containers.RepeatedCompositeFieldContainer[Holding]
     totals: PortfolioTotals
     alerts: _containers.RepeatedCompositeFieldContainer[Alert]
-    def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ..., kind: _Optional[_Union[PortfolioUpdateKind, str]] = ..., holdings: _Optional[_Iterable[_Union[Holding, _Mapping]]] = ..., totals: _Optional[_Union[PortfolioTotals, _Mapping]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
+    group_id: str
+    def __init__(self, account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ns: _Optional[int] = ..., kind: _Optional[_Union[PortfolioUpdateKind, str]] = ..., holdings: _Optional[_Iterable[_Union[Holding, _Mapping]]] = ..., totals: _Optional[_Union[PortfolioTotals, _Mapping]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class OrderBatch(_message.Message):
     __slots__ = ("orders",)

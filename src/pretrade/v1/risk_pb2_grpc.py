@@ -103,13 +103,17 @@ class PreTradeRiskServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamPortfolio(self, request, context):
-        """Live portfolio value and P&L for one account: a SNAPSHOT, then an
-        UPDATE whenever the price of a held symbol, a holding, the realized P&L
-        or an alert changes, and a HEARTBEAT when the stream has been idle.
-        Updates are conflated: a slow reader gets the latest state, not a
-        backlog. Ends with NOT_FOUND for an unknown account (no holdings and no
-        limits), INVALID_ARGUMENT for a malformed account id, and UNAVAILABLE
-        ("shutting down") when the server stops; reconnect for a new snapshot.
+        """Live portfolio value and P&L for one account, or for one account group
+        (PortfolioRequest.group_id: its member accounts summed): a SNAPSHOT,
+        then an UPDATE whenever the price of a held symbol, a holding, the
+        realized P&L or an alert changes (for a group also a member joining or
+        leaving), and a HEARTBEAT when the stream has been idle. Updates are
+        conflated: a slow reader gets the latest state, not a backlog. Ends with
+        NOT_FOUND for an unknown account (no holdings and no limits) or group
+        (no group:<G> hash and no members), INVALID_ARGUMENT for a malformed id
+        or for naming both or neither of account_id and group_id, and
+        UNAVAILABLE ("shutting down") when the server stops; reconnect for a new
+        snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
