@@ -152,6 +152,66 @@ def test_processes_trading_two_accounts_of_one_group_never_jointly_breach_the_gr
         mapped.close(unlink=True)
 
 
+def _one_at_a_time(path: str, worker: int, rounds: int, start_at: float,
+                   out: multiprocessing.Queue) -> None:
+    # The group may hold one unit long: each round buys 1 for this worker's
+    # account and, if approved, looks at the other account before cancelling
+    # its own. Its own order works until it is cancelled, so the other
+    # account working too at that moment is two units in a group of one.
+    mapped = MappedTable.attach(path)
+    table, engine = mapped.table, Engine(mapped.table)
+    mine, other = MEMBERS[worker], MEMBERS[1 - worker]
+    approvals = overlaps = 0
+    while time.monotonic() < start_at:
+        pass
+    for n in range(rounds):
+        order_id = f"w{worker}-{n}".encode()
+        if engine.evaluate(order_id, mine, AAPL, pb.SIDE_BUY, pb.ORDER_TYPE_LIMIT, 1, 10_000,
+                           b"", b"", time.perf_counter_ns()).approved:
+            approvals += 1
+            overlaps += table.working(other, AAPL)[0] > 0
+            table.replace_positions(mine, {}, filled={}, cancelled={order_id})
+    mapped.close()
+    out.put((approvals, overlaps))
+
+
+def test_two_accounts_of_a_group_of_one_unit_never_work_at_once_across_processes(tmp_path):
+    # Thousands of approvals at the boundary, each released again: the
+    # group's lock must keep every check of one account from overlapping the
+    # other's approval.
+    mapped = MappedTable.create(tmp_path / "one-unit.table", GROUP_CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
+    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
+    for account in MEMBERS:
+        table.set_account_state(account, known=True)
+        table.set_account_limits(account, limits)
+        table.set_account_groups(account, [DESK])
+    table.set_group(DESK, {LimitKind.MAX_LONG_POSITION: 1})
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    start_at = time.monotonic() + 3.0
+    workers = [context.Process(target=_one_at_a_time,
+                               args=(str(mapped.path), w, 20_000, start_at, results))
+               for w in range(2)]
+    try:
+        for worker in workers:
+            worker.start()
+        reported = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        print(f"(approvals, overlaps) per process: {reported}")
+        assert [overlaps for _, overlaps in reported] == [0, 0]
+        # both accounts kept getting the unit: the test raced at the boundary
+        assert min(approvals for approvals, _ in reported) > 1_000
+    finally:
+        mapped.close(unlink=True)
+
+
 def test_threads_over_grpc_never_jointly_breach_a_position_limit(redis_client, gateway):
     seed_account(redis_client)
     redis_client.hset("limits:{ACC-1}", "max_long_position", 2_000)
