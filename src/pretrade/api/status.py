@@ -148,8 +148,8 @@ _GROUP_UNAVAILABLE: dict[int, str] = {
     1: "has no group:<G> hash (it is not configured)",
     3: "has a group:<G> hash that could not be parsed; see the server log",
     4: "has an account in a shard this node does not hold now",
-    5: ("has an account's key, or its own group:<G>, in a Redis Cluster slot whose primary "
-        "was lost"),
+    5: ("has an account's key, its own group:<G>, or (as it values its accounts) the key of "
+        "a symbol an account holds, in a Redis Cluster slot whose primary was lost"),
     6: "has an account whose state in Redis is invalid or did not fit in the table",
 }
 
