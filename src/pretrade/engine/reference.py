@@ -243,6 +243,9 @@ class GroupView:
     net: int = 0
     pnl: int = 0              # unrealized + realized P&L
     unpriced: bool = False    # a member holds a symbol without a last price
+    # it could be checked when resolved and values books: the account's own
+    # scan runs (whatever the members' valuation finds after it)
+    valued: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -1821,8 +1824,7 @@ class ReferenceBook:
                     LimitKind.MAX_SECTOR_CONCENTRATION_BPS, LimitKind.LOSS_LIMIT))
             # a group that can be checked values its members' books: the
             # account's own figures are its scan's
-            or any(group.values_books for group in ctx.account_groups
-                   if not group.unavailable)
+            or any(group.valued for group in ctx.account_groups)
         ):
             ctx.scan_needed = True
             self._scan(ctx, account_id)
@@ -1862,8 +1864,9 @@ class ReferenceBook:
             view = GroupView(group_id, group,
                              int(self._group_unavailable(group_id, group, members, ctx.now_ns)))
             views.append(view)
-            if view.unavailable:
-                continue
+            view.valued = not view.unavailable and view.values_books
+            if view.unavailable or not ctx.instrument_known:
+                continue  # (an order of an unknown symbol is refused for that: not summed)
             for member in members:
                 if member == account_id:
                     continue
