@@ -319,6 +319,23 @@ def test_portfolio_json_is_one_line_per_message_with_raw_integers(book, gateway)
     assert update["holdings"][0]["currency"] == "USD"
 
 
+def test_portfolio_of_a_group_prints_its_accounts_summed(book, redis_client, gateway):
+    # ACC-1's 20 AAPL and ACC-2's 5, in DESK: the group's holding is 25.
+    seed_lots(redis_client, "ACC-2", [("L3", "AAPL", 5, 683_378)])
+    redis_client.hset("group:DESK", "max_long_position", 1_000)
+    for account in ("ACC-1", "ACC-2"):
+        redis_client.sadd(f"groups:{{{account}}}", "DESK")
+    run = wait_until(lambda: run_pretrade("portfolio", "--target", gateway.target,
+                                          "--group", "DESK"),
+                     lambda r: r.returncode == 0 and " 25 " in r.stdout)
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("group DESK  SNAPSHOT #1 at ")
+    assert lines[2].split()[:2] == ["AAPL", "25"]
+    both = run_pretrade("portfolio", "--target", gateway.target, "--group", "DESK",
+                        "--account", "ACC-1")
+    assert both.returncode != 0 and "not allowed with" in both.stderr
+
+
 def test_portfolio_of_an_unknown_account_is_one_line_not_found(book, gateway):
     run = run_pretrade("portfolio", "--target", gateway.target, "--account", "NOBODY")
     assert run.returncode == 2, run

@@ -11,6 +11,7 @@
     pretrade status
     pretrade desk --listen 127.0.0.1:8080 --gateway 127.0.0.1:50051
     pretrade portfolio --account A1 [--follow]
+    pretrade portfolio --group DESK-1 [--follow]
     pretrade token --name oms-1 --role trader --account A1 >> tokens.toml
     pretrade cluster [--ports 50051,50052,50053] [--data-dir .pretrade-cluster]
 
@@ -395,15 +396,18 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     desk.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="log level")
     portfolio = commands.add_parser(
         "portfolio",
-        help="print an account's holdings, value and P&L (StreamPortfolio)",
-        description="Open StreamPortfolio for one account and print its snapshot: each "
+        help="print an account's or a group's holdings, value and P&L (StreamPortfolio)",
+        description="Open StreamPortfolio for one account (or one account group: its "
+        "accounts summed) and print its snapshot: each "
         "holding's quantity, average cost, last price, market value and unrealized P&L in "
         "its currency, the totals, and the alerts in force. With --follow, every update "
         "after it too, until Ctrl-C. Exit 0, or 2 when the call fails (an account with no "
-        "holdings or limits is NOT_FOUND).",
+        "holdings or limits, or a group with no hash and no accounts, is NOT_FOUND).",
     )
     _add_target(portfolio)
-    portfolio.add_argument("--account", required=True, help="account id")
+    whose = portfolio.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--account", help="account id")
+    whose.add_argument("--group", help="account group id (groups:{ACC}, group:<G>)")
     portfolio.add_argument("--follow", action="store_true",
                            help="keep printing the updates (heartbeats are not printed)")
 
@@ -772,7 +776,8 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_portfolio(args: argparse.Namespace) -> int:
-    request = risk_pb2.PortfolioRequest(account_id=args.account)
+    request = risk_pb2.PortfolioRequest(account_id=args.account or "",
+                                        group_id=args.group or "")
     updates = _client(args).stream("StreamPortfolio", request,
                                    timeout=None if args.follow else RPC_TIMEOUT_SECONDS)
     try:

@@ -202,7 +202,8 @@ def format_portfolio(update: risk_pb2.PortfolioUpdate) -> str:
     Returns
     -------
     str
-        ``ACCOUNT KIND #sequence at TIME``; a table of the holdings (SYMBOL,
+        ``ACCOUNT KIND #sequence at TIME`` (``group GROUP ...`` on a group's
+        stream); a table of the holdings (SYMBOL,
         QTY, AVG COST, LAST, MARKET VALUE, UNREALIZED, VALUATION), money in
         each holding's currency; the totals (in their currency, bare amounts
         when the holdings are in several); one line per alert. No trailing
@@ -210,7 +211,8 @@ def format_portfolio(update: risk_pb2.PortfolioUpdate) -> str:
     """
     kind = _label(risk_pb2.PortfolioUpdateKind, update.kind)
     at = _utc_time(update.timestamp_unix_ns // 1_000_000)
-    lines = [f"{_cell(update.account_id)}  {kind} #{update.sequence} at {at}"]
+    whose = _cell(update.account_id) if not update.group_id else f"group {_cell(update.group_id)}"
+    lines = [f"{whose}  {kind} #{update.sequence} at {at}"]
     if update.holdings:
         rows = [("SYMBOL", "QTY", "AVG COST", "LAST", "MARKET VALUE", "UNREALIZED",
                  "VALUATION")]
