@@ -88,6 +88,8 @@ def test_a_desk_limit_holds_over_both_accounts_and_a_raise_of_it_is_followed(
         desk, redis_url, gateway, stub):
     loaded(gateway)
     assert groups_of(gateway, b"ACC-1") == groups_of(gateway, b"ACC-2") == (b"DESK-1",)
+    status = stub.GetStatus(pb.StatusRequest())   # the desk's record, of the table's room
+    assert status.groups == 1 and status.max_groups > 1
     assert stub.EvaluateOrder(order(account="ACC-1", quantity=100)).approved
     # ACC-2's own limits allow 60 (max_long_position 5,000); the desk's do not
     refused = stub.EvaluateOrder(order(account="ACC-2", quantity=60))

@@ -99,6 +99,8 @@ def test_scraped_figures_move_with_orders_rejections_and_halts(metered, redis_cl
     assert value(before, "pretrade_process", worker="0", pid=str(child)) == 1
     assert value(before, "pretrade_table_records", kind="accounts") == 1
     assert value(before, "pretrade_table_capacity", kind="orders") > 0
+    assert value(before, "pretrade_table_records", kind="groups") == 0
+    assert value(before, "pretrade_table_capacity", kind="groups") > 0
     assert value(before, "pretrade_risk_checks_total", verdict="approved") == 0
     with grpc.insecure_channel(server.target) as channel:
         stub = risk_pb2_grpc.PreTradeRiskStub(channel)

@@ -28,6 +28,8 @@ def test_status_reports_sync_state_lag_and_table_use(seeded, gateway, stub):
     assert status.full_loads == 1 and status.last_full_load_unix_ms > 0
     assert status.accounts == 1 and status.instruments == 1
     assert status.orders == 1
+    assert status.groups == 0 and status.max_groups == min(gateway.gateway.table.counts()[
+        "max_accounts"], 4_096) > 0
     assert status.pid > 0
     # the full load re-read Redis in one batch or more; the approval was made durable
     assert status.sync_refreshes >= 1

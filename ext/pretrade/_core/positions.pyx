@@ -2267,6 +2267,7 @@ cdef class PositionTable:
             "instruments": h.instrument_count, "max_instruments": h.max_instruments,
             "positions": h.position_count, "max_positions": h.max_positions,
             "overrides": h.override_count, "max_overrides": h.max_overrides,
+            "groups": L.pt_load_i32(&h.group_count), "max_groups": h.max_groups,
             "orders": L.pt_load_i32(&h.orders_in_use), "max_orders": h.max_orders,
             "max_orders_per_account": h.max_orders_per_account,
             "order_expiry_ms": h.order_expiry_ns // 1_000_000,

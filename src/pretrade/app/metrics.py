@@ -71,7 +71,7 @@ MAX_REQUEST_BYTES = 8192
 #: Engine time: the core counts in ns, the histogram shows microseconds.
 LATENCY_BOUNDS_US = tuple(bound / 1000 for bound in LATENCY_BUCKET_BOUNDS_NS)
 #: The table's records and their capacities, as GetStatus counts them.
-TABLE_KINDS = ("accounts", "instruments", "positions", "overrides", "orders")
+TABLE_KINDS = ("accounts", "instruments", "positions", "overrides", "groups", "orders")
 #: AutoHalt -> the breaker's reason label.
 BREAKER_REASONS = {AUTO_HALT_LOSS_LIMIT: "loss_limit", AUTO_HALT_REJECT_STORM: "reject_storm"}
 

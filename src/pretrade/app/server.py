@@ -230,6 +230,7 @@ class Gateway:
         status.MergeFrom(risk_pb2.ServerStatus(
             accounts=counts["accounts"], instruments=counts["instruments"],
             positions=counts["positions"], orders=counts["orders"],
+            groups=counts["groups"], max_groups=counts["max_groups"],
             max_orders=counts["max_orders"], automatic_halts=self.servicer.breakers.tripped,
             pid=os.getpid(), audit_written=self.audit.stats.written,
             audit_dropped=self.audit.stats.dropped, audit_pending=self.audit.pending,
