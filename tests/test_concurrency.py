@@ -106,6 +106,23 @@ GROUP_CAPS = Capacities(max_accounts=16, max_instruments=64, max_positions=128,
                         max_overrides=16, lock_stripes=4, max_orders=120_000)
 
 
+def _desk_table(path: Path) -> MappedTable:
+    """A live shared table: AAPL at $1, ACC-A and ACC-B in DESK (no limits of its
+    own yet), each allowed far more than any group limit the tests set."""
+    mapped = MappedTable.create(path, GROUP_CAPS)
+    table = mapped.table
+    table.set_sync_live(True)
+    table.set_instrument(AAPL, known=True)
+    table.set_last_price(AAPL, 10_000)
+    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
+    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
+    for account in MEMBERS:
+        table.set_account_state(account, known=True)
+        table.set_account_limits(account, limits)
+        table.set_account_groups(account, [DESK])
+    return mapped
+
+
 def _fire_grouped(path: str, worker: int, orders: int, start_at: float,
                   out: multiprocessing.Queue) -> None:
     # Workers 0 and 2 trade ACC-A, 1 and 3 ACC-B: two accounts of one group
@@ -119,17 +136,8 @@ def test_processes_trading_two_accounts_of_one_group_never_jointly_breach_the_gr
     # Each account alone may go far past the group's 5,000 long (and its
     # gross exposure of $6,000): only the group's lock, taken with each
     # account's stripe, keeps the two accounts' approvals from passing it.
-    mapped = MappedTable.create(tmp_path / "grouped.table", GROUP_CAPS)
+    mapped = _desk_table(tmp_path / "grouped.table")
     table = mapped.table
-    table.set_sync_live(True)
-    table.set_instrument(AAPL, known=True)
-    table.set_last_price(AAPL, 10_000)
-    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
-    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
-    for account in MEMBERS:
-        table.set_account_state(account, known=True)
-        table.set_account_limits(account, limits)
-        table.set_account_groups(account, [DESK])
     # each member holds 1 of 40 other symbols: summing the group takes a while,
     # so two checks at once overlap often
     held = {b"S%02d" % n: (1, 10_000) for n in range(40)}
@@ -179,17 +187,8 @@ def test_two_accounts_of_a_group_of_one_unit_never_work_at_once_across_processes
     # Thousands of approvals at the boundary, each released again: the
     # group's lock must keep every check of one account from overlapping the
     # other's approval.
-    mapped = MappedTable.create(tmp_path / "one-unit.table", GROUP_CAPS)
+    mapped = _desk_table(tmp_path / "one-unit.table")
     table = mapped.table
-    table.set_sync_live(True)
-    table.set_instrument(AAPL, known=True)
-    table.set_last_price(AAPL, 10_000)
-    limits = {int(kind): 10**12 for kind in LimitKind if kind < 6}
-    limits[LimitKind.PRICE_COLLAR_BPS] = 1_000
-    for account in MEMBERS:
-        table.set_account_state(account, known=True)
-        table.set_account_limits(account, limits)
-        table.set_account_groups(account, [DESK])
     table.set_group(DESK, {LimitKind.MAX_LONG_POSITION: 1})
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()
