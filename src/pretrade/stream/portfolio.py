@@ -492,14 +492,8 @@ class PortfolioHub:
         state.realized = realized_pnl
         if changed or realized_changed:
             state.totals = None
-        alerts = self._refresh_breaches(account, state)
-        for subscriber in state.subscribers:
-            for symbol in changed:
-                subscriber.note_symbol(symbol)
-            if realized_changed:
-                subscriber.note_totals()
-            for key, alert in alerts:
-                subscriber.note_alert(key, alert)
+        _notify(state.subscribers, changed, realized_changed,
+                self._refresh_breaches(account, state))
         # balances change equity without changing a holding: margin is re-read
         self._note_margin(state)
 
@@ -538,14 +532,8 @@ class PortfolioHub:
         changed = self._read_group(state)
         if changed or state.realized != realized_before:
             state.totals = None
-        alerts = self._refresh_group_breaches(state) + self._refresh_unavailable(state)
-        for subscriber in state.subscribers:
-            for symbol in changed:
-                subscriber.note_symbol(symbol)
-            if state.realized != realized_before:
-                subscriber.note_totals()
-            for key, alert in alerts:
-                subscriber.note_alert(key, alert)
+        _notify(state.subscribers, changed, state.realized != realized_before,
+                self._refresh_group_breaches(state) + self._refresh_unavailable(state))
 
     def halt_changed(self, scope: int, target: bytes, mode: int, reason: str) -> None:
         """HaltListener: a halt was applied (mode > 0) or lifted (mode 0)."""
@@ -776,14 +764,8 @@ class PortfolioHub:
         state.realized += realized_delta
         if changed or realized_delta:
             state.totals = None
-        alerts = self._refresh_group_breaches(state) if changed else []
-        for subscriber in state.subscribers:
-            for symbol in changed:
-                subscriber.note_symbol(symbol)
-            if realized_delta:
-                subscriber.note_totals()
-            for key, alert in alerts:
-                subscriber.note_alert(key, alert)
+        _notify(state.subscribers, changed, bool(realized_delta),
+                self._refresh_group_breaches(state) if changed else [])
 
     def _refresh_group_breaches(self, state: GroupState) -> list[tuple[AlertKey, pb.Alert]]:
         """The group's position limits against its summed positions; the alerts for what
@@ -1003,6 +985,18 @@ def value_summed_holding(symbol: bytes, quantity: int, cost_basis: int, price: i
         holding.last_price = price
         holding.valuation = pb.VALUATION_OVERFLOW
     return holding
+
+
+def _notify(subscribers: Iterable[Subscriber], symbols: Iterable[bytes], totals: bool,
+            alerts: list[tuple[AlertKey, pb.Alert]]) -> None:
+    """Tell each subscriber what changed: these symbols, the totals, these alerts."""
+    for subscriber in subscribers:
+        for symbol in symbols:
+            subscriber.note_symbol(symbol)
+        if totals:
+            subscriber.note_totals()
+        for key, alert in alerts:
+            subscriber.note_alert(key, alert)
 
 
 def value_holding(symbol: bytes, quantity: int, cost_basis: int, price: int | None,
