@@ -220,6 +220,8 @@ class Reads:
 
     def __init__(self) -> None:
         self.commands: list[tuple[str, bytes]] = []
+        #: The arguments of :meth:`command`'s commands, by position.
+        self.raw: dict[int, tuple[Any, ...]] = {}
 
     def hgetall(self, key: bytes) -> None:
         self.commands.append(("hgetall", key))
@@ -247,6 +249,11 @@ class Reads:
         """RedisTimeSeries' latest sample of a series: ``[timestamp, value]``, or ``[]``."""
         self.commands.append(("ts.get", key))
 
+    def command(self, key: bytes, *args: Any) -> None:
+        """Any other command on ``key``: ``args`` are the whole command, the key among them."""
+        self.commands.append((_RAW, key))
+        self.raw[len(self.commands) - 1] = args
+
     def __len__(self) -> int:
         return len(self.commands)
 
@@ -256,6 +263,8 @@ _MODULE_COMMANDS = frozenset({"ts.get"})
 
 #: :meth:`Reads.hgetall_flat`'s command.
 _FLAT_HGETALL = "hgetall_flat"
+#: :meth:`Reads.command`'s.
+_RAW = "raw"
 
 
 def _flat_hgetall_callbacks(callbacks: Any) -> Any:
@@ -286,8 +295,10 @@ async def read_snapshot(client: aioredis.Redis, reads: Reads) -> list[Any]:
         async with client.pipeline(transaction=True) as pipe:
             if any(name == _FLAT_HGETALL for name, _ in reads.commands):
                 pipe.response_callbacks = _flat_hgetall_callbacks(pipe.response_callbacks)
-            for name, key in reads.commands:
-                if name == _FLAT_HGETALL:
+            for at, (name, key) in enumerate(reads.commands):
+                if name == _RAW:
+                    pipe.execute_command(*reads.raw[at])
+                elif name == _FLAT_HGETALL:
                     pipe.execute_command("HGETALL", key, flat=True)
                 elif name in _MODULE_COMMANDS:
                     pipe.execute_command(name.upper(), key)
@@ -307,7 +318,11 @@ async def read_snapshot(client: aioredis.Redis, reads: Reads) -> list[Any]:
                 name, key = reads.commands[at]
                 # Not pipe.hgetall(): redis-py 8.1's cluster transaction hands the
                 # command's routing kwargs (keys=) to reply callbacks that take none.
-                pipe.execute_command("HGETALL" if name == _FLAT_HGETALL else name.upper(), key)
+                if name == _RAW:
+                    pipe.execute_command(*reads.raw[at])
+                else:
+                    pipe.execute_command("HGETALL" if name == _FLAT_HGETALL else name.upper(),
+                                         key)
             for at, reply in zip(positions, await pipe.execute(raise_on_error=False),
                                  strict=True):
                 replies[at] = reply
