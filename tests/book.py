@@ -13,6 +13,7 @@ import redis
 
 from pretrade.app.devredis import find_redis_cli
 from pretrade.state.connection import redis_client
+from pretrade.state.lotlog import FUNCTION, function_keys
 from pretrade.state.reconcile import compare, load_from_redis
 from pretrade.state.reconciler import capacities_of_table
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
@@ -47,6 +48,15 @@ def seed_lots(r: redis.Redis, account: str, lots: list[tuple[str, str, int, int]
             pipe.hset(quantities, lot, quantity)
             pipe.hset(prices, lot, price)
         pipe.execute()
+
+
+def write_lots(r: redis.Redis, account: str, *ops: object) -> int:
+    """Lots written through ``pretrade_lots`` (the lot log); the account's new version.
+
+    ``ops``: ``"SET", lot, symbol, quantity, price, order id ("" for none)`` or
+    ``"DEL", lot``, any number of them. The library must be loaded (a sync does).
+    """
+    return int(r.fcall(FUNCTION, len(keys := function_keys(account.encode())), *keys, *ops))
 
 
 def seed_limits(r: redis.Redis, account: str, **limits: int) -> None:

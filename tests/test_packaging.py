@@ -68,6 +68,7 @@ def test_the_wheel_builds_without_deprecations_and_ships_py_typed_the_stubs_and_
     assert "pretrade/py.typed" in names
     assert "pretrade/v1/risk_pb2.pyi" in names
     assert "pretrade/v1/records_pb2.pyi" in names
+    assert "pretrade/state/lotlog.lua" in names  # the lot log's Redis function, loaded at start
     licenses = [n for n in names if n.endswith("/LICENSE") and ".dist-info/" in n]
     assert licenses, sorted(n for n in names if ".dist-info/" in n)
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))

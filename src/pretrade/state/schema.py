@@ -42,6 +42,9 @@ CANCELS = b"cancels:"
 #: position change; an order carrying it as ``min_state_version`` is decided
 #: only on a snapshot that includes that change (read your own writes).
 VERSION = b"version:"
+#: ``lotlog:{ACC}``: a stream of the lots the ``pretrade_lots`` Redis function
+#: wrote (pretrade.state.lotlog); a large account with one is re-read lot by lot.
+LOT_LOG = b"lotlog:"
 BALANCES = b"balances:"
 LOCATES = b"locates:"
 RESTRICTED_SHORT = b"restricted:short"
@@ -74,6 +77,11 @@ CANARY = b"pretrade:canary:"
 #: Not among the notification patterns.
 FENCE = b"pretrade:fence:"
 
+#: A sync's mark of one lot-log read (``pretrade:mark:{ACC}:<n>``, a string with a
+#: TTL), SET in the read's MULTI/EXEC: its keyspace notification comes after
+#: every notification of what the read saw. Not among the notification patterns.
+MARK = b"pretrade:mark:"
+
 #: Account ownership (``owned_shards``): the lease of shard N
 #: (``pretrade:lease:<N>``, a string with a TTL, its value the holder as JSON)
 #: and its fencing epoch counter (``pretrade:lease-epoch:<N>``, INCR'd by each
@@ -91,6 +99,7 @@ SCAN_PATTERNS = (
     b"orders_by_lot:*",
     b"cancels:*",
     b"version:*",
+    b"lotlog:*",
     b"balances:*",
     b"locates:*",
     b"restricted:*",
@@ -156,6 +165,43 @@ def account_snapshot_keys(account_id: bytes) -> tuple[bytes, ...]:
 def version_key(account_id: bytes) -> bytes:
     """``version:{ACC}``: the account's state version (read with its snapshot)."""
     return VERSION + tagged(account_id)
+
+
+def lot_log_key(account_id: bytes) -> bytes:
+    """``lotlog:{ACC}``: the lots ``pretrade_lots`` wrote (pretrade.state.lotlog)."""
+    return LOT_LOG + tagged(account_id)
+
+
+def mark_key(account_id: bytes, number: int) -> bytes:
+    """``pretrade:mark:{ACC}:<n>``: the mark of a lot-log read, in the account's slot."""
+    return b"%s%s:%d" % (MARK, tagged(account_id), number)
+
+
+def parse_mark(key: bytes) -> tuple[bytes, int] | None:
+    """``(account, n)`` of a mark key (:func:`mark_key`); None for any other key."""
+    if not key.startswith(MARK):
+        return None
+    tag, _, number = key[len(MARK):].rpartition(b":")
+    account = _untag(tag)
+    if account is None or not number.isdigit():
+        return None
+    return account, int(number)
+
+
+#: The per-lot hashes, whose keyspace events a lot-log entry declares.
+PER_LOT_HASHES = (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, ORDERS_BY_LOT)
+
+
+def lot_event_account(key: bytes) -> tuple[bytes, bool] | None:
+    """``(account, True)`` for a per-lot hash, ``(account, False)`` for ``lotlog:{ACC}``."""
+    for prefix in PER_LOT_HASHES:
+        if key.startswith(prefix):
+            account = _untag(key[len(prefix):])
+            return None if account is None else (account, True)
+    if key.startswith(LOT_LOG):
+        account = _untag(key[len(LOT_LOG):])
+        return None if account is None else (account, False)
+    return None
 
 
 def parse_state_version(raw: bytes | None) -> int:
@@ -293,7 +339,7 @@ def classify(key: bytes) -> tuple[KeyKind, int, bytes] | None:
     Returns None for keys pretrade does not own (they are ignored).
     """
     for prefix in (TICKERS_BY_LOT, QUANTITIES_BY_LOT, PRICES_BY_LOT, PNL, ORDERS_BY_LOT,
-                   CANCELS, VERSION):
+                   CANCELS, VERSION, LOT_LOG):
         if key.startswith(prefix):
             account = _untag(key[len(prefix):])
             return (KeyKind.LOTS, 0, account) if account else None
