@@ -16,7 +16,8 @@ Target (issue 11, item 10): the probe's p99 in phases 2 and 3 stays within
 server process serves both, the default), and with streams apart
 (``stream_listen``: a process of their own at a lower CPU priority), and
 once more with streams apart and large accounts re-read on a replica
-(``redis_read_url``). The
+(``redis_read_url``), and once with streams apart and the churned account
+written through ``pretrade_lots`` (the lot log: re-read lot by lot). The
 probe, the stream client and the churn writer are each their own process,
 so the client side is not what is measured.
 
@@ -40,6 +41,7 @@ import redis
 from hdr import new_histogram
 from pretrade.app.devredis import RedisServer
 from pretrade.engine.limits import LimitKind
+from pretrade.state.lotlog import FUNCTION, LIBRARY, function_keys
 from pretrade.state.schema import instrument_key, limits_key, lot_keys, price_key
 from pretrade.v1 import risk_pb2 as pb
 from pretrade.v1 import risk_pb2_grpc
@@ -94,6 +96,12 @@ def seed(r: redis.Redis, size: Size) -> None:
     r.hset(limits_key(b"CHURN"), mapping=LIMITS)
 
 
+def _write_lot(r: redis.Redis, quantity: int) -> None:
+    """Lot L0 of CHURN rewritten through ``pretrade_lots`` (the lot log)."""
+    keys = function_keys(b"CHURN")
+    r.fcall(FUNCTION, len(keys), *keys, "SET", "L0", "AAPL", quantity, 680_000, "")
+
+
 @pytest.fixture(scope="module")
 def size(request: pytest.FixtureRequest) -> Size:
     return QUICK if request.config.getoption("benchmark_disable") else FULL
@@ -113,7 +121,8 @@ def replica(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
         yield server
 
 
-@pytest.fixture(scope="module", params=["together", "apart", "apart, replica reads"])
+@pytest.fixture(scope="module",
+                params=["together", "apart", "apart, replica reads", "apart, lot log"])
 def server(request: pytest.FixtureRequest, redis_server: RedisServer, size: Size,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, int]]:
     """``pretrade serve`` over the seeded book: (layout, order target, stream target, pid).
@@ -123,8 +132,15 @@ def server(request: pytest.FixtureRequest, redis_server: RedisServer, size: Size
     CPU priority (``stream_nice``), orders on ``listen``.
     ``apart, replica reads``: as ``apart``, and large accounts re-read on a
     replica (``redis_read_url``), not on the Redis the durable decisions wait for.
+    ``apart, lot log``: as ``apart``, and the churn writes its lot through
+    ``pretrade_lots``, so the sync re-reads that lot only.
     """
-    seed(redis.Redis.from_url(redis_server.url), size)
+    r = redis.Redis.from_url(redis_server.url)
+    seed(r, size)
+    if request.param.endswith("lot log"):
+        # One call of the lot log's function: the account has a log from its first read.
+        r.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+        _write_lot(r, 1)
     table = tmp_path_factory.mktemp("table") / "isolation.table"
     env = {"PRETRADE_MAX_POSITIONS": str(size.lots + 10_000),
            "PRETRADE_MAX_PORTFOLIO_STREAMS": str(size.streams + 100)}
@@ -236,12 +252,15 @@ def _ticker(url: str, rate: int, stop: threading.Event, counter: list[int]) -> N
         next_at += period
 
 
-def _churn(url: str, stop: threading.Event, counter: list[int]) -> None:
+def _churn(url: str, logged: bool, stop: threading.Event, counter: list[int]) -> None:
     r = redis.Redis.from_url(url)
     _, quantities, _ = lot_keys(b"CHURN")
     while not stop.is_set():
         counter[0] += 1
-        r.hset(quantities, "L0", 1 + counter[0] % 2)
+        if logged:
+            _write_lot(r, 1 + counter[0] % 2)
+        else:
+            r.hset(quantities, "L0", 1 + counter[0] % 2)
         stop.wait(CHURN_PERIOD)
 
 
@@ -268,7 +287,8 @@ def test_an_untouched_account_is_decided_as_fast_under_churn_and_fan_out(
     results["quiet"] = probe(target, size, "quiet")
 
     stop, churned = threading.Event(), [0]
-    churn = threading.Thread(target=_churn, args=(redis_server.url, stop, churned), daemon=True)
+    churn = threading.Thread(target=_churn, daemon=True,
+                             args=(redis_server.url, layout.endswith("lot log"), stop, churned))
     cpu_before = cpu_seconds(pids)
     churn.start()
     time.sleep(1.0)
@@ -276,7 +296,7 @@ def test_an_untouched_account_is_decided_as_fast_under_churn_and_fan_out(
     stop.set()
     churn.join(10)
     churn_cpu = cpu_seconds(pids) - cpu_before
-    replica_reads = _status(target)
+    status = _status(target)
 
     context = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = context.Queue()
@@ -306,8 +326,10 @@ def test_an_untouched_account_is_decided_as_fast_under_churn_and_fan_out(
     assert churned[0] > 0 and ticks[0] > 0 and updates > 0
     if layout.endswith("replica reads") and not benchmark.disabled:
         # the churned account is large (above LARGE_ACCOUNT_LOTS) only in the full size
-        assert replica_reads.replica_reads > 0 and replica_reads.replica_fallbacks == 0, \
-            replica_reads
+        assert status.replica_reads > 0 and status.replica_fallbacks == 0, status
+    if layout.endswith("lot log") and not benchmark.disabled:
+        # every rewrite read lot by lot, none whole (at most the first, before the log)
+        assert status.lot_log_reads >= churned[0] - 2 and status.lot_log_whole_reads <= 1, status
     if not benchmark.disabled:
         report(latency, layout, histograms, results, size, churned[0], churn_cpu, updates)
     for phase, (values, codes) in results.items():

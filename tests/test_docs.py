@@ -91,6 +91,8 @@ KEY_CONSTANTS = {
     "CANARY": "string",
     "FENCE": "string",
     "VERSION": "string",
+    "LOT_LOG": "stream",
+    "MARK": "string",
     "LEASE": "string",
     "LEASE_EPOCH": "string",
 }
@@ -283,6 +285,7 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
                 or key.encode().startswith((redis_schema.CANARY, redis_schema.FENCE))
+                or redis_schema.parse_mark(key.replace("<n>", "1").encode()) is not None
                 or key.replace("<N>", "0").encode() in (redis_schema.lease_key(0),
                                                         redis_schema.lease_epoch_key(0))
                 or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM,
@@ -1007,10 +1010,13 @@ def test_every_fail_closed_row_is_checked_against_a_gateway(doc):
 # tests/test_ownership.py checks on nodes that own shards. A fence of another
 # type is overwritten by the next SET (tests/test_replica_reads.py). A price
 # series is read only with price_source = "timeseries", which the cases here
-# do not run: tests/test_price_series.py stores a string under one.
+# do not run: tests/test_price_series.py stores a string under one. A lot log
+# of another type is no log: the account is read whole, which needs no
+# rejection (tests/test_lot_log.py), and a mark is only written.
 @pytest.mark.parametrize("name", [name for name in KEY_CONSTANTS
                                   if name not in ("ORDERS", "CANARY", "LEASE", "LEASE_EPOCH",
-                                                  "FENCE", "PRICE_HISTORY")])
+                                                  "FENCE", "PRICE_HISTORY", "LOT_LOG",
+                                                  "MARK")])
 def test_every_key_family_has_a_wrong_type_case(name):
     prefix = getattr(redis_schema, name).decode()
     documented = KEY_CONSTANTS[name]

@@ -225,6 +225,13 @@ class GatewayCollector(Collector):
         replica.add_metric(["replica"], status.replica_reads)
         replica.add_metric(["primary"], status.replica_fallbacks)
         yield replica
+        logged = CounterMetricFamily("pretrade_sync_lot_log_reads", "Large accounts with a "
+                                     "lot log re-read: lot by lot, or whole (a write not "
+                                     "through pretrade_lots, a gap in the log).",
+                                     labels=["read"])
+        logged.add_metric(["lots"], status.lot_log_reads)
+        logged.add_metric(["whole"], status.lot_log_whole_reads)
+        yield logged
         yield GaugeMetricFamily("pretrade_sync_lag_seconds", "How far the table may be behind "
                                 "Redis: the age of the newest canary write seen applied.",
                                 value=status.lag_ms / 1000)

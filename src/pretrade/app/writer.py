@@ -184,7 +184,8 @@ class TableWriter:
             reconcile_differences=self.reconciler.differences,
             last_reconcile_unix_ms=self.reconciler.last_run_unix_ms,
             primaries_lost=stats.primaries_lost, slots_recovered=stats.slots_recovered,
-            replica_reads=stats.replica_reads, replica_fallbacks=stats.replica_fallbacks)
+            replica_reads=stats.replica_reads, replica_fallbacks=stats.replica_fallbacks,
+            lot_log_reads=stats.lot_log_reads, lot_log_whole_reads=stats.lot_log_whole_reads)
         keeper = self.keeper
         if keeper is not None:
             status.MergeFrom(risk_pb2.ServerStatus(

@@ -69,10 +69,12 @@ from pretrade.state.connection import (
 )
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
+from pretrade.state.lotlog import MAX_ENTRIES, LotBook, load_library, read_entries, top_sequence
 from pretrade.state.schema import (
     CANARY,
     FENCE,
     HALT_ALL,
+    MARK,
     ORDERS,
     REQUIRED_NOTIFY_FLAGS,
     RESTRICTED_SHORT,
@@ -98,7 +100,10 @@ from pretrade.state.schema import (
     limits_key,
     locates_key,
     lot_count,
+    lot_event_account,
     lot_fields,
+    lot_log_key,
+    mark_key,
     orders_key,
     parse_balances,
     parse_group,
@@ -106,6 +111,7 @@ from pretrade.state.schema import (
     parse_last_price,
     parse_limits,
     parse_locates,
+    parse_mark,
     parse_realized_pnl,
     parse_series_price,
     parse_state_version,
@@ -122,8 +128,13 @@ LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError
 TOPOLOGY_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError, RedisClusterException)
 #: RedisTimeSeries' error for a TS.GET of a key that does not exist.
 SERIES_MISSING = "TSDB: the key does not exist"
-#: Replies per account snapshot: six HGETALLs and the GET of version:{ACC}.
-SNAPSHOT_REPLIES = 7
+#: Replies per account snapshot: six HGETALLs, the GET of version:{ACC} and
+#: the newest entry of lotlog:{ACC} (XREVRANGE ... COUNT 1).
+SNAPSHOT_REPLIES = 8
+#: A lot-log read's mark lives this long (it is heard within the lag bound).
+MARK_TTL_MS = 60_000
+#: Tries of a lot-log read whose entries grew between its two reads.
+LOT_LOG_TRIES = 3
 #: The first three of them: the lot hashes (tickers, quantities, prices).
 LOT_HASHES = 3
 
@@ -197,6 +208,19 @@ class AccountSync:
     lot_count: int = 0
     #: Atomic reads still to make since a chunked read was spoiled.
     atomic_reads: int = 0
+    #: A large account written through pretrade_lots: its lots as last read
+    #: (pretrade.state.lotlog), re-read lot by lot; None: read whole.
+    book: LotBook | None = None
+    #: Keyspace events heard on its per-lot hashes (a running count), the
+    #: count when the awaited mark was heard, and the count the book holds.
+    heard: int = 0
+    heard_at_mark: int = 0
+    heard_in_book: int = 0
+    #: The mark the last lot-log read SET, and the last one heard back.
+    mark_sent: int = 0
+    mark_heard: int = 0
+    #: An event of lotlog:{ACC} itself (DEL, RENAME...): read whole.
+    log_spoiled: bool = False
 
     @property
     def known(self) -> bool:
@@ -294,6 +318,10 @@ class SyncStats:
     #: on the primary instead because the replica did not show the change in time.
     replica_reads: int = 0
     replica_fallbacks: int = 0
+    #: Large accounts re-read lot by lot from their lot log, and lot-log
+    #: accounts read whole instead (a write not through pretrade_lots, a gap).
+    lot_log_reads: int = 0
+    lot_log_whole_reads: int = 0
     #: Last prices read from their series (``price_source = "timeseries"``) and applied.
     series_prices: int = 0
     last_full_load_seconds: float = 0.0
@@ -407,6 +435,11 @@ class RedisSync:
         #: Their pub/subs, merged (cluster only), and each primary's client by host:port.
         self._merged: MergedPubSub | None = None
         self._pubsubs: list[aioredis.client.PubSub] = []
+        #: The pub/sub _follow reads, and messages a lot-log read took from it
+        #: while it waited for its mark (counted, still to be noted).
+        self._pubsub: aioredis.client.PubSub | MergedPubSub | None = None
+        self._carried: list[dict[str, Any]] = []
+        self._mark_number = 0
         self._by_name: dict[str, aioredis.Redis] = {}
         #: Primaries lost while following, by host:port: their slot ranges (stale).
         self.lost: dict[str, list[tuple[int, int]]] = {}
@@ -618,9 +651,14 @@ class RedisSync:
         # Re-asserted at every (re)connect: a restarted or failed-over
         # Redis does not keep flags pretrade set at runtime.
         await self.ensure_notifications(node)
+        # The lot log's function, for order systems that write lots through it
+        # (pretrade.state.lotlog): a restarted Redis may have lost it too.
+        if why := await load_library(node):
+            log.warning("the lot log's Redis function could not be loaded (%s): large "
+                        "accounts are re-read whole", why)
         pubsub = node.pubsub()
         await pubsub.psubscribe(*[self._channel_prefix + p
-                                  for p in (*SCAN_PATTERNS, CANARY + b"*")])
+                                  for p in (*SCAN_PATTERNS, CANARY + b"*", MARK + b"*")])
         # redis-py reconnects and re-subscribes a pub/sub by itself:
         # notifications sent meanwhile are lost, so that is a gap.
         assert pubsub.connection is not None
@@ -849,21 +887,31 @@ class RedisSync:
             log.debug("could not remove the canary key: %s", error)
 
     async def _follow(self, pubsub: aioredis.client.PubSub | MergedPubSub) -> None:
+        self._pubsub = pubsub
+        self._carried = []
         while not self._stopping:
             if self._resync_reason:
                 raise SyncGap(self._resync_reason)
             if self._recovered_topology is not None:
                 topology, self._recovered_topology = self._recovered_topology, None
                 await self._follow_promoted(topology)
-            try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            except NodeLost as lost:
-                self._primary_lost(lost.name, lost.error)
-                continue
-            if message is None:
-                continue
             dirty = Dirty()
-            self._note(dirty, message)
+            if self._carried:
+                # Read while a lot-log read waited for its mark: counted then, noted now.
+                for carried in self._carried:
+                    self._note(dirty, carried)
+                self._carried = []
+            else:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=0.1)
+                except NodeLost as lost:
+                    self._primary_lost(lost.name, lost.error)
+                    continue
+                if message is None:
+                    continue
+                self._count(message)
+                self._note(dirty, message)
             # Drain what is already queued, so a burst becomes one batch.
             while len(dirty) < self.batch_size:
                 try:
@@ -874,9 +922,10 @@ class RedisSync:
                     continue
                 if message is None:
                     break
+                self._count(message)
                 self._note(dirty, message)
             if len(dirty):
-                await self.refresh(dirty)
+                await self.refresh(dirty, incremental=True)
             # Only now is every change before the beat in the table.
             if self._heard_beat > self.confirmed_at:
                 self.confirmed_at = self._heard_beat
@@ -1048,10 +1097,38 @@ class RedisSync:
                      "still lost)", ", ".join(f"{first}-{last}" for first, last in ranges),
                      count)
 
+    def _count(self, message: dict[str, object]) -> None:
+        """Count an event of a lot-log account's per-lot hashes, or hear a mark.
+
+        Called once per message, as it is read (a message carried over by a
+        lot-log read is noted later, not counted again).
+        """
+        channel = message.get("channel")
+        if not (isinstance(channel, bytes) and channel.startswith(self._channel_prefix)):
+            return
+        key = channel[len(self._channel_prefix):]
+        if (mark := parse_mark(key)) is not None:
+            state = self.accounts.get(mark[0])
+            if state is not None and mark[1] == state.mark_sent and message.get("data") == b"set":
+                state.mark_heard, state.heard_at_mark = mark[1], state.heard
+            return
+        if (found := lot_event_account(key)) is None:
+            return
+        state = self.accounts.get(found[0])
+        event = message.get("data")
+        if state is None or state.book is None or event == b"new":
+            return
+        if found[1]:
+            state.heard += 1
+        elif event not in (b"xadd", b"xtrim"):  # (heard only with the stream class on)
+            state.log_spoiled = True  # the log itself deleted, renamed, expired...
+
     def _note(self, dirty: Dirty, message: dict[str, object]) -> None:
         channel = message.get("channel")
         if isinstance(channel, bytes) and channel.startswith(self._channel_prefix):
             key = channel[len(self._channel_prefix):]
+            if key.startswith(MARK):
+                return
             if key in self._beats:
                 self._canary_heard(key, message.get("data"))
                 return
@@ -1187,13 +1264,18 @@ class RedisSync:
         self._publish_account(account, state)
         return restored
 
-    async def refresh(self, dirty: Dirty, progress: LoadProgress | None = None) -> None:
+    async def refresh(self, dirty: Dirty, progress: LoadProgress | None = None,
+                      incremental: bool = False) -> None:
         """Re-read the named entities from Redis and apply them, in batches.
 
         Each batch is read in one MULTI/EXEC (a consistent snapshot of every
         key in it; on a Redis Cluster one per hash slot, so each account is
         still one snapshot) and then applied without yielding to the event
         loop, so no order decided in this process sees half of a batch.
+
+        ``incremental``: the entities are dirty because of the notifications
+        :meth:`_follow` counted, so an account with a lot log may be re-read
+        lot by lot (:meth:`_read_logged`). Any other re-read reads it whole.
         """
         self.stats.refreshes += 1
         large = sorted(account for account in dirty.lots
@@ -1201,6 +1283,10 @@ class RedisSync:
                        and self.accounts[account].lot_count > self.large_account_lots)
         if large:
             dirty.lots.difference_update(large)
+        logged = [account for account in large
+                  if incremental and self.accounts[account].book is not None]
+        if logged:
+            large = [account for account in large if account not in logged]
         for batch in _split(dirty, self.batch_size):
             halt_keys = sorted(batch.halts)
             generations = [self.halts.generation(key) for key in halt_keys]
@@ -1240,6 +1326,12 @@ class RedisSync:
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
+        for account in logged:
+            if await self._read_logged(account):
+                self.stats.lot_log_reads += 1
+            else:
+                self.stats.lot_log_whole_reads += 1
+                large.append(account)
         on_replica = await self._read_on_replica(large) if large else {}
         for account in large:
             replies = (on_replica[account] if account in on_replica
@@ -1261,19 +1353,21 @@ class RedisSync:
         account (it is written faster than it can be read in chunks).
         """
         state = self.accounts[account]
-        keys = [*account_snapshot_keys(account), version_key(account)]
+        snapshot = account_snapshot_keys(account)
+        version, lot_log = version_key(account), lot_log_key(account)
         if state.atomic_reads > 0:
             state.atomic_reads -= 1
         else:
             async with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(*keys)
-                    hashes: list[Any] = [await _scan_hash(pipe, key) for key in keys[:-1]]
+                    await pipe.watch(*snapshot, version, lot_log)
+                    hashes: list[Any] = [await _scan_hash(pipe, key) for key in snapshot]
                     pipe.multi()
-                    pipe.get(keys[-1])
-                    (version,) = await pipe.execute(raise_on_error=False)
+                    pipe.get(version)
+                    pipe.execute_command("XREVRANGE", lot_log, "+", "-", "COUNT", 1)
+                    tail = await pipe.execute(raise_on_error=False)
                     self.chunked_reads += 1
-                    return [*hashes, version]
+                    return [*hashes, *tail]
                 except WatchError:
                     self.chunked_fallbacks += 1
                     state.atomic_reads = self.atomic_reads_after_spoil
@@ -1364,23 +1458,24 @@ class RedisSync:
             for key in keys[LOT_HASHES:]:
                 pipe.hgetall(key)
             pipe.get(version_key(account))
+            lot_log = lot_log_key(account)
+            pipe.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
 
     def _apply_lots(self, accounts: list[bytes], replies: list[Any]) -> None:
-        # One MULTI/EXEC: lots, fill attribution, cancels, P&L and the state
-        # version of each account are one snapshot, applied in one locked
-        # step of the table.
+        # One MULTI/EXEC: lots, fill attribution, cancels, P&L, the state
+        # version and the lot log's newest entry of each account are one
+        # snapshot, applied in one locked step of the table.
         width = SNAPSHOT_REPLIES
         for n, account in enumerate(accounts):
             state = self.accounts.setdefault(account, AccountSync())
+            state.book = None
             version = None
             try:
-                *hashes, raw_version = replies[width * n: width * n + width]
+                *hashes, raw_version, log_top = replies[width * n: width * n + width]
                 # The lot hashes as read: dicts, or flat HGETALL replies.
                 tickers, quantities, prices = (_lot_hash(reply) for reply in hashes[:LOT_HASHES])
                 orders_by_lot, cancels, pnl = (_hash(reply) for reply in hashes[LOT_HASHES:])
-                if isinstance(raw_version, Exception):
-                    raise StateError(f"version: {raw_version}")
-                version = parse_state_version(raw_version)
+                version = _version(raw_version)
                 state.has_lots = bool(tickers or quantities or prices)
                 state.lot_count = lot_count(tickers)
                 positions = aggregate_lots(tickers, quantities, prices)
@@ -1388,22 +1483,138 @@ class RedisSync:
                     if orders_by_lot else {}
                 realized = parse_realized_pnl(pnl)
                 state.lots_invalid = False
+                sequence = top_sequence(log_top)
+                if sequence and state.lot_count > self.large_account_lots:
+                    # Written through pretrade_lots: from now on read lot by lot.
+                    state.book = LotBook(dict(lot_fields(tickers)), dict(lot_fields(quantities)),
+                                         dict(lot_fields(prices)), orders_by_lot, sequence)
+                    state.heard_in_book, state.log_spoiled = state.heard, False
             except StateError as error:
                 positions, filled, cancels, realized = {}, {}, {}, 0
                 state.has_lots = True
                 state.lots_invalid = True
                 self._invalid("lots of account", account, error)
+            self._store_lots(account, state, positions, filled, cancels, realized, version)
+
+    def _store_lots(self, account: bytes, state: AccountSync,
+                    positions: dict[bytes, tuple[int, int]], filled: dict[bytes, int],
+                    cancels: dict[bytes, bytes], realized: int, version: int | None) -> None:
+        """An account's positions as read, into the table, then told to the listeners."""
+        try:
+            self.table.replace_positions(account, positions, filled=filled,
+                                         cancelled=set(cancels), realized_pnl=realized,
+                                         state_version=version)
+            state.over_capacity.pop("lots", None)
+        except TableFullError as error:
+            state.over_capacity["lots"] = error.capacity
+            self._does_not_fit("positions of account", account, error)
+        self._publish_account(account, state)
+        for listener in self.listeners:
+            listener.account_changed(account, positions, realized)
+
+    async def _read_logged(self, account: bytes) -> bool:
+        """Re-read only the lots that the account's new lot-log entries name; False: read whole.
+
+        The entries after the book's are read, then, in one MULTI/EXEC, the
+        lots they name from the four per-lot hashes, the account's small
+        hashes and version, the log's newest entry (the read stands only if
+        no entry came meanwhile, else it is made again with those) and the
+        account's next mark. Once the mark is heard back, every event of a
+        write this read saw has been counted: the read is applied only if the
+        events heard since the book's read equal what the entries declare.
+        """
+        state = self.accounts[account]
+        book = state.book
+        assert book is not None
+        if state.log_spoiled or self._pubsub is None:
+            return False
+        lot_log = lot_log_key(account)
+        tickers, quantities, prices, orders_by_lot, cancels, pnl = \
+            account_snapshot_keys(account)
+        sequence, declared = book.sequence, 0
+        lots: dict[bytes, None] = {}
+        for _ in range(LOT_LOG_TRIES):
+            entries = await self.client.xrange(lot_log, min=b"(0-%d" % sequence, max=b"+",
+                                               count=MAX_ENTRIES)
+            found = read_entries(entries, sequence)
+            if found is None or len(entries or ()) >= MAX_ENTRIES:
+                return False  # a gap, a log not of pretrade_lots, or too far behind
+            named, events, sequence = found
+            lots.update(dict.fromkeys(named))
+            declared += events
+            if state.heard - state.heard_in_book > declared:
+                # Every event heard is of a write made before this XRANGE, and
+                # the entries of those written through the function are in it.
+                return False  # so one was not written through it
+            ids = list(lots)
+            reads = Reads()
+            if ids:
+                for key in (tickers, quantities, prices, orders_by_lot):
+                    reads.command(key, "HMGET", key, *ids)
+            reads.hgetall(cancels)
+            reads.hgetall(pnl)
+            reads.get(version_key(account))
+            reads.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
+            self._mark_number += 1
+            state.mark_sent = self._mark_number
+            mark = mark_key(account, state.mark_sent)
+            reads.command(mark, "SET", mark, b"1", "PX", MARK_TTL_MS)
+            replies = await read_snapshot(self.client, reads)
+            top = top_sequence(replies[-2])
+            if top == sequence:
+                break
+            if top is None or top < sequence:
+                return False  # the log was replaced meanwhile
+        else:
+            return False
+        if not await self._hear_mark(state) \
+                or state.heard_at_mark - state.heard_in_book != declared:
+            return False  # a write not through pretrade_lots (or an event not heard)
+        values = replies[:4] if ids else [[], [], [], []]
+        cancels_reply, pnl_reply, raw_version = replies[-5:-2]
+        try:
+            if any(isinstance(reply, Exception) for reply in values):
+                raise StateError("unreadable")
+            cancelled, version = _hash(cancels_reply), _version(raw_version)
+            realized = parse_realized_pnl(_hash(pnl_reply))
+        except StateError:
+            return False  # WRONGTYPE...: the whole read says what is wrong
+        book.update(ids, values)
+        book.sequence = sequence
+        try:
+            positions, filled = book.positions(), book.filled()
+            state.lots_invalid = False
+        except StateError as error:
+            positions, filled, cancelled, realized = {}, {}, {}, 0
+            state.lots_invalid = True
+            self._invalid("lots of account", account, error)
+        state.heard_in_book = state.heard_at_mark
+        state.has_lots = any(book.hashes[:LOT_HASHES])
+        state.lot_count = len(book)
+        self._store_lots(account, state, positions, filled, cancelled, realized, version)
+        return True
+
+    async def _hear_mark(self, state: AccountSync) -> bool:
+        """Read the followed pub/sub until ``state``'s mark comes back (False: not in time).
+
+        What is read meanwhile is counted now and noted by _follow next.
+        """
+        assert self._pubsub is not None
+        deadline = time.monotonic() + self.max_lag_ms * REPLICA_BUDGET_FRACTION / 1000
+        while state.mark_heard != state.mark_sent:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             try:
-                self.table.replace_positions(account, positions, filled=filled,
-                                             cancelled=set(cancels), realized_pnl=realized,
-                                             state_version=version)
-                state.over_capacity.pop("lots", None)
-            except TableFullError as error:
-                state.over_capacity["lots"] = error.capacity
-                self._does_not_fit("positions of account", account, error)
-            self._publish_account(account, state)
-            for listener in self.listeners:
-                listener.account_changed(account, positions, realized)
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                         timeout=left)
+            except NodeLost as lost:
+                self._primary_lost(lost.name, lost.error)
+                return False
+            if message is not None:
+                self._count(message)
+                self._carried.append(message)
+        return True
 
     def _queue_limits(self, pipe: Reads, accounts: list[bytes]) -> None:
         for account in accounts:
@@ -1932,6 +2143,13 @@ def _lot_hash(reply: object) -> LotHash:
     if isinstance(reply, list):
         return reply
     return _hash(reply)
+
+
+def _version(reply: object) -> int:
+    """A snapshot's ``GET version:{ACC}``; StateError when unreadable."""
+    if isinstance(reply, Exception):
+        raise StateError(f"version: {reply}")
+    return parse_state_version(cast(bytes | None, reply))
 
 
 def _hash(reply: object) -> dict[bytes, bytes]:
