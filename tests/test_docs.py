@@ -558,6 +558,17 @@ def test_the_fill_and_cancel_examples_move_quantity_from_working_to_position(
     assert found == (*cancelled, 0)
 
 
+def test_the_fill_written_through_the_lot_log_moves_quantity_as_the_fill_example_does(
+        doc, redis_cli, ord_7_working):
+    approved, filled, _ = fill_figures(doc)
+    assert position_and_working(ord_7_working) == (*approved, 0)
+    output = run_example(redis_cli, code_blocks(after_marker(doc, "lot-log-fill"))[0])
+    assert output.split()[-1] == "1", output  # the account's new version
+    found = wait_until(lambda: position_and_working(ord_7_working),
+                       lambda found: found[0] != approved[0])
+    assert found == (*filled, 0)
+
+
 def test_the_replace_figures_hold_for_a_replaced_order_and_its_replacement(
         doc, redis_cli, redis_client, ord_7_working, stub):
     (header, rows), *_ = markdown_tables(after_marker(doc, "replace-figures"))
