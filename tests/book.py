@@ -50,7 +50,7 @@ def seed_lots(r: redis.Redis, account: str, lots: list[tuple[str, str, int, int]
         pipe.execute()
 
 
-def write_lots(r: redis.Redis, account: str, *ops: object) -> int:
+def write_lots(r: redis.Redis | redis.RedisCluster, account: str, *ops: object) -> int:
     """Lots written through ``pretrade_lots`` (the lot log); the account's new version.
 
     ``ops``: ``"SET", lot, symbol, quantity, price, order id ("" for none)`` or

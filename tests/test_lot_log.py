@@ -58,8 +58,9 @@ def _redis_state(r: redis.Redis) -> tuple[dict[bytes, tuple[int, int]], dict[byt
     return aggregate_lots(tickers, quantities, prices), fills_by_order(quantities, orders)
 
 
-def _seed(r: redis.Redis) -> None:
-    r.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+def _seed(r: redis.Redis | redis.RedisCluster) -> None:
+    if not isinstance(r, redis.RedisCluster):
+        r.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
     ops: list[object] = []
     for n in range(LOTS):
         ops += ["SET", f"L{n}", SYMBOLS[n % 3], 1 + n % 7, 1_000 + n, ""]
@@ -348,3 +349,26 @@ def test_a_lot_log_of_another_type_is_no_log_and_the_account_is_read_whole(
 
     sync = asyncio.run(run())
     assert sync.stats.lot_log_reads == 0 and sync.accounts[ACCOUNT].book is None
+
+
+def test_a_logged_account_on_a_redis_cluster_is_reread_lot_by_lot(redis_cluster,
+                                                                   cluster_client):
+    # The read and its mark are one MULTI/EXEC in the account's slot, and the
+    # mark comes back on that primary's pub/sub among the others'.
+    for node in cluster_client.get_primaries():
+        cluster_client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY, target_nodes=node)
+    _seed(cluster_client)
+    table = _table()
+
+    async def run() -> RedisSync:
+        async with _following(redis_cluster.url, table) as sync:
+            assert sync.accounts[ACCOUNT].book is not None
+            for n in range(10):
+                version = write_lots(cluster_client, ACCOUNT.decode(),
+                                     "SET", f"L{n}", "IBM", n - 5, 100 + n, "")
+                await _caught_up(table, version)
+                assert _table_positions(table) == _positions(cluster_client), n
+            return sync
+
+    sync = asyncio.run(run())
+    assert sync.stats.lot_log_reads >= 9, sync.stats
