@@ -69,7 +69,14 @@ from pretrade.state.connection import (
 )
 from pretrade.state.halts import HaltBook, HaltKey
 from pretrade.state.journal import DecidedOrder, decode
-from pretrade.state.lotlog import MAX_ENTRIES, LotBook, load_library, read_entries, top_sequence
+from pretrade.state.lotlog import (
+    MAX_ENTRIES,
+    MAX_LOTS,
+    LotBook,
+    load_library,
+    read_entries,
+    top_sequence,
+)
 from pretrade.state.schema import (
     CANARY,
     FENCE,
@@ -1542,6 +1549,8 @@ class RedisSync:
             named, events, sequence = found
             lots.update(dict.fromkeys(named))
             declared += events
+            if len(lots) > MAX_LOTS:
+                return False
             if state.heard - state.heard_in_book > declared:
                 # Every event heard is of a write made before this XRANGE, and
                 # the entries of those written through the function are in it.
