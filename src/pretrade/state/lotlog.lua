@@ -32,10 +32,42 @@ local function remove(key, lot)
   return 1
 end
 
+-- The sequence of the log's last entry ever added (0: no log), or nil and why not.
+local function last_sequence(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    return 0
+  end
+  if kind ~= 'stream' then
+    return nil, 'ERR pretrade_lots: ' .. key .. ' is a ' .. kind .. ', not a stream'
+  end
+  -- The stream's last id, not its newest entry's: entries may have been
+  -- deleted or trimmed, and an id at or below the last one cannot be added.
+  local info = redis.call('XINFO', 'STREAM', key)
+  for at = 1, #info, 2 do
+    if info[at] == 'last-generated-id' then
+      local last = string.match(info[at + 1], '^0%-(%d+)$')
+      if last ~= nil and #last < 16 then
+        return tonumber(last)
+      end
+    end
+  end
+  return nil, 'ERR pretrade_lots: ' .. key .. ' holds entries not written by pretrade_lots'
+end
+
+local HASHES = {'tickers_by_lot:', 'quantities_by_lot:', 'prices_by_lot:', 'orders_by_lot:',
+  'version:'}
+
 local function lots(keys, args)
-  if #keys ~= 6 then
-    return redis.error_reply('ERR pretrade_lots takes 6 keys: lotlog, tickers_by_lot, '
-      .. 'quantities_by_lot, prices_by_lot, orders_by_lot and version of one account')
+  local tag = #keys == 6 and string.match(keys[1], '^lotlog:({[^{}]+})$')
+  local ours = tag and true
+  for k = 2, 6 do
+    ours = ours and keys[k] == HASHES[k - 1] .. tag
+  end
+  if not ours then
+    return redis.error_reply('ERR pretrade_lots takes 6 keys of one account {ACC}: '
+      .. 'lotlog:{ACC}, tickers_by_lot:{ACC}, quantities_by_lot:{ACC}, prices_by_lot:{ACC}, '
+      .. 'orders_by_lot:{ACC} and version:{ACC}')
   end
   -- Every op is checked before anything is written.
   local ops, at = {}, 1
@@ -64,16 +96,11 @@ local function lots(keys, args)
   if #ops == 0 then
     return redis.error_reply('ERR pretrade_lots: no op')
   end
-  local top = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 1)
-  local seq = 1
-  if #top > 0 then
-    local last = string.match(top[1][1], '^0%-(%d+)$')
-    if last == nil then
-      return redis.error_reply('ERR pretrade_lots: ' .. keys[1] .. ' holds entries not '
-        .. 'written by pretrade_lots; delete it')
-    end
-    seq = tonumber(last) + 1
+  local last, why = last_sequence(keys[1])
+  if last == nil then
+    return redis.error_reply(why .. '; delete it')
   end
+  local seq = last + 1
   -- The entry: events, then the lots numbered 1, 2, ... (field names are unique).
   local events, entry = 0, {}
   for n, op in ipairs(ops) do
