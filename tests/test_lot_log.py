@@ -36,6 +36,7 @@ from pretrade.state.schema import (
     fills_by_order,
     lot_keys,
     lot_log_key,
+    mark_key,
     version_key,
 )
 from pretrade.state.sync import RedisSync
@@ -339,7 +340,7 @@ def test_a_lot_log_of_another_type_is_no_log_and_the_account_is_read_whole(
         async with _following(redis_url, table) as sync:
             assert sync.accounts[ACCOUNT].book is None
             # the function refuses to write beside it; lots written by hand still count
-            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            with pytest.raises(redis.ResponseError, match="not a stream"):
                 write_lots(redis_client, ACCOUNT.decode(), "SET", "L1", "IBM", 3, 9, "")
             redis_client.hset(quantities, "L1", 77)
             version = redis_client.incr(version_key(ACCOUNT))
@@ -371,4 +372,143 @@ def test_a_logged_account_on_a_redis_cluster_is_reread_lot_by_lot(redis_cluster,
             return sync
 
     sync = asyncio.run(run())
+    assert sync.stats.lot_log_reads >= 9, sync.stats
+
+
+# -- found by review: each of these failed on the first version --
+
+
+def test_a_call_naming_the_hashes_of_another_account_is_refused(redis_client: redis.Redis):
+    # Its events, raised on OTHER's hashes, would otherwise cover writes by hand on BIG's.
+    redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+    keys = list(function_keys(ACCOUNT))
+    keys[2] = function_keys(b"OTHER")[2]
+    with pytest.raises(redis.ResponseError, match="of one account"):
+        redis_client.fcall("pretrade_lots", 6, *keys, *GOOD_OP)
+    assert not any(redis_client.exists(key) for key in {*keys, *function_keys(ACCOUNT)})
+
+
+@pytest.mark.parametrize("damage", ["the newest entry deleted", "trimmed to nothing",
+                                    "its last id set ahead"])
+def test_a_call_after_the_log_was_trimmed_by_hand_still_writes_and_logs(
+        redis_client: redis.Redis, damage):
+    # The next id comes from the stream's last id, not its newest entry: an id
+    # at or below it would be refused after the lots were written.
+    redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+    write_lots(redis_client, ACCOUNT.decode(), *GOOD_OP)
+    lot_log = lot_log_key(ACCOUNT)
+    (top, _), = redis_client.xrevrange(lot_log, count=1)
+    if damage == "the newest entry deleted":
+        redis_client.xdel(lot_log, top)
+    elif damage == "trimmed to nothing":
+        redis_client.xtrim(lot_log, maxlen=0)
+    else:
+        redis_client.execute_command("XSETID", lot_log, "0-999")
+    assert write_lots(redis_client, ACCOUNT.decode(), "SET", "NEW", "AAPL", 7, 1, "") == 2
+    (entry_id, fields), = redis_client.xrevrange(lot_log, count=1)
+    assert fields[b"1"] == b"NEW" and entry_id == (b"0-1000" if "ahead" in damage else b"0-2")
+
+
+def test_a_log_of_another_type_refuses_the_call_before_any_write(redis_client: redis.Redis):
+    redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+    redis_client.set(lot_log_key(ACCOUNT), "x")
+    with pytest.raises(redis.ResponseError, match="not a stream"):
+        write_lots(redis_client, ACCOUNT.decode(), *GOOD_OP)
+    assert not any(redis_client.exists(key) for key in function_keys(ACCOUNT)[1:])
+
+
+def test_another_syncs_mark_is_never_taken_for_this_ones(redis_client: redis.Redis,
+                                                        redis_url: str):
+    # An owner and its standby follow one Redis and number their marks alike:
+    # a mark of the other's with this sync's next number, SET between a hand
+    # write and a call, must not end this sync's wait early (its count would
+    # miss the hand write's events and the read would be applied).
+    _seed(redis_client)
+    table, standby_table = _table(), _table()
+    tickers, quantities, prices = lot_keys(ACCOUNT)
+    other = redis.Redis.from_url(redis_url)
+
+    async def run() -> tuple[RedisSync, list[tuple[int, dict, dict]]]:
+        async with _following(redis_url, table) as sync, \
+                _following(redis_url, standby_table) as standby:
+            version = write_lots(redis_client, ACCOUNT.decode(), "SET", "L1", "IBM", 3, 9, "")
+            await _caught_up(table, version)
+            assert sync._mark_id != standby._mark_id
+            xrange, armed = sync.client.xrange, [True]
+
+            async def hand_write_mark_and_call(*args, **kwargs):
+                if armed[0]:
+                    armed[0] = False
+                    with other.pipeline(transaction=True) as pipe:
+                        pipe.hset(tickers, "HAND", "AAPL")
+                        pipe.hset(quantities, "HAND", 100_000)
+                        pipe.hset(prices, "HAND", 1)
+                        pipe.incr(version_key(ACCOUNT))
+                        pipe.execute()
+                    mark = mark_key(ACCOUNT, standby._mark_id, sync._mark_number + 1)
+                    other.set(mark, 1, px=60_000)
+                    write_lots(other, ACCOUNT.decode(), "SET", "L2", "MSFT", 5, 7, "")
+                return await xrange(*args, **kwargs)
+
+            sync.client.xrange = hand_write_mark_and_call
+            redis_client.hset(b"cancels:{BIG}", "X", 1)  # any change of the account
+            version = int(redis_client.get(version_key(ACCOUNT)))
+            await _caught_up(table, version)
+            return sync, [(table.state_version(ACCOUNT), _table_positions(table),
+                           _positions(redis_client))]
+
+    sync, ((claimed, held, in_redis),) = asyncio.run(run())
+    assert held == in_redis, (claimed, held, in_redis)
+    assert sync.stats.lot_log_whole_reads >= 1
+
+
+def test_a_log_replaced_under_a_read_reads_the_account_whole_not_the_table(
+        redis_client: redis.Redis, redis_url: str):
+    _seed(redis_client)
+    table = _table()
+
+    async def run() -> tuple[RedisSync, int]:
+        async with _following(redis_url, table) as sync:
+            version = write_lots(redis_client, ACCOUNT.decode(), "SET", "L1", "IBM", 3, 9, "")
+            await _caught_up(table, version)
+            loads = sync.stats.full_loads
+            xrange, armed = sync.client.xrange, [True]
+
+            async def replaced_first(*args, **kwargs):
+                if armed[0]:
+                    armed[0] = False
+                    redis_client.set(lot_log_key(ACCOUNT), "an operator's mistake")
+                return await xrange(*args, **kwargs)
+
+            sync.client.xrange = replaced_first
+            redis_client.hset(b"cancels:{BIG}", "X", 1)
+            version = redis_client.incr(version_key(ACCOUNT))
+            await _caught_up(table, version)
+            return sync, loads
+
+    sync, loads = asyncio.run(run())
+    assert sync.stats.full_loads == loads, sync.stats.last_error
+    assert sync.stats.lot_log_whole_reads >= 1 and sync.accounts[ACCOUNT].book is None
+
+
+def test_key_miss_events_of_the_syncs_own_reads_are_not_counted_as_writes(
+        redis_client: redis.Redis, redis_url: str):
+    flags = redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    redis_client.config_set("notify-keyspace-events", "KEAm")
+    try:
+        _seed(redis_client)
+        table = _table()
+
+        async def run() -> RedisSync:
+            async with _following(redis_url, table) as sync:
+                for n in range(10):
+                    version = write_lots(redis_client, ACCOUNT.decode(),
+                                         "SET", f"L{n}", "IBM", 3, 9, "")
+                    await _caught_up(table, version)
+                    assert _table_positions(table) == _positions(redis_client), n
+                return sync
+
+        sync = asyncio.run(run())
+    finally:
+        redis_client.config_set("notify-keyspace-events", flags)
     assert sync.stats.lot_log_reads >= 9, sync.stats

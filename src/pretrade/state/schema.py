@@ -77,7 +77,7 @@ CANARY = b"pretrade:canary:"
 #: Not among the notification patterns.
 FENCE = b"pretrade:fence:"
 
-#: A sync's mark of one lot-log read (``pretrade:mark:{ACC}:<n>``, a string with a
+#: A sync's mark of one lot-log read (``pretrade:mark:{ACC}:<sync>:<n>``, a string with a
 #: TTL), SET in the read's MULTI/EXEC: its keyspace notification comes after
 #: every notification of what the read saw. Not among the notification patterns.
 MARK = b"pretrade:mark:"
@@ -172,20 +172,25 @@ def lot_log_key(account_id: bytes) -> bytes:
     return LOT_LOG + tagged(account_id)
 
 
-def mark_key(account_id: bytes, number: int) -> bytes:
-    """``pretrade:mark:{ACC}:<n>``: the mark of a lot-log read, in the account's slot."""
-    return b"%s%s:%d" % (MARK, tagged(account_id), number)
+def mark_key(account_id: bytes, sync_id: bytes, number: int) -> bytes:
+    """``pretrade:mark:{ACC}:<sync>:<n>``: a lot-log read's mark, in the account's slot.
+
+    ``sync_id`` is the sync's own random id: every sync following the same
+    Redis (an owner and its standby) numbers its marks from 1.
+    """
+    return b"%s%s:%s:%d" % (MARK, tagged(account_id), sync_id, number)
 
 
-def parse_mark(key: bytes) -> tuple[bytes, int] | None:
-    """``(account, n)`` of a mark key (:func:`mark_key`); None for any other key."""
+def parse_mark(key: bytes) -> tuple[bytes, bytes, int] | None:
+    """``(account, sync id, n)`` of a mark key (:func:`mark_key`); None for any other key."""
     if not key.startswith(MARK):
         return None
-    tag, _, number = key[len(MARK):].rpartition(b":")
+    rest, _, number = key[len(MARK):].rpartition(b":")
+    tag, _, sync_id = rest.rpartition(b":")
     account = _untag(tag)
-    if account is None or not number.isdigit():
+    if account is None or not sync_id or not number.isdigit():
         return None
-    return account, int(number)
+    return account, sync_id, int(number)
 
 
 #: The per-lot hashes, whose keyspace events a lot-log entry declares.

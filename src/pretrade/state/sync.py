@@ -368,6 +368,8 @@ class RedisSync:
         self.notify_flags = TIMESERIES_NOTIFY_FLAGS if series_prices else REQUIRED_NOTIFY_FLAGS
         #: The fence this sync writes on the primary before a read on the replica.
         self.fence_key = FENCE + uuid.uuid4().hex.encode()
+        #: This sync's own in its lot-log marks (another sync's are not its own).
+        self._mark_id = uuid.uuid4().hex[:16].encode()
         #: Until when (monotonic seconds) the replica is not tried: it failed or lagged.
         self._replica_rests_until = 0.0
         self.large_account_lots = large_account_lots
@@ -1115,15 +1117,19 @@ class RedisSync:
             return
         key = channel[len(self._channel_prefix):]
         if (mark := parse_mark(key)) is not None:
-            state = self.accounts.get(mark[0])
-            if state is not None and mark[1] == state.mark_sent and message.get("data") == b"set":
-                state.mark_heard, state.heard_at_mark = mark[1], state.heard
+            account, sync_id, number = mark
+            state = self.accounts.get(account)
+            if state is not None and sync_id == self._mark_id and number == state.mark_sent \
+                    and message.get("data") == b"set":
+                state.mark_heard, state.heard_at_mark = number, state.heard
             return
         if (found := lot_event_account(key)) is None:
             return
         state = self.accounts.get(found[0])
         event = message.get("data")
-        if state is None or state.book is None or event == b"new":
+        # "new" comes with the write that made the key, "keymiss" with a read
+        # of a missing one (the sync's own HMGETs): neither is a change.
+        if state is None or state.book is None or event in (b"new", b"keymiss"):
             return
         if found[1]:
             state.heard += 1
@@ -1541,8 +1547,11 @@ class RedisSync:
         sequence, declared = book.sequence, 0
         lots: dict[bytes, None] = {}
         for _ in range(LOT_LOG_TRIES):
-            entries = await self.client.xrange(lot_log, min=b"(0-%d" % sequence, max=b"+",
-                                               count=MAX_ENTRIES)
+            try:
+                entries = await self.client.xrange(lot_log, min=b"(0-%d" % sequence, max=b"+",
+                                                   count=MAX_ENTRIES)
+            except ResponseError:
+                return False  # WRONGTYPE: the log was replaced since its events were read
             found = read_entries(entries, sequence)
             if found is None or len(entries or ()) >= MAX_ENTRIES:
                 return False  # a gap, a log not of pretrade_lots, or too far behind
@@ -1566,7 +1575,7 @@ class RedisSync:
             reads.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
             self._mark_number += 1
             state.mark_sent = self._mark_number
-            mark = mark_key(account, state.mark_sent)
+            mark = mark_key(account, self._mark_id, state.mark_sent)
             reads.command(mark, "SET", mark, b"1", "PX", MARK_TTL_MS)
             replies = await read_snapshot(self.client, reads)
             top = top_sequence(replies[-2])
@@ -1576,7 +1585,7 @@ class RedisSync:
                 return False  # the log was replaced meanwhile
         else:
             return False
-        if not await self._hear_mark(state) \
+        if not await self._hear_mark(state) or state.log_spoiled \
                 or state.heard_at_mark - state.heard_in_book != declared:
             return False  # a write not through pretrade_lots (or an event not heard)
         values = replies[:4] if ids else [[], [], [], []]
