@@ -1339,24 +1339,38 @@ class RedisSync:
             self._apply_halts(halt_keys, replies[at:], generations)
             if progress is not None:
                 progress.advance(len(batch))
+        fell_back = set()
         for account in logged:
             if await self._read_logged(account):
                 self.stats.lot_log_reads += 1
             else:
                 self.stats.lot_log_whole_reads += 1
+                fell_back.add(account)
                 large.append(account)
         on_replica = await self._read_on_replica(large) if large else {}
         for account in large:
-            replies = (on_replica[account] if account in on_replica
-                       else await self._read_large_account(account))
-            self._apply_lots([account], replies)
+            heard = None
+            if account in on_replica:
+                replies = on_replica[account]
+            else:
+                replies, heard = await self._read_large_account(account,
+                                                                mark=account in fell_back)
+            self._apply_lots([account], replies, heard)
             if progress is not None:
                 progress.advance(1)
         if progress is not None:
             progress.finish()
 
-    async def _read_large_account(self, account: bytes) -> list[Any]:
+    async def _read_large_account(self, account: bytes, mark: bool = False
+                                  ) -> tuple[list[Any], int | None]:
         """One large account's snapshot on the primary, the replies ``_queue_lots`` would give.
+
+        With ``mark`` (a lot-log account read whole, while following), the
+        snapshot's transaction SETs the account's next mark too, and the events
+        heard up to it come with the replies: those are the events the snapshot
+        holds, so events of its writes still in flight are not taken for
+        writes by hand afterwards (else an account written fast stays in whole
+        reads). None: not marked, or the mark was not heard.
 
         Its hashes are read in chunks under WATCH, and the read counts only if
         no key of the account changed meanwhile (EXEC of the version read
@@ -1368,6 +1382,9 @@ class RedisSync:
         state = self.accounts[account]
         snapshot = account_snapshot_keys(account)
         version, lot_log = version_key(account), lot_log_key(account)
+        mark = mark and self._pubsub is not None
+        marked = self._next_mark(account) if mark else b""
+        replies: list[Any] | None = None
         if state.atomic_reads > 0:
             state.atomic_reads -= 1
         else:
@@ -1378,15 +1395,30 @@ class RedisSync:
                     pipe.multi()
                     pipe.get(version)
                     pipe.execute_command("XREVRANGE", lot_log, "+", "-", "COUNT", 1)
+                    if mark:
+                        pipe.set(marked, b"1", px=MARK_TTL_MS)
                     tail = await pipe.execute(raise_on_error=False)
                     self.chunked_reads += 1
-                    return [*hashes, *tail]
+                    replies = [*hashes, *tail[:2]]
                 except WatchError:
                     self.chunked_fallbacks += 1
                     state.atomic_reads = self.atomic_reads_after_spoil
-        reads = Reads()
-        self._queue_lots(reads, [account])
-        return await read_snapshot(self.client, reads)
+        if replies is None:
+            reads = Reads()
+            self._queue_lots(reads, [account])
+            if mark:
+                reads.command(marked, "SET", marked, b"1", "PX", MARK_TTL_MS)
+            replies = (await read_snapshot(self.client, reads))[:SNAPSHOT_REPLIES]
+        if mark and await self._hear_mark(state):
+            return replies, state.heard_at_mark
+        return replies, None
+
+    def _next_mark(self, account: bytes) -> bytes:
+        """The key of the account's next mark (its number is the one awaited now)."""
+        state = self.accounts[account]
+        self._mark_number += 1
+        state.mark_sent = self._mark_number
+        return mark_key(account, self._mark_id, state.mark_sent)
 
     async def _read_on_replica(self, accounts: list[bytes]) -> dict[bytes, list[Any]]:
         """Large accounts' snapshots read on the replica; those missing: read them on the primary.
@@ -1474,7 +1506,8 @@ class RedisSync:
             lot_log = lot_log_key(account)
             pipe.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
 
-    def _apply_lots(self, accounts: list[bytes], replies: list[Any]) -> None:
+    def _apply_lots(self, accounts: list[bytes], replies: list[Any],
+                    heard: int | None = None) -> None:
         # One MULTI/EXEC: lots, fill attribution, cancels, P&L, the state
         # version and the lot log's newest entry of each account are one
         # snapshot, applied in one locked step of the table.
@@ -1501,7 +1534,9 @@ class RedisSync:
                     # Written through pretrade_lots: from now on read lot by lot.
                     state.book = LotBook(dict(lot_fields(tickers)), dict(lot_fields(quantities)),
                                          dict(lot_fields(prices)), orders_by_lot, sequence)
-                    state.heard_in_book, state.log_spoiled = state.heard, False
+                    # The events the snapshot holds: up to its mark when it had one.
+                    state.heard_in_book = state.heard if heard is None else heard
+                    state.log_spoiled = False
             except StateError as error:
                 positions, filled, cancels, realized = {}, {}, {}, 0
                 state.has_lots = True
@@ -1573,9 +1608,7 @@ class RedisSync:
             reads.hgetall(pnl)
             reads.get(version_key(account))
             reads.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
-            self._mark_number += 1
-            state.mark_sent = self._mark_number
-            mark = mark_key(account, self._mark_id, state.mark_sent)
+            mark = self._next_mark(account)
             reads.command(mark, "SET", mark, b"1", "PX", MARK_TTL_MS)
             replies = await read_snapshot(self.client, reads)
             top = top_sequence(replies[-2])
