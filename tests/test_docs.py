@@ -285,7 +285,8 @@ def test_every_key_in_the_glance_table_is_one_pretrade_uses(doc):
         assert (classify(key.encode()) is not None
                 or redis_schema.account_of_orders_key(key.encode()) is not None
                 or key.encode().startswith((redis_schema.CANARY, redis_schema.FENCE))
-                or redis_schema.parse_mark(key.replace("<sync>", "ab12").replace("<n>", "1").encode()) is not None
+                or redis_schema.parse_mark(
+                    key.replace("<sync>", "ab12").replace("<n>", "1").encode()) is not None
                 or key.replace("<N>", "0").encode() in (redis_schema.lease_key(0),
                                                         redis_schema.lease_epoch_key(0))
                 or key.encode() in (DEMO_MARKER, PRICE_STREAM, AUDIT_STREAM,
