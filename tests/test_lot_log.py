@@ -231,6 +231,14 @@ async def _caught_up(table, version: int, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.002)
 
 
+async def _written(r: redis.Redis | redis.RedisCluster, table, *ops: object) -> int:
+    """``ops`` through pretrade_lots; once the table has the call's version, it equals Redis."""
+    version = write_lots(r, ACCOUNT.decode(), *ops)
+    await _caught_up(table, version)
+    assert _table_positions(table) == _positions(r), ops
+    return version
+
+
 def _calls(r: redis.Redis, command: str) -> int:
     return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
@@ -292,10 +300,7 @@ def test_a_write_not_through_the_log_is_never_missed(redis_client: redis.Redis,
                     pipe.hset(quantities, f"L{n}", 100 + n)
                     pipe.incr(version_key(ACCOUNT))
                     pipe.execute()
-                version = write_lots(writer, ACCOUNT.decode(),
-                                     "SET", f"L{n + 100}", "IBM", n, 5, "")
-                await _caught_up(table, version)
-                assert _table_positions(table) == _positions(redis_client), n
+                await _written(writer, table, "SET", f"L{n + 100}", "IBM", n, 5, "")
             return sync
 
     sync = asyncio.run(run())
@@ -310,19 +315,13 @@ def test_a_deleted_log_makes_the_account_read_whole_and_logged_again(
 
     async def run() -> RedisSync:
         async with _following(redis_url, table) as sync:
-            version = write_lots(redis_client, ACCOUNT.decode(), "SET", "L1", "IBM", 3, 9, "")
-            await _caught_up(table, version)
+            await _written(redis_client, table, "SET", "L1", "IBM", 3, 9, "")
             redis_client.delete(lot_log_key(ACCOUNT))
             # the log starts again at 1, behind what the book holds
             for n in range(5):
-                version = write_lots(redis_client, ACCOUNT.decode(),
-                                     "SET", f"L{n}", "MSFT", 7, 9, "")
-                await _caught_up(table, version)
-                assert _table_positions(table) == _positions(redis_client), n
+                await _written(redis_client, table, "SET", f"L{n}", "MSFT", 7, 9, "")
             before = sync.stats.lot_log_reads
-            version = write_lots(redis_client, ACCOUNT.decode(), "DEL", "L3")
-            await _caught_up(table, version)
-            assert _table_positions(table) == _positions(redis_client)
+            await _written(redis_client, table, "DEL", "L3")
             assert sync.stats.lot_log_reads == before + 1  # lot by lot again
             return sync
 
@@ -367,10 +366,7 @@ def test_a_logged_account_on_a_redis_cluster_is_reread_lot_by_lot(redis_cluster,
         async with _following(redis_cluster.url, table) as sync:
             assert sync.accounts[ACCOUNT].book is not None
             for n in range(10):
-                version = write_lots(cluster_client, ACCOUNT.decode(),
-                                     "SET", f"L{n}", "IBM", n - 5, 100 + n, "")
-                await _caught_up(table, version)
-                assert _table_positions(table) == _positions(cluster_client), n
+                await _written(cluster_client, table, "SET", f"L{n}", "IBM", n - 5, 100 + n, "")
             return sync
 
     sync = asyncio.run(run())
@@ -504,10 +500,7 @@ def test_key_miss_events_of_the_syncs_own_reads_are_not_counted_as_writes(
         async def run() -> RedisSync:
             async with _following(redis_url, table) as sync:
                 for n in range(10):
-                    version = write_lots(redis_client, ACCOUNT.decode(),
-                                         "SET", f"L{n}", "IBM", 3, 9, "")
-                    await _caught_up(table, version)
-                    assert _table_positions(table) == _positions(redis_client), n
+                    await _written(redis_client, table, "SET", f"L{n}", "IBM", 3, 9, "")
                 return sync
 
         sync = asyncio.run(run())

@@ -98,6 +98,15 @@ def _histogram(name: str, documentation: str, labels: list[str],
     return family
 
 
+def _counters(name: str, documentation: str, label: str,
+              values: dict[str, int]) -> CounterMetricFamily:
+    """A counter with one label, a sample per value of it."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in values.items():
+        family.add_metric([value], count)
+    return family
+
+
 def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
@@ -218,20 +227,14 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("pretrade_sync_primaries_lost", "Redis Cluster primaries "
                                   "lost while following (their slots stale until re-read on "
                                   "the promoted replica).", value=status.primaries_lost)
-        replica = CounterMetricFamily("pretrade_sync_replica_reads", "Large accounts re-read "
-                                      "(redis_read_url): on the replica, or on the primary "
-                                      "because the replica failed or lagged.",
-                                      labels=["on"])
-        replica.add_metric(["replica"], status.replica_reads)
-        replica.add_metric(["primary"], status.replica_fallbacks)
-        yield replica
-        logged = CounterMetricFamily("pretrade_sync_lot_log_reads", "Large accounts with a "
-                                     "lot log re-read: lot by lot, or whole (a write not "
-                                     "through pretrade_lots, a gap in the log).",
-                                     labels=["read"])
-        logged.add_metric(["lots"], status.lot_log_reads)
-        logged.add_metric(["whole"], status.lot_log_whole_reads)
-        yield logged
+        yield _counters("pretrade_sync_replica_reads", "Large accounts re-read "
+                        "(redis_read_url): on the replica, or on the primary because the "
+                        "replica failed or lagged.", "on",
+                        {"replica": status.replica_reads, "primary": status.replica_fallbacks})
+        yield _counters("pretrade_sync_lot_log_reads", "Large accounts with a lot log "
+                        "re-read: lot by lot, or whole (a write not through pretrade_lots, a "
+                        "gap in the log).", "read",
+                        {"lots": status.lot_log_reads, "whole": status.lot_log_whole_reads})
         yield GaugeMetricFamily("pretrade_sync_lag_seconds", "How far the table may be behind "
                                 "Redis: the age of the newest canary write seen applied.",
                                 value=status.lag_ms / 1000)
