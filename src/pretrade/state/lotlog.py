@@ -38,10 +38,12 @@ from redis.exceptions import ResponseError
 from pretrade.engine.fixedpoint import fits_int64
 from pretrade.engine.text import is_valid_id
 from pretrade.state.schema import (
+    StateError,
     account_snapshot_keys,
     aggregate_lots,
     fills_by_order,
     lot_log_key,
+    parse_int64,
     version_key,
 )
 
@@ -56,7 +58,6 @@ MAX_ENTRIES = 1_000
 MAX_LOTS = 20_000
 #: A lot-log entry's id: ``0-<sequence>``, one more than the entry before.
 _ENTRY_ID = re.compile(rb"0-([0-9]{1,18})")
-_INTEGER = re.compile(rb"[+-]?[0-9]{1,19}")
 
 
 def function_keys(account: bytes) -> tuple[bytes, ...]:
@@ -106,19 +107,12 @@ def read_entries(reply: Any, after: int) -> tuple[list[bytes], int, int] | None:
             return None
         last += 1
         declared = fields.get(b"events")
-        if declared is None or _INTEGER.fullmatch(declared) is None or int(declared) < 0:
+        if declared is None or not declared.isdigit():
             return None
         events += int(declared)
         # The other fields are numbered 1, 2, ...: the lots of the call's ops.
         lots.extend(value for name, value in fields.items() if name != b"events")
     return lots, events, last
-
-
-def _integer(raw: bytes | None) -> int | None:
-    if raw is None or _INTEGER.fullmatch(raw) is None:
-        return None
-    value = int(raw)
-    return value if fits_int64(value) else None
 
 
 class LotBook:
@@ -154,9 +148,13 @@ class LotBook:
             if order is not None:
                 self._bad.add(lot)  # attributed to an order but has no quantity
             return
-        quantity, price = _integer(raw_quantity), _integer(raw_price)
-        if symbol is None or quantity is None or price is None or price < 0 \
-                or not is_valid_id(symbol):
+        try:  # the whole read's parser: a lot it refuses is one the sums cannot take
+            quantity = parse_int64(raw_quantity, "quantity")
+            price = parse_int64(raw_price, "price")
+        except StateError:
+            self._bad.add(lot)
+            return
+        if symbol is None or price < 0 or not is_valid_id(symbol):
             self._bad.add(lot)
             return
         sums = self._sums.setdefault(symbol, [0, 0, 0])
