@@ -27,8 +27,8 @@ so the error is theirs too.
 
 from __future__ import annotations
 
-import logging
 import re
+from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
 
@@ -46,8 +46,6 @@ from pretrade.state.schema import (
     parse_int64,
     version_key,
 )
-
-log = logging.getLogger("pretrade.sync")
 
 #: The Redis function order systems call, and its library's source.
 FUNCTION = "pretrade_lots"
@@ -123,9 +121,10 @@ class LotBook:
     them, not to the account.
     """
 
-    def __init__(self, tickers: dict[bytes, bytes], quantities: dict[bytes, bytes],
-                 prices: dict[bytes, bytes], orders_by_lot: dict[bytes, bytes],
+    def __init__(self, tickers: Mapping[bytes, bytes], quantities: Mapping[bytes, bytes],
+                 prices: Mapping[bytes, bytes], orders_by_lot: Mapping[bytes, bytes],
                  sequence: int) -> None:
+        # Copies: the book changes them lot by lot.
         self.hashes = (dict(tickers), dict(quantities), dict(prices), dict(orders_by_lot))
         #: The last lot-log entry the book holds.
         self.sequence = sequence

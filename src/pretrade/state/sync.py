@@ -1407,7 +1407,7 @@ class RedisSync:
             reads = Reads()
             self._queue_lots(reads, [account])
             if mark:
-                reads.command(marked, "SET", marked, b"1", "PX", MARK_TTL_MS)
+                _queue_mark(reads, marked)
             replies = (await read_snapshot(self.client, reads))[:SNAPSHOT_REPLIES]
         if mark and await self._hear_mark(state):
             return replies, state.heard_at_mark
@@ -1532,8 +1532,8 @@ class RedisSync:
                 sequence = top_sequence(log_top)
                 if sequence and state.lot_count > self.large_account_lots:
                     # Written through pretrade_lots: from now on read lot by lot.
-                    state.book = LotBook(dict(lot_fields(tickers)), dict(lot_fields(quantities)),
-                                         dict(lot_fields(prices)), orders_by_lot, sequence)
+                    state.book = LotBook(lot_fields(tickers), lot_fields(quantities),
+                                         lot_fields(prices), orders_by_lot, sequence)
                     # The events the snapshot holds: up to its mark when it had one.
                     state.heard_in_book = state.heard if heard is None else heard
                     state.log_spoiled = False
@@ -1608,8 +1608,7 @@ class RedisSync:
             reads.hgetall(pnl)
             reads.get(version_key(account))
             reads.command(lot_log, "XREVRANGE", lot_log, "+", "-", "COUNT", 1)
-            mark = self._next_mark(account)
-            reads.command(mark, "SET", mark, b"1", "PX", MARK_TTL_MS)
+            _queue_mark(reads, self._next_mark(account))
             replies = await read_snapshot(self.client, reads)
             top = top_sequence(replies[-2])
             if top == sequence:
@@ -2194,6 +2193,11 @@ def _lot_hash(reply: object) -> LotHash:
     if isinstance(reply, list):
         return reply
     return _hash(reply)
+
+
+def _queue_mark(reads: Reads, mark: bytes) -> None:
+    """The SET of a lot-log read's mark, in the read's own transaction."""
+    reads.command(mark, "SET", mark, b"1", "PX", MARK_TTL_MS)
 
 
 def _version(reply: object) -> int:
